@@ -1,0 +1,111 @@
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "lora/adapter.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace philora::app {
+
+void add_model_options(CLI::App& cmd, ModelOptions& o) {
+  cmd.add_option("--model", o.model_dir, "HF model directory (config.json + safetensors)")->required();
+  cmd.add_option("--adapter", o.adapters, "PEFT adapter as NAME=DIR (repeatable)");
+  cmd.add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd.add_option("--page-size", o.page_size, "KV cache page size in tokens")->check(CLI::Range(1, 1024));
+}
+
+Expected<LoadedModel> load_model(const ModelOptions& o) {
+  LoadedModel m;
+  PHILORA_ASSIGN_OR_RETURN(m.backend, make_backend(o.device));
+  PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
+  PHILORA_ASSIGN_OR_RETURN(m.tensors, io::TensorSet::open_model_dir(o.model_dir));
+  PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights, model::load_weights(m.tensors, config, *m.backend));
+  std::vector<lora::Adapter> adapters;
+  for (const std::string& spec : o.adapters) {
+    const size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      return Status::errorf("--adapter '{}': expected NAME=DIR", spec);
+    const std::string name = spec.substr(0, eq), dir = spec.substr(eq + 1);
+    if (m.adapter_slot.count(name)) return Status::errorf("--adapter: name '{}' given twice", name);
+    PHILORA_ASSIGN_OR_RETURN(lora::Adapter a, lora::load_adapter(name, dir, config));
+    m.adapter_slot[name] = int32_t(adapters.size());
+    adapters.push_back(std::move(a));
+  }
+  m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config, std::max<int>(1, int(adapters.size())));
+  for (size_t i = 0; i < adapters.size(); ++i) m.slots->assign(int(i), adapters[i]);
+  m.model = std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
+  return m;
+}
+
+Expected<std::vector<RequestLine>> read_requests(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::errorf("cannot open requests file '{}'", path);
+  std::vector<RequestLine> lines;
+  std::string text;
+  for (int64_t n = 1; std::getline(in, text); ++n) {
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(n);
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) return Status::errorf("{}: not a JSON object", where);
+    RequestLine r;
+    if (!j.contains("id")) return Status::errorf("{}: missing \"id\"", where);
+    r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+    if (j.contains("input_ids")) {
+      if (!j["input_ids"].is_array()) return Status::errorf("{}: \"input_ids\" must be an array", where);
+      for (const auto& v : j["input_ids"]) {
+        if (!v.is_number_integer()) return Status::errorf("{}: \"input_ids\" must hold integers", where);
+        const int64_t id = v.get<int64_t>();
+        if (id < 0 || id > INT32_MAX) return Status::errorf("{}: token id {} out of range", where, id);
+        r.input_ids.push_back(int32_t(id));
+      }
+    }
+    if (j.contains("prompt") && !j["prompt"].is_null()) {
+      if (!j["prompt"].is_string()) return Status::errorf("{}: \"prompt\" must be a string", where);
+      r.prompt = j["prompt"].get<std::string>();
+    }
+    if (!j.contains("input_ids") && !r.prompt)
+      return Status::errorf("{}: needs \"input_ids\" (or \"prompt\")", where);
+    if (j.contains("adapter") && !j["adapter"].is_null()) {
+      if (!j["adapter"].is_string()) return Status::errorf("{}: \"adapter\" must be a string or null", where);
+      r.adapter = j["adapter"].get<std::string>();
+    }
+    if (j.contains("max_new_tokens")) {
+      if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0)
+        return Status::errorf("{}: \"max_new_tokens\" must be a non-negative integer", where);
+      r.max_new_tokens = j["max_new_tokens"].get<int64_t>();
+    }
+    if (j.contains("ignore_eos")) r.ignore_eos = j["ignore_eos"].is_boolean() && j["ignore_eos"].get<bool>();
+    lines.push_back(std::move(r));
+  }
+  if (lines.empty()) return Status::errorf("requests file '{}' holds no requests", path);
+  return lines;
+}
+
+Expected<std::vector<engine::OfflineRequest>> to_offline(const LoadedModel& m,
+                                                         const std::vector<RequestLine>& lines) {
+  std::vector<engine::OfflineRequest> out;
+  for (const RequestLine& l : lines) {
+    engine::OfflineRequest r;
+    r.id = l.id;
+    r.input_ids = l.input_ids;
+    if (l.adapter) {
+      auto it = m.adapter_slot.find(*l.adapter);
+      if (it == m.adapter_slot.end())
+        return Status::errorf("request '{}': adapter '{}' was not given with --adapter", l.id, *l.adapter);
+      r.lora_slot = it->second;
+    }
+    r.ignore_eos = l.ignore_eos;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+int fail(const Status& s) {
+  std::cerr << "philora: error: " << s.message() << "\n";
+  return 1;
+}
+
+}  // namespace philora::app

@@ -1,0 +1,58 @@
+// What the philora subcommands share: loading a model and its adapters onto a
+// backend, and reading JSON-lines requests. Errors are returned; main() exits.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "backend/backend.h"
+#include "engine/offline.h"
+#include "io/safetensors.h"
+#include "lora/slots.h"
+#include "model/phi3.h"
+
+namespace philora::app {
+
+struct ModelOptions {
+  std::string model_dir;
+  std::vector<std::string> adapters;  // NAME=DIR
+  std::string device = "cpu";
+  int64_t page_size = 16;
+};
+
+void add_model_options(CLI::App& cmd, ModelOptions& o);
+
+// A model with its adapters resident in slots 0..n-1 (in --adapter order).
+struct LoadedModel {
+  std::unique_ptr<Backend> backend;
+  io::TensorSet tensors;  // keeps the mmap'd checkpoint alive
+  std::unique_ptr<model::Phi3ForCausalLM> model;
+  std::unique_ptr<lora::AdapterSlots> slots;
+  std::map<std::string, int32_t> adapter_slot;  // name -> slot
+};
+
+Expected<LoadedModel> load_model(const ModelOptions& o);
+
+// One parsed line of a requests file.
+struct RequestLine {
+  std::string id;
+  std::vector<int32_t> input_ids;
+  std::optional<std::string> prompt;
+  std::optional<std::string> adapter;
+  std::optional<int64_t> max_new_tokens;
+  bool ignore_eos = false;
+};
+
+Expected<std::vector<RequestLine>> read_requests(const std::string& path);
+
+// Maps each line's adapter name to its slot (error for an unknown name).
+Expected<std::vector<engine::OfflineRequest>> to_offline(const LoadedModel& m,
+                                                         const std::vector<RequestLine>& lines);
+
+int fail(const Status& s);  // prints "philora: error: ..." to stderr, returns 1
+
+}  // namespace philora::app

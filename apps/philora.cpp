@@ -1,0 +1,15 @@
+// philora: one binary, subcommands. Only this layer decides to exit.
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"philora: multi-LoRA inference for the Phi-3 family"};
+  app.require_subcommand(1);
+  int rc = 0;
+  philora::app::add_score_command(app, rc);
+  philora::app::add_generate_command(app, rc);
+  philora::app::add_bench_command(app, rc);
+  CLI11_PARSE(app, argc, argv);
+  return rc;
+}

@@ -1,0 +1,30 @@
+#include "backend/backend.h"
+
+#include "backend/cpu/cpu_backend.h"
+#ifdef PHILORA_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+namespace philora {
+
+std::vector<std::string> available_backends() {
+  std::vector<std::string> names = {"cpu"};
+#ifdef PHILORA_HAVE_CUDA
+  if (cuda_device_count() > 0) names.push_back("cuda");
+#endif
+  return names;
+}
+
+Expected<std::unique_ptr<Backend>> make_backend(const std::string& name) {
+  if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
+  if (name == "cuda") {
+#ifdef PHILORA_HAVE_CUDA
+    return make_cuda_backend();
+#else
+    return Status::error("device 'cuda': this build of philora has no CUDA backend (nvcc was not found at build time)");
+#endif
+  }
+  return Status::errorf("unknown device '{}' (choices: cpu, cuda)", name);
+}
+
+}  // namespace philora

@@ -1,0 +1,162 @@
+// The op interface. The model calls these ops and nothing else; each backend
+// (cpu/ is the spec, cuda/ the product) implements all of them. Ops take plain
+// descriptors (tensors of indices built by the planner) and own no memory
+// beyond the tensors they return.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace philora {
+
+// Where K and V of one layer live: a pool of fixed-size pages.
+struct KvLayer {
+  Tensor k;  // (num_pages, page_size, n_kv_heads, head_dim)
+  Tensor v;  // (num_pages, page_size, n_kv_heads, head_dim)
+  int64_t page_size() const { return k.dim(1); }
+};
+
+// Rotary embedding of one model. Angles are computed as HF does: in f32,
+// angle = f32(position) * inv_freq[i]; cos/sin are then scaled by
+// `attention_factor` (LongRoPE). Tokens with rope_long = 1 use `inv_freq_long`.
+struct RopeParams {
+  Tensor inv_freq_short;  // [rotary_dim / 2] f32
+  Tensor inv_freq_long;   // [rotary_dim / 2] f32 (== short when there is no LongRoPE)
+  float attention_factor = 1.0f;
+  int64_t rotary_dim = 0;  // first rotary_dim dims of each head rotate (rotate-half); the rest pass
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+};
+
+// Per-token data of one step, on the backend's device. T = tokens this step.
+struct TokenPlan {
+  Tensor token_ids;  // [T] i32
+  Tensor positions;  // [T] i32, position of each token in its sequence
+  Tensor slots;      // [T] i32, KV slot (page * page_size + offset) each token writes
+  Tensor rope_long;  // [T] i32, 1 when the token's sequence uses LongRoPE long factors
+};
+
+// Paged attention over a batch of sequences (FlashInfer's layout). Query rows of
+// sequence s are q_indptr[s] .. q_indptr[s+1]; its KV pages are
+// kv_indices[kv_indptr[s] .. kv_indptr[s+1]]; its last page holds
+// kv_last_page_len[s] tokens. Query row t (position p) attends to the cached keys
+// at positions j with  max(0, p - window + 1) ≤ j ≤ p  (window 0 = unlimited).
+struct AttentionPlan {
+  Tensor q_indptr;          // [S + 1] i32
+  Tensor kv_indptr;         // [S + 1] i32
+  Tensor kv_indices;        // [total pages] i32
+  Tensor kv_last_page_len;  // [S] i32
+  Tensor positions;         // [T] i32 (same as TokenPlan::positions)
+  int64_t num_seqs = 0;
+  int64_t max_q_len = 0;   // host-side bounds for launch shapes
+  int64_t max_kv_len = 0;
+  int64_t window = 0;      // sliding window W, 0 = none
+  float scale = 1.0f;      // softmax scale, 1/sqrt(head_dim)
+};
+
+// The adapters resident in device slots, seen from one (layer, target) module.
+// Slot i's pair is A_i: (ranks[i], in), B_i: (out, ranks[i]), both stored in
+// `dtype`; ranks[i] = 0 means that adapter does not touch this module.
+struct LoraModuleTable {
+  Tensor a_ptrs;   // [num_slots] i64: device address of A_i (0 when rank 0)
+  Tensor b_ptrs;   // [num_slots] i64: device address of B_i
+  Tensor ranks;    // [num_slots] i32
+  Tensor scales;   // [num_slots] f32
+  DType dtype = DType::f32;
+  int64_t num_slots = 0;
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  int64_t max_rank = 0;  // over all slots
+};
+
+// Which adapter slot each token uses this step (-1 = none). Both forms are
+// given: contiguous segments (prefill-friendly) and per-token slots (decode).
+struct LoraBatch {
+  bool active = false;    // host: false when no token uses an adapter -> no LoRA work at all
+  Tensor seg_indptr;      // [G + 1] i32: segment g covers tokens seg_indptr[g] .. seg_indptr[g+1]
+  Tensor seg_slot;        // [G] i32
+  Tensor token_slot;      // [T] i32
+  int64_t num_segments = 0;
+  int64_t max_rank = 0;   // host: max rank among the slots used this step
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  // dtype of activations and of weights as stored on this backend.
+  virtual DType compute_dtype() const = 0;
+
+  // ---- memory ------------------------------------------------------------
+  virtual Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) = 0;
+  // A weight or constant from host memory, converted to `dtype`. May borrow
+  // the host memory when no conversion or copy is needed.
+  virtual Tensor upload(const Tensor& host, DType dtype) = 0;
+  // Any tensor of this backend, widened to f32, in host memory.
+  virtual Tensor to_host_f32(const Tensor& t) = 0;
+  // Fills a backend tensor from host i32 values (plans).
+  virtual Tensor upload_i32(const std::vector<int32_t>& values) = 0;
+  virtual Tensor upload_i64(const std::vector<int64_t>& values) = 0;
+  virtual Tensor upload_f32(const std::vector<float>& values) = 0;
+  virtual void synchronize() = 0;
+  // Uniform values in [mean - half_width, mean + half_width], in the compute
+  // dtype; element i depends only on (seed, i) (random_uniform_value), so every
+  // backend makes the same tensor. For benchmarks and tests.
+  virtual Tensor random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
+                                float half_width) = 0;
+
+  // ---- ops ---------------------------------------------------------------
+  // out[t, :] = table[ids[t], :]                         -> (T, hidden)
+  virtual Tensor embedding(const Tensor& ids, const Tensor& table) = 0;
+  // w * x / sqrt(mean(x²) + eps), per row, in f32         -> (T, hidden)
+  virtual Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) = 0;
+  // r = h + residual; returns (rms_norm(r), r). An empty residual means r = h.
+  virtual std::pair<Tensor, Tensor> add_rms_norm(const Tensor& h, const Tensor& residual,
+                                                 const Tensor& w, float eps) = 0;
+  // y = x · wᵀ ; x (T, in), w (out, in)                   -> (T, out)
+  virtual Tensor matmul(const Tensor& x, const Tensor& w) = 0;
+  // Rotates q and k of qkv (T, (H + 2 Hkv) · d) in place and writes k, v into
+  // the cache at `tokens.slots`.
+  virtual void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
+                              KvLayer& kv) = 0;
+  // Causal (optionally sliding-window) attention of the q part of qkv over the
+  // paged cache. GQA: query head h reads kv head h / (H / Hkv).  -> (T, H · d)
+  virtual Tensor attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
+                           const RopeParams& shape) = 0;
+  // gate_up (T, 2I) = [gate | up]  ->  silu(gate) * up   (T, I)
+  virtual Tensor silu_mul(const Tensor& gate_up) = 0;
+  // rows of x at `rows` (i32, host-built)                 -> (R, cols)
+  virtual Tensor gather_rows(const Tensor& x, const Tensor& rows) = 0;
+
+  // ---- LoRA --------------------------------------------------------------
+  // shrink: xa[t, :r] = A_{slot(t)} x[t]      (T, batch.max_rank) f32; rows of
+  //         tokens without an adapter (or rank 0) are left unspecified.
+  virtual Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) = 0;
+  // expand: y[t, col_offset + j] += scale_{slot(t)} · (B_{slot(t)} xa[t, :r])[j]
+  //         for j < m.out_features, only for tokens with an adapter of rank > 0.
+  virtual void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
+                           Tensor& y, int64_t col_offset) = 0;
+};
+
+// splitmix64 of (seed, i) mapped to [-1, 1): the value random_uniform draws.
+inline float random_uniform_value(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return float(int64_t(z >> 40) - (int64_t(1) << 23)) * (1.0f / float(1 << 23));
+}
+
+// The backends compiled in, by name ("cpu", "cuda"). Returns an error naming the
+// choices when the backend is unknown or not available on this machine.
+Expected<std::unique_ptr<Backend>> make_backend(const std::string& name);
+std::vector<std::string> available_backends();
+
+}  // namespace philora

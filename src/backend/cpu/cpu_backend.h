@@ -1,0 +1,54 @@
+// The CPU backend: the executable specification. Plain, correct code in f32
+// (reductions in f64), dense matmuls through BLAS, loops over a thread pool.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+#include "core/threads.h"
+
+namespace philora {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int num_threads = 0);
+
+  Device device() const override { return Device::cpu; }
+  std::string name() const override { return "cpu"; }
+  DType compute_dtype() const override { return DType::f32; }
+
+  Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override;
+  Tensor upload(const Tensor& host, DType dtype) override;
+  Tensor to_host_f32(const Tensor& t) override;
+  Tensor upload_i32(const std::vector<int32_t>& values) override;
+  Tensor upload_i64(const std::vector<int64_t>& values) override;
+  Tensor upload_f32(const std::vector<float>& values) override;
+  void synchronize() override {}
+  Tensor random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
+                        float half_width) override;
+
+  Tensor embedding(const Tensor& ids, const Tensor& table) override;
+  Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) override;
+  std::pair<Tensor, Tensor> add_rms_norm(const Tensor& h, const Tensor& residual, const Tensor& w,
+                                         float eps) override;
+  Tensor matmul(const Tensor& x, const Tensor& w) override;
+  void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
+                      KvLayer& kv) override;
+  Tensor attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
+                   const RopeParams& shape) override;
+  Tensor silu_mul(const Tensor& gate_up) override;
+  Tensor gather_rows(const Tensor& x, const Tensor& rows) override;
+  Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
+  void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
+                   int64_t col_offset) override;
+
+  ThreadPool& pool() { return pool_; }
+
+ private:
+  ThreadPool pool_;
+};
+
+// Host memory: 64-byte aligned, owned by the returned tensor.
+Tensor host_alloc(DType dtype, std::initializer_list<int64_t> shape);
+
+}  // namespace philora

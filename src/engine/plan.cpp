@@ -1,0 +1,110 @@
+#include "engine/plan.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace philora::engine {
+
+StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all_rows) {
+  StepPlan p;
+  p.all_rows = all_rows;
+  p.q_indptr.push_back(0);
+  p.kv_indptr.push_back(0);
+  for (const SeqWork& w : work) {
+    const Sequence& s = *w.seq;
+    const int64_t begin = s.num_computed, end = s.num_computed + w.num_tokens;
+    for (int64_t i = begin; i < end; ++i) {
+      p.token_ids.push_back(s.tokens[size_t(i)]);
+      p.positions.push_back(int32_t(i));
+      p.slots.push_back(int32_t(s.block_table[size_t(i / page_size)] * page_size + i % page_size));
+      p.rope_long.push_back(s.rope_long ? 1 : 0);
+      p.lora_slot.push_back(s.lora_slot);
+    }
+    if (w.logits && w.num_tokens > 0) {
+      p.logit_rows.push_back(int32_t(p.token_ids.size() - 1));
+      p.logit_lora_slot.push_back(s.lora_slot);
+    }
+    const int64_t pages = (end + page_size - 1) / page_size;
+    for (int64_t i = 0; i < pages; ++i) p.kv_indices.push_back(s.block_table[size_t(i)]);
+    p.q_indptr.push_back(int32_t(p.token_ids.size()));
+    p.kv_indptr.push_back(int32_t(p.kv_indices.size()));
+    p.kv_last_page_len.push_back(int32_t(end - (pages - 1) * page_size));
+    p.max_q_len = std::max(p.max_q_len, w.num_tokens);
+    p.max_kv_len = std::max(p.max_kv_len, end);
+  }
+  if (all_rows) {
+    p.logit_rows.clear();
+    for (size_t t = 0; t < p.token_ids.size(); ++t) p.logit_rows.push_back(int32_t(t));
+    p.logit_lora_slot = p.lora_slot;
+  }
+  return p;
+}
+
+void lora_segments(const std::vector<int32_t>& token_slot, std::vector<int32_t>* indptr,
+                   std::vector<int32_t>* seg_slot) {
+  indptr->assign(1, 0);
+  seg_slot->clear();
+  for (size_t t = 0; t < token_slot.size(); ++t) {
+    if (t == 0 || token_slot[t] != token_slot[t - 1]) {
+      if (t > 0) indptr->push_back(int32_t(t));
+      seg_slot->push_back(token_slot[t]);
+    }
+  }
+  if (!token_slot.empty()) indptr->push_back(int32_t(token_slot.size()));
+}
+
+static LoraBatch stage_lora(Backend& b, const std::vector<int32_t>& token_slot, int64_t max_rank) {
+  LoraBatch batch;
+  batch.active = std::any_of(token_slot.begin(), token_slot.end(), [](int32_t s) { return s >= 0; });
+  if (!batch.active) return batch;
+  std::vector<int32_t> indptr, seg_slot;
+  lora_segments(token_slot, &indptr, &seg_slot);
+  batch.seg_indptr = b.upload_i32(indptr);
+  batch.seg_slot = b.upload_i32(seg_slot);
+  batch.token_slot = b.upload_i32(token_slot);
+  batch.num_segments = int64_t(seg_slot.size());
+  batch.max_rank = max_rank;
+  return batch;
+}
+
+model::StepInputs stage(Backend& b, const StepPlan& p, const model::Phi3Config& c,
+                        int64_t lora_max_rank) {
+  model::StepInputs in;
+  in.tokens.token_ids = b.upload_i32(p.token_ids);
+  in.tokens.positions = b.upload_i32(p.positions);
+  in.tokens.slots = b.upload_i32(p.slots);
+  in.tokens.rope_long = b.upload_i32(p.rope_long);
+  AttentionPlan& a = in.attention;
+  a.q_indptr = b.upload_i32(p.q_indptr);
+  a.kv_indptr = b.upload_i32(p.kv_indptr);
+  a.kv_indices = b.upload_i32(p.kv_indices);
+  a.kv_last_page_len = b.upload_i32(p.kv_last_page_len);
+  a.positions = in.tokens.positions;
+  a.num_seqs = int64_t(p.kv_last_page_len.size());
+  a.max_q_len = p.max_q_len;
+  a.max_kv_len = p.max_kv_len;
+  a.window = c.sliding_window.value_or(0);
+  a.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+  in.lora = stage_lora(b, p.lora_slot, lora_max_rank);
+  in.lora_logits = stage_lora(b, p.logit_lora_slot, lora_max_rank);
+  in.logit_rows = b.upload_i32(p.logit_rows);
+  in.all_rows = p.all_rows;
+  return in;
+}
+
+Status reserve_pages(Sequence& seq, int64_t total_tokens, kv::KvCache& kv) {
+  const size_t need = size_t((total_tokens + kv.page_size - 1) / kv.page_size);
+  if (need <= seq.block_table.size()) return Status();
+  if (size_t(kv.allocator.num_free()) < need - seq.block_table.size())
+    return Status::errorf("KV cache is full: sequence '{}' needs {} more pages, {} free", seq.id,
+                          need - seq.block_table.size(), kv.allocator.num_free());
+  while (seq.block_table.size() < need) seq.block_table.push_back(*kv.allocator.allocate());
+  return Status();
+}
+
+void release_pages(Sequence& seq, kv::KvCache& kv) {
+  for (int32_t page : seq.block_table) kv.allocator.release(page);
+  seq.block_table.clear();
+}
+
+}  // namespace philora::engine

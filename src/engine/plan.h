@@ -1,0 +1,59 @@
+// Plan, then run: the host builds the flat arrays of one step (FlashInfer's
+// paged layout, LoRA segments and per-token slots, rows that need logits),
+// stages them on the backend, and the model runs on plain descriptors.
+#pragma once
+
+#include <vector>
+
+#include "backend/backend.h"
+#include "engine/sequence.h"
+#include "kv/kv_cache.h"
+#include "model/config.h"
+#include "model/phi3.h"
+
+namespace philora::engine {
+
+// One sequence's share of a step: compute tokens [num_computed, num_computed + num_tokens).
+struct SeqWork {
+  Sequence* seq = nullptr;
+  int64_t num_tokens = 0;
+  bool logits = false;  // this sequence needs the logits of its last computed token
+};
+
+struct StepPlan {
+  // per token, T = Σ num_tokens
+  std::vector<int32_t> token_ids;   // [T]
+  std::vector<int32_t> positions;   // [T]
+  std::vector<int32_t> slots;       // [T] page * page_size + offset
+  std::vector<int32_t> rope_long;   // [T]
+  std::vector<int32_t> lora_slot;   // [T]
+  // per sequence, S = number of SeqWork
+  std::vector<int32_t> q_indptr;          // [S + 1]
+  std::vector<int32_t> kv_indptr;         // [S + 1]
+  std::vector<int32_t> kv_indices;        // [Σ pages]
+  std::vector<int32_t> kv_last_page_len;  // [S]
+  // rows needing logits, and their slots (for lm_head LoRA)
+  std::vector<int32_t> logit_rows;       // [R]
+  std::vector<int32_t> logit_lora_slot;  // [R]
+  bool all_rows = false;
+  int64_t max_q_len = 0;
+  int64_t max_kv_len = 0;
+};
+
+// Builds the plan; sequences must already hold pages for every token computed.
+StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all_rows);
+
+// Copies the plan to the backend. `lora_max_rank` bounds the shrink buffer.
+model::StepInputs stage(Backend& backend, const StepPlan& plan, const model::Phi3Config& config,
+                        int64_t lora_max_rank);
+
+// Grows the sequence's block table to hold `total_tokens`; fails when the
+// cache is out of pages (nothing is allocated then).
+Status reserve_pages(Sequence& seq, int64_t total_tokens, kv::KvCache& kv);
+void release_pages(Sequence& seq, kv::KvCache& kv);
+
+// Contiguous runs of equal slot over a per-token slot array: (indptr, slot).
+void lora_segments(const std::vector<int32_t>& token_slot, std::vector<int32_t>* indptr,
+                   std::vector<int32_t>* seg_slot);
+
+}  // namespace philora::engine

@@ -1,0 +1,46 @@
+// Adapters resident on a backend, one per slot. For every (layer, target)
+// module the slots are seen through a LoraModuleTable (pointer, rank and scale
+// per slot) that the LoRA kernels index by each token's slot.
+#pragma once
+
+#include <array>
+#include <vector>
+
+#include "backend/backend.h"
+#include "lora/adapter.h"
+#include "model/config.h"
+
+namespace philora::lora {
+
+class AdapterSlots {
+ public:
+  AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots);
+
+  int num_slots() const { return num_slots_; }
+  // Uploads the adapter's A and B into `slot`, replacing whatever was there.
+  void assign(int slot, const Adapter& adapter);
+  void clear(int slot);
+  // The slots seen from one module; nullptr when no slot touches that module.
+  const LoraModuleTable* table(int64_t layer, Target t) const;
+  // Largest rank resident in any slot (sizes the shrink buffer).
+  int64_t max_rank() const;
+
+ private:
+  struct Resident {  // one slot's pair on one module
+    Tensor a, b;     // (rank, in), (out, rank) in the backend's compute dtype
+    int32_t rank = 0;
+    float scale = 0;
+  };
+  size_t module_index(int64_t layer, Target t) const;
+  void rebuild(size_t module);
+
+  Backend& backend_;
+  int num_slots_;
+  std::vector<std::array<int64_t, 2>> dims_;              // [modules] (in, out)
+  std::vector<std::vector<Resident>> resident_;            // [modules][slots]
+  std::vector<LoraModuleTable> tables_;                    // [modules]
+  std::vector<bool> used_;                                 // [modules]: any slot has rank > 0
+  std::vector<int64_t> slot_rank_;                         // [slots] max rank per slot
+};
+
+}  // namespace philora::lora

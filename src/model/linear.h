@@ -1,0 +1,27 @@
+// The one entry point for every matmul of the model; LoRA lives here.
+#pragma once
+
+#include "backend/backend.h"
+
+namespace philora::model {
+
+// Which LoRA (if any) applies to one linear module this step.
+struct LoraApply {
+  const LoraModuleTable* table = nullptr;  // slots seen from this module; null = none resident
+  const LoraBatch* batch = nullptr;        // each token's slot
+};
+
+// Semantics, per token t with adapter slot s = slot(t):
+//   y[t] = W x[t]                                   (s = -1 or rank_s = 0 here)
+//   y[t] = W x[t] + scale_s · B_s (A_s x[t])        otherwise
+// A batch in which no token uses an adapter does no LoRA work at all.
+inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora) {
+  Tensor y = ops.matmul(x, w);
+  if (lora.table && lora.batch && lora.batch->active) {
+    Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
+    ops.lora_expand(xa, *lora.table, *lora.batch, y, 0);
+  }
+  return y;
+}
+
+}  // namespace philora::model

@@ -1,0 +1,45 @@
+#include "model/phi3.h"
+
+#include "model/linear.h"
+#include "model/rope.h"
+
+namespace philora::model {
+
+Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend)
+    : config_(std::move(config)), w_(std::move(weights)), backend_(backend),
+      rope_(make_rope_params(config_, backend)) {}
+
+Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
+                                const lora::AdapterSlots* adapters) {
+  Backend& ops = backend_;
+  const float eps = float(config_.rms_norm_eps);
+  auto lora = [&](int64_t layer, lora::Target t) {
+    return LoraApply{adapters ? adapters->table(layer, t) : nullptr, &in.lora};
+  };
+
+  Tensor h = ops.embedding(in.tokens.token_ids, w_.embed_tokens);  // (T, hidden)
+  Tensor residual;                                                  // empty: first layer
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    const Phi3LayerWeights& layer = w_.layers[size_t(l)];
+    KvLayer& cache = kv.layers[size_t(l)];
+
+    auto [x, res] = ops.add_rms_norm(h, residual, layer.input_layernorm, eps);
+    Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, lora::Target::qkv));
+    ops.rope_and_cache(qkv, in.tokens, rope_, cache);
+    Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
+    h = linear(ops, attn, layer.o_proj, lora(l, lora::Target::o));
+
+    auto [y, res2] = ops.add_rms_norm(h, res, layer.post_attention_layernorm, eps);
+    Tensor gate_up = linear(ops, y, layer.gate_up_proj, lora(l, lora::Target::gate_up));
+    h = linear(ops, ops.silu_mul(gate_up), layer.down_proj, lora(l, lora::Target::down));
+    residual = res2;
+  }
+  auto [x, unused] = ops.add_rms_norm(h, residual, w_.norm, eps);
+  if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);
+  if (in.skip_lm_head) return x;
+  const LoraApply head{adapters ? adapters->table(0, lora::Target::lm_head) : nullptr,
+                       &in.lora_logits};
+  return linear(ops, x, w_.lm_head, head);
+}
+
+}  // namespace philora::model

@@ -1,0 +1,44 @@
+// Phi3ForCausalLM, mirroring transformers/models/phi3/modeling_phi3.py:
+// embedding -> N × (add+RMSNorm, fused qkv, RoPE, paged attention, o_proj,
+// add+RMSNorm, fused gate_up, SiLU·mul, down) -> final norm -> lm_head on the
+// selected rows. One forward serves prefill and decode alike.
+#pragma once
+
+#include "backend/backend.h"
+#include "kv/kv_cache.h"
+#include "lora/slots.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace philora::model {
+
+// Everything one step needs, already on the backend (built by engine/plan).
+struct StepInputs {
+  TokenPlan tokens;
+  AttentionPlan attention;
+  LoraBatch lora;         // per token of the step
+  LoraBatch lora_logits;  // per selected row (lm_head LoRA)
+  Tensor logit_rows;      // [R] i32 rows of the step that need logits
+  bool all_rows = false;  // every row needs logits (score); logit_rows ignored
+  bool skip_lm_head = false;  // return final hidden states of the selected rows instead
+};
+
+class Phi3ForCausalLM {
+ public:
+  Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend);
+
+  const Phi3Config& config() const { return config_; }
+  Backend& backend() { return backend_; }
+
+  // Logits (R, vocab) of the selected rows — or hidden states (R, hidden) with
+  // skip_lm_head — in the backend's compute dtype, on the backend.
+  Tensor forward(const StepInputs& in, kv::KvCache& kv, const lora::AdapterSlots* adapters);
+
+ private:
+  Phi3Config config_;
+  Phi3Weights w_;
+  Backend& backend_;
+  RopeParams rope_;
+};
+
+}  // namespace philora::model

@@ -1,0 +1,95 @@
+#include "model/weights.h"
+
+#include <map>
+#include <set>
+
+#include "backend/cpu/cpu_backend.h"
+
+namespace philora::model {
+
+std::vector<WeightSpec> weight_specs(const Phi3Config& c) {
+  const int64_t h = c.hidden_size, inter = c.intermediate_size;
+  std::vector<WeightSpec> specs;
+  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, Split::vocab, &Phi3Weights::embed_tokens});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    auto add = [&](std::string name, std::vector<int64_t> shape, Split split,
+                   Tensor Phi3LayerWeights::*field) {
+      specs.push_back({p + name, std::move(shape), split, nullptr, field, l});
+    };
+    add("input_layernorm.weight", {h}, Split::replicated, &Phi3LayerWeights::input_layernorm);
+    add("self_attn.qkv_proj.weight", {c.qkv_size(), h}, Split::qkv_heads, &Phi3LayerWeights::qkv_proj);
+    add("self_attn.o_proj.weight", {h, c.q_size()}, Split::row, &Phi3LayerWeights::o_proj);
+    add("post_attention_layernorm.weight", {h}, Split::replicated,
+        &Phi3LayerWeights::post_attention_layernorm);
+    add("mlp.gate_up_proj.weight", {2 * inter, h}, Split::column, &Phi3LayerWeights::gate_up_proj);
+    add("mlp.down_proj.weight", {h, inter}, Split::row, &Phi3LayerWeights::down_proj);
+  }
+  specs.push_back({"model.norm.weight", {h}, Split::replicated, &Phi3Weights::norm});
+  if (!c.tie_word_embeddings)
+    specs.push_back({"lm_head.weight", {c.vocab_size, h}, Split::vocab, &Phi3Weights::lm_head});
+  return specs;
+}
+
+static Tensor& slot(Phi3Weights& w, const WeightSpec& spec) {
+  return spec.top ? w.*spec.top : w.layers[size_t(spec.layer)].*spec.field;
+}
+
+static bool ignorable(const std::string& name, const Phi3Config& c) {
+  // Older exports carry the rotary buffer; a tied checkpoint may carry lm_head too.
+  if (name.size() > 20 && name.ends_with("rotary_emb.inv_freq")) return true;
+  return c.tie_word_embeddings && name == "lm_head.weight";
+}
+
+static std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + ")";
+}
+
+Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Config& config,
+                                   Backend& backend) {
+  Phi3Weights w;
+  w.layers.resize(size_t(config.num_hidden_layers));
+  std::set<std::string> expected;
+  for (const WeightSpec& spec : weight_specs(config)) {
+    expected.insert(spec.name);
+    const io::TensorEntry* e = tensors.find(spec.name);
+    if (!e) return Status::errorf("checkpoint is missing tensor '{}' (expected shape {})", spec.name, shape_str(spec.shape));
+    const Tensor& v = e->view;
+    if (v.dtype != DType::f32 && v.dtype != DType::f16 && v.dtype != DType::bf16)
+      return Status::errorf("{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", e->file,
+                            spec.name, dtype_name(v.dtype));
+    bool same = v.ndim == int(spec.shape.size());
+    for (int i = 0; same && i < v.ndim; ++i) same = v.shape[size_t(i)] == spec.shape[size_t(i)];
+    if (!same)
+      return Status::errorf("{}: tensor '{}' has shape {}, expected {} (from config.json)", e->file,
+                            spec.name, v.shape_str(), shape_str(spec.shape));
+    slot(w, spec) = backend.upload(v, backend.compute_dtype());
+  }
+  for (const std::string& name : tensors.names()) {
+    if (!expected.count(name) && !ignorable(name, config))
+      return Status::errorf("checkpoint has unexpected tensor '{}' (in {}): not part of Phi3ForCausalLM with this config",
+                            name, tensors.find(name)->file);
+  }
+  if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  return w;
+}
+
+Phi3Weights random_weights(const Phi3Config& config, Backend& backend, uint64_t seed, float std) {
+  Phi3Weights w;
+  w.layers.resize(size_t(config.num_hidden_layers));
+  const float half_width = std * 1.7320508f;  // uniform with this std
+  uint64_t index = 0;
+  for (const WeightSpec& spec : weight_specs(config)) {
+    Tensor t = spec.shape.size() == 1
+                   ? backend.random_uniform({spec.shape[0]}, seed + index, 1.0f, 0.1f)
+                   : backend.random_uniform({spec.shape[0], spec.shape[1]}, seed + index, 0.0f, half_width);
+    slot(w, spec) = t;
+    index += 0x1000;
+  }
+  if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  return w;
+}
+
+}  // namespace philora::model
