@@ -1,0 +1,110 @@
+// The planner and the page allocator: token accounting turned into flat arrays.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "backend/cpu/cpu_backend.h"
+#include "engine/plan.h"
+#include "engine/sampler.h"
+#include "kv/block_allocator.h"
+
+namespace philora {
+namespace {
+
+TEST(BlockAllocator, AllocatesReleasesAndRefcounts) {
+  kv::BlockAllocator a(3);
+  auto b0 = a.allocate(), b1 = a.allocate(), b2 = a.allocate();
+  ASSERT_TRUE(b0 && b1 && b2);
+  EXPECT_NE(*b0, *b1);
+  EXPECT_NE(*b1, *b2);
+  EXPECT_FALSE(a.allocate().has_value()) << "pool of 3 is exhausted";
+  a.retain(*b1);
+  a.release(*b1);
+  EXPECT_EQ(a.num_free(), 0) << "still held once";
+  a.release(*b1);
+  EXPECT_EQ(a.num_free(), 1);
+  EXPECT_EQ(*a.allocate(), *b1);
+}
+
+TEST(Plan, PagedLayoutSlotsAndLogitRows) {
+  CpuBackend backend(1);
+  kv::KvCache kv(backend, 1, 16, 4, 1, 8);
+  engine::Sequence a, b;
+  a.id = "a";
+  a.tokens = {1, 2, 3, 4, 5, 6};  // 6 tokens, 2 cached already
+  a.num_computed = 2;
+  a.lora_slot = 0;
+  b.id = "b";
+  b.tokens = {7, 8, 9};
+  b.lora_slot = -1;
+  ASSERT_TRUE(engine::reserve_pages(a, 6, kv).ok());
+  ASSERT_TRUE(engine::reserve_pages(b, 3, kv).ok());
+  ASSERT_EQ(a.block_table.size(), 2u);
+  ASSERT_EQ(b.block_table.size(), 1u);
+  auto p = engine::plan_step({{&a, 4, true}, {&b, 3, true}}, 4, false);
+  EXPECT_EQ(p.token_ids, (std::vector<int32_t>{3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(p.positions, (std::vector<int32_t>{2, 3, 4, 5, 0, 1, 2}));
+  const int32_t a0 = a.block_table[0], a1 = a.block_table[1], b0 = b.block_table[0];
+  EXPECT_EQ(p.slots, (std::vector<int32_t>{a0 * 4 + 2, a0 * 4 + 3, a1 * 4, a1 * 4 + 1, b0 * 4, b0 * 4 + 1,
+                                           b0 * 4 + 2}));
+  EXPECT_EQ(p.q_indptr, (std::vector<int32_t>{0, 4, 7}));
+  EXPECT_EQ(p.kv_indptr, (std::vector<int32_t>{0, 2, 3}));
+  EXPECT_EQ(p.kv_indices, (std::vector<int32_t>{a0, a1, b0}));
+  EXPECT_EQ(p.kv_last_page_len, (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(p.logit_rows, (std::vector<int32_t>{3, 6}));
+  EXPECT_EQ(p.logit_lora_slot, (std::vector<int32_t>{0, -1}));
+  EXPECT_EQ(p.max_kv_len, 6);
+  EXPECT_EQ(p.max_q_len, 4);
+}
+
+TEST(Plan, ReservePagesFailsCleanlyWhenFull) {
+  CpuBackend backend(1);
+  kv::KvCache kv(backend, 1, 2, 4, 1, 8);
+  engine::Sequence s;
+  s.id = "long";
+  Status st = engine::reserve_pages(s, 9, kv);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("KV cache is full"), std::string::npos) << st.message();
+  EXPECT_TRUE(s.block_table.empty()) << "nothing allocated on failure";
+  EXPECT_EQ(kv.allocator.num_free(), 2);
+}
+
+TEST(Plan, LoraSegmentsAreRunsOfEqualSlots) {
+  std::vector<int32_t> indptr, slots;
+  engine::lora_segments({0, 0, -1, 1, 1, 1, 0}, &indptr, &slots);
+  EXPECT_EQ(indptr, (std::vector<int32_t>{0, 2, 3, 6, 7}));
+  EXPECT_EQ(slots, (std::vector<int32_t>{0, -1, 1, 0}));
+  engine::lora_segments({}, &indptr, &slots);
+  EXPECT_EQ(indptr, (std::vector<int32_t>{0}));
+  EXPECT_TRUE(slots.empty());
+}
+
+TEST(Sampler, GreedyIsFirstArgmax) {
+  const float logits[] = {0.5f, 2.0f, -1.0f, 2.0f};
+  EXPECT_EQ(engine::argmax(logits, 4), 1);
+}
+
+TEST(Sampler, TopKAndTopPRestrictTheSupport) {
+  const float logits[] = {3.0f, 2.9f, 0.0f, -1.0f, 2.8f};
+  std::mt19937_64 rng(7);
+  engine::SamplingParams p;
+  p.greedy = false;
+  p.temperature = 1.0f;
+  p.top_k = 2;
+  for (int i = 0; i < 200; ++i) {
+    const int32_t t = engine::sample(logits, 5, p, rng);
+    EXPECT_TRUE(t == 0 || t == 1) << t;
+  }
+  p.top_k = 0;
+  p.top_p = 0.01f;  // only the most likely token carries that mass
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(engine::sample(logits, 5, p, rng), 0);
+  // With a wide support every candidate shows up eventually.
+  p.top_p = 1.0f;
+  std::vector<int> seen(5, 0);
+  for (int i = 0; i < 4000; ++i) ++seen[size_t(engine::sample(logits, 5, p, rng))];
+  for (int i = 0; i < 5; ++i) EXPECT_GT(seen[size_t(i)], 0) << i;
+  EXPECT_GT(seen[0], seen[2]);
+}
+
+}  // namespace
+}  // namespace philora
