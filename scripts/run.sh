@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
-g=tests/data/golden/gqa_mixed_lora
-exec build/philora generate --model "$g/model" --adapter a="$g/adapters/a" --adapter b="$g/adapters/b" \
+g=tests/data/golden/gqa_multi_lora
+exec build/philora generate --model "$g/model" --adapter a="$g/adapters/a" --adapter b="$g/adapters/b" --adapter c="$g/adapters/c" \
   --requests "$g/generate_requests.jsonl" --greedy "$@"

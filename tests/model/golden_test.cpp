@@ -144,3 +144,10 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(Golden);
 
 }  // namespace
 }  // namespace philora::test
+
+namespace philora::test {
+namespace {
+// The golden suite must not pass by finding nothing to test.
+TEST(GoldenFixtures, ArePresent) { EXPECT_GE(golden_cases().size(), 4u); }
+}  // namespace
+}  // namespace philora::test
