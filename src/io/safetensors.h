@@ -40,8 +40,8 @@ class SafetensorsFile {
  private:
   SafetensorsFile() = default;
   std::string path_;
-  void* map_ = nullptr;        // start of the mapping (the 8-byte header length)
-  size_t map_size_ = 0;        // bytes mapped = file size
+  void* map_ = nullptr;            // start of the mapping (the 8-byte header length)
+  size_t map_size_ = 0;            // bytes mapped = file size
   std::shared_ptr<void> mapping_;  // owns the mapping (munmap on last release)
   std::map<std::string, TensorEntry> tensors_;
   std::map<std::string, std::string> metadata_;
@@ -68,9 +68,11 @@ class TensorSet {
 // Writes tensors to a safetensors file (tests and tools; any DType) as the reference
 // writer does: header padded with spaces to a multiple of 8 bytes, data ordered by
 // element size (largest first, then as given) so every tensor stays aligned.
-Status write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors);
+Status write_safetensors(const std::string& path,
+                         const std::vector<std::pair<std::string, Tensor>>& tensors);
 // The same with a `__metadata__` map (string -> string).
-Status write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+Status write_safetensors(const std::string& path,
+                         const std::vector<std::pair<std::string, Tensor>>& tensors,
                          const std::map<std::string, std::string>& metadata);
 
 }  // namespace philora::io

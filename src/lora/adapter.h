@@ -75,7 +75,8 @@ struct Adapter {
 // lora_bias, layer_replication, trainable tokens, a peft_type other than LORA.
 // Every regex (target_modules string, exclude_modules string, pattern keys,
 // layers_pattern) is compiled here, so a bad one fails at parse time.
-Expected<AdapterConfig> parse_adapter_config(const std::string& json_text, const std::string& origin);
+Expected<AdapterConfig> parse_adapter_config(const std::string& json_text,
+                                             const std::string& origin);
 
 // The module's full name in Phi3ForCausalLM, as PEFT matches it:
 // "model.layers.3.self_attn.qkv_proj", "model.layers.3.mlp.down_proj", "lm_head".
