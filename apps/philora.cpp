@@ -1,4 +1,7 @@
 // philora: one binary, subcommands. Only this layer decides to exit.
+#include <exception>
+#include <iostream>
+
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
@@ -10,6 +13,13 @@ int main(int argc, char** argv) {
   philora::app::add_score_command(app, rc);
   philora::app::add_generate_command(app, rc);
   philora::app::add_bench_command(app, rc);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {  // a device error thrown out of a backend op
+    std::cerr << "philora: error: " << e.what() << "\n";
+    return 1;
+  }
   return rc;
 }
