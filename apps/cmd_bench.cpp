@@ -1,5 +1,13 @@
-// philora bench: a Phi-3-mini-shaped model with random weights, no download.
-// Prints a table; the last line is a one-line summary.
+// philora bench: a Phi-3-mini-shaped model (3072 hidden, 32 layers, 32 heads,
+// 8192 intermediate, 32064 vocab) with random weights built on the device — no
+// download — measured against the device's own ceilings, measured in the same
+// run (copy bandwidth, cuBLASLt bf16 rate). Prints a table; the last line is a
+// one-line summary.
+//
+// Ideals: a decode step must read every weight once (the embedding only for
+// its B rows) plus the K/V of every cached token: bytes / copy bandwidth. A
+// prompt must do 2·params·P FLOPs plus causal attention: FLOPs / matmul rate.
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <memory>
@@ -7,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/ceilings.h"
 #include "commands.h"
 #include "common.h"
 #include "engine/plan.h"
@@ -19,14 +28,18 @@ namespace {
 struct BenchOptions {
   std::string device = "cpu";
   int64_t layers = 32;
-  int64_t prompt = 512;
-  std::vector<int64_t> batches = {1};
+  std::vector<int64_t> prompts = {512, 2048};
+  std::vector<int64_t> batches = {1, 8, 32, 64, 128, 256};
   int64_t context = 512;
-  int64_t decode_steps = 4;
+  int64_t steps = 10;
+  int64_t lora_batch = 64;
+  int64_t lora_context = 1024;
+  int64_t lora_rank = 16;
+  bool skip_lora = false;
+  double mem_fraction = 0.9;
 };
 
-// Phi-3-mini-4k-instruct's shape.
-model::Phi3Config phi3_mini(int64_t layers) {
+model::Phi3Config phi3_mini(int64_t layers) {  // microsoft/Phi-3-mini-4k-instruct
   model::Phi3Config c;
   c.vocab_size = 32064;
   c.hidden_size = 3072;
@@ -43,79 +56,193 @@ model::Phi3Config phi3_mini(int64_t layers) {
   return c;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Counts {
+  double layer_params = 0;  // per layer matrices
+  double lm_head_params = 0;
+  double kv_bytes_per_token = 0;  // all layers, K and V
+};
+
+Counts count(const model::Phi3Config& c, size_t elem) {
+  Counts n;
+  const double h = double(c.hidden_size);
+  n.layer_params = double(c.num_hidden_layers) *
+                   (double(c.qkv_size()) * h + h * double(c.q_size()) + 2.0 * double(c.intermediate_size) * h +
+                    h * double(c.intermediate_size) + 2 * h);
+  n.lm_head_params = double(c.vocab_size) * h + h;
+  n.kv_bytes_per_token = double(c.num_hidden_layers) * 2.0 * double(c.kv_size()) * double(elem);
+  return n;
+}
+
+// Sequences with `context` tokens already cached; times `steps` decode steps
+// (plan + stage + forward + sync each), after one warm-up step.
+Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv, const lora::AdapterSlots* slots,
+                             int64_t batch, int64_t context, int64_t steps,
+                             const std::vector<int32_t>& slot_of) {
+  const model::Phi3Config& c = m.config();
+  Backend& b = m.backend();
+  std::vector<engine::Sequence> seqs(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) {
+    engine::Sequence& q = seqs[size_t(i)];
+    q.id = std::to_string(i);
+    q.tokens.assign(size_t(context + steps + 2), int32_t((i * 131) % c.vocab_size));
+    q.num_computed = context;
+    q.lora_slot = slot_of.empty() ? -1 : slot_of[size_t(i) % slot_of.size()];
+    PHILORA_RETURN_IF_ERROR(engine::reserve_pages(q, context + steps + 2, kv));
+  }
+  std::vector<double> times;
+  for (int64_t step = 0; step <= steps; ++step) {
+    b.synchronize();
+    const auto t0 = Clock::now();
+    std::vector<engine::SeqWork> work;
+    for (auto& q : seqs) work.push_back({&q, 1, true});
+    auto plan = engine::plan_step(work, kv.page_size, false);
+    auto in = engine::stage(b, plan, c, slots ? slots->max_rank() : 0);
+    m.forward(in, kv, slots);
+    b.synchronize();
+    if (step > 0) times.push_back(since(t0));
+    for (auto& q : seqs) ++q.num_computed;
+  }
+  for (auto& q : seqs) engine::release_pages(q, kv);
+  return median(times);
+}
+
+Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_t prompt) {
+  const model::Phi3Config& c = m.config();
+  Backend& b = m.backend();
+  std::vector<double> times;
+  for (int rep = 0; rep < 4; ++rep) {
+    engine::Sequence s;
+    s.id = "prompt";
+    for (int64_t i = 0; i < prompt; ++i) s.tokens.push_back(int32_t((i * 7919 + rep) % c.vocab_size));
+    s.prompt_len = prompt;
+    PHILORA_RETURN_IF_ERROR(engine::reserve_pages(s, prompt, kv));
+    b.synchronize();
+    const auto t0 = Clock::now();
+    auto plan = engine::plan_step({{&s, prompt, true}}, kv.page_size, false);
+    auto in = engine::stage(b, plan, c, 0);
+    m.forward(in, kv, nullptr);
+    b.synchronize();
+    if (rep > 0) times.push_back(since(t0));  // rep 0 warms up
+    engine::release_pages(s, kv);
+  }
+  return median(times);
 }
 
 int run_bench(const BenchOptions& o) {
   auto backend = make_backend(o.device);
   if (!backend) return fail(backend.status());
   Backend& b = **backend;
-  model::Phi3Config c = phi3_mini(o.layers);
-  auto t0 = std::chrono::steady_clock::now();
+  auto ceilings = measure_ceilings(b);
+  const bool have_ceilings = ceilings.ok();
+
+  const model::Phi3Config c = phi3_mini(o.layers);
+  const size_t elem = dtype_size(b.compute_dtype());
+  const Counts n = count(c, elem);
+  auto t0 = Clock::now();
   model::Phi3ForCausalLM m(c, model::random_weights(c, b, 1234), b);
   b.synchronize();
-  std::cout << fmt::format("model: Phi-3-mini shape, {} layers, random weights on {} ({:.1f} s to build)\n",
-                           c.num_hidden_layers, b.name(), seconds_since(t0));
-  std::cout << fmt::format("{:<40} {:>14}\n", "figure", "value");
+  const double build_s = since(t0);
+
+  std::cout << fmt::format("model: Phi-3-mini shape ({} layers), random {} weights on {}, built in {:.1f} s\n",
+                           c.num_hidden_layers, dtype_name(b.compute_dtype()), b.name(), build_s);
+  if (have_ceilings)
+    std::cout << fmt::format("device: {}; copy {:.0f} GB/s (read+write); cuBLASLt bf16 {:.0f} TFLOP/s\n",
+                             ceilings->device_name, ceilings->copy_bytes_per_s / 1e9,
+                             ceilings->matmul_flops_per_s / 1e12);
+  else
+    std::cout << "device: " << b.name() << " (" << ceilings.status().message() << "; no ideal ratios)\n";
+  std::cout << fmt::format("{:<44} {:>16} {:>12} {:>8}\n", "figure", "value", "ideal", "% ideal");
+  auto row = [&](const std::string& what, const std::string& value, double ideal_s, double actual_s,
+                 const std::string& ideal_text) {
+    if (have_ceilings && ideal_s > 0)
+      std::cout << fmt::format("{:<44} {:>16} {:>12} {:>7.1f}%\n", what, value, ideal_text, 100.0 * ideal_s / actual_s);
+    else
+      std::cout << fmt::format("{:<44} {:>16}\n", what, value);
+  };
   std::ostringstream summary;
+  const double copy_bw = have_ceilings ? ceilings->copy_bytes_per_s / 2.0 : 0;  // bytes moved one way
+  const double mm_rate = have_ceilings ? ceilings->matmul_flops_per_s : 0;
 
-  // Prefill: one prompt, logits of its last token only.
-  {
-    int64_t max_ctx = std::max(o.prompt, o.context + o.decode_steps);
-    int64_t pages = 0;
-    for (int64_t bs : o.batches) pages = std::max(pages, bs * ((max_ctx + 15) / 16 + 1));
-    pages = std::max(pages, (o.prompt + 15) / 16 + 1);
-    kv::KvCache kv(b, c.num_hidden_layers, pages, 16, c.num_key_value_heads, c.head_dim);
-    engine::Sequence s;
-    s.id = "prompt";
-    for (int64_t i = 0; i < o.prompt; ++i) s.tokens.push_back(int32_t((i * 7919) % c.vocab_size));
-    s.prompt_len = o.prompt;
-    if (auto st = engine::reserve_pages(s, o.prompt, kv); !st) return fail(st);
-    auto plan = engine::plan_step({{&s, o.prompt, true}}, 16, false);
-    auto in = engine::stage(b, plan, c, 0);
-    m.forward(in, kv, nullptr);  // warm-up
-    b.synchronize();
-    t0 = std::chrono::steady_clock::now();
-    m.forward(in, kv, nullptr);
-    b.synchronize();
-    const double dt = seconds_since(t0);
-    std::cout << fmt::format("{:<40} {:>10.1f} ms\n", fmt::format("prefill {} tokens", o.prompt), dt * 1e3);
-    std::cout << fmt::format("{:<40} {:>10.1f} tok/s\n", "prefill throughput", double(o.prompt) / dt);
-    summary << fmt::format("prefill{}={:.1f} tok/s", o.prompt, double(o.prompt) / dt);
-    engine::release_pages(s, kv);
+  int64_t max_tokens = 0;
+  for (int64_t p : o.prompts) max_tokens = std::max(max_tokens, p + 16);
+  for (int64_t bs : o.batches) max_tokens = std::max(max_tokens, bs * (o.context + o.steps + 2 + 16));
+  if (!o.skip_lora) max_tokens = std::max(max_tokens, o.lora_batch * (o.lora_context + o.steps + 2 + 16));
+  const int64_t page = 16;
+  kv::KvCache kv(b, c.num_hidden_layers, max_tokens / page + 1, page, c.num_key_value_heads, c.head_dim);
 
-    // Decode: `bs` sequences with `context` tokens already cached, one token each per step.
-    for (int64_t bs : o.batches) {
-      std::vector<engine::Sequence> seqs(static_cast<size_t>(bs));
-      for (int64_t i = 0; i < bs; ++i) {
-        engine::Sequence& q = seqs[size_t(i)];
-        q.id = std::to_string(i);
-        q.tokens.assign(size_t(o.context + o.decode_steps + 1), int32_t(i % c.vocab_size));
-        q.num_computed = o.context;
-        if (auto st = engine::reserve_pages(q, o.context + o.decode_steps + 1, kv); !st) return fail(st);
-      }
-      double total = 0;
-      for (int64_t step = 0; step <= o.decode_steps; ++step) {
-        std::vector<engine::SeqWork> work;
-        for (auto& q : seqs) work.push_back({&q, 1, true});
-        auto p = engine::plan_step(work, 16, false);
-        auto si = engine::stage(b, p, c, 0);
-        b.synchronize();
-        t0 = std::chrono::steady_clock::now();
-        m.forward(si, kv, nullptr);
-        b.synchronize();
-        if (step > 0) total += seconds_since(t0);  // step 0 warms up
-        for (auto& q : seqs) ++q.num_computed;
-      }
-      const double step_s = total / double(o.decode_steps);
-      std::cout << fmt::format("{:<40} {:>10.1f} tok/s  ({:.1f} ms/step)\n",
-                               fmt::format("decode batch {} ctx {}", bs, o.context), double(bs) / step_s,
-                               step_s * 1e3);
-      summary << fmt::format(" decode_b{}={:.1f} tok/s", bs, double(bs) / step_s);
-      for (auto& q : seqs) engine::release_pages(q, kv);
+  // Decode at each batch size.
+  for (int64_t bs : o.batches) {
+    auto dt = time_decode(m, kv, nullptr, bs, o.context, o.steps, {});
+    if (!dt) return fail(dt.status());
+    const double bytes = (n.layer_params + n.lm_head_params) * double(elem) +
+                         double(bs) * double(c.hidden_size) * double(elem) +
+                         double(bs) * double(o.context) * n.kv_bytes_per_token;
+    const double ideal = copy_bw > 0 ? bytes / copy_bw : 0;
+    row(fmt::format("decode batch {} (ctx {})", bs, o.context), fmt::format("{:.1f} tok/s", double(bs) / *dt),
+        ideal, *dt, fmt::format("{:.0f} tok/s", ideal > 0 ? double(bs) / ideal : 0.0));
+    summary << fmt::format("decode_b{}={:.0f}tok/s ", bs, double(bs) / *dt);
+  }
+
+  // Time to first token for one prompt.
+  for (int64_t p : o.prompts) {
+    auto dt = time_prefill(m, kv, p);
+    if (!dt) return fail(dt.status());
+    const int64_t w = c.sliding_window.value_or(p);
+    double attn_pairs = 0;  // (query, key) pairs under the causal sliding-window mask
+    for (int64_t i = 0; i < p; ++i) attn_pairs += double(std::min<int64_t>(i + 1, w));
+    const double flops = 2.0 * n.layer_params * double(p) + 2.0 * n.lm_head_params +
+                         double(c.num_hidden_layers) * 4.0 * double(c.q_size()) * attn_pairs;
+    const double ideal = mm_rate > 0 ? flops / mm_rate : 0;
+    row(fmt::format("time to first token, {}-token prompt", p), fmt::format("{:.2f} ms", *dt * 1e3), ideal, *dt,
+        fmt::format("{:.2f} ms", ideal * 1e3));
+    summary << fmt::format("ttft{}={:.2f}ms ", p, *dt * 1e3);
+  }
+
+  // Multi-LoRA at batch 64: none, one shared adapter, 64 distinct adapters.
+  if (!o.skip_lora) {
+    const int nslots = int(o.lora_batch);
+    lora::AdapterSlots slots(b, c, nslots);
+    for (int s = 0; s < nslots; ++s) slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
+    b.synchronize();
+    auto none = time_decode(m, kv, nullptr, o.lora_batch, o.lora_context, o.steps, {});
+    if (!none) return fail(none.status());
+    auto shared = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, {0});
+    if (!shared) return fail(shared.status());
+    std::vector<int32_t> distinct;
+    for (int s = 0; s < nslots; ++s) distinct.push_back(s);
+    auto many = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, distinct);
+    if (!many) return fail(many.status());
+    const std::string label = fmt::format("batch {} ctx {} step", o.lora_batch, o.lora_context);
+    std::cout << fmt::format("{:<44} {:>13.3f} ms\n", label + ", no adapter", *none * 1e3);
+    std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
+                             label + fmt::format(", 1 shared r{}", o.lora_rank), *shared * 1e3, "vs none", *shared / *none);
+    std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
+                             label + fmt::format(", {} distinct r{}", nslots, o.lora_rank), *many * 1e3, "vs none",
+                             *many / *none);
+    summary << fmt::format("lora64_distinct={:.3f}x ", *many / *none);
+  }
+
+#ifdef PHILORA_HAVE_CUDA
+  if (b.device() == Device::cuda) {
+    int64_t free_b = 0, total_b = 0;
+    if (cuda_memory_info(&free_b, &total_b).ok()) {
+      const double used_other = double(total_b - free_b) - double(kv.layers.size()) * 2.0 * double(kv.layers[0].k.nbytes());
+      const double budget = o.mem_fraction * double(total_b) - used_other;
+      const double tokens = budget / n.kv_bytes_per_token;
+      std::cout << fmt::format("{:<44} {:>16}\n",
+                               fmt::format("KV capacity at {:.0f}% of memory", o.mem_fraction * 100),
+                               fmt::format("{:.0f} tokens", tokens));
+      summary << fmt::format("kv_capacity={:.0f}tok ", tokens);
     }
   }
+#endif
   std::cout << "summary: " << b.name() << " " << summary.str() << "\n";
   return 0;
 }
@@ -124,13 +251,19 @@ int run_bench(const BenchOptions& o) {
 
 void add_bench_command(CLI::App& app, int& rc) {
   auto o = std::make_shared<BenchOptions>();
-  CLI::App* cmd = app.add_subcommand("bench", "Phi-3-mini-shaped model with random weights: speed");
+  CLI::App* cmd = app.add_subcommand("bench", "Phi-3-mini-shaped model with random weights: speed vs the device's ceilings");
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--layers", o->layers, "layers (32 for the real shape)")->check(CLI::Range(1, 64));
-  cmd->add_option("--prompt", o->prompt, "prompt tokens for the prefill figure")->check(CLI::Range(1, 131072));
+  cmd->add_option("--prompt", o->prompts, "prompt lengths for time to first token")->delimiter(',');
   cmd->add_option("--batch", o->batches, "decode batch sizes")->delimiter(',');
   cmd->add_option("--context", o->context, "cached tokens per sequence for decode")->check(CLI::Range(0, 131072));
-  cmd->add_option("--decode-steps", o->decode_steps, "timed decode steps")->check(CLI::Range(1, 1000));
+  cmd->add_option("--steps", o->steps, "timed decode steps (median)")->check(CLI::Range(1, 1000));
+  cmd->add_option("--lora-batch", o->lora_batch, "batch (and distinct adapters) of the LoRA figure")->check(CLI::Range(1, 1024));
+  cmd->add_option("--lora-context", o->lora_context, "cached tokens per sequence of the LoRA figure");
+  cmd->add_option("--lora-rank", o->lora_rank, "rank of the random adapters")->check(CLI::Range(1, 128));
+  cmd->add_flag("--skip-lora", o->skip_lora, "leave out the multi-LoRA figure");
+  cmd->add_option("--mem-fraction", o->mem_fraction, "device memory fraction for the KV capacity figure")
+      ->check(CLI::Range(0.1, 1.0));
   cmd->callback([o, &rc] { rc = run_bench(*o); });
 }
 

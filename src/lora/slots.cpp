@@ -42,6 +42,20 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
   }
 }
 
+void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t seed,
+                                 float half_width) {
+  for (size_t m = 0; m + 1 < dims_.size(); ++m) {
+    Resident r;
+    r.a = backend_.random_uniform({rank, dims_[m][0]}, seed + 2 * m, 0.0f, half_width);
+    r.b = backend_.random_uniform({dims_[m][1], rank}, seed + 2 * m + 1, 0.0f, half_width);
+    r.rank = int32_t(rank);
+    r.scale = scale;
+    resident_[m][size_t(slot)] = r;
+    rebuild(m);
+  }
+  slot_rank_[size_t(slot)] = rank;
+}
+
 void AdapterSlots::clear(int slot) {
   for (size_t m = 0; m < dims_.size(); ++m) {
     resident_[m][size_t(slot)] = Resident{};

@@ -20,6 +20,9 @@ class AdapterSlots {
   // Uploads the adapter's A and B into `slot`, replacing whatever was there.
   void assign(int slot, const Adapter& adapter);
   void clear(int slot);
+  // A random adapter of rank `rank` on qkv, o, gate_up and down of every layer,
+  // generated on the backend (benchmarks): A, B uniform in ±`half_width`.
+  void assign_random(int slot, int64_t rank, float scale, uint64_t seed, float half_width = 0.02f);
   // The slots seen from one module; nullptr when no slot touches that module.
   const LoraModuleTable* table(int64_t layer, Target t) const;
   // Largest rank resident in any slot (sizes the shrink buffer).
