@@ -1,0 +1,298 @@
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/cuda_attention_decode.cuh"
+#include "backend/cuda/cuda_common.cuh"
+
+namespace philora::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxChunk = 256;
+constexpr int kMaxHeadDim = 256;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// The sequence that owns query row t: the largest s with q_indptr[s] ≤ t.
+__device__ __forceinline__ int sequence_of(const int32_t* q_indptr, int num_seqs, int t) {
+  int lo = 0, hi = num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (q_indptr[mid] <= t)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+__device__ __forceinline__ const bf16* kv_row(const bf16* cache, const PagedAttentionArgs& a,
+                                              const int32_t* pages, int j, int kvh) {
+  const int64_t page = pages[j / a.page_size];
+  const int64_t slot = page * a.page_size + j % a.page_size;
+  return cache + (slot * a.n_kv_heads + kvh) * a.head_dim;
+}
+
+// grid (num_splits, Hkv · ceil(group / G), T), kThreads threads.
+// Shared memory: q (G, d) f32 | p (G, chunk) f32, later reused for the
+// cross-thread reduction (key groups, G, d) f32.
+template <int G>
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedAttentionArgs a, int chunk,
+                                                                    int num_splits, float* part_o,
+                                                                    float* part_lse) {
+  extern __shared__ float smem[];
+  __shared__ float warp_red[kWarps][G];
+  __shared__ float row_max[G], row_sum[G];
+
+  const int d = a.head_dim, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int split = blockIdx.x, t = blockIdx.z;
+  const int group = a.n_heads / a.n_kv_heads;
+  const int group_chunks = (group + G - 1) / G;
+  const int kvh = blockIdx.y / group_chunks, g0 = (blockIdx.y % group_chunks) * G;
+  const int ng = min(G, group - g0);
+  const int h0 = kvh * group + g0;  // first query head of this block
+
+  const int s = sequence_of(a.q_indptr, a.num_seqs, t);
+  const int num_pages = a.kv_indptr[s + 1] - a.kv_indptr[s];
+  const int kv_len = num_pages == 0 ? 0 : (num_pages - 1) * a.page_size + a.kv_last_page_len[s];
+  const int p = a.positions[t];
+  const int hi = min(p, kv_len - 1);
+  const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
+  const int begin = lo + split * chunk;
+  const int len = min(hi + 1, begin + chunk) - begin;
+  const int32_t* pages = a.kv_indices + a.kv_indptr[s];
+  const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
+  const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
+  bf16* out = static_cast<bf16*>(a.out);
+  const int64_t part = (int64_t(t) * a.n_heads + h0) * num_splits + split;  // + gi · num_splits
+
+  if (len <= 0) {  // nothing to attend to in this split
+    if (num_splits > 1) {
+      if (tid < ng) part_lse[part + int64_t(tid) * num_splits] = -INFINITY;
+    } else {
+      for (int i = tid; i < ng * d; i += kThreads)
+        out[int64_t(t) * a.n_heads * d + int64_t(h0) * d + i] = __float2bfloat16_rn(0.0f);
+    }
+    return;
+  }
+
+  float* q_s = smem;          // [G][d]
+  float* p_s = smem + G * d;  // [G][chunk]
+  const float qscale = a.scale * kLog2e;  // scores in base 2
+  const bf16* q = static_cast<const bf16*>(a.qkv) + int64_t(t) * a.qkv_stride + int64_t(h0) * d;
+  for (int i = tid; i < G * d; i += kThreads)
+    q_s[i] = i < ng * d ? __bfloat162float(q[i]) * qscale : 0.0f;
+  __syncthreads();
+
+  // Scores: one key per thread, its row read once for all G heads.
+  const int dv = d / 8;
+  float mx[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) mx[g] = -INFINITY;
+  for (int jj = tid; jj < len; jj += kThreads) {
+    const uint4* krow = reinterpret_cast<const uint4*>(kv_row(k_cache, a, pages, begin + jj, kvh));
+    float acc[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) acc[g] = 0.0f;
+    for (int v = 0; v < dv; ++v) {
+      float f[8];
+      bf16x8_to_f32(krow[v], f);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float4 qa = *reinterpret_cast<const float4*>(q_s + g * d + v * 8);
+        const float4 qb = *reinterpret_cast<const float4*>(q_s + g * d + v * 8 + 4);
+        acc[g] += f[0] * qa.x + f[1] * qa.y + f[2] * qa.z + f[3] * qa.w + f[4] * qb.x + f[5] * qb.y +
+                  f[6] * qb.z + f[7] * qb.w;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      p_s[g * chunk + jj] = acc[g];
+      mx[g] = fmaxf(mx[g], acc[g]);
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float m = warp_max(mx[g]);
+    if (lane == 0) warp_red[warp][g] = m;
+  }
+  __syncthreads();
+  if (tid < G) {
+    float m = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_red[w][tid]);
+    row_max[tid] = m;
+  }
+  __syncthreads();
+  float sum[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    sum[g] = 0.0f;
+    mx[g] = row_max[g];
+  }
+  for (int jj = tid; jj < len; jj += kThreads) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float e = exp2f(p_s[g * chunk + jj] - mx[g]);
+      p_s[g * chunk + jj] = e;
+      sum[g] += e;
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float v = warp_sum(sum[g]);
+    if (lane == 0) warp_red[warp][g] = v;
+  }
+  __syncthreads();
+  if (tid < G) {
+    float v = 0.0f;
+    for (int w = 0; w < kWarps; ++w) v += warp_red[w][tid];
+    row_sum[tid] = v;
+  }
+
+  // Values: thread (key group kg, 8-wide slice vi) accumulates its keys.
+  const int key_groups = kThreads / dv;
+  const int kg = tid / dv, vi = tid % dv;
+  float o[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[g][e] = 0.0f;
+  if (kg < key_groups) {
+    for (int jj = kg; jj < len; jj += key_groups) {
+      const uint4* vrow = reinterpret_cast<const uint4*>(kv_row(v_cache, a, pages, begin + jj, kvh));
+      float f[8];
+      bf16x8_to_f32(vrow[vi], f);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float w = p_s[g * chunk + jj];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[g][e] += w * f[e];
+      }
+    }
+  }
+  __syncthreads();  // p_s is reused below
+  float* red = smem;  // [key_groups][G][d]
+  if (kg < key_groups) {
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) red[(kg * G + g) * d + vi * 8 + e] = o[g][e];
+  }
+  __syncthreads();
+  for (int i = tid; i < ng * d; i += kThreads) {
+    const int g = i / d, dd = i % d;
+    float acc = 0.0f;
+    for (int k = 0; k < key_groups; ++k) acc += red[(k * G + g) * d + dd];
+    const float l = row_sum[g];
+    const float val = l > 0.0f ? acc / l : 0.0f;
+    if (num_splits == 1)
+      out[int64_t(t) * a.n_heads * d + int64_t(h0 + g) * d + dd] = __float2bfloat16_rn(val);
+    else
+      part_o[(part + int64_t(g) * num_splits) * d + dd] = val;
+  }
+  if (num_splits > 1 && tid < ng)
+    part_lse[part + int64_t(tid) * num_splits] = row_sum[tid] > 0.0f ? row_max[tid] + log2f(row_sum[tid]) : -INFINITY;
+}
+
+// One block per (row, head): out = Σ_c 2^(lse_c - M) o_c / Σ_c 2^(lse_c - M).
+__global__ void merge_splits_kernel(const float* __restrict__ part_o, const float* __restrict__ part_lse,
+                                    bf16* __restrict__ out, int num_splits, int d) {
+  const int64_t row_head = blockIdx.x;  // t · H + h
+  const float* lse = part_lse + row_head * num_splits;
+  float m = -INFINITY;
+  for (int c = 0; c < num_splits; ++c) m = fmaxf(m, lse[c]);
+  for (int dd = threadIdx.x; dd < d; dd += blockDim.x) {
+    float acc = 0.0f, wsum = 0.0f;
+    if (m != -INFINITY) {
+      for (int c = 0; c < num_splits; ++c) {
+        if (lse[c] == -INFINITY) continue;
+        const float w = exp2f(lse[c] - m);
+        wsum += w;
+        acc += w * part_o[(row_head * num_splits + c) * d + dd];
+      }
+    }
+    out[row_head * d + dd] = __float2bfloat16_rn(wsum > 0.0f ? acc / wsum : 0.0f);
+  }
+}
+
+int group_tile(int group) {
+  if (group >= 8) return 8;
+  if (group >= 4) return 4;
+  if (group >= 2) return 2;
+  return 1;
+}
+
+size_t shared_bytes(int g, int d, int chunk) {
+  const size_t first = size_t(g) * size_t(d + chunk) * 4;
+  const size_t red = size_t(kThreads / (d / 8)) * size_t(g) * size_t(d) * 4;
+  return std::max(first, red);
+}
+
+template <int G>
+void launch(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o, float* part_lse,
+            cudaStream_t stream) {
+  const int group = a.n_heads / a.n_kv_heads;
+  const dim3 grid(unsigned(split.num_splits), unsigned(a.n_kv_heads * ((group + G - 1) / G)),
+                  unsigned(a.num_rows));
+  const size_t smem = shared_bytes(G, a.head_dim, split.chunk);
+  if (smem > 48 * 1024)
+    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<G>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  decode_attention_kernel<G><<<grid, kThreads, smem, stream>>>(a, split.chunk, split.num_splits, part_o,
+                                                               part_lse);
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool decode_attention_supported(int head_dim) {
+  return head_dim > 0 && head_dim % 8 == 0 && head_dim <= kMaxHeadDim;
+}
+
+DecodeSplit plan_decode_attention(const PagedAttentionArgs& a, int64_t max_kv_len, int num_sms) {
+  DecodeSplit s;
+  int64_t keys = std::max<int64_t>(1, max_kv_len);
+  if (a.window > 0) keys = std::min<int64_t>(keys, a.window);
+  const int group = a.n_heads / a.n_kv_heads, g = group_tile(group);
+  const int64_t blocks = int64_t(a.num_rows) * a.n_kv_heads * ((group + g - 1) / g);
+  // Enough splits for two waves of blocks, each split at least 64 keys.
+  const int64_t want = std::max<int64_t>(1, ceil_div(2 * int64_t(num_sms), std::max<int64_t>(1, blocks)));
+  int64_t chunk = ceil_div(keys, want);
+  chunk = std::clamp<int64_t>(ceil_div(chunk, 32) * 32, 64, kMaxChunk);
+  s.chunk = int(chunk);
+  s.num_splits = int(ceil_div(keys, chunk));
+  return s;
+}
+
+size_t decode_workspace_bytes(const PagedAttentionArgs& a, const DecodeSplit& split) {
+  if (split.num_splits <= 1) return 0;
+  const size_t n = size_t(a.num_rows) * size_t(a.n_heads) * size_t(split.num_splits);
+  return n * size_t(a.head_dim) * 4 + n * 4;
+}
+
+void launch_decode_attention(const PagedAttentionArgs& a, const DecodeSplit& split, void* workspace,
+                             cudaStream_t stream) {
+  if (a.num_rows == 0) return;
+  if (!decode_attention_supported(a.head_dim))
+    throw_unsupported("attention: head_dim " + std::to_string(a.head_dim) +
+                      " (needs a multiple of 8, at most 256)");
+  float* part_o = static_cast<float*>(workspace);
+  float* part_lse = part_o ? part_o + size_t(a.num_rows) * size_t(a.n_heads) * size_t(split.num_splits) *
+                                          size_t(a.head_dim)
+                           : nullptr;
+  switch (group_tile(a.n_heads / a.n_kv_heads)) {
+    case 8: launch<8>(a, split, part_o, part_lse, stream); break;
+    case 4: launch<4>(a, split, part_o, part_lse, stream); break;
+    case 2: launch<2>(a, split, part_o, part_lse, stream); break;
+    default: launch<1>(a, split, part_o, part_lse, stream); break;
+  }
+  if (split.num_splits > 1) {
+    const int threads = std::min(256, int(ceil_div(a.head_dim, 32) * 32));
+    merge_splits_kernel<<<unsigned(int64_t(a.num_rows) * a.n_heads), threads, 0, stream>>>(
+        part_o, part_lse, static_cast<bf16*>(a.out), split.num_splits, a.head_dim);
+    PHILORA_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace philora::cuda

@@ -1,0 +1,246 @@
+#include <climits>
+#include <cmath>
+
+#include "backend/cuda/cuda_attention_prefill.cuh"
+#include "backend/cuda/cuda_common.cuh"
+
+namespace philora::cuda {
+
+namespace {
+
+constexpr int kBlockM = 64;  // query rows per block: 4 warps x 16
+constexpr int kBlockN = 64;  // keys per shared-memory tile
+constexpr int kThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Gathers kBlockN rows (keys n0 ..) of one kv head from the paged cache into
+// shared memory (row stride SD); rows at or past `end` are zero-filled.
+template <int D>
+__device__ __forceinline__ void load_kv_tile(bf16* dst, const bf16* cache, const PagedAttentionArgs& a,
+                                             const int32_t* pages, int kvh, int n0, int end) {
+  constexpr int SD = D + 8, kParts = D / 8;
+  for (int c = threadIdx.x; c < kBlockN * kParts; c += kThreads) {
+    const int r = c / kParts, part = c % kParts, j = n0 + r;
+    const bf16* src = cache;
+    int bytes = 0;
+    if (j < end) {
+      const int64_t slot = int64_t(pages[j / a.page_size]) * a.page_size + j % a.page_size;
+      src = cache + (slot * a.n_kv_heads + kvh) * D + part * 8;
+      bytes = 16;
+    }
+    cp_async16(dst + r * SD + part * 8, src, bytes);
+  }
+}
+
+// grid (num_seqs · tiles, H); block = 4 warps, each owning 16 query rows.
+template <int D>
+__global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttentionArgs a, int tiles) {
+  constexpr int SD = D + 8;        // padded shared row: ldmatrix without bank conflicts
+  constexpr int kSteps = D / 16;   // k-steps of Q·Kᵀ
+  constexpr int kDTiles = D / 8;   // n-tiles of the output
+  constexpr int kNTiles = kBlockN / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // [kBlockN][SD]; holds Q first
+  bf16* sV = sK + kBlockN * SD;                  // [kBlockN][SD]
+  __shared__ int s_min_pos, s_max_pos;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int s = blockIdx.x / tiles;
+  const int tile = tiles - 1 - int(blockIdx.x % tiles);  // longest tiles first
+  const int h = blockIdx.y;
+  const int q_begin = a.q_indptr[s], q_len = a.q_indptr[s + 1] - q_begin;
+  const int m0 = tile * kBlockM;
+  if (m0 >= q_len) return;
+  const int rows = min(kBlockM, q_len - m0);
+  const int kvh = h / (a.n_heads / a.n_kv_heads);
+  const int num_pages = a.kv_indptr[s + 1] - a.kv_indptr[s];
+  const int kv_len = num_pages == 0 ? 0 : (num_pages - 1) * a.page_size + a.kv_last_page_len[s];
+  const int32_t* pages = a.kv_indices + a.kv_indptr[s];
+  const bf16* qkv = static_cast<const bf16*>(a.qkv);
+  const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
+  const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
+
+  // Q tile -> shared (zeros past the last row), and the tile's position range.
+  if (tid == 0) {
+    s_min_pos = INT_MAX;
+    s_max_pos = INT_MIN;
+  }
+  for (int c = tid; c < kBlockM * kDTiles; c += kThreads) {
+    const int r = c / kDTiles, part = c % kDTiles;
+    const bool valid = r < rows;
+    const bf16* src = valid ? qkv + int64_t(q_begin + m0 + r) * a.qkv_stride + h * D + part * 8 : qkv;
+    cp_async16(sK + r * SD + part * 8, src, valid ? 16 : 0);
+  }
+  cp_async_commit();
+  __syncthreads();
+  if (tid < rows) {
+    const int p = a.positions[q_begin + m0 + tid];
+    atomicMin(&s_min_pos, p);
+    atomicMax(&s_max_pos, p);
+  }
+  const int r0 = warp * 16 + (lane >> 2), r1 = r0 + 8;  // this thread's two rows
+  const int p0 = r0 < rows ? a.positions[q_begin + m0 + r0] : -1;
+  const int p1 = r1 < rows ? a.positions[q_begin + m0 + r1] : -1;
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qf[kSteps][4];
+#pragma unroll
+  for (int kt = 0; kt < kSteps; ++kt)
+    ldmatrix_x4(qf[kt], sK + (warp * 16 + (lane & 15)) * SD + kt * 16 + (lane >> 4) * 8);
+  const int kv_lo = a.window > 0 ? max(0, s_min_pos - a.window + 1) : 0;
+  const int kv_hi = min(s_max_pos, kv_len - 1) + 1;  // exclusive
+  __syncthreads();  // Q is in registers; sK is free
+
+  float o[kDTiles][4];
+#pragma unroll
+  for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const float scale = a.scale * kLog2e;  // scores in base 2
+
+  if (kv_lo < kv_hi) {
+    load_kv_tile<D>(sK, k_cache, a, pages, kvh, kv_lo, kv_hi);
+    cp_async_commit();
+  }
+  for (int n0 = kv_lo; n0 < kv_hi; n0 += kBlockN) {
+    load_kv_tile<D>(sV, v_cache, a, pages, kvh, n0, kv_hi);
+    cp_async_commit();
+    cp_async_wait<1>();  // K of this tile has landed
+    __syncthreads();
+
+    // S = Q Kᵀ for this warp's 16 rows x 64 keys.
+    float sc[kNTiles][4];
+#pragma unroll
+    for (int i = 0; i < kNTiles; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.0f;
+#pragma unroll
+    for (int kt = 0; kt < kSteps; ++kt) {
+#pragma unroll
+      for (int np = 0; np < kNTiles / 2; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4(b, sK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * SD + kt * 16 +
+                           ((lane >> 3) & 1) * 8);
+        mma_bf16_16816(sc[2 * np], qf[kt], b[0], b[1]);
+        mma_bf16_16816(sc[2 * np + 1], qf[kt], b[2], b[3]);
+      }
+    }
+
+    // Mask (causal by position, window, cache length) and online softmax.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int p = e < 2 ? p0 : p1;
+        const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+        const bool valid = j <= p && j < kv_len && (a.window == 0 || j > p - a.window);
+        sc[nt][e] = valid ? sc[nt][e] * scale : -INFINITY;
+        mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+      }
+    }
+    float alpha[2], base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(m_run[r], mx[r]);
+      base[r] = m_new == -INFINITY ? 0.0f : m_new;
+      alpha[r] = exp2f(m_run[r] - base[r]);  // 0 when nothing was seen before
+      m_run[r] = m_new;
+      l_run[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        sc[nt][e] = exp2f(sc[nt][e] - base[e >> 1]);
+        l_run[e >> 1] += sc[nt][e];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kDTiles; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+
+    __syncthreads();  // every warp is done with sK
+    if (n0 + kBlockN < kv_hi) {
+      load_kv_tile<D>(sK, k_cache, a, pages, kvh, n0 + kBlockN, kv_hi);
+      cp_async_commit();
+      cp_async_wait<1>();  // V of this tile has landed
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    // O += P V ; P's accumulator layout is the A-operand layout (FA2).
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[1] = pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[2] = pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[3] = pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dp * 16 +
+                                 (lane >> 4) * 8);
+        mma_bf16_16816(o[2 * dp], pa, b[0], b[1]);
+        mma_bf16_16816(o[2 * dp + 1], pa, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // every warp is done with sV
+  }
+
+  // Normalise and store.
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_run[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
+  }
+  bf16* out = static_cast<bf16*>(a.out);
+  const int64_t out_stride = int64_t(a.n_heads) * D;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half == 0 ? r0 : r1;
+    if (r >= rows) continue;
+    bf16* dst = out + int64_t(q_begin + m0 + r) * out_stride + h * D + 2 * (lane & 3);
+#pragma unroll
+    for (int dt = 0; dt < kDTiles; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+          __floats2bfloat162_rn(o[dt][2 * half] * inv[half], o[dt][2 * half + 1] * inv[half]);
+    }
+  }
+}
+
+template <int D>
+void launch(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
+  const int tiles = int(ceil_div(max_q_len, kBlockM));
+  const dim3 grid(unsigned(int64_t(a.num_seqs) * tiles), unsigned(a.n_heads));
+  const size_t smem = size_t(2) * kBlockN * (D + 8) * sizeof(bf16);
+  prefill_attention_kernel<D><<<grid, kThreads, smem, stream>>>(a, tiles);
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool prefill_attention_supported(int head_dim) {
+  return head_dim == 64 || head_dim == 96 || head_dim == 128;
+}
+
+void launch_prefill_attention(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
+  if (a.num_rows == 0 || a.num_seqs == 0 || max_q_len == 0) return;
+  switch (a.head_dim) {
+    case 64: launch<64>(a, max_q_len, stream); break;
+    case 96: launch<96>(a, max_q_len, stream); break;
+    case 128: launch<128>(a, max_q_len, stream); break;
+    default:
+      throw_unsupported("prefill attention: head_dim " + std::to_string(a.head_dim));
+  }
+}
+
+}  // namespace philora::cuda

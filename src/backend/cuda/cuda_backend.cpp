@@ -1,0 +1,339 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/cuda_attention_decode.cuh"
+#include "backend/cuda/cuda_attention_prefill.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_context.h"
+#include "backend/cuda/cuda_elementwise.cuh"
+#include "backend/cuda/cuda_lora.cuh"
+#include "backend/cuda/cuda_rope.cuh"
+
+namespace philora {
+
+using cuda::CudaContext;
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver or no device: not an error here
+    return 0;
+  }
+  return n;
+}
+
+Expected<std::unique_ptr<Backend>> make_cuda_backend() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return Status::errorf("device 'cuda': no usable CUDA GPU ({})", cudaGetErrorString(e));
+  }
+  if (n == 0) return Status::error("device 'cuda': no CUDA GPU is visible");
+  auto ctx = CudaContext::create(0);
+  if (!ctx) return ctx.status();
+  return std::unique_ptr<Backend>(std::make_unique<CudaBackend>(std::move(ctx).value()));
+}
+
+namespace {
+
+void require(const Tensor& t, DType dtype, const char* op, const char* what) {
+  if (t.device != Device::cuda || t.dtype != dtype || (t.data == nullptr && t.numel() > 0))
+    throw std::runtime_error(std::string("cuda backend: ") + op + ": " + what + " must be a " +
+                             std::string(dtype_name(dtype)) + " tensor on the GPU (got " +
+                             std::string(dtype_name(t.dtype)) + " on " + device_name(t.device) + ")");
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
+
+}  // namespace
+
+CudaBackend::CudaBackend(std::shared_ptr<CudaContext> ctx) : ctx_(std::move(ctx)) {}
+
+CudaBackend::~CudaBackend() = default;
+
+// ---- memory ---------------------------------------------------------------------
+
+Tensor CudaBackend::device_tensor(DType dtype, std::initializer_list<int64_t> shape) {
+  Tensor t(nullptr, dtype, shape, Device::cuda);
+  t.storage = ctx_->allocator->allocate(std::max<size_t>(1, t.nbytes()));
+  t.data = t.storage.get();
+  return t;
+}
+
+Tensor CudaBackend::alloc(DType dtype, std::initializer_list<int64_t> shape) {
+  return device_tensor(dtype, shape);
+}
+
+static Tensor with_shape_of(Tensor t, const Tensor& like) {
+  t.ndim = like.ndim;
+  t.shape = like.shape;
+  return t;
+}
+
+Tensor CudaBackend::upload_raw(const void* src, DType dtype, int64_t n) {
+  Tensor t = device_tensor(dtype, {n});
+  ctx_->staging->copy_to_device(t.data, src, size_t(n) * dtype_size(dtype));
+  return t;
+}
+
+Tensor CudaBackend::upload(const Tensor& host, DType dtype) {
+  // Plans and tables keep their integer type; floats become bf16 unless f32 is asked for.
+  const DType target = !is_float(host.dtype) ? host.dtype : (dtype == DType::f32 ? DType::f32 : DType::bf16);
+  const int64_t n = host.numel();
+  if (host.device == Device::cuda) {
+    if (host.dtype == target) return host;
+    Tensor out = with_shape_of(device_tensor(target, {n}), host);
+    cuda::launch_convert(host.data, host.dtype, out.data, target, n, ctx_->stream);
+    return out;
+  }
+  if (host.dtype == target) return with_shape_of(upload_raw(host.data, host.dtype, n), host);
+  Tensor raw = upload_raw(host.data, host.dtype, n);  // as stored, then widened/narrowed on the GPU
+  Tensor out = with_shape_of(device_tensor(target, {n}), host);
+  cuda::launch_convert(raw.data, host.dtype, out.data, target, n, ctx_->stream);
+  return out;
+}
+
+Tensor CudaBackend::to_host_f32(const Tensor& t) {
+  if (t.device == Device::cpu) {
+    if (t.dtype == DType::f32) return t;
+    Tensor out = host_alloc(DType::f32, {t.numel()});
+    to_f32(t.data, t.dtype, out.ptr<float>(), size_t(t.numel()));
+    return with_shape_of(out, t);
+  }
+  const int64_t n = t.numel();
+  Tensor out = with_shape_of(host_alloc(DType::f32, {n}), t);
+  if (n == 0) return out;
+  const void* src = t.data;
+  Tensor wide;
+  if (t.dtype != DType::f32) {
+    wide = device_tensor(DType::f32, {n});
+    cuda::launch_convert(t.data, t.dtype, wide.data, DType::f32, n, ctx_->stream);
+    src = wide.data;
+  }
+  PHILORA_CUDA_CHECK(cudaMemcpyAsync(out.data, src, size_t(n) * 4, cudaMemcpyDeviceToHost, ctx_->stream));
+  PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+  return out;
+}
+
+Tensor CudaBackend::upload_i32(const std::vector<int32_t>& v) {
+  return upload_raw(v.data(), DType::i32, int64_t(v.size()));
+}
+Tensor CudaBackend::upload_i64(const std::vector<int64_t>& v) {
+  return upload_raw(v.data(), DType::i64, int64_t(v.size()));
+}
+Tensor CudaBackend::upload_f32(const std::vector<float>& v) {
+  return upload_raw(v.data(), DType::f32, int64_t(v.size()));
+}
+
+void CudaBackend::synchronize() { PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream)); }
+
+Tensor CudaBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
+                                   float half_width) {
+  Tensor t = device_tensor(DType::bf16, shape);
+  cuda::launch_random_uniform(t.data, t.numel(), seed, mean, half_width, ctx_->stream);
+  return t;
+}
+
+// ---- ops --------------------------------------------------------------------------
+
+Tensor CudaBackend::embedding(const Tensor& ids, const Tensor& table) {
+  require(ids, DType::i32, "embedding", "ids");
+  require(table, DType::bf16, "embedding", "table");
+  Tensor out = device_tensor(DType::bf16, {ids.numel(), table.cols()});
+  cuda::launch_gather_rows(table.data, ids.ptr<int32_t>(), out.data, ids.numel(), table.cols(), ctx_->stream);
+  return out;
+}
+
+Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps) {
+  require(x, DType::bf16, "rms_norm", "x");
+  require(w, DType::bf16, "rms_norm", "w");
+  Tensor y = device_tensor(DType::bf16, {x.rows(), x.cols()});
+  cuda::launch_rms_norm(x.data, nullptr, w.data, y.data, nullptr, x.rows(), x.cols(), eps, ctx_->stream);
+  return y;
+}
+
+std::pair<Tensor, Tensor> CudaBackend::add_rms_norm(const Tensor& h, const Tensor& residual,
+                                                    const Tensor& w, float eps) {
+  if (residual.empty()) return {rms_norm(h, w, eps), h};
+  require(h, DType::bf16, "add_rms_norm", "h");
+  require(residual, DType::bf16, "add_rms_norm", "residual");
+  require(w, DType::bf16, "add_rms_norm", "w");
+  Tensor y = device_tensor(DType::bf16, {h.rows(), h.cols()});
+  Tensor sum = device_tensor(DType::bf16, {h.rows(), h.cols()});
+  cuda::launch_rms_norm(h.data, residual.data, w.data, y.data, sum.data, h.rows(), h.cols(), eps,
+                        ctx_->stream);
+  return {y, sum};
+}
+
+Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
+  require(x, DType::bf16, "matmul", "x");
+  require(w, DType::bf16, "matmul", "w");
+  const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
+  if (w.cols() != k)
+    throw std::runtime_error("cuda backend: matmul: x " + x.shape_str() + " and w " + w.shape_str() +
+                             " disagree on the inner dimension");
+  Tensor y = device_tensor(DType::bf16, {m, n});
+  if (m == 0 || n == 0) return y;
+  if (k == 0) {
+    PHILORA_CUDA_CHECK(cudaMemsetAsync(y.data, 0, y.nbytes(), ctx_->stream));
+    return y;
+  }
+  ctx_->matmul->run(x.data, w.data, y.data, m, n, k);
+  return y;
+}
+
+void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
+                                 KvLayer& kv) {
+  require(qkv, DType::bf16, "rope_and_cache", "qkv");
+  require(kv.k, DType::bf16, "rope_and_cache", "the K cache");
+  require(kv.v, DType::bf16, "rope_and_cache", "the V cache");
+  require(tokens.positions, DType::i32, "rope_and_cache", "positions");
+  require(tokens.slots, DType::i32, "rope_and_cache", "slots");
+  require(tokens.rope_long, DType::i32, "rope_and_cache", "rope_long");
+  require(rope.inv_freq_short, DType::f32, "rope_and_cache", "inv_freq_short");
+  require(rope.inv_freq_long, DType::f32, "rope_and_cache", "inv_freq_long");
+  cuda::RopeCacheArgs a;
+  a.qkv = qkv.data;
+  a.width = qkv.cols();
+  a.num_tokens = qkv.rows();
+  a.positions = tokens.positions.ptr<int32_t>();
+  a.slots = tokens.slots.ptr<int32_t>();
+  a.rope_long = tokens.rope_long.ptr<int32_t>();
+  a.inv_freq_short = rope.inv_freq_short.ptr<float>();
+  a.inv_freq_long = rope.inv_freq_long.ptr<float>();
+  a.attention_factor = rope.attention_factor;
+  a.rotary_dim = rope.rotary_dim;
+  a.n_heads = rope.n_heads;
+  a.n_kv_heads = rope.n_kv_heads;
+  a.head_dim = rope.head_dim;
+  a.k_cache = kv.k.data;
+  a.v_cache = kv.v.data;
+  cuda::launch_rope_and_cache(a, ctx_->stream);
+}
+
+Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
+                              const RopeParams& shape) {
+  require(qkv, DType::bf16, "attention", "qkv");
+  require(kv.k, DType::bf16, "attention", "the K cache");
+  require(kv.v, DType::bf16, "attention", "the V cache");
+  const int64_t rows = qkv.rows(), H = shape.n_heads, d = shape.head_dim;
+  Tensor out = device_tensor(DType::bf16, {rows, H * d});
+  if (rows == 0 || plan.num_seqs == 0) return out;
+  cuda::PagedAttentionArgs a;
+  a.qkv = qkv.data;
+  a.qkv_stride = qkv.cols();
+  a.k_cache = kv.k.data;
+  a.v_cache = kv.v.data;
+  a.out = out.data;
+  a.q_indptr = plan.q_indptr.ptr<int32_t>();
+  a.kv_indptr = plan.kv_indptr.ptr<int32_t>();
+  a.kv_indices = plan.kv_indices.ptr<int32_t>();
+  a.kv_last_page_len = plan.kv_last_page_len.ptr<int32_t>();
+  a.positions = plan.positions.ptr<int32_t>();
+  a.num_seqs = int(plan.num_seqs);
+  a.num_rows = int(rows);
+  a.n_heads = int(H);
+  a.n_kv_heads = int(shape.n_kv_heads);
+  a.head_dim = int(d);
+  a.page_size = int(kv.page_size());
+  a.window = int(plan.window);
+  a.scale = plan.scale;
+  const bool prefill = plan.max_q_len > 1 && cuda::prefill_attention_supported(int(d)) &&
+                       a.qkv_stride % 8 == 0 && aligned16(qkv.data);
+  if (prefill) {
+    cuda::launch_prefill_attention(a, int(plan.max_q_len), ctx_->stream);
+    return out;
+  }
+  const cuda::DecodeSplit split =
+      cuda::plan_decode_attention(a, plan.max_kv_len, ctx_->props.multiProcessorCount);
+  const size_t ws_bytes = cuda::decode_workspace_bytes(a, split);
+  std::shared_ptr<void> ws = ws_bytes ? ctx_->allocator->allocate(ws_bytes) : nullptr;
+  cuda::launch_decode_attention(a, split, ws.get(), ctx_->stream);
+  return out;
+}
+
+Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
+  require(gate_up, DType::bf16, "silu_mul", "gate_up");
+  const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;
+  Tensor y = device_tensor(DType::bf16, {rows, n});
+  cuda::launch_silu_mul(gate_up.data, y.data, rows, n, ctx_->stream);
+  return y;
+}
+
+Tensor CudaBackend::gather_rows(const Tensor& x, const Tensor& rows) {
+  require(x, DType::bf16, "gather_rows", "x");
+  require(rows, DType::i32, "gather_rows", "rows");
+  Tensor y = device_tensor(DType::bf16, {rows.numel(), x.cols()});
+  cuda::launch_gather_rows(x.data, rows.ptr<int32_t>(), y.data, rows.numel(), x.cols(), ctx_->stream);
+  return y;
+}
+
+// ---- LoRA ---------------------------------------------------------------------------
+
+static cuda::LoraLaunch lora_launch(const LoraModuleTable& m, const LoraBatch& batch, int64_t tokens) {
+  if (m.dtype != DType::bf16)
+    throw std::runtime_error("cuda backend: LoRA tables must hold bf16 matrices (got " +
+                             std::string(dtype_name(m.dtype)) + ")");
+  require(m.a_ptrs, DType::i64, "lora", "a_ptrs");
+  require(m.b_ptrs, DType::i64, "lora", "b_ptrs");
+  require(m.ranks, DType::i32, "lora", "ranks");
+  require(m.scales, DType::f32, "lora", "scales");
+  cuda::LoraLaunch l;
+  l.a_ptrs = m.a_ptrs.ptr<int64_t>();
+  l.b_ptrs = m.b_ptrs.ptr<int64_t>();
+  l.ranks = m.ranks.ptr<int32_t>();
+  l.scales = m.scales.ptr<float>();
+  l.in_features = m.in_features;
+  l.out_features = m.out_features;
+  l.max_rank = m.max_rank;
+  l.num_tokens = tokens;
+  l.by_segment = cuda::lora_use_segments(tokens, batch.num_segments);
+  if (l.by_segment) {
+    require(batch.seg_indptr, DType::i32, "lora", "seg_indptr");
+    require(batch.seg_slot, DType::i32, "lora", "seg_slot");
+    l.seg_indptr = batch.seg_indptr.ptr<int32_t>();
+    l.seg_slot = batch.seg_slot.ptr<int32_t>();
+    l.num_segments = batch.num_segments;
+  } else {
+    require(batch.token_slot, DType::i32, "lora", "token_slot");
+    l.token_slot = batch.token_slot.ptr<int32_t>();
+  }
+  return l;
+}
+
+Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
+  require(x, DType::bf16, "lora_shrink", "x");
+  const int64_t n = x.rows(), width = std::max<int64_t>(1, batch.max_rank);
+  Tensor xa = device_tensor(DType::f32, {n, width});
+  if (!batch.active || n == 0) {
+    if (n) PHILORA_CUDA_CHECK(cudaMemsetAsync(xa.data, 0, xa.nbytes(), ctx_->stream));
+    return xa;
+  }
+  if (x.cols() != m.in_features)
+    throw std::runtime_error("cuda backend: lora_shrink: x " + x.shape_str() + " but the module takes " +
+                             std::to_string(m.in_features) + " inputs");
+  cuda::launch_lora_shrink(lora_launch(m, batch, n), x.data, xa.ptr<float>(), width, ctx_->stream);
+  return xa;
+}
+
+void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
+                              Tensor& y, int64_t col_offset) {
+  if (!batch.active || xa.rows() == 0) return;
+  require(xa, DType::f32, "lora_expand", "xa");
+  require(y, DType::bf16, "lora_expand", "y");
+  if (col_offset + m.out_features > y.cols() || xa.rows() != y.rows())
+    throw std::runtime_error("cuda backend: lora_expand: y " + y.shape_str() + " cannot take " +
+                             std::to_string(m.out_features) + " columns at offset " +
+                             std::to_string(col_offset) + " for xa " + xa.shape_str());
+  cuda::launch_lora_expand(lora_launch(m, batch, xa.rows()), xa.ptr<float>(), xa.cols(), y.data, y.cols(),
+                           col_offset, ctx_->stream);
+}
+
+}  // namespace philora

@@ -1,0 +1,69 @@
+// The CUDA backend: the ops of backend.h on an NVIDIA GPU (built for Hopper,
+// sm_90a). bf16 storage, f32 accumulation. One stream per backend; all ops are
+// queued on it and only to_host_f32 / synchronize wait for it.
+//
+// Errors: a failing CUDA or cuBLASLt call inside an op throws std::runtime_error
+// naming the call and the CUDA error string (ops return Tensors, not Status);
+// make_cuda_backend itself returns errors as values.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+
+namespace philora {
+
+namespace cuda {
+struct CudaContext;
+}
+
+// Number of usable CUDA devices; 0 (never an error) without a driver or GPU.
+int cuda_device_count();
+
+// The backend on device 0, or an error saying why there is none.
+Expected<std::unique_ptr<Backend>> make_cuda_backend();
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(std::shared_ptr<cuda::CudaContext> ctx);
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::cuda; }
+  std::string name() const override { return "cuda"; }
+  DType compute_dtype() const override { return DType::bf16; }
+
+  Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override;
+  Tensor upload(const Tensor& host, DType dtype) override;
+  Tensor to_host_f32(const Tensor& t) override;
+  Tensor upload_i32(const std::vector<int32_t>& values) override;
+  Tensor upload_i64(const std::vector<int64_t>& values) override;
+  Tensor upload_f32(const std::vector<float>& values) override;
+  void synchronize() override;
+  Tensor random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
+                        float half_width) override;
+
+  Tensor embedding(const Tensor& ids, const Tensor& table) override;
+  Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) override;
+  std::pair<Tensor, Tensor> add_rms_norm(const Tensor& h, const Tensor& residual, const Tensor& w,
+                                         float eps) override;
+  Tensor matmul(const Tensor& x, const Tensor& w) override;
+  void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
+                      KvLayer& kv) override;
+  Tensor attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
+                   const RopeParams& shape) override;
+  Tensor silu_mul(const Tensor& gate_up) override;
+  Tensor gather_rows(const Tensor& x, const Tensor& rows) override;
+  Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
+  void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
+                   int64_t col_offset) override;
+
+  cuda::CudaContext& context() { return *ctx_; }
+
+ private:
+  Tensor device_tensor(DType dtype, std::initializer_list<int64_t> shape);
+  Tensor upload_raw(const void* src, DType dtype, int64_t n);
+
+  std::shared_ptr<cuda::CudaContext> ctx_;
+};
+
+}  // namespace philora

@@ -1,0 +1,37 @@
+#include "backend/cuda/cuda_context.h"
+
+#include <stdexcept>
+
+#include "backend/cuda/cuda_check.h"
+
+namespace philora::cuda {
+
+Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
+  auto ctx = std::make_shared<CudaContext>();
+  ctx->device = device;
+  try {
+    PHILORA_CUDA_CHECK(cudaSetDevice(device));
+    PHILORA_CUDA_CHECK(cudaGetDeviceProperties(&ctx->props, device));
+    if (ctx->props.major != 9)
+      return Status::errorf(
+          "device 'cuda': GPU {} is {} (compute capability {}.{}); this build of philora has kernels "
+          "for Hopper (sm_90a) only",
+          device, ctx->props.name, ctx->props.major, ctx->props.minor);
+    PHILORA_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking));
+    ctx->allocator = DeviceAllocator::create();
+    ctx->staging = std::make_unique<PinnedStaging>(ctx->stream);
+    ctx->matmul = std::make_unique<LtMatmul>(ctx->stream, ctx->allocator);
+  } catch (const std::exception& e) {
+    return Status::errorf("device 'cuda': {}", e.what());
+  }
+  return ctx;
+}
+
+CudaContext::~CudaContext() {
+  if (stream) (void)cudaStreamSynchronize(stream);
+  matmul.reset();
+  staging.reset();
+  if (stream) (void)cudaStreamDestroy(stream);
+}
+
+}  // namespace philora::cuda

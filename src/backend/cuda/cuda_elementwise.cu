@@ -1,0 +1,295 @@
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_elementwise.cuh"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+namespace philora::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+int grid_for(int64_t n, int threads) {
+  return int(std::min<int64_t>(std::max<int64_t>(1, ceil_div(n, threads)), 65535 * 8));
+}
+
+// ---- conversion ---------------------------------------------------------------
+
+template <typename S>
+__device__ __forceinline__ float load_as_f32(const S* p, int64_t i);
+template <>
+__device__ __forceinline__ float load_as_f32<float>(const float* p, int64_t i) { return p[i]; }
+template <>
+__device__ __forceinline__ float load_as_f32<bf16>(const bf16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+template <>
+__device__ __forceinline__ float load_as_f32<__half>(const __half* p, int64_t i) {
+  return __half2float(p[i]);
+}
+template <>
+__device__ __forceinline__ float load_as_f32<int32_t>(const int32_t* p, int64_t i) {
+  return float(p[i]);
+}
+template <>
+__device__ __forceinline__ float load_as_f32<int64_t>(const int64_t* p, int64_t i) {
+  return float(p[i]);
+}
+
+template <typename S, typename D>
+__global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = load_as_f32(src, i);
+    if constexpr (sizeof(D) == 2)
+      dst[i] = __float2bfloat16_rn(v);
+    else
+      dst[i] = v;
+  }
+}
+
+template <typename D>
+void convert_to(const void* src, DType src_dtype, D* dst, int64_t n, cudaStream_t stream) {
+  const int grid = grid_for(n, kThreads);
+  switch (src_dtype) {
+    case DType::f32:
+      convert_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const float*>(src), dst, n);
+      break;
+    case DType::bf16:
+      convert_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const bf16*>(src), dst, n);
+      break;
+    case DType::f16:
+      convert_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const __half*>(src), dst, n);
+      break;
+    case DType::i32:
+      convert_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const int32_t*>(src), dst, n);
+      break;
+    case DType::i64:
+      convert_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const int64_t*>(src), dst, n);
+      break;
+  }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+// ---- random -------------------------------------------------------------------
+
+// random_uniform_value of backend.h, bit for bit.
+__device__ __forceinline__ float uniform_value(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return __fmul_rn(float(int64_t(z >> 40) - (int64_t(1) << 23)), 1.0f / float(1 << 23));
+}
+
+__global__ void random_uniform_kernel(bf16* __restrict__ out, int64_t n, uint64_t seed, float mean,
+                                      float half_width) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    // No fused multiply-add: the CPU computes mean + half_width * v in two roundings.
+    out[i] = __float2bfloat16_rn(__fadd_rn(mean, __fmul_rn(half_width, uniform_value(seed, uint64_t(i)))));
+  }
+}
+
+// ---- RMSNorm ------------------------------------------------------------------
+
+// One block per row. The vector path keeps up to kCache 8-wide vectors of the
+// row in registers between the sum of squares and the scaling; longer rows are
+// re-read (from L1/L2) in the second pass.
+constexpr int kCache = 4;
+
+__global__ void rms_norm_vec_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
+                                    const bf16* __restrict__ w, bf16* __restrict__ y,
+                                    bf16* __restrict__ sum, int64_t n, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const int64_t nv = n / 8;
+  const uint4* xv = reinterpret_cast<const uint4*>(x + row * n);
+  const uint4* rv = residual ? reinterpret_cast<const uint4*>(residual + row * n) : nullptr;
+  uint4* sv = sum ? reinterpret_cast<uint4*>(sum + row * n) : nullptr;
+  const uint4* wv = reinterpret_cast<const uint4*>(w);
+  uint4* yv = reinterpret_cast<uint4*>(y + row * n);
+
+  uint4 cache[kCache];
+  float ss = 0.0f;
+  int k = 0;
+  for (int64_t i = threadIdx.x; i < nv; i += blockDim.x, ++k) {
+    uint4 v = xv[i];
+    if (rv) {
+      float a[8], b[8];
+      bf16x8_to_f32(v, a);
+      bf16x8_to_f32(rv[i], b);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) a[j] += b[j];
+      v = f32_to_bf16x8(a);  // the sum is rounded to bf16, as HF's residual stream is
+      if (sv) sv[i] = v;
+    }
+    float f[8];
+    bf16x8_to_f32(v, f);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
+#pragma unroll
+    for (int c = 0; c < kCache; ++c)
+      if (c == k) cache[c] = v;
+  }
+  ss = block_sum(ss, scratch);
+  const float inv = rsqrtf(ss / float(n) + eps);
+  const uint4* back = sv ? sv : xv;  // rows longer than the cache are read again
+  k = 0;
+  for (int64_t i = threadIdx.x; i < nv; i += blockDim.x, ++k) {
+    uint4 v = back[i];
+#pragma unroll
+    for (int c = 0; c < kCache; ++c)
+      if (c == k) v = cache[c];
+    float f[8], g[8];
+    bf16x8_to_f32(v, f);
+    bf16x8_to_f32(wv[i], g);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
+    yv[i] = f32_to_bf16x8(f);
+  }
+}
+
+__global__ void rms_norm_scalar_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
+                                       const bf16* __restrict__ w, bf16* __restrict__ y,
+                                       bf16* __restrict__ sum, int64_t n, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    bf16 v = x[row * n + i];
+    if (residual) {
+      v = __float2bfloat16_rn(__bfloat162float(v) + __bfloat162float(residual[row * n + i]));
+      if (sum) sum[row * n + i] = v;
+    }
+    const float f = __bfloat162float(v);
+    ss += f * f;
+  }
+  ss = block_sum(ss, scratch);
+  const float inv = rsqrtf(ss / float(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    bf16 v = x[row * n + i];
+    if (residual) v = __float2bfloat16_rn(__bfloat162float(v) + __bfloat162float(residual[row * n + i]));
+    y[row * n + i] = __float2bfloat16_rn(__bfloat162float(w[i]) * (__bfloat162float(v) * inv));
+  }
+}
+
+// ---- SiLU·mul -----------------------------------------------------------------
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+__global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,
+                                    int64_t rows, int64_t n) {
+  const int64_t nv = n / 8, total = rows * nv;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / nv, c = i % nv;
+    const uint4* g = reinterpret_cast<const uint4*>(gate_up + r * 2 * n);
+    float a[8], b[8];
+    bf16x8_to_f32(g[c], a);
+    bf16x8_to_f32(g[nv + c], b);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
+    reinterpret_cast<uint4*>(out + r * n)[c] = f32_to_bf16x8(a);
+  }
+}
+
+__global__ void silu_mul_scalar_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,
+                                       int64_t rows, int64_t n) {
+  const int64_t total = rows * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / n, c = i % n;
+    const float g = __bfloat162float(gate_up[r * 2 * n + c]);
+    const float u = __bfloat162float(gate_up[r * 2 * n + n + c]);
+    out[i] = __float2bfloat16_rn(silu(g) * u);
+  }
+}
+
+// ---- row gather ---------------------------------------------------------------
+
+__global__ void gather_rows_vec_kernel(const uint4* __restrict__ x, const int32_t* __restrict__ rows,
+                                       uint4* __restrict__ out, int64_t cols_v) {
+  const int64_t i = blockIdx.x;
+  const int64_t src = rows[i];
+  for (int64_t c = threadIdx.x; c < cols_v; c += blockDim.x) out[i * cols_v + c] = x[src * cols_v + c];
+}
+
+__global__ void gather_rows_scalar_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ rows,
+                                          bf16* __restrict__ out, int64_t cols) {
+  const int64_t i = blockIdx.x;
+  const int64_t src = rows[i];
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = x[src * cols + c];
+}
+
+}  // namespace
+
+void launch_convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n,
+                    cudaStream_t stream) {
+  if (n == 0) return;
+  if (dst_dtype == DType::bf16)
+    convert_to(src, src_dtype, static_cast<bf16*>(dst), n, stream);
+  else if (dst_dtype == DType::f32)
+    convert_to(src, src_dtype, static_cast<float*>(dst), n, stream);
+  else
+    throw_unsupported("conversion to " + std::string(dtype_name(dst_dtype)));
+}
+
+void launch_random_uniform(void* out, int64_t n, uint64_t seed, float mean, float half_width,
+                           cudaStream_t stream) {
+  if (n == 0) return;
+  random_uniform_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(static_cast<bf16*>(out), n,
+                                                                         seed, mean, half_width);
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+void launch_rms_norm(const void* x, const void* residual, const void* w, void* y, void* sum,
+                     int64_t rows, int64_t n, float eps, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return;
+  const auto* xb = static_cast<const bf16*>(x);
+  const auto* rb = static_cast<const bf16*>(residual);
+  const auto* wb = static_cast<const bf16*>(w);
+  auto* yb = static_cast<bf16*>(y);
+  auto* sb = static_cast<bf16*>(sum);
+  const bool vec = n % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(y) &&
+                   (!residual || (sum && aligned16(residual))) && (!sum || aligned16(sum));
+  if (vec) {
+    // Enough threads that the row fits the register cache when it can.
+    int threads = 128;
+    while (threads < 1024 && n / 8 > int64_t(threads) * kCache) threads *= 2;
+    rms_norm_vec_kernel<<<unsigned(rows), threads, 0, stream>>>(xb, rb, wb, yb, sb, n, eps);
+  } else {
+    rms_norm_scalar_kernel<<<unsigned(rows), kThreads, 0, stream>>>(xb, rb, wb, yb, sb, n, eps);
+  }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return;
+  const auto* g = static_cast<const bf16*>(gate_up);
+  auto* o = static_cast<bf16*>(out);
+  if (n % 8 == 0 && aligned16(gate_up) && aligned16(out)) {
+    silu_mul_vec_kernel<<<grid_for(rows * n / 8, kThreads), kThreads, 0, stream>>>(g, o, rows, n);
+  } else {
+    silu_mul_scalar_kernel<<<grid_for(rows * n, kThreads), kThreads, 0, stream>>>(g, o, rows, n);
+  }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+void launch_gather_rows(const void* x, const int32_t* rows, void* out, int64_t count, int64_t cols,
+                        cudaStream_t stream) {
+  if (count == 0 || cols == 0) return;
+  if (cols % 8 == 0 && aligned16(x) && aligned16(out)) {
+    const int threads = int(std::min<int64_t>(kThreads, std::max<int64_t>(32, cols / 8)));
+    gather_rows_vec_kernel<<<unsigned(count), threads, 0, stream>>>(
+        static_cast<const uint4*>(x), rows, static_cast<uint4*>(out), cols / 8);
+  } else {
+    gather_rows_scalar_kernel<<<unsigned(count), kThreads, 0, stream>>>(
+        static_cast<const bf16*>(x), rows, static_cast<bf16*>(out), cols);
+  }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace philora::cuda

@@ -1,0 +1,36 @@
+// Row-wise and element-wise kernels: dtype conversion, random fill, RMSNorm
+// (plain and fused with the residual add), SiLU·mul and row gathers (embedding
+// lookup, selecting the logit rows). Pointers to bf16 data are passed as void*
+// so that plain C++ files can call these launchers.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace philora::cuda {
+
+// dst[i] = src[i] converted; dst_dtype is bf16 or f32.
+void launch_convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n,
+                    cudaStream_t stream);
+
+// out[i] = bf16(mean + half_width * random_uniform_value(seed, i))
+void launch_random_uniform(void* out, int64_t n, uint64_t seed, float mean, float half_width,
+                           cudaStream_t stream);
+
+// r = x + residual (rounded to bf16; r = x when residual is null), stored in
+// `sum` when non-null; y = bf16(w * r / sqrt(mean(r²) + eps)), in f32.
+// x, residual, w, y, sum: bf16; x, residual, y, sum (rows, n); w (n).
+void launch_rms_norm(const void* x, const void* residual, const void* w, void* y, void* sum,
+                     int64_t rows, int64_t n, float eps, cudaStream_t stream);
+
+// gate_up (rows, 2n) = [gate | up]  ->  out (rows, n) = silu(gate) * up
+void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cudaStream_t stream);
+
+// out[i, :] = x[rows[i], :] ; x (·, cols) bf16, rows [count] i32, out (count, cols)
+void launch_gather_rows(const void* x, const int32_t* rows, void* out, int64_t count, int64_t cols,
+                        cudaStream_t stream);
+
+}  // namespace philora::cuda
