@@ -57,7 +57,9 @@ model::Phi3Config phi3_mini(int64_t layers) {  // microsoft/Phi-3-mini-4k-instru
 }
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -72,9 +74,10 @@ struct Counts {
 Counts count(const model::Phi3Config& c, size_t elem) {
   Counts n;
   const double h = double(c.hidden_size);
-  n.layer_params = double(c.num_hidden_layers) *
-                   (double(c.qkv_size()) * h + h * double(c.q_size()) + 2.0 * double(c.intermediate_size) * h +
-                    h * double(c.intermediate_size) + 2 * h);
+  n.layer_params =
+      double(c.num_hidden_layers) *
+      (double(c.qkv_size()) * h + h * double(c.q_size()) + 2.0 * double(c.intermediate_size) * h +
+       h * double(c.intermediate_size) + 2 * h);
   n.lm_head_params = double(c.vocab_size) * h + h;
   n.kv_bytes_per_token = double(c.num_hidden_layers) * 2.0 * double(c.kv_size()) * double(elem);
   return n;
@@ -82,9 +85,9 @@ Counts count(const model::Phi3Config& c, size_t elem) {
 
 // Sequences with `context` tokens already cached; times `steps` decode steps
 // (plan + stage + forward + sync each), after one warm-up step.
-Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv, const lora::AdapterSlots* slots,
-                             int64_t batch, int64_t context, int64_t steps,
-                             const std::vector<int32_t>& slot_of) {
+Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
+                             const lora::AdapterSlots* slots, int64_t batch, int64_t context,
+                             int64_t steps, const std::vector<int32_t>& slot_of) {
   const model::Phi3Config& c = m.config();
   Backend& b = m.backend();
   std::vector<engine::Sequence> seqs(static_cast<size_t>(batch));
@@ -120,7 +123,8 @@ Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_
   for (int rep = 0; rep < 4; ++rep) {
     engine::Sequence s;
     s.id = "prompt";
-    for (int64_t i = 0; i < prompt; ++i) s.tokens.push_back(int32_t((i * 7919 + rep) % c.vocab_size));
+    for (int64_t i = 0; i < prompt; ++i)
+      s.tokens.push_back(int32_t((i * 7919 + rep) % c.vocab_size));
     s.prompt_len = prompt;
     PHILORA_RETURN_IF_ERROR(engine::reserve_pages(s, prompt, kv));
     b.synchronize();
@@ -150,32 +154,40 @@ int run_bench(const BenchOptions& o) {
   b.synchronize();
   const double build_s = since(t0);
 
-  std::cout << fmt::format("model: Phi-3-mini shape ({} layers), random {} weights on {}, built in {:.1f} s\n",
-                           c.num_hidden_layers, dtype_name(b.compute_dtype()), b.name(), build_s);
+  std::cout << fmt::format(
+      "model: Phi-3-mini shape ({} layers), random {} weights on {}, built in {:.1f} s\n",
+      c.num_hidden_layers, dtype_name(b.compute_dtype()), b.name(), build_s);
   if (have_ceilings)
-    std::cout << fmt::format("device: {}; copy {:.0f} GB/s (read+write); cuBLASLt bf16 {:.0f} TFLOP/s\n",
-                             ceilings->device_name, ceilings->copy_bytes_per_s / 1e9,
-                             ceilings->matmul_flops_per_s / 1e12);
+    std::cout << fmt::format(
+        "device: {}; copy {:.0f} GB/s (read+write); cuBLASLt bf16 {:.0f} TFLOP/s\n",
+        ceilings->device_name, ceilings->copy_bytes_per_s / 1e9,
+        ceilings->matmul_flops_per_s / 1e12);
   else
-    std::cout << "device: " << b.name() << " (" << ceilings.status().message() << "; no ideal ratios)\n";
+    std::cout << "device: " << b.name() << " (" << ceilings.status().message()
+              << "; no ideal ratios)\n";
   std::cout << fmt::format("{:<44} {:>16} {:>12} {:>8}\n", "figure", "value", "ideal", "% ideal");
   auto row = [&](const std::string& what, const std::string& value, double ideal_s, double actual_s,
                  const std::string& ideal_text) {
     if (have_ceilings && ideal_s > 0)
-      std::cout << fmt::format("{:<44} {:>16} {:>12} {:>7.1f}%\n", what, value, ideal_text, 100.0 * ideal_s / actual_s);
+      std::cout << fmt::format("{:<44} {:>16} {:>12} {:>7.1f}%\n", what, value, ideal_text,
+                               100.0 * ideal_s / actual_s);
     else
       std::cout << fmt::format("{:<44} {:>16}\n", what, value);
   };
   std::ostringstream summary;
-  const double copy_bw = have_ceilings ? ceilings->copy_bytes_per_s / 2.0 : 0;  // bytes moved one way
+  const double copy_bw =
+      have_ceilings ? ceilings->copy_bytes_per_s / 2.0 : 0;  // bytes moved one way
   const double mm_rate = have_ceilings ? ceilings->matmul_flops_per_s : 0;
 
   int64_t max_tokens = 0;
   for (int64_t p : o.prompts) max_tokens = std::max(max_tokens, p + 16);
-  for (int64_t bs : o.batches) max_tokens = std::max(max_tokens, bs * (o.context + o.steps + 2 + 16));
-  if (!o.skip_lora) max_tokens = std::max(max_tokens, o.lora_batch * (o.lora_context + o.steps + 2 + 16));
+  for (int64_t bs : o.batches)
+    max_tokens = std::max(max_tokens, bs * (o.context + o.steps + 2 + 16));
+  if (!o.skip_lora)
+    max_tokens = std::max(max_tokens, o.lora_batch * (o.lora_context + o.steps + 2 + 16));
   const int64_t page = 16;
-  kv::KvCache kv(b, c.num_hidden_layers, max_tokens / page + 1, page, c.num_key_value_heads, c.head_dim);
+  kv::KvCache kv(b, c.num_hidden_layers, max_tokens / page + 1, page, c.num_key_value_heads,
+                 c.head_dim);
 
   // Decode at each batch size.
   for (int64_t bs : o.batches) {
@@ -185,8 +197,9 @@ int run_bench(const BenchOptions& o) {
                          double(bs) * double(c.hidden_size) * double(elem) +
                          double(bs) * double(o.context) * n.kv_bytes_per_token;
     const double ideal = copy_bw > 0 ? bytes / copy_bw : 0;
-    row(fmt::format("decode batch {} (ctx {})", bs, o.context), fmt::format("{:.1f} tok/s", double(bs) / *dt),
-        ideal, *dt, fmt::format("{:.0f} tok/s", ideal > 0 ? double(bs) / ideal : 0.0));
+    row(fmt::format("decode batch {} (ctx {})", bs, o.context),
+        fmt::format("{:.1f} tok/s", double(bs) / *dt), ideal, *dt,
+        fmt::format("{:.0f} tok/s", ideal > 0 ? double(bs) / ideal : 0.0));
     summary << fmt::format("decode_b{}={:.0f}tok/s ", bs, double(bs) / *dt);
   }
 
@@ -200,8 +213,8 @@ int run_bench(const BenchOptions& o) {
     const double flops = 2.0 * n.layer_params * double(p) + 2.0 * n.lm_head_params +
                          double(c.num_hidden_layers) * 4.0 * double(c.q_size()) * attn_pairs;
     const double ideal = mm_rate > 0 ? flops / mm_rate : 0;
-    row(fmt::format("time to first token, {}-token prompt", p), fmt::format("{:.2f} ms", *dt * 1e3), ideal, *dt,
-        fmt::format("{:.2f} ms", ideal * 1e3));
+    row(fmt::format("time to first token, {}-token prompt", p), fmt::format("{:.2f} ms", *dt * 1e3),
+        ideal, *dt, fmt::format("{:.2f} ms", ideal * 1e3));
     summary << fmt::format("ttft{}={:.2f}ms ", p, *dt * 1e3);
   }
 
@@ -209,7 +222,8 @@ int run_bench(const BenchOptions& o) {
   if (!o.skip_lora) {
     const int nslots = int(o.lora_batch);
     lora::AdapterSlots slots(b, c, nslots);
-    for (int s = 0; s < nslots; ++s) slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
+    for (int s = 0; s < nslots; ++s)
+      slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
     b.synchronize();
     auto none = time_decode(m, kv, nullptr, o.lora_batch, o.lora_context, o.steps, {});
     if (!none) return fail(none.status());
@@ -222,10 +236,11 @@ int run_bench(const BenchOptions& o) {
     const std::string label = fmt::format("batch {} ctx {} step", o.lora_batch, o.lora_context);
     std::cout << fmt::format("{:<44} {:>13.3f} ms\n", label + ", no adapter", *none * 1e3);
     std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
-                             label + fmt::format(", 1 shared r{}", o.lora_rank), *shared * 1e3, "vs none", *shared / *none);
+                             label + fmt::format(", 1 shared r{}", o.lora_rank), *shared * 1e3,
+                             "vs none", *shared / *none);
     std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
-                             label + fmt::format(", {} distinct r{}", nslots, o.lora_rank), *many * 1e3, "vs none",
-                             *many / *none);
+                             label + fmt::format(", {} distinct r{}", nslots, o.lora_rank),
+                             *many * 1e3, "vs none", *many / *none);
     summary << fmt::format("lora64_distinct={:.3f}x ", *many / *none);
   }
 
@@ -233,12 +248,13 @@ int run_bench(const BenchOptions& o) {
   if (b.device() == Device::cuda) {
     int64_t free_b = 0, total_b = 0;
     if (cuda_memory_info(&free_b, &total_b).ok()) {
-      const double used_other = double(total_b - free_b) - double(kv.layers.size()) * 2.0 * double(kv.layers[0].k.nbytes());
+      const double used_other = double(total_b - free_b) -
+                                double(kv.layers.size()) * 2.0 * double(kv.layers[0].k.nbytes());
       const double budget = o.mem_fraction * double(total_b) - used_other;
       const double tokens = budget / n.kv_bytes_per_token;
-      std::cout << fmt::format("{:<44} {:>16}\n",
-                               fmt::format("KV capacity at {:.0f}% of memory", o.mem_fraction * 100),
-                               fmt::format("{:.0f} tokens", tokens));
+      std::cout << fmt::format(
+          "{:<44} {:>16}\n", fmt::format("KV capacity at {:.0f}% of memory", o.mem_fraction * 100),
+          fmt::format("{:.0f} tokens", tokens));
       summary << fmt::format("kv_capacity={:.0f}tok ", tokens);
     }
   }
@@ -251,18 +267,25 @@ int run_bench(const BenchOptions& o) {
 
 void add_bench_command(CLI::App& app, int& rc) {
   auto o = std::make_shared<BenchOptions>();
-  CLI::App* cmd = app.add_subcommand("bench", "Phi-3-mini-shaped model with random weights: speed vs the device's ceilings");
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Phi-3-mini-shaped model with random weights: speed vs the device's ceilings");
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--layers", o->layers, "layers (32 for the real shape)")->check(CLI::Range(1, 64));
+  cmd->add_option("--layers", o->layers, "layers (32 for the real shape)")
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--prompt", o->prompts, "prompt lengths for time to first token")->delimiter(',');
   cmd->add_option("--batch", o->batches, "decode batch sizes")->delimiter(',');
-  cmd->add_option("--context", o->context, "cached tokens per sequence for decode")->check(CLI::Range(0, 131072));
+  cmd->add_option("--context", o->context, "cached tokens per sequence for decode")
+      ->check(CLI::Range(0, 131072));
   cmd->add_option("--steps", o->steps, "timed decode steps (median)")->check(CLI::Range(1, 1000));
-  cmd->add_option("--lora-batch", o->lora_batch, "batch (and distinct adapters) of the LoRA figure")->check(CLI::Range(1, 1024));
-  cmd->add_option("--lora-context", o->lora_context, "cached tokens per sequence of the LoRA figure");
-  cmd->add_option("--lora-rank", o->lora_rank, "rank of the random adapters")->check(CLI::Range(1, 128));
+  cmd->add_option("--lora-batch", o->lora_batch, "batch (and distinct adapters) of the LoRA figure")
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--lora-context", o->lora_context,
+                  "cached tokens per sequence of the LoRA figure");
+  cmd->add_option("--lora-rank", o->lora_rank, "rank of the random adapters")
+      ->check(CLI::Range(1, 128));
   cmd->add_flag("--skip-lora", o->skip_lora, "leave out the multi-LoRA figure");
-  cmd->add_option("--mem-fraction", o->mem_fraction, "device memory fraction for the KV capacity figure")
+  cmd->add_option("--mem-fraction", o->mem_fraction,
+                  "device memory fraction for the KV capacity figure")
       ->check(CLI::Range(0.1, 1.0));
   cmd->callback([o, &rc] { rc = run_bench(*o); });
 }

@@ -11,10 +11,12 @@
 namespace philora::app {
 
 void add_model_options(CLI::App& cmd, ModelOptions& o) {
-  cmd.add_option("--model", o.model_dir, "HF model directory (config.json + safetensors)")->required();
+  cmd.add_option("--model", o.model_dir, "HF model directory (config.json + safetensors)")
+      ->required();
   cmd.add_option("--adapter", o.adapters, "PEFT adapter as NAME=DIR (repeatable)");
   cmd.add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd.add_option("--page-size", o.page_size, "KV cache page size in tokens")->check(CLI::Range(1, 1024));
+  cmd.add_option("--page-size", o.page_size, "KV cache page size in tokens")
+      ->check(CLI::Range(1, 1024));
 }
 
 Expected<LoadedModel> load_model(const ModelOptions& o) {
@@ -22,7 +24,8 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   PHILORA_ASSIGN_OR_RETURN(m.backend, make_backend(o.device));
   PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
   PHILORA_ASSIGN_OR_RETURN(m.tensors, io::TensorSet::open_model_dir(o.model_dir));
-  PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights, model::load_weights(m.tensors, config, *m.backend));
+  PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights,
+                           model::load_weights(m.tensors, config, *m.backend));
   std::vector<lora::Adapter> adapters;
   for (const std::string& spec : o.adapters) {
     const size_t eq = spec.find('=');
@@ -34,9 +37,11 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
     m.adapter_slot[name] = int32_t(adapters.size());
     adapters.push_back(std::move(a));
   }
-  m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config, std::max<int>(1, int(adapters.size())));
+  m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config,
+                                                 std::max<int>(1, int(adapters.size())));
   for (size_t i = 0; i < adapters.size(); ++i) m.slots->assign(int(i), adapters[i]);
-  m.model = std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
+  m.model =
+      std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
   return m;
 }
 
@@ -54,11 +59,14 @@ Expected<std::vector<RequestLine>> read_requests(const std::string& path) {
     if (!j.contains("id")) return Status::errorf("{}: missing \"id\"", where);
     r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
     if (j.contains("input_ids")) {
-      if (!j["input_ids"].is_array()) return Status::errorf("{}: \"input_ids\" must be an array", where);
+      if (!j["input_ids"].is_array())
+        return Status::errorf("{}: \"input_ids\" must be an array", where);
       for (const auto& v : j["input_ids"]) {
-        if (!v.is_number_integer()) return Status::errorf("{}: \"input_ids\" must hold integers", where);
+        if (!v.is_number_integer())
+          return Status::errorf("{}: \"input_ids\" must hold integers", where);
         const int64_t id = v.get<int64_t>();
-        if (id < 0 || id > INT32_MAX) return Status::errorf("{}: token id {} out of range", where, id);
+        if (id < 0 || id > INT32_MAX)
+          return Status::errorf("{}: token id {} out of range", where, id);
         r.input_ids.push_back(int32_t(id));
       }
     }
@@ -69,7 +77,8 @@ Expected<std::vector<RequestLine>> read_requests(const std::string& path) {
     if (!j.contains("input_ids") && !r.prompt)
       return Status::errorf("{}: needs \"input_ids\" (or \"prompt\")", where);
     if (j.contains("adapter") && !j["adapter"].is_null()) {
-      if (!j["adapter"].is_string()) return Status::errorf("{}: \"adapter\" must be a string or null", where);
+      if (!j["adapter"].is_string())
+        return Status::errorf("{}: \"adapter\" must be a string or null", where);
       r.adapter = j["adapter"].get<std::string>();
     }
     if (j.contains("max_new_tokens")) {
@@ -77,7 +86,8 @@ Expected<std::vector<RequestLine>> read_requests(const std::string& path) {
         return Status::errorf("{}: \"max_new_tokens\" must be a non-negative integer", where);
       r.max_new_tokens = j["max_new_tokens"].get<int64_t>();
     }
-    if (j.contains("ignore_eos")) r.ignore_eos = j["ignore_eos"].is_boolean() && j["ignore_eos"].get<bool>();
+    if (j.contains("ignore_eos"))
+      r.ignore_eos = j["ignore_eos"].is_boolean() && j["ignore_eos"].get<bool>();
     lines.push_back(std::move(r));
   }
   if (lines.empty()) return Status::errorf("requests file '{}' holds no requests", path);
@@ -94,7 +104,8 @@ Expected<std::vector<engine::OfflineRequest>> to_offline(const LoadedModel& m,
     if (l.adapter) {
       auto it = m.adapter_slot.find(*l.adapter);
       if (it == m.adapter_slot.end())
-        return Status::errorf("request '{}': adapter '{}' was not given with --adapter", l.id, *l.adapter);
+        return Status::errorf("request '{}': adapter '{}' was not given with --adapter", l.id,
+                              *l.adapter);
       r.lora_slot = it->second;
     }
     r.ignore_eos = l.ignore_eos;

@@ -30,7 +30,10 @@ int run_generate(const GenerateOptions& o) {
   if (!lines) return fail(lines.status());
   for (const RequestLine& l : *lines)
     if (l.prompt && l.input_ids.empty())
-      return fail(Status::errorf("request '{}': \"prompt\" needs a tokenizer, which this build cannot load yet; give input_ids", l.id));
+      return fail(
+          Status::errorf("request '{}': \"prompt\" needs a tokenizer, which this build cannot load "
+                         "yet; give input_ids",
+                         l.id));
   auto reqs = to_offline(*m, *lines);
   if (!reqs) return fail(reqs.status());
   for (size_t i = 0; i < reqs->size(); ++i) {

@@ -23,7 +23,8 @@ int run_score(const ScoreOptions& o) {
   auto lines = read_requests(o.requests);
   if (!lines) return fail(lines.status());
   for (const RequestLine& l : *lines)
-    if (l.prompt) return fail(Status::errorf("request '{}': score takes input_ids, not a prompt", l.id));
+    if (l.prompt)
+      return fail(Status::errorf("request '{}': score takes input_ids, not a prompt", l.id));
   auto reqs = to_offline(*m, *lines);
   if (!reqs) return fail(reqs.status());
   engine::OfflineOptions opts;
@@ -34,7 +35,8 @@ int run_score(const ScoreOptions& o) {
   for (size_t i = 0; i < reqs->size(); ++i) {
     const Tensor& t = (*logits)[i];
     out.clear();
-    fmt::format_to(std::back_inserter(out), "{{\"id\": {}, \"logits\": [", nlohmann::json((*reqs)[i].id).dump());
+    fmt::format_to(std::back_inserter(out), "{{\"id\": {}, \"logits\": [",
+                   nlohmann::json((*reqs)[i].id).dump());
     for (int64_t r = 0; r < t.rows(); ++r) {
       out.push_back(r ? ',' : '[');
       if (r) out.push_back('[');
@@ -55,7 +57,8 @@ int run_score(const ScoreOptions& o) {
 
 void add_score_command(CLI::App& app, int& rc) {
   auto o = std::make_shared<ScoreOptions>();
-  CLI::App* cmd = app.add_subcommand("score", "logits of every position, all requests in one batch");
+  CLI::App* cmd =
+      app.add_subcommand("score", "logits of every position, all requests in one batch");
   add_model_options(*cmd, o->model);
   cmd->add_option("--requests", o->requests, "JSON lines {id, input_ids, adapter}")->required();
   cmd->callback([o, &rc] { rc = run_score(*o); });

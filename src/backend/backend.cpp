@@ -21,7 +21,9 @@ Expected<std::unique_ptr<Backend>> make_backend(const std::string& name) {
 #ifdef PHILORA_HAVE_CUDA
     return make_cuda_backend();
 #else
-    return Status::error("device 'cuda': this build of philora has no CUDA backend (nvcc was not found at build time)");
+    return Status::error(
+        "device 'cuda': this build of philora has no CUDA backend (nvcc was not found at build "
+        "time)");
 #endif
   }
   return Status::errorf("unknown device '{}' (choices: cpu, cuda)", name);

@@ -54,20 +54,20 @@ struct AttentionPlan {
   Tensor kv_last_page_len;  // [S] i32
   Tensor positions;         // [T] i32 (same as TokenPlan::positions)
   int64_t num_seqs = 0;
-  int64_t max_q_len = 0;   // host-side bounds for launch shapes
+  int64_t max_q_len = 0;  // host-side bounds for launch shapes
   int64_t max_kv_len = 0;
-  int64_t window = 0;      // sliding window W, 0 = none
-  float scale = 1.0f;      // softmax scale, 1/sqrt(head_dim)
+  int64_t window = 0;  // sliding window W, 0 = none
+  float scale = 1.0f;  // softmax scale, 1/sqrt(head_dim)
 };
 
 // The adapters resident in device slots, seen from one (layer, target) module.
 // Slot i's pair is A_i: (ranks[i], in), B_i: (out, ranks[i]), both stored in
 // `dtype`; ranks[i] = 0 means that adapter does not touch this module.
 struct LoraModuleTable {
-  Tensor a_ptrs;   // [num_slots] i64: device address of A_i (0 when rank 0)
-  Tensor b_ptrs;   // [num_slots] i64: device address of B_i
-  Tensor ranks;    // [num_slots] i32
-  Tensor scales;   // [num_slots] f32
+  Tensor a_ptrs;  // [num_slots] i64: device address of A_i (0 when rank 0)
+  Tensor b_ptrs;  // [num_slots] i64: device address of B_i
+  Tensor ranks;   // [num_slots] i32
+  Tensor scales;  // [num_slots] f32
   DType dtype = DType::f32;
   int64_t num_slots = 0;
   int64_t in_features = 0;
@@ -78,12 +78,12 @@ struct LoraModuleTable {
 // Which adapter slot each token uses this step (-1 = none). Both forms are
 // given: contiguous segments (prefill-friendly) and per-token slots (decode).
 struct LoraBatch {
-  bool active = false;    // host: false when no token uses an adapter -> no LoRA work at all
-  Tensor seg_indptr;      // [G + 1] i32: segment g covers tokens seg_indptr[g] .. seg_indptr[g+1]
-  Tensor seg_slot;        // [G] i32
-  Tensor token_slot;      // [T] i32
+  bool active = false;  // host: false when no token uses an adapter -> no LoRA work at all
+  Tensor seg_indptr;    // [G + 1] i32: segment g covers tokens seg_indptr[g] .. seg_indptr[g+1]
+  Tensor seg_slot;      // [G] i32
+  Tensor token_slot;    // [T] i32
   int64_t num_segments = 0;
-  int64_t max_rank = 0;   // host: max rank among the slots used this step
+  int64_t max_rank = 0;  // host: max rank among the slots used this step
 };
 
 class Backend {

@@ -11,9 +11,9 @@ namespace philora {
 
 struct DeviceCeilings {
   std::string device_name;
-  double copy_bytes_per_s = 0;     // read + write
-  double matmul_flops_per_s = 0;   // 8192³ bf16, f32 accumulate
-  int64_t free_bytes = 0;          // device memory free at measurement time
+  double copy_bytes_per_s = 0;    // read + write
+  double matmul_flops_per_s = 0;  // 8192³ bf16, f32 accumulate
+  int64_t free_bytes = 0;         // device memory free at measurement time
   int64_t total_bytes = 0;
 };
 

@@ -13,22 +13,32 @@ enum class DType : uint8_t { f32, f16, bf16, i32, i64 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
-    case DType::f32: return 4;
-    case DType::i32: return 4;
-    case DType::i64: return 8;
-    case DType::f16: return 2;
-    case DType::bf16: return 2;
+    case DType::f32:
+      return 4;
+    case DType::i32:
+      return 4;
+    case DType::i64:
+      return 8;
+    case DType::f16:
+      return 2;
+    case DType::bf16:
+      return 2;
   }
   return 0;
 }
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::i32: return "I32";
-    case DType::i64: return "I64";
-    case DType::f16: return "F16";
-    case DType::bf16: return "BF16";
+    case DType::f32:
+      return "F32";
+    case DType::i32:
+      return "I32";
+    case DType::i64:
+      return "I64";
+    case DType::f16:
+      return "F16";
+    case DType::bf16:
+      return "BF16";
   }
   return "?";
 }
@@ -93,7 +103,9 @@ inline uint16_t f32_to_f16(float f) {
 // Widens `n` elements of `src` (stored as `t`) to f32.
 inline void to_f32(const void* src, DType t, float* dst, size_t n) {
   switch (t) {
-    case DType::f32: std::memcpy(dst, src, n * 4); return;
+    case DType::f32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case DType::bf16: {
       const auto* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);

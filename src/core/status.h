@@ -63,10 +63,10 @@ class Expected {
 }  // namespace philora
 
 // Propagates an error Status from an expression returning Status.
-#define PHILORA_RETURN_IF_ERROR(expr)          \
-  do {                                         \
-    ::philora::Status _st = (expr);            \
-    if (!_st.ok()) return _st;                 \
+#define PHILORA_RETURN_IF_ERROR(expr) \
+  do {                                \
+    ::philora::Status _st = (expr);   \
+    if (!_st.ok()) return _st;        \
   } while (0)
 
 #define PHILORA_CONCAT_INNER(a, b) a##b

@@ -46,7 +46,9 @@ struct Tensor {
   int64_t cols() const { return ndim == 0 ? 1 : shape[size_t(ndim - 1)]; }
 
   template <typename T>
-  T* ptr() const { return static_cast<T*>(data); }
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
 
   // A view of rows [begin, end) of the tensor seen as a matrix; shares storage.
   Tensor row_slice(int64_t begin, int64_t end) const {

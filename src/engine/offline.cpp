@@ -15,15 +15,16 @@ static Status check_requests(const model::Phi3Config& c, const std::vector<Offli
     if (r.input_ids.empty()) return Status::errorf("request '{}': input_ids is empty", r.id);
     for (int32_t id : r.input_ids)
       if (id < 0 || id >= c.vocab_size)
-        return Status::errorf("request '{}': token id {} is outside the vocabulary [0, {})", r.id, id,
-                              c.vocab_size);
+        return Status::errorf("request '{}': token id {} is outside the vocabulary [0, {})", r.id,
+                              id, c.vocab_size);
     if (r.lora_slot >= 0 && (!adapters || r.lora_slot >= adapters->num_slots()))
       return Status::errorf("request '{}': adapter slot {} is not loaded", r.id, r.lora_slot);
   }
   return Status();
 }
 
-static std::vector<Sequence> admit(const model::Phi3Config& c, const std::vector<OfflineRequest>& reqs) {
+static std::vector<Sequence> admit(const model::Phi3Config& c,
+                                   const std::vector<OfflineRequest>& reqs) {
   std::vector<Sequence> seqs(reqs.size());
   for (size_t i = 0; i < reqs.size(); ++i) {
     Sequence& s = seqs[i];
@@ -108,12 +109,13 @@ Expected<std::vector<Generation>> generate_batch(model::Phi3ForCausalLM& model,
       const size_t i = which[k];
       Sequence& s = seqs[i];
       s.num_computed = int64_t(s.tokens.size());
-      const int32_t tok =
-          sample(logits.ptr<float>() + int64_t(k) * c.vocab_size, c.vocab_size, requests[i].sampling, rngs[i]);
+      const int32_t tok = sample(logits.ptr<float>() + int64_t(k) * c.vocab_size, c.vocab_size,
+                                 requests[i].sampling, rngs[i]);
       s.tokens.push_back(tok);
       out[i].tokens.push_back(tok);
       const bool eos = !requests[i].ignore_eos &&
-                       std::find(options.stop_ids.begin(), options.stop_ids.end(), tok) != options.stop_ids.end();
+                       std::find(options.stop_ids.begin(), options.stop_ids.end(), tok) !=
+                           options.stop_ids.end();
       if (eos || int64_t(out[i].tokens.size()) >= requests[i].max_new_tokens) {
         done[i] = true;
         out[i].finish_reason = eos ? "stop" : "length";

@@ -55,7 +55,8 @@ void lora_segments(const std::vector<int32_t>& token_slot, std::vector<int32_t>*
 
 static LoraBatch stage_lora(Backend& b, const std::vector<int32_t>& token_slot, int64_t max_rank) {
   LoraBatch batch;
-  batch.active = std::any_of(token_slot.begin(), token_slot.end(), [](int32_t s) { return s >= 0; });
+  batch.active =
+      std::any_of(token_slot.begin(), token_slot.end(), [](int32_t s) { return s >= 0; });
   if (!batch.active) return batch;
   std::vector<int32_t> indptr, seg_slot;
   lora_segments(token_slot, &indptr, &seg_slot);

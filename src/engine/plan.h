@@ -22,11 +22,11 @@ struct SeqWork {
 
 struct StepPlan {
   // per token, T = Σ num_tokens
-  std::vector<int32_t> token_ids;   // [T]
-  std::vector<int32_t> positions;   // [T]
-  std::vector<int32_t> slots;       // [T] page * page_size + offset
-  std::vector<int32_t> rope_long;   // [T]
-  std::vector<int32_t> lora_slot;   // [T]
+  std::vector<int32_t> token_ids;  // [T]
+  std::vector<int32_t> positions;  // [T]
+  std::vector<int32_t> slots;      // [T] page * page_size + offset
+  std::vector<int32_t> rope_long;  // [T]
+  std::vector<int32_t> lora_slot;  // [T]
   // per sequence, S = number of SeqWork
   std::vector<int32_t> q_indptr;          // [S + 1]
   std::vector<int32_t> kv_indptr;         // [S + 1]

@@ -26,7 +26,8 @@ int32_t sample(const float* logits, int64_t vocab, const SamplingParams& p, std:
   std::vector<double> prob(static_cast<size_t>(k));
   const double top = logits[idx[0]];
   double sum = 0;
-  for (int64_t i = 0; i < k; ++i) sum += prob[size_t(i)] = std::exp((logits[idx[size_t(i)]] - top) / p.temperature);
+  for (int64_t i = 0; i < k; ++i)
+    sum += prob[size_t(i)] = std::exp((logits[idx[size_t(i)]] - top) / p.temperature);
   int64_t keep = k;
   if (p.top_p < 1.0f) {
     double mass = 0;

@@ -16,6 +16,7 @@ struct SamplingParams {
 
 // Greedy picks the first index of the maximum (as torch.argmax does).
 int32_t argmax(const float* logits, int64_t vocab);
-int32_t sample(const float* logits, int64_t vocab, const SamplingParams& params, std::mt19937_64& rng);
+int32_t sample(const float* logits, int64_t vocab, const SamplingParams& params,
+               std::mt19937_64& rng);
 
 }  // namespace philora::engine

@@ -9,7 +9,7 @@ namespace philora::engine {
 
 struct Sequence {
   std::string id;
-  std::vector<int32_t> tokens;       // prompt followed by generated tokens
+  std::vector<int32_t> tokens;  // prompt followed by generated tokens
   int64_t prompt_len = 0;
   int64_t num_computed = 0;          // tokens whose K/V are in the cache
   int32_t lora_slot = -1;            // adapter slot, -1 = base model

@@ -27,8 +27,9 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
   slot_rank_[size_t(slot)] = 0;
   for (size_t m = 0; m < dims_.size(); ++m) {
     const bool head = m == dims_.size() - 1;
-    const auto& mod = head ? adapter.lm_head
-                           : adapter.module(int64_t(m) / kLayerTargets, Target(int64_t(m) % kLayerTargets));
+    const auto& mod =
+        head ? adapter.lm_head
+             : adapter.module(int64_t(m) / kLayerTargets, Target(int64_t(m) % kLayerTargets));
     Resident r;
     if (mod) {
       r.a = backend_.upload(mod->a, backend_.compute_dtype());

@@ -39,11 +39,11 @@ class AdapterSlots {
 
   Backend& backend_;
   int num_slots_;
-  std::vector<std::array<int64_t, 2>> dims_;              // [modules] (in, out)
-  std::vector<std::vector<Resident>> resident_;            // [modules][slots]
-  std::vector<LoraModuleTable> tables_;                    // [modules]
-  std::vector<bool> used_;                                 // [modules]: any slot has rank > 0
-  std::vector<int64_t> slot_rank_;                         // [slots] max rank per slot
+  std::vector<std::array<int64_t, 2>> dims_;     // [modules] (in, out)
+  std::vector<std::vector<Resident>> resident_;  // [modules][slots]
+  std::vector<LoraModuleTable> tables_;          // [modules]
+  std::vector<bool> used_;                       // [modules]: any slot has rank > 0
+  std::vector<int64_t> slot_rank_;               // [slots] max rank per slot
 };
 
 }  // namespace philora::lora

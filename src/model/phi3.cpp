@@ -6,7 +6,9 @@
 namespace philora::model {
 
 Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend)
-    : config_(std::move(config)), w_(std::move(weights)), backend_(backend),
+    : config_(std::move(config)),
+      w_(std::move(weights)),
+      backend_(backend),
       rope_(make_rope_params(config_, backend)) {}
 
 Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
@@ -18,7 +20,7 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
   };
 
   Tensor h = ops.embedding(in.tokens.token_ids, w_.embed_tokens);  // (T, hidden)
-  Tensor residual;                                                  // empty: first layer
+  Tensor residual;                                                 // empty: first layer
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     const Phi3LayerWeights& layer = w_.layers[size_t(l)];
     KvLayer& cache = kv.layers[size_t(l)];

@@ -16,10 +16,10 @@ namespace philora::model {
 struct StepInputs {
   TokenPlan tokens;
   AttentionPlan attention;
-  LoraBatch lora;         // per token of the step
-  LoraBatch lora_logits;  // per selected row (lm_head LoRA)
-  Tensor logit_rows;      // [R] i32 rows of the step that need logits
-  bool all_rows = false;  // every row needs logits (score); logit_rows ignored
+  LoraBatch lora;             // per token of the step
+  LoraBatch lora_logits;      // per selected row (lm_head LoRA)
+  Tensor logit_rows;          // [R] i32 rows of the step that need logits
+  bool all_rows = false;      // every row needs logits (score); logit_rows ignored
   bool skip_lm_head = false;  // return final hidden states of the selected rows instead
 };
 

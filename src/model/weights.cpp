@@ -10,7 +10,8 @@ namespace philora::model {
 std::vector<WeightSpec> weight_specs(const Phi3Config& c) {
   const int64_t h = c.hidden_size, inter = c.intermediate_size;
   std::vector<WeightSpec> specs;
-  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, Split::vocab, &Phi3Weights::embed_tokens});
+  specs.push_back(
+      {"model.embed_tokens.weight", {c.vocab_size, h}, Split::vocab, &Phi3Weights::embed_tokens});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     auto add = [&](std::string name, std::vector<int64_t> shape, Split split,
@@ -18,7 +19,8 @@ std::vector<WeightSpec> weight_specs(const Phi3Config& c) {
       specs.push_back({p + name, std::move(shape), split, nullptr, field, l});
     };
     add("input_layernorm.weight", {h}, Split::replicated, &Phi3LayerWeights::input_layernorm);
-    add("self_attn.qkv_proj.weight", {c.qkv_size(), h}, Split::qkv_heads, &Phi3LayerWeights::qkv_proj);
+    add("self_attn.qkv_proj.weight", {c.qkv_size(), h}, Split::qkv_heads,
+        &Phi3LayerWeights::qkv_proj);
     add("self_attn.o_proj.weight", {h, c.q_size()}, Split::row, &Phi3LayerWeights::o_proj);
     add("post_attention_layernorm.weight", {h}, Split::replicated,
         &Phi3LayerWeights::post_attention_layernorm);
@@ -55,7 +57,9 @@ Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Confi
   for (const WeightSpec& spec : weight_specs(config)) {
     expected.insert(spec.name);
     const io::TensorEntry* e = tensors.find(spec.name);
-    if (!e) return Status::errorf("checkpoint is missing tensor '{}' (expected shape {})", spec.name, shape_str(spec.shape));
+    if (!e)
+      return Status::errorf("checkpoint is missing tensor '{}' (expected shape {})", spec.name,
+                            shape_str(spec.shape));
     const Tensor& v = e->view;
     if (v.dtype != DType::f32 && v.dtype != DType::f16 && v.dtype != DType::bf16)
       return Status::errorf("{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", e->file,
@@ -69,8 +73,10 @@ Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Confi
   }
   for (const std::string& name : tensors.names()) {
     if (!expected.count(name) && !ignorable(name, config))
-      return Status::errorf("checkpoint has unexpected tensor '{}' (in {}): not part of Phi3ForCausalLM with this config",
-                            name, tensors.find(name)->file);
+      return Status::errorf(
+          "checkpoint has unexpected tensor '{}' (in {}): not part of Phi3ForCausalLM with this "
+          "config",
+          name, tensors.find(name)->file);
   }
   if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
   return w;
@@ -84,7 +90,8 @@ Phi3Weights random_weights(const Phi3Config& config, Backend& backend, uint64_t 
   for (const WeightSpec& spec : weight_specs(config)) {
     Tensor t = spec.shape.size() == 1
                    ? backend.random_uniform({spec.shape[0]}, seed + index, 1.0f, 0.1f)
-                   : backend.random_uniform({spec.shape[0], spec.shape[1]}, seed + index, 0.0f, half_width);
+                   : backend.random_uniform({spec.shape[0], spec.shape[1]}, seed + index, 0.0f,
+                                            half_width);
     slot(w, spec) = t;
     index += 0x1000;
   }

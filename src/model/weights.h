@@ -35,8 +35,8 @@ struct WeightSpec {
   std::string name;            // HF checkpoint name
   std::vector<int64_t> shape;  // expected shape
   Split split;
-  Tensor Phi3Weights::*top = nullptr;           // a model-level tensor, or
-  Tensor Phi3LayerWeights::*field = nullptr;    // a per-layer tensor of `layer`
+  Tensor Phi3Weights::*top = nullptr;         // a model-level tensor, or
+  Tensor Phi3LayerWeights::*field = nullptr;  // a per-layer tensor of `layer`
   int64_t layer = -1;
 };
 

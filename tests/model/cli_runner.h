@@ -28,7 +28,8 @@ inline CliResult run_philora(const std::vector<std::string>& args) {
   namespace fs = std::filesystem;
   static int counter = 0;
   const fs::path err_path =
-      fs::temp_directory_path() / ("philora_test_err_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+      fs::temp_directory_path() /
+      ("philora_test_err_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
   std::string cmd = shell_quote(PHILORA_BINARY);
   for (const auto& a : args) cmd += " " + shell_quote(a);
   cmd += " 2>" + shell_quote(err_path.string());

@@ -14,7 +14,8 @@ namespace {
 const fs::path kCase = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
 
 fs::path write_temp(const std::string& name, const std::string& text) {
-  const fs::path p = fs::temp_directory_path() / ("philora_cli_" + std::to_string(::getpid()) + "_" + name);
+  const fs::path p =
+      fs::temp_directory_path() / ("philora_cli_" + std::to_string(::getpid()) + "_" + name);
   std::ofstream(p) << text;
   return p;
 }
@@ -34,7 +35,8 @@ void expect_error(const CliResult& r, const std::string& needle) {
 }
 
 TEST(Cli, ScoresAValidRequest) {
-  const auto req = write_temp("ok.jsonl", "{\"id\": \"x\", \"input_ids\": [1, 2, 3], \"adapter\": \"a\"}\n");
+  const auto req =
+      write_temp("ok.jsonl", "{\"id\": \"x\", \"input_ids\": [1, 2, 3], \"adapter\": \"a\"}\n");
   const CliResult r = score({"--adapter", "a=" + (kCase / "adapters" / "a").string()}, req);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("\"id\": \"x\""), std::string::npos);
@@ -47,7 +49,8 @@ TEST(Cli, MissingModelDirectory) {
 }
 
 TEST(Cli, UnknownAdapterInRequest) {
-  const auto req = write_temp("u.jsonl", "{\"id\": \"x\", \"input_ids\": [1], \"adapter\": \"zzz\"}\n");
+  const auto req =
+      write_temp("u.jsonl", "{\"id\": \"x\", \"input_ids\": [1], \"adapter\": \"zzz\"}\n");
   expect_error(score({}, req), "adapter 'zzz'");
 }
 
@@ -79,7 +82,8 @@ TEST(Cli, AdapterDirectoryMissing) {
 TEST(Cli, AdapterForAnotherModelIsRefused) {
   // mqa_longrope's adapter has other shapes than gqa_multi_lora's base model.
   const auto req = write_temp("s.jsonl", "{\"id\": \"x\", \"input_ids\": [1]}\n");
-  const fs::path other = fs::path(PHILORA_TEST_DATA) / "golden" / "mqa_longrope" / "adapters" / "lr";
+  const fs::path other =
+      fs::path(PHILORA_TEST_DATA) / "golden" / "mqa_longrope" / "adapters" / "lr";
   expect_error(score({"--adapter", "lr=" + other.string()}, req), "expected");
 }
 

@@ -58,7 +58,8 @@ std::vector<std::string> model_args(const fs::path& dir) {
   std::vector<std::string> args = {"--model", (dir / "model").string(), "--device", device()};
   if (fs::exists(dir / "adapters")) {
     std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir / "adapters")) names.push_back(e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(dir / "adapters"))
+      names.push_back(e.path().filename().string());
     std::sort(names.begin(), names.end());
     for (const auto& n : names) {
       args.push_back("--adapter");

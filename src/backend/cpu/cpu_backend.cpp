@@ -59,7 +59,8 @@ Tensor CpuBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_t
   Tensor t = host_alloc(DType::f32, shape);
   float* p = t.ptr<float>();
   pool_.parallel_for(t.numel(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) p[i] = mean + half_width * random_uniform_value(seed, uint64_t(i));
+    for (int64_t i = b; i < e; ++i)
+      p[i] = mean + half_width * random_uniform_value(seed, uint64_t(i));
   });
   return t;
 }
@@ -69,7 +70,8 @@ Tensor CpuBackend::embedding(const Tensor& ids, const Tensor& table) {
   Tensor out = host_alloc(DType::f32, {n, hidden});
   for (int64_t t = 0; t < n; ++t) {
     const int64_t id = ids.ptr<int32_t>()[t];
-    const char* row = static_cast<const char*>(table.data) + size_t(id * hidden) * dtype_size(table.dtype);
+    const char* row =
+        static_cast<const char*>(table.data) + size_t(id * hidden) * dtype_size(table.dtype);
     to_f32(row, table.dtype, out.ptr<float>() + t * hidden, size_t(hidden));
   }
   return out;
@@ -118,8 +120,8 @@ Tensor CpuBackend::matmul(const Tensor& x, const Tensor& w) {
   const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
   Tensor y = host_alloc(DType::f32, {m, n});
   if (m == 0) return y;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f,
-              x.ptr<float>(), int(k), w.ptr<float>(), int(k), 0.0f, y.ptr<float>(), int(n));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x.ptr<float>(),
+              int(k), w.ptr<float>(), int(k), 0.0f, y.ptr<float>(), int(n));
   return y;
 }
 
