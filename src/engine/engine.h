@@ -1,0 +1,93 @@
+// The engine: continuous batching over the paged KV cache. Each step the
+// scheduler spends a token budget — running sequences first (a decode token or
+// the next prompt chunk), then waiting ones in arrival order — so prefill and
+// decode share steps and there is no separate "prefill phase" (vLLM v1 style).
+// When pages run out, the most recently admitted sequence is preempted and
+// later recomputed. Single-threaded: callers serialise access.
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/sampler.h"
+#include "engine/sequence.h"
+#include "kv/kv_cache.h"
+#include "lora/store.h"
+#include "model/phi3.h"
+
+namespace philora::engine {
+
+struct EngineConfig {
+  int64_t max_batched_tokens = 2048;  // token budget of one step
+  int64_t max_running = 256;          // sequences in flight
+};
+
+struct GenerationRequest {
+  std::string id;
+  std::vector<int32_t> prompt;
+  std::optional<std::string> adapter;  // nullopt = base model
+  SamplingParams sampling;
+  int64_t max_new_tokens = 16;
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_token_ids;  // besides the model's eos ids
+};
+
+// What one step produced for one request.
+struct StepOutput {
+  std::string id;
+  std::vector<int32_t> new_tokens;
+  bool finished = false;
+  std::string finish_reason;  // "length", "stop", "abort", "error"
+  std::string error;          // set with finish_reason "error"
+};
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t preemptions = 0;
+  int64_t prompt_tokens = 0;  // computed, recomputation included
+  int64_t generated_tokens = 0;
+};
+
+class Engine {
+ public:
+  Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStore* adapters,
+         EngineConfig config);
+
+  // Validates and queues; the error says what is wrong with the request.
+  Status add_request(GenerationRequest request);
+  void abort(const std::string& id);
+  bool has_work() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
+  std::vector<StepOutput> step();
+
+  const EngineStats& stats() const { return stats_; }
+  int64_t num_running() const { return int64_t(running_.size()); }
+  int64_t num_waiting() const { return int64_t(waiting_.size()); }
+
+ private:
+  struct Live {
+    GenerationRequest req;
+    Sequence seq;
+    std::mt19937_64 rng;
+    int64_t generated = 0;
+    bool has_slot = false;
+    bool done = false;
+  };
+  void preempt(Live& l);
+  void finish(Live& l, const std::string& reason, std::vector<StepOutput>& out,
+              const std::string& error = "");
+
+  model::Phi3ForCausalLM& model_;
+  kv::KvCache& kv_;
+  lora::AdapterStore* adapters_;
+  EngineConfig config_;
+  std::deque<std::unique_ptr<Live>> waiting_;
+  std::vector<std::unique_ptr<Live>> running_;  // admission order
+  std::vector<StepOutput> pending_;             // finished outside a step (aborts)
+  EngineStats stats_;
+};
+
+}  // namespace philora::engine

@@ -1,0 +1,64 @@
+// The adapter store: disk (PEFT dirs) -> host cache (parsed, f32) -> device
+// slots, LRU at both tiers. A slot is pinned while a running sequence uses it
+// and is never evicted then.
+#pragma once
+
+#include <list>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lora/adapter.h"
+#include "lora/slots.h"
+
+namespace philora::lora {
+
+struct StoreOptions {
+  std::string adapter_dir;     // NAME resolves to adapter_dir/NAME when not registered
+  int64_t host_capacity = 64;  // adapters kept parsed in host memory
+};
+
+class AdapterStore {
+ public:
+  AdapterStore(const model::Phi3Config& config, AdapterSlots& slots, StoreOptions options);
+
+  // Makes NAME resolve to DIR (--adapter NAME=DIR).
+  void register_dir(const std::string& name, const std::string& dir);
+  // Loads NAME if needed, makes it resident in a slot and pins it; returns the
+  // slot. Fails when NAME is unknown or bad, or every slot is pinned.
+  Expected<int32_t> acquire(const std::string& name);
+  void release(int32_t slot);
+
+  int64_t resident_count() const;
+  const AdapterSlots& slots() const { return slots_; }
+  int64_t max_rank() const { return slots_.max_rank(); }
+  int64_t loads_from_disk() const { return disk_loads_; }
+  int64_t uploads_to_device() const { return uploads_; }
+
+ private:
+  Expected<std::shared_ptr<const Adapter>> host_adapter(const std::string& name);
+  Status check_name(const std::string& name) const;
+
+  const model::Phi3Config& config_;
+  AdapterSlots& slots_;
+  StoreOptions options_;
+  std::map<std::string, std::string> dirs_;  // registered NAME -> DIR
+  // host tier: LRU list of names (front = most recent) and the parsed adapters
+  std::list<std::string> host_lru_;
+  std::map<std::string, std::pair<std::shared_ptr<const Adapter>, std::list<std::string>::iterator>>
+      host_;
+  // device tier
+  struct SlotState {
+    std::string name;  // empty = free
+    int64_t pins = 0;
+    uint64_t last_use = 0;
+  };
+  std::vector<SlotState> slot_state_;        // [num_slots]
+  std::map<std::string, int32_t> resident_;  // NAME -> slot
+  uint64_t clock_ = 0;
+  int64_t disk_loads_ = 0;
+  int64_t uploads_ = 0;
+};
+
+}  // namespace philora::lora
