@@ -1,0 +1,58 @@
+// matmul: y = x · wᵀ ;  x (T, in), w (out, in)  ->  y (T, out).
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "ops/harness.h"
+
+namespace philora::optest {
+namespace {
+
+class Matmul : public OpCase {
+ public:
+  Matmul(int64_t tokens, int64_t in, int64_t out) : T_(tokens), in_(in), out_(out) {}
+  std::string name() const override {
+    return fmt::format("matmul(T={} in={} out={})", T_, in_, out_);
+  }
+  void init(Rng& rng) override {
+    x_ = rng.bf16(T_ * in_, -1, 1);
+    const double w_range = 2.0 / std::sqrt(double(in_));  // keeps y of order 1
+    w_ = rng.bf16(out_ * in_, -w_range, w_range);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    const Tensor x = upload(b, x_, {T_, in_}), w = upload(b, w_, {out_, in_});
+    return {fetch(b, "y", b.matmul(x, w))};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<double> y(size_t(T_ * out_));
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t o = 0; o < out_; ++o) {
+        double acc = 0;
+        for (int64_t i = 0; i < in_; ++i)
+          acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(o * in_ + i)]);
+        y[size_t(t * out_ + o)] = acc;
+      }
+    return {{"y", out_, y}};
+  }
+
+ private:
+  int64_t T_, in_, out_;
+  std::vector<float> x_, w_;  // (T, in), (out, in)
+};
+
+std::vector<CaseFactory> matmul_cases() {
+  std::vector<CaseFactory> cases;
+  for (int64_t t : {1, 3, 7, 19})
+    for (int64_t in : {37, 1002})
+      for (int64_t out : {37, 1002}) cases.push_back(make_case<Matmul>(t, in, out));
+  cases.push_back(make_case<Matmul>(733, 37, 1002));
+  cases.push_back(make_case<Matmul>(733, 1002, 37));
+  cases.push_back(make_case<Matmul>(733, 1002, 96));
+  cases.push_back(make_case<Matmul>(1, 3072, 3072));  // a Phi-3-mini o_proj at decode
+  return cases;
+}
+
+PHILORA_OP_CASES(Matmul, matmul_cases());
+
+}  // namespace
+}  // namespace philora::optest
