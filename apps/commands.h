@@ -8,5 +8,6 @@ namespace philora::app {
 void add_score_command(CLI::App& app, int& rc);
 void add_generate_command(CLI::App& app, int& rc);
 void add_bench_command(CLI::App& app, int& rc);
+void add_serve_command(CLI::App& app, int& rc);
 
 }  // namespace philora::app

@@ -1,6 +1,7 @@
 #include "tokenizer/bpe.h"
 
 #include <algorithm>
+#include <cstring>
 #include <queue>
 
 #include <nlohmann/json.hpp>
@@ -38,23 +39,71 @@ void MergeTable::insert(int32_t a, int32_t b, Merge m) {
 
 // ---- PieceCache ---------------------------------------------------------------------------------
 
+namespace {
+
+// A fast non-cryptographic hash of a short byte string (never returns 0).
+uint64_t hash_bytes(std::string_view s) {
+  constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
+  uint64_t h = 0x243F6A8885A308D3ull ^ (s.size() * kMul);
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    h = (h ^ w) * kMul;
+    h ^= h >> 29;
+  }
+  uint64_t w = 0;
+  std::memcpy(&w, s.data() + i, s.size() - i);
+  h = (h ^ w) * kMul;
+  h ^= h >> 32;
+  return h | 1;
+}
+
+}  // namespace
+
+PieceCache::PieceCache() {
+  for (Shard& s : shards_) s.slots.resize(kSlotsPerShard);
+}
+
 bool PieceCache::get(std::string_view key, std::vector<int32_t>& out) const {
-  const size_t h = std::hash<std::string_view>()(key);
-  const Shard& s = shards_[h % shards_.size()];
+  const uint64_t h = hash_bytes(key);
+  const Shard& s = shards_[h % kShards];
   std::lock_guard<std::mutex> lock(s.mu);
-  auto it = s.map.find(key);
-  if (it == s.map.end()) return false;
-  out.insert(out.end(), it->second.begin(), it->second.end());
-  return true;
+  for (size_t i = (h >> 8) & (kSlotsPerShard - 1);; i = (i + 1) & (kSlotsPerShard - 1)) {
+    const Slot& slot = s.slots[i];
+    if (slot.hash == 0) return false;
+    if (slot.hash == h && slot.key_len == key.size() &&
+        std::memcmp(s.keys.data() + slot.key_off, key.data(), key.size()) == 0) {
+      out.insert(out.end(), s.ids.begin() + slot.ids_off, s.ids.begin() + slot.ids_off + slot.ids_len);
+      return true;
+    }
+  }
 }
 
 void PieceCache::put(std::string_view key, const int32_t* ids, size_t n) {
-  if (key.size() > kMaxKeyBytes) return;
-  const size_t h = std::hash<std::string_view>()(key);
-  Shard& s = shards_[h % shards_.size()];
+  if (key.size() > kMaxKeyBytes || n > 0xFFFF) return;
+  const uint64_t h = hash_bytes(key);
+  Shard& s = shards_[h % kShards];
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.map.size() >= kCapacityPerShard) return;
-  s.map.emplace(std::string(key), std::vector<int32_t>(ids, ids + n));
+  if (s.entries >= kMaxEntriesPerShard) return;
+  size_t i = (h >> 8) & (kSlotsPerShard - 1);
+  for (;; i = (i + 1) & (kSlotsPerShard - 1)) {
+    const Slot& slot = s.slots[i];
+    if (slot.hash == 0) break;
+    if (slot.hash == h && slot.key_len == key.size() &&
+        std::memcmp(s.keys.data() + slot.key_off, key.data(), key.size()) == 0) {
+      return;  // another thread got there first
+    }
+  }
+  Slot& slot = s.slots[i];
+  slot.hash = h;
+  slot.key_off = static_cast<uint32_t>(s.keys.size());
+  slot.key_len = static_cast<uint16_t>(key.size());
+  slot.ids_off = static_cast<uint32_t>(s.ids.size());
+  slot.ids_len = static_cast<uint16_t>(n);
+  s.keys.append(key);
+  s.ids.insert(s.ids.end(), ids, ids + n);
+  ++s.entries;
 }
 
 // ---- BpeModel: loading --------------------------------------------------------------------------
@@ -146,7 +195,9 @@ Expected<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& j)
     m->byte_fallback_ids_[b] = fb == m->vocab_.end() ? -1 : fb->second;
   }
 
-  const auto merges = j.value("merges", nlohmann::json::array());
+  static const nlohmann::json kNoMerges = nlohmann::json::array();
+  const auto merges_it = j.find("merges");
+  const nlohmann::json& merges = merges_it == j.end() ? kNoMerges : *merges_it;
   if (!merges.is_array()) return Status::error("model.merges must be an array");
   m->merges_.reserve(merges.size());
   for (size_t rank = 0; rank < merges.size(); ++rank) {

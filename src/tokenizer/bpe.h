@@ -57,28 +57,33 @@ class MergeTable {
 };
 
 // Bounded, thread-safe cache of piece -> ids (HF keeps one too; results are identical either way).
+// Open addressing in a fixed number of slots per shard; keys and ids live in per-shard arenas.
+// When a shard is full, new pieces are simply not cached.
 class PieceCache {
  public:
+  PieceCache();
   bool get(std::string_view key, std::vector<int32_t>& out) const;
   void put(std::string_view key, const int32_t* ids, size_t n);
 
-  static constexpr size_t kMaxKeyBytes = 256;
-  static constexpr size_t kCapacityPerShard = 8192;
+  static constexpr size_t kMaxKeyBytes = 128;
 
  private:
-  struct Hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
-  };
-  struct Eq {
-    using is_transparent = void;
-    bool operator()(std::string_view a, std::string_view b) const { return a == b; }
+  static constexpr size_t kShards = 16;
+  static constexpr size_t kSlotsPerShard = 8192;  // power of two
+  static constexpr size_t kMaxEntriesPerShard = kSlotsPerShard / 2;
+  struct Slot {
+    uint64_t hash = 0;  // 0: empty
+    uint32_t key_off = 0, ids_off = 0;
+    uint16_t key_len = 0, ids_len = 0;
   };
   struct Shard {
     mutable std::mutex mu;
-    std::unordered_map<std::string, std::vector<int32_t>, Hash, Eq> map;
+    std::vector<Slot> slots;
+    std::string keys;
+    std::vector<int32_t> ids;
+    size_t entries = 0;
   };
-  std::array<Shard, 16> shards_;
+  std::array<Shard, kShards> shards_;
 };
 
 class BpeModel {

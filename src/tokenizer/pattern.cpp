@@ -21,30 +21,16 @@ Expected<Pattern> Pattern::from_json(const nlohmann::json& j, std::string_view o
                         j.dump());
 }
 
-void Pattern::find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
-  if (regex_) {
-    regex_->find_all(text, out);
-    return;
-  }
-  size_t pos = 0;
-  while ((pos = text.find(literal_, pos)) != std::string_view::npos) {
-    out.emplace_back(pos, pos + literal_.size());
-    pos += literal_.size();
-  }
-}
-
 std::string Pattern::replace_all(std::string_view text, std::string_view content) const {
-  std::vector<std::pair<size_t, size_t>> m;
-  find_all(text, m);
-  if (m.empty()) return std::string(text);
   std::string out;
-  out.reserve(text.size() + m.size() * content.size());
   size_t last = 0;
-  for (auto [b, e] : m) {
+  for_each(text, [&](size_t b, size_t e) {
+    if (out.empty()) out.reserve(text.size() + text.size() / 8 + content.size());
     out.append(text.substr(last, b - last));
     out.append(content);
     last = e;
-  }
+  });
+  if (last == 0 && out.empty()) return std::string(text);
   out.append(text.substr(last));
   return out;
 }

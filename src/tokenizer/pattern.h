@@ -19,8 +19,17 @@ class Pattern {
  public:
   static Expected<Pattern> from_json(const nlohmann::json& j, std::string_view owner);
 
-  // Appends the byte ranges of all non-overlapping matches in `text`, left to right.
-  void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const;
+  // Calls f(begin, end) for every non-overlapping match in `text`, left to right.
+  template <typename F>
+  void for_each(std::string_view text, F&& f) const {
+    if (regex_) {
+      regex_->for_each(text, f);
+      return;
+    }
+    for (size_t pos = text.find(literal_); pos != std::string_view::npos; pos = text.find(literal_, pos + literal_.size())) {
+      f(pos, pos + literal_.size());
+    }
+  }
   // Replaces every match by `content`.
   std::string replace_all(std::string_view text, std::string_view content) const;
 

@@ -118,7 +118,7 @@ Expected<std::shared_ptr<const Regex>> Regex::literal(std::string_view text) {
 
 Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
 
-void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
+void Regex::for_each_impl(std::string_view text, void (*cb)(void*, size_t, size_t), void* ctx) const {
   auto* code = static_cast<pcre2_code*>(code_);
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
   pcre2_match_context* mc = nullptr;
@@ -135,7 +135,7 @@ void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     const size_t b = ov[0], e = ov[1];
     if (e > b) {
-      out.emplace_back(b, e);
+      cb(ctx, b, e);
       start = e;
     } else {
       // Empty match: skip one character.

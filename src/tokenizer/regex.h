@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -24,8 +25,16 @@ class Regex {
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
-  // Appends the [begin, end) byte ranges of all matches in `text` (valid UTF-8) to `out`.
-  void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const;
+  // Calls f(begin, end) for every match in `text` (valid UTF-8), left to right.
+  template <typename F>
+  void for_each(std::string_view text, F&& f) const {
+    for_each_impl(text, [](void* ctx, size_t b, size_t e) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e); },
+                  &f);
+  }
+  // Appends the [begin, end) byte ranges of all matches in `text` to `out`.
+  void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
+    for_each(text, [&](size_t b, size_t e) { out.emplace_back(b, e); });
+  }
   // True when the pattern matches at the very start of `text` (anchored).
   bool matches_at_start(std::string_view text) const;
 
@@ -33,6 +42,7 @@ class Regex {
 
  private:
   Regex() = default;
+  void for_each_impl(std::string_view text, void (*cb)(void*, size_t, size_t), void* ctx) const;
   std::string pattern_;
   void* code_ = nullptr;  // pcre2_code*
   bool jit_ = false;

@@ -49,9 +49,13 @@ std::optional<std::string> config_token(const nlohmann::json& cfg, const char* k
 Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_json(const nlohmann::json& j) {
   if (!j.is_object()) return Status::error("tokenizer.json: top level is not an object");
   std::unique_ptr<Tokenizer> t(new Tokenizer());
-  const auto get = [&](const char* key) { return j.contains(key) ? j[key] : nlohmann::json(); };
+  static const nlohmann::json kNull;
+  const auto get = [&](const char* key) -> const nlohmann::json& {
+    auto it = j.find(key);
+    return it == j.end() ? kNull : *it;
+  };
 
-  const auto model = get("model");
+  const nlohmann::json& model = get("model");
   const std::string model_type = model.is_object() ? model.value("type", std::string("BPE")) : "";
   if (model_type != "BPE") {
     return Status::errorf("tokenizer.json: model type {:?} is not supported (supported: BPE)", model_type);
@@ -188,10 +192,8 @@ void Tokenizer::encode_pieces(std::string_view text, bool at_start, size_t prefi
     model_->tokenize(text, false, ids);
     return;
   }
-  PreTokenized p;
-  p.pieces.push_back(Piece{text, at_start, prefix_bytes});
-  pre_tokenizer_->pre_tokenize(p);
-  for (const Piece& piece : p.pieces) model_->tokenize(piece.text, p.raw_bytes, ids);
+  auto to_model = [&](const Piece& p) { model_->tokenize(p.text, p.raw_bytes, ids); };
+  pre_tokenizer_->pre_tokenize(Piece{text, at_start, prefix_bytes, false}, PieceSink(to_model));
 }
 
 // ---- decode and vocabulary ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 // Reference encoder for the differential test: transformers.js (@lenml/tokenizers), an
 // implementation of the tokenizer.json semantics independent of ours.
 // Usage: node encode_js.mjs TOKENIZER_DIR INPUT.jsonl OUTPUT.jsonl
-//   each input line {"text": "..."}; each output line {"ids": [...]} (no special tokens added).
+//   each input line {"text": "..."}; each output line {"ids": [...], "decoded": "..."} (no special tokens added; decoded
+//   keeps special tokens).
 import fs from "node:fs";
 import path from "node:path";
 import { tokenizers } from "@lenml/tokenizers";
@@ -21,6 +22,7 @@ const out = fs.openSync(output, "w");
 for (const line of lines) {
   const { text } = JSON.parse(line);
   const ids = tok.encode(text, { add_special_tokens: false });
-  fs.writeSync(out, JSON.stringify({ ids }) + "\n");
+  const decoded = ids.length ? tok.decode(ids, { skip_special_tokens: false, clean_up_tokenization_spaces: false }) : "";
+  fs.writeSync(out, JSON.stringify({ ids, decoded }) + "\n");
 }
 fs.closeSync(out);

@@ -1,0 +1,55 @@
+// Runs the engine on its own thread. HTTP handlers submit requests from any
+// thread and receive each step's output through a callback (called on the
+// engine thread; it must not block).
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace philora::server {
+
+class EngineHost {
+ public:
+  using Callback = std::function<void(const engine::StepOutput&)>;
+
+  explicit EngineHost(engine::Engine& engine);
+  ~EngineHost();  // stops the loop; requests still in flight end with "abort"
+  EngineHost(const EngineHost&) = delete;
+  EngineHost& operator=(const EngineHost&) = delete;
+
+  // Queues the request; validation errors reach the callback as a finished
+  // output with finish_reason "error".
+  void submit(engine::GenerationRequest request, Callback callback);
+  void abort(const std::string& id);
+
+  struct Stats {
+    int64_t running = 0;
+    int64_t waiting = 0;
+    engine::EngineStats engine;
+    int64_t requests = 0;
+  };
+  Stats stats();
+
+ private:
+  void loop();
+
+  engine::Engine& engine_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::pair<engine::GenerationRequest, Callback>> inbox_;
+  std::vector<std::string> aborts_;
+  std::map<std::string, Callback> callbacks_;  // engine thread only
+  Stats stats_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace philora::server

@@ -1,0 +1,67 @@
+// One request as an HTTP handler sees it: submitted to the engine host, then
+// read event by event (token id + the text it adds), with stop strings.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "server/engine_host.h"
+#include "tokenizer/tokenizer.h"
+
+namespace philora::server {
+
+struct GenerationParams {
+  std::vector<int32_t> prompt;
+  std::optional<std::string> adapter;
+  engine::SamplingParams sampling;
+  int64_t max_new_tokens = 16;
+  std::vector<std::string> stop;  // stop strings (text)
+  bool ignore_eos = false;
+};
+
+struct Event {
+  int32_t token = -1;      // -1 for a final event that carries no token
+  std::string text;        // text this token adds (may be empty while a UTF-8 char is incomplete)
+  bool special = false;
+  bool finished = false;
+  std::string finish_reason;  // "length", "eos_token", "stop_sequence", "error", "abort"
+  std::string error;
+};
+
+class Generation {
+ public:
+  Generation(EngineHost& host, const tokenizer::Tokenizer* tok, std::string id, GenerationParams p);
+  ~Generation();  // aborts the request if it has not finished
+  Generation(const Generation&) = delete;
+  Generation& operator=(const Generation&) = delete;
+
+  // Blocks for the next event; after a finished event there are no more.
+  Event next();
+  const std::string& text() const { return emitted_; }
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  int64_t prompt_tokens() const { return prompt_len_; }
+
+ private:
+  struct Channel {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<engine::StepOutput> q;
+  };
+  EngineHost& host_;
+  const tokenizer::Tokenizer* tok_;
+  std::string id_;
+  std::vector<std::string> stop_;
+  std::shared_ptr<Channel> ch_;
+  std::deque<Event> ready_;
+  std::vector<int32_t> tokens_;
+  std::string emitted_;
+  int64_t prompt_len_ = 0;
+  bool done_ = false;
+};
+
+}  // namespace philora::server

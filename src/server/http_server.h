@@ -1,0 +1,50 @@
+// The HTTP front: LoRAX (/generate, /generate_stream), OpenAI
+// (/v1/completions, /v1/chat/completions, /v1/models), /health, /info,
+// /metrics. Parameters are validated before anything reaches the engine; bad
+// input gets a JSON error with a 4xx status.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "server/engine_host.h"
+#include "tokenizer/tokenizer.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace philora::server {
+
+struct ServerContext {
+  EngineHost* host = nullptr;
+  const tokenizer::Tokenizer* tokenizer = nullptr;  // null: only token-id prompts
+  std::string model_name = "philora";
+  int64_t max_positions = 4096;
+  int64_t default_max_new_tokens = 64;
+  // Renders chat messages (a JSON array) to a prompt; null: no chat endpoint.
+  std::function<Expected<std::string>(const std::string& messages_json)> chat_template;
+};
+
+class HttpServer {
+ public:
+  explicit HttpServer(ServerContext ctx);
+  ~HttpServer();
+
+  // Binds host:port (port 0 = any free port) and serves until stop().
+  Status listen(const std::string& host, int port);
+  // Binds now, serves on a background thread; returns the bound port.
+  Expected<int> start(const std::string& host, int port);
+  void stop();
+
+ private:
+  void routes();
+  ServerContext ctx_;
+  std::unique_ptr<httplib::Server> http_;
+  std::atomic<uint64_t> next_id_{0};
+  std::unique_ptr<std::thread> thread_;
+};
+
+}  // namespace philora::server

@@ -1,0 +1,259 @@
+// The HTTP server end to end, in process, on a free loopback port: LoRAX and
+// OpenAI routes over the engine, several adapters in flight at once, streaming,
+// and a JSON error with the right status for every kind of bad input.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/cpu/cpu_backend.h"
+#include "engine/engine.h"
+#include "io/safetensors.h"
+#include "lora/store.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "server/http_server.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace philora {
+namespace {
+
+const fs::path kCase = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
+
+std::vector<json> read_jsonl(const fs::path& p) {
+  std::vector<json> out;
+  std::ifstream in(p);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
+// A SentencePiece-style tokenizer over single characters that fits the tiny
+// model's 200-token vocabulary: enough to exercise text in and text out.
+std::string tiny_tokenizer_json() {
+  json vocab = {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}, {"\xe2\x96\x81", 3}};
+  int id = 4;
+  for (char c = 'a'; c <= 'z'; ++c) vocab[std::string(1, c)] = id++;
+  for (char c = 'A'; c <= 'Z'; ++c) vocab[std::string(1, c)] = id++;
+  for (char c = '0'; c <= '9'; ++c) vocab[std::string(1, c)] = id++;
+  for (const char* p : {".", ",", "!", "?", "'", "-"}) vocab[p] = id++;
+  while (id < 200) vocab["<extra_" + std::to_string(id) + ">"] = id, ++id;
+  json t = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens",
+       json::array({{{"id", 0}, {"content", "<unk>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                     {"normalized", false}, {"special", true}},
+                    {{"id", 1}, {"content", "<s>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                     {"normalized", false}, {"special", true}},
+                    {{"id", 2}, {"content", "</s>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                     {"normalized", false}, {"special", true}}})},
+      {"normalizer",
+       {{"type", "Sequence"},
+        {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xe2\x96\x81"}},
+                                     {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xe2\x96\x81"}}})}}},
+      {"pre_tokenizer", nullptr},
+      {"post_processor", nullptr},
+      {"decoder",
+       {{"type", "Sequence"},
+        {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xe2\x96\x81"}}}, {"content", " "}},
+                                  {{"type", "Fuse"}},
+                                  {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
+      {"model",
+       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"}, {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr}, {"fuse_unk", true}, {"byte_fallback", false}, {"vocab", vocab},
+        {"merges", json::array()}}}};
+  return t.dump();
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto config = model::load_config((kCase / "model").string());
+    ASSERT_TRUE(config.ok()) << config.status().message();
+    config_ = *config;
+    auto tensors = io::TensorSet::open_model_dir((kCase / "model").string());
+    ASSERT_TRUE(tensors.ok());
+    tensors_ = std::make_unique<io::TensorSet>(std::move(*tensors));
+    auto weights = model::load_weights(*tensors_, config_, backend_);
+    ASSERT_TRUE(weights.ok());
+    model_ = std::make_unique<model::Phi3ForCausalLM>(config_, std::move(*weights), backend_);
+    slots_ = std::make_unique<lora::AdapterSlots>(backend_, config_, 2);  // fewer slots than adapters
+    store_ = std::make_unique<lora::AdapterStore>(config_, *slots_, lora::StoreOptions{(kCase / "adapters").string(), 8});
+    kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, 256, 4, config_.num_key_value_heads,
+                                        config_.head_dim);
+    engine_ = std::make_unique<engine::Engine>(*model_, *kv_, store_.get(), engine::EngineConfig{64, 64});
+    host_ = std::make_unique<server::EngineHost>(*engine_);
+    auto tok = tokenizer::Tokenizer::from_json_string(tiny_tokenizer_json());
+    ASSERT_TRUE(tok.ok()) << tok.status().message();
+    tokenizer_ = std::move(*tok);
+    server::ServerContext ctx;
+    ctx.host = host_.get();
+    ctx.tokenizer = tokenizer_.get();
+    ctx.model_name = "tiny";
+    ctx.max_positions = config_.max_position_embeddings;
+    ctx.chat_template = [](const std::string& messages) -> Expected<std::string> {
+      std::string out;  // a plain stand-in template: "role: content\n" per message
+      for (const auto& m : json::parse(messages)) out += m.value("role", "") + ": " + m.value("content", "") + "\n";
+      return out + "assistant: ";
+    };
+    http_ = std::make_unique<server::HttpServer>(ctx);
+    auto port = http_->start("127.0.0.1", 0);
+    ASSERT_TRUE(port.ok()) << port.status().message();
+    port_ = *port;
+  }
+  void TearDown() override {
+    if (http_) http_->stop();
+    http_.reset();
+    host_.reset();
+  }
+
+  httplib::Client client() {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+  std::pair<int, json> post(const std::string& path, const std::string& body) {
+    auto r = client().Post(path.c_str(), body, "application/json");
+    if (!r) return {-1, json()};
+    return {r->status, json::parse(r->body, nullptr, false)};
+  }
+
+  CpuBackend backend_{2};
+  model::Phi3Config config_;
+  std::unique_ptr<io::TensorSet> tensors_;
+  std::unique_ptr<model::Phi3ForCausalLM> model_;
+  std::unique_ptr<lora::AdapterSlots> slots_;
+  std::unique_ptr<lora::AdapterStore> store_;
+  std::unique_ptr<kv::KvCache> kv_;
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<server::EngineHost> host_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
+  std::unique_ptr<server::HttpServer> http_;
+  int port_ = 0;
+};
+
+TEST_F(ServerTest, HealthInfoAndUnknownRoute) {
+  auto r = client().Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = client().Get("/info");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(json::parse(r->body)["model_id"], "tiny");
+  r = client().Get("/nope");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_TRUE(json::parse(r->body, nullptr, false).contains("error"));
+}
+
+// Every golden generate request at once, each with its own adapter (or none),
+// through LoRAX /generate: the server must return HF's greedy tokens.
+TEST_F(ServerTest, ConcurrentMixedAdaptersMatchHF) {
+  const auto reqs = read_jsonl(kCase / "generate_requests.jsonl");
+  const auto refs = read_jsonl(kCase / "generate_ref.jsonl");
+  std::vector<std::future<std::pair<int, json>>> futures;
+  for (const auto& q : reqs) {
+    json params = {{"max_new_tokens", q["max_new_tokens"]}, {"details", true}, {"ignore_eos_token", true}};
+    if (!q["adapter"].is_null()) params["adapter_id"] = q["adapter"];
+    const json body = {{"inputs", q["input_ids"]}, {"parameters", params}};
+    futures.push_back(std::async(std::launch::async, [this, body] { return post("/generate", body.dump()); }));
+  }
+  for (size_t i = 0; i < futures.size(); ++i) {
+    auto [status, j] = futures[i].get();
+    ASSERT_EQ(status, 200) << j.dump();
+    EXPECT_EQ(j["details"]["tokens"], refs[i]["tokens"]) << refs[i]["id"];
+    EXPECT_EQ(j["details"]["finish_reason"], "length");
+  }
+  EXPECT_GE(store_->uploads_to_device(), 3) << "three adapters through two slots";
+}
+
+TEST_F(ServerTest, StreamCarriesTheSameTokens) {
+  const auto q = read_jsonl(kCase / "generate_requests.jsonl")[0];
+  const auto ref = read_jsonl(kCase / "generate_ref.jsonl")[0];
+  json params = {{"max_new_tokens", q["max_new_tokens"]}, {"ignore_eos_token", true}};
+  if (!q["adapter"].is_null()) params["adapter_id"] = q["adapter"];
+  auto r = client().Post("/generate_stream", json({{"inputs", q["input_ids"]}, {"parameters", params}}).dump(),
+                         "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  std::vector<int> tokens;
+  std::string text, final_text;
+  std::istringstream in(r->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("data:", 0) != 0) continue;
+    const json ev = json::parse(line.substr(5));
+    tokens.push_back(ev["token"]["id"].get<int>());
+    text += ev["token"]["text"].get<std::string>();
+    if (!ev["generated_text"].is_null()) final_text = ev["generated_text"];
+  }
+  EXPECT_EQ(json(tokens), ref["tokens"]);
+  EXPECT_EQ(text, final_text) << "deltas add up to the whole text";
+}
+
+TEST_F(ServerTest, TextPromptsAndOpenAIRoutes) {
+  auto [s1, j1] = post("/generate", R"({"inputs": "hello world", "parameters": {"max_new_tokens": 5, "details": true}})");
+  ASSERT_EQ(s1, 200) << j1.dump();
+  EXPECT_EQ(j1["details"]["prompt_tokens"], tokenizer_->encode("hello world", true).size());
+  EXPECT_EQ(j1["details"]["generated_tokens"], 5);
+
+  auto [s2, j2] = post("/v1/completions", R"({"model": "b", "prompt": "abc", "max_tokens": 4, "temperature": 0})");
+  ASSERT_EQ(s2, 200) << j2.dump();
+  EXPECT_EQ(j2["object"], "text_completion");
+  EXPECT_EQ(j2["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(j2["choices"][0]["finish_reason"], "length");
+
+  auto [s3, j3] = post("/v1/chat/completions",
+                       R"({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})");
+  ASSERT_EQ(s3, 200) << j3.dump();
+  EXPECT_EQ(j3["object"], "chat.completion");
+  EXPECT_EQ(j3["choices"][0]["message"]["role"], "assistant");
+
+  auto r = client().Post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 3, "stream": true})",
+                         "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_NE(r->body.find("data: [DONE]"), std::string::npos);
+}
+
+TEST_F(ServerTest, BadInputGetsJsonErrors) {
+  struct Case {
+    const char* path;
+    const char* body;
+    int status;
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"/generate", "{not json", 400, "JSON object"},
+      {"/generate", R"({"parameters": {}})", 422, "inputs"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"temperature": -1}})", 422, "temperature"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"top_p": 1.5}})", 422, "top_p"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": "many"}})", 422, "integer"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": 100000}})", 422, "positions"},
+      {"/generate", R"({"inputs": "", "parameters": {}})", 422, "empty"},
+      {"/generate", R"({"inputs": [1, 99999], "parameters": {}})", 400, "vocabulary"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "no_such_adapter"}})", 400, "no_such_adapter"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "../a"}})", 400, "not valid"},
+      {"/v1/completions", R"({"prompt": "hi", "n": 2})", 400, "n = 1"},
+      {"/v1/completions", R"({"max_tokens": 3})", 400, "prompt"},
+      {"/v1/chat/completions", R"({"messages": []})", 400, "messages"},
+  };
+  for (const Case& c : cases) {
+    auto [status, j] = post(c.path, c.body);
+    EXPECT_EQ(status, c.status) << c.path << " " << c.body << " -> " << j.dump();
+    EXPECT_NE(j.dump().find(c.needle), std::string::npos) << c.body << " -> " << j.dump();
+  }
+  auto [status, j] = post("/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": 2}})");
+  EXPECT_EQ(status, 200) << "the server still serves after bad requests: " << j.dump();
+}
+
+}  // namespace
+}  // namespace philora
