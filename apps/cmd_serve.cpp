@@ -69,8 +69,8 @@ int run_serve(const ServeOptions& o) {
     store.register_dir(spec.substr(0, eq), spec.substr(eq + 1));
   }
   const int64_t pages = (o.kv_tokens + o.model.page_size - 1) / o.model.page_size;
-  kv::KvCache kv(b, config->num_hidden_layers, pages, o.model.page_size, config->num_key_value_heads,
-                 config->head_dim);
+  kv::KvCache kv(b, config->num_hidden_layers, pages, o.model.page_size,
+                 config->num_key_value_heads, config->head_dim);
   engine::Engine eng(m, kv, &store, {o.max_batched_tokens, o.max_running});
   server::EngineHost host(eng);
 
@@ -83,9 +83,10 @@ int run_serve(const ServeOptions& o) {
   server::HttpServer http(ctx);
   auto port = http.start(o.host, o.port);
   if (!port) return fail(port.status());
-  std::cerr << fmt::format("philora: serving {} on http://{}:{} ({}, {} KV tokens, {} adapter slots{})\n",
-                           o.model.model_dir, o.host, *port, b.name(), pages * o.model.page_size,
-                           o.adapter_slots, tok ? "" : ", no tokenizer: token-id prompts only");
+  std::cerr << fmt::format(
+      "philora: serving {} on http://{}:{} ({}, {} KV tokens, {} adapter slots{})\n",
+      o.model.model_dir, o.host, *port, b.name(), pages * o.model.page_size, o.adapter_slots,
+      tok ? "" : ", no tokenizer: token-id prompts only");
   // Serve until SIGINT/SIGTERM.
   sigset_t set;
   sigemptyset(&set);
@@ -103,16 +104,20 @@ int run_serve(const ServeOptions& o) {
 
 void add_serve_command(CLI::App& app, int& rc) {
   auto o = std::make_shared<ServeOptions>();
-  CLI::App* cmd = app.add_subcommand("serve", "HTTP server: LoRAX and OpenAI APIs, many adapters per batch");
+  CLI::App* cmd =
+      app.add_subcommand("serve", "HTTP server: LoRAX and OpenAI APIs, many adapters per batch");
   add_model_options(*cmd, o->model);
-  cmd->add_option("--adapter-dir", o->adapter_dir, "directory of PEFT adapters, loaded by name on demand");
+  cmd->add_option("--adapter-dir", o->adapter_dir,
+                  "directory of PEFT adapters, loaded by name on demand");
   cmd->add_option("--host", o->host, "address to listen on");
   cmd->add_option("--port", o->port, "port (0 = any free port)")->check(CLI::Range(0, 65535));
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model dir's)");
-  cmd->add_option("--kv-tokens", o->kv_tokens, "KV cache size in tokens")->check(CLI::Range(int64_t(16), int64_t(1) << 26));
+  cmd->add_option("--kv-tokens", o->kv_tokens, "KV cache size in tokens")
+      ->check(CLI::Range(int64_t(16), int64_t(1) << 26));
   cmd->add_option("--max-batched-tokens", o->max_batched_tokens, "token budget of one step")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
-  cmd->add_option("--max-running", o->max_running, "sequences in flight")->check(CLI::Range(1, 4096));
+  cmd->add_option("--max-running", o->max_running, "sequences in flight")
+      ->check(CLI::Range(1, 4096));
   cmd->add_option("--adapter-slots", o->adapter_slots, "adapters resident on the device at once")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "default when a request gives none")

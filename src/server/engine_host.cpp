@@ -41,7 +41,8 @@ void EngineHost::loop() {
     std::vector<std::string> aborts;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || !inbox_.empty() || !aborts_.empty() || engine_.has_work(); });
+      wake_.wait(
+          lock, [&] { return stop_ || !inbox_.empty() || !aborts_.empty() || engine_.has_work(); });
       if (stop_) break;
       inbox.swap(inbox_);
       aborts.swap(aborts_);
@@ -53,7 +54,7 @@ void EngineHost::loop() {
         engine::StepOutput o;
         o.id = id;
         o.finished = true;
-        o.finish_reason = "error";
+        o.finish_reason = "invalid";  // the request itself is wrong
         o.error = st.message();
         cb(o);
         continue;

@@ -25,8 +25,8 @@ class EngineHost {
   EngineHost(const EngineHost&) = delete;
   EngineHost& operator=(const EngineHost&) = delete;
 
-  // Queues the request; validation errors reach the callback as a finished
-  // output with finish_reason "error".
+  // Queues the request; a request the engine refuses reaches the callback as a
+  // finished output with finish_reason "invalid" (and its message in `error`).
   void submit(engine::GenerationRequest request, Callback callback);
   void abort(const std::string& id);
 

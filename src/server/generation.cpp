@@ -4,8 +4,12 @@ namespace philora::server {
 
 Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, std::string id,
                        GenerationParams p)
-    : host_(host), tok_(tok), id_(std::move(id)), stop_(std::move(p.stop)),
-      ch_(std::make_shared<Channel>()), prompt_len_(int64_t(p.prompt.size())) {
+    : host_(host),
+      tok_(tok),
+      id_(std::move(id)),
+      stop_(std::move(p.stop)),
+      ch_(std::make_shared<Channel>()),
+      prompt_len_(int64_t(p.prompt.size())) {
   engine::GenerationRequest r;
   r.id = id_;
   r.prompt = std::move(p.prompt);

@@ -25,8 +25,8 @@ struct GenerationParams {
 };
 
 struct Event {
-  int32_t token = -1;      // -1 for a final event that carries no token
-  std::string text;        // text this token adds (may be empty while a UTF-8 char is incomplete)
+  int32_t token = -1;  // -1 for a final event that carries no token
+  std::string text;    // text this token adds (may be empty while a UTF-8 char is incomplete)
   bool special = false;
   bool finished = false;
   std::string finish_reason;  // "length", "eos_token", "stop_sequence", "error", "abort"

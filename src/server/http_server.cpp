@@ -28,7 +28,8 @@ void send_error(httplib::Response& res, Api api, int status, const std::string& 
                 const std::string& type) {
   json body;
   if (api == Api::openai)
-    body = {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}};
+    body = {
+        {"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}}}};
   else
     body = {{"error", message}, {"error_type", type}};
   res.status = status;
@@ -36,7 +37,8 @@ void send_error(httplib::Response& res, Api api, int status, const std::string& 
 }
 
 int64_t now_seconds() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -46,11 +48,15 @@ std::optional<T> field(const json& j, const char* name, Api api) {
   if (!j.contains(name) || j[name].is_null()) return std::nullopt;
   const json& v = j[name];
   if constexpr (std::is_same_v<T, bool>) {
-    if (!v.is_boolean()) throw BadRequest{api == Api::openai ? 400 : 422, fmt::format("'{}' must be a boolean", name)};
+    if (!v.is_boolean())
+      throw BadRequest{api == Api::openai ? 400 : 422, fmt::format("'{}' must be a boolean", name)};
   } else if constexpr (std::is_integral_v<T>) {
-    if (!v.is_number_integer()) throw BadRequest{api == Api::openai ? 400 : 422, fmt::format("'{}' must be an integer", name)};
+    if (!v.is_number_integer())
+      throw BadRequest{api == Api::openai ? 400 : 422,
+                       fmt::format("'{}' must be an integer", name)};
   } else {
-    if (!v.is_number()) throw BadRequest{api == Api::openai ? 400 : 422, fmt::format("'{}' must be a number", name)};
+    if (!v.is_number())
+      throw BadRequest{api == Api::openai ? 400 : 422, fmt::format("'{}' must be a number", name)};
   }
   return v.get<T>();
 }
@@ -70,13 +76,15 @@ std::vector<std::string> stop_strings(const json& j, const char* name, Api api) 
   } else {
     throw BadRequest{status, fmt::format("'{}' must be a string or an array of strings", name)};
   }
-  if (out.size() > 16) throw BadRequest{status, fmt::format("'{}' holds more than 16 stop sequences", name)};
+  if (out.size() > 16)
+    throw BadRequest{status, fmt::format("'{}' holds more than 16 stop sequences", name)};
   return out;
 }
 
 }  // namespace
 
-HttpServer::HttpServer(ServerContext ctx) : ctx_(std::move(ctx)), http_(std::make_unique<httplib::Server>()) {
+HttpServer::HttpServer(ServerContext ctx)
+    : ctx_(std::move(ctx)), http_(std::make_unique<httplib::Server>()) {
   // One handler thread per in-flight request: the engine batches them.
   http_->new_task_queue = [] { return new httplib::ThreadPool(512); };
   routes();
@@ -112,7 +120,8 @@ void HttpServer::routes() {
   auto next_id = [this] { return fmt::format("req-{}", next_id_++); };
 
   // Parses the JSON body, or answers 400.
-  auto parse_body = [](const httplib::Request& req, httplib::Response& res, Api api) -> std::optional<json> {
+  auto parse_body = [](const httplib::Request& req, httplib::Response& res,
+                       Api api) -> std::optional<json> {
     json j = json::parse(req.body, nullptr, false);
     if (j.is_discarded() || !j.is_object()) {
       send_error(res, api, 400, "the request body must be a JSON object", "invalid_request_error");
@@ -130,7 +139,8 @@ void HttpServer::routes() {
       ids = ctx.tokenizer->encode(p.get<std::string>(), /*add_special_tokens=*/true);
     } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
       for (const auto& v : p) {
-        if (!v.is_number_integer()) throw BadRequest{status, "a token-id prompt must hold integers only"};
+        if (!v.is_number_integer())
+          throw BadRequest{status, "a token-id prompt must hold integers only"};
         ids.push_back(v.get<int32_t>());
       }
     } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
@@ -146,8 +156,10 @@ void HttpServer::routes() {
     const int status = api == Api::openai ? 400 : 422;
     if (g.max_new_tokens < 1) throw BadRequest{status, "max new tokens must be at least 1"};
     if (int64_t(g.prompt.size()) + g.max_new_tokens > ctx.max_positions)
-      throw BadRequest{status, fmt::format("the prompt ({} tokens) plus {} new tokens exceeds the model's {} positions",
-                                           g.prompt.size(), g.max_new_tokens, ctx.max_positions)};
+      throw BadRequest{
+          status,
+          fmt::format("the prompt ({} tokens) plus {} new tokens exceeds the model's {} positions",
+                      g.prompt.size(), g.max_new_tokens, ctx.max_positions)};
   };
 
   // Reads events until the end; returns the final one.
@@ -158,9 +170,14 @@ void HttpServer::routes() {
     }
   };
 
+  // An error the engine reported: the request was refused (4xx), the adapter
+  // could not be loaded (400), or the device failed (500).
   auto engine_error = [](httplib::Response& res, Api api, const Event& e) {
+    if (e.finish_reason == "invalid")
+      return send_error(res, api, api == Api::openai ? 400 : 422, e.error, "validation");
     const bool adapter = e.error.find("adapter") != std::string::npos;
-    send_error(res, api, adapter ? 400 : 500, e.error, adapter ? "adapter_error" : "generation_error");
+    send_error(res, api, adapter ? 400 : 500, e.error,
+               adapter ? "adapter_error" : "generation_error");
   };
 
   // ---- health and info ----------------------------------------------------
@@ -177,21 +194,26 @@ void HttpServer::routes() {
     res.set_content(j.dump(), "application/json");
   });
   http_->Get("/v1/models", [&ctx](const httplib::Request&, httplib::Response& res) {
-    json j = {{"object", "list"},
-              {"data", json::array({{{"id", ctx.model_name}, {"object", "model"}, {"owned_by", "philora"}}})}};
+    json j = {
+        {"object", "list"},
+        {"data",
+         json::array({{{"id", ctx.model_name}, {"object", "model"}, {"owned_by", "philora"}}})}};
     res.set_content(j.dump(), "application/json");
   });
   http_->Get("/metrics", [&ctx](const httplib::Request&, httplib::Response& res) {
     const EngineHost::Stats s = ctx.host->stats();
     std::string m;
-    m += fmt::format("# TYPE philora_requests_total counter\nphilora_requests_total {}\n", s.requests);
+    m += fmt::format("# TYPE philora_requests_total counter\nphilora_requests_total {}\n",
+                     s.requests);
     m += fmt::format("# TYPE philora_running gauge\nphilora_running {}\n", s.running);
     m += fmt::format("# TYPE philora_waiting gauge\nphilora_waiting {}\n", s.waiting);
-    m += fmt::format("# TYPE philora_steps_total counter\nphilora_steps_total {}\n", s.engine.steps);
+    m +=
+        fmt::format("# TYPE philora_steps_total counter\nphilora_steps_total {}\n", s.engine.steps);
     m += fmt::format("# TYPE philora_prompt_tokens_total counter\nphilora_prompt_tokens_total {}\n",
                      s.engine.prompt_tokens);
-    m += fmt::format("# TYPE philora_generated_tokens_total counter\nphilora_generated_tokens_total {}\n",
-                     s.engine.generated_tokens);
+    m += fmt::format(
+        "# TYPE philora_generated_tokens_total counter\nphilora_generated_tokens_total {}\n",
+        s.engine.generated_tokens);
     m += fmt::format("# TYPE philora_preemptions_total counter\nphilora_preemptions_total {}\n",
                      s.engine.preemptions);
     res.set_content(m, "text/plain; version=0.0.4");
@@ -210,15 +232,18 @@ void HttpServer::routes() {
       const std::string a = params["adapter_id"].get<std::string>();
       if (!a.empty() && a != ctx.model_name) g.adapter = a;
     }
-    g.max_new_tokens = field<int64_t>(params, "max_new_tokens", api).value_or(ctx.default_max_new_tokens);
+    g.max_new_tokens =
+        field<int64_t>(params, "max_new_tokens", api).value_or(ctx.default_max_new_tokens);
     const auto temperature = field<double>(params, "temperature", api);
     const auto top_k = field<int64_t>(params, "top_k", api);
     const auto top_p = field<double>(params, "top_p", api);
     const bool do_sample = field<bool>(params, "do_sample", api).value_or(false);
-    if (temperature && *temperature <= 0) throw BadRequest{422, "'temperature' must be strictly positive"};
+    if (temperature && *temperature <= 0)
+      throw BadRequest{422, "'temperature' must be strictly positive"};
     if (top_k && *top_k <= 0) throw BadRequest{422, "'top_k' must be strictly positive"};
     if (top_p && (*top_p <= 0 || *top_p > 1)) throw BadRequest{422, "'top_p' must be in (0, 1]"};
-    g.sampling.greedy = !(do_sample || (temperature && *temperature != 1.0) || top_k || (top_p && *top_p < 1.0));
+    g.sampling.greedy =
+        !(do_sample || (temperature && *temperature != 1.0) || top_k || (top_p && *top_p < 1.0));
     g.sampling.temperature = float(temperature.value_or(1.0));
     g.sampling.top_k = top_k.value_or(0);
     g.sampling.top_p = float(top_p.value_or(1.0));
@@ -236,7 +261,8 @@ void HttpServer::routes() {
       auto [g, details] = lorax_params(*j);
       Generation gen(*ctx.host, ctx.tokenizer, next_id(), std::move(g));
       const Event last = run_to_end(gen);
-      if (last.finish_reason == "error") return engine_error(res, Api::lorax, last);
+      if (last.finish_reason == "error" || last.finish_reason == "invalid")
+        return engine_error(res, Api::lorax, last);
       json out = {{"generated_text", gen.text()}};
       if (details)
         out["details"] = {{"finish_reason", last.finish_reason},
@@ -261,10 +287,11 @@ void HttpServer::routes() {
       res.set_chunked_content_provider("text/event-stream", [gen](size_t, httplib::DataSink& sink) {
         const Event e = gen->next();
         json ev;
-        if (e.finish_reason == "error") {
+        if (e.finish_reason == "error" || e.finish_reason == "invalid") {
           ev = {{"error", e.error}, {"error_type", "generation"}};
         } else {
-          ev = {{"token", {{"id", e.token}, {"text", e.text}, {"logprob", nullptr}, {"special", e.special}}},
+          ev = {{"token",
+                 {{"id", e.token}, {"text", e.text}, {"logprob", nullptr}, {"special", e.special}}},
                 {"generated_text", nullptr},
                 {"details", nullptr}};
           if (e.finished) {
@@ -276,7 +303,8 @@ void HttpServer::routes() {
           }
         }
         const std::string chunk = "data:" + ev.dump() + "\n\n";
-        if (!sink.write(chunk.data(), chunk.size())) return false;  // client gone: ~Generation aborts
+        if (!sink.write(chunk.data(), chunk.size()))
+          return false;  // client gone: ~Generation aborts
         if (e.finished) sink.done();
         return true;
       });
@@ -294,8 +322,10 @@ void HttpServer::routes() {
       const std::string m = j["model"].get<std::string>();
       if (!m.empty() && m != ctx.model_name) g.adapter = m;  // LoRAX: the model names the adapter
     }
-    if (field<int64_t>(j, "n", api).value_or(1) != 1) throw BadRequest{400, "only n = 1 is supported"};
-    if (field<int64_t>(j, "best_of", api).value_or(1) != 1) throw BadRequest{400, "only best_of = 1 is supported"};
+    if (field<int64_t>(j, "n", api).value_or(1) != 1)
+      throw BadRequest{400, "only n = 1 is supported"};
+    if (field<int64_t>(j, "best_of", api).value_or(1) != 1)
+      throw BadRequest{400, "only best_of = 1 is supported"};
     if (j.contains("logprobs") && !j["logprobs"].is_null() && j["logprobs"] != false)
       throw BadRequest{400, "logprobs are not supported"};
     if (field<bool>(j, "echo", api).value_or(false)) throw BadRequest{400, "echo is not supported"};
@@ -304,7 +334,8 @@ void HttpServer::routes() {
     g.max_new_tokens = max_tokens.value_or(ctx.default_max_new_tokens);
     const double temperature = field<double>(j, "temperature", api).value_or(1.0);
     const double top_p = field<double>(j, "top_p", api).value_or(1.0);
-    if (temperature < 0 || temperature > 2) throw BadRequest{400, "'temperature' must be in [0, 2]"};
+    if (temperature < 0 || temperature > 2)
+      throw BadRequest{400, "'temperature' must be in [0, 2]"};
     if (top_p <= 0 || top_p > 1) throw BadRequest{400, "'top_p' must be in (0, 1]"};
     g.sampling.greedy = temperature == 0.0;
     g.sampling.temperature = float(temperature);
@@ -348,8 +379,11 @@ void HttpServer::routes() {
       auto gen = std::make_shared<Generation>(*ctx.host, ctx.tokenizer, id, std::move(g));
       if (!stream) {
         const Event last = run_to_end(*gen);
-        if (last.finish_reason == "error") return engine_error(res, Api::openai, last);
-        json choice = {{"index", 0}, {"finish_reason", openai_finish(last.finish_reason)}, {"logprobs", nullptr}};
+        if (last.finish_reason == "error" || last.finish_reason == "invalid")
+          return engine_error(res, Api::openai, last);
+        json choice = {{"index", 0},
+                       {"finish_reason", openai_finish(last.finish_reason)},
+                       {"logprobs", nullptr}};
         if (chat)
           choice["message"] = {{"role", "assistant"}, {"content", gen->text()}};
         else
@@ -361,7 +395,8 @@ void HttpServer::routes() {
                     {"model", model},
                     {"choices", json::array({choice})},
                     {"usage",
-                     {{"prompt_tokens", gen->prompt_tokens()}, {"completion_tokens", n},
+                     {{"prompt_tokens", gen->prompt_tokens()},
+                      {"completion_tokens", n},
                       {"total_tokens", gen->prompt_tokens() + n}}}};
         res.set_content(out.dump(), "application/json");
         return;
@@ -384,7 +419,8 @@ void HttpServer::routes() {
                    {"created", created},
                    {"model", model},
                    {"choices", json::array({choice})}};
-        if (e.finish_reason == "error") ev = {{"error", {{"message", e.error}, {"type", "generation_error"}}}};
+        if (e.finish_reason == "error" || e.finish_reason == "invalid")
+          ev = {{"error", {{"message", e.error}, {"type", "generation_error"}}}};
         std::string chunk = "data: " + ev.dump() + "\n\n";
         if (e.finished) chunk += "data: [DONE]\n\n";
         if (!sink.write(chunk.data(), chunk.size())) return false;
@@ -395,18 +431,22 @@ void HttpServer::routes() {
       send_error(res, Api::openai, e.status, e.message, "invalid_request_error");
     }
   };
-  http_->Post("/v1/completions",
-              [=](const httplib::Request& req, httplib::Response& res) { openai_run(req, res, false); });
-  http_->Post("/v1/chat/completions",
-              [=](const httplib::Request& req, httplib::Response& res) { openai_run(req, res, true); });
+  http_->Post("/v1/completions", [=](const httplib::Request& req, httplib::Response& res) {
+    openai_run(req, res, false);
+  });
+  http_->Post("/v1/chat/completions", [=](const httplib::Request& req, httplib::Response& res) {
+    openai_run(req, res, true);
+  });
 
   http_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    json body = {{"error", fmt::format("{} {}: {}", req.method, req.path, res.status == 404 ? "no such route" : "error")},
+    json body = {{"error", fmt::format("{} {}: {}", req.method, req.path,
+                                       res.status == 404 ? "no such route" : "error")},
                  {"error_type", "http"}};
     res.set_content(body.dump(), "application/json");
   });
-  http_->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+  http_->set_exception_handler([](const httplib::Request&, httplib::Response& res,
+                                  std::exception_ptr ep) {
     std::string what = "internal error";
     try {
       std::rethrow_exception(ep);

@@ -49,27 +49,51 @@ std::string tiny_tokenizer_json() {
       {"version", "1.0"},
       {"truncation", nullptr},
       {"padding", nullptr},
-      {"added_tokens",
-       json::array({{{"id", 0}, {"content", "<unk>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                     {"normalized", false}, {"special", true}},
-                    {{"id", 1}, {"content", "<s>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                     {"normalized", false}, {"special", true}},
-                    {{"id", 2}, {"content", "</s>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                     {"normalized", false}, {"special", true}}})},
+      {"added_tokens", json::array({{{"id", 0},
+                                     {"content", "<unk>"},
+                                     {"single_word", false},
+                                     {"lstrip", false},
+                                     {"rstrip", false},
+                                     {"normalized", false},
+                                     {"special", true}},
+                                    {{"id", 1},
+                                     {"content", "<s>"},
+                                     {"single_word", false},
+                                     {"lstrip", false},
+                                     {"rstrip", false},
+                                     {"normalized", false},
+                                     {"special", true}},
+                                    {{"id", 2},
+                                     {"content", "</s>"},
+                                     {"single_word", false},
+                                     {"lstrip", false},
+                                     {"rstrip", false},
+                                     {"normalized", false},
+                                     {"special", true}}})},
       {"normalizer",
        {{"type", "Sequence"},
         {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xe2\x96\x81"}},
-                                     {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xe2\x96\x81"}}})}}},
+                                     {{"type", "Replace"},
+                                      {"pattern", {{"String", " "}}},
+                                      {"content", "\xe2\x96\x81"}}})}}},
       {"pre_tokenizer", nullptr},
       {"post_processor", nullptr},
       {"decoder",
        {{"type", "Sequence"},
-        {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xe2\x96\x81"}}}, {"content", " "}},
-                                  {{"type", "Fuse"}},
-                                  {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
+        {"decoders",
+         json::array(
+             {{{"type", "Replace"}, {"pattern", {{"String", "\xe2\x96\x81"}}}, {"content", " "}},
+              {{"type", "Fuse"}},
+              {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"}, {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr}, {"fuse_unk", true}, {"byte_fallback", false}, {"vocab", vocab},
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", "<unk>"},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", true},
+        {"byte_fallback", false},
+        {"vocab", vocab},
         {"merges", json::array()}}}};
   return t.dump();
 }
@@ -86,11 +110,14 @@ class ServerTest : public ::testing::Test {
     auto weights = model::load_weights(*tensors_, config_, backend_);
     ASSERT_TRUE(weights.ok());
     model_ = std::make_unique<model::Phi3ForCausalLM>(config_, std::move(*weights), backend_);
-    slots_ = std::make_unique<lora::AdapterSlots>(backend_, config_, 2);  // fewer slots than adapters
-    store_ = std::make_unique<lora::AdapterStore>(config_, *slots_, lora::StoreOptions{(kCase / "adapters").string(), 8});
-    kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, 256, 4, config_.num_key_value_heads,
-                                        config_.head_dim);
-    engine_ = std::make_unique<engine::Engine>(*model_, *kv_, store_.get(), engine::EngineConfig{64, 64});
+    slots_ =
+        std::make_unique<lora::AdapterSlots>(backend_, config_, 2);  // fewer slots than adapters
+    store_ = std::make_unique<lora::AdapterStore>(
+        config_, *slots_, lora::StoreOptions{(kCase / "adapters").string(), 8});
+    kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, 256, 4,
+                                        config_.num_key_value_heads, config_.head_dim);
+    engine_ =
+        std::make_unique<engine::Engine>(*model_, *kv_, store_.get(), engine::EngineConfig{64, 64});
     host_ = std::make_unique<server::EngineHost>(*engine_);
     auto tok = tokenizer::Tokenizer::from_json_string(tiny_tokenizer_json());
     ASSERT_TRUE(tok.ok()) << tok.status().message();
@@ -102,7 +129,8 @@ class ServerTest : public ::testing::Test {
     ctx.max_positions = config_.max_position_embeddings;
     ctx.chat_template = [](const std::string& messages) -> Expected<std::string> {
       std::string out;  // a plain stand-in template: "role: content\n" per message
-      for (const auto& m : json::parse(messages)) out += m.value("role", "") + ": " + m.value("content", "") + "\n";
+      for (const auto& m : json::parse(messages))
+        out += m.value("role", "") + ": " + m.value("content", "") + "\n";
       return out + "assistant: ";
     };
     http_ = std::make_unique<server::HttpServer>(ctx);
@@ -161,10 +189,12 @@ TEST_F(ServerTest, ConcurrentMixedAdaptersMatchHF) {
   const auto refs = read_jsonl(kCase / "generate_ref.jsonl");
   std::vector<std::future<std::pair<int, json>>> futures;
   for (const auto& q : reqs) {
-    json params = {{"max_new_tokens", q["max_new_tokens"]}, {"details", true}, {"ignore_eos_token", true}};
+    json params = {
+        {"max_new_tokens", q["max_new_tokens"]}, {"details", true}, {"ignore_eos_token", true}};
     if (!q["adapter"].is_null()) params["adapter_id"] = q["adapter"];
     const json body = {{"inputs", q["input_ids"]}, {"parameters", params}};
-    futures.push_back(std::async(std::launch::async, [this, body] { return post("/generate", body.dump()); }));
+    futures.push_back(
+        std::async(std::launch::async, [this, body] { return post("/generate", body.dump()); }));
   }
   for (size_t i = 0; i < futures.size(); ++i) {
     auto [status, j] = futures[i].get();
@@ -180,7 +210,8 @@ TEST_F(ServerTest, StreamCarriesTheSameTokens) {
   const auto ref = read_jsonl(kCase / "generate_ref.jsonl")[0];
   json params = {{"max_new_tokens", q["max_new_tokens"]}, {"ignore_eos_token", true}};
   if (!q["adapter"].is_null()) params["adapter_id"] = q["adapter"];
-  auto r = client().Post("/generate_stream", json({{"inputs", q["input_ids"]}, {"parameters", params}}).dump(),
+  auto r = client().Post("/generate_stream",
+                         json({{"inputs", q["input_ids"]}, {"parameters", params}}).dump(),
                          "application/json");
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200);
@@ -200,25 +231,30 @@ TEST_F(ServerTest, StreamCarriesTheSameTokens) {
 }
 
 TEST_F(ServerTest, TextPromptsAndOpenAIRoutes) {
-  auto [s1, j1] = post("/generate", R"({"inputs": "hello world", "parameters": {"max_new_tokens": 5, "details": true}})");
+  auto [s1, j1] =
+      post("/generate",
+           R"({"inputs": "hello world", "parameters": {"max_new_tokens": 5, "details": true}})");
   ASSERT_EQ(s1, 200) << j1.dump();
   EXPECT_EQ(j1["details"]["prompt_tokens"], tokenizer_->encode("hello world", true).size());
   EXPECT_EQ(j1["details"]["generated_tokens"], 5);
 
-  auto [s2, j2] = post("/v1/completions", R"({"model": "b", "prompt": "abc", "max_tokens": 4, "temperature": 0})");
+  auto [s2, j2] = post("/v1/completions",
+                       R"({"model": "b", "prompt": "abc", "max_tokens": 4, "temperature": 0})");
   ASSERT_EQ(s2, 200) << j2.dump();
   EXPECT_EQ(j2["object"], "text_completion");
   EXPECT_EQ(j2["usage"]["completion_tokens"], 4);
   EXPECT_EQ(j2["choices"][0]["finish_reason"], "length");
 
-  auto [s3, j3] = post("/v1/chat/completions",
-                       R"({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})");
+  auto [s3, j3] = post(
+      "/v1/chat/completions",
+      R"({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})");
   ASSERT_EQ(s3, 200) << j3.dump();
   EXPECT_EQ(j3["object"], "chat.completion");
   EXPECT_EQ(j3["choices"][0]["message"]["role"], "assistant");
 
-  auto r = client().Post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 3, "stream": true})",
-                         "application/json");
+  auto r =
+      client().Post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 3, "stream": true})",
+                    "application/json");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   EXPECT_NE(r->body.find("data: [DONE]"), std::string::npos);
@@ -236,11 +272,14 @@ TEST_F(ServerTest, BadInputGetsJsonErrors) {
       {"/generate", R"({"parameters": {}})", 422, "inputs"},
       {"/generate", R"({"inputs": "hi", "parameters": {"temperature": -1}})", 422, "temperature"},
       {"/generate", R"({"inputs": "hi", "parameters": {"top_p": 1.5}})", 422, "top_p"},
-      {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": "many"}})", 422, "integer"},
-      {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": 100000}})", 422, "positions"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": "many"}})", 422,
+       "integer"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": 100000}})", 422,
+       "positions"},
       {"/generate", R"({"inputs": "", "parameters": {}})", 422, "empty"},
-      {"/generate", R"({"inputs": [1, 99999], "parameters": {}})", 400, "vocabulary"},
-      {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "no_such_adapter"}})", 400, "no_such_adapter"},
+      {"/generate", R"({"inputs": [1, 99999], "parameters": {}})", 422, "vocabulary"},
+      {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "no_such_adapter"}})", 400,
+       "no_such_adapter"},
       {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "../a"}})", 400, "not valid"},
       {"/v1/completions", R"({"prompt": "hi", "n": 2})", 400, "n = 1"},
       {"/v1/completions", R"({"max_tokens": 3})", 400, "prompt"},
