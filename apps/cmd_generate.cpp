@@ -6,6 +6,8 @@
 
 #include "commands.h"
 #include "common.h"
+#include "io/file.h"
+#include "tokenizer/tokenizer.h"
 
 namespace philora::app {
 
@@ -28,12 +30,19 @@ int run_generate(const GenerateOptions& o) {
   if (!m) return fail(m.status());
   auto lines = read_requests(o.requests);
   if (!lines) return fail(lines.status());
-  for (const RequestLine& l : *lines)
-    if (l.prompt && l.input_ids.empty())
-      return fail(
-          Status::errorf("request '{}': \"prompt\" needs a tokenizer, which this build cannot load "
-                         "yet; give input_ids",
-                         l.id));
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (io::is_regular_file(io::join_path(o.model.model_dir, "tokenizer.json"))) {
+    auto t = tokenizer::Tokenizer::from_model_dir(o.model.model_dir);
+    if (!t) return fail(t.status());
+    tok = std::move(*t);
+  }
+  for (RequestLine& l : *lines) {
+    if (!l.prompt || !l.input_ids.empty()) continue;
+    if (!tok)
+      return fail(Status::errorf("request '{}': \"prompt\" needs {}/tokenizer.json; give input_ids",
+                                 l.id, o.model.model_dir));
+    l.input_ids = tok->encode(*l.prompt, /*add_special_tokens=*/true);
+  }
   auto reqs = to_offline(*m, *lines);
   if (!reqs) return fail(reqs.status());
   for (size_t i = 0; i < reqs->size(); ++i) {
@@ -55,7 +64,10 @@ int run_generate(const GenerateOptions& o) {
     nlohmann::json j;
     j["id"] = (*reqs)[i].id;
     j["tokens"] = (*gens)[i].tokens;
-    j["text"] = nullptr;  // no tokenizer wired yet
+    if (tok)
+      j["text"] = tok->decode((*gens)[i].tokens, /*skip_special_tokens=*/true);
+    else
+      j["text"] = nullptr;  // the model dir has no tokenizer
     j["finish_reason"] = (*gens)[i].finish_reason;
     std::cout << j.dump() << "\n";
   }
