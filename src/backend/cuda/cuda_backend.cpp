@@ -319,7 +319,8 @@ Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const
   if (x.cols() != m.in_features)
     throw std::runtime_error("cuda backend: lora_shrink: x " + x.shape_str() + " but the module takes " +
                              std::to_string(m.in_features) + " inputs");
-  cuda::launch_lora_shrink(lora_launch(m, batch, n), x.data, xa.ptr<float>(), width, ctx_->stream);
+  cuda::launch_lora_shrink(lora_launch(m, batch, n), x.data, xa.ptr<float>(), width,
+                           ctx_->props.multiProcessorCount, ctx_->stream);
   return xa;
 }
 

@@ -8,9 +8,8 @@ namespace philora::cuda {
 namespace {
 
 constexpr int kTile = 16;          // tokens per unit when grouping by segments
-constexpr int kShrinkRanks = 16;   // rank rows per shrink block (4 warps x 4)
-constexpr int kShrinkK = 1024;     // input features per shrink block (split-K)
-constexpr int kShrinkThreads = 128;
+constexpr int kShrinkWarps = 4;    // one rank row per warp
+constexpr int kShrinkThreads = 32 * kShrinkWarps;
 constexpr int kExpandThreads = 256;
 
 struct Unit {
@@ -25,62 +24,62 @@ __device__ __forceinline__ Unit unit_of(const LoraLaunch& l, int u, int tiles) {
   return {b, min(l.seg_indptr[g + 1], b + kTile), l.seg_slot[g]};
 }
 
-// grid (units, ceil(max_rank / kShrinkRanks), ceil(in / kShrinkK)). Each warp
-// holds a slice of one row of A in registers and dots it with every token of
-// the unit; partial sums over K go to xa with atomicAdd.
+// grid (units, ceil(max_rank / kShrinkWarps), k_splits). Warp w computes rank
+// row j = blockIdx.y · 4 + w of A for every token of the unit over the
+// block's slice of the input features: A is streamed once, each 16-byte vector
+// of it meeting the unit's x rows (from L1/L2). With one K split the sums are
+// stored; with several they are added into the zeroed xa.
 template <bool kVec>
 __global__ void __launch_bounds__(kShrinkThreads) lora_shrink_kernel(LoraLaunch l, const bf16* __restrict__ x,
                                                                      float* __restrict__ xa,
-                                                                     int64_t xa_stride, int tiles) {
+                                                                     int64_t xa_stride, int tiles,
+                                                                     int64_t k_chunk, bool atomic) {
   const Unit u = unit_of(l, blockIdx.x, tiles);
   if (u.slot < 0 || u.t0 >= u.t1) return;
   const int r = min(int64_t(l.ranks[u.slot]), xa_stride);
-  const int j0 = blockIdx.y * kShrinkRanks;
-  if (j0 >= r) return;
-  const int j1 = min(r, j0 + kShrinkRanks);
+  const int lane = threadIdx.x & 31;
+  const int j = blockIdx.y * kShrinkWarps + (threadIdx.x >> 5);
+  if (j >= r) return;
   const int64_t in = l.in_features;
-  const int64_t k0 = int64_t(blockIdx.z) * kShrinkK, k1 = min(in, k0 + kShrinkK);
-  const bf16* A = reinterpret_cast<const bf16*>(l.a_ptrs[u.slot]);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  constexpr int kVecs = kShrinkK / 256;  // 16-byte vectors per lane
-  for (int j = j0 + warp; j < j1; j += kShrinkThreads / 32) {
-    const bf16* arow = A + int64_t(j) * in;
-    if constexpr (kVec) {
-      float af[kVecs][8];
+  const int64_t k0 = int64_t(blockIdx.z) * k_chunk, k1 = min(in, k0 + k_chunk);
+  const bf16* arow = reinterpret_cast<const bf16*>(l.a_ptrs[u.slot]) + int64_t(j) * in;
+  const bf16* xu = x + int64_t(u.t0) * in;
+  const int n = u.t1 - u.t0;
+  float acc[kTile];
 #pragma unroll
-      for (int v = 0; v < kVecs; ++v) {
-        const int64_t k = k0 + (v * 32 + lane) * 8;
-        if (k < k1) {
-          bf16x8_to_f32(*reinterpret_cast<const uint4*>(arow + k), af[v]);
-        } else {
+  for (int m = 0; m < kTile; ++m) acc[m] = 0.0f;
+  if constexpr (kVec) {
+    for (int64_t k = k0 + lane * 8; k < k1; k += 256) {
+      float af[8];
+      bf16x8_to_f32(*reinterpret_cast<const uint4*>(arow + k), af);
 #pragma unroll
-          for (int e = 0; e < 8; ++e) af[v][e] = 0.0f;
+      for (int m = 0; m < kTile; ++m) {
+        if (m < n) {
+          float xf[8];
+          bf16x8_to_f32(*reinterpret_cast<const uint4*>(xu + m * in + k), xf);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[m] += xf[e] * af[e];
         }
       }
-      for (int m = u.t0; m < u.t1; ++m) {
-        const bf16* xrow = x + int64_t(m) * in;
-        float acc = 0.0f;
+    }
+  } else {
+    for (int64_t k = k0 + lane; k < k1; k += 32) {
+      const float a = __bfloat162float(arow[k]);
 #pragma unroll
-        for (int v = 0; v < kVecs; ++v) {
-          const int64_t k = k0 + (v * 32 + lane) * 8;
-          if (k < k1) {
-            float xf[8];
-            bf16x8_to_f32(*reinterpret_cast<const uint4*>(xrow + k), xf);
+      for (int m = 0; m < kTile; ++m)
+        if (m < n) acc[m] += __bfloat162float(xu[m * in + k]) * a;
+    }
+  }
 #pragma unroll
-            for (int e = 0; e < 8; ++e) acc += xf[e] * af[v][e];
-          }
-        }
-        acc = warp_sum(acc);
-        if (lane == 0) atomicAdd(xa + int64_t(m) * xa_stride + j, acc);
-      }
-    } else {
-      for (int m = u.t0; m < u.t1; ++m) {
-        const bf16* xrow = x + int64_t(m) * in;
-        float acc = 0.0f;
-        for (int64_t k = k0 + lane; k < k1; k += 32)
-          acc += __bfloat162float(xrow[k]) * __bfloat162float(arow[k]);
-        acc = warp_sum(acc);
-        if (lane == 0) atomicAdd(xa + int64_t(m) * xa_stride + j, acc);
+  for (int m = 0; m < kTile; ++m) {
+    if (m < n) {
+      const float v = warp_sum(acc[m]);
+      if (lane == 0) {
+        float* dst = xa + int64_t(u.t0 + m) * xa_stride + j;
+        if (atomic)
+          atomicAdd(dst, v);
+        else
+          *dst = v;
       }
     }
   }
@@ -150,21 +149,28 @@ int64_t num_units(const LoraLaunch& l, int* tiles) {
 
 }  // namespace
 
-void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride,
+void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, int num_sms,
                         cudaStream_t stream) {
-  if (l.num_tokens == 0) return;
-  PHILORA_CUDA_CHECK(cudaMemsetAsync(xa, 0, size_t(l.num_tokens * xa_stride) * sizeof(float), stream));
-  if (l.max_rank == 0 || l.in_features == 0) return;
+  if (l.num_tokens == 0 || l.max_rank == 0 || l.in_features == 0) return;
   int tiles = 1;
   const int64_t units = num_units(l, &tiles);
   if (units == 0) return;
-  const dim3 grid(unsigned(units), unsigned(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), kShrinkRanks)),
-                  unsigned(ceil_div(l.in_features, kShrinkK)));
+  const int64_t rank_tiles = ceil_div(std::min<int64_t>(l.max_rank, xa_stride), kShrinkWarps);
+  // Split the input features only when the grid would not fill the GPU twice.
+  const int64_t max_splits = ceil_div(l.in_features, 256);
+  const int64_t splits =
+      std::clamp<int64_t>(ceil_div(2 * int64_t(num_sms), units * rank_tiles), 1, max_splits);
+  const int64_t k_chunk = ceil_div(ceil_div(l.in_features, splits), 256) * 256;
+  const int64_t k_splits = ceil_div(l.in_features, k_chunk);
+  const bool atomic = k_splits > 1;
+  if (atomic)
+    PHILORA_CUDA_CHECK(cudaMemsetAsync(xa, 0, size_t(l.num_tokens * xa_stride) * sizeof(float), stream));
+  const dim3 grid{unsigned(units), unsigned(rank_tiles), unsigned(k_splits)};
   const auto* xb = static_cast<const bf16*>(x);
   if (l.in_features % 8 == 0 && aligned16(x))
-    lora_shrink_kernel<true><<<grid, kShrinkThreads, 0, stream>>>(l, xb, xa, xa_stride, tiles);
+    lora_shrink_kernel<true><<<grid, kShrinkThreads, 0, stream>>>(l, xb, xa, xa_stride, tiles, k_chunk, atomic);
   else
-    lora_shrink_kernel<false><<<grid, kShrinkThreads, 0, stream>>>(l, xb, xa, xa_stride, tiles);
+    lora_shrink_kernel<false><<<grid, kShrinkThreads, 0, stream>>>(l, xb, xa, xa_stride, tiles, k_chunk, atomic);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

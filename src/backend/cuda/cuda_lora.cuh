@@ -36,9 +36,10 @@ inline bool lora_use_segments(int64_t num_tokens, int64_t num_segments) {
   return num_tokens >= 4 * num_segments;
 }
 
-// xa[t, j] = Σ_k x[t, k] A_s[j, k] for j < r_s  (x (T, in) bf16; xa (T, xa_stride) f32,
-// zeroed here first; columns ≥ r_s stay 0).
-void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride,
+// xa[t, j] = Σ_k x[t, k] A_s[j, k] for j < r_s  (x (T, in) bf16; xa (T, xa_stride) f32).
+// Other elements of xa are left unspecified. The input features are split over
+// blocks (and summed with atomics) only when the grid would not fill `num_sms`.
+void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, int num_sms,
                         cudaStream_t stream);
 
 // y[t, col_offset + j] += scale_s · Σ_k xa[t, k] B_s[j, k]  (y (T, y_stride) bf16).
