@@ -256,7 +256,8 @@ DecodeSplit plan_decode_attention(const PagedAttentionArgs& a, int64_t max_kv_le
   if (a.window > 0) keys = std::min<int64_t>(keys, a.window);
   const int group = a.n_heads / a.n_kv_heads, g = group_tile(group);
   const int64_t blocks = int64_t(a.num_rows) * a.n_kv_heads * ((group + g - 1) / g);
-  // Enough splits for two waves of blocks, each split at least 64 keys.
+  // Enough splits for two waves of blocks, each split at least 64 keys (and at
+  // most kMaxChunk: the chunk's scores sit in shared memory).
   const int64_t want = std::max<int64_t>(1, ceil_div(2 * int64_t(num_sms), std::max<int64_t>(1, blocks)));
   int64_t chunk = ceil_div(keys, want);
   chunk = std::clamp<int64_t>(ceil_div(chunk, 32) * 32, 64, kMaxChunk);

@@ -13,26 +13,34 @@ constexpr int kBlockN = 64;  // keys per shared-memory tile
 constexpr int kThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Gathers kBlockN rows (keys n0 ..) of one kv head from the paged cache into
-// shared memory (row stride SD); rows at or past `end` are zero-filled.
+// Gathers keys n0 .. n0 + kBlockN of one kv head from the paged cache into a
+// K and a V tile in shared memory (row stride SD); keys at or past `end` are
+// zero-filled. Two threads per key: one page lookup serves K and V.
 template <int D>
-__device__ __forceinline__ void load_kv_tile(bf16* dst, const bf16* cache, const PagedAttentionArgs& a,
-                                             const int32_t* pages, int kvh, int n0, int end) {
-  constexpr int SD = D + 8, kParts = D / 8;
-  for (int c = threadIdx.x; c < kBlockN * kParts; c += kThreads) {
-    const int r = c / kParts, part = c % kParts, j = n0 + r;
-    const bf16* src = cache;
-    int bytes = 0;
-    if (j < end) {
-      const int64_t slot = int64_t(pages[j / a.page_size]) * a.page_size + j % a.page_size;
-      src = cache + (slot * a.n_kv_heads + kvh) * D + part * 8;
-      bytes = 16;
-    }
-    cp_async16(dst + r * SD + part * 8, src, bytes);
+__device__ __forceinline__ void load_kv_tile(bf16* k_dst, bf16* v_dst, const bf16* k_cache, const bf16* v_cache,
+                                             const PagedAttentionArgs& a, const int32_t* pages, int kvh,
+                                             int n0, int end) {
+  constexpr int SD = D + 8, kHalf = D / 16;  // 16-byte pieces per thread
+  static_assert(kBlockN * 2 == kThreads, "two threads per key");
+  const int r = threadIdx.x >> 1, first = (threadIdx.x & 1) * kHalf, j = n0 + r;
+  int64_t offset = 0;
+  int bytes = 0;
+  if (j < end) {
+    const int64_t slot = int64_t(pages[j / a.page_size]) * a.page_size + j % a.page_size;
+    offset = (slot * a.n_kv_heads + kvh) * D;
+    bytes = 16;
+  }
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) {
+    const int piece = first + i;
+    cp_async16(k_dst + r * SD + piece * 8, k_cache + offset + piece * 8, bytes);
+    cp_async16(v_dst + r * SD + piece * 8, v_cache + offset + piece * 8, bytes);
   }
 }
 
 // grid (num_seqs · tiles, H); block = 4 warps, each owning 16 query rows.
+// Shared memory: two stages of (K, V) tiles; while one is computed on, the
+// next is in flight (cp.async), so each tile has a whole iteration to land.
 template <int D>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttentionArgs a, int tiles) {
   constexpr int SD = D + 8;        // padded shared row: ldmatrix without bank conflicts
@@ -40,8 +48,10 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
   constexpr int kDTiles = D / 8;   // n-tiles of the output
   constexpr int kNTiles = kBlockN / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // [kBlockN][SD]; holds Q first
-  bf16* sV = sK + kBlockN * SD;                  // [kBlockN][SD]
+  bf16* stage_base = reinterpret_cast<bf16*>(smem_raw);  // [2 stages][K, V][kBlockN][SD]
+  auto sK = [&](int stage) { return stage_base + (stage * 2) * kBlockN * SD; };
+  auto sV = [&](int stage) { return stage_base + (stage * 2 + 1) * kBlockN * SD; };
+  bf16* sQ = sK(1);  // Q passes through stage 1's K tile on its way to registers
   __shared__ int s_min_pos, s_max_pos;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -69,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
     const int r = c / kDTiles, part = c % kDTiles;
     const bool valid = r < rows;
     const bf16* src = valid ? qkv + int64_t(q_begin + m0 + r) * a.qkv_stride + h * D + part * 8 : qkv;
-    cp_async16(sK + r * SD + part * 8, src, valid ? 16 : 0);
+    cp_async16(sQ + r * SD + part * 8, src, valid ? 16 : 0);
   }
   cp_async_commit();
   __syncthreads();
@@ -86,10 +96,10 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
   uint32_t qf[kSteps][4];
 #pragma unroll
   for (int kt = 0; kt < kSteps; ++kt)
-    ldmatrix_x4(qf[kt], sK + (warp * 16 + (lane & 15)) * SD + kt * 16 + (lane >> 4) * 8);
+    ldmatrix_x4(qf[kt], sQ + (warp * 16 + (lane & 15)) * SD + kt * 16 + (lane >> 4) * 8);
   const int kv_lo = a.window > 0 ? max(0, s_min_pos - a.window + 1) : 0;
   const int kv_hi = min(s_max_pos, kv_len - 1) + 1;  // exclusive
-  __syncthreads();  // Q is in registers; sK is free
+  __syncthreads();  // Q is in registers; stage 1 is free
 
   float o[kDTiles][4];
 #pragma unroll
@@ -97,14 +107,19 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   const float scale = a.scale * kLog2e;  // scores in base 2
 
-  if (kv_lo < kv_hi) {
-    load_kv_tile<D>(sK, k_cache, a, pages, kvh, kv_lo, kv_hi);
+  const int num_tiles = kv_lo < kv_hi ? (kv_hi - kv_lo + kBlockN - 1) / kBlockN : 0;
+  for (int i = 0; i < 2 && i < num_tiles; ++i) {
+    load_kv_tile<D>(sK(i), sV(i), k_cache, v_cache, a, pages, kvh, kv_lo + i * kBlockN, kv_hi);
     cp_async_commit();
   }
-  for (int n0 = kv_lo; n0 < kv_hi; n0 += kBlockN) {
-    load_kv_tile<D>(sV, v_cache, a, pages, kvh, n0, kv_hi);
-    cp_async_commit();
-    cp_async_wait<1>();  // K of this tile has landed
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int n0 = kv_lo + tile * kBlockN, stage = tile & 1;
+    const bf16* tK = sK(stage);
+    const bf16* tV = sV(stage);
+    if (tile + 1 < num_tiles)
+      cp_async_wait<1>();  // this tile has landed; the next may still be in flight
+    else
+      cp_async_wait<0>();
     __syncthreads();
 
     // S = Q Kᵀ for this warp's 16 rows x 64 keys.
@@ -116,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
 #pragma unroll
       for (int np = 0; np < kNTiles / 2; ++np) {
         uint32_t b[4];
-        ldmatrix_x4(b, sK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * SD + kt * 16 +
+        ldmatrix_x4(b, tK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * SD + kt * 16 +
                            ((lane >> 3) & 1) * 8);
         mma_bf16_16816(sc[2 * np], qf[kt], b[0], b[1]);
         mma_bf16_16816(sc[2 * np + 1], qf[kt], b[2], b[3]);
@@ -163,16 +178,6 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
       o[i][3] *= alpha[1];
     }
 
-    __syncthreads();  // every warp is done with sK
-    if (n0 + kBlockN < kv_hi) {
-      load_kv_tile<D>(sK, k_cache, a, pages, kvh, n0 + kBlockN, kv_hi);
-      cp_async_commit();
-      cp_async_wait<1>();  // V of this tile has landed
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-
     // O += P V ; P's accumulator layout is the A-operand layout (FA2).
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -184,13 +189,17 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
 #pragma unroll
       for (int dp = 0; dp < kDTiles / 2; ++dp) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dp * 16 +
+        ldmatrix_x4_trans(b, tV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dp * 16 +
                                  (lane >> 4) * 8);
         mma_bf16_16816(o[2 * dp], pa, b[0], b[1]);
         mma_bf16_16816(o[2 * dp + 1], pa, b[2], b[3]);
       }
     }
-    __syncthreads();  // every warp is done with sV
+    __syncthreads();  // every warp is done with this stage: refill it two tiles ahead
+    if (tile + 2 < num_tiles) {
+      load_kv_tile<D>(sK(stage), sV(stage), k_cache, v_cache, a, pages, kvh, n0 + 2 * kBlockN, kv_hi);
+      cp_async_commit();
+    }
   }
 
   // Normalise and store.
@@ -221,7 +230,10 @@ template <int D>
 void launch(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   const int tiles = int(ceil_div(max_q_len, kBlockM));
   const dim3 grid(unsigned(int64_t(a.num_seqs) * tiles), unsigned(a.n_heads));
-  const size_t smem = size_t(2) * kBlockN * (D + 8) * sizeof(bf16);
+  const size_t smem = size_t(4) * kBlockN * (D + 8) * sizeof(bf16);
+  if (smem > 48 * 1024)
+    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   prefill_attention_kernel<D><<<grid, kThreads, smem, stream>>>(a, tiles);
   PHILORA_CUDA_CHECK_LAUNCH();
 }

@@ -1,6 +1,8 @@
 #include "backend/cuda/cuda_context.h"
 
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 #include "backend/cuda/cuda_check.h"
 
@@ -21,6 +23,8 @@ Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
     ctx->allocator = DeviceAllocator::create();
     ctx->staging = std::make_unique<PinnedStaging>(ctx->stream);
     ctx->matmul = std::make_unique<LtMatmul>(ctx->stream, ctx->allocator);
+    if (const char* tune = std::getenv("PHILORA_CUBLASLT_AUTOTUNE"); tune && std::string(tune) == "0")
+      ctx->matmul->set_autotune(false);
   } catch (const std::exception& e) {
     return Status::errorf("device 'cuda': {}", e.what());
   }

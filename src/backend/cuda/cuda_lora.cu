@@ -49,16 +49,28 @@ __global__ void __launch_bounds__(kShrinkThreads) lora_shrink_kernel(LoraLaunch 
 #pragma unroll
   for (int m = 0; m < kTile; ++m) acc[m] = 0.0f;
   if constexpr (kVec) {
-    for (int64_t k = k0 + lane * 8; k < k1; k += 256) {
-      float af[8];
-      bf16x8_to_f32(*reinterpret_cast<const uint4*>(arow + k), af);
+    // Four 16-byte vectors of A (and of each x row) in flight per lane.
+    for (int64_t kb = k0 + lane * 8; kb < k1; kb += 4 * 256) {
+      uint4 av[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        av[i] = kb + i * 256 < k1 ? *reinterpret_cast<const uint4*>(arow + kb + i * 256) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int m = 0; m < kTile; ++m) {
         if (m < n) {
-          float xf[8];
-          bf16x8_to_f32(*reinterpret_cast<const uint4*>(xu + m * in + k), xf);
+          uint4 xv[4];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) acc[m] += xf[e] * af[e];
+          for (int i = 0; i < 4; ++i)
+            xv[i] = kb + i * 256 < k1 ? *reinterpret_cast<const uint4*>(xu + m * in + kb + i * 256)
+                                      : make_uint4(0, 0, 0, 0);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            float af[8], xf[8];
+            bf16x8_to_f32(av[i], af);
+            bf16x8_to_f32(xv[i], xf);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[m] += xf[e] * af[e];
+          }
         }
       }
     }
@@ -156,10 +168,11 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
   const int64_t units = num_units(l, &tiles);
   if (units == 0) return;
   const int64_t rank_tiles = ceil_div(std::min<int64_t>(l.max_rank, xa_stride), kShrinkWarps);
-  // Split the input features only when the grid would not fill the GPU twice.
+  // Split the input features (which costs a memset and atomics) only when the
+  // grid would not give every multiprocessor a block.
   const int64_t max_splits = ceil_div(l.in_features, 256);
   const int64_t splits =
-      std::clamp<int64_t>(ceil_div(2 * int64_t(num_sms), units * rank_tiles), 1, max_splits);
+      std::clamp<int64_t>(ceil_div(int64_t(num_sms), units * rank_tiles), 1, max_splits);
   const int64_t k_chunk = ceil_div(ceil_div(l.in_features, splits), 256) * 256;
   const int64_t k_splits = ceil_div(l.in_features, k_chunk);
   const bool atomic = k_splits > 1;

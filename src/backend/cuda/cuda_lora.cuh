@@ -31,9 +31,12 @@ struct LoraLaunch {
 
 constexpr int kLoraMaxRank = 128;
 
-// Whether to group by segments: when tokens share adapters (prefill).
+// Whether to group by segments: when many tokens share adapters (prefill).
+// Decode-sized batches go per token even when they share one adapter: their
+// units would be too few to fill the GPU, and the shared matrices are read
+// from L2 anyway.
 inline bool lora_use_segments(int64_t num_tokens, int64_t num_segments) {
-  return num_tokens >= 4 * num_segments;
+  return num_tokens >= 256 && num_tokens >= 8 * num_segments;
 }
 
 // xa[t, j] = Σ_k x[t, k] A_s[j, k] for j < r_s  (x (T, in) bf16; xa (T, xa_stride) f32).

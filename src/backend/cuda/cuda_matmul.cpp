@@ -1,5 +1,6 @@
 #include "backend/cuda/cuda_matmul.h"
 
+#include <algorithm>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
@@ -21,6 +22,7 @@ int alignment_of(const void* p) {
 LtMatmul::LtMatmul(cudaStream_t stream, std::shared_ptr<DeviceAllocator> allocator)
     : stream_(stream), allocator_(std::move(allocator)) {
   PHILORA_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  PHILORA_CUDA_CHECK(cudaGetDevice(&device_));
   workspace_bytes_ = size_t(32) << 20;  // what cuBLAS itself uses on Hopper
   workspace_ = allocator_->allocate(workspace_bytes_);
 }
@@ -67,10 +69,10 @@ LtMatmul::Plan& LtMatmul::plan_for(const Key& key) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac)));
   PHILORA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
   int found = 0;
-  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1,
-                                                          &result, &found);
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref,
+                                                          kCandidates, results, &found);
   (void)cublasLtMatmulPreferenceDestroy(pref);
   if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
     (void)cublasLtMatrixLayoutDestroy(p.a);
@@ -81,8 +83,101 @@ LtMatmul::Plan& LtMatmul::plan_for(const Key& key) {
                       " n=" + std::to_string(n) + " k=" + std::to_string(k) + " (status " +
                       std::to_string(int(s)) + ")");
   }
-  p.algo = result.algo;
+  for (int i = 0; i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
+  p.algo = p.candidates.empty() ? results[0].algo : p.candidates.front();
+  if (m <= kTuneMaxM) add_split_k_variants(p);
   return plans_.emplace(key, p).first->second;
+}
+
+// For skinny products (decode) the heuristic's algorithms leave most of the GPU
+// idle: the output has too few tiles. Split-K variants of them (the K range
+// shared among 2..16 CTAs, partial sums reduced in f32) join the candidates.
+void LtMatmul::add_split_k_variants(Plan& p) {
+  const size_t base = p.candidates.size();
+  for (size_t i = 0; i < base; ++i) {
+    const cublasLtMatmulAlgo_t algo = p.candidates[i];
+    int32_t support = 0, current = 1;
+    uint32_t schemes = 0;
+    size_t written = 0;
+    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &support, sizeof(support),
+                                          &written) != CUBLAS_STATUS_SUCCESS ||
+        support == 0)
+      continue;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &current, sizeof(current),
+                                             &written) != CUBLAS_STATUS_SUCCESS ||
+        current > 1)
+      continue;
+    (void)cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &schemes,
+                                            sizeof(schemes), &written);
+    const uint32_t scheme = (schemes & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) ? CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
+                            : (schemes & CUBLASLT_REDUCTION_SCHEME_INPLACE)    ? CUBLASLT_REDUCTION_SCHEME_INPLACE
+                                                                               : CUBLASLT_REDUCTION_SCHEME_NONE;
+    if (scheme == CUBLASLT_REDUCTION_SCHEME_NONE) continue;
+    for (int32_t splits : {2, 4, 8, 16}) {
+      cublasLtMatmulAlgo_t v = algo;
+      if (cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof(splits)) !=
+              CUBLAS_STATUS_SUCCESS ||
+          cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                               sizeof(scheme)) != CUBLAS_STATUS_SUCCESS)
+        continue;
+      cublasLtMatmulHeuristicResult_t check{};
+      if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.c, p.c, &v, &check) == CUBLAS_STATUS_SUCCESS &&
+          check.workspaceSize <= workspace_bytes_)
+        p.candidates.push_back(v);
+    }
+  }
+}
+
+// The heuristic's first choice is often not the fastest for skinny shapes
+// (decode: m of 1..64 tokens is a matrix-vector product bound by reading w).
+// On the first call of a shape with m ≤ kTuneMaxM, every candidate runs a few
+// times on the real operands (y is overwritten, so only when beta = 0 and the
+// stream is not being captured into a graph), each run after a write of twice
+// the L2 size so that w comes from memory as it does in a real step; the
+// fastest median is kept. Larger m (prefill) keeps the heuristic's choice,
+// which is near the peak there, so that new prompt lengths cost no tuning.
+void LtMatmul::autotune(Plan& p, const void* x, const void* w, void* y, float alpha) {
+  p.tuned = true;
+  if (p.candidates.size() < 2) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  PHILORA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  PHILORA_CUDA_CHECK(cudaEventCreate(&start));
+  PHILORA_CUDA_CHECK(cudaEventCreate(&stop));
+  if (!flush_) {
+    int l2 = 0;
+    PHILORA_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device_));
+    flush_bytes_ = std::max<size_t>(size_t(2) * size_t(l2), size_t(1) << 20);
+    flush_ = allocator_->allocate(flush_bytes_);
+  }
+  const float beta = 0.0f;
+  float best = -1.0f;
+  for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
+    auto launch = [&] {
+      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo,
+                            workspace_.get(), workspace_bytes_, stream_);
+    };
+    if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // this algorithm refuses: skip it
+    constexpr int kReps = 5;
+    float times[kReps];
+    for (int i = 0; i < kReps; ++i) {
+      PHILORA_CUDA_CHECK(cudaMemsetAsync(flush_.get(), i, flush_bytes_, stream_));
+      PHILORA_CUDA_CHECK(cudaEventRecord(start, stream_));
+      PHILORA_CUBLAS_CHECK(launch());
+      PHILORA_CUDA_CHECK(cudaEventRecord(stop, stream_));
+      PHILORA_CUDA_CHECK(cudaEventSynchronize(stop));
+      PHILORA_CUDA_CHECK(cudaEventElapsedTime(&times[i], start, stop));
+    }
+    std::sort(times, times + kReps);
+    if (best < 0 || times[kReps / 2] < best) {
+      best = times[kReps / 2];
+      p.algo = algo;
+    }
+  }
+  (void)cudaEventDestroy(start);
+  (void)cudaEventDestroy(stop);
 }
 
 void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
@@ -90,6 +185,7 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
   if (m == 0 || n == 0) return;
   const Key key{m, n, k, alignment_of(x), alignment_of(w), alignment_of(y)};
   Plan& p = plan_for(key);
+  if (!p.tuned && beta == 0.0f && tune_ && m <= kTuneMaxM) autotune(p, x, w, y, alpha);
   PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
                                       &p.algo, workspace_.get(), workspace_bytes_, stream_));
 }

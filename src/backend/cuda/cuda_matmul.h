@@ -1,6 +1,7 @@
 // Dense GEMMs through cuBLASLt: y (m, n) = x (m, k) · wᵀ with w (n, k), all
 // row-major bf16, f32 accumulation. The matmul descriptor, the three layouts and
-// the heuristic's algorithm are built once per (m, n, k, alignments) and cached.
+// the algorithm are built once per (m, n, k, alignments) and cached; the
+// algorithm is the fastest of the heuristic's candidates, timed on first use.
 #pragma once
 
 #include <cublasLt.h>
@@ -10,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <tuple>
+#include <vector>
 
 #include "backend/cuda/cuda_allocator.h"
 
@@ -27,6 +29,9 @@ class LtMatmul {
            float alpha = 1.0f, float beta = 0.0f);
 
   size_t cached_plans() const { return plans_.size(); }
+  // Whether a new shape times the heuristic's candidates and keeps the fastest
+  // (on by default; PHILORA_CUBLASLT_AUTOTUNE=0 turns it off).
+  void set_autotune(bool on) { tune_ = on; }
 
  private:
   // (m, n, k, alignment of x, w, y in bytes)
@@ -35,8 +40,14 @@ class LtMatmul {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's, best first
+    bool tuned = false;
   };
+  static constexpr int kCandidates = 16;
+  static constexpr int64_t kTuneMaxM = 256;  // autotune only skinny products
   Plan& plan_for(const Key& key);
+  void autotune(Plan& p, const void* x, const void* w, void* y, float alpha);
+  void add_split_k_variants(Plan& p);
 
   cudaStream_t stream_;
   std::shared_ptr<DeviceAllocator> allocator_;
@@ -44,6 +55,10 @@ class LtMatmul {
   std::shared_ptr<void> workspace_;
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
+  bool tune_ = true;
+  int device_ = 0;
+  std::shared_ptr<void> flush_;  // written between timed runs to evict L2
+  size_t flush_bytes_ = 0;
 };
 
 }  // namespace philora::cuda

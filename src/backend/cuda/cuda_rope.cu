@@ -1,60 +1,126 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_rope.cuh"
 
+#include <algorithm>
+
 namespace philora::cuda {
 
 namespace {
 
-constexpr int kMaxHalf = 256;  // rotary_dim ≤ 512
+constexpr int kMaxHalf = 256;       // rotary_dim ≤ 512
+constexpr int kHeadsPerBlock = 4;   // of the H + 2 Hkv heads of a token
+constexpr int kThreads = 128;
 
-// One block per token: cos/sin of its position once into shared memory, then
-// every (head, i < rotary_dim/2) pair of q and k rotated; k and v also go to the
-// cache at the token's slot. Angles as HF: f32(position) · inv_freq[i] in f32;
-// cos and sin of that f32 angle in double (as the CPU spec), times the factor.
-__global__ void rope_and_cache_kernel(RopeCacheArgs a) {
+// grid (T, ceil((H + 2 Hkv) / kHeadsPerBlock)). Each block takes a few heads of
+// one token: cos/sin of the token's position into shared memory, then q heads
+// are rotated in place, k heads rotated in place and written to the cache at
+// the token's slot, v heads copied to the cache. Angles as HF: f32(position) ·
+// inv_freq[i] in f32; cos and sin of that angle (full-precision sincosf), times
+// the attention factor; the rotation in f32, rounded once to bf16.
+__global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs a) {
   __shared__ float cos_s[kMaxHalf], sin_s[kMaxHalf];
-  const int64_t t = blockIdx.x;
-  const int64_t half = a.rotary_dim / 2, d = a.head_dim;
-  const int64_t q_size = a.n_heads * d, kv_size = a.n_kv_heads * d;
+  const int t = blockIdx.x;
+  const int half = int(a.rotary_dim / 2), d = int(a.head_dim);
+  const int H = int(a.n_heads), Hkv = int(a.n_kv_heads);
   const float pos = float(a.positions[t]);
   const float* inv = a.rope_long[t] != 0 ? a.inv_freq_long : a.inv_freq_short;
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = __fmul_rn(pos, inv[i]);
-    double s, c;
-    sincos(double(angle), &s, &c);
-    cos_s[i] = __fmul_rn(float(c), a.attention_factor);
-    sin_s[i] = __fmul_rn(float(s), a.attention_factor);
+  for (int i = threadIdx.x; i < half; i += kThreads) {
+    float s, c;
+    sincosf(__fmul_rn(pos, inv[i]), &s, &c);
+    cos_s[i] = __fmul_rn(c, a.attention_factor);
+    sin_s[i] = __fmul_rn(s, a.attention_factor);
   }
   __syncthreads();
 
-  bf16* row = static_cast<bf16*>(a.qkv) + t * a.width;
+  bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
   const int64_t slot = a.slots[t];
-  bf16* k_dst = slot >= 0 ? static_cast<bf16*>(a.k_cache) + slot * kv_size : nullptr;
-  bf16* v_dst = slot >= 0 ? static_cast<bf16*>(a.v_cache) + slot * kv_size : nullptr;
-
-  const int64_t pairs = (a.n_heads + a.n_kv_heads) * half;
-  for (int64_t idx = threadIdx.x; idx < pairs; idx += blockDim.x) {
-    const int64_t h = idx / half, i = idx % half;
-    bf16* x = row + h * d;
-    const float x1 = __bfloat162float(x[i]), x2 = __bfloat162float(x[i + half]);
-    const float c = cos_s[i], s = sin_s[i];
-    const bf16 y1 = __float2bfloat16_rn(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
-    const bf16 y2 = __float2bfloat16_rn(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
-    x[i] = y1;
-    x[i + half] = y2;
-    if (h >= a.n_heads && k_dst) {
-      bf16* k = k_dst + (h - a.n_heads) * d;
-      k[i] = y1;
-      k[i + half] = y2;
+  const int64_t kv_size = int64_t(Hkv) * d;
+  const int h0 = blockIdx.y * kHeadsPerBlock;
+  const int h1 = min(H + 2 * Hkv, h0 + kHeadsPerBlock);
+  for (int h = h0; h < h1; ++h) {
+    bf16* x = row + int64_t(h) * d;
+    if (h < H + Hkv) {  // q or k: rotate the first rotary_dim dims
+      bf16* k = h >= H && slot >= 0 ? static_cast<bf16*>(a.k_cache) + slot * kv_size + int64_t(h - H) * d : nullptr;
+      for (int i = threadIdx.x; i < half; i += kThreads) {
+        const float x1 = __bfloat162float(x[i]), x2 = __bfloat162float(x[i + half]);
+        const float c = cos_s[i], s = sin_s[i];
+        const bf16 y1 = __float2bfloat16_rn(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+        const bf16 y2 = __float2bfloat16_rn(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+        x[i] = y1;
+        x[i + half] = y2;
+        if (k) {
+          k[i] = y1;
+          k[i + half] = y2;
+        }
+      }
+      if (k)  // the dims past rotary_dim pass through
+        for (int i = 2 * half + threadIdx.x; i < d; i += kThreads) k[i] = x[i];
+    } else if (slot >= 0) {  // v: to the cache as it is
+      bf16* v = static_cast<bf16*>(a.v_cache) + slot * kv_size + int64_t(h - H - Hkv) * d;
+      for (int i = threadIdx.x; i < d; i += kThreads) v[i] = x[i];
     }
   }
-  if (!k_dst) return;
-  // The dims past rotary_dim of k pass through, and all of v.
-  const bf16* k_src = row + q_size;
-  const bf16* v_src = row + q_size + kv_size;
-  for (int64_t idx = threadIdx.x; idx < kv_size; idx += blockDim.x) {
-    if (idx % d >= a.rotary_dim) k_dst[idx] = k_src[idx];
-    v_dst[idx] = v_src[idx];
+}
+
+// The fast path when rotary_dim / 2, head_dim and the pass-through width are
+// multiples of 8: a flat grid-stride loop over 16-byte pieces, no shared
+// memory. Items, per token: each q/k head's rotary pairs in pieces of 8 pairs
+// (its cos/sin computed in place), then each k head's pass-through dims and
+// each v head's dims, copied to the cache.
+__global__ void rope_and_cache_vec_kernel(RopeCacheArgs a) {
+  const int half = int(a.rotary_dim / 2), d = int(a.head_dim);
+  const int H = int(a.n_heads), Hkv = int(a.n_kv_heads);
+  const int rot_items = (H + Hkv) * (half / 8);          // per token
+  const int pass_items = Hkv * ((d - 2 * half) / 8);     // k dims past rotary_dim
+  const int v_items = Hkv * (d / 8);
+  const int per_token = rot_items + pass_items + v_items;
+  const int64_t kv_size = int64_t(Hkv) * d;
+  const int64_t total = a.num_tokens * per_token;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int t = int(idx / per_token);
+    int item = int(idx % per_token);
+    bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
+    const int64_t slot = a.slots[t];
+    if (item < rot_items) {
+      const int h = item / (half / 8), i0 = (item % (half / 8)) * 8;
+      const float pos = float(a.positions[t]);
+      const float* inv = a.rope_long[t] != 0 ? a.inv_freq_long : a.inv_freq_short;
+      bf16* x = row + int64_t(h) * d;
+      float x1[8], x2[8], y1[8], y2[8];
+      bf16x8_to_f32(*reinterpret_cast<const uint4*>(x + i0), x1);
+      bf16x8_to_f32(*reinterpret_cast<const uint4*>(x + i0 + half), x2);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        float sn, cs;
+        sincosf(__fmul_rn(pos, inv[i0 + e]), &sn, &cs);
+        cs = __fmul_rn(cs, a.attention_factor);
+        sn = __fmul_rn(sn, a.attention_factor);
+        y1[e] = __fsub_rn(__fmul_rn(x1[e], cs), __fmul_rn(x2[e], sn));
+        y2[e] = __fadd_rn(__fmul_rn(x2[e], cs), __fmul_rn(x1[e], sn));
+      }
+      const uint4 v1 = f32_to_bf16x8(y1), v2 = f32_to_bf16x8(y2);
+      *reinterpret_cast<uint4*>(x + i0) = v1;
+      *reinterpret_cast<uint4*>(x + i0 + half) = v2;
+      if (h >= H && slot >= 0) {
+        bf16* k = static_cast<bf16*>(a.k_cache) + slot * kv_size + int64_t(h - H) * d;
+        *reinterpret_cast<uint4*>(k + i0) = v1;
+        *reinterpret_cast<uint4*>(k + i0 + half) = v2;
+      }
+      continue;
+    }
+    if (slot < 0) continue;
+    item -= rot_items;
+    if (item < pass_items) {
+      const int per_head = (d - 2 * half) / 8;
+      const int h = item / per_head, i = 2 * half + (item % per_head) * 8;
+      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.k_cache) + slot * kv_size + int64_t(h) * d + i) =
+          *reinterpret_cast<const uint4*>(row + int64_t(H + h) * d + i);
+      continue;
+    }
+    item -= pass_items;
+    *reinterpret_cast<uint4*>(static_cast<bf16*>(a.v_cache) + slot * kv_size + int64_t(item) * 8) =
+        *reinterpret_cast<const uint4*>(row + int64_t(H + Hkv) * d + int64_t(item) * 8);
   }
 }
 
@@ -65,7 +131,18 @@ void launch_rope_and_cache(const RopeCacheArgs& a, cudaStream_t stream) {
   if (a.rotary_dim / 2 > kMaxHalf || a.rotary_dim > a.head_dim || a.rotary_dim % 2 != 0)
     throw_unsupported("rope_and_cache: rotary_dim " + std::to_string(a.rotary_dim) + " with head_dim " +
                       std::to_string(a.head_dim));
-  rope_and_cache_kernel<<<unsigned(a.num_tokens), 128, 0, stream>>>(a);
+  const int64_t half = a.rotary_dim / 2;
+  const bool vec = half % 8 == 0 && a.head_dim % 8 == 0 && a.width % 8 == 0 && aligned16(a.qkv) &&
+                   aligned16(a.k_cache) && aligned16(a.v_cache);
+  if (vec) {
+    const int64_t per_token = (a.n_heads + a.n_kv_heads) * (half / 8) +
+                              a.n_kv_heads * ((a.head_dim - 2 * half) / 8) + a.n_kv_heads * (a.head_dim / 8);
+    const int64_t blocks = std::min<int64_t>(ceil_div(a.num_tokens * per_token, 256), 1 << 20);
+    rope_and_cache_vec_kernel<<<unsigned(blocks), 256, 0, stream>>>(a);
+  } else {
+    const dim3 grid{unsigned(a.num_tokens), unsigned(ceil_div(a.n_heads + 2 * a.n_kv_heads, kHeadsPerBlock))};
+    rope_and_cache_kernel<<<grid, kThreads, 0, stream>>>(a);
+  }
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
