@@ -10,6 +10,13 @@ Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, std::s
       stop_(std::move(p.stop)),
       ch_(std::make_shared<Channel>()),
       prompt_len_(int64_t(p.prompt.size())) {
+  if (tok_) {
+    // The last prompt ids give the first generated token its context (its leading space).
+    const size_t ctx = std::min<size_t>(p.prompt.size(), 4);
+    detok_ = std::make_unique<tokenizer::IncrementalDetokenizer>(
+        *tok_, /*skip_special_tokens=*/true,
+        std::span<const int32_t>(p.prompt.data() + p.prompt.size() - ctx, ctx));
+  }
   engine::GenerationRequest r;
   r.id = id_;
   r.prompt = std::move(p.prompt);
@@ -33,10 +40,6 @@ Generation::~Generation() {
   if (!done_) host_.abort(id_);
 }
 
-static bool ends_incomplete(const std::string& s) {  // decode shows a partial char as U+FFFD
-  return s.size() >= 3 && s.compare(s.size() - 3, 3, "\xEF\xBF\xBD") == 0;
-}
-
 Event Generation::next() {
   if (!ready_.empty()) {
     Event e = std::move(ready_.front());
@@ -58,31 +61,30 @@ Event Generation::next() {
   Event e;
   for (int32_t t : o.new_tokens) tokens_.push_back(t);
   e.token = o.new_tokens.back();
-  if (tok_) {
+  if (detok_) {
     e.special = tok_->is_special(e.token);
-    const std::string full = tok_->decode(tokens_, /*skip_special_tokens=*/true);
-    if (!ends_incomplete(full) || o.finished) {
-      // Stop strings: search the region that the new text could complete.
-      size_t longest = 0;
-      for (const auto& s : stop_) longest = std::max(longest, s.size());
-      const size_t from = emitted_.size() > longest ? emitted_.size() - longest : 0;
-      size_t cut = std::string::npos;
-      for (const auto& s : stop_) {
-        if (s.empty()) continue;
-        const size_t p = full.find(s, from);
-        if (p != std::string::npos) cut = std::min(cut, p);
-      }
-      std::string upto = cut == std::string::npos ? full : full.substr(0, cut);
-      if (upto.size() >= emitted_.size() && upto.compare(0, emitted_.size(), emitted_) == 0)
-        e.text = upto.substr(emitted_.size());
-      emitted_ = upto.size() >= emitted_.size() ? upto : emitted_;
-      if (cut != std::string::npos) {
-        e.finished = true;
-        e.finish_reason = "stop_sequence";
-        done_ = true;
-        host_.abort(id_);
-        return e;
-      }
+    const std::string delta =
+        detok_->push(e.token) + (o.finished ? detok_->flush() : std::string());
+    const size_t before = raw_.size();
+    raw_ += delta;
+    // Stop strings: search where the new text could complete one.
+    size_t longest = 0;
+    for (const auto& st : stop_) longest = std::max(longest, st.size());
+    const size_t from = before > longest ? before - longest : 0;
+    size_t cut = std::string::npos;
+    for (const auto& st : stop_)
+      if (!st.empty()) cut = std::min(cut, raw_.find(st, from));
+    const size_t end = cut == std::string::npos ? raw_.size() : cut;
+    if (end > emitted_.size()) {
+      e.text = raw_.substr(emitted_.size(), end - emitted_.size());
+      emitted_ += e.text;
+    }
+    if (cut != std::string::npos) {
+      e.finished = true;
+      e.finish_reason = "stop_sequence";
+      done_ = true;
+      host_.abort(id_);
+      return e;
     }
   }
   if (o.finished) {

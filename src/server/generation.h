@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "server/engine_host.h"
+#include "tokenizer/incremental_detokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace philora::server {
@@ -59,7 +60,9 @@ class Generation {
   std::shared_ptr<Channel> ch_;
   std::deque<Event> ready_;
   std::vector<int32_t> tokens_;
-  std::string emitted_;
+  std::unique_ptr<tokenizer::IncrementalDetokenizer> detok_;  // null without a tokenizer
+  std::string raw_;                                           // all text so far
+  std::string emitted_;  // text handed out (raw_ up to a stop string)
   int64_t prompt_len_ = 0;
   bool done_ = false;
 };

@@ -237,6 +237,8 @@ TEST_F(ServerTest, TextPromptsAndOpenAIRoutes) {
   ASSERT_EQ(s1, 200) << j1.dump();
   EXPECT_EQ(j1["details"]["prompt_tokens"], tokenizer_->encode("hello world", true).size());
   EXPECT_EQ(j1["details"]["generated_tokens"], 5);
+  EXPECT_EQ(j1["generated_text"],
+            tokenizer_->decode(j1["details"]["tokens"].get<std::vector<int32_t>>(), true));
 
   auto [s2, j2] = post("/v1/completions",
                        R"({"model": "b", "prompt": "abc", "max_tokens": 4, "temperature": 0})");
@@ -244,6 +246,7 @@ TEST_F(ServerTest, TextPromptsAndOpenAIRoutes) {
   EXPECT_EQ(j2["object"], "text_completion");
   EXPECT_EQ(j2["usage"]["completion_tokens"], 4);
   EXPECT_EQ(j2["choices"][0]["finish_reason"], "length");
+  EXPECT_FALSE(j2["choices"][0]["text"].get<std::string>().empty());
 
   auto [s3, j3] = post(
       "/v1/chat/completions",
@@ -292,6 +295,29 @@ TEST_F(ServerTest, BadInputGetsJsonErrors) {
   }
   auto [status, j] = post("/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": 2}})");
   EXPECT_EQ(status, 200) << "the server still serves after bad requests: " << j.dump();
+}
+
+}  // namespace
+}  // namespace philora
+
+namespace philora {
+namespace {
+
+TEST_F(ServerTest, StopSequenceCutsTheText) {
+  auto [s1, j1] = post(
+      "/generate", R"({"inputs": "abc", "parameters": {"max_new_tokens": 12, "details": true}})");
+  ASSERT_EQ(s1, 200) << j1.dump();
+  const std::string full = j1["generated_text"];
+  ASSERT_GE(full.size(), 6u) << "need some text to cut: " << full;
+  const std::string stop = full.substr(3, 2);
+  const size_t at = full.find(stop);
+  json body = {{"inputs", "abc"},
+               {"parameters", {{"max_new_tokens", 12}, {"details", true}, {"stop", {stop}}}}};
+  auto [s2, j2] = post("/generate", body.dump());
+  ASSERT_EQ(s2, 200) << j2.dump();
+  EXPECT_EQ(j2["generated_text"], full.substr(0, at))
+      << "stop '" << stop << "' in '" << full << "'";
+  EXPECT_EQ(j2["details"]["finish_reason"], "stop_sequence");
 }
 
 }  // namespace
