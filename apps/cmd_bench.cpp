@@ -175,8 +175,9 @@ int run_bench(const BenchOptions& o) {
       std::cout << fmt::format("{:<44} {:>16}\n", what, value);
   };
   std::ostringstream summary;
-  const double copy_bw =
-      have_ceilings ? ceilings->copy_bytes_per_s / 2.0 : 0;  // bytes moved one way
+  // The memory ceiling is the measured copy rate counting bytes read plus bytes
+  // written (METHOD.md); a decode step's floor is the bytes it must read over it.
+  const double copy_bw = have_ceilings ? ceilings->copy_bytes_per_s : 0;
   const double mm_rate = have_ceilings ? ceilings->matmul_flops_per_s : 0;
 
   int64_t max_tokens = 0;
