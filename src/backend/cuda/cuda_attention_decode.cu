@@ -95,6 +95,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedAttenti
     float acc[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) acc[g] = 0.0f;
+#pragma unroll 4
     for (int v = 0; v < dv; ++v) {
       float f[8];
       bf16x8_to_f32(krow[v], f);
@@ -159,6 +160,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedAttenti
 #pragma unroll
     for (int e = 0; e < 8; ++e) o[g][e] = 0.0f;
   if (kg < key_groups) {
+#pragma unroll 2
     for (int jj = kg; jj < len; jj += key_groups) {
       const uint4* vrow = reinterpret_cast<const uint4*>(kv_row(v_cache, a, pages, begin + jj, kvh));
       float f[8];

@@ -138,17 +138,33 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
       }
     }
 
-    // Mask (causal by position, window, cache length) and online softmax.
+    // Mask (causal by position, window, cache length) and online softmax. Tiles
+    // that every row of the block sees whole (below the diagonal, inside the
+    // window, inside the cache) skip the mask; the block's rows being valid
+    // rows there too (a missing row has position -1 and must be masked).
     float mx[2] = {-INFINITY, -INFINITY};
+    const bool whole = n0 + kBlockN - 1 <= s_min_pos && n0 + kBlockN <= kv_len &&
+                       (a.window == 0 || n0 > s_max_pos - a.window) && rows == kBlockM;
+    if (whole) {
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
+      for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int p = e < 2 ? p0 : p1;
-        const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-        const bool valid = j <= p && j < kv_len && (a.window == 0 || j > p - a.window);
-        sc[nt][e] = valid ? sc[nt][e] * scale : -INFINITY;
-        mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+        for (int e = 0; e < 4; ++e) {
+          sc[nt][e] *= scale;
+          mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int p = e < 2 ? p0 : p1;
+          const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+          const bool valid = j <= p && j < kv_len && (a.window == 0 || j > p - a.window);
+          sc[nt][e] = valid ? sc[nt][e] * scale : -INFINITY;
+          mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+        }
       }
     }
     float alpha[2], base[2];
