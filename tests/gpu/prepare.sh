@@ -43,10 +43,7 @@ find "$src" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 cp -a "$src.new/." "$src/"
 rm -rf "$src.new"
 
-# CMake 3.25 (Debian 12) knows no flag for CUDA C++20 with nvcc; name it.
-cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20 -DCMAKE_CUDA20_EXTENSION_COMPILE_OPTION=-std=c++20 \
-  >/dev/null
+cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 targets=(philora)
 known=$(ninja -C "$src/build" -t targets all 2>/dev/null)
 for t in philora_op_tests philora_model_tests philora_unit_tests; do
