@@ -50,11 +50,13 @@ size_t AddedVocabulary::Matcher::longest_at(std::string_view text, size_t i, int
 }
 
 Expected<std::unique_ptr<AddedVocabulary>> AddedVocabulary::from_json(
-    const nlohmann::json& added, const std::function<std::string(std::string_view)>& normalize) {
+    const nlohmann::json& added, const ModelVocab& model, const std::function<std::string(std::string_view)>& normalize) {
   std::unique_ptr<AddedVocabulary> v(new AddedVocabulary());
   PHILORA_ASSIGN_OR_RETURN(v->word_char_, Regex::compile("[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]"));
   if (added.is_null()) return v;
   if (!added.is_array()) return Status::error("added_tokens must be an array");
+  // New ids count up from the model's vocabulary size (HF 0.23 adds all tokens of a file at once).
+  auto next_id = static_cast<int32_t>(model.size);
   for (size_t k = 0; k < added.size(); ++k) {
     const auto& t = added[k];
     if (!t.is_object() || !t.contains("id") || !t.contains("content") || !t["content"].is_string() ||
@@ -62,7 +64,7 @@ Expected<std::unique_ptr<AddedVocabulary>> AddedVocabulary::from_json(
       return Status::errorf("added_tokens[{}]: expected an object with integer \"id\" and string \"content\"", k);
     }
     AddedToken a;
-    a.id = t["id"].get<int32_t>();
+    const int32_t declared = t["id"].get<int32_t>();
     a.content = t["content"].get<std::string>();
     a.single_word = t.value("single_word", false);
     a.lstrip = t.value("lstrip", false);
@@ -71,10 +73,25 @@ Expected<std::unique_ptr<AddedVocabulary>> AddedVocabulary::from_json(
     a.normalized = t.value("normalized", !a.special);
     if (a.content.empty()) continue;
     if (!unicode::is_valid(a.content)) return Status::errorf("added_tokens[{}]: content is not valid UTF-8", k);
-    const size_t index = v->tokens_.size();
-    v->by_id_[a.id] = index;
-    v->by_content_.emplace(a.content, index);
-    v->tokens_.push_back(std::move(a));
+    auto known = v->by_content_.find(a.content);
+    if (known != v->by_content_.end()) {
+      // Same content again: it keeps its id and takes the new options.
+      a.id = v->tokens_[known->second].id;
+      v->tokens_[known->second] = a;
+    } else {
+      if (auto id = model.token_to_id(a.content)) {
+        a.id = *id;
+      } else {
+        a.id = next_id++;
+      }
+      const size_t index = v->tokens_.size();
+      v->by_id_[a.id] = index;
+      v->by_content_.emplace(a.content, index);
+      v->tokens_.push_back(a);
+    }
+    if (a.id != declared) {
+      v->warnings_.push_back(fmt::format("added token {:?} is declared with id {} but gets id {}", a.content, declared, a.id));
+    }
   }
   // HF matches special tokens first in its pattern list; with leftmost-longest matching the order
   // only matters for identical contents, where the first one listed wins.

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -37,10 +38,20 @@ struct Segment {
 
 class AddedVocabulary {
  public:
-  // `normalize` maps the content of normalized=true tokens into the normalized form they are
-  // matched in.
+  // The model vocabulary as HF's AddedVocabulary sees it when it assigns ids.
+  struct ModelVocab {
+    std::function<std::optional<int32_t>(std::string_view)> token_to_id;
+    size_t size = 0;  // number of entries (HF: model.get_vocab_size())
+  };
+
+  // Builds the added vocabulary as HF does on load: tokens are added in order; a token whose
+  // content is already an added token or a model token takes that id, any other takes the next
+  // id counting up from the model's vocabulary size -- whatever its "id" field says (real
+  // tokenizer.json files, written by HF, agree with that). `normalize` maps the content of normalized=true tokens into the normalized
+  // form they are matched in.
   static Expected<std::unique_ptr<AddedVocabulary>> from_json(
-      const nlohmann::json& added_tokens, const std::function<std::string(std::string_view)>& normalize);
+      const nlohmann::json& added_tokens, const ModelVocab& model,
+      const std::function<std::string(std::string_view)>& normalize);
 
   // Splits `text` into segments covering it, using the tokens with normalized == `normalized_set`.
   void split(std::string_view text, bool normalized_set, std::vector<Segment>& out) const;
@@ -49,6 +60,8 @@ class AddedVocabulary {
   const AddedToken* by_id(int32_t id) const;
   const AddedToken* by_content(std::string_view content) const;
   const std::vector<AddedToken>& tokens() const { return tokens_; }
+  // Tokens that got another id than their "id" field says (HF warns about these).
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   // Byte trie for leftmost-longest matching of one token set.
@@ -66,6 +79,7 @@ class AddedVocabulary {
   };
 
   std::vector<AddedToken> tokens_;
+  std::vector<std::string> warnings_;
   std::unordered_map<int32_t, size_t> by_id_;
   std::unordered_map<std::string, size_t> by_content_;
   Matcher raw_, normalized_;

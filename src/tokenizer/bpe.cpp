@@ -66,44 +66,39 @@ PieceCache::PieceCache() {
 }
 
 bool PieceCache::get(std::string_view key, std::vector<int32_t>& out) const {
+  if (key.size() > kMaxKeyBytes) return false;
   const uint64_t h = hash_bytes(key);
   const Shard& s = shards_[h % kShards];
+  // Two-way set: the slot of the hash and its neighbour.
+  const size_t i = (h >> 8) & (kSlotsPerShard - 1);
   std::lock_guard<std::mutex> lock(s.mu);
-  for (size_t i = (h >> 8) & (kSlotsPerShard - 1);; i = (i + 1) & (kSlotsPerShard - 1)) {
-    const Slot& slot = s.slots[i];
-    if (slot.hash == 0) return false;
-    if (slot.hash == h && slot.key_len == key.size() &&
-        std::memcmp(s.keys.data() + slot.key_off, key.data(), key.size()) == 0) {
-      out.insert(out.end(), s.ids.begin() + slot.ids_off, s.ids.begin() + slot.ids_off + slot.ids_len);
+  for (size_t k = i; k < i + 2; ++k) {
+    const Slot& slot = s.slots[k & (kSlotsPerShard - 1)];
+    if (slot.hash == h && slot.key_len == key.size() && std::memcmp(slot.key, key.data(), key.size()) == 0) {
+      out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);
       return true;
     }
   }
+  return false;
 }
 
 void PieceCache::put(std::string_view key, const int32_t* ids, size_t n) {
-  if (key.size() > kMaxKeyBytes || n > 0xFFFF) return;
+  if (key.size() > kMaxKeyBytes || n > kMaxIds) return;
   const uint64_t h = hash_bytes(key);
   Shard& s = shards_[h % kShards];
+  const size_t i = (h >> 8) & (kSlotsPerShard - 1);
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.entries >= kMaxEntriesPerShard) return;
-  size_t i = (h >> 8) & (kSlotsPerShard - 1);
-  for (;; i = (i + 1) & (kSlotsPerShard - 1)) {
-    const Slot& slot = s.slots[i];
-    if (slot.hash == 0) break;
-    if (slot.hash == h && slot.key_len == key.size() &&
-        std::memcmp(s.keys.data() + slot.key_off, key.data(), key.size()) == 0) {
-      return;  // another thread got there first
-    }
+  // Prefer an empty slot of the two; else overwrite the first.
+  Slot* slot = &s.slots[i];
+  if (slot->hash != 0) {
+    Slot* other = &s.slots[(i + 1) & (kSlotsPerShard - 1)];
+    if (other->hash == 0) slot = other;
   }
-  Slot& slot = s.slots[i];
-  slot.hash = h;
-  slot.key_off = static_cast<uint32_t>(s.keys.size());
-  slot.key_len = static_cast<uint16_t>(key.size());
-  slot.ids_off = static_cast<uint32_t>(s.ids.size());
-  slot.ids_len = static_cast<uint16_t>(n);
-  s.keys.append(key);
-  s.ids.insert(s.ids.end(), ids, ids + n);
-  ++s.entries;
+  slot->hash = h;
+  slot->key_len = static_cast<uint8_t>(key.size());
+  slot->n_ids = static_cast<uint8_t>(n);
+  std::memcpy(slot->key, key.data(), key.size());
+  std::memcpy(slot->ids, ids, n * sizeof(int32_t));
 }
 
 // ---- BpeModel: loading --------------------------------------------------------------------------
@@ -398,7 +393,7 @@ void BpeModel::merge_heap(std::vector<int32_t>& ids) const {
 
 void BpeModel::encode_word(std::string_view word, bool raw_bytes, std::vector<int32_t>& out) const {
   PieceCache& cache = cache_[raw_bytes ? 1 : 0];
-  if (word.size() <= PieceCache::kMaxKeyBytes && cache.get(word, out)) return;
+  if (cache.get(word, out)) return;
   thread_local std::vector<int32_t> ids;  // scratch
   ids.clear();
   initial_symbols(word, raw_bytes, ids);

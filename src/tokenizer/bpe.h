@@ -57,31 +57,30 @@ class MergeTable {
 };
 
 // Bounded, thread-safe cache of piece -> ids (HF keeps one too; results are identical either way).
-// Open addressing in a fixed number of slots per shard; keys and ids live in per-shard arenas.
-// When a shard is full, new pieces are simply not cached.
+// Each entry is one 64-byte slot holding a short piece and its ids inline, so a lookup touches
+// one cache line; longer pieces or results are not cached. A full slot is overwritten.
 class PieceCache {
  public:
   PieceCache();
   bool get(std::string_view key, std::vector<int32_t>& out) const;
   void put(std::string_view key, const int32_t* ids, size_t n);
 
-  static constexpr size_t kMaxKeyBytes = 128;
+  static constexpr size_t kMaxKeyBytes = 22;
+  static constexpr size_t kMaxIds = 8;
 
  private:
   static constexpr size_t kShards = 16;
-  static constexpr size_t kSlotsPerShard = 8192;  // power of two
-  static constexpr size_t kMaxEntriesPerShard = kSlotsPerShard / 2;
-  struct Slot {
+  static constexpr size_t kSlotsPerShard = 1024;  // power of two; 16 x 1024 x 64 B = 1 MiB
+  struct alignas(64) Slot {
     uint64_t hash = 0;  // 0: empty
-    uint32_t key_off = 0, ids_off = 0;
-    uint16_t key_len = 0, ids_len = 0;
+    uint8_t key_len = 0, n_ids = 0;
+    char key[kMaxKeyBytes] = {};
+    int32_t ids[kMaxIds] = {};
   };
-  struct Shard {
+  static_assert(sizeof(Slot) == 64);
+  struct alignas(64) Shard {
     mutable std::mutex mu;
     std::vector<Slot> slots;
-    std::string keys;
-    std::vector<int32_t> ids;
-    size_t entries = 0;
   };
   std::array<Shard, kShards> shards_;
 };

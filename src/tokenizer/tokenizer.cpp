@@ -87,7 +87,10 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_json(const nlohmann::json& 
   }
   {
     const Normalizer* norm = t->normalizer_.get();
-    auto a = AddedVocabulary::from_json(get("added_tokens"), [norm](std::string_view s) {
+    const BpeModel* model_ptr = t->model_.get();
+    AddedVocabulary::ModelVocab model_vocab{[model_ptr](std::string_view s) { return model_ptr->token_to_id(s); },
+                                            model_ptr->vocab_size()};
+    auto a = AddedVocabulary::from_json(get("added_tokens"), model_vocab, [norm](std::string_view s) {
       NormalizedText n{std::string(s), 0};
       if (norm) norm->normalize(n);
       return n.text;
@@ -245,6 +248,8 @@ bool Tokenizer::is_special(int32_t id) const {
 }
 
 const std::vector<AddedToken>& Tokenizer::added_tokens() const { return added_->tokens(); }
+
+const std::vector<std::string>& Tokenizer::load_warnings() const { return added_->warnings(); }
 
 std::optional<int32_t> Tokenizer::bos_id() const {
   return bos_token_ ? token_to_id(*bos_token_) : std::nullopt;

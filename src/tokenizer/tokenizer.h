@@ -58,6 +58,9 @@ class Tokenizer {
   // True for an added token marked "special" (skipped by decode(..., true)).
   bool is_special(int32_t id) const;
   const std::vector<AddedToken>& added_tokens() const;
+  // Things HF tokenizers warns about at load, e.g. an added token whose "id" field disagrees with
+  // the id it gets (the id it gets is the one used, as in HF).
+  const std::vector<std::string>& load_warnings() const;
 
   // From tokenizer_config.json (when loaded from a model dir), else unset.
   const std::optional<std::string>& bos_token() const { return bos_token_; }

@@ -5,8 +5,9 @@
 //   phi3/      llama2 plus the added tokens of Phi-3 / Phi-3.5 / Phi-3-medium (ids 32000-32010)
 //   cl100k/    the cl100k vocabulary (gpt-3.5-turbo), Split(Removed, invert) + ByteLevel
 //   phi4/      cl100k as Phi-4 ships it: Split(Isolated) + ByteLevel and Phi-4's added tokens
+//              (the ids of those not in cl100k count up from 100261, not Phi-4's own)
 //   o200k/     the o200k vocabulary (gpt-4o)
-//   phi4mini/  o200k with Phi-4-mini-style chat tokens (ids chosen here, not copied from the model)
+//   phi4mini/  o200k with Phi-4-mini-style chat tokens (ids from 200000, not the model's own)
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -33,6 +34,23 @@ function write(name, json, config) {
   fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify(config, null, 2));
 }
 
+// Gives added tokens the ids HF tokenizers assigns on load, whatever their "id" field says: an
+// added token that is in the model vocabulary takes its id there, any other the next id counting
+// up from the size of the model vocabulary. Files that HF wrote always agree; ours must too, or
+// transformers.js (which believes the field) would disagree with HF.
+function hfConsistentIds(json) {
+  const vocab = json.model.vocab;
+  let next = Object.keys(vocab).length;
+  const seen = new Map();
+  for (const t of json.added_tokens) {
+    if (seen.has(t.content)) t.id = seen.get(t.content);
+    else if (Object.hasOwn(vocab, t.content)) t.id = vocab[t.content];
+    else t.id = next++;
+    seen.set(t.content, t.id);
+  }
+  return json;
+}
+
 function added(id, content, { special = true, lstrip = false, rstrip = false, normalized = false } = {}) {
   return { id, content, single_word: false, lstrip, rstrip, normalized, special };
 }
@@ -56,6 +74,7 @@ const phi3Added = [
   ["<|user|>", true],
 ];
 phi3Added.forEach(([content, rstrip], i) => phi3.added_tokens.push(added(32000 + i, content, { rstrip })));
+hfConsistentIds(phi3);
 write("phi3", phi3, {
   ...llama.config,
   add_bos_token: false,
@@ -94,6 +113,7 @@ for (let id = 100267, k = 4; id < 100352; ++id) {
 phi4.added_tokens = Object.entries(phi4Special)
   .sort((a, b) => a[1] - b[1])
   .map(([content, id]) => added(id, content));
+hfConsistentIds(phi4);
 write("phi4", phi4, {
   bos_token: "<|endoftext|>",
   eos_token: "<|im_end|>",
@@ -121,6 +141,7 @@ const miniTokens = [
   "<|tag|>",
 ];
 miniTokens.forEach((content, i) => phi4mini.added_tokens.push(added(200019 + i, content)));
+hfConsistentIds(phi4mini);
 write("phi4mini", phi4mini, {
   bos_token: "<|endoftext|>",
   eos_token: "<|endoftext|>",

@@ -14,6 +14,7 @@
 #   corpus.jsonl                                   the differential corpus
 #   <name>/expected_js.jsonl                       transformers.js's ids and text for it
 #   chat_jinja2.json                               Jinja2's renderings of the chat-template cases
+#   bench/english.txt, bench/code.txt              texts of the tokenizer benchmark
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,10 +31,11 @@ fi
 
 # 2. tokenizer.json files, corpus and reference ids; redone when a script or the lock changes.
 stamp="$out/.stamp"
-want="$(cat package-lock.json make_tokenizers.mjs make_corpus.mjs encode_js.mjs | sha256sum | cut -d' ' -f1)"
+want="$(cat package-lock.json make_tokenizers.mjs make_corpus.mjs encode_js.mjs make_bench_text.mjs | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   node make_tokenizers.mjs "$out"
   node make_corpus.mjs "$out/corpus.jsonl"
+  node make_bench_text.mjs "$out/bench"
   for name in phi3 cl100k o200k phi4 phi4mini; do
     node encode_js.mjs "$out/$name" "$out/corpus.jsonl" "$out/$name/expected_js.jsonl"
     echo "reference ids for $name written"

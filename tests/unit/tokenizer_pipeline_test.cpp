@@ -144,30 +144,49 @@ TEST(TokenizerBpe, IgnoreMergesTakesWholeWordsFromTheVocabulary) {
 TEST(TokenizerAddedTokens, LeftmostLongestWithStripOptions) {
   json j = tiny_tokenizer({" ", "a", "b", "<", ">", "x"}, {});
   j["added_tokens"] = json::array({
-      {{"id", 10}, {"content", "<x>"}, {"special", true}, {"normalized", false}, {"rstrip", true}},
-      {{"id", 11}, {"content", "<x>>"}, {"special", true}, {"normalized", false}, {"lstrip", true}},
-      {{"id", 12}, {"content", "ab"}, {"special", false}, {"normalized", false}, {"single_word", true}},
+      {{"id", 6}, {"content", "<x>"}, {"special", true}, {"normalized", false}, {"rstrip", true}},
+      {{"id", 7}, {"content", "<x>>"}, {"special", true}, {"normalized", false}, {"lstrip", true}},
+      {{"id", 8}, {"content", "ab"}, {"special", false}, {"normalized", false}, {"single_word", true}},
   });
   auto t = load(j);
-  EXPECT_EQ(t->encode("a<x>  b"), ids({1, 10, 2}));   // rstrip eats the spaces after it
-  EXPECT_EQ(t->encode("a  <x>>b"), ids({1, 11, 2}));  // longest match, lstrip eats spaces before
-  EXPECT_EQ(t->encode("ab b"), ids({12, 0, 2}));      // a single word
-  EXPECT_EQ(t->encode("aab"), ids({1, 1, 2}));        // not a single word: no match
-  EXPECT_EQ(t->decode(ids({1, 10, 2}), false), "a <x> b");
-  EXPECT_EQ(t->decode(ids({1, 10, 2}), true), "a b");
-  EXPECT_TRUE(t->is_special(10));
-  EXPECT_FALSE(t->is_special(12));
-  EXPECT_EQ(t->token_to_id("<x>>"), 11);
-  EXPECT_EQ(t->id_to_token(12), "ab");
-  EXPECT_EQ(t->vocab_size(), 13u);
+  EXPECT_EQ(t->encode("a<x>  b"), ids({1, 6, 2}));   // rstrip eats the spaces after it
+  EXPECT_EQ(t->encode("a  <x>>b"), ids({1, 7, 2}));  // longest match, lstrip eats spaces before
+  EXPECT_EQ(t->encode("ab b"), ids({8, 0, 2}));      // a single word
+  EXPECT_EQ(t->encode("aab"), ids({1, 1, 2}));       // not a single word: no match
+  EXPECT_EQ(t->decode(ids({1, 6, 2}), false), "a <x> b");  // no decoder: tokens joined by spaces
+  EXPECT_EQ(t->decode(ids({1, 6, 2}), true), "a b");
+  EXPECT_TRUE(t->is_special(6));
+  EXPECT_FALSE(t->is_special(8));
+  EXPECT_EQ(t->token_to_id("<x>>"), 7);
+  EXPECT_EQ(t->id_to_token(8), "ab");
+  EXPECT_EQ(t->vocab_size(), 9u);
+  EXPECT_TRUE(t->load_warnings().empty());
+}
+
+TEST(TokenizerAddedTokens, IdsAreAssignedAsHuggingFaceDoesNotAsDeclared) {
+  // HF tokenizers 0.23 ignores the "id" field: a token already in the model vocabulary keeps that
+  // id, the others count up from the model's vocabulary size (seen in golden_phi4.json, made
+  // from a file that disagreed).
+  json j = tiny_tokenizer({"a", "b", "<s>"}, {});
+  j["added_tokens"] = json::array({{{"id", 50}, {"content", "<x>"}, {"special", true}},
+                                   {{"id", 2}, {"content", "<s>"}, {"special", true}},
+                                   {{"id", 7}, {"content", "<y>"}, {"special", true}},
+                                   {{"id", 99}, {"content", "<x>"}, {"special", false}, {"rstrip", true}}});
+  auto t = load(j);
+  EXPECT_EQ(t->token_to_id("<x>"), 3);
+  EXPECT_EQ(t->token_to_id("<s>"), 2);
+  EXPECT_EQ(t->token_to_id("<y>"), 4);
+  EXPECT_EQ(t->encode("a<x>  b<y>"), ids({0, 3, 1, 4}));  // the repeated <x> brought rstrip
+  EXPECT_FALSE(t->is_special(3));
+  EXPECT_EQ(t->load_warnings().size(), 3u);
 }
 
 TEST(TokenizerAddedTokens, NormalizedTokensMatchInNormalizedText) {
   json j = tiny_tokenizer({"_", "a", "b"}, {});
   j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "_"}};
-  j["added_tokens"] = json::array({{{"id", 7}, {"content", "a b"}, {"special", false}, {"normalized", true}}});
+  j["added_tokens"] = json::array({{{"id", 3}, {"content", "a b"}, {"special", false}, {"normalized", true}}});
   auto t = load(j);
-  EXPECT_EQ(t->encode("b a b"), ids({2, 0, 7}));  // matched as "a_b" after normalization
+  EXPECT_EQ(t->encode("b a b"), ids({2, 0, 3}));  // matched as "a_b" after normalization
 }
 
 std::vector<std::string> split_texts(const std::string& text, const std::string& sep, SplitBehavior b, bool invert) {
