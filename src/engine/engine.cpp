@@ -114,15 +114,12 @@ std::vector<StepOutput> Engine::step() {
   while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < config_.max_running) {
     Live& l = *waiting_.front();
     if (l.req.adapter && !l.has_slot) {
+      if (!adapters_->slot_available(*l.req.adapter)) break;  // wait for a running one to finish
       auto slot = adapters_->acquire(*l.req.adapter);
-      if (!slot.ok()) {
-        if (running_.empty() ||
-            slot.status().message().find("slots are in use") == std::string::npos) {
-          finish(l, "error", out, slot.status().message());
-          waiting_.pop_front();
-          continue;
-        }
-        break;  // wait for a slot to be released
+      if (!slot.ok()) {  // unknown or bad adapter: this request fails, the others go on
+        finish(l, "error", out, slot.status().message());
+        waiting_.pop_front();
+        continue;
       }
       l.seq.lora_slot = *slot;
       l.has_slot = true;

@@ -80,6 +80,13 @@ Expected<int32_t> AdapterStore::acquire(const std::string& name) {
   return victim;
 }
 
+bool AdapterStore::slot_available(const std::string& name) const {
+  if (resident_.count(name)) return true;
+  for (const SlotState& s : slot_state_)
+    if (s.pins == 0) return true;
+  return false;
+}
+
 void AdapterStore::release(int32_t slot) {
   if (slot < 0) return;
   SlotState& s = slot_state_[size_t(slot)];

@@ -28,6 +28,8 @@ class AdapterStore {
   // Loads NAME if needed, makes it resident in a slot and pins it; returns the
   // slot. Fails when NAME is unknown or bad, or every slot is pinned.
   Expected<int32_t> acquire(const std::string& name);
+  // Whether acquire(name) would find a slot now (NAME resident, or a slot unpinned).
+  bool slot_available(const std::string& name) const;
   void release(int32_t slot);
 
   int64_t resident_count() const;

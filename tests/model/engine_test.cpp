@@ -115,3 +115,45 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace philora
+
+namespace philora {
+namespace {
+
+TEST(AdapterStore, PinnedSlotsAreNeverEvictedAndLruGoesFirst) {
+  const fs::path dir = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
+  CpuBackend backend(1);
+  auto config = model::load_config((dir / "model").string());
+  ASSERT_TRUE(config.ok());
+  lora::AdapterSlots slots(backend, *config, 2);
+  lora::AdapterStore store(*config, slots, {(dir / "adapters").string(), 1});
+
+  auto a = store.acquire("a");
+  auto b = store.acquire("b");
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status().message() << b.status().message();
+  EXPECT_NE(*a, *b);
+  EXPECT_FALSE(store.slot_available("c")) << "both slots pinned";
+  auto c = store.acquire("c");
+  EXPECT_FALSE(c.ok());
+  store.release(*a);
+  EXPECT_TRUE(store.slot_available("c"));
+  auto c2 = store.acquire("c");
+  ASSERT_TRUE(c2.ok()) << c2.status().message();
+  EXPECT_EQ(*c2, *a) << "the unpinned slot is the one reused";
+  auto b2 = store.acquire("b");  // still resident: no upload
+  ASSERT_TRUE(b2.ok());
+  EXPECT_EQ(*b2, *b);
+  EXPECT_EQ(store.uploads_to_device(), 3);
+  EXPECT_EQ(store.loads_from_disk(), 3) << "host cache of 1 adapter: b and c came from disk";
+
+  for (const char* bad : {"../a", "a/b", "..", ""}) {
+    auto r = store.acquire(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+  }
+  auto missing = store.acquire("nope");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("nope"), std::string::npos)
+      << missing.status().message();
+}
+
+}  // namespace
+}  // namespace philora
