@@ -322,3 +322,33 @@ TEST_F(ServerTest, StopSequenceCutsTheText) {
 
 }  // namespace
 }  // namespace philora
+
+namespace philora {
+namespace {
+
+// A client that goes away mid-stream must not leave its request running.
+TEST_F(ServerTest, DisconnectAbortsTheRequest) {
+  httplib::Client c = client();
+  int chunks = 0;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/generate_stream";
+  req.body =
+      R"({"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 1000, "ignore_eos_token": true}})";
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+  httplib::Response res;
+  httplib::Error err = httplib::Error::Success;
+  EXPECT_FALSE(c.send(req, res, err)) << "the client hung up after two chunks";
+  int64_t running = -1;
+  for (int i = 0; i < 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    running = host_->stats().running + host_->stats().waiting;
+    if (running == 0) break;
+  }
+  EXPECT_EQ(running, 0) << "the engine dropped the request";
+  EXPECT_LT(host_->stats().engine.generated_tokens, 1000) << "it stopped before its 1000 tokens";
+}
+
+}  // namespace
+}  // namespace philora
