@@ -15,6 +15,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "server/http_server.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace philora::app {
@@ -80,6 +81,26 @@ int run_serve(const ServeOptions& o) {
   ctx.model_name = o.model.model_dir;
   ctx.max_positions = config->max_position_embeddings;
   ctx.default_max_new_tokens = o.max_new_tokens;
+  // The model's own chat template (tokenizer_config.json or chat_template.jinja), when it has one.
+  std::shared_ptr<tokenizer::ChatTemplate> chat;
+  if (io::is_regular_file(io::join_path(o.model.model_dir, "tokenizer_config.json")) ||
+      io::is_regular_file(io::join_path(o.model.model_dir, "chat_template.jinja"))) {
+    auto t = tokenizer::ChatTemplate::from_model_dir(o.model.model_dir);
+    if (t.ok()) {
+      chat = std::make_shared<tokenizer::ChatTemplate>(std::move(*t));
+    } else {
+      std::cerr << "philora: no chat endpoint: " << t.status().message() << "\n";
+    }
+  }
+  if (chat)
+    ctx.chat_template = [chat](const std::string& messages) -> Expected<std::string> {
+      const auto j = nlohmann::ordered_json::parse(messages, nullptr, false);
+      if (j.is_discarded() || !j.is_array()) return Status::error("'messages' must be an array");
+      for (const auto& m : j)
+        if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+          return Status::error("each message needs a string 'role'");
+      return chat->render(j, /*add_generation_prompt=*/true);
+    };
   server::HttpServer http(ctx);
   auto port = http.start(o.host, o.port);
   if (!port) return fail(port.status());

@@ -1,0 +1,155 @@
+// `philora serve` as a user starts it: a model directory with the Phi-3
+// tokenizer and chat template, a real port, real HTTP, then SIGTERM.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_backend.h"
+#include "io/safetensors.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+extern char** environ;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace philora {
+namespace {
+
+const fs::path kTok = fs::path(PHILORA_TEST_DATA) / ".." / "tokenizer" / "out" / "phi3";
+const fs::path kTemplate =
+    fs::path(PHILORA_TEST_DATA) / "tokenizer" / "chat" / "templates" / "phi3_mini.jinja";
+
+// A Phi-3-vocabulary model small enough to write in a test: random bf16 weights.
+fs::path make_model_dir() {
+  const fs::path dir = fs::temp_directory_path() / ("philora_serve_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const json config = {{"architectures", {"Phi3ForCausalLM"}},
+                       {"model_type", "phi3"},
+                       {"vocab_size", 32064},
+                       {"hidden_size", 32},
+                       {"intermediate_size", 64},
+                       {"num_hidden_layers", 1},
+                       {"num_attention_heads", 2},
+                       {"num_key_value_heads", 2},
+                       {"rms_norm_eps", 1e-5},
+                       {"rope_theta", 10000.0},
+                       {"max_position_embeddings", 4096},
+                       {"tie_word_embeddings", true},
+                       {"torch_dtype", "bfloat16"},
+                       {"bos_token_id", 1},
+                       {"eos_token_id", 32000}};
+  std::ofstream(dir / "config.json") << config.dump(2);
+  CpuBackend cpu(1);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  uint64_t seed = 1;
+  auto add = [&](const std::string& name, std::initializer_list<int64_t> shape, float mean,
+                 float width) {
+    Tensor f = cpu.random_uniform(shape, seed++, mean, width);
+    Tensor b = host_alloc(DType::bf16, {f.numel()});
+    for (int64_t i = 0; i < f.numel(); ++i) b.ptr<uint16_t>()[i] = f32_to_bf16(f.ptr<float>()[i]);
+    b.ndim = f.ndim;
+    b.shape = f.shape;
+    tensors.emplace_back(name, b);
+  };
+  add("model.embed_tokens.weight", {32064, 32}, 0, 0.5f);
+  add("model.layers.0.input_layernorm.weight", {32}, 1, 0.1f);
+  add("model.layers.0.self_attn.qkv_proj.weight", {96, 32}, 0, 0.3f);
+  add("model.layers.0.self_attn.o_proj.weight", {32, 32}, 0, 0.3f);
+  add("model.layers.0.post_attention_layernorm.weight", {32}, 1, 0.1f);
+  add("model.layers.0.mlp.gate_up_proj.weight", {128, 32}, 0, 0.3f);
+  add("model.layers.0.mlp.down_proj.weight", {32, 64}, 0, 0.3f);
+  add("model.norm.weight", {32}, 1, 0.1f);
+  EXPECT_TRUE(io::write_safetensors((dir / "model.safetensors").string(), tensors).ok());
+  fs::copy_file(kTok / "tokenizer.json", dir / "tokenizer.json",
+                fs::copy_options::overwrite_existing);
+  fs::copy_file(kTok / "tokenizer_config.json", dir / "tokenizer_config.json",
+                fs::copy_options::overwrite_existing);
+  fs::copy_file(kTemplate, dir / "chat_template.jinja", fs::copy_options::overwrite_existing);
+  return dir;
+}
+
+int free_port() {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  ::close(s);
+  return port;
+}
+
+TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
+  if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
+  const fs::path dir = make_model_dir();
+  const int port = free_port();
+  std::vector<std::string> args = {PHILORA_BINARY, "serve",  "--model",
+                                   dir.string(),   "--port", std::to_string(port),
+                                   "--kv-tokens",  "2048"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(30, 0);
+  bool up = false;
+  for (int i = 0; i < 200 && !up; ++i) {
+    if (auto r = c.Get("/health"); r && r->status == 200)
+      up = true;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(up) << "server did not come up";
+
+  const json messages = json::array({{{"role", "system"}, {"content", "Be brief."}},
+                                     {{"role", "user"}, {"content", "Hello, who are you?"}}});
+  auto r = c.Post("/v1/chat/completions",
+                  json({{"messages", messages}, {"max_tokens", 6}, {"temperature", 0}}).dump(),
+                  "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json out = json::parse(r->body);
+  // The prompt is the template's rendering, tokenized without extra special tokens.
+  auto tmpl = tokenizer::ChatTemplate::from_model_dir(dir.string());
+  auto tok = tokenizer::Tokenizer::from_model_dir(dir.string());
+  ASSERT_TRUE(tmpl.ok() && tok.ok());
+  auto text = tmpl->render(nlohmann::ordered_json::parse(messages.dump()), true);
+  ASSERT_TRUE(text.ok()) << text.status().message();
+  EXPECT_EQ(text->rfind("<|assistant|>\n"), text->size() - 14) << *text;
+  EXPECT_EQ(out["usage"]["prompt_tokens"], (*tok)->encode(*text, false).size());
+  EXPECT_EQ(out["choices"][0]["message"]["role"], "assistant");
+  EXPECT_LE(out["usage"]["completion_tokens"].get<int>(), 6);
+
+  // Text in, text out on the LoRAX route too.
+  auto g = c.Post("/generate",
+                  R"({"inputs": "The capital of France is", "parameters": {"max_new_tokens": 4}})",
+                  "application/json");
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->status, 200) << g->body;
+
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "clean exit on SIGTERM";
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace philora
