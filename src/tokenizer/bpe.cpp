@@ -62,18 +62,21 @@ uint64_t hash_bytes(std::string_view s) {
 }  // namespace
 
 PieceCache::PieceCache() {
-  for (Shard& s : shards_) s.slots.resize(kSlotsPerShard);
+  for (Shard& s : shards_) {
+    s.small.resize(kSmallPerShard);
+    s.large.resize(kLargePerShard);
+  }
 }
 
-bool PieceCache::get(std::string_view key, std::vector<int32_t>& out) const {
-  if (key.size() > kMaxKeyBytes) return false;
-  const uint64_t h = hash_bytes(key);
-  const Shard& s = shards_[h % kShards];
-  // Two-way set: the slot of the hash and its neighbour.
-  const size_t i = (h >> 8) & (kSlotsPerShard - 1);
-  std::lock_guard<std::mutex> lock(s.mu);
+namespace {
+
+// Two-way set lookup in a table of slots.
+template <typename Slot>
+bool slot_get(const std::vector<Slot>& table, uint64_t h, std::string_view key, std::vector<int32_t>& out) {
+  const size_t mask = table.size() - 1;
+  const size_t i = (h >> 8) & mask;
   for (size_t k = i; k < i + 2; ++k) {
-    const Slot& slot = s.slots[k & (kSlotsPerShard - 1)];
+    const Slot& slot = table[k & mask];
     if (slot.hash == h && slot.key_len == key.size() && std::memcmp(slot.key, key.data(), key.size()) == 0) {
       out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);
       return true;
@@ -82,23 +85,40 @@ bool PieceCache::get(std::string_view key, std::vector<int32_t>& out) const {
   return false;
 }
 
-void PieceCache::put(std::string_view key, const int32_t* ids, size_t n) {
-  if (key.size() > kMaxKeyBytes || n > kMaxIds) return;
-  const uint64_t h = hash_bytes(key);
-  Shard& s = shards_[h % kShards];
-  const size_t i = (h >> 8) & (kSlotsPerShard - 1);
-  std::lock_guard<std::mutex> lock(s.mu);
-  // Prefer an empty slot of the two; else overwrite the first.
-  Slot* slot = &s.slots[i];
-  if (slot->hash != 0) {
-    Slot* other = &s.slots[(i + 1) & (kSlotsPerShard - 1)];
-    if (other->hash == 0) slot = other;
-  }
+template <typename Slot>
+void slot_put(std::vector<Slot>& table, uint64_t h, std::string_view key, const int32_t* ids, size_t n) {
+  const size_t mask = table.size() - 1;
+  const size_t i = (h >> 8) & mask;
+  Slot* slot = &table[i];
+  if (slot->hash != 0 && table[(i + 1) & mask].hash == 0) slot = &table[(i + 1) & mask];
   slot->hash = h;
   slot->key_len = static_cast<uint8_t>(key.size());
   slot->n_ids = static_cast<uint8_t>(n);
   std::memcpy(slot->key, key.data(), key.size());
   std::memcpy(slot->ids, ids, n * sizeof(int32_t));
+}
+
+}  // namespace
+
+bool PieceCache::get(std::string_view key, std::vector<int32_t>& out) const {
+  if (key.size() > sizeof(Large::key)) return false;
+  const uint64_t h = hash_bytes(key);
+  const Shard& s = shards_[h % kShards];
+  std::lock_guard<std::mutex> lock(s.mu);
+  return key.size() <= sizeof(Small::key) ? slot_get(s.small, h, key, out) : slot_get(s.large, h, key, out);
+}
+
+void PieceCache::put(std::string_view key, const int32_t* ids, size_t n) {
+  const bool small = key.size() <= sizeof(Small::key) && n <= std::size(Small{}.ids);
+  if (!small && (key.size() > sizeof(Large::key) || n > std::size(Large{}.ids))) return;
+  const uint64_t h = hash_bytes(key);
+  Shard& s = shards_[h % kShards];
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (key.size() <= sizeof(Small::key)) {
+    if (n <= std::size(Small{}.ids)) slot_put(s.small, h, key, ids, n);
+  } else {
+    slot_put(s.large, h, key, ids, n);
+  }
 }
 
 // ---- BpeModel: loading --------------------------------------------------------------------------

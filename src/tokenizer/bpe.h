@@ -57,30 +57,33 @@ class MergeTable {
 };
 
 // Bounded, thread-safe cache of piece -> ids (HF keeps one too; results are identical either way).
-// Each entry is one 64-byte slot holding a short piece and its ids inline, so a lookup touches
-// one cache line; longer pieces or results are not cached. A full slot is overwritten.
+// An entry is one slot holding the piece and its ids inline, so a lookup touches one or two
+// cache lines: 64-byte slots for pieces of up to 22 bytes, 128-byte ones for up to 78 (long runs
+// of "▁" in indented code). Longer pieces or results are not cached; a full slot is overwritten.
 class PieceCache {
  public:
   PieceCache();
   bool get(std::string_view key, std::vector<int32_t>& out) const;
   void put(std::string_view key, const int32_t* ids, size_t n);
 
-  static constexpr size_t kMaxKeyBytes = 22;
-  static constexpr size_t kMaxIds = 8;
-
  private:
-  static constexpr size_t kShards = 16;
-  static constexpr size_t kSlotsPerShard = 1024;  // power of two; 16 x 1024 x 64 B = 1 MiB
+  template <size_t kBytes, size_t kIds>
   struct alignas(64) Slot {
     uint64_t hash = 0;  // 0: empty
     uint8_t key_len = 0, n_ids = 0;
-    char key[kMaxKeyBytes] = {};
-    int32_t ids[kMaxIds] = {};
+    char key[kBytes] = {};
+    int32_t ids[kIds] = {};
   };
-  static_assert(sizeof(Slot) == 64);
+  using Small = Slot<22, 8>;
+  using Large = Slot<78, 10>;
+  static_assert(sizeof(Small) == 64 && sizeof(Large) == 128);
+  static constexpr size_t kShards = 16;
+  static constexpr size_t kSmallPerShard = 1024;  // 16 x 1024 x 64 B = 1 MiB
+  static constexpr size_t kLargePerShard = 256;   // 16 x 256 x 128 B = 0.5 MiB
   struct alignas(64) Shard {
     mutable std::mutex mu;
-    std::vector<Slot> slots;
+    std::vector<Small> small;
+    std::vector<Large> large;
   };
   std::array<Shard, kShards> shards_;
 };

@@ -3,7 +3,9 @@
 // strings: ids and decoded text must be identical. Also checks the round trip
 // decode(encode(s)) == s wherever the tokenizer is lossless.
 // Data: tests/tokenizer/setup.sh (the test is skipped, saying so, when it has not run).
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -90,6 +92,29 @@ TEST_P(TokenizerDifferential, DecodeOfEncodeIsTheTextWhereLossless) {
   }
   EXPECT_EQ(bad, 0u) << "of " << checked << " texts";
   EXPECT_GT(checked, 1000u);
+}
+
+TEST_P(TokenizerDifferential, ConcurrentEncodingGivesTheSameIds) {
+  // Encoding is const and thread-safe (the piece cache is shared): four threads, same answers.
+  const auto corpus = tt::read_jsonl(corpus_);
+  std::vector<std::string> texts;
+  std::vector<std::vector<int32_t>> want;
+  for (size_t i = 0; i < corpus.size(); i += 3) {
+    texts.push_back(corpus[i]["text"].get<std::string>());
+    want.push_back(tok_->encode(texts.back(), false));
+  }
+  std::atomic<size_t> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < texts.size() * 2; i += 3) {
+        const size_t k = (i * 7919) % texts.size();
+        if (tok_->encode(texts[k], false) != want[k]) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Vocabularies, TokenizerDifferential,
