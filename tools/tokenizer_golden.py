@@ -9,7 +9,9 @@ DATA is what tests/tokenizer/setup.sh writes (default tests/tokenizer/out): it m
 <name>/tokenizer.json for each tokenizer (phi3, cl100k, o200k, phi4, phi4mini) and, for the
 benchmark, bench/english.txt and bench/code.txt. OUT receives, per tokenizer, golden_<name>.json
 (commit them under tests/data/tokenizer/golden/) and hf_tokenizers_bench.json (the MB/s figures
-for bench/RESULTS.md).
+for bench/RESULTS.md); with --transformers-check also transformers_check.json (where
+transformers' AutoTokenizer, which may rebuild the pipeline from tokenizer_config.json, differs
+from tokenizers on the same files).
 
 Each golden file holds, for a corpus of edge cases (whitespace runs, tabs, CRLF, digits, code,
 contractions, accents, CJK, RTL scripts, emoji with joiners, characters outside the vocabulary,
@@ -146,6 +148,9 @@ def main():
     ap.add_argument("--out", required=True, help="directory for golden_<name>.json and hf_tokenizers_bench.json")
     ap.add_argument("--names", default=",".join(NAMES), help="comma-separated tokenizer names")
     ap.add_argument("--bench-seconds", type=float, default=3.0, help="seconds of timing per tokenizer and text (0: skip)")
+    ap.add_argument("--transformers-check", action="store_true",
+                    help="also encode the corpus with transformers' AutoTokenizer on each tokenizer dir and report "
+                         "where it differs from tokenizers (transformers_check.json)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     names = [n for n in args.names.split(",") if n]
@@ -160,6 +165,9 @@ def main():
             json.dump(g, f, ensure_ascii=False, indent=0)
             f.write("\n")
         print(f"wrote {path} ({len(g['cases'])} cases)")
+
+    if args.transformers_check:
+        check_transformers(args.data_dir, names, os.path.join(args.out, "transformers_check.json"))
 
     if args.bench_seconds > 0:
         texts = {}
@@ -195,6 +203,45 @@ def main():
             json.dump(results, f, indent=1)
             f.write("\n")
         print(f"wrote {path}")
+
+
+def check_transformers(data_dir, names, out_path):
+    """AutoTokenizer.from_pretrained(dir) may rebuild the pipeline from tokenizer_config.json
+    (tokenizer_class, legacy, add_prefix_space, ...) instead of taking tokenizer.json as it is;
+    report every corpus text where its ids or decoding differ from `tokenizers`."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    report = {"transformers_version": transformers.__version__, "tokenizers_version": tokenizers.__version__, "results": {}}
+    for name in names:
+        d = os.path.join(data_dir, name)
+        entry = {}
+        try:
+            auto = AutoTokenizer.from_pretrained(d)
+            entry["class"] = type(auto).__name__
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            report["results"][name] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        raw = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        diffs = []
+        for text in CORPUS:
+            for special in (False, True):
+                a = raw.encode(text, add_special_tokens=special).ids
+                b = auto(text, add_special_tokens=special)["input_ids"]
+                if a != b:
+                    diffs.append({"text": text, "add_special_tokens": special, "tokenizers": a, "transformers": b})
+            ids = raw.encode(text, add_special_tokens=False).ids
+            da, db = raw.decode(ids, skip_special_tokens=False), auto.decode(ids, skip_special_tokens=False)
+            if da != db:
+                diffs.append({"text": text, "decode": True, "tokenizers": da, "transformers": db})
+        entry["differences"] = len(diffs)
+        entry["examples"] = diffs[:20]
+        report["results"][name] = entry
+        print(f"  transformers {entry['class']} on {name}: {len(diffs)} differences from tokenizers")
+    with open(out_path, "w", encoding="utf-8") as f:
+        json.dump(report, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print(f"wrote {out_path}")
 
 
 def cpu_model():

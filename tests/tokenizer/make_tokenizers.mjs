@@ -75,13 +75,22 @@ const phi3Added = [
 ];
 phi3Added.forEach(([content, rstrip], i) => phi3.added_tokens.push(added(32000 + i, content, { rstrip })));
 hfConsistentIds(phi3);
+// tokenizer_config.json as Phi-3-mini-4k-instruct ships it (minus added_tokens_decoder and the
+// chat template), so that transformers' AutoTokenizer can be checked on it too.
 write("phi3", phi3, {
-  ...llama.config,
   add_bos_token: false,
+  add_eos_token: false,
   bos_token: "<s>",
+  clean_up_tokenization_spaces: false,
   eos_token: "<|endoftext|>",
+  legacy: false,
+  model_max_length: 4096,
   pad_token: "<|endoftext|>",
+  padding_side: "left",
+  sp_model_kwargs: {},
   tokenizer_class: "LlamaTokenizer",
+  unk_token: "<unk>",
+  use_default_system_prompt: false,
 });
 
 // ---- cl100k and Phi-4 ----------------------------------------------------------------------------
