@@ -129,9 +129,18 @@ void Regex::for_each_impl(std::string_view text, void (*cb)(void*, size_t, size_
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t start = 0;
   while (start <= text.size()) {
-    const int rc = jit_ ? pcre2_jit_match(code, subject, text.size(), start, 0, md, mc)
-                        : pcre2_match(code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md, mc);
-    if (rc < 0) break;
+    int rc = jit_ ? pcre2_jit_match(code, subject, text.size(), start, 0, md, mc)
+                  : pcre2_match(code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md, mc);
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH && jit_) {
+      // Out of JIT stack on a pathological input: the interpreter keeps its state on the heap.
+      rc = pcre2_match(code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md, nullptr);
+    }
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) {
+      // Still failing (a resource limit): keep the rest as one match rather than lose text.
+      if (start < text.size()) cb(ctx, start, text.size());
+      break;
+    }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     const size_t b = ov[0], e = ov[1];
     if (e > b) {

@@ -117,6 +117,16 @@ TEST_P(TokenizerDifferential, ConcurrentEncodingGivesTheSameIds) {
   EXPECT_EQ(bad.load(), 0u);
 }
 
+TEST_P(TokenizerDifferential, LongRunsLoseNoText) {
+  // Long runs stress the regex (backtracking in \s*[\r\n]+) and BPE on huge pieces.
+  for (const char* unit : {" ", "\t", "a", "1", "!", " \n", "\r\n", "\xC2\xA0", "\xF0\x9F\x98\x80", "ab "}) {
+    std::string s;
+    while (s.size() < 300000) s += unit;
+    s += "end";
+    EXPECT_EQ(tok_->decode(tok_->encode(s, false), false), s) << GetParam() << " run of " << excerpt(unit);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Vocabularies, TokenizerDifferential,
                          ::testing::Values("phi3", "cl100k", "o200k", "phi4", "phi4mini"),
                          [](const auto& info) { return info.param; });
