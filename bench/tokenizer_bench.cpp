@@ -39,7 +39,9 @@ std::vector<std::string> documents(const std::string& text, size_t limit = 4096)
   return docs;
 }
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 }  // namespace
 
@@ -59,7 +61,8 @@ int main(int argc, char** argv) {
     }
     const size_t eq = a.find('=');
     if (eq == std::string::npos) {
-      std::fprintf(stderr, "usage: %s [--seconds S] NAME=tokenizer.json... -- LABEL=text.txt...\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--seconds S] NAME=tokenizer.json... -- LABEL=text.txt...\n",
+                   argv[0]);
       return 2;
     }
     (after_sep ? texts : toks).emplace_back(a.substr(0, eq), a.substr(eq + 1));
@@ -88,7 +91,8 @@ int main(int argc, char** argv) {
     for (const auto& [label, docs] : corpora) {
       size_t bytes = 0;
       for (const auto& d : docs) bytes += d.size();
-      for (size_t i = 0; i < docs.size() && i < 50; ++i) (void)(*tok)->encode(docs[i]);  // warm-up, as in the Python script
+      for (size_t i = 0; i < docs.size() && i < 50; ++i)
+        (void)(*tok)->encode(docs[i]);  // warm-up, as in the Python script
       double best = 0;
       size_t tokens = 0;
       const auto start = Clock::now();
@@ -98,9 +102,11 @@ int main(int argc, char** argv) {
         for (const auto& d : docs) tokens += (*tok)->encode(d).size();
         best = std::max(best, static_cast<double>(bytes) / seconds_since(p) / 1e6);
       } while (seconds_since(start) < budget);
-      std::printf("  %-9s %-8s %8.2f MB/s  (%.2f MB, %zu docs, %zu tokens; load %.2f s)\n", toks[t].first.c_str(),
-                  label.c_str(), best, bytes / 1e6, docs.size(), tokens, load);
-      json += ", \"" + label + "\": {\"mb_per_s\": " + std::to_string(best) + ", \"tokens\": " + std::to_string(tokens) + "}";
+      std::printf("  %-9s %-8s %8.2f MB/s  (%.2f MB, %zu docs, %zu tokens; load %.2f s)\n",
+                  toks[t].first.c_str(), label.c_str(), best, bytes / 1e6, docs.size(), tokens,
+                  load);
+      json += ", \"" + label + "\": {\"mb_per_s\": " + std::to_string(best) +
+              ", \"tokens\": " + std::to_string(tokens) + "}";
     }
     json += "}";
   }

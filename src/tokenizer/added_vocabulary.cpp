@@ -17,7 +17,8 @@ void AddedVocabulary::Matcher::add(std::string_view key, int32_t token_index) {
   for (char ch : key) {
     const auto c = static_cast<unsigned char>(ch);
     auto& kids = nodes[node].children;
-    auto it = std::lower_bound(kids.begin(), kids.end(), c, [](const auto& p, unsigned char v) { return p.first < v; });
+    auto it = std::lower_bound(kids.begin(), kids.end(), c,
+                               [](const auto& p, unsigned char v) { return p.first < v; });
     if (it != kids.end() && it->first == c) {
       node = it->second;
     } else {
@@ -38,7 +39,8 @@ size_t AddedVocabulary::Matcher::longest_at(std::string_view text, size_t i, int
   for (size_t k = i; k < text.size(); ++k) {
     const auto c = static_cast<unsigned char>(text[k]);
     const auto& kids = nodes[node].children;
-    auto it = std::lower_bound(kids.begin(), kids.end(), c, [](const auto& p, unsigned char v) { return p.first < v; });
+    auto it = std::lower_bound(kids.begin(), kids.end(), c,
+                               [](const auto& p, unsigned char v) { return p.first < v; });
     if (it == kids.end() || it->first != c) break;
     node = it->second;
     if (nodes[node].token >= 0) {
@@ -50,18 +52,21 @@ size_t AddedVocabulary::Matcher::longest_at(std::string_view text, size_t i, int
 }
 
 Expected<std::unique_ptr<AddedVocabulary>> AddedVocabulary::from_json(
-    const nlohmann::json& added, const ModelVocab& model, const std::function<std::string(std::string_view)>& normalize) {
+    const nlohmann::json& added, const ModelVocab& model,
+    const std::function<std::string(std::string_view)>& normalize) {
   std::unique_ptr<AddedVocabulary> v(new AddedVocabulary());
-  PHILORA_ASSIGN_OR_RETURN(v->word_char_, Regex::compile("[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]"));
+  PHILORA_ASSIGN_OR_RETURN(
+      v->word_char_, Regex::compile("[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}]"));
   if (added.is_null()) return v;
   if (!added.is_array()) return Status::error("added_tokens must be an array");
   // New ids count up from the model's vocabulary size (HF 0.23 adds all tokens of a file at once).
   auto next_id = static_cast<int32_t>(model.size);
   for (size_t k = 0; k < added.size(); ++k) {
     const auto& t = added[k];
-    if (!t.is_object() || !t.contains("id") || !t.contains("content") || !t["content"].is_string() ||
-        !t["id"].is_number_integer()) {
-      return Status::errorf("added_tokens[{}]: expected an object with integer \"id\" and string \"content\"", k);
+    if (!t.is_object() || !t.contains("id") || !t.contains("content") ||
+        !t["content"].is_string() || !t["id"].is_number_integer()) {
+      return Status::errorf(
+          "added_tokens[{}]: expected an object with integer \"id\" and string \"content\"", k);
     }
     AddedToken a;
     const int32_t declared = t["id"].get<int32_t>();
@@ -72,7 +77,8 @@ Expected<std::unique_ptr<AddedVocabulary>> AddedVocabulary::from_json(
     a.special = t.value("special", false);
     a.normalized = t.value("normalized", !a.special);
     if (a.content.empty()) continue;
-    if (!unicode::is_valid(a.content)) return Status::errorf("added_tokens[{}]: content is not valid UTF-8", k);
+    if (!unicode::is_valid(a.content))
+      return Status::errorf("added_tokens[{}]: content is not valid UTF-8", k);
     auto known = v->by_content_.find(a.content);
     if (known != v->by_content_.end()) {
       // Same content again: it keeps its id and takes the new options.
@@ -90,7 +96,8 @@ Expected<std::unique_ptr<AddedVocabulary>> AddedVocabulary::from_json(
       v->tokens_.push_back(a);
     }
     if (a.id != declared) {
-      v->warnings_.push_back(fmt::format("added token {:?} is declared with id {} but gets id {}", a.content, declared, a.id));
+      v->warnings_.push_back(fmt::format("added token {:?} is declared with id {} but gets id {}",
+                                         a.content, declared, a.id));
     }
   }
   // HF matches special tokens first in its pattern list; with leftmost-longest matching the order
@@ -144,7 +151,8 @@ size_t leading_space_end(std::string_view s, size_t from) {
 
 }  // namespace
 
-void AddedVocabulary::split(std::string_view text, bool normalized_set, std::vector<Segment>& out) const {
+void AddedVocabulary::split(std::string_view text, bool normalized_set,
+                            std::vector<Segment>& out) const {
   const Matcher& m = normalized_set ? normalized_ : raw_;
   if (m.tokens.empty() || text.empty()) {
     out.push_back({0, text.size(), -1});

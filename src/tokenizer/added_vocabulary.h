@@ -47,8 +47,8 @@ class AddedVocabulary {
   // Builds the added vocabulary as HF does on load: tokens are added in order; a token whose
   // content is already an added token or a model token takes that id, any other takes the next
   // id counting up from the model's vocabulary size -- whatever its "id" field says (real
-  // tokenizer.json files, written by HF, agree with that). `normalize` maps the content of normalized=true tokens into the normalized
-  // form they are matched in.
+  // tokenizer.json files, written by HF, agree with that). `normalize` maps the content of
+  // normalized=true tokens into the normalized form they are matched in.
   static Expected<std::unique_ptr<AddedVocabulary>> from_json(
       const nlohmann::json& added_tokens, const ModelVocab& model,
       const std::function<std::string(std::string_view)>& normalize);

@@ -72,12 +72,14 @@ namespace {
 
 // Two-way set lookup in a table of slots.
 template <typename Slot>
-bool slot_get(const std::vector<Slot>& table, uint64_t h, std::string_view key, std::vector<int32_t>& out) {
+bool slot_get(const std::vector<Slot>& table, uint64_t h, std::string_view key,
+              std::vector<int32_t>& out) {
   const size_t mask = table.size() - 1;
   const size_t i = (h >> 8) & mask;
   for (size_t k = i; k < i + 2; ++k) {
     const Slot& slot = table[k & mask];
-    if (slot.hash == h && slot.key_len == key.size() && std::memcmp(slot.key, key.data(), key.size()) == 0) {
+    if (slot.hash == h && slot.key_len == key.size() &&
+        std::memcmp(slot.key, key.data(), key.size()) == 0) {
       out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);
       return true;
     }
@@ -86,7 +88,8 @@ bool slot_get(const std::vector<Slot>& table, uint64_t h, std::string_view key, 
 }
 
 template <typename Slot>
-void slot_put(std::vector<Slot>& table, uint64_t h, std::string_view key, const int32_t* ids, size_t n) {
+void slot_put(std::vector<Slot>& table, uint64_t h, std::string_view key, const int32_t* ids,
+              size_t n) {
   const size_t mask = table.size() - 1;
   const size_t i = (h >> 8) & mask;
   Slot* slot = &table[i];
@@ -105,7 +108,8 @@ bool PieceCache::get(std::string_view key, std::vector<int32_t>& out) const {
   const uint64_t h = hash_bytes(key);
   const Shard& s = shards_[h % kShards];
   std::lock_guard<std::mutex> lock(s.mu);
-  return key.size() <= sizeof(Small::key) ? slot_get(s.small, h, key, out) : slot_get(s.large, h, key, out);
+  return key.size() <= sizeof(Small::key) ? slot_get(s.small, h, key, out)
+                                          : slot_get(s.large, h, key, out);
 }
 
 void PieceCache::put(std::string_view key, const int32_t* ids, size_t n) {
@@ -132,14 +136,16 @@ Expected<std::pair<std::string, std::string>> parse_merge(const nlohmann::json& 
     const std::string& s = m.get_ref<const std::string&>();
     const size_t sp = s.find(' ');
     if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-      return Status::errorf("model.merges[{}] = {:?}: expected two tokens separated by one space", rank, s);
+      return Status::errorf("model.merges[{}] = {:?}: expected two tokens separated by one space",
+                            rank, s);
     }
     return std::make_pair(s.substr(0, sp), s.substr(sp + 1));
   }
   if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
     return std::make_pair(m[0].get<std::string>(), m[1].get<std::string>());
   }
-  return Status::errorf("model.merges[{}]: expected \"a b\" or [\"a\", \"b\"], got {}", rank, m.dump());
+  return Status::errorf("model.merges[{}]: expected \"a b\" or [\"a\", \"b\"], got {}", rank,
+                        m.dump());
 }
 
 std::string optional_string(const nlohmann::json& j, const char* key) {
@@ -151,10 +157,12 @@ std::string optional_string(const nlohmann::json& j, const char* key) {
 
 Expected<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& j) {
   std::unique_ptr<BpeModel> m(new BpeModel());
-  if (!j.contains("vocab") || !j["vocab"].is_object()) return Status::error("model: missing \"vocab\" object");
+  if (!j.contains("vocab") || !j["vocab"].is_object())
+    return Status::error("model: missing \"vocab\" object");
   if (j.contains("dropout") && !j["dropout"].is_null()) {
     const double d = j["dropout"].get<double>();
-    if (d != 0.0) return Status::errorf("model: BPE dropout {} is not supported (only null or 0)", d);
+    if (d != 0.0)
+      return Status::errorf("model: BPE dropout {} is not supported (only null or 0)", d);
   }
   for (const char* key : {"unk_token", "continuing_subword_prefix", "end_of_word_suffix"}) {
     if (j.contains(key) && !j[key].is_null() && !j[key].is_string()) {
@@ -171,9 +179,11 @@ Expected<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& j)
   m->vocab_.reserve(vocab.size() * 2);
   int64_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer()) return Status::errorf("model.vocab[{:?}]: id is not an integer", it.key());
+    if (!it.value().is_number_integer())
+      return Status::errorf("model.vocab[{:?}]: id is not an integer", it.key());
     const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > (1 << 30)) return Status::errorf("model.vocab[{:?}]: id {} out of range", it.key(), id);
+    if (id < 0 || id > (1 << 30))
+      return Status::errorf("model.vocab[{:?}]: id {} out of range", it.key(), id);
     m->vocab_.emplace(it.key(), static_cast<int32_t>(id));
     max_id = std::max(max_id, id);
   }
@@ -183,7 +193,8 @@ Expected<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& j)
   for (const auto& [tok, id] : m->vocab_) {
     m->id_to_token_[id] = tok;
     m->id_present_[id] = 1;
-    if (!tok.empty() && unicode::sequence_length(static_cast<unsigned char>(tok[0])) == tok.size() &&
+    if (!tok.empty() &&
+        unicode::sequence_length(static_cast<unsigned char>(tok[0])) == tok.size() &&
         unicode::is_valid(tok)) {
       size_t i = 0;
       const uint32_t cp = unicode::decode(tok, i);
@@ -224,11 +235,14 @@ Expected<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& j)
                             a == m->vocab_.end() ? pair.first : pair.second);
     }
     std::string merged = pair.first;
-    merged += std::string_view(pair.second).substr(
-        !m->prefix_.empty() && pair.second.starts_with(m->prefix_) ? m->prefix_.size() : 0);
+    merged +=
+        std::string_view(pair.second)
+            .substr(!m->prefix_.empty() && pair.second.starts_with(m->prefix_) ? m->prefix_.size()
+                                                                               : 0);
     auto n = m->vocab_.find(merged);
     if (n == m->vocab_.end()) {
-      return Status::errorf("model.merges[{}]: merged token {:?} is not in the vocabulary", rank, merged);
+      return Status::errorf("model.merges[{}]: merged token {:?} is not in the vocabulary", rank,
+                            merged);
     }
     m->merges_.insert(a->second, b->second, {static_cast<uint32_t>(rank), n->second});
   }
@@ -238,8 +252,10 @@ Expected<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& j)
   if (m->prefix_.empty() && m->suffix_.empty() && m->vocab_.count(std::string(kMetaspace))) {
     bool safe = true;
     for (const auto& [tok, id] : m->vocab_) {
-      for (size_t p = tok.find(kMetaspace, 1); p != std::string::npos; p = tok.find(kMetaspace, p + 1)) {
-        if (p < kMetaspace.size() || tok.compare(p - kMetaspace.size(), kMetaspace.size(), kMetaspace) != 0) {
+      for (size_t p = tok.find(kMetaspace, 1); p != std::string::npos;
+           p = tok.find(kMetaspace, p + 1)) {
+        if (p < kMetaspace.size() ||
+            tok.compare(p - kMetaspace.size(), kMetaspace.size(), kMetaspace) != 0) {
           safe = false;
           break;
         }
@@ -275,7 +291,8 @@ std::optional<int32_t> BpeModel::char_id(std::string_view ch, uint32_t cp) const
 
 // ---- BpeModel: encoding -------------------------------------------------------------------------
 
-void BpeModel::initial_symbols(std::string_view piece, bool raw_bytes, std::vector<int32_t>& ids) const {
+void BpeModel::initial_symbols(std::string_view piece, bool raw_bytes,
+                               std::vector<int32_t>& ids) const {
   std::string mapped;
   if (raw_bytes) {
     bool all_known = true;
@@ -380,11 +397,13 @@ void BpeModel::merge_heap(std::vector<int32_t>& ids) const {
   };
   std::vector<Sym> sym(n);
   for (size_t i = 0; i < n; ++i) {
-    sym[i] = {ids[i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1, true};
+    sym[i] = {ids[i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1,
+              true};
   }
   std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap;
   for (size_t i = 0; i + 1 < n; ++i) {
-    if (const auto* m = merges_.find(ids[i], ids[i + 1])) heap.push({m->rank, static_cast<uint32_t>(i), m->new_id});
+    if (const auto* m = merges_.find(ids[i], ids[i + 1]))
+      heap.push({m->rank, static_cast<uint32_t>(i), m->new_id});
   }
   while (!heap.empty()) {
     const Entry top = heap.top();
@@ -404,7 +423,8 @@ void BpeModel::merge_heap(std::vector<int32_t>& ids) const {
       }
     }
     if (left.next >= 0) {
-      if (const auto* m = merges_.find(left.id, sym[left.next].id)) heap.push({m->rank, top.pos, m->new_id});
+      if (const auto* m = merges_.find(left.id, sym[left.next].id))
+        heap.push({m->rank, top.pos, m->new_id});
     }
   }
   ids.clear();
@@ -452,7 +472,8 @@ void BpeModel::tokenize(std::string_view piece, bool raw_bytes, std::vector<int3
   size_t pos = piece.find(kMetaspace, 1);
   while (pos != std::string_view::npos) {
     const bool after_metaspace =
-        pos >= kMetaspace.size() && piece.compare(pos - kMetaspace.size(), kMetaspace.size(), kMetaspace) == 0;
+        pos >= kMetaspace.size() &&
+        piece.compare(pos - kMetaspace.size(), kMetaspace.size(), kMetaspace) == 0;
     if (!after_metaspace && pos > begin) {
       encode_word(piece.substr(begin, pos - begin), false, out);
       begin = pos;

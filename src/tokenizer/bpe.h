@@ -113,12 +113,12 @@ class BpeModel {
   std::optional<int32_t> char_id(std::string_view ch, uint32_t cp) const;
 
   std::unordered_map<std::string, int32_t> vocab_;
-  std::vector<std::string> id_to_token_;   // [max id + 1]; empty string for holes
-  std::vector<uint8_t> id_present_;        // [max id + 1]
+  std::vector<std::string> id_to_token_;  // [max id + 1]; empty string for holes
+  std::vector<uint8_t> id_present_;       // [max id + 1]
   MergeTable merges_;
-  std::vector<int32_t> bmp_ids_;           // [0x10000] id of each BMP character, -1 if none
+  std::vector<int32_t> bmp_ids_;  // [0x10000] id of each BMP character, -1 if none
   std::unordered_map<uint32_t, int32_t> astral_ids_;
-  std::array<int32_t, 256> byte_level_ids_{};   // id of each byte's alphabet character, -1 if none
+  std::array<int32_t, 256> byte_level_ids_{};  // id of each byte's alphabet character, -1 if none
   std::array<int32_t, 256> byte_fallback_ids_{};  // id of <0xNN>, -1 if none
   std::optional<int32_t> unk_id_;
   bool fuse_unk_ = false;

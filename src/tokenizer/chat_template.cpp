@@ -24,7 +24,8 @@ std::optional<std::string> config_token(const nlohmann::ordered_json& cfg, const
   auto it = cfg.find(key);
   if (it == cfg.end()) return std::nullopt;
   if (it->is_string()) return it->get<std::string>();
-  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) return (*it)["content"].get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string())
+    return (*it)["content"].get<std::string>();
   return std::nullopt;
 }
 
@@ -57,14 +58,19 @@ Expected<ChatTemplate> ChatTemplate::from_model_dir(const std::string& dir) {
       source = it->get<std::string>();
     } else if (it->is_array()) {
       for (const auto& entry : *it) {
-        if (entry.value("name", "") == "default" && entry.contains("template") && entry["template"].is_string()) {
+        if (entry.value("name", "") == "default" && entry.contains("template") &&
+            entry["template"].is_string()) {
           source = entry["template"].get<std::string>();
         }
       }
       if (!source) return Status::errorf("{}: chat_template has no \"default\" entry", cfg_path);
     }
   }
-  if (!source) return Status::errorf("{} has no chat template (neither chat_template.jinja nor tokenizer_config.json's chat_template)", dir);
+  if (!source)
+    return Status::errorf(
+        "{} has no chat template (neither chat_template.jinja nor tokenizer_config.json's "
+        "chat_template)",
+        dir);
   auto t = from_string(std::move(*source));
   if (!t.ok()) return t.status().with_context(dir);
   t->bos_token_ = config_token(cfg, "bos_token");
@@ -75,14 +81,16 @@ Expected<ChatTemplate> ChatTemplate::from_model_dir(const std::string& dir) {
 Expected<std::string> ChatTemplate::render_context(const nlohmann::ordered_json& context) const {
   if (!context.is_object()) return Status::error("chat template context must be a JSON object");
   std::vector<std::pair<std::string, jinja::Value>> vars = jinja::default_globals();
-  for (auto it = context.begin(); it != context.end(); ++it) vars.emplace_back(it.key(), jinja::Value::from_json(it.value()));
+  for (auto it = context.begin(); it != context.end(); ++it)
+    vars.emplace_back(it.key(), jinja::Value::from_json(it.value()));
   auto out = jinja::render(*body_, std::move(vars));
   if (!out.ok()) return out.status().with_context("chat template");
   return out;
 }
 
-Expected<std::string> ChatTemplate::render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
-                                           const std::string& bos_token, const std::string& eos_token,
+Expected<std::string> ChatTemplate::render(const nlohmann::ordered_json& messages,
+                                           bool add_generation_prompt, const std::string& bos_token,
+                                           const std::string& eos_token,
                                            const nlohmann::ordered_json& extra) const {
   if (!messages.is_array()) return Status::error("chat template: messages must be a JSON array");
   nlohmann::ordered_json ctx = nlohmann::ordered_json::object();
@@ -98,7 +106,8 @@ Expected<std::string> ChatTemplate::render(const nlohmann::ordered_json& message
   return render_context(ctx);
 }
 
-Expected<std::string> ChatTemplate::render(const nlohmann::ordered_json& messages, bool add_generation_prompt) const {
+Expected<std::string> ChatTemplate::render(const nlohmann::ordered_json& messages,
+                                           bool add_generation_prompt) const {
   return render(messages, add_generation_prompt, bos_token_.value_or(""), eos_token_.value_or(""));
 }
 

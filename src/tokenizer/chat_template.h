@@ -32,11 +32,13 @@ class ChatTemplate {
 
   // Renders `messages` (a JSON array of {"role", "content", ...}). `extra` (a JSON object) adds
   // or overrides variables, e.g. {"tools": [...]}.
-  Expected<std::string> render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
-                               const std::string& bos_token, const std::string& eos_token,
-                               const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
+  Expected<std::string> render(
+      const nlohmann::ordered_json& messages, bool add_generation_prompt,
+      const std::string& bos_token, const std::string& eos_token,
+      const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
   // Same, with the bos/eos tokens of the model dir (empty strings when it has none).
-  Expected<std::string> render(const nlohmann::ordered_json& messages, bool add_generation_prompt) const;
+  Expected<std::string> render(const nlohmann::ordered_json& messages,
+                               bool add_generation_prompt) const;
   // Renders with exactly the variables of `context` (a JSON object) plus the globals.
   Expected<std::string> render_context(const nlohmann::ordered_json& context) const;
 

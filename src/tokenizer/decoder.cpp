@@ -11,7 +11,8 @@ namespace {
 
 class SequenceDecoder final : public Decoder {
  public:
-  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps) : steps_(std::move(steps)) {}
+  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps)
+      : steps_(std::move(steps)) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (const auto& d : steps_) d->decode_chain(tokens);
   }
@@ -75,14 +76,16 @@ class FuseDecoder final : public Decoder {
 // Removes up to `start` leading and `stop` trailing copies of one character from every token.
 class StripDecoder final : public Decoder {
  public:
-  StripDecoder(std::string content, size_t start, size_t stop) : c_(std::move(content)), start_(start), stop_(stop) {}
+  StripDecoder(std::string content, size_t start, size_t stop)
+      : c_(std::move(content)), start_(start), stop_(stop) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (auto& t : tokens) {
       std::string_view v = t;
       size_t b = 0;
       for (size_t k = 0; k < start_ && v.substr(b).starts_with(c_); ++k) b += c_.size();
       size_t e = v.size();
-      for (size_t k = 0; k < stop_ && e >= b + c_.size() && v.substr(b, e - b).ends_with(c_); ++k) e -= c_.size();
+      for (size_t k = 0; k < stop_ && e >= b + c_.size() && v.substr(b, e - b).ends_with(c_); ++k)
+        e -= c_.size();
       t = std::string(v.substr(b, e - b));
     }
   }
@@ -133,7 +136,8 @@ class ByteLevelDecoder final : public Decoder {
 // "▁" becomes a space, except in the first token when a prefix space was prepended at encoding.
 class MetaspaceDecoder final : public Decoder {
  public:
-  MetaspaceDecoder(std::string rep, bool strip_first) : rep_(std::move(rep)), strip_first_(strip_first) {}
+  MetaspaceDecoder(std::string rep, bool strip_first)
+      : rep_(std::move(rep)), strip_first_(strip_first) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (size_t i = 0; i < tokens.size(); ++i) {
       std::string& t = tokens[i];
@@ -176,12 +180,16 @@ Expected<std::unique_ptr<Decoder>> make_decoder(const nlohmann::json& j) {
   if (type == "Fuse") return Ptr(new FuseDecoder());
   if (type == "ByteLevel") return Ptr(new ByteLevelDecoder());
   if (type == "Strip") {
-    if (!j.contains("content") || !j["content"].is_string()) return Status::error("decoder Strip: missing \"content\"");
-    return Ptr(new StripDecoder(j["content"].get<std::string>(), j.value("start", size_t{0}), j.value("stop", size_t{0})));
+    if (!j.contains("content") || !j["content"].is_string())
+      return Status::error("decoder Strip: missing \"content\"");
+    return Ptr(new StripDecoder(j["content"].get<std::string>(), j.value("start", size_t{0}),
+                                j.value("stop", size_t{0})));
   }
   if (type == "Replace") {
-    if (!j.contains("content") || !j["content"].is_string()) return Status::error("decoder Replace: missing \"content\"");
-    PHILORA_ASSIGN_OR_RETURN(Pattern p, Pattern::from_json(j.value("pattern", nlohmann::json()), "decoder Replace"));
+    if (!j.contains("content") || !j["content"].is_string())
+      return Status::error("decoder Replace: missing \"content\"");
+    PHILORA_ASSIGN_OR_RETURN(
+        Pattern p, Pattern::from_json(j.value("pattern", nlohmann::json()), "decoder Replace"));
     return Ptr(new ReplaceDecoder(std::move(p), j["content"].get<std::string>()));
   }
   if (type == "Metaspace") {
@@ -198,7 +206,8 @@ Expected<std::unique_ptr<Decoder>> make_decoder(const nlohmann::json& j) {
     return Ptr(new MetaspaceDecoder(j["replacement"].get<std::string>(), strip_first));
   }
   return Status::errorf(
-      "decoder type {:?} is not supported (supported: Sequence, ByteFallback, Fuse, Strip, Replace, ByteLevel, "
+      "decoder type {:?} is not supported (supported: Sequence, ByteFallback, Fuse, Strip, "
+      "Replace, ByteLevel, "
       "Metaspace)",
       type);
 }

@@ -12,7 +12,9 @@ constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
 IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens,
                                                std::span<const int32_t> context_ids)
-    : tok_(tokenizer), skip_special_(skip_special_tokens), ids_(context_ids.begin(), context_ids.end()) {
+    : tok_(tokenizer),
+      skip_special_(skip_special_tokens),
+      ids_(context_ids.begin(), context_ids.end()) {
   context_ = ids_.size();
   prefix_ = 0;
   read_ = ids_.size();
@@ -46,7 +48,9 @@ std::string IncrementalDetokenizer::flush() {
   prefix_ = read_ = ids_.size();
   size_t common = 0;
   while (common < before.size() && common < now.size() && now[common] == before[common]) ++common;
-  while (common > 0 && common < now.size() && (static_cast<unsigned char>(now[common]) & 0xC0) == 0x80) --common;
+  while (common > 0 && common < now.size() &&
+         (static_cast<unsigned char>(now[common]) & 0xC0) == 0x80)
+    --common;
   return now.substr(common);
 }
 

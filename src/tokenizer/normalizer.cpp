@@ -13,7 +13,8 @@ namespace {
 
 class SequenceNormalizer final : public Normalizer {
  public:
-  explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps) : steps_(std::move(steps)) {}
+  explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps)
+      : steps_(std::move(steps)) {}
   void normalize(NormalizedText& s) const override {
     for (const auto& n : steps_) n->normalize(s);
   }
@@ -102,22 +103,28 @@ Expected<std::unique_ptr<Normalizer>> make_normalizer(const nlohmann::json& j) {
     return std::unique_ptr<Normalizer>(new SequenceNormalizer(std::move(steps)));
   }
   if (type == "Prepend") {
-    if (!j.contains("prepend") || !j["prepend"].is_string()) return Status::error("normalizer Prepend: missing \"prepend\"");
+    if (!j.contains("prepend") || !j["prepend"].is_string())
+      return Status::error("normalizer Prepend: missing \"prepend\"");
     return std::unique_ptr<Normalizer>(new PrependNormalizer(j["prepend"].get<std::string>()));
   }
   if (type == "Replace") {
-    if (!j.contains("content") || !j["content"].is_string()) return Status::error("normalizer Replace: missing \"content\"");
-    PHILORA_ASSIGN_OR_RETURN(Pattern p, Pattern::from_json(j.value("pattern", nlohmann::json()), "normalizer Replace"));
+    if (!j.contains("content") || !j["content"].is_string())
+      return Status::error("normalizer Replace: missing \"content\"");
+    PHILORA_ASSIGN_OR_RETURN(
+        Pattern p, Pattern::from_json(j.value("pattern", nlohmann::json()), "normalizer Replace"));
     const std::string content = j["content"].get<std::string>();
     const auto& pat = j["pattern"];
-    const bool one_for_one = pat.contains("String") && unicode::count_chars(pat["String"].get<std::string>()) == 1 &&
+    const bool one_for_one = pat.contains("String") &&
+                             unicode::count_chars(pat["String"].get<std::string>()) == 1 &&
                              unicode::count_chars(content) == 1;
     return std::unique_ptr<Normalizer>(new ReplaceNormalizer(std::move(p), content, one_for_one));
   }
   if (type == "Strip") {
-    return std::unique_ptr<Normalizer>(new StripNormalizer(j.value("strip_left", true), j.value("strip_right", true)));
+    return std::unique_ptr<Normalizer>(
+        new StripNormalizer(j.value("strip_left", true), j.value("strip_right", true)));
   }
-  return Status::errorf("normalizer type {:?} is not supported (supported: Sequence, Prepend, Replace, Strip)", type);
+  return Status::errorf(
+      "normalizer type {:?} is not supported (supported: Sequence, Prepend, Replace, Strip)", type);
 }
 
 }  // namespace philora::tokenizer

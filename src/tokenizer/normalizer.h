@@ -26,7 +26,8 @@ class Normalizer {
   virtual void normalize(NormalizedText& s) const = 0;
 };
 
-// Builds the normalizer described by `j` (a tokenizer.json "normalizer" object; null gives nullptr).
+// Builds the normalizer described by `j` (a tokenizer.json "normalizer" object; null gives
+// nullptr).
 Expected<std::unique_ptr<Normalizer>> make_normalizer(const nlohmann::json& j);
 
 }  // namespace philora::tokenizer

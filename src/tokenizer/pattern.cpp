@@ -8,7 +8,8 @@ Expected<Pattern> Pattern::from_json(const nlohmann::json& j, std::string_view o
   Pattern p;
   if (j.is_object() && j.contains("String") && j["String"].is_string()) {
     p.literal_ = j["String"].get<std::string>();
-    if (p.literal_.empty()) return Status::errorf("{}: empty String pattern is not supported", owner);
+    if (p.literal_.empty())
+      return Status::errorf("{}: empty String pattern is not supported", owner);
     return p;
   }
   if (j.is_object() && j.contains("Regex") && j["Regex"].is_string()) {
@@ -17,8 +18,8 @@ Expected<Pattern> Pattern::from_json(const nlohmann::json& j, std::string_view o
     p.regex_ = std::move(re).value();
     return p;
   }
-  return Status::errorf("{}: pattern must be {{\"String\": ...}} or {{\"Regex\": ...}}, got {}", owner,
-                        j.dump());
+  return Status::errorf("{}: pattern must be {{\"String\": ...}} or {{\"Regex\": ...}}, got {}",
+                        owner, j.dump());
 }
 
 std::string Pattern::replace_all(std::string_view text, std::string_view content) const {

@@ -26,7 +26,8 @@ class Pattern {
       regex_->for_each(text, f);
       return;
     }
-    for (size_t pos = text.find(literal_); pos != std::string_view::npos; pos = text.find(literal_, pos + literal_.size())) {
+    for (size_t pos = text.find(literal_); pos != std::string_view::npos;
+         pos = text.find(literal_, pos + literal_.size())) {
       f(pos, pos + literal_.size());
     }
   }
@@ -34,8 +35,8 @@ class Pattern {
   std::string replace_all(std::string_view text, std::string_view content) const;
 
  private:
-  std::string literal_;                  // when a String pattern
-  std::shared_ptr<const Regex> regex_;   // when a Regex pattern
+  std::string literal_;                 // when a String pattern
+  std::shared_ptr<const Regex> regex_;  // when a Regex pattern
 };
 
 }  // namespace philora::tokenizer

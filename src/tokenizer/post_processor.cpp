@@ -10,7 +10,8 @@ namespace {
 
 class SequenceProcessor final : public PostProcessor {
  public:
-  explicit SequenceProcessor(std::vector<std::unique_ptr<PostProcessor>> steps) : steps_(std::move(steps)) {}
+  explicit SequenceProcessor(std::vector<std::unique_ptr<PostProcessor>> steps)
+      : steps_(std::move(steps)) {}
   void process(std::vector<int32_t>& ids, bool add_special_tokens) const override {
     for (const auto& p : steps_) p->process(ids, add_special_tokens);
   }
@@ -71,26 +72,31 @@ Expected<std::unique_ptr<PostProcessor>> make_template(const nlohmann::json& j) 
   for (const auto& piece : single) {
     if (piece.contains("Sequence")) {
       const std::string id = piece["Sequence"].value("id", std::string("A"));
-      if (id != "A") return Status::errorf("post_processor TemplateProcessing: single template uses sequence {:?}", id);
+      if (id != "A")
+        return Status::errorf(
+            "post_processor TemplateProcessing: single template uses sequence {:?}", id);
       items.push_back({true, {}});
     } else if (piece.contains("SpecialToken")) {
       const std::string name = piece["SpecialToken"].value("id", std::string());
       if (!specials.contains(name)) {
-        return Status::errorf("post_processor TemplateProcessing: special token {:?} is not in special_tokens", name);
+        return Status::errorf(
+            "post_processor TemplateProcessing: special token {:?} is not in special_tokens", name);
       }
       const auto& ids = specials[name].value("ids", nlohmann::json::array());
       TemplateProcessor::Item item{false, {}};
       for (const auto& id : ids) item.ids.push_back(id.get<int32_t>());
       items.push_back(std::move(item));
     } else {
-      return Status::errorf("post_processor TemplateProcessing: unknown template piece {}", piece.dump());
+      return Status::errorf("post_processor TemplateProcessing: unknown template piece {}",
+                            piece.dump());
     }
   }
   return std::unique_ptr<PostProcessor>(new TemplateProcessor(std::move(items)));
 }
 
 Expected<int32_t> pair_id(const nlohmann::json& j, const char* key, const std::string& type) {
-  if (!j.contains(key) || !j[key].is_array() || j[key].size() != 2 || !j[key][1].is_number_integer()) {
+  if (!j.contains(key) || !j[key].is_array() || j[key].size() != 2 ||
+      !j[key][1].is_number_integer()) {
     return Status::errorf("post_processor {}: \"{}\" must be [token, id]", type, key);
   }
   return j[key][1].get<int32_t>();
@@ -121,7 +127,8 @@ Expected<std::unique_ptr<PostProcessor>> make_post_processor(const nlohmann::jso
     return Ptr(new WrapProcessor(cls, sep));
   }
   return Status::errorf(
-      "post_processor type {:?} is not supported (supported: TemplateProcessing, ByteLevel, RobertaProcessing, "
+      "post_processor type {:?} is not supported (supported: TemplateProcessing, ByteLevel, "
+      "RobertaProcessing, "
       "BertProcessing, Sequence)",
       type);
 }

@@ -118,8 +118,11 @@ Piece materialize(const Piece& p, std::string& storage) {
 
 class SequencePreTokenizer final : public PreTokenizer {
  public:
-  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps) : steps_(std::move(steps)) {}
-  void pre_tokenize(const Piece& piece, const PieceSink& sink) const override { run(0, piece, sink); }
+  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps)
+      : steps_(std::move(steps)) {}
+  void pre_tokenize(const Piece& piece, const PieceSink& sink) const override {
+    run(0, piece, sink);
+  }
 
  private:
   void run(size_t k, const Piece& piece, const PieceSink& sink) const {
@@ -140,7 +143,8 @@ class SplitPreTokenizer final : public PreTokenizer {
   SplitPreTokenizer(Pattern pattern, SplitBehavior behavior, bool invert)
       : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
   void pre_tokenize(const Piece& piece, const PieceSink& sink) const override {
-    split_with(piece, behavior_, invert_, sink, [&](auto&& on_match) { pattern_.for_each(piece.text, on_match); });
+    split_with(piece, behavior_, invert_, sink,
+               [&](auto&& on_match) { pattern_.for_each(piece.text, on_match); });
   }
 
  private:
@@ -170,7 +174,8 @@ class ByteLevelPreTokenizer final : public PreTokenizer {
       sink(p);
       return;
     }
-    split_with(p, SplitBehavior::kIsolated, false, sink, [&](auto&& on_match) { regex_->for_each(p.text, on_match); });
+    split_with(p, SplitBehavior::kIsolated, false, sink,
+               [&](auto&& on_match) { regex_->for_each(p.text, on_match); });
   }
 
  private:
@@ -189,8 +194,8 @@ class MetaspacePreTokenizer final : public PreTokenizer {
     s.reserve(piece.text.size() + rep_.size() * 4);
     size_t prefix = piece.prefix_bytes;
     const bool starts_with_rep = piece.text.starts_with(rep_) || piece.text.starts_with(' ');
-    if (!starts_with_rep &&
-        (scheme_ == PrependScheme::kAlways || (scheme_ == PrependScheme::kFirst && piece.at_start))) {
+    if (!starts_with_rep && (scheme_ == PrependScheme::kAlways ||
+                             (scheme_ == PrependScheme::kFirst && piece.at_start))) {
       s += rep_;
       prefix += rep_.size();
     }
@@ -208,7 +213,8 @@ class MetaspacePreTokenizer final : public PreTokenizer {
     }
     const std::string_view t = rewritten.text;
     split_with(rewritten, SplitBehavior::kMergedWithNext, false, sink, [&](auto&& on_match) {
-      for (size_t pos = t.find(rep_); pos != std::string_view::npos; pos = t.find(rep_, pos + rep_.size())) {
+      for (size_t pos = t.find(rep_); pos != std::string_view::npos;
+           pos = t.find(rep_, pos + rep_.size())) {
         on_match(pos, pos + rep_.size());
       }
     });
@@ -225,8 +231,8 @@ class DigitsPreTokenizer final : public PreTokenizer {
   DigitsPreTokenizer(std::shared_ptr<const Regex> digit, bool individual)
       : digit_(std::move(digit)), individual_(individual) {}
   void pre_tokenize(const Piece& piece, const PieceSink& sink) const override {
-    split_with(piece, individual_ ? SplitBehavior::kIsolated : SplitBehavior::kContiguous, false, sink,
-               [&](auto&& on_match) { digit_->for_each(piece.text, on_match); });
+    split_with(piece, individual_ ? SplitBehavior::kIsolated : SplitBehavior::kContiguous, false,
+               sink, [&](auto&& on_match) { digit_->for_each(piece.text, on_match); });
   }
 
  private:
@@ -245,7 +251,8 @@ Expected<SplitBehavior> parse_behavior(const std::string& s) {
 
 }  // namespace
 
-std::vector<Piece> split_piece(const Piece& piece, const std::vector<std::pair<size_t, size_t>>& matches,
+std::vector<Piece> split_piece(const Piece& piece,
+                               const std::vector<std::pair<size_t, size_t>>& matches,
                                SplitBehavior behavior, bool invert) {
   std::vector<Piece> out;
   auto collect = [&](const Piece& p) { out.push_back(p); };
@@ -271,8 +278,10 @@ Expected<std::unique_ptr<PreTokenizer>> make_pre_tokenizer(const nlohmann::json&
     return Ptr(new SequencePreTokenizer(std::move(steps)));
   }
   if (type == "Split") {
-    PHILORA_ASSIGN_OR_RETURN(Pattern pat, Pattern::from_json(j.value("pattern", nlohmann::json()), "pre_tokenizer Split"));
-    PHILORA_ASSIGN_OR_RETURN(SplitBehavior b, parse_behavior(j.value("behavior", std::string("Isolated"))));
+    PHILORA_ASSIGN_OR_RETURN(Pattern pat, Pattern::from_json(j.value("pattern", nlohmann::json()),
+                                                             "pre_tokenizer Split"));
+    PHILORA_ASSIGN_OR_RETURN(SplitBehavior b,
+                             parse_behavior(j.value("behavior", std::string("Isolated"))));
     return Ptr(new SplitPreTokenizer(std::move(pat), b, j.value("invert", false)));
   }
   if (type == "ByteLevel") {
@@ -299,17 +308,21 @@ Expected<std::unique_ptr<PreTokenizer>> make_pre_tokenizer(const nlohmann::json&
         return Status::errorf("pre_tokenizer Metaspace: unknown prepend_scheme {:?}", s);
       }
     }
-    if (j.contains("add_prefix_space") && j["add_prefix_space"].is_boolean() && !j["add_prefix_space"].get<bool>()) {
+    if (j.contains("add_prefix_space") && j["add_prefix_space"].is_boolean() &&
+        !j["add_prefix_space"].get<bool>()) {
       scheme = PrependScheme::kNever;
     }
-    return Ptr(new MetaspacePreTokenizer(j["replacement"].get<std::string>(), scheme, j.value("split", true)));
+    return Ptr(new MetaspacePreTokenizer(j["replacement"].get<std::string>(), scheme,
+                                         j.value("split", true)));
   }
   if (type == "Digits") {
     PHILORA_ASSIGN_OR_RETURN(auto re, Regex::compile("\\p{N}"));
     return Ptr(new DigitsPreTokenizer(std::move(re), j.value("individual_digits", false)));
   }
   return Status::errorf(
-      "pre_tokenizer type {:?} is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits)", type);
+      "pre_tokenizer type {:?} is not supported (supported: Sequence, Split, ByteLevel, Metaspace, "
+      "Digits)",
+      type);
 }
 
 }  // namespace philora::tokenizer

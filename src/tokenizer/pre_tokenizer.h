@@ -31,7 +31,8 @@ struct Piece {
 class PieceSink {
  public:
   template <typename F>
-  PieceSink(F& f) : obj_(&f), call_([](void* o, const Piece& p) { (*static_cast<F*>(o))(p); }) {}  // NOLINT
+  PieceSink(F& f)
+      : obj_(&f), call_([](void* o, const Piece& p) { (*static_cast<F*>(o))(p); }) {}  // NOLINT
   void operator()(const Piece& p) const { call_(obj_, p); }
 
  private:
@@ -50,7 +51,8 @@ enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWith
 
 // Splits `piece` at `matches` (sorted, non-overlapping byte ranges) like HF's
 // NormalizedString::split; empty results are dropped. Exposed for tests.
-std::vector<Piece> split_piece(const Piece& piece, const std::vector<std::pair<size_t, size_t>>& matches,
+std::vector<Piece> split_piece(const Piece& piece,
+                               const std::vector<std::pair<size_t, size_t>>& matches,
                                SplitBehavior behavior, bool invert);
 
 // Builds the pre-tokenizer described by `j` (null gives nullptr).

@@ -44,8 +44,9 @@ Expected<std::string> translate_regex(std::string_view p) {
         const bool negated = (e == 'S' || e == 'W');
         if (in_class) {
           if (negated) {
-            return Status::errorf("regex {:?}: a negated class escape \\{} inside [...] is not supported",
-                                  std::string(p), e);
+            return Status::errorf(
+                "regex {:?}: a negated class escape \\{} inside [...] is not supported",
+                std::string(p), e);
           }
           out += body;
         } else {
@@ -60,7 +61,8 @@ Expected<std::string> translate_regex(std::string_view p) {
       // \p{..} / \x{..}: copy the braces verbatim.
       if ((e == 'p' || e == 'P' || e == 'x') && i + 1 < p.size() && p[i + 1] == '{') {
         const size_t close = p.find('}', i + 1);
-        if (close == std::string_view::npos) return Status::errorf("regex {:?}: unterminated \\{}{{", std::string(p), e);
+        if (close == std::string_view::npos)
+          return Status::errorf("regex {:?}: unterminated \\{}{{", std::string(p), e);
         out.append(p.substr(i + 1, close - i));
         i = close;
       }
@@ -88,13 +90,14 @@ Expected<std::shared_ptr<const Regex>> Regex::compile(std::string_view pattern) 
   PHILORA_ASSIGN_OR_RETURN(std::string translated, translate_regex(pattern));
   int err = 0;
   PCRE2_SIZE err_off = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                                   PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &err, &err_off, nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                    PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &err, &err_off, nullptr);
   if (!code) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof(msg));
-    return Status::errorf("regex {:?} does not compile at offset {}: {}", std::string(pattern), err_off,
-                          reinterpret_cast<const char*>(msg));
+    return Status::errorf("regex {:?} does not compile at offset {}: {}", std::string(pattern),
+                          err_off, reinterpret_cast<const char*>(msg));
   }
   std::shared_ptr<Regex> re(new Regex());
   re->pattern_ = std::string(pattern);
@@ -106,8 +109,9 @@ Expected<std::shared_ptr<const Regex>> Regex::compile(std::string_view pattern) 
 Expected<std::shared_ptr<const Regex>> Regex::literal(std::string_view text) {
   int err = 0;
   PCRE2_SIZE err_off = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(),
-                                   PCRE2_UTF | PCRE2_LITERAL | PCRE2_NO_UTF_CHECK, &err, &err_off, nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(),
+                    PCRE2_UTF | PCRE2_LITERAL | PCRE2_NO_UTF_CHECK, &err, &err_off, nullptr);
   if (!code) return Status::errorf("literal pattern {:?} does not compile", std::string(text));
   std::shared_ptr<Regex> re(new Regex());
   re->pattern_ = std::string(text);
@@ -118,7 +122,8 @@ Expected<std::shared_ptr<const Regex>> Regex::literal(std::string_view text) {
 
 Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
 
-void Regex::for_each_impl(std::string_view text, void (*cb)(void*, size_t, size_t), void* ctx) const {
+void Regex::for_each_impl(std::string_view text, void (*cb)(void*, size_t, size_t),
+                          void* ctx) const {
   auto* code = static_cast<pcre2_code*>(code_);
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
   pcre2_match_context* mc = nullptr;

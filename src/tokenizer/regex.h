@@ -28,8 +28,12 @@ class Regex {
   // Calls f(begin, end) for every match in `text` (valid UTF-8), left to right.
   template <typename F>
   void for_each(std::string_view text, F&& f) const {
-    for_each_impl(text, [](void* ctx, size_t b, size_t e) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e); },
-                  &f);
+    for_each_impl(
+        text,
+        [](void* ctx, size_t b, size_t e) {
+          (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e);
+        },
+        &f);
   }
   // Appends the [begin, end) byte ranges of all matches in `text` to `out`.
   void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {

@@ -15,6 +15,7 @@ class Tokenizer;
 // Tokenizes one input line and returns the output line (without a newline). The "id" is copied
 // as it is (any JSON value). A line that is not an object with a string "text" is an error
 // naming the problem.
-Expected<std::string> tokenize_json_line(const Tokenizer& tokenizer, std::string_view line, bool add_special_tokens);
+Expected<std::string> tokenize_json_line(const Tokenizer& tokenizer, std::string_view line,
+                                         bool add_special_tokens);
 
 }  // namespace philora::tokenizer

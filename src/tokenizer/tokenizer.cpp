@@ -30,7 +30,8 @@ Expected<std::string> read_file(const std::string& path) {
 }
 
 Expected<nlohmann::json> parse_json(std::string_view text, const std::string& what) {
-  nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j =
+      nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Status::errorf("{}: invalid JSON", what);
   return j;
 }
@@ -40,7 +41,8 @@ std::optional<std::string> config_token(const nlohmann::json& cfg, const char* k
   if (!cfg.contains(key)) return std::nullopt;
   const auto& v = cfg[key];
   if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string())
+    return v["content"].get<std::string>();
   return std::nullopt;
 }
 
@@ -58,7 +60,8 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_json(const nlohmann::json& 
   const nlohmann::json& model = get("model");
   const std::string model_type = model.is_object() ? model.value("type", std::string("BPE")) : "";
   if (model_type != "BPE") {
-    return Status::errorf("tokenizer.json: model type {:?} is not supported (supported: BPE)", model_type);
+    return Status::errorf("tokenizer.json: model type {:?} is not supported (supported: BPE)",
+                          model_type);
   }
   {
     auto m = BpeModel::from_json(model);
@@ -88,13 +91,15 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_json(const nlohmann::json& 
   {
     const Normalizer* norm = t->normalizer_.get();
     const BpeModel* model_ptr = t->model_.get();
-    AddedVocabulary::ModelVocab model_vocab{[model_ptr](std::string_view s) { return model_ptr->token_to_id(s); },
-                                            model_ptr->vocab_size()};
-    auto a = AddedVocabulary::from_json(get("added_tokens"), model_vocab, [norm](std::string_view s) {
-      NormalizedText n{std::string(s), 0};
-      if (norm) norm->normalize(n);
-      return n.text;
-    });
+    AddedVocabulary::ModelVocab model_vocab{
+        [model_ptr](std::string_view s) { return model_ptr->token_to_id(s); },
+        model_ptr->vocab_size()};
+    auto a =
+        AddedVocabulary::from_json(get("added_tokens"), model_vocab, [norm](std::string_view s) {
+          NormalizedText n{std::string(s), 0};
+          if (norm) norm->normalize(n);
+          return n.text;
+        });
     if (!a.ok()) return a.status().with_context("tokenizer.json");
     t->added_ = std::move(a).value();
   }
@@ -117,13 +122,15 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_file(const std::string& pat
 Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_model_dir(const std::string& dir) {
   PHILORA_ASSIGN_OR_RETURN(auto t, from_file(dir + "/tokenizer.json"));
   if (auto cfg_text = read_file(dir + "/tokenizer_config.json"); cfg_text.ok()) {
-    PHILORA_ASSIGN_OR_RETURN(nlohmann::json cfg, parse_json(*cfg_text, dir + "/tokenizer_config.json"));
+    PHILORA_ASSIGN_OR_RETURN(nlohmann::json cfg,
+                             parse_json(*cfg_text, dir + "/tokenizer_config.json"));
     t->bos_token_ = config_token(cfg, "bos_token");
     t->eos_token_ = config_token(cfg, "eos_token");
   }
   if (auto eos = t->eos_id()) t->stop_ids_.push_back(*eos);
   if (auto gen_text = read_file(dir + "/generation_config.json"); gen_text.ok()) {
-    PHILORA_ASSIGN_OR_RETURN(nlohmann::json gen, parse_json(*gen_text, dir + "/generation_config.json"));
+    PHILORA_ASSIGN_OR_RETURN(nlohmann::json gen,
+                             parse_json(*gen_text, dir + "/generation_config.json"));
     if (gen.contains("eos_token_id")) {
       const auto& e = gen["eos_token_id"];
       std::vector<int32_t> ids;
@@ -132,7 +139,8 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_model_dir(const std::string
         for (const auto& x : e)
           if (x.is_number_integer()) ids.push_back(x.get<int32_t>());
       for (int32_t id : ids)
-        if (std::find(t->stop_ids_.begin(), t->stop_ids_.end(), id) == t->stop_ids_.end()) t->stop_ids_.push_back(id);
+        if (std::find(t->stop_ids_.begin(), t->stop_ids_.end(), id) == t->stop_ids_.end())
+          t->stop_ids_.push_back(id);
     }
   }
   return t;
@@ -161,7 +169,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   return ids;
 }
 
-void Tokenizer::encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& ids) const {
+void Tokenizer::encode_segment(std::string_view text, bool at_start,
+                               std::vector<int32_t>& ids) const {
   if (!normalizer_ && !added_->has_normalized_tokens()) {
     encode_pieces(text, at_start, 0, ids);
     return;
@@ -182,7 +191,8 @@ void Tokenizer::encode_segment(std::string_view text, bool at_start, std::vector
     if (s.id >= 0) {
       ids.push_back(s.id);
     } else if (s.end > s.begin) {
-      encode_pieces(std::string_view(n.text).substr(s.begin, s.end - s.begin), at_start && s.begin <= prefix_bytes,
+      encode_pieces(std::string_view(n.text).substr(s.begin, s.end - s.begin),
+                    at_start && s.begin <= prefix_bytes,
                     s.begin < prefix_bytes ? prefix_bytes - s.begin : 0, ids);
     }
   }

@@ -73,7 +73,8 @@ class Tokenizer {
  private:
   Tokenizer();
   void encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& ids) const;
-  void encode_pieces(std::string_view text, bool at_start, size_t prefix_bytes, std::vector<int32_t>& ids) const;
+  void encode_pieces(std::string_view text, bool at_start, size_t prefix_bytes,
+                     std::vector<int32_t>& ids) const;
 
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;

@@ -40,18 +40,20 @@ void check_against(const ojson& golden, const std::string& what) {
     size_t failures = 0;
     for (size_t i = 0; i < cases.size(); ++i) {
       const ojson& c = cases[i];
-      auto out = tmpl->render(c["messages"], c["add_generation_prompt"].get<bool>(), c["bos_token"].get<std::string>(),
-                              c["eos_token"].get<std::string>(), c.value("extra", ojson::object()));
+      auto out = tmpl->render(c["messages"], c["add_generation_prompt"].get<bool>(),
+                              c["bos_token"].get<std::string>(), c["eos_token"].get<std::string>(),
+                              c.value("extra", ojson::object()));
       const ojson& want = results[i];
       if (want.contains("error")) {
         if (out.ok() && ++failures <= 3) {
-          ADD_FAILURE() << name << " / " << c["name"] << ": Jinja2 fails (" << want["error"] << ") but we render "
-                        << quoted(*out);
+          ADD_FAILURE() << name << " / " << c["name"] << ": Jinja2 fails (" << want["error"]
+                        << ") but we render " << quoted(*out);
         }
         continue;
       }
       if (!out.ok()) {
-        if (++failures <= 3) ADD_FAILURE() << name << " / " << c["name"] << ": " << out.status().message();
+        if (++failures <= 3)
+          ADD_FAILURE() << name << " / " << c["name"] << ": " << out.status().message();
         continue;
       }
       if (*out != want["output"].get<std::string>() && ++failures <= 3) {
@@ -64,15 +66,18 @@ void check_against(const ojson& golden, const std::string& what) {
 }
 
 TEST(ChatTemplate, RendersExactlyAsJinja2CommittedRenderings) {
-  check_against(load_json(chat_dir() + "/jinja2_golden.json"), "tests/data/tokenizer/chat/jinja2_golden.json");
+  check_against(load_json(chat_dir() + "/jinja2_golden.json"),
+                "tests/data/tokenizer/chat/jinja2_golden.json");
 }
 
 TEST(ChatTemplate, CommittedRenderingsAreWhatJinja2RendersToday) {
   const std::string fresh = tt::generated_dir() + "/chat_jinja2.json";
-  if (!tt::exists(fresh)) GTEST_SKIP() << fresh << " is missing: " << tt::kSetupHint << " (needs python3-jinja2)";
+  if (!tt::exists(fresh))
+    GTEST_SKIP() << fresh << " is missing: " << tt::kSetupHint << " (needs python3-jinja2)";
   const ojson a = load_json(fresh);
   const ojson b = load_json(chat_dir() + "/jinja2_golden.json");
-  EXPECT_EQ(a, b) << "regenerate with: /usr/bin/python3 tests/tokenizer/render_chat.py tests/data/tokenizer/chat "
+  EXPECT_EQ(a, b) << "regenerate with: /usr/bin/python3 tests/tokenizer/render_chat.py "
+                     "tests/data/tokenizer/chat "
                      "tests/data/tokenizer/chat/jinja2_golden.json";
   check_against(a, fresh);
 }
@@ -80,7 +85,8 @@ TEST(ChatTemplate, CommittedRenderingsAreWhatJinja2RendersToday) {
 TEST(ChatTemplate, Phi3MiniRendersTheKnownPrompt) {
   auto t = ChatTemplate::from_string(tt::read_file(chat_dir() + "/templates/phi3_mini.jinja"));
   ASSERT_TRUE(t.ok()) << t.status().message();
-  const ojson messages = ojson::parse(R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])");
+  const ojson messages = ojson::parse(
+      R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])");
   auto out = t->render(messages, true, "<s>", "<|endoftext|>");
   ASSERT_TRUE(out.ok()) << out.status().message();
   EXPECT_EQ(*out, "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n");
@@ -89,12 +95,15 @@ TEST(ChatTemplate, Phi3MiniRendersTheKnownPrompt) {
 class TempDir {
  public:
   TempDir() {
-    path_ = std::filesystem::temp_directory_path() / ("philora_chat_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
+    path_ = std::filesystem::temp_directory_path() /
+            ("philora_chat_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++));
     std::filesystem::create_directories(path_);
   }
   ~TempDir() { std::filesystem::remove_all(path_); }
   std::string path() const { return path_.string(); }
-  void write(const std::string& name, const std::string& text) const { std::ofstream(path_ / name) << text; }
+  void write(const std::string& name, const std::string& text) const {
+    std::ofstream(path_ / name) << text;
+  }
 
  private:
   std::filesystem::path path_;
@@ -103,9 +112,11 @@ class TempDir {
 
 TEST(ChatTemplate, LoadsFromAModelDirectory) {
   TempDir dir;
-  ojson cfg = {{"bos_token", {{"content", "<s>"}, {"special", true}}},
-               {"eos_token", "<|end|>"},
-               {"chat_template", "{{ bos_token }}{% for m in messages %}[{{ m.content }}]{% endfor %}{{ eos_token }}"}};
+  ojson cfg = {
+      {"bos_token", {{"content", "<s>"}, {"special", true}}},
+      {"eos_token", "<|end|>"},
+      {"chat_template",
+       "{{ bos_token }}{% for m in messages %}[{{ m.content }}]{% endfor %}{{ eos_token }}"}};
   dir.write("tokenizer_config.json", cfg.dump());
   auto t = ChatTemplate::from_model_dir(dir.path());
   ASSERT_TRUE(t.ok()) << t.status().message();
@@ -114,7 +125,8 @@ TEST(ChatTemplate, LoadsFromAModelDirectory) {
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(*out, "<s>[a]<|end|>");
 
-  // chat_template.jinja wins over tokenizer_config.json; its final newline is dropped, as Jinja does.
+  // chat_template.jinja wins over tokenizer_config.json; its final newline is dropped, as Jinja
+  // does.
   dir.write("chat_template.jinja", "jinja file {{ messages | length }}\n");
   auto t2 = ChatTemplate::from_model_dir(dir.path());
   ASSERT_TRUE(t2.ok()) << t2.status().message();
@@ -122,7 +134,8 @@ TEST(ChatTemplate, LoadsFromAModelDirectory) {
 
   // A list of named templates: "default" is used.
   TempDir dir2;
-  cfg["chat_template"] = ojson::array({{{"name", "tool_use"}, {"template", "tools"}}, {{"name", "default"}, {"template", "plain"}}});
+  cfg["chat_template"] = ojson::array({{{"name", "tool_use"}, {"template", "tools"}},
+                                       {{"name", "default"}, {"template", "plain"}}});
   dir2.write("tokenizer_config.json", cfg.dump());
   auto t3 = ChatTemplate::from_model_dir(dir2.path());
   ASSERT_TRUE(t3.ok()) << t3.status().message();
@@ -135,16 +148,19 @@ TEST(ChatTemplate, LoadsFromAModelDirectory) {
 TEST(ChatTemplate, UnsupportedConstructsAreClearErrors) {
   auto include = ChatTemplate::from_string("{% include 'other.jinja' %}");
   ASSERT_FALSE(include.ok());
-  EXPECT_NE(include.status().message().find("'include' statement is not supported"), std::string::npos)
+  EXPECT_NE(include.status().message().find("'include' statement is not supported"),
+            std::string::npos)
       << include.status().message();
   auto filter = ChatTemplate::from_string("{{ messages | frobnicate }}");
   ASSERT_TRUE(filter.ok());
   auto out = filter->render(ojson::array(), false, "", "");
   ASSERT_FALSE(out.ok());
-  EXPECT_NE(out.status().message().find("filter 'frobnicate' is not supported"), std::string::npos) << out.status().message();
+  EXPECT_NE(out.status().message().find("filter 'frobnicate' is not supported"), std::string::npos)
+      << out.status().message();
   auto syntax = ChatTemplate::from_string("{% if x %}no end");
   ASSERT_FALSE(syntax.ok());
-  EXPECT_NE(syntax.status().message().find("endif"), std::string::npos) << syntax.status().message();
+  EXPECT_NE(syntax.status().message().find("endif"), std::string::npos)
+      << syntax.status().message();
   auto raised = ChatTemplate::from_string("{{ raise_exception('roles must alternate') }}");
   ASSERT_TRUE(raised.ok());
   auto r = raised->render(ojson::array(), false, "", "");

@@ -35,15 +35,19 @@ TEST(TokenizeCli, FollowsTheJsonLinesContract) {
   auto tok = Tokenizer::from_file(tok_path);
   ASSERT_TRUE(tok.ok()) << tok.status().message();
 
-  const auto requests = std::filesystem::temp_directory_path() / ("philora_tokenize_" + std::to_string(::getpid()) + ".jsonl");
-  const std::vector<std::string> texts = {"Hello world", "<|user|>\nHi there<|end|>\n<|assistant|>\n", "日本語 😀", ""};
+  const auto requests = std::filesystem::temp_directory_path() /
+                        ("philora_tokenize_" + std::to_string(::getpid()) + ".jsonl");
+  const std::vector<std::string> texts = {
+      "Hello world", "<|user|>\nHi there<|end|>\n<|assistant|>\n", "日本語 😀", ""};
   {
     std::ofstream f(requests);
-    for (size_t i = 0; i < texts.size(); ++i) f << nlohmann::json{{"id", "r" + std::to_string(i)}, {"text", texts[i]}}.dump() << "\n";
+    for (size_t i = 0; i < texts.size(); ++i)
+      f << nlohmann::json{{"id", "r" + std::to_string(i)}, {"text", texts[i]}}.dump() << "\n";
   }
   for (bool special : {false, true}) {
-    const std::string out = run(bin + " tokenize --tokenizer " + tok_path + " --requests " + requests.string() +
-                                (special ? " --add-special-tokens" : "") + " 2>&1");
+    const std::string out =
+        run(bin + " tokenize --tokenizer " + tok_path + " --requests " + requests.string() +
+            (special ? " --add-special-tokens" : "") + " 2>&1");
     std::istringstream lines(out);
     std::string line;
     size_t i = 0;

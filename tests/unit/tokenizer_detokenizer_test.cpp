@@ -26,28 +26,45 @@ constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
 std::unique_ptr<Tokenizer> sentencepiece_like() {
   json vocab = json::object();
   int32_t id = 0;
-  for (const char* t : {"<unk>", "\xE2\x96\x81", "\xE2\x96\x81Hello", "\xE2\x96\x81world", "!", "a", "\xE2\x96\x81\xE2\x96\x81"}) vocab[t] = id++;
+  for (const char* t : {"<unk>", "\xE2\x96\x81", "\xE2\x96\x81Hello", "\xE2\x96\x81world", "!", "a",
+                        "\xE2\x96\x81\xE2\x96\x81"})
+    vocab[t] = id++;
   for (int b = 0; b < 256; ++b) vocab[fmt::format("<0x{:02X}>", b)] = id++;
-  json j = {{"added_tokens", json::array({{{"id", id}, {"content", "<|end|>"}, {"special", true}, {"normalized", false}}})},
-            {"normalizer", {{"type", "Sequence"},
-                            {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
-                                                         {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}})}}},
-            {"pre_tokenizer", nullptr},
-            {"post_processor", nullptr},
-            {"decoder", {{"type", "Sequence"},
-                         {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
-                                                   {{"type", "ByteFallback"}},
-                                                   {{"type", "Fuse"}},
-                                                   {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
-            {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({"\xE2\x96\x81 \xE2\x96\x81"})},
-                       {"byte_fallback", true}, {"unk_token", "<unk>"}, {"fuse_unk", true}}}};
+  json j = {
+      {"added_tokens",
+       json::array(
+           {{{"id", id}, {"content", "<|end|>"}, {"special", true}, {"normalized", false}}})},
+      {"normalizer",
+       {{"type", "Sequence"},
+        {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+                                     {{"type", "Replace"},
+                                      {"pattern", {{"String", " "}}},
+                                      {"content", "\xE2\x96\x81"}}})}}},
+      {"pre_tokenizer", nullptr},
+      {"post_processor", nullptr},
+      {"decoder",
+       {{"type", "Sequence"},
+        {"decoders",
+         json::array(
+             {{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+              {{"type", "ByteFallback"}},
+              {{"type", "Fuse"}},
+              {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
+      {"model",
+       {{"type", "BPE"},
+        {"vocab", vocab},
+        {"merges", json::array({"\xE2\x96\x81 \xE2\x96\x81"})},
+        {"byte_fallback", true},
+        {"unk_token", "<unk>"},
+        {"fuse_unk", true}}}};
   auto t = Tokenizer::from_json(j);
   EXPECT_TRUE(t.ok()) << t.status().message();
   return std::move(t).value();
 }
 
 // Streams `ids` and checks the guarantees; returns the deltas.
-std::vector<std::string> stream(const Tokenizer& tok, const std::vector<int32_t>& ids, bool skip_special = true) {
+std::vector<std::string> stream(const Tokenizer& tok, const std::vector<int32_t>& ids,
+                                bool skip_special = true) {
   IncrementalDetokenizer d(tok, skip_special);
   std::vector<std::string> deltas;
   std::string all;
@@ -78,7 +95,7 @@ TEST(IncrementalDetokenizer, LeadingSpaceIsDroppedOnlyAtTheStart) {
 TEST(IncrementalDetokenizer, ByteFallbackEmojiIsHeldUntilComplete) {
   auto tok = sentencepiece_like();
   const auto ids = tok->encode("a\xF0\x9F\x98\x80!");  // a😀!
-  ASSERT_EQ(ids.size(), 7u);                          // ▁, a?  (▁ then a, 4 byte tokens, !)
+  ASSERT_EQ(ids.size(), 7u);                           // ▁, a?  (▁ then a, 4 byte tokens, !)
   IncrementalDetokenizer d(*tok);
   std::string out;
   std::vector<std::string> deltas;
@@ -104,8 +121,17 @@ TEST(IncrementalDetokenizer, IncompleteTailComesOutOnFlush) {
 // Random text over 1- to 4-byte characters, as ids (characters outside the vocabulary become
 // well-formed runs of byte tokens), plus special tokens.
 std::vector<int32_t> random_ids(const Tokenizer& tok, std::mt19937& rng) {
-  static const char* pieces[] = {"a", " ", "Hello", " world", "!", "\xC3\xA9", "\xE5\x8F\xAB", "\xF0\x9F\x98\x80", "<|end|>",
-                                 "\xE2\x96\x81", "  "};
+  static const char* pieces[] = {"a",
+                                 " ",
+                                 "Hello",
+                                 " world",
+                                 "!",
+                                 "\xC3\xA9",
+                                 "\xE5\x8F\xAB",
+                                 "\xF0\x9F\x98\x80",
+                                 "<|end|>",
+                                 "\xE2\x96\x81",
+                                 "  "};
   std::string text;
   for (int k = 1 + rng() % 12; k > 0; --k) text += pieces[rng() % std::size(pieces)];
   return tok.encode(text);
@@ -123,7 +149,8 @@ TEST(IncrementalDetokenizer, IllFormedByteRunsStayValidUtf8) {
   for (int round = 0; round < 300; ++round) {
     IncrementalDetokenizer d(*tok, round % 2 == 0);
     for (int k = 1 + rng() % 20; k > 0; --k) {
-      const int32_t id = rng() % 3 ? static_cast<int32_t>(7 + 0x80 + rng() % 0x80) : static_cast<int32_t>(rng() % 7);
+      const int32_t id = rng() % 3 ? static_cast<int32_t>(7 + 0x80 + rng() % 0x80)
+                                   : static_cast<int32_t>(rng() % 7);
       EXPECT_TRUE(unicode::is_valid(d.push(id)));
     }
     EXPECT_TRUE(unicode::is_valid(d.flush()));
@@ -135,7 +162,8 @@ class IncrementalDetokenizerReal : public ::testing::TestWithParam<std::string> 
 TEST_P(IncrementalDetokenizerReal, StreamsEqualDecodeOnCorpusAndRandomIds) {
   const std::string dir = tt::tokenizer_dir(GetParam());
   const std::string corpus = tt::generated_dir() + "/corpus.jsonl";
-  if (!tt::exists(dir + "/tokenizer.json") || !tt::exists(corpus)) GTEST_SKIP() << dir << ": " << tt::kSetupHint;
+  if (!tt::exists(dir + "/tokenizer.json") || !tt::exists(corpus))
+    GTEST_SKIP() << dir << ": " << tt::kSetupHint;
   auto t = Tokenizer::from_file(dir + "/tokenizer.json");
   ASSERT_TRUE(t.ok()) << t.status().message();
   const auto records = tt::read_jsonl(corpus);
@@ -160,7 +188,8 @@ TEST_P(IncrementalDetokenizerReal, StreamsEqualDecodeOnCorpusAndRandomIds) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Vocabularies, IncrementalDetokenizerReal, ::testing::Values("phi3", "phi4", "phi4mini"),
+INSTANTIATE_TEST_SUITE_P(Vocabularies, IncrementalDetokenizerReal,
+                         ::testing::Values("phi3", "phi4", "phi4mini"),
                          [](const auto& info) { return info.param; });
 
 TEST(TokenizeJsonLine, MatchesTheCliContract) {

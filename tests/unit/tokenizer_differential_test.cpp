@@ -56,14 +56,14 @@ TEST_P(TokenizerDifferential, IdsAndDecodedTextMatchTransformersJs) {
     if (got != want && ++bad_ids <= 5) {
       size_t k = 0;
       while (k < got.size() && k < want.size() && got[k] == want[k]) ++k;
-      ADD_FAILURE() << GetParam() << " record " << i << " " << excerpt(text) << ": ids differ at token " << k
-                    << " (got " << (k < got.size() ? got[k] : -1) << ", want " << (k < want.size() ? want[k] : -1)
-                    << ")";
+      ADD_FAILURE() << GetParam() << " record " << i << " " << excerpt(text)
+                    << ": ids differ at token " << k << " (got " << (k < got.size() ? got[k] : -1)
+                    << ", want " << (k < want.size() ? want[k] : -1) << ")";
     }
     const std::string decoded = tok_->decode(want, false);
     if (decoded != expected[i]["decoded"].get<std::string>() && ++bad_text <= 5) {
-      ADD_FAILURE() << GetParam() << " record " << i << ": decode differs: got " << excerpt(decoded) << " want "
-                    << excerpt(expected[i]["decoded"].get<std::string>());
+      ADD_FAILURE() << GetParam() << " record " << i << ": decode differs: got " << excerpt(decoded)
+                    << " want " << excerpt(expected[i]["decoded"].get<std::string>());
     }
   }
   EXPECT_EQ(bad_ids, 0u) << "of " << corpus.size() << " records";
@@ -83,12 +83,14 @@ TEST_P(TokenizerDifferential, DecodeOfEncodeIsTheTextWhereLossless) {
     if (sentencepiece) {
       if (text.find("\xE2\x96\x81") != std::string::npos) continue;
       bool has_added = false;
-      for (const AddedToken& a : tok_->added_tokens()) has_added = has_added || text.find(a.content) != std::string::npos;
+      for (const AddedToken& a : tok_->added_tokens())
+        has_added = has_added || text.find(a.content) != std::string::npos;
       if (has_added) continue;
     }
     ++checked;
     const std::string back = tok_->decode(tok_->encode(text, false), false);
-    if (back != text && ++bad <= 5) ADD_FAILURE() << GetParam() << ": " << excerpt(text) << " came back as " << excerpt(back);
+    if (back != text && ++bad <= 5)
+      ADD_FAILURE() << GetParam() << ": " << excerpt(text) << " came back as " << excerpt(back);
   }
   EXPECT_EQ(bad, 0u) << "of " << checked << " texts";
   EXPECT_GT(checked, 1000u);
@@ -119,11 +121,13 @@ TEST_P(TokenizerDifferential, ConcurrentEncodingGivesTheSameIds) {
 
 TEST_P(TokenizerDifferential, LongRunsLoseNoText) {
   // Long runs stress the regex (backtracking in \s*[\r\n]+) and BPE on huge pieces.
-  for (const char* unit : {" ", "\t", "a", "1", "!", " \n", "\r\n", "\xC2\xA0", "\xF0\x9F\x98\x80", "ab "}) {
+  for (const char* unit :
+       {" ", "\t", "a", "1", "!", " \n", "\r\n", "\xC2\xA0", "\xF0\x9F\x98\x80", "ab "}) {
     std::string s;
     while (s.size() < 300000) s += unit;
     s += "end";
-    EXPECT_EQ(tok_->decode(tok_->encode(s, false), false), s) << GetParam() << " run of " << excerpt(unit);
+    EXPECT_EQ(tok_->decode(tok_->encode(s, false), false), s)
+        << GetParam() << " run of " << excerpt(unit);
   }
 }
 

@@ -16,7 +16,8 @@ namespace {
 namespace tt = testing;
 
 std::string show(const std::string& s) {
-  return nlohmann::json(s.substr(0, 160)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return nlohmann::json(s.substr(0, 160))
+      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 class TokenizerGolden : public ::testing::TestWithParam<std::string> {};
@@ -35,20 +36,24 @@ TEST_P(TokenizerGolden, MatchesHuggingFaceTokenizers) {
     const auto ids = (*t)->encode(text, false);
     const auto ids_special = (*t)->encode(text, true);
     const auto want = c["ids"].get<std::vector<int32_t>>();
-    const bool ok = ids == want && ids_special == c["ids_with_special"].get<std::vector<int32_t>>() &&
+    const bool ok = ids == want &&
+                    ids_special == c["ids_with_special"].get<std::vector<int32_t>>() &&
                     (*t)->decode(want, false) == c["decoded"].get<std::string>() &&
                     (*t)->decode(want, true) == c["decoded_skip_special"].get<std::string>();
     if (!ok && ++failures <= 8) {
-      ADD_FAILURE() << GetParam() << " " << show(text) << ": ids " << ::testing::PrintToString(ids) << " want "
-                    << ::testing::PrintToString(want) << "; decoded " << show((*t)->decode(want, false)) << " want "
-                    << show(c["decoded"].get<std::string>()) << "; skip-special " << show((*t)->decode(want, true))
-                    << " want " << show(c["decoded_skip_special"].get<std::string>());
+      ADD_FAILURE() << GetParam() << " " << show(text) << ": ids " << ::testing::PrintToString(ids)
+                    << " want " << ::testing::PrintToString(want) << "; decoded "
+                    << show((*t)->decode(want, false)) << " want "
+                    << show(c["decoded"].get<std::string>()) << "; skip-special "
+                    << show((*t)->decode(want, true)) << " want "
+                    << show(c["decoded_skip_special"].get<std::string>());
     }
   }
   EXPECT_EQ(failures, 0u) << "of " << golden["cases"].size() << " cases";
 }
 
-INSTANTIATE_TEST_SUITE_P(Vocabularies, TokenizerGolden, ::testing::Values("phi3", "cl100k", "o200k", "phi4", "phi4mini"),
+INSTANTIATE_TEST_SUITE_P(Vocabularies, TokenizerGolden,
+                         ::testing::Values("phi3", "cl100k", "o200k", "phi4", "phi4mini"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

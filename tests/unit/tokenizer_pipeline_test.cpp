@@ -20,7 +20,8 @@ namespace {
 using nlohmann::json;
 
 // A BPE tokenizer.json over `tokens` (ids in order) with `merges`.
-json tiny_tokenizer(const std::vector<std::string>& tokens, const std::vector<std::string>& merges) {
+json tiny_tokenizer(const std::vector<std::string>& tokens,
+                    const std::vector<std::string>& merges) {
   json vocab = json::object();
   for (size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
   return json{{"version", "1.0"},
@@ -41,11 +42,19 @@ std::unique_ptr<Tokenizer> load(const json& j) {
 std::vector<int32_t> ids(std::initializer_list<int32_t> v) { return v; }
 
 TEST(TokenizerUnicode, LossyDecodingReplacesMaximalSubparts) {
-  EXPECT_EQ(unicode::to_valid_lossy("a\xE2\x82" "b"), "a\xEF\xBF\xBD" "b");       // truncated 3-byte sequence
-  EXPECT_EQ(unicode::to_valid_lossy("\xF0\x80\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong lead
-  EXPECT_EQ(unicode::to_valid_lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
-  EXPECT_EQ(unicode::to_valid_lossy("\xF0\x9F\x98"), "\xEF\xBF\xBD");              // truncated emoji
-  EXPECT_EQ(unicode::to_valid_lossy("\xFF" "x"), "\xEF\xBF\xBD" "x");
+  EXPECT_EQ(unicode::to_valid_lossy("a\xE2\x82"
+                                    "b"),
+            "a\xEF\xBF\xBD"
+            "b");  // truncated 3-byte sequence
+  EXPECT_EQ(unicode::to_valid_lossy("\xF0\x80\x80"),
+            "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong lead
+  EXPECT_EQ(unicode::to_valid_lossy("\xED\xA0\x80"),
+            "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");                   // surrogate
+  EXPECT_EQ(unicode::to_valid_lossy("\xF0\x9F\x98"), "\xEF\xBF\xBD");  // truncated emoji
+  EXPECT_EQ(unicode::to_valid_lossy("\xFF"
+                                    "x"),
+            "\xEF\xBF\xBD"
+            "x");
   EXPECT_EQ(unicode::to_valid_lossy("ok \xE2\x96\x81"), "ok \xE2\x96\x81");
   EXPECT_TRUE(unicode::is_valid("h\xC3\xA9llo \xF0\x9F\x98\x80"));
   EXPECT_FALSE(unicode::is_valid("\xC0\xAF"));
@@ -53,7 +62,7 @@ TEST(TokenizerUnicode, LossyDecodingReplacesMaximalSubparts) {
 
 TEST(TokenizerUnicode, ByteLevelAlphabetIsAByteBijection) {
   const auto& a = unicode::byte_level_alphabet();
-  EXPECT_EQ(a[' '], "\xC4\xA0");  // 'Ġ'
+  EXPECT_EQ(a[' '], "\xC4\xA0");   // 'Ġ'
   EXPECT_EQ(a['\n'], "\xC4\x8A");  // 'Ċ'
   EXPECT_EQ(a['A'], "A");
   for (int b = 0; b < 256; ++b) {
@@ -66,11 +75,15 @@ TEST(TokenizerRegex, BackslashSMeansUnicodeWhiteSpaceAsInOniguruma) {
   auto re = Regex::compile("\\s+");
   ASSERT_TRUE(re.ok());
   std::vector<std::pair<size_t, size_t>> m;
-  (*re)->find_all("a\xC2\x85" "b\xEF\xBB\xBF" "c\xE3\x80\x80", m);  // NEL, BOM, ideographic space
+  (*re)->find_all(
+      "a\xC2\x85"
+      "b\xEF\xBB\xBF"
+      "c\xE3\x80\x80",
+      m);  // NEL, BOM, ideographic space
   ASSERT_EQ(m.size(), 2u);
-  EXPECT_EQ(m[0], std::make_pair(size_t{1}, size_t{3}));    // U+0085 is White_Space
-  EXPECT_EQ(m[1], std::make_pair(size_t{8}, size_t{11}));   // U+3000; U+FEFF is not
-  EXPECT_FALSE(translate_regex("[^\\S]").ok());             // a negated class escape inside [...]
+  EXPECT_EQ(m[0], std::make_pair(size_t{1}, size_t{3}));   // U+0085 is White_Space
+  EXPECT_EQ(m[1], std::make_pair(size_t{8}, size_t{11}));  // U+3000; U+FEFF is not
+  EXPECT_FALSE(translate_regex("[^\\S]").ok());            // a negated class escape inside [...]
   auto contractions = Regex::compile("(?i:'s|'t)");
   ASSERT_TRUE(contractions.ok());
   m.clear();
@@ -120,8 +133,10 @@ TEST(TokenizerBpe, ByteFallbackAndUnknownTokens) {
   j["model"]["byte_fallback"] = true;
   j["model"]["unk_token"] = "<unk>";
   auto t = load(j);
-  EXPECT_EQ(t->encode("a\xC3\xA9" "a"), ids({1, 2, 3, 1}));  // é -> its two bytes
-  EXPECT_EQ(t->encode("x"), ids({0}));                      // no <0x78>: unknown
+  EXPECT_EQ(t->encode("a\xC3\xA9"
+                      "a"),
+            ids({1, 2, 3, 1}));         // é -> its two bytes
+  EXPECT_EQ(t->encode("x"), ids({0}));  // no <0x78>: unknown
   j["model"]["byte_fallback"] = false;
   j["model"]["fuse_unk"] = true;
   auto fused = load(j);
@@ -146,7 +161,11 @@ TEST(TokenizerAddedTokens, LeftmostLongestWithStripOptions) {
   j["added_tokens"] = json::array({
       {{"id", 6}, {"content", "<x>"}, {"special", true}, {"normalized", false}, {"rstrip", true}},
       {{"id", 7}, {"content", "<x>>"}, {"special", true}, {"normalized", false}, {"lstrip", true}},
-      {{"id", 8}, {"content", "ab"}, {"special", false}, {"normalized", false}, {"single_word", true}},
+      {{"id", 8},
+       {"content", "ab"},
+       {"special", false},
+       {"normalized", false},
+       {"single_word", true}},
   });
   auto t = load(j);
   EXPECT_EQ(t->encode("a<x>  b"), ids({1, 6, 2}));   // rstrip eats the spaces after it
@@ -168,10 +187,11 @@ TEST(TokenizerAddedTokens, IdsAreAssignedAsHuggingFaceDoesNotAsDeclared) {
   // id, the others count up from the model's vocabulary size (seen in golden_phi4.json, made
   // from a file that disagreed).
   json j = tiny_tokenizer({"a", "b", "<s>"}, {});
-  j["added_tokens"] = json::array({{{"id", 50}, {"content", "<x>"}, {"special", true}},
-                                   {{"id", 2}, {"content", "<s>"}, {"special", true}},
-                                   {{"id", 7}, {"content", "<y>"}, {"special", true}},
-                                   {{"id", 99}, {"content", "<x>"}, {"special", false}, {"rstrip", true}}});
+  j["added_tokens"] =
+      json::array({{{"id", 50}, {"content", "<x>"}, {"special", true}},
+                   {{"id", 2}, {"content", "<s>"}, {"special", true}},
+                   {{"id", 7}, {"content", "<y>"}, {"special", true}},
+                   {{"id", 99}, {"content", "<x>"}, {"special", false}, {"rstrip", true}}});
   auto t = load(j);
   EXPECT_EQ(t->token_to_id("<x>"), 3);
   EXPECT_EQ(t->token_to_id("<s>"), 2);
@@ -184,16 +204,20 @@ TEST(TokenizerAddedTokens, IdsAreAssignedAsHuggingFaceDoesNotAsDeclared) {
 TEST(TokenizerAddedTokens, NormalizedTokensMatchInNormalizedText) {
   json j = tiny_tokenizer({"_", "a", "b"}, {});
   j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "_"}};
-  j["added_tokens"] = json::array({{{"id", 3}, {"content", "a b"}, {"special", false}, {"normalized", true}}});
+  j["added_tokens"] =
+      json::array({{{"id", 3}, {"content", "a b"}, {"special", false}, {"normalized", true}}});
   auto t = load(j);
   EXPECT_EQ(t->encode("b a b"), ids({2, 0, 3}));  // matched as "a_b" after normalization
 }
 
-std::vector<std::string> split_texts(const std::string& text, const std::string& sep, SplitBehavior b, bool invert) {
+std::vector<std::string> split_texts(const std::string& text, const std::string& sep,
+                                     SplitBehavior b, bool invert) {
   std::vector<std::pair<size_t, size_t>> m;
-  for (size_t p = text.find(sep); p != std::string::npos; p = text.find(sep, p + sep.size())) m.emplace_back(p, p + sep.size());
+  for (size_t p = text.find(sep); p != std::string::npos; p = text.find(sep, p + sep.size()))
+    m.emplace_back(p, p + sep.size());
   std::vector<std::string> out;
-  for (const Piece& p : split_piece(Piece{text, true, 0, false}, m, b, invert)) out.emplace_back(p.text);
+  for (const Piece& p : split_piece(Piece{text, true, 0, false}, m, b, invert))
+    out.emplace_back(p.text);
   return out;
 }
 
@@ -201,14 +225,19 @@ TEST(TokenizerPreTokenizers, SplitBehaviorsMatchHuggingFace) {
   using V = std::vector<std::string>;
   const std::string s = "the-final--countdown";
   EXPECT_EQ(split_texts(s, "-", SplitBehavior::kRemoved, false), (V{"the", "final", "countdown"}));
-  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kIsolated, false), (V{"the", "-", "final", "-", "-", "countdown"}));
-  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kMergedWithPrevious, false), (V{"the-", "final-", "-", "countdown"}));
-  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kMergedWithNext, false), (V{"the", "-final", "-", "-countdown"}));
-  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kContiguous, false), (V{"the", "-", "final", "--", "countdown"}));
+  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kIsolated, false),
+            (V{"the", "-", "final", "-", "-", "countdown"}));
+  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kMergedWithPrevious, false),
+            (V{"the-", "final-", "-", "countdown"}));
+  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kMergedWithNext, false),
+            (V{"the", "-final", "-", "-countdown"}));
+  EXPECT_EQ(split_texts(s, "-", SplitBehavior::kContiguous, false),
+            (V{"the", "-", "final", "--", "countdown"}));
   EXPECT_EQ(split_texts(s, "-", SplitBehavior::kRemoved, true), (V{"-", "-", "-"}));
 }
 
-std::vector<std::string> pre_tokenize(const json& config, const std::string& text, bool at_start = true) {
+std::vector<std::string> pre_tokenize(const json& config, const std::string& text,
+                                      bool at_start = true) {
   auto p = make_pre_tokenizer(config);
   EXPECT_TRUE(p.ok()) << p.status().message();
   std::vector<std::string> out;
@@ -227,19 +256,29 @@ std::vector<std::string> pre_tokenize(const json& config, const std::string& tex
 
 TEST(TokenizerPreTokenizers, MetaspaceReplacesSpacesAndPrepends) {
   using V = std::vector<std::string>;
-  const json always = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "always"}};
+  const json always = {
+      {"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "always"}};
   EXPECT_EQ(pre_tokenize(always, "Hey   friend!"),
-            (V{"\xE2\x96\x81Hey", "\xE2\x96\x81", "\xE2\x96\x81", "\xE2\x96\x81" "friend!"}));
-  const json first = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
+            (V{"\xE2\x96\x81Hey", "\xE2\x96\x81", "\xE2\x96\x81",
+               "\xE2\x96\x81"
+               "friend!"}));
+  const json first = {{"type", "Metaspace"},
+                      {"replacement", "\xE2\x96\x81"},
+                      {"prepend_scheme", "first"},
+                      {"split", false}};
   EXPECT_EQ(pre_tokenize(first, "Hey my", true), (V{"\xE2\x96\x81Hey\xE2\x96\x81my"}));
-  EXPECT_EQ(pre_tokenize(first, "how are", false), (V{"how\xE2\x96\x81" "are"}));
+  EXPECT_EQ(pre_tokenize(first, "how are", false), (V{"how\xE2\x96\x81"
+                                                      "are"}));
 }
 
 TEST(TokenizerPreTokenizers, ByteLevelWithGpt2RegexAndPrefixSpace) {
   using V = std::vector<std::string>;
   const json bl = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"use_regex", true}};
   EXPECT_EQ(pre_tokenize(bl, "Hello my friend, how's  it?"),
-            (V{"\xC4\xA0Hello", "\xC4\xA0my", "\xC4\xA0" "friend", ",", "\xC4\xA0how", "'s", "\xC4\xA0", "\xC4\xA0it", "?"}));
+            (V{"\xC4\xA0Hello", "\xC4\xA0my",
+               "\xC4\xA0"
+               "friend",
+               ",", "\xC4\xA0how", "'s", "\xC4\xA0", "\xC4\xA0it", "?"}));
   const json digits = {{"type", "Digits"}, {"individual_digits", true}};
   EXPECT_EQ(pre_tokenize(digits, "a123"), (V{"a", "1", "2", "3"}));
 }
@@ -254,32 +293,46 @@ std::string decode_with(const json& decoder, const std::vector<std::string>& tok
 }
 
 TEST(TokenizerDecoders, SentencePieceChain) {
-  const json chain = {{"type", "Sequence"},
-                      {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
-                                                {{"type", "ByteFallback"}},
-                                                {{"type", "Fuse"}},
-                                                {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
-  EXPECT_EQ(decode_with(chain, {"\xE2\x96\x81Hey", "\xE2\x96\x81" "friend", "<0xE5>", "<0x8F>", "<0xAB>", "!"}),
+  const json chain = {
+      {"type", "Sequence"},
+      {"decoders",
+       json::array(
+           {{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+            {{"type", "ByteFallback"}},
+            {{"type", "Fuse"}},
+            {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  EXPECT_EQ(decode_with(chain, {"\xE2\x96\x81Hey",
+                                "\xE2\x96\x81"
+                                "friend",
+                                "<0xE5>", "<0x8F>", "<0xAB>", "!"}),
             "Hey friend\xE5\x8F\xAB!");
   // An ill-formed byte run gives one U+FFFD per byte.
-  EXPECT_EQ(decode_with(chain, {"<0xE5>", "<0x8F>", "a"}), "\xEF\xBF\xBD\xEF\xBF\xBD" "a");
-  const json metaspace = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "always"}};
-  EXPECT_EQ(decode_with(metaspace, {"\xE2\x96\x81Hey", "\xE2\x96\x81" "friend!"}), "Hey friend!");
+  EXPECT_EQ(decode_with(chain, {"<0xE5>", "<0x8F>", "a"}),
+            "\xEF\xBF\xBD\xEF\xBF\xBD"
+            "a");
+  const json metaspace = {
+      {"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "always"}};
+  EXPECT_EQ(decode_with(metaspace, {"\xE2\x96\x81Hey",
+                                    "\xE2\x96\x81"
+                                    "friend!"}),
+            "Hey friend!");
 }
 
 TEST(TokenizerDecoders, ByteLevelReadsBytesAsUtf8Lossily) {
   const json bl = {{"type", "ByteLevel"}};
-  EXPECT_EQ(decode_with(bl, {"\xC4\xA0Hello", "\xC4\xA0\xC3\xA2\xC4\xA4\xC2\xAC"}), " Hello \xE2\x82\xAC");  // " €"
+  EXPECT_EQ(decode_with(bl, {"\xC4\xA0Hello", "\xC4\xA0\xC3\xA2\xC4\xA4\xC2\xAC"}),
+            " Hello \xE2\x82\xAC");                                  // " €"
   EXPECT_EQ(decode_with(bl, {"\xC3\xA2\xC4\xA4"}), "\xEF\xBF\xBD");  // truncated sequence
-  EXPECT_EQ(decode_with(bl, {"<|x y|>"}), "<|x y|>");             // not all in the alphabet: kept as is
+  EXPECT_EQ(decode_with(bl, {"<|x y|>"}), "<|x y|>");  // not all in the alphabet: kept as is
 }
 
 TEST(TokenizerPostProcessor, TemplateAddsSpecialTokensOnlyWhenAsked) {
   json j = tiny_tokenizer({"<s>", "a"}, {});
-  j["post_processor"] = {{"type", "TemplateProcessing"},
-                         {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                                                 {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
-                         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {0}}, {"tokens", {"<s>"}}}}}}};
+  j["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {0}}, {"tokens", {"<s>"}}}}}}};
   auto t = load(j);
   EXPECT_EQ(t->encode("a", true), ids({0, 1}));
   EXPECT_EQ(t->encode("a", false), ids({1}));
@@ -320,7 +373,9 @@ TEST(TokenizerLoad, RefusesUnsupportedComponentsByName) {
 TEST(TokenizerEncode, IllFormedUtf8IsReplacedBeforeEncoding) {
   json j = tiny_tokenizer({"a", "\xEF\xBF\xBD"}, {});
   auto t = load(j);
-  EXPECT_EQ(t->encode("a\xFF" "a"), ids({0, 1, 0}));
+  EXPECT_EQ(t->encode("a\xFF"
+                      "a"),
+            ids({0, 1, 0}));
 }
 
 }  // namespace

@@ -34,10 +34,12 @@ Expected<int64_t> int_arg(const CallArgs& a, size_t i, std::string_view name, in
   return v->as_int();
 }
 
-Expected<std::optional<std::string>> opt_str_arg(const CallArgs& a, size_t i, std::string_view name) {
+Expected<std::optional<std::string>> opt_str_arg(const CallArgs& a, size_t i,
+                                                 std::string_view name) {
   const Value* v = arg(a, i, name);
   if (!v || v->is_none()) return std::optional<std::string>();
-  if (!v->is_string()) return Status::errorf("argument '{}' must be a string, not {}", name, v->type_name());
+  if (!v->is_string())
+    return Status::errorf("argument '{}' must be a string, not {}", name, v->type_name());
   return std::optional<std::string>(v->as_string());
 }
 
@@ -62,7 +64,8 @@ Expected<Value> string_method(const std::string& s, const std::string& name, con
     PHILORA_ASSIGN_OR_RETURN(auto sep, opt_str_arg(a, 0, "sep"));
     PHILORA_ASSIGN_OR_RETURN(int64_t maxsplit, int_arg(a, 1, "maxsplit", -1));
     if (sep && sep->empty()) return Status::error("split(): empty separator");
-    if (name == "rsplit" && maxsplit >= 0) return Status::error("rsplit with maxsplit is not supported");
+    if (name == "rsplit" && maxsplit >= 0)
+      return Status::error("rsplit with maxsplit is not supported");
     std::vector<Value> items;
     for (auto& part : text::split(s, sep, maxsplit)) items.emplace_back(std::move(part));
     return Value::list(std::move(items));
@@ -93,7 +96,8 @@ Expected<Value> string_method(const std::string& s, const std::string& name, con
         options.push_back(v.as_string());
       }
     } else {
-      return Status::errorf("{}() argument must be str or a tuple of str, not {}", name, p->type_name());
+      return Status::errorf("{}() argument must be str or a tuple of str, not {}", name,
+                            p->type_name());
     }
     for (const auto& o : options)
       if (name == "startswith" ? s.starts_with(o) : s.ends_with(o)) return Value(true);
@@ -123,13 +127,15 @@ Expected<Value> string_method(const std::string& s, const std::string& name, con
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> parts, iterate(*items));
     std::string out;
     for (size_t i = 0; i < parts.size(); ++i) {
-      if (!parts[i].is_string()) return Status::errorf("join(): item {} is {}, not str", i, parts[i].type_name());
+      if (!parts[i].is_string())
+        return Status::errorf("join(): item {} is {}, not str", i, parts[i].type_name());
       if (i) out += s;
       out += parts[i].as_string();
     }
     return Value(out);
   }
-  if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isupper" || name == "islower") {
+  if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isupper" ||
+      name == "islower") {
     if (s.empty()) return Value(false);
     bool all = true;
     for (char32_t c : to_u32(s)) {
@@ -145,9 +151,10 @@ Expected<Value> string_method(const std::string& s, const std::string& name, con
 }
 
 bool is_string_method(const std::string& n) {
-  static const char* kNames[] = {"strip", "lstrip", "rstrip", "upper", "lower", "title", "capitalize", "split", "rsplit",
-                                 "splitlines", "startswith", "endswith", "replace", "find", "count", "join", "isspace",
-                                 "isdigit", "isalpha", "isupper", "islower", "format"};
+  static const char* kNames[] = {
+      "strip",   "lstrip",     "rstrip",     "upper",    "lower",   "title", "capitalize", "split",
+      "rsplit",  "splitlines", "startswith", "endswith", "replace", "find",  "count",      "join",
+      "isspace", "isdigit",    "isalpha",    "isupper",  "islower", "format"};
   for (const char* k : kNames)
     if (n == k) return true;
   return false;
@@ -179,7 +186,8 @@ Expected<Value> dict_method(const Value& d, const std::string& name, const CallA
 // A bound method as a callable value.
 Value bound(const Value& self, const std::string& name,
             Expected<Value> (*impl)(const Value&, const std::string&, const CallArgs&)) {
-  return Value::callable(name, [self, name, impl](const CallArgs& a) { return impl(self, name, a); });
+  return Value::callable(name,
+                         [self, name, impl](const CallArgs& a) { return impl(self, name, a); });
 }
 
 Expected<Value> string_method_on(const Value& self, const std::string& name, const CallArgs& a) {
@@ -201,23 +209,25 @@ Expected<Value> get_attr(const Value& obj, const std::string& name) {
       if (is_string_method(name)) return bound(obj, name, string_method_on);
       break;
     case Value::Kind::kDict:
-      if (!obj.as_dict().is_namespace && (name == "items" || name == "keys" || name == "values" || name == "get")) {
+      if (!obj.as_dict().is_namespace &&
+          (name == "items" || name == "keys" || name == "values" || name == "get")) {
         return bound(obj, name, dict_method);
       }
       if (const Value* v = obj.as_dict().find(name)) return *v;
       break;
     case Value::Kind::kList:
-      if (name == "append" || name == "extend" || name == "pop" || name == "insert" || name == "remove" ||
-          name == "sort" || name == "reverse" || name == "clear") {
+      if (name == "append" || name == "extend" || name == "pop" || name == "insert" ||
+          name == "remove" || name == "sort" || name == "reverse" || name == "clear") {
         return Status::errorf("access to attribute '{}' of 'list' object is unsafe", name);
       }
       break;
     default:
       break;
   }
-  return Value::undefined(fmt::format("'{}' has no attribute '{}'",
-                                      obj.kind() == Value::Kind::kDict ? std::string("dict object") : obj.type_name() + " object",
-                                      name));
+  return Value::undefined(fmt::format(
+      "'{}' has no attribute '{}'",
+      obj.kind() == Value::Kind::kDict ? std::string("dict object") : obj.type_name() + " object",
+      name));
 }
 
 Expected<Value> get_item(const Value& obj, const Value& key) {
@@ -232,28 +242,32 @@ Expected<Value> get_item(const Value& obj, const Value& key) {
     case Value::Kind::kList:
       if (key.kind() == Value::Kind::kInt || key.kind() == Value::Kind::kBool) {
         const auto& items = obj.as_list().items;
-        PHILORA_ASSIGN_OR_RETURN(int64_t i, normalize_index(key.as_int(), static_cast<int64_t>(items.size())));
+        PHILORA_ASSIGN_OR_RETURN(int64_t i,
+                                 normalize_index(key.as_int(), static_cast<int64_t>(items.size())));
         if (i >= 0 && i < static_cast<int64_t>(items.size())) return items[static_cast<size_t>(i)];
       }
       break;
     case Value::Kind::kString:
       if (key.kind() == Value::Kind::kInt || key.kind() == Value::Kind::kBool) {
         const std::u32string u = to_u32(obj.as_string());
-        PHILORA_ASSIGN_OR_RETURN(int64_t i, normalize_index(key.as_int(), static_cast<int64_t>(u.size())));
-        if (i >= 0 && i < static_cast<int64_t>(u.size())) return Value(from_u32(std::u32string_view(u).substr(static_cast<size_t>(i), 1)));
+        PHILORA_ASSIGN_OR_RETURN(int64_t i,
+                                 normalize_index(key.as_int(), static_cast<int64_t>(u.size())));
+        if (i >= 0 && i < static_cast<int64_t>(u.size()))
+          return Value(from_u32(std::u32string_view(u).substr(static_cast<size_t>(i), 1)));
       }
       break;
     default:
       break;
   }
   if (key.is_string()) return get_attr(obj, key.as_string());
-  return Value::undefined(fmt::format("'{}' has no attribute {}",
-                                      obj.kind() == Value::Kind::kDict ? std::string("dict object") : obj.type_name() + " object",
-                                      key.is_string() ? "'" + key.as_string() + "'" : key.repr()));
+  return Value::undefined(fmt::format(
+      "'{}' has no attribute {}",
+      obj.kind() == Value::Kind::kDict ? std::string("dict object") : obj.type_name() + " object",
+      key.is_string() ? "'" + key.as_string() + "'" : key.repr()));
 }
 
-Expected<Value> get_slice(const Value& obj, std::optional<int64_t> start, std::optional<int64_t> stop,
-                          std::optional<int64_t> step) {
+Expected<Value> get_slice(const Value& obj, std::optional<int64_t> start,
+                          std::optional<int64_t> stop, std::optional<int64_t> step) {
   const int64_t st = step.value_or(1);
   if (st == 0) return Status::error("slice step cannot be zero");
   auto pick = [&](int64_t n, auto&& take) {
@@ -285,8 +299,10 @@ Expected<Value> get_slice(const Value& obj, std::optional<int64_t> start, std::o
 
 Expected<std::vector<Value>> iterate(const Value& v) {
   switch (v.kind()) {
-    case Value::Kind::kUndefined: return std::vector<Value>{};
-    case Value::Kind::kList: return v.as_list().items;
+    case Value::Kind::kUndefined:
+      return std::vector<Value>{};
+    case Value::Kind::kList:
+      return v.as_list().items;
     case Value::Kind::kDict: {
       std::vector<Value> keys;
       for (const auto& [k, val] : v.as_dict().items) keys.emplace_back(k);
@@ -297,7 +313,8 @@ Expected<std::vector<Value>> iterate(const Value& v) {
       for (char32_t c : to_u32(v.as_string())) chars.emplace_back(from_u32(std::u32string(1, c)));
       return chars;
     }
-    default: return Status::errorf("'{}' object is not iterable", v.type_name());
+    default:
+      return Status::errorf("'{}' object is not iterable", v.type_name());
   }
 }
 
@@ -310,7 +327,8 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
                     (b.kind() == Value::Kind::kInt || b.kind() == Value::Kind::kBool);
   const bool nums = a.is_number() && b.is_number();
   auto type_error = [&] {
-    return Status::errorf("unsupported operand type(s) for {}: '{}' and '{}'", op, a.type_name(), b.type_name());
+    return Status::errorf("unsupported operand type(s) for {}: '{}' and '{}'", op, a.type_name(),
+                          b.type_name());
   };
   if (op == "+") {
     if (ints) return Value(a.as_int() + b.as_int());
@@ -333,7 +351,8 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     if (nums) return Value(a.as_double() * b.as_double());
     const Value* seq = a.is_string() || a.is_list() ? &a : &b;
     const Value* n = seq == &a ? &b : &a;
-    if ((seq->is_string() || seq->is_list()) && (n->kind() == Value::Kind::kInt || n->kind() == Value::Kind::kBool)) {
+    if ((seq->is_string() || seq->is_list()) &&
+        (n->kind() == Value::Kind::kInt || n->kind() == Value::Kind::kBool)) {
       const int64_t k = std::max<int64_t>(0, n->as_int());
       if (seq->is_string()) {
         std::string out;
@@ -341,7 +360,8 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
         return Value(out);
       }
       std::vector<Value> items;
-      for (int64_t i = 0; i < k; ++i) items.insert(items.end(), seq->as_list().items.begin(), seq->as_list().items.end());
+      for (int64_t i = 0; i < k; ++i)
+        items.insert(items.end(), seq->as_list().items.begin(), seq->as_list().items.end());
       return Value::list(std::move(items), seq->as_list().tuple);
     }
     return type_error();
@@ -352,7 +372,8 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     return Value(a.as_double() / b.as_double());
   }
   if (op == "//" || op == "%") {
-    if (op == "%" && a.is_string()) return Status::error("printf-style string formatting ('...' % x) is not supported");
+    if (op == "%" && a.is_string())
+      return Status::error("printf-style string formatting ('...' % x) is not supported");
     if (!nums) return type_error();
     if (b.as_double() == 0) return Status::error("integer division or modulo by zero");
     if (ints) {
@@ -428,18 +449,21 @@ Expected<bool> call_test(const std::string& name, const Value& v, const CallArgs
   if (name == "upper") return v.is_string() && text::upper(v.as_string()) == v.as_string();
   if (name == "escaped") return false;
   if (name == "odd" || name == "even") {
-    if (v.kind() != K::kInt && v.kind() != K::kBool) return Status::errorf("test '{}' needs an integer", name);
+    if (v.kind() != K::kInt && v.kind() != K::kBool)
+      return Status::errorf("test '{}' needs an integer", name);
     const bool odd = (v.as_int() % 2) != 0;
     return name == "odd" ? odd : !odd;
   }
   if (name == "divisibleby") {
-    if (!other || !v.is_number() || !other->is_number()) return Status::error("test 'divisibleby' needs numbers");
+    if (!other || !v.is_number() || !other->is_number())
+      return Status::error("test 'divisibleby' needs numbers");
     if (other->as_double() == 0) return Status::error("division by zero");
     return std::fmod(v.as_double(), other->as_double()) == 0;
   }
-  if (name == "eq" || name == "equalto" || name == "==" || name == "ne" || name == "!=" || name == "lt" ||
-      name == "lessthan" || name == "<" || name == "le" || name == "<=" || name == "gt" || name == "greaterthan" ||
-      name == ">" || name == "ge" || name == ">=" || name == "in") {
+  if (name == "eq" || name == "equalto" || name == "==" || name == "ne" || name == "!=" ||
+      name == "lt" || name == "lessthan" || name == "<" || name == "le" || name == "<=" ||
+      name == "gt" || name == "greaterthan" || name == ">" || name == "ge" || name == ">=" ||
+      name == "in") {
     if (!other) return Status::errorf("test '{}' needs an argument", name);
     std::string op = name;
     if (name == "eq" || name == "equalto") op = "==";
@@ -465,51 +489,62 @@ Expected<bool> call_test(const std::string& name, const Value& v, const CallArgs
 std::vector<std::pair<std::string, Value>> default_globals() {
   std::vector<std::pair<std::string, Value>> g;
   g.emplace_back("range", Value::callable("range", [](const CallArgs& a) -> Expected<Value> {
-    if (a.args.empty() || a.args.size() > 3) return Status::error("range() takes 1 to 3 arguments");
-    for (const Value& v : a.args)
-      if (v.kind() != Value::Kind::kInt && v.kind() != Value::Kind::kBool) return Status::error("range() needs integers");
-    int64_t start = 0, stop, step = 1;
-    if (a.args.size() == 1) {
-      stop = a.args[0].as_int();
-    } else {
-      start = a.args[0].as_int();
-      stop = a.args[1].as_int();
-      if (a.args.size() == 3) step = a.args[2].as_int();
-    }
-    if (step == 0) return Status::error("range() arg 3 must not be zero");
-    std::vector<Value> items;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-      if (items.size() >= 100000) return Status::error("range too big (the sandbox allows 100000 items)");
-      items.emplace_back(i);
-    }
-    return Value::list(std::move(items));
-  }));
+                   if (a.args.empty() || a.args.size() > 3)
+                     return Status::error("range() takes 1 to 3 arguments");
+                   for (const Value& v : a.args)
+                     if (v.kind() != Value::Kind::kInt && v.kind() != Value::Kind::kBool)
+                       return Status::error("range() needs integers");
+                   int64_t start = 0, stop, step = 1;
+                   if (a.args.size() == 1) {
+                     stop = a.args[0].as_int();
+                   } else {
+                     start = a.args[0].as_int();
+                     stop = a.args[1].as_int();
+                     if (a.args.size() == 3) step = a.args[2].as_int();
+                   }
+                   if (step == 0) return Status::error("range() arg 3 must not be zero");
+                   std::vector<Value> items;
+                   for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+                     if (items.size() >= 100000)
+                       return Status::error("range too big (the sandbox allows 100000 items)");
+                     items.emplace_back(i);
+                   }
+                   return Value::list(std::move(items));
+                 }));
   g.emplace_back("dict", Value::callable("dict", [](const CallArgs& a) -> Expected<Value> {
-    if (!a.args.empty()) return Status::error("dict() with positional arguments is not supported");
-    std::vector<std::pair<std::string, Value>> items(a.kwargs.begin(), a.kwargs.end());
-    return Value::dict(std::move(items));
-  }));
-  g.emplace_back("namespace", Value::callable("namespace", [](const CallArgs& a) -> Expected<Value> {
-    std::vector<std::pair<std::string, Value>> items;
-    for (const Value& v : a.args) {
-      if (!v.is_dict()) return Status::error("namespace() positional arguments must be dicts");
-      items.insert(items.end(), v.as_dict().items.begin(), v.as_dict().items.end());
-    }
-    items.insert(items.end(), a.kwargs.begin(), a.kwargs.end());
-    return Value::namespace_object(std::move(items));
-  }));
-  g.emplace_back("raise_exception", Value::callable("raise_exception", [](const CallArgs& a) -> Expected<Value> {
-    return Status::errorf("template raised an exception: {}", a.args.empty() ? std::string() : a.args[0].str());
-  }));
-  g.emplace_back("strftime_now", Value::callable("strftime_now", [](const CallArgs& a) -> Expected<Value> {
-    if (a.args.empty() || !a.args[0].is_string()) return Status::error("strftime_now() needs a format string");
-    const std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    localtime_r(&now, &tm);
-    char buf[256];
-    const size_t n = std::strftime(buf, sizeof(buf), a.args[0].as_string().c_str(), &tm);
-    return Value(std::string(buf, n));
-  }));
+                   if (!a.args.empty())
+                     return Status::error("dict() with positional arguments is not supported");
+                   std::vector<std::pair<std::string, Value>> items(a.kwargs.begin(),
+                                                                    a.kwargs.end());
+                   return Value::dict(std::move(items));
+                 }));
+  g.emplace_back("namespace",
+                 Value::callable("namespace", [](const CallArgs& a) -> Expected<Value> {
+                   std::vector<std::pair<std::string, Value>> items;
+                   for (const Value& v : a.args) {
+                     if (!v.is_dict())
+                       return Status::error("namespace() positional arguments must be dicts");
+                     items.insert(items.end(), v.as_dict().items.begin(), v.as_dict().items.end());
+                   }
+                   items.insert(items.end(), a.kwargs.begin(), a.kwargs.end());
+                   return Value::namespace_object(std::move(items));
+                 }));
+  g.emplace_back("raise_exception",
+                 Value::callable("raise_exception", [](const CallArgs& a) -> Expected<Value> {
+                   return Status::errorf("template raised an exception: {}",
+                                         a.args.empty() ? std::string() : a.args[0].str());
+                 }));
+  g.emplace_back(
+      "strftime_now", Value::callable("strftime_now", [](const CallArgs& a) -> Expected<Value> {
+        if (a.args.empty() || !a.args[0].is_string())
+          return Status::error("strftime_now() needs a format string");
+        const std::time_t now = std::time(nullptr);
+        std::tm tm{};
+        localtime_r(&now, &tm);
+        char buf[256];
+        const size_t n = std::strftime(buf, sizeof(buf), a.args[0].as_string().c_str(), &tm);
+        return Value(std::string(buf, n));
+      }));
   return g;
 }
 

@@ -18,8 +18,8 @@ Expected<Value> get_attr(const Value& obj, const std::string& name);
 // obj[key]: the item first, then the attribute for a string key (environment.getitem).
 Expected<Value> get_item(const Value& obj, const Value& key);
 // obj[start:stop:step] on strings and lists.
-Expected<Value> get_slice(const Value& obj, std::optional<int64_t> start, std::optional<int64_t> stop,
-                          std::optional<int64_t> step);
+Expected<Value> get_slice(const Value& obj, std::optional<int64_t> start,
+                          std::optional<int64_t> stop, std::optional<int64_t> step);
 
 // Python arithmetic and concatenation: + - * / // % **.
 Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b);

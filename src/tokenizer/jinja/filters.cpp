@@ -26,9 +26,11 @@ Expected<Value> attribute_path(const Value& v, const std::string& path) {
   size_t pos = 0;
   while (true) {
     const size_t dot = path.find('.', pos);
-    const std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
-    Value key = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit) ? Value(static_cast<int64_t>(std::stoll(part)))
-                                                                                  : Value(part);
+    const std::string part =
+        path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+    Value key = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit)
+                    ? Value(static_cast<int64_t>(std::stoll(part)))
+                    : Value(part);
     PHILORA_ASSIGN_OR_RETURN(cur, get_item(cur, key));
     if (dot == std::string::npos) return cur;
     pos = dot + 1;
@@ -49,18 +51,30 @@ std::string html_escape(std::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
 }
 
-Expected<std::vector<Value>> sorted(std::vector<Value> items, bool reverse, bool case_sensitive, const Value* attribute) {
+Expected<std::vector<Value>> sorted(std::vector<Value> items, bool reverse, bool case_sensitive,
+                                    const Value* attribute) {
   std::vector<std::pair<Value, Value>> keyed;  // (key, item)
   for (Value& v : items) {
     Value key = v;
@@ -122,21 +136,26 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     const Value* to = arg(a, 1, "new");
     const Value* count = arg(a, 2, "count");
     if (!from || !to) return Status::error("replace() needs two arguments");
-    return Value(text::replace(v.str(), from->str(), to->str(), count && !count->is_none() ? count->as_int() : -1));
+    return Value(text::replace(v.str(), from->str(), to->str(),
+                               count && !count->is_none() ? count->as_int() : -1));
   }
   if (name == "indent") {
     const Value* width = arg(a, 0, "width");
     const bool first = bool_arg(a, 1, "first", false);
     const bool blank = bool_arg(a, 2, "blank", false);
-    const std::string pad = !width ? std::string(4, ' ') : width->is_string() ? width->as_string()
-                                                                              : std::string(static_cast<size_t>(std::max<int64_t>(0, width->as_int())), ' ');
+    const std::string pad =
+        !width ? std::string(4, ' ')
+        : width->is_string()
+            ? width->as_string()
+            : std::string(static_cast<size_t>(std::max<int64_t>(0, width->as_int())), ' ');
     std::string s = v.str();
     std::string out;
     size_t pos = 0;
     bool first_line = true;
     while (true) {
       const size_t nl = s.find('\n', pos);
-      const std::string line = s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+      const std::string line =
+          s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
       const bool indent = first_line ? first : (blank || !line.empty());
       out += (indent && !(first_line && !first) ? pad : std::string()) + line;
       if (nl == std::string::npos) break;
@@ -150,7 +169,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     const Value* indent = arg(a, 1, "indent");
     const Value* separators = a.kwarg("separators");
     const bool sort_keys = a.kwarg("sort_keys") ? a.kwarg("sort_keys")->truthy() : false;
-    if (const Value* ea = arg(a, 0, "ensure_ascii"); ea && ea->truthy()) return Status::error("tojson(ensure_ascii=True) is not supported");
+    if (const Value* ea = arg(a, 0, "ensure_ascii"); ea && ea->truthy())
+      return Status::error("tojson(ensure_ascii=True) is not supported");
     int ind = -1;
     if (indent && !indent->is_none()) {
       if (indent->kind() != K::kInt) return Status::error("tojson: indent must be an integer");
@@ -160,7 +180,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     const std::string* isep = nullptr;
     const std::string* ksep = nullptr;
     if (separators && !separators->is_none()) {
-      if (!separators->is_list() || separators->as_list().items.size() != 2) return Status::error("tojson: separators must be a pair");
+      if (!separators->is_list() || separators->as_list().items.size() != 2)
+        return Status::error("tojson: separators must be a pair");
       item_sep = separators->as_list().items[0].str();
       key_sep = separators->as_list().items[1].str();
       isep = &item_sep;
@@ -250,24 +271,29 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
   if (name == "items") {
     if (!v.is_dict()) return Status::errorf("items filter needs a mapping, not {}", v.type_name());
     std::vector<Value> out;
-    for (const auto& [k, val] : v.as_dict().items) out.push_back(Value::list({Value(k), val}, true));
+    for (const auto& [k, val] : v.as_dict().items)
+      out.push_back(Value::list({Value(k), val}, true));
     return Value::list(std::move(out));
   }
   if (name == "dictsort") {
     if (!v.is_dict()) return Status::errorf("dictsort needs a mapping, not {}", v.type_name());
     std::vector<Value> pairs;
-    for (const auto& [k, val] : v.as_dict().items) pairs.push_back(Value::list({Value(k), val}, true));
+    for (const auto& [k, val] : v.as_dict().items)
+      pairs.push_back(Value::list({Value(k), val}, true));
     const bool case_sensitive = bool_arg(a, 0, "case_sensitive", false);
     const Value* by = arg(a, 1, "by");
     const bool reverse = bool_arg(a, 2, "reverse", false);
     const Value attribute(by && by->str() == "value" ? "1" : "0");
-    PHILORA_ASSIGN_OR_RETURN(std::vector<Value> out, sorted(std::move(pairs), reverse, case_sensitive, &attribute));
+    PHILORA_ASSIGN_OR_RETURN(std::vector<Value> out,
+                             sorted(std::move(pairs), reverse, case_sensitive, &attribute));
     return Value::list(std::move(out));
   }
   if (name == "sort") {
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> items, iterate(v));
-    PHILORA_ASSIGN_OR_RETURN(std::vector<Value> out, sorted(std::move(items), bool_arg(a, 0, "reverse", false),
-                                                            bool_arg(a, 1, "case_sensitive", false), arg(a, 2, "attribute")));
+    PHILORA_ASSIGN_OR_RETURN(
+        std::vector<Value> out,
+        sorted(std::move(items), bool_arg(a, 0, "reverse", false),
+               bool_arg(a, 1, "case_sensitive", false), arg(a, 2, "attribute")));
     return Value::list(std::move(out));
   }
   if (name == "unique") {
@@ -291,7 +317,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
   if (name == "min" || name == "max") {
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> items, iterate(v));
     if (items.empty()) return Value::undefined("No aggregated item, sequence was empty.");
-    PHILORA_ASSIGN_OR_RETURN(std::vector<Value> out, sorted(std::move(items), name == "max", bool_arg(a, 0, "case_sensitive", false),
+    PHILORA_ASSIGN_OR_RETURN(std::vector<Value> out, sorted(std::move(items), name == "max",
+                                                            bool_arg(a, 0, "case_sensitive", false),
                                                             arg(a, 1, "attribute")));
     return out.front();
   }
@@ -320,7 +347,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
       }
       return Value::list(std::move(out));
     }
-    if (a.args.empty() || !a.args[0].is_string()) return Status::error("map() needs a filter name or attribute=");
+    if (a.args.empty() || !a.args[0].is_string())
+      return Status::error("map() needs a filter name or attribute=");
     CallArgs rest;
     rest.args.assign(a.args.begin() + 1, a.args.end());
     rest.kwargs = a.kwargs;
@@ -334,7 +362,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> items, iterate(v));
     const bool by_attr = name.ends_with("attr");
     const bool keep_if = name.starts_with("select");
-    if (by_attr && (a.args.empty() || !a.args[0].is_string())) return Status::errorf("{}() needs an attribute name", name);
+    if (by_attr && (a.args.empty() || !a.args[0].is_string()))
+      return Status::errorf("{}() needs an attribute name", name);
     std::vector<Value> out;
     for (const Value& item : items) {
       Value subject = item;
@@ -351,7 +380,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     if (!n || !n->is_string()) return Status::error("attr() needs a name");
     return get_attr(v, n->as_string());
   }
-  if (name == "wordcount") return Value(static_cast<int64_t>(text::split(v.str(), std::nullopt, -1).size()));
+  if (name == "wordcount")
+    return Value(static_cast<int64_t>(text::split(v.str(), std::nullopt, -1).size()));
   if (name == "center") {
     const int64_t width = arg(a, 0, "width") ? arg(a, 0, "width")->as_int() : 80;
     const std::string s = v.str();
@@ -359,7 +389,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     if (n >= width) return Value(s);
     const int64_t total = width - n;
     const int64_t left = total / 2 + (total & width & 1);
-    return Value(std::string(static_cast<size_t>(left), ' ') + s + std::string(static_cast<size_t>(total - left), ' '));
+    return Value(std::string(static_cast<size_t>(left), ' ') + s +
+                 std::string(static_cast<size_t>(total - left), ' '));
   }
   return Status::errorf("filter '{}' is not supported", name);
 }

@@ -121,9 +121,11 @@ class Interpreter {
       return Status();
     }
     if (!item.is_list() || item.as_list().items.size() != s.targets.size()) {
-      return Status::errorf("cannot unpack {} into {} loop variables", item.repr(), s.targets.size());
+      return Status::errorf("cannot unpack {} into {} loop variables", item.repr(),
+                            s.targets.size());
     }
-    for (size_t k = 0; k < s.targets.size(); ++k) scopes_.back()[s.targets[k]] = item.as_list().items[k];
+    for (size_t k = 0; k < s.targets.size(); ++k)
+      scopes_.back()[s.targets[k]] = item.as_list().items[k];
     return Status();
   }
 
@@ -148,22 +150,26 @@ class Interpreter {
     Flow result = Flow::kNormal;
     for (int64_t i = 0; i < n; ++i) {
       scopes_.emplace_back();
-      Value loop = Value::dict({{"index", Value(i + 1)},
-                                {"index0", Value(i)},
-                                {"revindex", Value(n - i)},
-                                {"revindex0", Value(n - i - 1)},
-                                {"first", Value(i == 0)},
-                                {"last", Value(i == n - 1)},
-                                {"length", Value(n)},
-                                {"depth", Value(int64_t{1})},
-                                {"depth0", Value(int64_t{0})},
-                                {"previtem", i > 0 ? items[static_cast<size_t>(i - 1)] : Value::undefined("there is no previous item")},
-                                {"nextitem", i + 1 < n ? items[static_cast<size_t>(i + 1)] : Value::undefined("there is no next item")}});
+      Value loop =
+          Value::dict({{"index", Value(i + 1)},
+                       {"index0", Value(i)},
+                       {"revindex", Value(n - i)},
+                       {"revindex0", Value(n - i - 1)},
+                       {"first", Value(i == 0)},
+                       {"last", Value(i == n - 1)},
+                       {"length", Value(n)},
+                       {"depth", Value(int64_t{1})},
+                       {"depth0", Value(int64_t{0})},
+                       {"previtem", i > 0 ? items[static_cast<size_t>(i - 1)]
+                                          : Value::undefined("there is no previous item")},
+                       {"nextitem", i + 1 < n ? items[static_cast<size_t>(i + 1)]
+                                              : Value::undefined("there is no next item")}});
       const int64_t index = i;
-      loop.mutable_dict().set("cycle", Value::callable("cycle", [index](const CallArgs& a) -> Expected<Value> {
-                                if (a.args.empty()) return Status::error("loop.cycle() needs arguments");
-                                return a.args[static_cast<size_t>(index) % a.args.size()];
-                              }));
+      loop.mutable_dict().set(
+          "cycle", Value::callable("cycle", [index](const CallArgs& a) -> Expected<Value> {
+            if (a.args.empty()) return Status::error("loop.cycle() needs arguments");
+            return a.args[static_cast<size_t>(index) % a.args.size()];
+          }));
       scopes_.back()["loop"] = loop;
       Status st = bind_targets(s, items[static_cast<size_t>(i)]);
       if (!st.ok()) {
@@ -186,7 +192,8 @@ class Interpreter {
   Value make_macro(const Stmt& s) {
     const Stmt* def = &s;
     return Value::callable(s.name, [this, def](const CallArgs& a) -> Expected<Value> {
-      if (a.args.size() > def->params.size()) return Status::errorf("macro '{}' takes {} arguments", def->name, def->params.size());
+      if (a.args.size() > def->params.size())
+        return Status::errorf("macro '{}' takes {} arguments", def->name, def->params.size());
       Scope scope;
       for (size_t k = 0; k < def->params.size(); ++k) {
         if (k < a.args.size()) {
@@ -246,8 +253,10 @@ class Interpreter {
 
   Expected<Value> eval(const Expr& e) {
     switch (e.kind) {
-      case Expr::Kind::kConst: return e.value;
-      case Expr::Kind::kName: return lookup(e.name);
+      case Expr::Kind::kConst:
+        return e.value;
+      case Expr::Kind::kName:
+        return lookup(e.name);
       case Expr::Kind::kList:
       case Expr::Kind::kTuple: {
         std::vector<Value> items;
@@ -262,7 +271,9 @@ class Interpreter {
         for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
           PHILORA_ASSIGN_OR_RETURN(Value k, eval(*e.args[i]));
           PHILORA_ASSIGN_OR_RETURN(Value v, eval(*e.args[i + 1]));
-          if (!k.is_string()) return Status::errorf("line {}: dict keys must be strings here, not {}", e.line, k.type_name());
+          if (!k.is_string())
+            return Status::errorf("line {}: dict keys must be strings here, not {}", e.line,
+                                  k.type_name());
           d.mutable_dict().set(k.as_string(), std::move(v));
         }
         return d;
@@ -281,7 +292,8 @@ class Interpreter {
             PHILORA_ASSIGN_OR_RETURN(Value v, eval(*index.args[k]));
             if (v.is_none()) continue;
             if (v.kind() != Value::Kind::kInt && v.kind() != Value::Kind::kBool) {
-              return Status::errorf("slice indices must be integers or None, not {}", v.type_name());
+              return Status::errorf("slice indices must be integers or None, not {}",
+                                    v.type_name());
             }
             part[k] = v.as_int();
           }
@@ -290,11 +302,13 @@ class Interpreter {
         PHILORA_ASSIGN_OR_RETURN(Value key, eval(index));
         return get_item(obj, key);
       }
-      case Expr::Kind::kSlice: return Status::error("a slice is only valid inside []");
+      case Expr::Kind::kSlice:
+        return Status::error("a slice is only valid inside []");
       case Expr::Kind::kCall: {
         PHILORA_ASSIGN_OR_RETURN(Value callee, eval(*e.args[0]));
         if (callee.is_undefined()) return undefined_error(callee);
-        if (!callee.is_callable()) return Status::errorf("'{}' object is not callable", callee.type_name());
+        if (!callee.is_callable())
+          return Status::errorf("'{}' object is not callable", callee.type_name());
         PHILORA_ASSIGN_OR_RETURN(CallArgs args, eval_args(e, 1));
         return callee.as_callable().fn(args);
       }
@@ -317,8 +331,10 @@ class Interpreter {
       case Expr::Kind::kPos: {
         PHILORA_ASSIGN_OR_RETURN(Value v, eval(*e.args[0]));
         if (v.is_undefined()) return undefined_error(v);
-        if (!v.is_number()) return Status::errorf("bad operand type for unary -: '{}'", v.type_name());
-        if (e.kind == Expr::Kind::kPos) return v.kind() == Value::Kind::kFloat ? v : Value(v.as_int());
+        if (!v.is_number())
+          return Status::errorf("bad operand type for unary -: '{}'", v.type_name());
+        if (e.kind == Expr::Kind::kPos)
+          return v.kind() == Value::Kind::kFloat ? v : Value(v.as_int());
         return v.kind() == Value::Kind::kFloat ? Value(-v.as_double()) : Value(-v.as_int());
       }
       case Expr::Kind::kBinary: {
@@ -356,7 +372,8 @@ class Interpreter {
         PHILORA_ASSIGN_OR_RETURN(Value test, eval(*e.args[1]));
         if (test.truthy()) return eval(*e.args[0]);
         if (e.args[2]) return eval(*e.args[2]);
-        return Value::undefined("the inline if-expression on line " + std::to_string(e.line) + " evaluated to false");
+        return Value::undefined("the inline if-expression on line " + std::to_string(e.line) +
+                                " evaluated to false");
       }
     }
     return Status::error("unknown expression");
@@ -368,7 +385,8 @@ class Interpreter {
 
 }  // namespace
 
-Expected<std::string> render(const Body& body, std::vector<std::pair<std::string, Value>> variables) {
+Expected<std::string> render(const Body& body,
+                             std::vector<std::pair<std::string, Value>> variables) {
   Interpreter in(std::move(variables));
   std::string out;
   PHILORA_ASSIGN_OR_RETURN(Flow f, in.exec(body, out));

@@ -13,6 +13,7 @@
 namespace philora::tokenizer::jinja {
 
 // Renders `body` with `variables` (context and globals) in the outermost scope.
-Expected<std::string> render(const Body& body, std::vector<std::pair<std::string, Value>> variables);
+Expected<std::string> render(const Body& body,
+                             std::vector<std::pair<std::string, Value>> variables);
 
 }  // namespace philora::tokenizer::jinja

@@ -66,24 +66,48 @@ std::string unescape(std::string_view s) {
       for (size_t k = 1; k <= n; ++k) {
         if (i + k >= s.size()) return -1;
         const char c = s[i + k];
-        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        const int d = c >= '0' && c <= '9'   ? c - '0'
+                      : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                      : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                             : -1;
         if (d < 0) return -1;
         v = v * 16 + d;
       }
       return v;
     };
     switch (e) {
-      case '\n': break;  // line continuation
-      case '\\': out.push_back('\\'); break;
-      case '\'': out.push_back('\''); break;
-      case '"': out.push_back('"'); break;
-      case 'a': out.push_back('\a'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'n': out.push_back('\n'); break;
-      case 'r': out.push_back('\r'); break;
-      case 't': out.push_back('\t'); break;
-      case 'v': out.push_back('\v'); break;
+      case '\n':
+        break;  // line continuation
+      case '\\':
+        out.push_back('\\');
+        break;
+      case '\'':
+        out.push_back('\'');
+        break;
+      case '"':
+        out.push_back('"');
+        break;
+      case 'a':
+        out.push_back('\a');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'v':
+        out.push_back('\v');
+        break;
       case 'x':
       case 'u':
       case 'U': {
@@ -101,7 +125,8 @@ std::string unescape(std::string_view s) {
       default:
         if (e >= '0' && e <= '7') {
           uint32_t v = static_cast<uint32_t>(e - '0');
-          for (int k = 0; k < 2 && i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7'; ++k) v = v * 8 + static_cast<uint32_t>(s[++i] - '0');
+          for (int k = 0; k < 2 && i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '7'; ++k)
+            v = v * 8 + static_cast<uint32_t>(s[++i] - '0');
           unicode::append_utf8(out, v);
         } else {
           out.push_back('\\');
@@ -112,8 +137,9 @@ std::string unescape(std::string_view s) {
   return out;
 }
 
-constexpr std::string_view kOperators[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/", "*", "%", "~", "[",
-                                           "]", "(", ")", "{", "}", ">", "<", "=", ".", ":", "|", ",", ";"};
+constexpr std::string_view kOperators[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/",
+                                           "*",  "%",  "~",  "[",  "]",  "(",  ")", "{", "}",
+                                           ">",  "<",  "=",  ".",  ":",  "|",  ",", ";"};
 
 }  // namespace
 
@@ -125,7 +151,8 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
   int line = 1;
   bool line_starting = true;
   auto count_lines = [&](size_t from, size_t to) {
-    line += static_cast<int>(std::count(s.begin() + static_cast<ptrdiff_t>(from), s.begin() + static_cast<ptrdiff_t>(to), '\n'));
+    line += static_cast<int>(std::count(s.begin() + static_cast<ptrdiff_t>(from),
+                                        s.begin() + static_cast<ptrdiff_t>(to), '\n'));
   };
 
   while (pos < s.size()) {
@@ -142,14 +169,16 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
       break;
     }
     const char kind = s[open + 1];
-    const char sign = open + 2 < s.size() && (s[open + 2] == '-' || s[open + 2] == '+') ? s[open + 2] : 0;
+    const char sign =
+        open + 2 < s.size() && (s[open + 2] == '-' || s[open + 2] == '+') ? s[open + 2] : 0;
     std::string text(s.substr(pos, open - pos));
     if (sign == '-') {
       text = rstrip(text);
     } else if (sign != '+' && kind != '{') {
       // lstrip_blocks: drop the spaces before a block or comment tag that starts its line.
       const size_t l_pos = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
-      if ((l_pos > 0 || line_starting) && l_pos < text.size() && all_spaces(std::string_view(text).substr(l_pos))) {
+      if ((l_pos > 0 || line_starting) && l_pos < text.size() &&
+          all_spaces(std::string_view(text).substr(l_pos))) {
         text.resize(l_pos);
       }
     }
@@ -159,10 +188,12 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
 
     if (kind == '#') {
       const size_t close = s.find("#}", p);
-      if (close == std::string_view::npos) return Status::errorf("line {}: missing end of comment tag", line);
+      if (close == std::string_view::npos)
+        return Status::errorf("line {}: missing end of comment tag", line);
       count_lines(p, close + 2);
       size_t end = close + 2;
-      const char csign = close > p && (s[close - 1] == '-' || s[close - 1] == '+') ? s[close - 1] : 0;
+      const char csign =
+          close > p && (s[close - 1] == '-' || s[close - 1] == '+') ? s[close - 1] : 0;
       if (csign == '-') {
         end = skip_spaces(s, end);
       } else if (csign != '+' && end < s.size() && s[end] == '\n') {
@@ -184,7 +215,8 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
           size_t body = r + (minus ? 3 : 2);
           if (minus) body = skip_spaces(s, body);
           // Find {%[-+]? endraw [-+]?%}
-          for (size_t e = s.find("{%", body); e != std::string_view::npos; e = s.find("{%", e + 2)) {
+          for (size_t e = s.find("{%", body); e != std::string_view::npos;
+               e = s.find("{%", e + 2)) {
             size_t k = e + 2;
             const char esign = k < s.size() && (s[k] == '-' || s[k] == '+') ? s[k] : 0;
             if (esign) ++k;
@@ -205,8 +237,10 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
             if (esign == '-') {
               raw_text = rstrip(raw_text);
             } else if (esign != '+') {
-              const size_t l_pos = raw_text.rfind('\n') == std::string::npos ? 0 : raw_text.rfind('\n') + 1;
-              if (l_pos > 0 && l_pos < raw_text.size() && all_spaces(std::string_view(raw_text).substr(l_pos))) {
+              const size_t l_pos =
+                  raw_text.rfind('\n') == std::string::npos ? 0 : raw_text.rfind('\n') + 1;
+              if (l_pos > 0 && l_pos < raw_text.size() &&
+                  all_spaces(std::string_view(raw_text).substr(l_pos))) {
                 raw_text.resize(l_pos);
               }
             }
@@ -233,7 +267,8 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
         const size_t before = p;
         p = skip_spaces(s, p);
         count_lines(before, p);
-        if (p >= s.size()) return Status::errorf("line {}: unexpected end of template inside a tag", line);
+        if (p >= s.size())
+          return Status::errorf("line {}: unexpected end of template inside a tag", line);
         // End of the tag (only when brackets balance).
         if (balance.empty()) {
           if (kind == '{') {
@@ -273,19 +308,23 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
         const char c = s[p];
         if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
           size_t e = p + 1;
-          while (e < s.size() && (std::isalnum(static_cast<unsigned char>(s[e])) || s[e] == '_')) ++e;
+          while (e < s.size() && (std::isalnum(static_cast<unsigned char>(s[e])) || s[e] == '_'))
+            ++e;
           out.push_back({Tok::kName, std::string(s.substr(p, e - p)), line});
           p = e;
           continue;
         }
         if (std::isdigit(static_cast<unsigned char>(c))) {
           size_t e = p;
-          while (e < s.size() && (std::isdigit(static_cast<unsigned char>(s[e])) || s[e] == '_')) ++e;
+          while (e < s.size() && (std::isdigit(static_cast<unsigned char>(s[e])) || s[e] == '_'))
+            ++e;
           bool is_float = false;
-          if (e + 1 < s.size() && s[e] == '.' && std::isdigit(static_cast<unsigned char>(s[e + 1]))) {
+          if (e + 1 < s.size() && s[e] == '.' &&
+              std::isdigit(static_cast<unsigned char>(s[e + 1]))) {
             is_float = true;
             ++e;
-            while (e < s.size() && (std::isdigit(static_cast<unsigned char>(s[e])) || s[e] == '_')) ++e;
+            while (e < s.size() && (std::isdigit(static_cast<unsigned char>(s[e])) || s[e] == '_'))
+              ++e;
           }
           if (e < s.size() && (s[e] == 'e' || s[e] == 'E')) {
             size_t f = e + 1;
@@ -314,9 +353,11 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
         bool matched = false;
         for (std::string_view op : kOperators) {
           if (s.substr(p, op.size()) == op) {
-            if (op == "(" || op == "[" || op == "{") balance.push_back(op[0] == '(' ? ')' : op[0] == '[' ? ']' : '}');
+            if (op == "(" || op == "[" || op == "{")
+              balance.push_back(op[0] == '(' ? ')' : op[0] == '[' ? ']' : '}');
             if (op == ")" || op == "]" || op == "}") {
-              if (balance.empty() || balance.back() != op[0]) return Status::errorf("line {}: unexpected '{}'", line, op);
+              if (balance.empty() || balance.back() != op[0])
+                return Status::errorf("line {}: unexpected '{}'", line, op);
               balance.pop_back();
             }
             out.push_back({Tok::kOperator, std::string(op), line});
@@ -325,7 +366,8 @@ Expected<std::vector<Token>> lex(std::string_view raw) {
             break;
           }
         }
-        if (!matched) return Status::errorf("line {}: unexpected character {:?}", line, std::string(1, c));
+        if (!matched)
+          return Status::errorf("line {}: unexpected character {:?}", line, std::string(1, c));
       }
     }
   next_tag:;

@@ -13,16 +13,16 @@
 namespace philora::tokenizer::jinja {
 
 enum class Tok {
-  kData,           // template text (already whitespace-processed)
-  kVarBegin,       // {{
-  kVarEnd,         // }}
-  kBlockBegin,     // {%
-  kBlockEnd,       // %}
+  kData,        // template text (already whitespace-processed)
+  kVarBegin,    // {{
+  kVarEnd,      // }}
+  kBlockBegin,  // {%
+  kBlockEnd,    // %}
   kName,
-  kString,         // value: the decoded string
+  kString,  // value: the decoded string
   kInteger,
   kFloat,
-  kOperator,       // value: the operator text
+  kOperator,  // value: the operator text
   kEof,
 };
 

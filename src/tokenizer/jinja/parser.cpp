@@ -25,7 +25,9 @@ class Parser {
   void advance() {
     if (i_ + 1 < t_.size()) ++i_;
   }
-  bool is_op(std::string_view op) const { return cur().type == Tok::kOperator && cur().value == op; }
+  bool is_op(std::string_view op) const {
+    return cur().type == Tok::kOperator && cur().value == op;
+  }
   bool is_name(std::string_view n) const { return cur().type == Tok::kName && cur().value == n; }
   bool skip_op(std::string_view op) {
     if (!is_op(op)) return false;
@@ -37,14 +39,21 @@ class Parser {
     advance();
     return true;
   }
-  Status fail(const std::string& msg) const { return Status::errorf("line {}: {}", cur().line, msg); }
+  Status fail(const std::string& msg) const {
+    return Status::errorf("line {}: {}", cur().line, msg);
+  }
   std::string describe() const {
     switch (cur().type) {
-      case Tok::kEof: return "end of template";
-      case Tok::kBlockEnd: return "end of statement block";
-      case Tok::kVarEnd: return "end of print statement";
-      case Tok::kData: return "template data";
-      default: return "'" + cur().value + "'";
+      case Tok::kEof:
+        return "end of template";
+      case Tok::kBlockEnd:
+        return "end of statement block";
+      case Tok::kVarEnd:
+        return "end of print statement";
+      case Tok::kData:
+        return "template data";
+      default:
+        return "'" + cur().value + "'";
     }
   }
   Status expect_op(std::string_view op) {
@@ -58,7 +67,8 @@ class Parser {
     return n;
   }
   Status expect_block_end() {
-    if (cur().type != Tok::kBlockEnd) return fail("expected end of statement block, got " + describe());
+    if (cur().type != Tok::kBlockEnd)
+      return fail("expected end of statement block, got " + describe());
     advance();
     return Status();
   }
@@ -73,7 +83,8 @@ class Parser {
       if (tok.type == Tok::kEof) {
         if (stops.size() == 0) return body;
         std::string want;
-        for (std::string_view st : stops) want += (want.empty() ? "'" : " or '") + std::string(st) + "'";
+        for (std::string_view st : stops)
+          want += (want.empty() ? "'" : " or '") + std::string(st) + "'";
         return fail("unexpected end of template, looking for " + want);
       }
       if (tok.type == Tok::kData) {
@@ -91,7 +102,8 @@ class Parser {
         s->kind = Stmt::Kind::kPrint;
         s->line = tok.line;
         PHILORA_ASSIGN_OR_RETURN(s->expr, parse_tuple(false, true, {}, false));
-        if (cur().type != Tok::kVarEnd) return fail("expected end of print statement, got " + describe());
+        if (cur().type != Tok::kVarEnd)
+          return fail("expected end of print statement, got " + describe());
         advance();
         body.push_back(std::move(s));
         continue;
@@ -234,13 +246,16 @@ class Parser {
 
   // ---- expressions ----
   bool is_tuple_end(std::initializer_list<std::string_view> extra) const {
-    if (cur().type == Tok::kVarEnd || cur().type == Tok::kBlockEnd || cur().type == Tok::kEof || is_op(")")) return true;
+    if (cur().type == Tok::kVarEnd || cur().type == Tok::kBlockEnd || cur().type == Tok::kEof ||
+        is_op(")"))
+      return true;
     for (std::string_view e : extra)
       if (is_name(e)) return true;
     return false;
   }
 
-  Expected<ExprPtr> parse_tuple(bool simplified, bool with_condexpr, std::initializer_list<std::string_view> extra,
+  Expected<ExprPtr> parse_tuple(bool simplified, bool with_condexpr,
+                                std::initializer_list<std::string_view> extra,
                                 bool explicit_parens) {
     const int line = cur().line;
     std::vector<ExprPtr> items;
@@ -342,8 +357,9 @@ class Parser {
     ExprPtr cmp;
     while (true) {
       std::string op;
-      if (cur().type == Tok::kOperator && (cur().value == "==" || cur().value == "!=" || cur().value == "<" ||
-                                           cur().value == ">" || cur().value == "<=" || cur().value == ">=")) {
+      if (cur().type == Tok::kOperator &&
+          (cur().value == "==" || cur().value == "!=" || cur().value == "<" || cur().value == ">" ||
+           cur().value == "<=" || cur().value == ">=")) {
         op = cur().value;
         advance();
       } else if (is_name("in")) {
@@ -436,7 +452,8 @@ class Parser {
     const Token tok = cur();
     if (tok.type == Tok::kName) {
       advance();
-      if (tok.value == "true" || tok.value == "True" || tok.value == "false" || tok.value == "False") {
+      if (tok.value == "true" || tok.value == "True" || tok.value == "false" ||
+          tok.value == "False") {
         auto e = make(Expr::Kind::kConst, tok.line);
         e->value = Value(tok.value == "true" || tok.value == "True");
         return e;
@@ -655,8 +672,9 @@ class Parser {
     t->args.push_back(std::move(node));
     if (is_op("(")) {
       PHILORA_RETURN_IF_ERROR(parse_call_args(*t));
-    } else if ((cur().type == Tok::kName || cur().type == Tok::kString || cur().type == Tok::kInteger ||
-                cur().type == Tok::kFloat || is_op("[") || is_op("{") || is_op("(")) &&
+    } else if ((cur().type == Tok::kName || cur().type == Tok::kString ||
+                cur().type == Tok::kInteger || cur().type == Tok::kFloat || is_op("[") ||
+                is_op("{") || is_op("(")) &&
                !is_name("else") && !is_name("or") && !is_name("and")) {
       if (is_name("is")) return fail("you cannot chain multiple tests with is");
       PHILORA_ASSIGN_OR_RETURN(ExprPtr arg, parse_primary());

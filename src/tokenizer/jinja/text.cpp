@@ -1,8 +1,8 @@
 #include "tokenizer/jinja/text.h"
 
+#include <locale.h>
 #include <clocale>
 #include <cwctype>
-#include <locale.h>
 
 #include "tokenizer/jinja/value.h"
 #include "tokenizer/unicode.h"
@@ -90,7 +90,8 @@ std::string jinja_title(std::string_view s) {
   std::u32string out;
   bool word_start = true;
   for (char32_t c : u) {
-    const bool sep = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || unicode::is_python_space(c);
+    const bool sep =
+        c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || unicode::is_python_space(c);
     if (sep) {
       out.push_back(c);
       word_start = true;
@@ -104,11 +105,14 @@ std::string jinja_title(std::string_view s) {
   return from_u32(out);
 }
 
-std::string strip(std::string_view s, const std::optional<std::string>& chars, bool left, bool right) {
+std::string strip(std::string_view s, const std::optional<std::string>& chars, bool left,
+                  bool right) {
   std::u32string u = to_u32(s);
   std::u32string set;
   if (chars) set = to_u32(*chars);
-  auto strippable = [&](char32_t c) { return chars ? set.find(c) != std::u32string::npos : unicode::is_python_space(c); };
+  auto strippable = [&](char32_t c) {
+    return chars ? set.find(c) != std::u32string::npos : unicode::is_python_space(c);
+  };
   size_t b = 0, e = u.size();
   if (left)
     while (b < e && strippable(u[b])) ++b;
@@ -117,7 +121,8 @@ std::string strip(std::string_view s, const std::optional<std::string>& chars, b
   return from_u32(std::u32string_view(u).substr(b, e - b));
 }
 
-std::vector<std::string> split(std::string_view s, const std::optional<std::string>& sep, int64_t maxsplit) {
+std::vector<std::string> split(std::string_view s, const std::optional<std::string>& sep,
+                               int64_t maxsplit) {
   std::vector<std::string> out;
   if (sep) {
     size_t pos = 0;

@@ -11,13 +11,15 @@ namespace philora::tokenizer::jinja::text {
 
 std::string upper(std::string_view s);
 std::string lower(std::string_view s);
-std::string capitalize(std::string_view s);  // str.capitalize()
-std::string py_title(std::string_view s);    // str.title()
-std::string jinja_title(std::string_view s); // Jinja's |title filter
+std::string capitalize(std::string_view s);   // str.capitalize()
+std::string py_title(std::string_view s);     // str.title()
+std::string jinja_title(std::string_view s);  // Jinja's |title filter
 // str.strip / lstrip / rstrip; `chars` unset means whitespace.
-std::string strip(std::string_view s, const std::optional<std::string>& chars, bool left, bool right);
+std::string strip(std::string_view s, const std::optional<std::string>& chars, bool left,
+                  bool right);
 // str.split(sep, maxsplit); unset sep splits on whitespace runs.
-std::vector<std::string> split(std::string_view s, const std::optional<std::string>& sep, int64_t maxsplit);
+std::vector<std::string> split(std::string_view s, const std::optional<std::string>& sep,
+                               int64_t maxsplit);
 // str.replace(old, new, count)
 std::string replace(std::string_view s, std::string_view from, std::string_view to, int64_t count);
 

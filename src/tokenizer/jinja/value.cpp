@@ -50,7 +50,8 @@ Value Value::none() {
 Value::Value(bool b) : kind_(Kind::kBool), b_(b) {}
 Value::Value(int64_t i) : kind_(Kind::kInt), i_(i) {}
 Value::Value(double d) : kind_(Kind::kFloat), f_(d) {}
-Value::Value(std::string s) : kind_(Kind::kString), s_(std::make_shared<const std::string>(std::move(s))) {}
+Value::Value(std::string s)
+    : kind_(Kind::kString), s_(std::make_shared<const std::string>(std::move(s))) {}
 
 Value Value::list(std::vector<Value> items, bool tuple) {
   Value v;
@@ -101,7 +102,8 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
     }
     case nlohmann::ordered_json::value_t::object: {
       std::vector<std::pair<std::string, Value>> items;
-      for (auto it = j.begin(); it != j.end(); ++it) items.emplace_back(it.key(), from_json(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it)
+        items.emplace_back(it.key(), from_json(it.value()));
       return dict(std::move(items));
     }
     default:
@@ -146,7 +148,8 @@ std::string python_float_repr(double d) {
     } else if (static_cast<size_t>(exp) + 1 >= digits.size()) {
       out += digits + std::string(static_cast<size_t>(exp) + 1 - digits.size(), '0') + ".0";
     } else {
-      out += digits.substr(0, static_cast<size_t>(exp) + 1) + "." + digits.substr(static_cast<size_t>(exp) + 1);
+      out += digits.substr(0, static_cast<size_t>(exp) + 1) + "." +
+             digits.substr(static_cast<size_t>(exp) + 1);
     }
     return out;
   }
@@ -164,7 +167,8 @@ namespace {
 bool python_printable(uint32_t cp) {
   if (cp == ' ') return true;
   if (cp < 0x7F) return cp >= 0x20;
-  static const auto re = Regex::compile("[\\p{Cc}\\p{Cf}\\p{Cs}\\p{Co}\\p{Cn}\\p{Zl}\\p{Zp}\\p{Zs}]");
+  static const auto re =
+      Regex::compile("[\\p{Cc}\\p{Cf}\\p{Cs}\\p{Co}\\p{Cn}\\p{Zl}\\p{Zp}\\p{Zs}]");
   if (!re.ok()) return true;
   return !(*re)->matches_at_start(unicode::to_utf8(cp));
 }
@@ -173,13 +177,27 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
@@ -210,7 +228,9 @@ std::string python_string_repr(std::string_view s) {
     } else if (cp == '\t') {
       out += "\\t";
     } else if (!python_printable(cp)) {
-      out += cp < 0x100 ? fmt::format("\\x{:02x}", cp) : cp < 0x10000 ? fmt::format("\\u{:04x}", cp) : fmt::format("\\U{:08x}", cp);
+      out += cp < 0x100     ? fmt::format("\\x{:02x}", cp)
+             : cp < 0x10000 ? fmt::format("\\u{:04x}", cp)
+                            : fmt::format("\\U{:08x}", cp);
     } else {
       unicode::append_utf8(out, cp);
     }
@@ -222,34 +242,51 @@ std::string python_string_repr(std::string_view s) {
 bool Value::truthy() const {
   switch (kind_) {
     case Kind::kUndefined:
-    case Kind::kNone: return false;
-    case Kind::kBool: return b_;
-    case Kind::kInt: return i_ != 0;
-    case Kind::kFloat: return f_ != 0;
-    case Kind::kString: return !s_->empty();
-    case Kind::kList: return !list_->items.empty();
-    case Kind::kDict: return !dict_->items.empty();
-    case Kind::kCallable: return true;
+    case Kind::kNone:
+      return false;
+    case Kind::kBool:
+      return b_;
+    case Kind::kInt:
+      return i_ != 0;
+    case Kind::kFloat:
+      return f_ != 0;
+    case Kind::kString:
+      return !s_->empty();
+    case Kind::kList:
+      return !list_->items.empty();
+    case Kind::kDict:
+      return !dict_->items.empty();
+    case Kind::kCallable:
+      return true;
   }
   return false;
 }
 
 std::string Value::str() const {
   switch (kind_) {
-    case Kind::kUndefined: return "";
-    case Kind::kString: return *s_;
-    default: return repr();
+    case Kind::kUndefined:
+      return "";
+    case Kind::kString:
+      return *s_;
+    default:
+      return repr();
   }
 }
 
 std::string Value::repr() const {
   switch (kind_) {
-    case Kind::kUndefined: return "";
-    case Kind::kNone: return "None";
-    case Kind::kBool: return b_ ? "True" : "False";
-    case Kind::kInt: return std::to_string(i_);
-    case Kind::kFloat: return python_float_repr(f_);
-    case Kind::kString: return python_string_repr(*s_);
+    case Kind::kUndefined:
+      return "";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return b_ ? "True" : "False";
+    case Kind::kInt:
+      return std::to_string(i_);
+    case Kind::kFloat:
+      return python_float_repr(f_);
+    case Kind::kString:
+      return python_string_repr(*s_);
     case Kind::kList: {
       std::string out = list_->tuple ? "(" : "[";
       for (size_t i = 0; i < list_->items.size(); ++i) {
@@ -269,33 +306,48 @@ std::string Value::repr() const {
       }
       return out + "}";
     }
-    case Kind::kCallable: return "<function " + fn_->name + ">";
+    case Kind::kCallable:
+      return "<function " + fn_->name + ">";
   }
   return "";
 }
 
 std::string Value::type_name() const {
   switch (kind_) {
-    case Kind::kUndefined: return "Undefined";
-    case Kind::kNone: return "NoneType";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kString: return "str";
-    case Kind::kList: return list_->tuple ? "tuple" : "list";
-    case Kind::kDict: return dict_->is_namespace ? "Namespace" : "dict";
-    case Kind::kCallable: return "function";
+    case Kind::kUndefined:
+      return "Undefined";
+    case Kind::kNone:
+      return "NoneType";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kString:
+      return "str";
+    case Kind::kList:
+      return list_->tuple ? "tuple" : "list";
+    case Kind::kDict:
+      return dict_->is_namespace ? "Namespace" : "dict";
+    case Kind::kCallable:
+      return "function";
   }
   return "?";
 }
 
 Expected<int64_t> Value::length() const {
   switch (kind_) {
-    case Kind::kString: return static_cast<int64_t>(unicode::count_chars(*s_));
-    case Kind::kList: return static_cast<int64_t>(list_->items.size());
-    case Kind::kDict: return static_cast<int64_t>(dict_->items.size());
-    case Kind::kUndefined: return int64_t{0};
-    default: return Status::errorf("object of type '{}' has no len()", type_name());
+    case Kind::kString:
+      return static_cast<int64_t>(unicode::count_chars(*s_));
+    case Kind::kList:
+      return static_cast<int64_t>(list_->items.size());
+    case Kind::kDict:
+      return static_cast<int64_t>(dict_->items.size());
+    case Kind::kUndefined:
+      return int64_t{0};
+    default:
+      return Status::errorf("object of type '{}' has no len()", type_name());
   }
 }
 
@@ -311,9 +363,15 @@ Expected<std::string> Value::to_json(int indent, bool sort_keys, const std::stri
       out.append(static_cast<size_t>(indent * d), ' ');
     };
     switch (v.kind_) {
-      case Kind::kNone: out += "null"; return Status();
-      case Kind::kBool: out += v.b_ ? "true" : "false"; return Status();
-      case Kind::kInt: out += std::to_string(v.i_); return Status();
+      case Kind::kNone:
+        out += "null";
+        return Status();
+      case Kind::kBool:
+        out += v.b_ ? "true" : "false";
+        return Status();
+      case Kind::kInt:
+        out += std::to_string(v.i_);
+        return Status();
       case Kind::kFloat:
         if (std::isnan(v.f_)) {
           out += "NaN";
@@ -323,7 +381,9 @@ Expected<std::string> Value::to_json(int indent, bool sort_keys, const std::stri
           out += python_float_repr(v.f_);
         }
         return Status();
-      case Kind::kString: append_json_string(out, *v.s_); return Status();
+      case Kind::kString:
+        append_json_string(out, *v.s_);
+        return Status();
       case Kind::kList: {
         if (v.list_->items.empty()) {
           out += "[]";
@@ -347,7 +407,8 @@ Expected<std::string> Value::to_json(int indent, bool sort_keys, const std::stri
         std::vector<const std::pair<std::string, Value>*> items;
         for (const auto& kv : v.dict_->items) items.push_back(&kv);
         if (sort_keys) {
-          std::stable_sort(items.begin(), items.end(), [](auto* a, auto* b) { return a->first < b->first; });
+          std::stable_sort(items.begin(), items.end(),
+                           [](auto* a, auto* b) { return a->first < b->first; });
         }
         out.push_back('{');
         for (size_t i = 0; i < items.size(); ++i) {
@@ -383,8 +444,10 @@ bool equals(const Value& a, const Value& b) {
   if (a.kind() != b.kind()) return false;
   switch (a.kind()) {
     case K::kUndefined:
-    case K::kNone: return true;
-    case K::kString: return a.as_string() == b.as_string();
+    case K::kNone:
+      return true;
+    case K::kString:
+      return a.as_string() == b.as_string();
     case K::kList: {
       const auto& x = a.as_list().items;
       const auto& y = b.as_list().items;
@@ -403,17 +466,21 @@ bool equals(const Value& a, const Value& b) {
       }
       return true;
     }
-    case K::kCallable: return &a.as_callable() == &b.as_callable();
-    default: return false;
+    case K::kCallable:
+      return &a.as_callable() == &b.as_callable();
+    default:
+      return false;
   }
 }
 
 Expected<bool> less(const Value& a, const Value& b) {
   if (a.is_number() && b.is_number()) {
-    if (a.kind() == Value::Kind::kFloat || b.kind() == Value::Kind::kFloat) return a.as_double() < b.as_double();
+    if (a.kind() == Value::Kind::kFloat || b.kind() == Value::Kind::kFloat)
+      return a.as_double() < b.as_double();
     return a.as_int() < b.as_int();
   }
-  if (a.is_string() && b.is_string()) return a.as_string() < b.as_string();  // UTF-8 order is code point order
+  if (a.is_string() && b.is_string())
+    return a.as_string() < b.as_string();  // UTF-8 order is code point order
   if (a.is_list() && b.is_list()) {
     const auto& x = a.as_list().items;
     const auto& y = b.as_list().items;
@@ -423,14 +490,16 @@ Expected<bool> less(const Value& a, const Value& b) {
     }
     return x.size() < y.size();
   }
-  return Status::errorf("'<' not supported between instances of '{}' and '{}'", a.type_name(), b.type_name());
+  return Status::errorf("'<' not supported between instances of '{}' and '{}'", a.type_name(),
+                        b.type_name());
 }
 
 Expected<bool> contains(const Value& haystack, const Value& needle) {
   switch (haystack.kind()) {
     case Value::Kind::kString:
       if (!needle.is_string()) {
-        return Status::errorf("'in <string>' requires string as left operand, not {}", needle.type_name());
+        return Status::errorf("'in <string>' requires string as left operand, not {}",
+                              needle.type_name());
       }
       return haystack.as_string().find(needle.as_string()) != std::string::npos;
     case Value::Kind::kList:

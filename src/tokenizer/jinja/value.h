@@ -53,11 +53,11 @@ class Value {
   Value() = default;  // undefined
   static Value undefined(std::string name = {});
   static Value none();
-  Value(bool b);               // NOLINT
-  Value(int64_t i);            // NOLINT
+  Value(bool b);                                    // NOLINT
+  Value(int64_t i);                                 // NOLINT
   Value(int i) : Value(static_cast<int64_t>(i)) {}  // NOLINT
-  Value(double d);             // NOLINT
-  Value(std::string s);        // NOLINT
+  Value(double d);                                  // NOLINT
+  Value(std::string s);                             // NOLINT
   Value(const char* s) : Value(std::string(s)) {}   // NOLINT
   static Value list(std::vector<Value> items, bool tuple = false);
   static Value dict(std::vector<std::pair<std::string, Value>> items = {});
@@ -70,7 +70,9 @@ class Value {
   bool is_undefined() const { return kind_ == Kind::kUndefined; }
   bool is_none() const { return kind_ == Kind::kNone; }
   bool is_string() const { return kind_ == Kind::kString; }
-  bool is_number() const { return kind_ == Kind::kInt || kind_ == Kind::kFloat || kind_ == Kind::kBool; }
+  bool is_number() const {
+    return kind_ == Kind::kInt || kind_ == Kind::kFloat || kind_ == Kind::kBool;
+  }
   bool is_list() const { return kind_ == Kind::kList; }
   bool is_dict() const { return kind_ == Kind::kDict; }
   bool is_callable() const { return kind_ == Kind::kCallable; }
