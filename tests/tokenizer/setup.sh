@@ -11,6 +11,7 @@
 #
 # Writes into OUT_DIR:
 #   <name>/tokenizer.json, tokenizer_config.json   for llama2 phi3 cl100k phi4 o200k phi4mini
+#                                                  llama_metaspace cl100k_gpt2
 #   corpus.jsonl                                   the differential corpus
 #   <name>/expected_js.jsonl                       transformers.js's ids and text for it
 #   chat_jinja2.json                               Jinja2's renderings of the chat-template cases
@@ -36,7 +37,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   node make_tokenizers.mjs "$out"
   node make_corpus.mjs "$out/corpus.jsonl"
   node make_bench_text.mjs "$out/bench"
-  for name in phi3 cl100k o200k phi4 phi4mini; do
+  for name in phi3 cl100k o200k phi4 phi4mini llama_metaspace cl100k_gpt2; do
     node encode_js.mjs "$out/$name" "$out/corpus.jsonl" "$out/$name/expected_js.jsonl"
     echo "reference ids for $name written"
   done

@@ -72,7 +72,14 @@ TEST_P(TokenizerDifferential, IdsAndDecodedTextMatchTransformersJs) {
   RecordProperty("tokens", static_cast<int>(tokens));
 }
 
+// The two layouts that add a prefix space ("▁" or " " at the start) cannot give it back.
+bool adds_prefix_space(const std::string& name) {
+  return name == "llama_metaspace" || name == "cl100k_gpt2";
+}
+
 TEST_P(TokenizerDifferential, DecodeOfEncodeIsTheTextWhereLossless) {
+  if (adds_prefix_space(GetParam()))
+    GTEST_SKIP() << GetParam() << " adds a prefix space: not lossless";
   const auto corpus = tt::read_jsonl(corpus_);
   // SentencePiece-style tokenizers lose "▁" (it decodes to a space) and the text around added
   // tokens (the prefix space is added per segment; rstrip eats whitespace): skip those texts.
@@ -120,6 +127,8 @@ TEST_P(TokenizerDifferential, ConcurrentEncodingGivesTheSameIds) {
 }
 
 TEST_P(TokenizerDifferential, LongRunsLoseNoText) {
+  if (adds_prefix_space(GetParam()))
+    GTEST_SKIP() << GetParam() << " adds a prefix space: not lossless";
   // Long runs stress the regex (backtracking in \s*[\r\n]+) and BPE on huge pieces.
   for (const char* unit :
        {" ", "\t", "a", "1", "!", " \n", "\r\n", "\xC2\xA0", "\xF0\x9F\x98\x80", "ab "}) {
@@ -132,7 +141,8 @@ TEST_P(TokenizerDifferential, LongRunsLoseNoText) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Vocabularies, TokenizerDifferential,
-                         ::testing::Values("phi3", "cl100k", "o200k", "phi4", "phi4mini"),
+                         ::testing::Values("phi3", "cl100k", "o200k", "phi4", "phi4mini",
+                                           "llama_metaspace", "cl100k_gpt2"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -53,7 +53,8 @@ TEST_P(TokenizerGolden, MatchesHuggingFaceTokenizers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Vocabularies, TokenizerGolden,
-                         ::testing::Values("phi3", "cl100k", "o200k", "phi4", "phi4mini"),
+                         ::testing::Values("phi3", "cl100k", "o200k", "phi4", "phi4mini",
+                                           "llama_metaspace", "cl100k_gpt2"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace
