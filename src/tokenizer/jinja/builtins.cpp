@@ -165,12 +165,13 @@ Expected<Value> dict_method(const Value& d, const std::string& name, const CallA
   if (name == "items") {
     std::vector<Value> out;
     for (const auto& [k, v] : items) out.push_back(Value::list({Value(k), v}, /*tuple=*/true));
-    return Value::list(std::move(out));
+    return Value::sequence(std::move(out), SeqKind::kDictItems);
   }
   if (name == "keys" || name == "values") {
     std::vector<Value> out;
     for (const auto& [k, v] : items) out.push_back(name == "keys" ? Value(k) : v);
-    return Value::list(std::move(out));
+    return Value::sequence(std::move(out),
+                           name == "keys" ? SeqKind::kDictKeys : SeqKind::kDictValues);
   }
   if (name == "get") {
     const Value* key = arg(a, 0, "key");
@@ -196,6 +197,101 @@ Expected<Value> string_method_on(const Value& self, const std::string& name, con
 }
 
 Expected<int64_t> normalize_index(int64_t i, int64_t n) { return i < 0 ? i + n : i; }
+
+// Python's printf-style `format % args` for the conversions templates use: %s %r %d %i %f %x %%,
+// with flags, width and precision.
+Expected<Value> percent_format(const std::string& fmt, const Value& args) {
+  std::vector<Value> list;
+  const bool tuple = args.is_list() && args.as_list().kind == SeqKind::kTuple;
+  if (tuple) list = args.as_list().items;
+  // A single non-tuple argument; lists and dicts count as mappings, which Python lets go unused.
+  const bool mapping = args.is_dict() || (args.is_list() && !tuple) || args.is_undefined();
+  size_t next = 0;
+  bool single_used = false;
+  auto take = [&]() -> Expected<Value> {
+    if (tuple) {
+      if (next >= list.size()) return Status::error("not enough arguments for format string");
+      return list[next++];
+    }
+    if (single_used) return Status::error("not enough arguments for format string");
+    single_used = true;
+    return args;
+  };
+  std::string out;
+  for (size_t i = 0; i < fmt.size(); ++i) {
+    if (fmt[i] != '%') {
+      out.push_back(fmt[i]);
+      continue;
+    }
+    if (++i >= fmt.size()) return Status::error("incomplete format");
+    if (fmt[i] == '(') return Status::error("%(name) formatting is not supported");
+    std::string flags;
+    while (i < fmt.size() && std::string_view("-+ 0#").find(fmt[i]) != std::string_view::npos)
+      flags.push_back(fmt[i++]);
+    int width = 0, precision = -1;
+    while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i])))
+      width = width * 10 + (fmt[i++] - '0');
+    if (i < fmt.size() && fmt[i] == '.') {
+      precision = 0;
+      ++i;
+      while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i])))
+        precision = precision * 10 + (fmt[i++] - '0');
+    }
+    if (i >= fmt.size()) return Status::error("incomplete format");
+    const char conv = fmt[i];
+    if (conv == '%') {
+      out.push_back('%');
+      continue;
+    }
+    PHILORA_ASSIGN_OR_RETURN(Value v, take());
+    std::string piece;
+    const bool left = flags.find('-') != std::string::npos;
+    const bool zero = flags.find('0') != std::string::npos && !left;
+    if (conv == 's' || conv == 'r') {
+      piece = conv == 's' ? v.str() : v.repr();
+      if (precision >= 0) piece = from_u32(to_u32(piece).substr(0, static_cast<size_t>(precision)));
+    } else if (conv == 'd' || conv == 'i' || conv == 'x' || conv == 'X' || conv == 'o') {
+      if (!v.is_number())
+        return Status::errorf("%{} format: a real number is required, not {}", conv, v.type_name());
+      const int64_t x = v.kind() == Value::Kind::kFloat
+                            ? static_cast<int64_t>(std::trunc(v.as_double()))
+                            : v.as_int();
+      piece = conv == 'x'   ? fmt::format("{:x}", x < 0 ? -x : x)
+              : conv == 'X' ? fmt::format("{:X}", x < 0 ? -x : x)
+              : conv == 'o' ? fmt::format("{:o}", x < 0 ? -x : x)
+                            : std::to_string(x < 0 ? -x : x);
+      const std::string sign = x < 0                                  ? "-"
+                               : flags.find('+') != std::string::npos ? "+"
+                               : flags.find(' ') != std::string::npos ? " "
+                                                                      : "";
+      if (zero && static_cast<int>(piece.size() + sign.size()) < width)
+        piece.insert(0, width - piece.size() - sign.size(), '0');
+      piece = sign + piece;
+    } else if (conv == 'f' || conv == 'F' || conv == 'e' || conv == 'g') {
+      if (!v.is_number()) return Status::errorf("must be real number, not {}", v.type_name());
+      const int p = precision < 0 ? 6 : precision;
+      piece = conv == 'e'   ? fmt::format("{:.{}e}", v.as_double(), p)
+              : conv == 'g' ? fmt::format("{:.{}g}", v.as_double(), p)
+                            : fmt::format("{:.{}f}", v.as_double(), p);
+      if (flags.find('+') != std::string::npos && v.as_double() >= 0) piece.insert(0, "+");
+      if (zero && static_cast<int>(piece.size()) < width) {
+        const size_t at = (piece[0] == '-' || piece[0] == '+') ? 1 : 0;
+        piece.insert(at, width - piece.size(), '0');
+      }
+    } else {
+      return Status::errorf("unsupported format character '{}'", conv);
+    }
+    const int len = static_cast<int>(unicode::count_chars(piece));
+    if (len < width)
+      piece = left ? piece + std::string(static_cast<size_t>(width - len), ' ')
+                   : std::string(static_cast<size_t>(width - len), ' ') + piece;
+    out += piece;
+  }
+  if ((tuple && next < list.size()) || (!tuple && !single_used && !mapping)) {
+    return Status::error("not all arguments converted during string formatting");
+  }
+  return Value(out);
+}
 
 }  // namespace
 
@@ -240,6 +336,10 @@ Expected<Value> get_item(const Value& obj, const Value& key) {
       }
       break;
     case Value::Kind::kList:
+      if (const SeqKind k = obj.as_list().kind;
+          k == SeqKind::kDictKeys || k == SeqKind::kDictValues || k == SeqKind::kDictItems) {
+        return Status::errorf("'{}' object is not subscriptable", obj.type_name());
+      }
       if (key.kind() == Value::Kind::kInt || key.kind() == Value::Kind::kBool) {
         const auto& items = obj.as_list().items;
         PHILORA_ASSIGN_OR_RETURN(int64_t i,
@@ -270,28 +370,43 @@ Expected<Value> get_slice(const Value& obj, std::optional<int64_t> start,
                           std::optional<int64_t> stop, std::optional<int64_t> step) {
   const int64_t st = step.value_or(1);
   if (st == 0) return Status::error("slice step cannot be zero");
-  auto pick = [&](int64_t n, auto&& take) {
+  // Python's slice.indices(n).
+  auto bounds = [&](int64_t n) {
     auto clamp = [&](std::optional<int64_t> v, int64_t def) {
       if (!v) return def;
-      int64_t x = *v < 0 ? *v + n : *v;
-      if (st > 0) return std::clamp<int64_t>(x, 0, n);
-      return std::clamp<int64_t>(x, -1, n - 1);
+      const int64_t x = *v < 0 ? *v + n : *v;
+      return st > 0 ? std::clamp<int64_t>(x, 0, n) : std::clamp<int64_t>(x, -1, n - 1);
     };
-    const int64_t b = clamp(start, st > 0 ? 0 : n - 1);
-    const int64_t e = clamp(stop, st > 0 ? n : -1);
-    for (int64_t i = b; st > 0 ? i < e : i > e; i += st) take(static_cast<size_t>(i));
+    return std::make_pair(clamp(start, st > 0 ? 0 : n - 1), clamp(stop, st > 0 ? n : -1));
+  };
+  auto indices = [&](int64_t n) {
+    std::vector<size_t> idx;
+    const auto [b, e] = bounds(n);
+    for (int64_t i = b; st > 0 ? i < e : i > e; i += st) idx.push_back(static_cast<size_t>(i));
+    return idx;
   };
   if (obj.is_string()) {
     const std::u32string u = to_u32(obj.as_string());
     std::u32string out;
-    pick(static_cast<int64_t>(u.size()), [&](size_t i) { out.push_back(u[i]); });
+    for (size_t i : indices(static_cast<int64_t>(u.size()))) out.push_back(u[i]);
     return Value(from_u32(out));
   }
   if (obj.is_list()) {
-    const auto& items = obj.as_list().items;
+    const ListData& l = obj.as_list();
+    if (l.kind == SeqKind::kDictKeys || l.kind == SeqKind::kDictValues ||
+        l.kind == SeqKind::kDictItems) {
+      return Status::errorf("'{}' object is not subscriptable", obj.type_name());
+    }
+    const auto n = static_cast<int64_t>(l.items.size());
+    if (l.kind == SeqKind::kRange) {
+      // range(a, b, s)[i:j:k] is range(a + i*s, a + j*s, s*k) (i, j from slice.indices).
+      const auto [b, e] = bounds(n);
+      return Value::range(l.range_start + b * l.range_step, l.range_start + e * l.range_step,
+                          l.range_step * st);
+    }
     std::vector<Value> out;
-    pick(static_cast<int64_t>(items.size()), [&](size_t i) { out.push_back(items[i]); });
-    return Value::list(std::move(out), obj.as_list().tuple);
+    for (size_t i : indices(n)) out.push_back(l.items[i]);
+    return Value::list(std::move(out), l.tuple);
   }
   if (obj.is_undefined()) return undefined_error(obj);
   return Status::errorf("'{}' object is not subscriptable", obj.type_name());
@@ -321,6 +436,8 @@ Expected<std::vector<Value>> iterate(const Value& v) {
 // ---- operators ----------------------------------------------------------------------------------
 
 Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b) {
+  // str % anything: Python's str.__mod__ runs first (an undefined argument counts as a mapping).
+  if (op == "%" && a.is_string()) return percent_format(a.as_string(), b);
   if (a.is_undefined()) return undefined_error(a);
   if (b.is_undefined()) return undefined_error(b);
   const bool ints = (a.kind() == Value::Kind::kInt || a.kind() == Value::Kind::kBool) &&
@@ -334,7 +451,8 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     if (ints) return Value(a.as_int() + b.as_int());
     if (nums) return Value(a.as_double() + b.as_double());
     if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
-    if (a.is_list() && b.is_list() && a.as_list().tuple == b.as_list().tuple) {
+    if (a.is_list() && b.is_list() && a.as_list().kind == b.as_list().kind &&
+        (a.as_list().kind == SeqKind::kList || a.as_list().kind == SeqKind::kTuple)) {
       std::vector<Value> items = a.as_list().items;
       items.insert(items.end(), b.as_list().items.begin(), b.as_list().items.end());
       return Value::list(std::move(items), a.as_list().tuple);
@@ -351,8 +469,10 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     if (nums) return Value(a.as_double() * b.as_double());
     const Value* seq = a.is_string() || a.is_list() ? &a : &b;
     const Value* n = seq == &a ? &b : &a;
-    if ((seq->is_string() || seq->is_list()) &&
-        (n->kind() == Value::Kind::kInt || n->kind() == Value::Kind::kBool)) {
+    const bool repeatable =
+        seq->is_string() || (seq->is_list() && (seq->as_list().kind == SeqKind::kList ||
+                                                seq->as_list().kind == SeqKind::kTuple));
+    if (repeatable && (n->kind() == Value::Kind::kInt || n->kind() == Value::Kind::kBool)) {
       const int64_t k = std::max<int64_t>(0, n->as_int());
       if (seq->is_string()) {
         std::string out;
@@ -372,8 +492,7 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     return Value(a.as_double() / b.as_double());
   }
   if (op == "//" || op == "%") {
-    if (op == "%" && a.is_string())
-      return Status::error("printf-style string formatting ('...' % x) is not supported");
+    if (op == "%" && a.is_string()) return percent_format(a.as_string(), b);
     if (!nums) return type_error();
     if (b.as_double() == 0) return Status::error("integer division or modulo by zero");
     if (ints) {
@@ -443,16 +562,28 @@ Expected<bool> call_test(const std::string& name, const Value& v, const CallArgs
   if (name == "string") return v.is_string();
   if (name == "mapping") return v.is_dict();
   if (name == "iterable") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
-  if (name == "sequence") return v.is_string() || v.is_list() || v.is_dict();
+  if (name == "sequence") {
+    if (v.is_undefined()) return true;  // Jinja's Undefined has __len__ and __getitem__
+    if (v.is_list()) {
+      const SeqKind k = v.as_list().kind;
+      return k == SeqKind::kList || k == SeqKind::kTuple || k == SeqKind::kRange;
+    }
+    return v.is_string() || v.is_dict();
+  }
   if (name == "callable") return v.is_callable();
-  if (name == "lower") return v.is_string() && text::lower(v.as_string()) == v.as_string();
-  if (name == "upper") return v.is_string() && text::upper(v.as_string()) == v.as_string();
+  if (name == "lower" || name == "upper") {
+    // str(value).islower() / isupper(): some cased character, and all of them in that case.
+    const std::string t = v.str();
+    const std::string lo = text::lower(t), up = text::upper(t);
+    return name == "lower" ? (lo == t && up != t) : (up == t && lo != t);
+  }
   if (name == "escaped") return false;
   if (name == "odd" || name == "even") {
-    if (v.kind() != K::kInt && v.kind() != K::kBool)
-      return Status::errorf("test '{}' needs an integer", name);
-    const bool odd = (v.as_int() % 2) != 0;
-    return name == "odd" ? odd : !odd;
+    // value % 2: numbers only (a string would be printf-formatted and fail).
+    if (!v.is_number())
+      return Status::errorf("test '{}' needs a number, not {}", name, v.type_name());
+    PHILORA_ASSIGN_OR_RETURN(Value r, binary_op("%", v, Value(int64_t{2})));
+    return name == "odd" ? equals(r, Value(int64_t{1})) : equals(r, Value(int64_t{0}));
   }
   if (name == "divisibleby") {
     if (!other || !v.is_number() || !other->is_number())
@@ -503,13 +634,12 @@ std::vector<std::pair<std::string, Value>> default_globals() {
                      if (a.args.size() == 3) step = a.args[2].as_int();
                    }
                    if (step == 0) return Status::error("range() arg 3 must not be zero");
-                   std::vector<Value> items;
-                   for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-                     if (items.size() >= 100000)
-                       return Status::error("range too big (the sandbox allows 100000 items)");
-                     items.emplace_back(i);
-                   }
-                   return Value::list(std::move(items));
+                   const int64_t n = step > 0
+                                         ? (stop > start ? (stop - start + step - 1) / step : 0)
+                                         : (start > stop ? (start - stop - step - 1) / -step : 0);
+                   if (n > 100000)
+                     return Status::error("range too big (the sandbox allows 100000 items)");
+                   return Value::range(start, stop, step);
                  }));
   g.emplace_back("dict", Value::callable("dict", [](const CallArgs& a) -> Expected<Value> {
                    if (!a.args.empty())

@@ -115,7 +115,7 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     PHILORA_ASSIGN_OR_RETURN(int64_t n, v.length());
     return Value(n);
   }
-  if (name == "safe") return v;
+  if (name == "safe") return Value(v.str());  // Markup(str(value))
   if (name == "list") {
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> items, iterate(v));
     return Value::list(std::move(items));
@@ -140,6 +140,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
                                count && !count->is_none() ? count->as_int() : -1));
   }
   if (name == "indent") {
+    if (v.is_undefined()) return undefined_error(v);
+    if (!v.is_string()) return Status::errorf("indent needs a string, not {}", v.type_name());
     const Value* width = arg(a, 0, "width");
     const bool first = bool_arg(a, 1, "first", false);
     const bool blank = bool_arg(a, 2, "blank", false);
@@ -191,7 +193,13 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     return Value(json);
   }
 
-  if (v.is_undefined()) return undefined_error(v);
+  // Undefined iterates as empty (first, last, min, max, sum, join, sort, unique, map, select, ...);
+  // the filters that need a value fail on it.
+  if (v.is_undefined() &&
+      (name == "int" || name == "float" || name == "abs" || name == "round" || name == "dictsort" ||
+       name == "indent" || name == "center" || name == "attr")) {
+    return undefined_error(v);
+  }
 
   if (name == "first" || name == "last") {
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> items, iterate(v));
@@ -260,15 +268,39 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     return Status::errorf("bad operand type for abs(): '{}'", v.type_name());
   }
   if (name == "round") {
+    if (!v.is_number())
+      return Status::errorf("type {} doesn't define __round__ method", v.type_name());
     const Value* precision = arg(a, 0, "precision");
     const Value* method = arg(a, 1, "method");
     const std::string m = method ? method->str() : "common";
-    const double scale = std::pow(10.0, precision ? static_cast<double>(precision->as_int()) : 0.0);
-    const double x = v.as_double() * scale;
-    const double r = m == "ceil" ? std::ceil(x) : m == "floor" ? std::floor(x) : std::round(x);
-    return Value(r / scale);
+    const int64_t p = precision && !precision->is_none() ? precision->as_int() : 0;
+    if (m == "ceil" || m == "floor") {
+      const double scale = std::pow(10.0, static_cast<double>(p));
+      const double x = v.as_double() * scale;
+      return Value((m == "ceil" ? std::ceil(x) : std::floor(x)) / scale);
+    }
+    if (m != "common") return Status::error("method must be 'common', 'ceil' or 'floor'");
+    if (v.kind() != Value::Kind::kFloat) {
+      // Python's round() of an int is an int; a negative precision rounds to tens, hundreds, ...
+      const int64_t x = v.as_int();
+      if (p >= 0) return Value(x);
+      int64_t unit = 1;
+      for (int64_t k = 0; k < -p && unit < (int64_t{1} << 60); ++k) unit *= 10;
+      int64_t down = (x / unit) * unit;
+      if (x % unit < 0) down -= unit;
+      const int64_t rem = x - down;
+      if (2 * rem > unit || (2 * rem == unit && ((down / unit) % 2 != 0))) down += unit;
+      return Value(down);
+    }
+    if (p >= 0) {
+      // Correctly rounded to p decimals, halves to even: what Python's round(float, p) does.
+      return Value(std::stod(fmt::format("{:.{}f}", v.as_double(), p)));
+    }
+    const double scale = std::pow(10.0, static_cast<double>(-p));
+    return Value(std::nearbyint(v.as_double() / scale) * scale);
   }
   if (name == "items") {
+    if (v.is_undefined()) return Value::list({});
     if (!v.is_dict()) return Status::errorf("items filter needs a mapping, not {}", v.type_name());
     std::vector<Value> out;
     for (const auto& [k, val] : v.as_dict().items)
@@ -307,6 +339,7 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
         PHILORA_ASSIGN_OR_RETURN(key, attribute_path(item, attribute->as_string()));
       }
       if (!case_sensitive && key.is_string()) key = Value(text::lower(key.as_string()));
+      if (!hashable(key)) return Status::errorf("unhashable type: '{}'", key.type_name());
       if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return equals(s, key); })) {
         seen.push_back(key);
         out.push_back(item);
@@ -337,6 +370,7 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     return total;
   }
   if (name == "map") {
+    if (!v.truthy()) return Value::list({});  // Jinja: `if value:` before iterating
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> items, iterate(v));
     std::vector<Value> out;
     if (const Value* attribute = a.kwarg("attribute")) {
@@ -359,6 +393,7 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
     return Value::list(std::move(out));
   }
   if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {
+    if (!v.truthy()) return Value::list({});  // Jinja: `if value:` before iterating
     PHILORA_ASSIGN_OR_RETURN(std::vector<Value> items, iterate(v));
     const bool by_attr = name.ends_with("attr");
     const bool keep_if = name.starts_with("select");
@@ -383,6 +418,8 @@ Expected<Value> call_filter(const std::string& name, const Value& v, const CallA
   if (name == "wordcount")
     return Value(static_cast<int64_t>(text::split(v.str(), std::nullopt, -1).size()));
   if (name == "center") {
+    if (!v.is_string())
+      return Status::errorf("'{}' object has no attribute 'center'", v.type_name());
     const int64_t width = arg(a, 0, "width") ? arg(a, 0, "width")->as_int() : 80;
     const std::string s = v.str();
     const int64_t n = static_cast<int64_t>(unicode::count_chars(s));

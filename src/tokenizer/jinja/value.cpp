@@ -54,9 +54,26 @@ Value::Value(std::string s)
     : kind_(Kind::kString), s_(std::make_shared<const std::string>(std::move(s))) {}
 
 Value Value::list(std::vector<Value> items, bool tuple) {
+  return sequence(std::move(items), tuple ? SeqKind::kTuple : SeqKind::kList);
+}
+
+Value Value::sequence(std::vector<Value> items, SeqKind kind) {
   Value v;
   v.kind_ = Kind::kList;
-  v.list_ = std::make_shared<ListData>(ListData{std::move(items), tuple});
+  v.list_ = std::make_shared<ListData>();
+  v.list_->items = std::move(items);
+  v.list_->kind = kind;
+  v.list_->tuple = kind == SeqKind::kTuple;
+  return v;
+}
+
+Value Value::range(int64_t start, int64_t stop, int64_t step) {
+  std::vector<Value> items;
+  for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) items.emplace_back(i);
+  Value v = sequence(std::move(items), SeqKind::kRange);
+  v.list_->range_start = start;
+  v.list_->range_stop = stop;
+  v.list_->range_step = step;
   return v;
 }
 
@@ -276,7 +293,7 @@ std::string Value::str() const {
 std::string Value::repr() const {
   switch (kind_) {
     case Kind::kUndefined:
-      return "";
+      return "Undefined";
     case Kind::kNone:
       return "None";
     case Kind::kBool:
@@ -288,6 +305,11 @@ std::string Value::repr() const {
     case Kind::kString:
       return python_string_repr(*s_);
     case Kind::kList: {
+      if (list_->kind == SeqKind::kRange) {
+        std::string r = fmt::format("range({}, {}", list_->range_start, list_->range_stop);
+        if (list_->range_step != 1) r += fmt::format(", {}", list_->range_step);
+        return r + ")";
+      }
       std::string out = list_->tuple ? "(" : "[";
       for (size_t i = 0; i < list_->items.size(); ++i) {
         if (i) out += ", ";
@@ -295,7 +317,16 @@ std::string Value::repr() const {
       }
       if (list_->tuple && list_->items.size() == 1) out += ",";
       out += list_->tuple ? ")" : "]";
-      return out;
+      switch (list_->kind) {
+        case SeqKind::kDictKeys:
+          return "dict_keys(" + out + ")";
+        case SeqKind::kDictValues:
+          return "dict_values(" + out + ")";
+        case SeqKind::kDictItems:
+          return "dict_items(" + out + ")";
+        default:
+          return out;
+      }
     }
     case Kind::kDict: {
       if (dict_->is_namespace) return "<Namespace>";
@@ -385,6 +416,9 @@ Expected<std::string> Value::to_json(int indent, bool sort_keys, const std::stri
         append_json_string(out, *v.s_);
         return Status();
       case Kind::kList: {
+        if (v.list_->kind != SeqKind::kList && v.list_->kind != SeqKind::kTuple) {
+          return Status::errorf("Object of type {} is not JSON serializable", v.type_name());
+        }
         if (v.list_->items.empty()) {
           out += "[]";
           return Status();
@@ -451,7 +485,17 @@ bool equals(const Value& a, const Value& b) {
     case K::kList: {
       const auto& x = a.as_list().items;
       const auto& y = b.as_list().items;
-      if (x.size() != y.size() || a.as_list().tuple != b.as_list().tuple) return false;
+      const SeqKind ka = a.as_list().kind, kb = b.as_list().kind;
+      if (ka != kb) return false;
+      if (ka == SeqKind::kDictValues)
+        return &a.as_list() == &b.as_list();  // values views: identity
+      if (x.size() != y.size()) return false;
+      if (ka == SeqKind::kDictKeys || ka == SeqKind::kDictItems) {  // set-like
+        for (const Value& e : x)
+          if (std::none_of(y.begin(), y.end(), [&](const Value& f) { return equals(e, f); }))
+            return false;
+        return true;
+      }
       for (size_t i = 0; i < x.size(); ++i)
         if (!equals(x[i], y[i])) return false;
       return true;
@@ -481,7 +525,8 @@ Expected<bool> less(const Value& a, const Value& b) {
   }
   if (a.is_string() && b.is_string())
     return a.as_string() < b.as_string();  // UTF-8 order is code point order
-  if (a.is_list() && b.is_list()) {
+  if (a.is_list() && b.is_list() && a.as_list().kind == b.as_list().kind &&
+      (a.as_list().kind == SeqKind::kList || a.as_list().kind == SeqKind::kTuple)) {
     const auto& x = a.as_list().items;
     const auto& y = b.as_list().items;
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
@@ -492,6 +537,17 @@ Expected<bool> less(const Value& a, const Value& b) {
   }
   return Status::errorf("'<' not supported between instances of '{}' and '{}'", a.type_name(),
                         b.type_name());
+}
+
+bool hashable(const Value& v) {
+  if (v.is_dict()) return false;
+  if (!v.is_list()) return true;
+  const ListData& l = v.as_list();
+  if (l.kind == SeqKind::kRange) return true;
+  if (l.kind != SeqKind::kTuple) return false;
+  for (const Value& e : l.items)
+    if (!hashable(e)) return false;
+  return true;
 }
 
 Expected<bool> contains(const Value& haystack, const Value& needle) {
@@ -507,9 +563,10 @@ Expected<bool> contains(const Value& haystack, const Value& needle) {
         if (equals(v, needle)) return true;
       return false;
     case Value::Kind::kDict:
+      if (!hashable(needle)) return Status::errorf("unhashable type: '{}'", needle.type_name());
       return needle.is_string() && haystack.as_dict().find(needle.as_string()) != nullptr;
     case Value::Kind::kUndefined:
-      return Status::errorf("'{}' is undefined", haystack.undefined_name());
+      return false;  // Jinja's Undefined iterates as empty
     default:
       return Status::errorf("argument of type '{}' is not iterable", haystack.type_name());
   }

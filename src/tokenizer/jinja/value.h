@@ -21,9 +21,15 @@ namespace philora::tokenizer::jinja {
 
 class Value;
 
+// A Python sequence. Besides lists and tuples, dict views and ranges print, compare and index
+// the way Python's do ("dict_items([...])", "range(0, 3)", views are not subscriptable).
+enum class SeqKind { kList, kTuple, kDictKeys, kDictValues, kDictItems, kRange };
+
 struct ListData {
   std::vector<Value> items;
-  bool tuple = false;  // a Python tuple (only its repr differs)
+  bool tuple = false;  // kind == kTuple (kept for brevity at call sites)
+  SeqKind kind = SeqKind::kList;
+  int64_t range_start = 0, range_stop = 0, range_step = 1;  // kind == kRange
 };
 
 // An insertion-ordered dict with string keys (what chat templates use).
@@ -60,6 +66,8 @@ class Value {
   Value(std::string s);                             // NOLINT
   Value(const char* s) : Value(std::string(s)) {}   // NOLINT
   static Value list(std::vector<Value> items, bool tuple = false);
+  static Value sequence(std::vector<Value> items, SeqKind kind);
+  static Value range(int64_t start, int64_t stop, int64_t step);
   static Value dict(std::vector<std::pair<std::string, Value>> items = {});
   static Value namespace_object(std::vector<std::pair<std::string, Value>> items = {});
   static Value callable(std::string name, std::function<Expected<Value>(const CallArgs&)> fn);
@@ -117,6 +125,8 @@ class Value {
 bool equals(const Value& a, const Value& b);
 // Python <, or an error for unorderable kinds.
 Expected<bool> less(const Value& a, const Value& b);
+// Python's hash(): lists, dicts and dict views are unhashable (tuples are if their items are).
+bool hashable(const Value& v);
 // Python `needle in haystack`.
 Expected<bool> contains(const Value& haystack, const Value& needle);
 
