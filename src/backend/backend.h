@@ -4,6 +4,7 @@
 // beyond the tensors they return.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -86,6 +87,30 @@ struct LoraBatch {
   int64_t max_rank = 0;  // host: max rank among the slots used this step
 };
 
+// Token selection for each row r of a (R, vocab) logits tensor, all on the
+// backend so that only token ids travel to the host. Row r's rule:
+//   temperature[r] ≤ 0: greedy, the first index of the maximum logit.
+//   otherwise the candidates are the tokens in descending (logit, then
+//   ascending index) order, cut to the first top_k[r] (0 or ≥ vocab: no cut),
+//   weighted w_i = exp((logit_i − max) / temperature[r]), then cut to the
+//   shortest prefix whose mass reaches top_p[r] · Σ w (top_p ≥ 1: no cut).
+//   The kept tokens are then walked in vocabulary order and the first i whose
+//   running sum of w exceeds uniform[r] · Σ_kept w is chosen (the last kept
+//   token if rounding leaves none).
+struct SamplingPlan {
+  Tensor temperature;  // [R] f32
+  Tensor top_k;        // [R] i32
+  Tensor top_p;        // [R] f32 in (0, 1]
+  Tensor uniform;      // [R] f32 in [0, 1): the row's random draw, made by the host
+};
+
+// A recorded sequence of ops (a CUDA graph) that replays on the same tensors.
+class StepGraph {
+ public:
+  virtual ~StepGraph() = default;
+  virtual void replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -105,6 +130,11 @@ class Backend {
   virtual Tensor upload_i32(const std::vector<int32_t>& values) = 0;
   virtual Tensor upload_i64(const std::vector<int64_t>& values) = 0;
   virtual Tensor upload_f32(const std::vector<float>& values) = 0;
+  // Queues a copy of `bytes` host bytes into the existing backend tensor `dst`
+  // (ordered with the ops around it; `src` may be reused when this returns).
+  virtual void upload_into(Tensor& dst, const void* src, size_t bytes) = 0;
+  // An i32 backend tensor in host memory (waits for the work queued before).
+  virtual std::vector<int32_t> download_i32(const Tensor& t) = 0;
   virtual void synchronize() = 0;
   // Uniform values in [mean - half_width, mean + half_width], in the compute
   // dtype; element i depends only on (seed, i) (random_uniform_value), so every
@@ -143,6 +173,22 @@ class Backend {
   //         for j < m.out_features, only for tokens with an adapter of rank > 0.
   virtual void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
                            Tensor& y, int64_t col_offset) = 0;
+
+  // ---- token selection -----------------------------------------------------
+  // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32
+  virtual Tensor sample(const Tensor& logits, const SamplingPlan& plan) = 0;
+
+  // ---- step graphs ---------------------------------------------------------
+  // Runs `body` once as usual (a warm-up: algorithm choices, lazy set-up), then
+  // records the ops it issues into a graph. Tensors `body` allocates while being
+  // recorded come from memory private to graphs, so a replay never touches
+  // memory that ops outside graphs use; tensors it keeps (its outputs) stay
+  // valid and are rewritten by every replay. Graphs replay one at a time, in
+  // order with other ops. nullptr when the backend cannot record.
+  virtual std::unique_ptr<StepGraph> capture(const std::function<void()>& body) {
+    (void)body;
+    return nullptr;
+  }
 };
 
 // splitmix64 of (seed, i) mapped to [-1, 1): the value random_uniform draws.

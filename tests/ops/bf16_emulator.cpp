@@ -43,6 +43,13 @@ class Bf16Emulator final : public Backend {
   Tensor upload_i32(const std::vector<int32_t>& v) override { return cpu_.upload_i32(v); }
   Tensor upload_i64(const std::vector<int64_t>& v) override { return cpu_.upload_i64(v); }
   Tensor upload_f32(const std::vector<float>& v) override { return cpu_.upload_f32(v); }
+  void upload_into(Tensor& dst, const void* src, size_t bytes) override {
+    cpu_.upload_into(dst, src, bytes);
+  }
+  std::vector<int32_t> download_i32(const Tensor& t) override { return cpu_.download_i32(t); }
+  Tensor sample(const Tensor& logits, const SamplingPlan& plan) override {
+    return cpu_.sample(logits, plan);
+  }
   void synchronize() override {}
   Tensor random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
                         float half_width) override {

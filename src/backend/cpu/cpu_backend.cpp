@@ -54,6 +54,21 @@ Tensor CpuBackend::upload_i32(const std::vector<int32_t>& v) { return from_vecto
 Tensor CpuBackend::upload_i64(const std::vector<int64_t>& v) { return from_vector(v, DType::i64); }
 Tensor CpuBackend::upload_f32(const std::vector<float>& v) { return from_vector(v, DType::f32); }
 
+void CpuBackend::upload_into(Tensor& dst, const void* src, size_t bytes) {
+  if (bytes > dst.nbytes())
+    throw std::runtime_error("cpu backend: upload_into: " + std::to_string(bytes) +
+                             " bytes into a tensor of " + std::to_string(dst.nbytes()));
+  if (bytes) std::memcpy(dst.data, src, bytes);
+}
+
+std::vector<int32_t> CpuBackend::download_i32(const Tensor& t) {
+  if (t.dtype != DType::i32)
+    throw std::runtime_error("cpu backend: download_i32: the tensor holds " +
+                             std::string(dtype_name(t.dtype)));
+  const int32_t* p = t.ptr<int32_t>();
+  return std::vector<int32_t>(p, p + t.numel());
+}
+
 Tensor CpuBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
                                   float half_width) {
   Tensor t = host_alloc(DType::f32, shape);

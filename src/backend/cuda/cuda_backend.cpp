@@ -132,6 +132,30 @@ Tensor CudaBackend::upload_f32(const std::vector<float>& v) {
   return upload_raw(v.data(), DType::f32, int64_t(v.size()));
 }
 
+void CudaBackend::upload_into(Tensor& dst, const void* src, size_t bytes) {
+  if (dst.device != Device::cuda || bytes > dst.nbytes())
+    throw std::runtime_error("cuda backend: upload_into: " + std::to_string(bytes) +
+                             " bytes into a " + std::string(device_name(dst.device)) +
+                             " tensor of " + std::to_string(dst.nbytes()));
+  if (bytes) ctx_->staging->copy_to_device(dst.data, src, bytes);
+}
+
+std::vector<int32_t> CudaBackend::download_i32(const Tensor& t) {
+  if (t.dtype != DType::i32)
+    throw std::runtime_error("cuda backend: download_i32: the tensor holds " +
+                             std::string(dtype_name(t.dtype)));
+  std::vector<int32_t> out(size_t(t.numel()));
+  if (out.empty()) return out;
+  if (t.device == Device::cpu) {
+    std::memcpy(out.data(), t.data, out.size() * 4);
+    return out;
+  }
+  PHILORA_CUDA_CHECK(cudaMemcpyAsync(out.data(), t.data, out.size() * 4, cudaMemcpyDeviceToHost,
+                                     ctx_->stream));
+  PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+  return out;
+}
+
 void CudaBackend::synchronize() { PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream)); }
 
 Tensor CudaBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,

@@ -38,6 +38,8 @@ class CudaBackend final : public Backend {
   Tensor upload_i32(const std::vector<int32_t>& values) override;
   Tensor upload_i64(const std::vector<int64_t>& values) override;
   Tensor upload_f32(const std::vector<float>& values) override;
+  void upload_into(Tensor& dst, const void* src, size_t bytes) override;
+  std::vector<int32_t> download_i32(const Tensor& t) override;
   void synchronize() override;
   Tensor random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
                         float half_width) override;
@@ -56,6 +58,8 @@ class CudaBackend final : public Backend {
   Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
+  Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
+  std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
 
   cuda::CudaContext& context() { return *ctx_; }
 
