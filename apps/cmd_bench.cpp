@@ -19,6 +19,7 @@
 #include "commands.h"
 #include "common.h"
 #include "engine/plan.h"
+#include "engine/step_runner.h"
 #include "model/weights.h"
 
 namespace philora::app {
@@ -37,6 +38,7 @@ struct BenchOptions {
   int64_t lora_rank = 16;
   bool skip_lora = false;
   double mem_fraction = 0.9;
+  bool enforce_eager = false;
 };
 
 model::Phi3Config phi3_mini(int64_t layers) {  // microsoft/Phi-3-mini-4k-instruct
@@ -84,12 +86,14 @@ Counts count(const model::Phi3Config& c, size_t elem) {
 }
 
 // Sequences with `context` tokens already cached; times `steps` decode steps
-// (plan + stage + forward + sync each), after one warm-up step.
+// (plan, forward, greedy token selection on the device, ids back to the host),
+// after one warm-up step (which records the step graph).
 Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
                              const lora::AdapterSlots* slots, int64_t batch, int64_t context,
-                             int64_t steps, const std::vector<int32_t>& slot_of) {
+                             int64_t steps, const std::vector<int32_t>& slot_of, bool graphs) {
   const model::Phi3Config& c = m.config();
   Backend& b = m.backend();
+  engine::StepRunner runner(m, kv, slots, graphs);
   std::vector<engine::Sequence> seqs(static_cast<size_t>(batch));
   for (int64_t i = 0; i < batch; ++i) {
     engine::Sequence& q = seqs[size_t(i)];
@@ -106,9 +110,7 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
     std::vector<engine::SeqWork> work;
     for (auto& q : seqs) work.push_back({&q, 1, true});
     auto plan = engine::plan_step(work, kv.page_size, false);
-    auto in = engine::stage(b, plan, c, slots ? slots->max_rank() : 0);
-    m.forward(in, kv, slots);
-    b.synchronize();
+    runner.run(plan, std::vector<engine::SampleRow>(size_t(batch)));
     if (step > 0) times.push_back(since(t0));
     for (auto& q : seqs) ++q.num_computed;
   }
@@ -119,6 +121,7 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
 Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_t prompt) {
   const model::Phi3Config& c = m.config();
   Backend& b = m.backend();
+  engine::StepRunner runner(m, kv, nullptr, false);
   std::vector<double> times;
   for (int rep = 0; rep < 4; ++rep) {
     engine::Sequence s;
@@ -130,9 +133,7 @@ Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_
     b.synchronize();
     const auto t0 = Clock::now();
     auto plan = engine::plan_step({{&s, prompt, true}}, kv.page_size, false);
-    auto in = engine::stage(b, plan, c, 0);
-    m.forward(in, kv, nullptr);
-    b.synchronize();
+    runner.run(plan, {engine::SampleRow{}});  // the first token, greedy
     if (rep > 0) times.push_back(since(t0));  // rep 0 warms up
     engine::release_pages(s, kv);
   }
@@ -192,7 +193,7 @@ int run_bench(const BenchOptions& o) {
 
   // Decode at each batch size.
   for (int64_t bs : o.batches) {
-    auto dt = time_decode(m, kv, nullptr, bs, o.context, o.steps, {});
+    auto dt = time_decode(m, kv, nullptr, bs, o.context, o.steps, {}, !o.enforce_eager);
     if (!dt) return fail(dt.status());
     const double bytes = (n.layer_params + n.lm_head_params) * double(elem) +
                          double(bs) * double(c.hidden_size) * double(elem) +
@@ -226,13 +227,15 @@ int run_bench(const BenchOptions& o) {
     for (int s = 0; s < nslots; ++s)
       slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
     b.synchronize();
-    auto none = time_decode(m, kv, nullptr, o.lora_batch, o.lora_context, o.steps, {});
+    auto none = time_decode(m, kv, nullptr, o.lora_batch, o.lora_context, o.steps, {}, !o.enforce_eager);
     if (!none) return fail(none.status());
-    auto shared = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, {0});
+    auto shared = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, {0},
+                                !o.enforce_eager);
     if (!shared) return fail(shared.status());
     std::vector<int32_t> distinct;
     for (int s = 0; s < nslots; ++s) distinct.push_back(s);
-    auto many = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, distinct);
+    auto many = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, distinct,
+                              !o.enforce_eager);
     if (!many) return fail(many.status());
     const std::string label = fmt::format("batch {} ctx {} step", o.lora_batch, o.lora_context);
     std::cout << fmt::format("{:<44} {:>13.3f} ms\n", label + ", no adapter", *none * 1e3);
@@ -285,6 +288,7 @@ void add_bench_command(CLI::App& app, int& rc) {
   cmd->add_option("--lora-rank", o->lora_rank, "rank of the random adapters")
       ->check(CLI::Range(1, 128));
   cmd->add_flag("--skip-lora", o->skip_lora, "leave out the multi-LoRA figure");
+  cmd->add_flag("--enforce-eager", o->enforce_eager, "decode steps op by op (no CUDA graphs)");
   cmd->add_option("--mem-fraction", o->mem_fraction,
                   "device memory fraction for the KV capacity figure")
       ->check(CLI::Range(0.1, 1.0));

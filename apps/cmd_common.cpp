@@ -17,6 +17,8 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
   cmd.add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd.add_option("--page-size", o.page_size, "KV cache page size in tokens")
       ->check(CLI::Range(1, 1024));
+  cmd.add_flag("--enforce-eager", o.enforce_eager,
+               "run every step op by op (no CUDA graphs for decode steps)");
 }
 
 Expected<LoadedModel> load_model(const ModelOptions& o) {

@@ -58,6 +58,7 @@ int run_generate(const GenerateOptions& o) {
   engine::OfflineOptions opts;
   opts.page_size = o.model.page_size;
   opts.stop_ids = m->model->config().eos_token_ids;
+  opts.step_graphs = !o.model.enforce_eager;
   auto gens = engine::generate_batch(*m->model, m->slots.get(), *reqs, opts);
   if (!gens) return fail(gens.status());
   for (size_t i = 0; i < reqs->size(); ++i) {

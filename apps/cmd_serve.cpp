@@ -72,7 +72,7 @@ int run_serve(const ServeOptions& o) {
   const int64_t pages = (o.kv_tokens + o.model.page_size - 1) / o.model.page_size;
   kv::KvCache kv(b, config->num_hidden_layers, pages, o.model.page_size,
                  config->num_key_value_heads, config->head_dim);
-  engine::Engine eng(m, kv, &store, {o.max_batched_tokens, o.max_running});
+  engine::Engine eng(m, kv, &store, {o.max_batched_tokens, o.max_running, !o.model.enforce_eager});
   server::EngineHost host(eng);
 
   server::ServerContext ctx;

@@ -22,6 +22,7 @@ struct ModelOptions {
   std::vector<std::string> adapters;  // NAME=DIR
   std::string device = "cpu";
   int64_t page_size = 16;
+  bool enforce_eager = false;  // no step graphs
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& o);

@@ -185,6 +185,7 @@ class Backend {
   // memory that ops outside graphs use; tensors it keeps (its outputs) stay
   // valid and are rewritten by every replay. Graphs replay one at a time, in
   // order with other ops. nullptr when the backend cannot record.
+  virtual bool can_capture() const { return false; }
   virtual std::unique_ptr<StepGraph> capture(const std::function<void()>& body) {
     (void)body;
     return nullptr;

@@ -9,7 +9,11 @@ namespace philora::engine {
 
 Engine::Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStore* adapters,
                EngineConfig config)
-    : model_(model), kv_(kv), adapters_(adapters), config_(config) {}
+    : model_(model),
+      kv_(kv),
+      adapters_(adapters),
+      config_(config),
+      runner_(model, kv, adapters ? &adapters->slots() : nullptr, config.step_graphs) {}
 
 Status Engine::add_request(GenerationRequest r) {
   const model::Phi3Config& c = model_.config();
@@ -26,9 +30,10 @@ Status Engine::add_request(GenerationRequest r) {
         "request '{}': prompt ({} tokens) + max_new_tokens ({}) exceeds the model's {} positions",
         r.id, r.prompt.size(), r.max_new_tokens, c.max_position_embeddings);
   const int64_t pages_needed = (total + kv_.page_size - 1) / kv_.page_size;
-  if (pages_needed > kv_.allocator.num_blocks())
+  const int64_t usable_pages = kv_.allocator.num_blocks() - runner_.reserved_pages();
+  if (pages_needed > usable_pages)
     return Status::errorf("request '{}': {} tokens can never fit the KV cache ({} tokens)", r.id,
-                          total, kv_.allocator.num_blocks() * kv_.page_size);
+                          total, usable_pages * kv_.page_size);
   if (r.adapter && !adapters_)
     return Status::errorf("request '{}': adapter '{}' requested but this engine has no adapters",
                           r.id, *r.adapter);
@@ -158,20 +163,18 @@ std::vector<StepOutput> Engine::step() {
       stats_.prompt_tokens += std::min(counts[k], l.seq.prompt_len - l.seq.num_computed);
   }
   const model::Phi3Config& c = model_.config();
-  Backend& b = model_.backend();
   StepPlan plan = plan_step(work, kv_.page_size, false);
-  model::StepInputs in = stage(b, plan, c, adapters_ ? adapters_->max_rank() : 0);
-  const lora::AdapterSlots* slots = adapters_ ? &adapters_->slots() : nullptr;
-  Tensor logits = b.to_host_f32(model_.forward(in, kv_, slots));  // (R, vocab)
+  std::vector<SampleRow> rows;
+  for (Live* l : sampled) rows.push_back(sample_row(l->req.sampling, l->rng));
+  const std::vector<int32_t> tokens = runner_.run(plan, rows);
   ++stats_.steps;
   for (const SeqWork& w : work) w.seq->num_computed += w.num_tokens;
 
-  // 4. Sample, append, check stops.
+  // 4. Append, check stops.
   const std::vector<int64_t>& eos = c.eos_token_ids;
   for (size_t r = 0; r < sampled.size(); ++r) {
     Live& l = *sampled[r];
-    const int32_t tok = sample(logits.ptr<float>() + int64_t(r) * c.vocab_size, c.vocab_size,
-                               l.req.sampling, l.rng);
+    const int32_t tok = tokens[r];
     l.seq.tokens.push_back(tok);
     ++l.generated;
     ++stats_.generated_tokens;

@@ -15,6 +15,7 @@
 
 #include "engine/sampler.h"
 #include "engine/sequence.h"
+#include "engine/step_runner.h"
 #include "kv/kv_cache.h"
 #include "lora/store.h"
 #include "model/phi3.h"
@@ -24,6 +25,7 @@ namespace philora::engine {
 struct EngineConfig {
   int64_t max_batched_tokens = 2048;  // token budget of one step
   int64_t max_running = 256;          // sequences in flight
+  bool step_graphs = true;            // decode steps replay graphs where the backend records them
 };
 
 struct GenerationRequest {
@@ -64,6 +66,7 @@ class Engine {
   std::vector<StepOutput> step();
 
   const EngineStats& stats() const { return stats_; }
+  const StepRunnerStats& runner_stats() const { return runner_.stats(); }
   int64_t num_running() const { return int64_t(running_.size()); }
   int64_t num_waiting() const { return int64_t(waiting_.size()); }
 
@@ -84,6 +87,7 @@ class Engine {
   kv::KvCache& kv_;
   lora::AdapterStore* adapters_;
   EngineConfig config_;
+  StepRunner runner_;
   std::deque<std::unique_ptr<Live>> waiting_;
   std::vector<std::unique_ptr<Live>> running_;  // admission order
   std::vector<StepOutput> pending_;             // finished outside a step (aborts)

@@ -5,6 +5,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "engine/plan.h"
+#include "engine/step_runner.h"
 #include "model/rope.h"
 
 namespace philora::engine {
@@ -43,8 +44,9 @@ static kv::KvCache make_cache(model::Phi3ForCausalLM& m, const std::vector<Offli
   for (const OfflineRequest& r : reqs)
     pages += (int64_t(r.input_ids.size()) + r.max_new_tokens + page_size - 1) / page_size;
   const model::Phi3Config& c = m.config();
-  return kv::KvCache(m.backend(), c.num_hidden_layers, std::max<int64_t>(1, pages), page_size,
-                     c.num_key_value_heads, c.head_dim);
+  pages += 1;  // the step runner's pad page
+  return kv::KvCache(m.backend(), c.num_hidden_layers, pages, page_size, c.num_key_value_heads,
+                     c.head_dim);
 }
 
 Expected<std::vector<Tensor>> score_batch(model::Phi3ForCausalLM& model,
@@ -87,7 +89,7 @@ Expected<std::vector<Generation>> generate_batch(model::Phi3ForCausalLM& model,
   for (const OfflineRequest& r : requests) rngs.emplace_back(r.sampling.seed);
   std::vector<bool> done(requests.size(), false);
   for (size_t i = 0; i < requests.size(); ++i) done[i] = requests[i].max_new_tokens <= 0;
-  Backend& b = model.backend();
+  StepRunner runner(model, kv, adapters, options.step_graphs);
 
   // Step 0 computes every prompt; each later step one new token per live sequence.
   for (;;) {
@@ -103,14 +105,14 @@ Expected<std::vector<Generation>> generate_batch(model::Phi3ForCausalLM& model,
     }
     if (work.empty()) break;
     StepPlan plan = plan_step(work, options.page_size, /*all_rows=*/false);
-    model::StepInputs in = stage(b, plan, c, adapters ? adapters->max_rank() : 0);
-    Tensor logits = b.to_host_f32(model.forward(in, kv, adapters));  // (R, vocab)
+    std::vector<SampleRow> rows;
+    for (size_t i : which) rows.push_back(sample_row(requests[i].sampling, rngs[i]));
+    const std::vector<int32_t> tokens = runner.run(plan, rows);
     for (size_t k = 0; k < which.size(); ++k) {
       const size_t i = which[k];
       Sequence& s = seqs[i];
       s.num_computed = int64_t(s.tokens.size());
-      const int32_t tok = sample(logits.ptr<float>() + int64_t(k) * c.vocab_size, c.vocab_size,
-                                 requests[i].sampling, rngs[i]);
+      const int32_t tok = tokens[k];
       s.tokens.push_back(tok);
       out[i].tokens.push_back(tok);
       const bool eos = !requests[i].ignore_eos &&

@@ -23,6 +23,7 @@ struct OfflineRequest {
 struct OfflineOptions {
   int64_t page_size = 16;
   std::vector<int64_t> stop_ids;  // eos ids of the model
+  bool step_graphs = true;        // decode steps replay graphs where the backend records them
 };
 
 // Logits of every position of every request, (len, vocab) host f32 each.

@@ -16,7 +16,17 @@ AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num
   resident_.assign(dims_.size(), std::vector<Resident>(size_t(num_slots)));
   tables_.resize(dims_.size());
   used_.assign(dims_.size(), false);
-  for (size_t m = 0; m < dims_.size(); ++m) rebuild(m);
+  for (size_t m = 0; m < dims_.size(); ++m) {
+    LoraModuleTable& t = tables_[m];  // fixed addresses: step graphs keep them
+    t.a_ptrs = backend_.upload_i64(std::vector<int64_t>(size_t(num_slots), 0));
+    t.b_ptrs = backend_.upload_i64(std::vector<int64_t>(size_t(num_slots), 0));
+    t.ranks = backend_.upload_i32(std::vector<int32_t>(size_t(num_slots), 0));
+    t.scales = backend_.upload_f32(std::vector<float>(size_t(num_slots), 0.0f));
+    t.dtype = backend_.compute_dtype();
+    t.num_slots = num_slots_;
+    t.in_features = dims_[m][0];
+    t.out_features = dims_[m][1];
+  }
 }
 
 size_t AdapterSlots::module_index(int64_t layer, Target t) const {
@@ -79,14 +89,11 @@ void AdapterSlots::rebuild(size_t m) {
     max_rank = std::max<int64_t>(max_rank, r.rank);
   }
   LoraModuleTable& t = tables_[m];
-  t.a_ptrs = backend_.upload_i64(a);
-  t.b_ptrs = backend_.upload_i64(b);
-  t.ranks = backend_.upload_i32(ranks);
-  t.scales = backend_.upload_f32(scales);
-  t.dtype = backend_.compute_dtype();
-  t.num_slots = num_slots_;
-  t.in_features = dims_[m][0];
-  t.out_features = dims_[m][1];
+  backend_.upload_into(t.a_ptrs, a.data(), a.size() * sizeof(int64_t));
+  backend_.upload_into(t.b_ptrs, b.data(), b.size() * sizeof(int64_t));
+  backend_.upload_into(t.ranks, ranks.data(), ranks.size() * sizeof(int32_t));
+  backend_.upload_into(t.scales, scales.data(), scales.size() * sizeof(float));
+  if (t.max_rank != max_rank || used_[m] != (max_rank > 0)) ++layout_version_;
   t.max_rank = max_rank;
   used_[m] = max_rank > 0;
 }

@@ -27,6 +27,11 @@ class AdapterSlots {
   const LoraModuleTable* table(int64_t layer, Target t) const;
   // Largest rank resident in any slot (sizes the shrink buffer).
   int64_t max_rank() const;
+  // Changes whenever what the LoRA ops decide on the host changes (which
+  // modules have a table, each table's max_rank); the tables themselves stay
+  // at fixed addresses and are rewritten in place, so a recorded step graph
+  // stays valid for as long as this number does.
+  uint64_t layout_version() const { return layout_version_; }
 
  private:
   struct Resident {  // one slot's pair on one module
@@ -44,6 +49,7 @@ class AdapterSlots {
   std::vector<LoraModuleTable> tables_;          // [modules]
   std::vector<bool> used_;                       // [modules]: any slot has rank > 0
   std::vector<int64_t> slot_rank_;               // [slots] max rank per slot
+  uint64_t layout_version_ = 0;
 };
 
 }  // namespace philora::lora

@@ -25,31 +25,35 @@ size_t DeviceAllocator::size_class(size_t bytes) {
 }
 
 DeviceAllocator::~DeviceAllocator() {
-  for (auto& [cls, blocks] : free_)
-    for (void* p : blocks) (void)cudaFree(p);  // errors at teardown are moot
+  for (FreeLists* lists : {&free_, &graph_free_})
+    for (auto& [cls, blocks] : *lists)
+      for (void* p : blocks) (void)cudaFree(p);  // errors at teardown are moot
 }
 
 std::shared_ptr<void> DeviceAllocator::allocate(size_t bytes) {
   const size_t cls = size_class(bytes);
   void* p = nullptr;
   size_t got = cls;
+  bool graph = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    graph = graph_pool_;
+    FreeLists& lists = graph ? graph_free_ : free_;
     // Small classes match exactly; a large request may take a cached block of up
     // to 1.25x its size rather than grow the pool.
-    auto it = free_.lower_bound(cls);
-    if (it != free_.end() && !it->second.empty() && (it->first == cls || (cls >= (size_t(16) << 20) && it->first <= cls + cls / 4))) {
+    auto it = lists.lower_bound(cls);
+    if (it != lists.end() && !it->second.empty() && (it->first == cls || (cls >= (size_t(16) << 20) && it->first <= cls + cls / 4))) {
       p = it->second.back();
       got = it->first;
       it->second.pop_back();
-      if (it->second.empty()) free_.erase(it);
+      if (it->second.empty()) lists.erase(it);
       stats_.bytes_cached -= got;
       stats_.bytes_in_use += got;
     }
   }
   if (!p) {
     cudaError_t e = cudaMalloc(&p, cls);
-    if (e == cudaErrorMemoryAllocation) {
+    if (e == cudaErrorMemoryAllocation && !graph) {
       (void)cudaGetLastError();
       release_cached();
       e = cudaMalloc(&p, cls);
@@ -64,14 +68,20 @@ std::shared_ptr<void> DeviceAllocator::allocate(size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.bytes_in_use += cls;
     stats_.cuda_mallocs += 1;
+    if (graph) stats_.graph_pool_bytes += cls;
   }
   auto self = shared_from_this();
-  return std::shared_ptr<void>(p, [self, got](void* q) { self->give_back(q, got); });
+  return std::shared_ptr<void>(p, [self, got, graph](void* q) { self->give_back(q, got, graph); });
 }
 
-void DeviceAllocator::give_back(void* p, size_t cls) {
+void DeviceAllocator::set_graph_pool(bool on) {
   std::lock_guard<std::mutex> lock(mu_);
-  free_[cls].push_back(p);
+  graph_pool_ = on;
+}
+
+void DeviceAllocator::give_back(void* p, size_t cls, bool graph) {
+  std::lock_guard<std::mutex> lock(mu_);
+  (graph ? graph_free_ : free_)[cls].push_back(p);
   stats_.bytes_in_use -= cls;
   stats_.bytes_cached += cls;
 }
@@ -81,7 +91,7 @@ void DeviceAllocator::release_cached() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     blocks.swap(free_);
-    stats_.bytes_cached = 0;
+    for (auto& [cls, list] : blocks) stats_.bytes_cached -= cls * list.size();
   }
   for (auto& [cls, list] : blocks)
     for (void* p : list) PHILORA_CUDA_CHECK(cudaFree(p));

@@ -6,6 +6,13 @@
 // backend's one stream, so a block freed on the host while kernels that use it
 // are still queued can be reused by the next op: that op is queued behind them.
 //
+// Graph pool: while a step graph is being recorded (and during its warm-up
+// run), blocks come from and go back to a second set of free lists that only
+// graphs use. A graph bakes in the addresses it was recorded with; since no op
+// outside graphs can ever be handed those blocks, a replay cannot overwrite
+// live tensors. Graphs share the pool: they replay one at a time on the one
+// stream, and each finishes with its temporaries before the next starts.
+//
 // PinnedStaging copies small host arrays (plans, LoRA tables) to the device
 // through pinned buffers, so cudaMemcpyAsync does not wait for the stream.
 #pragma once
@@ -33,13 +40,16 @@ class DeviceAllocator : public std::enable_shared_from_this<DeviceAllocator> {
   // A block of at least `bytes` (256-byte aligned, never null); the returned
   // owner gives it back to the cache when its last copy goes.
   std::shared_ptr<void> allocate(size_t bytes);
-  // cudaFree every cached (unused) block.
+  // cudaFree every cached (unused) block of the ordinary pool.
   void release_cached();
+  // While on, allocate() serves from the graph pool (see above).
+  void set_graph_pool(bool on);
 
   struct Stats {
     size_t bytes_in_use = 0;   // held by live tensors
     size_t bytes_cached = 0;   // in the free lists
     size_t cuda_mallocs = 0;   // cudaMalloc calls so far
+    size_t graph_pool_bytes = 0;  // held by the graph pool, in use or cached
   };
   Stats stats() const;
 
@@ -48,10 +58,13 @@ class DeviceAllocator : public std::enable_shared_from_this<DeviceAllocator> {
 
  private:
   DeviceAllocator() = default;
-  void give_back(void* p, size_t cls);
+  using FreeLists = std::map<size_t, std::vector<void*>>;  // size class -> cached blocks
+  void give_back(void* p, size_t cls, bool graph);
 
   mutable std::mutex mu_;
-  std::map<size_t, std::vector<void*>> free_;  // size class -> cached blocks
+  FreeLists free_;
+  FreeLists graph_free_;
+  bool graph_pool_ = false;
   Stats stats_;
 };
 
