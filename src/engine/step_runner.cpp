@@ -151,8 +151,12 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const Key& key, bool lora)
   a.scale = float(1.0 / std::sqrt(double(c.head_dim)));
   if (lora) {
     in.lora.active = true;
+    // One segment per row (their bounds are q_indptr's 0..B): the contract's
+    // two forms, and kernels that stay per token, as decode wants.
     in.lora.token_slot = view(g->ints, DType::i32, 4 * B, B);
-    in.lora.num_segments = B;  // keeps the kernels per token, as decode wants
+    in.lora.seg_slot = in.lora.token_slot;
+    in.lora.seg_indptr = a.q_indptr;
+    in.lora.num_segments = B;
     in.lora.max_rank = adapters_->max_rank();
     in.lora_logits = in.lora;
   }
@@ -180,10 +184,11 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const Key& key, bool lora)
   fill_padding();
   b.upload_into(g->ints, g->host_ints.data(), g->host_ints.size() * 4);
   b.upload_into(g->floats, g->host_floats.data(), g->host_floats.size() * 4);
+  // The body may be kept and rerun (a backend's replay): it captures by value.
   const lora::AdapterSlots* slots = lora ? adapters_ : nullptr;
-  g->graph = b.capture([&] {
-    Tensor logits = model_.forward(gr.in, kv_, slots);
-    gr.ids = b.sample(logits, gr.sampling);
+  g->graph = b.capture([this, graph = g.get(), slots, backend = &b] {
+    Tensor logits = model_.forward(graph->in, kv_, slots);
+    graph->ids = backend->sample(logits, graph->sampling);
   });
   if (!g->graph) return nullptr;
   ++stats_.captures;

@@ -37,6 +37,7 @@ struct Scenario {
   int64_t budget;  // tokens per step
   int64_t pages;   // KV pages of 4 tokens
   int slots;       // adapter slots
+  bool graphs = false;  // decode steps through step graphs (the CPU backend replays the body)
 };
 
 class EngineGolden : public ::testing::TestWithParam<std::tuple<std::string, Scenario>> {};
@@ -44,7 +45,7 @@ class EngineGolden : public ::testing::TestWithParam<std::tuple<std::string, Sce
 TEST_P(EngineGolden, GreedyTokensMatchHF) {
   const auto& [case_name, sc] = GetParam();
   const fs::path dir = fs::path(PHILORA_TEST_DATA) / "golden" / case_name;
-  CpuBackend backend(2);
+  CpuBackend backend(2, sc.graphs);
   auto config = model::load_config((dir / "model").string());
   ASSERT_TRUE(config.ok()) << config.status().message();
   auto tensors = io::TensorSet::open_model_dir((dir / "model").string());
@@ -60,7 +61,7 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
   const int64_t page = 4;
   kv::KvCache kv(backend, config->num_hidden_layers, sc.pages, page, config->num_key_value_heads,
                  config->head_dim);
-  engine::Engine eng(m, kv, &store, {sc.budget, 64});
+  engine::Engine eng(m, kv, &store, {sc.budget, 64, sc.graphs});
 
   const auto requests = read_jsonl(dir / "generate_requests.jsonl");
   const auto refs = read_jsonl(dir / "generate_ref.jsonl");
@@ -91,7 +92,17 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
         << case_name << "/" << id << " [" << sc.name << "]";
     EXPECT_EQ(reason[id], "length");
   }
-  EXPECT_EQ(kv.allocator.num_free(), sc.pages) << "every page returned";
+  const engine::StepRunnerStats& runs = eng.runner_stats();
+  std::printf("[%s/%s] eager steps %ld, graph steps %ld, graphs recorded %ld\n", case_name.c_str(),
+              sc.name, long(runs.eager_steps), long(runs.graph_steps), long(runs.captures));
+  EXPECT_EQ(kv.allocator.num_free(), sc.pages - (sc.graphs ? 1 : 0))
+      << "every page returned (but the pad page while graphs may replay)";
+  if (sc.graphs) {
+    EXPECT_GT(runs.graph_steps, 0) << "decode steps must have replayed graphs";
+    EXPECT_GT(runs.eager_steps, 0) << "prompt steps run op by op";
+  } else {
+    EXPECT_EQ(runs.graph_steps, 0);
+  }
   if (std::string(sc.name) == "tight") {
     EXPECT_GT(eng.stats().preemptions, 0) << "the scenario must preempt";
   }
@@ -105,6 +116,11 @@ const Scenario kScenarios[] = {
     {"chunked", 5, 512, 8},    // prompts split into 5-token chunks
     {"tight", 16, 12, 8},      // 12 pages of 4 tokens: running sequences preempt each other
     {"one_slot", 64, 512, 1},  // adapters evicted and reloaded through one slot
+    // The same through step graphs: padded batch buckets, the pad page, graphs
+    // re-recorded as adapters change the LoRA layout, preemption around them.
+    {"roomy_graphs", 4096, 512, 8, true},
+    {"tight_graphs", 16, 13, 8, true},
+    {"one_slot_graphs", 64, 512, 1, true},
 };
 
 INSTANTIATE_TEST_SUITE_P(

@@ -19,7 +19,25 @@ Tensor host_alloc(DType dtype, std::initializer_list<int64_t> shape) {
   return t;
 }
 
-CpuBackend::CpuBackend(int num_threads) : pool_(num_threads) {}
+CpuBackend::CpuBackend(int num_threads, bool replay_graphs)
+    : pool_(num_threads), replay_graphs_(replay_graphs) {}
+
+namespace {
+class ReplayGraph final : public StepGraph {
+ public:
+  explicit ReplayGraph(std::function<void()> body) : body_(std::move(body)) {}
+  void replay() override { body_(); }
+
+ private:
+  std::function<void()> body_;
+};
+}  // namespace
+
+std::unique_ptr<StepGraph> CpuBackend::capture(const std::function<void()>& body) {
+  if (!replay_graphs_) return nullptr;
+  body();
+  return std::make_unique<ReplayGraph>(body);
+}
 
 Tensor CpuBackend::alloc(DType dtype, std::initializer_list<int64_t> shape) {
   return host_alloc(dtype, shape);

@@ -11,7 +11,10 @@ namespace philora {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int num_threads = 0);
+  // replay_graphs: capture() records the body itself and a replay runs it
+  // again — what a graph means, so that tests exercise the graph paths of the
+  // engine on the CPU. Off by default (padding to a bucket only costs here).
+  explicit CpuBackend(int num_threads = 0, bool replay_graphs = false);
 
   Device device() const override { return Device::cpu; }
   std::string name() const override { return "cpu"; }
@@ -44,11 +47,14 @@ class CpuBackend final : public Backend {
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
+  bool can_capture() const override { return replay_graphs_; }
+  std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
 
   ThreadPool& pool() { return pool_; }
 
  private:
   ThreadPool pool_;
+  bool replay_graphs_;
 };
 
 // Host memory: 64-byte aligned, owned by the returned tensor.
