@@ -93,7 +93,7 @@ Paged make_paged(int64_t batch, int64_t cached, int64_t q, int64_t window) {
   p.plan.window = window;
   p.plan.scale = float(1.0 / std::sqrt(double(kHeadDim)));
   const int64_t pages = batch * pages_per;
-  p.kv = {rnd({pages, page, kHeads, kHeadDim}, 11), rnd({pages, page, kHeads, kHeadDim}, 12)};
+  p.kv = {rnd({pages, kHeads, page, kHeadDim}, 11), rnd({pages, kHeads, page, kHeadDim}, 12)};
   return p;
 }
 

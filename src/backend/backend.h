@@ -15,12 +15,20 @@
 
 namespace philora {
 
-// Where K and V of one layer live: a pool of fixed-size pages.
+// Where K and V of one layer live: a pool of fixed-size pages, each holding
+// its tokens head by head (FlashInfer's HND layout), so that one head's keys
+// in a page are one contiguous run of page_size · head_dim elements.
 struct KvLayer {
-  Tensor k;  // (num_pages, page_size, n_kv_heads, head_dim)
-  Tensor v;  // (num_pages, page_size, n_kv_heads, head_dim)
-  int64_t page_size() const { return k.dim(1); }
+  Tensor k;  // (num_pages, n_kv_heads, page_size, head_dim)
+  Tensor v;  // (num_pages, n_kv_heads, page_size, head_dim)
+  int64_t page_size() const { return k.dim(2); }
 };
+
+// Element offset of (slot, kv head) in a K or V pool; slot = page · page_size + offset.
+inline int64_t kv_offset(int64_t slot, int64_t head, int64_t n_kv_heads, int64_t page_size,
+                         int64_t head_dim) {
+  return ((slot / page_size * n_kv_heads + head) * page_size + slot % page_size) * head_dim;
+}
 
 // Rotary embedding of one model. Angles are computed as HF does: in f32,
 // angle = f32(position) * inv_freq[i]; cos/sin are then scaled by

@@ -19,8 +19,8 @@ struct KvCache {
       : page_size(page_size), allocator(int32_t(num_pages)) {
     for (int64_t l = 0; l < num_layers; ++l) {
       const DType t = backend.compute_dtype();
-      layers.push_back({backend.alloc(t, {num_pages, page_size, n_kv_heads, head_dim}),
-                        backend.alloc(t, {num_pages, page_size, n_kv_heads, head_dim})});
+      layers.push_back({backend.alloc(t, {num_pages, n_kv_heads, page_size, head_dim}),
+                        backend.alloc(t, {num_pages, n_kv_heads, page_size, head_dim})});
     }
   }
 };

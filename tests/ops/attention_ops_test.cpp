@@ -54,10 +54,13 @@ class Attention : public OpCase {
     for (size_t s = 0; s < s_.seqs.size(); ++s)
       for (int64_t j = 0; j < kv_.kv_len(s); ++j)
         for (int64_t i = 0; i < kv_width(); ++i) {
-          k_pool[size_t(kv_.slot(s, j) * kv_width() + i)] = k_[s][size_t(j * kv_width() + i)];
-          v_pool[size_t(kv_.slot(s, j) * kv_width() + i)] = v_[s][size_t(j * kv_width() + i)];
+          const int64_t d = s_.head_dim;
+          const size_t at = size_t(
+              kv_offset(kv_.slot(s, j), i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
+          k_pool[at] = k_[s][size_t(j * kv_width() + i)];
+          v_pool[at] = v_[s][size_t(j * kv_width() + i)];
         }
-    const std::vector<int64_t> pool_shape = {kv_.num_pages, kv_.page_size, s_.n_kv_heads,
+    const std::vector<int64_t> pool_shape = {kv_.num_pages, s_.n_kv_heads, kv_.page_size,
                                              s_.head_dim};
     const KvLayer kv{upload(b, k_pool, pool_shape), upload(b, v_pool, pool_shape)};
     const Tensor qkv = upload(b, qkv_, {kv_.tokens(), width()});

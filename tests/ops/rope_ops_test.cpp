@@ -70,7 +70,7 @@ class RopeAndCache : public OpCase {
     rope.head_dim = s_.head_dim;
     // Every page poisoned: only this step's slots may be written.
     const std::vector<float> poison(size_t(pool_rows() * kv_width()), NAN);
-    const std::vector<int64_t> pool_shape = {kv_.num_pages, kv_.page_size, s_.n_kv_heads,
+    const std::vector<int64_t> pool_shape = {kv_.num_pages, s_.n_kv_heads, kv_.page_size,
                                              s_.head_dim};
     KvLayer kv{upload(b, poison, pool_shape), upload(b, poison, pool_shape)};
     b.rope_and_cache(qkv, tokens, rope, kv);
@@ -102,11 +102,13 @@ class RopeAndCache : public OpCase {
           qkv.role[size_t(t * width() + i2)] = Role::value;
         }
       const int64_t slot = kv_.slots[size_t(t)];
-      for (int64_t i = 0; i < kv_size; ++i) {
-        k.want[size_t(slot * kv_size + i)] = y[q_size + i];
-        k.role[size_t(slot * kv_size + i)] = Role::value;
-        v.want[size_t(slot * kv_size + i)] = x[q_size + kv_size + i];
-        v.role[size_t(slot * kv_size + i)] = Role::value;
+      for (int64_t i = 0; i < kv_size; ++i) {  // HND pages: head i / d of the slot's page
+        const size_t at =
+            size_t(kv_offset(slot, i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
+        k.want[at] = y[q_size + i];
+        k.role[at] = Role::value;
+        v.want[at] = x[q_size + kv_size + i];
+        v.role[at] = Role::value;
       }
     }
     return {qkv, k, v};

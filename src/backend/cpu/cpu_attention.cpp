@@ -35,10 +35,11 @@ void CpuBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rope
       for (int64_t h = 0; h < rope.n_heads + rope.n_kv_heads; ++h)
         rotate(row + h * d, cos.data(), sin.data(), half);
       const int64_t slot = tokens.slots.ptr<int32_t>()[t];
-      float* k_dst = kv.k.ptr<float>() + slot * kv_size;  // pool rows are slots
-      float* v_dst = kv.v.ptr<float>() + slot * kv_size;
-      std::copy(row + q_size, row + q_size + kv_size, k_dst);
-      std::copy(row + q_size + kv_size, row + q_size + 2 * kv_size, v_dst);
+      for (int64_t h = 0; h < rope.n_kv_heads; ++h) {
+        const int64_t at = kv_offset(slot, h, rope.n_kv_heads, kv.page_size(), d);
+        std::copy_n(row + q_size + h * d, d, kv.k.ptr<float>() + at);
+        std::copy_n(row + q_size + kv_size + h * d, d, kv.v.ptr<float>() + at);
+      }
     }
   });
 }
@@ -46,7 +47,7 @@ void CpuBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rope
 Tensor CpuBackend::attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
                              const RopeParams& shape) {
   const int64_t n = qkv.rows(), d = shape.head_dim, H = shape.n_heads, Hkv = shape.n_kv_heads;
-  const int64_t group = H / Hkv, kv_size = Hkv * d, width = qkv.cols(), page = kv.page_size();
+  const int64_t group = H / Hkv, width = qkv.cols(), page = kv.page_size();
   Tensor out = host_alloc(DType::f32, {n, H * d});
   const auto* q_indptr = plan.q_indptr.ptr<int32_t>();
   const auto* kv_indptr = plan.kv_indptr.ptr<int32_t>();
@@ -73,7 +74,7 @@ Tensor CpuBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attenti
       const float* q = qkv.ptr<float>() + t * width + h * d;
       auto key_row = [&](const Tensor& pool, int64_t j) {
         const int64_t page_id = kv_indices[kv_indptr[s] + j / page];
-        return pool.ptr<float>() + (page_id * page + j % page) * kv_size + kvh * d;
+        return pool.ptr<float>() + kv_offset(page_id * page + j % page, kvh, Hkv, page, d);
       };
       scores.assign(size_t(std::max<int64_t>(0, hi - lo + 1)), 0.0f);
       double max_score = -INFINITY;

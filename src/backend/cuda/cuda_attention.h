@@ -11,8 +11,8 @@ namespace philora::cuda {
 struct PagedAttentionArgs {
   const void* qkv = nullptr;         // (T, qkv_stride) bf16; q of head h at column h · d
   int64_t qkv_stride = 0;
-  const void* k_cache = nullptr;     // (num_pages, page_size, Hkv, d) bf16
-  const void* v_cache = nullptr;     // (num_pages, page_size, Hkv, d) bf16
+  const void* k_cache = nullptr;     // (num_pages, Hkv, page_size, d) bf16
+  const void* v_cache = nullptr;     // (num_pages, Hkv, page_size, d) bf16
   void* out = nullptr;               // (T, H · d) bf16
   const int32_t* q_indptr = nullptr;          // [S + 1]
   const int32_t* kv_indptr = nullptr;         // [S + 1]

@@ -30,8 +30,7 @@ __device__ __forceinline__ int sequence_of(const int32_t* q_indptr, int num_seqs
 __device__ __forceinline__ const bf16* kv_row(const bf16* cache, const PagedAttentionArgs& a,
                                               const int32_t* pages, int j, int kvh) {
   const int64_t page = pages[j / a.page_size];
-  const int64_t slot = page * a.page_size + j % a.page_size;
-  return cache + (slot * a.n_kv_heads + kvh) * a.head_dim;
+  return cache + ((page * a.n_kv_heads + kvh) * a.page_size + j % a.page_size) * a.head_dim;
 }
 
 // grid (num_splits, Hkv · ceil(group / G), T), kThreads threads.

@@ -26,8 +26,8 @@ __device__ __forceinline__ void load_kv_tile(bf16* k_dst, bf16* v_dst, const bf1
   int64_t offset = 0;
   int bytes = 0;
   if (j < end) {
-    const int64_t slot = int64_t(pages[j / a.page_size]) * a.page_size + j % a.page_size;
-    offset = (slot * a.n_kv_heads + kvh) * D;
+    const int64_t page = pages[j / a.page_size];
+    offset = ((page * a.n_kv_heads + kvh) * a.page_size + j % a.page_size) * D;
     bytes = 16;
   }
 #pragma unroll

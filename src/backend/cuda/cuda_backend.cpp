@@ -239,6 +239,7 @@ void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rop
   a.head_dim = rope.head_dim;
   a.k_cache = kv.k.data;
   a.v_cache = kv.v.data;
+  a.page_size = kv.page_size();
   cuda::launch_rope_and_cache(a, ctx_->stream);
 }
 

@@ -7,6 +7,11 @@ namespace philora::cuda {
 
 namespace {
 
+// Element offset of (slot, kv head) in a K or V pool (HND pages, backend.h).
+__device__ __forceinline__ int64_t cache_offset(const RopeCacheArgs& a, int64_t slot, int head) {
+  return ((slot / a.page_size * a.n_kv_heads + head) * a.page_size + slot % a.page_size) * a.head_dim;
+}
+
 constexpr int kMaxHalf = 256;       // rotary_dim ≤ 512
 constexpr int kHeadsPerBlock = 4;   // of the H + 2 Hkv heads of a token
 constexpr int kThreads = 128;
@@ -34,13 +39,12 @@ __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs 
 
   bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
   const int64_t slot = a.slots[t];
-  const int64_t kv_size = int64_t(Hkv) * d;
   const int h0 = blockIdx.y * kHeadsPerBlock;
   const int h1 = min(H + 2 * Hkv, h0 + kHeadsPerBlock);
   for (int h = h0; h < h1; ++h) {
     bf16* x = row + int64_t(h) * d;
     if (h < H + Hkv) {  // q or k: rotate the first rotary_dim dims
-      bf16* k = h >= H && slot >= 0 ? static_cast<bf16*>(a.k_cache) + slot * kv_size + int64_t(h - H) * d : nullptr;
+      bf16* k = h >= H && slot >= 0 ? static_cast<bf16*>(a.k_cache) + cache_offset(a, slot, h - H) : nullptr;
       for (int i = threadIdx.x; i < half; i += kThreads) {
         const float x1 = __bfloat162float(x[i]), x2 = __bfloat162float(x[i + half]);
         const float c = cos_s[i], s = sin_s[i];
@@ -56,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs 
       if (k)  // the dims past rotary_dim pass through
         for (int i = 2 * half + threadIdx.x; i < d; i += kThreads) k[i] = x[i];
     } else if (slot >= 0) {  // v: to the cache as it is
-      bf16* v = static_cast<bf16*>(a.v_cache) + slot * kv_size + int64_t(h - H - Hkv) * d;
+      bf16* v = static_cast<bf16*>(a.v_cache) + cache_offset(a, slot, h - H - Hkv);
       for (int i = threadIdx.x; i < d; i += kThreads) v[i] = x[i];
     }
   }
@@ -74,7 +78,6 @@ __global__ void rope_and_cache_vec_kernel(RopeCacheArgs a) {
   const int pass_items = Hkv * ((d - 2 * half) / 8);     // k dims past rotary_dim
   const int v_items = Hkv * (d / 8);
   const int per_token = rot_items + pass_items + v_items;
-  const int64_t kv_size = int64_t(Hkv) * d;
   const int64_t total = a.num_tokens * per_token;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -103,7 +106,7 @@ __global__ void rope_and_cache_vec_kernel(RopeCacheArgs a) {
       *reinterpret_cast<uint4*>(x + i0) = v1;
       *reinterpret_cast<uint4*>(x + i0 + half) = v2;
       if (h >= H && slot >= 0) {
-        bf16* k = static_cast<bf16*>(a.k_cache) + slot * kv_size + int64_t(h - H) * d;
+        bf16* k = static_cast<bf16*>(a.k_cache) + cache_offset(a, slot, h - H);
         *reinterpret_cast<uint4*>(k + i0) = v1;
         *reinterpret_cast<uint4*>(k + i0 + half) = v2;
       }
@@ -114,12 +117,12 @@ __global__ void rope_and_cache_vec_kernel(RopeCacheArgs a) {
     if (item < pass_items) {
       const int per_head = (d - 2 * half) / 8;
       const int h = item / per_head, i = 2 * half + (item % per_head) * 8;
-      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.k_cache) + slot * kv_size + int64_t(h) * d + i) =
+      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.k_cache) + cache_offset(a, slot, h) + i) =
           *reinterpret_cast<const uint4*>(row + int64_t(H + h) * d + i);
       continue;
     }
     item -= pass_items;
-    *reinterpret_cast<uint4*>(static_cast<bf16*>(a.v_cache) + slot * kv_size + int64_t(item) * 8) =
+    *reinterpret_cast<uint4*>(static_cast<bf16*>(a.v_cache) + cache_offset(a, slot, item / (d / 8)) + (item % (d / 8)) * 8) =
         *reinterpret_cast<const uint4*>(row + int64_t(H + Hkv) * d + int64_t(item) * 8);
   }
 }

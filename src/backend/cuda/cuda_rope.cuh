@@ -19,8 +19,9 @@ struct RopeCacheArgs {
   float attention_factor = 1.0f;
   int64_t rotary_dim = 0;
   int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
-  void* k_cache;               // (num_pages · page_size, Hkv · d) bf16
-  void* v_cache;               // (num_pages · page_size, Hkv · d) bf16
+  void* k_cache;               // (num_pages, Hkv, page_size, d) bf16
+  void* v_cache;               // (num_pages, Hkv, page_size, d) bf16
+  int64_t page_size = 0;
 };
 
 void launch_rope_and_cache(const RopeCacheArgs& a, cudaStream_t stream);
