@@ -104,7 +104,8 @@ struct LoraBatch {
 //   shortest prefix whose mass reaches top_p[r] · Σ w (top_p ≥ 1: no cut).
 //   The kept tokens are then walked in vocabulary order and the first i whose
 //   running sum of w exceeds uniform[r] · Σ_kept w is chosen (the last kept
-//   token if rounding leaves none).
+//   token if rounding leaves none). NaN logits count as -inf; a row whose
+//   maximum is not finite is chosen greedily.
 struct SamplingPlan {
   Tensor temperature;  // [R] f32
   Tensor top_k;        // [R] i32

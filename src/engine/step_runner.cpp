@@ -37,8 +37,7 @@ SampleRow sample_row(const SamplingParams& p, std::mt19937_64& rng) {
   r.temperature = p.temperature;
   r.top_k = int32_t(std::clamp<int64_t>(p.top_k, 0, INT32_MAX));
   r.top_p = p.top_p;
-  const float u = float(std::uniform_real_distribution<double>(0.0, 1.0)(rng));
-  r.uniform = std::min(u, std::nextafter(1.0f, 0.0f));
+  r.uniform = draw_uniform(rng);  // as the host rule draws: one seed, one sequence
   return r;
 }
 
