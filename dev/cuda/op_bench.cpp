@@ -220,7 +220,12 @@ void bench_host_overhead() {
 
 }  // namespace
 
-int main() {
+// op_bench [TEXT]: only the benchmarks whose label contains TEXT (for profiling one).
+std::string g_only;
+bool want(const std::string& tag) { return g_only.empty() || tag.find(g_only) != std::string::npos; }
+
+int main(int argc, char** argv) {
+  if (argc > 1) g_only = argv[1];
   auto made = make_cuda_backend();
   if (!made) {
     std::fprintf(stderr, "op_bench: %s\n", made.status().message().c_str());
@@ -229,20 +234,21 @@ int main() {
   g_backend = static_cast<CudaBackend*>(made->get());
   std::printf("device: %s\n", g_backend->context().props.name);
   try {
-    bench_host_overhead();
-    bench_dense(2048, "prefill T=2048");
-    bench_attention(1, 0, 2048, "prefill T=2048");
-    bench_attention(1, 0, 512, "prefill T=512");
-    bench_dense(1, "decode B=1");
-    bench_attention(1, 511, 1, "decode B=1 ctx 512");
-    bench_dense(64, "decode B=64");
-    bench_attention(64, 1023, 1, "decode B=64 ctx 1024");
+    if (g_only.empty()) bench_host_overhead();
+    if (want("prefill T=2048")) bench_dense(2048, "prefill T=2048");
+    if (want("prefill T=2048 attention")) bench_attention(1, 0, 2048, "prefill T=2048");
+    if (want("prefill T=512 attention")) bench_attention(1, 0, 512, "prefill T=512");
+    if (want("decode B=1")) bench_dense(1, "decode B=1");
+    if (want("decode B=1 ctx 512")) bench_attention(1, 511, 1, "decode B=1 ctx 512");
+    if (want("decode B=64")) bench_dense(64, "decode B=64");
+    if (want("decode B=64 ctx 1024")) bench_attention(64, 1023, 1, "decode B=64 ctx 1024");
     for (bool distinct : {false, true}) {
+      if (!want(distinct ? "lora B=64 distinct" : "lora B=64 shared")) continue;
       bench_lora(64, kHidden, kQkv, distinct, "lora B=64");
       bench_lora(64, kInter, kHidden, distinct, "lora B=64");
     }
-    bench_lora(1, kHidden, kQkv, false, "lora B=1");
-    bench_lora(2048, kHidden, kQkv, false, "lora T=2048");
+    if (want("lora B=1")) bench_lora(1, kHidden, kQkv, false, "lora B=1");
+    if (want("lora T=2048")) bench_lora(2048, kHidden, kQkv, false, "lora T=2048");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "op_bench: %s\n", e.what());
     return 1;
