@@ -7,6 +7,7 @@
 #include "engine/plan.h"
 #include "engine/sampler.h"
 #include "kv/block_allocator.h"
+#include "lora/slots.h"
 
 namespace philora {
 namespace {
@@ -87,6 +88,62 @@ TEST(Sampler, DrawsAreInTheUnitIntervalAndFollowTheSeed) {
     EXPECT_LT(u, 1.0f);
     EXPECT_EQ(u, engine::draw_uniform(b));
   }
+}
+
+}  // namespace
+}  // namespace philora
+
+namespace philora {
+namespace {
+
+model::Phi3Config two_layer_config() {
+  model::Phi3Config c;
+  c.vocab_size = 32;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  return c;
+}
+
+// Step graphs bake in the LoRA tables' addresses and what the host decides
+// from them (which modules have a table, each table's max rank): the tables
+// must stay put, and the layout version must change exactly when a decision does.
+TEST(AdapterSlots, TablesStayPutAndTheLayoutVersionTracksHostDecisions) {
+  CpuBackend backend(1);
+  const model::Phi3Config c = two_layer_config();
+  lora::AdapterSlots slots(backend, c, 3);
+  EXPECT_EQ(slots.table(0, lora::Target::qkv), nullptr) << "no adapter: no table";
+  const uint64_t v0 = slots.layout_version();
+
+  slots.assign_random(0, 8, 1.0f, 1);
+  const LoraModuleTable* qkv = slots.table(0, lora::Target::qkv);
+  ASSERT_NE(qkv, nullptr);
+  const void* a_ptrs = qkv->a_ptrs.data;
+  const uint64_t v1 = slots.layout_version();
+  EXPECT_NE(v1, v0) << "modules gained tables";
+
+  slots.assign_random(1, 8, 0.5f, 2);  // same rank elsewhere: nothing the host decides changes
+  EXPECT_EQ(slots.layout_version(), v1);
+  EXPECT_EQ(slots.table(0, lora::Target::qkv), qkv);
+  EXPECT_EQ(qkv->a_ptrs.data, a_ptrs) << "rewritten in place";
+  EXPECT_NE(qkv->a_ptrs.ptr<int64_t>()[1], 0) << "slot 1's A is in the table";
+
+  slots.assign_random(2, 16, 1.0f, 3);  // a larger rank: max_rank changes
+  const uint64_t v2 = slots.layout_version();
+  EXPECT_NE(v2, v1);
+  EXPECT_EQ(qkv->max_rank, 16);
+  EXPECT_EQ(qkv->a_ptrs.data, a_ptrs);
+
+  slots.clear(1);  // ranks 8 and 16 remain: no decision changes
+  EXPECT_EQ(slots.layout_version(), v2);
+  EXPECT_EQ(qkv->ranks.ptr<int32_t>()[1], 0);
+  slots.clear(2);
+  EXPECT_NE(slots.layout_version(), v2) << "max rank back to 8";
+  slots.clear(0);
+  EXPECT_EQ(slots.table(0, lora::Target::qkv), nullptr) << "no adapter left: no table";
 }
 
 }  // namespace
