@@ -89,6 +89,7 @@ void EngineHost::loop() {
     stats_.running = engine_.num_running();
     stats_.waiting = engine_.num_waiting();
     stats_.engine = engine_.stats();
+    stats_.runner = engine_.runner_stats();
   }
   // Shutting down: whoever still waits is told.
   for (auto& [id, cb] : callbacks_) {

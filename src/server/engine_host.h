@@ -34,6 +34,7 @@ class EngineHost {
     int64_t running = 0;
     int64_t waiting = 0;
     engine::EngineStats engine;
+    engine::StepRunnerStats runner;
     int64_t requests = 0;
   };
   Stats stats();

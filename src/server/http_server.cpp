@@ -216,6 +216,11 @@ void HttpServer::routes() {
         s.engine.generated_tokens);
     m += fmt::format("# TYPE philora_preemptions_total counter\nphilora_preemptions_total {}\n",
                      s.engine.preemptions);
+    m += fmt::format(
+        "# TYPE philora_graph_steps_total counter\nphilora_graph_steps_total {}\n"
+        "# TYPE philora_eager_steps_total counter\nphilora_eager_steps_total {}\n"
+        "# TYPE philora_graphs_recorded_total counter\nphilora_graphs_recorded_total {}\n",
+        s.runner.graph_steps, s.runner.eager_steps, s.runner.captures);
     res.set_content(m, "text/plain; version=0.0.4");
   });
 

@@ -203,6 +203,18 @@ TEST_F(ServerTest, ConcurrentMixedAdaptersMatchHF) {
     EXPECT_EQ(j["details"]["finish_reason"], "length");
   }
   EXPECT_GE(store_->uploads_to_device(), 3) << "three adapters through two slots";
+  // Every request took more than one step, so the first (prompt, op by op)
+  // step's counts are in /metrics by now.
+  auto m = client().Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  for (const char* name : {"philora_steps_total ", "philora_graph_steps_total ",
+                           "philora_graphs_recorded_total ", "philora_generated_tokens_total "})
+    EXPECT_NE(m->body.find(name), std::string::npos) << name << "\n" << m->body;
+  const std::string sample = "\nphilora_eager_steps_total ";  // the sample line, not # TYPE
+  const size_t at = m->body.find(sample);
+  ASSERT_NE(at, std::string::npos) << m->body;
+  EXPECT_GE(std::stoll(m->body.substr(at + sample.size())), 1) << m->body;
 }
 
 TEST_F(ServerTest, StreamCarriesTheSameTokens) {
