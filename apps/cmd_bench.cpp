@@ -87,10 +87,13 @@ Counts count(const model::Phi3Config& c, size_t elem) {
 
 // Sequences with `context` tokens already cached; times `steps` decode steps
 // (plan, forward, greedy token selection on the device, ids back to the host),
-// after one warm-up step (which records the step graph).
+// after one warm-up step (which records the step graph). `host_seconds`: the
+// median host time of a step before it waits for the GPU (planning, staging,
+// launching or replaying) — what the GPU would idle for between steps.
 Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
                              const lora::AdapterSlots* slots, int64_t batch, int64_t context,
-                             int64_t steps, const std::vector<int32_t>& slot_of, bool graphs) {
+                             int64_t steps, const std::vector<int32_t>& slot_of, bool graphs,
+                             double* host_seconds = nullptr) {
   const model::Phi3Config& c = m.config();
   Backend& b = m.backend();
   engine::StepRunner runner(m, kv, slots, graphs);
@@ -103,18 +106,23 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
     q.lora_slot = slot_of.empty() ? -1 : slot_of[size_t(i) % slot_of.size()];
     PHILORA_RETURN_IF_ERROR(engine::reserve_pages(q, context + steps + 2, kv));
   }
-  std::vector<double> times;
+  std::vector<double> times, host;
   for (int64_t step = 0; step <= steps; ++step) {
     b.synchronize();
     const auto t0 = Clock::now();
     std::vector<engine::SeqWork> work;
     for (auto& q : seqs) work.push_back({&q, 1, true});
     auto plan = engine::plan_step(work, kv.page_size, false);
+    const double planned = since(t0), before = runner.stats().host_seconds;
     runner.run(plan, std::vector<engine::SampleRow>(size_t(batch)));
-    if (step > 0) times.push_back(since(t0));
+    if (step > 0) {
+      times.push_back(since(t0));
+      host.push_back(planned + runner.stats().host_seconds - before);
+    }
     for (auto& q : seqs) ++q.num_computed;
   }
   for (auto& q : seqs) engine::release_pages(q, kv);
+  if (host_seconds) *host_seconds = median(host);
   return median(times);
 }
 
@@ -192,9 +200,12 @@ int run_bench(const BenchOptions& o) {
                  c.head_dim);
 
   // Decode at each batch size.
+  std::ostringstream host_notes;
   for (int64_t bs : o.batches) {
-    auto dt = time_decode(m, kv, nullptr, bs, o.context, o.steps, {}, !o.enforce_eager);
+    double host_s = 0;
+    auto dt = time_decode(m, kv, nullptr, bs, o.context, o.steps, {}, !o.enforce_eager, &host_s);
     if (!dt) return fail(dt.status());
+    host_notes << fmt::format(" b{} {:.0f} us ({:.1f}%)", bs, host_s * 1e6, 100.0 * host_s / *dt);
     const double bytes = (n.layer_params + n.lm_head_params) * double(elem) +
                          double(bs) * double(c.hidden_size) * double(elem) +
                          double(bs) * double(o.context) * n.kv_bytes_per_token;
@@ -204,6 +215,8 @@ int run_bench(const BenchOptions& o) {
         fmt::format("{:.0f} tok/s", ideal > 0 ? double(bs) / ideal : 0.0));
     summary << fmt::format("decode_b{}={:.0f}tok/s ", bs, double(bs) / *dt);
   }
+
+  std::cout << "host time per decode step before it waits for the device:" << host_notes.str() << "\n";
 
   // Time to first token for one prompt.
   for (int64_t p : o.prompts) {

@@ -1,6 +1,7 @@
 #include "engine/step_runner.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <stdexcept>
@@ -99,14 +100,26 @@ std::vector<int32_t> StepRunner::run(const StepPlan& plan, const std::vector<Sam
   return run_eager(plan, rows);
 }
 
+using Clock = std::chrono::steady_clock;
+
+static double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
 std::vector<int32_t> StepRunner::run_eager(const StepPlan& plan,
                                            const std::vector<SampleRow>& rows) {
+  const auto t0 = Clock::now();
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_ ? adapters_->max_rank() : 0);
   Tensor logits = model_.forward(in, kv_, adapters_);
   ++stats_.eager_steps;
-  if (rows.empty()) return {};
-  return b.download_i32(b.sample(logits, stage_sampling(b, rows)));
+  if (rows.empty()) {
+    stats_.host_seconds += seconds_since(t0);
+    return {};
+  }
+  Tensor ids = b.sample(logits, stage_sampling(b, rows));
+  stats_.host_seconds += seconds_since(t0);
+  return b.download_i32(ids);
 }
 
 bool StepRunner::graphable(const StepPlan& plan) const {
@@ -217,6 +230,7 @@ std::vector<int32_t> StepRunner::run_graph(const StepPlan& plan,
     it = graphs_.emplace(key, std::move(g)).first;
   }
   Graph& g = *it->second;
+  const auto t0 = Clock::now();
 
   // The step's inputs, padded to the bucket: padding rows decode token 0 at
   // position 0 into the pad page, greedily, and their tokens are dropped.
@@ -253,6 +267,7 @@ std::vector<int32_t> StepRunner::run_graph(const StepPlan& plan,
   b.upload_into(g.floats, f.data(), f.size() * 4);
   g.graph->replay();
   ++stats_.graph_steps;
+  stats_.host_seconds += seconds_since(t0);
   std::vector<int32_t> ids = b.download_i32(g.ids);
   ids.resize(size_t(n));
   return ids;

@@ -44,6 +44,9 @@ struct StepRunnerStats {
   int64_t eager_steps = 0;
   int64_t graph_steps = 0;
   int64_t captures = 0;
+  // Host time spent in run() before it waits for the step's ids (staging,
+  // launching or replaying), summed over steps; recording graphs excluded.
+  double host_seconds = 0;
 };
 
 class StepRunner {
