@@ -17,6 +17,7 @@
 #include "lora/store.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -24,14 +25,7 @@ using nlohmann::json;
 namespace philora {
 namespace {
 
-std::vector<json> read_jsonl(const fs::path& p) {
-  std::vector<json> out;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) out.push_back(json::parse(line));
-  return out;
-}
+using test::read_jsonl;
 
 struct Scenario {
   const char* name;

@@ -13,6 +13,7 @@
 
 #include "io/safetensors.h"
 #include "model/cli_runner.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -47,13 +48,6 @@ std::vector<json> read_jsonl(const std::string& text) {
   return out;
 }
 
-std::vector<json> read_jsonl_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return read_jsonl(ss.str());
-}
-
 std::vector<std::string> model_args(const fs::path& dir) {
   std::vector<std::string> args = {"--model", (dir / "model").string(), "--device", device()};
   if (fs::exists(dir / "adapters")) {
@@ -83,7 +77,7 @@ TEST_P(Golden, ScoreMatchesHF) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto ref = io::TensorSet::open_file((dir() / "score_ref.safetensors").string());
   ASSERT_TRUE(ref.ok()) << ref.status().message();
-  const auto requests = read_jsonl_file(dir() / "requests.jsonl");
+  const auto requests = test::read_jsonl(dir() / "requests.jsonl");
   const auto lines = read_jsonl(r.out);
   ASSERT_EQ(lines.size(), requests.size()) << "one output line per request";
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -121,7 +115,7 @@ void check_greedy_generate(const fs::path& dir, bool eager) {
   const CliResult r = run_philora(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = read_jsonl(r.out);
-  const auto refs = read_jsonl_file(dir / "generate_ref.jsonl");
+  const auto refs = test::read_jsonl(dir / "generate_ref.jsonl");
   ASSERT_EQ(lines.size(), refs.size());
   for (size_t i = 0; i < lines.size(); ++i) {
     ASSERT_EQ(lines[i]["id"], refs[i]["id"]);

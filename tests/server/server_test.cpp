@@ -17,6 +17,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 #include "server/http_server.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -24,16 +25,9 @@ using nlohmann::json;
 namespace philora {
 namespace {
 
-const fs::path kCase = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
+using test::read_jsonl;
 
-std::vector<json> read_jsonl(const fs::path& p) {
-  std::vector<json> out;
-  std::ifstream in(p);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) out.push_back(json::parse(line));
-  return out;
-}
+const fs::path kCase = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
 
 // A SentencePiece-style tokenizer over single characters that fits the tiny
 // model's 200-token vocabulary: enough to exercise text in and text out.

@@ -16,6 +16,7 @@
 
 #include "io/safetensors.h"
 #include "lora/adapter.h"
+#include "test_util.h"
 
 namespace philora::lora {
 namespace {
@@ -23,13 +24,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;  // pattern key order matters
 
-::testing::AssertionResult Contains(const char* text_expr, const char*, const std::string& text,
-                                    const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << text_expr << " does not contain \"" << part << "\"\n  actual: " << text;
-}
-#define EXPECT_HAS(text, part) EXPECT_PRED_FORMAT2(Contains, text, part)
 
 constexpr const char* kPhi3Targets = "qkv_proj, o_proj, gate_up_proj, down_proj, lm_head";
 

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
+#include "test_util.h"
 
 namespace philora::model {
 namespace {
@@ -20,13 +21,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-::testing::AssertionResult Contains(const char* text_expr, const char*, const std::string& text,
-                                    const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << text_expr << " does not contain \"" << part << "\"\n  actual: " << text;
-}
-#define EXPECT_HAS(text, part) EXPECT_PRED_FORMAT2(Contains, text, part)
 
 constexpr const char* kOrigin = "/models/phi3/config.json";
 

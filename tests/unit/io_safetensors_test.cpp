@@ -14,19 +14,12 @@
 
 #include "core/dtype.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 namespace philora::io {
 namespace {
 
 namespace fs = std::filesystem;
-// EXPECT_HAS(text, part): text contains part (prints both when it does not).
-::testing::AssertionResult Contains(const char* text_expr, const char*, const std::string& text,
-                                    const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << text_expr << " does not contain \"" << part << "\"\n  actual: " << text;
-}
-#define EXPECT_HAS(text, part) EXPECT_PRED_FORMAT2(Contains, text, part)
 
 class TempDir {
  public:
