@@ -8,10 +8,16 @@ namespace philora::cuda {
 
 namespace {
 
-constexpr int kBlockM = 64;  // query rows per block: 4 warps x 16
+constexpr int kWarps = 4;
 constexpr int kBlockN = 64;  // keys per shared-memory tile
-constexpr int kThreads = 128;
+constexpr int kThreads = 32 * kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
+
+// Query rows per block: MF fragments of 16 rows per warp.
+template <int MF>
+__host__ __device__ constexpr int block_m() {
+  return kWarps * 16 * MF;
+}
 
 // Gathers keys n0 .. n0 + kBlockN of one kv head from the paged cache into a
 // K and a V tile in shared memory (row stride SD); keys at or past `end` are
@@ -38,20 +44,26 @@ __device__ __forceinline__ void load_kv_tile(bf16* k_dst, bf16* v_dst, const bf1
   }
 }
 
-// grid (num_seqs · tiles, H); block = 4 warps, each owning 16 query rows.
-// Shared memory: two stages of (K, V) tiles; while one is computed on, the
-// next is in flight (cp.async), so each tile has a whole iteration to land.
-template <int D>
+// grid (num_seqs · tiles, H); block = 4 warps, each owning MF fragments of 16
+// query rows. Shared memory: two stages of (K, V) tiles; while one is computed
+// on, the next is in flight (cp.async), so each tile has a whole iteration to
+// land. Every K and V fragment a warp loads (ldmatrix) serves its MF row
+// fragments: shared-memory reads per FLOP fall by MF (with MF = 1 the four
+// warps' ldmatrix traffic, 96 KB per 64 x 64 tile at d = 96, outweighed the
+// tensor-core time of the tile).
+template <int D, int MF>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttentionArgs a, int tiles) {
   constexpr int SD = D + 8;        // padded shared row: ldmatrix without bank conflicts
   constexpr int kSteps = D / 16;   // k-steps of Q·Kᵀ
   constexpr int kDTiles = D / 8;   // n-tiles of the output
   constexpr int kNTiles = kBlockN / 8;
+  constexpr int kBlockM = block_m<MF>();
+  static_assert(kBlockM <= 2 * kBlockN, "Q passes through one stage (K and V tiles)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* stage_base = reinterpret_cast<bf16*>(smem_raw);  // [2 stages][K, V][kBlockN][SD]
   auto sK = [&](int stage) { return stage_base + (stage * 2) * kBlockN * SD; };
   auto sV = [&](int stage) { return stage_base + (stage * 2 + 1) * kBlockN * SD; };
-  bf16* sQ = sK(1);  // Q passes through stage 1's K tile on its way to registers
+  bf16* sQ = sK(1);  // Q passes through stage 1 (its K and V tiles) on its way to registers
   __shared__ int s_min_pos, s_max_pos;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -83,28 +95,43 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
   }
   cp_async_commit();
   __syncthreads();
-  if (tid < rows) {
-    const int p = a.positions[q_begin + m0 + tid];
+  for (int r = tid; r < rows; r += kThreads) {
+    const int p = a.positions[q_begin + m0 + r];
     atomicMin(&s_min_pos, p);
     atomicMax(&s_max_pos, p);
   }
-  const int r0 = warp * 16 + (lane >> 2), r1 = r0 + 8;  // this thread's two rows
-  const int p0 = r0 < rows ? a.positions[q_begin + m0 + r0] : -1;
-  const int p1 = r1 < rows ? a.positions[q_begin + m0 + r1] : -1;
+  // This thread's rows: fragment f holds rows warp·16·MF + 16f + lane/4 (+ 8).
+  int pos[MF][2];
+#pragma unroll
+  for (int f = 0; f < MF; ++f)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int r = warp * 16 * MF + f * 16 + (lane >> 2) + hr * 8;
+      pos[f][hr] = r < rows ? a.positions[q_begin + m0 + r] : -1;
+    }
   cp_async_wait<0>();
   __syncthreads();
-  uint32_t qf[kSteps][4];
+  uint32_t qf[MF][kSteps][4];
 #pragma unroll
-  for (int kt = 0; kt < kSteps; ++kt)
-    ldmatrix_x4(qf[kt], sQ + (warp * 16 + (lane & 15)) * SD + kt * 16 + (lane >> 4) * 8);
+  for (int f = 0; f < MF; ++f)
+#pragma unroll
+    for (int kt = 0; kt < kSteps; ++kt)
+      ldmatrix_x4(qf[f][kt], sQ + (warp * 16 * MF + f * 16 + (lane & 15)) * SD + kt * 16 + (lane >> 4) * 8);
   const int kv_lo = a.window > 0 ? max(0, s_min_pos - a.window + 1) : 0;
   const int kv_hi = min(s_max_pos, kv_len - 1) + 1;  // exclusive
   __syncthreads();  // Q is in registers; stage 1 is free
 
-  float o[kDTiles][4];
+  float o[MF][kDTiles][4];
 #pragma unroll
-  for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  for (int f = 0; f < MF; ++f)
+#pragma unroll
+    for (int i = 0; i < kDTiles; ++i) o[f][i][0] = o[f][i][1] = o[f][i][2] = o[f][i][3] = 0.0f;
+  float m_run[MF][2], l_run[MF][2];
+#pragma unroll
+  for (int f = 0; f < MF; ++f) {
+    m_run[f][0] = m_run[f][1] = -INFINITY;
+    l_run[f][0] = l_run[f][1] = 0.0f;
+  }
   const float scale = a.scale * kLog2e;  // scores in base 2
 
   const int num_tiles = kv_lo < kv_hi ? (kv_hi - kv_lo + kBlockN - 1) / kBlockN : 0;
@@ -122,10 +149,12 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
       cp_async_wait<0>();
     __syncthreads();
 
-    // S = Q Kᵀ for this warp's 16 rows x 64 keys.
-    float sc[kNTiles][4];
+    // S = Q Kᵀ for this warp's 16·MF rows x 64 keys.
+    float sc[MF][kNTiles][4];
 #pragma unroll
-    for (int i = 0; i < kNTiles; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.0f;
+    for (int f = 0; f < MF; ++f)
+#pragma unroll
+      for (int i = 0; i < kNTiles; ++i) sc[f][i][0] = sc[f][i][1] = sc[f][i][2] = sc[f][i][3] = 0.0f;
 #pragma unroll
     for (int kt = 0; kt < kSteps; ++kt) {
 #pragma unroll
@@ -133,8 +162,11 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
         uint32_t b[4];
         ldmatrix_x4(b, tK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * SD + kt * 16 +
                            ((lane >> 3) & 1) * 8);
-        mma_bf16_16816(sc[2 * np], qf[kt], b[0], b[1]);
-        mma_bf16_16816(sc[2 * np + 1], qf[kt], b[2], b[3]);
+#pragma unroll
+        for (int f = 0; f < MF; ++f) {
+          mma_bf16_16816(sc[f][2 * np], qf[f][kt], b[0], b[1]);
+          mma_bf16_16816(sc[f][2 * np + 1], qf[f][kt], b[2], b[3]);
+        }
       }
     }
 
@@ -142,73 +174,82 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
     // that every row of the block sees whole (below the diagonal, inside the
     // window, inside the cache) skip the mask; the block's rows being valid
     // rows there too (a missing row has position -1 and must be masked).
-    float mx[2] = {-INFINITY, -INFINITY};
     const bool whole = n0 + kBlockN - 1 <= s_min_pos && n0 + kBlockN <= kv_len &&
                        (a.window == 0 || n0 > s_max_pos - a.window) && rows == kBlockM;
-    if (whole) {
+#pragma unroll
+    for (int f = 0; f < MF; ++f) {
+      float mx[2] = {-INFINITY, -INFINITY};
+      if (whole) {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            sc[f][nt][e] *= scale;
+            mx[e >> 1] = fmaxf(mx[e >> 1], sc[f][nt][e]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int p = pos[f][e >> 1];
+            const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+            const bool valid = j <= p && j < kv_len && (a.window == 0 || j > p - a.window);
+            sc[f][nt][e] = valid ? sc[f][nt][e] * scale : -INFINITY;
+            mx[e >> 1] = fmaxf(mx[e >> 1], sc[f][nt][e]);
+          }
+        }
+      }
+      float alpha[2], base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float m_new = fmaxf(m_run[f][r], mx[r]);
+        base[r] = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[r] = exp2f(m_run[f][r] - base[r]);  // 0 when nothing was seen before
+        m_run[f][r] = m_new;
+        l_run[f][r] *= alpha[r];
+      }
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          sc[nt][e] *= scale;
-          mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
+          sc[f][nt][e] = exp2f(sc[f][nt][e] - base[e >> 1]);
+          l_run[f][e >> 1] += sc[f][nt][e];
         }
       }
-    } else {
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int p = e < 2 ? p0 : p1;
-          const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-          const bool valid = j <= p && j < kv_len && (a.window == 0 || j > p - a.window);
-          sc[nt][e] = valid ? sc[nt][e] * scale : -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
-        }
+      for (int i = 0; i < kDTiles; ++i) {
+        o[f][i][0] *= alpha[0];
+        o[f][i][1] *= alpha[0];
+        o[f][i][2] *= alpha[1];
+        o[f][i][3] *= alpha[1];
       }
-    }
-    float alpha[2], base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float m_new = fmaxf(m_run[r], mx[r]);
-      base[r] = m_new == -INFINITY ? 0.0f : m_new;
-      alpha[r] = exp2f(m_run[r] - base[r]);  // 0 when nothing was seen before
-      m_run[r] = m_new;
-      l_run[r] *= alpha[r];
-    }
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        sc[nt][e] = exp2f(sc[nt][e] - base[e >> 1]);
-        l_run[e >> 1] += sc[nt][e];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kDTiles; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
     }
 
     // O += P V ; P's accumulator layout is the A-operand layout (FA2).
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[1] = pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[2] = pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[3] = pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      uint32_t pa[MF][4];
+#pragma unroll
+      for (int f = 0; f < MF; ++f) {
+        pa[f][0] = pack_bf16x2(sc[f][2 * kk][0], sc[f][2 * kk][1]);
+        pa[f][1] = pack_bf16x2(sc[f][2 * kk][2], sc[f][2 * kk][3]);
+        pa[f][2] = pack_bf16x2(sc[f][2 * kk + 1][0], sc[f][2 * kk + 1][1]);
+        pa[f][3] = pack_bf16x2(sc[f][2 * kk + 1][2], sc[f][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < kDTiles / 2; ++dp) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, tV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + dp * 16 +
                                  (lane >> 4) * 8);
-        mma_bf16_16816(o[2 * dp], pa, b[0], b[1]);
-        mma_bf16_16816(o[2 * dp + 1], pa, b[2], b[3]);
+#pragma unroll
+        for (int f = 0; f < MF; ++f) {
+          mma_bf16_16816(o[f][2 * dp], pa[f], b[0], b[1]);
+          mma_bf16_16816(o[f][2 * dp + 1], pa[f], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // every warp is done with this stage: refill it two tiles ahead
@@ -219,38 +260,37 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
   }
 
   // Normalise and store.
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = l_run[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
-  }
   bf16* out = static_cast<bf16*>(a.out);
   const int64_t out_stride = int64_t(a.n_heads) * D;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = half == 0 ? r0 : r1;
-    if (r >= rows) continue;
-    bf16* dst = out + int64_t(q_begin + m0 + r) * out_stride + h * D + 2 * (lane & 3);
+  for (int f = 0; f < MF; ++f) {
 #pragma unroll
-    for (int dt = 0; dt < kDTiles; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-          __floats2bfloat162_rn(o[dt][2 * half] * inv[half], o[dt][2 * half + 1] * inv[half]);
+    for (int half = 0; half < 2; ++half) {
+      float l = l_run[f][half];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const int r = warp * 16 * MF + f * 16 + (lane >> 2) + half * 8;
+      if (r >= rows) continue;
+      bf16* dst = out + int64_t(q_begin + m0 + r) * out_stride + h * D + 2 * (lane & 3);
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+            __floats2bfloat162_rn(o[f][dt][2 * half] * inv, o[f][dt][2 * half + 1] * inv);
+      }
     }
   }
 }
 
-template <int D>
+template <int D, int MF>
 void launch(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
-  const int tiles = int(ceil_div(max_q_len, kBlockM));
+  const int tiles = int(ceil_div(max_q_len, block_m<MF>()));
   const dim3 grid(unsigned(int64_t(a.num_seqs) * tiles), unsigned(a.n_heads));
   const size_t smem = size_t(4) * kBlockN * (D + 8) * sizeof(bf16);
   if (smem > 48 * 1024)
-    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D>,
+    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D, MF>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  prefill_attention_kernel<D><<<grid, kThreads, smem, stream>>>(a, tiles);
+  prefill_attention_kernel<D, MF><<<grid, kThreads, smem, stream>>>(a, tiles);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
@@ -263,9 +303,11 @@ bool prefill_attention_supported(int head_dim) {
 void launch_prefill_attention(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   if (a.num_rows == 0 || a.num_seqs == 0 || max_q_len == 0) return;
   switch (a.head_dim) {
-    case 64: launch<64>(a, max_q_len, stream); break;
-    case 96: launch<96>(a, max_q_len, stream); break;
-    case 128: launch<128>(a, max_q_len, stream); break;
+    // Two row fragments per warp where the registers allow (see the kernel;
+    // at d = 128 two would spill 588 bytes a thread).
+    case 64: launch<64, 2>(a, max_q_len, stream); break;
+    case 96: launch<96, 2>(a, max_q_len, stream); break;
+    case 128: launch<128, 1>(a, max_q_len, stream); break;
     default:
       throw_unsupported("prefill attention: head_dim " + std::to_string(a.head_dim));
   }
