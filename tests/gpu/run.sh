@@ -5,7 +5,8 @@
 # Steps (each logs to $OUT/<step>.log; a summary is printed last):
 #   1. the card, the driver, and whether the carried binaries find their libraries
 #   2. the op harness on CUDA: every case vs the CPU backend (philora_op_tests)
-#   3. the golden HF fixtures through `philora score/generate --device cuda`
+#   3. the golden HF fixtures through `philora score/generate --device cuda` (graphs and
+#      --enforce-eager) and the engine's schedules on the GPU, with and without step graphs
 #      (philora_model_tests with PHILORA_TEST_DEVICE=cuda), when tests/data/golden exists
 #   4. dev/cuda's op_bench (per-op times at Phi-3-mini shapes), unless PHILORA_GPU_SKIP_OP_BENCH=1
 #   5. `philora bench --device cuda`, unless PHILORA_GPU_SKIP_BENCH=1

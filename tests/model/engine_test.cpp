@@ -4,6 +4,7 @@
 // when there are fewer slots than adapters.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -35,6 +36,40 @@ struct Scenario {
   bool graphs = false;  // decode steps through step graphs (the CPU backend replays the body)
 };
 
+// PHILORA_TEST_DEVICE=cuda runs the schedules on the GPU (tests/gpu/run.sh);
+// the default is the CPU backend, which "records" graphs by replaying them.
+std::string test_device() {
+  const char* d = std::getenv("PHILORA_TEST_DEVICE");
+  return d ? d : "cpu";
+}
+
+std::unique_ptr<Backend> test_backend(bool graphs) {
+  if (test_device() == "cpu") return std::make_unique<CpuBackend>(2, graphs);
+  auto b = make_backend(test_device());
+  EXPECT_TRUE(b.ok()) << b.status().message();
+  return b.ok() ? std::move(b).value() : nullptr;
+}
+
+// HF's greedy tokens: exactly on the CPU (fp32); in bf16 a token may differ
+// only where the reference itself is a near tie, and the continuations are not
+// comparable after it.
+void expect_hf_tokens(const std::vector<int32_t>& got, const nlohmann::json& ref,
+                      const std::string& what) {
+  const auto want = ref["tokens"].get<std::vector<int32_t>>();
+  if (test_device() == "cpu") {
+    EXPECT_EQ(got, want) << what;
+    return;
+  }
+  ASSERT_EQ(got.size(), want.size()) << what;
+  const auto margins = ref["margins"].get<std::vector<double>>();
+  for (size_t k = 0; k < want.size(); ++k) {
+    if (got[k] == want[k]) continue;
+    EXPECT_LT(margins[k], 0.1) << what << " step " << k << ": got " << got[k] << ", HF "
+                               << want[k] << " (margin " << margins[k] << ")";
+    break;
+  }
+}
+
 // The golden case's model on `backend` (fails the calling test when it cannot load).
 std::unique_ptr<model::Phi3ForCausalLM> load_model(const fs::path& dir, Backend& backend) {
   auto config = model::load_config((dir / "model").string());
@@ -54,7 +89,9 @@ class EngineGolden : public ::testing::TestWithParam<std::tuple<std::string, Sce
 TEST_P(EngineGolden, GreedyTokensMatchHF) {
   const auto& [case_name, sc] = GetParam();
   const fs::path dir = fs::path(PHILORA_TEST_DATA) / "golden" / case_name;
-  CpuBackend backend(2, sc.graphs);
+  const auto backend_ptr = test_backend(sc.graphs);
+  ASSERT_NE(backend_ptr, nullptr);
+  Backend& backend = *backend_ptr;
   auto loaded = load_model(dir, backend);
   ASSERT_NE(loaded, nullptr);
   model::Phi3ForCausalLM& m = *loaded;
@@ -94,8 +131,7 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
               long(store.uploads_to_device()));
   for (const auto& ref : refs) {
     const std::string id = ref["id"].get<std::string>();
-    EXPECT_EQ(got[id], ref["tokens"].get<std::vector<int32_t>>())
-        << case_name << "/" << id << " [" << sc.name << "]";
+    expect_hf_tokens(got[id], ref, case_name + "/" + id + " [" + sc.name + "]");
     EXPECT_EQ(reason[id], "length");
   }
   const engine::StepRunnerStats& runs = eng.runner_stats();
@@ -139,6 +175,8 @@ INSTANTIATE_TEST_SUITE_P(
 // steps run op by op or replay graphs: the graph path must hand every row its
 // own temperature, top-k, top-p and draw, and drop the padding rows.
 TEST(EngineGraphs, SampledTokensEqualEager) {
+  if (test_device() != "cpu")
+    GTEST_SKIP() << "in bf16 the padded batch of a graph may round differently from the eager one";
   const fs::path dir = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
   std::map<std::string, std::vector<int32_t>> runs[2];
   for (int graphs = 0; graphs < 2; ++graphs) {
