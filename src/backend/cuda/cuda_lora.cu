@@ -97,6 +97,64 @@ __global__ void __launch_bounds__(kShrinkThreads) lora_shrink_kernel(LoraLaunch 
   }
 }
 
+// Per token (decode), 16-byte aligned rows: grid (T, ceil(max_rank / rows)),
+// block rows × chunks warps (≤ 1024 threads). Warp (j, c) makes one pass —
+// kTokenLoads 16-byte loads of A and of x per lane — over the inputs
+// [c · kTokenChunk, (c + 1) · kTokenChunk) of rank row j; the chunks meet in
+// shared memory. The warp-per-row kernel above walks K in 3 to 8 passes with
+// only ~8 warps per SM (ncu: 83% of cycles with no eligible warp); this one
+// has many more warps, each with one pass, and no atomics.
+constexpr int kTokenLoads = 4;  // 1 and 2 (more, shorter warps) measured no better
+constexpr int kTokenChunk = 256 * kTokenLoads;
+constexpr int kTokenMaxWarps = 32;
+
+// Rank rows per block for `chunks` chunks a row: up to 4, within 32 warps.
+inline int token_rows(int64_t chunks) { return int(std::clamp<int64_t>(kTokenMaxWarps / chunks, 1, 4)); }
+
+__global__ void __launch_bounds__(32 * kTokenMaxWarps)
+    lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa,
+                             int64_t xa_stride, int chunks, int rows) {
+  __shared__ float part[kTokenMaxWarps];
+  const int t = blockIdx.x;
+  const int slot = l.token_slot[t];
+  if (slot < 0) return;
+  const int r = min(int64_t(l.ranks[slot]), xa_stride);
+  const int j0 = blockIdx.y * rows;
+  if (j0 >= r) return;  // both exits are the whole block's
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int jl = warp % rows, c = warp / rows, j = j0 + jl;
+  const int64_t in = l.in_features;
+  float acc = 0.0f;
+  if (j < r) {
+    const bf16* arow = reinterpret_cast<const bf16*>(l.a_ptrs[slot]) + int64_t(j) * in;
+    const bf16* xr = x + int64_t(t) * in;
+    const int64_t kb = int64_t(c) * kTokenChunk + lane * 8;
+    uint4 av[kTokenLoads], xv[kTokenLoads];
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      const int64_t k = kb + i * 256;
+      av[i] = k < in ? *reinterpret_cast<const uint4*>(arow + k) : make_uint4(0, 0, 0, 0);
+      xv[i] = k < in ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      float af[8], xf[8];
+      bf16x8_to_f32(av[i], af);
+      bf16x8_to_f32(xv[i], xf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc += xf[e] * af[e];
+    }
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) part[warp] = acc;
+  __syncthreads();
+  if (int(threadIdx.x) < rows && j0 + int(threadIdx.x) < r) {
+    float v = 0.0f;
+    for (int k = 0; k < chunks; ++k) v += part[k * rows + threadIdx.x];
+    xa[int64_t(t) * xa_stride + j0 + threadIdx.x] = v;
+  }
+}
+
 // grid (units, ceil(out / kExpandThreads)). Thread j holds row j of B (r ≤ R
 // values) in registers and updates column col_offset + j of every token of the
 // unit; the unit's xa rows sit in shared memory.
@@ -168,6 +226,16 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
   const int64_t units = num_units(l, &tiles);
   if (units == 0) return;
   const int64_t rank_tiles = ceil_div(std::min<int64_t>(l.max_rank, xa_stride), kShrinkWarps);
+  const int64_t chunks = ceil_div(l.in_features, kTokenChunk);
+  if (!l.by_segment && chunks <= kTokenMaxWarps && l.in_features % 8 == 0 &&
+      aligned16(x)) {
+    const int rows = token_rows(chunks);
+    const dim3 grid{unsigned(units), unsigned(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), rows))};
+    lora_shrink_token_kernel<<<grid, unsigned(32 * rows * chunks), 0, stream>>>(
+        l, static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows);
+    PHILORA_CUDA_CHECK_LAUNCH();
+    return;
+  }
   // Split the input features (which costs a memset and atomics) only when the
   // grid would not give every multiprocessor a block.
   const int64_t max_splits = ceil_div(l.in_features, 256);
