@@ -40,6 +40,7 @@ template <int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedAttentionArgs a, int chunk,
                                                                     int num_splits, float* part_o,
                                                                     float* part_lse) {
+  chained_prologue();
   extern __shared__ float smem[];
   __shared__ float warp_red[kWarps][G];
   __shared__ float row_max[G], row_sum[G];
@@ -199,6 +200,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedAttenti
 // One block per (row, head): out = Σ_c 2^(lse_c - M) o_c / Σ_c 2^(lse_c - M).
 __global__ void merge_splits_kernel(const float* __restrict__ part_o, const float* __restrict__ part_lse,
                                     bf16* __restrict__ out, int num_splits, int d) {
+  chained_prologue();
   const int64_t row_head = blockIdx.x;  // t · H + h
   const float* lse = part_lse + row_head * num_splits;
   float m = -INFINITY;
@@ -240,7 +242,7 @@ void launch(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o
   if (smem > 48 * 1024)
     PHILORA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<G>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  decode_attention_kernel<G><<<grid, kThreads, smem, stream>>>(a, split.chunk, split.num_splits, part_o,
+  launch_chained(decode_attention_kernel<G>, dim3(grid), dim3(kThreads), smem, stream, a, split.chunk, split.num_splits, part_o,
                                                                part_lse);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
@@ -291,8 +293,7 @@ void launch_decode_attention(const PagedAttentionArgs& a, const DecodeSplit& spl
   }
   if (split.num_splits > 1) {
     const int threads = std::min(256, int(ceil_div(a.head_dim, 32) * 32));
-    merge_splits_kernel<<<unsigned(int64_t(a.num_rows) * a.n_heads), threads, 0, stream>>>(
-        part_o, part_lse, static_cast<bf16*>(a.out), split.num_splits, a.head_dim);
+    launch_chained(merge_splits_kernel, dim3(unsigned(int64_t(a.num_rows) * a.n_heads)), dim3(threads), 0, stream, part_o, part_lse, static_cast<bf16*>(a.out), split.num_splits, a.head_dim);
     PHILORA_CUDA_CHECK_LAUNCH();
   }
 }

@@ -53,6 +53,7 @@ __device__ __forceinline__ void load_kv_tile(bf16* k_dst, bf16* v_dst, const bf1
 // tensor-core time of the tile).
 template <int D, int MF>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttentionArgs a, int tiles) {
+  chained_prologue();
   constexpr int SD = D + 8;        // padded shared row: ldmatrix without bank conflicts
   constexpr int kSteps = D / 16;   // k-steps of Q·Kᵀ
   constexpr int kDTiles = D / 8;   // n-tiles of the output
@@ -290,7 +291,7 @@ void launch(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   if (smem > 48 * 1024)
     PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D, MF>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  prefill_attention_kernel<D, MF><<<grid, kThreads, smem, stream>>>(a, tiles);
+  launch_chained(prefill_attention_kernel<D, MF>, dim3(grid), dim3(kThreads), smem, stream, a, tiles);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

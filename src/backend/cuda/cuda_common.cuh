@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "backend/cuda/cuda_check.h"
 
@@ -110,6 +111,34 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const uint32_t* a, uint
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Programmatic dependent launch (Hopper). A kernel launched by launch_chained
+// may be scheduled while the kernel before it on the stream is still running;
+// it must call chained_prologue() before anything else: it lets the next
+// chained kernel be scheduled in turn, then waits until the previous kernel
+// has finished and its writes are visible. What overlaps is a kernel's launch
+// and block scheduling with its predecessor's last wave — the fixed cost a
+// graph pays per node (~1.8 µs measured on an H200), ~400 nodes a step.
+__device__ __forceinline__ void chained_prologue() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+template <typename... KernelArgs, typename... Args>
+void launch_chained(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                    cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  PHILORA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 }  // namespace philora::cuda

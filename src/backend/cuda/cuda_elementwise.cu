@@ -103,6 +103,7 @@ constexpr int kCache = 4;
 __global__ void rms_norm_vec_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
                                     const bf16* __restrict__ w, bf16* __restrict__ y,
                                     bf16* __restrict__ sum, int64_t n, float eps) {
+  chained_prologue();
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const int64_t nv = n / 8;
@@ -155,6 +156,7 @@ __global__ void rms_norm_vec_kernel(const bf16* __restrict__ x, const bf16* __re
 __global__ void rms_norm_scalar_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
                                        const bf16* __restrict__ w, bf16* __restrict__ y,
                                        bf16* __restrict__ sum, int64_t n, float eps) {
+  chained_prologue();
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   float ss = 0.0f;
@@ -182,6 +184,7 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g));
 
 __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,
                                     int64_t rows, int64_t n) {
+  chained_prologue();
   const int64_t nv = n / 8, total = rows * nv;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -198,6 +201,7 @@ __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __re
 
 __global__ void silu_mul_scalar_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,
                                        int64_t rows, int64_t n) {
+  chained_prologue();
   const int64_t total = rows * n;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -212,6 +216,7 @@ __global__ void silu_mul_scalar_kernel(const bf16* __restrict__ gate_up, bf16* _
 
 __global__ void gather_rows_vec_kernel(const uint4* __restrict__ x, const int32_t* __restrict__ rows,
                                        uint4* __restrict__ out, int64_t cols_v) {
+  chained_prologue();
   const int64_t i = blockIdx.x;
   const int64_t src = rows[i];
   for (int64_t c = threadIdx.x; c < cols_v; c += blockDim.x) out[i * cols_v + c] = x[src * cols_v + c];
@@ -219,6 +224,7 @@ __global__ void gather_rows_vec_kernel(const uint4* __restrict__ x, const int32_
 
 __global__ void gather_rows_scalar_kernel(const bf16* __restrict__ x, const int32_t* __restrict__ rows,
                                           bf16* __restrict__ out, int64_t cols) {
+  chained_prologue();
   const int64_t i = blockIdx.x;
   const int64_t src = rows[i];
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = x[src * cols + c];
@@ -259,9 +265,9 @@ void launch_rms_norm(const void* x, const void* residual, const void* w, void* y
     // Enough threads that the row fits the register cache when it can.
     int threads = 128;
     while (threads < 1024 && n / 8 > int64_t(threads) * kCache) threads *= 2;
-    rms_norm_vec_kernel<<<unsigned(rows), threads, 0, stream>>>(xb, rb, wb, yb, sb, n, eps);
+    launch_chained(rms_norm_vec_kernel, dim3(unsigned(rows)), dim3(threads), 0, stream, xb, rb, wb, yb, sb, n, eps);
   } else {
-    rms_norm_scalar_kernel<<<unsigned(rows), kThreads, 0, stream>>>(xb, rb, wb, yb, sb, n, eps);
+    launch_chained(rms_norm_scalar_kernel, dim3(unsigned(rows)), dim3(kThreads), 0, stream, xb, rb, wb, yb, sb, n, eps);
   }
   PHILORA_CUDA_CHECK_LAUNCH();
 }
@@ -271,9 +277,9 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cu
   const auto* g = static_cast<const bf16*>(gate_up);
   auto* o = static_cast<bf16*>(out);
   if (n % 8 == 0 && aligned16(gate_up) && aligned16(out)) {
-    silu_mul_vec_kernel<<<grid_for(rows * n / 8, kThreads), kThreads, 0, stream>>>(g, o, rows, n);
+    launch_chained(silu_mul_vec_kernel, dim3(grid_for(rows * n / 8, kThreads)), dim3(kThreads), 0, stream, g, o, rows, n);
   } else {
-    silu_mul_scalar_kernel<<<grid_for(rows * n, kThreads), kThreads, 0, stream>>>(g, o, rows, n);
+    launch_chained(silu_mul_scalar_kernel, dim3(grid_for(rows * n, kThreads)), dim3(kThreads), 0, stream, g, o, rows, n);
   }
   PHILORA_CUDA_CHECK_LAUNCH();
 }
@@ -283,11 +289,9 @@ void launch_gather_rows(const void* x, const int32_t* rows, void* out, int64_t c
   if (count == 0 || cols == 0) return;
   if (cols % 8 == 0 && aligned16(x) && aligned16(out)) {
     const int threads = int(std::min<int64_t>(kThreads, std::max<int64_t>(32, cols / 8)));
-    gather_rows_vec_kernel<<<unsigned(count), threads, 0, stream>>>(
-        static_cast<const uint4*>(x), rows, static_cast<uint4*>(out), cols / 8);
+    launch_chained(gather_rows_vec_kernel, dim3(unsigned(count)), dim3(threads), 0, stream, static_cast<const uint4*>(x), rows, static_cast<uint4*>(out), cols / 8);
   } else {
-    gather_rows_scalar_kernel<<<unsigned(count), kThreads, 0, stream>>>(
-        static_cast<const bf16*>(x), rows, static_cast<bf16*>(out), cols);
+    launch_chained(gather_rows_scalar_kernel, dim3(unsigned(count)), dim3(kThreads), 0, stream, static_cast<const bf16*>(x), rows, static_cast<bf16*>(out), cols);
   }
   PHILORA_CUDA_CHECK_LAUNCH();
 }

@@ -34,6 +34,7 @@ __global__ void __launch_bounds__(kShrinkThreads) lora_shrink_kernel(LoraLaunch 
                                                                      float* __restrict__ xa,
                                                                      int64_t xa_stride, int tiles,
                                                                      int64_t k_chunk, bool atomic) {
+  chained_prologue();
   const Unit u = unit_of(l, blockIdx.x, tiles);
   if (u.slot < 0 || u.t0 >= u.t1) return;
   const int r = min(int64_t(l.ranks[u.slot]), xa_stride);
@@ -114,6 +115,7 @@ inline int token_rows(int64_t chunks) { return int(std::clamp<int64_t>(kTokenMax
 __global__ void __launch_bounds__(32 * kTokenMaxWarps)
     lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa,
                              int64_t xa_stride, int chunks, int rows) {
+  chained_prologue();
   __shared__ float part[kTokenMaxWarps];
   const int t = blockIdx.x;
   const int slot = l.token_slot[t];
@@ -163,6 +165,7 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
                                                                      int64_t xa_stride, bf16* __restrict__ y,
                                                                      int64_t y_stride, int64_t col_offset,
                                                                      int tiles) {
+  chained_prologue();
   __shared__ __align__(16) float xs[kTile][R];
   const Unit u = unit_of(l, blockIdx.x, tiles);
   if (u.slot < 0 || u.t0 >= u.t1) return;
@@ -231,8 +234,7 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
       aligned16(x)) {
     const int rows = token_rows(chunks);
     const dim3 grid{unsigned(units), unsigned(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), rows))};
-    lora_shrink_token_kernel<<<grid, unsigned(32 * rows * chunks), 0, stream>>>(
-        l, static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows);
+    launch_chained(lora_shrink_token_kernel, dim3(grid), dim3(unsigned(32 * rows * chunks)), 0, stream, l, static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows);
     PHILORA_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -249,9 +251,9 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
   const dim3 grid{unsigned(units), unsigned(rank_tiles), unsigned(k_splits)};
   const auto* xb = static_cast<const bf16*>(x);
   if (l.in_features % 8 == 0 && aligned16(x))
-    lora_shrink_kernel<true><<<grid, kShrinkThreads, 0, stream>>>(l, xb, xa, xa_stride, tiles, k_chunk, atomic);
+    launch_chained(lora_shrink_kernel<true>, dim3(grid), dim3(kShrinkThreads), 0, stream, l, xb, xa, xa_stride, tiles, k_chunk, atomic);
   else
-    lora_shrink_kernel<false><<<grid, kShrinkThreads, 0, stream>>>(l, xb, xa, xa_stride, tiles, k_chunk, atomic);
+    launch_chained(lora_shrink_kernel<false>, dim3(grid), dim3(kShrinkThreads), 0, stream, l, xb, xa, xa_stride, tiles, k_chunk, atomic);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
@@ -267,13 +269,13 @@ void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride,
   const dim3 grid(unsigned(units), unsigned(ceil_div(l.out_features, kExpandThreads)));
   auto* yb = static_cast<bf16*>(y);
   if (l.max_rank <= 16)
-    lora_expand_kernel<16><<<grid, kExpandThreads, 0, stream>>>(l, xa, xa_stride, yb, y_stride, col_offset, tiles);
+    launch_chained(lora_expand_kernel<16>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
   else if (l.max_rank <= 32)
-    lora_expand_kernel<32><<<grid, kExpandThreads, 0, stream>>>(l, xa, xa_stride, yb, y_stride, col_offset, tiles);
+    launch_chained(lora_expand_kernel<32>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
   else if (l.max_rank <= 64)
-    lora_expand_kernel<64><<<grid, kExpandThreads, 0, stream>>>(l, xa, xa_stride, yb, y_stride, col_offset, tiles);
+    launch_chained(lora_expand_kernel<64>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
   else
-    lora_expand_kernel<128><<<grid, kExpandThreads, 0, stream>>>(l, xa, xa_stride, yb, y_stride, col_offset, tiles);
+    launch_chained(lora_expand_kernel<128>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

@@ -23,6 +23,7 @@ constexpr int kThreads = 128;
 // inv_freq[i] in f32; cos and sin of that angle (full-precision sincosf), times
 // the attention factor; the rotation in f32, rounded once to bf16.
 __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs a) {
+  chained_prologue();
   __shared__ float cos_s[kMaxHalf], sin_s[kMaxHalf];
   const int t = blockIdx.x;
   const int half = int(a.rotary_dim / 2), d = int(a.head_dim);
@@ -72,6 +73,7 @@ __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs 
 // (its cos/sin computed in place), then each k head's pass-through dims and
 // each v head's dims, copied to the cache.
 __global__ void rope_and_cache_vec_kernel(RopeCacheArgs a) {
+  chained_prologue();
   const int half = int(a.rotary_dim / 2), d = int(a.head_dim);
   const int H = int(a.n_heads), Hkv = int(a.n_kv_heads);
   const int rot_items = (H + Hkv) * (half / 8);          // per token
@@ -141,10 +143,10 @@ void launch_rope_and_cache(const RopeCacheArgs& a, cudaStream_t stream) {
     const int64_t per_token = (a.n_heads + a.n_kv_heads) * (half / 8) +
                               a.n_kv_heads * ((a.head_dim - 2 * half) / 8) + a.n_kv_heads * (a.head_dim / 8);
     const int64_t blocks = std::min<int64_t>(ceil_div(a.num_tokens * per_token, 256), 1 << 20);
-    rope_and_cache_vec_kernel<<<unsigned(blocks), 256, 0, stream>>>(a);
+    launch_chained(rope_and_cache_vec_kernel, dim3(unsigned(blocks)), dim3(256), 0, stream, a);
   } else {
     const dim3 grid{unsigned(a.num_tokens), unsigned(ceil_div(a.n_heads + 2 * a.n_kv_heads, kHeadsPerBlock))};
-    rope_and_cache_kernel<<<grid, kThreads, 0, stream>>>(a);
+    launch_chained(rope_and_cache_kernel, dim3(grid), dim3(kThreads), 0, stream, a);
   }
   PHILORA_CUDA_CHECK_LAUNCH();
 }

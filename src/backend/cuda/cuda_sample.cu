@@ -387,6 +387,7 @@ __device__ int walk_kept(const Row& r, const Cut& topk, const Cut& topp, const W
 
 // grid (R), block (kThreads): out[row] by SamplingPlan's rule.
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a, bool vec) {
+  chained_prologue();
   __shared__ Shared s;
   const int64_t row = blockIdx.x;
   const Row r = row_of(a, vec);
@@ -412,7 +413,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a, bool vec
 void launch_sample(const SampleArgs& a, cudaStream_t stream) {
   if (a.rows == 0) return;
   const bool vec = a.vocab % 8 == 0 && aligned16(a.logits);
-  sample_kernel<<<unsigned(a.rows), kThreads, 0, stream>>>(a, vec);
+  launch_chained(sample_kernel, dim3(unsigned(a.rows)), dim3(kThreads), 0, stream, a, vec);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
