@@ -216,7 +216,8 @@ int run_bench(const BenchOptions& o) {
     summary << fmt::format("decode_b{}={:.0f}tok/s ", bs, double(bs) / *dt);
   }
 
-  std::cout << "host time per decode step before it waits for the device:" << host_notes.str() << "\n";
+  std::cout << "host time per decode step before it waits for the device:" << host_notes.str()
+            << "\n";
 
   // Time to first token for one prompt.
   for (int64_t p : o.prompts) {
@@ -240,15 +241,16 @@ int run_bench(const BenchOptions& o) {
     for (int s = 0; s < nslots; ++s)
       slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
     b.synchronize();
-    auto none = time_decode(m, kv, nullptr, o.lora_batch, o.lora_context, o.steps, {}, !o.enforce_eager);
+    auto none =
+        time_decode(m, kv, nullptr, o.lora_batch, o.lora_context, o.steps, {}, !o.enforce_eager);
     if (!none) return fail(none.status());
-    auto shared = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, {0},
-                                !o.enforce_eager);
+    auto shared =
+        time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, {0}, !o.enforce_eager);
     if (!shared) return fail(shared.status());
     std::vector<int32_t> distinct;
     for (int s = 0; s < nslots; ++s) distinct.push_back(s);
     auto many = time_decode(m, kv, &slots, o.lora_batch, o.lora_context, o.steps, distinct,
-                              !o.enforce_eager);
+                            !o.enforce_eager);
     if (!many) return fail(many.status());
     const std::string label = fmt::format("batch {} ctx {} step", o.lora_batch, o.lora_context);
     std::cout << fmt::format("{:<44} {:>13.3f} ms\n", label + ", no adapter", *none * 1e3);

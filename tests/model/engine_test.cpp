@@ -30,9 +30,9 @@ using test::read_jsonl;
 
 struct Scenario {
   const char* name;
-  int64_t budget;  // tokens per step
-  int64_t pages;   // KV pages of 4 tokens
-  int slots;       // adapter slots
+  int64_t budget;       // tokens per step
+  int64_t pages;        // KV pages of 4 tokens
+  int slots;            // adapter slots
   bool graphs = false;  // decode steps through step graphs (the CPU backend replays the body)
 };
 
@@ -64,8 +64,8 @@ void expect_hf_tokens(const std::vector<int32_t>& got, const nlohmann::json& ref
   const auto margins = ref["margins"].get<std::vector<double>>();
   for (size_t k = 0; k < want.size(); ++k) {
     if (got[k] == want[k]) continue;
-    EXPECT_LT(margins[k], 0.1) << what << " step " << k << ": got " << got[k] << ", HF "
-                               << want[k] << " (margin " << margins[k] << ")";
+    EXPECT_LT(margins[k], 0.1) << what << " step " << k << ": got " << got[k] << ", HF " << want[k]
+                               << " (margin " << margins[k] << ")";
     break;
   }
 }
@@ -187,8 +187,8 @@ TEST(EngineGraphs, SampledTokensEqualEager) {
     lora::AdapterStore store(m->config(), slots, {});
     for (const auto& e : fs::directory_iterator(dir / "adapters"))
       store.register_dir(e.path().filename().string(), e.path().string());
-    kv::KvCache kv(backend, m->config().num_hidden_layers, 256, 4,
-                   m->config().num_key_value_heads, m->config().head_dim);
+    kv::KvCache kv(backend, m->config().num_hidden_layers, 256, 4, m->config().num_key_value_heads,
+                   m->config().head_dim);
     engine::Engine eng(*m, kv, &store, {4096, 64, graphs == 1});
     const auto requests = read_jsonl(dir / "generate_requests.jsonl");
     for (size_t i = 0; i < requests.size(); ++i) {

@@ -31,7 +31,8 @@ std::unique_ptr<Backend> make(const std::string& name) {
 
 std::vector<float> values(int64_t n, float scale, float offset) {
   std::vector<float> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[size_t(i)] = offset + scale * float((i * 37) % 101 - 50) / 64.0f;
+  for (int64_t i = 0; i < n; ++i)
+    v[size_t(i)] = offset + scale * float((i * 37) % 101 - 50) / 64.0f;
   return v;
 }
 
@@ -91,7 +92,8 @@ TEST_P(GraphOps, ReplayFollowsInputsAndNeverTouchesOtherMemory) {
     for (const Tensor& o : others) {
       const Tensor h = b.to_host_f32(o);
       for (int64_t i = 0; i < h.numel(); ++i)
-        ASSERT_EQ(h.ptr<float>()[i], 7.0f) << GetParam() << ": a replay wrote memory it does not own";
+        ASSERT_EQ(h.ptr<float>()[i], 7.0f)
+            << GetParam() << ": a replay wrote memory it does not own";
     }
   }
 }

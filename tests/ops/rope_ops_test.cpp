@@ -103,8 +103,7 @@ class RopeAndCache : public OpCase {
         }
       const int64_t slot = kv_.slots[size_t(t)];
       for (int64_t i = 0; i < kv_size; ++i) {  // HND pages: head i / d of the slot's page
-        const size_t at =
-            size_t(kv_offset(slot, i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
+        const size_t at = size_t(kv_offset(slot, i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
         k.want[at] = y[q_size + i];
         k.role[at] = Role::value;
         v.want[at] = x[q_size + kv_size + i];

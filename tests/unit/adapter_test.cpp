@@ -24,7 +24,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;  // pattern key order matters
 
-
 constexpr const char* kPhi3Targets = "qkv_proj, o_proj, gate_up_proj, down_proj, lm_head";
 
 // A tiny GQA Phi-3: hidden 16, 4 heads of 4 (2 kv heads), intermediate 24, 3 layers.

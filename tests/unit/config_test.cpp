@@ -21,7 +21,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-
 constexpr const char* kOrigin = "/models/phi3/config.json";
 
 // microsoft/Phi-3-mini-4k-instruct's config.json, as published.
