@@ -6,7 +6,7 @@
 // tokenizers and bench/tokenizer_bench time the same bytes.
 import fs from "node:fs";
 import path from "node:path";
-import zlib from "node:zlib";
+import { readText, walk } from "./files.mjs";
 
 const out = process.argv[2];
 if (!out) {
@@ -15,33 +15,6 @@ if (!out) {
 }
 fs.mkdirSync(out, { recursive: true });
 const MB = 1 << 20;
-const decoder = new TextDecoder("utf-8", { fatal: true });
-
-function walk(dir, files, filter) {
-  let entries;
-  try {
-    entries = fs.readdirSync(dir, { withFileTypes: true });
-  } catch {
-    return;
-  }
-  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  for (const e of entries) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) walk(p, files, filter);
-    else if (e.isFile() && filter(p)) files.push(p);
-  }
-}
-
-function read(p) {
-  try {
-    let buf = fs.readFileSync(p);
-    if (p.endsWith(".gz")) buf = zlib.gunzipSync(buf);
-    if (buf.includes(0)) return null;
-    return decoder.decode(buf);
-  } catch {
-    return null;
-  }
-}
 
 // Share of letters and spaces: prose is high, tables and changelog noise lower.
 function proseScore(text) {
@@ -56,7 +29,7 @@ function collect(roots, filter, accept, budget) {
   let size = 0;
   for (const f of files) {
     if (size >= budget) break;
-    const text = read(f);
+    const text = readText(f);
     if (text === null || !accept(text)) continue;
     const take = text.slice(0, 200 * 1024);
     parts.push(take);

@@ -12,7 +12,7 @@
 //   the (?i:'s...) contractions), code points assigned after Unicode 14 (PCRE2 10.42's tables).
 import fs from "node:fs";
 import path from "node:path";
-import zlib from "node:zlib";
+import { readText, walk } from "./files.mjs";
 
 const outPath = process.argv[2];
 if (!outPath) {
@@ -21,7 +21,6 @@ if (!outPath) {
 }
 
 const records = [];
-const decoder = new TextDecoder("utf-8", { fatal: true });
 const EXCLUDED = /[\u0085\uFEFF\u017F]/g;
 
 function clean(text) {
@@ -29,37 +28,6 @@ function clean(text) {
 }
 
 // ---- files ---------------------------------------------------------------------------------------
-function walk(dir, files, filter) {
-  let entries;
-  try {
-    entries = fs.readdirSync(dir, { withFileTypes: true });
-  } catch {
-    return;
-  }
-  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  for (const e of entries) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) walk(p, files, filter);
-    else if (e.isFile() && filter(p)) files.push(p);
-  }
-}
-
-function readText(p) {
-  let buf;
-  try {
-    buf = fs.readFileSync(p);
-    if (p.endsWith(".gz")) buf = zlib.gunzipSync(buf);
-  } catch {
-    return null;
-  }
-  if (buf.length === 0 || buf.includes(0)) return null;
-  try {
-    return decoder.decode(buf);
-  } catch {
-    return null;
-  }
-}
-
 function addChunks(text, budget) {
   let used = 0;
   let chunk = "";

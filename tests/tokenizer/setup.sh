@@ -32,7 +32,7 @@ fi
 
 # 2. tokenizer.json files, corpus and reference ids; redone when a script or the lock changes.
 stamp="$out/.stamp"
-want="$(cat package-lock.json make_tokenizers.mjs make_corpus.mjs encode_js.mjs make_bench_text.mjs | sha256sum | cut -d' ' -f1)"
+want="$(cat package-lock.json make_tokenizers.mjs make_corpus.mjs encode_js.mjs make_bench_text.mjs files.mjs | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   node make_tokenizers.mjs "$out"
   node make_corpus.mjs "$out/corpus.jsonl"
