@@ -26,18 +26,7 @@ using json = nlohmann::ordered_json;  // pattern key order matters
 
 constexpr const char* kPhi3Targets = "qkv_proj, o_proj, gate_up_proj, down_proj, lm_head";
 
-// A tiny GQA Phi-3: hidden 16, 4 heads of 4 (2 kv heads), intermediate 24, 3 layers.
-model::Phi3Config tiny_base() {
-  model::Phi3Config c;
-  c.vocab_size = 50;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  return c;
-}
+model::Phi3Config tiny_base() { return test::tiny_phi3_config(); }
 
 // (in_features, out_features) of each target of tiny_base().
 std::pair<int64_t, int64_t> dims(Target t) {

@@ -8,6 +8,7 @@
 #include "engine/sampler.h"
 #include "kv/block_allocator.h"
 #include "lora/slots.h"
+#include "test_util.h"
 
 namespace philora {
 namespace {
@@ -96,24 +97,12 @@ TEST(Sampler, DrawsAreInTheUnitIntervalAndFollowTheSeed) {
 namespace philora {
 namespace {
 
-model::Phi3Config two_layer_config() {
-  model::Phi3Config c;
-  c.vocab_size = 32;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  return c;
-}
-
 // Step graphs bake in the LoRA tables' addresses and what the host decides
 // from them (which modules have a table, each table's max rank): the tables
 // must stay put, and the layout version must change exactly when a decision does.
 TEST(AdapterSlots, TablesStayPutAndTheLayoutVersionTracksHostDecisions) {
   CpuBackend backend(1);
-  const model::Phi3Config c = two_layer_config();
+  const model::Phi3Config c = test::tiny_phi3_config();
   lora::AdapterSlots slots(backend, c, 3);
   EXPECT_EQ(slots.table(0, lora::Target::qkv), nullptr) << "no adapter: no table";
   const uint64_t v0 = slots.layout_version();
