@@ -28,41 +28,37 @@ LtMatmul::LtMatmul(cudaStream_t stream, std::shared_ptr<DeviceAllocator> allocat
 }
 
 LtMatmul::~LtMatmul() {
-  for (auto& [key, p] : plans_)
-    for (Form& f : p.forms) {
-      (void)cublasLtMatrixLayoutDestroy(f.a);
-      (void)cublasLtMatrixLayoutDestroy(f.b);
-      (void)cublasLtMatrixLayoutDestroy(f.c);
-      (void)cublasLtMatmulDescDestroy(f.op);
-    }
+  for (auto& [key, p] : plans_) {
+    (void)cublasLtMatrixLayoutDestroy(p.a);
+    (void)cublasLtMatrixLayoutDestroy(p.b);
+    (void)cublasLtMatrixLayoutDestroy(p.c);
+    (void)cublasLtMatmulDescDestroy(p.op);
+  }
   if (handle_) (void)cublasLtDestroy(handle_);
 }
 
 // Row-major y (m, n) = x (m, k) · wᵀ is, in cuBLAS's column-major terms,
 // yᵀ (n × m, ld n) = op(W) · X with W the column-major (k × n, ld k) view of
 // w transposed (op = T) and X the column-major (k × m, ld k) view of x.
-// For m = 1 it is also y (1 × n, ld 1) = op(X) · W with X transposed: the
-// same bytes of y, a different problem to the heuristic.
-bool LtMatmul::add_form(Plan& p, const Key& key, bool x_first) {
+LtMatmul::Plan& LtMatmul::plan_for(const Key& key) {
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
   const auto [m, n, k, align_x, align_w, align_y] = key;
-  Form f;
-  f.x_first = x_first;
-  PHILORA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&f.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  Plan p;
+  PHILORA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-  PHILORA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
+  PHILORA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
                                                       sizeof(trans_a)));
-  PHILORA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(f.op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
+  PHILORA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
                                                       sizeof(trans_b)));
-  const uint64_t rows_a = uint64_t(x_first ? m : n), rows_b = uint64_t(x_first ? n : m);
-  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&f.a, CUDA_R_16BF, uint64_t(k), rows_a, k));
-  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&f.b, CUDA_R_16BF, uint64_t(k), rows_b, k));
-  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&f.c, CUDA_R_16BF, rows_a, rows_b, int64_t(rows_a)));
+  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
+  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
+  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
 
   cublasLtMatmulPreference_t pref = nullptr;
   PHILORA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = workspace_bytes_;
-  const uint32_t aa = uint32_t(x_first ? align_x : align_w), ab = uint32_t(x_first ? align_w : align_x),
-                 ac = uint32_t(align_y);
+  const uint32_t aa = uint32_t(align_w), ab = uint32_t(align_x), ac = uint32_t(align_y);
   PHILORA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   PHILORA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
@@ -75,54 +71,23 @@ bool LtMatmul::add_form(Plan& p, const Key& key, bool x_first) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)));
   cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
   int found = 0;
-  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, f.op, f.a, f.b, f.c, f.c, pref,
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref,
                                                           kCandidates, results, &found);
   (void)cublasLtMatmulPreferenceDestroy(pref);
-  int usable = 0;
-  if (s == CUBLAS_STATUS_SUCCESS)
-    for (int i = 0; i < found; ++i)
-      if (results[i].state == CUBLAS_STATUS_SUCCESS) {
-        p.candidates.push_back({int(p.forms.size()), results[i].algo});
-        ++usable;
-      }
-  if (usable == 0) {
-    (void)cublasLtMatrixLayoutDestroy(f.a);
-    (void)cublasLtMatrixLayoutDestroy(f.b);
-    (void)cublasLtMatrixLayoutDestroy(f.c);
-    (void)cublasLtMatmulDescDestroy(f.op);
-    return false;
-  }
-  p.forms.push_back(f);
-  return true;
-}
-
-LtMatmul::Plan& LtMatmul::plan_for(const Key& key) {
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return it->second;
-  const auto [m, n, k, align_x, align_w, align_y] = key;
-  Plan p;
-  if (!add_form(p, key, /*x_first=*/false))
+  if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
+    (void)cublasLtMatrixLayoutDestroy(p.a);
+    (void)cublasLtMatrixLayoutDestroy(p.b);
+    (void)cublasLtMatrixLayoutDestroy(p.c);
+    (void)cublasLtMatmulDescDestroy(p.op);
     throw_unsupported("cuBLASLt has no bf16 algorithm for matmul m=" + std::to_string(m) +
-                      " n=" + std::to_string(n) + " k=" + std::to_string(k));
-  p.best = p.candidates.front();
-  if (m <= kTuneMaxM) add_split_k_variants(p);
-  if (m == 1 && tune_) {
-    Plan other;
-    if (add_form(other, key, /*x_first=*/true)) {
-      add_split_k_variants(other);
-      for (Candidate& c : other.candidates) p.candidates.push_back({int(p.forms.size()), c.algo});
-      p.forms.push_back(other.forms.front());
-    }
+                      " n=" + std::to_string(n) + " k=" + std::to_string(k) + " (status " +
+                      std::to_string(int(s)) + ")");
   }
+  for (int i = 0; i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
+  p.algo = p.candidates.empty() ? results[0].algo : p.candidates.front();
+  if (m <= kTuneMaxM) add_split_k_variants(p);
   return plans_.emplace(key, p).first->second;
-}
-
-cublasStatus_t LtMatmul::launch(const Plan& p, const Candidate& c, const void* x, const void* w,
-                                void* y, float alpha, float beta) {
-  const Form& f = p.forms[size_t(c.form)];
-  return cublasLtMatmul(handle_, f.op, &alpha, f.x_first ? x : w, f.a, f.x_first ? w : x, f.b,
-                        &beta, y, f.c, y, f.c, &c.algo, workspace_.get(), workspace_bytes_,
-                        stream_);
 }
 
 // For skinny products (decode) the heuristic's algorithms leave most of the GPU
@@ -131,9 +96,7 @@ cublasStatus_t LtMatmul::launch(const Plan& p, const Candidate& c, const void* x
 void LtMatmul::add_split_k_variants(Plan& p) {
   const size_t base = p.candidates.size();
   for (size_t i = 0; i < base; ++i) {
-    const Candidate cand = p.candidates[i];
-    const cublasLtMatmulAlgo_t algo = cand.algo;
-    const Form& f = p.forms[size_t(cand.form)];
+    const cublasLtMatmulAlgo_t algo = p.candidates[i];
     int32_t support = 0, current = 1;
     uint32_t schemes = 0;
     size_t written = 0;
@@ -159,9 +122,9 @@ void LtMatmul::add_split_k_variants(Plan& p) {
                                                sizeof(scheme)) != CUBLAS_STATUS_SUCCESS)
         continue;
       cublasLtMatmulHeuristicResult_t check{};
-      if (cublasLtMatmulAlgoCheck(handle_, f.op, f.a, f.b, f.c, f.c, &v, &check) == CUBLAS_STATUS_SUCCESS &&
+      if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.c, p.c, &v, &check) == CUBLAS_STATUS_SUCCESS &&
           check.workspaceSize <= workspace_bytes_)
-        p.candidates.push_back({cand.form, v});
+        p.candidates.push_back(v);
     }
   }
 }
@@ -191,15 +154,18 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, void* y, float al
   }
   const float beta = 0.0f;
   float best = -1.0f;
-  for (const Candidate& c : p.candidates) {
-    auto run_once = [&] { return launch(p, c, x, w, y, alpha, beta); };
-    if (run_once() != CUBLAS_STATUS_SUCCESS) continue;  // this algorithm refuses: skip it
+  for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
+    auto launch = [&] {
+      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo,
+                            workspace_.get(), workspace_bytes_, stream_);
+    };
+    if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // this algorithm refuses: skip it
     constexpr int kReps = 5;
     float times[kReps];
     for (int i = 0; i < kReps; ++i) {
       PHILORA_CUDA_CHECK(cudaMemsetAsync(flush_.get(), i, flush_bytes_, stream_));
       PHILORA_CUDA_CHECK(cudaEventRecord(start, stream_));
-      PHILORA_CUBLAS_CHECK(run_once());
+      PHILORA_CUBLAS_CHECK(launch());
       PHILORA_CUDA_CHECK(cudaEventRecord(stop, stream_));
       PHILORA_CUDA_CHECK(cudaEventSynchronize(stop));
       PHILORA_CUDA_CHECK(cudaEventElapsedTime(&times[i], start, stop));
@@ -207,7 +173,7 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, void* y, float al
     std::sort(times, times + kReps);
     if (best < 0 || times[kReps / 2] < best) {
       best = times[kReps / 2];
-      p.best = c;
+      p.algo = algo;
     }
   }
   (void)cudaEventDestroy(start);
@@ -220,7 +186,8 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
   const Key key{m, n, k, alignment_of(x), alignment_of(w), alignment_of(y)};
   Plan& p = plan_for(key);
   if (!p.tuned && beta == 0.0f && tune_ && m <= kTuneMaxM) autotune(p, x, w, y, alpha);
-  PHILORA_CUBLAS_CHECK(launch(p, p.best, x, w, y, alpha, beta));
+  PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
+                                      &p.algo, workspace_.get(), workspace_bytes_, stream_));
 }
 
 }  // namespace philora::cuda

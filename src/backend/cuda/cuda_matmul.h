@@ -36,34 +36,18 @@ class LtMatmul {
  private:
   // (m, n, k, alignment of x, w, y in bytes)
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int>;
-  // One way to state the product to cuBLASLt: A = w, B = x (any m), or, for
-  // m = 1 only, A = x, B = w (y's one row is the same memory either way; the
-  // heuristic offers other kernels for it).
-  struct Form {
+  struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-    bool x_first = false;
-  };
-  struct Candidate {
-    int form = 0;
     cublasLtMatmulAlgo_t algo{};
-  };
-  struct Plan {
-    std::vector<Form> forms;
-    Candidate best;
-    std::vector<Candidate> candidates;  // the heuristic's per form, best first
+    std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's, best first
     bool tuned = false;
   };
   static constexpr int kCandidates = 16;
   static constexpr int64_t kTuneMaxM = 256;  // autotune only skinny products
   Plan& plan_for(const Key& key);
-  // Adds form `x_first` of the product and the heuristic's algorithms for it;
-  // false when the heuristic has none.
-  bool add_form(Plan& p, const Key& key, bool x_first);
   void autotune(Plan& p, const void* x, const void* w, void* y, float alpha);
   void add_split_k_variants(Plan& p);
-  cublasStatus_t launch(const Plan& p, const Candidate& c, const void* x, const void* w, void* y,
-                        float alpha, float beta);
 
   cudaStream_t stream_;
   std::shared_ptr<DeviceAllocator> allocator_;
