@@ -146,6 +146,15 @@ std::vector<CaseFactory> attention_cases() {
       make_case<Attention>(AttentionShape{12, 3, 96, 32, 0, 1.0, {{250, 3}, {1000, 1}, {2047, 1}}}),
       // Phi-3-mini-like: 32 heads, group 1, window 2047
       make_case<Attention>(AttentionShape{32, 32, 96, 16, 2047, 1.0, {{0, 3}, {12, 1}, {0, 19}}}),
+      // decode-only batches (the decode kernel alone), one per head dim and GQA group
+      // it specialises: pages partly full, a first token, contexts split over blocks
+      make_case<Attention>(AttentionShape{8, 8, 64, 16, 0, 1.0, {{5, 1}, {16, 1}, {0, 1}, {33, 1}}}),
+      make_case<Attention>(AttentionShape{32, 32, 96, 16, 0, 1.0, {{1023, 1}, {511, 1}, {64, 1}, {2000, 1}}}),
+      make_case<Attention>(AttentionShape{8, 4, 96, 16, 0, 0.8, {{700, 1}, {15, 1}, {1, 1}}}),
+      make_case<Attention>(AttentionShape{24, 8, 128, 16, 0, 1.0, {{130, 1}, {31, 1}, {1000, 1}}}),
+      make_case<Attention>(AttentionShape{16, 4, 128, 32, 300, 1.0, {{1200, 1}, {5, 1}, {299, 1}}}),
+      make_case<Attention>(AttentionShape{12, 4, 64, 8, 0, 1.0, {{77, 1}, {8, 1}}}),
+      make_case<Attention>(AttentionShape{8, 2, 96, 16, 0, 1.0, {{300, 1}, {2, 1}}}),
   };
 }
 

@@ -219,6 +219,254 @@ __global__ void merge_splits_kernel(const float* __restrict__ part_o, const floa
   }
 }
 
+// ---- single pass: keys spread over lane groups, online softmax per lane -------
+//
+// A warp reads 32 / L keys at a time, L lanes per key, each lane E = D / L
+// elements of the key's K and V rows (E / 8 16-byte loads each, lane `sub`
+// taking the words sub, sub + L, ...: every load instruction of the warp covers
+// whole 32-byte sectors). K and V of U steps are loaded before any is used, so a
+// lane keeps 2 · U · E · 2 bytes in flight. Each lane group keeps its own running
+// max, sum and output slice (no reduction per key beyond the L-lane dot product);
+// groups, then warps, merge at the end. Same split and output contract as the
+// kernel above.
+template <int D, int L, int G, int U>
+__global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedAttentionArgs a, int chunk,
+                                                                          int num_splits, float* part_o,
+                                                                          float* part_lse) {
+  chained_prologue();
+  constexpr int E = D / L;         // elements per lane
+  constexpr int W = E / 8;         // 16-byte words per lane and row
+  constexpr int KPW = 32 / L;      // keys per warp step
+  constexpr int KPB = KPW * kWarps;
+  static_assert(D % L == 0 && E % 8 == 0 && 32 % L == 0, "lane split");
+  __shared__ float q_s[G][D];
+  __shared__ float m_s[kWarps][G], l_s[kWarps][G];
+  __shared__ float o_s[kWarps][G][D];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int sub = lane % L, kg = lane / L;
+  const int split = blockIdx.x, t = blockIdx.z, kvh = blockIdx.y;
+  const int h0 = kvh * G;  // the block serves the whole group: G = n_heads / n_kv_heads
+
+  const int s = sequence_of(a.q_indptr, a.num_seqs, t);
+  const int num_pages = a.kv_indptr[s + 1] - a.kv_indptr[s];
+  const int kv_len = num_pages == 0 ? 0 : (num_pages - 1) * a.page_size + a.kv_last_page_len[s];
+  const int p = a.positions[t];
+  const int hi = min(p, kv_len - 1);
+  const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
+  const int begin = lo + split * chunk;
+  const int len = min(hi + 1, begin + chunk) - begin;
+  const int32_t* pages = a.kv_indices + a.kv_indptr[s];
+  const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
+  const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
+  bf16* out = static_cast<bf16*>(a.out);
+  const int64_t part = (int64_t(t) * a.n_heads + h0) * num_splits + split;  // + g · num_splits
+
+  if (len <= 0) {
+    if (num_splits > 1) {
+      if (tid < G) part_lse[part + int64_t(tid) * num_splits] = -INFINITY;
+    } else {
+      for (int i = tid; i < G * D; i += kThreads)
+        out[int64_t(t) * a.n_heads * D + int64_t(h0) * D + i] = __float2bfloat16_rn(0.0f);
+    }
+    return;
+  }
+
+  const float qscale = a.scale * kLog2e;  // scores in base 2
+  const bf16* q = static_cast<const bf16*>(a.qkv) + int64_t(t) * a.qkv_stride + int64_t(h0) * D;
+  for (int i = tid; i < G * D; i += kThreads) q_s[i / D][i % D] = __bfloat162float(q[i]) * qscale;
+  __syncthreads();
+
+  float m[G], l[G], o[G][E];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) o[g][e] = 0.0f;
+  }
+  // The page of a key and the key's row offset inside it.
+  const int64_t head_stride = int64_t(a.page_size) * D;
+  const int64_t page_stride = int64_t(a.n_kv_heads) * head_stride;
+  for (int j0 = warp * KPW + kg; j0 - kg < len; j0 += KPB * U) {
+    uint4 kr[U][W], vr[U][W];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * KPB;
+      if (j < len) {
+        const int key = begin + j;
+        const int64_t off = int64_t(pages[key / a.page_size]) * page_stride + kvh * head_stride +
+                            int64_t(key % a.page_size) * D;
+        const uint4* krow = reinterpret_cast<const uint4*>(k_cache + off);
+        const uint4* vrow = reinterpret_cast<const uint4*>(v_cache + off);
+#pragma unroll
+        for (int w = 0; w < W; ++w) kr[u][w] = krow[sub + w * L];
+#pragma unroll
+        for (int w = 0; w < W; ++w) vr[u][w] = vrow[sub + w * L];
+      } else {
+#pragma unroll
+        for (int w = 0; w < W; ++w) kr[u][w] = vr[u][w] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    float sc[U][G];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) sc[u][g] = 0.0f;
+#pragma unroll
+      for (int w = 0; w < W; ++w) {
+        float f[8];
+        bf16x8_to_f32(kr[u][w], f);
+        const int e0 = (sub + w * L) * 8;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float4 qa = *reinterpret_cast<const float4*>(&q_s[g][e0]);
+          const float4 qb = *reinterpret_cast<const float4*>(&q_s[g][e0 + 4]);
+          sc[u][g] += f[0] * qa.x + f[1] * qa.y + f[2] * qa.z + f[3] * qa.w + f[4] * qb.x + f[5] * qb.y +
+                      f[6] * qb.z + f[7] * qb.w;
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int x = 1; x < L; x <<= 1) sc[u][g] += __shfl_xor_sync(0xffffffffu, sc[u][g], x);
+        if (j0 + u * KPB >= len) sc[u][g] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float mn = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mn = fmaxf(mn, sc[u][g]);
+      if (mn == -INFINITY) continue;  // nothing valid seen yet by this lane group
+      const float r = exp2f(m[g] - mn);
+      m[g] = mn;
+      l[g] *= r;
+#pragma unroll
+      for (int e = 0; e < E; ++e) o[g][e] *= r;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pu = exp2f(sc[u][g] - mn);
+        l[g] += pu;
+#pragma unroll
+        for (int w = 0; w < W; ++w) {
+          float f[8];
+          bf16x8_to_f32(vr[u][w], f);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) o[g][w * 8 + e] += pu * f[e];
+        }
+      }
+    }
+  }
+
+  // Merge the warp's lane groups (lanes with the same `sub`), then the warps.
+#pragma unroll
+  for (int x = L; x < 32; x <<= 1) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], x);
+      const float lo_ = __shfl_xor_sync(0xffffffffu, l[g], x);
+      const float mn = fmaxf(m[g], mo);
+      const float ra = mn == -INFINITY ? 0.0f : exp2f(m[g] - mn);
+      const float rb = mn == -INFINITY ? 0.0f : exp2f(mo - mn);
+      l[g] = l[g] * ra + lo_ * rb;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float oo = __shfl_xor_sync(0xffffffffu, o[g][e], x);
+        o[g][e] = o[g][e] * ra + oo * rb;
+      }
+      m[g] = mn;
+    }
+  }
+  if (kg == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (sub == 0) {
+        m_s[warp][g] = m[g];
+        l_s[warp][g] = l[g];
+      }
+#pragma unroll
+      for (int w = 0; w < W; ++w)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o_s[warp][g][(sub + w * L) * 8 + e] = o[g][w * 8 + e];
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += kThreads) {
+    const int g = i / D, dd = i % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, m_s[w][g]);
+    float acc = 0.0f, sum = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float r = exp2f(m_s[w][g] - mx);
+        acc += r * o_s[w][g][dd];
+        sum += r * l_s[w][g];
+      }
+    }
+    const float val = sum > 0.0f ? acc / sum : 0.0f;
+    if (num_splits == 1)
+      out[int64_t(t) * a.n_heads * D + int64_t(h0 + g) * D + dd] = __float2bfloat16_rn(val);
+    else {
+      part_o[(part + int64_t(g) * num_splits) * D + dd] = val;
+      if (dd == 0) part_lse[part + int64_t(g) * num_splits] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+    }
+  }
+}
+
+#ifndef PHILORA_DECODE_UNROLL
+#define PHILORA_DECODE_UNROLL 2
+#endif
+
+// Lanes per key for (D, G): the fewest that keep a lane's output slice (G · D / L
+// floats) at most 48 registers with whole 16-byte words; 0 = not instantiated.
+constexpr int lanes_per_key(int d, int g) {
+  for (int l = 4; l <= 16; l *= 2)
+    if (d % l == 0 && (d / l) % 8 == 0 && g * (d / l) <= 48) return l;
+  return 0;
+}
+
+template <int D, int G>
+bool launch_lanes(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o, float* part_lse,
+                  cudaStream_t stream) {
+  constexpr int L = lanes_per_key(D, G);
+  if constexpr (L == 0) {
+    return false;
+  } else {
+    const dim3 grid(unsigned(split.num_splits), unsigned(a.n_kv_heads), unsigned(a.num_rows));
+    launch_chained(decode_attention_lanes_kernel<D, L, G, PHILORA_DECODE_UNROLL>, grid, dim3(kThreads), 0,
+                   stream, a, split.chunk, split.num_splits, part_o, part_lse);
+    PHILORA_CUDA_CHECK_LAUNCH();
+    return true;
+  }
+}
+
+template <int D>
+bool launch_lanes_group(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o,
+                        float* part_lse, cudaStream_t stream) {
+  switch (a.n_heads / a.n_kv_heads) {
+    case 1: return launch_lanes<D, 1>(a, split, part_o, part_lse, stream);
+    case 2: return launch_lanes<D, 2>(a, split, part_o, part_lse, stream);
+    case 3: return launch_lanes<D, 3>(a, split, part_o, part_lse, stream);
+    case 4: return launch_lanes<D, 4>(a, split, part_o, part_lse, stream);
+    default: return false;
+  }
+}
+
+// The single-pass kernel where it is instantiated (head dims 64, 96, 128; GQA
+// groups up to 4), else false.
+bool launch_lanes_any(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o, float* part_lse,
+                      cudaStream_t stream) {
+  switch (a.head_dim) {
+    case 64: return launch_lanes_group<64>(a, split, part_o, part_lse, stream);
+    case 96: return launch_lanes_group<96>(a, split, part_o, part_lse, stream);
+    case 128: return launch_lanes_group<128>(a, split, part_o, part_lse, stream);
+    default: return false;
+  }
+}
+
 int group_tile(int group) {
   if (group >= 8) return 8;
   if (group >= 4) return 4;
@@ -285,11 +533,13 @@ void launch_decode_attention(const PagedAttentionArgs& a, const DecodeSplit& spl
   float* part_lse = part_o ? part_o + size_t(a.num_rows) * size_t(a.n_heads) * size_t(split.num_splits) *
                                           size_t(a.head_dim)
                            : nullptr;
-  switch (group_tile(a.n_heads / a.n_kv_heads)) {
-    case 8: launch<8>(a, split, part_o, part_lse, stream); break;
-    case 4: launch<4>(a, split, part_o, part_lse, stream); break;
-    case 2: launch<2>(a, split, part_o, part_lse, stream); break;
-    default: launch<1>(a, split, part_o, part_lse, stream); break;
+  if (!launch_lanes_any(a, split, part_o, part_lse, stream)) {
+    switch (group_tile(a.n_heads / a.n_kv_heads)) {
+      case 8: launch<8>(a, split, part_o, part_lse, stream); break;
+      case 4: launch<4>(a, split, part_o, part_lse, stream); break;
+      case 2: launch<2>(a, split, part_o, part_lse, stream); break;
+      default: launch<1>(a, split, part_o, part_lse, stream); break;
+    }
   }
   if (split.num_splits > 1) {
     const int threads = std::min(256, int(ceil_div(a.head_dim, 32) * 32));
