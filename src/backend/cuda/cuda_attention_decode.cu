@@ -467,6 +467,17 @@ bool launch_lanes_any(const PagedAttentionArgs& a, const DecodeSplit& split, flo
   }
 }
 
+// Whether launch_lanes_any takes (head_dim, group).
+bool lanes_kernel_for(int head_dim, int group) {
+  if (group < 1 || group > 4) return false;
+  switch (head_dim) {
+    case 64: return lanes_per_key(64, group) != 0;
+    case 96: return lanes_per_key(96, group) != 0;
+    case 128: return lanes_per_key(128, group) != 0;
+    default: return false;
+  }
+}
+
 int group_tile(int group) {
   if (group >= 8) return 8;
   if (group >= 4) return 4;
@@ -505,13 +516,16 @@ DecodeSplit plan_decode_attention(const PagedAttentionArgs& a, int64_t max_kv_le
   DecodeSplit s;
   int64_t keys = std::max<int64_t>(1, max_kv_len);
   if (a.window > 0) keys = std::min<int64_t>(keys, a.window);
-  const int group = a.n_heads / a.n_kv_heads, g = group_tile(group);
+  const int group = a.n_heads / a.n_kv_heads;
+  const bool lanes = lanes_kernel_for(a.head_dim, group);
+  const int g = lanes ? group : group_tile(group);
   const int64_t blocks = int64_t(a.num_rows) * a.n_kv_heads * ((group + g - 1) / g);
-  // Enough splits for two waves of blocks, each split at least 64 keys (and at
-  // most kMaxChunk: the chunk's scores sit in shared memory).
+  // Enough splits for two waves of blocks, each split at least 64 keys. The
+  // single-pass kernel takes any chunk (with enough blocks, no split: no merge
+  // pass); the two-pass one at most kMaxChunk (its scores sit in shared memory).
   const int64_t want = std::max<int64_t>(1, ceil_div(2 * int64_t(num_sms), std::max<int64_t>(1, blocks)));
   int64_t chunk = ceil_div(keys, want);
-  chunk = std::clamp<int64_t>(ceil_div(chunk, 32) * 32, 64, kMaxChunk);
+  chunk = std::clamp<int64_t>(ceil_div(chunk, 32) * 32, 64, lanes ? std::max<int64_t>(64, keys) : kMaxChunk);
   s.chunk = int(chunk);
   s.num_splits = int(ceil_div(keys, chunk));
   return s;
