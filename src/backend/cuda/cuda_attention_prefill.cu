@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <climits>
 #include <cmath>
 
@@ -9,9 +10,20 @@ namespace philora::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kBlockN = 64;  // keys per shared-memory tile
 constexpr int kThreads = 32 * kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
+
+#ifndef PHILORA_PREFILL_BN96
+#define PHILORA_PREFILL_BN96 64
+#endif
+
+// 2^x with the special-function unit alone (denormal results flush to zero,
+// which a softmax weight can lose).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // Query rows per block: MF fragments of 16 rows per warp.
 template <int MF>
@@ -19,16 +31,16 @@ __host__ __device__ constexpr int block_m() {
   return kWarps * 16 * MF;
 }
 
-// Gathers keys n0 .. n0 + kBlockN of one kv head from the paged cache into a
-// K and a V tile in shared memory (row stride SD); keys at or past `end` are
-// zero-filled. Two threads per key: one page lookup serves K and V.
-template <int D>
+// Gathers keys n0 .. n0 + BN of one kv head from the paged cache into a K and a
+// V tile in shared memory (row stride SD); keys at or past `end` are
+// zero-filled. kThreads / BN threads per key: one page lookup serves K and V.
+template <int D, int BN>
 __device__ __forceinline__ void load_kv_tile(bf16* k_dst, bf16* v_dst, const bf16* k_cache, const bf16* v_cache,
                                              const PagedAttentionArgs& a, const int32_t* pages, int kvh,
                                              int n0, int end) {
-  constexpr int SD = D + 8, kHalf = D / 16;  // 16-byte pieces per thread
-  static_assert(kBlockN * 2 == kThreads, "two threads per key");
-  const int r = threadIdx.x >> 1, first = (threadIdx.x & 1) * kHalf, j = n0 + r;
+  constexpr int kPerKey = kThreads / BN, SD = D + 8, kPieces = D / 8 / kPerKey;  // 16-byte pieces per thread
+  static_assert(kThreads % BN == 0 && (D / 8) % kPerKey == 0, "threads per key");
+  const int r = threadIdx.x / kPerKey, first = (threadIdx.x % kPerKey) * kPieces, j = n0 + r;
   int64_t offset = 0;
   int bytes = 0;
   if (j < end) {
@@ -37,21 +49,21 @@ __device__ __forceinline__ void load_kv_tile(bf16* k_dst, bf16* v_dst, const bf1
     bytes = 16;
   }
 #pragma unroll
-  for (int i = 0; i < kHalf; ++i) {
+  for (int i = 0; i < kPieces; ++i) {
     const int piece = first + i;
     cp_async16(k_dst + r * SD + piece * 8, k_cache + offset + piece * 8, bytes);
     cp_async16(v_dst + r * SD + piece * 8, v_cache + offset + piece * 8, bytes);
   }
 }
 
-// grid (num_seqs · tiles, H); block = 4 warps, each owning MF fragments of 16
+// grid (H · num_seqs · tiles); block = 4 warps, each owning MF fragments of 16
 // query rows. Shared memory: two stages of (K, V) tiles; while one is computed
 // on, the next is in flight (cp.async), so each tile has a whole iteration to
 // land. Every K and V fragment a warp loads (ldmatrix) serves its MF row
 // fragments: shared-memory reads per FLOP fall by MF (with MF = 1 the four
 // warps' ldmatrix traffic, 96 KB per 64 x 64 tile at d = 96, outweighed the
 // tensor-core time of the tile).
-template <int D, int MF>
+template <int D, int MF, int kBlockN>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttentionArgs a, int tiles) {
   chained_prologue();
   constexpr int SD = D + 8;        // padded shared row: ldmatrix without bank conflicts
@@ -59,18 +71,21 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
   constexpr int kDTiles = D / 8;   // n-tiles of the output
   constexpr int kNTiles = kBlockN / 8;
   constexpr int kBlockM = block_m<MF>();
-  static_assert(kBlockM <= 2 * kBlockN, "Q passes through one stage (K and V tiles)");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* stage_base = reinterpret_cast<bf16*>(smem_raw);  // [2 stages][K, V][kBlockN][SD]
   auto sK = [&](int stage) { return stage_base + (stage * 2) * kBlockN * SD; };
   auto sV = [&](int stage) { return stage_base + (stage * 2 + 1) * kBlockN * SD; };
-  bf16* sQ = sK(1);  // Q passes through stage 1 (its K and V tiles) on its way to registers
+  bf16* sQ = sK(1);  // Q passes through stage 1 (and past it when BN < block_m / 2) on its way to registers
   __shared__ int s_min_pos, s_max_pos;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int s = blockIdx.x / tiles;
-  const int tile = tiles - 1 - int(blockIdx.x % tiles);  // longest tiles first
-  const int h = blockIdx.y;
+  // Blocks start in index order: heads vary fastest, then sequences, then the
+  // query tile from the last (most keys under the causal mask) to the first, so
+  // that the whole grid runs longest first and the last wave is short work.
+  const int64_t b = blockIdx.x;
+  const int h = int(b % a.n_heads);
+  const int s = int((b / a.n_heads) % a.num_seqs);
+  const int tile = tiles - 1 - int(b / (int64_t(a.n_heads) * a.num_seqs));
   const int q_begin = a.q_indptr[s], q_len = a.q_indptr[s + 1] - q_begin;
   const int m0 = tile * kBlockM;
   if (m0 >= q_len) return;
@@ -137,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
 
   const int num_tiles = kv_lo < kv_hi ? (kv_hi - kv_lo + kBlockN - 1) / kBlockN : 0;
   for (int i = 0; i < 2 && i < num_tiles; ++i) {
-    load_kv_tile<D>(sK(i), sV(i), k_cache, v_cache, a, pages, kvh, kv_lo + i * kBlockN, kv_hi);
+    load_kv_tile<D, kBlockN>(sK(i), sV(i), k_cache, v_cache, a, pages, kvh, kv_lo + i * kBlockN, kv_hi);
     cp_async_commit();
   }
   for (int tile = 0; tile < num_tiles; ++tile) {
@@ -179,16 +194,14 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
                        (a.window == 0 || n0 > s_max_pos - a.window) && rows == kBlockM;
 #pragma unroll
     for (int f = 0; f < MF; ++f) {
+      // Maxima of the raw scores (scale > 0, checked at launch); the scale is
+      // applied inside the exponent, one FFMA per score.
       float mx[2] = {-INFINITY, -INFINITY};
       if (whole) {
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            sc[f][nt][e] *= scale;
-            mx[e >> 1] = fmaxf(mx[e >> 1], sc[f][nt][e]);
-          }
-        }
+          for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], sc[f][nt][e]);
       } else {
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
@@ -197,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
             const int p = pos[f][e >> 1];
             const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
             const bool valid = j <= p && j < kv_len && (a.window == 0 || j > p - a.window);
-            sc[f][nt][e] = valid ? sc[f][nt][e] * scale : -INFINITY;
+            if (!valid) sc[f][nt][e] = -INFINITY;
             mx[e >> 1] = fmaxf(mx[e >> 1], sc[f][nt][e]);
           }
         }
@@ -207,9 +220,9 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
       for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float m_new = fmaxf(m_run[f][r], mx[r]);
+        const float m_new = fmaxf(m_run[f][r], mx[r] * scale);
         base[r] = m_new == -INFINITY ? 0.0f : m_new;
-        alpha[r] = exp2f(m_run[f][r] - base[r]);  // 0 when nothing was seen before
+        alpha[r] = fast_exp2(m_run[f][r] - base[r]);  // 0 when nothing was seen before
         m_run[f][r] = m_new;
         l_run[f][r] *= alpha[r];
       }
@@ -217,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          sc[f][nt][e] = exp2f(sc[f][nt][e] - base[e >> 1]);
+          sc[f][nt][e] = fast_exp2(fmaf(sc[f][nt][e], scale, -base[e >> 1]));
           l_run[f][e >> 1] += sc[f][nt][e];
         }
       }
@@ -255,7 +268,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
     }
     __syncthreads();  // every warp is done with this stage: refill it two tiles ahead
     if (tile + 2 < num_tiles) {
-      load_kv_tile<D>(sK(stage), sV(stage), k_cache, v_cache, a, pages, kvh, n0 + 2 * kBlockN, kv_hi);
+      load_kv_tile<D, kBlockN>(sK(stage), sV(stage), k_cache, v_cache, a, pages, kvh, n0 + 2 * kBlockN, kv_hi);
       cp_async_commit();
     }
   }
@@ -283,15 +296,16 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PagedAttent
   }
 }
 
-template <int D, int MF>
+template <int D, int MF, int BN>
 void launch(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   const int tiles = int(ceil_div(max_q_len, block_m<MF>()));
-  const dim3 grid(unsigned(int64_t(a.num_seqs) * tiles), unsigned(a.n_heads));
-  const size_t smem = size_t(4) * kBlockN * (D + 8) * sizeof(bf16);
+  const dim3 grid(unsigned(int64_t(a.num_seqs) * tiles * a.n_heads));
+  // Two stages of K and V tiles; Q (block_m rows) passes through one stage.
+  const size_t smem = size_t(std::max(4 * BN, 2 * BN + block_m<MF>())) * (D + 8) * sizeof(bf16);
   if (smem > 48 * 1024)
-    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D, MF>,
+    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D, MF, BN>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_chained(prefill_attention_kernel<D, MF>, dim3(grid), dim3(kThreads), smem, stream, a, tiles);
+  launch_chained(prefill_attention_kernel<D, MF, BN>, dim3(grid), dim3(kThreads), smem, stream, a, tiles);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
@@ -303,12 +317,13 @@ bool prefill_attention_supported(int head_dim) {
 
 void launch_prefill_attention(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   if (a.num_rows == 0 || a.num_seqs == 0 || max_q_len == 0) return;
+  if (!(a.scale > 0.0f)) throw_unsupported("prefill attention: a scale that is not positive");
   switch (a.head_dim) {
     // Two row fragments per warp where the registers allow (see the kernel;
     // at d = 128 two would spill 588 bytes a thread).
-    case 64: launch<64, 2>(a, max_q_len, stream); break;
-    case 96: launch<96, 2>(a, max_q_len, stream); break;
-    case 128: launch<128, 1>(a, max_q_len, stream); break;
+    case 64: launch<64, 2, 64>(a, max_q_len, stream); break;
+    case 96: launch<96, 2, PHILORA_PREFILL_BN96>(a, max_q_len, stream); break;
+    case 128: launch<128, 1, 64>(a, max_q_len, stream); break;
     default:
       throw_unsupported("prefill attention: head_dim " + std::to_string(a.head_dim));
   }

@@ -68,39 +68,41 @@ __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs 
 }
 
 // The fast path when rotary_dim / 2, head_dim and the pass-through width are
-// multiples of 8: a flat grid-stride loop over 16-byte pieces, no shared
-// memory. Items, per token: each q/k head's rotary pairs in pieces of 8 pairs
-// (its cos/sin computed in place), then each k head's pass-through dims and
-// each v head's dims, copied to the cache.
-__global__ void rope_and_cache_vec_kernel(RopeCacheArgs a) {
+// multiples of 8: one block per token. The token's cos/sin (rotary_dim / 2 of
+// each) are computed once into shared memory; then the block walks the token's
+// 16-byte pieces: each q/k head's rotary pairs in pieces of 8 pairs, then each
+// k head's pass-through dims and each v head's dims, copied to the cache.
+__global__ void __launch_bounds__(256) rope_and_cache_vec_kernel(RopeCacheArgs a) {
   chained_prologue();
+  __shared__ float cos_s[kMaxHalf], sin_s[kMaxHalf];
+  const int t = blockIdx.x;
   const int half = int(a.rotary_dim / 2), d = int(a.head_dim);
   const int H = int(a.n_heads), Hkv = int(a.n_kv_heads);
-  const int rot_items = (H + Hkv) * (half / 8);          // per token
-  const int pass_items = Hkv * ((d - 2 * half) / 8);     // k dims past rotary_dim
+  const float pos = float(a.positions[t]);
+  const float* inv = a.rope_long[t] != 0 ? a.inv_freq_long : a.inv_freq_short;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float sn, cs;
+    sincosf(__fmul_rn(pos, inv[i]), &sn, &cs);
+    cos_s[i] = __fmul_rn(cs, a.attention_factor);
+    sin_s[i] = __fmul_rn(sn, a.attention_factor);
+  }
+  __syncthreads();
+  const int rot_items = (H + Hkv) * (half / 8);
+  const int pass_items = Hkv * ((d - 2 * half) / 8);  // k dims past rotary_dim
   const int v_items = Hkv * (d / 8);
-  const int per_token = rot_items + pass_items + v_items;
-  const int64_t total = a.num_tokens * per_token;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int t = int(idx / per_token);
-    int item = int(idx % per_token);
-    bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
-    const int64_t slot = a.slots[t];
+  bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
+  const int64_t slot = a.slots[t];
+  const int items = rot_items + (slot >= 0 ? pass_items + v_items : 0);
+  for (int item = threadIdx.x; item < items; item += blockDim.x) {
     if (item < rot_items) {
       const int h = item / (half / 8), i0 = (item % (half / 8)) * 8;
-      const float pos = float(a.positions[t]);
-      const float* inv = a.rope_long[t] != 0 ? a.inv_freq_long : a.inv_freq_short;
       bf16* x = row + int64_t(h) * d;
       float x1[8], x2[8], y1[8], y2[8];
       bf16x8_to_f32(*reinterpret_cast<const uint4*>(x + i0), x1);
       bf16x8_to_f32(*reinterpret_cast<const uint4*>(x + i0 + half), x2);
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        float sn, cs;
-        sincosf(__fmul_rn(pos, inv[i0 + e]), &sn, &cs);
-        cs = __fmul_rn(cs, a.attention_factor);
-        sn = __fmul_rn(sn, a.attention_factor);
+        const float cs = cos_s[i0 + e], sn = sin_s[i0 + e];
         y1[e] = __fsub_rn(__fmul_rn(x1[e], cs), __fmul_rn(x2[e], sn));
         y2[e] = __fadd_rn(__fmul_rn(x2[e], cs), __fmul_rn(x1[e], sn));
       }
@@ -112,20 +114,17 @@ __global__ void rope_and_cache_vec_kernel(RopeCacheArgs a) {
         *reinterpret_cast<uint4*>(k + i0) = v1;
         *reinterpret_cast<uint4*>(k + i0 + half) = v2;
       }
-      continue;
-    }
-    if (slot < 0) continue;
-    item -= rot_items;
-    if (item < pass_items) {
-      const int per_head = (d - 2 * half) / 8;
-      const int h = item / per_head, i = 2 * half + (item % per_head) * 8;
+    } else if (item < rot_items + pass_items) {
+      const int per_head = (d - 2 * half) / 8, p = item - rot_items;
+      const int h = p / per_head, i = 2 * half + (p % per_head) * 8;
       *reinterpret_cast<uint4*>(static_cast<bf16*>(a.k_cache) + cache_offset(a, slot, h) + i) =
           *reinterpret_cast<const uint4*>(row + int64_t(H + h) * d + i);
-      continue;
+    } else {
+      const int v = item - rot_items - pass_items;
+      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.v_cache) + cache_offset(a, slot, v / (d / 8)) +
+                                (v % (d / 8)) * 8) =
+          *reinterpret_cast<const uint4*>(row + int64_t(H + Hkv) * d + int64_t(v) * 8);
     }
-    item -= pass_items;
-    *reinterpret_cast<uint4*>(static_cast<bf16*>(a.v_cache) + cache_offset(a, slot, item / (d / 8)) + (item % (d / 8)) * 8) =
-        *reinterpret_cast<const uint4*>(row + int64_t(H + Hkv) * d + int64_t(item) * 8);
   }
 }
 
@@ -140,10 +139,7 @@ void launch_rope_and_cache(const RopeCacheArgs& a, cudaStream_t stream) {
   const bool vec = half % 8 == 0 && a.head_dim % 8 == 0 && a.width % 8 == 0 && aligned16(a.qkv) &&
                    aligned16(a.k_cache) && aligned16(a.v_cache);
   if (vec) {
-    const int64_t per_token = (a.n_heads + a.n_kv_heads) * (half / 8) +
-                              a.n_kv_heads * ((a.head_dim - 2 * half) / 8) + a.n_kv_heads * (a.head_dim / 8);
-    const int64_t blocks = std::min<int64_t>(ceil_div(a.num_tokens * per_token, 256), 1 << 20);
-    launch_chained(rope_and_cache_vec_kernel, dim3(unsigned(blocks)), dim3(256), 0, stream, a);
+    launch_chained(rope_and_cache_vec_kernel, dim3(unsigned(a.num_tokens)), dim3(256), 0, stream, a);
   } else {
     const dim3 grid{unsigned(a.num_tokens), unsigned(ceil_div(a.n_heads + 2 * a.n_kv_heads, kHeadsPerBlock))};
     launch_chained(rope_and_cache_kernel, dim3(grid), dim3(kThreads), 0, stream, a);
