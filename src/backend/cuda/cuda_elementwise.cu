@@ -95,10 +95,40 @@ __global__ void random_uniform_kernel(bf16* __restrict__ out, int64_t n, uint64_
 
 // ---- RMSNorm ------------------------------------------------------------------
 
-// One block per row. The vector path keeps up to kCache 8-wide vectors of the
-// row in registers between the sum of squares and the scaling; longer rows are
-// re-read (from L1/L2) in the second pass.
+// One block per row. The vector path loads up to kCache 8-wide vectors of the
+// row (and of the residual and the weight) per thread before it uses any, and
+// keeps them in registers between the sum of squares and the scaling; what a
+// row has past kCache · blockDim vectors is streamed, and re-read (from L1/L2)
+// in the second pass.
 constexpr int kCache = 4;
+
+__device__ __forceinline__ float sum_of_squares(const uint4& v) {
+  float f[8];
+  bf16x8_to_f32(v, f);
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
+  return ss;
+}
+
+// x + r rounded to bf16, as HF's residual stream is.
+__device__ __forceinline__ uint4 add_bf16x8(const uint4& x, const uint4& r) {
+  float a[8], b[8];
+  bf16x8_to_f32(x, a);
+  bf16x8_to_f32(r, b);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) a[j] += b[j];
+  return f32_to_bf16x8(a);
+}
+
+__device__ __forceinline__ uint4 scale_bf16x8(const uint4& v, const uint4& w, float inv) {
+  float f[8], g[8];
+  bf16x8_to_f32(v, f);
+  bf16x8_to_f32(w, g);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
+  return f32_to_bf16x8(f);
+}
 
 __global__ void rms_norm_vec_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
                                     const bf16* __restrict__ w, bf16* __restrict__ y,
@@ -112,45 +142,47 @@ __global__ void rms_norm_vec_kernel(const bf16* __restrict__ x, const bf16* __re
   uint4* sv = sum ? reinterpret_cast<uint4*>(sum + row * n) : nullptr;
   const uint4* wv = reinterpret_cast<const uint4*>(w);
   uint4* yv = reinterpret_cast<uint4*>(y + row * n);
+  const int64_t cached = int64_t(kCache) * blockDim.x;
 
-  uint4 cache[kCache];
+  uint4 xc[kCache], rc[kCache], wc[kCache];
+#pragma unroll
+  for (int c = 0; c < kCache; ++c) {
+    const int64_t i = threadIdx.x + int64_t(c) * blockDim.x;
+    if (i < nv) {
+      xc[c] = xv[i];
+      if (rv) rc[c] = rv[i];
+      wc[c] = wv[i];
+    }
+  }
   float ss = 0.0f;
-  int k = 0;
-  for (int64_t i = threadIdx.x; i < nv; i += blockDim.x, ++k) {
+#pragma unroll
+  for (int c = 0; c < kCache; ++c) {
+    const int64_t i = threadIdx.x + int64_t(c) * blockDim.x;
+    if (i < nv) {
+      if (rv) {
+        xc[c] = add_bf16x8(xc[c], rc[c]);
+        if (sv) sv[i] = xc[c];
+      }
+      ss += sum_of_squares(xc[c]);
+    }
+  }
+  for (int64_t i = cached + threadIdx.x; i < nv; i += blockDim.x) {
     uint4 v = xv[i];
     if (rv) {
-      float a[8], b[8];
-      bf16x8_to_f32(v, a);
-      bf16x8_to_f32(rv[i], b);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) a[j] += b[j];
-      v = f32_to_bf16x8(a);  // the sum is rounded to bf16, as HF's residual stream is
+      v = add_bf16x8(v, rv[i]);
       if (sv) sv[i] = v;
     }
-    float f[8];
-    bf16x8_to_f32(v, f);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
-#pragma unroll
-    for (int c = 0; c < kCache; ++c)
-      if (c == k) cache[c] = v;
+    ss += sum_of_squares(v);
   }
   ss = block_sum(ss, scratch);
   const float inv = rsqrtf(ss / float(n) + eps);
-  const uint4* back = sv ? sv : xv;  // rows longer than the cache are read again
-  k = 0;
-  for (int64_t i = threadIdx.x; i < nv; i += blockDim.x, ++k) {
-    uint4 v = back[i];
 #pragma unroll
-    for (int c = 0; c < kCache; ++c)
-      if (c == k) v = cache[c];
-    float f[8], g[8];
-    bf16x8_to_f32(v, f);
-    bf16x8_to_f32(wv[i], g);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
-    yv[i] = f32_to_bf16x8(f);
+  for (int c = 0; c < kCache; ++c) {
+    const int64_t i = threadIdx.x + int64_t(c) * blockDim.x;
+    if (i < nv) yv[i] = scale_bf16x8(xc[c], wc[c], inv);
   }
+  const uint4* back = sv ? sv : xv;
+  for (int64_t i = cached + threadIdx.x; i < nv; i += blockDim.x) yv[i] = scale_bf16x8(back[i], wv[i], inv);
 }
 
 __global__ void rms_norm_scalar_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
@@ -182,20 +214,37 @@ __global__ void rms_norm_scalar_kernel(const bf16* __restrict__ x, const bf16* _
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
+// grid (column blocks, rows ≤ 65535; more rows loop): two 8-wide pieces per
+// thread, all four loads issued before any is used.
 __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,
                                     int64_t rows, int64_t n) {
   chained_prologue();
-  const int64_t nv = n / 8, total = rows * nv;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / nv, c = i % nv;
+  const int64_t nv = n / 8;
+  const int64_t c0 = (int64_t(blockIdx.x) * blockDim.x) * 2 + threadIdx.x;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const uint4* g = reinterpret_cast<const uint4*>(gate_up + r * 2 * n);
-    float a[8], b[8];
-    bf16x8_to_f32(g[c], a);
-    bf16x8_to_f32(g[nv + c], b);
+    uint4* o = reinterpret_cast<uint4*>(out + r * n);
+    uint4 gv[2], uv[2];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
-    reinterpret_cast<uint4*>(out + r * n)[c] = f32_to_bf16x8(a);
+    for (int k = 0; k < 2; ++k) {
+      const int64_t c = c0 + int64_t(k) * blockDim.x;
+      if (c < nv) {
+        gv[k] = g[c];
+        uv[k] = g[nv + c];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int64_t c = c0 + int64_t(k) * blockDim.x;
+      if (c < nv) {
+        float a[8], b[8];
+        bf16x8_to_f32(gv[k], a);
+        bf16x8_to_f32(uv[k], b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
+        o[c] = f32_to_bf16x8(a);
+      }
+    }
   }
 }
 
@@ -277,7 +326,8 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cu
   const auto* g = static_cast<const bf16*>(gate_up);
   auto* o = static_cast<bf16*>(out);
   if (n % 8 == 0 && aligned16(gate_up) && aligned16(out)) {
-    launch_chained(silu_mul_vec_kernel, dim3(grid_for(rows * n / 8, kThreads)), dim3(kThreads), 0, stream, g, o, rows, n);
+    const dim3 grid(unsigned(ceil_div(n / 8, 2 * kThreads)), unsigned(std::min<int64_t>(rows, 65535)));
+    launch_chained(silu_mul_vec_kernel, grid, dim3(kThreads), 0, stream, g, o, rows, n);
   } else {
     launch_chained(silu_mul_scalar_kernel, dim3(grid_for(rows * n, kThreads)), dim3(kThreads), 0, stream, g, o, rows, n);
   }
