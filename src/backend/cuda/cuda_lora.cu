@@ -211,6 +211,158 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
   }
 }
 
+// ---- shrink and expand in one launch (per token) -------------------------------
+
+constexpr int kFusedThreads = 256;  // 8 warps; the expand's 256 columns a block
+constexpr int kFusedWarps = kFusedThreads / 32;
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Split of the input features for the shrink role: `chunks` warps per rank row
+// (1, 2, 4 or 8, the fewest whose chunk is one pass of ≤ 4 loads per lane),
+// kFusedWarps / chunks rank rows per block.
+struct FusedShrinkShape {
+  int chunks, rows;
+  int64_t chunk_len;  // a multiple of 256 inputs
+};
+
+FusedShrinkShape fused_shrink_shape(int64_t in) {
+  FusedShrinkShape f{1, kFusedWarps, 0};
+  while (f.chunks < kFusedWarps && ceil_div(in, f.chunks) > 1024) f.chunks *= 2;
+  f.rows = kFusedWarps / f.chunks;
+  f.chunk_len = ceil_div(ceil_div(in, f.chunks), 256) * 256;
+  return f;
+}
+
+// grid (T · (S + E)). Counters: [0] the ticket, [1, 1 + T) ready (shrink blocks
+// done per token), [1 + kLoraFusedMaxTokens, ...) done (expand blocks per token).
+template <int R>
+__global__ void __launch_bounds__(kFusedThreads)
+    lora_fused_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa, int64_t xa_stride,
+                            bf16* __restrict__ y, int64_t y_stride, int64_t col_offset, unsigned* counters,
+                            FusedShrinkShape f, int shrink_blocks, int expand_blocks) {
+  chained_prologue();
+  __shared__ unsigned s_ticket;
+  __shared__ float part[kFusedWarps];
+  __shared__ __align__(16) float xs[R];
+  unsigned* ticket_counter = counters;
+  unsigned* ready = counters + 1;
+  unsigned* done = counters + 1 + kLoraFusedMaxTokens;
+  if (threadIdx.x == 0) {
+    const unsigned t = atomicAdd(ticket_counter, 1u);
+    if (t == gridDim.x - 1) atomicExch(ticket_counter, 0u);  // every block holds its ticket
+    s_ticket = t;
+  }
+  __syncthreads();
+  const unsigned ticket = s_ticket;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const unsigned num_shrink = unsigned(l.num_tokens) * unsigned(shrink_blocks);
+
+  if (ticket < num_shrink) {  // ---- shrink: rank rows [j0, j0 + rows) of token t
+    const int t = int(ticket / unsigned(shrink_blocks));
+    const int j0 = int(ticket % unsigned(shrink_blocks)) * f.rows;
+    const int slot = l.token_slot[t];
+    const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
+    const int jl = warp % f.rows, c = warp / f.rows, j = j0 + jl;
+    float acc = 0.0f;
+    if (j < r) {
+      const int64_t in = l.in_features;
+      const bf16* arow = reinterpret_cast<const bf16*>(l.a_ptrs[slot]) + int64_t(j) * in;
+      const bf16* xr = x + int64_t(t) * in;
+      const int64_t k1 = min(in, (c + 1) * f.chunk_len);
+      for (int64_t kb = c * f.chunk_len + lane * 8; kb < k1; kb += 4 * 256) {
+        uint4 av[4], xv[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int64_t k = kb + i * 256;
+          av[i] = k < k1 ? *reinterpret_cast<const uint4*>(arow + k) : make_uint4(0, 0, 0, 0);
+          xv[i] = k < k1 ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float af[8], xf[8];
+          bf16x8_to_f32(av[i], af);
+          bf16x8_to_f32(xv[i], xf);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc += xf[e] * af[e];
+        }
+      }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (int(threadIdx.x) < f.rows && j0 + int(threadIdx.x) < r) {
+      float v = 0.0f;
+      for (int k = 0; k < f.chunks; ++k) v += part[k * f.rows + threadIdx.x];
+      xa[int64_t(t) * xa_stride + j0 + threadIdx.x] = v;
+      __threadfence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(&ready[t], 1u);  // published (counted even with nothing to do)
+    return;
+  }
+
+  // ---- expand: columns [cb · 256, cb · 256 + 256) of token t
+  const unsigned e = ticket - num_shrink;
+  const int t = int(e / unsigned(expand_blocks));
+  const int64_t j = int64_t(e % unsigned(expand_blocks)) * kFusedThreads + threadIdx.x;
+  const int slot = l.token_slot[t];
+  const int r = slot < 0 ? 0 : int(min(int64_t(min(l.ranks[slot], R)), xa_stride));
+  const bool mine = r > 0 && j < l.out_features;
+  // B's row j and y's element: loaded before waiting, they do not depend on xa.
+  __nv_bfloat162 b[R / 2];
+  bf16 y_old = __float2bfloat16_rn(0.0f);
+  bf16* dst = y + int64_t(t) * y_stride + col_offset + j;
+  if (mine) {
+    const bf16* brow = reinterpret_cast<const bf16*>(l.b_ptrs[slot]) + j * r;
+    if ((r & 7) == 0) {
+#pragma unroll
+      for (int v = 0; v < R / 8; ++v) {
+        Bf16x8 w;
+        w.u = v * 8 < r ? *reinterpret_cast<const uint4*>(brow + v * 8) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) b[v * 4 + q] = w.h[q];
+      }
+    } else {
+      const bf16 zero = __float2bfloat16_rn(0.0f);
+#pragma unroll
+      for (int k = 0; k < R / 2; ++k) {
+        b[k].x = 2 * k < r ? brow[2 * k] : zero;
+        b[k].y = 2 * k + 1 < r ? brow[2 * k + 1] : zero;
+      }
+    }
+    y_old = *dst;
+  }
+  if (threadIdx.x == 0) {
+    while (load_acquire(&ready[t]) < unsigned(shrink_blocks)) __nanosleep(64);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < R; i += kFusedThreads)
+    xs[i] = i < r ? __ldcg(&xa[int64_t(t) * xa_stride + i]) : 0.0f;
+  __syncthreads();
+  if (mine) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < R / 2; ++k) {
+      const float2 bf = __bfloat1622float2(b[k]);
+      acc += bf.x * xs[2 * k] + bf.y * xs[2 * k + 1];
+    }
+    *dst = __float2bfloat16_rn(__bfloat162float(y_old) + l.scales[slot] * acc);
+  }
+  if (threadIdx.x == 0) {
+    // The token's last expand block: every block of the token is past its
+    // wait, every shrink block has counted; zero both for the next launch.
+    if (atomicAdd(&done[t], 1u) == unsigned(expand_blocks) - 1) {
+      ready[t] = 0;
+      done[t] = 0;
+    }
+  }
+}
+
 int64_t num_units(const LoraLaunch& l, int* tiles) {
   if (!l.by_segment) {
     *tiles = 1;
@@ -276,6 +428,36 @@ void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride,
     launch_chained(lora_expand_kernel<64>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
   else
     launch_chained(lora_expand_kernel<128>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+bool lora_fused_supported(const LoraLaunch& l, const void* x) {
+  return !l.by_segment && l.num_tokens > 0 && l.num_tokens <= kLoraFusedMaxTokens && l.in_features % 8 == 0 &&
+         aligned16(x) && l.max_rank <= kLoraMaxRank;
+}
+
+void launch_lora_fused(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, void* y,
+                       int64_t y_stride, int64_t col_offset, const LoraSync& sync, cudaStream_t stream) {
+  if (l.num_tokens == 0 || l.max_rank == 0 || l.out_features == 0 || l.in_features == 0) return;
+  if (!lora_fused_supported(l, x)) throw_unsupported("lora_fused: this batch (use shrink and expand)");
+  const FusedShrinkShape f = fused_shrink_shape(l.in_features);
+  const int shrink_blocks = int(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), f.rows));
+  const int expand_blocks = int(ceil_div(l.out_features, kFusedThreads));
+  const dim3 grid(unsigned(l.num_tokens * (shrink_blocks + expand_blocks)));
+  const auto* xb = static_cast<const bf16*>(x);
+  auto* yb = static_cast<bf16*>(y);
+  auto go = [&](auto kernel) {
+    launch_chained(kernel, grid, dim3(kFusedThreads), 0, stream, l, xb, xa, xa_stride, yb, y_stride, col_offset,
+                   sync.counters, f, shrink_blocks, expand_blocks);
+  };
+  if (l.max_rank <= 16)
+    go(lora_fused_token_kernel<16>);
+  else if (l.max_rank <= 32)
+    go(lora_fused_token_kernel<32>);
+  else if (l.max_rank <= 64)
+    go(lora_fused_token_kernel<64>);
+  else
+    go(lora_fused_token_kernel<128>);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
