@@ -182,13 +182,6 @@ class Backend {
   //         for j < m.out_features, only for tokens with an adapter of rank > 0.
   virtual void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
                            Tensor& y, int64_t col_offset) = 0;
-  // both: y[t, col_offset + j] += scale_{slot(t)} · (B_{slot(t)} A_{slot(t)} x[t])[j],
-  //       as lora_expand(lora_shrink(x)); a backend may do it in one pass.
-  virtual void lora_apply(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
-                          int64_t col_offset) {
-    const Tensor xa = lora_shrink(x, m, batch);
-    lora_expand(xa, m, batch, y, col_offset);
-  }
 
   // ---- token selection -----------------------------------------------------
   // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32

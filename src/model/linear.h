@@ -17,7 +17,10 @@ struct LoraApply {
 // A batch in which no token uses an adapter does no LoRA work at all.
 inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora) {
   Tensor y = ops.matmul(x, w);
-  if (lora.table && lora.batch && lora.batch->active) ops.lora_apply(x, *lora.table, *lora.batch, y, 0);
+  if (lora.table && lora.batch && lora.batch->active) {
+    Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
+    ops.lora_expand(xa, *lora.table, *lora.batch, y, 0);
+  }
   return y;
 }
 

@@ -1,4 +1,4 @@
-// lora_shrink, lora_expand and lora_apply, alone and chained as `linear` chains them.
+// lora_shrink and lora_expand, alone and chained as `linear` chains them.
 //   shrink: xa[t, :r] = A_s x[t]                       s = slot(t), r = rank_s
 //   expand: y[t, off + j] += scale_s · (B_s xa[t, :r])[j]   for j < out
 // only for tokens with s ≥ 0 and r > 0. Every batch mixes ranks 1, 8, 16, 64
@@ -268,46 +268,6 @@ class LoraShrinkExpand : public LoraCase {
   std::vector<float> y0_;  // (T, width)
 };
 
-// lora_apply (shrink and expand as one op; CUDA runs per-token batches in one
-// launch whose counters must be back at zero afterwards), applied `repeats`
-// times to the same y: y0 + repeats · scale · B A x.
-class LoraApply : public LoraCase {
- public:
-  LoraApply(int64_t in, int64_t out, int64_t width, int64_t offset, int repeats, std::vector<Run> runs)
-      : LoraCase(in, out, std::move(runs)), width_(width), offset_(offset), repeats_(repeats) {}
-  std::string name() const override {
-    return fmt::format("lora_apply(in={} out={} y_width={} col_offset={} repeats={} ranks={} runs={})", in_, out_,
-                       width_, offset_, repeats_, ranks_str(), runs_str(runs_));
-  }
-  void init(Rng& rng) override {
-    LoraCase::init(rng);
-    x_ = rng.bf16(tokens() * in_, -1, 1);
-    y0_ = initial_y(rng, width_, offset_);
-  }
-  std::vector<Output> run(Backend& b) const override {
-    const DeviceLora lora = upload_lora(b);
-    const LoraBatch batch = upload_batch(b);
-    const Tensor x = upload(b, x_, {tokens(), in_});
-    Tensor y = upload(b, y0_, {tokens(), width_});
-    for (int i = 0; i < repeats_; ++i) b.lora_apply(x, lora.table, batch, y, offset_);
-    return {fetch(b, "y", y)};
-  }
-  std::vector<Expect> reference() const override {
-    // repeats · B (A x) = B (A x · repeats): scale the shrunk vector.
-    std::vector<std::vector<double>> xa(static_cast<size_t>(tokens()));
-    for (int64_t t = 0; t < tokens(); ++t)
-      for (int64_t k = 0; k < rank_of(t); ++k)
-        xa[size_t(t)].push_back(repeats_ * shrink_ref(token_slot_[size_t(t)], &x_[size_t(t * in_)], k));
-    return {y_ref(y0_, width_, offset_, xa)};
-  }
-
- private:
-  int64_t width_, offset_;
-  int repeats_;
-  std::vector<float> x_;   // (T, in)
-  std::vector<float> y0_;  // (T, width)
-};
-
 // Token layouts. Slot 5 has rank 0 here; -1 is no adapter.
 const std::vector<Run> kOne = {{4, 1}};                                     // T = 1, rank 128
 const std::vector<Run> kThree = {{0, 1}, {-1, 1}, {3, 1}};                  // T = 3
@@ -337,15 +297,6 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrinkExpand>(1002, 37, 74, 37, kNineteen),
       make_case<LoraShrinkExpand>(37, 1002, 1002, 0, kLong),
       make_case<LoraShrinkExpand>(1002, 96, 288, 192, kDecode),
-      // lora_apply: inputs a multiple of 8 (CUDA's one-launch path) with 1, 4
-      // and 8 warps per rank row, one that needs two passes, a tiny one; applied
-      // twice to check the launch leaves its counters at zero; kLong falls back
-      make_case<LoraApply>(1024, 96, 288, 192, 2, kDecode),
-      make_case<LoraApply>(3072, 1000, 1000, 0, 1, kSeven),
-      make_case<LoraApply>(8192, 333, 400, 67, 2, kThree),
-      make_case<LoraApply>(8200, 40, 40, 0, 1, kOne),
-      make_case<LoraApply>(40, 520, 600, 80, 3, kDecode),
-      make_case<LoraApply>(1024, 37, 37, 0, 2, kLong),
   };
 }
 

@@ -54,11 +54,7 @@ bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType
 
 }  // namespace
 
-CudaBackend::CudaBackend(std::shared_ptr<CudaContext> ctx) : ctx_(std::move(ctx)) {
-  const size_t bytes = cuda::lora_sync_words() * sizeof(unsigned);
-  lora_sync_ = ctx_->allocator->allocate(bytes);
-  PHILORA_CUDA_CHECK(cudaMemsetAsync(lora_sync_.get(), 0, bytes, ctx_->stream));
-}
+CudaBackend::CudaBackend(std::shared_ptr<CudaContext> ctx) : ctx_(std::move(ctx)) {}
 
 CudaBackend::~CudaBackend() = default;
 
@@ -364,26 +360,6 @@ void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const 
                              std::to_string(col_offset) + " for xa " + xa.shape_str());
   cuda::launch_lora_expand(lora_launch(m, batch, xa.rows()), xa.ptr<float>(), xa.cols(), y.data, y.cols(),
                            col_offset, ctx_->stream);
-}
-
-void CudaBackend::lora_apply(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
-                             int64_t col_offset) {
-  if (!batch.active || x.rows() == 0) return;
-  require(x, DType::bf16, "lora_apply", "x");
-  require(y, DType::bf16, "lora_apply", "y");
-  const cuda::LoraLaunch l = lora_launch(m, batch, x.rows());
-  if (!cuda::lora_fused_supported(l, x.data)) {
-    Backend::lora_apply(x, m, batch, y, col_offset);
-    return;
-  }
-  if (x.cols() != m.in_features || col_offset + m.out_features > y.cols() || x.rows() != y.rows())
-    throw std::runtime_error("cuda backend: lora_apply: x " + x.shape_str() + ", y " + y.shape_str() +
-                             " for a module of " + std::to_string(m.in_features) + " inputs and " +
-                             std::to_string(m.out_features) + " outputs at column " + std::to_string(col_offset));
-  const int64_t width = std::max<int64_t>(1, batch.max_rank);
-  Tensor xa = device_tensor(DType::f32, {x.rows(), width});
-  cuda::launch_lora_fused(l, x.data, xa.ptr<float>(), width, y.data, y.cols(), col_offset,
-                          cuda::LoraSync{static_cast<unsigned*>(lora_sync_.get())}, ctx_->stream);
 }
 
 }  // namespace philora

@@ -58,8 +58,6 @@ class CudaBackend final : public Backend {
   Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
-  void lora_apply(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
-                  int64_t col_offset) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   bool can_capture() const override { return true; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
@@ -71,7 +69,6 @@ class CudaBackend final : public Backend {
   Tensor upload_raw(const void* src, DType dtype, int64_t n);
 
   std::shared_ptr<cuda::CudaContext> ctx_;
-  std::shared_ptr<void> lora_sync_;  // counters of the one-launch LoRA (cuda_lora.cuh), zeroed once
 };
 
 }  // namespace philora

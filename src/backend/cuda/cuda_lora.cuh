@@ -49,27 +49,4 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
 void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride, void* y,
                         int64_t y_stride, int64_t col_offset, cudaStream_t stream);
 
-// Shrink and expand of a per-token batch in one launch (decode), so that a
-// module's LoRA costs one graph node instead of two and the expand's loads of
-// B and y start while the shrink runs. The launch's blocks take tickets from
-// an atomic counter: the first T · S tickets do the shrink (S blocks per
-// token, each a few rank rows), the rest the expand (E blocks per token); an
-// expand block waits until its token's S shrink blocks have published xa.
-// A waiting block's producers hold smaller tickets, so they have started:
-// no deadlock, whatever order blocks are dispatched in. The counters are back
-// at zero when a launch ends (the last block of each kind resets them), which
-// also holds inside replayed graphs.
-struct LoraSync {
-  unsigned* counters = nullptr;  // lora_sync_words() words, zeroed once
-};
-constexpr int64_t kLoraFusedMaxTokens = 1024;
-constexpr size_t lora_sync_words() { return 1 + 2 * size_t(kLoraFusedMaxTokens); }
-
-// Whether launch_lora_fused takes this call (per-token batches of at most
-// kLoraFusedMaxTokens tokens, 16-byte aligned x with in_features % 8 == 0).
-bool lora_fused_supported(const LoraLaunch& l, const void* x);
-// y[t, col_offset + j] += scale_s · (B_s (A_s x[t]))[j]; xa (T, xa_stride) f32 is scratch.
-void launch_lora_fused(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, void* y,
-                       int64_t y_stride, int64_t col_offset, const LoraSync& sync, cudaStream_t stream);
-
 }  // namespace philora::cuda
