@@ -120,10 +120,15 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 // has finished and its writes are visible. What overlaps is a kernel's launch
 // and block scheduling with its predecessor's last wave — the fixed cost a
 // graph pays per node (~1.8 µs measured on an H200), ~400 nodes a step.
+__device__ __forceinline__ void chained_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+__device__ __forceinline__ void chained_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void chained_prologue() {
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  chained_launch();
+  chained_wait();
 }
+// A kernel may split the two to load, between them, what no kernel of the
+// step writes (weights, adapter matrices, the step's host-uploaded plan),
+// overlapping those loads with the previous kernel's tail.
 
 template <typename... KernelArgs, typename... Args>
 void launch_chained(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,

@@ -165,38 +165,44 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
                                                                      int64_t xa_stride, bf16* __restrict__ y,
                                                                      int64_t y_stride, int64_t col_offset,
                                                                      int tiles) {
-  chained_prologue();
+  // Before waiting on the kernel before (the shrink, which writes xa): the
+  // unit, and this thread's row of B (adapter weights and the plan are written
+  // before the step), so B's loads overlap the shrink.
+  chained_launch();
   __shared__ __align__(16) float xs[kTile][R];
   const Unit u = unit_of(l, blockIdx.x, tiles);
   if (u.slot < 0 || u.t0 >= u.t1) return;
   const int r = min(int64_t(min(l.ranks[u.slot], R)), xa_stride);
   if (r <= 0) return;
   const int n = u.t1 - u.t0;
+  const int64_t j = int64_t(blockIdx.y) * kExpandThreads + threadIdx.x;
+  __nv_bfloat162 b[R / 2];
+  if (j < l.out_features) {
+    const bf16* brow = reinterpret_cast<const bf16*>(l.b_ptrs[u.slot]) + j * r;
+    if ((r & 7) == 0) {
+#pragma unroll
+      for (int v = 0; v < R / 8; ++v) {
+        Bf16x8 w;
+        w.u = v * 8 < r ? *reinterpret_cast<const uint4*>(brow + v * 8) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) b[v * 4 + e] = w.h[e];
+      }
+    } else {
+      const bf16 zero = __float2bfloat16_rn(0.0f);
+#pragma unroll
+      for (int k = 0; k < R / 2; ++k) {
+        b[k].x = 2 * k < r ? brow[2 * k] : zero;
+        b[k].y = 2 * k + 1 < r ? brow[2 * k + 1] : zero;
+      }
+    }
+  }
+  chained_wait();
   for (int i = threadIdx.x; i < n * R; i += kExpandThreads) {
     const int m = i / R, k = i % R;
     xs[m][k] = k < r ? xa[int64_t(u.t0 + m) * xa_stride + k] : 0.0f;
   }
   __syncthreads();
-  const int64_t j = int64_t(blockIdx.y) * kExpandThreads + threadIdx.x;
   if (j >= l.out_features) return;
-  const bf16* brow = reinterpret_cast<const bf16*>(l.b_ptrs[u.slot]) + j * r;
-  __nv_bfloat162 b[R / 2];
-  if ((r & 7) == 0) {
-#pragma unroll
-    for (int v = 0; v < R / 8; ++v) {
-      Bf16x8 w;
-      w.u = v * 8 < r ? *reinterpret_cast<const uint4*>(brow + v * 8) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) b[v * 4 + e] = w.h[e];
-    }
-  } else {
-    const bf16 zero = __float2bfloat16_rn(0.0f);
-#pragma unroll
-    for (int k = 0; k < R / 2; ++k) {
-      b[k].x = 2 * k < r ? brow[2 * k] : zero;
-      b[k].y = 2 * k + 1 < r ? brow[2 * k + 1] : zero;
-    }
-  }
   const float scale = l.scales[u.slot];
   for (int m = 0; m < n; ++m) {
     float acc = 0.0f;
