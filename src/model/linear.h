@@ -16,11 +16,12 @@ struct LoraApply {
 //   y[t] = W x[t] + scale_s · B_s (A_s x[t])        otherwise
 // A batch in which no token uses an adapter does no LoRA work at all.
 inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora) {
+  if (!lora.table || !lora.batch || !lora.batch->active) return ops.matmul(x, w);
+  // The shrink first: it follows the op that produced x (on CUDA it starts, and
+  // loads A, while that op drains); the expand then follows the matmul.
+  const Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
   Tensor y = ops.matmul(x, w);
-  if (lora.table && lora.batch && lora.batch->active) {
-    Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
-    ops.lora_expand(xa, *lora.table, *lora.batch, y, 0);
-  }
+  ops.lora_expand(xa, *lora.table, *lora.batch, y, 0);
   return y;
 }
 

@@ -115,7 +115,9 @@ inline int token_rows(int64_t chunks) { return int(std::clamp<int64_t>(kTokenMax
 __global__ void __launch_bounds__(32 * kTokenMaxWarps)
     lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa,
                              int64_t xa_stride, int chunks, int rows) {
-  chained_prologue();
+  // A's rows (adapter weights) and the plan are written before the step: they
+  // load before waiting on the kernel before; x (its output) after.
+  chained_launch();
   __shared__ float part[kTokenMaxWarps];
   const int t = blockIdx.x;
   const int slot = l.token_slot[t];
@@ -126,16 +128,24 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int jl = warp % rows, c = warp / rows, j = j0 + jl;
   const int64_t in = l.in_features;
-  float acc = 0.0f;
+  const int64_t kb = int64_t(c) * kTokenChunk + lane * 8;
+  uint4 av[kTokenLoads];
   if (j < r) {
     const bf16* arow = reinterpret_cast<const bf16*>(l.a_ptrs[slot]) + int64_t(j) * in;
-    const bf16* xr = x + int64_t(t) * in;
-    const int64_t kb = int64_t(c) * kTokenChunk + lane * 8;
-    uint4 av[kTokenLoads], xv[kTokenLoads];
 #pragma unroll
     for (int i = 0; i < kTokenLoads; ++i) {
       const int64_t k = kb + i * 256;
       av[i] = k < in ? *reinterpret_cast<const uint4*>(arow + k) : make_uint4(0, 0, 0, 0);
+    }
+  }
+  chained_wait();
+  float acc = 0.0f;
+  if (j < r) {
+    const bf16* xr = x + int64_t(t) * in;
+    uint4 xv[kTokenLoads];
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      const int64_t k = kb + i * 256;
       xv[i] = k < in ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
