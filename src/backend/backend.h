@@ -161,6 +161,8 @@ class Backend {
                                                  const Tensor& w, float eps) = 0;
   // y = x · wᵀ ; x (T, in), w (out, in)                   -> (T, out)
   virtual Tensor matmul(const Tensor& x, const Tensor& w) = 0;
+  // y += x · wᵀ ; y (T, out) in place
+  virtual void matmul_add(const Tensor& x, const Tensor& w, Tensor& y) = 0;
   // Rotates q and k of qkv (T, (H + 2 Hkv) · d) in place and writes k, v into
   // the cache at `tokens.slots`.
   virtual void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
@@ -182,6 +184,9 @@ class Backend {
   //         for j < m.out_features, only for tokens with an adapter of rank > 0.
   virtual void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
                            Tensor& y, int64_t col_offset) = 0;
+  // delta: y[t, j] = scale_{slot(t)} · (B_{slot(t)} xa[t, :r])[j]  (T, m.out_features), and 0
+  //        for tokens without an adapter (or rank 0): lora_expand into zeros.
+  virtual Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) = 0;
 
   // ---- token selection -----------------------------------------------------
   // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32

@@ -17,11 +17,12 @@ struct LoraApply {
 // A batch in which no token uses an adapter does no LoRA work at all.
 inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora) {
   if (!lora.table || !lora.batch || !lora.batch->active) return ops.matmul(x, w);
-  // The shrink first: it follows the op that produced x (on CUDA it starts, and
-  // loads A, while that op drains); the expand then follows the matmul.
+  // The adapters' part first, then the matmul adds W x to it. On CUDA the
+  // shrink and the delta follow the op that produced x, each starting (and
+  // loading its adapter matrices) while the op before it drains.
   const Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
-  Tensor y = ops.matmul(x, w);
-  ops.lora_expand(xa, *lora.table, *lora.batch, y, 0);
+  Tensor y = ops.lora_delta(xa, *lora.table, *lora.batch);
+  ops.matmul_add(x, w, y);
   return y;
 }
 

@@ -68,6 +68,10 @@ class Bf16Emulator final : public Backend {
     return {rounded(y), rounded(sum)};
   }
   Tensor matmul(const Tensor& x, const Tensor& w) override { return rounded(cpu_.matmul(x, w)); }
+  void matmul_add(const Tensor& x, const Tensor& w, Tensor& y) override {
+    cpu_.matmul_add(x, w, y);
+    round_to_bf16(y);
+  }
   void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
                       KvLayer& kv) override {
     cpu_.rope_and_cache(qkv, tokens, rope, kv);
@@ -95,6 +99,9 @@ class Bf16Emulator final : public Backend {
                    int64_t col_offset) override {
     cpu_.lora_expand(xa, m, batch, y, col_offset);
     round_to_bf16(y);
+  }
+  Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override {
+    return rounded(cpu_.lora_delta(xa, m, batch));
   }
 
  private:

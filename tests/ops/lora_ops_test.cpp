@@ -1,4 +1,4 @@
-// lora_shrink and lora_expand, alone and chained as `linear` chains them.
+// lora_shrink, lora_expand and lora_delta, alone and chained as `linear` chains them.
 //   shrink: xa[t, :r] = A_s x[t]                       s = slot(t), r = rank_s
 //   expand: y[t, off + j] += scale_s · (B_s xa[t, :r])[j]   for j < out
 // only for tokens with s ≥ 0 and r > 0. Every batch mixes ranks 1, 8, 16, 64
@@ -268,6 +268,82 @@ class LoraShrinkExpand : public LoraCase {
   std::vector<float> y0_;  // (T, width)
 };
 
+// lora_delta: y (T, out) = scale_s · B_s xa[t] for tokens with an adapter, 0 for the others.
+class LoraDelta : public LoraCase {
+ public:
+  LoraDelta(int64_t out, std::vector<Run> runs) : LoraCase(37, out, std::move(runs)) {}
+  std::string name() const override {
+    return fmt::format("lora_delta(out={} ranks={} runs={})", out_, ranks_str(), runs_str(runs_));
+  }
+  void init(Rng& rng) override {
+    LoraCase::init(rng);
+    // xa (T, max_rank) f32: NaN past each token's rank and in rows without adapter.
+    xa_.assign(size_t(tokens() * max_rank_), NAN);
+    for (int64_t t = 0; t < tokens(); ++t)
+      for (int64_t k = 0; k < rank_of(t); ++k)
+        xa_[size_t(t * max_rank_ + k)] = round_bf16(rng.uniform(-1, 1));
+  }
+  std::vector<Output> run(Backend& b) const override {
+    const DeviceLora lora = upload_lora(b);
+    const Tensor xa = b.upload(host_tensor(xa_, {tokens(), max_rank_}), DType::f32);
+    return {fetch(b, "y", b.lora_delta(xa, lora.table, upload_batch(b)))};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<double> y(size_t(tokens() * out_), 0.0);
+    for (int64_t t = 0; t < tokens(); ++t) {
+      std::vector<double> xa;
+      for (int64_t k = 0; k < rank_of(t); ++k) xa.push_back(xa_[size_t(t * max_rank_ + k)]);
+      if (xa.empty()) continue;
+      for (int64_t j = 0; j < out_; ++j) y[size_t(t * out_ + j)] = expand_ref(token_slot_[size_t(t)], xa, j);
+    }
+    return {{"y", out_, y}};
+  }
+
+ private:
+  std::vector<float> xa_;  // (T, max_rank)
+};
+
+// What `linear` does with LoRA: shrink, delta, then the matmul adds W x.
+class LoraLinear : public LoraCase {
+ public:
+  LoraLinear(int64_t in, int64_t out, std::vector<Run> runs) : LoraCase(in, out, std::move(runs)) {}
+  std::string name() const override {
+    return fmt::format("lora_linear(in={} out={} ranks={} runs={})", in_, out_, ranks_str(), runs_str(runs_));
+  }
+  void init(Rng& rng) override {
+    LoraCase::init(rng);
+    x_ = rng.bf16(tokens() * in_, -1, 1);
+    const double w_range = 2.0 / std::sqrt(double(in_));
+    w_ = rng.bf16(out_ * in_, -w_range, w_range);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    const DeviceLora lora = upload_lora(b);
+    const LoraBatch batch = upload_batch(b);
+    const Tensor x = upload(b, x_, {tokens(), in_}), w = upload(b, w_, {out_, in_});
+    const Tensor xa = b.lora_shrink(x, lora.table, batch);
+    Tensor y = b.lora_delta(xa, lora.table, batch);
+    b.matmul_add(x, w, y);
+    return {fetch(b, "y", y)};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<double> y(size_t(tokens() * out_), 0.0);
+    for (int64_t t = 0; t < tokens(); ++t) {
+      std::vector<double> xa;
+      for (int64_t k = 0; k < rank_of(t); ++k)
+        xa.push_back(shrink_ref(token_slot_[size_t(t)], &x_[size_t(t * in_)], k));
+      for (int64_t j = 0; j < out_; ++j) {
+        double acc = 0;
+        for (int64_t i = 0; i < in_; ++i) acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(j * in_ + i)]);
+        y[size_t(t * out_ + j)] = acc + (xa.empty() ? 0.0 : expand_ref(token_slot_[size_t(t)], xa, j));
+      }
+    }
+    return {{"y", out_, y}};
+  }
+
+ private:
+  std::vector<float> x_, w_;  // (T, in), (out, in)
+};
+
 // Token layouts. Slot 5 has rank 0 here; -1 is no adapter.
 const std::vector<Run> kOne = {{4, 1}};                                     // T = 1, rank 128
 const std::vector<Run> kThree = {{0, 1}, {-1, 1}, {3, 1}};                  // T = 3
@@ -297,6 +373,12 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrinkExpand>(1002, 37, 74, 37, kNineteen),
       make_case<LoraShrinkExpand>(37, 1002, 1002, 0, kLong),
       make_case<LoraShrinkExpand>(1002, 96, 288, 192, kDecode),
+      make_case<LoraDelta>(1002, kDecode),
+      make_case<LoraDelta>(37, kSeven),
+      make_case<LoraDelta>(288, kLong),
+      make_case<LoraLinear>(1002, 96, kDecode),
+      make_case<LoraLinear>(64, 520, kOne),
+      make_case<LoraLinear>(37, 1002, kLong),
   };
 }
 

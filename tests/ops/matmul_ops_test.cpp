@@ -1,4 +1,5 @@
 // matmul: y = x · wᵀ ;  x (T, in), w (out, in)  ->  y (T, out).
+// matmul_add: y += x · wᵀ in place.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -40,6 +41,41 @@ class Matmul : public OpCase {
   std::vector<float> x_, w_;  // (T, in), (out, in)
 };
 
+class MatmulAdd : public OpCase {
+ public:
+  MatmulAdd(int64_t tokens, int64_t in, int64_t out) : T_(tokens), in_(in), out_(out) {}
+  std::string name() const override {
+    return fmt::format("matmul_add(T={} in={} out={})", T_, in_, out_);
+  }
+  void init(Rng& rng) override {
+    x_ = rng.bf16(T_ * in_, -1, 1);
+    const double w_range = 2.0 / std::sqrt(double(in_));
+    w_ = rng.bf16(out_ * in_, -w_range, w_range);
+    y0_ = rng.bf16(T_ * out_, -1, 1);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    const Tensor x = upload(b, x_, {T_, in_}), w = upload(b, w_, {out_, in_});
+    Tensor y = upload(b, y0_, {T_, out_});
+    b.matmul_add(x, w, y);
+    return {fetch(b, "y", y)};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<double> y(y0_.begin(), y0_.end());
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t o = 0; o < out_; ++o) {
+        double acc = 0;
+        for (int64_t i = 0; i < in_; ++i)
+          acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(o * in_ + i)]);
+        y[size_t(t * out_ + o)] += acc;
+      }
+    return {{"y", out_, y}};
+  }
+
+ private:
+  int64_t T_, in_, out_;
+  std::vector<float> x_, w_, y0_;  // (T, in), (out, in), (T, out)
+};
+
 std::vector<CaseFactory> matmul_cases() {
   std::vector<CaseFactory> cases;
   for (int64_t t : {1, 3, 7, 19})
@@ -49,6 +85,8 @@ std::vector<CaseFactory> matmul_cases() {
   cases.push_back(make_case<Matmul>(733, 1002, 37));
   cases.push_back(make_case<Matmul>(733, 1002, 96));
   cases.push_back(make_case<Matmul>(1, 3072, 3072));  // a Phi-3-mini o_proj at decode
+  for (int64_t t : {1, 7, 733}) cases.push_back(make_case<MatmulAdd>(t, 1002, 96));
+  cases.push_back(make_case<MatmulAdd>(64, 3072, 1000));
   return cases;
 }
 

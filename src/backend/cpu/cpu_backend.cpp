@@ -158,6 +158,16 @@ Tensor CpuBackend::matmul(const Tensor& x, const Tensor& w) {
   return y;
 }
 
+void CpuBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
+  const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
+  if (y.rows() != m || y.cols() != n)
+    throw std::runtime_error("cpu backend: matmul_add: y " + y.shape_str() + " for x " + x.shape_str() +
+                             " and w " + w.shape_str());
+  if (m == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x.ptr<float>(),
+              int(k), w.ptr<float>(), int(k), 1.0f, y.ptr<float>(), int(n));
+}
+
 Tensor CpuBackend::silu_mul(const Tensor& gate_up) {
   const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;
   Tensor y = host_alloc(DType::f32, {rows, n});

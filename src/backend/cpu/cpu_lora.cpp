@@ -2,6 +2,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "backend/cpu/cpu_backend.h"
 
@@ -43,6 +44,13 @@ void CpuBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const L
                 xa.ptr<float>() + int64_t(indptr[g]) * width, int(width), b, int(r), 1.0f,
                 y.ptr<float>() + int64_t(indptr[g]) * ldy + col_offset, int(ldy));
   }
+}
+
+Tensor CpuBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) {
+  Tensor y = host_alloc(DType::f32, {xa.rows(), m.out_features});
+  std::memset(y.data, 0, y.nbytes());
+  lora_expand(xa, m, batch, y, 0);
+  return y;
 }
 
 }  // namespace philora

@@ -284,6 +284,18 @@ Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attent
   return out;
 }
 
+void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
+  require(x, DType::bf16, "matmul_add", "x");
+  require(w, DType::bf16, "matmul_add", "w");
+  require(y, DType::bf16, "matmul_add", "y");
+  const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
+  if (w.cols() != k || y.rows() != m || y.cols() != n)
+    throw std::runtime_error("cuda backend: matmul_add: x " + x.shape_str() + ", w " + w.shape_str() + ", y " +
+                             y.shape_str() + " do not fit y += x · wᵀ");
+  if (m == 0 || n == 0 || k == 0) return;
+  ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 1.0f);
+}
+
 Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
   require(gate_up, DType::bf16, "silu_mul", "gate_up");
   const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;
@@ -359,7 +371,20 @@ void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const 
                              std::to_string(m.out_features) + " columns at offset " +
                              std::to_string(col_offset) + " for xa " + xa.shape_str());
   cuda::launch_lora_expand(lora_launch(m, batch, xa.rows()), xa.ptr<float>(), xa.cols(), y.data, y.cols(),
-                           col_offset, ctx_->stream);
+                           col_offset, /*write=*/false, ctx_->stream);
+}
+
+Tensor CudaBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) {
+  require(xa, DType::f32, "lora_delta", "xa");
+  Tensor y = device_tensor(DType::bf16, {xa.rows(), m.out_features});
+  if (y.numel() == 0) return y;
+  if (!batch.active) {
+    PHILORA_CUDA_CHECK(cudaMemsetAsync(y.data, 0, y.nbytes(), ctx_->stream));
+    return y;
+  }
+  cuda::launch_lora_expand(lora_launch(m, batch, xa.rows()), xa.ptr<float>(), xa.cols(), y.data, y.cols(), 0,
+                           /*write=*/true, ctx_->stream);
+  return y;
 }
 
 }  // namespace philora

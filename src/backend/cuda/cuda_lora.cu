@@ -170,7 +170,8 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
 // grid (units, ceil(out / kExpandThreads)). Thread j holds row j of B (r ≤ R
 // values) in registers and updates column col_offset + j of every token of the
 // unit; the unit's xa rows sit in shared memory.
-template <int R>
+// kWrite: y is written (0 for tokens without an adapter), not added to.
+template <int R, bool kWrite>
 __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch l, const float* __restrict__ xa,
                                                                      int64_t xa_stride, bf16* __restrict__ y,
                                                                      int64_t y_stride, int64_t col_offset,
@@ -181,11 +182,18 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
   chained_launch();
   __shared__ __align__(16) float xs[kTile][R];
   const Unit u = unit_of(l, blockIdx.x, tiles);
-  if (u.slot < 0 || u.t0 >= u.t1) return;
-  const int r = min(int64_t(min(l.ranks[u.slot], R)), xa_stride);
-  if (r <= 0) return;
+  if (u.t0 >= u.t1) return;
+  const int r = u.slot < 0 ? 0 : int(min(int64_t(min(l.ranks[u.slot], R)), xa_stride));
   const int n = u.t1 - u.t0;
   const int64_t j = int64_t(blockIdx.y) * kExpandThreads + threadIdx.x;
+  if (r <= 0) {
+    if constexpr (kWrite) {
+      chained_wait();  // y may be memory the kernel before still reads
+      if (j < l.out_features)
+        for (int m = 0; m < n; ++m) y[int64_t(u.t0 + m) * y_stride + col_offset + j] = __float2bfloat16_rn(0.0f);
+    }
+    return;
+  }
   __nv_bfloat162 b[R / 2];
   if (j < l.out_features) {
     const bf16* brow = reinterpret_cast<const bf16*>(l.b_ptrs[u.slot]) + j * r;
@@ -223,7 +231,10 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
       acc += bf.x * xv.x + bf.y * xv.y;
     }
     bf16* dst = y + int64_t(u.t0 + m) * y_stride + col_offset + j;
-    *dst = __float2bfloat16_rn(__bfloat162float(*dst) + scale * acc);
+    if constexpr (kWrite)
+      *dst = __float2bfloat16_rn(scale * acc);
+    else
+      *dst = __float2bfloat16_rn(__bfloat162float(*dst) + scale * acc);
   }
 }
 
@@ -274,24 +285,36 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
 }
 
 void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride, void* y,
-                        int64_t y_stride, int64_t col_offset, cudaStream_t stream) {
-  if (l.num_tokens == 0 || l.max_rank == 0 || l.out_features == 0) return;
+                        int64_t y_stride, int64_t col_offset, bool write, cudaStream_t stream) {
+  if (l.num_tokens == 0 || l.out_features == 0) return;
   if (l.max_rank > kLoraMaxRank)
     throw_unsupported("lora_expand: rank " + std::to_string(l.max_rank) + " (at most " +
                       std::to_string(kLoraMaxRank) + ")");
+  if (l.max_rank == 0) {  // no slot touches this module
+    if (write)
+      PHILORA_CUDA_CHECK(cudaMemset2DAsync(static_cast<bf16*>(y) + col_offset, size_t(y_stride) * sizeof(bf16), 0,
+                                           size_t(l.out_features) * sizeof(bf16), size_t(l.num_tokens), stream));
+    return;
+  }
   int tiles = 1;
   const int64_t units = num_units(l, &tiles);
   if (units == 0) return;
   const dim3 grid(unsigned(units), unsigned(ceil_div(l.out_features, kExpandThreads)));
   auto* yb = static_cast<bf16*>(y);
-  if (l.max_rank <= 16)
-    launch_chained(lora_expand_kernel<16>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
-  else if (l.max_rank <= 32)
-    launch_chained(lora_expand_kernel<32>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
-  else if (l.max_rank <= 64)
-    launch_chained(lora_expand_kernel<64>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
-  else
-    launch_chained(lora_expand_kernel<128>, dim3(grid), dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
+  auto go = [&](auto kernel) {
+    launch_chained(kernel, grid, dim3(kExpandThreads), 0, stream, l, xa, xa_stride, yb, y_stride, col_offset, tiles);
+  };
+  const int rank = l.max_rank <= 16 ? 16 : l.max_rank <= 32 ? 32 : l.max_rank <= 64 ? 64 : 128;
+  switch (rank * 2 + int(write)) {
+    case 32: go(lora_expand_kernel<16, false>); break;
+    case 33: go(lora_expand_kernel<16, true>); break;
+    case 64: go(lora_expand_kernel<32, false>); break;
+    case 65: go(lora_expand_kernel<32, true>); break;
+    case 128: go(lora_expand_kernel<64, false>); break;
+    case 129: go(lora_expand_kernel<64, true>); break;
+    case 256: go(lora_expand_kernel<128, false>); break;
+    default: go(lora_expand_kernel<128, true>); break;
+  }
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

@@ -45,8 +45,9 @@ inline bool lora_use_segments(int64_t num_tokens, int64_t num_segments) {
 void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, int num_sms,
                         cudaStream_t stream);
 
-// y[t, col_offset + j] += scale_s · Σ_k xa[t, k] B_s[j, k]  (y (T, y_stride) bf16).
+// y[t, col_offset + j] += scale_s · Σ_k xa[t, k] B_s[j, k]  (y (T, y_stride) bf16); with
+// `write`, y[t, col_offset + j] = that term, and 0 for tokens without an adapter.
 void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride, void* y,
-                        int64_t y_stride, int64_t col_offset, cudaStream_t stream);
+                        int64_t y_stride, int64_t col_offset, bool write, cudaStream_t stream);
 
 }  // namespace philora::cuda

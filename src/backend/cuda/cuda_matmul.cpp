@@ -132,12 +132,13 @@ void LtMatmul::add_split_k_variants(Plan& p) {
 // The heuristic's first choice is often not the fastest for skinny shapes
 // (decode: m of 1..64 tokens is a matrix-vector product bound by reading w).
 // On the first call of a shape with m ≤ kTuneMaxM, every candidate runs a few
-// times on the real operands (y is overwritten, so only when beta = 0 and the
-// stream is not being captured into a graph), each run after a write of twice
+// times on the real inputs into a scratch output (with beta = 0; y is left
+// alone, so calls with beta ≠ 0 tune too; not while the stream is being
+// captured into a graph), each run after a write of twice
 // the L2 size so that w comes from memory as it does in a real step; the
 // fastest median is kept. Larger m (prefill) keeps the heuristic's choice,
 // which is near the peak there, so that new prompt lengths cost no tuning.
-void LtMatmul::autotune(Plan& p, const void* x, const void* w, void* y, float alpha) {
+void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, float alpha) {
   p.tuned = true;
   if (p.candidates.size() < 2) return;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -152,6 +153,8 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, void* y, float al
     flush_bytes_ = std::max<size_t>(size_t(2) * size_t(l2), size_t(1) << 20);
     flush_ = allocator_->allocate(flush_bytes_);
   }
+  std::shared_ptr<void> scratch = allocator_->allocate(size_t(m) * size_t(n) * 2);  // bf16 (m, n)
+  void* y = scratch.get();
   const float beta = 0.0f;
   float best = -1.0f;
   for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
@@ -185,7 +188,7 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
   if (m == 0 || n == 0) return;
   const Key key{m, n, k, alignment_of(x), alignment_of(w), alignment_of(y)};
   Plan& p = plan_for(key);
-  if (!p.tuned && beta == 0.0f && tune_ && m <= kTuneMaxM) autotune(p, x, w, y, alpha);
+  if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, x, w, m, n, alpha);
   PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
                                       &p.algo, workspace_.get(), workspace_bytes_, stream_));
 }

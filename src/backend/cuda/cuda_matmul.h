@@ -46,7 +46,7 @@ class LtMatmul {
   static constexpr int kCandidates = 16;
   static constexpr int64_t kTuneMaxM = 256;  // autotune only skinny products
   Plan& plan_for(const Key& key);
-  void autotune(Plan& p, const void* x, const void* w, void* y, float alpha);
+  void autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, float alpha);
   void add_split_k_variants(Plan& p);
 
   cudaStream_t stream_;
