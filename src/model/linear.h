@@ -26,4 +26,14 @@ inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraA
   return y;
 }
 
+// acc += linear(x, W, lora), in place: the residual stream's update. The matmul
+// adds into acc (beta = 1), so the norm that follows reads one tensor, not two.
+inline void linear_add(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora, Tensor& acc) {
+  if (lora.table && lora.batch && lora.batch->active) {
+    const Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
+    ops.lora_expand(xa, *lora.table, *lora.batch, acc, 0);
+  }
+  ops.matmul_add(x, w, acc);
+}
+
 }  // namespace philora::model

@@ -19,24 +19,24 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
     return LoraApply{adapters ? adapters->table(layer, t) : nullptr, &in.lora};
   };
 
-  Tensor h = ops.embedding(in.tokens.token_ids, w_.embed_tokens);  // (T, hidden)
-  Tensor residual;                                                 // empty: first layer
+  // The residual stream, updated in place: each sublayer's output projection
+  // adds into it (linear_add), and each norm reads it alone.
+  Tensor residual = ops.embedding(in.tokens.token_ids, w_.embed_tokens);  // (T, hidden)
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     const Phi3LayerWeights& layer = w_.layers[size_t(l)];
     KvLayer& cache = kv.layers[size_t(l)];
 
-    auto [x, res] = ops.add_rms_norm(h, residual, layer.input_layernorm, eps);
+    Tensor x = ops.rms_norm(residual, layer.input_layernorm, eps);
     Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, lora::Target::qkv));
     ops.rope_and_cache(qkv, in.tokens, rope_, cache);
     Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
-    h = linear(ops, attn, layer.o_proj, lora(l, lora::Target::o));
+    linear_add(ops, attn, layer.o_proj, lora(l, lora::Target::o), residual);
 
-    auto [y, res2] = ops.add_rms_norm(h, res, layer.post_attention_layernorm, eps);
+    Tensor y = ops.rms_norm(residual, layer.post_attention_layernorm, eps);
     Tensor gate_up = linear(ops, y, layer.gate_up_proj, lora(l, lora::Target::gate_up));
-    h = linear(ops, ops.silu_mul(gate_up), layer.down_proj, lora(l, lora::Target::down));
-    residual = res2;
+    linear_add(ops, ops.silu_mul(gate_up), layer.down_proj, lora(l, lora::Target::down), residual);
   }
-  auto [x, unused] = ops.add_rms_norm(h, residual, w_.norm, eps);
+  Tensor x = ops.rms_norm(residual, w_.norm, eps);
   if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);
   if (in.skip_lm_head) return x;
   const LoraApply head{adapters ? adapters->table(0, lora::Target::lm_head) : nullptr,

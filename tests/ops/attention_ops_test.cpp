@@ -126,6 +126,9 @@ class Attention : public OpCase {
 };
 
 std::vector<CaseFactory> attention_cases() {
+  // 72 decode rows x 4 kv heads fill two waves of a 132-SM GPU without splitting,
+  // so the decode kernel takes each row's 600 keys in one block (no merge pass).
+  const std::vector<SeqSpec> full_grid(72, SeqSpec{600, 1});
   return {
       // one prefill, group 1, last page partly full
       make_case<Attention>(AttentionShape{4, 4, 64, 16, 0, 1.0, {{0, 7}}}),
@@ -155,6 +158,7 @@ std::vector<CaseFactory> attention_cases() {
       make_case<Attention>(AttentionShape{16, 4, 128, 32, 300, 1.0, {{1200, 1}, {5, 1}, {299, 1}}}),
       make_case<Attention>(AttentionShape{12, 4, 64, 8, 0, 1.0, {{77, 1}, {8, 1}}}),
       make_case<Attention>(AttentionShape{8, 2, 96, 16, 0, 1.0, {{300, 1}, {2, 1}}}),
+      make_case<Attention>(AttentionShape{4, 4, 64, 16, 0, 1.0, full_grid}),
   };
 }
 

@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   constexpr int KPW = 32 / L;      // keys per warp step
   constexpr int KPB = KPW * kWarps;
   static_assert(D % L == 0 && E % 8 == 0 && 32 % L == 0, "lane split");
-  __shared__ float q_s[G][D];
+  __shared__ __align__(16) float q_s[G][D];
   __shared__ float m_s[kWarps][G], l_s[kWarps][G];
   __shared__ float o_s[kWarps][G][D];
 

@@ -121,10 +121,12 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   __shared__ float part[kTokenMaxWarps];
   const int t = blockIdx.x;
   const int slot = l.token_slot[t];
-  if (slot < 0) return;
-  const int r = min(int64_t(l.ranks[slot]), xa_stride);
+  const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
   const int j0 = blockIdx.y * rows;
-  if (j0 >= r) return;  // both exits are the whole block's
+  if (j0 >= r) {  // the whole block's exit; it still waits, so that this grid
+    chained_wait();  // ends after the kernel before it, as the next one assumes
+    return;
+  }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int jl = warp % rows, c = warp / rows, j = j0 + jl;
   const int64_t in = l.in_features;
@@ -182,13 +184,16 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
   chained_launch();
   __shared__ __align__(16) float xs[kTile][R];
   const Unit u = unit_of(l, blockIdx.x, tiles);
-  if (u.t0 >= u.t1) return;
+  if (u.t0 >= u.t1) {
+    chained_wait();  // see the shrink: a grid ends after the kernel before it
+    return;
+  }
   const int r = u.slot < 0 ? 0 : int(min(int64_t(min(l.ranks[u.slot], R)), xa_stride));
   const int n = u.t1 - u.t0;
   const int64_t j = int64_t(blockIdx.y) * kExpandThreads + threadIdx.x;
   if (r <= 0) {
+    chained_wait();  // y may be memory the kernel before still reads
     if constexpr (kWrite) {
-      chained_wait();  // y may be memory the kernel before still reads
       if (j < l.out_features)
         for (int m = 0; m < n; ++m) y[int64_t(u.t0 + m) * y_stride + col_offset + j] = __float2bfloat16_rn(0.0f);
     }
