@@ -110,6 +110,15 @@ class LoraCase : public OpCase {
     return batch;
   }
 
+  // xa (T, max_rank) f32, random where a token's rank reaches, NaN past it and in
+  // rows without adapter (which the op must not read).
+  std::vector<float> random_xa(Rng& rng) const {
+    std::vector<float> xa(size_t(tokens() * max_rank_), NAN);
+    for (int64_t t = 0; t < tokens(); ++t)
+      for (int64_t k = 0; k < rank_of(t); ++k) xa[size_t(t * max_rank_ + k)] = round_bf16(rng.uniform(-1, 1));
+    return xa;
+  }
+
   // (A_s x)[k] in float64.
   double shrink_ref(int32_t s, const float* x, int64_t k) const {
     double acc = 0;
@@ -203,11 +212,7 @@ class LoraExpand : public LoraCase {
   }
   void init(Rng& rng) override {
     LoraCase::init(rng);
-    // xa (T, max_rank) f32: NaN past each token's rank and in rows without adapter.
-    xa_.assign(size_t(tokens() * max_rank_), NAN);
-    for (int64_t t = 0; t < tokens(); ++t)
-      for (int64_t k = 0; k < rank_of(t); ++k)
-        xa_[size_t(t * max_rank_ + k)] = round_bf16(rng.uniform(-1, 1));
+    xa_ = random_xa(rng);
     y0_ = initial_y(rng, width_, offset_);
   }
   std::vector<Output> run(Backend& b) const override {
@@ -277,11 +282,7 @@ class LoraDelta : public LoraCase {
   }
   void init(Rng& rng) override {
     LoraCase::init(rng);
-    // xa (T, max_rank) f32: NaN past each token's rank and in rows without adapter.
-    xa_.assign(size_t(tokens() * max_rank_), NAN);
-    for (int64_t t = 0; t < tokens(); ++t)
-      for (int64_t k = 0; k < rank_of(t); ++k)
-        xa_[size_t(t * max_rank_ + k)] = round_bf16(rng.uniform(-1, 1));
+    xa_ = random_xa(rng);
   }
   std::vector<Output> run(Backend& b) const override {
     const DeviceLora lora = upload_lora(b);

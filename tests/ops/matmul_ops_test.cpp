@@ -9,6 +9,19 @@
 namespace philora::optest {
 namespace {
 
+// x · wᵀ in float64; x (T, in), w (out, in).
+std::vector<double> matmul_ref(const std::vector<float>& x, const std::vector<float>& w, int64_t T, int64_t in,
+                               int64_t out) {
+  std::vector<double> y(size_t(T * out));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = 0;
+      for (int64_t i = 0; i < in; ++i) acc += double(x[size_t(t * in + i)]) * double(w[size_t(o * in + i)]);
+      y[size_t(t * out + o)] = acc;
+    }
+  return y;
+}
+
 class Matmul : public OpCase {
  public:
   Matmul(int64_t tokens, int64_t in, int64_t out) : T_(tokens), in_(in), out_(out) {}
@@ -24,17 +37,7 @@ class Matmul : public OpCase {
     const Tensor x = upload(b, x_, {T_, in_}), w = upload(b, w_, {out_, in_});
     return {fetch(b, "y", b.matmul(x, w))};
   }
-  std::vector<Expect> reference() const override {
-    std::vector<double> y(size_t(T_ * out_));
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t o = 0; o < out_; ++o) {
-        double acc = 0;
-        for (int64_t i = 0; i < in_; ++i)
-          acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(o * in_ + i)]);
-        y[size_t(t * out_ + o)] = acc;
-      }
-    return {{"y", out_, y}};
-  }
+  std::vector<Expect> reference() const override { return {{"y", out_, matmul_ref(x_, w_, T_, in_, out_)}}; }
 
  private:
   int64_t T_, in_, out_;
@@ -60,14 +63,8 @@ class MatmulAdd : public OpCase {
     return {fetch(b, "y", y)};
   }
   std::vector<Expect> reference() const override {
-    std::vector<double> y(y0_.begin(), y0_.end());
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t o = 0; o < out_; ++o) {
-        double acc = 0;
-        for (int64_t i = 0; i < in_; ++i)
-          acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(o * in_ + i)]);
-        y[size_t(t * out_ + o)] += acc;
-      }
+    std::vector<double> y = matmul_ref(x_, w_, T_, in_, out_);
+    for (size_t i = 0; i < y.size(); ++i) y[i] += y0_[i];
     return {{"y", out_, y}};
   }
 

@@ -33,6 +33,24 @@ __device__ __forceinline__ const bf16* kv_row(const bf16* cache, const PagedAtte
   return cache + ((page * a.n_kv_heads + kvh) * a.page_size + j % a.page_size) * a.head_dim;
 }
 
+// The keys query row t attends to in split `split`: [begin, begin + len) of
+// its sequence's cache (len ≤ 0: none), and the sequence's page list.
+struct DecodeKeys {
+  int begin, len;
+  const int32_t* pages;
+};
+
+__device__ __forceinline__ DecodeKeys decode_keys(const PagedAttentionArgs& a, int t, int split, int chunk) {
+  const int s = sequence_of(a.q_indptr, a.num_seqs, t);
+  const int num_pages = a.kv_indptr[s + 1] - a.kv_indptr[s];
+  const int kv_len = num_pages == 0 ? 0 : (num_pages - 1) * a.page_size + a.kv_last_page_len[s];
+  const int p = a.positions[t];
+  const int hi = min(p, kv_len - 1);
+  const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
+  const int begin = lo + split * chunk;
+  return {begin, min(hi + 1, begin + chunk) - begin, a.kv_indices + a.kv_indptr[s]};
+}
+
 // grid (num_splits, Hkv · ceil(group / G), T), kThreads threads.
 // Shared memory: q (G, d) f32 | p (G, chunk) f32, later reused for the
 // cross-thread reduction (key groups, G, d) f32.
@@ -53,15 +71,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedAttenti
   const int ng = min(G, group - g0);
   const int h0 = kvh * group + g0;  // first query head of this block
 
-  const int s = sequence_of(a.q_indptr, a.num_seqs, t);
-  const int num_pages = a.kv_indptr[s + 1] - a.kv_indptr[s];
-  const int kv_len = num_pages == 0 ? 0 : (num_pages - 1) * a.page_size + a.kv_last_page_len[s];
-  const int p = a.positions[t];
-  const int hi = min(p, kv_len - 1);
-  const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
-  const int begin = lo + split * chunk;
-  const int len = min(hi + 1, begin + chunk) - begin;
-  const int32_t* pages = a.kv_indices + a.kv_indptr[s];
+  const auto [begin, len, pages] = decode_keys(a, t, split, chunk);
   const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
   bf16* out = static_cast<bf16*>(a.out);
@@ -248,15 +258,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   const int split = blockIdx.x, t = blockIdx.z, kvh = blockIdx.y;
   const int h0 = kvh * G;  // the block serves the whole group: G = n_heads / n_kv_heads
 
-  const int s = sequence_of(a.q_indptr, a.num_seqs, t);
-  const int num_pages = a.kv_indptr[s + 1] - a.kv_indptr[s];
-  const int kv_len = num_pages == 0 ? 0 : (num_pages - 1) * a.page_size + a.kv_last_page_len[s];
-  const int p = a.positions[t];
-  const int hi = min(p, kv_len - 1);
-  const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
-  const int begin = lo + split * chunk;
-  const int len = min(hi + 1, begin + chunk) - begin;
-  const int32_t* pages = a.kv_indices + a.kv_indptr[s];
+  const auto [begin, len, pages] = decode_keys(a, t, split, chunk);
   const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
   bf16* out = static_cast<bf16*>(a.out);
