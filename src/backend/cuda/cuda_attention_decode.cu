@@ -38,6 +38,7 @@ __device__ __forceinline__ const bf16* kv_row(const bf16* cache, const PagedAtte
 struct DecodeKeys {
   int begin, len;
   const int32_t* pages;
+  int first_new;  // the sequence's first position written this step: keys below it are older
 };
 
 __device__ __forceinline__ DecodeKeys decode_keys(const PagedAttentionArgs& a, int t, int split, int chunk) {
@@ -48,7 +49,7 @@ __device__ __forceinline__ DecodeKeys decode_keys(const PagedAttentionArgs& a, i
   const int hi = min(p, kv_len - 1);
   const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
   const int begin = lo + split * chunk;
-  return {begin, min(hi + 1, begin + chunk) - begin, a.kv_indices + a.kv_indptr[s]};
+  return {begin, min(hi + 1, begin + chunk) - begin, a.kv_indices + a.kv_indptr[s], a.positions[a.q_indptr[s]]};
 }
 
 // grid (num_splits, Hkv · ceil(group / G), T), kThreads threads.
@@ -71,7 +72,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(PagedAttenti
   const int ng = min(G, group - g0);
   const int h0 = kvh * group + g0;  // first query head of this block
 
-  const auto [begin, len, pages] = decode_keys(a, t, split, chunk);
+  const DecodeKeys keys = decode_keys(a, t, split, chunk);
+  const int begin = keys.begin, len = keys.len;
+  const int32_t* pages = keys.pages;
   const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
   bf16* out = static_cast<bf16*>(a.out);
@@ -243,7 +246,10 @@ template <int D, int L, int G, int U>
 __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedAttentionArgs a, int chunk,
                                                                           int num_splits, float* part_o,
                                                                           float* part_lse) {
-  chained_prologue();
+  // The plan and the cache's older keys are in memory before this kernel's
+  // predecessor (rope) runs: the block finds its keys and loads its first step
+  // of them before waiting; q (rotated by rope) and anything written come after.
+  chained_launch();
   constexpr int E = D / L;         // elements per lane
   constexpr int W = E / 8;         // 16-byte words per lane and row
   constexpr int KPW = 32 / L;      // keys per warp step
@@ -258,11 +264,45 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   const int split = blockIdx.x, t = blockIdx.z, kvh = blockIdx.y;
   const int h0 = kvh * G;  // the block serves the whole group: G = n_heads / n_kv_heads
 
-  const auto [begin, len, pages] = decode_keys(a, t, split, chunk);
+  const auto [begin, len, pages, first_new] = decode_keys(a, t, split, chunk);
   const bf16* k_cache = static_cast<const bf16*>(a.k_cache);
   const bf16* v_cache = static_cast<const bf16*>(a.v_cache);
   bf16* out = static_cast<bf16*>(a.out);
   const int64_t part = (int64_t(t) * a.n_heads + h0) * num_splits + split;  // + g · num_splits
+  const int64_t head_stride = int64_t(a.page_size) * D;
+  const int64_t page_stride = int64_t(a.n_kv_heads) * head_stride;
+
+  // K and V of U steps of this lane group's keys from j0 (zeros past len).
+  uint4 kr[U][W], vr[U][W];
+  auto load_steps = [&](int j0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * KPB;
+      if (j < len) {
+        const int key = begin + j;
+        const int64_t off = int64_t(pages[key / a.page_size]) * page_stride + kvh * head_stride +
+                            int64_t(key % a.page_size) * D;
+        const uint4* krow = reinterpret_cast<const uint4*>(k_cache + off);
+        const uint4* vrow = reinterpret_cast<const uint4*>(v_cache + off);
+#pragma unroll
+        for (int w = 0; w < W; ++w) kr[u][w] = krow[sub + w * L];
+#pragma unroll
+        for (int w = 0; w < W; ++w) vr[u][w] = vrow[sub + w * L];
+      } else {
+#pragma unroll
+        for (int w = 0; w < W; ++w) kr[u][w] = vr[u][w] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  const int j_first = warp * KPW + kg;
+  bool early = len > 0;  // the first steps hold only keys older than this step
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int j = j_first + u * KPB;
+    if (j < len && begin + j >= first_new) early = false;
+  }
+  if (early) load_steps(j_first);
+  chained_wait();
 
   if (len <= 0) {
     if (num_splits > 1) {
@@ -287,29 +327,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
 #pragma unroll
     for (int e = 0; e < E; ++e) o[g][e] = 0.0f;
   }
-  // The page of a key and the key's row offset inside it.
-  const int64_t head_stride = int64_t(a.page_size) * D;
-  const int64_t page_stride = int64_t(a.n_kv_heads) * head_stride;
-  for (int j0 = warp * KPW + kg; j0 - kg < len; j0 += KPB * U) {
-    uint4 kr[U][W], vr[U][W];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + u * KPB;
-      if (j < len) {
-        const int key = begin + j;
-        const int64_t off = int64_t(pages[key / a.page_size]) * page_stride + kvh * head_stride +
-                            int64_t(key % a.page_size) * D;
-        const uint4* krow = reinterpret_cast<const uint4*>(k_cache + off);
-        const uint4* vrow = reinterpret_cast<const uint4*>(v_cache + off);
-#pragma unroll
-        for (int w = 0; w < W; ++w) kr[u][w] = krow[sub + w * L];
-#pragma unroll
-        for (int w = 0; w < W; ++w) vr[u][w] = vrow[sub + w * L];
-      } else {
-#pragma unroll
-        for (int w = 0; w < W; ++w) kr[u][w] = vr[u][w] = make_uint4(0, 0, 0, 0);
-      }
-    }
+  for (int j0 = j_first; j0 - kg < len; j0 += KPB * U) {
+    if (!(early && j0 == j_first)) load_steps(j0);
     float sc[U][G];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
