@@ -39,21 +39,20 @@ class Matmul : public OpCase {
   }
   std::vector<Expect> reference() const override { return {{"y", out_, matmul_ref(x_, w_, T_, in_, out_)}}; }
 
- private:
+ protected:
   int64_t T_, in_, out_;
   std::vector<float> x_, w_;  // (T, in), (out, in)
 };
 
-class MatmulAdd : public OpCase {
+// The same x and w, added into a random y.
+class MatmulAdd : public Matmul {
  public:
-  MatmulAdd(int64_t tokens, int64_t in, int64_t out) : T_(tokens), in_(in), out_(out) {}
+  using Matmul::Matmul;
   std::string name() const override {
     return fmt::format("matmul_add(T={} in={} out={})", T_, in_, out_);
   }
   void init(Rng& rng) override {
-    x_ = rng.bf16(T_ * in_, -1, 1);
-    const double w_range = 2.0 / std::sqrt(double(in_));
-    w_ = rng.bf16(out_ * in_, -w_range, w_range);
+    Matmul::init(rng);
     y0_ = rng.bf16(T_ * out_, -1, 1);
   }
   std::vector<Output> run(Backend& b) const override {
@@ -69,8 +68,7 @@ class MatmulAdd : public OpCase {
   }
 
  private:
-  int64_t T_, in_, out_;
-  std::vector<float> x_, w_, y0_;  // (T, in), (out, in), (T, out)
+  std::vector<float> y0_;  // (T, out)
 };
 
 std::vector<CaseFactory> matmul_cases() {
