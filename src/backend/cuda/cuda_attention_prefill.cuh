@@ -14,5 +14,9 @@ namespace philora::cuda {
 
 bool prefill_attention_supported(int head_dim);  // 64, 96, 128
 void launch_prefill_attention(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream);
+// The same on Hopper's warpgroup MMAs (wgmma, sm_90a; cuda_attention_prefill_wgmma.cu).
+// `variant` picks another tile shape for the kernel lab (dev/cuda/op_bench); 0 is the default.
+void launch_prefill_attention_wgmma(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream,
+                                    int variant = 0);
 
 }  // namespace philora::cuda
