@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "backend/cuda/cuda_attention_prefill.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_context.h"
 
@@ -145,46 +144,6 @@ void bench_attention(int64_t batch, int64_t cached, int64_t q, const std::string
   const double flops = 4.0 * kHeadDim * kHeads * pairs * double(batch);
   row(tag + " attention", time_us([&] { g_backend->attention(qkv, p.kv, p.plan, rope); }),
       kv_bytes + double(T) * kHidden * 4, flops);
-  if (q == 1) return;
-  // The prefill kernels side by side (mma.sync, and each wgmma tile shape), each
-  // checked against the mma.sync kernel's output.
-  cuda::PagedAttentionArgs a;
-  a.qkv = qkv.data;
-  a.qkv_stride = kQkv;
-  a.k_cache = p.kv.k.data;
-  a.v_cache = p.kv.v.data;
-  a.q_indptr = p.plan.q_indptr.ptr<int32_t>();
-  a.kv_indptr = p.plan.kv_indptr.ptr<int32_t>();
-  a.kv_indices = p.plan.kv_indices.ptr<int32_t>();
-  a.kv_last_page_len = p.plan.kv_last_page_len.ptr<int32_t>();
-  a.positions = p.plan.positions.ptr<int32_t>();
-  a.num_seqs = int(batch);
-  a.num_rows = int(T);
-  a.n_heads = a.n_kv_heads = int(kHeads);
-  a.head_dim = int(kHeadDim);
-  a.page_size = 16;
-  a.window = int(p.plan.window);
-  a.scale = p.plan.scale;
-  cudaStream_t st = g_backend->context().stream;
-  Tensor ref = g_backend->alloc(DType::bf16, {T, kHidden});
-  a.out = ref.data;
-  row(tag + " attention mma.sync", time_us([&] { cuda::launch_prefill_attention(a, int(q), st); }),
-      kv_bytes + double(T) * kHidden * 4, flops);
-  const Tensor ref_host = g_backend->to_host_f32(ref);
-  for (int v = 0; v < 6; ++v) {
-    Tensor out = g_backend->alloc(DType::bf16, {T, kHidden});
-    a.out = out.data;
-    const double us = time_us([&] { cuda::launch_prefill_attention_wgmma(a, int(q), st, v); });
-    const Tensor got = g_backend->to_host_f32(out);
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < T * kHidden; ++i) {
-      const double d = double(got.ptr<float>()[i]) - double(ref_host.ptr<float>()[i]);
-      num += d * d;
-      den += double(ref_host.ptr<float>()[i]) * double(ref_host.ptr<float>()[i]);
-    }
-    row(tag + " attention wgmma v" + std::to_string(v) + " (err " + std::to_string(std::sqrt(num / den)) + ")",
-        us, kv_bytes + double(T) * kHidden * 4, flops);
-  }
 }
 
 // LoRA on one module at rank 16: every token shares slot 0, or each has its own.

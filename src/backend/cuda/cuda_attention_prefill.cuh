@@ -1,9 +1,9 @@
-// Prefill attention on tensor cores (FlashAttention-2 style, mma.sync bf16):
-// one block per (64-row query tile of one sequence, query head); keys and
-// values stream through shared memory 64 at a time, gathered from the paged
-// cache (so a cached prefix is read like any other key), with an online
-// softmax in f32. Variable-length sequences in one launch, causal by
-// positions, sliding window.
+// Prefill attention on Hopper's warpgroup MMAs (wgmma, sm_90a), FlashAttention
+// style: one block per (query tile of one sequence, query head), 64 rows per
+// warpgroup; keys and values stream through shared memory 64 at a time,
+// gathered from the paged cache (so a cached prefix is read like any other
+// key), with an online softmax in f32. Variable-length sequences in one
+// launch, causal by positions, sliding window.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -14,9 +14,5 @@ namespace philora::cuda {
 
 bool prefill_attention_supported(int head_dim);  // 64, 96, 128
 void launch_prefill_attention(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream);
-// The same on Hopper's warpgroup MMAs (wgmma, sm_90a; cuda_attention_prefill_wgmma.cu).
-// `variant` picks another tile shape for the kernel lab (dev/cuda/op_bench); 0 is the default.
-void launch_prefill_attention_wgmma(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream,
-                                    int variant = 0);
 
 }  // namespace philora::cuda

@@ -273,7 +273,7 @@ Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attent
   const bool prefill = plan.max_q_len > 1 && cuda::prefill_attention_supported(int(d)) &&
                        a.qkv_stride % 8 == 0 && aligned16(qkv.data);
   if (prefill) {
-    cuda::launch_prefill_attention_wgmma(a, int(plan.max_q_len), ctx_->stream);
+    cuda::launch_prefill_attention(a, int(plan.max_q_len), ctx_->stream);
     return out;
   }
   const cuda::DecodeSplit split =
