@@ -63,8 +63,13 @@ struct Paged {
   KvLayer kv;
 };
 
+// Attention heads: Phi-3-mini's unless said (Phi-3-medium and Phi-4: 40 x 10 of 128).
+struct Heads {
+  int64_t n = kHeads, kv = kHeads, dim = kHeadDim;
+};
+
 // `batch` sequences with `cached` tokens in the cache and `q` new ones each.
-Paged make_paged(int64_t batch, int64_t cached, int64_t q, int64_t window) {
+Paged make_paged(int64_t batch, int64_t cached, int64_t q, int64_t window, Heads hd = {}) {
   Backend& b = *g_backend;
   const int64_t page = 16, len = cached + q, pages_per = (len + page - 1) / page;
   Paged p;
@@ -91,22 +96,22 @@ Paged make_paged(int64_t batch, int64_t cached, int64_t q, int64_t window) {
   p.plan.max_q_len = q;
   p.plan.max_kv_len = len;
   p.plan.window = window;
-  p.plan.scale = float(1.0 / std::sqrt(double(kHeadDim)));
+  p.plan.scale = float(1.0 / std::sqrt(double(hd.dim)));
   const int64_t pages = batch * pages_per;
-  p.kv = {rnd({pages, kHeads, page, kHeadDim}, 11), rnd({pages, kHeads, page, kHeadDim}, 12)};
+  p.kv = {rnd({pages, hd.kv, page, hd.dim}, 11), rnd({pages, hd.kv, page, hd.dim}, 12)};
   return p;
 }
 
-RopeParams rope_params() {
+RopeParams rope_params(Heads hd = {}) {
   RopeParams r;
-  std::vector<float> inv(size_t(kHeadDim / 2));
-  for (int64_t i = 0; i < kHeadDim / 2; ++i) inv[size_t(i)] = 1.0f / std::pow(10000.0f, float(2 * i) / kHeadDim);
+  std::vector<float> inv(size_t(hd.dim / 2));
+  for (int64_t i = 0; i < hd.dim / 2; ++i) inv[size_t(i)] = 1.0f / std::pow(10000.0f, float(2 * i) / float(hd.dim));
   r.inv_freq_short = g_backend->upload_f32(inv);
   r.inv_freq_long = r.inv_freq_short;
-  r.rotary_dim = kHeadDim;
-  r.n_heads = kHeads;
-  r.n_kv_heads = kHeads;
-  r.head_dim = kHeadDim;
+  r.rotary_dim = hd.dim;
+  r.n_heads = hd.n;
+  r.n_kv_heads = hd.kv;
+  r.head_dim = hd.dim;
   return r;
 }
 
@@ -130,20 +135,22 @@ void bench_dense(int64_t T, const std::string& tag) {
   row(tag + " silu_mul", time_us([&] { g_backend->silu_mul(gu); }), double(T) * kInter * 2 * 3, 0);
 }
 
-void bench_attention(int64_t batch, int64_t cached, int64_t q, const std::string& tag) {
-  Paged p = make_paged(batch, cached, q, 2047);
-  RopeParams rope = rope_params();
-  const int64_t T = batch * q;
-  Tensor qkv = rnd({T, kQkv}, 7);
+void bench_attention(int64_t batch, int64_t cached, int64_t q, const std::string& tag, int64_t window = 2047,
+                     Heads hd = {}) {
+  Paged p = make_paged(batch, cached, q, window, hd);
+  RopeParams rope = rope_params(hd);
+  const int64_t T = batch * q, width = (hd.n + 2 * hd.kv) * hd.dim;
+  Tensor qkv = rnd({T, width}, 7);
   row(tag + " rope_and_cache", time_us([&] { g_backend->rope_and_cache(qkv, p.tokens, rope, p.kv); }),
-      double(T) * kQkv * 2 * 2, 0);
-  const double kv_bytes = double(batch) * double(cached + q) * kHeads * kHeadDim * 2 * 2;
-  // causal FLOPs: 4 · d per (query, key) pair, keys ≤ position
+      double(T) * double(width) * 2 * 2, 0);
+  const double kv_bytes = double(batch) * double(cached + q) * double(hd.kv * hd.dim) * 2 * 2;
+  // causal FLOPs: 4 · d per (query, key) pair, keys ≤ position (and inside the window)
   double pairs = 0;
-  for (int64_t i = 0; i < q; ++i) pairs += double(std::min<int64_t>(cached + i + 1, 2047));
-  const double flops = 4.0 * kHeadDim * kHeads * pairs * double(batch);
+  for (int64_t i = 0; i < q; ++i)
+    pairs += double(window > 0 ? std::min<int64_t>(cached + i + 1, window) : cached + i + 1);
+  const double flops = 4.0 * double(hd.dim * hd.n) * pairs * double(batch);
   row(tag + " attention", time_us([&] { g_backend->attention(qkv, p.kv, p.plan, rope); }),
-      kv_bytes + double(T) * kHidden * 4, flops);
+      kv_bytes + double(T) * double(hd.n * hd.dim) * 4, flops);
 }
 
 // LoRA on one module at rank 16: every token shares slot 0, or each has its own.
@@ -238,6 +245,7 @@ int main(int argc, char** argv) {
     if (want("prefill T=2048")) bench_dense(2048, "prefill T=2048");
     if (want("prefill T=2048 attention")) bench_attention(1, 0, 2048, "prefill T=2048");
     if (want("prefill T=512 attention")) bench_attention(1, 0, 512, "prefill T=512");
+    if (want("prefill T=2048 d=128")) bench_attention(1, 0, 2048, "prefill T=2048 d=128 40x10 heads", 0, {40, 10, 128});
     if (want("decode B=1")) bench_dense(1, "decode B=1");
     if (want("decode B=1 ctx 512")) bench_attention(1, 511, 1, "decode B=1 ctx 512");
     if (want("decode B=64")) bench_dense(64, "decode B=64");

@@ -352,13 +352,14 @@ bool prefill_attention_supported(int head_dim) {
 void launch_prefill_attention(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   if (a.num_rows == 0 || a.num_seqs == 0 || max_q_len == 0) return;
   if (!(a.scale > 0.0f)) throw_unsupported("prefill attention: a scale that is not positive");
-  // 64-key tiles. Two warpgroups a block share each tile and two blocks fit an
-  // SM where the registers allow (capped at 128 a thread); at d = 128 the
-  // accumulators need more, so one warpgroup a block, two blocks an SM.
+  // 64-key tiles shared by the two warpgroups of a block. At d = 64 and 96 two
+  // blocks fit an SM (registers capped at 128 a thread); at d = 128 the
+  // accumulators need more, so one block an SM (measured 4% faster than one
+  // warpgroup a block, two blocks an SM: dev/cuda/NOTES.md).
   switch (a.head_dim) {
     case 64: launch<64, 64, 2, 2>(a, max_q_len, stream); break;
     case 96: launch<96, 64, 2, 2>(a, max_q_len, stream); break;
-    case 128: launch<128, 64, 1, 1>(a, max_q_len, stream); break;
+    case 128: launch<128, 64, 2, 1>(a, max_q_len, stream); break;
     default: throw_unsupported("prefill attention: head_dim " + std::to_string(a.head_dim));
   }
 }
