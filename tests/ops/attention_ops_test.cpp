@@ -159,6 +159,12 @@ std::vector<CaseFactory> attention_cases() {
       make_case<Attention>(AttentionShape{12, 4, 64, 8, 0, 1.0, {{77, 1}, {8, 1}}}),
       make_case<Attention>(AttentionShape{8, 2, 96, 16, 0, 1.0, {{300, 1}, {2, 1}}}),
       make_case<Attention>(AttentionShape{4, 4, 64, 16, 0, 1.0, full_grid}),
+      // prefills past one query block (128 rows on CUDA) and one key tile (64): several blocks
+      // per sequence, a partial last block, chunks after cached prefixes that start mid-tile,
+      // windows that start mid-tile, per head dim the prefill kernel specialises
+      make_case<Attention>(AttentionShape{8, 2, 96, 16, 0, 1.0, {{0, 300}, {100, 170}, {0, 129}}}),
+      make_case<Attention>(AttentionShape{4, 4, 64, 16, 50, 1.0, {{0, 260}, {37, 150}}}),
+      make_case<Attention>(AttentionShape{8, 2, 128, 32, 70, 0.9, {{0, 200}, {65, 64}}}),
   };
 }
 
