@@ -72,8 +72,10 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\\n" ::"n"(N) : "memory");
 }
 // Tells the compiler a register is (re)defined here, so that no use of an
-// accumulator moves across the asynchronous MMA that writes it.
+// accumulator moves across the asynchronous MMA that writes it, and no write of
+// an accumulator or A register moves past the wgmma_fence that precedes it.
 __device__ __forceinline__ void wgmma_reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void wgmma_reg_fence(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
 
 template <int N>
 __device__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int accumulate);

@@ -254,22 +254,6 @@ __global__ void __launch_bounds__(128 * NWG, MINB) prefill_attention_kernel(Page
   const uint64_t dq = sw64_desc(sQ + wg * 64 * 32, 16, 512);
   const uint64_t dk0 = sw64_desc(sK(0), 16, 512), dk1 = sw64_desc(sK(1), 16, 512);
   const uint64_t dv0 = sw64_desc(sV(0), BN * 64, 512), dv1 = sw64_desc(sV(1), BN * 64, 512);
-  auto issue_s = [&](int stage) {  // S = Q Kᵀ (64 x BN per warpgroup), committed
-    const uint64_t dk = stage ? dk1 : dk0;
-    wgmma_fence();
-#pragma unroll
-    for (int kt = 0; kt < kSteps; ++kt)
-      wgmma_ss<BN>(sc, dq + (((kt >> 1) * kBlockM * 64 + (kt & 1) * 32) >> 4),
-                   dk + (((kt >> 1) * BN * 64 + (kt & 1) * 32) >> 4), kt > 0);
-    wgmma_commit();
-  };
-  auto issue_pv = [&](int stage, const uint32_t (&pa)[kPSteps][4]) {  // O += P V, committed
-    const uint64_t dv = stage ? dv1 : dv0;
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kPSteps; ++kk) wgmma_rs_tb<D>(o, pa[kk], dv + ((kk * 1024) >> 4));
-    wgmma_commit();
-  };
   auto fence_s = [&] {
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) wgmma_reg_fence(sc[i]);
@@ -277,6 +261,30 @@ __global__ void __launch_bounds__(128 * NWG, MINB) prefill_attention_kernel(Page
   auto fence_o = [&] {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) wgmma_reg_fence(o[i]);
+  };
+  // Each issue fences its registers first, so that no ordinary write of them
+  // (the softmax's, the rescale's) is moved past wgmma_fence.
+  auto issue_s = [&](int stage) {  // S = Q Kᵀ (64 x BN per warpgroup), committed
+    const uint64_t dk = stage ? dk1 : dk0;
+    fence_s();
+    wgmma_fence();
+#pragma unroll
+    for (int kt = 0; kt < kSteps; ++kt)
+      wgmma_ss<BN>(sc, dq + (((kt >> 1) * kBlockM * 64 + (kt & 1) * 32) >> 4),
+                   dk + (((kt >> 1) * BN * 64 + (kt & 1) * 32) >> 4), kt > 0);
+    wgmma_commit();
+  };
+  auto issue_pv = [&](int stage, uint32_t (&pa)[kPSteps][4]) {  // O += P V, committed
+    const uint64_t dv = stage ? dv1 : dv0;
+    fence_o();
+#pragma unroll
+    for (int kk = 0; kk < kPSteps; ++kk)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) wgmma_reg_fence(pa[kk][i]);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kPSteps; ++kk) wgmma_rs_tb<D>(o, pa[kk], dv + ((kk * 1024) >> 4));
+    wgmma_commit();
   };
   auto whole = [&](int n0) {  // every row of the block sees every key of the tile
     return n0 + BN - 1 <= s_min_pos && n0 + BN <= kv_len && (a.window == 0 || n0 > s_max_pos - a.window) &&
