@@ -31,6 +31,8 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// 2^x with the special-function unit alone (denormal results flush to zero,
+// which a softmax weight can lose).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -241,7 +243,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB) prefill_attention_kernel(Page
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-  float sc[BN / 2];
+  float sc[BN / 2];  // the first k-step of S overwrites it; zeroed so it is never read unset
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) sc[i] = 0.0f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}, alpha[2];
