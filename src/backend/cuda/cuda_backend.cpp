@@ -387,4 +387,81 @@ Tensor CudaBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const
   return y;
 }
 
+// ---- LoRA folded into row ops ------------------------------------------------------
+
+// The batch of the folded parts when the step goes per token (decode-sized) and
+// their tables fit the folded kernels; null: use the chained ops (backend.cpp).
+static const LoraBatch* fold_batch(const LoraPart& add, const LoraPart& shrink, int64_t tokens) {
+  const LoraBatch* batch = add.active() ? add.batch : shrink.active() ? shrink.batch : nullptr;
+  if (!batch || tokens == 0) return nullptr;
+  if (add.active() && shrink.active() && add.batch != shrink.batch) return nullptr;
+  if (cuda::lora_use_segments(tokens, batch->num_segments)) return nullptr;
+  for (const LoraPart* p : {&add, &shrink})
+    if (p->active() && (p->table->max_rank > cuda::kLoraMaxRank || p->table->dtype != DType::bf16)) return nullptr;
+  return batch;
+}
+
+cuda::LoraFold CudaBackend::lora_fold(const LoraPart& add, const Tensor& xa_in, const LoraPart& shrink,
+                                      Tensor* xa_out, int64_t tokens, int64_t add_out, int64_t shrink_in,
+                                      const char* op) {
+  cuda::LoraFold f;
+  const LoraBatch& batch = *(add.active() ? add.batch : shrink.batch);
+  require(batch.token_slot, DType::i32, op, "token_slot");
+  f.token_slot = batch.token_slot.ptr<int32_t>();
+  if (add.active()) {
+    require(xa_in, DType::f32, op, "xa");
+    if (xa_in.rows() != tokens || add.table->out_features != add_out)
+      throw std::runtime_error(std::string("cuda backend: ") + op + ": xa " + xa_in.shape_str() + " of a module of " +
+                               std::to_string(add.table->out_features) + " outputs for " + std::to_string(tokens) +
+                               " rows of " + std::to_string(add_out));
+    f.add = lora_launch(*add.table, batch, tokens);
+    f.has_add = true;
+    f.xa_in = xa_in.ptr<float>();
+    f.xa_in_stride = xa_in.cols();
+  }
+  if (shrink.active()) {
+    if (shrink.table->in_features != shrink_in)
+      throw std::runtime_error(std::string("cuda backend: ") + op + ": the shrunk module takes " +
+                               std::to_string(shrink.table->in_features) + " inputs, not " +
+                               std::to_string(shrink_in));
+    *xa_out = device_tensor(DType::f32, {tokens, std::max<int64_t>(1, batch.max_rank)});
+    f.shrink = lora_launch(*shrink.table, batch, tokens);
+    f.has_shrink = true;
+    f.xa_out = xa_out->ptr<float>();
+    f.xa_out_stride = xa_out->cols();
+  }
+  return f;
+}
+
+std::pair<Tensor, Tensor> CudaBackend::rms_norm_lora(Tensor& residual, const Tensor& w, float eps,
+                                                     const LoraPart& add, const Tensor& xa_in,
+                                                     const LoraPart& shrink) {
+  if (!add.active() && !shrink.active()) return {rms_norm(residual, w, eps), Tensor()};
+  const int64_t rows = residual.rows(), n = residual.cols();
+  if (!fold_batch(add, shrink, rows) || !cuda::rms_norm_lora_fits(n) || !aligned16(residual.data) ||
+      !aligned16(w.data))
+    return Backend::rms_norm_lora(residual, w, eps, add, xa_in, shrink);
+  require(residual, DType::bf16, "rms_norm_lora", "residual");
+  require(w, DType::bf16, "rms_norm_lora", "w");
+  Tensor xa;
+  const cuda::LoraFold f = lora_fold(add, xa_in, shrink, &xa, rows, n, n, "rms_norm_lora");
+  Tensor y = device_tensor(DType::bf16, {rows, n});
+  cuda::launch_rms_norm_lora(f, residual.data, w.data, y.data, rows, n, eps, ctx_->stream);
+  return {std::move(y), std::move(xa)};
+}
+
+std::pair<Tensor, Tensor> CudaBackend::silu_mul_lora(const Tensor& gate_up, const LoraPart& shrink) {
+  if (!shrink.active()) return {silu_mul(gate_up), Tensor()};
+  const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;
+  if (!fold_batch(LoraPart{}, shrink, rows) || gate_up.cols() % 2 != 0 || !cuda::silu_mul_lora_fits(n) ||
+      !aligned16(gate_up.data))
+    return Backend::silu_mul_lora(gate_up, shrink);
+  require(gate_up, DType::bf16, "silu_mul_lora", "gate_up");
+  Tensor xa;
+  const cuda::LoraFold f = lora_fold(LoraPart{}, Tensor(), shrink, &xa, rows, 0, n, "silu_mul_lora");
+  Tensor h = device_tensor(DType::bf16, {rows, n});
+  cuda::launch_silu_mul_lora(f, gate_up.data, h.data, rows, n, ctx_->stream);
+  return {std::move(h), std::move(xa)};
+}
+
 }  // namespace philora

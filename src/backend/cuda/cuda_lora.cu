@@ -1,7 +1,11 @@
+#include <cooperative_groups.h>
+
 #include <algorithm>
+#include <cstdlib>
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_lora.cuh"
+#include "backend/cuda/cuda_lora_rows.cuh"
 
 namespace philora::cuda {
 
@@ -243,6 +247,187 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
   }
 }
 
+// ---- folded into row ops -------------------------------------------------------
+
+namespace cg = cooperative_groups;
+
+static int env_int(const char* name, int dflt) {
+  const char* v = getenv(name);
+  return v ? atoi(v) : dflt;
+}
+static const int kNormCluster = env_int("FOLD_NC", 4);  // blocks per token row (3072 features: 96 threads each)
+static const int kSiluCluster = env_int("FOLD_SC", 8);  // (8192 outputs: 128 threads each)
+static const int kStage = env_int("FOLD_STAGE", 1);
+static const int kPlain = env_int("FOLD_PLAIN", 0);
+constexpr int kFoldGroups = 4;  // thread groups of a block (see rms_norm_lora_kernel)
+// Shared memory a block may use to stage its share of A and B (else they are
+// read from global memory where used).
+constexpr size_t kFoldStageBytes = 160 * 1024;
+
+// Block 0 of the cluster sums the blocks' part[] into xa_out; then every block
+// waits until that is done, so that no block's shared memory goes while read.
+__device__ __forceinline__ void cluster_shrink_out(cg::cluster_group& cluster, float* part, int r,
+                                                   float* xa_out) {
+  cluster.sync();
+  if (cluster.block_rank() == 0) {
+    const unsigned blocks = cluster.num_blocks();
+    for (int j = threadIdx.x; j < r; j += blockDim.x) {
+      float s = 0.0f;
+      for (unsigned b = 0; b < blocks; ++b) s += cluster.map_shared_rank(part, b)[j];
+      xa_out[j] = s;
+    }
+  }
+  cluster.sync();
+}
+
+// Where block `rank` of a row's cluster works: vectors [c0, c0 + count) of the
+// row's nv 8-wide vectors, thread i on vector c0 + i.
+struct RowShare {
+  int64_t c0 = 0;
+  int count = 0;
+};
+__device__ __forceinline__ RowShare row_share(int64_t nv, unsigned blocks, unsigned rank) {
+  const int64_t per = (nv + blocks - 1) / blocks;
+  RowShare s;
+  s.c0 = int64_t(rank) * per;
+  const int64_t left = nv - s.c0;
+  s.count = int(left <= 0 ? 0 : left < per ? left : per);
+  return s;
+}
+
+// grid (T · kNormCluster), clusters of kNormCluster blocks: cluster t takes row
+// t, each block its share of the row: kFoldGroups groups of P threads (P ≥ the
+// share's vectors), group 0 on the norm (one vector per thread), all on the
+// LoRA parts. Dynamic shared memory: the share's f32 delta (then its x), then,
+// when `stage`, the share's rows of B and columns of A (cp.async'd before
+// waiting on the kernel before: adapter weights are written before the step).
+// The row's sum of squares and the shrink meet over the cluster.
+__global__ void __launch_bounds__(1024) rms_norm_lora_kernel(LoraFold f, bf16* __restrict__ residual,
+                                                             const bf16* __restrict__ w,
+                                                             bf16* __restrict__ y, int64_t n, float eps,
+                                                             bool stage) {
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ __align__(16) unsigned char dyn[];
+  __shared__ float xs[kLoraMaxRank];
+  __shared__ float warp_part[kFoldMaxWarps][kLoraMaxRank];
+  __shared__ float part[kLoraMaxRank];
+  __shared__ float scratch[32];
+  __shared__ float ss_block;
+  chained_launch();
+  const unsigned blocks = cluster.num_blocks();
+  const int64_t t = blockIdx.x / blocks, nv = n / 8;
+  const RowShare share = row_share(nv, blocks, cluster.block_rank());
+  const int64_t per = (nv + blocks - 1) / blocks, col0 = 8 * share.c0;
+  const int ncols = 8 * share.count;
+  const int group_threads = int(blockDim.x) / kFoldGroups, i = int(threadIdx.x) % group_threads;
+  const bool owner = int(threadIdx.x) < group_threads && i < share.count;  // group 0: the norm
+  const bool valid = i < share.count;
+  const int64_t c = share.c0 + i;
+  const int slot = f.token_slot[t];
+  const LoraRow add = lora_row(f.add, f.has_add, slot, f.xa_in_stride);
+  const LoraRow shr = lora_row(f.shrink, f.has_shrink, slot, f.xa_out_stride);
+  float* d = reinterpret_cast<float*>(dyn);
+  bf16* bs = reinterpret_cast<bf16*>(d + 8 * per);
+  bf16* as = bs + 8 * per * (f.has_add ? f.add.max_rank : 0);
+  if (stage) {
+    if (add.r > 0) stage_b(bs, add, col0, ncols);
+    if (shr.r > 0) stage_a(as, shr, n, col0, ncols);
+    cp_async_commit();
+  }
+  const uint4 wv = owner ? reinterpret_cast<const uint4*>(w)[c] : make_uint4(0, 0, 0, 0);
+  chained_wait();
+
+  for (int j = threadIdx.x; j < add.r; j += blockDim.x) xs[j] = f.xa_in[t * f.xa_in_stride + j];
+  uint4* row = reinterpret_cast<uint4*>(residual + t * n);
+  float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (owner) bf16x8_to_f32(row[c], v);
+  cp_async_wait<0>();
+  __syncthreads();
+  if (add.r > 0) {
+    lora_delta_cols(add, stage ? bs : add.b + col0 * add.r, ncols, xs, d);
+    __syncthreads();
+    if (owner) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] += d[8 * i + e];
+      row[c] = round8(v);  // the residual stream is bf16
+    }
+  }
+  float ss = 0.0f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+  ss = block_sum(ss, scratch);
+  if (threadIdx.x == 0) ss_block = ss;
+  cluster.sync();
+  float total = 0.0f;
+  for (unsigned b = 0; b < blocks; ++b) total += *cluster.map_shared_rank(&ss_block, b);
+  const float inv = rsqrtf(total / float(n) + eps);
+  if (owner) {
+    float g[8];
+    bf16x8_to_f32(wv, g);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = g[e] * (v[e] * inv);
+    reinterpret_cast<uint4*>(y + t * n)[c] = round8(v);  // the shrink reads x as stored
+#pragma unroll
+    for (int e = 0; e < 8; ++e) d[8 * i + e] = v[e];
+  }
+  if (shr.r > 0) {
+    __syncthreads();
+    float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (valid)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = d[8 * i + e];
+    lora_shrink_part(shr.r, stage ? as : shr.a + col0, stage ? ncols : n, valid, x, kFoldGroups, group_threads,
+                     warp_part, part);
+  }
+  cluster_shrink_out(cluster, part, shr.r, f.xa_out + t * f.xa_out_stride);
+}
+
+// grid (T · kSiluCluster), clusters of kSiluCluster blocks, in groups as the
+// norm's; only a shrink (A staged like the norm's when `stage`).
+__global__ void __launch_bounds__(1024) silu_mul_lora_kernel(LoraFold f, const bf16* __restrict__ gate_up,
+                                                             bf16* __restrict__ out, int64_t n, bool stage) {
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ __align__(16) unsigned char dyn[];
+  __shared__ float warp_part[kFoldMaxWarps][kLoraMaxRank];
+  __shared__ float part[kLoraMaxRank];
+  chained_launch();
+  const unsigned blocks = cluster.num_blocks();
+  const int64_t t = blockIdx.x / blocks, nv = n / 8;
+  const RowShare share = row_share(nv, blocks, cluster.block_rank());
+  const int64_t col0 = 8 * share.c0;
+  const int ncols = 8 * share.count;
+  const int group_threads = int(blockDim.x) / kFoldGroups, i = int(threadIdx.x) % group_threads;
+  const bool valid = i < share.count;
+  const int64_t c = share.c0 + i;
+  const LoraRow shr = lora_row(f.shrink, f.has_shrink, f.token_slot[t], f.xa_out_stride);
+  bf16* as = reinterpret_cast<bf16*>(dyn);
+  if (stage && shr.r > 0) {
+    stage_a(as, shr, n, col0, ncols);
+    cp_async_commit();
+  }
+  chained_wait();
+
+  // Every group computes its vector's h (the loads hit L1 after the first);
+  // group 0 stores it.
+  float h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (valid) {
+    const uint4* g = reinterpret_cast<const uint4*>(gate_up + t * 2 * n);
+    float gf[8], uf[8];
+    bf16x8_to_f32(g[c], gf);
+    bf16x8_to_f32(g[nv + c], uf);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) h[e] = gf[e] / (1.0f + __expf(-gf[e])) * uf[e];
+    const uint4 packed = round8(h);
+    if (int(threadIdx.x) < group_threads) reinterpret_cast<uint4*>(out + t * n)[c] = packed;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  if (shr.r > 0)
+    lora_shrink_part(shr.r, stage ? as : shr.a + col0, stage ? ncols : n, valid, h, kFoldGroups, group_threads,
+                     warp_part, part);
+  cluster_shrink_out(cluster, part, shr.r, f.xa_out + t * f.xa_out_stride);
+}
+
 int64_t num_units(const LoraLaunch& l, int* tiles) {
   if (!l.by_segment) {
     *tiles = 1;
@@ -320,6 +505,70 @@ void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride,
     case 256: go(lora_expand_kernel<128, false>); break;
     default: go(lora_expand_kernel<128, true>); break;
   }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+bool rms_norm_lora_fits(int64_t n) {
+  return n % 8 == 0 && ceil_div(ceil_div(n / 8, kNormCluster), 32) * kFoldGroups <= kFoldMaxWarps;
+}
+bool silu_mul_lora_fits(int64_t n) {
+  return n % 8 == 0 && ceil_div(ceil_div(n / 8, kSiluCluster), 32) * kFoldGroups <= kFoldMaxWarps;
+}
+
+namespace {
+
+// Dynamic shared memory above 48 KB must be asked for, once per kernel.
+template <typename Kernel>
+void allow_smem(Kernel kernel, bool* done) {
+  if (*done) return;
+  PHILORA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(kFoldStageBytes + 32 * 1024)));
+  *done = true;
+}
+
+}  // namespace
+
+void launch_rms_norm_lora(const LoraFold& f, void* residual, const void* w, void* y, int64_t rows,
+                          int64_t n, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  static bool smem_allowed = false;
+  allow_smem(rms_norm_lora_kernel, &smem_allowed);
+  const int64_t per = ceil_div(n / 8, kNormCluster);
+  const size_t delta_bytes = size_t(8 * per) * sizeof(float);
+  const size_t stage_bytes = size_t(8 * per) * sizeof(bf16) *
+                             size_t((f.has_add ? f.add.max_rank : 0) + (f.has_shrink ? f.shrink.max_rank : 0));
+  const bool stage = kStage && stage_bytes <= kFoldStageBytes;
+  const unsigned threads = unsigned(ceil_div(per, 32) * 32 * kFoldGroups);
+  if (kPlain)
+    launch_chained(rms_norm_lora_kernel, dim3(unsigned(rows * kNormCluster)), dim3(threads),
+                          delta_bytes + (stage ? stage_bytes : 0), stream, f,
+                          static_cast<bf16*>(residual), static_cast<const bf16*>(w), static_cast<bf16*>(y), n, eps,
+                          stage);
+  else
+  launch_chained_clusters(rms_norm_lora_kernel, dim3(unsigned(rows * kNormCluster)), dim3(threads),
+                          delta_bytes + (stage ? stage_bytes : 0), kNormCluster, stream, f,
+                          static_cast<bf16*>(residual), static_cast<const bf16*>(w), static_cast<bf16*>(y), n, eps,
+                          stage);
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+void launch_silu_mul_lora(const LoraFold& f, const void* gate_up, void* out, int64_t rows, int64_t n,
+                          cudaStream_t stream) {
+  if (rows == 0) return;
+  static bool smem_allowed = false;
+  allow_smem(silu_mul_lora_kernel, &smem_allowed);
+  const int64_t per = ceil_div(n / 8, kSiluCluster);
+  const size_t stage_bytes = size_t(8 * per) * sizeof(bf16) * size_t(f.has_shrink ? f.shrink.max_rank : 0);
+  const bool stage = kStage && stage_bytes <= kFoldStageBytes;
+  const unsigned threads = unsigned(ceil_div(per, 32) * 32 * kFoldGroups);
+  if (kPlain)
+  launch_chained(silu_mul_lora_kernel, dim3(unsigned(rows * kSiluCluster)), dim3(threads),
+                          stage ? stage_bytes : 0, stream, f, static_cast<const bf16*>(gate_up),
+                          static_cast<bf16*>(out), n, stage);
+  else
+  launch_chained_clusters(silu_mul_lora_kernel, dim3(unsigned(rows * kSiluCluster)), dim3(threads),
+                          stage ? stage_bytes : 0, kSiluCluster, stream, f, static_cast<const bf16*>(gate_up),
+                          static_cast<bf16*>(out), n, stage);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
