@@ -7,23 +7,6 @@
 
 namespace philora {
 
-// ---- LoRA folded into the ops next to a matmul: the definitions ----------------
-
-std::pair<Tensor, Tensor> Backend::rms_norm_lora(Tensor& residual, const Tensor& w, float eps,
-                                                 const LoraPart& add, const Tensor& xa_in,
-                                                 const LoraPart& shrink) {
-  if (add.active()) lora_expand(xa_in, *add.table, *add.batch, residual, 0);
-  Tensor x = rms_norm(residual, w, eps);
-  Tensor xa = shrink.active() ? lora_shrink(x, *shrink.table, *shrink.batch) : Tensor();
-  return {std::move(x), std::move(xa)};
-}
-
-std::pair<Tensor, Tensor> Backend::silu_mul_lora(const Tensor& gate_up, const LoraPart& shrink) {
-  Tensor h = silu_mul(gate_up);
-  Tensor xa = shrink.active() ? lora_shrink(h, *shrink.table, *shrink.batch) : Tensor();
-  return {std::move(h), std::move(xa)};
-}
-
 std::vector<std::string> available_backends() {
   std::vector<std::string> names = {"cpu"};
 #ifdef PHILORA_HAVE_CUDA

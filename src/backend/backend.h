@@ -95,13 +95,6 @@ struct LoraBatch {
   int64_t max_rank = 0;  // host: max rank among the slots used this step
 };
 
-// One module's LoRA as seen by an op that takes part of its work (below).
-struct LoraPart {
-  const LoraModuleTable* table = nullptr;  // null: no adapter resident touches the module
-  const LoraBatch* batch = nullptr;
-  bool active() const { return table && batch && batch->active; }
-};
-
 // Token selection for each row r of a (R, vocab) logits tensor, all on the
 // backend so that only token ids travel to the host. Row r's rule:
 //   temperature[r] ≤ 0: greedy, the first index of the maximum logit.
@@ -194,22 +187,6 @@ class Backend {
   // delta: y[t, j] = scale_{slot(t)} · (B_{slot(t)} xa[t, :r])[j]  (T, m.out_features), and 0
   //        for tokens without an adapter (or rank 0): lora_expand into zeros.
   virtual Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) = 0;
-
-  // ---- LoRA folded into the ops next to a matmul ------------------------------
-  // These ops take along part of a module's LoRA (its delta, scale·B·xa, or its
-  // shrink, A·x) so that a backend can fuse it into the op's own pass over the
-  // rows (CUDA does for decode-sized steps). Each default below chains the ops
-  // above, which is the definition; an inactive part means none of its work.
-  // xa_in is `add`'s shrink as lora_shrink or one of these ops returned it; the
-  // xa returned is empty when `shrink` is inactive.
-  //
-  // residual += scale·B·xa_in (lora_expand, in place); x = rms_norm(residual);
-  // xa = lora_shrink(x, shrink)                                -> (x, xa)
-  virtual std::pair<Tensor, Tensor> rms_norm_lora(Tensor& residual, const Tensor& w, float eps,
-                                                  const LoraPart& add, const Tensor& xa_in,
-                                                  const LoraPart& shrink);
-  // h = silu_mul(gate_up); xa = lora_shrink(h, shrink)        -> (h, xa)
-  virtual std::pair<Tensor, Tensor> silu_mul_lora(const Tensor& gate_up, const LoraPart& shrink);
 
   // ---- token selection -----------------------------------------------------
   // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32

@@ -10,7 +10,6 @@
 #include <memory>
 
 #include "backend/backend.h"
-#include "backend/cuda/cuda_lora.cuh"
 
 namespace philora {
 
@@ -61,9 +60,6 @@ class CudaBackend final : public Backend {
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
-  std::pair<Tensor, Tensor> rms_norm_lora(Tensor& residual, const Tensor& w, float eps, const LoraPart& add,
-                                          const Tensor& xa_in, const LoraPart& shrink) override;
-  std::pair<Tensor, Tensor> silu_mul_lora(const Tensor& gate_up, const LoraPart& shrink) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   bool can_capture() const override { return true; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
@@ -73,11 +69,6 @@ class CudaBackend final : public Backend {
  private:
   Tensor device_tensor(DType dtype, std::initializer_list<int64_t> shape);
   Tensor upload_raw(const void* src, DType dtype, int64_t n);
-  // The folded-LoRA arguments of a row op over `tokens` rows whose `add` module
-  // has add_out outputs and whose `shrink` module takes shrink_in inputs;
-  // allocates *xa_out when shrink is active.
-  cuda::LoraFold lora_fold(const LoraPart& add, const Tensor& xa_in, const LoraPart& shrink, Tensor* xa_out,
-                           int64_t tokens, int64_t add_out, int64_t shrink_in, const char* op);
 
   std::shared_ptr<cuda::CudaContext> ctx_;
 };

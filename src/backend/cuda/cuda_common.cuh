@@ -122,27 +122,4 @@ void launch_chained(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t
   PHILORA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
-// launch_chained for a grid of thread block clusters of `cluster` blocks along x
-// (grid.x a multiple of it): the blocks of a cluster run at once and may read
-// each other's shared memory (cooperative_groups::this_cluster()).
-template <typename... KernelArgs, typename... Args>
-void launch_chained_clusters(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                             unsigned cluster, cudaStream_t stream, Args&&... args) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = cluster;
-  attr[1].val.clusterDim.y = 1;
-  attr[1].val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = 2;
-  PHILORA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
-}
-
 }  // namespace philora::cuda

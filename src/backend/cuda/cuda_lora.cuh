@@ -50,35 +50,4 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
 void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride, void* y,
                         int64_t y_stride, int64_t col_offset, bool write, cudaStream_t stream);
 
-// ---- LoRA folded into the row ops of a decode-sized step ----------------------
-// (backend.h, "LoRA folded into the ops next to a matmul"; per-token slots.)
-// A token's row is split over a cluster of blocks; each block adds the `add`
-// module's delta to its share of the row and computes its part of the `shrink`
-// module's A·row; the parts meet in block 0's shared memory (distributed shared
-// memory), which writes xa_out. No kernel of its own, no atomics.
-struct LoraFold {
-  LoraLaunch add;                // the module whose delta the op adds (B, ranks, scales)
-  bool has_add = false;
-  const float* xa_in = nullptr;  // (T, xa_in_stride): add's shrink
-  int64_t xa_in_stride = 0;
-  LoraLaunch shrink;             // the module whose shrink the op computes (A, ranks)
-  bool has_shrink = false;
-  float* xa_out = nullptr;       // (T, xa_out_stride)
-  int64_t xa_out_stride = 0;
-  const int32_t* token_slot = nullptr;  // [T]
-};
-
-// Whether a row of n features fits the folded row kernels.
-bool rms_norm_lora_fits(int64_t n);
-bool silu_mul_lora_fits(int64_t n);
-
-// residual += delta (rounded to bf16, in place); y = rms_norm(residual) · w;
-// xa_out = A·y. residual, w, y bf16, 16-byte aligned; rows of n.
-void launch_rms_norm_lora(const LoraFold& f, void* residual, const void* w, void* y, int64_t rows,
-                          int64_t n, float eps, cudaStream_t stream);
-
-// out = silu(gate) · up of gate_up (rows, 2n) = [gate | up]; xa_out = A·out (no `add`).
-void launch_silu_mul_lora(const LoraFold& f, const void* gate_up, void* out, int64_t rows, int64_t n,
-                          cudaStream_t stream);
-
 }  // namespace philora::cuda
