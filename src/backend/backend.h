@@ -188,18 +188,6 @@ class Backend {
   //        for tokens without an adapter (or rank 0): lora_expand into zeros.
   virtual Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) = 0;
 
-  // ---- a second queue ------------------------------------------------------
-  // Ops issued between side_begin() and side_end() go to a side queue, where
-  // they start after everything issued before side_begin(); the ops issued
-  // after side_end() may run alongside them until side_join(), after which
-  // every op issued waits for them too. Tensors the side ops read or write
-  // must stay alive until side_join(), and the ops after side_end() must not
-  // write them. Backends with one queue run everything in order (these
-  // defaults), which is the meaning.
-  virtual void side_begin() {}
-  virtual void side_end() {}
-  virtual void side_join() {}
-
   // ---- token selection -----------------------------------------------------
   // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32
   virtual Tensor sample(const Tensor& logits, const SamplingPlan& plan) = 0;

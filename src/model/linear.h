@@ -26,23 +26,14 @@ inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraA
   return y;
 }
 
-// A module's LoRA delta, scale·B·A x, computed on the backend's side queue
-// (Backend::side_begin) while the caller runs the base matmul on x; `delta` is
-// empty when no token's adapter touches the module. The tensors stay here
-// until the caller joins the side and uses the delta.
-struct SideDelta {
-  Tensor x, xa, delta;
-};
-
-inline SideDelta side_delta(Backend& ops, const Tensor& x, const LoraApply& lora) {
-  SideDelta side;
-  if (!lora.table || !lora.batch || !lora.batch->active) return side;
-  ops.side_begin();
-  side.x = x;
-  side.xa = ops.lora_shrink(x, *lora.table, *lora.batch);
-  side.delta = ops.lora_delta(side.xa, *lora.table, *lora.batch);
-  ops.side_end();
-  return side;
+// acc += linear(x, W, lora), in place: the residual stream's update. The matmul
+// adds into acc (beta = 1), so the norm that follows reads one tensor, not two.
+inline void linear_add(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora, Tensor& acc) {
+  if (lora.table && lora.batch && lora.batch->active) {
+    const Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
+    ops.lora_expand(xa, *lora.table, *lora.batch, acc, 0);
+  }
+  ops.matmul_add(x, w, acc);
 }
 
 }  // namespace philora::model

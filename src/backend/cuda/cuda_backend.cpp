@@ -387,20 +387,4 @@ Tensor CudaBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const
   return y;
 }
 
-// ---- the side stream ----------------------------------------------------------------
-
-void CudaBackend::side_begin() {
-  if (ctx_->stream != ctx_->main_stream) throw std::logic_error("cuda backend: side_begin while on the side");
-  PHILORA_CUDA_CHECK(cudaEventRecord(ctx_->fork_event, ctx_->main_stream));
-  PHILORA_CUDA_CHECK(cudaStreamWaitEvent(ctx_->side_stream, ctx_->fork_event, 0));
-  ctx_->stream = ctx_->side_stream;
-}
-
-void CudaBackend::side_end() { ctx_->stream = ctx_->main_stream; }
-
-void CudaBackend::side_join() {
-  PHILORA_CUDA_CHECK(cudaEventRecord(ctx_->join_event, ctx_->side_stream));
-  PHILORA_CUDA_CHECK(cudaStreamWaitEvent(ctx_->main_stream, ctx_->join_event, 0));
-}
-
 }  // namespace philora

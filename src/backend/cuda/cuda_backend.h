@@ -60,9 +60,6 @@ class CudaBackend final : public Backend {
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
-  void side_begin() override;
-  void side_end() override;
-  void side_join() override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   bool can_capture() const override { return true; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;

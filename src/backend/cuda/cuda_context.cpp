@@ -20,10 +20,6 @@ Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
           "for Hopper (sm_90a) only",
           device, ctx->props.name, ctx->props.major, ctx->props.minor);
     PHILORA_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking));
-    ctx->main_stream = ctx->stream;
-    PHILORA_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->side_stream, cudaStreamNonBlocking));
-    PHILORA_CUDA_CHECK(cudaEventCreateWithFlags(&ctx->fork_event, cudaEventDisableTiming));
-    PHILORA_CUDA_CHECK(cudaEventCreateWithFlags(&ctx->join_event, cudaEventDisableTiming));
     ctx->allocator = DeviceAllocator::create();
     ctx->staging = std::make_unique<PinnedStaging>(ctx->stream);
     ctx->matmul = std::make_unique<LtMatmul>(ctx->stream, ctx->allocator);
@@ -36,14 +32,10 @@ Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
 }
 
 CudaContext::~CudaContext() {
-  if (side_stream) (void)cudaStreamSynchronize(side_stream);
-  if (main_stream) (void)cudaStreamSynchronize(main_stream);
+  if (stream) (void)cudaStreamSynchronize(stream);
   matmul.reset();
   staging.reset();
-  if (fork_event) (void)cudaEventDestroy(fork_event);
-  if (join_event) (void)cudaEventDestroy(join_event);
-  if (side_stream) (void)cudaStreamDestroy(side_stream);
-  if (main_stream) (void)cudaStreamDestroy(main_stream);
+  if (stream) (void)cudaStreamDestroy(stream);
 }
 
 }  // namespace philora::cuda

@@ -1,7 +1,6 @@
 // What one CudaBackend owns on its device: the stream every op is queued on,
-// a side stream (Backend::side_begin), the caching allocator, the pinned
-// staging buffers for small uploads and the cuBLASLt state. Kernels receive raw
-// pointers and a stream; they own nothing.
+// the caching allocator, the pinned staging buffers for small uploads and the
+// cuBLASLt state. Kernels receive raw pointers and this stream; they own nothing.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -17,10 +16,7 @@ namespace philora::cuda {
 struct CudaContext {
   int device = 0;
   cudaDeviceProp props{};
-  cudaStream_t stream = nullptr;       // where ops are queued now: main_stream, or side_stream on the side
-  cudaStream_t main_stream = nullptr;  // the backend's stream (matmuls, uploads, graphs)
-  cudaStream_t side_stream = nullptr;
-  cudaEvent_t fork_event = nullptr, join_event = nullptr;
+  cudaStream_t stream = nullptr;
   std::shared_ptr<DeviceAllocator> allocator;
   std::unique_ptr<PinnedStaging> staging;
   std::unique_ptr<LtMatmul> matmul;
