@@ -18,6 +18,7 @@
 // Tile shapes and the variants that lost (Q in registers, 128-key tiles, the
 // next tile's S issued before this tile's softmax): dev/cuda/NOTES.md.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 
@@ -288,9 +289,10 @@ __global__ void __launch_bounds__(128 * NWG, MINB) prefill_attention_kernel(Page
     for (int kk = 0; kk < kPSteps; ++kk) wgmma_rs_tb<D>(o, pa[kk], dv + ((kk * 1024) >> 4));
     wgmma_commit();
   };
-  auto whole = [&](int n0) {  // every row of the block sees every key of the tile
-    return n0 + BN - 1 <= s_min_pos && n0 + BN <= kv_len && (a.window == 0 || n0 > s_max_pos - a.window) &&
-           rows == kBlockM;
+  // Every row of the block sees every key of the tile. Rows past `rows` (a
+  // sequence's last block) have zero Q and are never stored: they need no mask.
+  auto whole = [&](int n0) {
+    return n0 + BN - 1 <= s_min_pos && n0 + BN <= kv_len && (a.window == 0 || n0 > s_max_pos - a.window);
   };
   auto softmax = [&](int tile, uint32_t (&pa)[kPSteps][4]) {
     const int n0 = kv_lo + tile * BN;
@@ -347,8 +349,16 @@ void launch(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   using T = Tiles<D, BN, NWG>;
   const int tiles = int(ceil_div(max_q_len, T::kBlockM));
   const dim3 grid(unsigned(int64_t(a.num_seqs) * tiles * a.n_heads));
-  PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D, BN, NWG, MINB>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmem)));
+  // The shared-memory opt-in, once per device for this instantiation.
+  static std::atomic<uint64_t> smem_set{0};
+  int device = 0;
+  PHILORA_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;  // past 64 devices: every launch
+  if (bit == 0 || (smem_set.load(std::memory_order_acquire) & bit) == 0) {
+    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D, BN, NWG, MINB>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmem)));
+    smem_set.fetch_or(bit, std::memory_order_release);
+  }
   launch_chained(prefill_attention_kernel<D, BN, NWG, MINB>, grid, dim3(T::kThreads), T::kSmem, stream, a, tiles);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
