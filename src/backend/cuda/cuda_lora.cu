@@ -169,6 +169,125 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   }
 }
 
+// The row op and the shrink (launch_lora_shrink_fused): lora_shrink_token_kernel's
+// grid and warps, block (t, y) on rank rows [y · rows, (y + 1) · rows); warp
+// (j, c) loads chunk c of the row op's input, the warps of rank row y · rows
+// (one per chunk) sum its squares for the RMS, and every warp turns its chunk
+// into the op's output before the dot product with A's row j. Blocks past the
+// token's rank exit, except y = 0, which stores the output.
+template <ShrinkSource kSource>
+__global__ void __launch_bounds__(32 * kTokenMaxWarps)
+    lora_shrink_fused_kernel(LoraLaunch l, ShrinkRow row, float* __restrict__ xa, int64_t xa_stride, int chunks,
+                             int rows) {
+  chained_launch();
+  __shared__ float part[kTokenMaxWarps];
+  __shared__ float squares[kTokenMaxWarps];
+  const int t = blockIdx.x;
+  const int slot = l.token_slot[t];
+  const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
+  const int j0 = blockIdx.y * rows;
+  if (j0 >= r && blockIdx.y > 0) {
+    chained_wait();  // a grid ends after the kernel before it (see the shrink)
+    return;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int jl = warp % rows, c = warp / rows, j = j0 + jl;
+  const int64_t n = row.n;
+  const int64_t kb = int64_t(c) * kTokenChunk + lane * 8;
+  // Before the wait: A's row and the norm weight (written before the step).
+  uint4 av[kTokenLoads], wv[kTokenLoads];
+#pragma unroll
+  for (int i = 0; i < kTokenLoads; ++i) {
+    const int64_t k = kb + i * 256;
+    av[i] = j < r && k < n ? *reinterpret_cast<const uint4*>(reinterpret_cast<const bf16*>(l.a_ptrs[slot]) +
+                                                             int64_t(j) * n + k)
+                           : make_uint4(0, 0, 0, 0);
+    if constexpr (kSource == ShrinkSource::rms_norm)
+      wv[i] = k < n ? reinterpret_cast<const uint4*>(row.w)[k / 8] : make_uint4(0, 0, 0, 0);
+  }
+  chained_wait();
+
+  // The op's output chunk, rounded to bf16 as stored (8 per 16-byte word, to
+  // keep registers: a block has up to 1024 threads).
+  uint4 ov[kTokenLoads];
+  if constexpr (kSource == ShrinkSource::rms_norm) {
+    const bf16* x = static_cast<const bf16*>(row.in) + int64_t(t) * n;
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      const int64_t k = kb + i * 256;
+      ov[i] = k < n ? *reinterpret_cast<const uint4*>(x + k) : make_uint4(0, 0, 0, 0);
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      float f[8];
+      bf16x8_to_f32(ov[i], f);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss += f[e] * f[e];
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) squares[warp] = jl == 0 ? ss : 0.0f;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < chunks; ++w) total += squares[w * rows];
+    const float inv = rsqrtf(total / float(n) + row.eps);
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      float f[8], g[8];
+      bf16x8_to_f32(ov[i], f);
+      bf16x8_to_f32(wv[i], g);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) f[e] = g[e] * (f[e] * inv);
+      ov[i] = f32_to_bf16x8(f);
+    }
+  } else {
+    const bf16* gu = static_cast<const bf16*>(row.in) + int64_t(t) * 2 * n;
+    uint4 gv[kTokenLoads], uv[kTokenLoads];
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      const int64_t k = kb + i * 256;
+      gv[i] = k < n ? *reinterpret_cast<const uint4*>(gu + k) : make_uint4(0, 0, 0, 0);
+      uv[i] = k < n ? *reinterpret_cast<const uint4*>(gu + n + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      float g[8], u[8];
+      bf16x8_to_f32(gv[i], g);
+      bf16x8_to_f32(uv[i], u);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) g[e] = silu(g[e]) * u[e];
+      ov[i] = f32_to_bf16x8(g);
+    }
+  }
+  // Block y = 0's warps of rank row 0 store the output.
+  bf16* out = static_cast<bf16*>(row.out) + int64_t(t) * n;
+  if (blockIdx.y == 0 && jl == 0) {
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      const int64_t k = kb + i * 256;
+      if (k < n) *reinterpret_cast<uint4*>(out + k) = ov[i];
+    }
+  }
+  if (j0 >= r) return;  // block 0 of a token without adapter: the op's output only
+  float acc = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kTokenLoads; ++i) {
+    float af[8], of[8];
+    bf16x8_to_f32(av[i], af);
+    bf16x8_to_f32(ov[i], of);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc += of[e] * af[e];
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) part[warp] = acc;
+  __syncthreads();
+  if (int(threadIdx.x) < rows && j0 + int(threadIdx.x) < r) {
+    float sum = 0.0f;
+    for (int k = 0; k < chunks; ++k) sum += part[k * rows + threadIdx.x];
+    xa[int64_t(t) * xa_stride + j0 + threadIdx.x] = sum;
+  }
+}
+
 // grid (units, ceil(out / kExpandThreads)). Thread j holds row j of B (r ≤ R
 // values) in registers and updates column col_offset + j of every token of the
 // unit; the unit's xa rows sit in shared memory.
@@ -320,6 +439,30 @@ void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride,
     case 256: go(lora_expand_kernel<128, false>); break;
     default: go(lora_expand_kernel<128, true>); break;
   }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+bool lora_shrink_fused_fits(int64_t n) { return n > 0 && n % 8 == 0 && ceil_div(n, kTokenChunk) <= kTokenMaxWarps; }
+
+void launch_lora_shrink_fused(const LoraLaunch& l, const ShrinkRow& row, float* xa, int64_t xa_stride,
+                              cudaStream_t stream) {
+  if (l.num_tokens == 0) return;
+  if (l.by_segment || !lora_shrink_fused_fits(row.n))
+    throw_unsupported("lora_shrink_fused: " + std::to_string(row.n) + " features" +
+                      (l.by_segment ? " grouped by segments" : ""));
+  const int64_t chunks = ceil_div(row.n, kTokenChunk);
+  const int rows = token_rows(chunks);
+  // Rank tiles for the largest rank in the table; at least one block a token
+  // (it stores the op's output).
+  const int64_t ranks = std::max<int64_t>(1, std::min(l.max_rank, xa_stride));
+  const dim3 grid{unsigned(l.num_tokens), unsigned(ceil_div(ranks, rows))};
+  const dim3 block{unsigned(32 * rows * chunks)};
+  if (row.source == ShrinkSource::rms_norm)
+    launch_chained(lora_shrink_fused_kernel<ShrinkSource::rms_norm>, grid, block, 0, stream, l, row, xa, xa_stride,
+                   int(chunks), rows);
+  else
+    launch_chained(lora_shrink_fused_kernel<ShrinkSource::silu_mul>, grid, block, 0, stream, l, row, xa, xa_stride,
+                   int(chunks), rows);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
