@@ -10,7 +10,6 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -154,28 +153,23 @@ void bench_attention(int64_t batch, int64_t cached, int64_t q, const std::string
       kv_bytes + double(T) * double(hd.n * hd.dim) * 4, flops);
 }
 
-// One module's adapters in 64 slots at rank 16 (its matrices kept alive in `keep`).
-struct LoraSet {
-  std::vector<Tensor> keep;
-  LoraModuleTable m;
-};
-
-LoraSet lora_set(int64_t in, int64_t out, uint64_t seed) {
+// LoRA on one module at rank 16: every token shares slot 0, or each has its own.
+void bench_lora(int64_t T, int64_t in, int64_t out, bool distinct, const std::string& tag) {
   Backend& b = *g_backend;
   const int64_t rank = 16, slots = 64;
-  LoraSet set;
+  std::vector<Tensor> keep;
   std::vector<int64_t> ap, bp;
   std::vector<int32_t> ranks;
   std::vector<float> scales;
   for (int64_t s = 0; s < slots; ++s) {
-    set.keep.push_back(rnd({rank, in}, seed + 100 + uint64_t(s), 0.02f));
-    ap.push_back(int64_t(reinterpret_cast<uintptr_t>(set.keep.back().data)));
-    set.keep.push_back(rnd({out, rank}, seed + 200 + uint64_t(s), 0.02f));
-    bp.push_back(int64_t(reinterpret_cast<uintptr_t>(set.keep.back().data)));
+    keep.push_back(rnd({rank, in}, 100 + uint64_t(s), 0.02f));
+    ap.push_back(int64_t(reinterpret_cast<uintptr_t>(keep.back().data)));
+    keep.push_back(rnd({out, rank}, 200 + uint64_t(s), 0.02f));
+    bp.push_back(int64_t(reinterpret_cast<uintptr_t>(keep.back().data)));
     ranks.push_back(int32_t(rank));
     scales.push_back(2.0f);
   }
-  LoraModuleTable& m = set.m;
+  LoraModuleTable m;
   m.a_ptrs = b.upload_i64(ap);
   m.b_ptrs = b.upload_i64(bp);
   m.ranks = b.upload_i32(ranks);
@@ -185,14 +179,8 @@ LoraSet lora_set(int64_t in, int64_t out, uint64_t seed) {
   m.in_features = in;
   m.out_features = out;
   m.max_rank = rank;
-  return set;
-}
-
-// T tokens sharing slot 0, or each in slot t % 64.
-LoraBatch lora_batch(int64_t T, bool distinct, bool none = false) {
-  Backend& b = *g_backend;
   std::vector<int32_t> token_slot, indptr{0}, seg_slot;
-  for (int64_t t = 0; t < T; ++t) token_slot.push_back(none ? -1 : distinct ? int32_t(t % 64) : 0);
+  for (int64_t t = 0; t < T; ++t) token_slot.push_back(distinct ? int32_t(t % slots) : 0);
   for (int64_t t = 0; t < T; ++t) {
     if (t > 0 && token_slot[size_t(t)] != token_slot[size_t(t - 1)]) indptr.push_back(int32_t(t));
     if (t == 0 || token_slot[size_t(t)] != token_slot[size_t(t - 1)]) seg_slot.push_back(token_slot[size_t(t)]);
@@ -204,17 +192,7 @@ LoraBatch lora_batch(int64_t T, bool distinct, bool none = false) {
   batch.seg_slot = b.upload_i32(seg_slot);
   batch.token_slot = b.upload_i32(token_slot);
   batch.num_segments = int64_t(seg_slot.size());
-  batch.max_rank = 16;
-  return batch;
-}
-
-// LoRA on one module at rank 16: every token shares slot 0, or each has its own.
-void bench_lora(int64_t T, int64_t in, int64_t out, bool distinct, const std::string& tag) {
-  Backend& b = *g_backend;
-  const int64_t rank = 16, slots = 64;
-  const LoraSet set = lora_set(in, out, 0);
-  const LoraModuleTable& m = set.m;
-  const LoraBatch batch = lora_batch(T, distinct);
+  batch.max_rank = rank;
   Tensor x = rnd({T, in}, 8), y = rnd({T, out}, 9);
   const int64_t adapters = distinct ? std::min(T, slots) : 1;
   const std::string name = tag + (distinct ? " distinct" : " shared") + " r16 " + std::to_string(in) + "->" +
@@ -224,36 +202,6 @@ void bench_lora(int64_t T, int64_t in, int64_t out, bool distinct, const std::st
       double(adapters) * rank * in * 2 + double(T) * in * 2, 2.0 * double(T) * rank * in);
   row(name + " expand", time_us([&] { b.lora_expand(xa, m, batch, y, 0); }),
       double(adapters) * rank * out * 2 + double(T) * out * 4, 2.0 * double(T) * rank * out);
-}
-
-// The row ops that also compute the next module's LoRA shrink, at batch 64:
-// the plain op, the fused kernel, and the op then lora_shrink; each 10 times
-// in one CUDA graph, as in a decode step (no host launch cost; chained
-// launches overlap), per op.
-void bench_shrink_fused(bool distinct) {
-  Backend& b = *g_backend;
-  const int64_t T = 64;
-  const std::string tag = std::string("fused B=64 ") + (distinct ? "distinct" : "shared") + " r16";
-  const LoraSet gu = lora_set(kHidden, 2 * kInter, 3000), down = lora_set(kInter, kHidden, 4000);
-  const LoraBatch batch = lora_batch(T, distinct);
-  const LoraPart p_gu{&gu.m, &batch}, p_down{&down.m, &batch};
-  Tensor residual = rnd({T, kHidden}, 21), w = rnd({kHidden}, 22), gate_up = rnd({T, 2 * kInter}, 24);
-  auto ten = [&](const std::function<void()>& f) {
-    const std::unique_ptr<StepGraph> graph = b.capture([&] {
-      for (int i = 0; i < 10; ++i) f();
-    });
-    return time_us([&] { graph->replay(); }) / 10;
-  };
-  const double adapters = distinct ? 64 : 1;
-  const double norm_bytes = adapters * 16 * 2 * double(kHidden) + double(T) * kHidden * 4;
-  row(tag + " rms_norm", ten([&] { b.rms_norm(residual, w, 1e-5f); }), double(T) * kHidden * 4, 0);
-  row(tag + " rms_norm_shrink fused", ten([&] { b.rms_norm_shrink(residual, w, 1e-5f, p_gu); }), norm_bytes, 0);
-  row(tag + " rms_norm_shrink chained", ten([&] { b.Backend::rms_norm_shrink(residual, w, 1e-5f, p_gu); }),
-      norm_bytes, 0);
-  const double silu_bytes = adapters * 16 * 2 * double(kInter) + double(T) * kInter * 6;
-  row(tag + " silu_mul", ten([&] { b.silu_mul(gate_up); }), double(T) * kInter * 6, 0);
-  row(tag + " silu_mul_shrink fused", ten([&] { b.silu_mul_shrink(gate_up, p_down); }), silu_bytes, 0);
-  row(tag + " silu_mul_shrink chained", ten([&] { b.Backend::silu_mul_shrink(gate_up, p_down); }), silu_bytes, 0);
 }
 
 void bench_host_overhead() {
@@ -307,8 +255,6 @@ int main(int argc, char** argv) {
       bench_lora(64, kHidden, kQkv, distinct, "lora B=64");
       bench_lora(64, kInter, kHidden, distinct, "lora B=64");
     }
-    for (bool distinct : {false, true})
-      if (want(distinct ? "fused B=64 distinct" : "fused B=64 shared")) bench_shrink_fused(distinct);
     if (want("lora B=1")) bench_lora(1, kHidden, kQkv, false, "lora B=1");
     if (want("lora T=2048")) bench_lora(2048, kHidden, kQkv, false, "lora T=2048");
   } catch (const std::exception& e) {

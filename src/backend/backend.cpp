@@ -7,19 +7,6 @@
 
 namespace philora {
 
-std::pair<Tensor, Tensor> Backend::rms_norm_shrink(const Tensor& x, const Tensor& w, float eps,
-                                                   const LoraPart& shrink) {
-  Tensor y = rms_norm(x, w, eps);
-  Tensor xa = shrink.active() ? lora_shrink(y, *shrink.table, *shrink.batch) : Tensor();
-  return {std::move(y), std::move(xa)};
-}
-
-std::pair<Tensor, Tensor> Backend::silu_mul_shrink(const Tensor& gate_up, const LoraPart& shrink) {
-  Tensor h = silu_mul(gate_up);
-  Tensor xa = shrink.active() ? lora_shrink(h, *shrink.table, *shrink.batch) : Tensor();
-  return {std::move(h), std::move(xa)};
-}
-
 std::vector<std::string> available_backends() {
   std::vector<std::string> names = {"cpu"};
 #ifdef PHILORA_HAVE_CUDA

@@ -95,13 +95,6 @@ struct LoraBatch {
   int64_t max_rank = 0;  // host: max rank among the slots used this step
 };
 
-// One module's LoRA as seen by an op that takes part of its work (below).
-struct LoraPart {
-  const LoraModuleTable* table = nullptr;  // null: no adapter resident touches the module
-  const LoraBatch* batch = nullptr;
-  bool active() const { return table && batch && batch->active; }
-};
-
 // Token selection for each row r of a (R, vocab) logits tensor, all on the
 // backend so that only token ids travel to the host. Row r's rule:
 //   temperature[r] ≤ 0: greedy, the first index of the maximum logit.
@@ -194,17 +187,6 @@ class Backend {
   // delta: y[t, j] = scale_{slot(t)} · (B_{slot(t)} xa[t, :r])[j]  (T, m.out_features), and 0
   //        for tokens without an adapter (or rank 0): lora_expand into zeros.
   virtual Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) = 0;
-
-  // ---- row ops with the next module's LoRA shrink ---------------------------
-  // The op, and the shrink of its output for the module that reads it, so a
-  // backend can compute both in one pass over the rows (CUDA does for
-  // decode-sized steps). The defaults chain the ops above, which is the
-  // meaning; xa is empty when `shrink` is inactive.
-  // y = rms_norm(x, w); xa = lora_shrink(y, shrink)            -> (y, xa)
-  virtual std::pair<Tensor, Tensor> rms_norm_shrink(const Tensor& x, const Tensor& w, float eps,
-                                                    const LoraPart& shrink);
-  // h = silu_mul(gate_up); xa = lora_shrink(h, shrink)          -> (h, xa)
-  virtual std::pair<Tensor, Tensor> silu_mul_shrink(const Tensor& gate_up, const LoraPart& shrink);
 
   // ---- token selection -----------------------------------------------------
   // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32

@@ -1,25 +1,173 @@
-// lora_shrink, lora_expand and lora_delta, alone and chained as `linear` chains
-// them (semantics and adapters: ops/lora_fixture.h). Every batch mixes ranks and
-// tokens without adapter.
+// lora_shrink, lora_expand and lora_delta, alone and chained as `linear` chains them.
+//   shrink: xa[t, :r] = A_s x[t]                       s = slot(t), r = rank_s
+//   expand: y[t, off + j] += scale_s · (B_s xa[t, :r])[j]   for j < out
+// only for tokens with s ≥ 0 and r > 0. Every batch mixes ranks 1, 8, 16, 64
+// and 128, a slot whose rank is 0 for the module, and tokens without adapter;
+// the segments and the per-token slots describe the same assignment.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "ops/harness.h"
-#include "ops/lora_fixture.h"
 
 namespace philora::optest {
 namespace {
 
-using Run = LoraRun;
-std::string ranks_str() { return lora_ranks_str(); }
-std::string runs_str(const std::vector<Run>& runs) { return lora_runs_str(runs); }
+// The resident slots, as this module sees them: slot 5 does not touch it.
+const std::vector<int32_t> kRanks = {1, 8, 16, 64, 128, 0};
 
-class LoraCase : public OpCase, public LoraFixture {
+struct Run {  // `len` consecutive tokens using adapter `slot` (-1 = none), shown len@slot
+  int32_t slot;
+  int64_t len;
+};
+
+std::string ranks_str() { return join(std::vector<int64_t>(kRanks.begin(), kRanks.end())); }
+
+std::string runs_str(const std::vector<Run>& runs) {
+  std::string s;
+  for (const Run& r : runs)
+    s += fmt::format("{}{}@{}", s.empty() ? "" : ",", r.len,
+                     r.slot < 0 ? "none" : std::to_string(r.slot));
+  return s;
+}
+
+// A module's adapters on one backend; owns the A and B tensors the table points to.
+struct DeviceLora {
+  std::vector<Tensor> a, b;  // [slots] (r, in), (out, r); empty when r = 0
+  LoraModuleTable table;
+};
+
+// The part every LoRA case shares: the slots' A, B, scales, and the batch.
+class LoraCase : public OpCase {
  public:
-  LoraCase(int64_t in, int64_t out, std::vector<Run> runs) : LoraFixture(in, out, std::move(runs)) {}
-  void init(Rng& rng) override { draw(rng); }
+  LoraCase(int64_t in, int64_t out, std::vector<Run> runs)
+      : in_(in), out_(out), runs_(std::move(runs)) {}
+
+  void init(Rng& rng) override {
+    a_.clear(), b_.clear(), scales_.clear();
+    for (int32_t r : kRanks) {
+      const double a_range = 2.0 / std::sqrt(double(in_)),
+                   b_range = 2.0 / std::sqrt(double(std::max(r, 1)));
+      a_.push_back(rng.bf16(r * in_, -a_range, a_range));
+      b_.push_back(rng.bf16(out_ * r, -b_range, b_range));
+      scales_.push_back(float(rng.uniform(0.25, 2.0)));
+    }
+    token_slot_.clear();
+    for (const Run& run : runs_) token_slot_.insert(token_slot_.end(), size_t(run.len), run.slot);
+    // Segments: maximal runs of equal slot, as the planner builds them.
+    seg_indptr_ = {0};
+    seg_slot_.clear();
+    for (size_t t = 0; t < token_slot_.size(); ++t) {
+      if (t > 0 && token_slot_[t] != token_slot_[t - 1]) seg_indptr_.push_back(int32_t(t));
+      if (t == 0 || token_slot_[t] != token_slot_[t - 1]) seg_slot_.push_back(token_slot_[t]);
+    }
+    seg_indptr_.push_back(int32_t(token_slot_.size()));
+    max_rank_ = 0;
+    for (int32_t s : token_slot_)
+      if (s >= 0) max_rank_ = std::max<int64_t>(max_rank_, kRanks[size_t(s)]);
+  }
+
+ protected:
+  int64_t tokens() const { return int64_t(token_slot_.size()); }
+  // Rank of token t's adapter on this module (0 without one).
+  int64_t rank_of(int64_t t) const {
+    const int32_t s = token_slot_[size_t(t)];
+    return s < 0 ? 0 : kRanks[size_t(s)];
+  }
+
+  DeviceLora upload_lora(Backend& b) const {
+    DeviceLora d;
+    std::vector<int64_t> a_ptrs, b_ptrs;
+    for (size_t s = 0; s < kRanks.size(); ++s) {
+      const int64_t r = kRanks[s];
+      d.a.push_back(r == 0 ? Tensor() : upload(b, a_[s], {r, in_}));
+      d.b.push_back(r == 0 ? Tensor() : upload(b, b_[s], {out_, r}));
+      a_ptrs.push_back(reinterpret_cast<int64_t>(d.a.back().data));
+      b_ptrs.push_back(reinterpret_cast<int64_t>(d.b.back().data));
+    }
+    LoraModuleTable& m = d.table;
+    m.a_ptrs = b.upload_i64(a_ptrs);
+    m.b_ptrs = b.upload_i64(b_ptrs);
+    m.ranks = b.upload_i32(kRanks);
+    m.scales = b.upload_f32(scales_);
+    m.dtype = b.compute_dtype();
+    m.num_slots = int64_t(kRanks.size());
+    m.in_features = in_;
+    m.out_features = out_;
+    m.max_rank = *std::max_element(kRanks.begin(), kRanks.end());
+    return d;
+  }
+
+  LoraBatch upload_batch(Backend& b) const {
+    LoraBatch batch;
+    batch.active = true;
+    batch.seg_indptr = b.upload_i32(seg_indptr_);
+    batch.seg_slot = b.upload_i32(seg_slot_);
+    batch.token_slot = b.upload_i32(token_slot_);
+    batch.num_segments = int64_t(seg_slot_.size());
+    batch.max_rank = max_rank_;
+    return batch;
+  }
+
+  // xa (T, max_rank) f32, random where a token's rank reaches, NaN past it and in
+  // rows without adapter (which the op must not read).
+  std::vector<float> random_xa(Rng& rng) const {
+    std::vector<float> xa(size_t(tokens() * max_rank_), NAN);
+    for (int64_t t = 0; t < tokens(); ++t)
+      for (int64_t k = 0; k < rank_of(t); ++k) xa[size_t(t * max_rank_ + k)] = round_bf16(rng.uniform(-1, 1));
+    return xa;
+  }
+
+  // (A_s x)[k] in float64.
+  double shrink_ref(int32_t s, const float* x, int64_t k) const {
+    double acc = 0;
+    for (int64_t i = 0; i < in_; ++i)
+      acc += double(a_[size_t(s)][size_t(k * in_ + i)]) * double(x[i]);
+    return acc;
+  }
+  // scale_s · (B_s xa)[j] in float64, xa of length r.
+  double expand_ref(int32_t s, const std::vector<double>& xa, int64_t j) const {
+    double acc = 0;
+    for (size_t k = 0; k < xa.size(); ++k)
+      acc += double(b_[size_t(s)][size_t(j) * xa.size() + k]) * xa[k];
+    return double(scales_[size_t(s)]) * acc;
+  }
+
+  // y before expand, and what it must become: NaN outside the slice
+  // [off, off + out) (must stay NaN), random inside it; rows without adapter
+  // must keep their values, rows with one gain the op's part (see y_ref).
+  std::vector<float> initial_y(Rng& rng, int64_t width, int64_t offset) const {
+    std::vector<float> y(size_t(tokens() * width), NAN);
+    for (int64_t t = 0; t < tokens(); ++t)
+      for (int64_t j = 0; j < out_; ++j)
+        y[size_t(t * width + offset + j)] = round_bf16(rng.uniform(-0.25, 0.25));
+    return y;
+  }
+  // The Expect of y given each token's xa (float64, length rank_of(t)).
+  Expect y_ref(const std::vector<float>& y0, int64_t width, int64_t offset,
+               const std::vector<std::vector<double>>& xa) const {
+    Expect e{"y", width, std::vector<double>(y0.begin(), y0.end()),
+             std::vector<Role>(y0.size(), Role::keep), std::vector<double>(y0.begin(), y0.end())};
+    for (int64_t t = 0; t < tokens(); ++t) {
+      if (rank_of(t) == 0) continue;
+      for (int64_t j = 0; j < out_; ++j) {
+        const size_t i = size_t(t * width + offset + j);
+        e.want[i] += expand_ref(token_slot_[size_t(t)], xa[size_t(t)], j);
+        e.role[i] = Role::value;
+      }
+    }
+    return e;
+  }
+
+  int64_t in_, out_;
+  std::vector<Run> runs_;
+  std::vector<std::vector<float>> a_, b_;  // [slots] (r, in), (out, r)
+  std::vector<float> scales_;              // [slots]
+  std::vector<int32_t> token_slot_;        // [T]
+  std::vector<int32_t> seg_indptr_;        // [G + 1]
+  std::vector<int32_t> seg_slot_;          // [G]
+  int64_t max_rank_ = 0;                   // over the slots the batch uses
 };
 
 class LoraShrink : public LoraCase {
@@ -29,7 +177,7 @@ class LoraShrink : public LoraCase {
     return fmt::format("lora_shrink(in={} ranks={} runs={})", in_, ranks_str(), runs_str(runs_));
   }
   void init(Rng& rng) override {
-    draw(rng);
+    LoraCase::init(rng);
     x_ = rng.bf16(tokens() * in_, -1, 1);
   }
   std::vector<Output> run(Backend& b) const override {
@@ -63,7 +211,7 @@ class LoraExpand : public LoraCase {
                        width_, offset_, ranks_str(), runs_str(runs_));
   }
   void init(Rng& rng) override {
-    draw(rng);
+    LoraCase::init(rng);
     xa_ = random_xa(rng);
     y0_ = initial_y(rng, width_, offset_);
   }
@@ -98,7 +246,7 @@ class LoraShrinkExpand : public LoraCase {
                        in_, out_, width_, offset_, ranks_str(), runs_str(runs_));
   }
   void init(Rng& rng) override {
-    draw(rng);
+    LoraCase::init(rng);
     x_ = rng.bf16(tokens() * in_, -1, 1);
     y0_ = initial_y(rng, width_, offset_);
   }
@@ -133,7 +281,7 @@ class LoraDelta : public LoraCase {
     return fmt::format("lora_delta(out={} ranks={} runs={})", out_, ranks_str(), runs_str(runs_));
   }
   void init(Rng& rng) override {
-    draw(rng);
+    LoraCase::init(rng);
     xa_ = random_xa(rng);
   }
   std::vector<Output> run(Backend& b) const override {
@@ -164,7 +312,7 @@ class LoraLinear : public LoraCase {
     return fmt::format("lora_linear(in={} out={} ranks={} runs={})", in_, out_, ranks_str(), runs_str(runs_));
   }
   void init(Rng& rng) override {
-    draw(rng);
+    LoraCase::init(rng);
     x_ = rng.bf16(tokens() * in_, -1, 1);
     const double w_range = 2.0 / std::sqrt(double(in_));
     w_ = rng.bf16(out_ * in_, -w_range, w_range);
@@ -203,8 +351,12 @@ const std::vector<Run> kThree = {{0, 1}, {-1, 1}, {3, 1}};                  // T
 const std::vector<Run> kSeven = {{1, 2}, {5, 1}, {4, 1}, {-1, 1}, {1, 2}};  // T = 7, slot 1 twice
 const std::vector<Run> kNineteen = {
     {3, 5}, {0, 1}, {2, 4}, {-1, 3}, {4, 6}};  // T = 19, prefill-like
-const std::vector<Run>& kDecode = kLoraDecode;
-const std::vector<Run>& kLong = kLoraLong;
+const std::vector<Run> kDecode = {
+    {0, 1}, {1, 1}, {2, 1}, {3, 1}, {4, 1}, {5, 1},  {-1, 1},            // T = 19,
+    {4, 1}, {3, 1}, {2, 1}, {1, 1}, {0, 1}, {-1, 1}, {5, 1},             // one token
+    {1, 1}, {3, 1}, {0, 1}, {4, 1}, {2, 1}};                             // per seq
+const std::vector<Run> kLong = {{4, 300}, {-1, 100}, {1, 1},  {3, 200},  // T = 733
+                                {5, 20},  {2, 50},   {0, 61}, {1, 1}};
 
 std::vector<CaseFactory> lora_cases() {
   return {

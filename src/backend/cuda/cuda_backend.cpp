@@ -387,44 +387,4 @@ Tensor CudaBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const
   return y;
 }
 
-// ---- row ops with the next module's LoRA shrink ------------------------------------
-
-bool CudaBackend::shrink_fused(const cuda::ShrinkRow& row, const LoraPart& shrink, int64_t rows, Tensor* xa) {
-  const LoraBatch& batch = *shrink.batch;
-  if (rows == 0 || cuda::lora_use_segments(rows, batch.num_segments) || !cuda::lora_shrink_fused_fits(row.n) ||
-      !aligned16(row.in) || (row.w && !aligned16(row.w)))
-    return false;
-  if (shrink.table->in_features != row.n)
-    throw std::runtime_error("cuda backend: the LoRA shrink after a row op of " + std::to_string(row.n) +
-                             " features takes " + std::to_string(shrink.table->in_features) + " inputs");
-  *xa = device_tensor(DType::f32, {rows, std::max<int64_t>(1, batch.max_rank)});
-  cuda::launch_lora_shrink_fused(lora_launch(*shrink.table, batch, rows), row, xa->ptr<float>(), xa->cols(),
-                                 ctx_->stream);
-  return true;
-}
-
-std::pair<Tensor, Tensor> CudaBackend::rms_norm_shrink(const Tensor& x, const Tensor& w, float eps,
-                                                       const LoraPart& shrink) {
-  if (!shrink.active()) return {rms_norm(x, w, eps), Tensor()};
-  require(x, DType::bf16, "rms_norm_shrink", "x");
-  require(w, DType::bf16, "rms_norm_shrink", "w");
-  Tensor y = device_tensor(DType::bf16, {x.rows(), x.cols()});
-  Tensor xa;
-  const cuda::ShrinkRow row{cuda::ShrinkSource::rms_norm, x.data, w.data, y.data, x.cols(), eps};
-  if (!shrink_fused(row, shrink, x.rows(), &xa)) return Backend::rms_norm_shrink(x, w, eps, shrink);
-  return {std::move(y), std::move(xa)};
-}
-
-std::pair<Tensor, Tensor> CudaBackend::silu_mul_shrink(const Tensor& gate_up, const LoraPart& shrink) {
-  if (!shrink.active()) return {silu_mul(gate_up), Tensor()};
-  require(gate_up, DType::bf16, "silu_mul_shrink", "gate_up");
-  const int64_t n = gate_up.cols() / 2;
-  Tensor h = device_tensor(DType::bf16, {gate_up.rows(), n});
-  Tensor xa;
-  const cuda::ShrinkRow row{cuda::ShrinkSource::silu_mul, gate_up.data, nullptr, h.data, n, 0.0f};
-  if (gate_up.cols() % 2 != 0 || !shrink_fused(row, shrink, gate_up.rows(), &xa))
-    return Backend::silu_mul_shrink(gate_up, shrink);
-  return {std::move(h), std::move(xa)};
-}
-
 }  // namespace philora

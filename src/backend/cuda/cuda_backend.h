@@ -10,7 +10,6 @@
 #include <memory>
 
 #include "backend/backend.h"
-#include "backend/cuda/cuda_lora.cuh"
 
 namespace philora {
 
@@ -61,9 +60,6 @@ class CudaBackend final : public Backend {
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
-  std::pair<Tensor, Tensor> rms_norm_shrink(const Tensor& x, const Tensor& w, float eps,
-                                            const LoraPart& shrink) override;
-  std::pair<Tensor, Tensor> silu_mul_shrink(const Tensor& gate_up, const LoraPart& shrink) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   bool can_capture() const override { return true; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
@@ -73,9 +69,6 @@ class CudaBackend final : public Backend {
  private:
   Tensor device_tensor(DType dtype, std::initializer_list<int64_t> shape);
   Tensor upload_raw(const void* src, DType dtype, int64_t n);
-  // The row op of rms_norm_shrink / silu_mul_shrink and its shrink in one kernel, when
-  // the step goes per token; false: the caller chains the ops.
-  bool shrink_fused(const cuda::ShrinkRow& row, const LoraPart& shrink, int64_t rows, Tensor* xa);
 
   std::shared_ptr<cuda::CudaContext> ctx_;
 };

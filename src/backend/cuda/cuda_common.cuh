@@ -42,8 +42,6 @@ __device__ __forceinline__ uint4 f32_to_bf16x8(const float* f) {
   return b.u;
 }
 
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

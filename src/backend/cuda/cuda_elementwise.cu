@@ -212,6 +212,8 @@ __global__ void rms_norm_scalar_kernel(const bf16* __restrict__ x, const bf16* _
 
 // ---- SiLU·mul -----------------------------------------------------------------
 
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
 // grid (column blocks, rows ≤ 65535; more rows loop): two 8-wide pieces per
 // thread, all four loads issued before any is used.
 __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,

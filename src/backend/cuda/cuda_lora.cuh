@@ -50,31 +50,4 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
 void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride, void* y,
                         int64_t y_stride, int64_t col_offset, bool write, cudaStream_t stream);
 
-// ---- a row op and the shrink of its output, in one kernel --------------------
-// For decode-sized steps (per-token slots): the per-token shrink above, whose
-// warps first compute their chunk of the row op's output from its input. Row
-// t's blocks all compute the row's RMS (each reads the whole row, from L2);
-// block (t, 0) also stores the op's output. Rounded as the op alone would
-// store it, and the shrink reads those rounded values.
-enum class ShrinkSource {
-  rms_norm,  // out = w · in / sqrt(mean(in²) + eps);  in (T, n)
-  silu_mul,  // out = silu(in[:, :n]) · in[:, n:];     in (T, 2n)
-};
-
-struct ShrinkRow {
-  ShrinkSource source = ShrinkSource::rms_norm;
-  const void* in = nullptr;  // bf16, 16-byte aligned
-  const void* w = nullptr;   // rms_norm: (n) bf16
-  void* out = nullptr;       // (T, n) bf16
-  int64_t n = 0;             // a multiple of 8, at most 32768
-  float eps = 0.0f;
-};
-
-// Whether a row of n outputs fits the fused kernel.
-bool lora_shrink_fused_fits(int64_t n);
-
-// out = the row op; xa[t, j] = Σ_k out[t, k] A_s[j, k] for j < r_s (l per token).
-void launch_lora_shrink_fused(const LoraLaunch& l, const ShrinkRow& row, float* xa, int64_t xa_stride,
-                              cudaStream_t stream);
-
 }  // namespace philora::cuda
