@@ -171,15 +171,6 @@ class Backend {
   // paged cache. GQA: query head h reads kv head h / (H / Hkv).  -> (T, H · d)
   virtual Tensor attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
                            const RopeParams& shape) = 0;
-  // rope_and_cache, then attention: one op so that a backend can fold the
-  // rotation and the cache write into its attention kernel (CUDA does for steps
-  // of one new token a sequence). qkv's q and k afterwards are unspecified
-  // (rotated or not); the cache and the output are as the two ops leave them.
-  virtual Tensor rope_and_attention(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope, KvLayer& kv,
-                                    const AttentionPlan& plan) {
-    rope_and_cache(qkv, tokens, rope, kv);
-    return attention(qkv, kv, plan, rope);
-  }
   // gate_up (T, 2I) = [gate | up]  ->  silu(gate) * up   (T, I)
   virtual Tensor silu_mul(const Tensor& gate_up) = 0;
   // rows of x at `rows` (i32, host-built)                 -> (R, cols)

@@ -28,7 +28,8 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
 
     Tensor x = ops.rms_norm(residual, layer.input_layernorm, eps);
     Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, lora::Target::qkv));
-    Tensor attn = ops.rope_and_attention(qkv, in.tokens, rope_, cache, in.attention);
+    ops.rope_and_cache(qkv, in.tokens, rope_, cache);
+    Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
     linear_add(ops, attn, layer.o_proj, lora(l, lora::Target::o), residual);
 
     Tensor y = ops.rms_norm(residual, layer.post_attention_layernorm, eps);
