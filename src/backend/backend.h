@@ -171,26 +171,6 @@ class Backend {
   // paged cache. GQA: query head h reads kv head h / (H / Hkv).  -> (T, H · d)
   virtual Tensor attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
                            const RopeParams& shape) = 0;
-  // cos and sin of every token's rotary angles, by RopeParams' rule, for
-  // rope_and_attention to read instead of computing them in every layer:
-  // (T, rotary_dim) f32, a row [cos | sin]. Empty when the backend has no use
-  // for it (the default).
-  virtual Tensor rope_angles(const TokenPlan& tokens, const RopeParams& rope) {
-    (void)tokens;
-    (void)rope;
-    return Tensor();
-  }
-  // rope_and_cache, then attention: one op so that a backend can fold the
-  // rotation and the cache write into its attention kernel (CUDA does for steps
-  // of one new token a sequence). qkv's q and k afterwards are unspecified
-  // (rotated or not); the cache and the output are as the two ops leave them.
-  // `angles` is rope_angles() of the step (every layer shares it), or empty.
-  virtual Tensor rope_and_attention(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope, KvLayer& kv,
-                                    const AttentionPlan& plan, const Tensor& angles) {
-    (void)angles;
-    rope_and_cache(qkv, tokens, rope, kv);
-    return attention(qkv, kv, plan, rope);
-  }
   // gate_up (T, 2I) = [gate | up]  ->  silu(gate) * up   (T, I)
   virtual Tensor silu_mul(const Tensor& gate_up) = 0;
   // rows of x at `rows` (i32, host-built)                 -> (R, cols)

@@ -22,14 +22,14 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
   // The residual stream, updated in place: each sublayer's output projection
   // adds into it (linear_add), and each norm reads it alone.
   Tensor residual = ops.embedding(in.tokens.token_ids, w_.embed_tokens);  // (T, hidden)
-  const Tensor angles = ops.rope_angles(in.tokens, rope_);                 // every layer's
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     const Phi3LayerWeights& layer = w_.layers[size_t(l)];
     KvLayer& cache = kv.layers[size_t(l)];
 
     Tensor x = ops.rms_norm(residual, layer.input_layernorm, eps);
     Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, lora::Target::qkv));
-    Tensor attn = ops.rope_and_attention(qkv, in.tokens, rope_, cache, in.attention, angles);
+    ops.rope_and_cache(qkv, in.tokens, rope_, cache);
+    Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
     linear_add(ops, attn, layer.o_proj, lora(l, lora::Target::o), residual);
 
     Tensor y = ops.rms_norm(residual, layer.post_attention_layernorm, eps);

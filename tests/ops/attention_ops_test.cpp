@@ -4,8 +4,6 @@
 //     out[t, h] = Σ_j softmax_j(scale · q·K[j, g]) · V[j, g]
 // The oracle reads each sequence's K and V from its own arrays, not from the
 // pages, so the page mapping is checked too.
-// rope_and_attention: rope_and_cache (ops/rope_ops_test.cpp has its semantics),
-// then attention; the new tokens' K and V come from qkv through the cache.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -127,176 +125,6 @@ class Attention : public OpCase {
   std::vector<std::vector<float>> k_, v_;  // [S] (kv_len, Hkv · d) each
 };
 
-struct RopeAttentionShape {
-  int64_t n_heads, n_kv_heads, head_dim, rotary_dim;
-  bool longrope;  // distinct short/long inv_freq, per-sequence rope_long, attention_factor ≠ 1
-  int64_t page_size, window;
-  std::vector<SeqSpec> seqs;
-};
-
-class RopeAttention : public OpCase {
- public:
-  explicit RopeAttention(RopeAttentionShape s) : s_(std::move(s)) {}
-  std::string name() const override {
-    return fmt::format("rope_and_attention(H={} Hkv={} d={} rotary={} {} page={} window={} seqs={})", s_.n_heads,
-                       s_.n_kv_heads, s_.head_dim, s_.rotary_dim, s_.longrope ? "longrope" : "default",
-                       s_.page_size, s_.window, seqs_str(s_.seqs));
-  }
-
-  void init(Rng& rng) override {
-    kv_ = PagedBatch::make(s_.seqs, s_.page_size, 2, rng);
-    qkv_ = rng.bf16(kv_.tokens() * width(), -2, 2);
-    old_k_.clear();
-    old_v_.clear();
-    for (const SeqSpec& q : s_.seqs) {  // the cached keys, as stored (already rotated)
-      old_k_.push_back(rng.bf16(q.cached * kv_width(), -2, 2));
-      old_v_.push_back(rng.bf16(q.cached * kv_width(), -1, 1));
-    }
-    const int64_t half = s_.rotary_dim / 2;
-    inv_short_.clear();
-    inv_long_.clear();
-    for (int64_t i = 0; i < half; ++i) {
-      const float power = std::pow(10000.0f, float(2 * i) / float(s_.rotary_dim));
-      inv_short_.push_back(1.0f / ((s_.longrope ? float(rng.uniform(1.0, 1.5)) : 1.0f) * power));
-      inv_long_.push_back(1.0f / ((s_.longrope ? float(rng.uniform(1.0, 40.0)) : 1.0f) * power));
-    }
-    attention_factor_ = s_.longrope ? 1.19f : 1.0f;
-    rope_long_.clear();
-    for (size_t s = 0; s < s_.seqs.size(); ++s)
-      rope_long_.insert(rope_long_.end(), size_t(s_.seqs[s].q_len), s % 2 == 0 ? 1 : 0);
-  }
-
-  std::vector<Output> run(Backend& b) const override {
-    std::vector<float> k_pool(size_t(pool_rows() * kv_width()), NAN), v_pool = k_pool;
-    for (size_t s = 0; s < s_.seqs.size(); ++s)
-      for (int64_t j = 0; j < s_.seqs[s].cached; ++j)
-        for (int64_t i = 0; i < kv_width(); ++i) {
-          const size_t at = pool_at(kv_.slot(s, j), i);
-          k_pool[at] = old_k_[s][size_t(j * kv_width() + i)];
-          v_pool[at] = old_v_[s][size_t(j * kv_width() + i)];
-        }
-    const std::vector<int64_t> pool_shape = {kv_.num_pages, s_.n_kv_heads, kv_.page_size, s_.head_dim};
-    KvLayer kv{upload(b, k_pool, pool_shape), upload(b, v_pool, pool_shape)};
-    Tensor qkv = upload(b, qkv_, {kv_.tokens(), width()});
-    TokenPlan tokens;
-    tokens.token_ids = b.upload_i32(std::vector<int32_t>(size_t(kv_.tokens()), 0));
-    tokens.positions = b.upload_i32(kv_.positions);
-    tokens.slots = b.upload_i32(kv_.slots);
-    tokens.rope_long = b.upload_i32(rope_long_);
-    RopeParams rope;
-    rope.inv_freq_short = b.upload_f32(inv_short_);
-    rope.inv_freq_long = b.upload_f32(inv_long_);
-    rope.attention_factor = attention_factor_;
-    rope.rotary_dim = s_.rotary_dim;
-    rope.n_heads = s_.n_heads;
-    rope.n_kv_heads = s_.n_kv_heads;
-    rope.head_dim = s_.head_dim;
-    AttentionPlan plan;
-    plan.q_indptr = b.upload_i32(kv_.q_indptr);
-    plan.kv_indptr = b.upload_i32(kv_.kv_indptr);
-    plan.kv_indices = b.upload_i32(kv_.kv_indices);
-    plan.kv_last_page_len = b.upload_i32(kv_.kv_last_page_len);
-    plan.positions = tokens.positions;
-    plan.num_seqs = int64_t(s_.seqs.size());
-    plan.max_q_len = kv_.max_q_len;
-    plan.max_kv_len = kv_.max_kv_len;
-    plan.window = s_.window;
-    plan.scale = float(1.0 / std::sqrt(double(s_.head_dim)));
-    const Tensor out = b.rope_and_attention(qkv, tokens, rope, kv, plan, b.rope_angles(tokens, rope));
-    return {fetch(b, "out", out), fetch(b, "k_cache", kv.k), fetch(b, "v_cache", kv.v)};
-  }
-
-  std::vector<Expect> reference() const override {
-    const int64_t H = s_.n_heads, Hkv = s_.n_kv_heads, d = s_.head_dim, group = H / Hkv;
-    const int64_t half = s_.rotary_dim / 2, T = kv_.tokens();
-    // Every row of qkv rotated in float64 (q and k heads), as rope_and_cache defines it.
-    std::vector<double> rot(qkv_.begin(), qkv_.end());
-    for (int64_t t = 0; t < T; ++t) {
-      const std::vector<float>& inv = rope_long_[size_t(t)] ? inv_long_ : inv_short_;
-      for (int64_t h = 0; h < H + Hkv; ++h)
-        for (int64_t i = 0; i < half; ++i) {
-          const float angle = float(kv_.positions[size_t(t)]) * inv[size_t(i)];
-          const double c = std::cos(double(angle)) * attention_factor_, sn = std::sin(double(angle)) * attention_factor_;
-          const size_t i1 = size_t(t * width() + h * d + i), i2 = i1 + size_t(half);
-          rot[i1] = double(qkv_[i1]) * c - double(qkv_[i2]) * sn;
-          rot[i2] = double(qkv_[i2]) * c + double(qkv_[i1]) * sn;
-        }
-    }
-    const size_t pool = size_t(pool_rows() * kv_width());
-    Expect k{"k_cache", kv_width(), std::vector<double>(pool, NAN), std::vector<Role>(pool, Role::keep)};
-    Expect v = k;
-    v.name = "v_cache";
-    std::vector<double> out(size_t(T * H * d));
-    for (size_t s = 0; s < s_.seqs.size(); ++s) {
-      const int64_t cached = s_.seqs[s].cached, len = kv_.kv_len(s);
-      // The sequence's keys and values, (len, Hkv · d): the cached ones, then this step's.
-      std::vector<double> ks(size_t(len * kv_width())), vs(ks.size());
-      for (int64_t j = 0; j < len; ++j)
-        for (int64_t i = 0; i < kv_width(); ++i) {
-          const size_t at = pool_at(kv_.slot(s, j), i), here = size_t(j * kv_width() + i);
-          if (j < cached) {
-            ks[here] = old_k_[s][here];
-            vs[here] = old_v_[s][here];
-            k.want[at] = ks[here];
-            v.want[at] = vs[here];
-          } else {
-            const size_t row = size_t((kv_.q_indptr[s] + j - cached) * width());
-            ks[here] = rot[row + size_t(H * d + i)];
-            vs[here] = qkv_[row + size_t((H + Hkv) * d + i)];
-            k.want[at] = ks[here];
-            v.want[at] = vs[here];
-            k.role[at] = v.role[at] = Role::value;
-          }
-        }
-      for (int64_t t = kv_.q_indptr[s]; t < kv_.q_indptr[s + 1]; ++t) {
-        const int64_t p = kv_.positions[size_t(t)];
-        const int64_t first = s_.window > 0 ? std::max<int64_t>(0, p - s_.window + 1) : 0;
-        for (int64_t h = 0; h < H; ++h) {
-          const int64_t g = h / group;
-          std::vector<double> score;
-          for (int64_t j = first; j <= p; ++j) {
-            double dot = 0;
-            for (int64_t i = 0; i < d; ++i)
-              dot += rot[size_t(t * width() + h * d + i)] * ks[size_t(j * kv_width() + g * d + i)];
-            score.push_back(dot / std::sqrt(double(d)));
-          }
-          const double max = *std::max_element(score.begin(), score.end());
-          double denom = 0;
-          for (double& x : score) denom += (x = std::exp(x - max));
-          for (int64_t j = first; j <= p; ++j)
-            for (int64_t i = 0; i < d; ++i)
-              out[size_t(t * H * d + h * d + i)] +=
-                  score[size_t(j - first)] / denom * vs[size_t(j * kv_width() + g * d + i)];
-        }
-      }
-    }
-    return {{"out", H * d, out}, k, v};
-  }
-
- private:
-  int64_t width() const { return (s_.n_heads + 2 * s_.n_kv_heads) * s_.head_dim; }
-  int64_t kv_width() const { return s_.n_kv_heads * s_.head_dim; }
-  int64_t pool_rows() const { return kv_.num_pages * kv_.page_size; }
-  size_t pool_at(int64_t slot, int64_t i) const {  // element i of a (Hkv · d) row at `slot`
-    return size_t(kv_offset(slot, i / s_.head_dim, s_.n_kv_heads, kv_.page_size, s_.head_dim) + i % s_.head_dim);
-  }
-
-  RopeAttentionShape s_;
-  PagedBatch kv_;
-  std::vector<float> qkv_;                           // (T, (H + 2 Hkv) · d)
-  std::vector<std::vector<float>> old_k_, old_v_;    // [S] (cached, Hkv · d)
-  std::vector<float> inv_short_, inv_long_;          // [rotary_dim / 2]
-  float attention_factor_ = 1.0f;
-  std::vector<int32_t> rope_long_;                   // [T]
-};
-
-// 40 decode rows of various contexts (more rows than the 4-row cases: several waves).
-std::vector<SeqSpec> full_grid_rope() {
-  std::vector<SeqSpec> seqs;
-  for (int64_t i = 0; i < 40; ++i) seqs.push_back({(i * 37) % 300, 1});
-  return seqs;
-}
-
 std::vector<CaseFactory> attention_cases() {
   // 72 decode rows x 4 kv heads fill two waves of a 132-SM GPU without splitting,
   // so the decode kernel takes each row's 600 keys in one block (no merge pass).
@@ -337,17 +165,6 @@ std::vector<CaseFactory> attention_cases() {
       make_case<Attention>(AttentionShape{8, 2, 96, 16, 0, 1.0, {{0, 300}, {100, 170}, {0, 129}}}),
       make_case<Attention>(AttentionShape{4, 4, 64, 16, 50, 1.0, {{0, 260}, {37, 150}}}),
       make_case<Attention>(AttentionShape{8, 2, 128, 32, 70, 0.9, {{0, 200}, {65, 64}}}),
-      // rope_and_attention: decode steps (one new token a sequence; CUDA folds RoPE into the
-      // decode kernel): Phi-3-mini-like with splits over a long context, first tokens,
-      // a token opening a page; Phi-4-mini-like partial rotary and LongRoPE, GQA 3; a window
-      make_case<RopeAttention>(RopeAttentionShape{32, 32, 96, 96, false, 16, 0, {{1023, 1}, {0, 1}, {16, 1}, {200, 1}}}),
-      make_case<RopeAttention>(RopeAttentionShape{24, 8, 128, 96, true, 16, 0, {{130, 1}, {5, 1}, {2000, 1}}}),
-      make_case<RopeAttention>(RopeAttentionShape{8, 2, 64, 64, true, 8, 20, {{77, 1}, {3, 1}}}),
-      make_case<RopeAttention>(RopeAttentionShape{16, 2, 64, 32, false, 16, 0, full_grid_rope()}),
-      // not folded: a prefill next to decodes, a group the lanes kernel lacks (8), rotary 12
-      make_case<RopeAttention>(RopeAttentionShape{8, 2, 96, 96, false, 16, 0, {{0, 19}, {40, 1}}}),
-      make_case<RopeAttention>(RopeAttentionShape{8, 1, 128, 128, false, 16, 0, {{17, 1}, {100, 1}}}),
-      make_case<RopeAttention>(RopeAttentionShape{4, 2, 16, 12, false, 8, 0, {{9, 1}, {3, 1}}}),
   };
 }
 

@@ -24,14 +24,6 @@ struct PagedAttentionArgs {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0, page_size = 0;
   int window = 0;    // 0 = unlimited
   float scale = 1.0f;
-  // RoPE folded in (decode kernel only, steps where every sequence has one new
-  // token; decode_rope_supported): q and the row's own k are rotated here, as
-  // rope_and_cache would (backend.h), with the step's cos/sin table, and that k
-  // and v written to the cache at rope_slots[t] (< 0: not written). Null: qkv
-  // and the cache are as rope_and_cache left them.
-  const int32_t* rope_slots = nullptr;   // [T]
-  const float* rope_angles = nullptr;    // (T, rotary_dim): [cos | sin] of each row (Backend::rope_angles)
-  int rotary_dim = 0;
 };
 
 }  // namespace philora::cuda

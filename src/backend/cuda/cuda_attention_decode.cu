@@ -33,20 +33,6 @@ __device__ __forceinline__ const bf16* kv_row(const bf16* cache, const PagedAtte
   return cache + ((page * a.n_kv_heads + kvh) * a.page_size + j % a.page_size) * a.head_dim;
 }
 
-// Element dd of a head's row x after RoPE (rope_and_cache's arithmetic, rounded
-// to bf16 as it stores it): rotate-half over the first 2·half dims with the
-// row's cos/sin, the rest passed through.
-__device__ __forceinline__ float rope_element(const bf16* x, int dd, int half, const float* cs, const float* sn) {
-  const float v = __bfloat162float(x[dd]);
-  if (dd >= 2 * half) return v;
-  if (dd < half)
-    return __bfloat162float(
-        __float2bfloat16_rn(__fsub_rn(__fmul_rn(v, cs[dd]), __fmul_rn(__bfloat162float(x[dd + half]), sn[dd]))));
-  const int i = dd - half;
-  return __bfloat162float(
-      __float2bfloat16_rn(__fadd_rn(__fmul_rn(v, cs[i]), __fmul_rn(__bfloat162float(x[i]), sn[i]))));
-}
-
 // The keys query row t attends to in split `split`: [begin, begin + len) of
 // its sequence's cache (len ≤ 0: none), and the sequence's page list.
 struct DecodeKeys {
@@ -329,38 +315,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   }
 
   const float qscale = a.scale * kLog2e;  // scores in base 2
-  const bf16* row = static_cast<const bf16*>(a.qkv) + int64_t(t) * a.qkv_stride;
-  const bf16* q = row + int64_t(h0) * D;
-  if (a.rope_slots) {
-    // RoPE folded in: the row's cos/sin (from the step's table); the split holding the row's own key
-    // rotates it and writes it and its value to the cache first (the keys at
-    // and past first_new are read below, after the barrier).
-    __shared__ float cs_s[D / 2], sn_s[D / 2];
-    const int half = a.rotary_dim / 2;
-    const float* angles = a.rope_angles + int64_t(t) * 2 * half;  // [cos | sin] of the row
-    for (int i = tid; i < half; i += kThreads) {
-      cs_s[i] = angles[i];
-      sn_s[i] = angles[half + i];
-    }
-    __syncthreads();
-    const int slot = a.rope_slots[t];
-    if (slot >= 0 && begin + len - 1 == a.positions[t]) {
-      const int64_t at = ((int64_t(slot / a.page_size) * a.n_kv_heads + kvh) * a.page_size + slot % a.page_size) * D;
-      const bf16* krow = row + int64_t(a.n_heads + kvh) * D;
-      const bf16* vrow = row + int64_t(a.n_heads + a.n_kv_heads + kvh) * D;
-      bf16* kc = const_cast<bf16*>(k_cache) + at;
-      bf16* vc = const_cast<bf16*>(v_cache) + at;
-      for (int dd = tid; dd < D; dd += kThreads) {
-        kc[dd] = __float2bfloat16_rn(rope_element(krow, dd, half, cs_s, sn_s));
-        vc[dd] = vrow[dd];
-      }
-    }
-    for (int i = tid; i < G * D; i += kThreads)
-      q_s[i / D][i % D] = rope_element(q + (i / D) * D, i % D, half, cs_s, sn_s) * qscale;
-  } else {
-    for (int i = tid; i < G * D; i += kThreads) q_s[i / D][i % D] = __bfloat162float(q[i]) * qscale;
-  }
-  __syncthreads();  // q_s; with RoPE folded in, also the row's own k and v in the cache
+  const bf16* q = static_cast<const bf16*>(a.qkv) + int64_t(t) * a.qkv_stride + int64_t(h0) * D;
+  for (int i = tid; i < G * D; i += kThreads) q_s[i / D][i % D] = __bfloat162float(q[i]) * qscale;
+  __syncthreads();
 
   float m[G], l[G], o[G][E];
 #pragma unroll
@@ -572,10 +529,6 @@ void launch(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o
 
 }  // namespace
 
-bool decode_rope_supported(int head_dim, int group, int rotary_dim) {
-  return lanes_kernel_for(head_dim, group) && rotary_dim >= 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim;
-}
-
 bool decode_attention_supported(int head_dim) {
   return head_dim > 0 && head_dim % 8 == 0 && head_dim <= kMaxHeadDim;
 }
@@ -615,8 +568,6 @@ void launch_decode_attention(const PagedAttentionArgs& a, const DecodeSplit& spl
   float* part_lse = part_o ? part_o + size_t(a.num_rows) * size_t(a.n_heads) * size_t(split.num_splits) *
                                           size_t(a.head_dim)
                            : nullptr;
-  if (a.rope_slots && !lanes_kernel_for(a.head_dim, a.n_heads / a.n_kv_heads))
-    throw std::logic_error("decode attention: RoPE folded in for a head shape the lanes kernel lacks");
   if (!launch_lanes_any(a, split, part_o, part_lse, stream)) {
     switch (group_tile(a.n_heads / a.n_kv_heads)) {
       case 8: launch<8>(a, split, part_o, part_lse, stream); break;

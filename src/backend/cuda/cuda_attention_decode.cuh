@@ -20,9 +20,6 @@ struct DecodeSplit {
 };
 
 bool decode_attention_supported(int head_dim);
-// Whether the decode kernel can fold RoPE in (PagedAttentionArgs::rope_slots)
-// for this head shape; the step must also have one new token per sequence.
-bool decode_rope_supported(int head_dim, int group, int rotary_dim);
 // Chooses the split so that the grid fills `num_sms` multiprocessors.
 DecodeSplit plan_decode_attention(const PagedAttentionArgs& a, int64_t max_kv_len, int num_sms);
 // f32 workspace the split needs (0 when num_splits == 1).

@@ -1,7 +1,6 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -246,40 +245,6 @@ void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rop
 
 Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
                               const RopeParams& shape) {
-  return attention_with(qkv, kv, plan, shape, nullptr, nullptr);
-}
-
-Tensor CudaBackend::rope_angles(const TokenPlan& tokens, const RopeParams& rope) {
-  require(tokens.positions, DType::i32, "rope_angles", "positions");
-  require(tokens.rope_long, DType::i32, "rope_angles", "rope_long");
-  require(rope.inv_freq_short, DType::f32, "rope_angles", "inv_freq_short");
-  require(rope.inv_freq_long, DType::f32, "rope_angles", "inv_freq_long");
-  const int64_t T = tokens.positions.numel();
-  Tensor angles = device_tensor(DType::f32, {T, std::max<int64_t>(1, rope.rotary_dim)});
-  cuda::launch_rope_angles(tokens.positions.ptr<int32_t>(), tokens.rope_long.ptr<int32_t>(),
-                           rope.inv_freq_short.ptr<float>(), rope.inv_freq_long.ptr<float>(), rope.attention_factor,
-                           rope.rotary_dim, T, angles.ptr<float>(), ctx_->stream);
-  return angles;
-}
-
-Tensor CudaBackend::rope_and_attention(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope, KvLayer& kv,
-                                       const AttentionPlan& plan, const Tensor& angles) {
-  // Folded only for steps of one new token a sequence (the decode kernel's
-  // block holding a row's own key writes it) and head shapes its lanes kernel takes.
-  const bool fold = !angles.empty() && angles.rows() == qkv.rows() && plan.max_q_len == 1 &&
-                    plan.num_seqs == qkv.rows() && rope.n_kv_heads > 0 &&
-                    rope.n_heads % rope.n_kv_heads == 0 &&
-                    cuda::decode_rope_supported(int(rope.head_dim), int(rope.n_heads / rope.n_kv_heads),
-                                                int(rope.rotary_dim));
-  static const bool lab_off = std::getenv("PHILORA_LAB_NO_ROPE_FOLD") != nullptr;  // LAB: A/B only
-  if (!fold || lab_off) return Backend::rope_and_attention(qkv, tokens, rope, kv, plan, angles);
-  require(tokens.slots, DType::i32, "rope_and_attention", "slots");
-  require(angles, DType::f32, "rope_and_attention", "angles");
-  return attention_with(qkv, kv, plan, rope, &tokens, &angles);
-}
-
-Tensor CudaBackend::attention_with(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
-                                   const RopeParams& shape, const TokenPlan* rope_tokens, const Tensor* angles) {
   require(qkv, DType::bf16, "attention", "qkv");
   require(kv.k, DType::bf16, "attention", "the K cache");
   require(kv.v, DType::bf16, "attention", "the V cache");
@@ -305,12 +270,7 @@ Tensor CudaBackend::attention_with(const Tensor& qkv, const KvLayer& kv, const A
   a.page_size = int(kv.page_size());
   a.window = int(plan.window);
   a.scale = plan.scale;
-  if (rope_tokens) {
-    a.rope_slots = rope_tokens->slots.ptr<int32_t>();
-    a.rope_angles = angles->ptr<float>();
-    a.rotary_dim = int(shape.rotary_dim);
-  }
-  const bool prefill = !rope_tokens && plan.max_q_len > 1 && cuda::prefill_attention_supported(int(d)) &&
+  const bool prefill = plan.max_q_len > 1 && cuda::prefill_attention_supported(int(d)) &&
                        a.qkv_stride % 8 == 0 && aligned16(qkv.data);
   if (prefill) {
     cuda::launch_prefill_attention(a, int(plan.max_q_len), ctx_->stream);

@@ -59,9 +59,6 @@ class CudaBackend final : public Backend {
   Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
-  Tensor rope_angles(const TokenPlan& tokens, const RopeParams& rope) override;
-  Tensor rope_and_attention(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope, KvLayer& kv,
-                            const AttentionPlan& plan, const Tensor& angles) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   bool can_capture() const override { return true; }
@@ -72,9 +69,6 @@ class CudaBackend final : public Backend {
  private:
   Tensor device_tensor(DType dtype, std::initializer_list<int64_t> shape);
   Tensor upload_raw(const void* src, DType dtype, int64_t n);
-  // attention, with RoPE folded into the decode kernel when rope_tokens is given.
-  Tensor attention_with(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan, const RopeParams& shape,
-                        const TokenPlan* rope_tokens, const Tensor* angles);
 
   std::shared_ptr<cuda::CudaContext> ctx_;
 };

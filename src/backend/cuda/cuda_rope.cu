@@ -128,33 +128,7 @@ __global__ void __launch_bounds__(256) rope_and_cache_vec_kernel(RopeCacheArgs a
   }
 }
 
-// grid (T): one token's angles.
-__global__ void rope_angles_kernel(const int32_t* __restrict__ positions, const int32_t* __restrict__ rope_long,
-                                   const float* __restrict__ inv_short, const float* __restrict__ inv_long,
-                                   float attention_factor, int half, float* __restrict__ angles) {
-  chained_prologue();
-  const int t = blockIdx.x;
-  const float pos = float(positions[t]);
-  const float* inv = rope_long[t] != 0 ? inv_long : inv_short;
-  float* row = angles + int64_t(t) * 2 * half;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float sn, cs;
-    sincosf(__fmul_rn(pos, inv[i]), &sn, &cs);
-    row[i] = __fmul_rn(cs, attention_factor);
-    row[half + i] = __fmul_rn(sn, attention_factor);
-  }
-}
-
 }  // namespace
-
-void launch_rope_angles(const int32_t* positions, const int32_t* rope_long, const float* inv_freq_short,
-                        const float* inv_freq_long, float attention_factor, int64_t rotary_dim, int64_t num_tokens,
-                        float* angles, cudaStream_t stream) {
-  if (num_tokens == 0 || rotary_dim < 2) return;
-  launch_chained(rope_angles_kernel, dim3(unsigned(num_tokens)), dim3(64), 0, stream, positions, rope_long,
-                 inv_freq_short, inv_freq_long, attention_factor, int(rotary_dim / 2), angles);
-  PHILORA_CUDA_CHECK_LAUNCH();
-}
 
 void launch_rope_and_cache(const RopeCacheArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0) return;

@@ -26,10 +26,4 @@ struct RopeCacheArgs {
 
 void launch_rope_and_cache(const RopeCacheArgs& a, cudaStream_t stream);
 
-// angles (T, rotary_dim) f32: row t = [cos | sin] of token t's angles, computed
-// as rope_and_cache computes them (bit for bit).
-void launch_rope_angles(const int32_t* positions, const int32_t* rope_long, const float* inv_freq_short,
-                        const float* inv_freq_long, float attention_factor, int64_t rotary_dim, int64_t num_tokens,
-                        float* angles, cudaStream_t stream);
-
 }  // namespace philora::cuda
