@@ -519,9 +519,7 @@ void launch(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o
   const dim3 grid(unsigned(split.num_splits), unsigned(a.n_kv_heads * ((group + G - 1) / G)),
                   unsigned(a.num_rows));
   const size_t smem = shared_bytes(G, a.head_dim, split.chunk);
-  if (smem > 48 * 1024)
-    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(decode_attention_kernel<G>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  if (smem > 48 * 1024) allow_dynamic_smem(reinterpret_cast<const void*>(decode_attention_kernel<G>), smem);
   launch_chained(decode_attention_kernel<G>, dim3(grid), dim3(kThreads), smem, stream, a, split.chunk, split.num_splits, part_o,
                                                                part_lse);
   PHILORA_CUDA_CHECK_LAUNCH();

@@ -18,7 +18,6 @@
 // Tile shapes and the variants that lost (Q in registers, 128-key tiles, the
 // next tile's S issued before this tile's softmax): dev/cuda/NOTES.md.
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
 
@@ -349,16 +348,7 @@ void launch(const PagedAttentionArgs& a, int max_q_len, cudaStream_t stream) {
   using T = Tiles<D, BN, NWG>;
   const int tiles = int(ceil_div(max_q_len, T::kBlockM));
   const dim3 grid(unsigned(int64_t(a.num_seqs) * tiles * a.n_heads));
-  // The shared-memory opt-in, once per device for this instantiation.
-  static std::atomic<uint64_t> smem_set{0};
-  int device = 0;
-  PHILORA_CUDA_CHECK(cudaGetDevice(&device));
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;  // past 64 devices: every launch
-  if (bit == 0 || (smem_set.load(std::memory_order_acquire) & bit) == 0) {
-    PHILORA_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<D, BN, NWG, MINB>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(T::kSmem)));
-    smem_set.fetch_or(bit, std::memory_order_release);
-  }
+  allow_dynamic_smem(reinterpret_cast<const void*>(prefill_attention_kernel<D, BN, NWG, MINB>), T::kSmem);
   launch_chained(prefill_attention_kernel<D, BN, NWG, MINB>, grid, dim3(T::kThreads), T::kSmem, stream, a, tiles);
   PHILORA_CUDA_CHECK_LAUNCH();
 }

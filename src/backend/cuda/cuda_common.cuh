@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "backend/cuda/cuda_check.h"
@@ -105,6 +107,20 @@ __device__ __forceinline__ void chained_prologue() {
 // A kernel may split the two to load, between them, what no kernel of the
 // step writes (weights, adapter matrices, the step's host-uploaded plan),
 // overlapping those loads with the previous kernel's tail.
+
+// A kernel's opt-in to `bytes` of dynamic shared memory (needed above 48 KB),
+// asked of the driver once per (kernel, device, larger size), not every launch.
+inline void allow_dynamic_smem(const void* kernel, size_t bytes) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> granted;
+  int device = 0;
+  PHILORA_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mu);
+  size_t& have = granted[{kernel, device}];
+  if (bytes <= have) return;
+  PHILORA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  have = bytes;
+}
 
 template <typename... KernelArgs, typename... Args>
 void launch_chained(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
