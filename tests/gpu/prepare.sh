@@ -11,7 +11,7 @@
 #     lib/            libfmt, libopenblas, libgfortran, libpcre2-8, libstdc++, ...
 #   .carry/build_root the directory the binaries were built in (test binaries bake
 #                     in paths below it; run.sh links it to the repo root there)
-# libcudart, libcublas and libcublasLt come from the CUDA toolkit on the GPU machine (13.0,
+# libcudart and libcublasLt come from the CUDA toolkit on the GPU machine (13.0,
 # the same as here): cuBLASLt alone is over 500 MB and could not travel.
 #
 # Usage: tests/gpu/prepare.sh [--head]
@@ -59,7 +59,7 @@ for t in "${targets[@]:1}"; do cp "$src/build/tests/$t" .carry/bin/; done
 if [ -f "$src/dev/cuda/op_bench.cpp" ]; then
   g++ -std=c++20 -O2 -Wall -Wextra -Werror -Wno-unused-parameter -DFMT_SHARED -DPHILORA_HAVE_CUDA=1 \
     -I"$src/src" -isystem /usr/local/cuda/include "$src/dev/cuda/op_bench.cpp" "$src/build/libphilora_lib.a" \
-    -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lfmt -lopenblas -lpcre2-8 -lpthread -o .carry/bin/op_bench
+    -L/usr/local/cuda/lib64 -lcudart -lcublasLt -lfmt -lopenblas -lpcre2-8 -lpthread -o .carry/bin/op_bench
 fi
 strip --strip-debug .carry/bin/* 2>/dev/null || true
 echo "$src" > .carry/build_root

@@ -4,12 +4,10 @@
 #   run(command="bash tests/gpu/run.sh", carry=[".carry"])
 # Steps (each logs to $OUT/<step>.log; a summary is printed last):
 #   1. the card, the driver, and whether the carried binaries find their libraries
-#   2. the op harness on CUDA: every case vs the CPU backend (philora_op_tests); the
-#      matmul cases again with cuBLAS's matrix-vector product forced for single rows
+#   2. the op harness on CUDA: every case vs the CPU backend (philora_op_tests)
 #   3. the golden HF fixtures through `philora score/generate --device cuda` (graphs and
 #      --enforce-eager) and the engine's schedules on the GPU, with and without step graphs
-#      (philora_model_tests with PHILORA_TEST_DEVICE=cuda), when tests/data/golden exists;
-#      again with the matrix-vector product forced
+#      (philora_model_tests with PHILORA_TEST_DEVICE=cuda), when tests/data/golden exists
 #   4. dev/cuda's op_bench (per-op times at Phi-3-mini shapes), unless PHILORA_GPU_SKIP_OP_BENCH=1
 #   5. `philora bench --device cuda`, unless PHILORA_GPU_SKIP_BENCH=1
 # Extra arguments are passed to philora_op_tests (e.g. --gtest_filter=...).
@@ -50,18 +48,14 @@ step() {  # step NAME COMMAND...: runs, logs, records pass/fail
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  ls -l /usr/local/cuda/lib64/libcublasLt.so* /usr/local/cuda/lib64/libcublas.so* /usr/local/cuda/lib64/libcudart.so* 2>&1
+  ls -l /usr/local/cuda/lib64/libcublasLt.so* /usr/local/cuda/lib64/libcudart.so* 2>&1
   ldd build/philora | grep -E "not found|cublas|cudart|fmt|openblas"
 } >"$out/env.log" 2>&1
 cat "$out/env.log"
 
 step op_tests build/tests/philora_op_tests --gtest_filter='*/cuda_*:sample/*/cuda:graph/*/cuda' --gtest_brief=1 "$@"
-# Single-row matmuls take cuBLAS's matrix-vector product only where it times
-# fastest: once more with it always taken, so that both paths are checked.
-PHILORA_CUBLAS_GEMV=1 step op_tests_gemv build/tests/philora_op_tests --gtest_filter='*/cuda_*matmul*:*/cuda_*lora_linear*:graph/*/cuda' --gtest_brief=1
 if [ -d tests/data/golden ] && [ -e build/tests/philora_model_tests ]; then
   PHILORA_TEST_DEVICE=cuda step golden build/tests/philora_model_tests --gtest_filter='*Golden*'
-  PHILORA_CUBLAS_GEMV=1 PHILORA_TEST_DEVICE=cuda step golden_gemv build/tests/philora_model_tests --gtest_filter='*Golden*'
 fi
 if [ -e .carry/bin/op_bench ] && [ "${PHILORA_GPU_SKIP_OP_BENCH:-0}" != 1 ]; then
   step op_bench timeout 200 .carry/bin/op_bench
@@ -71,5 +65,5 @@ if [ "${PHILORA_GPU_SKIP_BENCH:-0}" != 1 ]; then
 fi
 
 echo "=== summary"
-grep -hE "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED TEST" "$out"/op_tests*.log "$out"/golden*.log 2>/dev/null | sort | uniq -c | head -40
+grep -hE "^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED TEST" "$out"/op_tests.log "$out"/golden.log 2>/dev/null | sort | uniq -c | head -40
 for k in "${!result[@]}"; do echo "$k: ${result[$k]}"; done

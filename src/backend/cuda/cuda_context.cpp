@@ -25,10 +25,6 @@ Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
     ctx->matmul = std::make_unique<LtMatmul>(ctx->stream, ctx->allocator);
     if (const char* tune = std::getenv("PHILORA_CUBLASLT_AUTOTUNE"); tune && std::string(tune) == "0")
       ctx->matmul->set_autotune(false);
-    if (const char* gemv = std::getenv("PHILORA_CUBLAS_GEMV"); gemv && std::string(gemv) == "0")
-      ctx->matmul->set_gemv(LtMatmul::Gemv::kOff);
-    else if (gemv && std::string(gemv) == "1")
-      ctx->matmul->set_gemv(LtMatmul::Gemv::kAlways);
   } catch (const std::exception& e) {
     return Status::errorf("device 'cuda': {}", e.what());
   }

@@ -1,7 +1,6 @@
 #include "backend/cuda/cuda_matmul.h"
 
 #include <algorithm>
-#include <cstdint>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
@@ -35,31 +34,7 @@ LtMatmul::~LtMatmul() {
     (void)cublasLtMatrixLayoutDestroy(p.c);
     (void)cublasLtMatmulDescDestroy(p.op);
   }
-  if (blas_) (void)cublasDestroy(blas_);
   if (handle_) (void)cublasLtDestroy(handle_);
-}
-
-// The cuBLAS handle for the matrix-vector product, made on first use (never
-// while the stream is being captured: false then, and cuBLASLt serves).
-bool LtMatmul::make_blas() {
-  if (blas_) return true;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  PHILORA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-  if (capture != cudaStreamCaptureStatusNone) return false;
-  PHILORA_CUBLAS_CHECK(cublasCreate(&blas_));
-  PHILORA_CUBLAS_CHECK(cublasSetWorkspace(blas_, workspace_.get(), workspace_bytes_));
-  PHILORA_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
-  return true;
-}
-
-// y (n) = alpha · w (n, k) · x (k) + beta · y: in column-major terms op(W) = Wᵀ
-// with W the (k × n, ld k) view of w, f32 accumulation, bf16 in and out.
-cublasStatus_t LtMatmul::gemv(const void* x, const void* w, void* y, int64_t n, int64_t k, float alpha,
-                              float beta) {
-  return cublasTSTgemvStridedBatched(blas_, CUBLAS_OP_T, int(k), int(n), &alpha,
-                                     static_cast<const __nv_bfloat16*>(w), int(k), 0,
-                                     static_cast<const __nv_bfloat16*>(x), 1, 0, &beta,
-                                     static_cast<__nv_bfloat16*>(y), 1, 0, 1);
 }
 
 // Row-major y (m, n) = x (m, k) · wᵀ is, in cuBLAS's column-major terms,
@@ -161,14 +136,11 @@ void LtMatmul::add_split_k_variants(Plan& p) {
 // alone, so calls with beta ≠ 0 tune too; not while the stream is being
 // captured into a graph), each run after a write of twice
 // the L2 size so that w comes from memory as it does in a real step; the
-// fastest median is kept. For m = 1 cuBLAS's bf16 matrix-vector product is
-// timed too (its kernels are not among cuBLASLt's). Larger m (prefill) keeps
-// the heuristic's choice, which is near the peak there, so that new prompt
-// lengths cost no tuning.
-void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, int64_t k,
-                        float alpha) {
+// fastest median is kept. Larger m (prefill) keeps the heuristic's choice,
+// which is near the peak there, so that new prompt lengths cost no tuning.
+void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, float alpha) {
   p.tuned = true;
-  if (p.candidates.size() < 2 && !(m == 1 && gemv_ == Gemv::kTimed)) return;
+  if (p.candidates.size() < 2) return;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PHILORA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
   if (capture != cudaStreamCaptureStatusNone) return;
@@ -184,10 +156,13 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_
   std::shared_ptr<void> scratch = allocator_->allocate(size_t(m) * size_t(n) * 2);  // bf16 (m, n)
   void* y = scratch.get();
   const float beta = 0.0f;
-  // The median of a few runs, each after the flush; a negative time when the
-  // first (untimed) run is refused.
-  auto median_ms = [&](auto&& launch) {
-    if (launch() != CUBLAS_STATUS_SUCCESS) return -1.0f;
+  float best = -1.0f;
+  for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
+    auto launch = [&] {
+      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo,
+                            workspace_.get(), workspace_bytes_, stream_);
+    };
+    if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // this algorithm refuses: skip it
     constexpr int kReps = 5;
     float times[kReps];
     for (int i = 0; i < kReps; ++i) {
@@ -199,23 +174,10 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_
       PHILORA_CUDA_CHECK(cudaEventElapsedTime(&times[i], start, stop));
     }
     std::sort(times, times + kReps);
-    return times[kReps / 2];
-  };
-  float best = -1.0f;
-  for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
-    const float t = median_ms([&] {
-      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo,
-                            workspace_.get(), workspace_bytes_, stream_);
-    });
-    if (t >= 0 && (best < 0 || t < best)) {
-      best = t;
+    if (best < 0 || times[kReps / 2] < best) {
+      best = times[kReps / 2];
       p.algo = algo;
     }
-  }
-  // A single row: cuBLAS's matrix-vector product, timed the same way.
-  if (m == 1 && gemv_ == Gemv::kTimed && n <= INT32_MAX && k <= INT32_MAX && make_blas()) {
-    const float t = median_ms([&] { return gemv(x, w, y, n, k, alpha, beta); });
-    p.gemv = t >= 0 && (best < 0 || t < best);
   }
   (void)cudaEventDestroy(start);
   (void)cudaEventDestroy(stop);
@@ -226,15 +188,7 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
   if (m == 0 || n == 0) return;
   const Key key{m, n, k, alignment_of(x), alignment_of(w), alignment_of(y)};
   Plan& p = plan_for(key);
-  if (!p.tuned && m == 1 && gemv_ == Gemv::kAlways && n <= INT32_MAX && k <= INT32_MAX) {
-    p.tuned = true;
-    p.gemv = make_blas();
-  }
-  if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, x, w, m, n, k, alpha);
-  if (p.gemv) {
-    PHILORA_CUBLAS_CHECK(gemv(x, w, y, n, k, alpha, beta));
-    return;
-  }
+  if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, x, w, m, n, alpha);
   PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
                                       &p.algo, workspace_.get(), workspace_bytes_, stream_));
 }

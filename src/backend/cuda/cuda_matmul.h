@@ -2,12 +2,9 @@
 // row-major bf16, f32 accumulation. The matmul descriptor, the three layouts and
 // the algorithm are built once per (m, n, k, alignments) and cached; the
 // algorithm is the fastest of the heuristic's candidates, timed on first use.
-// For a single row (m = 1, batch-1 decode) cuBLAS's own bf16 matrix-vector
-// product joins the candidates.
 #pragma once
 
 #include <cublasLt.h>
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -35,11 +32,6 @@ class LtMatmul {
   // Whether a new shape times the heuristic's candidates and keeps the fastest
   // (on by default; PHILORA_CUBLASLT_AUTOTUNE=0 turns it off).
   void set_autotune(bool on) { tune_ = on; }
-  // Whether m = 1 also times cuBLAS's matrix-vector product (kTimed, the
-  // default), never uses it (kOff; PHILORA_CUBLAS_GEMV=0, for comparisons) or
-  // always does (kAlways; PHILORA_CUBLAS_GEMV=1, so that tests reach it).
-  enum class Gemv { kOff, kTimed, kAlways };
-  void set_gemv(Gemv mode) { gemv_ = mode; }
 
  private:
   // (m, n, k, alignment of x, w, y in bytes)
@@ -50,25 +42,20 @@ class LtMatmul {
     cublasLtMatmulAlgo_t algo{};
     std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's, best first
     bool tuned = false;
-    bool gemv = false;  // m = 1: cublasTSTgemvStridedBatched timed fastest
   };
   static constexpr int kCandidates = 16;
   static constexpr int64_t kTuneMaxM = 256;  // autotune only skinny products
   Plan& plan_for(const Key& key);
-  void autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, int64_t k, float alpha);
+  void autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, float alpha);
   void add_split_k_variants(Plan& p);
-  bool make_blas();
-  cublasStatus_t gemv(const void* x, const void* w, void* y, int64_t n, int64_t k, float alpha, float beta);
 
   cudaStream_t stream_;
   std::shared_ptr<DeviceAllocator> allocator_;
   cublasLtHandle_t handle_ = nullptr;
-  cublasHandle_t blas_ = nullptr;  // for the m = 1 candidate; made on first use
   std::shared_ptr<void> workspace_;
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
   bool tune_ = true;
-  Gemv gemv_ = Gemv::kTimed;
   int device_ = 0;
   std::shared_ptr<void> flush_;  // written between timed runs to evict L2
   size_t flush_bytes_ = 0;
