@@ -86,25 +86,6 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Asks the memory system to bring [p, p + bytes) into L2 (Hopper's bulk
-// prefetch; p 16-byte aligned, bytes a multiple of 16). A hint: the issuing
-// thread does not wait for it, and nothing is wrong if it is dropped.
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
-
-// Piece `piece` of `pieces` (whole 4 KB runs) of the bytes [p, p + bytes) into
-// L2, so that many threads share the prefetch of one matrix. The tail past the
-// last whole 16 bytes is left out.
-__device__ __forceinline__ void prefetch_l2_piece(const void* p, uint64_t bytes, int piece, int pieces) {
-  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) return;
-  bytes &= ~uint64_t(15);
-  const uint64_t chunk = ((bytes + uint64_t(pieces) - 1) / uint64_t(pieces) + 4095) & ~uint64_t(4095);
-  const uint64_t begin = uint64_t(piece) * chunk;
-  if (begin >= bytes) return;
-  prefetch_l2(static_cast<const char*>(p) + begin, uint32_t(min(chunk, bytes - begin)));
-}
-
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);

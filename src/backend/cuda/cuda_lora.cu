@@ -108,10 +108,6 @@ __global__ void __launch_bounds__(kShrinkThreads) lora_shrink_kernel(LoraLaunch 
 constexpr int kTokenLoads = 4;  // 1 and 2 (more, shorter warps) measured no better
 constexpr int kTokenChunk = 256 * kTokenLoads;
 constexpr int kTokenMaxWarps = 32;
-#ifndef PHILORA_LORA_PREFETCH_B
-#define PHILORA_LORA_PREFETCH_B 1
-#endif
-constexpr bool kPrefetchB = PHILORA_LORA_PREFETCH_B != 0;  // lab switch (-D...=0) for A/B builds
 
 // Rank rows per block for `chunks` chunks a row: up to 4, within 32 warps.
 inline int token_rows(int64_t chunks) { return int(std::clamp<int64_t>(kTokenMaxWarps / chunks, 1, 4)); }
@@ -125,15 +121,7 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   __shared__ float part[kTokenMaxWarps];
   const int t = blockIdx.x;
   const int slot = l.token_slot[t];
-  const int rank = slot < 0 ? 0 : l.ranks[slot];
-  const int r = int(min(int64_t(rank), xa_stride));
-  // The expand after this kernel reads B_slot whole: its bytes start for L2
-  // now, one piece per warp of the token's blocks, so that its blocks past the
-  // first wave find them there (64 distinct rank-16 adapters: 19 MB for qkv,
-  // 34 MB for gate_up). Once per run of tokens sharing the slot.
-  if (kPrefetchB && rank > 0 && (t == 0 || l.token_slot[t - 1] != slot) && (threadIdx.x & 31) == 0)
-    prefetch_l2_piece(reinterpret_cast<const void*>(l.b_ptrs[slot]), uint64_t(l.out_features) * uint64_t(rank) * 2,
-                      int(blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5)), int(gridDim.y * (blockDim.x >> 5)));
+  const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
   const int j0 = blockIdx.y * rows;
   if (j0 >= r) {  // the whole block's exit; it still waits, so that this grid
     chained_wait();  // ends after the kernel before it, as the next one assumes
