@@ -13,6 +13,8 @@
 //   g++ -std=c++20 -O2 dev/cuda/lt_search.cpp -I/usr/local/cuda/include
 //       -L/usr/local/cuda/lib64 -lcudart -lcublasLt -o lt_search
 //   ./lt_search [m ...]        (default: m = 1, 8, 32, 64)
+//   ./lt_search --ext C [m ...]: only 1, for k, and for a row stride of k + C
+//                               with k, k + 16 and k + C columns used
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
@@ -121,13 +123,15 @@ struct Bench {
   }
 };
 
-void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name) {
+// ld: the row stride of w and x (≥ k); exhaustive: also the search of 2.
+void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name, int64_t ld = 0, bool exhaustive = true) {
+  if (ld < k) ld = k;
   void *w = nullptr, *x = nullptr, *y = nullptr;
-  CHECK_CUDA(cudaMalloc(&w, size_t(n * k) * 2));
-  CHECK_CUDA(cudaMalloc(&x, size_t(m * k) * 2));
+  CHECK_CUDA(cudaMalloc(&w, size_t(n * ld) * 2));
+  CHECK_CUDA(cudaMalloc(&x, size_t(m * ld) * 2));
   CHECK_CUDA(cudaMalloc(&y, size_t(m * n) * 2));
-  CHECK_CUDA(cudaMemset(w, 0x3c, size_t(n * k) * 2));
-  CHECK_CUDA(cudaMemset(x, 0x3c, size_t(m * k) * 2));
+  CHECK_CUDA(cudaMemset(w, 0x3c, size_t(n * ld) * 2));
+  CHECK_CUDA(cudaMemset(x, 0x3c, size_t(m * ld) * 2));
 
   cublasLtMatmulDesc_t op = nullptr;
   CHECK_LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -135,8 +139,8 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name) {
   CHECK_LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   CHECK_LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   cublasLtMatrixLayout_t la, lb, lc;
-  CHECK_LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
-  CHECK_LT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
+  CHECK_LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, uint64_t(k), uint64_t(n), ld));
+  CHECK_LT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, uint64_t(k), uint64_t(m), ld));
   CHECK_LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
   const float alpha = 1.0f, beta = 0.0f;
   auto launch = [&](const cublasLtMatmulAlgo_t& a) {
@@ -188,14 +192,15 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name) {
 
   // 2. Everything cuBLASLt accepts.
   int ids[256];
-  int nids = 0;
+  int nids = 0, nids_limit = 256;
+  if (!exhaustive) nids_limit = 0;
   CHECK_LT(cublasLtMatmulAlgoGetIds(b.lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF,
                                     CUDA_R_16BF, 256, ids, &nids));
   float best = -1;
   Config best_cfg;
   int timed = 0;
   std::vector<std::pair<float, cublasLtMatmulAlgo_t>> all;
-  for (int ii = 0; ii < nids; ++ii) {
+  for (int ii = 0; ii < std::min(nids, nids_limit); ++ii) {
     cublasLtMatmulAlgo_t base;
     if (cublasLtMatmulAlgoInit(b.lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF,
                                CUDA_R_16BF, ids[ii], &base) != CUBLAS_STATUS_SUCCESS)
@@ -249,9 +254,21 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name) {
     best_cfg = config_of(all[0].second);
   }
   const double bytes = double(n * k + m * k + m * n) * 2.0;
-  std::printf("%-8s m=%-3lld n=%-5lld k=%-5lld heuristic first %7.1f us, best of %3d %7.1f us (%4.0f GB/s) [%s]\n",
-              name, (long long)m, (long long)n, (long long)k, heur_first, heur_timed, heur_best,
+  std::printf("%-8s m=%-3lld n=%-5lld k=%-5lld ld=%-5lld heuristic first %7.1f us, best of %3d %7.1f us (%4.0f GB/s) [%s]\n",
+              name, (long long)m, (long long)n, (long long)k, (long long)ld, heur_first, heur_timed, heur_best,
               bytes / heur_best * 1e-3, describe(heur_cfg).c_str());
+  if (!exhaustive) {
+    std::fflush(stdout);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(op);
+    cudaFree(w);
+    cudaFree(x);
+    cudaFree(y);
+    return;
+  }
   std::printf("%-8s %33s search best of %5d %7.1f us (%4.0f GB/s) [%s]\n", name, "", timed, best,
               bytes / best * 1e-3, describe(best_cfg).c_str());
   for (size_t i = 1; i < std::min<size_t>(all.size(), 4); ++i)
@@ -271,7 +288,13 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name) {
 
 int main(int argc, char** argv) {
   std::vector<int64_t> ms;
-  for (int i = 1; i < argc; ++i) ms.push_back(std::atoll(argv[i]));
+  int64_t ext = 0;  // --ext C: the heuristic's best only, for k, then with C more columns of row stride
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--ext" && i + 1 < argc)
+      ext = std::atoll(argv[++i]);
+    else
+      ms.push_back(std::atoll(argv[i]));
+  }
   if (ms.empty()) ms = {1, 8, 32, 64};
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -284,6 +307,16 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{"qkv", 9216, 3072}, {"o", 3072, 3072}, {"gate_up", 16384, 3072},
                           {"down", 3072, 8192}, {"lm_head", 32064, 3072}};
   for (int64_t m : ms)
-    for (const Shape& s : shapes) search(b, m, s.n, s.k, s.name);
+    for (const Shape& s : shapes) {
+      if (ext == 0) {
+        search(b, m, s.n, s.k, s.name);
+        continue;
+      }
+      // The weight with ext spare columns a row: unused, 16 of them, all of them.
+      search(b, m, s.n, s.k, s.name, s.k, false);
+      search(b, m, s.n, s.k, s.name, s.k + ext, false);
+      search(b, m, s.n, s.k + 16, s.name, s.k + ext, false);
+      search(b, m, s.n, s.k + ext, s.name, s.k + ext, false);
+    }
   return 0;
 }

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -202,6 +203,20 @@ void bench_lora(int64_t T, int64_t in, int64_t out, bool distinct, const std::st
       double(adapters) * rank * in * 2 + double(T) * in * 2, 2.0 * double(T) * rank * in);
   row(name + " expand", time_us([&] { b.lora_expand(xa, m, batch, y, 0); }),
       double(adapters) * rank * out * 2 + double(T) * out * 4, 2.0 * double(T) * rank * out);
+  // The same in a graph of 10 back-to-back launches (as a decode step runs
+  // them: programmatic dependent launch, no host in between), per launch.
+  auto graphed = [&](const std::function<void()>& op) {
+    std::unique_ptr<StepGraph> g = b.capture([&] {
+      for (int i = 0; i < 10; ++i) op();
+    });
+    return g ? time_us([&] { g->replay(); }) / 10.0 : -1.0;
+  };
+  row(name + " shrink (graph)", graphed([&] { b.lora_shrink(x, m, batch); }),
+      double(adapters) * rank * in * 2 + double(T) * in * 2, 2.0 * double(T) * rank * in);
+  row(name + " delta (graph)", graphed([&] { b.lora_delta(xa, m, batch); }),
+      double(adapters) * rank * out * 2 + double(T) * out * 2, 2.0 * double(T) * rank * out);
+  row(name + " shrink+delta (graph)", graphed([&] { b.lora_delta(b.lora_shrink(x, m, batch), m, batch); }),
+      double(adapters) * rank * (in + out) * 2 + double(T) * (in + out) * 2, 2.0 * double(T) * rank * (in + out));
 }
 
 void bench_host_overhead() {
