@@ -37,6 +37,7 @@ struct BenchOptions {
   int64_t lora_context = 1024;
   int64_t lora_rank = 16;
   bool skip_lora = false;
+  int64_t lora_columns = -1;  // -1: lora_rank per adapter
   double mem_fraction = 0.9;
   bool enforce_eager = false;
 };
@@ -239,6 +240,7 @@ int run_bench(const BenchOptions& o) {
   if (!o.skip_lora) {
     const int nslots = int(o.lora_batch);
     lora::AdapterSlots slots(b, c, nslots);
+    attach_lora_columns(m, slots, o.lora_columns < 0 ? nslots * o.lora_rank : o.lora_columns);
     for (int s = 0; s < nslots; ++s)
       slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
     b.synchronize();
@@ -304,6 +306,7 @@ void add_bench_command(CLI::App& app, int& rc) {
   cmd->add_option("--lora-rank", o->lora_rank, "rank of the random adapters")
       ->check(CLI::Range(1, 128));
   cmd->add_flag("--skip-lora", o->skip_lora, "leave out the multi-LoRA figure");
+  add_lora_columns_option(*cmd, o->lora_columns);
   cmd->add_flag("--enforce-eager", o->enforce_eager, "decode steps op by op (no CUDA graphs)");
   cmd->add_option("--mem-fraction", o->mem_fraction,
                   "device memory fraction for the KV capacity figure")

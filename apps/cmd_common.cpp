@@ -19,6 +19,21 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
       ->check(CLI::Range(1, 1024));
   cmd.add_flag("--enforce-eager", o.enforce_eager,
                "run every step op by op (no CUDA graphs for decode steps)");
+  add_lora_columns_option(cmd, o.lora_columns);
+}
+
+void add_lora_columns_option(CLI::App& cmd, int64_t& columns) {
+  cmd.add_option("--lora-columns", columns,
+                 "columns of every LoRA target weight kept for resident adapters' B, so that decode "
+                 "steps apply LoRA inside the base matmul (0: off; default 16 per adapter slot)")
+      ->check(CLI::Range(int64_t(-1), int64_t(1) << 20));
+}
+
+void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested) {
+  int64_t columns = requested < 0 ? kLoraColumnsPerSlot * slots.num_slots() : requested;
+  columns = (columns + 7) / 8 * 8;
+  if (columns == 0) return;
+  slots.attach_columns(model.widen_for_lora(columns), columns);
 }
 
 Expected<LoadedModel> load_model(const ModelOptions& o) {
@@ -41,9 +56,10 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   }
   m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config,
                                                  std::max<int>(1, int(adapters.size())));
-  for (size_t i = 0; i < adapters.size(); ++i) m.slots->assign(int(i), adapters[i]);
   m.model =
       std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
+  if (!adapters.empty()) attach_lora_columns(*m.model, *m.slots, o.lora_columns);
+  for (size_t i = 0; i < adapters.size(); ++i) m.slots->assign(int(i), adapters[i]);
   return m;
 }
 

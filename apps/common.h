@@ -23,9 +23,20 @@ struct ModelOptions {
   std::string device = "cpu";
   int64_t page_size = 16;
   bool enforce_eager = false;  // no step graphs
+  int64_t lora_columns = -1;   // LoRA columns a target weight; -1: kLoraColumnsPerSlot a slot
 };
 
+// Decode's one-matmul LoRA: this many columns of every target weight per
+// adapter slot unless --lora-columns says otherwise (a rank-16 adapter each).
+inline constexpr int64_t kLoraColumnsPerSlot = 16;
+
 void add_model_options(CLI::App& cmd, ModelOptions& o);
+void add_lora_columns_option(CLI::App& cmd, int64_t& columns);
+
+// Widens the model's LoRA target weights and attaches the columns to the
+// slots (before any adapter is assigned): `requested` < 0 means
+// kLoraColumnsPerSlot per slot, 0 none; rounded up to a multiple of 8.
+void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested);
 
 // A model with its adapters resident in slots 0..n-1 (in --adapter order).
 struct LoadedModel {

@@ -82,6 +82,11 @@ struct LoraModuleTable {
   int64_t in_features = 0;
   int64_t out_features = 0;
   int64_t max_rank = 0;  // over all slots
+  // LoRA columns (decode's one-matmul form): this module's base weight is
+  // (out, in + columns) and holds slot i's B_i in its columns
+  // in + col_offsets[i] .. + ranks[i]; empty when the module has none.
+  Tensor col_offsets;  // [num_slots] i32, -1 for a slot without columns
+  int64_t columns = 0;
 };
 
 // Which adapter slot each token uses this step (-1 = none). Both forms are
@@ -93,6 +98,10 @@ struct LoraBatch {
   Tensor token_slot;    // [T] i32
   int64_t num_segments = 0;
   int64_t max_rank = 0;  // host: max rank among the slots used this step
+  // host: > 0 when every token's adapter has LoRA columns within the first
+  // `lora_columns` (a step of few tokens): modules with columns then apply
+  // LoRA as lora_shrink_columns followed by one matmul over the wide weight.
+  int64_t lora_columns = 0;
 };
 
 // Token selection for each row r of a (R, vocab) logits tensor, all on the
@@ -159,10 +168,14 @@ class Backend {
   // r = h + residual; returns (rms_norm(r), r). An empty residual means r = h.
   virtual std::pair<Tensor, Tensor> add_rms_norm(const Tensor& h, const Tensor& residual,
                                                  const Tensor& w, float eps) = 0;
-  // y = x · wᵀ ; x (T, in), w (out, in)                   -> (T, out)
+  // y = x · w[:, :in]ᵀ ; x (T, in), w (out, in') with in' ≥ in: the leading
+  // `in` columns of each row of w (a weight with LoRA columns)  -> (T, out)
   virtual Tensor matmul(const Tensor& x, const Tensor& w) = 0;
-  // y += x · wᵀ ; y (T, out) in place
+  // y += x · w[:, :in]ᵀ ; y (T, out) in place
   virtual void matmul_add(const Tensor& x, const Tensor& w, Tensor& y) = 0;
+  // dst[:, col .. col + src.cols()) = src (rows equal), or 0 for `count`
+  // columns when src is empty: placing B matrices into a weight's LoRA columns.
+  virtual void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) = 0;
   // Rotates q and k of qkv (T, (H + 2 Hkv) · d) in place and writes k, v into
   // the cache at `tokens.slots`.
   virtual void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
@@ -187,6 +200,11 @@ class Backend {
   // delta: y[t, j] = scale_{slot(t)} · (B_{slot(t)} xa[t, :r])[j]  (T, m.out_features), and 0
   //        for tokens without an adapter (or rank 0): lora_expand into zeros.
   virtual Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) = 0;
+  // shrink into LoRA columns: X (T, in + batch.lora_columns) in the compute
+  // dtype, X[t, :in] = x[t], X[t, in + col_offsets[s] + j] = scale_s · (A_s x[t])[j]
+  // for j < r_s (s = slot(t), r_s > 0), every other column 0; then
+  // matmul(X, w) over the wide weight is W x + scale · B (A x) in one product.
+  virtual Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) = 0;
 
   // ---- token selection -----------------------------------------------------
   // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32

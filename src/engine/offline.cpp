@@ -64,7 +64,7 @@ Expected<std::vector<Tensor>> score_batch(model::Phi3ForCausalLM& model,
   }
   StepPlan plan = plan_step(work, options.page_size, /*all_rows=*/true);
   Backend& b = model.backend();
-  model::StepInputs in = stage(b, plan, c, adapters ? adapters->max_rank() : 0);
+  model::StepInputs in = stage(b, plan, c, adapters);
   Tensor logits = b.to_host_f32(model.forward(in, kv, adapters));  // (T, vocab)
   std::vector<Tensor> out;
   for (size_t i = 0; i < seqs.size(); ++i) {

@@ -69,7 +69,8 @@ static LoraBatch stage_lora(Backend& b, const std::vector<int32_t>& token_slot, 
 }
 
 model::StepInputs stage(Backend& b, const StepPlan& p, const model::Phi3Config& c,
-                        int64_t lora_max_rank) {
+                        const lora::AdapterSlots* adapters) {
+  const int64_t lora_max_rank = adapters ? adapters->max_rank() : 0;
   model::StepInputs in;
   in.tokens.token_ids = b.upload_i32(p.token_ids);
   in.tokens.positions = b.upload_i32(p.positions);
@@ -87,6 +88,8 @@ model::StepInputs stage(Backend& b, const StepPlan& p, const model::Phi3Config& 
   a.window = c.sliding_window.value_or(0);
   a.scale = float(1.0 / std::sqrt(double(c.head_dim)));
   in.lora = stage_lora(b, p.lora_slot, lora_max_rank);
+  if (adapters && in.lora.active && int64_t(p.lora_slot.size()) <= kLoraColumnsMaxTokens)
+    in.lora.lora_columns = adapters->step_columns(p.lora_slot);
   in.lora_logits = stage_lora(b, p.logit_lora_slot, lora_max_rank);
   in.logit_rows = b.upload_i32(p.logit_rows);
   in.all_rows = p.all_rows;

@@ -43,9 +43,15 @@ struct StepPlan {
 // Builds the plan; sequences must already hold pages for every token computed.
 StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all_rows);
 
-// Copies the plan to the backend. `lora_max_rank` bounds the shrink buffer.
+// Steps of at most this many tokens apply LoRA through the weights' LoRA
+// columns (when every token's adapter has them); longer ones (prefill) keep
+// the shrink / expand kernels, which read each adapter once per tile of tokens.
+inline constexpr int64_t kLoraColumnsMaxTokens = 256;
+
+// Copies the plan to the backend; `adapters` (may be null) bounds the shrink
+// buffer and says which LoRA columns the step reads.
 model::StepInputs stage(Backend& backend, const StepPlan& plan, const model::Phi3Config& config,
-                        int64_t lora_max_rank);
+                        const lora::AdapterSlots* adapters);
 
 // Grows the sequence's block table to hold `total_tokens`; fails when the
 // cache is out of pages (nothing is allocated then).

@@ -110,7 +110,7 @@ std::vector<int32_t> StepRunner::run_eager(const StepPlan& plan,
                                            const std::vector<SampleRow>& rows) {
   const auto t0 = Clock::now();
   Backend& b = model_.backend();
-  model::StepInputs in = stage(b, plan, model_.config(), adapters_ ? adapters_->max_rank() : 0);
+  model::StepInputs in = stage(b, plan, model_.config(), adapters_);
   Tensor logits = model_.forward(in, kv_, adapters_);
   ++stats_.eager_steps;
   if (rows.empty()) {
@@ -171,6 +171,7 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const Key& key, bool lora)
     in.lora.num_segments = B;
     in.lora.max_rank = adapters_->max_rank();
     in.lora_logits = in.lora;
+    in.lora.lora_columns = std::get<4>(key);  // lm_head has none
   }
   in.all_rows = true;
   g->sampling.top_k = view(g->ints, DType::i32, 5 * B, B);
@@ -214,7 +215,8 @@ std::vector<int32_t> StepRunner::run_graph(const StepPlan& plan,
   const bool lora = adapters_ && std::any_of(plan.lora_slot.begin(), plan.lora_slot.end(),
                                              [](int32_t s) { return s >= 0; });
   const Key key{B, context_bucket(plan.max_kv_len), lora ? adapters_->layout_version() : 0,
-                lora ? adapters_->max_rank() : -1};
+                lora ? adapters_->max_rank() : -1,
+                lora && B <= kLoraColumnsMaxTokens ? adapters_->step_columns(plan.lora_slot) : 0};
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     if (lora)  // graphs of an older adapter layout can never replay again

@@ -71,8 +71,8 @@ class StepRunner {
 
  private:
   struct Graph;
-  using Key =
-      std::tuple<int64_t, int64_t, uint64_t, int64_t>;  // batch, context, lora version, rank
+  // batch, context, lora version, rank, LoRA columns
+  using Key = std::tuple<int64_t, int64_t, uint64_t, int64_t, int64_t>;
   std::vector<int32_t> run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows);
   bool graphable(const StepPlan& plan) const;
   std::vector<int32_t> run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows);

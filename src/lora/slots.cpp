@@ -1,11 +1,17 @@
 #include "lora/slots.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 namespace philora::lora {
 
 AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num_slots)
-    : backend_(backend), num_slots_(num_slots), slot_rank_(size_t(num_slots), 0) {
+    : backend_(backend),
+      num_slots_(num_slots),
+      slot_rank_(size_t(num_slots), 0),
+      col_offset_(size_t(num_slots), -1),
+      col_width_(size_t(num_slots), 0) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     dims_.push_back({c.hidden_size, c.qkv_size()});
     dims_.push_back({c.q_size(), c.hidden_size});
@@ -34,6 +40,7 @@ size_t AdapterSlots::module_index(int64_t layer, Target t) const {
 }
 
 void AdapterSlots::assign(int slot, const Adapter& adapter) {
+  release_columns(slot);
   slot_rank_[size_t(slot)] = 0;
   for (size_t m = 0; m < dims_.size(); ++m) {
     const bool head = m == dims_.size() - 1;
@@ -51,10 +58,12 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
     resident_[m][size_t(slot)] = r;
     rebuild(m);
   }
+  place_columns(slot);
 }
 
 void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t seed,
                                  float half_width) {
+  release_columns(slot);
   for (size_t m = 0; m + 1 < dims_.size(); ++m) {
     Resident r;
     r.a = backend_.random_uniform({rank, dims_[m][0]}, seed + 2 * m, 0.0f, half_width);
@@ -65,9 +74,11 @@ void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t s
     rebuild(m);
   }
   slot_rank_[size_t(slot)] = rank;
+  place_columns(slot);
 }
 
 void AdapterSlots::clear(int slot) {
+  release_columns(slot);
   for (size_t m = 0; m < dims_.size(); ++m) {
     resident_[m][size_t(slot)] = Resident{};
     rebuild(m);
@@ -105,6 +116,74 @@ const LoraModuleTable* AdapterSlots::table(int64_t layer, Target t) const {
 
 int64_t AdapterSlots::max_rank() const {
   return slot_rank_.empty() ? 0 : *std::max_element(slot_rank_.begin(), slot_rank_.end());
+}
+
+void AdapterSlots::attach_columns(std::vector<Tensor> weights, int64_t columns) {
+  if (columns <= 0 || columns % 8 != 0 || weights.size() + 1 != dims_.size())
+    throw std::invalid_argument("attach_columns: " + std::to_string(weights.size()) + " weights with " +
+                                std::to_string(columns) + " columns (a positive multiple of 8, one weight per " +
+                                "layer target)");
+  for (size_t m = 0; m < weights.size(); ++m)
+    if (weights[m].dim(0) != dims_[m][1] || weights[m].cols() != dims_[m][0] + columns)
+      throw std::invalid_argument("attach_columns: weight " + std::to_string(m) + " is " + weights[m].shape_str());
+  wide_ = std::move(weights);
+  columns_ = columns;
+  for (size_t m = 0; m < wide_.size(); ++m) {
+    tables_[m].col_offsets = backend_.upload_i32(col_offset_);
+    tables_[m].columns = columns_;
+  }
+}
+
+// First fit over the ranges of the other slots.
+void AdapterSlots::place_columns(int slot) {
+  if (wide_.empty() || slot_rank_[size_t(slot)] == 0) return;
+  const int32_t width = int32_t((slot_rank_[size_t(slot)] + 7) / 8 * 8);
+  std::vector<std::pair<int32_t, int32_t>> taken;  // (begin, end)
+  for (size_t s = 0; s < col_offset_.size(); ++s)
+    if (col_offset_[s] >= 0) taken.push_back({col_offset_[s], col_offset_[s] + col_width_[s]});
+  std::sort(taken.begin(), taken.end());
+  int32_t at = 0;
+  for (const auto& [b, e] : taken) {
+    if (b - at >= width) break;
+    at = std::max(at, e);
+  }
+  if (at + width > columns_) return;  // no room: the slot's tokens take the two-kernel form
+  col_offset_[size_t(slot)] = at;
+  col_width_[size_t(slot)] = width;
+  for (size_t m = 0; m < wide_.size(); ++m) {
+    const int64_t in = dims_[m][0];
+    backend_.write_columns(wide_[m], in + at, Tensor(), width);
+    const Resident& r = resident_[m][size_t(slot)];
+    if (r.rank > 0) backend_.write_columns(wide_[m], in + at, r.b);
+    backend_.upload_into(tables_[m].col_offsets, col_offset_.data(), col_offset_.size() * sizeof(int32_t));
+  }
+}
+
+void AdapterSlots::release_columns(int slot) {
+  if (col_offset_[size_t(slot)] < 0) return;
+  const int32_t at = col_offset_[size_t(slot)], width = col_width_[size_t(slot)];
+  col_offset_[size_t(slot)] = -1;
+  col_width_[size_t(slot)] = 0;
+  for (size_t m = 0; m < wide_.size(); ++m) {
+    backend_.write_columns(wide_[m], dims_[m][0] + at, Tensor(), width);  // no stale values behind zeros
+    backend_.upload_into(tables_[m].col_offsets, col_offset_.data(), col_offset_.size() * sizeof(int32_t));
+  }
+}
+
+int64_t AdapterSlots::step_columns(const std::vector<int32_t>& token_slot) const {
+  if (wide_.empty()) return 0;
+  int64_t end = 0;
+  bool any = false;
+  for (int32_t s : token_slot) {
+    if (s < 0 || slot_rank_[size_t(s)] == 0) continue;
+    if (col_offset_[size_t(s)] < 0) return 0;
+    any = true;
+    end = std::max<int64_t>(end, col_offset_[size_t(s)] + col_width_[size_t(s)]);
+  }
+  if (!any) return 0;
+  int64_t w = 16;
+  while (w < end) w *= 2;
+  return std::min(w, columns_);
 }
 
 }  // namespace philora::lora

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <vector>
 
 #include "backend/backend.h"
@@ -27,6 +28,20 @@ class AdapterSlots {
   const LoraModuleTable* table(int64_t layer, Target t) const;
   // Largest rank resident in any slot (sizes the shrink buffer).
   int64_t max_rank() const;
+
+  // LoRA columns (decode's one-matmul form, see LoraModuleTable): `weights`
+  // are the base weights of the 4 · layers target modules, in module order
+  // (layer-major, Target order), each (out, in + columns) with its last
+  // `columns` zero. From now on every assigned adapter whose widest module
+  // fits gets a range of those columns (a multiple of 8 wide) holding its B
+  // in every module. Call before any assign; columns a multiple of 8.
+  void attach_columns(std::vector<Tensor> weights, int64_t columns);
+  int64_t columns() const { return columns_; }
+  // The LoRA columns a step of these token slots (-1 = none) reads: the end
+  // of the last used slot's range rounded up to a power of two (≥ 16, ≤ the
+  // capacity), so that step graphs see few widths; 0 when no token has an
+  // adapter or some token's adapter has no columns.
+  int64_t step_columns(const std::vector<int32_t>& token_slot) const;
   // Changes whenever what the LoRA ops decide on the host changes (which
   // modules have a table, each table's max_rank); the tables themselves stay
   // at fixed addresses and are rewritten in place, so a recorded step graph
@@ -41,6 +56,8 @@ class AdapterSlots {
   };
   size_t module_index(int64_t layer, Target t) const;
   void rebuild(size_t module);
+  void place_columns(int slot);   // after the slot's modules are resident
+  void release_columns(int slot);
 
   Backend& backend_;
   int num_slots_;
@@ -50,6 +67,10 @@ class AdapterSlots {
   std::vector<bool> used_;                       // [modules]: any slot has rank > 0
   std::vector<int64_t> slot_rank_;               // [slots] max rank per slot
   uint64_t layout_version_ = 0;
+  std::vector<Tensor> wide_;                     // [4 · layers] weights with LoRA columns
+  int64_t columns_ = 0;
+  std::vector<int32_t> col_offset_;              // [slots] first column (-1: none)
+  std::vector<int32_t> col_width_;               // [slots]
 };
 
 }  // namespace philora::lora

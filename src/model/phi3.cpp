@@ -1,5 +1,7 @@
 #include "model/phi3.h"
 
+#include <stdexcept>
+
 #include "model/linear.h"
 #include "model/rope.h"
 
@@ -42,6 +44,22 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
   const LoraApply head{adapters ? adapters->table(0, lora::Target::lm_head) : nullptr,
                        &in.lora_logits};
   return linear(ops, x, w_.lm_head, head);
+}
+
+std::vector<Tensor> Phi3ForCausalLM::widen_for_lora(int64_t columns) {
+  std::vector<Tensor> wide;
+  for (Phi3LayerWeights& layer : w_.layers)
+    for (Tensor* w : {&layer.qkv_proj, &layer.o_proj, &layer.gate_up_proj, &layer.down_proj}) {
+      if (w->cols() != w->dim(1) || w->ndim != 2)
+        throw std::logic_error("widen_for_lora: weight " + w->shape_str() + " is not a matrix");
+      const int64_t in = w->cols();
+      Tensor x = backend_.alloc(w->dtype, {w->dim(0), in + columns});
+      backend_.write_columns(x, 0, *w);
+      backend_.write_columns(x, in, Tensor(), columns);
+      *w = x;
+      wide.push_back(x);
+    }
+  return wide;
 }
 
 }  // namespace philora::model

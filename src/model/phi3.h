@@ -4,6 +4,8 @@
 // selected rows. One forward serves prefill and decode alike.
 #pragma once
 
+#include <vector>
+
 #include "backend/backend.h"
 #include "kv/kv_cache.h"
 #include "lora/slots.h"
@@ -33,6 +35,12 @@ class Phi3ForCausalLM {
   // Logits (R, vocab) of the selected rows — or hidden states (R, hidden) with
   // skip_lm_head — in the backend's compute dtype, on the backend.
   Tensor forward(const StepInputs& in, kv::KvCache& kv, const lora::AdapterSlots* adapters);
+
+  // Gives the four LoRA targets of every layer (qkv, o, gate_up, down) a copy
+  // of their weight with `columns` zero columns more, where resident adapters'
+  // B matrices go (lora::AdapterSlots::attach_columns, which takes the
+  // returned tensors, in its module order). Done once, before serving.
+  std::vector<Tensor> widen_for_lora(int64_t columns);
 
  private:
   Phi3Config config_;

@@ -34,6 +34,7 @@ struct Scenario {
   int64_t pages;        // KV pages of 4 tokens
   int slots;            // adapter slots
   bool graphs = false;  // decode steps through step graphs (the CPU backend replays the body)
+  int64_t lora_columns = 0;  // LoRA columns of the target weights (0: the shrink / expand kernels only)
 };
 
 // PHILORA_TEST_DEVICE=cuda runs the schedules on the GPU (tests/gpu/run.sh);
@@ -98,6 +99,7 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
   const model::Phi3Config* config = &m.config();
 
   lora::AdapterSlots slots(backend, *config, sc.slots);
+  if (sc.lora_columns > 0) slots.attach_columns(m.widen_for_lora(sc.lora_columns), sc.lora_columns);
   lora::AdapterStore store(*config, slots, {});
   for (const auto& e : fs::directory_iterator(dir / "adapters"))
     store.register_dir(e.path().filename().string(), e.path().string());
@@ -163,6 +165,13 @@ const Scenario kScenarios[] = {
     {"roomy_graphs", 4096, 512, 8, true},
     {"tight_graphs", 16, 13, 8, true},
     {"one_slot_graphs", 64, 512, 1, true},
+    // Decode through the weights' LoRA columns: room for every adapter, room
+    // for some (the others' steps keep the kernels), one slot whose columns
+    // are freed and placed again as adapters swap.
+    {"roomy_columns", 4096, 512, 8, false, 256},
+    {"chunked_columns_graphs", 5, 512, 8, true, 256},
+    {"tight_few_columns_graphs", 16, 13, 8, true, 24},
+    {"one_slot_columns_graphs", 64, 512, 1, true, 16},
 };
 
 INSTANTIATE_TEST_SUITE_P(

@@ -68,16 +68,28 @@ class Golden : public ::testing::TestWithParam<std::string> {
   fs::path dir() const { return fs::path(PHILORA_TEST_DATA) / "golden" / GetParam(); }
 };
 
-TEST_P(Golden, ScoreMatchesHF) {
-  auto args = model_args(dir());
+// Steps of few tokens apply LoRA through the weights' LoRA columns by default;
+// --lora-columns 0 keeps the shrink / expand kernels: both must match HF.
+void check_score(const fs::path& dir, const std::string& param, bool lora_columns);
+
+TEST_P(Golden, ScoreMatchesHF) { check_score(dir(), GetParam(), true); }
+
+TEST_P(Golden, ScoreWithoutLoraColumnsMatchesHF) {
+  if (!fs::exists(dir() / "adapters")) GTEST_SKIP() << "no adapters: the same run as above";
+  check_score(dir(), GetParam(), false);
+}
+
+void check_score(const fs::path& dir, const std::string& param, bool lora_columns) {
+  auto args = model_args(dir);
+  if (!lora_columns) args.insert(args.end(), {"--lora-columns", "0"});
   args.insert(args.begin(), "score");
   args.push_back("--requests");
-  args.push_back((dir() / "requests.jsonl").string());
+  args.push_back((dir / "requests.jsonl").string());
   const CliResult r = run_philora(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto ref = io::TensorSet::open_file((dir() / "score_ref.safetensors").string());
+  auto ref = io::TensorSet::open_file((dir / "score_ref.safetensors").string());
   ASSERT_TRUE(ref.ok()) << ref.status().message();
-  const auto requests = test::read_jsonl(dir() / "requests.jsonl");
+  const auto requests = test::read_jsonl(dir / "requests.jsonl");
   const auto lines = read_jsonl(r.out);
   ASSERT_EQ(lines.size(), requests.size()) << "one output line per request";
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -99,15 +111,16 @@ TEST_P(Golden, ScoreMatchesHF) {
       }
     }
     const double rel = std::sqrt(num / den);
-    EXPECT_LE(rel, tolerance()) << GetParam() << "/" << id << " (adapter "
+    EXPECT_LE(rel, tolerance()) << param << "/" << id << " (adapter "
                                 << requests[i]["adapter"].dump() << "): relative error " << rel;
   }
 }
 
 // Decode steps replay step graphs where the device records them (CUDA), and
 // run op by op with --enforce-eager: both must give HF's tokens.
-void check_greedy_generate(const fs::path& dir, bool eager) {
+void check_greedy_generate(const fs::path& dir, bool eager, bool lora_columns = true) {
   auto args = model_args(dir);
+  if (!lora_columns) args.insert(args.end(), {"--lora-columns", "0"});
   args.insert(args.begin(), "generate");
   for (std::string a : {"--greedy", "--requests"}) args.push_back(a);
   args.push_back((dir / "generate_requests.jsonl").string());
@@ -139,6 +152,12 @@ void check_greedy_generate(const fs::path& dir, bool eager) {
 TEST_P(Golden, GreedyGenerateMatchesHF) {
   if (!fs::exists(dir() / "generate_requests.jsonl")) GTEST_SKIP() << "no generate fixture";
   check_greedy_generate(dir(), false);
+}
+
+TEST_P(Golden, GreedyGenerateWithoutLoraColumnsMatchesHF) {
+  if (!fs::exists(dir() / "generate_requests.jsonl")) GTEST_SKIP() << "no generate fixture";
+  if (!fs::exists(dir() / "adapters")) GTEST_SKIP() << "no adapters: the same run as above";
+  check_greedy_generate(dir(), false, false);
 }
 
 TEST_P(Golden, GreedyGenerateEagerMatchesHF) {

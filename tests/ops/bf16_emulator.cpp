@@ -103,6 +103,12 @@ class Bf16Emulator final : public Backend {
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override {
     return rounded(cpu_.lora_delta(xa, m, batch));
   }
+  Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override {
+    return rounded(cpu_.lora_shrink_columns(x, m, batch));
+  }
+  void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) override {
+    cpu_.write_columns(dst, col, src, count);
+  }
 
  private:
   CpuBackend cpu_;

@@ -345,6 +345,106 @@ class LoraLinear : public LoraCase {
   std::vector<float> x_, w_;  // (T, in), (out, in)
 };
 
+// LoRA columns: slot s's B_s lives in columns in + kOffsets[s] .. + r_s of a
+// wide weight (slot 5, rank 0 here, has none), within kColumns; past the last
+// range the columns stay zero.
+const std::vector<int32_t> kOffsets = {0, 8, 16, 32, 96, -1};
+constexpr int64_t kColumns = 256;
+
+// lora_shrink_columns: X (T, in + columns) = [x | scale_s · A_s x at the slot's columns, 0 elsewhere].
+class LoraShrinkColumns : public LoraCase {
+ public:
+  LoraShrinkColumns(int64_t in, std::vector<Run> runs) : LoraCase(in, 37, std::move(runs)) {}
+  std::string name() const override {
+    return fmt::format("lora_shrink_columns(in={} columns={} ranks={} runs={})", in_, kColumns, ranks_str(),
+                       runs_str(runs_));
+  }
+  void init(Rng& rng) override {
+    LoraCase::init(rng);
+    x_ = rng.bf16(tokens() * in_, -1, 1);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    DeviceLora lora = upload_lora(b);
+    lora.table.col_offsets = b.upload_i32(kOffsets);
+    lora.table.columns = kColumns;
+    LoraBatch batch = upload_batch(b);
+    batch.lora_columns = kColumns;
+    const Tensor x = upload(b, x_, {tokens(), in_});
+    return {fetch(b, "X", b.lora_shrink_columns(x, lora.table, batch))};
+  }
+  std::vector<Expect> reference() const override {
+    const int64_t ld = in_ + kColumns;
+    std::vector<double> want(size_t(tokens() * ld), 0.0);
+    for (int64_t t = 0; t < tokens(); ++t) {
+      for (int64_t i = 0; i < in_; ++i) want[size_t(t * ld + i)] = x_[size_t(t * in_ + i)];
+      const int32_t s = token_slot_[size_t(t)];
+      for (int64_t k = 0; k < rank_of(t); ++k)
+        want[size_t(t * ld + in_ + kOffsets[size_t(s)] + k)] =
+            double(scales_[size_t(s)]) * shrink_ref(s, &x_[size_t(t * in_)], k);
+    }
+    return {{"X", ld, want}};
+  }
+
+ private:
+  std::vector<float> x_;  // (T, in)
+};
+
+// The one-matmul form `linear` takes at decode: the B matrices placed into a
+// wide weight's columns (write_columns), lora_shrink_columns, then one matmul
+// (or matmul_add into y0, as o_proj and down_proj add into the residual).
+class LoraLinearColumns : public LoraCase {
+ public:
+  LoraLinearColumns(int64_t in, int64_t out, std::vector<Run> runs, bool add)
+      : LoraCase(in, out, std::move(runs)), add_(add) {}
+  std::string name() const override {
+    return fmt::format("lora_linear_columns(in={} out={} columns={} add={} ranks={} runs={})", in_, out_, kColumns,
+                       add_, ranks_str(), runs_str(runs_));
+  }
+  void init(Rng& rng) override {
+    LoraCase::init(rng);
+    x_ = rng.bf16(tokens() * in_, -1, 1);
+    const double w_range = 2.0 / std::sqrt(double(in_));
+    w_ = rng.bf16(out_ * in_, -w_range, w_range);
+    y0_ = rng.bf16(tokens() * out_, -1, 1);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    DeviceLora lora = upload_lora(b);
+    lora.table.col_offsets = b.upload_i32(kOffsets);
+    lora.table.columns = kColumns;
+    LoraBatch batch = upload_batch(b);
+    batch.lora_columns = kColumns;
+    // The wide weight: W, then zeros, then each slot's B at its columns.
+    Tensor wide = b.alloc(b.compute_dtype(), {out_, in_ + kColumns});
+    b.write_columns(wide, 0, upload(b, w_, {out_, in_}));
+    b.write_columns(wide, in_, Tensor(), kColumns);
+    for (size_t s = 0; s < kRanks.size(); ++s)
+      if (kRanks[s] > 0) b.write_columns(wide, in_ + kOffsets[s], lora.b[s]);
+    const Tensor X = b.lora_shrink_columns(upload(b, x_, {tokens(), in_}), lora.table, batch);
+    if (!add_) return {fetch(b, "y", b.matmul(X, wide))};
+    Tensor y = upload(b, y0_, {tokens(), out_});
+    b.matmul_add(X, wide, y);
+    return {fetch(b, "y", y)};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<double> y(size_t(tokens() * out_), 0.0);
+    for (int64_t t = 0; t < tokens(); ++t) {
+      std::vector<double> xa;
+      for (int64_t k = 0; k < rank_of(t); ++k)
+        xa.push_back(shrink_ref(token_slot_[size_t(t)], &x_[size_t(t * in_)], k));
+      for (int64_t j = 0; j < out_; ++j) {
+        double acc = add_ ? double(y0_[size_t(t * out_ + j)]) : 0.0;
+        for (int64_t i = 0; i < in_; ++i) acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(j * in_ + i)]);
+        y[size_t(t * out_ + j)] = acc + (xa.empty() ? 0.0 : expand_ref(token_slot_[size_t(t)], xa, j));
+      }
+    }
+    return {{"y", out_, y}};
+  }
+
+ private:
+  bool add_;
+  std::vector<float> x_, w_, y0_;  // (T, in), (out, in), (T, out)
+};
+
 // Token layouts. Slot 5 has rank 0 here; -1 is no adapter.
 const std::vector<Run> kOne = {{4, 1}};                                     // T = 1, rank 128
 const std::vector<Run> kThree = {{0, 1}, {-1, 1}, {3, 1}};                  // T = 3
@@ -380,6 +480,12 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraLinear>(1002, 96, kDecode),
       make_case<LoraLinear>(64, 520, kOne),
       make_case<LoraLinear>(37, 1002, kLong),
+      make_case<LoraShrinkColumns>(96, kOne),
+      make_case<LoraShrinkColumns>(1024, kDecode),
+      make_case<LoraShrinkColumns>(96, kSeven),
+      make_case<LoraLinearColumns>(1024, 96, kDecode, false),
+      make_case<LoraLinearColumns>(64, 520, kOne, true),
+      make_case<LoraLinearColumns>(96, 1002, kSeven, true),
   };
 }
 

@@ -71,6 +71,45 @@ class MatmulAdd : public Matmul {
   std::vector<float> y0_;  // (T, out)
 };
 
+// A weight with LoRA columns: w (out, in + extra) whose last `extra` columns
+// (random here) the product must leave out; y = x · w[:, :in]ᵀ, or added to y0.
+class MatmulWide : public OpCase {
+ public:
+  MatmulWide(int64_t tokens, int64_t in, int64_t extra, int64_t out, bool add)
+      : T_(tokens), in_(in), extra_(extra), out_(out), add_(add) {}
+  std::string name() const override {
+    return fmt::format("{}(T={} in={} w cols={} out={})", add_ ? "matmul_add" : "matmul", T_, in_, in_ + extra_,
+                       out_);
+  }
+  void init(Rng& rng) override {
+    x_ = rng.bf16(T_ * in_, -1, 1);
+    const double w_range = 2.0 / std::sqrt(double(in_));
+    w_ = rng.bf16(out_ * (in_ + extra_), -w_range, w_range);
+    y0_ = rng.bf16(T_ * out_, -1, 1);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    const Tensor x = upload(b, x_, {T_, in_}), w = upload(b, w_, {out_, in_ + extra_});
+    if (!add_) return {fetch(b, "y", b.matmul(x, w))};
+    Tensor y = upload(b, y0_, {T_, out_});
+    b.matmul_add(x, w, y);
+    return {fetch(b, "y", y)};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<float> lead(size_t(out_ * in_));
+    for (int64_t o = 0; o < out_; ++o)
+      for (int64_t i = 0; i < in_; ++i) lead[size_t(o * in_ + i)] = w_[size_t(o * (in_ + extra_) + i)];
+    std::vector<double> y = matmul_ref(x_, lead, T_, in_, out_);
+    if (add_)
+      for (size_t i = 0; i < y.size(); ++i) y[i] += y0_[i];
+    return {{"y", out_, y}};
+  }
+
+ private:
+  int64_t T_, in_, extra_, out_;
+  bool add_;
+  std::vector<float> x_, w_, y0_;
+};
+
 std::vector<CaseFactory> matmul_cases() {
   std::vector<CaseFactory> cases;
   for (int64_t t : {1, 3, 7, 19})
@@ -82,6 +121,12 @@ std::vector<CaseFactory> matmul_cases() {
   cases.push_back(make_case<Matmul>(1, 3072, 3072));  // a Phi-3-mini o_proj at decode
   for (int64_t t : {1, 7, 733}) cases.push_back(make_case<MatmulAdd>(t, 1002, 96));
   cases.push_back(make_case<MatmulAdd>(64, 3072, 1000));
+  for (int64_t t : {1, 7, 64}) {
+    cases.push_back(make_case<MatmulWide>(t, 96, 32, 200, false));
+    cases.push_back(make_case<MatmulWide>(t, 96, 32, 200, true));
+  }
+  cases.push_back(make_case<MatmulWide>(3, 1002, 22, 37, false));
+  cases.push_back(make_case<MatmulWide>(300, 256, 64, 96, true));
   return cases;
 }
 

@@ -1,6 +1,7 @@
 // The planner and the page allocator: token accounting turned into flat arrays.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
@@ -133,6 +134,61 @@ TEST(AdapterSlots, TablesStayPutAndTheLayoutVersionTracksHostDecisions) {
   EXPECT_NE(slots.layout_version(), v2) << "max rank back to 8";
   slots.clear(0);
   EXPECT_EQ(slots.table(0, lora::Target::qkv), nullptr) << "no adapter left: no table";
+}
+
+// LoRA columns: first fit, freed on clear and reassign, B placed where the
+// table says, the step's width a power of two covering the used ranges, and 0
+// when some token's adapter found no room.
+TEST(AdapterSlots, LoraColumnsArePlacedFirstFitAndFreed) {
+  CpuBackend backend(1);
+  const model::Phi3Config c = test::tiny_phi3_config();
+  const int64_t layers = c.num_hidden_layers;
+  std::vector<Tensor> wide;
+  for (int64_t l = 0; l < layers; ++l)
+    for (auto [in, out] : {std::pair{c.hidden_size, c.qkv_size()}, {c.q_size(), c.hidden_size},
+                           {c.hidden_size, 2 * c.intermediate_size}, {c.intermediate_size, c.hidden_size}}) {
+      Tensor w = backend.alloc(DType::f32, {out, in + 40});
+      std::fill_n(w.ptr<float>(), w.numel(), 7.0f);  // "W" and stale columns alike
+      backend.write_columns(w, in, Tensor(), 40);
+      wide.push_back(w);
+    }
+  lora::AdapterSlots slots(backend, c, 4);
+  slots.attach_columns(wide, 40);
+  slots.assign_random(0, 8, 1.0f, 1);   // columns 0..8
+  slots.assign_random(1, 12, 1.0f, 2);  // 8..24 (12 rounded up to 16)
+  slots.assign_random(2, 16, 1.0f, 3);  // 24..40: full
+  slots.assign_random(3, 4, 1.0f, 4);   // no room
+  const LoraModuleTable* o = slots.table(1, lora::Target::o);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(o->columns, 40);
+  const auto* off = o->col_offsets.ptr<int32_t>();
+  EXPECT_EQ(off[0], 0);
+  EXPECT_EQ(off[1], 8);
+  EXPECT_EQ(off[2], 24);
+  EXPECT_EQ(off[3], -1);
+  EXPECT_EQ(slots.step_columns({0, -1, 0}), 16);
+  EXPECT_EQ(slots.step_columns({1}), 32);
+  EXPECT_EQ(slots.step_columns({2, 0}), 40) << "capped at the capacity";
+  EXPECT_EQ(slots.step_columns({0, 3}), 0) << "slot 3 has no columns: the kernels serve the step";
+  EXPECT_EQ(slots.step_columns({-1, -1}), 0);
+
+  // Slot 1's B for layer 1's o_proj is at columns in + 8 .. + 12, zeros up to + 16.
+  const Tensor& w = wide[size_t(1 * 4 + 1)];
+  const int64_t in = c.q_size(), ld = in + 40;
+  const auto* b1 = reinterpret_cast<const float*>(o->b_ptrs.ptr<int64_t>()[1]);
+  for (int64_t r = 0; r < w.dim(0); ++r) {
+    for (int64_t j = 0; j < 12; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + 8 + j], b1[r * 12 + j]);
+    for (int64_t j = 12; j < 16; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + 8 + j], 0.0f);
+    ASSERT_EQ(w.ptr<float>()[r * ld], 7.0f) << "W itself untouched";
+  }
+
+  slots.clear(1);  // frees 8..24 and zeroes it
+  EXPECT_EQ(o->col_offsets.ptr<int32_t>()[1], -1);
+  for (int64_t r = 0; r < w.dim(0); ++r)
+    for (int64_t j = 8; j < 24; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + j], 0.0f);
+  slots.assign_random(3, 4, 1.0f, 5);  // now fits in the hole
+  EXPECT_EQ(o->col_offsets.ptr<int32_t>()[3], 8);
+  EXPECT_EQ(slots.step_columns({3, 2}), 40);
 }
 
 }  // namespace

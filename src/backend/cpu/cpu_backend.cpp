@@ -149,23 +149,50 @@ std::pair<Tensor, Tensor> CpuBackend::add_rms_norm(const Tensor& h, const Tensor
   return {y, sum};
 }
 
+static void check_inner(const char* op, const Tensor& x, const Tensor& w) {
+  if (w.cols() < x.cols())
+    throw std::runtime_error(std::string("cpu backend: ") + op + ": x " + x.shape_str() + " and w " +
+                             w.shape_str() + " disagree on the inner dimension");
+}
+
 Tensor CpuBackend::matmul(const Tensor& x, const Tensor& w) {
+  check_inner("matmul", x, w);
   const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
   Tensor y = host_alloc(DType::f32, {m, n});
   if (m == 0) return y;
+  if (k == 0) {
+    std::memset(y.data, 0, y.nbytes());
+    return y;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x.ptr<float>(),
-              int(k), w.ptr<float>(), int(k), 0.0f, y.ptr<float>(), int(n));
+              int(k), w.ptr<float>(), int(w.cols()), 0.0f, y.ptr<float>(), int(n));
   return y;
 }
 
 void CpuBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
+  check_inner("matmul_add", x, w);
   const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
   if (y.rows() != m || y.cols() != n)
     throw std::runtime_error("cpu backend: matmul_add: y " + y.shape_str() + " for x " + x.shape_str() +
                              " and w " + w.shape_str());
-  if (m == 0) return;
+  if (m == 0 || k == 0) return;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x.ptr<float>(),
-              int(k), w.ptr<float>(), int(k), 1.0f, y.ptr<float>(), int(n));
+              int(k), w.ptr<float>(), int(w.cols()), 1.0f, y.ptr<float>(), int(n));
+}
+
+void CpuBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count) {
+  const int64_t n = src.empty() ? count : src.cols();
+  if (col < 0 || col + n > dst.cols() || (!src.empty() && src.rows() != dst.rows()))
+    throw std::runtime_error("cpu backend: write_columns: " + std::to_string(n) + " columns at " +
+                             std::to_string(col) + " of " + dst.shape_str() +
+                             (src.empty() ? std::string() : " from " + src.shape_str()));
+  for (int64_t r = 0; r < dst.rows(); ++r) {
+    float* d = dst.ptr<float>() + r * dst.cols() + col;
+    if (src.empty())
+      std::memset(d, 0, size_t(n) * sizeof(float));
+    else
+      std::memcpy(d, src.ptr<float>() + r * n, size_t(n) * sizeof(float));
+  }
 }
 
 Tensor CpuBackend::silu_mul(const Tensor& gate_up) {

@@ -38,6 +38,7 @@ class CpuBackend final : public Backend {
                                          float eps) override;
   Tensor matmul(const Tensor& x, const Tensor& w) override;
   void matmul_add(const Tensor& x, const Tensor& w, Tensor& y) override;
+  void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) override;
   void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
                       KvLayer& kv) override;
   Tensor attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
@@ -48,6 +49,7 @@ class CpuBackend final : public Backend {
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
+  Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   bool can_capture() const override { return replay_graphs_; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;

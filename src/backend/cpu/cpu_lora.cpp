@@ -53,4 +53,35 @@ Tensor CpuBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const 
   return y;
 }
 
+Tensor CpuBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
+  const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns, ld = in + width;
+  if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
+    throw std::runtime_error("cpu backend: lora_shrink_columns: x " + x.shape_str() + ", " +
+                             std::to_string(width) + " columns, for a module of " + std::to_string(m.in_features) +
+                             " inputs and " + std::to_string(m.columns) + " LoRA columns");
+  Tensor out = host_alloc(DType::f32, {n, ld});
+  std::memset(out.data, 0, out.nbytes());
+  const auto* offsets = m.col_offsets.ptr<int32_t>();
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = out.ptr<float>() + t * ld;
+    const float* xt = x.ptr<float>() + t * in;
+    std::memcpy(row, xt, size_t(in) * sizeof(float));
+    const int32_t slot = batch.token_slot.ptr<int32_t>()[t];
+    if (slot < 0) continue;
+    const int64_t r = m.ranks.ptr<int32_t>()[slot], off = offsets[slot];
+    if (r == 0) continue;
+    if (off < 0 || off + r > width)
+      throw std::runtime_error("cpu backend: lora_shrink_columns: slot " + std::to_string(slot) +
+                               " has no columns within the step's " + std::to_string(width));
+    const auto* a = reinterpret_cast<const float*>(m.a_ptrs.ptr<int64_t>()[slot]);
+    const float scale = m.scales.ptr<float>()[slot];
+    for (int64_t j = 0; j < r; ++j) {
+      double acc = 0;
+      for (int64_t k = 0; k < in; ++k) acc += double(xt[k]) * double(a[j * in + k]);
+      row[in + off + j] = float(double(scale) * acc);
+    }
+  }
+  return out;
+}
+
 }  // namespace philora

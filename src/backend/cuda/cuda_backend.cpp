@@ -200,7 +200,7 @@ Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
   require(x, DType::bf16, "matmul", "x");
   require(w, DType::bf16, "matmul", "w");
   const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
-  if (w.cols() != k)
+  if (w.cols() < k)
     throw std::runtime_error("cuda backend: matmul: x " + x.shape_str() + " and w " + w.shape_str() +
                              " disagree on the inner dimension");
   Tensor y = device_tensor(DType::bf16, {m, n});
@@ -209,7 +209,7 @@ Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
     PHILORA_CUDA_CHECK(cudaMemsetAsync(y.data, 0, y.nbytes(), ctx_->stream));
     return y;
   }
-  ctx_->matmul->run(x.data, w.data, y.data, m, n, k);
+  ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 0.0f, w.cols());
   return y;
 }
 
@@ -289,11 +289,29 @@ void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
   require(w, DType::bf16, "matmul_add", "w");
   require(y, DType::bf16, "matmul_add", "y");
   const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
-  if (w.cols() != k || y.rows() != m || y.cols() != n)
+  if (w.cols() < k || y.rows() != m || y.cols() != n)
     throw std::runtime_error("cuda backend: matmul_add: x " + x.shape_str() + ", w " + w.shape_str() + ", y " +
                              y.shape_str() + " do not fit y += x · wᵀ");
   if (m == 0 || n == 0 || k == 0) return;
-  ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 1.0f);
+  ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 1.0f, w.cols());
+}
+
+void CudaBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count) {
+  require(dst, DType::bf16, "write_columns", "dst");
+  const int64_t n = src.empty() ? count : src.cols();
+  if (!src.empty()) require(src, DType::bf16, "write_columns", "src");
+  if (col < 0 || n < 0 || col + n > dst.cols() || (!src.empty() && src.rows() != dst.rows()))
+    throw std::runtime_error("cuda backend: write_columns: " + std::to_string(n) + " columns at " +
+                             std::to_string(col) + " of " + dst.shape_str() +
+                             (src.empty() ? std::string() : " from " + src.shape_str()));
+  if (n == 0 || dst.rows() == 0) return;
+  const size_t pitch = size_t(dst.cols()) * 2, width = size_t(n) * 2;
+  void* d = static_cast<char*>(dst.data) + size_t(col) * 2;
+  if (src.empty())
+    PHILORA_CUDA_CHECK(cudaMemset2DAsync(d, pitch, 0, width, size_t(dst.rows()), ctx_->stream));
+  else
+    PHILORA_CUDA_CHECK(cudaMemcpy2DAsync(d, pitch, src.data, width, width, size_t(dst.rows()),
+                                         cudaMemcpyDeviceToDevice, ctx_->stream));
 }
 
 Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
@@ -359,6 +377,25 @@ Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const
   cuda::launch_lora_shrink(lora_launch(m, batch, n), x.data, xa.ptr<float>(), width,
                            ctx_->props.multiProcessorCount, ctx_->stream);
   return xa;
+}
+
+Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
+  require(x, DType::bf16, "lora_shrink_columns", "x");
+  const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;
+  if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
+    throw std::runtime_error("cuda backend: lora_shrink_columns: x " + x.shape_str() + ", " +
+                             std::to_string(width) + " columns, for a module of " + std::to_string(m.in_features) +
+                             " inputs and " + std::to_string(m.columns) + " LoRA columns");
+  require(m.col_offsets, DType::i32, "lora_shrink_columns", "col_offsets");
+  Tensor out = device_tensor(DType::bf16, {n, in + width});
+  if (n == 0) return out;
+  cuda::LoraLaunch l = lora_launch(m, batch, n);
+  l.by_segment = false;  // per token, whatever the segments
+  require(batch.token_slot, DType::i32, "lora", "token_slot");
+  l.token_slot = batch.token_slot.ptr<int32_t>();
+  cuda::launch_lora_shrink_columns(l, x.data, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
+                                   ctx_->stream);
+  return out;
 }
 
 void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,

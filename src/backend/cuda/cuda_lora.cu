@@ -112,9 +112,31 @@ constexpr int kTokenMaxWarps = 32;
 // Rank rows per block for `chunks` chunks a row: up to 4, within 32 warps.
 inline int token_rows(int64_t chunks) { return int(std::clamp<int64_t>(kTokenMaxWarps / chunks, 1, 4)); }
 
+// LoRA columns (kColumns): instead of xa, the row t of X (T, ld) = [x[t] |
+// columns]: block y = 0 copies x[t] and zeroes every column but the slot's
+// r, which the blocks write as bf16(scale · xa).
+struct ColumnsOut {
+  bf16* x = nullptr;                 // X (T, ld)
+  int64_t ld = 0;                    // in + width
+  const int32_t* offsets = nullptr;  // [slots]
+  int width = 0;
+};
+
+__device__ __forceinline__ void fill_columns_row(const ColumnsOut& c, const bf16* __restrict__ x, int64_t in, int t,
+                                                 int off, int r) {
+  bf16* row = c.x + int64_t(t) * c.ld;
+  const bf16* xr = x + int64_t(t) * in;
+  for (int64_t i = int64_t(threadIdx.x) * 8; i < in; i += int64_t(blockDim.x) * 8)
+    *reinterpret_cast<uint4*>(row + i) = *reinterpret_cast<const uint4*>(xr + i);
+  const bf16 zero = __float2bfloat16_rn(0.0f);
+  for (int j = threadIdx.x; j < c.width; j += blockDim.x)
+    if (j < off || j >= off + r) row[in + j] = zero;
+}
+
+template <bool kColumns>
 __global__ void __launch_bounds__(32 * kTokenMaxWarps)
     lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa,
-                             int64_t xa_stride, int chunks, int rows) {
+                             int64_t xa_stride, int chunks, int rows, ColumnsOut cols) {
   // A's rows (adapter weights) and the plan are written before the step: they
   // load before waiting on the kernel before; x (its output) after.
   chained_launch();
@@ -122,9 +144,12 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   const int t = blockIdx.x;
   const int slot = l.token_slot[t];
   const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
+  const int off = kColumns && slot >= 0 ? cols.offsets[slot] : 0;
   const int j0 = blockIdx.y * rows;
   if (j0 >= r) {  // the whole block's exit; it still waits, so that this grid
     chained_wait();  // ends after the kernel before it, as the next one assumes
+    if constexpr (kColumns)
+      if (blockIdx.y == 0) fill_columns_row(cols, x, l.in_features, t, off, r);
     return;
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -141,6 +166,8 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
     }
   }
   chained_wait();
+  if constexpr (kColumns)
+    if (blockIdx.y == 0) fill_columns_row(cols, x, in, t, off, r);
   float acc = 0.0f;
   if (j < r) {
     const bf16* xr = x + int64_t(t) * in;
@@ -165,7 +192,10 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   if (int(threadIdx.x) < rows && j0 + int(threadIdx.x) < r) {
     float v = 0.0f;
     for (int k = 0; k < chunks; ++k) v += part[k * rows + threadIdx.x];
-    xa[int64_t(t) * xa_stride + j0 + threadIdx.x] = v;
+    if constexpr (kColumns)
+      cols.x[int64_t(t) * cols.ld + in + off + j0 + threadIdx.x] = __float2bfloat16_rn(l.scales[slot] * v);
+    else
+      xa[int64_t(t) * xa_stride + j0 + threadIdx.x] = v;
   }
 }
 
@@ -266,7 +296,8 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
       aligned16(x)) {
     const int rows = token_rows(chunks);
     const dim3 grid{unsigned(units), unsigned(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), rows))};
-    launch_chained(lora_shrink_token_kernel, dim3(grid), dim3(unsigned(32 * rows * chunks)), 0, stream, l, static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows);
+    launch_chained(lora_shrink_token_kernel<false>, dim3(grid), dim3(unsigned(32 * rows * chunks)), 0, stream, l,
+                   static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows, ColumnsOut{});
     PHILORA_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -286,6 +317,24 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
     launch_chained(lora_shrink_kernel<true>, dim3(grid), dim3(kShrinkThreads), 0, stream, l, xb, xa, xa_stride, tiles, k_chunk, atomic);
   else
     launch_chained(lora_shrink_kernel<false>, dim3(grid), dim3(kShrinkThreads), 0, stream, l, xb, xa, xa_stride, tiles, k_chunk, atomic);
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
+                                const int32_t* col_offsets, int64_t width, cudaStream_t stream) {
+  if (l.num_tokens == 0) return;
+  const int64_t chunks = ceil_div(l.in_features, kTokenChunk);
+  if (l.by_segment || chunks > kTokenMaxWarps || l.in_features % 8 != 0 || ld % 8 != 0 || !aligned16(x) ||
+      !aligned16(out) || width <= 0)
+    throw_unsupported("lora_shrink_columns: " + std::to_string(l.in_features) + " inputs, row stride " +
+                      std::to_string(ld) + " (per-token steps of at most " +
+                      std::to_string(kTokenMaxWarps * kTokenChunk) + " inputs, 16-byte aligned rows)");
+  const int rows = token_rows(chunks);
+  const int64_t rank_blocks = std::max<int64_t>(1, ceil_div(l.max_rank, rows));
+  const dim3 grid{unsigned(l.num_tokens), unsigned(rank_blocks)};
+  ColumnsOut cols{static_cast<bf16*>(out), ld, col_offsets, int(width)};
+  launch_chained(lora_shrink_token_kernel<true>, grid, dim3(unsigned(32 * rows * chunks)), 0, stream, l,
+                 static_cast<const bf16*>(x), static_cast<float*>(nullptr), l.max_rank, int(chunks), rows, cols);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

@@ -49,6 +49,11 @@ inline bool lora_use_segments(int64_t num_tokens, int64_t num_segments) {
 void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, int num_sms,
                         cudaStream_t stream);
 
+// LoRA columns, per token: X (T, ld) row t = [x[t] | bf16(scale_s · A_s x[t]) at
+// columns in + col_offsets[s] .. + r_s, 0 in the rest of the `width` columns].
+void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
+                                const int32_t* col_offsets, int64_t width, cudaStream_t stream);
+
 // y[t, col_offset + j] += scale_s · Σ_k xa[t, k] B_s[j, k]  (y (T, y_stride) bf16); with
 // `write`, y[t, col_offset + j] = that term, and 0 for tokens without an adapter.
 void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride, void* y,

@@ -38,12 +38,12 @@ LtMatmul::~LtMatmul() {
 }
 
 // Row-major y (m, n) = x (m, k) · wᵀ is, in cuBLAS's column-major terms,
-// yᵀ (n × m, ld n) = op(W) · X with W the column-major (k × n, ld k) view of
+// yᵀ (n × m, ld n) = op(W) · X with W the column-major (k × n, ld ldw) view of
 // w transposed (op = T) and X the column-major (k × m, ld k) view of x.
 LtMatmul::Plan& LtMatmul::plan_for(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [m, n, k, align_x, align_w, align_y] = key;
+  const auto [m, n, k, ldw, align_x, align_w, align_y] = key;
   Plan p;
   PHILORA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
@@ -51,7 +51,7 @@ LtMatmul::Plan& LtMatmul::plan_for(const Key& key) {
                                                       sizeof(trans_a)));
   PHILORA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
                                                       sizeof(trans_b)));
-  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, uint64_t(k), uint64_t(n), k));
+  PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, uint64_t(k), uint64_t(n), ldw));
   PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, uint64_t(k), uint64_t(m), k));
   PHILORA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
 
@@ -184,9 +184,9 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_
 }
 
 void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
-                   float alpha, float beta) {
+                   float alpha, float beta, int64_t ldw) {
   if (m == 0 || n == 0) return;
-  const Key key{m, n, k, alignment_of(x), alignment_of(w), alignment_of(y)};
+  const Key key{m, n, k, std::max(ldw, k), alignment_of(x), alignment_of(w), alignment_of(y)};
   Plan& p = plan_for(key);
   if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, x, w, m, n, alpha);
   PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,

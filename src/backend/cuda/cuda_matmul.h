@@ -24,9 +24,10 @@ class LtMatmul {
   LtMatmul(const LtMatmul&) = delete;
   LtMatmul& operator=(const LtMatmul&) = delete;
 
-  // y = alpha · x · wᵀ + beta · y ; x (m, k), w (n, k), y (m, n), bf16 row-major.
+  // y = alpha · x · wᵀ + beta · y ; x (m, k), w (n, k) with rows ldw ≥ k
+  // apart (0: k), y (m, n), bf16 row-major.
   void run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
-           float alpha = 1.0f, float beta = 0.0f);
+           float alpha = 1.0f, float beta = 0.0f, int64_t ldw = 0);
 
   size_t cached_plans() const { return plans_.size(); }
   // Whether a new shape times the heuristic's candidates and keeps the fastest
@@ -34,8 +35,8 @@ class LtMatmul {
   void set_autotune(bool on) { tune_ = on; }
 
  private:
-  // (m, n, k, alignment of x, w, y in bytes)
-  using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int>;
+  // (m, n, k, ldw, alignment of x, w, y in bytes)
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, int>;
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
