@@ -34,6 +34,7 @@ void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slot
   columns = (columns + 7) / 8 * 8;
   if (columns == 0) return;
   slots.attach_columns(model.widen_for_lora(columns), columns);
+  model.backend().release_cached_memory();  // the narrow weights' blocks
 }
 
 Expected<LoadedModel> load_model(const ModelOptions& o) {

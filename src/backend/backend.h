@@ -154,6 +154,9 @@ class Backend {
   // An i32 backend tensor in host memory (waits for the work queued before).
   virtual std::vector<int32_t> download_i32(const Tensor& t) = 0;
   virtual void synchronize() = 0;
+  // Hands memory the backend keeps for reuse (freed tensors) back to the
+  // device, e.g. after weights were replaced by wider copies. No-op by default.
+  virtual void release_cached_memory() {}
   // Uniform values in [mean - half_width, mean + half_width], in the compute
   // dtype; element i depends only on (seed, i) (random_uniform_value), so every
   // backend makes the same tensor. For benchmarks and tests.

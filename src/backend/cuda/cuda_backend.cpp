@@ -296,6 +296,11 @@ void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
   ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 1.0f, w.cols());
 }
 
+void CudaBackend::release_cached_memory() {
+  PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));  // queued ops may still use freed blocks
+  ctx_->allocator->release_cached();
+}
+
 void CudaBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count) {
   require(dst, DType::bf16, "write_columns", "dst");
   const int64_t n = src.empty() ? count : src.cols();

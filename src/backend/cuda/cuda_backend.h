@@ -63,6 +63,7 @@ class CudaBackend final : public Backend {
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
+  void release_cached_memory() override;
   bool can_capture() const override { return true; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
 
