@@ -75,6 +75,8 @@ struct AttentionPlan {
 struct LoraModuleTable {
   Tensor a_ptrs;  // [num_slots] i64: device address of A_i (0 when rank 0)
   Tensor b_ptrs;  // [num_slots] i64: device address of B_i
+  Tensor b_ld;    // [num_slots] i32: elements between B_i's rows (B_i inside a wide weight);
+                  // empty: ranks[i] (B_i a matrix of its own)
   Tensor ranks;   // [num_slots] i32
   Tensor scales;  // [num_slots] f32
   DType dtype = DType::f32;

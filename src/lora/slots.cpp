@@ -26,6 +26,7 @@ AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num
     LoraModuleTable& t = tables_[m];  // fixed addresses: step graphs keep them
     t.a_ptrs = backend_.upload_i64(std::vector<int64_t>(size_t(num_slots), 0));
     t.b_ptrs = backend_.upload_i64(std::vector<int64_t>(size_t(num_slots), 0));
+    t.b_ld = backend_.upload_i32(std::vector<int32_t>(size_t(num_slots), 0));
     t.ranks = backend_.upload_i32(std::vector<int32_t>(size_t(num_slots), 0));
     t.scales = backend_.upload_f32(std::vector<float>(size_t(num_slots), 0.0f));
     t.dtype = backend_.compute_dtype();
@@ -88,13 +89,20 @@ void AdapterSlots::clear(int slot) {
 
 void AdapterSlots::rebuild(size_t m) {
   std::vector<int64_t> a(static_cast<size_t>(num_slots_)), b(static_cast<size_t>(num_slots_));
-  std::vector<int32_t> ranks(static_cast<size_t>(num_slots_));
+  std::vector<int32_t> ranks(static_cast<size_t>(num_slots_)), b_ld(static_cast<size_t>(num_slots_));
   std::vector<float> scales(static_cast<size_t>(num_slots_));
   int64_t max_rank = 0;
   for (size_t s = 0; s < size_t(num_slots_); ++s) {
     const Resident& r = resident_[m][s];
     a[s] = int64_t(reinterpret_cast<uintptr_t>(r.a.data));
     b[s] = int64_t(reinterpret_cast<uintptr_t>(r.b.data));
+    b_ld[s] = r.rank;
+    if (r.rank > 0 && !r.b.data && col_offset_[s] >= 0 && m < wide_.size()) {  // B lives in the columns
+      const Tensor& w = wide_[m];
+      b[s] = int64_t(reinterpret_cast<uintptr_t>(static_cast<const char*>(w.data) +
+                                                 (dims_[m][0] + col_offset_[s]) * int64_t(dtype_size(w.dtype))));
+      b_ld[s] = int32_t(w.cols());
+    }
     ranks[s] = r.rank;
     scales[s] = r.scale;
     max_rank = std::max<int64_t>(max_rank, r.rank);
@@ -102,6 +110,7 @@ void AdapterSlots::rebuild(size_t m) {
   LoraModuleTable& t = tables_[m];
   backend_.upload_into(t.a_ptrs, a.data(), a.size() * sizeof(int64_t));
   backend_.upload_into(t.b_ptrs, b.data(), b.size() * sizeof(int64_t));
+  backend_.upload_into(t.b_ld, b_ld.data(), b_ld.size() * sizeof(int32_t));
   backend_.upload_into(t.ranks, ranks.data(), ranks.size() * sizeof(int32_t));
   backend_.upload_into(t.scales, scales.data(), scales.size() * sizeof(float));
   if (t.max_rank != max_rank || used_[m] != (max_rank > 0)) ++layout_version_;
@@ -153,9 +162,13 @@ void AdapterSlots::place_columns(int slot) {
   for (size_t m = 0; m < wide_.size(); ++m) {
     const int64_t in = dims_[m][0];
     backend_.write_columns(wide_[m], in + at, Tensor(), width);
-    const Resident& r = resident_[m][size_t(slot)];
-    if (r.rank > 0) backend_.write_columns(wide_[m], in + at, r.b);
+    Resident& r = resident_[m][size_t(slot)];
+    if (r.rank > 0) {
+      backend_.write_columns(wide_[m], in + at, r.b);
+      r.b = Tensor();  // B is kept once: the kernels read it from the columns too (b_ld)
+    }
     backend_.upload_into(tables_[m].col_offsets, col_offset_.data(), col_offset_.size() * sizeof(int32_t));
+    rebuild(m);
   }
 }
 

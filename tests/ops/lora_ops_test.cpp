@@ -445,6 +445,64 @@ class LoraLinearColumns : public LoraCase {
   std::vector<float> x_, w_, y0_;  // (T, in), (out, in), (T, out)
 };
 
+// The shrink / delta form over a weight with LoRA columns whose table points
+// B_s into those columns (b_ld = the wide row): what prefill does once an
+// adapter's B lives only in the columns. Long runs take the segment kernels.
+class LoraLinearStridedB : public LoraCase {
+ public:
+  LoraLinearStridedB(int64_t in, int64_t out, std::vector<Run> runs) : LoraCase(in, out, std::move(runs)) {}
+  std::string name() const override {
+    return fmt::format("lora_linear_strided_b(in={} out={} columns={} ranks={} runs={})", in_, out_, kColumns,
+                       ranks_str(), runs_str(runs_));
+  }
+  void init(Rng& rng) override {
+    LoraCase::init(rng);
+    x_ = rng.bf16(tokens() * in_, -1, 1);
+    const double w_range = 2.0 / std::sqrt(double(in_));
+    w_ = rng.bf16(out_ * in_, -w_range, w_range);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    DeviceLora lora = upload_lora(b);
+    Tensor wide = b.alloc(b.compute_dtype(), {out_, in_ + kColumns});
+    b.write_columns(wide, 0, upload(b, w_, {out_, in_}));
+    b.write_columns(wide, in_, Tensor(), kColumns);
+    std::vector<int64_t> b_ptrs(kRanks.size(), 0);
+    std::vector<int32_t> b_ld(kRanks.size(), int32_t(in_ + kColumns));
+    const size_t elem = dtype_size(wide.dtype);
+    for (size_t s = 0; s < kRanks.size(); ++s) {
+      if (kRanks[s] == 0) continue;
+      b.write_columns(wide, in_ + kOffsets[s], lora.b[s]);
+      b_ptrs[s] = reinterpret_cast<int64_t>(static_cast<char*>(wide.data) + size_t(in_ + kOffsets[s]) * elem);
+    }
+    lora.b.clear();  // the table's B is the columns' now
+    lora.table.b_ptrs = b.upload_i64(b_ptrs);
+    lora.table.b_ld = b.upload_i32(b_ld);
+    const LoraBatch batch = upload_batch(b);
+    const Tensor x = upload(b, x_, {tokens(), in_});
+    const Tensor xa = b.lora_shrink(x, lora.table, batch);
+    Tensor y = b.lora_delta(xa, lora.table, batch);
+    b.matmul_add(x, wide, y);
+    return {fetch(b, "y", y)};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<double> y(size_t(tokens() * out_), 0.0);
+    for (int64_t t = 0; t < tokens(); ++t) {
+      std::vector<double> xa;
+      for (int64_t k = 0; k < rank_of(t); ++k)
+        xa.push_back(shrink_ref(token_slot_[size_t(t)], &x_[size_t(t * in_)], k));
+      for (int64_t j = 0; j < out_; ++j) {
+        double acc = 0;
+        for (int64_t i = 0; i < in_; ++i) acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(j * in_ + i)]);
+        y[size_t(t * out_ + j)] = acc + (xa.empty() ? 0.0 : expand_ref(token_slot_[size_t(t)], xa, j));
+      }
+    }
+    return {{"y", out_, y}};
+  }
+
+ private:
+  std::vector<float> x_, w_;  // (T, in), (out, in)
+};
+
 // Token layouts. Slot 5 has rank 0 here; -1 is no adapter.
 const std::vector<Run> kOne = {{4, 1}};                                     // T = 1, rank 128
 const std::vector<Run> kThree = {{0, 1}, {-1, 1}, {3, 1}};                  // T = 3
@@ -486,6 +544,9 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraLinearColumns>(1024, 96, kDecode, false),
       make_case<LoraLinearColumns>(64, 520, kOne, true),
       make_case<LoraLinearColumns>(96, 1002, kSeven, true),
+      make_case<LoraLinearStridedB>(1024, 96, kDecode),
+      make_case<LoraLinearStridedB>(96, 1002, kLong),
+      make_case<LoraLinearStridedB>(64, 37, kSeven),
   };
 }
 

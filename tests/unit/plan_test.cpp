@@ -172,12 +172,15 @@ TEST(AdapterSlots, LoraColumnsArePlacedFirstFitAndFreed) {
   EXPECT_EQ(slots.step_columns({0, 3}), 0) << "slot 3 has no columns: the kernels serve the step";
   EXPECT_EQ(slots.step_columns({-1, -1}), 0);
 
-  // Slot 1's B for layer 1's o_proj is at columns in + 8 .. + 12, zeros up to + 16.
+  // Slot 1's B for layer 1's o_proj is at columns in + 8 .. + 12, zeros up to
+  // + 16; the table reads it there (B is kept once), rows ld apart.
   const Tensor& w = wide[size_t(1 * 4 + 1)];
   const int64_t in = c.q_size(), ld = in + 40;
-  const auto* b1 = reinterpret_cast<const float*>(o->b_ptrs.ptr<int64_t>()[1]);
+  EXPECT_EQ(reinterpret_cast<const float*>(o->b_ptrs.ptr<int64_t>()[1]), w.ptr<float>() + in + 8);
+  EXPECT_EQ(o->b_ld.ptr<int32_t>()[1], ld);
+  EXPECT_EQ(o->b_ld.ptr<int32_t>()[3], 4) << "a slot without columns keeps B of its own";
   for (int64_t r = 0; r < w.dim(0); ++r) {
-    for (int64_t j = 0; j < 12; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + 8 + j], b1[r * 12 + j]);
+    for (int64_t j = 0; j < 12; ++j) ASSERT_NE(w.ptr<float>()[r * ld + in + 8 + j], 0.0f) << "B placed";
     for (int64_t j = 12; j < 16; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + 8 + j], 0.0f);
     ASSERT_EQ(w.ptr<float>()[r * ld], 7.0f) << "W itself untouched";
   }
@@ -188,6 +191,7 @@ TEST(AdapterSlots, LoraColumnsArePlacedFirstFitAndFreed) {
     for (int64_t j = 8; j < 24; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + j], 0.0f);
   slots.assign_random(3, 4, 1.0f, 5);  // now fits in the hole
   EXPECT_EQ(o->col_offsets.ptr<int32_t>()[3], 8);
+  EXPECT_EQ(reinterpret_cast<const float*>(o->b_ptrs.ptr<int64_t>()[3]), w.ptr<float>() + in + 8);
   EXPECT_EQ(slots.step_columns({3, 2}), 40);
 }
 

@@ -38,10 +38,11 @@ void CpuBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const L
     const int64_t rows = indptr[g + 1] - indptr[g];
     if (r == 0 || rows == 0) continue;
     const auto* b = reinterpret_cast<const float*>(m.b_ptrs.ptr<int64_t>()[slot]);
+    const int64_t ldb = m.b_ld.empty() ? r : m.b_ld.ptr<int32_t>()[slot];
     const float scale = m.scales.ptr<float>()[slot];
-    // y[seg, off:off+out] += scale · xa[seg, :r] · Bᵀ ;  B (out, r)
+    // y[seg, off:off+out] += scale · xa[seg, :r] · Bᵀ ;  B (out, r), rows ldb apart
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(out), int(r), scale,
-                xa.ptr<float>() + int64_t(indptr[g]) * width, int(width), b, int(r), 1.0f,
+                xa.ptr<float>() + int64_t(indptr[g]) * width, int(width), b, int(ldb), 1.0f,
                 y.ptr<float>() + int64_t(indptr[g]) * ldy + col_offset, int(ldy));
   }
 }

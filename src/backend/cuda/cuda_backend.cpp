@@ -348,6 +348,10 @@ static cuda::LoraLaunch lora_launch(const LoraModuleTable& m, const LoraBatch& b
   cuda::LoraLaunch l;
   l.a_ptrs = m.a_ptrs.ptr<int64_t>();
   l.b_ptrs = m.b_ptrs.ptr<int64_t>();
+  if (!m.b_ld.empty()) {
+    require(m.b_ld, DType::i32, "lora", "b_ld");
+    l.b_ld = m.b_ld.ptr<int32_t>();
+  }
   l.ranks = m.ranks.ptr<int32_t>();
   l.scales = m.scales.ptr<float>();
   l.in_features = m.in_features;

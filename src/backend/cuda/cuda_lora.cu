@@ -231,8 +231,9 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
   }
   __nv_bfloat162 b[R / 2];
   if (j < l.out_features) {
-    const bf16* brow = reinterpret_cast<const bf16*>(l.b_ptrs[u.slot]) + j * r;
-    if ((r & 7) == 0) {
+    const int64_t ld = l.b_ld ? int64_t(l.b_ld[u.slot]) : int64_t(l.ranks[u.slot]);
+    const bf16* brow = reinterpret_cast<const bf16*>(l.b_ptrs[u.slot]) + j * ld;
+    if ((r & 7) == 0 && (reinterpret_cast<uintptr_t>(brow) & 15) == 0) {
 #pragma unroll
       for (int v = 0; v < R / 8; ++v) {
         Bf16x8 w;

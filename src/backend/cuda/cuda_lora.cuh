@@ -17,6 +17,7 @@ namespace philora::cuda {
 struct LoraLaunch {
   const int64_t* a_ptrs = nullptr;  // [slots] device addresses of A_i
   const int64_t* b_ptrs = nullptr;  // [slots] device addresses of B_i
+  const int32_t* b_ld = nullptr;    // [slots] elements between B_i's rows; null: its rank
   const int32_t* ranks = nullptr;   // [slots]
   const float* scales = nullptr;    // [slots]
   int64_t in_features = 0, out_features = 0;
