@@ -37,10 +37,18 @@ else
   tar -c --exclude=./.git --exclude='./build*' --exclude=./.carry --exclude=node_modules \
     --exclude=./.whl --exclude=./.gl . | tar -x -C "$src.new"
 fi
-# Replace the sources, keep the build folder (mtimes are kept, so ninja rebuilds
-# only what changed).
-find "$src" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
-cp -a "$src.new/." "$src/"
+# Replace the sources, keep the build folder. A file is copied (so its mtime
+# becomes now) only when its contents changed, and ninja rebuilds exactly what
+# changed: keeping the tree's own mtimes instead missed files edited while an
+# earlier build ran (their objects were newer than the edit).
+(cd "$src.new" && find . -type f) | while IFS= read -r f; do
+  if ! cmp -s "$src.new/$f" "$src/$f"; then
+    mkdir -p "$(dirname "$src/$f")" && cp "$src.new/$f" "$src/$f"
+  fi
+done
+(cd "$src" && find . -path ./build -prune -o -type f -print) | while IFS= read -r f; do
+  [ -e "$src.new/$f" ] || rm -f "$src/$f"
+done
 rm -rf "$src.new"
 
 cmake -S "$src" -B "$src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
