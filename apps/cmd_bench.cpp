@@ -37,7 +37,7 @@ struct BenchOptions {
   int64_t lora_context = 1024;
   int64_t lora_rank = 16;
   bool skip_lora = false;
-  int64_t lora_columns = -1;  // -1: lora_rank per adapter
+  int64_t lora_columns = -1;  // -1: lora_rank (rounded up to 8) per adapter
   double mem_fraction = 0.9;
   bool enforce_eager = false;
 };
@@ -240,7 +240,7 @@ int run_bench(const BenchOptions& o) {
   if (!o.skip_lora) {
     const int nslots = int(o.lora_batch);
     lora::AdapterSlots slots(b, c, nslots);
-    attach_lora_columns(m, slots, o.lora_columns < 0 ? nslots * o.lora_rank : o.lora_columns);
+    attach_lora_columns(m, slots, o.lora_columns < 0 ? nslots * ((o.lora_rank + 7) / 8 * 8) : o.lora_columns);
     for (int s = 0; s < nslots; ++s)
       slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
     b.synchronize();

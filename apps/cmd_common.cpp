@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 
@@ -24,13 +25,15 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
 
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns) {
   cmd.add_option("--lora-columns", columns,
-                 "columns of every LoRA target weight kept for resident adapters' B, so that decode "
-                 "steps apply LoRA inside the base matmul (0: off; default 16 per adapter slot)")
+                 "columns of every LoRA target weight kept for resident adapters' B, so that steps of "
+                 "up to 256 tokens apply LoRA inside the base matmul (0: off; default: 16 per adapter "
+                 "slot, at most 1024; bench: the rank, rounded up to 8, per adapter)")
       ->check(CLI::Range(int64_t(-1), int64_t(1) << 20));
 }
 
 void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested) {
-  int64_t columns = requested < 0 ? kLoraColumnsPerSlot * slots.num_slots() : requested;
+  int64_t columns =
+      requested < 0 ? kLoraColumnsPerSlot * std::min<int64_t>(slots.num_slots(), kLoraColumnsMaxSlots) : requested;
   columns = (columns + 7) / 8 * 8;
   if (columns == 0) return;
   slots.attach_columns(model.widen_for_lora(columns), columns);

@@ -59,7 +59,8 @@ int run_serve(const ServeOptions& o) {
   }
 
   lora::AdapterSlots slots(b, *config, o.adapter_slots);
-  attach_lora_columns(m, slots, o.model.lora_columns);
+  if (!o.adapter_dir.empty() || !o.model.adapters.empty())  // else no adapter can ever load
+    attach_lora_columns(m, slots, o.model.lora_columns);
   lora::AdapterStore store(*config, slots, {o.adapter_dir, 64});
   for (const std::string& spec : o.model.adapters) {
     const size_t eq = spec.find('=');

@@ -27,15 +27,18 @@ struct ModelOptions {
 };
 
 // Decode's one-matmul LoRA: this many columns of every target weight per
-// adapter slot unless --lora-columns says otherwise (a rank-16 adapter each).
+// adapter slot unless --lora-columns says otherwise (a rank-16 adapter each),
+// for at most kLoraColumnsMaxSlots slots (1024 columns: 2.1 GB on Phi-3-mini).
 inline constexpr int64_t kLoraColumnsPerSlot = 16;
+inline constexpr int64_t kLoraColumnsMaxSlots = 64;
 
 void add_model_options(CLI::App& cmd, ModelOptions& o);
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns);
 
 // Widens the model's LoRA target weights and attaches the columns to the
 // slots (before any adapter is assigned): `requested` < 0 means
-// kLoraColumnsPerSlot per slot, 0 none; rounded up to a multiple of 8.
+// kLoraColumnsPerSlot per slot (up to kLoraColumnsMaxSlots), 0 none; rounded
+// up to a multiple of 8.
 void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested);
 
 // A model with its adapters resident in slots 0..n-1 (in --adapter order).

@@ -589,6 +589,15 @@ Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
     m.scale = float(cfg.use_rslora ? alpha / std::sqrt(double(rank)) : alpha / double(rank));
     m.a = to_f32_host(a);
     m.b = to_f32_host(b);
+    // A NaN or infinity would not stay in its own requests: B shares the base
+    // matmul with every token of a step (LoRA columns), where 0 · inf is NaN.
+    for (const auto& [t, name] : {std::pair{&m.a, &p.a->name}, std::pair{&m.b, &p.b->name}}) {
+      const float* v = t->ptr<float>();
+      for (int64_t i = 0; i < t->numel(); ++i)
+        if (!std::isfinite(v[i]))
+          return fail(Status::errorf("{}: tensor '{}' holds a non-finite value ({}) at element {}", model_path,
+                                     *name, v[i], i));
+    }
     adapter.max_rank = std::max(adapter.max_rank, rank);
     if (target == Target::lm_head)
       adapter.lm_head = std::move(m);

@@ -60,6 +60,7 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
     rebuild(m);
   }
   place_columns(slot);
+  place_waiting();
 }
 
 void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t seed,
@@ -76,6 +77,7 @@ void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t s
   }
   slot_rank_[size_t(slot)] = rank;
   place_columns(slot);
+  place_waiting();
 }
 
 void AdapterSlots::clear(int slot) {
@@ -85,6 +87,7 @@ void AdapterSlots::clear(int slot) {
     rebuild(m);
   }
   slot_rank_[size_t(slot)] = 0;
+  place_waiting();
 }
 
 void AdapterSlots::rebuild(size_t m) {
@@ -135,6 +138,8 @@ void AdapterSlots::attach_columns(std::vector<Tensor> weights, int64_t columns) 
   for (size_t m = 0; m < weights.size(); ++m)
     if (weights[m].dim(0) != dims_[m][1] || weights[m].cols() != dims_[m][0] + columns)
       throw std::invalid_argument("attach_columns: weight " + std::to_string(m) + " is " + weights[m].shape_str());
+  if (std::any_of(slot_rank_.begin(), slot_rank_.end(), [](int64_t r) { return r > 0; }))
+    throw std::logic_error("attach_columns: adapters were assigned before the columns");
   wide_ = std::move(weights);
   columns_ = columns;
   for (size_t m = 0; m < wide_.size(); ++m) {
@@ -145,8 +150,11 @@ void AdapterSlots::attach_columns(std::vector<Tensor> weights, int64_t columns) 
 
 // First fit over the ranges of the other slots.
 void AdapterSlots::place_columns(int slot) {
-  if (wide_.empty() || slot_rank_[size_t(slot)] == 0) return;
-  const int32_t width = int32_t((slot_rank_[size_t(slot)] + 7) / 8 * 8);
+  if (wide_.empty() || col_offset_[size_t(slot)] >= 0) return;
+  int64_t rank = 0;  // over the modules with columns (lm_head has none)
+  for (size_t m = 0; m < wide_.size(); ++m) rank = std::max<int64_t>(rank, resident_[m][size_t(slot)].rank);
+  if (rank == 0) return;
+  const int32_t width = int32_t((rank + 7) / 8 * 8);
   std::vector<std::pair<int32_t, int32_t>> taken;  // (begin, end)
   for (size_t s = 0; s < col_offset_.size(); ++s)
     if (col_offset_[s] >= 0) taken.push_back({col_offset_[s], col_offset_[s] + col_width_[s]});
@@ -172,6 +180,11 @@ void AdapterSlots::place_columns(int slot) {
   }
 }
 
+// Slots that found no room earlier, placed now that a range may have been freed.
+void AdapterSlots::place_waiting() {
+  for (int s = 0; s < num_slots_; ++s) place_columns(s);
+}
+
 void AdapterSlots::release_columns(int slot) {
   if (col_offset_[size_t(slot)] < 0) return;
   const int32_t at = col_offset_[size_t(slot)], width = col_width_[size_t(slot)];
@@ -189,7 +202,12 @@ int64_t AdapterSlots::step_columns(const std::vector<int32_t>& token_slot) const
   bool any = false;
   for (int32_t s : token_slot) {
     if (s < 0 || slot_rank_[size_t(s)] == 0) continue;
-    if (col_offset_[size_t(s)] < 0) return 0;
+    if (col_offset_[size_t(s)] < 0) {
+      bool layers = false;  // an adapter of lm_head alone needs no columns
+      for (size_t m = 0; m < wide_.size() && !layers; ++m) layers = resident_[m][size_t(s)].rank > 0;
+      if (layers) return 0;
+      continue;
+    }
     any = true;
     end = std::max<int64_t>(end, col_offset_[size_t(s)] + col_width_[size_t(s)]);
   }

@@ -56,7 +56,8 @@ class AdapterSlots {
   };
   size_t module_index(int64_t layer, Target t) const;
   void rebuild(size_t module);
-  void place_columns(int slot);   // after the slot's modules are resident
+  void place_columns(int slot);   // after the slot's modules are resident; no-op without room
+  void place_waiting();           // place_columns for every slot still without columns
   void release_columns(int slot);
 
   Backend& backend_;

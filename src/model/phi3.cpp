@@ -50,7 +50,7 @@ std::vector<Tensor> Phi3ForCausalLM::widen_for_lora(int64_t columns) {
   std::vector<Tensor> wide;
   for (Phi3LayerWeights& layer : w_.layers)
     for (Tensor* w : {&layer.qkv_proj, &layer.o_proj, &layer.gate_up_proj, &layer.down_proj}) {
-      if (w->cols() != w->dim(1) || w->ndim != 2)
+      if (w->ndim != 2)
         throw std::logic_error("widen_for_lora: weight " + w->shape_str() + " is not a matrix");
       const int64_t in = w->cols();
       Tensor x = backend_.alloc(w->dtype, {w->dim(0), in + columns});

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -495,6 +496,18 @@ TEST_F(AdapterDir, ShapeOfBAgainstTheBaseModel) {
   const std::string m = load_error();
   EXPECT_HAS(m, "lora_B of 'model.layers.1.mlp.down_proj'");
   EXPECT_HAS(m, "expected shape (out_features, rank) = (16, 4), found (24, 4)");
+}
+
+// A NaN or infinity in an adapter is refused at load: its B shares the base
+// matmul with every token of a decode step (LoRA columns).
+TEST_F(AdapterDir, NonFiniteValuesAreRefused) {
+  add(0, Target::qkv, 4);
+  Tensor& b = tensors_.back().second;  // lora_B, f32
+  const float inf = std::numeric_limits<float>::infinity();
+  std::memcpy(static_cast<char*>(b.data) + 5 * sizeof(float), &inf, sizeof(float));
+  const std::string m = load_error();
+  EXPECT_HAS(m, "'" + tensor_name(0, Target::qkv, "B") + "'");
+  EXPECT_HAS(m, "non-finite value (inf) at element 5");
 }
 
 TEST_F(AdapterDir, RankOfBDiffersFromA) {

@@ -185,13 +185,19 @@ TEST(AdapterSlots, LoraColumnsArePlacedFirstFitAndFreed) {
     ASSERT_EQ(w.ptr<float>()[r * ld], 7.0f) << "W itself untouched";
   }
 
-  slots.clear(1);  // frees 8..24 and zeroes it
+  slots.clear(1);  // frees 8..24 and zeroes it; slot 3, waiting, takes 8..16 at once
   EXPECT_EQ(o->col_offsets.ptr<int32_t>()[1], -1);
-  for (int64_t r = 0; r < w.dim(0); ++r)
-    for (int64_t j = 8; j < 24; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + j], 0.0f);
-  slots.assign_random(3, 4, 1.0f, 5);  // now fits in the hole
   EXPECT_EQ(o->col_offsets.ptr<int32_t>()[3], 8);
   EXPECT_EQ(reinterpret_cast<const float*>(o->b_ptrs.ptr<int64_t>()[3]), w.ptr<float>() + in + 8);
+  EXPECT_EQ(o->b_ld.ptr<int32_t>()[3], ld);
+  for (int64_t r = 0; r < w.dim(0); ++r) {
+    for (int64_t j = 8; j < 12; ++j) ASSERT_NE(w.ptr<float>()[r * ld + in + j], 0.0f) << "slot 3's B";
+    for (int64_t j = 12; j < 24; ++j) ASSERT_EQ(w.ptr<float>()[r * ld + in + j], 0.0f);
+  }
+  EXPECT_EQ(slots.step_columns({3, 2}), 40);
+  slots.assign_random(3, 4, 1.0f, 5);  // reassigned: released, then the first fit again
+  EXPECT_EQ(o->col_offsets.ptr<int32_t>()[3], 8);
+  EXPECT_THROW(slots.attach_columns(wide, 40), std::logic_error) << "columns come before adapters";
   EXPECT_EQ(slots.step_columns({3, 2}), 40);
 }
 
