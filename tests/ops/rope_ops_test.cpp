@@ -142,6 +142,10 @@ std::vector<CaseFactory> rope_cases() {
           RopeShape{24, 8, 128, 96, 10000.0f, true, 16, {{0, 3}, {100, 1}, {517, 1}}}),
       // Phi-3-mini-like
       make_case<RopeAndCache>(RopeShape{32, 32, 96, 96, 10000.0f, false, 16, {{0, 19}, {12, 1}}}),
+      // decode at batch 1 and 3, Phi-3-mini and Phi-4-mini-like: a token's pieces over several blocks
+      make_case<RopeAndCache>(RopeShape{32, 32, 96, 96, 10000.0f, false, 16, {{511, 1}}}),
+      make_case<RopeAndCache>(
+          RopeShape{24, 8, 128, 96, 10000.0f, true, 16, {{4095, 1}, {7, 1}, {300, 1}}}),
   };
 }
 

@@ -13,6 +13,9 @@ __device__ __forceinline__ int64_t cache_offset(const RopeCacheArgs& a, int64_t 
 }
 
 constexpr int kMaxHalf = 256;       // rotary_dim ≤ 512
+#ifndef PHILORA_ROPE_SPLIT
+#define PHILORA_ROPE_SPLIT 1  // lab switch (-DPHILORA_ROPE_SPLIT=0: one block a token) for A/B builds
+#endif
 constexpr int kHeadsPerBlock = 4;   // of the H + 2 Hkv heads of a token
 constexpr int kThreads = 128;
 
@@ -68,10 +71,13 @@ __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs 
 }
 
 // The fast path when rotary_dim / 2, head_dim and the pass-through width are
-// multiples of 8: one block per token. The token's cos/sin (rotary_dim / 2 of
-// each) are computed once into shared memory; then the block walks the token's
-// 16-byte pieces: each q/k head's rotary pairs in pieces of 8 pairs, then each
-// k head's pass-through dims and each v head's dims, copied to the cache.
+// multiples of 8: grid (T, P), P blocks per token. Each block computes the
+// token's cos/sin (rotary_dim / 2 of each) into shared memory; then the P
+// blocks walk the token's 16-byte pieces between them: each q/k head's rotary
+// pairs in pieces of 8 pairs, then each k head's pass-through dims and each v
+// head's dims, copied to the cache. P > 1 only for steps of few tokens (decode
+// at small batch), where one block would walk ~3 pieces a thread one after
+// another (Phi-3-mini: 768 pieces a token).
 __global__ void __launch_bounds__(256) rope_and_cache_vec_kernel(RopeCacheArgs a) {
   chained_prologue();
   __shared__ float cos_s[kMaxHalf], sin_s[kMaxHalf];
@@ -93,7 +99,7 @@ __global__ void __launch_bounds__(256) rope_and_cache_vec_kernel(RopeCacheArgs a
   bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
   const int64_t slot = a.slots[t];
   const int items = rot_items + (slot >= 0 ? pass_items + v_items : 0);
-  for (int item = threadIdx.x; item < items; item += blockDim.x) {
+  for (int item = blockIdx.y * blockDim.x + threadIdx.x; item < items; item += gridDim.y * blockDim.x) {
     if (item < rot_items) {
       const int h = item / (half / 8), i0 = (item % (half / 8)) * 8;
       bf16* x = row + int64_t(h) * d;
@@ -139,7 +145,15 @@ void launch_rope_and_cache(const RopeCacheArgs& a, cudaStream_t stream) {
   const bool vec = half % 8 == 0 && a.head_dim % 8 == 0 && a.width % 8 == 0 && aligned16(a.qkv) &&
                    aligned16(a.k_cache) && aligned16(a.v_cache);
   if (vec) {
-    launch_chained(rope_and_cache_vec_kernel, dim3(unsigned(a.num_tokens)), dim3(256), 0, stream, a);
+    constexpr int kVecThreads = 256;
+    const int64_t pieces = (a.n_heads + a.n_kv_heads) * (half / 8) + a.n_kv_heads * (a.head_dim / 8) +
+                           a.n_kv_heads * ((a.head_dim - 2 * half) / 8);
+    // A piece a thread when the step has few tokens, one block a token otherwise.
+    const int64_t per_token = PHILORA_ROPE_SPLIT && a.num_tokens < 32
+                                  ? std::clamp<int64_t>(ceil_div(pieces, kVecThreads), 1, 8)
+                                  : 1;
+    launch_chained(rope_and_cache_vec_kernel, dim3(unsigned(a.num_tokens), unsigned(per_token)),
+                   dim3(kVecThreads), 0, stream, a);
   } else {
     const dim3 grid{unsigned(a.num_tokens), unsigned(ceil_div(a.n_heads + 2 * a.n_kv_heads, kHeadsPerBlock))};
     launch_chained(rope_and_cache_kernel, dim3(grid), dim3(kThreads), 0, stream, a);
