@@ -257,7 +257,7 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name, int64_t
   std::printf("%-8s m=%-3lld n=%-5lld k=%-5lld ld=%-5lld heuristic first %7.1f us, best of %3d %7.1f us (%4.0f GB/s) [%s]\n",
               name, (long long)m, (long long)n, (long long)k, (long long)ld, heur_first, heur_timed, heur_best,
               bytes / heur_best * 1e-3, describe(heur_cfg).c_str());
-  if (!exhaustive) {
+  auto release = [&] {
     std::fflush(stdout);
     cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la);
@@ -267,21 +267,13 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name, int64_t
     cudaFree(w);
     cudaFree(x);
     cudaFree(y);
-    return;
-  }
+  };
+  if (!exhaustive) return release();
   std::printf("%-8s %33s search best of %5d %7.1f us (%4.0f GB/s) [%s]\n", name, "", timed, best,
               bytes / best * 1e-3, describe(best_cfg).c_str());
   for (size_t i = 1; i < std::min<size_t>(all.size(), 4); ++i)
     std::printf("%-8s %33s   next %7.1f us [%s]\n", name, "", all[i].first, describe(config_of(all[i].second)).c_str());
-  std::fflush(stdout);
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatmulDescDestroy(op);
-  cudaFree(w);
-  cudaFree(x);
-  cudaFree(y);
+  release();
 }
 
 }  // namespace

@@ -134,6 +134,22 @@ class LoraCase : public OpCase {
     return double(scales_[size_t(s)]) * acc;
   }
 
+  // y = W x + scale_s · B_s (A_s x) per token (+ y0 when given), float64; x (T, in), w (out, in).
+  std::vector<double> linear_ref(const std::vector<float>& x, const std::vector<float>& w,
+                                 const std::vector<float>* y0 = nullptr) const {
+    std::vector<double> y(size_t(tokens() * out_), 0.0);
+    for (int64_t t = 0; t < tokens(); ++t) {
+      std::vector<double> xa;
+      for (int64_t k = 0; k < rank_of(t); ++k) xa.push_back(shrink_ref(token_slot_[size_t(t)], &x[size_t(t * in_)], k));
+      for (int64_t j = 0; j < out_; ++j) {
+        double acc = y0 ? double((*y0)[size_t(t * out_ + j)]) : 0.0;
+        for (int64_t i = 0; i < in_; ++i) acc += double(x[size_t(t * in_ + i)]) * double(w[size_t(j * in_ + i)]);
+        y[size_t(t * out_ + j)] = acc + (xa.empty() ? 0.0 : expand_ref(token_slot_[size_t(t)], xa, j));
+      }
+    }
+    return y;
+  }
+
   // y before expand, and what it must become: NaN outside the slice
   // [off, off + out) (must stay NaN), random inside it; rows without adapter
   // must keep their values, rows with one gain the op's part (see y_ref).
@@ -326,22 +342,9 @@ class LoraLinear : public LoraCase {
     b.matmul_add(x, w, y);
     return {fetch(b, "y", y)};
   }
-  std::vector<Expect> reference() const override {
-    std::vector<double> y(size_t(tokens() * out_), 0.0);
-    for (int64_t t = 0; t < tokens(); ++t) {
-      std::vector<double> xa;
-      for (int64_t k = 0; k < rank_of(t); ++k)
-        xa.push_back(shrink_ref(token_slot_[size_t(t)], &x_[size_t(t * in_)], k));
-      for (int64_t j = 0; j < out_; ++j) {
-        double acc = 0;
-        for (int64_t i = 0; i < in_; ++i) acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(j * in_ + i)]);
-        y[size_t(t * out_ + j)] = acc + (xa.empty() ? 0.0 : expand_ref(token_slot_[size_t(t)], xa, j));
-      }
-    }
-    return {{"y", out_, y}};
-  }
+  std::vector<Expect> reference() const override { return {{"y", out_, linear_ref(x_, w_)}}; }
 
- private:
+ protected:
   std::vector<float> x_, w_;  // (T, in), (out, in)
 };
 
@@ -350,6 +353,13 @@ class LoraLinear : public LoraCase {
 // range the columns stay zero.
 const std::vector<int32_t> kOffsets = {0, 8, 16, 32, 96, -1};
 constexpr int64_t kColumns = 256;
+
+// Gives a module's table and a batch the LoRA columns above.
+void use_columns(Backend& b, LoraModuleTable& table, LoraBatch& batch) {
+  table.col_offsets = b.upload_i32(kOffsets);
+  table.columns = kColumns;
+  batch.lora_columns = kColumns;
+}
 
 // lora_shrink_columns: X (T, in + columns) = [x | scale_s · A_s x at the slot's columns, 0 elsewhere].
 class LoraShrinkColumns : public LoraCase {
@@ -365,10 +375,8 @@ class LoraShrinkColumns : public LoraCase {
   }
   std::vector<Output> run(Backend& b) const override {
     DeviceLora lora = upload_lora(b);
-    lora.table.col_offsets = b.upload_i32(kOffsets);
-    lora.table.columns = kColumns;
     LoraBatch batch = upload_batch(b);
-    batch.lora_columns = kColumns;
+    use_columns(b, lora.table, batch);
     const Tensor x = upload(b, x_, {tokens(), in_});
     return {fetch(b, "X", b.lora_shrink_columns(x, lora.table, batch))};
   }
@@ -409,10 +417,8 @@ class LoraLinearColumns : public LoraCase {
   }
   std::vector<Output> run(Backend& b) const override {
     DeviceLora lora = upload_lora(b);
-    lora.table.col_offsets = b.upload_i32(kOffsets);
-    lora.table.columns = kColumns;
     LoraBatch batch = upload_batch(b);
-    batch.lora_columns = kColumns;
+    use_columns(b, lora.table, batch);
     // The wide weight: W, then zeros, then each slot's B at its columns.
     Tensor wide = b.alloc(b.compute_dtype(), {out_, in_ + kColumns});
     b.write_columns(wide, 0, upload(b, w_, {out_, in_}));
@@ -426,18 +432,7 @@ class LoraLinearColumns : public LoraCase {
     return {fetch(b, "y", y)};
   }
   std::vector<Expect> reference() const override {
-    std::vector<double> y(size_t(tokens() * out_), 0.0);
-    for (int64_t t = 0; t < tokens(); ++t) {
-      std::vector<double> xa;
-      for (int64_t k = 0; k < rank_of(t); ++k)
-        xa.push_back(shrink_ref(token_slot_[size_t(t)], &x_[size_t(t * in_)], k));
-      for (int64_t j = 0; j < out_; ++j) {
-        double acc = add_ ? double(y0_[size_t(t * out_ + j)]) : 0.0;
-        for (int64_t i = 0; i < in_; ++i) acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(j * in_ + i)]);
-        y[size_t(t * out_ + j)] = acc + (xa.empty() ? 0.0 : expand_ref(token_slot_[size_t(t)], xa, j));
-      }
-    }
-    return {{"y", out_, y}};
+    return {{"y", out_, linear_ref(x_, w_, add_ ? &y0_ : nullptr)}};
   }
 
  private:
@@ -445,21 +440,15 @@ class LoraLinearColumns : public LoraCase {
   std::vector<float> x_, w_, y0_;  // (T, in), (out, in), (T, out)
 };
 
-// The shrink / delta form over a weight with LoRA columns whose table points
-// B_s into those columns (b_ld = the wide row): what prefill does once an
+// LoraLinear's case through a weight with LoRA columns whose table points B_s
+// into those columns (b_ld = the wide row): what prefill does once an
 // adapter's B lives only in the columns. Long runs take the segment kernels.
-class LoraLinearStridedB : public LoraCase {
+class LoraLinearStridedB : public LoraLinear {
  public:
-  LoraLinearStridedB(int64_t in, int64_t out, std::vector<Run> runs) : LoraCase(in, out, std::move(runs)) {}
+  using LoraLinear::LoraLinear;
   std::string name() const override {
     return fmt::format("lora_linear_strided_b(in={} out={} columns={} ranks={} runs={})", in_, out_, kColumns,
                        ranks_str(), runs_str(runs_));
-  }
-  void init(Rng& rng) override {
-    LoraCase::init(rng);
-    x_ = rng.bf16(tokens() * in_, -1, 1);
-    const double w_range = 2.0 / std::sqrt(double(in_));
-    w_ = rng.bf16(out_ * in_, -w_range, w_range);
   }
   std::vector<Output> run(Backend& b) const override {
     DeviceLora lora = upload_lora(b);
@@ -484,23 +473,7 @@ class LoraLinearStridedB : public LoraCase {
     b.matmul_add(x, wide, y);
     return {fetch(b, "y", y)};
   }
-  std::vector<Expect> reference() const override {
-    std::vector<double> y(size_t(tokens() * out_), 0.0);
-    for (int64_t t = 0; t < tokens(); ++t) {
-      std::vector<double> xa;
-      for (int64_t k = 0; k < rank_of(t); ++k)
-        xa.push_back(shrink_ref(token_slot_[size_t(t)], &x_[size_t(t * in_)], k));
-      for (int64_t j = 0; j < out_; ++j) {
-        double acc = 0;
-        for (int64_t i = 0; i < in_; ++i) acc += double(x_[size_t(t * in_ + i)]) * double(w_[size_t(j * in_ + i)]);
-        y[size_t(t * out_ + j)] = acc + (xa.empty() ? 0.0 : expand_ref(token_slot_[size_t(t)], xa, j));
-      }
-    }
-    return {{"y", out_, y}};
-  }
 
- private:
-  std::vector<float> x_, w_;  // (T, in), (out, in)
 };
 
 // Token layouts. Slot 5 has rank 0 here; -1 is no adapter.
