@@ -68,6 +68,11 @@ static LoraBatch stage_lora(Backend& b, const std::vector<int32_t>& token_slot, 
   return batch;
 }
 
+int64_t step_lora_columns(const lora::AdapterSlots* adapters, const std::vector<int32_t>& token_slot) {
+  if (!adapters || int64_t(token_slot.size()) > kLoraColumnsMaxTokens) return 0;
+  return adapters->step_columns(token_slot);
+}
+
 model::StepInputs stage(Backend& b, const StepPlan& p, const model::Phi3Config& c,
                         const lora::AdapterSlots* adapters) {
   const int64_t lora_max_rank = adapters ? adapters->max_rank() : 0;
@@ -88,8 +93,7 @@ model::StepInputs stage(Backend& b, const StepPlan& p, const model::Phi3Config& 
   a.window = c.sliding_window.value_or(0);
   a.scale = float(1.0 / std::sqrt(double(c.head_dim)));
   in.lora = stage_lora(b, p.lora_slot, lora_max_rank);
-  if (adapters && in.lora.active && int64_t(p.lora_slot.size()) <= kLoraColumnsMaxTokens)
-    in.lora.lora_columns = adapters->step_columns(p.lora_slot);
+  if (in.lora.active) in.lora.lora_columns = step_lora_columns(adapters, p.lora_slot);
   in.lora_logits = stage_lora(b, p.logit_lora_slot, lora_max_rank);
   in.logit_rows = b.upload_i32(p.logit_rows);
   in.all_rows = p.all_rows;

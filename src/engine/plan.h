@@ -48,6 +48,10 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all
 // the shrink / expand kernels, which read each adapter once per tile of tokens.
 inline constexpr int64_t kLoraColumnsMaxTokens = 256;
 
+// The LoRA columns a step of these token slots reads (LoraBatch::lora_columns):
+// 0 without adapters, past kLoraColumnsMaxTokens, or when some adapter has none.
+int64_t step_lora_columns(const lora::AdapterSlots* adapters, const std::vector<int32_t>& token_slot);
+
 // Copies the plan to the backend; `adapters` (may be null) bounds the shrink
 // buffer and says which LoRA columns the step reads.
 model::StepInputs stage(Backend& backend, const StepPlan& plan, const model::Phi3Config& config,

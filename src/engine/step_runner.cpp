@@ -216,7 +216,7 @@ std::vector<int32_t> StepRunner::run_graph(const StepPlan& plan,
                                              [](int32_t s) { return s >= 0; });
   const Key key{B, context_bucket(plan.max_kv_len), lora ? adapters_->layout_version() : 0,
                 lora ? adapters_->max_rank() : -1,
-                lora && B <= kLoraColumnsMaxTokens ? adapters_->step_columns(plan.lora_slot) : 0};
+                lora ? step_lora_columns(adapters_, plan.lora_slot) : 0};
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     if (lora)  // graphs of an older adapter layout can never replay again

@@ -114,6 +114,8 @@ void AdapterSlots::rebuild(size_t m) {
   backend_.upload_into(t.a_ptrs, a.data(), a.size() * sizeof(int64_t));
   backend_.upload_into(t.b_ptrs, b.data(), b.size() * sizeof(int64_t));
   backend_.upload_into(t.b_ld, b_ld.data(), b_ld.size() * sizeof(int32_t));
+  if (!t.col_offsets.empty())
+    backend_.upload_into(t.col_offsets, col_offset_.data(), col_offset_.size() * sizeof(int32_t));
   backend_.upload_into(t.ranks, ranks.data(), ranks.size() * sizeof(int32_t));
   backend_.upload_into(t.scales, scales.data(), scales.size() * sizeof(float));
   if (t.max_rank != max_rank || used_[m] != (max_rank > 0)) ++layout_version_;
@@ -175,7 +177,6 @@ void AdapterSlots::place_columns(int slot) {
       backend_.write_columns(wide_[m], in + at, r.b);
       r.b = Tensor();  // B is kept once: the kernels read it from the columns too (b_ld)
     }
-    backend_.upload_into(tables_[m].col_offsets, col_offset_.data(), col_offset_.size() * sizeof(int32_t));
     rebuild(m);
   }
 }
@@ -190,10 +191,8 @@ void AdapterSlots::release_columns(int slot) {
   const int32_t at = col_offset_[size_t(slot)], width = col_width_[size_t(slot)];
   col_offset_[size_t(slot)] = -1;
   col_width_[size_t(slot)] = 0;
-  for (size_t m = 0; m < wide_.size(); ++m) {
-    backend_.write_columns(wide_[m], dims_[m][0] + at, Tensor(), width);  // no stale values behind zeros
-    backend_.upload_into(tables_[m].col_offsets, col_offset_.data(), col_offset_.size() * sizeof(int32_t));
-  }
+  // No stale values behind the zeros; the callers rebuild every module's table.
+  for (size_t m = 0; m < wide_.size(); ++m) backend_.write_columns(wide_[m], dims_[m][0] + at, Tensor(), width);
 }
 
 int64_t AdapterSlots::step_columns(const std::vector<int32_t>& token_slot) const {

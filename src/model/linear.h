@@ -11,16 +11,17 @@ struct LoraApply {
   const LoraBatch* batch = nullptr;        // each token's slot
 };
 
-// Semantics, per token t with adapter slot s = slot(t):
-//   y[t] = W x[t]                                   (s = -1 or rank_s = 0 here)
-//   y[t] = W x[t] + scale_s · B_s (A_s x[t])        otherwise
-// A batch in which no token uses an adapter does no LoRA work at all. W may
-// be a weight with LoRA columns (out, in + C); its leading `in` are W.
 // Whether this module applies LoRA through its weight's LoRA columns this step:
 // X = [x | scale · A x in the token's slot columns], then one matmul.
 inline bool lora_columns(const LoraApply& lora) {
   return lora.batch->lora_columns > 0 && !lora.table->col_offsets.empty();
 }
+
+// Semantics, per token t with adapter slot s = slot(t):
+//   y[t] = W x[t]                                   (s = -1 or rank_s = 0 here)
+//   y[t] = W x[t] + scale_s · B_s (A_s x[t])        otherwise
+// A batch in which no token uses an adapter does no LoRA work at all. W may
+// be a weight with LoRA columns (out, in + C); its leading `in` are W.
 
 inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora) {
   if (!lora.table || !lora.batch || !lora.batch->active) return ops.matmul(x, w);

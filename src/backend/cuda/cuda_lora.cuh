@@ -37,11 +37,7 @@ constexpr int kLoraMaxRank = 128;
 // units would be too few to fill the GPU, and the shared matrices are read
 // from L2 anyway.
 inline bool lora_use_segments(int64_t num_tokens, int64_t num_segments) {
-#ifdef PHILORA_LAB_DECODE_SEGMENTS  // lab switch: segments whenever tokens share adapters
-  return num_tokens >= 8 * num_segments;
-#else
   return num_tokens >= 256 && num_tokens >= 8 * num_segments;
-#endif
 }
 
 // xa[t, j] = Σ_k x[t, k] A_s[j, k] for j < r_s  (x (T, in) bf16; xa (T, xa_stride) f32).
