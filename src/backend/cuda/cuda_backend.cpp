@@ -1,6 +1,7 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -51,6 +52,23 @@ void require(const Tensor& t, DType dtype, const char* op, const char* what) {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
+
+// Lab knock-outs (compiled in only with -DPHILORA_LAB_KNOCKOUT=1, through
+// dev/cuda/variant.sh): the ops named in PHILORA_LAB_SKIP (comma-separated:
+// rms_norm, rope, attention, silu, shrink, gemm) return their outputs
+// unwritten, so that a timed step shows what each costs on its critical path.
+// The numbers they compute are garbage; never in a build that serves.
+#if PHILORA_LAB_KNOCKOUT
+bool knocked(const char* op) {
+  static const std::string skip = [] {
+    const char* e = std::getenv("PHILORA_LAB_SKIP");
+    return "," + std::string(e ? e : "") + ",";
+  }();
+  return skip.find("," + std::string(op) + ",") != std::string::npos;
+}
+#else
+constexpr bool knocked(const char*) { return false; }
+#endif
 
 }  // namespace
 
@@ -179,6 +197,7 @@ Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps) {
   require(x, DType::bf16, "rms_norm", "x");
   require(w, DType::bf16, "rms_norm", "w");
   Tensor y = device_tensor(DType::bf16, {x.rows(), x.cols()});
+  if (knocked("rms_norm")) return y;
   cuda::launch_rms_norm(x.data, nullptr, w.data, y.data, nullptr, x.rows(), x.cols(), eps, ctx_->stream);
   return y;
 }
@@ -204,7 +223,7 @@ Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
     throw std::runtime_error("cuda backend: matmul: x " + x.shape_str() + " and w " + w.shape_str() +
                              " disagree on the inner dimension");
   Tensor y = device_tensor(DType::bf16, {m, n});
-  if (m == 0 || n == 0) return y;
+  if (m == 0 || n == 0 || knocked("gemm")) return y;
   if (k == 0) {
     PHILORA_CUDA_CHECK(cudaMemsetAsync(y.data, 0, y.nbytes(), ctx_->stream));
     return y;
@@ -240,6 +259,7 @@ void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rop
   a.k_cache = kv.k.data;
   a.v_cache = kv.v.data;
   a.page_size = kv.page_size();
+  if (knocked("rope")) return;
   cuda::launch_rope_and_cache(a, ctx_->stream);
 }
 
@@ -250,7 +270,7 @@ Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attent
   require(kv.v, DType::bf16, "attention", "the V cache");
   const int64_t rows = qkv.rows(), H = shape.n_heads, d = shape.head_dim;
   Tensor out = device_tensor(DType::bf16, {rows, H * d});
-  if (rows == 0 || plan.num_seqs == 0) return out;
+  if (rows == 0 || plan.num_seqs == 0 || knocked("attention")) return out;
   cuda::PagedAttentionArgs a;
   a.qkv = qkv.data;
   a.qkv_stride = qkv.cols();
@@ -292,7 +312,7 @@ void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
   if (w.cols() < k || y.rows() != m || y.cols() != n)
     throw std::runtime_error("cuda backend: matmul_add: x " + x.shape_str() + ", w " + w.shape_str() + ", y " +
                              y.shape_str() + " do not fit y += x · wᵀ");
-  if (m == 0 || n == 0 || k == 0) return;
+  if (m == 0 || n == 0 || k == 0 || knocked("gemm")) return;
   ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 1.0f, w.cols());
 }
 
@@ -323,6 +343,7 @@ Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
   require(gate_up, DType::bf16, "silu_mul", "gate_up");
   const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;
   Tensor y = device_tensor(DType::bf16, {rows, n});
+  if (knocked("silu")) return y;
   cuda::launch_silu_mul(gate_up.data, y.data, rows, n, ctx_->stream);
   return y;
 }
@@ -388,23 +409,55 @@ Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const
   return xa;
 }
 
-Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
-  require(x, DType::bf16, "lora_shrink_columns", "x");
-  const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;
+Tensor CudaBackend::shrink_columns(const char* op, int64_t rows, int64_t in, const cuda::ShrinkInput& input,
+                                   const LoraModuleTable& m, const LoraBatch& batch) {
+  const int64_t width = batch.lora_columns;
   if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
-    throw std::runtime_error("cuda backend: lora_shrink_columns: x " + x.shape_str() + ", " +
-                             std::to_string(width) + " columns, for a module of " + std::to_string(m.in_features) +
-                             " inputs and " + std::to_string(m.columns) + " LoRA columns");
-  require(m.col_offsets, DType::i32, "lora_shrink_columns", "col_offsets");
-  Tensor out = device_tensor(DType::bf16, {n, in + width});
-  if (n == 0) return out;
-  cuda::LoraLaunch l = lora_launch(m, batch, n);
+    throw std::runtime_error(std::string("cuda backend: ") + op + ": input (" + std::to_string(rows) + ", " +
+                             std::to_string(in) + "), " + std::to_string(width) + " columns, for a module of " +
+                             std::to_string(m.in_features) + " inputs and " + std::to_string(m.columns) +
+                             " LoRA columns");
+  require(m.col_offsets, DType::i32, op, "col_offsets");
+  Tensor out = device_tensor(DType::bf16, {rows, in + width});
+  if (rows == 0 || knocked("shrink")) return out;
+  cuda::LoraLaunch l = lora_launch(m, batch, rows);
   l.by_segment = false;  // per token, whatever the segments
   require(batch.token_slot, DType::i32, "lora", "token_slot");
   l.token_slot = batch.token_slot.ptr<int32_t>();
-  cuda::launch_lora_shrink_columns(l, x.data, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
+  cuda::launch_lora_shrink_columns(l, input, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
                                    ctx_->stream);
   return out;
+}
+
+Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
+  require(x, DType::bf16, "lora_shrink_columns", "x");
+  return shrink_columns("lora_shrink_columns", x.rows(), x.cols(), {cuda::ShrinkInput::plain, x.data}, m, batch);
+}
+
+// Lab switch: 0 runs the norm (SiLU·mul) and the shrink as two kernels, for
+// A/B timing (dev/cuda/variant.sh).
+#ifndef PHILORA_FUSED_SHRINK
+#define PHILORA_FUSED_SHRINK 1
+#endif
+
+Tensor CudaBackend::rms_norm_columns(const Tensor& x, const Tensor& w, float eps, const LoraModuleTable& m,
+                                     const LoraBatch& batch) {
+  if (!PHILORA_FUSED_SHRINK) return Backend::rms_norm_columns(x, w, eps, m, batch);
+  require(x, DType::bf16, "rms_norm_columns", "x");
+  require(w, DType::bf16, "rms_norm_columns", "w");
+  if (w.numel() != x.cols())
+    throw std::runtime_error("cuda backend: rms_norm_columns: weight " + w.shape_str() + " for x " + x.shape_str());
+  return shrink_columns("rms_norm_columns", x.rows(), x.cols(), {cuda::ShrinkInput::rms_norm, x.data, w.data, eps},
+                        m, batch);
+}
+
+Tensor CudaBackend::silu_mul_columns(const Tensor& gate_up, const LoraModuleTable& m, const LoraBatch& batch) {
+  if (!PHILORA_FUSED_SHRINK) return Backend::silu_mul_columns(gate_up, m, batch);
+  require(gate_up, DType::bf16, "silu_mul_columns", "gate_up");
+  if (gate_up.cols() % 2 != 0)
+    throw std::runtime_error("cuda backend: silu_mul_columns: gate_up " + gate_up.shape_str() + " has odd width");
+  return shrink_columns("silu_mul_columns", gate_up.rows(), gate_up.cols() / 2,
+                        {cuda::ShrinkInput::silu_mul, gate_up.data}, m, batch);
 }
 
 void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
