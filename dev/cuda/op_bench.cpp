@@ -217,31 +217,6 @@ void bench_lora(int64_t T, int64_t in, int64_t out, bool distinct, const std::st
       double(adapters) * rank * out * 2 + double(T) * out * 2, 2.0 * double(T) * rank * out);
   row(name + " shrink+delta (graph)", graphed([&] { b.lora_delta(b.lora_shrink(x, m, batch), m, batch); }),
       double(adapters) * rank * (in + out) * 2 + double(T) * (in + out) * 2, 2.0 * double(T) * rank * (in + out));
-  if (T > 256) return;
-  // LoRA columns (decode): each slot's rank columns side by side; the shrink
-  // after the op that makes its input (the norm for 3072 inputs, SiLU·mul for
-  // 8192) as two kernels and as one.
-  std::vector<int32_t> offsets;
-  for (int64_t s = 0; s < slots; ++s) offsets.push_back(int32_t(s * rank));
-  m.col_offsets = b.upload_i32(offsets);
-  m.columns = slots * rank;
-  batch.lora_columns = distinct ? std::min(T, slots) * rank : rank;
-  const double a_bytes = double(adapters) * rank * in * 2, x_bytes = double(T) * (in + batch.lora_columns) * 2;
-  if (in == kHidden) {
-    Tensor norm_w = rnd({in}, 10, 1.0f);
-    row(name + " rms_norm, shrink_columns (graph)",
-        graphed([&] { b.lora_shrink_columns(b.rms_norm(x, norm_w, 1e-5f), m, batch); }),
-        a_bytes + x_bytes + double(T) * in * 4, 2.0 * double(T) * rank * in);
-    row(name + " rms_norm_columns (graph)", graphed([&] { b.rms_norm_columns(x, norm_w, 1e-5f, m, batch); }),
-        a_bytes + x_bytes + double(T) * in * 2, 2.0 * double(T) * rank * in);
-  } else {
-    Tensor gate_up = rnd({T, 2 * in}, 11);
-    row(name + " silu_mul, shrink_columns (graph)",
-        graphed([&] { b.lora_shrink_columns(b.silu_mul(gate_up), m, batch); }),
-        a_bytes + x_bytes + double(T) * in * 6, 2.0 * double(T) * rank * in);
-    row(name + " silu_mul_columns (graph)", graphed([&] { b.silu_mul_columns(gate_up, m, batch); }),
-        a_bytes + x_bytes + double(T) * in * 4, 2.0 * double(T) * rank * in);
-  }
 }
 
 void bench_host_overhead() {
@@ -288,6 +263,8 @@ int main(int argc, char** argv) {
     if (want("prefill T=2048 d=128")) bench_attention(1, 0, 2048, "prefill T=2048 d=128 40x10 heads", 0, {40, 10, 128});
     if (want("decode B=1")) bench_dense(1, "decode B=1");
     if (want("decode B=1 ctx 512")) bench_attention(1, 511, 1, "decode B=1 ctx 512");
+    if (want("decode B=8 ctx 512")) bench_attention(8, 511, 1, "decode B=8 ctx 512");
+    if (want("decode B=32 ctx 512")) bench_attention(32, 511, 1, "decode B=32 ctx 512");
     if (want("decode B=64")) bench_dense(64, "decode B=64");
     if (want("decode B=64 ctx 1024")) bench_attention(64, 1023, 1, "decode B=64 ctx 1024");
     for (bool distinct : {false, true}) {

@@ -210,19 +210,6 @@ class Backend {
   // for j < r_s (s = slot(t), r_s > 0), every other column 0; then
   // matmul(X, w) over the wide weight is W x + scale · B (A x) in one product.
   virtual Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) = 0;
-  // The shrink into LoRA columns of the op that makes its input, as one op
-  // where a backend can (CUDA: one kernel, a graph node fewer a module):
-  //   rms_norm_columns(x, w, eps, m, batch) = lora_shrink_columns(rms_norm(x, w, eps), m, batch)
-  //   silu_mul_columns(gate_up, m, batch)   = lora_shrink_columns(silu_mul(gate_up), m, batch)
-  // with the same roundings (the input row is rounded to the compute dtype
-  // before A meets it).
-  virtual Tensor rms_norm_columns(const Tensor& x, const Tensor& w, float eps, const LoraModuleTable& m,
-                                  const LoraBatch& batch) {
-    return lora_shrink_columns(rms_norm(x, w, eps), m, batch);
-  }
-  virtual Tensor silu_mul_columns(const Tensor& gate_up, const LoraModuleTable& m, const LoraBatch& batch) {
-    return lora_shrink_columns(silu_mul(gate_up), m, batch);
-  }
 
   // ---- token selection -----------------------------------------------------
   // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32

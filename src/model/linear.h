@@ -17,12 +17,6 @@ inline bool lora_columns(const LoraApply& lora) {
   return lora.batch->lora_columns > 0 && !lora.table->col_offsets.empty();
 }
 
-// X = [x | the columns] for a module that takes LoRA through its columns: x
-// itself when its producer already made it wide (norm_input, silu_mul_input).
-inline Tensor columns_input(Backend& ops, const Tensor& x, const LoraApply& lora) {
-  return x.cols() == lora.table->in_features ? ops.lora_shrink_columns(x, *lora.table, *lora.batch) : x;
-}
-
 // Semantics, per token t with adapter slot s = slot(t):
 //   y[t] = W x[t]                                   (s = -1 or rank_s = 0 here)
 //   y[t] = W x[t] + scale_s · B_s (A_s x[t])        otherwise
@@ -31,7 +25,7 @@ inline Tensor columns_input(Backend& ops, const Tensor& x, const LoraApply& lora
 
 inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora) {
   if (!lora.table || !lora.batch || !lora.batch->active) return ops.matmul(x, w);
-  if (lora_columns(lora)) return ops.matmul(columns_input(ops, x, lora), w);
+  if (lora_columns(lora)) return ops.matmul(ops.lora_shrink_columns(x, *lora.table, *lora.batch), w);
   // The adapters' part first, then the matmul adds W x to it. On CUDA the
   // shrink and the delta follow the op that produced x, each starting (and
   // loading its adapter matrices) while the op before it drains.
@@ -46,27 +40,13 @@ inline Tensor linear(Backend& ops, const Tensor& x, const Tensor& w, const LoraA
 inline void linear_add(Backend& ops, const Tensor& x, const Tensor& w, const LoraApply& lora, Tensor& acc) {
   if (lora.table && lora.batch && lora.batch->active) {
     if (lora_columns(lora)) {
-      ops.matmul_add(columns_input(ops, x, lora), w, acc);
+      ops.matmul_add(ops.lora_shrink_columns(x, *lora.table, *lora.batch), w, acc);
       return;
     }
     const Tensor xa = ops.lora_shrink(x, *lora.table, *lora.batch);
     ops.lora_expand(xa, *lora.table, *lora.batch, acc, 0);
   }
   ops.matmul_add(x, w, acc);
-}
-
-// The input of linear(·, w, lora) made by a norm or by SiLU·mul. When the
-// module takes LoRA through its columns this step, the op and the shrink are
-// one (the input comes back wide, X = [op(x) | columns]); otherwise the op.
-inline Tensor norm_input(Backend& ops, const Tensor& x, const Tensor& w, float eps, const LoraApply& lora) {
-  if (lora.table && lora.batch && lora.batch->active && lora_columns(lora))
-    return ops.rms_norm_columns(x, w, eps, *lora.table, *lora.batch);
-  return ops.rms_norm(x, w, eps);
-}
-inline Tensor silu_mul_input(Backend& ops, const Tensor& gate_up, const LoraApply& lora) {
-  if (lora.table && lora.batch && lora.batch->active && lora_columns(lora))
-    return ops.silu_mul_columns(gate_up, *lora.table, *lora.batch);
-  return ops.silu_mul(gate_up);
 }
 
 }  // namespace philora::model

@@ -28,17 +28,15 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
     const Phi3LayerWeights& layer = w_.layers[size_t(l)];
     KvLayer& cache = kv.layers[size_t(l)];
 
-    const LoraApply qkv_lora = lora(l, lora::Target::qkv);
-    Tensor x = norm_input(ops, residual, layer.input_layernorm, eps, qkv_lora);
-    Tensor qkv = linear(ops, x, layer.qkv_proj, qkv_lora);
+    Tensor x = ops.rms_norm(residual, layer.input_layernorm, eps);
+    Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, lora::Target::qkv));
     ops.rope_and_cache(qkv, in.tokens, rope_, cache);
     Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
     linear_add(ops, attn, layer.o_proj, lora(l, lora::Target::o), residual);
 
-    const LoraApply gate_up_lora = lora(l, lora::Target::gate_up), down_lora = lora(l, lora::Target::down);
-    Tensor y = norm_input(ops, residual, layer.post_attention_layernorm, eps, gate_up_lora);
-    Tensor gate_up = linear(ops, y, layer.gate_up_proj, gate_up_lora);
-    linear_add(ops, silu_mul_input(ops, gate_up, down_lora), layer.down_proj, down_lora, residual);
+    Tensor y = ops.rms_norm(residual, layer.post_attention_layernorm, eps);
+    Tensor gate_up = linear(ops, y, layer.gate_up_proj, lora(l, lora::Target::gate_up));
+    linear_add(ops, ops.silu_mul(gate_up), layer.down_proj, lora(l, lora::Target::down), residual);
   }
   Tensor x = ops.rms_norm(residual, w_.norm, eps);
   if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);

@@ -120,8 +120,7 @@ class LoraCase : public OpCase {
   }
 
   // (A_s x)[k] in float64.
-  template <typename T>
-  double shrink_ref(int32_t s, const T* x, int64_t k) const {
+  double shrink_ref(int32_t s, const float* x, int64_t k) const {
     double acc = 0;
     for (int64_t i = 0; i < in_; ++i)
       acc += double(a_[size_t(s)][size_t(k * in_ + i)]) * double(x[i]);
@@ -362,76 +361,40 @@ void use_columns(Backend& b, LoraModuleTable& table, LoraBatch& batch) {
   batch.lora_columns = kColumns;
 }
 
-// lora_shrink_columns: X (T, in + columns) = [u | scale_s · A_s u at the slot's
-// columns, 0 elsewhere] with u = x; and the fused forms, whose u is made by the
-// op before: rms_norm_columns (u = rms_norm(x, w)), silu_mul_columns (x is
-// gate_up (T, 2 in), u = silu(gate) · up).
-enum class ColumnsFrom { plain, rms_norm, silu_mul };
-
+// lora_shrink_columns: X (T, in + columns) = [x | scale_s · A_s x at the slot's columns, 0 elsewhere].
 class LoraShrinkColumns : public LoraCase {
  public:
-  LoraShrinkColumns(int64_t in, std::vector<Run> runs, ColumnsFrom from = ColumnsFrom::plain)
-      : LoraCase(in, 37, std::move(runs)), from_(from) {}
+  LoraShrinkColumns(int64_t in, std::vector<Run> runs) : LoraCase(in, 37, std::move(runs)) {}
   std::string name() const override {
-    const char* op = from_ == ColumnsFrom::plain      ? "lora_shrink_columns"
-                     : from_ == ColumnsFrom::rms_norm ? "rms_norm_columns"
-                                                      : "silu_mul_columns";
-    return fmt::format("{}(in={} columns={} ranks={} runs={})", op, in_, kColumns, ranks_str(), runs_str(runs_));
+    return fmt::format("lora_shrink_columns(in={} columns={} ranks={} runs={})", in_, kColumns, ranks_str(),
+                       runs_str(runs_));
   }
   void init(Rng& rng) override {
     LoraCase::init(rng);
-    x_ = rng.bf16(tokens() * x_cols(), from_ == ColumnsFrom::silu_mul ? -4 : -1, from_ == ColumnsFrom::silu_mul ? 4 : 1);
-    w_ = rng.bf16(in_, 0.5, 1.5);
+    x_ = rng.bf16(tokens() * in_, -1, 1);
   }
   std::vector<Output> run(Backend& b) const override {
     DeviceLora lora = upload_lora(b);
     LoraBatch batch = upload_batch(b);
     use_columns(b, lora.table, batch);
-    const Tensor x = upload(b, x_, {tokens(), x_cols()});
-    switch (from_) {
-      case ColumnsFrom::plain: return {fetch(b, "X", b.lora_shrink_columns(x, lora.table, batch))};
-      case ColumnsFrom::rms_norm:
-        return {fetch(b, "X", b.rms_norm_columns(x, upload(b, w_, {in_}), kEps, lora.table, batch))};
-      case ColumnsFrom::silu_mul: return {fetch(b, "X", b.silu_mul_columns(x, lora.table, batch))};
-    }
-    return {};
+    const Tensor x = upload(b, x_, {tokens(), in_});
+    return {fetch(b, "X", b.lora_shrink_columns(x, lora.table, batch))};
   }
   std::vector<Expect> reference() const override {
     const int64_t ld = in_ + kColumns;
     std::vector<double> want(size_t(tokens() * ld), 0.0);
     for (int64_t t = 0; t < tokens(); ++t) {
-      const std::vector<double> u = input_ref(t);
-      for (int64_t i = 0; i < in_; ++i) want[size_t(t * ld + i)] = u[size_t(i)];
+      for (int64_t i = 0; i < in_; ++i) want[size_t(t * ld + i)] = x_[size_t(t * in_ + i)];
       const int32_t s = token_slot_[size_t(t)];
       for (int64_t k = 0; k < rank_of(t); ++k)
-        want[size_t(t * ld + in_ + kOffsets[size_t(s)] + k)] = double(scales_[size_t(s)]) * shrink_ref(s, u.data(), k);
+        want[size_t(t * ld + in_ + kOffsets[size_t(s)] + k)] =
+            double(scales_[size_t(s)]) * shrink_ref(s, &x_[size_t(t * in_)], k);
     }
     return {{"X", ld, want}};
   }
 
  private:
-  static constexpr float kEps = 1e-5f;
-  int64_t x_cols() const { return from_ == ColumnsFrom::silu_mul ? 2 * in_ : in_; }
-  // Token t's input row u in float64.
-  std::vector<double> input_ref(int64_t t) const {
-    const float* x = &x_[size_t(t * x_cols())];
-    std::vector<double> u(static_cast<size_t>(in_));
-    double sum_sq = 0;
-    for (int64_t i = 0; i < in_; ++i) sum_sq += double(x[i]) * double(x[i]);
-    const double inv_rms = 1.0 / std::sqrt(sum_sq / double(in_) + double(kEps));
-    for (int64_t i = 0; i < in_; ++i) {
-      const double g = x[i];
-      switch (from_) {
-        case ColumnsFrom::plain: u[size_t(i)] = g; break;
-        case ColumnsFrom::rms_norm: u[size_t(i)] = double(w_[size_t(i)]) * g * inv_rms; break;
-        case ColumnsFrom::silu_mul: u[size_t(i)] = g / (1.0 + std::exp(-g)) * double(x[in_ + i]); break;
-      }
-    }
-    return u;
-  }
-
-  ColumnsFrom from_;
-  std::vector<float> x_, w_;  // (T, in) or gate_up (T, 2 in); the norm's weight (in)
+  std::vector<float> x_;  // (T, in)
 };
 
 // The one-matmul form `linear` takes at decode: the B matrices placed into a
@@ -551,10 +514,6 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrinkColumns>(96, kOne),
       make_case<LoraShrinkColumns>(1024, kDecode),
       make_case<LoraShrinkColumns>(96, kSeven),
-      make_case<LoraShrinkColumns>(3072, kDecode, ColumnsFrom::rms_norm),  // Phi-3-mini's hidden size
-      make_case<LoraShrinkColumns>(96, kSeven, ColumnsFrom::rms_norm),
-      make_case<LoraShrinkColumns>(1000, kDecode, ColumnsFrom::silu_mul),  // a part-filled last chunk
-      make_case<LoraShrinkColumns>(8192, kThree, ColumnsFrom::silu_mul),   // Phi-3-mini's intermediate size
       make_case<LoraLinearColumns>(1024, 96, kDecode, false),
       make_case<LoraLinearColumns>(64, 520, kOne, true),
       make_case<LoraLinearColumns>(96, 1002, kSeven, true),

@@ -300,7 +300,8 @@ Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attent
       cuda::plan_decode_attention(a, plan.max_kv_len, ctx_->props.multiProcessorCount);
   const size_t ws_bytes = cuda::decode_workspace_bytes(a, split);
   std::shared_ptr<void> ws = ws_bytes ? ctx_->allocator->allocate(ws_bytes) : nullptr;
-  cuda::launch_decode_attention(a, split, ws.get(), ctx_->stream);
+  cuda::launch_decode_attention(a, split, ws.get(), static_cast<int*>(ctx_->split_counters.get()),
+                                ctx_->num_split_counters, ctx_->stream);
   return out;
 }
 
@@ -409,55 +410,23 @@ Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const
   return xa;
 }
 
-Tensor CudaBackend::shrink_columns(const char* op, int64_t rows, int64_t in, const cuda::ShrinkInput& input,
-                                   const LoraModuleTable& m, const LoraBatch& batch) {
-  const int64_t width = batch.lora_columns;
+Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
+  require(x, DType::bf16, "lora_shrink_columns", "x");
+  const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;
   if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
-    throw std::runtime_error(std::string("cuda backend: ") + op + ": input (" + std::to_string(rows) + ", " +
-                             std::to_string(in) + "), " + std::to_string(width) + " columns, for a module of " +
-                             std::to_string(m.in_features) + " inputs and " + std::to_string(m.columns) +
-                             " LoRA columns");
-  require(m.col_offsets, DType::i32, op, "col_offsets");
-  Tensor out = device_tensor(DType::bf16, {rows, in + width});
-  if (rows == 0 || knocked("shrink")) return out;
-  cuda::LoraLaunch l = lora_launch(m, batch, rows);
+    throw std::runtime_error("cuda backend: lora_shrink_columns: x " + x.shape_str() + ", " +
+                             std::to_string(width) + " columns, for a module of " + std::to_string(m.in_features) +
+                             " inputs and " + std::to_string(m.columns) + " LoRA columns");
+  require(m.col_offsets, DType::i32, "lora_shrink_columns", "col_offsets");
+  Tensor out = device_tensor(DType::bf16, {n, in + width});
+  if (n == 0 || knocked("shrink")) return out;
+  cuda::LoraLaunch l = lora_launch(m, batch, n);
   l.by_segment = false;  // per token, whatever the segments
   require(batch.token_slot, DType::i32, "lora", "token_slot");
   l.token_slot = batch.token_slot.ptr<int32_t>();
-  cuda::launch_lora_shrink_columns(l, input, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
+  cuda::launch_lora_shrink_columns(l, x.data, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
                                    ctx_->stream);
   return out;
-}
-
-Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
-  require(x, DType::bf16, "lora_shrink_columns", "x");
-  return shrink_columns("lora_shrink_columns", x.rows(), x.cols(), {cuda::ShrinkInput::plain, x.data}, m, batch);
-}
-
-// Lab switch: 0 runs the norm (SiLU·mul) and the shrink as two kernels, for
-// A/B timing (dev/cuda/variant.sh).
-#ifndef PHILORA_FUSED_SHRINK
-#define PHILORA_FUSED_SHRINK 1
-#endif
-
-Tensor CudaBackend::rms_norm_columns(const Tensor& x, const Tensor& w, float eps, const LoraModuleTable& m,
-                                     const LoraBatch& batch) {
-  if (!PHILORA_FUSED_SHRINK) return Backend::rms_norm_columns(x, w, eps, m, batch);
-  require(x, DType::bf16, "rms_norm_columns", "x");
-  require(w, DType::bf16, "rms_norm_columns", "w");
-  if (w.numel() != x.cols())
-    throw std::runtime_error("cuda backend: rms_norm_columns: weight " + w.shape_str() + " for x " + x.shape_str());
-  return shrink_columns("rms_norm_columns", x.rows(), x.cols(), {cuda::ShrinkInput::rms_norm, x.data, w.data, eps},
-                        m, batch);
-}
-
-Tensor CudaBackend::silu_mul_columns(const Tensor& gate_up, const LoraModuleTable& m, const LoraBatch& batch) {
-  if (!PHILORA_FUSED_SHRINK) return Backend::silu_mul_columns(gate_up, m, batch);
-  require(gate_up, DType::bf16, "silu_mul_columns", "gate_up");
-  if (gate_up.cols() % 2 != 0)
-    throw std::runtime_error("cuda backend: silu_mul_columns: gate_up " + gate_up.shape_str() + " has odd width");
-  return shrink_columns("silu_mul_columns", gate_up.rows(), gate_up.cols() / 2,
-                        {cuda::ShrinkInput::silu_mul, gate_up.data}, m, batch);
 }
 
 void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,

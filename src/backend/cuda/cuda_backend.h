@@ -15,7 +15,6 @@ namespace philora {
 
 namespace cuda {
 struct CudaContext;
-struct ShrinkInput;
 }
 
 // Number of usable CUDA devices; 0 (never an error) without a driver or GPU.
@@ -63,9 +62,6 @@ class CudaBackend final : public Backend {
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
-  Tensor rms_norm_columns(const Tensor& x, const Tensor& w, float eps, const LoraModuleTable& m,
-                          const LoraBatch& batch) override;
-  Tensor silu_mul_columns(const Tensor& gate_up, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   void release_cached_memory() override;
   bool can_capture() const override { return true; }
@@ -76,9 +72,6 @@ class CudaBackend final : public Backend {
  private:
   Tensor device_tensor(DType dtype, std::initializer_list<int64_t> shape);
   Tensor upload_raw(const void* src, DType dtype, int64_t n);
-  // X = [u | columns] for rows u made as `input` says (cuda_lora.cuh).
-  Tensor shrink_columns(const char* op, int64_t rows, int64_t in, const cuda::ShrinkInput& input,
-                        const LoraModuleTable& m, const LoraBatch& batch);
 
   std::shared_ptr<cuda::CudaContext> ctx_;
 };

@@ -44,39 +44,6 @@ __device__ __forceinline__ uint4 f32_to_bf16x8(const float* f) {
   return b.u;
 }
 
-// The norm's and SiLU·mul's math on eight bf16 (cuda_elementwise.cu, and the
-// LoRA shrinks that compute their input in the same kernel).
-__device__ __forceinline__ float sum_of_squares(const uint4& v) {
-  float f[8];
-  bf16x8_to_f32(v, f);
-  float ss = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
-  return ss;
-}
-
-// bf16(w · (v · inv)): rms_norm's output from the row and its 1 / rms.
-__device__ __forceinline__ uint4 scale_bf16x8(const uint4& v, const uint4& w, float inv) {
-  float f[8], g[8];
-  bf16x8_to_f32(v, f);
-  bf16x8_to_f32(w, g);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
-  return f32_to_bf16x8(f);
-}
-
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-
-// bf16(silu(g) · u)
-__device__ __forceinline__ uint4 silu_mul_bf16x8(const uint4& g, const uint4& u) {
-  float a[8], b[8];
-  bf16x8_to_f32(g, a);
-  bf16x8_to_f32(u, b);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
-  return f32_to_bf16x8(a);
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -102,6 +102,15 @@ __global__ void random_uniform_kernel(bf16* __restrict__ out, int64_t n, uint64_
 // in the second pass.
 constexpr int kCache = 4;
 
+__device__ __forceinline__ float sum_of_squares(const uint4& v) {
+  float f[8];
+  bf16x8_to_f32(v, f);
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
+  return ss;
+}
+
 // x + r rounded to bf16, as HF's residual stream is.
 __device__ __forceinline__ uint4 add_bf16x8(const uint4& x, const uint4& r) {
   float a[8], b[8];
@@ -112,6 +121,14 @@ __device__ __forceinline__ uint4 add_bf16x8(const uint4& x, const uint4& r) {
   return f32_to_bf16x8(a);
 }
 
+__device__ __forceinline__ uint4 scale_bf16x8(const uint4& v, const uint4& w, float inv) {
+  float f[8], g[8];
+  bf16x8_to_f32(v, f);
+  bf16x8_to_f32(w, g);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
+  return f32_to_bf16x8(f);
+}
 
 __global__ void rms_norm_vec_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
                                     const bf16* __restrict__ w, bf16* __restrict__ y,
@@ -195,6 +212,8 @@ __global__ void rms_norm_scalar_kernel(const bf16* __restrict__ x, const bf16* _
 
 // ---- SiLU·mul -----------------------------------------------------------------
 
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
 // grid (column blocks, rows ≤ 65535; more rows loop): two 8-wide pieces per
 // thread, all four loads issued before any is used.
 __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,
@@ -217,7 +236,14 @@ __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __re
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       const int64_t c = c0 + int64_t(k) * blockDim.x;
-      if (c < nv) o[c] = silu_mul_bf16x8(gv[k], uv[k]);
+      if (c < nv) {
+        float a[8], b[8];
+        bf16x8_to_f32(gv[k], a);
+        bf16x8_to_f32(uv[k], b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
+        o[c] = f32_to_bf16x8(a);
+      }
     }
   }
 }

@@ -113,23 +113,32 @@ constexpr int kTokenMaxWarps = 32;
 inline int token_rows(int64_t chunks) { return int(std::clamp<int64_t>(kTokenMaxWarps / chunks, 1, 4)); }
 
 // LoRA columns (kColumns): instead of xa, the row t of X (T, ld) = [x[t] |
-// columns]: block y = 0 writes x[t] and zeroes every column but the slot's
+// columns]: block y = 0 copies x[t] and zeroes every column but the slot's
 // r, which the blocks write as bf16(scale · xa).
 struct ColumnsOut {
-  bf16* x = nullptr;                 // (T, ld)
+  bf16* x = nullptr;                 // X (T, ld)
   int64_t ld = 0;                    // in + width
   const int32_t* offsets = nullptr;  // [slots]
   int width = 0;
 };
 
-// kFrom: where the input row comes from (ShrinkInput).
-template <bool kColumns, ShrinkInput::From kFrom>
+__device__ __forceinline__ void fill_columns_row(const ColumnsOut& c, const bf16* __restrict__ x, int64_t in, int t,
+                                                 int off, int r) {
+  bf16* row = c.x + int64_t(t) * c.ld;
+  const bf16* xr = x + int64_t(t) * in;
+  for (int64_t i = int64_t(threadIdx.x) * 8; i < in; i += int64_t(blockDim.x) * 8)
+    *reinterpret_cast<uint4*>(row + i) = *reinterpret_cast<const uint4*>(xr + i);
+  const bf16 zero = __float2bfloat16_rn(0.0f);
+  for (int j = threadIdx.x; j < c.width; j += blockDim.x)
+    if (j < off || j >= off + r) row[in + j] = zero;
+}
+
+template <bool kColumns>
 __global__ void __launch_bounds__(32 * kTokenMaxWarps)
-    lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, const bf16* __restrict__ norm_w,
-                             float eps, float* __restrict__ xa, int64_t xa_stride, int chunks, int rows,
-                             ColumnsOut cols) {
-  // A's rows and the norm's weight (written before the step) load before
-  // waiting on the kernel before; x (its output) after.
+    lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa,
+                             int64_t xa_stride, int chunks, int rows, ColumnsOut cols) {
+  // A's rows (adapter weights) and the plan are written before the step: they
+  // load before waiting on the kernel before; x (its output) after.
   chained_launch();
   __shared__ float part[kTokenMaxWarps];
   const int t = blockIdx.x;
@@ -137,16 +146,17 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
   const int off = kColumns && slot >= 0 ? cols.offsets[slot] : 0;
   const int j0 = blockIdx.y * rows;
-  const bool writer = kColumns && blockIdx.y == 0;  // writes the row's input part and zeros
-  if (j0 >= r && !writer) {  // the whole block's exit; it still waits, so that
-    chained_wait();          // this grid ends after the kernel before it, as the next one assumes
+  if (j0 >= r) {  // the whole block's exit; it still waits, so that this grid
+    chained_wait();  // ends after the kernel before it, as the next one assumes
+    if constexpr (kColumns)
+      if (blockIdx.y == 0) fill_columns_row(cols, x, l.in_features, t, off, r);
     return;
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int jl = warp % rows, c = warp / rows, j = j0 + jl;
   const int64_t in = l.in_features;
   const int64_t kb = int64_t(c) * kTokenChunk + lane * 8;
-  uint4 av[kTokenLoads], wv[kTokenLoads];
+  uint4 av[kTokenLoads];
   if (j < r) {
     const bf16* arow = reinterpret_cast<const bf16*>(l.a_ptrs[slot]) + int64_t(j) * in;
 #pragma unroll
@@ -155,61 +165,18 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
       av[i] = k < in ? *reinterpret_cast<const uint4*>(arow + k) : make_uint4(0, 0, 0, 0);
     }
   }
-  if constexpr (kFrom == ShrinkInput::rms_norm) {
-#pragma unroll
-    for (int i = 0; i < kTokenLoads; ++i) {
-      const int64_t k = kb + i * 256;
-      wv[i] = k < in ? *reinterpret_cast<const uint4*>(norm_w + k) : make_uint4(0, 0, 0, 0);
-    }
-  }
   chained_wait();
-  // This warp's pieces of the input row, as the op before would have stored them.
-  uint4 xv[kTokenLoads];
-  const bf16* xr = x + int64_t(t) * (kFrom == ShrinkInput::silu_mul ? 2 * in : in);
-#pragma unroll
-  for (int i = 0; i < kTokenLoads; ++i) {
-    const int64_t k = kb + i * 256;
-    xv[i] = k < in ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
-  }
-  if constexpr (kFrom == ShrinkInput::silu_mul) {
-#pragma unroll
-    for (int i = 0; i < kTokenLoads; ++i) {
-      const int64_t k = kb + i * 256;
-      if (k < in) xv[i] = silu_mul_bf16x8(xv[i], *reinterpret_cast<const uint4*>(xr + in + k));
-    }
-  }
-  if constexpr (kFrom == ShrinkInput::rms_norm) {
-    // Σ x² over the row: the warps of rank row 0 cover it once, a chunk each.
-    __shared__ float ss_part[kTokenMaxWarps];
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kTokenLoads; ++i) ss += sum_of_squares(xv[i]);
-    ss = warp_sum(ss);
-    if (jl == 0 && lane == 0) ss_part[c] = ss;
-    __syncthreads();
-    float total = 0.0f;
-    for (int k = 0; k < chunks; ++k) total += ss_part[k];
-    const float inv = rsqrtf(total / float(in) + eps);
-#pragma unroll
-    for (int i = 0; i < kTokenLoads; ++i) xv[i] = scale_bf16x8(xv[i], wv[i], inv);
-  }
-  if constexpr (kColumns) {
-    if (writer) {
-      bf16* row = cols.x + int64_t(t) * cols.ld;
-      if (jl == 0) {
-#pragma unroll
-        for (int i = 0; i < kTokenLoads; ++i) {
-          const int64_t k = kb + i * 256;
-          if (k < in) *reinterpret_cast<uint4*>(row + k) = xv[i];
-        }
-      }
-      const bf16 zero = __float2bfloat16_rn(0.0f);
-      for (int q = threadIdx.x; q < cols.width; q += blockDim.x)
-        if (q < off || q >= off + r) row[in + q] = zero;
-    }
-  }
+  if constexpr (kColumns)
+    if (blockIdx.y == 0) fill_columns_row(cols, x, in, t, off, r);
   float acc = 0.0f;
   if (j < r) {
+    const bf16* xr = x + int64_t(t) * in;
+    uint4 xv[kTokenLoads];
+#pragma unroll
+    for (int i = 0; i < kTokenLoads; ++i) {
+      const int64_t k = kb + i * 256;
+      xv[i] = k < in ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
     for (int i = 0; i < kTokenLoads; ++i) {
       float af[8], xf[8];
@@ -330,9 +297,8 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
       aligned16(x)) {
     const int rows = token_rows(chunks);
     const dim3 grid{unsigned(units), unsigned(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), rows))};
-    launch_chained(lora_shrink_token_kernel<false, ShrinkInput::plain>, dim3(grid), dim3(unsigned(32 * rows * chunks)),
-                   0, stream, l, static_cast<const bf16*>(x), static_cast<const bf16*>(nullptr), 0.0f, xa, xa_stride,
-                   int(chunks), rows, ColumnsOut{});
+    launch_chained(lora_shrink_token_kernel<false>, dim3(grid), dim3(unsigned(32 * rows * chunks)), 0, stream, l,
+                   static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows, ColumnsOut{});
     PHILORA_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -355,12 +321,12 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
-void launch_lora_shrink_columns(const LoraLaunch& l, const ShrinkInput& input, void* out, int64_t ld,
+void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
                                 const int32_t* col_offsets, int64_t width, cudaStream_t stream) {
   if (l.num_tokens == 0) return;
   const int64_t chunks = ceil_div(l.in_features, kTokenChunk);
-  if (l.by_segment || chunks > kTokenMaxWarps || l.in_features % 8 != 0 || ld % 8 != 0 || !aligned16(input.x) ||
-      !aligned16(out) || width <= 0 || (input.norm_w && !aligned16(input.norm_w)))
+  if (l.by_segment || chunks > kTokenMaxWarps || l.in_features % 8 != 0 || ld % 8 != 0 || !aligned16(x) ||
+      !aligned16(out) || width <= 0)
     throw_unsupported("lora_shrink_columns: " + std::to_string(l.in_features) + " inputs, row stride " +
                       std::to_string(ld) + " (per-token steps of at most " +
                       std::to_string(kTokenMaxWarps * kTokenChunk) + " inputs, 16-byte aligned rows)");
@@ -368,16 +334,8 @@ void launch_lora_shrink_columns(const LoraLaunch& l, const ShrinkInput& input, v
   const int64_t rank_blocks = std::max<int64_t>(1, ceil_div(l.max_rank, rows));
   const dim3 grid{unsigned(l.num_tokens), unsigned(rank_blocks)};
   ColumnsOut cols{static_cast<bf16*>(out), ld, col_offsets, int(width)};
-  auto go = [&](auto kernel) {
-    launch_chained(kernel, grid, dim3(unsigned(32 * rows * chunks)), 0, stream, l, static_cast<const bf16*>(input.x),
-                   static_cast<const bf16*>(input.norm_w), input.eps, static_cast<float*>(nullptr), l.max_rank,
-                   int(chunks), rows, cols);
-  };
-  switch (input.from) {
-    case ShrinkInput::plain: go(lora_shrink_token_kernel<true, ShrinkInput::plain>); break;
-    case ShrinkInput::rms_norm: go(lora_shrink_token_kernel<true, ShrinkInput::rms_norm>); break;
-    case ShrinkInput::silu_mul: go(lora_shrink_token_kernel<true, ShrinkInput::silu_mul>); break;
-  }
+  launch_chained(lora_shrink_token_kernel<true>, grid, dim3(unsigned(32 * rows * chunks)), 0, stream, l,
+                 static_cast<const bf16*>(x), static_cast<float*>(nullptr), l.max_rank, int(chunks), rows, cols);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

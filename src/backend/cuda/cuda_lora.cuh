@@ -46,20 +46,9 @@ inline bool lora_use_segments(int64_t num_tokens, int64_t num_segments) {
 void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, int num_sms,
                         cudaStream_t stream);
 
-// The input row u[t] of a columns shrink: x (T, in) itself, or made in the
-// same kernel by the op before (rounded to bf16 as that op stores it):
-//   rms_norm: u = w · x / sqrt(mean(x²) + eps), x (T, in), norm_w (in)
-//   silu_mul: u = silu(gate) · up, x = gate_up (T, 2 in)
-struct ShrinkInput {
-  enum From { plain, rms_norm, silu_mul } from = plain;
-  const void* x = nullptr;
-  const void* norm_w = nullptr;
-  float eps = 0.0f;
-};
-
-// LoRA columns, per token: X (T, ld) row t = [u[t] | bf16(scale_s · A_s u[t]) at
+// LoRA columns, per token: X (T, ld) row t = [x[t] | bf16(scale_s · A_s x[t]) at
 // columns in + col_offsets[s] .. + r_s, 0 in the rest of the `width` columns].
-void launch_lora_shrink_columns(const LoraLaunch& l, const ShrinkInput& input, void* out, int64_t ld,
+void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
                                 const int32_t* col_offsets, int64_t width, cudaStream_t stream);
 
 // y[t, col_offset + j] += scale_s · Σ_k xa[t, k] B_s[j, k]  (y (T, y_stride) bf16); with
