@@ -232,43 +232,6 @@ __global__ void merge_splits_kernel(const float* __restrict__ part_o, const floa
   }
 }
 
-// Split-K without a merge kernel: every block of a (row, kv head) counts itself
-// done on `counter` once its parts are written; the last one merges the G
-// heads' splits into out_row (out + (t · H + h0) · D) and resets the counter for
-// the next launch. `base`: the parts' index of (t, h0, split 0).
-template <int G, int D>
-__device__ void merge_if_last(int* counter, const float* part_o, const float* part_lse, int64_t base,
-                              int num_splits, bf16* out_row) {
-  __shared__ bool last;
-  __threadfence();  // this block's parts before its count
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(counter, 1) == num_splits - 1;
-    if (last) *counter = 0;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-    const int g = i / D, dd = i % D;
-    const float* lse = part_lse + base + int64_t(g) * num_splits;
-    const float* o = part_o + (base + int64_t(g) * num_splits) * D + dd;
-    float m = -INFINITY;
-    for (int c = 0; c < num_splits; ++c) m = fmaxf(m, __ldcg(lse + c));
-    float acc = 0.0f, wsum = 0.0f;
-    if (m != -INFINITY) {
-      for (int c = 0; c < num_splits; ++c) {
-        const float lc = __ldcg(lse + c);
-        if (lc == -INFINITY) continue;
-        const float w = exp2f(lc - m);
-        wsum += w;
-        acc += w * __ldcg(o + int64_t(c) * D);
-      }
-    }
-    out_row[i] = __float2bfloat16_rn(wsum > 0.0f ? acc / wsum : 0.0f);
-  }
-}
-
 // ---- single pass: keys spread over lane groups, online softmax per lane -------
 //
 // A warp reads 32 / L keys at a time, L lanes per key, each lane E = D / L
@@ -278,12 +241,11 @@ __device__ void merge_if_last(int* counter, const float* part_o, const float* pa
 // lane keeps 2 · U · E · 2 bytes in flight. Each lane group keeps its own running
 // max, sum and output slice (no reduction per key beyond the L-lane dot product);
 // groups, then warps, merge at the end. Same split and output contract as the
-// kernel above, except that with `counters` (one int a (row, kv head), zero)
-// the splits merge in the kernel's last block (merge_if_last).
+// kernel above.
 template <int D, int L, int G, int U>
 __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedAttentionArgs a, int chunk,
                                                                           int num_splits, float* part_o,
-                                                                          float* part_lse, int* counters) {
+                                                                          float* part_lse) {
   // The plan and the cache's older keys are in memory before this kernel's
   // predecessor (rope) runs: the block finds its keys and loads its first step
   // of them before waiting; q (rotated by rope) and anything written come after.
@@ -342,15 +304,12 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   if (early) load_steps(j_first);
   chained_wait();
 
-  bf16* out_row = out + int64_t(t) * a.n_heads * D + int64_t(h0) * D;
   if (len <= 0) {
     if (num_splits > 1) {
       if (tid < G) part_lse[part + int64_t(tid) * num_splits] = -INFINITY;
-      if (counters)
-        merge_if_last<G, D>(counters + int64_t(t) * a.n_kv_heads + kvh, part_o, part_lse, part - split,
-                            num_splits, out_row);
     } else {
-      for (int i = tid; i < G * D; i += kThreads) out_row[i] = __float2bfloat16_rn(0.0f);
+      for (int i = tid; i < G * D; i += kThreads)
+        out[int64_t(t) * a.n_heads * D + int64_t(h0) * D + i] = __float2bfloat16_rn(0.0f);
     }
     return;
   }
@@ -470,27 +429,16 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
     }
     const float val = sum > 0.0f ? acc / sum : 0.0f;
     if (num_splits == 1)
-      out_row[i] = __float2bfloat16_rn(val);
+      out[int64_t(t) * a.n_heads * D + int64_t(h0 + g) * D + dd] = __float2bfloat16_rn(val);
     else {
       part_o[(part + int64_t(g) * num_splits) * D + dd] = val;
       if (dd == 0) part_lse[part + int64_t(g) * num_splits] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
     }
   }
-  if (num_splits > 1 && counters)
-    merge_if_last<G, D>(counters + int64_t(t) * a.n_kv_heads + kvh, part_o, part_lse, part - split, num_splits,
-                        out_row);
 }
 
 #ifndef PHILORA_DECODE_UNROLL
 #define PHILORA_DECODE_UNROLL 2
-#endif
-// Lab switches: 0 merges the splits in a kernel of their own; the waves of
-// blocks the split aims at.
-#ifndef PHILORA_DECODE_FOLD
-#define PHILORA_DECODE_FOLD 1
-#endif
-#ifndef PHILORA_DECODE_WAVES
-#define PHILORA_DECODE_WAVES 2
 #endif
 
 // Lanes per key for (D, G): the fewest that keep a lane's output slice (G · D / L
@@ -503,14 +451,14 @@ constexpr int lanes_per_key(int d, int g) {
 
 template <int D, int G>
 bool launch_lanes(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o, float* part_lse,
-                  int* counters, cudaStream_t stream) {
+                  cudaStream_t stream) {
   constexpr int L = lanes_per_key(D, G);
   if constexpr (L == 0) {
     return false;
   } else {
     const dim3 grid(unsigned(split.num_splits), unsigned(a.n_kv_heads), unsigned(a.num_rows));
     launch_chained(decode_attention_lanes_kernel<D, L, G, PHILORA_DECODE_UNROLL>, grid, dim3(kThreads), 0,
-                   stream, a, split.chunk, split.num_splits, part_o, part_lse, counters);
+                   stream, a, split.chunk, split.num_splits, part_o, part_lse);
     PHILORA_CUDA_CHECK_LAUNCH();
     return true;
   }
@@ -518,12 +466,12 @@ bool launch_lanes(const PagedAttentionArgs& a, const DecodeSplit& split, float* 
 
 template <int D>
 bool launch_lanes_group(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o,
-                        float* part_lse, int* counters, cudaStream_t stream) {
+                        float* part_lse, cudaStream_t stream) {
   switch (a.n_heads / a.n_kv_heads) {
-    case 1: return launch_lanes<D, 1>(a, split, part_o, part_lse, counters, stream);
-    case 2: return launch_lanes<D, 2>(a, split, part_o, part_lse, counters, stream);
-    case 3: return launch_lanes<D, 3>(a, split, part_o, part_lse, counters, stream);
-    case 4: return launch_lanes<D, 4>(a, split, part_o, part_lse, counters, stream);
+    case 1: return launch_lanes<D, 1>(a, split, part_o, part_lse, stream);
+    case 2: return launch_lanes<D, 2>(a, split, part_o, part_lse, stream);
+    case 3: return launch_lanes<D, 3>(a, split, part_o, part_lse, stream);
+    case 4: return launch_lanes<D, 4>(a, split, part_o, part_lse, stream);
     default: return false;
   }
 }
@@ -531,11 +479,11 @@ bool launch_lanes_group(const PagedAttentionArgs& a, const DecodeSplit& split, f
 // The single-pass kernel where it is instantiated (head dims 64, 96, 128; GQA
 // groups up to 4), else false.
 bool launch_lanes_any(const PagedAttentionArgs& a, const DecodeSplit& split, float* part_o, float* part_lse,
-                      int* counters, cudaStream_t stream) {
+                      cudaStream_t stream) {
   switch (a.head_dim) {
-    case 64: return launch_lanes_group<64>(a, split, part_o, part_lse, counters, stream);
-    case 96: return launch_lanes_group<96>(a, split, part_o, part_lse, counters, stream);
-    case 128: return launch_lanes_group<128>(a, split, part_o, part_lse, counters, stream);
+    case 64: return launch_lanes_group<64>(a, split, part_o, part_lse, stream);
+    case 96: return launch_lanes_group<96>(a, split, part_o, part_lse, stream);
+    case 128: return launch_lanes_group<128>(a, split, part_o, part_lse, stream);
     default: return false;
   }
 }
@@ -591,11 +539,14 @@ DecodeSplit plan_decode_attention(const PagedAttentionArgs& a, int64_t max_kv_le
   const bool lanes = lanes_kernel_for(a.head_dim, group);
   const int g = lanes ? group : group_tile(group);
   const int64_t blocks = int64_t(a.num_rows) * a.n_kv_heads * ((group + g - 1) / g);
-  // Enough splits for two waves of blocks, each split at least 64 keys. The
-  // single-pass kernel takes any chunk (with enough blocks, no split: no merge
-  // pass); the two-pass one at most kMaxChunk (its scores sit in shared memory).
+  // Split only a grid of fewer blocks than multiprocessors, into two waves of
+  // blocks of at least 64 keys. The single-pass kernel takes any chunk (no
+  // split: no merge pass); the two-pass one at most kMaxChunk (its scores sit
+  // in shared memory). H200, batch 8 at ctx 512 (256 blocks): unsplit 68.7–69.4%
+  // of the ideal against 65.0–65.5% with 2 splits, 64.6–65.3% with 4; batch 1
+  // (32 blocks): 8 splits 65.3–65.7%, 4 splits 64.2–65.1%.
   const int64_t want =
-      std::max<int64_t>(1, ceil_div(PHILORA_DECODE_WAVES * int64_t(num_sms), std::max<int64_t>(1, blocks)));
+      blocks >= num_sms ? 1 : std::max<int64_t>(1, ceil_div(2 * int64_t(num_sms), std::max<int64_t>(1, blocks)));
   int64_t chunk = ceil_div(keys, want);
   chunk = std::clamp<int64_t>(ceil_div(chunk, 32) * 32, 64, lanes ? std::max<int64_t>(64, keys) : kMaxChunk);
   s.chunk = int(chunk);
@@ -610,7 +561,7 @@ size_t decode_workspace_bytes(const PagedAttentionArgs& a, const DecodeSplit& sp
 }
 
 void launch_decode_attention(const PagedAttentionArgs& a, const DecodeSplit& split, void* workspace,
-                             int* counters, int64_t num_counters, cudaStream_t stream) {
+                             cudaStream_t stream) {
   if (a.num_rows == 0) return;
   if (!decode_attention_supported(a.head_dim))
     throw_unsupported("attention: head_dim " + std::to_string(a.head_dim) +
@@ -619,12 +570,7 @@ void launch_decode_attention(const PagedAttentionArgs& a, const DecodeSplit& spl
   float* part_lse = part_o ? part_o + size_t(a.num_rows) * size_t(a.n_heads) * size_t(split.num_splits) *
                                           size_t(a.head_dim)
                            : nullptr;
-  // The single-pass kernel merges its own splits when each (row, kv head) has a counter.
-  const bool fold = PHILORA_DECODE_FOLD && split.num_splits > 1 && counters &&
-                    int64_t(a.num_rows) * a.n_kv_heads <= num_counters;
-  if (launch_lanes_any(a, split, part_o, part_lse, fold ? counters : nullptr, stream)) {
-    if (fold) return;
-  } else {
+  if (!launch_lanes_any(a, split, part_o, part_lse, stream)) {
     switch (group_tile(a.n_heads / a.n_kv_heads)) {
       case 8: launch<8>(a, split, part_o, part_lse, stream); break;
       case 4: launch<4>(a, split, part_o, part_lse, stream); break;

@@ -300,8 +300,7 @@ Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attent
       cuda::plan_decode_attention(a, plan.max_kv_len, ctx_->props.multiProcessorCount);
   const size_t ws_bytes = cuda::decode_workspace_bytes(a, split);
   std::shared_ptr<void> ws = ws_bytes ? ctx_->allocator->allocate(ws_bytes) : nullptr;
-  cuda::launch_decode_attention(a, split, ws.get(), static_cast<int*>(ctx_->split_counters.get()),
-                                ctx_->num_split_counters, ctx_->stream);
+  cuda::launch_decode_attention(a, split, ws.get(), ctx_->stream);
   return out;
 }
 

@@ -23,12 +23,6 @@ Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
     ctx->allocator = DeviceAllocator::create();
     ctx->staging = std::make_unique<PinnedStaging>(ctx->stream);
     ctx->matmul = std::make_unique<LtMatmul>(ctx->stream, ctx->allocator);
-    // Splits happen only while a step's (row, kv head) blocks are fewer than a
-    // few waves of multiprocessors: 16 per multiprocessor is ample.
-    ctx->num_split_counters = 16 * int64_t(ctx->props.multiProcessorCount);
-    ctx->split_counters = ctx->allocator->allocate(size_t(ctx->num_split_counters) * sizeof(int));
-    PHILORA_CUDA_CHECK(cudaMemsetAsync(ctx->split_counters.get(), 0,
-                                       size_t(ctx->num_split_counters) * sizeof(int), ctx->stream));
     if (const char* tune = std::getenv("PHILORA_CUBLASLT_AUTOTUNE"); tune && std::string(tune) == "0")
       ctx->matmul->set_autotune(false);
   } catch (const std::exception& e) {
@@ -40,7 +34,6 @@ Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
 CudaContext::~CudaContext() {
   if (stream) (void)cudaStreamSynchronize(stream);
   matmul.reset();
-  split_counters.reset();
   staging.reset();
   if (stream) (void)cudaStreamDestroy(stream);
 }

@@ -20,10 +20,6 @@ struct CudaContext {
   std::shared_ptr<DeviceAllocator> allocator;
   std::unique_ptr<PinnedStaging> staging;
   std::unique_ptr<LtMatmul> matmul;
-  // Ints, zero between kernels, on which decode attention's blocks count the
-  // splits of a (row, kv head) done (launch_decode_attention).
-  std::shared_ptr<void> split_counters;
-  int64_t num_split_counters = 0;
 
   static Expected<std::shared_ptr<CudaContext>> create(int device);
   ~CudaContext();
