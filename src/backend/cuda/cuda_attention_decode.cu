@@ -273,13 +273,15 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   const int64_t page_stride = int64_t(a.n_kv_heads) * head_stride;
 
   // K and V of U steps of this lane group's keys from j0 (zeros past len).
+  // pass 0: every key; 1: only keys older than this step (zeros for the rest);
+  // 2: the rest, over what pass 1 left.
   uint4 kr[U][W], vr[U][W];
-  auto load_steps = [&](int j0) {
+  auto load_steps = [&](int j0, int pass) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * KPB;
-      if (j < len) {
-        const int key = begin + j;
+      const int key = begin + j;
+      if (j < len && (pass == 0 || (pass == 1) == (key < first_new))) {
         const int64_t off = int64_t(pages[key / a.page_size]) * page_stride + kvh * head_stride +
                             int64_t(key % a.page_size) * D;
         const uint4* krow = reinterpret_cast<const uint4*>(k_cache + off);
@@ -288,20 +290,17 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
         for (int w = 0; w < W; ++w) kr[u][w] = krow[sub + w * L];
 #pragma unroll
         for (int w = 0; w < W; ++w) vr[u][w] = vrow[sub + w * L];
-      } else {
+      } else if (pass != 2) {
 #pragma unroll
         for (int w = 0; w < W; ++w) kr[u][w] = vr[u][w] = make_uint4(0, 0, 0, 0);
       }
     }
   };
+  // The first steps' older keys load before the wait (rope writes the new
+  // ones): at batch 1 the split holding the newest key then waits on memory
+  // for that key alone.
   const int j_first = warp * KPW + kg;
-  bool early = len > 0;  // the first steps hold only keys older than this step
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int j = j_first + u * KPB;
-    if (j < len && begin + j >= first_new) early = false;
-  }
-  if (early) load_steps(j_first);
+  load_steps(j_first, 1);
   chained_wait();
 
   if (len <= 0) {
@@ -328,7 +327,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
     for (int e = 0; e < E; ++e) o[g][e] = 0.0f;
   }
   for (int j0 = j_first; j0 - kg < len; j0 += KPB * U) {
-    if (!(early && j0 == j_first)) load_steps(j0);
+    load_steps(j0, j0 == j_first ? 2 : 0);
     float sc[U][G];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
