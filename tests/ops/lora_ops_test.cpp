@@ -497,7 +497,7 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrink>(1002, kNineteen),
       make_case<LoraShrink>(1002, kDecode),
       make_case<LoraShrink>(1002, kLong),
-      make_case<LoraShrink>(8192, kDecode),  // past 4096 inputs the per-token kernel takes 8 loads a lane
+      make_case<LoraShrink>(8192, kDecode),  // down_proj-sized: 8 chunks a row, 1024-thread blocks
       make_case<LoraExpand>(37, 37, 0, kOne),
       make_case<LoraExpand>(96, 288, 96, kThree),        // the k slice of a fused qkv
       make_case<LoraExpand>(37, 111, 74, kSeven),        // the last slice
@@ -516,7 +516,7 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrinkColumns>(1024, kDecode),
       make_case<LoraShrinkColumns>(96, kSeven),
       make_case<LoraShrinkColumns>(8192, kDecode),  // Phi-3-mini's down_proj
-      make_case<LoraShrinkColumns>(5000, kSeven),   // a part-filled last chunk of 2048
+      make_case<LoraShrinkColumns>(5000, kSeven),   // a part-filled last chunk
       make_case<LoraLinearColumns>(1024, 96, kDecode, false),
       make_case<LoraLinearColumns>(64, 520, kOne, true),
       make_case<LoraLinearColumns>(96, 1002, kSeven, true),

@@ -99,29 +99,18 @@ __global__ void __launch_bounds__(kShrinkThreads) lora_shrink_kernel(LoraLaunch 
 }
 
 // Per token (decode), 16-byte aligned rows: grid (T, ceil(max_rank / rows)),
-// block rows × chunks warps. Warp (j, c) makes one pass — kLoads 16-byte loads
-// of A and of x per lane — over the inputs [c · 256 kLoads, (c + 1) · 256 kLoads)
-// of rank row j; the chunks meet in shared memory. The warp-per-row kernel above
-// walks K in 3 to 8 passes with only ~8 warps per SM (ncu: 83% of cycles with no
-// eligible warp); this one has many more warps, each with one pass, and no
-// atomics. The grid must fit the GPU at once (one wave): 4 loads a lane up to
-// 4096 inputs (≤ 1024 threads a block); past that 8, at most 512 threads a block
-// and two blocks an SM. At 8192 inputs 4 loads a lane took 262,144 threads of
-// ~48 registers for batch 64 at rank 16: two waves.
-template <int kLoads>
-struct TokenShape {
-  static constexpr int kChunk = 256 * kLoads;
-  static constexpr int kMaxWarps = kLoads == 4 ? 32 : 16;
-  static constexpr int kMinBlocks = kLoads == 4 ? 1 : 2;
-};
-// 1 and 2 loads a lane (more, shorter warps) measured no better than 4 up to 4096 inputs.
-inline int token_loads(int64_t in) { return in > 4096 ? 8 : 4; }
-constexpr int64_t kTokenMaxInputs = 32 * 1024;  // both shapes: 32 chunks of 1024, 16 of 2048
+// block rows × chunks warps (≤ 1024 threads). Warp (j, c) makes one pass —
+// kTokenLoads 16-byte loads of A and of x per lane — over the inputs
+// [c · kTokenChunk, (c + 1) · kTokenChunk) of rank row j; the chunks meet in
+// shared memory. The warp-per-row kernel above walks K in 3 to 8 passes with
+// only ~8 warps per SM (ncu: 83% of cycles with no eligible warp); this one
+// has many more warps, each with one pass, and no atomics.
+constexpr int kTokenLoads = 4;  // 1 and 2 (more, shorter warps) measured no better
+constexpr int kTokenChunk = 256 * kTokenLoads;
+constexpr int kTokenMaxWarps = 32;
 
-// Rank rows per block for `chunks` chunks a row: up to 4, within max_warps warps.
-inline int token_rows(int64_t chunks, int max_warps) {
-  return int(std::clamp<int64_t>(max_warps / chunks, 1, 4));
-}
+// Rank rows per block for `chunks` chunks a row: up to 4, within 32 warps.
+inline int token_rows(int64_t chunks) { return int(std::clamp<int64_t>(kTokenMaxWarps / chunks, 1, 4)); }
 
 // LoRA columns (kColumns): instead of xa, the row t of X (T, ld) = [x[t] |
 // columns]: block y = 0 copies x[t] and zeroes every column but the slot's
@@ -144,17 +133,14 @@ __device__ __forceinline__ void fill_columns_row(const ColumnsOut& c, const bf16
     if (j < off || j >= off + r) row[in + j] = zero;
 }
 
-// kSmemA: A's rows wait in shared memory (cp.async, dynamic: 512 bytes a warp
-// and load) instead of registers.
-template <bool kColumns, int kLoads, bool kSmemA>
-__global__ void __launch_bounds__(32 * TokenShape<kLoads>::kMaxWarps, TokenShape<kLoads>::kMinBlocks)
+template <bool kColumns>
+__global__ void __launch_bounds__(32 * kTokenMaxWarps)
     lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa,
                              int64_t xa_stride, int chunks, int rows, ColumnsOut cols) {
   // A's rows (adapter weights) and the plan are written before the step: they
   // load before waiting on the kernel before; x (its output) after.
   chained_launch();
-  constexpr int kTokenChunk = TokenShape<kLoads>::kChunk;
-  __shared__ float part[TokenShape<kLoads>::kMaxWarps];
+  __shared__ float part[kTokenMaxWarps];
   const int t = blockIdx.x;
   const int slot = l.token_slot[t];
   const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
@@ -170,20 +156,14 @@ __global__ void __launch_bounds__(32 * TokenShape<kLoads>::kMaxWarps, TokenShape
   const int jl = warp % rows, c = warp / rows, j = j0 + jl;
   const int64_t in = l.in_features;
   const int64_t kb = int64_t(c) * kTokenChunk + lane * 8;
-  uint4 av[kSmemA ? 1 : kLoads];
-  extern __shared__ uint4 a_s[];  // kSmemA: [warp][load][lane]
-  uint4* a_w = a_s + warp * kLoads * 32 + lane;
+  uint4 av[kTokenLoads];
   if (j < r) {
     const bf16* arow = reinterpret_cast<const bf16*>(l.a_ptrs[slot]) + int64_t(j) * in;
 #pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
+    for (int i = 0; i < kTokenLoads; ++i) {
       const int64_t k = kb + i * 256;
-      if constexpr (kSmemA)
-        cp_async16(a_w + i * 32, arow + min(k, in - 8), k < in ? 16 : 0);
-      else
-        av[i] = k < in ? *reinterpret_cast<const uint4*>(arow + k) : make_uint4(0, 0, 0, 0);
+      av[i] = k < in ? *reinterpret_cast<const uint4*>(arow + k) : make_uint4(0, 0, 0, 0);
     }
-    if constexpr (kSmemA) cp_async_commit();
   }
   chained_wait();
   if constexpr (kColumns)
@@ -191,28 +171,19 @@ __global__ void __launch_bounds__(32 * TokenShape<kLoads>::kMaxWarps, TokenShape
   float acc = 0.0f;
   if (j < r) {
     const bf16* xr = x + int64_t(t) * in;
-    // x in groups of 4 loads, so that 8 loads of A and 4 of x fit 64 registers.
+    uint4 xv[kTokenLoads];
 #pragma unroll
-    for (int i0 = 0; i0 < kLoads; i0 += 4) {
-      uint4 xv[4];
+    for (int i = 0; i < kTokenLoads; ++i) {
+      const int64_t k = kb + i * 256;
+      xv[i] = k < in ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t k = kb + (i0 + i) * 256;
-        xv[i] = k < in ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
-      }
-      if constexpr (kSmemA)
-        if (i0 == 0) cp_async_wait<0>();  // this lane's own copies: no barrier needed
+    for (int i = 0; i < kTokenLoads; ++i) {
+      float af[8], xf[8];
+      bf16x8_to_f32(av[i], af);
+      bf16x8_to_f32(xv[i], xf);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float af[8], xf[8];
-        if constexpr (kSmemA)
-          bf16x8_to_f32(a_w[(i0 + i) * 32], af);
-        else
-          bf16x8_to_f32(av[i0 + i], af);
-        bf16x8_to_f32(xv[i], xf);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc += xf[e] * af[e];
-      }
+      for (int e = 0; e < 8; ++e) acc += xf[e] * af[e];
     }
   }
   acc = warp_sum(acc);
@@ -303,33 +274,6 @@ __global__ void __launch_bounds__(kExpandThreads) lora_expand_kernel(LoraLaunch 
   }
 }
 
-#ifndef PHILORA_SHRINK_LOADS8  // lab switch: 0 keeps 4 loads a lane at every size; 1 past 4096
-#define PHILORA_SHRINK_LOADS8 2   // inputs A in registers (64, spilling ~70 bytes), 2 in shared memory
-#endif
-
-// The per-token shrink over rank rows [0, ranks) of every token (in ≤ kTokenMaxInputs).
-template <bool kColumns>
-void launch_token_shrink(const LoraLaunch& l, const bf16* x, float* xa, int64_t xa_stride, int64_t ranks,
-                         const ColumnsOut& cols, cudaStream_t stream) {
-  auto go = [&](auto kernel, int loads, int max_warps, bool smem_a) {
-    const int64_t chunks = ceil_div(l.in_features, 256 * loads);
-    const int rows = token_rows(chunks, max_warps);
-    const dim3 grid{unsigned(l.num_tokens), unsigned(std::max<int64_t>(1, ceil_div(ranks, rows)))};
-    const size_t smem = smem_a ? size_t(rows * chunks) * size_t(loads) * 32 * sizeof(uint4) : 0;
-    if (smem > 48 * 1024) allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
-    launch_chained(kernel, grid, dim3(unsigned(32 * rows * chunks)), smem, stream, l, x, xa, xa_stride,
-                   int(chunks), rows, cols);
-  };
-  const int loads8 = token_loads(l.in_features) == 8 ? PHILORA_SHRINK_LOADS8 : 0;
-  if (loads8 == 2)
-    go(lora_shrink_token_kernel<kColumns, 8, true>, 8, TokenShape<8>::kMaxWarps, true);
-  else if (loads8 == 1)
-    go(lora_shrink_token_kernel<kColumns, 8, false>, 8, TokenShape<8>::kMaxWarps, false);
-  else
-    go(lora_shrink_token_kernel<kColumns, 4, false>, 4, TokenShape<4>::kMaxWarps, false);
-  PHILORA_CUDA_CHECK_LAUNCH();
-}
-
 int64_t num_units(const LoraLaunch& l, int* tiles) {
   if (!l.by_segment) {
     *tiles = 1;
@@ -348,9 +292,14 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
   const int64_t units = num_units(l, &tiles);
   if (units == 0) return;
   const int64_t rank_tiles = ceil_div(std::min<int64_t>(l.max_rank, xa_stride), kShrinkWarps);
-  if (!l.by_segment && l.in_features <= kTokenMaxInputs && l.in_features % 8 == 0 && aligned16(x)) {
-    launch_token_shrink<false>(l, static_cast<const bf16*>(x), xa, xa_stride, std::min<int64_t>(l.max_rank, xa_stride),
-                               ColumnsOut{}, stream);
+  const int64_t chunks = ceil_div(l.in_features, kTokenChunk);
+  if (!l.by_segment && chunks <= kTokenMaxWarps && l.in_features % 8 == 0 &&
+      aligned16(x)) {
+    const int rows = token_rows(chunks);
+    const dim3 grid{unsigned(units), unsigned(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), rows))};
+    launch_chained(lora_shrink_token_kernel<false>, dim3(grid), dim3(unsigned(32 * rows * chunks)), 0, stream, l,
+                   static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows, ColumnsOut{});
+    PHILORA_CUDA_CHECK_LAUNCH();
     return;
   }
   // Split the input features (which costs a memset and atomics) only when the
@@ -375,13 +324,19 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
 void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
                                 const int32_t* col_offsets, int64_t width, cudaStream_t stream) {
   if (l.num_tokens == 0) return;
-  if (l.by_segment || l.in_features > kTokenMaxInputs || l.in_features % 8 != 0 || ld % 8 != 0 || !aligned16(x) ||
+  const int64_t chunks = ceil_div(l.in_features, kTokenChunk);
+  if (l.by_segment || chunks > kTokenMaxWarps || l.in_features % 8 != 0 || ld % 8 != 0 || !aligned16(x) ||
       !aligned16(out) || width <= 0)
     throw_unsupported("lora_shrink_columns: " + std::to_string(l.in_features) + " inputs, row stride " +
-                      std::to_string(ld) + " (per-token steps of at most " + std::to_string(kTokenMaxInputs) +
-                      " inputs, 16-byte aligned rows)");
-  const ColumnsOut cols{static_cast<bf16*>(out), ld, col_offsets, int(width)};
-  launch_token_shrink<true>(l, static_cast<const bf16*>(x), nullptr, l.max_rank, l.max_rank, cols, stream);
+                      std::to_string(ld) + " (per-token steps of at most " +
+                      std::to_string(kTokenMaxWarps * kTokenChunk) + " inputs, 16-byte aligned rows)");
+  const int rows = token_rows(chunks);
+  const int64_t rank_blocks = std::max<int64_t>(1, ceil_div(l.max_rank, rows));
+  const dim3 grid{unsigned(l.num_tokens), unsigned(rank_blocks)};
+  ColumnsOut cols{static_cast<bf16*>(out), ld, col_offsets, int(width)};
+  launch_chained(lora_shrink_token_kernel<true>, grid, dim3(unsigned(32 * rows * chunks)), 0, stream, l,
+                 static_cast<const bf16*>(x), static_cast<float*>(nullptr), l.max_rank, int(chunks), rows, cols);
+  PHILORA_CUDA_CHECK_LAUNCH();
 }
 
 void launch_lora_expand(const LoraLaunch& l, const float* xa, int64_t xa_stride, void* y,
