@@ -14,6 +14,11 @@ constexpr int kMaxChunk = 256;
 constexpr int kMaxHeadDim = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Lab switch: 0 loads each step's page index right before its K and V.
+#ifndef PHILORA_DECODE_PAGE_AHEAD
+#define PHILORA_DECODE_PAGE_AHEAD 1
+#endif
+
 // The sequence that owns query row t: the largest s with q_indptr[s] ≤ t.
 __device__ __forceinline__ int sequence_of(const int32_t* q_indptr, int num_seqs, int t) {
   int lo = 0, hi = num_seqs - 1;
@@ -275,15 +280,24 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   // K and V of U steps of this lane group's keys from j0 (zeros past len).
   // pass 0: every key; 1: only keys older than this step (zeros for the rest);
   // 2: the rest, over what pass 1 left.
+  // The page of each step's key comes from pg, which load_pages fills one
+  // iteration ahead: the K/V loads then never wait on a page-table load.
   uint4 kr[U][W], vr[U][W];
+  int pg[U];
+  auto load_pages = [&](int j0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * KPB;
+      pg[u] = j < len ? pages[(begin + j) / a.page_size] : 0;
+    }
+  };
   auto load_steps = [&](int j0, int pass) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * KPB;
       const int key = begin + j;
       if (j < len && (pass == 0 || (pass == 1) == (key < first_new))) {
-        const int64_t off = int64_t(pages[key / a.page_size]) * page_stride + kvh * head_stride +
-                            int64_t(key % a.page_size) * D;
+        const int64_t off = int64_t(pg[u]) * page_stride + kvh * head_stride + int64_t(key % a.page_size) * D;
         const uint4* krow = reinterpret_cast<const uint4*>(k_cache + off);
         const uint4* vrow = reinterpret_cast<const uint4*>(v_cache + off);
 #pragma unroll
@@ -300,6 +314,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
   // ones): at batch 1 the split holding the newest key then waits on memory
   // for that key alone.
   const int j_first = warp * KPW + kg;
+  load_pages(j_first);
   load_steps(j_first, 1);
   chained_wait();
 
@@ -327,7 +342,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedA
     for (int e = 0; e < E; ++e) o[g][e] = 0.0f;
   }
   for (int j0 = j_first; j0 - kg < len; j0 += KPB * U) {
+#if !PHILORA_DECODE_PAGE_AHEAD
+    if (j0 != j_first) load_pages(j0);  // lab: each page load right before its K/V loads
+#endif
     load_steps(j0, j0 == j_first ? 2 : 0);
+#if PHILORA_DECODE_PAGE_AHEAD
+    load_pages(j0 + KPB * U);
+#endif
     float sc[U][G];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
