@@ -15,6 +15,7 @@
 //   ./lt_search [m ...]        (default: m = 1, 8, 32, 64)
 //   ./lt_search --ext C [m ...]: only 1, for k, and for a row stride of k + C
 //                               with k, k + 16 and k + C columns used
+//   ./lt_search --swap 1: m = 1 with the operands swapped (see search())
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
@@ -124,7 +125,12 @@ struct Bench {
 };
 
 // ld: the row stride of w and x (≥ k); exhaustive: also the search of 2.
+// swap (m = 1 only): the operands the other way round, A = x (1, k) and B = wᵀ
+// (k, n), C (1, n): the same bytes in and out, another problem for cuBLASLt
+// (M = 1, N = n instead of M = n, N = 1).
+bool g_swap = false;
 void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name, int64_t ld = 0, bool exhaustive = true) {
+  const bool swap = g_swap && m == 1;
   if (ld < k) ld = k;
   void *w = nullptr, *x = nullptr, *y = nullptr;
   CHECK_CUDA(cudaMalloc(&w, size_t(n * ld) * 2));
@@ -139,13 +145,22 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name, int64_t
   CHECK_LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   CHECK_LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   cublasLtMatrixLayout_t la, lb, lc;
-  CHECK_LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, uint64_t(k), uint64_t(n), ld));
-  CHECK_LT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, uint64_t(k), uint64_t(m), ld));
-  CHECK_LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
+  if (swap) {
+    CHECK_LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, uint64_t(k), 1, ld));
+    CHECK_LT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, uint64_t(k), uint64_t(n), ld));
+    CHECK_LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, 1, uint64_t(n), 1));
+  } else {
+    CHECK_LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, uint64_t(k), uint64_t(n), ld));
+    CHECK_LT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, uint64_t(k), uint64_t(m), ld));
+    CHECK_LT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, uint64_t(n), uint64_t(m), n));
+  }
   const float alpha = 1.0f, beta = 0.0f;
+  void* a_ptr = swap ? x : w;
+  void* b_ptr = swap ? w : x;
   auto launch = [&](const cublasLtMatmulAlgo_t& a) {
     return [&, a] {
-      return cublasLtMatmul(b.lt, op, &alpha, w, la, x, lb, &beta, y, lc, y, lc, &a, b.ws, b.ws_bytes, b.stream);
+      return cublasLtMatmul(b.lt, op, &alpha, a_ptr, la, b_ptr, lb, &beta, y, lc, y, lc, &a, b.ws, b.ws_bytes,
+                            b.stream);
     };
   };
   auto fits = [&](const cublasLtMatmulAlgo_t& a) {
@@ -254,8 +269,8 @@ void search(Bench& b, int64_t m, int64_t n, int64_t k, const char* name, int64_t
     best_cfg = config_of(all[0].second);
   }
   const double bytes = double(n * k + m * k + m * n) * 2.0;
-  std::printf("%-8s m=%-3lld n=%-5lld k=%-5lld ld=%-5lld heuristic first %7.1f us, best of %3d %7.1f us (%4.0f GB/s) [%s]\n",
-              name, (long long)m, (long long)n, (long long)k, (long long)ld, heur_first, heur_timed, heur_best,
+  std::printf("%-8s %sm=%-3lld n=%-5lld k=%-5lld ld=%-5lld heuristic first %7.1f us, best of %3d %7.1f us (%4.0f GB/s) [%s]\n",
+              name, swap ? "swapped " : "", (long long)m, (long long)n, (long long)k, (long long)ld, heur_first, heur_timed, heur_best,
               bytes / heur_best * 1e-3, describe(heur_cfg).c_str());
   auto release = [&] {
     std::fflush(stdout);
@@ -284,6 +299,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--ext" && i + 1 < argc)
       ext = std::atoll(argv[++i]);
+    else if (std::string(argv[i]) == "--swap")
+      g_swap = true;
     else
       ms.push_back(std::atoll(argv[i]));
   }
