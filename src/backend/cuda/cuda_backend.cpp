@@ -409,6 +409,10 @@ Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const
   return xa;
 }
 
+bool CudaBackend::lora_columns_supported(int64_t in_features) const {
+  return cuda::lora_shrink_columns_supported(in_features);
+}
+
 Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
   require(x, DType::bf16, "lora_shrink_columns", "x");
   const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;

@@ -62,6 +62,7 @@ class CudaBackend final : public Backend {
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
+  bool lora_columns_supported(int64_t in_features) const override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   void release_cached_memory() override;
   bool can_capture() const override { return true; }

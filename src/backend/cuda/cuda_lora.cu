@@ -321,6 +321,10 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 
+bool lora_shrink_columns_supported(int64_t in) {
+  return in > 0 && in % 8 == 0 && ceil_div(in, kTokenChunk) <= kTokenMaxWarps;
+}
+
 void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
                                 const int32_t* col_offsets, int64_t width, cudaStream_t stream) {
   if (l.num_tokens == 0) return;

@@ -46,6 +46,9 @@ inline bool lora_use_segments(int64_t num_tokens, int64_t num_segments) {
 void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t xa_stride, int num_sms,
                         cudaStream_t stream);
 
+// Whether launch_lora_shrink_columns takes `in` inputs (multiples of 8 up to 32768).
+bool lora_shrink_columns_supported(int64_t in);
+
 // LoRA columns, per token: X (T, ld) row t = [x[t] | bf16(scale_s · A_s x[t]) at
 // columns in + col_offsets[s] .. + r_s, 0 in the rest of the `width` columns].
 void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
