@@ -242,8 +242,8 @@ __global__ void merge_splits_kernel(const float* __restrict__ part_o, const floa
 // max, sum and output slice (no reduction per key beyond the L-lane dot product);
 // groups, then warps, merge at the end. Same split and output contract as the
 // kernel above.
-template <int D, int L, int G, int U, int NW>
-__global__ void __launch_bounds__(32 * NW) decode_attention_lanes_kernel(PagedAttentionArgs a, int chunk,
+template <int D, int L, int G, int U>
+__global__ void __launch_bounds__(kThreads) decode_attention_lanes_kernel(PagedAttentionArgs a, int chunk,
                                                                           int num_splits, float* part_o,
                                                                           float* part_lse) {
   // The plan and the cache's older keys are in memory before this kernel's
@@ -253,11 +253,11 @@ __global__ void __launch_bounds__(32 * NW) decode_attention_lanes_kernel(PagedAt
   constexpr int E = D / L;         // elements per lane
   constexpr int W = E / 8;         // 16-byte words per lane and row
   constexpr int KPW = 32 / L;      // keys per warp step
-  constexpr int KPB = KPW * NW;
+  constexpr int KPB = KPW * kWarps;
   static_assert(D % L == 0 && E % 8 == 0 && 32 % L == 0, "lane split");
   __shared__ __align__(16) float q_s[G][D];
-  __shared__ float m_s[NW][G], l_s[NW][G];
-  __shared__ float o_s[NW][G][D];
+  __shared__ float m_s[kWarps][G], l_s[kWarps][G];
+  __shared__ float o_s[kWarps][G][D];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int sub = lane % L, kg = lane / L;
@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(32 * NW) decode_attention_lanes_kernel(PagedAt
     if (num_splits > 1) {
       if (tid < G) part_lse[part + int64_t(tid) * num_splits] = -INFINITY;
     } else {
-      for (int i = tid; i < G * D; i += (32 * NW))
+      for (int i = tid; i < G * D; i += kThreads)
         out[int64_t(t) * a.n_heads * D + int64_t(h0) * D + i] = __float2bfloat16_rn(0.0f);
     }
     return;
@@ -326,7 +326,7 @@ __global__ void __launch_bounds__(32 * NW) decode_attention_lanes_kernel(PagedAt
 
   const float qscale = a.scale * kLog2e;  // scores in base 2
   const bf16* q = static_cast<const bf16*>(a.qkv) + int64_t(t) * a.qkv_stride + int64_t(h0) * D;
-  for (int i = tid; i < G * D; i += (32 * NW)) q_s[i / D][i % D] = __bfloat162float(q[i]) * qscale;
+  for (int i = tid; i < G * D; i += kThreads) q_s[i / D][i % D] = __bfloat162float(q[i]) * qscale;
   __syncthreads();
 
   float m[G], l[G], o[G][E];
@@ -424,15 +424,15 @@ __global__ void __launch_bounds__(32 * NW) decode_attention_lanes_kernel(PagedAt
     }
   }
   __syncthreads();
-  for (int i = tid; i < G * D; i += (32 * NW)) {
+  for (int i = tid; i < G * D; i += kThreads) {
     const int g = i / D, dd = i % D;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, m_s[w][g]);
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, m_s[w][g]);
     float acc = 0.0f, sum = 0.0f;
     if (mx != -INFINITY) {
 #pragma unroll
-      for (int w = 0; w < NW; ++w) {
+      for (int w = 0; w < kWarps; ++w) {
         const float r = exp2f(m_s[w][g] - mx);
         acc += r * o_s[w][g][dd];
         sum += r * l_s[w][g];
@@ -451,9 +451,6 @@ __global__ void __launch_bounds__(32 * NW) decode_attention_lanes_kernel(PagedAt
 #ifndef PHILORA_DECODE_UNROLL
 #define PHILORA_DECODE_UNROLL 2
 #endif
-#ifndef PHILORA_DECODE_WARPS  // lab switch: 4 or 8 warps a block always; 0 by the block's keys
-#define PHILORA_DECODE_WARPS 0
-#endif
 
 // Lanes per key for (D, G): the fewest that keep a lane's output slice (G · D / L
 // floats) at most 48 registers with whole 16-byte words; 0 = not instantiated.
@@ -471,15 +468,8 @@ bool launch_lanes(const PagedAttentionArgs& a, const DecodeSplit& split, float* 
     return false;
   } else {
     const dim3 grid(unsigned(split.num_splits), unsigned(a.n_kv_heads), unsigned(a.num_rows));
-    // Eight warps a block when it walks many keys (few blocks: batch 8 at ctx 512 has 256),
-    // so that an SM holds more warps; four otherwise.
-    const int warps = PHILORA_DECODE_WARPS ? PHILORA_DECODE_WARPS : split.chunk >= 256 ? 8 : 4;
-    if (warps == 8)
-      launch_chained(decode_attention_lanes_kernel<D, L, G, PHILORA_DECODE_UNROLL, 8>, grid, dim3(256), 0, stream,
-                     a, split.chunk, split.num_splits, part_o, part_lse);
-    else
-      launch_chained(decode_attention_lanes_kernel<D, L, G, PHILORA_DECODE_UNROLL, 4>, grid, dim3(128), 0, stream,
-                     a, split.chunk, split.num_splits, part_o, part_lse);
+    launch_chained(decode_attention_lanes_kernel<D, L, G, PHILORA_DECODE_UNROLL>, grid, dim3(kThreads), 0,
+                   stream, a, split.chunk, split.num_splits, part_o, part_lse);
     PHILORA_CUDA_CHECK_LAUNCH();
     return true;
   }
