@@ -36,13 +36,11 @@ void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slot
       requested < 0 ? kLoraColumnsPerSlot * std::min<int64_t>(slots.num_slots(), kLoraColumnsMaxSlots) : requested;
   columns = (columns + 7) / 8 * 8;
   if (columns == 0) return;
-  const model::Phi3Config& c = model.config();
-  for (int64_t in : {c.hidden_size, c.q_size(), c.intermediate_size})
-    if (!model.backend().lora_columns_supported(in)) {
-      std::cerr << "philora: LoRA columns off: the " << model.backend().name() << " backend's shrink takes no "
-                << in << "-input module; LoRA stays in its own kernels\n";
-      return;
-    }
+  if (!model.lora_columns_supported()) {
+    std::cerr << "philora: LoRA columns off: the " << model.backend().name()
+              << " backend's columns shrink does not take this model's sizes; LoRA stays in its own kernels\n";
+    return;
+  }
   slots.attach_columns(model.widen_for_lora(columns), columns);
   model.backend().release_cached_memory();  // the narrow weights' blocks
 }

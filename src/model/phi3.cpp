@@ -46,10 +46,17 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
   return linear(ops, x, w_.lm_head, head);
 }
 
+bool Phi3ForCausalLM::lora_columns_supported() {
+  for (Phi3LayerWeights& layer : w_.layers)
+    for (Tensor* w : lora_targets(layer))
+      if (!backend_.lora_columns_supported(w->cols())) return false;
+  return true;
+}
+
 std::vector<Tensor> Phi3ForCausalLM::widen_for_lora(int64_t columns) {
   std::vector<Tensor> wide;
   for (Phi3LayerWeights& layer : w_.layers)
-    for (Tensor* w : {&layer.qkv_proj, &layer.o_proj, &layer.gate_up_proj, &layer.down_proj}) {
+    for (Tensor* w : lora_targets(layer)) {
       if (w->ndim != 2)
         throw std::logic_error("widen_for_lora: weight " + w->shape_str() + " is not a matrix");
       const int64_t in = w->cols();

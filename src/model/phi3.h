@@ -4,6 +4,7 @@
 // selected rows. One forward serves prefill and decode alike.
 #pragma once
 
+#include <array>
 #include <vector>
 
 #include "backend/backend.h"
@@ -41,8 +42,15 @@ class Phi3ForCausalLM {
   // B matrices go (lora::AdapterSlots::attach_columns, which takes the
   // returned tensors, in its module order). Done once, before serving.
   std::vector<Tensor> widen_for_lora(int64_t columns);
+  // Whether the backend's LoRA columns shrink takes every target's input size.
+  bool lora_columns_supported();
 
  private:
+  // The four LoRA targets of a layer with LoRA columns, in AdapterSlots' module order.
+  static std::array<Tensor*, 4> lora_targets(Phi3LayerWeights& l) {
+    return {&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj};
+  }
+
   Phi3Config config_;
   Phi3Weights w_;
   Backend& backend_;
