@@ -11,11 +11,14 @@
 
 namespace philora::app {
 
-void add_model_options(CLI::App& cmd, ModelOptions& o) {
-  cmd.add_option("--model", o.model_dir, "HF model directory (config.json + safetensors)")
-      ->required();
+void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
+  auto* model = cmd.add_option("--model", o.model_dir,
+                               model_required ? "HF model directory (config.json + safetensors)"
+                                              : "HF model directory (default: the embedded model)");
+  if (model_required) model->required();
   cmd.add_option("--adapter", o.adapters, "PEFT adapter as NAME=DIR (repeatable)");
-  cmd.add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd.add_option("--device", o.device, "cpu, cuda, or auto (cuda when there is a GPU)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd.add_option("--page-size", o.page_size, "KV cache page size in tokens")
       ->check(CLI::Range(1, 1024));
   cmd.add_flag("--enforce-eager", o.enforce_eager,

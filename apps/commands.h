@@ -10,5 +10,6 @@ void add_generate_command(CLI::App& app, int& rc);
 void add_bench_command(CLI::App& app, int& rc);
 void add_serve_command(CLI::App& app, int& rc);
 void add_tokenize_command(CLI::App& app, int& rc);
+void add_chat_command(CLI::App& app, int& rc);
 
 }  // namespace philora::app

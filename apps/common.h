@@ -20,7 +20,7 @@ namespace philora::app {
 struct ModelOptions {
   std::string model_dir;
   std::vector<std::string> adapters;  // NAME=DIR
-  std::string device = "cpu";
+  std::string device = "cpu";  // cpu, cuda or auto
   int64_t page_size = 16;
   bool enforce_eager = false;  // no step graphs
   int64_t lora_columns = -1;   // LoRA columns a target weight; -1: kLoraColumnsPerSlot a slot
@@ -32,7 +32,8 @@ struct ModelOptions {
 inline constexpr int64_t kLoraColumnsPerSlot = 16;
 inline constexpr int64_t kLoraColumnsMaxSlots = 64;
 
-void add_model_options(CLI::App& cmd, ModelOptions& o);
+// --model (required unless `model_required` is false), --adapter, --device, ...
+void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required = true);
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns);
 
 // Widens the model's LoRA target weights and attaches the columns to the

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   philora::app::add_bench_command(app, rc);
   philora::app::add_serve_command(app, rc);
   philora::app::add_tokenize_command(app, rc);
+  philora::app::add_chat_command(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -16,6 +16,10 @@ std::vector<std::string> available_backends() {
 }
 
 Expected<std::unique_ptr<Backend>> make_backend(const std::string& name) {
+  if (name == "auto") {
+    const std::vector<std::string> names = available_backends();
+    return make_backend(names.back());  // cuda when it is there
+  }
   if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
   if (name == "cuda") {
 #ifdef PHILORA_HAVE_CUDA
@@ -26,7 +30,7 @@ Expected<std::unique_ptr<Backend>> make_backend(const std::string& name) {
         "time)");
 #endif
   }
-  return Status::errorf("unknown device '{}' (choices: cpu, cuda)", name);
+  return Status::errorf("unknown device '{}' (choices: auto, cpu, cuda)", name);
 }
 
 }  // namespace philora

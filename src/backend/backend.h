@@ -136,6 +136,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
+  // The name and what it runs on, for people: "cuda (NVIDIA H100 80GB HBM3)".
+  virtual std::string description() const { return name(); }
   // dtype of activations and of weights as stored on this backend.
   virtual DType compute_dtype() const = 0;
 
@@ -159,6 +161,13 @@ class Backend {
   // Hands memory the backend keeps for reuse (freed tensors) back to the
   // device, e.g. after weights were replaced by wider copies. No-op by default.
   virtual void release_cached_memory() {}
+  // The memory this backend allocates from, now: the device's free and total
+  // bytes (CUDA), or the host's available and total RAM (CPU). Sizes the KV cache.
+  struct MemoryInfo {
+    int64_t free_bytes = 0;
+    int64_t total_bytes = 0;
+  };
+  virtual Expected<MemoryInfo> memory_info() const = 0;
   // Uniform values in [mean - half_width, mean + half_width], in the compute
   // dtype; element i depends only on (seed, i) (random_uniform_value), so every
   // backend makes the same tensor. For benchmarks and tests.
@@ -243,6 +252,7 @@ inline float random_uniform_value(uint64_t seed, uint64_t i) {
 
 // The backends compiled in, by name ("cpu", "cuda"). Returns an error naming the
 // choices when the backend is unknown or not available on this machine.
+// "cpu", "cuda", or "auto" (cuda when a CUDA device is usable, else cpu).
 Expected<std::unique_ptr<Backend>> make_backend(const std::string& name);
 std::vector<std::string> available_backends();
 

@@ -50,11 +50,16 @@ static std::string shape_str(const std::vector<int64_t>& s) {
 }
 
 Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Config& config,
-                                   Backend& backend) {
+                                   Backend& backend,
+                                   const std::function<void(int64_t, int64_t)>& progress) {
   Phi3Weights w;
   w.layers.resize(size_t(config.num_hidden_layers));
   std::set<std::string> expected;
-  for (const WeightSpec& spec : weight_specs(config)) {
+  int64_t total = 0, done = 0;
+  const std::vector<WeightSpec> specs = weight_specs(config);
+  for (const WeightSpec& spec : specs)
+    if (const io::TensorEntry* e = tensors.find(spec.name)) total += e->view.nbytes();
+  for (const WeightSpec& spec : specs) {
     expected.insert(spec.name);
     const io::TensorEntry* e = tensors.find(spec.name);
     if (!e)
@@ -70,6 +75,8 @@ Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Confi
       return Status::errorf("{}: tensor '{}' has shape {}, expected {} (from config.json)", e->file,
                             spec.name, v.shape_str(), shape_str(spec.shape));
     slot(w, spec) = backend.upload(v, backend.compute_dtype());
+    done += v.nbytes();
+    if (progress) progress(done, total);
   }
   for (const std::string& name : tensors.names()) {
     if (!expected.count(name) && !ignorable(name, config))

@@ -3,6 +3,7 @@
 // (weight_specs) so that names, shapes and splits live in one place.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,9 +44,11 @@ struct WeightSpec {
 std::vector<WeightSpec> weight_specs(const Phi3Config& config);
 
 // Checks every tensor of the checkpoint against weight_specs (missing, extra,
-// shape, dtype) and uploads each to `backend` in its compute dtype.
-Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Config& config,
-                                   Backend& backend);
+// shape, dtype) and uploads each to `backend` in its compute dtype;
+// `progress` (optional) hears the checkpoint bytes uploaded so far and in all.
+Expected<Phi3Weights> load_weights(
+    const io::TensorSet& tensors, const Phi3Config& config, Backend& backend,
+    const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 // Random weights of the right shapes (benchmarks): normal(0, std) for
 // matrices, 1 + normal(0, 0.1) for norms; deterministic in `seed`.

@@ -1,5 +1,7 @@
 #include "server/generation.h"
 
+#include <algorithm>
+
 namespace philora::server {
 
 Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, std::string id,
@@ -41,59 +43,80 @@ Generation::~Generation() {
 }
 
 Event Generation::next() {
-  if (!ready_.empty()) {
-    Event e = std::move(ready_.front());
-    ready_.pop_front();
-    return e;
-  }
-  if (done_) return Event{-1, "", false, true, "abort", "no more events"};
-  engine::StepOutput o;
-  {
-    std::unique_lock<std::mutex> lock(ch_->mu);
-    ch_->cv.wait(lock, [&] { return !ch_->q.empty(); });
-    o = std::move(ch_->q.front());
-    ch_->q.pop_front();
-  }
-  if (o.new_tokens.empty()) {  // finished without a token: error or abort
-    done_ = true;
-    return Event{-1, "", false, true, o.finish_reason, o.error};
-  }
-  Event e;
-  for (int32_t t : o.new_tokens) tokens_.push_back(t);
-  e.token = o.new_tokens.back();
-  if (detok_) {
-    e.special = tok_->is_special(e.token);
-    const std::string delta =
-        detok_->push(e.token) + (o.finished ? detok_->flush() : std::string());
-    const size_t before = raw_.size();
-    raw_ += delta;
-    // Stop strings: search where the new text could complete one.
-    size_t longest = 0;
-    for (const auto& st : stop_) longest = std::max(longest, st.size());
-    const size_t from = before > longest ? before - longest : 0;
-    size_t cut = std::string::npos;
-    for (const auto& st : stop_)
-      if (!st.empty()) cut = std::min(cut, raw_.find(st, from));
-    const size_t end = cut == std::string::npos ? raw_.size() : cut;
-    if (end > emitted_.size()) {
-      e.text = raw_.substr(emitted_.size(), end - emitted_.size());
-      emitted_ += e.text;
+  while (ready_.empty()) {
+    if (done_) return Event{-1, "", false, true, "abort", "no more events"};
+    engine::StepOutput o;
+    {
+      std::unique_lock<std::mutex> lock(ch_->mu);
+      ch_->cv.wait(lock, [&] { return !ch_->q.empty(); });
+      o = std::move(ch_->q.front());
+      ch_->q.pop_front();
     }
-    if (cut != std::string::npos) {
-      e.finished = true;
-      e.finish_reason = "stop_sequence";
+    if (o.new_tokens.empty()) {  // finished without a token: error or abort
       done_ = true;
-      host_.abort(id_);
-      return e;
+      return Event{-1, "", false, true, o.finish_reason, o.error};
+    }
+    // A step may yield several tokens: one event each, in order.
+    for (size_t i = 0; i < o.new_tokens.size() && !done_; ++i) {
+      const bool last = o.finished && i + 1 == o.new_tokens.size();
+      Event e = on_token(o.new_tokens[i], last);
+      if (last && !e.finished) {
+        e.finished = true;
+        e.finish_reason = o.finish_reason == "stop" ? "eos_token" : o.finish_reason;
+        e.error = o.error;
+        done_ = true;
+      }
+      ready_.push_back(std::move(e));
     }
   }
-  if (o.finished) {
+  Event e = std::move(ready_.front());
+  ready_.pop_front();
+  return e;
+}
+
+Event Generation::on_token(int32_t token, bool last) {
+  Event e;
+  e.token = token;
+  tokens_.push_back(token);
+  if (!detok_) return e;
+  e.special = tok_->is_special(token);
+  raw_ += detok_->push(token);
+  if (last) raw_ += detok_->flush();
+  // A stop string ends the text where it starts; it can only start in the
+  // last `longest` bytes plus what this token added.
+  size_t longest = 0;
+  for (const auto& st : stop_) longest = std::max(longest, st.size());
+  const size_t from = searched_ > longest ? searched_ - longest : 0;
+  size_t cut = std::string::npos;
+  for (const auto& st : stop_)
+    if (!st.empty()) cut = std::min(cut, raw_.find(st, from));
+  searched_ = raw_.size();
+  size_t end = cut == std::string::npos ? raw_.size() : cut;
+  // Hold back a tail that may still grow into a stop string, unless the text ends here.
+  if (cut == std::string::npos && !last) end -= held_back(raw_);
+  if (end > emitted_.size()) {
+    e.text = raw_.substr(emitted_.size(), end - emitted_.size());
+    emitted_ += e.text;
+  }
+  if (cut != std::string::npos) {
     e.finished = true;
-    e.finish_reason = o.finish_reason == "stop" ? "eos_token" : o.finish_reason;
-    e.error = o.error;
+    e.finish_reason = "stop_sequence";
     done_ = true;
+    host_.abort(id_);
   }
   return e;
+}
+
+// The longest suffix of `text` that is a proper prefix of a stop string.
+size_t Generation::held_back(const std::string& text) const {
+  size_t hold = 0;
+  for (const auto& st : stop_)
+    for (size_t n = std::min(st.size() - (st.empty() ? 0 : 1), text.size()); n > hold; --n)
+      if (text.compare(text.size() - n, n, st, 0, n) == 0) {
+        hold = n;
+        break;
+      }
+  return hold;
 }
 
 }  // namespace philora::server

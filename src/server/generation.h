@@ -48,6 +48,9 @@ class Generation {
   int64_t prompt_tokens() const { return prompt_len_; }
 
  private:
+  Event on_token(int32_t token, bool last);
+  size_t held_back(const std::string& text) const;
+
   struct Channel {
     std::mutex mu;
     std::condition_variable cv;
@@ -62,7 +65,8 @@ class Generation {
   std::vector<int32_t> tokens_;
   std::unique_ptr<tokenizer::IncrementalDetokenizer> detok_;  // null without a tokenizer
   std::string raw_;                                           // all text so far
-  std::string emitted_;  // text handed out (raw_ up to a stop string)
+  std::string emitted_;  // text handed out (raw_ up to a stop string or a possible start of one)
+  size_t searched_ = 0;  // raw_ bytes already searched for stop strings
   int64_t prompt_len_ = 0;
   bool done_ = false;
 };

@@ -81,6 +81,14 @@ std::vector<std::string> stop_strings(const json& j, const char* name, Api api) 
   return out;
 }
 
+// Whether a request's model / adapter_id names the base model (empty does too).
+bool is_base_model(const ServerContext& ctx, const std::string& name) {
+  if (name.empty() || name == ctx.model_name) return true;
+  for (const std::string& a : ctx.model_aliases)
+    if (!a.empty() && name == a) return true;
+  return false;
+}
+
 }  // namespace
 
 HttpServer::HttpServer(ServerContext ctx)
@@ -194,10 +202,16 @@ void HttpServer::routes() {
     res.set_content(j.dump(), "application/json");
   });
   http_->Get("/v1/models", [&ctx](const httplib::Request&, httplib::Response& res) {
-    json j = {
-        {"object", "list"},
-        {"data",
-         json::array({{{"id", ctx.model_name}, {"object", "model"}, {"owned_by", "philora"}}})}};
+    const int64_t created = now_seconds();
+    json data = json::array(
+        {{{"id", ctx.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "philora"}}});
+    for (const std::string& a : ctx.adapters)
+      data.push_back({{"id", a},
+                      {"object", "model"},
+                      {"created", created},
+                      {"owned_by", "philora"},
+                      {"parent", ctx.model_name}});
+    json j = {{"object", "list"}, {"data", data}};
     res.set_content(j.dump(), "application/json");
   });
   http_->Get("/metrics", [&ctx](const httplib::Request&, httplib::Response& res) {
@@ -235,7 +249,7 @@ void HttpServer::routes() {
     if (params.contains("adapter_id") && !params["adapter_id"].is_null()) {
       if (!params["adapter_id"].is_string()) throw BadRequest{422, "'adapter_id' must be a string"};
       const std::string a = params["adapter_id"].get<std::string>();
-      if (!a.empty() && a != ctx.model_name) g.adapter = a;
+      if (!is_base_model(ctx, a)) g.adapter = a;
     }
     g.max_new_tokens =
         field<int64_t>(params, "max_new_tokens", api).value_or(ctx.default_max_new_tokens);
@@ -325,7 +339,7 @@ void HttpServer::routes() {
     g.prompt = std::move(prompt);
     if (j.contains("model") && j["model"].is_string()) {
       const std::string m = j["model"].get<std::string>();
-      if (!m.empty() && m != ctx.model_name) g.adapter = m;  // LoRAX: the model names the adapter
+      if (!is_base_model(ctx, m)) g.adapter = m;  // LoRAX: the model names the adapter
     }
     if (field<int64_t>(j, "n", api).value_or(1) != 1)
       throw BadRequest{400, "only n = 1 is supported"};

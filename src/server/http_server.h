@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "server/engine_host.h"
 #include "tokenizer/tokenizer.h"
@@ -21,7 +22,9 @@ namespace philora::server {
 struct ServerContext {
   EngineHost* host = nullptr;
   const tokenizer::Tokenizer* tokenizer = nullptr;  // null: only token-id prompts
-  std::string model_name = "philora";
+  std::string model_name = "philora";       // the served name of the base model
+  std::vector<std::string> model_aliases;  // other names that select the base model (its path)
+  std::vector<std::string> adapters;       // adapters known at start, listed by /v1/models
   int64_t max_positions = 4096;
   int64_t default_max_new_tokens = 64;
   // Renders chat messages (a JSON array) to a prompt; null: no chat endpoint.

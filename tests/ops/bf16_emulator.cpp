@@ -51,6 +51,7 @@ class Bf16Emulator final : public Backend {
     return cpu_.sample(logits, plan);
   }
   void synchronize() override {}
+  Expected<MemoryInfo> memory_info() const override { return cpu_.memory_info(); }
   Tensor random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
                         float half_width) override {
     return rounded(cpu_.random_uniform(shape, seed, mean, half_width));

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 
 namespace philora {
@@ -21,6 +22,24 @@ Tensor host_alloc(DType dtype, std::initializer_list<int64_t> shape) {
 
 CpuBackend::CpuBackend(int num_threads, bool replay_graphs)
     : pool_(num_threads), replay_graphs_(replay_graphs) {}
+
+std::string CpuBackend::description() const {
+  return name() + " (" + std::to_string(pool_.size()) + " threads)";
+}
+
+Expected<Backend::MemoryInfo> CpuBackend::memory_info() const {
+  std::ifstream in("/proc/meminfo");
+  MemoryInfo m;
+  std::string key, unit;
+  int64_t kib = 0;
+  while (in >> key >> kib) {
+    std::getline(in, unit);
+    if (key == "MemAvailable:") m.free_bytes = kib * 1024;
+    if (key == "MemTotal:") m.total_bytes = kib * 1024;
+  }
+  if (m.total_bytes == 0) return Status::error("cannot read MemTotal from /proc/meminfo");
+  return m;
+}
 
 namespace {
 class ReplayGraph final : public StepGraph {

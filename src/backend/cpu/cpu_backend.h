@@ -18,6 +18,7 @@ class CpuBackend final : public Backend {
 
   Device device() const override { return Device::cpu; }
   std::string name() const override { return "cpu"; }
+  std::string description() const override;  // "cpu (N threads)"
   DType compute_dtype() const override { return DType::f32; }
 
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override;
@@ -29,6 +30,7 @@ class CpuBackend final : public Backend {
   void upload_into(Tensor& dst, const void* src, size_t bytes) override;
   std::vector<int32_t> download_i32(const Tensor& t) override;
   void synchronize() override {}
+  Expected<MemoryInfo> memory_info() const override;  // MemAvailable / MemTotal
   Tensor random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
                         float half_width) override;
 

@@ -321,6 +321,21 @@ void CudaBackend::release_cached_memory() {
   ctx_->allocator->release_cached();
 }
 
+std::string CudaBackend::description() const {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+    return name();
+  return name() + " (" + prop.name + ")";
+}
+
+Expected<Backend::MemoryInfo> CudaBackend::memory_info() const {
+  size_t free_b = 0, total_b = 0;
+  const cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
+  if (e != cudaSuccess) return Status::errorf("cudaMemGetInfo failed: {}", cudaGetErrorString(e));
+  return MemoryInfo{int64_t(free_b), int64_t(total_b)};
+}
+
 void CudaBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count) {
   require(dst, DType::bf16, "write_columns", "dst");
   const int64_t n = src.empty() ? count : src.cols();

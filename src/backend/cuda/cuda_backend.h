@@ -30,6 +30,7 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::cuda; }
   std::string name() const override { return "cuda"; }
+  std::string description() const override;
   DType compute_dtype() const override { return DType::bf16; }
 
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override;
@@ -65,6 +66,7 @@ class CudaBackend final : public Backend {
   bool lora_columns_supported(int64_t in_features) const override;
   Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
   void release_cached_memory() override;
+  Expected<MemoryInfo> memory_info() const override;  // cudaMemGetInfo (cached blocks count as used)
   bool can_capture() const override { return true; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
 

@@ -1,0 +1,238 @@
+#include "serving.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "io/file.h"
+#include "lora/adapter.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+#ifndef PHILORA_SOURCE_DIR
+#define PHILORA_SOURCE_DIR ""
+#endif
+
+namespace philora::app {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kEmbeddedModel = "models/philora-tiny";
+constexpr const char* kEmbeddedAdapters = "models/adapters";
+constexpr int64_t kCpuKvDefaultCap = int64_t(1) << 30;  // 1 GiB
+constexpr double kCpuKvDefaultShare = 0.10;
+
+// Subdirectories of `dir` that hold an adapter_config.json, sorted.
+std::vector<std::string> adapters_in(const std::string& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.is_directory(ec) && io::is_regular_file((e.path() / "adapter_config.json").string()))
+      names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  return fmt::format("{:.{}f} {}", b, u == 0 ? 0 : 1, units[u]);
+}
+
+// Pages for the KV cache: the explicit count, or the memory rule of ServingOptions.
+Expected<int64_t> kv_pages(const ServingOptions& o, Backend& b, const model::Phi3Config& c,
+                           std::string& rule) {
+  const int64_t page = o.model.page_size;
+  const int64_t elem = dtype_size(b.compute_dtype());
+  const int64_t page_bytes = c.num_hidden_layers * 2 * c.num_key_value_heads * page * c.head_dim * elem;
+  const int64_t useful_tokens = o.max_running * c.max_position_embeddings;
+  if (o.kv_tokens) {
+    rule = "--kv-tokens";
+    return (*o.kv_tokens + page - 1) / page;
+  }
+  PHILORA_ASSIGN_OR_RETURN(Backend::MemoryInfo mem, b.memory_info());
+  int64_t budget = 0;
+  if (b.device() == Device::cpu) {
+    budget = o.kv_cache_memory.value_or(std::min<int64_t>(
+        int64_t(kCpuKvDefaultShare * double(mem.free_bytes)), kCpuKvDefaultCap));
+    rule = o.kv_cache_memory ? fmt::format("--kv-cache-memory {}", human_bytes(double(budget)))
+                             : fmt::format("{} of RAM: 10% of {} available, at most 1 GiB",
+                                           human_bytes(double(budget)), human_bytes(double(mem.free_bytes)));
+  } else {
+    // What the weights and adapter columns took is already gone from `free`;
+    // keep (1 - utilization) of the card for activations, graphs and others.
+    const int64_t used = mem.total_bytes - mem.free_bytes;
+    budget = int64_t(o.gpu_memory_utilization * double(mem.total_bytes)) - used;
+    rule = fmt::format("{:.0f}% of {} less {} in use", o.gpu_memory_utilization * 100,
+                       human_bytes(double(mem.total_bytes)), human_bytes(double(used)));
+    if (o.kv_cache_memory) {
+      budget = std::min(budget, *o.kv_cache_memory);
+      rule += fmt::format(", at most --kv-cache-memory {}", human_bytes(double(*o.kv_cache_memory)));
+    }
+  }
+  int64_t pages = budget / page_bytes;
+  if (pages * page > useful_tokens) {
+    pages = (useful_tokens + page - 1) / page;
+    rule += fmt::format("; capped at --max-running {} × {} positions", o.max_running,
+                        c.max_position_embeddings);
+  }
+  if (pages < 1)
+    return Status::errorf("no memory left for the KV cache ({}); lower the model's footprint or "
+                          "give --kv-tokens / --kv-cache-memory",
+                          rule);
+  return pages;
+}
+
+}  // namespace
+
+void add_serving_options(CLI::App& cmd, ServingOptions& o) {
+  o.model.device = "auto";
+  add_model_options(cmd, o.model, /*model_required=*/false);
+  cmd.add_option("--adapter-dir", o.adapter_dir,
+                 "directory of PEFT adapters, loaded by name on demand (default with the embedded "
+                 "model: its adapters)");
+  cmd.add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: the model dir's)");
+  cmd.add_option("--kv-tokens", o.kv_tokens, "KV cache size in tokens (default: from memory)")
+      ->check(CLI::Range(int64_t(16), int64_t(1) << 30));
+  cmd.add_option("--gpu-memory-utilization", o.gpu_memory_utilization,
+                 "share of the GPU's memory philora may use; the KV cache takes what the weights "
+                 "leave of it")
+      ->check(CLI::Range(0.05, 0.99));
+  cmd.add_option("--kv-cache-memory", o.kv_cache_memory,
+                 "bytes for the KV cache (CPU default: 10% of available RAM, at most 1 GiB; "
+                 "CUDA: an upper bound)")
+      ->check(CLI::Range(int64_t(1) << 16, int64_t(1) << 50));
+  cmd.add_option("--max-batched-tokens", o.max_batched_tokens, "token budget of one step")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd.add_option("--max-running", o.max_running, "sequences in flight")->check(CLI::Range(1, 4096));
+  cmd.add_option("--adapter-slots", o.adapter_slots, "adapters resident on the device at once")
+      ->check(CLI::Range(1, 4096));
+}
+
+Expected<std::string> embedded_model_dir() {
+  std::vector<std::string> tried;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const fs::path& base : {exe.parent_path().parent_path(), exe.parent_path()})
+      tried.push_back((base / kEmbeddedModel).string());
+  }
+  if (*PHILORA_SOURCE_DIR) tried.push_back((fs::path(PHILORA_SOURCE_DIR) / kEmbeddedModel).string());
+  for (std::string& t : tried) t = fs::weakly_canonical(t, ec).string();
+  std::sort(tried.begin(), tried.end());
+  tried.erase(std::unique(tried.begin(), tried.end()), tried.end());
+  for (const std::string& dir : tried)
+    if (io::is_regular_file(io::join_path(dir, "config.json"))) return fs::canonical(dir, ec).string();
+  std::string where;
+  for (const std::string& t : tried) where += (where.empty() ? "" : ", ") + t;
+  return Status::errorf("no --model given and the embedded model is not at {}", where);
+}
+
+Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const Progress& progress) {
+  auto s = std::make_unique<Serving>();
+  auto report = [&](const std::string& stage, int64_t done, int64_t total) {
+    if (progress) progress(stage, done, total);
+  };
+  std::string adapter_dir = o.adapter_dir;
+  s->model_dir = o.model.model_dir;
+  if (s->model_dir.empty()) {
+    PHILORA_ASSIGN_OR_RETURN(s->model_dir, embedded_model_dir());
+    if (adapter_dir.empty() && o.model.adapters.empty()) {
+      const fs::path dir = fs::path(s->model_dir).parent_path().parent_path() / kEmbeddedAdapters;
+      if (fs::is_directory(dir)) adapter_dir = dir.string();
+    }
+  }
+  s->model_name = fs::path(s->model_dir).lexically_normal().filename().string();
+  if (s->model_name.empty()) s->model_name = fs::path(s->model_dir).parent_path().filename().string();
+
+  report("device", 0, 0);
+  PHILORA_ASSIGN_OR_RETURN(s->backend, make_backend(o.model.device));
+  Backend& b = *s->backend;
+  s->device_name = b.description();
+
+  PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(s->model_dir));
+  PHILORA_ASSIGN_OR_RETURN(s->tensors, io::TensorSet::open_model_dir(s->model_dir));
+  PHILORA_ASSIGN_OR_RETURN(
+      model::Phi3Weights weights,
+      model::load_weights(s->tensors, config, b, [&](int64_t done, int64_t total) {
+        report("weights", done, total);
+      }));
+  s->model = std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), b);
+  const model::Phi3Config& c = s->model->config();
+
+  report("tokenizer", 0, 0);
+  const std::string tok_file =
+      o.tokenizer.empty() ? io::join_path(s->model_dir, "tokenizer.json") : o.tokenizer;
+  if (!o.tokenizer.empty() || io::is_regular_file(tok_file)) {
+    PHILORA_ASSIGN_OR_RETURN(s->tokenizer, o.tokenizer.empty()
+                                               ? tokenizer::Tokenizer::from_model_dir(s->model_dir)
+                                               : tokenizer::Tokenizer::from_file(o.tokenizer));
+  }
+  if (io::is_regular_file(io::join_path(s->model_dir, "tokenizer_config.json")) ||
+      io::is_regular_file(io::join_path(s->model_dir, "chat_template.jinja"))) {
+    auto t = tokenizer::ChatTemplate::from_model_dir(s->model_dir);
+    if (t.ok())
+      s->chat_template = std::make_shared<tokenizer::ChatTemplate>(std::move(*t));
+    else if (t.status().message().find("no chat template") == std::string::npos)
+      std::cerr << "philora: no chat: " << t.status().message() << "\n";
+  }
+
+  report("adapters", 0, 0);
+  s->slots = std::make_unique<lora::AdapterSlots>(b, c, o.adapter_slots);
+  s->store = std::make_unique<lora::AdapterStore>(c, *s->slots, lora::StoreOptions{adapter_dir, 64});
+  for (const std::string& spec : o.model.adapters) {
+    const size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      return Status::errorf("--adapter '{}': expected NAME=DIR", spec);
+    const std::string name = spec.substr(0, eq), dir = spec.substr(eq + 1);
+    // Parsed once now so that a bad adapter fails at start, not at the first request.
+    PHILORA_RETURN_IF_ERROR(lora::load_adapter(name, dir, c).status());
+    s->store->register_dir(name, dir);
+    s->adapters.push_back(name);
+  }
+  if (!adapter_dir.empty())
+    for (const std::string& name : adapters_in(adapter_dir))
+      if (std::find(s->adapters.begin(), s->adapters.end(), name) == s->adapters.end())
+        s->adapters.push_back(name);
+  if (!adapter_dir.empty() || !o.model.adapters.empty())  // else no adapter can ever load
+    attach_lora_columns(*s->model, *s->slots, o.model.lora_columns);
+
+  report("kv cache", 0, 0);
+  PHILORA_ASSIGN_OR_RETURN(const int64_t pages, kv_pages(o, b, c, s->kv_rule));
+  s->kv = std::make_unique<kv::KvCache>(b, c.num_hidden_layers, pages, o.model.page_size,
+                                        c.num_key_value_heads, c.head_dim);
+  s->kv_tokens = pages * o.model.page_size;
+  s->engine = std::make_unique<engine::Engine>(
+      *s->model, *s->kv, s->store.get(),
+      engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager});
+  report("ready", 0, 0);
+  return s;
+}
+
+Progress terminal_progress() {
+  if (!isatty(STDERR_FILENO)) return {};
+  return [](const std::string& stage, int64_t done, int64_t total) {
+    if (stage == "ready") {
+      std::fputs("\r\033[K", stderr);
+    } else if (total > 0) {
+      constexpr int kWidth = 30;
+      const int fill = int(double(done) / double(total) * kWidth);
+      std::fprintf(stderr, "\r\033[Kphilora: loading %s [%s%s] %3d%% %s", stage.c_str(),
+                   std::string(size_t(fill), '#').c_str(), std::string(size_t(kWidth - fill), ' ').c_str(),
+                   int(100 * done / total), human_bytes(double(done)).c_str());
+    } else {
+      std::fprintf(stderr, "\r\033[Kphilora: loading %s…", stage.c_str());
+    }
+    std::fflush(stderr);
+  };
+}
+
+}  // namespace philora::app
