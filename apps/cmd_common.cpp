@@ -62,7 +62,7 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
       return Status::errorf("--adapter '{}': expected NAME=DIR", spec);
     const std::string name = spec.substr(0, eq), dir = spec.substr(eq + 1);
     if (m.adapter_slot.count(name)) return Status::errorf("--adapter: name '{}' given twice", name);
-    PHILORA_ASSIGN_OR_RETURN(lora::Adapter a, lora::load_adapter(name, dir, config));
+    PHILORA_ASSIGN_OR_RETURN(lora::Adapter a, lora::load_adapter(name, dir, config, &m.tensors));
     m.adapter_slot[name] = int32_t(adapters.size());
     adapters.push_back(std::move(a));
   }

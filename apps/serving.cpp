@@ -187,14 +187,14 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
 
   report("adapters", 0, 0);
   s->slots = std::make_unique<lora::AdapterSlots>(b, c, o.adapter_slots);
-  s->store = std::make_unique<lora::AdapterStore>(c, *s->slots, lora::StoreOptions{adapter_dir, 64});
+  s->store = std::make_unique<lora::AdapterStore>(c, *s->slots, lora::StoreOptions{adapter_dir, 64, &s->tensors});
   for (const std::string& spec : o.model.adapters) {
     const size_t eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
       return Status::errorf("--adapter '{}': expected NAME=DIR", spec);
     const std::string name = spec.substr(0, eq), dir = spec.substr(eq + 1);
     // Parsed once now so that a bad adapter fails at start, not at the first request.
-    PHILORA_RETURN_IF_ERROR(lora::load_adapter(name, dir, c).status());
+    PHILORA_RETURN_IF_ERROR(lora::load_adapter(name, dir, c, &s->tensors).status());
     s->store->register_dir(name, dir);
     s->adapters.push_back(name);
   }

@@ -2,6 +2,7 @@
 // and peft/tuners/tuners_utils.py (check_target_module_exists, get_pattern_key).
 #include "lora/adapter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <set>
@@ -493,6 +494,60 @@ Status check_targets(const AdapterConfig& c, const model::Phi3Config& base,
   return Status();
 }
 
+// `base_model.model.<module>.base_layer.weight`: PEFT's copy of a targeted
+// module's base weight; returns <module> ("lm_head", "model.layers.0.mlp.down_proj").
+std::optional<std::string> base_layer_copy(const std::string& name) {
+  const std::string prefix = "base_model.model.", suffix = ".base_layer.weight";
+  if (!name.starts_with(prefix) || !name.ends_with(suffix) ||
+      name.size() <= prefix.size() + suffix.size())
+    return std::nullopt;
+  return name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+}
+
+// A copy of a base weight must be the base's: same shape, same values.
+Status check_base_copy(const io::TensorEntry& copy, const std::string& module,
+                       const model::Phi3Config& base, const io::TensorSet* checkpoint,
+                       const std::string& file) {
+  // Tied embeddings: the checkpoint names the matrix model.embed_tokens.weight.
+  const std::string base_name = module == "lm_head" && base.tie_word_embeddings
+                                    ? "model.embed_tokens.weight"
+                                    : module + ".weight";
+  const bool known = module == "lm_head" || module.starts_with("model.layers.");
+  if (!known)
+    return Status::errorf("{}: tensor '{}' is a copy of the base weight of '{}', which Phi-3 LoRA "
+                          "cannot target", file, copy.name, module);
+  if (!checkpoint) return Status();
+  const io::TensorEntry* mine = checkpoint->find(base_name);
+  if (!mine)
+    return Status::errorf("{}: tensor '{}' copies the base weight '{}', which the model does not have",
+                          file, copy.name, base_name);
+  const Tensor& a = copy.view;
+  const Tensor& b = mine->view;
+  bool same = a.ndim == b.ndim;
+  for (int i = 0; same && i < a.ndim; ++i) same = a.shape[size_t(i)] == b.shape[size_t(i)];
+  if (!same)
+    return Status::errorf("{}: tensor '{}' has shape {}, but the model's '{}' has shape {}", file,
+                          copy.name, a.shape_str(), base_name, b.shape_str());
+  // Compare as f32 in chunks (both may be bf16, f16 or f32).
+  constexpr size_t kChunk = 1 << 16;
+  std::vector<float> x(kChunk), y(kChunk);
+  const size_t n = size_t(a.numel());
+  for (size_t i = 0; i < n; i += kChunk) {
+    const size_t m = std::min(kChunk, n - i);
+    to_f32(static_cast<const char*>(a.data) + i * dtype_size(a.dtype), a.dtype, x.data(), m);
+    to_f32(static_cast<const char*>(b.data) + i * dtype_size(b.dtype), b.dtype, y.data(), m);
+    for (size_t k = 0; k < m; ++k)
+      if (x[k] != y[k] && !(std::isnan(x[k]) && std::isnan(y[k])))
+        return Status::errorf(
+            "{}: tensor '{}' is a copy of the base weight '{}' (PEFT saves it when lm_head is a "
+            "target) but differs from the model's at element {} ({} vs {}): this adapter was "
+            "saved over another base; philora serves every adapter over one shared base (re-save "
+            "it with save_embedding_layers=False over this base)",
+            file, copy.name, base_name, i + k, x[k], y[k]);
+  }
+  return Status();
+}
+
 // A and B of one module while reading the file.
 struct Pair {
   const io::TensorEntry* a = nullptr;
@@ -502,7 +557,7 @@ struct Pair {
 }  // namespace
 
 Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
-                               const model::Phi3Config& base) {
+                               const model::Phi3Config& base, const io::TensorSet* base_checkpoint) {
   const std::string config_path = io::join_path(dir, "adapter_config.json");
   const std::string model_path = io::join_path(dir, "adapter_model.safetensors");
   const std::string context = fmt::format("adapter '{}'", name);
@@ -528,6 +583,16 @@ Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
   // (layer, target) -> A and B; layer -1 is lm_head.
   std::map<std::pair<int64_t, Target>, Pair> pairs;
   for (const std::string& tname : tensors->names()) {
+    if (const auto module = base_layer_copy(tname)) {
+      if (!targets_module(cfg, *module))
+        return fail(Status::errorf("{}: tensor '{}' copies the base weight of '{}', which "
+                                   "target_modules in {} does not select",
+                                   model_path, tname, *module, config_path));
+      if (Status s = check_base_copy(*tensors->find(tname), *module, base, base_checkpoint, model_path);
+          !s.ok())
+        return fail(s);
+      continue;
+    }
     auto parsed = parse_tensor_name(tname, model_path, base.num_hidden_layers);
     if (!parsed.ok()) return fail(parsed.status());
     Pair& p = pairs[{parsed->layer, parsed->target}];

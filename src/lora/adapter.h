@@ -14,6 +14,7 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+#include "io/safetensors.h"
 #include "model/config.h"
 
 namespace philora::lora {
@@ -93,7 +94,15 @@ double module_alpha(const AdapterConfig& config, const std::string& full_name);
 
 // Loads DIR/adapter_config.json + DIR/adapter_model.safetensors and checks
 // every tensor against the base model's shapes.
+//
+// PEFT also saves the base weight of a targeted embedding layer (lm_head)
+// into the adapter file by default (`base_model.model.lm_head.base_layer.weight`)
+// and loads it back over the model's. philora applies every adapter over one
+// shared base, so such a copy is accepted when it equals `base_checkpoint`'s
+// tensor of that name and refused with a message when it differs (when
+// `base_checkpoint` is null, only its shape is checked).
 Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
-                               const model::Phi3Config& base);
+                               const model::Phi3Config& base,
+                               const io::TensorSet* base_checkpoint = nullptr);
 
 }  // namespace philora::lora

@@ -35,7 +35,7 @@ Expected<std::shared_ptr<const Adapter>> AdapterStore::host_adapter(const std::s
   PHILORA_RETURN_IF_ERROR(check_name(name));
   auto d = dirs_.find(name);
   const std::string dir = d != dirs_.end() ? d->second : io::join_path(options_.adapter_dir, name);
-  PHILORA_ASSIGN_OR_RETURN(Adapter a, load_adapter(name, dir, config_));
+  PHILORA_ASSIGN_OR_RETURN(Adapter a, load_adapter(name, dir, config_, options_.base_checkpoint));
   ++disk_loads_;
   auto shared = std::make_shared<const Adapter>(std::move(a));
   host_lru_.push_front(name);

@@ -17,6 +17,8 @@ namespace philora::lora {
 struct StoreOptions {
   std::string adapter_dir;     // NAME resolves to adapter_dir/NAME when not registered
   int64_t host_capacity = 64;  // adapters kept parsed in host memory
+  // The base checkpoint, to check PEFT's copies of base weights against (load_adapter).
+  const io::TensorSet* base_checkpoint = nullptr;
 };
 
 class AdapterStore {

@@ -571,6 +571,60 @@ TEST_F(AdapterDir, DuplicateTensorsAndEmptyFile) {
   EXPECT_HAS(load_error(), model_path() + ": holds no LoRA tensors");
 }
 
+// PEFT's default save of an adapter that targets lm_head also writes lm_head's
+// base weight (base_model.model.lm_head.base_layer.weight); it must equal the base's.
+TEST_F(AdapterDir, LmHeadBaseLayerCopyEqualToTheBaseLoads) {
+  config_["target_modules"] = {"qkv_proj", "lm_head"};
+  add(0, Target::qkv, 4);
+  add(-1, Target::lm_head, 4);
+  const std::vector<float> head = add_tensor("base_model.model.lm_head.base_layer.weight", DType::bf16, {50, 16});
+  write_files();
+  // The base checkpoint: the same values, stored as f32 (a bf16 copy of an f32 base is not equal
+  // in general; here the values are bf16-exact so f32 and bf16 hold the same numbers).
+  auto bytes = std::make_shared<std::vector<float>>(head);
+  Tensor t(bytes->data(), DType::f32, {50, 16});
+  t.storage = bytes;
+  const std::string base_path = dir_ + "/base.safetensors";
+  ASSERT_TRUE(io::write_safetensors(base_path, {{"lm_head.weight", t}}).ok());
+  auto base = io::TensorSet::open_file(base_path);
+  ASSERT_TRUE(base.ok()) << base.status().message();
+  auto a = load_adapter("tiny", dir_, base_, &*base);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  ASSERT_TRUE(a->lm_head.has_value());
+  EXPECT_EQ(a->lm_head->rank, 4);
+
+  (*bytes)[17] += 0.25f;  // now the copy differs from the base at element 17
+  ASSERT_TRUE(io::write_safetensors(base_path, {{"lm_head.weight", t}}).ok());
+  auto other = io::TensorSet::open_file(base_path);
+  ASSERT_TRUE(other.ok());
+  auto refused = load_adapter("tiny", dir_, base_, &*other);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_HAS(refused.status().message(), "'base_model.model.lm_head.base_layer.weight'");
+  EXPECT_HAS(refused.status().message(), "differs from the model's at element 17");
+}
+
+TEST_F(AdapterDir, BaseLayerCopyOfAnUntargetedOrWrongShapedModule) {
+  add(0, Target::qkv, 4);  // target_modules: qkv_proj only
+  add_tensor("base_model.model.lm_head.base_layer.weight", DType::f32, {50, 16});
+  EXPECT_HAS(load_error(), "copies the base weight of 'lm_head', which target_modules in " +
+                               config_path() + " does not select");
+  tensors_.clear();
+  config_["target_modules"] = {"qkv_proj", "lm_head"};
+  add(0, Target::qkv, 4);
+  add(-1, Target::lm_head, 4);
+  add_tensor("base_model.model.lm_head.base_layer.weight", DType::f32, {50, 8});
+  write_files();
+  auto base_bytes = std::make_shared<std::vector<float>>(50 * 16, 0.5f);
+  Tensor t(base_bytes->data(), DType::f32, {50, 16});
+  t.storage = base_bytes;
+  ASSERT_TRUE(io::write_safetensors(dir_ + "/base.safetensors", {{"lm_head.weight", t}}).ok());
+  auto base = io::TensorSet::open_file(dir_ + "/base.safetensors");
+  ASSERT_TRUE(base.ok());
+  auto a = load_adapter("tiny", dir_, base_, &*base);
+  ASSERT_FALSE(a.ok());
+  EXPECT_HAS(a.status().message(), "has shape (50, 8), but the model's 'lm_head.weight' has shape (50, 16)");
+}
+
 TEST_F(AdapterDir, CorruptSafetensorsNamesTheFile) {
   add(0, Target::qkv, 4);
   write_files();
