@@ -1,8 +1,8 @@
 // philora bench: a Phi-3-mini-shaped model (3072 hidden, 32 layers, 32 heads,
 // 8192 intermediate, 32064 vocab) with random weights built on the device — no
-// download — measured against the device's own ceilings, measured in the same
-// run (copy bandwidth, cuBLASLt bf16 rate). Prints a table; the last line is a
-// one-line summary.
+// download — or the checkpoint of --model, measured against the device's own
+// ceilings, measured in the same run (copy bandwidth, cuBLASLt bf16 rate).
+// Prints a table; the last line is a one-line summary.
 //
 // Ideals: a decode step must read every weight once (the embedding only for
 // its B rows) plus the K/V of every cached token: bytes / copy bandwidth. A
@@ -20,6 +20,7 @@
 #include "common.h"
 #include "engine/plan.h"
 #include "engine/step_runner.h"
+#include "model/config.h"
 #include "model/weights.h"
 
 namespace philora::app {
@@ -28,6 +29,7 @@ namespace {
 
 struct BenchOptions {
   std::string device = "cpu";
+  std::string model_dir;  // empty: the Phi-3-mini shape with random weights
   int64_t layers = 32;
   std::vector<int64_t> prompts = {512, 2048};
   std::vector<int64_t> batches = {1, 8, 32, 64, 128, 256};
@@ -157,17 +159,35 @@ int run_bench(const BenchOptions& o) {
   auto ceilings = measure_ceilings(b);
   const bool have_ceilings = ceilings.ok();
 
-  const model::Phi3Config c = phi3_mini(o.layers);
+  model::Phi3Config c = phi3_mini(o.layers);
+  io::TensorSet checkpoint;
+  if (!o.model_dir.empty()) {
+    auto config = model::load_config(o.model_dir);
+    if (!config) return fail(config.status());
+    c = *config;
+    auto t = io::TensorSet::open_model_dir(o.model_dir);
+    if (!t) return fail(t.status());
+    checkpoint = std::move(*t);
+  }
   const size_t elem = dtype_size(b.compute_dtype());
   const Counts n = count(c, elem);
   auto t0 = Clock::now();
-  model::Phi3ForCausalLM m(c, model::random_weights(c, b, 1234), b);
+  auto weights = o.model_dir.empty() ? Expected<model::Phi3Weights>(model::random_weights(c, b, 1234))
+                                     : model::load_weights(checkpoint, c, b);
+  if (!weights) return fail(weights.status());
+  model::Phi3ForCausalLM m(c, std::move(*weights), b);
   b.synchronize();
   const double build_s = since(t0);
 
-  std::cout << fmt::format(
-      "model: Phi-3-mini shape ({} layers), random {} weights on {}, built in {:.1f} s\n",
-      c.num_hidden_layers, dtype_name(b.compute_dtype()), b.name(), build_s);
+  if (o.model_dir.empty())
+    std::cout << fmt::format(
+        "model: Phi-3-mini shape ({} layers), random {} weights on {}, built in {:.1f} s\n",
+        c.num_hidden_layers, dtype_name(b.compute_dtype()), b.name(), build_s);
+  else
+    std::cout << fmt::format(
+        "model: {} ({} layers, hidden {}, vocab {}), {} weights on {}, loaded in {:.2f} s\n",
+        o.model_dir, c.num_hidden_layers, c.hidden_size, c.vocab_size,
+        dtype_name(b.compute_dtype()), b.description(), build_s);
   if (have_ceilings)
     std::cout << fmt::format(
         "device: {}; copy {:.0f} GB/s (read+write); cuBLASLt bf16 {:.0f} TFLOP/s\n",
@@ -292,7 +312,9 @@ void add_bench_command(CLI::App& app, int& rc) {
   CLI::App* cmd = app.add_subcommand(
       "bench", "Phi-3-mini-shaped model with random weights: speed vs the device's ceilings");
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--layers", o->layers, "layers (32 for the real shape)")
+  cmd->add_option("--model", o->model_dir,
+                  "HF model directory to time instead of the random Phi-3-mini-shaped model");
+  cmd->add_option("--layers", o->layers, "layers of the random model (32 for the real shape)")
       ->check(CLI::Range(1, 64));
   cmd->add_option("--prompt", o->prompts, "prompt lengths for time to first token")->delimiter(',');
   cmd->add_option("--batch", o->batches, "decode batch sizes")->delimiter(',');
