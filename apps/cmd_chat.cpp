@@ -2,9 +2,11 @@
 // conversation is rendered with the model's chat template each turn, answers
 // stream token by token, Ctrl-C stops the answer (not the program), and
 // /adapter NAME, /reset, /quit steer it.
+#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -25,7 +27,41 @@ namespace philora::app {
 namespace {
 
 std::atomic<bool> g_interrupted{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "set from a signal handler");
 extern "C" void on_sigint(int) { g_interrupted = true; }
+
+// Lines of standard input, read with poll + read (not stdio) so that a
+// Ctrl-C at the prompt is seen at once, whenever it comes.
+class LineReader {
+ public:
+  enum class Result { line, end, interrupted };
+  Result next(std::string& line) {
+    for (;;) {
+      if (const size_t nl = buf_.find('\n'); nl != std::string::npos) {
+        line = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return Result::line;
+      }
+      if (eof_) {
+        if (buf_.empty()) return Result::end;
+        line = std::move(buf_);
+        buf_.clear();
+        return Result::line;
+      }
+      if (g_interrupted.exchange(false)) return Result::interrupted;
+      pollfd p{STDIN_FILENO, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;  // timeout or EINTR: look at the flag again
+      char chunk[4096];
+      const ssize_t n = ::read(STDIN_FILENO, chunk, sizeof(chunk));
+      if (n > 0) buf_.append(chunk, size_t(n));
+      if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) eof_ = true;
+    }
+  }
+
+ private:
+  std::string buf_;
+  bool eof_ = false;
+};
 
 struct ChatOptions {
   ServingOptions serving;
@@ -74,7 +110,6 @@ class Chat {
     }
     tokenizer::IncrementalDetokenizer detok(*s_.tokenizer, /*skip_special_tokens=*/true);
     std::string text, reason;
-    g_interrupted = false;
     while (s_.engine->has_work()) {
       if (g_interrupted.exchange(false)) s_.engine->abort(id);
       for (const engine::StepOutput& out : s_.engine->step()) {
@@ -109,10 +144,11 @@ class Chat {
   const std::optional<std::string>& adapter() const { return adapter_; }
 
  private:
-  // The rendered conversation's ids, dropping the oldest turns (never the
-  // system message or the new question) until they leave room to answer.
+  // The rendered conversation's ids, dropping the oldest exchanges (never the
+  // system message or the new question) until they leave room to answer in
+  // the model's positions and the KV cache.
   bool fit_prompt(std::vector<int32_t>& ids) {
-    const int64_t positions = s_.model->config().max_position_embeddings;
+    const int64_t positions = s_.engine->max_sequence_tokens();
     for (;;) {
       auto text = s_.chat_template->render(messages_, /*add_generation_prompt=*/true);
       if (!text.ok()) {
@@ -125,11 +161,12 @@ class Chat {
       const size_t first = !messages_.empty() && messages_[0]["role"] == "system" ? 1 : 0;
       if (messages_.size() <= first + 1) {
         std::cout << "error: the question alone (" << ids.size() << " tokens) leaves no room in the "
-                  << positions << " positions of the model\n";
+                  << positions << " tokens a conversation can hold\n";
         return false;
       }
-      messages_.erase(messages_.begin() + long(first));
-      std::cout << "(the oldest turn no longer fits the context and was dropped)\n";
+      // One exchange: a question and its answer, so that roles keep alternating.
+      messages_.erase(messages_.begin() + long(first), messages_.begin() + long(first) + 2);
+      std::cout << "(the oldest exchange no longer fits the context and was dropped)\n";
     }
   }
 
@@ -162,7 +199,6 @@ int run_chat(ChatOptions o) {
     }
   }
   o.serving.model.adapters = registered;
-  if (!o.serving.kv_tokens && !o.serving.kv_cache_memory) o.serving.max_running = 4;  // one user
 
   auto s = open_serving(o.serving, terminal_progress());
   if (!s) return fail(s.status());
@@ -180,23 +216,26 @@ int run_chat(ChatOptions o) {
   sigaction(SIGINT, &sa, nullptr);
 
   const bool tty = isatty(STDIN_FILENO);
+  LineReader input;
   std::cout << fmt::format("philora chat | model {} | {} | adapters: {}\n{}", sv.model_name,
                            sv.device_name, adapter_list(sv), kHelp);
   Chat chat(o, sv);
   chat.reset();
   chat.set_adapter(selected);
   for (;;) {
+    g_interrupted = false;  // a Ctrl-C from now on stops the next answer or this prompt
     std::cout << (chat.adapter() ? *chat.adapter() : sv.model_name) << "> " << std::flush;
     std::string line;
-    if (!std::getline(std::cin, line)) {
-      if (g_interrupted.exchange(false) && !std::cin.eof()) {  // Ctrl-C at the prompt
-        std::cin.clear();
-        std::cout << "\n(Ctrl-C stops an answer; /quit leaves)\n";
-        continue;
-      }
-      if (tty) std::cout << "\n";
-      return 0;  // end of input
+    const LineReader::Result got = input.next(line);
+    if (got == LineReader::Result::interrupted) {
+      std::cout << "\n(Ctrl-C stops an answer; /quit leaves)\n";
+      continue;
     }
+    if (got == LineReader::Result::end) {
+      if (tty) std::cout << "\n";
+      return 0;
+    }
+    if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
     if (line == "/quit" || line == "/exit") return 0;
     if (line == "/help") {
@@ -233,6 +272,7 @@ void add_chat_command(CLI::App& app, int& rc) {
   CLI::App* cmd = app.add_subcommand(
       "chat", "interactive chat in the terminal (default: the embedded model); /adapter NAME, "
               "/reset, /quit; Ctrl-C stops an answer");
+  o->serving.max_running = 4;  // one person typing; the KV cache cap follows from it
   add_serving_options(*cmd, o->serving);
   // add_model_options named --adapter NAME=DIR; chat also takes a bare NAME to start with.
   cmd->get_option("--adapter")

@@ -58,6 +58,10 @@ int run_score(const ScoreOptions& o) {
     out.clear();
     if (o.output != "logits") {
       const std::vector<double> lp = token_logprobs(t, (*reqs)[i].input_ids);
+      for (double v : lp)
+        if (!std::isfinite(v))
+          return fail(Status::errorf("request '{}': the model gives a non-finite log-probability",
+                                     (*reqs)[i].id));
       nlohmann::json j;
       j["id"] = (*reqs)[i].id;
       if (o.output == "logprobs") {
@@ -67,7 +71,7 @@ int run_score(const ScoreOptions& o) {
         for (double v : lp) nll -= v;
         j["tokens"] = lp.size();  // tokens scored: all but the first
         j["nll"] = nll;           // sum of -log p, natural log
-        j["loss"] = lp.empty() ? 0.0 : nll / double(lp.size());
+        j["loss"] = lp.empty() ? nlohmann::json() : nlohmann::json(nll / double(lp.size()));
       }
       const std::string line = j.dump() + "\n";
       std::fwrite(line.data(), 1, line.size(), stdout);

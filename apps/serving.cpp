@@ -126,11 +126,15 @@ Expected<std::string> embedded_model_dir() {
       tried.push_back((base / kEmbeddedModel).string());
   }
   if (*PHILORA_SOURCE_DIR) tried.push_back((fs::path(PHILORA_SOURCE_DIR) / kEmbeddedModel).string());
-  for (std::string& t : tried) t = fs::weakly_canonical(t, ec).string();
-  std::sort(tried.begin(), tried.end());
-  tried.erase(std::unique(tried.begin(), tried.end()), tried.end());
+  // In this order (beside the binary first), each place once.
+  std::vector<std::string> places;
+  for (const std::string& t : tried) {
+    const std::string p = fs::weakly_canonical(t, ec).string();
+    if (!ec && std::find(places.begin(), places.end(), p) == places.end()) places.push_back(p);
+  }
+  tried = places;
   for (const std::string& dir : tried)
-    if (io::is_regular_file(io::join_path(dir, "config.json"))) return fs::canonical(dir, ec).string();
+    if (io::is_regular_file(io::join_path(dir, "config.json"))) return dir;
   std::string where;
   for (const std::string& t : tried) where += (where.empty() ? "" : ", ") + t;
   return Status::errorf("no --model given and the embedded model is not at {}", where);
@@ -141,6 +145,13 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   auto report = [&](const std::string& stage, int64_t done, int64_t total) {
     if (progress) progress(stage, done, total);
   };
+  // However this returns, the progress display ends ("ready" clears it).
+  struct EndProgress {
+    const Progress& p;
+    ~EndProgress() {
+      if (p) p("ready", 0, 0);
+    }
+  } end_progress{progress};
   std::string adapter_dir = o.adapter_dir;
   s->model_dir = o.model.model_dir;
   if (s->model_dir.empty()) {
@@ -193,6 +204,8 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
       return Status::errorf("--adapter '{}': expected NAME=DIR", spec);
     const std::string name = spec.substr(0, eq), dir = spec.substr(eq + 1);
+    if (std::find(s->adapters.begin(), s->adapters.end(), name) != s->adapters.end())
+      return Status::errorf("--adapter: name '{}' given twice", name);
     // Parsed once now so that a bad adapter fails at start, not at the first request.
     PHILORA_RETURN_IF_ERROR(lora::load_adapter(name, dir, c, &s->tensors).status());
     s->store->register_dir(name, dir);
@@ -206,6 +219,7 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
     attach_lora_columns(*s->model, *s->slots, o.model.lora_columns);
 
   report("kv cache", 0, 0);
+  b.release_cached_memory();  // blocks the allocator keeps would count as used
   PHILORA_ASSIGN_OR_RETURN(const int64_t pages, kv_pages(o, b, c, s->kv_rule));
   s->kv = std::make_unique<kv::KvCache>(b, c.num_hidden_layers, pages, o.model.page_size,
                                         c.num_key_value_heads, c.head_dim);
@@ -213,7 +227,6 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   s->engine = std::make_unique<engine::Engine>(
       *s->model, *s->kv, s->store.get(),
       engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager});
-  report("ready", 0, 0);
   return s;
 }
 

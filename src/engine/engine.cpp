@@ -29,11 +29,9 @@ Status Engine::add_request(GenerationRequest r) {
     return Status::errorf(
         "request '{}': prompt ({} tokens) + max_new_tokens ({}) exceeds the model's {} positions",
         r.id, r.prompt.size(), r.max_new_tokens, c.max_position_embeddings);
-  const int64_t pages_needed = (total + kv_.page_size - 1) / kv_.page_size;
-  const int64_t usable_pages = kv_.allocator.num_blocks() - runner_.reserved_pages();
-  if (pages_needed > usable_pages)
+  if (total > max_sequence_tokens())
     return Status::errorf("request '{}': {} tokens can never fit the KV cache ({} tokens)", r.id,
-                          total, usable_pages * kv_.page_size);
+                          total, max_sequence_tokens());
   if (r.adapter && !adapters_)
     return Status::errorf("request '{}': adapter '{}' requested but this engine has no adapters",
                           r.id, *r.adapter);
@@ -46,6 +44,11 @@ Status Engine::add_request(GenerationRequest r) {
   l->req = std::move(r);
   waiting_.push_back(std::move(l));
   return Status();
+}
+
+int64_t Engine::max_sequence_tokens() const {
+  const int64_t usable_pages = kv_.allocator.num_blocks() - runner_.reserved_pages();
+  return std::min(model_.config().max_position_embeddings, usable_pages * kv_.page_size);
 }
 
 void Engine::abort(const std::string& id) {

@@ -63,6 +63,9 @@ class Engine {
   Status add_request(GenerationRequest request);
   void abort(const std::string& id);
   bool has_work() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
+  // The most tokens (prompt + new) one sequence can ever hold: the model's
+  // positions, or the KV cache when it is smaller.
+  int64_t max_sequence_tokens() const;
   std::vector<StepOutput> step();
 
   const EngineStats& stats() const { return stats_; }

@@ -100,7 +100,7 @@ double module_alpha(const AdapterConfig& config, const std::string& full_name);
 // and loads it back over the model's. philora applies every adapter over one
 // shared base, so such a copy is accepted when it equals `base_checkpoint`'s
 // tensor of that name and refused with a message when it differs (when
-// `base_checkpoint` is null, only its shape is checked).
+// `base_checkpoint` is null, it is not checked).
 Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
                                const model::Phi3Config& base,
                                const io::TensorSet* base_checkpoint = nullptr);

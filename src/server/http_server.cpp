@@ -78,6 +78,9 @@ std::vector<std::string> stop_strings(const json& j, const char* name, Api api) 
   }
   if (out.size() > 16)
     throw BadRequest{status, fmt::format("'{}' holds more than 16 stop sequences", name)};
+  for (const std::string& s : out)
+    if (s.size() > 256)
+      throw BadRequest{status, fmt::format("'{}': a stop sequence is longer than 256 bytes", name)};
   return out;
 }
 
