@@ -91,7 +91,7 @@ class Chat {
       messages_.erase(messages_.end() - 1);
       return false;
     }
-    engine::GenerationRequest r;
+    engine::Request r;
     r.id = fmt::format("chat-{}", turn_++);
     r.prompt = prompt;
     r.adapter = adapter_;
@@ -109,26 +109,27 @@ class Chat {
       return false;
     }
     tokenizer::IncrementalDetokenizer detok(*s_.tokenizer, /*skip_special_tokens=*/true);
-    std::string text, reason;
+    std::string text;
+    engine::FinishReason reason = engine::FinishReason::none;
     while (s_.engine->has_work()) {
       if (g_interrupted.exchange(false)) s_.engine->abort(id);
       for (const engine::StepOutput& out : s_.engine->step()) {
         if (out.id != id) continue;
         std::string delta;
         for (int32_t t : out.new_tokens) delta += detok.push(t);
-        if (out.finished) {
+        if (out.finished()) {
           delta += detok.flush();
-          reason = out.finish_reason;
-          if (reason == "error") std::cout << "\nerror: " << out.error;
+          reason = out.finish;
+          if (engine::is_error(reason)) std::cout << "\nerror: " << out.error_detail;
         }
         text += delta;
         std::cout << delta << std::flush;
       }
     }
-    if (reason == "abort") std::cout << " [stopped]";
-    if (reason == "length") std::cout << " [max tokens]";
+    if (reason == engine::FinishReason::abort) std::cout << " [stopped]";
+    if (reason == engine::FinishReason::length) std::cout << " [max tokens]";
     std::cout << "\n";
-    if (reason == "error") {
+    if (engine::is_error(reason)) {
       messages_.erase(messages_.end() - 1);
       return false;
     }

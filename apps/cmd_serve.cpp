@@ -45,6 +45,7 @@ int run_serve(const ServeOptions& o) {
   ctx.adapters = sv.adapters;
   ctx.max_positions = sv.model->config().max_position_embeddings;
   ctx.default_max_new_tokens = o.max_new_tokens;
+  ctx.log = [](const std::string& line) { std::cerr << ("philora: " + line + "\n") << std::flush; };
   if (auto chat = sv.chat_template)
     ctx.chat_template = [chat](const std::string& messages) -> Expected<std::string> {
       const auto j = nlohmann::ordered_json::parse(messages, nullptr, false);

@@ -15,9 +15,10 @@ Engine::Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStor
       config_(config),
       runner_(model, kv, adapters ? &adapters->slots() : nullptr, config.step_graphs) {}
 
-Status Engine::add_request(GenerationRequest r) {
+Status Engine::validate(const Request& r) const {
   const model::Phi3Config& c = model_.config();
-  if (r.prompt.empty()) return Status::errorf("request '{}': the prompt is empty", r.id);
+  if (r.prompt.empty())
+    return Status::errorf("request '{}': the prompt is empty (input_ids is empty)", r.id);
   for (int32_t t : r.prompt)
     if (t < 0 || t >= c.vocab_size)
       return Status::errorf("request '{}': token id {} is outside the vocabulary [0, {})", r.id, t,
@@ -32,14 +33,17 @@ Status Engine::add_request(GenerationRequest r) {
   if (total > max_sequence_tokens())
     return Status::errorf("request '{}': {} tokens can never fit the KV cache ({} tokens)", r.id,
                           total, max_sequence_tokens());
-  if (r.adapter && !adapters_)
-    return Status::errorf("request '{}': adapter '{}' requested but this engine has no adapters",
-                          r.id, *r.adapter);
+  return Status();
+}
+
+Status Engine::add_request(Request r) {
+  PHILORA_RETURN_IF_ERROR(validate(r));
   auto l = std::make_unique<Live>();
   l->seq.id = r.id;
   l->seq.tokens = r.prompt;
   l->seq.prompt_len = int64_t(r.prompt.size());
-  l->seq.rope_long = model::uses_long_rope(c, total);
+  l->seq.rope_long =
+      model::uses_long_rope(model_.config(), int64_t(r.prompt.size()) + r.max_new_tokens);
   l->rng.seed(r.sampling.seed);
   l->req = std::move(r);
   waiting_.push_back(std::move(l));
@@ -54,37 +58,37 @@ int64_t Engine::max_sequence_tokens() const {
 void Engine::abort(const std::string& id) {
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
     if ((*it)->req.id == id) {
-      finish(**it, "abort", pending_);
+      finish(**it, FinishReason::abort, pending_);
       waiting_.erase(it);
       return;
     }
   for (auto it = running_.begin(); it != running_.end(); ++it)
     if ((*it)->req.id == id) {
-      finish(**it, "abort", pending_);
+      finish(**it, FinishReason::abort, pending_);
       running_.erase(it);
       return;
     }
 }
 
-void Engine::preempt(Live& l) {
+void Engine::release(Live& l) {
   release_pages(l.seq, kv_);
   if (l.has_slot && adapters_) adapters_->release(l.seq.lora_slot);
   l.has_slot = false;
+}
+
+void Engine::preempt(Live& l) {
+  release(l);
   l.seq.lora_slot = -1;
   l.seq.num_computed = 0;  // recompute prompt + generated tokens later
   ++stats_.preemptions;
 }
 
-void Engine::finish(Live& l, const std::string& reason, std::vector<StepOutput>& out,
-                    const std::string& error) {
-  release_pages(l.seq, kv_);
-  if (l.has_slot && adapters_) adapters_->release(l.seq.lora_slot);
-  l.has_slot = false;
-  StepOutput o;
+// Ends the request: `o` may carry the step's new tokens or an error's messages.
+void Engine::finish(Live& l, FinishReason reason, std::vector<StepOutput>& out, StepOutput o) {
+  release(l);
+  l.done = true;
   o.id = l.req.id;
-  o.finished = true;
-  o.finish_reason = reason;
-  o.error = error;
+  o.finish = reason;
   out.push_back(std::move(o));
 }
 
@@ -92,10 +96,17 @@ std::vector<StepOutput> Engine::step() {
   std::vector<StepOutput> out;
   out.swap(pending_);
   int64_t budget = config_.max_batched_tokens;
-  std::vector<Live*> scheduled;
-  std::vector<int64_t> counts;
+  std::vector<Scheduled> batch;
+  schedule_running(batch, budget);
+  admit_waiting(batch, budget, out);
+  if (!batch.empty()) run(batch, out);
+  std::erase_if(running_, [](const std::unique_ptr<Live>& l) { return l->done; });
+  return out;
+}
 
-  // 1. Running sequences, oldest first; preempt the newest when pages run out.
+// Running sequences, oldest first: a decode token or the next prompt chunk
+// each; the newest is preempted when pages run out.
+void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Live& l = *running_[i];
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
@@ -112,94 +123,110 @@ std::vector<StepOutput> Engine::step() {
       running_.erase(running_.begin() + int64_t(i));
       continue;
     }
-    scheduled.push_back(&l);
-    counts.push_back(n);
+    batch.push_back({&l, n});
     budget -= n;
     ++i;
   }
+}
 
-  // 2. Admit waiting sequences in arrival order while budget, pages and slots last.
+// Pins the request's adapter in a slot. False when it must wait for a slot,
+// or when it failed (then it is finished with the reason).
+bool Engine::acquire_adapter(Live& l, std::vector<StepOutput>& out) {
+  if (!l.req.adapter || l.has_slot) return true;
+  const std::string& name = *l.req.adapter;
+  StepOutput o;
+  if (!adapters_) {
+    o.error = o.error_detail = fmt::format("adapter '{}' not found: this engine serves none", name);
+    finish(l, FinishReason::unknown_adapter, out, std::move(o));
+    return false;
+  }
+  if (!adapters_->slot_available(name)) return false;  // wait for a running one to finish
+  const lora::Acquired slot = adapters_->acquire(name);
+  if (!slot.ok()) {  // this request fails, the others go on
+    const lora::AdapterError& e = slot.error();
+    o.error = e.message;
+    o.error_detail = e.detail;
+    using Kind = lora::AdapterError::Kind;
+    finish(l,
+           e.kind == Kind::not_found ? FinishReason::unknown_adapter
+           : e.kind == Kind::invalid ? FinishReason::adapter_invalid
+                                     : FinishReason::no_adapter_slot,
+           out, std::move(o));
+    return false;
+  }
+  l.seq.lora_slot = *slot;
+  l.has_slot = true;
+  return true;
+}
+
+// Waiting sequences in arrival order, while budget, pages and slots last.
+void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
+                           std::vector<StepOutput>& out) {
   while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < config_.max_running) {
     Live& l = *waiting_.front();
-    if (l.req.adapter && !l.has_slot) {
-      if (!adapters_->slot_available(*l.req.adapter)) break;  // wait for a running one to finish
-      auto slot = adapters_->acquire(*l.req.adapter);
-      if (!slot.ok()) {  // unknown or bad adapter: this request fails, the others go on
-        finish(l, "error", out, slot.status().message());
-        waiting_.pop_front();
-        continue;
-      }
-      l.seq.lora_slot = *slot;
-      l.has_slot = true;
+    if (!acquire_adapter(l, out)) {
+      if (!l.done) break;  // no slot yet
+      waiting_.pop_front();
+      continue;
     }
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
     if (!reserve_pages(l.seq, l.seq.num_computed + n, kv_).ok()) {
-      if (l.has_slot) adapters_->release(l.seq.lora_slot);
-      l.has_slot = false;
+      release(l);
       l.seq.lora_slot = -1;
-      release_pages(l.seq, kv_);
       break;
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
-    scheduled.push_back(running_.back().get());
-    counts.push_back(n);
+    batch.push_back({running_.back().get(), n});
     budget -= n;
   }
-  if (scheduled.empty()) return out;
+}
 
-  // 3. One forward over everything scheduled, grouped by adapter slot so the
-  //    LoRA segments are long.
-  std::vector<size_t> order(scheduled.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return scheduled[a]->seq.lora_slot < scheduled[b]->seq.lora_slot;
+// One forward over everything scheduled, grouped by adapter slot so that the
+// LoRA segments are long; then each sequence that reached its end gets a token.
+void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
+  std::stable_sort(batch.begin(), batch.end(), [](const Scheduled& a, const Scheduled& b) {
+    return a.live->seq.lora_slot < b.live->seq.lora_slot;
   });
   std::vector<SeqWork> work;
   std::vector<Live*> sampled;  // rows of the logits, in order
-  for (size_t k : order) {
-    Live& l = *scheduled[k];
-    const bool logits = l.seq.num_computed + counts[k] == int64_t(l.seq.tokens.size());
-    work.push_back({&l.seq, counts[k], logits});
-    if (logits) sampled.push_back(&l);
-    if (l.seq.num_computed < l.seq.prompt_len)
-      stats_.prompt_tokens += std::min(counts[k], l.seq.prompt_len - l.seq.num_computed);
+  for (const Scheduled& s : batch) {
+    Sequence& q = s.live->seq;
+    const bool logits = q.num_computed + s.num_tokens == int64_t(q.tokens.size());
+    work.push_back({&q, s.num_tokens, logits});
+    if (logits) sampled.push_back(s.live);
+    if (q.num_computed < q.prompt_len)
+      stats_.prompt_tokens += std::min(s.num_tokens, q.prompt_len - q.num_computed);
   }
-  const model::Phi3Config& c = model_.config();
-  StepPlan plan = plan_step(work, kv_.page_size, false);
+  const StepPlan plan = plan_step(work, kv_.page_size, false);
   std::vector<SampleRow> rows;
   for (Live* l : sampled) rows.push_back(sample_row(l->req.sampling, l->rng));
   const std::vector<int32_t> tokens = runner_.run(plan, rows);
   ++stats_.steps;
   for (const SeqWork& w : work) w.seq->num_computed += w.num_tokens;
+  for (size_t r = 0; r < sampled.size(); ++r) append_token(*sampled[r], tokens[r], out);
+}
 
-  // 4. Append, check stops.
-  const std::vector<int64_t>& eos = c.eos_token_ids;
-  for (size_t r = 0; r < sampled.size(); ++r) {
-    Live& l = *sampled[r];
-    const int32_t tok = tokens[r];
-    l.seq.tokens.push_back(tok);
-    ++l.generated;
-    ++stats_.generated_tokens;
-    StepOutput o;
-    o.id = l.req.id;
-    o.new_tokens = {tok};
-    const bool stop = !l.req.ignore_eos &&
-                      (std::find(eos.begin(), eos.end(), int64_t(tok)) != eos.end() ||
-                       std::find(l.req.stop_token_ids.begin(), l.req.stop_token_ids.end(), tok) !=
-                           l.req.stop_token_ids.end());
-    if (stop || l.generated >= l.req.max_new_tokens) {
-      o.finished = true;
-      o.finish_reason = stop ? "stop" : "length";
-      l.done = true;
-      release_pages(l.seq, kv_);
-      if (l.has_slot && adapters_) adapters_->release(l.seq.lora_slot);
-      l.has_slot = false;
-    }
+// Appends the sampled token; the request ends at an eos / stop token or at
+// max_new_tokens.
+void Engine::append_token(Live& l, int32_t tok, std::vector<StepOutput>& out) {
+  l.seq.tokens.push_back(tok);
+  ++l.generated;
+  ++stats_.generated_tokens;
+  StepOutput o;
+  o.id = l.req.id;
+  o.new_tokens = {tok};
+  const std::vector<int64_t>& eos = model_.config().eos_token_ids;
+  const std::vector<int32_t>& stop = l.req.stop_token_ids;
+  const bool stopped =
+      !l.req.ignore_eos && (std::find(eos.begin(), eos.end(), int64_t(tok)) != eos.end() ||
+                            std::find(stop.begin(), stop.end(), tok) != stop.end());
+  if (stopped)
+    finish(l, FinishReason::eos, out, std::move(o));
+  else if (l.generated >= l.req.max_new_tokens)
+    finish(l, FinishReason::length, out, std::move(o));
+  else
     out.push_back(std::move(o));
-  }
-  std::erase_if(running_, [](const std::unique_ptr<Live>& l) { return l->done; });
-  return out;
 }
 
 }  // namespace philora::engine

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/request.h"
 #include "engine/sampler.h"
 #include "engine/sequence.h"
 #include "engine/step_runner.h"
@@ -28,23 +29,14 @@ struct EngineConfig {
   bool step_graphs = true;            // decode steps replay graphs where the backend records them
 };
 
-struct GenerationRequest {
-  std::string id;
-  std::vector<int32_t> prompt;
-  std::optional<std::string> adapter;  // nullopt = base model
-  SamplingParams sampling;
-  int64_t max_new_tokens = 16;
-  bool ignore_eos = false;
-  std::vector<int32_t> stop_token_ids;  // besides the model's eos ids
-};
-
 // What one step produced for one request.
 struct StepOutput {
   std::string id;
   std::vector<int32_t> new_tokens;
-  bool finished = false;
-  std::string finish_reason;  // "length", "stop", "abort", "error"
-  std::string error;          // set with finish_reason "error"
+  FinishReason finish = FinishReason::none;  // none while the request runs
+  std::string error;         // with an error reason: what went wrong, fit for a remote client
+  std::string error_detail;  // the same in full (it may name server files), for the server's log
+  bool finished() const { return finish != FinishReason::none; }
 };
 
 struct EngineStats {
@@ -59,8 +51,10 @@ class Engine {
   Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStore* adapters,
          EngineConfig config);
 
-  // Validates and queues; the error says what is wrong with the request.
-  Status add_request(GenerationRequest request);
+  // Checks the request against the model and the KV cache, and queues it; the
+  // error says what is wrong with it. Its adapter is looked up when it is
+  // admitted (an unknown or bad one ends it with an error reason then).
+  Status add_request(Request request);
   void abort(const std::string& id);
   bool has_work() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
   // The most tokens (prompt + new) one sequence can ever hold: the model's
@@ -75,16 +69,27 @@ class Engine {
 
  private:
   struct Live {
-    GenerationRequest req;
+    Request req;
     Sequence seq;
     std::mt19937_64 rng;
     int64_t generated = 0;
     bool has_slot = false;
     bool done = false;
   };
+  // A sequence's share of the step being built.
+  struct Scheduled {
+    Live* live;
+    int64_t num_tokens;
+  };
+  Status validate(const Request& r) const;
+  void schedule_running(std::vector<Scheduled>& batch, int64_t& budget);
+  void admit_waiting(std::vector<Scheduled>& batch, int64_t& budget, std::vector<StepOutput>& out);
+  bool acquire_adapter(Live& l, std::vector<StepOutput>& out);
+  void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
+  void append_token(Live& l, int32_t token, std::vector<StepOutput>& out);
+  void release(Live& l);
   void preempt(Live& l);
-  void finish(Live& l, const std::string& reason, std::vector<StepOutput>& out,
-              const std::string& error = "");
+  void finish(Live& l, FinishReason reason, std::vector<StepOutput>& out, StepOutput o = {});
 
   model::Phi3ForCausalLM& model_;
   kv::KvCache& kv_;

@@ -1,5 +1,7 @@
 #include "lora/store.h"
 
+#include <fmt/format.h>
+
 #include "io/file.h"
 
 namespace philora::lora {
@@ -15,29 +17,65 @@ void AdapterStore::register_dir(const std::string& name, const std::string& dir)
   dirs_[name] = dir;
 }
 
-Status AdapterStore::check_name(const std::string& name) const {
-  if (dirs_.count(name)) return Status();
-  // A name from a request becomes a path: keep it inside adapter_dir.
-  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
-      name.find('\\') != std::string::npos)
-    return Status::errorf("adapter name '{}' is not valid", name);
-  if (options_.adapter_dir.empty())
-    return Status::errorf("adapter '{}' is not loaded (no --adapter-dir to look in)", name);
-  return Status();
+namespace {
+
+AdapterError not_found(const std::string& message, const std::string& detail) {
+  return {AdapterError::Kind::not_found, message, detail};
 }
 
-Expected<std::shared_ptr<const Adapter>> AdapterStore::host_adapter(const std::string& name) {
+// `message` with the adapter's directory taken out of every path (files then
+// read relative to it), or a plain sentence when a path would still show.
+std::string without_paths(std::string message, const std::string& dir,
+                          const std::string& adapter_dir, const std::string& name) {
+  const std::string prefix = dir.empty() || dir.back() == '/' ? dir : dir + "/";
+  for (size_t at; !prefix.empty() && (at = message.find(prefix)) != std::string::npos;)
+    message.erase(at, prefix.size());
+  for (const std::string& path : {dir, adapter_dir})
+    if (path.size() > 1 && message.find(path) != std::string::npos)
+      return fmt::format("adapter '{}' is not a loadable PEFT LoRA adapter", name);
+  return message;
+}
+
+}  // namespace
+
+std::optional<AdapterError> AdapterStore::check_name(const std::string& name) const {
+  if (dirs_.count(name)) return std::nullopt;
+  // A name from a request becomes a path: keep it inside adapter_dir.
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+      name.find('\\') != std::string::npos) {
+    const std::string m = fmt::format("adapter name '{}' is not valid", name);
+    return not_found(m, m);
+  }
+  if (options_.adapter_dir.empty()) {
+    const std::string m = fmt::format(
+        "unknown adapter '{}' (not registered, and no adapter directory to look in)", name);
+    return not_found(m, m);
+  }
+  return std::nullopt;
+}
+
+std::variant<std::shared_ptr<const Adapter>, AdapterError> AdapterStore::host_adapter(
+    const std::string& name) {
   auto it = host_.find(name);
   if (it != host_.end()) {
     host_lru_.splice(host_lru_.begin(), host_lru_, it->second.second);
     return it->second.first;
   }
-  PHILORA_RETURN_IF_ERROR(check_name(name));
+  if (auto bad = check_name(name)) return *bad;
   auto d = dirs_.find(name);
   const std::string dir = d != dirs_.end() ? d->second : io::join_path(options_.adapter_dir, name);
-  PHILORA_ASSIGN_OR_RETURN(Adapter a, load_adapter(name, dir, config_, options_.base_checkpoint));
+  const std::string config = io::join_path(dir, "adapter_config.json");
+  if (!io::is_regular_file(config))
+    return not_found(fmt::format("adapter '{}' not found", name),
+                     fmt::format("adapter '{}' not found: {} does not exist", name, config));
+  auto a = load_adapter(name, dir, config_, options_.base_checkpoint);
+  if (!a.ok()) {
+    const std::string detail = a.status().message();
+    return AdapterError{AdapterError::Kind::invalid,
+                        without_paths(detail, dir, options_.adapter_dir, name), detail};
+  }
   ++disk_loads_;
-  auto shared = std::make_shared<const Adapter>(std::move(a));
+  auto shared = std::make_shared<const Adapter>(std::move(*a));
   host_lru_.push_front(name);
   host_[name] = {shared, host_lru_.begin()};
   while (int64_t(host_.size()) > options_.host_capacity) {  // evict least recently used
@@ -47,7 +85,7 @@ Expected<std::shared_ptr<const Adapter>> AdapterStore::host_adapter(const std::s
   return std::shared_ptr<const Adapter>(shared);
 }
 
-Expected<int32_t> AdapterStore::acquire(const std::string& name) {
+Acquired AdapterStore::acquire(const std::string& name) {
   ++clock_;
   auto r = resident_.find(name);
   if (r != resident_.end()) {
@@ -56,7 +94,9 @@ Expected<int32_t> AdapterStore::acquire(const std::string& name) {
     s.last_use = clock_;
     return r->second;
   }
-  PHILORA_ASSIGN_OR_RETURN(std::shared_ptr<const Adapter> adapter, host_adapter(name));
+  auto loaded = host_adapter(name);
+  if (auto* e = std::get_if<AdapterError>(&loaded)) return std::move(*e);
+  const auto& adapter = std::get<std::shared_ptr<const Adapter>>(loaded);
   // A free slot, else the least recently used unpinned one.
   int32_t victim = -1;
   for (size_t i = 0; i < slot_state_.size(); ++i) {
@@ -68,9 +108,12 @@ Expected<int32_t> AdapterStore::acquire(const std::string& name) {
     }
     if (victim < 0 || s.last_use < slot_state_[size_t(victim)].last_use) victim = int32_t(i);
   }
-  if (victim < 0)
-    return Status::errorf("adapter '{}': all {} adapter slots are in use by running requests", name,
-                          slot_state_.size());
+  if (victim < 0) {
+    const std::string m =
+        fmt::format("adapter '{}': all {} adapter slots are in use by running requests", name,
+                    slot_state_.size());
+    return AdapterError{AdapterError::Kind::no_slot, m, m};
+  }
   SlotState& s = slot_state_[size_t(victim)];
   if (!s.name.empty()) resident_.erase(s.name);
   slots_.assign(victim, *adapter);
@@ -78,6 +121,13 @@ Expected<int32_t> AdapterStore::acquire(const std::string& name) {
   s = SlotState{name, 1, clock_};
   resident_[name] = victim;
   return victim;
+}
+
+Status AdapterStore::preload(const std::string& name) {
+  Acquired a = acquire(name);
+  if (!a.ok()) return Status::error(a.error().detail);
+  release(*a);
+  return Status();
 }
 
 bool AdapterStore::slot_available(const std::string& name) const {

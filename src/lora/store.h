@@ -6,7 +6,9 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "lora/adapter.h"
@@ -21,6 +23,32 @@ struct StoreOptions {
   const io::TensorSet* base_checkpoint = nullptr;
 };
 
+// Why an adapter could not be made resident.
+struct AdapterError {
+  enum class Kind : uint8_t {
+    not_found,  // no such adapter (or a name that cannot be one)
+    invalid,    // its directory exists but does not hold a loadable adapter
+    no_slot,    // every slot is pinned by running sequences
+  };
+  Kind kind = Kind::not_found;
+  std::string message;  // for a remote client: names the adapter, never a server path
+  std::string detail;   // the full message, paths included, for the server's log
+};
+
+// A pinned slot, or why there is none.
+class Acquired {
+ public:
+  Acquired(int32_t slot) : slot_(slot) {}             // NOLINT: implicit by design
+  Acquired(AdapterError e) : error_(std::move(e)) {}  // NOLINT
+  bool ok() const { return !error_; }
+  int32_t operator*() const { return slot_; }
+  const AdapterError& error() const { return *error_; }
+
+ private:
+  int32_t slot_ = -1;
+  std::optional<AdapterError> error_;
+};
+
 class AdapterStore {
  public:
   AdapterStore(const model::Phi3Config& config, AdapterSlots& slots, StoreOptions options);
@@ -29,7 +57,10 @@ class AdapterStore {
   void register_dir(const std::string& name, const std::string& dir);
   // Loads NAME if needed, makes it resident in a slot and pins it; returns the
   // slot. Fails when NAME is unknown or bad, or every slot is pinned.
-  Expected<int32_t> acquire(const std::string& name);
+  Acquired acquire(const std::string& name);
+  // Makes NAME resident now (acquire, then release): a bad adapter fails at
+  // start, with its full message.
+  Status preload(const std::string& name);
   // Whether acquire(name) would find a slot now (NAME resident, or a slot unpinned).
   bool slot_available(const std::string& name) const;
   void release(int32_t slot);
@@ -41,8 +72,8 @@ class AdapterStore {
   int64_t uploads_to_device() const { return uploads_; }
 
  private:
-  Expected<std::shared_ptr<const Adapter>> host_adapter(const std::string& name);
-  Status check_name(const std::string& name) const;
+  std::variant<std::shared_ptr<const Adapter>, AdapterError> host_adapter(const std::string& name);
+  std::optional<AdapterError> check_name(const std::string& name) const;
 
   const model::Phi3Config& config_;
   AdapterSlots& slots_;

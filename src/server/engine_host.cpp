@@ -13,7 +13,7 @@ EngineHost::~EngineHost() {
   thread_.join();
 }
 
-void EngineHost::submit(engine::GenerationRequest request, Callback callback) {
+void EngineHost::submit(engine::Request request, Callback callback) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     inbox_.emplace_back(std::move(request), std::move(callback));
@@ -35,9 +35,37 @@ EngineHost::Stats EngineHost::stats() {
   return stats_;
 }
 
+// Ends every request in flight with `reason`.
+void EngineHost::fail_all(engine::FinishReason reason, const std::string& message) {
+  for (auto& [id, cb] : callbacks_) {
+    engine::StepOutput o;
+    o.id = id;
+    o.finish = reason;
+    o.error = o.error_detail = message;
+    cb(o);
+  }
+}
+
+// Hands the inbox to the engine; a refused request hears so at once.
+void EngineHost::admit(std::deque<std::pair<engine::Request, Callback>>& inbox) {
+  for (auto& [req, cb] : inbox) {
+    const std::string id = req.id;
+    Status st = engine_.add_request(std::move(req));
+    if (!st.ok()) {
+      engine::StepOutput o;
+      o.id = id;
+      o.finish = engine::FinishReason::invalid_request;
+      o.error = o.error_detail = st.message();
+      cb(o);
+      continue;
+    }
+    callbacks_[id] = std::move(cb);
+  }
+}
+
 void EngineHost::loop() {
   for (;;) {
-    std::deque<std::pair<engine::GenerationRequest, Callback>> inbox;
+    std::deque<std::pair<engine::Request, Callback>> inbox;
     std::vector<std::string> aborts;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -47,34 +75,14 @@ void EngineHost::loop() {
       inbox.swap(inbox_);
       aborts.swap(aborts_);
     }
-    for (auto& [req, cb] : inbox) {
-      const std::string id = req.id;
-      Status st = engine_.add_request(std::move(req));
-      if (!st.ok()) {
-        engine::StepOutput o;
-        o.id = id;
-        o.finished = true;
-        o.finish_reason = "invalid";  // the request itself is wrong
-        o.error = st.message();
-        cb(o);
-        continue;
-      }
-      callbacks_[id] = std::move(cb);
-    }
+    admit(inbox);
     for (const std::string& id : aborts) engine_.abort(id);
     std::vector<engine::StepOutput> outs;
     try {
       outs = engine_.step();
     } catch (const std::exception& e) {  // a device error: fail everything in flight
-      for (auto& [id, cb] : callbacks_) {
-        engine::StepOutput o;
-        o.id = id;
-        o.finished = true;
-        o.finish_reason = "error";
-        o.error = std::string("engine failure: ") + e.what();
-        cb(o);
-        engine_.abort(id);
-      }
+      fail_all(engine::FinishReason::device_error, std::string("engine failure: ") + e.what());
+      for (const auto& [id, cb] : callbacks_) engine_.abort(id);
       callbacks_.clear();
       (void)engine_.step();  // drain the aborts
       continue;
@@ -83,7 +91,7 @@ void EngineHost::loop() {
       auto it = callbacks_.find(o.id);
       if (it == callbacks_.end()) continue;
       it->second(o);
-      if (o.finished) callbacks_.erase(it);
+      if (o.finished()) callbacks_.erase(it);
     }
     std::lock_guard<std::mutex> lock(mu_);
     stats_.running = engine_.num_running();
@@ -92,14 +100,7 @@ void EngineHost::loop() {
     stats_.runner = engine_.runner_stats();
   }
   // Shutting down: whoever still waits is told.
-  for (auto& [id, cb] : callbacks_) {
-    engine::StepOutput o;
-    o.id = id;
-    o.finished = true;
-    o.finish_reason = "abort";
-    o.error = "server shutting down";
-    cb(o);
-  }
+  fail_all(engine::FinishReason::abort, "server shutting down");
 }
 
 }  // namespace philora::server

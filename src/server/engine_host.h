@@ -21,13 +21,13 @@ class EngineHost {
   using Callback = std::function<void(const engine::StepOutput&)>;
 
   explicit EngineHost(engine::Engine& engine);
-  ~EngineHost();  // stops the loop; requests still in flight end with "abort"
+  ~EngineHost();  // stops the loop; requests still in flight end with FinishReason::abort
   EngineHost(const EngineHost&) = delete;
   EngineHost& operator=(const EngineHost&) = delete;
 
   // Queues the request; a request the engine refuses reaches the callback as a
-  // finished output with finish_reason "invalid" (and its message in `error`).
-  void submit(engine::GenerationRequest request, Callback callback);
+  // finished output with FinishReason::invalid_request (and its message in `error`).
+  void submit(engine::Request request, Callback callback);
   void abort(const std::string& id);
 
   struct Stats {
@@ -41,11 +41,13 @@ class EngineHost {
 
  private:
   void loop();
+  void admit(std::deque<std::pair<engine::Request, Callback>>& inbox);
+  void fail_all(engine::FinishReason reason, const std::string& message);
 
   engine::Engine& engine_;
   std::mutex mu_;
   std::condition_variable wake_;
-  std::deque<std::pair<engine::GenerationRequest, Callback>> inbox_;
+  std::deque<std::pair<engine::Request, Callback>> inbox_;
   std::vector<std::string> aborts_;
   std::map<std::string, Callback> callbacks_;  // engine thread only
   Stats stats_;

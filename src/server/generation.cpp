@@ -4,30 +4,20 @@
 
 namespace philora::server {
 
-Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, std::string id,
-                       GenerationParams p)
+Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, engine::Request r)
     : host_(host),
       tok_(tok),
-      id_(std::move(id)),
-      stop_(std::move(p.stop)),
+      id_(r.id),
+      stop_(r.stop),
       ch_(std::make_shared<Channel>()),
-      prompt_len_(int64_t(p.prompt.size())) {
+      prompt_len_(int64_t(r.prompt.size())) {
   if (tok_) {
     // The last prompt ids give the first generated token its context (its leading space).
-    const size_t ctx = std::min<size_t>(p.prompt.size(), 4);
+    const size_t ctx = std::min<size_t>(r.prompt.size(), 4);
     detok_ = std::make_unique<tokenizer::IncrementalDetokenizer>(
         *tok_, /*skip_special_tokens=*/true,
-        std::span<const int32_t>(p.prompt.data() + p.prompt.size() - ctx, ctx));
+        std::span<const int32_t>(r.prompt.data() + r.prompt.size() - ctx, ctx));
   }
-  engine::GenerationRequest r;
-  r.id = id_;
-  r.prompt = std::move(p.prompt);
-  r.adapter = std::move(p.adapter);
-  r.sampling = p.sampling;
-  r.max_new_tokens = p.max_new_tokens;
-  r.ignore_eos = p.ignore_eos;
-  if (tok_)
-    for (int32_t s : tok_->stop_ids()) r.stop_token_ids.push_back(s);
   std::weak_ptr<Channel> weak = ch_;
   host_.submit(std::move(r), [weak](const engine::StepOutput& o) {
     if (auto ch = weak.lock()) {
@@ -44,7 +34,7 @@ Generation::~Generation() {
 
 Event Generation::next() {
   while (ready_.empty()) {
-    if (done_) return Event{-1, "", false, true, "abort", "no more events"};
+    if (done_) return Event{-1, "", false, engine::FinishReason::abort, "no more events", ""};
     engine::StepOutput o;
     {
       std::unique_lock<std::mutex> lock(ch_->mu);
@@ -54,16 +44,16 @@ Event Generation::next() {
     }
     if (o.new_tokens.empty()) {  // finished without a token: error or abort
       done_ = true;
-      return Event{-1, "", false, true, o.finish_reason, o.error};
+      return Event{-1, "", false, o.finish, o.error, o.error_detail};
     }
     // A step may yield several tokens: one event each, in order.
     for (size_t i = 0; i < o.new_tokens.size() && !done_; ++i) {
-      const bool last = o.finished && i + 1 == o.new_tokens.size();
+      const bool last = o.finished() && i + 1 == o.new_tokens.size();
       Event e = on_token(o.new_tokens[i], last);
-      if (last && !e.finished) {
-        e.finished = true;
-        e.finish_reason = o.finish_reason == "stop" ? "eos_token" : o.finish_reason;
+      if (last && !e.finished()) {
+        e.finish = o.finish;
         e.error = o.error;
+        e.error_detail = o.error_detail;
         done_ = true;
       }
       ready_.push_back(std::move(e));
@@ -99,8 +89,7 @@ Event Generation::on_token(int32_t token, bool last) {
     emitted_ += e.text;
   }
   if (cut != std::string::npos) {
-    e.finished = true;
-    e.finish_reason = "stop_sequence";
+    e.finish = engine::FinishReason::stop_sequence;
     done_ = true;
     host_.abort(id_);
   }

@@ -16,27 +16,20 @@
 
 namespace philora::server {
 
-struct GenerationParams {
-  std::vector<int32_t> prompt;
-  std::optional<std::string> adapter;
-  engine::SamplingParams sampling;
-  int64_t max_new_tokens = 16;
-  std::vector<std::string> stop;  // stop strings (text)
-  bool ignore_eos = false;
-};
-
 struct Event {
   int32_t token = -1;  // -1 for a final event that carries no token
   std::string text;    // text this token adds (may be empty while a UTF-8 char is incomplete)
   bool special = false;
-  bool finished = false;
-  std::string finish_reason;  // "length", "eos_token", "stop_sequence", "error", "abort"
-  std::string error;
+  engine::FinishReason finish = engine::FinishReason::none;  // set on the last event
+  std::string error;         // with an error reason: the message for the client
+  std::string error_detail;  // the full message, for the server's log
+  bool finished() const { return finish != engine::FinishReason::none; }
 };
 
 class Generation {
  public:
-  Generation(EngineHost& host, const tokenizer::Tokenizer* tok, std::string id, GenerationParams p);
+  // Submits the request; its stop strings (request.stop) end the text here.
+  Generation(EngineHost& host, const tokenizer::Tokenizer* tok, engine::Request request);
   ~Generation();  // aborts the request if it has not finished
   Generation(const Generation&) = delete;
   Generation& operator=(const Generation&) = delete;

@@ -1,7 +1,9 @@
-// The HTTP front: LoRAX (/generate, /generate_stream), OpenAI
-// (/v1/completions, /v1/chat/completions, /v1/models), /health, /info,
-// /metrics. Parameters are validated before anything reaches the engine; bad
-// input gets a JSON error with a 4xx status.
+// The HTTP front: LoRAX (/generate, /generate_stream: lorax_routes.cpp),
+// OpenAI (/v1/completions, /v1/chat/completions: openai_routes.cpp;
+// /v1/models), /health, /info, /metrics. Each API's parameters are checked as
+// the JSON becomes an engine::Request (request_json.cpp), the request against
+// the model by the engine; bad input gets a JSON error with a 4xx status, and
+// every engine outcome its status and name from one table (outcome.cpp).
 #pragma once
 
 #include <atomic>
@@ -29,6 +31,10 @@ struct ServerContext {
   int64_t default_max_new_tokens = 64;
   // Renders chat messages (a JSON array) to a prompt; null: no chat endpoint.
   std::function<Expected<std::string>(const std::string& messages_json)> chat_template;
+  // The server's log (philora serve: stderr): one line per request that ended
+  // in an error, with the full message, which may name server files that the
+  // client is not shown. Null: not logged.
+  std::function<void(const std::string& line)> log;
 };
 
 class HttpServer {
@@ -44,6 +50,8 @@ class HttpServer {
 
  private:
   void routes();
+  void add_info_routes();
+  void add_error_handlers();
   ServerContext ctx_;
   std::unique_ptr<httplib::Server> http_;
   std::atomic<uint64_t> next_id_{0};

@@ -111,9 +111,9 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
   const auto requests = read_jsonl(dir / "generate_requests.jsonl");
   const auto refs = read_jsonl(dir / "generate_ref.jsonl");
   std::map<std::string, std::vector<int32_t>> got;
-  std::map<std::string, std::string> reason;
+  std::map<std::string, engine::FinishReason> reason;
   for (const auto& r : requests) {
-    engine::GenerationRequest g;
+    engine::Request g;
     g.id = r["id"].get<std::string>();
     g.prompt = r["input_ids"].get<std::vector<int32_t>>();
     if (!r["adapter"].is_null()) g.adapter = r["adapter"].get<std::string>();
@@ -125,7 +125,7 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
     for (const auto& o : eng.step()) {
       EXPECT_TRUE(o.error.empty()) << o.error;
       for (int32_t t : o.new_tokens) got[o.id].push_back(t);
-      if (o.finished) reason[o.id] = o.finish_reason;
+      if (o.finished()) reason[o.id] = o.finish;
     }
   EXPECT_FALSE(eng.has_work());
   std::printf("[%s/%s] steps %ld, preemptions %ld, device uploads %ld\n", case_name.c_str(),
@@ -134,7 +134,7 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
   for (const auto& ref : refs) {
     const std::string id = ref["id"].get<std::string>();
     expect_hf_tokens(got[id], ref, case_name + "/" + id + " [" + sc.name + "]");
-    EXPECT_EQ(reason[id], "length");
+    EXPECT_EQ(reason[id], engine::FinishReason::length);
   }
   const engine::StepRunnerStats& runs = eng.runner_stats();
   std::printf("[%s/%s] eager steps %ld, graph steps %ld, graphs recorded %ld\n", case_name.c_str(),
@@ -201,7 +201,7 @@ TEST(EngineGraphs, SampledTokensEqualEager) {
     engine::Engine eng(*m, kv, &store, {4096, 64, graphs == 1});
     const auto requests = read_jsonl(dir / "generate_requests.jsonl");
     for (size_t i = 0; i < requests.size(); ++i) {
-      engine::GenerationRequest g;
+      engine::Request g;
       g.id = requests[i]["id"].get<std::string>();
       g.prompt = requests[i]["input_ids"].get<std::vector<int32_t>>();
       if (!requests[i]["adapter"].is_null()) g.adapter = requests[i]["adapter"].get<std::string>();
@@ -243,15 +243,16 @@ TEST(AdapterStore, PinnedSlotsAreNeverEvictedAndLruGoesFirst) {
 
   auto a = store.acquire("a");
   auto b = store.acquire("b");
-  ASSERT_TRUE(a.ok() && b.ok()) << a.status().message() << b.status().message();
+  ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_NE(*a, *b);
   EXPECT_FALSE(store.slot_available("c")) << "both slots pinned";
   auto c = store.acquire("c");
-  EXPECT_FALSE(c.ok());
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().kind, lora::AdapterError::Kind::no_slot);
   store.release(*a);
   EXPECT_TRUE(store.slot_available("c"));
   auto c2 = store.acquire("c");
-  ASSERT_TRUE(c2.ok()) << c2.status().message();
+  ASSERT_TRUE(c2.ok()) << c2.error().detail;
   EXPECT_EQ(*c2, *a) << "the unpinned slot is the one reused";
   auto b2 = store.acquire("b");  // still resident: no upload
   ASSERT_TRUE(b2.ok());
@@ -261,12 +262,17 @@ TEST(AdapterStore, PinnedSlotsAreNeverEvictedAndLruGoesFirst) {
 
   for (const char* bad : {"../a", "a/b", "..", ""}) {
     auto r = store.acquire(bad);
-    EXPECT_FALSE(r.ok()) << bad;
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().kind, lora::AdapterError::Kind::not_found) << bad;
   }
   auto missing = store.acquire("nope");
   ASSERT_FALSE(missing.ok());
-  EXPECT_NE(missing.status().message().find("nope"), std::string::npos)
-      << missing.status().message();
+  EXPECT_EQ(missing.error().kind, lora::AdapterError::Kind::not_found);
+  EXPECT_NE(missing.error().message.find("nope"), std::string::npos) << missing.error().message;
+  EXPECT_EQ(missing.error().message.find(dir.string()), std::string::npos)
+      << "a client never sees a server path: " << missing.error().message;
+  EXPECT_NE(missing.error().detail.find(dir.string()), std::string::npos)
+      << "the log gets the path: " << missing.error().detail;
 }
 
 }  // namespace

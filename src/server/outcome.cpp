@@ -1,0 +1,76 @@
+// How each engine outcome is answered: one table for both APIs.
+#include <httplib.h>
+
+#include <fmt/format.h>
+
+#include "server/routes.h"
+
+namespace philora::server {
+
+using engine::FinishReason;
+using nlohmann::json;
+
+namespace {
+
+// reason, LoRAX status, OpenAI status, LoRAX name, OpenAI name, OpenAI code
+constexpr Outcome kOutcomes[] = {
+    {FinishReason::length, 200, 200, "length", "length", nullptr},
+    {FinishReason::eos, 200, 200, "eos_token", "stop", nullptr},
+    {FinishReason::stop_sequence, 200, 200, "stop_sequence", "stop", nullptr},
+    {FinishReason::abort, 200, 200, "abort", "abort", nullptr},
+    {FinishReason::invalid_request, 422, 400, "validation", "invalid_request_error", nullptr},
+    {FinishReason::unknown_adapter, 404, 404, "adapter_error", "invalid_request_error",
+     "model_not_found"},
+    {FinishReason::adapter_invalid, 400, 400, "adapter_error", "invalid_request_error",
+     "adapter_invalid"},
+    {FinishReason::no_adapter_slot, 503, 503, "overloaded", "server_error", nullptr},
+    {FinishReason::device_error, 500, 500, "generation", "server_error", nullptr},
+};
+constexpr Outcome kNone = {FinishReason::none, 500, 500, "unknown", "server_error", nullptr};
+
+}  // namespace
+
+const Outcome& outcome(FinishReason reason) {
+  for (const Outcome& o : kOutcomes)
+    if (o.reason == reason) return o;
+  return kNone;
+}
+
+json error_json(Api api, const std::string& message, const std::string& type, const char* code) {
+  if (api == Api::openai)
+    return {{"error",
+             {{"message", message},
+              {"type", type},
+              {"param", nullptr},
+              {"code", code ? json(code) : json(nullptr)}}}};
+  return {{"error", message}, {"error_type", type}};
+}
+
+void send_error(httplib::Response& res, Api api, int status, const std::string& message,
+                const std::string& type, const char* code) {
+  res.status = status;
+  res.set_content(error_json(api, message, type, code).dump(), "application/json");
+}
+
+void log_engine_error(const ServerContext& ctx, const std::string& id, const Event& e) {
+  if (ctx.log)
+    ctx.log(fmt::format("request {}: {}: {}", id, engine::name(e.finish),
+                        e.error_detail.empty() ? e.error : e.error_detail));
+}
+
+void send_engine_error(httplib::Response& res, Api api, const ServerContext& ctx,
+                       const std::string& id, const Event& e, const std::string& message) {
+  log_engine_error(ctx, id, e);
+  const Outcome& o = outcome(e.finish);
+  send_error(res, api, status_of(o, api), message.empty() ? e.error : message, name_of(o, api),
+             api == Api::openai ? o.openai_code : nullptr);
+}
+
+Event run_to_end(Generation& gen) {
+  for (;;) {
+    Event e = gen.next();
+    if (e.finished()) return e;
+  }
+}
+
+}  // namespace philora::server
