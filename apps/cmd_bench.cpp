@@ -115,7 +115,7 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
     const auto t0 = Clock::now();
     std::vector<engine::SeqWork> work;
     for (auto& q : seqs) work.push_back({&q, 1, true});
-    auto plan = engine::plan_step(work, kv.page_size, false);
+    auto plan = engine::plan_step(work, kv.page_size);
     const double planned = since(t0), before = runner.stats().host_seconds;
     runner.run(plan, std::vector<engine::SampleRow>(size_t(batch)));
     if (step > 0) {
@@ -143,7 +143,7 @@ Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_
     PHILORA_RETURN_IF_ERROR(engine::reserve_pages(s, prompt, kv));
     b.synchronize();
     const auto t0 = Clock::now();
-    auto plan = engine::plan_step({{&s, prompt, true}}, kv.page_size, false);
+    auto plan = engine::plan_step({{&s, prompt, true}}, kv.page_size);
     runner.run(plan, {engine::SampleRow{}});  // the first token, greedy
     // Rep 0 warms up; the median of 10 (single runs vary by ±1 ms on an H200).
     if (rep > 0) times.push_back(since(t0));

@@ -49,99 +49,103 @@ void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slot
 }
 
 Expected<LoadedModel> load_model(const ModelOptions& o) {
-  LoadedModel m;
-  PHILORA_ASSIGN_OR_RETURN(m.backend, make_backend(o.device));
-  PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
-  PHILORA_ASSIGN_OR_RETURN(m.tensors, io::TensorSet::open_model_dir(o.model_dir));
-  PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights,
-                           model::load_weights(m.tensors, config, *m.backend));
-  std::vector<lora::Adapter> adapters;
+  std::vector<std::pair<std::string, std::string>> adapters;  // NAME, DIR
   for (const std::string& spec : o.adapters) {
     const size_t eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
       return Status::errorf("--adapter '{}': expected NAME=DIR", spec);
-    const std::string name = spec.substr(0, eq), dir = spec.substr(eq + 1);
-    if (m.adapter_slot.count(name)) return Status::errorf("--adapter: name '{}' given twice", name);
-    PHILORA_ASSIGN_OR_RETURN(lora::Adapter a, lora::load_adapter(name, dir, config, &m.tensors));
-    m.adapter_slot[name] = int32_t(adapters.size());
-    adapters.push_back(std::move(a));
+    const std::string name = spec.substr(0, eq);
+    for (const auto& a : adapters)
+      if (a.first == name) return Status::errorf("--adapter: name '{}' given twice", name);
+    adapters.emplace_back(name, spec.substr(eq + 1));
   }
-  m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config,
-                                                 std::max<int>(1, int(adapters.size())));
+  LoadedModel m;
+  PHILORA_ASSIGN_OR_RETURN(m.backend, make_backend(o.device));
+  PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
+  PHILORA_ASSIGN_OR_RETURN(io::TensorSet tensors, io::TensorSet::open_model_dir(o.model_dir));
+  m.tensors = std::make_unique<io::TensorSet>(std::move(tensors));
+  PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights,
+                           model::load_weights(*m.tensors, config, *m.backend));
+  const int num_slots = std::max<int>(1, int(adapters.size()));
+  m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config, num_slots);
   m.model =
       std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
   if (!adapters.empty()) attach_lora_columns(*m.model, *m.slots, o.lora_columns);
-  for (size_t i = 0; i < adapters.size(); ++i) m.slots->assign(int(i), adapters[i]);
+  m.store = std::make_unique<lora::AdapterStore>(
+      m.model->config(), *m.slots,
+      lora::StoreOptions{"", std::max<int64_t>(64, num_slots), m.tensors.get()});
+  for (const auto& [name, dir] : adapters) {  // into slots 0..n-1, in order
+    m.store->register_dir(name, dir);
+    PHILORA_RETURN_IF_ERROR(m.store->preload(name));
+  }
   return m;
 }
 
-Expected<std::vector<RequestLine>> read_requests(const std::string& path) {
+namespace {
+
+// One line of a requests file (`where`: FILE:LINE, for errors).
+Expected<engine::Request> parse_request(const nlohmann::json& j, const std::string& where,
+                                        const engine::Request& defaults,
+                                        const PromptIds& prompt_ids) {
+  if (j.is_discarded() || !j.is_object()) return Status::errorf("{}: not a JSON object", where);
+  engine::Request r = defaults;
+  if (!j.contains("id")) return Status::errorf("{}: missing \"id\"", where);
+  r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+  if (j.contains("input_ids")) {
+    if (!j["input_ids"].is_array())
+      return Status::errorf("{}: \"input_ids\" must be an array", where);
+    for (const auto& v : j["input_ids"]) {
+      if (!v.is_number_integer())
+        return Status::errorf("{}: \"input_ids\" must hold integers", where);
+      const int64_t id = v.get<int64_t>();
+      if (id < 0 || id > INT32_MAX)
+        return Status::errorf("{}: token id {} out of range", where, id);
+      r.prompt.push_back(int32_t(id));
+    }
+  }
+  std::optional<std::string> text;
+  if (j.contains("prompt") && !j["prompt"].is_null()) {
+    if (!j["prompt"].is_string()) return Status::errorf("{}: \"prompt\" must be a string", where);
+    text = j["prompt"].get<std::string>();
+  }
+  if (!j.contains("input_ids") && !text)
+    return Status::errorf("{}: needs \"input_ids\" (or \"prompt\")", where);
+  if (j.contains("adapter") && !j["adapter"].is_null()) {
+    if (!j["adapter"].is_string())
+      return Status::errorf("{}: \"adapter\" must be a string or null", where);
+    r.adapter = j["adapter"].get<std::string>();
+  }
+  if (j.contains("max_new_tokens")) {
+    if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0)
+      return Status::errorf("{}: \"max_new_tokens\" must be a non-negative integer", where);
+    r.max_new_tokens = j["max_new_tokens"].get<int64_t>();
+  }
+  if (j.contains("ignore_eos") && j["ignore_eos"].is_boolean())
+    r.ignore_eos = r.ignore_eos || j["ignore_eos"].get<bool>();
+  if (text) {
+    PHILORA_ASSIGN_OR_RETURN(r.prompt, prompt_ids(r, *text));
+  }
+  return r;
+}
+
+}  // namespace
+
+Expected<std::vector<engine::Request>> read_requests(const std::string& path,
+                                                     const engine::Request& defaults,
+                                                     const PromptIds& prompt_ids) {
   std::ifstream in(path);
   if (!in) return Status::errorf("cannot open requests file '{}'", path);
-  std::vector<RequestLine> lines;
+  std::vector<engine::Request> requests;
   std::string text;
   for (int64_t n = 1; std::getline(in, text); ++n) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(n);
-    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) return Status::errorf("{}: not a JSON object", where);
-    RequestLine r;
-    if (!j.contains("id")) return Status::errorf("{}: missing \"id\"", where);
-    r.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
-    if (j.contains("input_ids")) {
-      if (!j["input_ids"].is_array())
-        return Status::errorf("{}: \"input_ids\" must be an array", where);
-      for (const auto& v : j["input_ids"]) {
-        if (!v.is_number_integer())
-          return Status::errorf("{}: \"input_ids\" must hold integers", where);
-        const int64_t id = v.get<int64_t>();
-        if (id < 0 || id > INT32_MAX)
-          return Status::errorf("{}: token id {} out of range", where, id);
-        r.input_ids.push_back(int32_t(id));
-      }
-    }
-    if (j.contains("prompt") && !j["prompt"].is_null()) {
-      if (!j["prompt"].is_string()) return Status::errorf("{}: \"prompt\" must be a string", where);
-      r.prompt = j["prompt"].get<std::string>();
-    }
-    if (!j.contains("input_ids") && !r.prompt)
-      return Status::errorf("{}: needs \"input_ids\" (or \"prompt\")", where);
-    if (j.contains("adapter") && !j["adapter"].is_null()) {
-      if (!j["adapter"].is_string())
-        return Status::errorf("{}: \"adapter\" must be a string or null", where);
-      r.adapter = j["adapter"].get<std::string>();
-    }
-    if (j.contains("max_new_tokens")) {
-      if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0)
-        return Status::errorf("{}: \"max_new_tokens\" must be a non-negative integer", where);
-      r.max_new_tokens = j["max_new_tokens"].get<int64_t>();
-    }
-    if (j.contains("ignore_eos"))
-      r.ignore_eos = j["ignore_eos"].is_boolean() && j["ignore_eos"].get<bool>();
-    lines.push_back(std::move(r));
+    const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    PHILORA_ASSIGN_OR_RETURN(
+        engine::Request r, parse_request(j, path + ":" + std::to_string(n), defaults, prompt_ids));
+    requests.push_back(std::move(r));
   }
-  if (lines.empty()) return Status::errorf("requests file '{}' holds no requests", path);
-  return lines;
-}
-
-Expected<std::vector<engine::OfflineRequest>> to_offline(const LoadedModel& m,
-                                                         const std::vector<RequestLine>& lines) {
-  std::vector<engine::OfflineRequest> out;
-  for (const RequestLine& l : lines) {
-    engine::OfflineRequest r;
-    r.id = l.id;
-    r.input_ids = l.input_ids;
-    if (l.adapter) {
-      auto it = m.adapter_slot.find(*l.adapter);
-      if (it == m.adapter_slot.end())
-        return Status::errorf("request '{}': adapter '{}' was not given with --adapter", l.id,
-                              *l.adapter);
-      r.lora_slot = it->second;
-    }
-    r.ignore_eos = l.ignore_eos;
-    out.push_back(std::move(r));
-  }
-  return out;
+  if (requests.empty()) return Status::errorf("requests file '{}' holds no requests", path);
+  return requests;
 }
 
 int fail(const Status& s) {

@@ -25,51 +25,56 @@ struct GenerateOptions {
   bool ignore_eos = false;
 };
 
+// The CLI's finish reasons (as before the engine named them): eos is "stop".
+const char* finish_name(engine::FinishReason r) {
+  return r == engine::FinishReason::eos ? "stop" : "length";
+}
+
+engine::Request default_request(const GenerateOptions& o) {
+  engine::Request r;
+  r.max_new_tokens = o.max_new_tokens;
+  r.ignore_eos = o.ignore_eos;
+  r.sampling.greedy = o.greedy || o.temperature == 0.0f;
+  r.sampling.temperature = o.temperature;
+  r.sampling.top_k = o.top_k;
+  r.sampling.top_p = o.top_p;
+  return r;
+}
+
 int run_generate(const GenerateOptions& o) {
   auto m = load_model(o.model);
   if (!m) return fail(m.status());
-  auto lines = read_requests(o.requests);
-  if (!lines) return fail(lines.status());
   std::unique_ptr<tokenizer::Tokenizer> tok;
   if (io::is_regular_file(io::join_path(o.model.model_dir, "tokenizer.json"))) {
     auto t = tokenizer::Tokenizer::from_model_dir(o.model.model_dir);
     if (!t) return fail(t.status());
     tok = std::move(*t);
   }
-  for (RequestLine& l : *lines) {
-    if (!l.prompt || !l.input_ids.empty()) continue;
+  auto prompt_ids = [&](const engine::Request& r,
+                        const std::string& text) -> Expected<std::vector<int32_t>> {
+    if (!r.prompt.empty()) return r.prompt;  // input_ids win
     if (!tok)
-      return fail(Status::errorf("request '{}': \"prompt\" needs {}/tokenizer.json; give input_ids",
-                                 l.id, o.model.model_dir));
-    l.input_ids = tok->encode(*l.prompt, /*add_special_tokens=*/true);
-  }
-  auto reqs = to_offline(*m, *lines);
+      return Status::errorf("request '{}': \"prompt\" needs {}/tokenizer.json; give input_ids",
+                            r.id, o.model.model_dir);
+    return tok->encode(text, /*add_special_tokens=*/true);
+  };
+  auto reqs = read_requests(o.requests, default_request(o), prompt_ids);
   if (!reqs) return fail(reqs.status());
-  for (size_t i = 0; i < reqs->size(); ++i) {
-    engine::OfflineRequest& r = (*reqs)[i];
-    r.max_new_tokens = (*lines)[i].max_new_tokens.value_or(o.max_new_tokens);
-    r.ignore_eos = r.ignore_eos || o.ignore_eos;
-    r.sampling.greedy = o.greedy || o.temperature == 0.0f;
-    r.sampling.temperature = o.temperature;
-    r.sampling.top_k = o.top_k;
-    r.sampling.top_p = o.top_p;
-    r.sampling.seed = o.seed + i;
-  }
+  for (size_t i = 0; i < reqs->size(); ++i) (*reqs)[i].sampling.seed = o.seed + i;
   engine::OfflineOptions opts;
   opts.page_size = o.model.page_size;
-  opts.stop_ids = m->model->config().eos_token_ids;
   opts.step_graphs = !o.model.enforce_eager;
-  auto gens = engine::generate_batch(*m->model, m->slots.get(), *reqs, opts);
-  if (!gens) return fail(gens.status());
-  for (size_t i = 0; i < reqs->size(); ++i) {
+  auto outs = engine::run_offline(*m->model, m->store.get(), *reqs, opts);
+  if (!outs) return fail(outs.status());
+  for (const engine::StepOutput& out : *outs) {
     nlohmann::json j;
-    j["id"] = (*reqs)[i].id;
-    j["tokens"] = (*gens)[i].tokens;
+    j["id"] = out.id;
+    j["tokens"] = out.new_tokens;
     if (tok)
-      j["text"] = tok->decode((*gens)[i].tokens, /*skip_special_tokens=*/true);
+      j["text"] = tok->decode(out.new_tokens, /*skip_special_tokens=*/true);
     else
       j["text"] = nullptr;  // the model dir has no tokenizer
-    j["finish_reason"] = (*gens)[i].finish_reason;
+    j["finish_reason"] = finish_name(out.finish);
     std::cout << j.dump() << "\n";
   }
   std::cout.flush();

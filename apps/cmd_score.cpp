@@ -38,59 +38,69 @@ std::vector<double> token_logprobs(const Tensor& logits, const std::vector<int32
   return out;
 }
 
+// One output line: the logprobs of the request's tokens, or their count, sum and mean of -log p.
+Status write_logprobs(const engine::Request& r, const Tensor& logits, bool loss) {
+  const std::vector<double> lp = token_logprobs(logits, r.prompt);
+  for (double v : lp)
+    if (!std::isfinite(v))
+      return Status::errorf("request '{}': the model gives a non-finite log-probability", r.id);
+  nlohmann::json j;
+  j["id"] = r.id;
+  if (!loss) {
+    j["logprobs"] = lp;
+  } else {
+    double nll = 0;
+    for (double v : lp) nll -= v;
+    j["tokens"] = lp.size();  // tokens scored: all but the first
+    j["nll"] = nll;           // sum of -log p, natural log
+    j["loss"] = lp.empty() ? nlohmann::json() : nlohmann::json(nll / double(lp.size()));
+  }
+  const std::string line = j.dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), stdout);
+  return Status();
+}
+
+// One output line: every position's logits.
+void write_logits(const engine::Request& r, const Tensor& t) {
+  fmt::memory_buffer out;
+  fmt::format_to(std::back_inserter(out), "{{\"id\": {}, \"logits\": [",
+                 nlohmann::json(r.id).dump());
+  for (int64_t row = 0; row < t.rows(); ++row) {
+    out.push_back(row ? ',' : '[');
+    if (row) out.push_back('[');
+    const float* v = t.ptr<float>() + row * t.cols();
+    for (int64_t c = 0; c < t.cols(); ++c) {
+      if (c) out.push_back(',');
+      fmt::format_to(std::back_inserter(out), "{}", v[c]);
+    }
+    out.push_back(']');
+  }
+  fmt::format_to(std::back_inserter(out), "]}}\n");
+  std::fwrite(out.data(), 1, out.size(), stdout);
+}
+
 int run_score(const ScoreOptions& o) {
   auto m = load_model(o.model);
   if (!m) return fail(m.status());
-  auto lines = read_requests(o.requests);
-  if (!lines) return fail(lines.status());
-  for (const RequestLine& l : *lines)
-    if (l.prompt)
-      return fail(Status::errorf("request '{}': score takes input_ids, not a prompt", l.id));
-  auto reqs = to_offline(*m, *lines);
+  engine::Request defaults;
+  defaults.prompt_logits = true;
+  auto reqs = read_requests(o.requests, defaults, [](const engine::Request& r, const std::string&) {
+    return Expected<std::vector<int32_t>>(
+        Status::errorf("request '{}': score takes input_ids, not a prompt", r.id));
+  });
   if (!reqs) return fail(reqs.status());
+  for (engine::Request& r : *reqs) r.max_new_tokens = 0;  // the prompt alone, whatever it says
   engine::OfflineOptions opts;
   opts.page_size = o.model.page_size;
-  auto logits = engine::score_batch(*m->model, m->slots.get(), *reqs, opts);
-  if (!logits) return fail(logits.status());
-  fmt::memory_buffer out;
+  auto outs = engine::run_offline(*m->model, m->store.get(), *reqs, opts);
+  if (!outs) return fail(outs.status());
   for (size_t i = 0; i < reqs->size(); ++i) {
-    const Tensor& t = (*logits)[i];
-    out.clear();
-    if (o.output != "logits") {
-      const std::vector<double> lp = token_logprobs(t, (*reqs)[i].input_ids);
-      for (double v : lp)
-        if (!std::isfinite(v))
-          return fail(Status::errorf("request '{}': the model gives a non-finite log-probability",
-                                     (*reqs)[i].id));
-      nlohmann::json j;
-      j["id"] = (*reqs)[i].id;
-      if (o.output == "logprobs") {
-        j["logprobs"] = lp;
-      } else {
-        double nll = 0;
-        for (double v : lp) nll -= v;
-        j["tokens"] = lp.size();  // tokens scored: all but the first
-        j["nll"] = nll;           // sum of -log p, natural log
-        j["loss"] = lp.empty() ? nlohmann::json() : nlohmann::json(nll / double(lp.size()));
-      }
-      const std::string line = j.dump() + "\n";
-      std::fwrite(line.data(), 1, line.size(), stdout);
-      continue;
+    const Tensor& t = (*outs)[i].prompt_logits;  // (prompt_len, vocab)
+    if (o.output == "logits") {
+      write_logits((*reqs)[i], t);
+    } else if (Status s = write_logprobs((*reqs)[i], t, o.output == "loss"); !s.ok()) {
+      return fail(s);
     }
-    fmt::format_to(std::back_inserter(out), "{{\"id\": {}, \"logits\": [",
-                   nlohmann::json((*reqs)[i].id).dump());
-    for (int64_t r = 0; r < t.rows(); ++r) {
-      out.push_back(r ? ',' : '[');
-      if (r) out.push_back('[');
-      const float* row = t.ptr<float>() + r * t.cols();
-      for (int64_t c = 0; c < t.cols(); ++c) {
-        if (c) out.push_back(',');
-        fmt::format_to(std::back_inserter(out), "{}", row[c]);
-      }
-      out.push_back(']');
-    }
-    fmt::format_to(std::back_inserter(out), "]}}\n");
-    std::fwrite(out.data(), 1, out.size(), stdout);
   }
   return std::fflush(stdout) == 0 ? 0 : 1;
 }

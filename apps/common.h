@@ -2,7 +2,7 @@
 // backend, and reading JSON-lines requests. Errors are returned; main() exits.
 #pragma once
 
-#include <map>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,8 +11,10 @@
 
 #include "backend/backend.h"
 #include "engine/offline.h"
+#include "engine/request.h"
 #include "io/safetensors.h"
 #include "lora/slots.h"
+#include "lora/store.h"
 #include "model/phi3.h"
 
 namespace philora::app {
@@ -42,32 +44,29 @@ void add_lora_columns_option(CLI::App& cmd, int64_t& columns);
 // up to a multiple of 8.
 void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested);
 
-// A model with its adapters resident in slots 0..n-1 (in --adapter order).
+// A model with its adapters resident in slots 0..n-1 (in --adapter order),
+// served through an adapter store that knows them by name.
 struct LoadedModel {
   std::unique_ptr<Backend> backend;
-  io::TensorSet tensors;  // keeps the mmap'd checkpoint alive
+  std::unique_ptr<io::TensorSet> tensors;  // the mmap'd checkpoint (the store checks copies against it)
   std::unique_ptr<model::Phi3ForCausalLM> model;
   std::unique_ptr<lora::AdapterSlots> slots;
-  std::map<std::string, int32_t> adapter_slot;  // name -> slot
+  std::unique_ptr<lora::AdapterStore> store;
 };
 
 Expected<LoadedModel> load_model(const ModelOptions& o);
 
-// One parsed line of a requests file.
-struct RequestLine {
-  std::string id;
-  std::vector<int32_t> input_ids;
-  std::optional<std::string> prompt;
-  std::optional<std::string> adapter;
-  std::optional<int64_t> max_new_tokens;
-  bool ignore_eos = false;
-};
+// The ids of a line's "prompt" text (`request` holds its input_ids, if any),
+// or why the command takes none.
+using PromptIds = std::function<Expected<std::vector<int32_t>>(const engine::Request& request,
+                                                               const std::string& text)>;
 
-Expected<std::vector<RequestLine>> read_requests(const std::string& path);
-
-// Maps each line's adapter name to its slot (error for an unknown name).
-Expected<std::vector<engine::OfflineRequest>> to_offline(const LoadedModel& m,
-                                                         const std::vector<RequestLine>& lines);
+// The requests of a JSON-lines file: each line's id, input_ids (or "prompt",
+// through `prompt_ids`), adapter, max_new_tokens and ignore_eos over
+// `defaults` (ignore_eos: either).
+Expected<std::vector<engine::Request>> read_requests(const std::string& path,
+                                                     const engine::Request& defaults,
+                                                     const PromptIds& prompt_ids);
 
 int fail(const Status& s);  // prints "philora: error: ..." to stderr, returns 1
 

@@ -1,7 +1,9 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <cstring>
 
+#include "backend/cpu/cpu_backend.h"
 #include "engine/plan.h"
 #include "model/rope.h"
 
@@ -23,8 +25,8 @@ Status Engine::validate(const Request& r) const {
     if (t < 0 || t >= c.vocab_size)
       return Status::errorf("request '{}': token id {} is outside the vocabulary [0, {})", r.id, t,
                             c.vocab_size);
-  if (r.max_new_tokens < 1)
-    return Status::errorf("request '{}': max_new_tokens must be at least 1", r.id);
+  if (r.max_new_tokens < 0)
+    return Status::errorf("request '{}': max_new_tokens must not be negative", r.id);
   const int64_t total = int64_t(r.prompt.size()) + r.max_new_tokens;
   if (total > c.max_position_embeddings)
     return Status::errorf(
@@ -89,6 +91,7 @@ void Engine::finish(Live& l, FinishReason reason, std::vector<StepOutput>& out, 
   l.done = true;
   o.id = l.req.id;
   o.finish = reason;
+  if (l.logits_rows == l.seq.prompt_len) o.prompt_logits = std::move(l.prompt_logits);
   out.push_back(std::move(o));
 }
 
@@ -183,28 +186,59 @@ void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
 }
 
 // One forward over everything scheduled, grouped by adapter slot so that the
-// LoRA segments are long; then each sequence that reached its end gets a token.
+// LoRA segments are long; then each sequence's new token, or its prompt logits.
 void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   std::stable_sort(batch.begin(), batch.end(), [](const Scheduled& a, const Scheduled& b) {
     return a.live->seq.lora_slot < b.live->seq.lora_slot;
   });
   std::vector<SeqWork> work;
-  std::vector<Live*> sampled;  // rows of the logits, in order
   for (const Scheduled& s : batch) {
     Sequence& q = s.live->seq;
-    const bool logits = q.num_computed + s.num_tokens == int64_t(q.tokens.size());
-    work.push_back({&q, s.num_tokens, logits});
-    if (logits) sampled.push_back(s.live);
+    const bool last = q.num_computed + s.num_tokens == int64_t(q.tokens.size());
+    const bool sample = last && s.live->req.max_new_tokens > 0;
+    const bool prompt = s.live->req.prompt_logits && q.num_computed < q.prompt_len;
+    work.push_back({&q, s.num_tokens, sample, prompt});
     if (q.num_computed < q.prompt_len)
       stats_.prompt_tokens += std::min(s.num_tokens, q.prompt_len - q.num_computed);
   }
-  const StepPlan plan = plan_step(work, kv_.page_size, false);
+  const StepPlan plan = plan_step(work, kv_.page_size);
+  // One sampling row per logit row; rows kept only as prompt logits pick
+  // greedily (no draw) and their tokens are dropped.
   std::vector<SampleRow> rows;
-  for (Live* l : sampled) rows.push_back(sample_row(l->req.sampling, l->rng));
-  const std::vector<int32_t> tokens = runner_.run(plan, rows);
+  const bool any_sampled =
+      std::any_of(work.begin(), work.end(), [](const SeqWork& w) { return w.logits; });
+  for (size_t i = 0; i < work.size() && any_sampled; ++i)
+    for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r) {
+      const bool sampled = work[i].logits && r + 1 == plan.logit_indptr[i + 1];
+      rows.push_back(sampled ? sample_row(batch[i].live->req.sampling, batch[i].live->rng)
+                             : SampleRow{});
+    }
+  const StepResult result = runner_.run(plan, rows);
   ++stats_.steps;
-  for (const SeqWork& w : work) w.seq->num_computed += w.num_tokens;
-  for (size_t r = 0; r < sampled.size(); ++r) append_token(*sampled[r], tokens[r], out);
+  for (size_t i = 0; i < work.size(); ++i) {
+    Live& l = *batch[i].live;
+    const int64_t first = l.seq.num_computed;
+    l.seq.num_computed += work[i].num_tokens;
+    if (work[i].all_logits) keep_prompt_logits(l, first, result.logits, plan.logit_indptr[i]);
+    if (work[i].logits)
+      append_token(l, result.tokens[size_t(plan.logit_indptr[i + 1] - 1)], out);
+    else if (l.seq.num_computed == l.seq.prompt_len && l.req.max_new_tokens == 0)
+      finish(l, FinishReason::length, out);  // the prompt alone was asked for
+  }
+}
+
+// Copies the step's logit rows of prompt positions [first_position, ...) that
+// are not kept yet (rows recomputed after a preemption are not).
+void Engine::keep_prompt_logits(Live& l, int64_t first_position, const Tensor& logits,
+                                int64_t first_row) {
+  const int64_t vocab = model_.config().vocab_size;
+  if (l.prompt_logits.empty()) l.prompt_logits = host_alloc(DType::f32, {l.seq.prompt_len, vocab});
+  const int64_t end = std::min(l.seq.num_computed, l.seq.prompt_len);
+  for (int64_t p = std::max(first_position, l.logits_rows); p < end; ++p) {
+    const float* row = logits.ptr<float>() + (first_row + p - first_position) * vocab;
+    std::memcpy(l.prompt_logits.ptr<float>() + p * vocab, row, size_t(vocab) * sizeof(float));
+    l.logits_rows = p + 1;
+  }
 }
 
 // Appends the sampled token; the request ends at an eos / stop token or at

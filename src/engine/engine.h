@@ -36,6 +36,7 @@ struct StepOutput {
   FinishReason finish = FinishReason::none;  // none while the request runs
   std::string error;         // with an error reason: what went wrong, fit for a remote client
   std::string error_detail;  // the same in full (it may name server files), for the server's log
+  Tensor prompt_logits;      // (prompt_len, vocab) host f32 when a prompt_logits request finishes
   bool finished() const { return finish != FinishReason::none; }
 };
 
@@ -75,6 +76,8 @@ class Engine {
     int64_t generated = 0;
     bool has_slot = false;
     bool done = false;
+    Tensor prompt_logits;     // (prompt_len, vocab) host f32 while filled (prompt_logits requests)
+    int64_t logits_rows = 0;  // rows of prompt_logits written (a recomputed row is not kept again)
   };
   // A sequence's share of the step being built.
   struct Scheduled {
@@ -86,6 +89,7 @@ class Engine {
   void admit_waiting(std::vector<Scheduled>& batch, int64_t& budget, std::vector<StepOutput>& out);
   bool acquire_adapter(Live& l, std::vector<StepOutput>& out);
   void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
+  void keep_prompt_logits(Live& l, int64_t first_position, const Tensor& logits, int64_t first_row);
   void append_token(Live& l, int32_t token, std::vector<StepOutput>& out);
   void release(Live& l);
   void preempt(Live& l);

@@ -1,128 +1,50 @@
 #include "engine/offline.h"
 
-#include <algorithm>
-#include <cstring>
-
-#include "backend/cpu/cpu_backend.h"
-#include "engine/plan.h"
-#include "engine/step_runner.h"
-#include "model/rope.h"
+#include <limits>
+#include <map>
 
 namespace philora::engine {
 
-static Status check_requests(const model::Phi3Config& c, const std::vector<OfflineRequest>& reqs,
-                             const lora::AdapterSlots* adapters) {
-  for (const OfflineRequest& r : reqs) {
-    if (r.input_ids.empty()) return Status::errorf("request '{}': input_ids is empty", r.id);
-    for (int32_t id : r.input_ids)
-      if (id < 0 || id >= c.vocab_size)
-        return Status::errorf("request '{}': token id {} is outside the vocabulary [0, {})", r.id,
-                              id, c.vocab_size);
-    if (r.lora_slot >= 0 && (!adapters || r.lora_slot >= adapters->num_slots()))
-      return Status::errorf("request '{}': adapter slot {} is not loaded", r.id, r.lora_slot);
-  }
-  return Status();
-}
+namespace {
 
-static std::vector<Sequence> admit(const model::Phi3Config& c,
-                                   const std::vector<OfflineRequest>& reqs) {
-  std::vector<Sequence> seqs(reqs.size());
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    Sequence& s = seqs[i];
-    s.id = reqs[i].id;
-    s.tokens = reqs[i].input_ids;
-    s.prompt_len = int64_t(s.tokens.size());
-    s.lora_slot = reqs[i].lora_slot;
-    s.rope_long = model::uses_long_rope(c, s.prompt_len + reqs[i].max_new_tokens);
-  }
-  return seqs;
-}
-
-static kv::KvCache make_cache(model::Phi3ForCausalLM& m, const std::vector<OfflineRequest>& reqs,
-                              int64_t page_size) {
-  int64_t pages = 0;
-  for (const OfflineRequest& r : reqs)
-    pages += (int64_t(r.input_ids.size()) + r.max_new_tokens + page_size - 1) / page_size;
+// Pages for every request's prompt and new tokens at once, and the step
+// runner's pad page.
+kv::KvCache make_cache(model::Phi3ForCausalLM& m, const std::vector<Request>& reqs,
+                       int64_t page_size) {
+  int64_t pages = 1;
+  for (const Request& r : reqs)
+    pages += (int64_t(r.prompt.size()) + std::max<int64_t>(r.max_new_tokens, 0) + page_size - 1) /
+             page_size;
   const model::Phi3Config& c = m.config();
-  pages += 1;  // the step runner's pad page
   return kv::KvCache(m.backend(), c.num_hidden_layers, pages, page_size, c.num_key_value_heads,
                      c.head_dim);
 }
 
-Expected<std::vector<Tensor>> score_batch(model::Phi3ForCausalLM& model,
-                                          const lora::AdapterSlots* adapters,
-                                          const std::vector<OfflineRequest>& requests,
-                                          const OfflineOptions& options) {
-  const model::Phi3Config& c = model.config();
-  PHILORA_RETURN_IF_ERROR(check_requests(c, requests, adapters));
-  kv::KvCache kv = make_cache(model, requests, options.page_size);
-  std::vector<Sequence> seqs = admit(c, requests);
-  std::vector<SeqWork> work;
-  for (Sequence& s : seqs) {
-    PHILORA_RETURN_IF_ERROR(reserve_pages(s, s.prompt_len, kv));
-    work.push_back({&s, s.prompt_len, true});
-  }
-  StepPlan plan = plan_step(work, options.page_size, /*all_rows=*/true);
-  Backend& b = model.backend();
-  model::StepInputs in = stage(b, plan, c, adapters);
-  Tensor logits = b.to_host_f32(model.forward(in, kv, adapters));  // (T, vocab)
-  std::vector<Tensor> out;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const int64_t begin = plan.q_indptr[i], end = plan.q_indptr[i + 1];
-    Tensor t = host_alloc(DType::f32, {end - begin, c.vocab_size});
-    std::memcpy(t.data, logits.ptr<float>() + begin * c.vocab_size, t.nbytes());
-    out.push_back(t);
-  }
-  return out;
-}
+}  // namespace
 
-Expected<std::vector<Generation>> generate_batch(model::Phi3ForCausalLM& model,
-                                                 const lora::AdapterSlots* adapters,
-                                                 const std::vector<OfflineRequest>& requests,
-                                                 const OfflineOptions& options) {
-  const model::Phi3Config& c = model.config();
-  PHILORA_RETURN_IF_ERROR(check_requests(c, requests, adapters));
+Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
+                                              lora::AdapterStore* adapters,
+                                              const std::vector<Request>& requests,
+                                              const OfflineOptions& options) {
   kv::KvCache kv = make_cache(model, requests, options.page_size);
-  std::vector<Sequence> seqs = admit(c, requests);
-  std::vector<Generation> out(requests.size());
-  std::vector<std::mt19937_64> rngs;
-  for (const OfflineRequest& r : requests) rngs.emplace_back(r.sampling.seed);
-  std::vector<bool> done(requests.size(), false);
-  for (size_t i = 0; i < requests.size(); ++i) done[i] = requests[i].max_new_tokens <= 0;
-  StepRunner runner(model, kv, adapters, options.step_graphs);
-
-  // Step 0 computes every prompt; each later step one new token per live sequence.
-  for (;;) {
-    std::vector<SeqWork> work;
-    std::vector<size_t> which;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      if (done[i]) continue;
-      Sequence& s = seqs[i];
-      const int64_t n = int64_t(s.tokens.size()) - s.num_computed;
-      PHILORA_RETURN_IF_ERROR(reserve_pages(s, int64_t(s.tokens.size()), kv));
-      work.push_back({&s, n, true});
-      which.push_back(i);
-    }
-    if (work.empty()) break;
-    StepPlan plan = plan_step(work, options.page_size, /*all_rows=*/false);
-    std::vector<SampleRow> rows;
-    for (size_t i : which) rows.push_back(sample_row(requests[i].sampling, rngs[i]));
-    const std::vector<int32_t> tokens = runner.run(plan, rows);
-    for (size_t k = 0; k < which.size(); ++k) {
-      const size_t i = which[k];
-      Sequence& s = seqs[i];
-      s.num_computed = int64_t(s.tokens.size());
-      const int32_t tok = tokens[k];
-      s.tokens.push_back(tok);
-      out[i].tokens.push_back(tok);
-      const bool eos = !requests[i].ignore_eos &&
-                       std::find(options.stop_ids.begin(), options.stop_ids.end(), tok) !=
-                           options.stop_ids.end();
-      if (eos || int64_t(out[i].tokens.size()) >= requests[i].max_new_tokens) {
-        done[i] = true;
-        out[i].finish_reason = eos ? "stop" : "length";
-        release_pages(s, kv);
-      }
+  const EngineConfig config{std::numeric_limits<int64_t>::max(), int64_t(requests.size()),
+                            options.step_graphs};
+  Engine engine(model, kv, adapters, config);
+  std::map<std::string, size_t> index;  // id -> position in `requests`
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (!index.emplace(requests[i].id, i).second)
+      return Status::errorf("request '{}': the id is given twice", requests[i].id);
+    PHILORA_RETURN_IF_ERROR(engine.add_request(requests[i]));
+  }
+  std::vector<StepOutput> out(requests.size());
+  while (engine.has_work()) {
+    for (StepOutput& o : engine.step()) {
+      if (is_error(o.finish)) return Status::errorf("request '{}': {}", o.id, o.error_detail);
+      StepOutput& r = out[index.at(o.id)];
+      r.id = o.id;
+      r.new_tokens.insert(r.new_tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+      r.finish = o.finish;
+      if (o.finished()) r.prompt_logits = std::move(o.prompt_logits);
     }
   }
   return out;

@@ -5,11 +5,11 @@
 
 namespace philora::engine {
 
-StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all_rows) {
+StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size) {
   StepPlan p;
-  p.all_rows = all_rows;
   p.q_indptr.push_back(0);
   p.kv_indptr.push_back(0);
+  p.logit_indptr.push_back(0);
   for (const SeqWork& w : work) {
     const Sequence& s = *w.seq;
     const int64_t begin = s.num_computed, end = s.num_computed + w.num_tokens;
@@ -20,10 +20,14 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all
       p.rope_long.push_back(s.rope_long ? 1 : 0);
       p.lora_slot.push_back(s.lora_slot);
     }
-    if (w.logits && w.num_tokens > 0) {
-      p.logit_rows.push_back(int32_t(p.token_ids.size() - 1));
+    // Its logit rows: every row it computes, its last, or none.
+    const int64_t logit_rows = w.all_logits ? w.num_tokens : (w.logits && w.num_tokens > 0 ? 1 : 0);
+    for (int64_t k = logit_rows; k > 0; --k) {
+      p.logit_rows.push_back(int32_t(p.token_ids.size() - size_t(k)));
       p.logit_lora_slot.push_back(s.lora_slot);
     }
+    p.logit_indptr.push_back(int32_t(p.logit_rows.size()));
+    p.host_logits = p.host_logits || (w.all_logits && w.num_tokens > 0);
     const int64_t pages = (end + page_size - 1) / page_size;
     for (int64_t i = 0; i < pages; ++i) p.kv_indices.push_back(s.block_table[size_t(i)]);
     p.q_indptr.push_back(int32_t(p.token_ids.size()));
@@ -32,11 +36,7 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all
     p.max_q_len = std::max(p.max_q_len, w.num_tokens);
     p.max_kv_len = std::max(p.max_kv_len, end);
   }
-  if (all_rows) {
-    p.logit_rows.clear();
-    for (size_t t = 0; t < p.token_ids.size(); ++t) p.logit_rows.push_back(int32_t(t));
-    p.logit_lora_slot = p.lora_slot;
-  }
+  p.all_rows = !p.token_ids.empty() && p.logit_rows.size() == p.token_ids.size();
   return p;
 }
 

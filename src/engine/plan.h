@@ -17,7 +17,8 @@ namespace philora::engine {
 struct SeqWork {
   Sequence* seq = nullptr;
   int64_t num_tokens = 0;
-  bool logits = false;  // this sequence needs the logits of its last computed token
+  bool logits = false;      // this sequence needs the logits of its last computed token
+  bool all_logits = false;  // ... of every token it computes (prompt logits)
 };
 
 struct StepPlan {
@@ -33,15 +34,17 @@ struct StepPlan {
   std::vector<int32_t> kv_indices;        // [Σ pages]
   std::vector<int32_t> kv_last_page_len;  // [S]
   // rows needing logits, and their slots (for lm_head LoRA)
-  std::vector<int32_t> logit_rows;       // [R]
+  std::vector<int32_t> logit_rows;       // [R] increasing
   std::vector<int32_t> logit_lora_slot;  // [R]
-  bool all_rows = false;
+  std::vector<int32_t> logit_indptr;     // [S + 1] sequence i's rows: [indptr[i], indptr[i+1])
+  bool all_rows = false;     // every row needs logits (logit_rows is 0..T-1): nothing to gather
+  bool host_logits = false;  // the logits come back to the host (a sequence wants all_logits)
   int64_t max_q_len = 0;
   int64_t max_kv_len = 0;
 };
 
 // Builds the plan; sequences must already hold pages for every token computed.
-StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size, bool all_rows);
+StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size);
 
 // Steps of at most this many tokens apply LoRA through the weights' LoRA
 // columns (when every token's adapter has them); longer ones (prefill) keep

@@ -18,12 +18,15 @@ struct Request {
   std::vector<int32_t> prompt;         // [prompt_len] token ids
   std::optional<std::string> adapter;  // nullopt: the base model
   SamplingParams sampling;
-  int64_t max_new_tokens = 16;
+  int64_t max_new_tokens = 16;          // 0: the prompt alone (its logits, when asked), no token
   bool ignore_eos = false;              // generate past the eos and stop token ids
   std::vector<int32_t> stop_token_ids;  // besides the model's eos ids
   // Stop strings, matched on the detokenized text by server::Generation (the
   // engine sees token ids only and does not read them).
   std::vector<std::string> stop;
+  // Return the logits of every prompt position (score) with the request's
+  // finished output: (prompt_len, vocab) f32 on the host.
+  bool prompt_logits = false;
 };
 
 // Why a request ended. The first four are normal ends; the others are

@@ -93,10 +93,10 @@ StepRunner::~StepRunner() {
   if (pad_page_ >= 0) kv_.allocator.release(pad_page_);
 }
 
-std::vector<int32_t> StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows) {
-  if (plan.all_rows || rows.size() != plan.logit_rows.size())
-    throw std::logic_error("StepRunner::run: one sampling row per logit row, and not all_rows");
-  if (graphable(plan)) return run_graph(plan, rows);
+StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows) {
+  if (!rows.empty() && rows.size() != plan.logit_rows.size())
+    throw std::logic_error("StepRunner::run: no sampling row, or one per logit row");
+  if (graphable(plan, rows)) return {run_graph(plan, rows), Tensor()};
   return run_eager(plan, rows);
 }
 
@@ -106,25 +106,25 @@ static double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::vector<int32_t> StepRunner::run_eager(const StepPlan& plan,
-                                           const std::vector<SampleRow>& rows) {
+StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows) {
   const auto t0 = Clock::now();
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_);
   Tensor logits = model_.forward(in, kv_, adapters_);
   ++stats_.eager_steps;
-  if (rows.empty()) {
-    stats_.host_seconds += seconds_since(t0);
-    return {};
-  }
-  Tensor ids = b.sample(logits, stage_sampling(b, rows));
+  Tensor ids;
+  if (!rows.empty()) ids = b.sample(logits, stage_sampling(b, rows));
   stats_.host_seconds += seconds_since(t0);
-  return b.download_i32(ids);
+  StepResult r;
+  if (plan.host_logits) r.logits = b.to_host_f32(logits);
+  if (!rows.empty()) r.tokens = b.download_i32(ids);
+  return r;
 }
 
-bool StepRunner::graphable(const StepPlan& plan) const {
+bool StepRunner::graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const {
   const size_t n = plan.kv_last_page_len.size();
   if (!use_graphs_ || n == 0 || int64_t(n) > batch_buckets().back()) return false;
+  if (plan.host_logits || rows.size() != n) return false;
   if (plan.max_q_len != 1 || plan.token_ids.size() != n || plan.logit_rows.size() != n)
     return false;
   if (plan.max_kv_len > kMaxContextBucket) return false;
@@ -227,7 +227,7 @@ std::vector<int32_t> StepRunner::run_graph(const StepPlan& plan,
     std::unique_ptr<Graph> g = record(key, lora);
     if (!g) {
       use_graphs_ = false;
-      return run_eager(plan, rows);
+      return run_eager(plan, rows).tokens;
     }
     it = graphs_.emplace(key, std::move(g)).first;
   }

@@ -40,6 +40,12 @@ struct SampleRow {
 // uniform from the request's generator, so a seed fixes the whole sequence.
 SampleRow sample_row(const SamplingParams& params, std::mt19937_64& rng);
 
+// What a step gives back: token ids, and the logits when the plan asks for them.
+struct StepResult {
+  std::vector<int32_t> tokens;  // [R] one per logit row (its SampleRow's pick); empty without rows
+  Tensor logits;                // (R, vocab) f32 on the host when plan.host_logits, else empty
+};
+
 struct StepRunnerStats {
   int64_t eager_steps = 0;
   int64_t graph_steps = 0;
@@ -58,9 +64,9 @@ class StepRunner {
   StepRunner(const StepRunner&) = delete;
   StepRunner& operator=(const StepRunner&) = delete;
 
-  // Runs the plan (not all_rows) and returns one token per logit row, in the
-  // order of plan.logit_rows, chosen by rows[r].
-  std::vector<int32_t> run(const StepPlan& plan, const std::vector<SampleRow>& rows);
+  // Runs the plan. `rows` is empty (no token wanted) or one per logit row:
+  // the tokens come back in the order of plan.logit_rows, row r chosen by rows[r].
+  StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows);
 
   const StepRunnerStats& stats() const { return stats_; }
   // KV pages the runner holds for itself (the pad page).
@@ -73,8 +79,8 @@ class StepRunner {
   struct Graph;
   // batch, context, lora version, rank, LoRA columns
   using Key = std::tuple<int64_t, int64_t, uint64_t, int64_t, int64_t>;
-  std::vector<int32_t> run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows);
-  bool graphable(const StepPlan& plan) const;
+  StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows);
+  bool graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const;
   std::vector<int32_t> run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows);
   std::unique_ptr<Graph> record(const Key& key, bool lora);
 

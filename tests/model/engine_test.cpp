@@ -4,6 +4,7 @@
 // when there are fewer slots than adapters.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -178,6 +179,98 @@ INSTANTIATE_TEST_SUITE_P(
     Schedules, EngineGolden,
     ::testing::Combine(::testing::Values("gqa_multi_lora", "mqa_longrope", "sliding_window"),
                        ::testing::ValuesIn(kScenarios)),
+    [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param).name; });
+
+// Prompt logits (score) through the engine, mixed with generate requests in
+// the same steps: every position's logits match HF's (chunked prefill and
+// preemption included: a recomputed row is not kept twice), and the
+// generate requests still get HF's greedy tokens.
+struct PromptScenario {
+  const char* name;
+  int64_t budget;
+  int64_t pages;  // of 4 tokens
+};
+
+class EnginePromptLogits
+    : public ::testing::TestWithParam<std::tuple<std::string, PromptScenario>> {};
+
+TEST_P(EnginePromptLogits, MatchHF) {
+  if (test_device() != "cpu") GTEST_SKIP() << "the CLI's golden tests cover the GPU";
+  const auto& [case_name, sc] = GetParam();
+  const fs::path dir = fs::path(PHILORA_TEST_DATA) / "golden" / case_name;
+  CpuBackend backend(2);
+  auto m = load_model(dir, backend);
+  ASSERT_NE(m, nullptr);
+  lora::AdapterSlots slots(backend, m->config(), 4);
+  lora::AdapterStore store(m->config(), slots, {});
+  if (fs::exists(dir / "adapters"))
+    for (const auto& e : fs::directory_iterator(dir / "adapters"))
+      store.register_dir(e.path().filename().string(), e.path().string());
+  kv::KvCache kv(backend, m->config().num_hidden_layers, sc.pages, 4,
+                 m->config().num_key_value_heads, m->config().head_dim);
+  engine::Engine eng(*m, kv, &store, {sc.budget, 64, false});
+  auto add = [&](const nlohmann::json& r, bool score) {
+    engine::Request q;
+    q.id = r["id"].get<std::string>();
+    q.prompt = r["input_ids"].get<std::vector<int32_t>>();
+    if (!r["adapter"].is_null()) q.adapter = r["adapter"].get<std::string>();
+    q.max_new_tokens = score ? 0 : r["max_new_tokens"].get<int64_t>();
+    q.ignore_eos = r.value("ignore_eos", false);
+    q.prompt_logits = score;
+    ASSERT_TRUE(eng.add_request(q).ok());
+  };
+  const auto scores = read_jsonl(dir / "requests.jsonl");
+  const auto gens = read_jsonl(dir / "generate_requests.jsonl");
+  for (size_t i = 0; i < std::max(scores.size(), gens.size()); ++i) {  // interleaved
+    if (i < scores.size()) add(scores[i], true);
+    if (i < gens.size()) add(gens[i], false);
+  }
+  std::map<std::string, std::vector<int32_t>> tokens;
+  std::map<std::string, Tensor> logits;
+  while (eng.has_work())
+    for (auto& o : eng.step()) {
+      EXPECT_TRUE(o.error.empty()) << o.error;
+      for (int32_t t : o.new_tokens) tokens[o.id].push_back(t);
+      if (o.finished() && !o.prompt_logits.empty()) logits[o.id] = o.prompt_logits;
+    }
+  if (std::string(sc.name) == "tight") {
+    EXPECT_GT(eng.stats().preemptions, 0) << "the scenario must preempt";
+  }
+  auto ref = io::TensorSet::open_file((dir / "score_ref.safetensors").string());
+  ASSERT_TRUE(ref.ok()) << ref.status().message();
+  for (const auto& r : scores) {
+    const std::string id = r["id"].get<std::string>();
+    ASSERT_TRUE(logits.count(id)) << id << ": no prompt logits";
+    EXPECT_TRUE(tokens[id].empty()) << id << ": a prompt-only request generates nothing";
+    const Tensor& want = ref->find(id)->view;
+    const Tensor& got = logits[id];
+    ASSERT_EQ(got.rows(), want.dim(0)) << id;
+    ASSERT_EQ(got.cols(), want.dim(1)) << id;
+    double num = 0, den = 0;
+    for (int64_t k = 0; k < got.numel(); ++k) {
+      const double g = got.ptr<float>()[k], w = want.ptr<float>()[k];
+      num += (g - w) * (g - w);
+      den += w * w;
+    }
+    EXPECT_LE(std::sqrt(num / den), 1e-4) << case_name << "/" << id << " [" << sc.name << "]";
+  }
+  for (const auto& ref_tokens : read_jsonl(dir / "generate_ref.jsonl")) {
+    const std::string id = ref_tokens["id"].get<std::string>();
+    expect_hf_tokens(tokens[id], ref_tokens, case_name + "/" + id + " [" + sc.name + "]");
+  }
+  EXPECT_EQ(kv.allocator.num_free(), sc.pages) << "every page returned";
+}
+
+const PromptScenario kPromptScenarios[] = {
+    {"one_step", 4096, 512},
+    {"chunked", 5, 512},
+    {"tight", 16, 12},  // 48 tokens, the longest sequence: they preempt each other
+};
+
+INSTANTIATE_TEST_SUITE_P(
+    Schedules, EnginePromptLogits,
+    ::testing::Combine(::testing::Values("gqa_multi_lora", "mqa_longrope", "sliding_window"),
+                       ::testing::ValuesIn(kPromptScenarios)),
     [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param).name; });
 
 // Sampled (not greedy) requests give the same tokens whether their decode

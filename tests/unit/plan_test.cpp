@@ -44,7 +44,7 @@ TEST(Plan, PagedLayoutSlotsAndLogitRows) {
   ASSERT_TRUE(engine::reserve_pages(b, 3, kv).ok());
   ASSERT_EQ(a.block_table.size(), 2u);
   ASSERT_EQ(b.block_table.size(), 1u);
-  auto p = engine::plan_step({{&a, 4, true}, {&b, 3, true}}, 4, false);
+  auto p = engine::plan_step({{&a, 4, true}, {&b, 3, true}}, 4);
   EXPECT_EQ(p.token_ids, (std::vector<int32_t>{3, 4, 5, 6, 7, 8, 9}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{2, 3, 4, 5, 0, 1, 2}));
   const int32_t a0 = a.block_table[0], a1 = a.block_table[1], b0 = b.block_table[0];
@@ -58,6 +58,36 @@ TEST(Plan, PagedLayoutSlotsAndLogitRows) {
   EXPECT_EQ(p.logit_lora_slot, (std::vector<int32_t>{0, -1}));
   EXPECT_EQ(p.max_kv_len, 6);
   EXPECT_EQ(p.max_q_len, 4);
+  EXPECT_EQ(p.logit_indptr, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_FALSE(p.all_rows);
+  EXPECT_FALSE(p.host_logits);
+}
+
+// A sequence that wants its prompt logits has every computed row among the
+// logit rows (and they come back to the host); one that neither samples nor
+// wants them (a prompt chunk) has none.
+TEST(Plan, PromptLogitRows) {
+  CpuBackend backend(1);
+  kv::KvCache kv(backend, 1, 16, 4, 1, 8);
+  engine::Sequence a, b, c;
+  a.tokens = {1, 2, 3, 4, 5};
+  a.num_computed = 1;
+  b.tokens = {6, 7, 8};
+  c.tokens = {9, 10};
+  c.lora_slot = 2;
+  for (engine::Sequence* q : {&a, &b, &c}) ASSERT_TRUE(engine::reserve_pages(*q, 5, kv).ok());
+  auto p = engine::plan_step({{&a, 4, true, true}, {&b, 2, false}, {&c, 2, false, true}}, 4);
+  EXPECT_EQ(p.logit_rows, (std::vector<int32_t>{0, 1, 2, 3, 6, 7}));
+  EXPECT_EQ(p.logit_indptr, (std::vector<int32_t>{0, 4, 4, 6}));
+  EXPECT_EQ(p.logit_lora_slot, (std::vector<int32_t>{-1, -1, -1, -1, 2, 2}));
+  EXPECT_FALSE(p.all_rows) << "b's rows need no logits";
+  EXPECT_TRUE(p.host_logits);
+
+  auto all = engine::plan_step({{&a, 4, false, true}, {&c, 2, true}}, 4);
+  EXPECT_EQ(all.logit_rows, (std::vector<int32_t>{0, 1, 2, 3, 5}));
+  EXPECT_FALSE(all.all_rows) << "c's first row needs none";
+  auto every = engine::plan_step({{&a, 4, false, true}, {&c, 2, true, true}}, 4);
+  EXPECT_TRUE(every.all_rows);
 }
 
 TEST(Plan, ReservePagesFailsCleanlyWhenFull) {
