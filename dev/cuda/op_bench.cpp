@@ -74,12 +74,12 @@ Paged make_paged(int64_t batch, int64_t cached, int64_t q, int64_t window, Heads
   Backend& b = *g_backend;
   const int64_t page = 16, len = cached + q, pages_per = (len + page - 1) / page;
   Paged p;
-  std::vector<int32_t> ids, pos, slots, lr, q_indptr{0}, kv_indptr{0}, kv_indices, last;
+  std::vector<int32_t> ids, pos, kv_locs, lr, q_indptr{0}, kv_indptr{0}, kv_indices, last;
   for (int64_t s = 0; s < batch; ++s) {
     for (int64_t j = cached; j < len; ++j) {
       ids.push_back(int32_t((s * 7 + j) % kVocab));
       pos.push_back(int32_t(j));
-      slots.push_back(int32_t((s * pages_per + j / page) * page + j % page));
+      kv_locs.push_back(int32_t((s * pages_per + j / page) * page + j % page));
       lr.push_back(0);
     }
     for (int64_t i = 0; i < pages_per; ++i) kv_indices.push_back(int32_t(s * pages_per + i));
@@ -87,7 +87,7 @@ Paged make_paged(int64_t batch, int64_t cached, int64_t q, int64_t window, Heads
     kv_indptr.push_back(int32_t(kv_indices.size()));
     last.push_back(int32_t(len - (pages_per - 1) * page));
   }
-  p.tokens = {b.upload_i32(ids), b.upload_i32(pos), b.upload_i32(slots), b.upload_i32(lr)};
+  p.tokens = {b.upload_i32(ids), b.upload_i32(pos), b.upload_i32(kv_locs), b.upload_i32(lr)};
   p.plan.q_indptr = b.upload_i32(q_indptr);
   p.plan.kv_indptr = b.upload_i32(kv_indptr);
   p.plan.kv_indices = b.upload_i32(kv_indices);

@@ -24,10 +24,10 @@ struct KvLayer {
   int64_t page_size() const { return k.dim(2); }
 };
 
-// Element offset of (slot, kv head) in a K or V pool; slot = page · page_size + offset.
-inline int64_t kv_offset(int64_t slot, int64_t head, int64_t n_kv_heads, int64_t page_size,
+// Element offset of (loc, kv head) in a K or V pool; loc = page · page_size + offset.
+inline int64_t kv_offset(int64_t loc, int64_t head, int64_t n_kv_heads, int64_t page_size,
                          int64_t head_dim) {
-  return ((slot / page_size * n_kv_heads + head) * page_size + slot % page_size) * head_dim;
+  return ((loc / page_size * n_kv_heads + head) * page_size + loc % page_size) * head_dim;
 }
 
 // Rotary embedding of one model. Angles are computed as HF does: in f32,
@@ -47,7 +47,7 @@ struct RopeParams {
 struct TokenPlan {
   Tensor token_ids;  // [T] i32
   Tensor positions;  // [T] i32, position of each token in its sequence
-  Tensor slots;      // [T] i32, KV slot (page * page_size + offset) each token writes
+  Tensor kv_locs;    // [T] i32, KV location (page * page_size + offset) each token writes
   Tensor rope_long;  // [T] i32, 1 when the token's sequence uses LongRoPE long factors
 };
 
@@ -191,7 +191,7 @@ class Backend {
   // columns when src is empty: placing B matrices into a weight's LoRA columns.
   virtual void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) = 0;
   // Rotates q and k of qkv (T, (H + 2 Hkv) · d) in place and writes k, v into
-  // the cache at `tokens.slots`.
+  // the cache at `tokens.kv_locs`.
   virtual void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
                               KvLayer& kv) = 0;
   // Causal (optionally sliding-window) attention of the q part of qkv over the

@@ -16,7 +16,8 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size) {
     for (int64_t i = begin; i < end; ++i) {
       p.token_ids.push_back(s.tokens[size_t(i)]);
       p.positions.push_back(int32_t(i));
-      p.slots.push_back(int32_t(s.block_table[size_t(i / page_size)] * page_size + i % page_size));
+      p.kv_locs.push_back(
+          int32_t(s.block_table[size_t(i / page_size)] * page_size + i % page_size));
       p.rope_long.push_back(s.rope_long ? 1 : 0);
       p.lora_slot.push_back(s.lora_slot);
     }
@@ -79,7 +80,7 @@ model::StepInputs stage(Backend& b, const StepPlan& p, const model::Phi3Config& 
   model::StepInputs in;
   in.tokens.token_ids = b.upload_i32(p.token_ids);
   in.tokens.positions = b.upload_i32(p.positions);
-  in.tokens.slots = b.upload_i32(p.slots);
+  in.tokens.kv_locs = b.upload_i32(p.kv_locs);
   in.tokens.rope_long = b.upload_i32(p.rope_long);
   AttentionPlan& a = in.attention;
   a.q_indptr = b.upload_i32(p.q_indptr);

@@ -1,5 +1,5 @@
 // Plan, then run: the host builds the flat arrays of one step (FlashInfer's
-// paged layout, LoRA segments and per-token slots, rows that need logits),
+// paged layout, LoRA segments and per-token adapter slots, rows that need logits),
 // stages them on the backend, and the model runs on plain descriptors.
 #pragma once
 
@@ -25,7 +25,7 @@ struct StepPlan {
   // per token, T = Σ num_tokens
   std::vector<int32_t> token_ids;  // [T]
   std::vector<int32_t> positions;  // [T]
-  std::vector<int32_t> slots;      // [T] page * page_size + offset
+  std::vector<int32_t> kv_locs;    // [T] KV location: page * page_size + offset
   std::vector<int32_t> rope_long;  // [T]
   std::vector<int32_t> lora_slot;  // [T]
   // per sequence, S = number of SeqWork
@@ -33,7 +33,7 @@ struct StepPlan {
   std::vector<int32_t> kv_indptr;         // [S + 1]
   std::vector<int32_t> kv_indices;        // [Σ pages]
   std::vector<int32_t> kv_last_page_len;  // [S]
-  // rows needing logits, and their slots (for lm_head LoRA)
+  // rows needing logits, and their adapter slots (for lm_head LoRA)
   std::vector<int32_t> logit_rows;       // [R] increasing
   std::vector<int32_t> logit_lora_slot;  // [R]
   std::vector<int32_t> logit_indptr;     // [S + 1] sequence i's rows: [indptr[i], indptr[i+1])
@@ -51,7 +51,7 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size);
 // the shrink / expand kernels, which read each adapter once per tile of tokens.
 inline constexpr int64_t kLoraColumnsMaxTokens = 256;
 
-// The LoRA columns a step of these token slots reads (LoraBatch::lora_columns):
+// The LoRA columns a step of these per-token adapter slots reads (LoraBatch::lora_columns):
 // 0 without adapters, past kLoraColumnsMaxTokens, or when some adapter has none.
 int64_t step_lora_columns(const lora::AdapterSlots* adapters, const std::vector<int32_t>& token_slot);
 

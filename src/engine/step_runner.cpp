@@ -62,7 +62,7 @@ SamplingPlan stage_sampling(Backend& b, const std::vector<SampleRow>& rows) {
 }
 
 // One recorded decode step. Its inputs live in two tensors at fixed addresses:
-//   ints   token_ids | positions | slots | rope_long | lora_slot | top_k |
+//   ints   token_ids | positions | kv_locs | rope_long | lora_slot | top_k |
 //          kv_last_page_len (B each) | q_indptr | kv_indptr (B + 1 each) |
 //          kv_indices (B · pages)
 //   floats temperature | top_p | uniform (B each)
@@ -148,7 +148,7 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const Key& key, bool lora)
   model::StepInputs& in = g->in;
   in.tokens.token_ids = view(g->ints, DType::i32, 0, B);
   in.tokens.positions = view(g->ints, DType::i32, B, B);
-  in.tokens.slots = view(g->ints, DType::i32, 2 * B, B);
+  in.tokens.kv_locs = view(g->ints, DType::i32, 2 * B, B);
   in.tokens.rope_long = view(g->ints, DType::i32, 3 * B, B);
   AttentionPlan& a = in.attention;
   a.kv_last_page_len = view(g->ints, DType::i32, 6 * B, B);
@@ -198,9 +198,9 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const Key& key, bool lora)
   b.upload_into(g->ints, g->host_ints.data(), g->host_ints.size() * 4);
   b.upload_into(g->floats, g->host_floats.data(), g->host_floats.size() * 4);
   // The body may be kept and rerun (a backend's replay): it captures by value.
-  const lora::AdapterSlots* slots = lora ? adapters_ : nullptr;
-  g->graph = b.capture([this, graph = g.get(), slots, backend = &b] {
-    Tensor logits = model_.forward(graph->in, kv_, slots);
+  const lora::AdapterSlots* adapters = lora ? adapters_ : nullptr;
+  g->graph = b.capture([this, graph = g.get(), adapters, backend = &b] {
+    Tensor logits = model_.forward(graph->in, kv_, adapters);
     graph->ids = backend->sample(logits, graph->sampling);
   });
   if (!g->graph) return nullptr;
@@ -237,13 +237,13 @@ std::vector<int32_t> StepRunner::run_graph(const StepPlan& plan,
   // The step's inputs, padded to the bucket: padding rows decode token 0 at
   // position 0 into the pad page, greedily, and their tokens are dropped.
   std::vector<int32_t>& v = g.host_ints;
-  const int32_t pad_slot = pad_page_ * int32_t(kv_.page_size);
+  const int32_t pad_loc = pad_page_ * int32_t(kv_.page_size);
   for (int64_t i = 0; i < B; ++i) {
     const bool real = i < n;
     const size_t k = size_t(i);
     v[size_t(0 * B) + k] = real ? plan.token_ids[k] : 0;
     v[size_t(1 * B) + k] = real ? plan.positions[k] : 0;
-    v[size_t(2 * B) + k] = real ? plan.slots[k] : pad_slot;
+    v[size_t(2 * B) + k] = real ? plan.kv_locs[k] : pad_loc;
     v[size_t(3 * B) + k] = real ? plan.rope_long[k] : 0;
     v[size_t(4 * B) + k] = real ? plan.lora_slot[k] : -1;
     v[size_t(5 * B) + k] = real ? rows[k].top_k : 0;

@@ -56,7 +56,7 @@ class Attention : public OpCase {
         for (int64_t i = 0; i < kv_width(); ++i) {
           const int64_t d = s_.head_dim;
           const size_t at =
-              size_t(kv_offset(kv_.slot(s, j), i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
+              size_t(kv_offset(kv_.loc(s, j), i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
           k_pool[at] = k_[s][size_t(j * kv_width() + i)];
           v_pool[at] = v_[s][size_t(j * kv_width() + i)];
         }

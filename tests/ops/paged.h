@@ -35,7 +35,7 @@ struct PagedBatch {
   std::vector<std::vector<int32_t>> pages;  // [S][pages of s]: s's block table
   // The step's flat arrays (T = Σ q_len)
   std::vector<int32_t> positions;         // [T]
-  std::vector<int32_t> slots;             // [T] page * page_size + offset
+  std::vector<int32_t> kv_locs;           // [T] KV location: page * page_size + offset
   std::vector<int32_t> q_indptr;          // [S + 1]
   std::vector<int32_t> kv_indptr;         // [S + 1]
   std::vector<int32_t> kv_indices;        // [Σ pages]
@@ -44,8 +44,8 @@ struct PagedBatch {
 
   int64_t tokens() const { return int64_t(positions.size()); }
   int64_t kv_len(size_t s) const { return seqs[s].cached + seqs[s].q_len; }
-  // The pool slot that holds token j of sequence s.
-  int64_t slot(size_t s, int64_t j) const {
+  // The KV location (page * page_size + offset) of token j of sequence s.
+  int64_t loc(size_t s, int64_t j) const {
     return int64_t(pages[s][size_t(j / page_size)]) * page_size + j % page_size;
   }
 
@@ -69,7 +69,7 @@ struct PagedBatch {
       next += size_t(n);
       for (int64_t j = s.cached; j < len; ++j) {
         p.positions.push_back(int32_t(j));
-        p.slots.push_back(int32_t(p.slot(p.pages.size() - 1, j)));
+        p.kv_locs.push_back(int32_t(p.loc(p.pages.size() - 1, j)));
       }
       p.kv_indices.insert(p.kv_indices.end(), p.pages.back().begin(), p.pages.back().end());
       p.q_indptr.push_back(int32_t(p.positions.size()));

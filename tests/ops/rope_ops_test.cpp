@@ -1,5 +1,5 @@
 // rope_and_cache: rotary embedding of q and k in place, then k and v written
-// into the paged cache at each token's slot. HF semantics:
+// into the paged cache at each token's KV location. HF semantics:
 //   angle_i = f32(f32(position) · inv_freq[i])   (inv_freq_long when rope_long)
 //   c_i = cos(angle_i) · attention_factor,  s_i = sin(angle_i) · attention_factor
 //   rotate-half over the first rotary_dim dims of every q and k head:
@@ -58,7 +58,7 @@ class RopeAndCache : public OpCase {
     TokenPlan tokens;
     tokens.token_ids = b.upload_i32(std::vector<int32_t>(size_t(kv_.tokens()), 0));
     tokens.positions = b.upload_i32(kv_.positions);
-    tokens.slots = b.upload_i32(kv_.slots);
+    tokens.kv_locs = b.upload_i32(kv_.kv_locs);
     tokens.rope_long = b.upload_i32(rope_long_);
     RopeParams rope;
     rope.inv_freq_short = b.upload_f32(inv_short_);
@@ -68,7 +68,7 @@ class RopeAndCache : public OpCase {
     rope.n_heads = s_.n_heads;
     rope.n_kv_heads = s_.n_kv_heads;
     rope.head_dim = s_.head_dim;
-    // Every page poisoned: only this step's slots may be written.
+    // Every page poisoned: only this step's KV locations may be written.
     const std::vector<float> poison(size_t(pool_rows() * kv_width()), NAN);
     const std::vector<int64_t> pool_shape = {kv_.num_pages, s_.n_kv_heads, kv_.page_size,
                                              s_.head_dim};
@@ -101,9 +101,9 @@ class RopeAndCache : public OpCase {
           qkv.role[size_t(t * width() + i1)] = Role::value;
           qkv.role[size_t(t * width() + i2)] = Role::value;
         }
-      const int64_t slot = kv_.slots[size_t(t)];
-      for (int64_t i = 0; i < kv_size; ++i) {  // HND pages: head i / d of the slot's page
-        const size_t at = size_t(kv_offset(slot, i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
+      const int64_t loc = kv_.kv_locs[size_t(t)];
+      for (int64_t i = 0; i < kv_size; ++i) {  // HND pages: head i / d of the location's page
+        const size_t at = size_t(kv_offset(loc, i / d, s_.n_kv_heads, kv_.page_size, d) + i % d);
         k.want[at] = y[q_size + i];
         k.role[at] = Role::value;
         v.want[at] = x[q_size + kv_size + i];

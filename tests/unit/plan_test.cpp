@@ -29,7 +29,7 @@ TEST(BlockAllocator, AllocatesReleasesAndRefcounts) {
   EXPECT_EQ(*a.allocate(), *b1);
 }
 
-TEST(Plan, PagedLayoutSlotsAndLogitRows) {
+TEST(Plan, PagedLayoutKvLocationsAndLogitRows) {
   CpuBackend backend(1);
   kv::KvCache kv(backend, 1, 16, 4, 1, 8);
   engine::Sequence a, b;
@@ -48,8 +48,8 @@ TEST(Plan, PagedLayoutSlotsAndLogitRows) {
   EXPECT_EQ(p.token_ids, (std::vector<int32_t>{3, 4, 5, 6, 7, 8, 9}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{2, 3, 4, 5, 0, 1, 2}));
   const int32_t a0 = a.block_table[0], a1 = a.block_table[1], b0 = b.block_table[0];
-  EXPECT_EQ(p.slots, (std::vector<int32_t>{a0 * 4 + 2, a0 * 4 + 3, a1 * 4, a1 * 4 + 1, b0 * 4,
-                                           b0 * 4 + 1, b0 * 4 + 2}));
+  EXPECT_EQ(p.kv_locs, (std::vector<int32_t>{a0 * 4 + 2, a0 * 4 + 3, a1 * 4, a1 * 4 + 1, b0 * 4,
+                                             b0 * 4 + 1, b0 * 4 + 2}));
   EXPECT_EQ(p.q_indptr, (std::vector<int32_t>{0, 4, 7}));
   EXPECT_EQ(p.kv_indptr, (std::vector<int32_t>{0, 2, 3}));
   EXPECT_EQ(p.kv_indices, (std::vector<int32_t>{a0, a1, b0}));

@@ -34,9 +34,9 @@ void CpuBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rope
       float* row = qkv.ptr<float>() + t * width;
       for (int64_t h = 0; h < rope.n_heads + rope.n_kv_heads; ++h)
         rotate(row + h * d, cos.data(), sin.data(), half);
-      const int64_t slot = tokens.slots.ptr<int32_t>()[t];
+      const int64_t loc = tokens.kv_locs.ptr<int32_t>()[t];
       for (int64_t h = 0; h < rope.n_kv_heads; ++h) {
-        const int64_t at = kv_offset(slot, h, rope.n_kv_heads, kv.page_size(), d);
+        const int64_t at = kv_offset(loc, h, rope.n_kv_heads, kv.page_size(), d);
         std::copy_n(row + q_size + h * d, d, kv.k.ptr<float>() + at);
         std::copy_n(row + q_size + kv_size + h * d, d, kv.v.ptr<float>() + at);
       }

@@ -238,7 +238,7 @@ void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rop
   require(kv.k, DType::bf16, "rope_and_cache", "the K cache");
   require(kv.v, DType::bf16, "rope_and_cache", "the V cache");
   require(tokens.positions, DType::i32, "rope_and_cache", "positions");
-  require(tokens.slots, DType::i32, "rope_and_cache", "slots");
+  require(tokens.kv_locs, DType::i32, "rope_and_cache", "kv_locs");
   require(tokens.rope_long, DType::i32, "rope_and_cache", "rope_long");
   require(rope.inv_freq_short, DType::f32, "rope_and_cache", "inv_freq_short");
   require(rope.inv_freq_long, DType::f32, "rope_and_cache", "inv_freq_long");
@@ -247,7 +247,7 @@ void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rop
   a.width = qkv.cols();
   a.num_tokens = qkv.rows();
   a.positions = tokens.positions.ptr<int32_t>();
-  a.slots = tokens.slots.ptr<int32_t>();
+  a.kv_locs = tokens.kv_locs.ptr<int32_t>();
   a.rope_long = tokens.rope_long.ptr<int32_t>();
   a.inv_freq_short = rope.inv_freq_short.ptr<float>();
   a.inv_freq_long = rope.inv_freq_long.ptr<float>();

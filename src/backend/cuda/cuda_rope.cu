@@ -7,9 +7,9 @@ namespace philora::cuda {
 
 namespace {
 
-// Element offset of (slot, kv head) in a K or V pool (HND pages, backend.h).
-__device__ __forceinline__ int64_t cache_offset(const RopeCacheArgs& a, int64_t slot, int head) {
-  return ((slot / a.page_size * a.n_kv_heads + head) * a.page_size + slot % a.page_size) * a.head_dim;
+// Element offset of (loc, kv head) in a K or V pool (HND pages, backend.h).
+__device__ __forceinline__ int64_t cache_offset(const RopeCacheArgs& a, int64_t loc, int head) {
+  return ((loc / a.page_size * a.n_kv_heads + head) * a.page_size + loc % a.page_size) * a.head_dim;
 }
 
 constexpr int kMaxHalf = 256;       // rotary_dim ≤ 512
@@ -22,7 +22,7 @@ constexpr int kThreads = 128;
 // grid (T, ceil((H + 2 Hkv) / kHeadsPerBlock)). Each block takes a few heads of
 // one token: cos/sin of the token's position into shared memory, then q heads
 // are rotated in place, k heads rotated in place and written to the cache at
-// the token's slot, v heads copied to the cache. Angles as HF: f32(position) ·
+// the token's KV location, v heads copied to the cache. Angles as HF: f32(position) ·
 // inv_freq[i] in f32; cos and sin of that angle (full-precision sincosf), times
 // the attention factor; the rotation in f32, rounded once to bf16.
 __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs a) {
@@ -42,13 +42,14 @@ __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs 
   __syncthreads();
 
   bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
-  const int64_t slot = a.slots[t];
+  const int64_t loc = a.kv_locs[t];
   const int h0 = blockIdx.y * kHeadsPerBlock;
   const int h1 = min(H + 2 * Hkv, h0 + kHeadsPerBlock);
   for (int h = h0; h < h1; ++h) {
     bf16* x = row + int64_t(h) * d;
     if (h < H + Hkv) {  // q or k: rotate the first rotary_dim dims
-      bf16* k = h >= H && slot >= 0 ? static_cast<bf16*>(a.k_cache) + cache_offset(a, slot, h - H) : nullptr;
+      bf16* k = h >= H && loc >= 0 ? static_cast<bf16*>(a.k_cache) + cache_offset(a, loc, h - H)
+                                   : nullptr;
       for (int i = threadIdx.x; i < half; i += kThreads) {
         const float x1 = __bfloat162float(x[i]), x2 = __bfloat162float(x[i + half]);
         const float c = cos_s[i], s = sin_s[i];
@@ -63,8 +64,8 @@ __global__ void __launch_bounds__(kThreads) rope_and_cache_kernel(RopeCacheArgs 
       }
       if (k)  // the dims past rotary_dim pass through
         for (int i = 2 * half + threadIdx.x; i < d; i += kThreads) k[i] = x[i];
-    } else if (slot >= 0) {  // v: to the cache as it is
-      bf16* v = static_cast<bf16*>(a.v_cache) + cache_offset(a, slot, h - H - Hkv);
+    } else if (loc >= 0) {  // v: to the cache as it is
+      bf16* v = static_cast<bf16*>(a.v_cache) + cache_offset(a, loc, h - H - Hkv);
       for (int i = threadIdx.x; i < d; i += kThreads) v[i] = x[i];
     }
   }
@@ -97,8 +98,8 @@ __global__ void __launch_bounds__(256) rope_and_cache_vec_kernel(RopeCacheArgs a
   const int pass_items = Hkv * ((d - 2 * half) / 8);  // k dims past rotary_dim
   const int v_items = Hkv * (d / 8);
   bf16* row = static_cast<bf16*>(a.qkv) + int64_t(t) * a.width;
-  const int64_t slot = a.slots[t];
-  const int items = rot_items + (slot >= 0 ? pass_items + v_items : 0);
+  const int64_t loc = a.kv_locs[t];
+  const int items = rot_items + (loc >= 0 ? pass_items + v_items : 0);
   for (int item = blockIdx.y * blockDim.x + threadIdx.x; item < items; item += gridDim.y * blockDim.x) {
     if (item < rot_items) {
       const int h = item / (half / 8), i0 = (item % (half / 8)) * 8;
@@ -115,19 +116,19 @@ __global__ void __launch_bounds__(256) rope_and_cache_vec_kernel(RopeCacheArgs a
       const uint4 v1 = f32_to_bf16x8(y1), v2 = f32_to_bf16x8(y2);
       *reinterpret_cast<uint4*>(x + i0) = v1;
       *reinterpret_cast<uint4*>(x + i0 + half) = v2;
-      if (h >= H && slot >= 0) {
-        bf16* k = static_cast<bf16*>(a.k_cache) + cache_offset(a, slot, h - H);
+      if (h >= H && loc >= 0) {
+        bf16* k = static_cast<bf16*>(a.k_cache) + cache_offset(a, loc, h - H);
         *reinterpret_cast<uint4*>(k + i0) = v1;
         *reinterpret_cast<uint4*>(k + i0 + half) = v2;
       }
     } else if (item < rot_items + pass_items) {
       const int per_head = (d - 2 * half) / 8, p = item - rot_items;
       const int h = p / per_head, i = 2 * half + (p % per_head) * 8;
-      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.k_cache) + cache_offset(a, slot, h) + i) =
+      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.k_cache) + cache_offset(a, loc, h) + i) =
           *reinterpret_cast<const uint4*>(row + int64_t(H + h) * d + i);
     } else {
       const int v = item - rot_items - pass_items;
-      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.v_cache) + cache_offset(a, slot, v / (d / 8)) +
+      *reinterpret_cast<uint4*>(static_cast<bf16*>(a.v_cache) + cache_offset(a, loc, v / (d / 8)) +
                                 (v % (d / 8)) * 8) =
           *reinterpret_cast<const uint4*>(row + int64_t(H + Hkv) * d + int64_t(v) * 8);
     }

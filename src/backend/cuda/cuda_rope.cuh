@@ -12,7 +12,7 @@ struct RopeCacheArgs {
   int64_t width = 0;           // row stride of qkv, ≥ (H + 2 Hkv) · d
   int64_t num_tokens = 0;      // T
   const int32_t* positions;    // [T]
-  const int32_t* slots;        // [T] KV slot (page · page_size + offset); < 0 = don't write
+  const int32_t* kv_locs;      // [T] KV location (page · page_size + offset); < 0 = don't write
   const int32_t* rope_long;    // [T] 1 = use inv_freq_long
   const float* inv_freq_short; // [rotary_dim / 2]
   const float* inv_freq_long;  // [rotary_dim / 2]
