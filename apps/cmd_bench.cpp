@@ -107,7 +107,9 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
     q.tokens.assign(size_t(context + steps + 2), int32_t((i * 131) % c.vocab_size));
     q.num_computed = context;
     q.lora_slot = slot_of.empty() ? -1 : slot_of[size_t(i) % slot_of.size()];
-    PHILORA_RETURN_IF_ERROR(engine::reserve_pages(q, context + steps + 2, kv));
+    if (!kv.pages.reserve(q.pages, context + steps + 2))
+      return Status::errorf("the KV cache has no room for {} sequences of {} tokens", batch,
+                            context + steps + 2);
   }
   std::vector<double> times, host;
   for (int64_t step = 0; step <= steps; ++step) {
@@ -124,7 +126,7 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
     }
     for (auto& q : seqs) ++q.num_computed;
   }
-  for (auto& q : seqs) engine::release_pages(q, kv);
+  for (auto& q : seqs) kv.pages.release(q.pages);
   if (host_seconds) *host_seconds = median(host);
   return median(times);
 }
@@ -140,14 +142,15 @@ Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_
     for (int64_t i = 0; i < prompt; ++i)
       s.tokens.push_back(int32_t((i * 7919 + rep) % c.vocab_size));
     s.prompt_len = prompt;
-    PHILORA_RETURN_IF_ERROR(engine::reserve_pages(s, prompt, kv));
+    if (!kv.pages.reserve(s.pages, prompt))
+      return Status::errorf("the KV cache has no room for a prompt of {} tokens", prompt);
     b.synchronize();
     const auto t0 = Clock::now();
     auto plan = engine::plan_step({{&s, prompt, true}}, kv.page_size);
     runner.run(plan, {engine::SampleRow{}});  // the first token, greedy
     // Rep 0 warms up; the median of 10 (single runs vary by ±1 ms on an H200).
     if (rep > 0) times.push_back(since(t0));
-    engine::release_pages(s, kv);
+    kv.pages.release(s.pages);
   }
   return median(times);
 }

@@ -53,7 +53,7 @@ Status Engine::add_request(Request r) {
 }
 
 int64_t Engine::max_sequence_tokens() const {
-  const int64_t usable_pages = kv_.allocator.num_blocks() - runner_.reserved_pages();
+  const int64_t usable_pages = kv_.pages.num_pages() - runner_.reserved_pages();
   return std::min(model_.config().max_position_embeddings, usable_pages * kv_.page_size);
 }
 
@@ -73,7 +73,7 @@ void Engine::abort(const std::string& id) {
 }
 
 void Engine::release(Live& l) {
-  release_pages(l.seq, kv_);
+  kv_.pages.release(l.seq.pages);
   if (l.has_slot && adapters_) adapters_->release(l.seq.lora_slot);
   l.has_slot = false;
 }
@@ -113,12 +113,12 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Live& l = *running_[i];
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
-    bool ok = reserve_pages(l.seq, l.seq.num_computed + n, kv_).ok();
+    bool ok = kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n);
     while (!ok && running_.size() > i + 1) {
       preempt(*running_.back());
       waiting_.push_front(std::move(running_.back()));
       running_.pop_back();
-      ok = reserve_pages(l.seq, l.seq.num_computed + n, kv_).ok();
+      ok = kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n);
     }
     if (!ok) {  // nothing newer to take pages from: this one waits
       preempt(l);
@@ -173,7 +173,7 @@ void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
       continue;
     }
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
-    if (!reserve_pages(l.seq, l.seq.num_computed + n, kv_).ok()) {
+    if (!kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n)) {
       release(l);
       l.seq.lora_slot = -1;
       break;

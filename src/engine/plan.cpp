@@ -16,8 +16,7 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size) {
     for (int64_t i = begin; i < end; ++i) {
       p.token_ids.push_back(s.tokens[size_t(i)]);
       p.positions.push_back(int32_t(i));
-      p.kv_locs.push_back(
-          int32_t(s.block_table[size_t(i / page_size)] * page_size + i % page_size));
+      p.kv_locs.push_back(int32_t(s.pages.ids[size_t(i / page_size)] * page_size + i % page_size));
       p.rope_long.push_back(s.rope_long ? 1 : 0);
       p.lora_slot.push_back(s.lora_slot);
     }
@@ -30,7 +29,7 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size) {
     p.logit_indptr.push_back(int32_t(p.logit_rows.size()));
     p.host_logits = p.host_logits || (w.all_logits && w.num_tokens > 0);
     const int64_t pages = (end + page_size - 1) / page_size;
-    for (int64_t i = 0; i < pages; ++i) p.kv_indices.push_back(s.block_table[size_t(i)]);
+    for (int64_t i = 0; i < pages; ++i) p.kv_indices.push_back(s.pages.ids[size_t(i)]);
     p.q_indptr.push_back(int32_t(p.token_ids.size()));
     p.kv_indptr.push_back(int32_t(p.kv_indices.size()));
     p.kv_last_page_len.push_back(int32_t(end - (pages - 1) * page_size));
@@ -99,21 +98,6 @@ model::StepInputs stage(Backend& b, const StepPlan& p, const model::Phi3Config& 
   in.logit_rows = b.upload_i32(p.logit_rows);
   in.all_rows = p.all_rows;
   return in;
-}
-
-Status reserve_pages(Sequence& seq, int64_t total_tokens, kv::KvCache& kv) {
-  const size_t need = size_t((total_tokens + kv.page_size - 1) / kv.page_size);
-  if (need <= seq.block_table.size()) return Status();
-  if (size_t(kv.allocator.num_free()) < need - seq.block_table.size())
-    return Status::errorf("KV cache is full: sequence '{}' needs {} more pages, {} free", seq.id,
-                          need - seq.block_table.size(), kv.allocator.num_free());
-  while (seq.block_table.size() < need) seq.block_table.push_back(*kv.allocator.allocate());
-  return Status();
-}
-
-void release_pages(Sequence& seq, kv::KvCache& kv) {
-  for (int32_t page : seq.block_table) kv.allocator.release(page);
-  seq.block_table.clear();
 }
 
 }  // namespace philora::engine

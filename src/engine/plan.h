@@ -60,11 +60,6 @@ int64_t step_lora_columns(const lora::AdapterSlots* adapters, const std::vector<
 model::StepInputs stage(Backend& backend, const StepPlan& plan, const model::Phi3Config& config,
                         const lora::AdapterSlots* adapters);
 
-// Grows the sequence's block table to hold `total_tokens`; fails when the
-// cache is out of pages (nothing is allocated then).
-Status reserve_pages(Sequence& seq, int64_t total_tokens, kv::KvCache& kv);
-void release_pages(Sequence& seq, kv::KvCache& kv);
-
 // Contiguous runs of equal slot over a per-token slot array: (indptr, slot).
 void lora_segments(const std::vector<int32_t>& token_slot, std::vector<int32_t>* indptr,
                    std::vector<int32_t>* seg_slot);

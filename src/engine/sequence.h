@@ -5,16 +5,18 @@
 #include <string>
 #include <vector>
 
+#include "kv/page_manager.h"
+
 namespace philora::engine {
 
 struct Sequence {
   std::string id;
   std::vector<int32_t> tokens;  // prompt followed by generated tokens
   int64_t prompt_len = 0;
-  int64_t num_computed = 0;          // tokens whose K/V are in the cache
-  int32_t lora_slot = -1;            // adapter slot, -1 = base model
-  bool rope_long = false;            // LongRoPE long factors, decided at admission
-  std::vector<int32_t> block_table;  // KV pages in order; page i holds tokens [i·P, (i+1)·P)
+  int64_t num_computed = 0;  // tokens whose K/V are in the cache
+  int32_t lora_slot = -1;    // adapter slot, -1 = base model
+  bool rope_long = false;    // LongRoPE long factors, decided at admission
+  kv::PageTable pages;       // its KV pages in order (and their prefix-cache keys)
 };
 
 }  // namespace philora::engine

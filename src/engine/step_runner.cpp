@@ -83,14 +83,14 @@ StepRunner::StepRunner(model::Phi3ForCausalLM& model, kv::KvCache& kv,
                        const lora::AdapterSlots* adapters, bool use_graphs)
     : model_(model), kv_(kv), adapters_(adapters), use_graphs_(use_graphs) {
   if (use_graphs_ && model_.backend().can_capture()) {
-    if (auto page = kv_.allocator.allocate()) pad_page_ = *page;
+    if (auto page = kv_.pages.allocate()) pad_page_ = *page;
   }
   if (pad_page_ < 0) use_graphs_ = false;
 }
 
 StepRunner::~StepRunner() {
   graphs_.clear();
-  if (pad_page_ >= 0) kv_.allocator.release(pad_page_);
+  if (pad_page_ >= 0) kv_.pages.release(pad_page_);
 }
 
 StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows) {

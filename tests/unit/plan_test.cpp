@@ -1,4 +1,4 @@
-// The planner and the page allocator: token accounting turned into flat arrays.
+// The planner: token accounting turned into flat arrays.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -7,27 +7,12 @@
 #include "backend/cpu/cpu_backend.h"
 #include "engine/plan.h"
 #include "engine/sampler.h"
-#include "kv/block_allocator.h"
+#include "kv/kv_cache.h"
 #include "lora/slots.h"
 #include "test_util.h"
 
 namespace philora {
 namespace {
-
-TEST(BlockAllocator, AllocatesReleasesAndRefcounts) {
-  kv::BlockAllocator a(3);
-  auto b0 = a.allocate(), b1 = a.allocate(), b2 = a.allocate();
-  ASSERT_TRUE(b0 && b1 && b2);
-  EXPECT_NE(*b0, *b1);
-  EXPECT_NE(*b1, *b2);
-  EXPECT_FALSE(a.allocate().has_value()) << "pool of 3 is exhausted";
-  a.retain(*b1);
-  a.release(*b1);
-  EXPECT_EQ(a.num_free(), 0) << "still held once";
-  a.release(*b1);
-  EXPECT_EQ(a.num_free(), 1);
-  EXPECT_EQ(*a.allocate(), *b1);
-}
 
 TEST(Plan, PagedLayoutKvLocationsAndLogitRows) {
   CpuBackend backend(1);
@@ -40,14 +25,14 @@ TEST(Plan, PagedLayoutKvLocationsAndLogitRows) {
   b.id = "b";
   b.tokens = {7, 8, 9};
   b.lora_slot = -1;
-  ASSERT_TRUE(engine::reserve_pages(a, 6, kv).ok());
-  ASSERT_TRUE(engine::reserve_pages(b, 3, kv).ok());
-  ASSERT_EQ(a.block_table.size(), 2u);
-  ASSERT_EQ(b.block_table.size(), 1u);
+  ASSERT_TRUE(kv.pages.reserve(a.pages, 6));
+  ASSERT_TRUE(kv.pages.reserve(b.pages, 3));
+  ASSERT_EQ(a.pages.ids.size(), 2u);
+  ASSERT_EQ(b.pages.ids.size(), 1u);
   auto p = engine::plan_step({{&a, 4, true}, {&b, 3, true}}, 4);
   EXPECT_EQ(p.token_ids, (std::vector<int32_t>{3, 4, 5, 6, 7, 8, 9}));
   EXPECT_EQ(p.positions, (std::vector<int32_t>{2, 3, 4, 5, 0, 1, 2}));
-  const int32_t a0 = a.block_table[0], a1 = a.block_table[1], b0 = b.block_table[0];
+  const int32_t a0 = a.pages.ids[0], a1 = a.pages.ids[1], b0 = b.pages.ids[0];
   EXPECT_EQ(p.kv_locs, (std::vector<int32_t>{a0 * 4 + 2, a0 * 4 + 3, a1 * 4, a1 * 4 + 1, b0 * 4,
                                              b0 * 4 + 1, b0 * 4 + 2}));
   EXPECT_EQ(p.q_indptr, (std::vector<int32_t>{0, 4, 7}));
@@ -75,7 +60,7 @@ TEST(Plan, PromptLogitRows) {
   b.tokens = {6, 7, 8};
   c.tokens = {9, 10};
   c.lora_slot = 2;
-  for (engine::Sequence* q : {&a, &b, &c}) ASSERT_TRUE(engine::reserve_pages(*q, 5, kv).ok());
+  for (engine::Sequence* q : {&a, &b, &c}) ASSERT_TRUE(kv.pages.reserve(q->pages, 5));
   auto p = engine::plan_step({{&a, 4, true, true}, {&b, 2, false}, {&c, 2, false, true}}, 4);
   EXPECT_EQ(p.logit_rows, (std::vector<int32_t>{0, 1, 2, 3, 6, 7}));
   EXPECT_EQ(p.logit_indptr, (std::vector<int32_t>{0, 4, 4, 6}));
@@ -88,18 +73,6 @@ TEST(Plan, PromptLogitRows) {
   EXPECT_FALSE(all.all_rows) << "c's first row needs none";
   auto every = engine::plan_step({{&a, 4, false, true}, {&c, 2, true, true}}, 4);
   EXPECT_TRUE(every.all_rows);
-}
-
-TEST(Plan, ReservePagesFailsCleanlyWhenFull) {
-  CpuBackend backend(1);
-  kv::KvCache kv(backend, 1, 2, 4, 1, 8);
-  engine::Sequence s;
-  s.id = "long";
-  Status st = engine::reserve_pages(s, 9, kv);
-  EXPECT_FALSE(st.ok());
-  EXPECT_NE(st.message().find("KV cache is full"), std::string::npos) << st.message();
-  EXPECT_TRUE(s.block_table.empty()) << "nothing allocated on failure";
-  EXPECT_EQ(kv.allocator.num_free(), 2);
 }
 
 TEST(Plan, LoraSegmentsAreRunsOfEqualSlots) {
