@@ -23,6 +23,9 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
       ->check(CLI::Range(1, 1024));
   cmd.add_flag("--enforce-eager", o.enforce_eager,
                "run every step op by op (no CUDA graphs for decode steps)");
+  cmd.add_flag("!--no-prefix-cache", o.prefix_cache,
+               "compute every prompt in full (default: a request reuses the KV pages of a prefix "
+               "that an earlier request with the same adapter computed)");
   add_lora_columns_option(cmd, o.lora_columns);
 }
 

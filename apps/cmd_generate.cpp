@@ -64,6 +64,7 @@ int run_generate(const GenerateOptions& o) {
   engine::OfflineOptions opts;
   opts.page_size = o.model.page_size;
   opts.step_graphs = !o.model.enforce_eager;
+  opts.prefix_cache = o.model.prefix_cache;
   auto outs = engine::run_offline(*m->model, m->store.get(), *reqs, opts);
   if (!outs) return fail(outs.status());
   for (const engine::StepOutput& out : *outs) {

@@ -92,6 +92,7 @@ int run_score(const ScoreOptions& o) {
   for (engine::Request& r : *reqs) r.max_new_tokens = 0;  // the prompt alone, whatever it says
   engine::OfflineOptions opts;
   opts.page_size = o.model.page_size;
+  opts.prefix_cache = o.model.prefix_cache;
   auto outs = engine::run_offline(*m->model, m->store.get(), *reqs, opts);
   if (!outs) return fail(outs.status());
   for (size_t i = 0; i < reqs->size(); ++i) {

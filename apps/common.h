@@ -25,6 +25,7 @@ struct ModelOptions {
   std::string device = "cpu";  // cpu, cuda or auto
   int64_t page_size = 16;
   bool enforce_eager = false;  // no step graphs
+  bool prefix_cache = true;    // reuse the KV pages of cached prefixes (--no-prefix-cache: off)
   int64_t lora_columns = -1;   // LoRA columns a target weight; -1: kLoraColumnsPerSlot a slot
 };
 

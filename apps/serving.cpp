@@ -226,7 +226,8 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   s->kv_tokens = pages * o.model.page_size;
   s->engine = std::make_unique<engine::Engine>(
       *s->model, *s->kv, s->store.get(),
-      engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager});
+      engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager,
+                           o.model.prefix_cache});
   return s;
 }
 

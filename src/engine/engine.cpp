@@ -72,16 +72,18 @@ void Engine::abort(const std::string& id) {
     }
 }
 
+// Lets go of the sequence's pages (its full ones stay cached) and adapter slot.
 void Engine::release(Live& l) {
   kv_.pages.release(l.seq.pages);
+  l.seq.num_computed = 0;
   if (l.has_slot && adapters_) adapters_->release(l.seq.lora_slot);
   l.has_slot = false;
+  l.seq.lora_slot = -1;
+  l.adapter_identity = 0;
 }
 
 void Engine::preempt(Live& l) {
-  release(l);
-  l.seq.lora_slot = -1;
-  l.seq.num_computed = 0;  // recompute prompt + generated tokens later
+  release(l);  // recompute prompt + generated tokens later (from the cache where it can)
   ++stats_.preemptions;
 }
 
@@ -159,6 +161,25 @@ bool Engine::acquire_adapter(Live& l, std::vector<StepOutput>& out) {
   }
   l.seq.lora_slot = *slot;
   l.has_slot = true;
+  l.adapter_identity = adapters_->identity(*slot);
+  return true;
+}
+
+// What besides its tokens decides the K and V of the sequence's pages.
+kv::PrefixSalt Engine::prefix_salt(const Live& l) const {
+  return {l.adapter_identity, l.seq.rope_long};
+}
+
+// A sequence about to be admitted (nothing computed, no pages) takes the
+// cached pages of its longest prefix. Its last token is always computed (its
+// logits are sampled from); a prompt-logits request reuses only the rows it
+// has kept (after a preemption), so every prompt position's logits are
+// computed, and is not looked up before it has any. False when not looked up.
+bool Engine::reuse_cached_prefix(Live& l) {
+  if (!config_.prefix_cache || (l.req.prompt_logits && l.logits_rows == 0)) return false;
+  int64_t reusable = int64_t(l.seq.tokens.size()) - 1;
+  if (l.req.prompt_logits) reusable = std::min(reusable, l.logits_rows);
+  l.seq.num_computed = kv_.pages.match_prefix(l.seq.pages, l.seq.tokens, prefix_salt(l), reusable);
   return true;
 }
 
@@ -172,11 +193,15 @@ void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
       waiting_.pop_front();
       continue;
     }
+    const bool looked_up = reuse_cached_prefix(l);
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
     if (!kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n)) {
-      release(l);
-      l.seq.lora_slot = -1;
+      release(l);  // the cached prefix too: it is looked up again next time
       break;
+    }
+    if (looked_up) {
+      stats_.prefix_cache_queries += int64_t(l.seq.tokens.size());
+      stats_.prefix_cache_hits += l.seq.num_computed;
     }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
@@ -219,6 +244,8 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     Live& l = *batch[i].live;
     const int64_t first = l.seq.num_computed;
     l.seq.num_computed += work[i].num_tokens;
+    if (config_.prefix_cache)  // before the sequence may finish and let its pages go
+      kv_.pages.cache_full_pages(l.seq.pages, l.seq.tokens, l.seq.num_computed, prefix_salt(l));
     if (work[i].all_logits) keep_prompt_logits(l, first, result.logits, plan.logit_indptr[i]);
     if (work[i].logits)
       append_token(l, result.tokens[size_t(plan.logit_indptr[i + 1] - 1)], out);

@@ -3,7 +3,18 @@
 // the next prompt chunk), then waiting ones in arrival order — so prefill and
 // decode share steps and there is no separate "prefill phase" (vLLM v1 style).
 // When pages run out, the most recently admitted sequence is preempted and
-// later recomputed. Single-threaded: callers serialise access.
+// later recomputed.
+//
+// Prefix caching (vLLM v1's automatic prefix caching): every page a sequence
+// fills is keyed by its tokens, its predecessors' key, the sequence's adapter
+// and its LongRoPE choice, and stays cached after the sequence lets it go
+// (kv::PageManager). A sequence being admitted, new or preempted, takes the
+// cached pages of its longest prefix of whole pages and computes the rest,
+// always including its last token (the one whose logits it samples from); a
+// request for prompt logits reuses only the rows it has already kept. A
+// sliding-window model reuses whole prefixes too: a sequence keeps every
+// page, in the window or not, so a cached page is what recomputing it writes.
+// Single-threaded: callers serialise access.
 #pragma once
 
 #include <deque>
@@ -27,6 +38,7 @@ struct EngineConfig {
   int64_t max_batched_tokens = 2048;  // token budget of one step
   int64_t max_running = 256;          // sequences in flight
   bool step_graphs = true;            // decode steps replay graphs where the backend records them
+  bool prefix_cache = true;           // reuse the KV pages of cached prefixes
 };
 
 // What one step produced for one request.
@@ -43,8 +55,13 @@ struct StepOutput {
 struct EngineStats {
   int64_t steps = 0;
   int64_t preemptions = 0;
-  int64_t prompt_tokens = 0;  // computed, recomputation included
+  int64_t prompt_tokens = 0;  // computed, recomputation included (prefix-cache hits are not)
   int64_t generated_tokens = 0;
+  // Prefix cache, in tokens (vLLM's prefix_cache_queries / _hits): the
+  // tokens of every sequence looked up at admission, and of those the ones
+  // found in cached pages (hit rate = hits / queries).
+  int64_t prefix_cache_queries = 0;
+  int64_t prefix_cache_hits = 0;
 };
 
 class Engine {
@@ -75,6 +92,7 @@ class Engine {
     std::mt19937_64 rng;
     int64_t generated = 0;
     bool has_slot = false;
+    uint64_t adapter_identity = 0;  // AdapterStore::identity while it has its slot; 0 = base
     bool done = false;
     Tensor prompt_logits;     // (prompt_len, vocab) host f32 while filled (prompt_logits requests)
     int64_t logits_rows = 0;  // rows of prompt_logits written (a recomputed row is not kept again)
@@ -88,6 +106,8 @@ class Engine {
   void schedule_running(std::vector<Scheduled>& batch, int64_t& budget);
   void admit_waiting(std::vector<Scheduled>& batch, int64_t& budget, std::vector<StepOutput>& out);
   bool acquire_adapter(Live& l, std::vector<StepOutput>& out);
+  kv::PrefixSalt prefix_salt(const Live& l) const;
+  bool reuse_cached_prefix(Live& l);
   void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
   void keep_prompt_logits(Live& l, int64_t first_position, const Tensor& logits, int64_t first_row);
   void append_token(Live& l, int32_t token, std::vector<StepOutput>& out);

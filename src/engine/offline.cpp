@@ -28,7 +28,7 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
                                               const OfflineOptions& options) {
   kv::KvCache kv = make_cache(model, requests, options.page_size);
   const EngineConfig config{std::numeric_limits<int64_t>::max(), int64_t(requests.size()),
-                            options.step_graphs};
+                            options.step_graphs, options.prefix_cache};
   Engine engine(model, kv, adapters, config);
   std::map<std::string, size_t> index;  // id -> position in `requests`
   for (size_t i = 0; i < requests.size(); ++i) {

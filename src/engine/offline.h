@@ -16,6 +16,9 @@ namespace philora::engine {
 struct OfflineOptions {
   int64_t page_size = 16;
   bool step_graphs = true;  // decode steps replay graphs where the backend records them
+  // Every request is admitted in the first step, so none finds another's
+  // pages; kept for a caller that runs several batches on one engine.
+  bool prefix_cache = true;
 };
 
 // Runs the requests (ids unique) to the end and returns, in request order,

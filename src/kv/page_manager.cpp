@@ -28,6 +28,7 @@ std::optional<int32_t> PageManager::allocate() {
   } else if (!lru_.empty()) {  // evict the least recently used cached page
     page = lru_.front();
     uncache(page);
+    ++evictions_;
   } else {
     return std::nullopt;
   }
@@ -113,10 +114,7 @@ int64_t PageManager::match_prefix(PageTable& t, std::span<const int32_t> tokens,
     t.keys.push_back(key);
     parent = key;
   }
-  const int64_t hit = int64_t(t.ids.size()) * P;
-  stats_.queries += int64_t(tokens.size());
-  stats_.hits += hit;
-  return hit;
+  return int64_t(t.ids.size()) * P;
 }
 
 void PageManager::cache_full_pages(PageTable& t, std::span<const int32_t> tokens,

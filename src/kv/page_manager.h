@@ -51,11 +51,6 @@ struct PageTable {
   std::vector<PageKey> keys;  // [full pages keyed so far] page i's prefix-cache key
 };
 
-struct PrefixCacheStats {
-  int64_t queries = 0;  // tokens of the sequences looked up (match_prefix)
-  int64_t hits = 0;     // of those, tokens found in cached pages
-};
-
 class PageManager {
  public:
   PageManager(int32_t num_pages, int32_t page_size);
@@ -69,6 +64,7 @@ class PageManager {
   int32_t num_cached() const { return int32_t(table_.size()); }  // held or not
   int32_t refcount(int32_t page) const { return refcount_[size_t(page)]; }
   bool is_cached(int32_t page) const { return entries_[size_t(page)].cached; }
+  int64_t num_evictions() const { return evictions_; }  // cached pages allocate() reused
 
   // A page for the caller alone (refcount 1): a free one, else the least
   // recently used cached page nobody holds, which leaves the cache; nullopt
@@ -90,8 +86,7 @@ class PageManager {
 
   // Fills the empty `table` with the cached pages (each retained) that hold
   // the longest prefix of `tokens` made of whole pages and at most
-  // `max_tokens` tokens; returns how many tokens they hold. Counts the lookup
-  // in stats(): tokens.size() queried, the returned count hit.
+  // `max_tokens` tokens; returns how many tokens they hold.
   int64_t match_prefix(PageTable& table, std::span<const int32_t> tokens, const PrefixSalt& salt,
                        int64_t max_tokens);
   // Keys the pages of `table` that the first `num_computed` tokens fill and
@@ -100,7 +95,6 @@ class PageManager {
   // `tokens` are the sequence's tokens (at least num_computed).
   void cache_full_pages(PageTable& table, std::span<const int32_t> tokens, int64_t num_computed,
                         const PrefixSalt& salt);
-  const PrefixCacheStats& stats() const { return stats_; }
 
  private:
   struct Entry {  // a page's prefix-cache key and what it was computed from
@@ -123,7 +117,7 @@ class PageManager {
   std::unordered_map<PageKey, int32_t> table_;  // key -> cached page
   std::list<int32_t> lru_;  // cached pages nobody holds, least recently used first
   int32_t held_ = 0;        // pages with refcount > 0
-  PrefixCacheStats stats_;
+  int64_t evictions_ = 0;   // see num_evictions()
 };
 
 }  // namespace philora::kv

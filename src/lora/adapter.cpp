@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/hash.h"
 #include "io/file.h"
 #include "io/safetensors.h"
 
@@ -556,6 +557,27 @@ struct Pair {
   const io::TensorEntry* b = nullptr;
 };
 
+// Adapter::content_hash.
+uint64_t content_hash(const Adapter& a) {
+  uint64_t h = 0x6c6f72612d616463ull;
+  for (int64_t layer = -1; layer < int64_t(a.layers.size()); ++layer)
+    for (int t = 0; t <= int(Target::lm_head); ++t) {
+      const Target target = Target(t);
+      if ((layer < 0) != (target == Target::lm_head)) continue;
+      const std::optional<LoraModule>& m = a.module(layer < 0 ? 0 : layer, target);
+      if (!m) continue;
+      h = hash_combine(h, uint64_t(layer));
+      h = hash_combine(h, uint64_t(t));
+      h = hash_combine(h, uint64_t(m->rank));
+      uint32_t scale_bits;
+      std::memcpy(&scale_bits, &m->scale, 4);
+      h = hash_combine(h, scale_bits);
+      h = hash_bytes(h, m->a.data, size_t(m->a.numel()) * sizeof(float));
+      h = hash_bytes(h, m->b.data, size_t(m->b.numel()) * sizeof(float));
+    }
+  return h;
+}
+
 }  // namespace
 
 Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
@@ -671,6 +693,7 @@ Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
     else
       adapter.layers[size_t(layer)][size_t(target)] = std::move(m);
   }
+  adapter.content_hash = content_hash(adapter);
   return adapter;
 }
 

@@ -65,6 +65,11 @@ struct Adapter {
   std::vector<std::array<std::optional<LoraModule>, kLayerTargets>> layers;  // [num_layers]
   std::optional<LoraModule> lm_head;
   int64_t max_rank = 0;
+  // A hash of everything that decides its deltas (each module's layer,
+  // target, rank, scale, A and B), set by load_adapter: the prefix cache keys
+  // pages by it, so that another adapter loaded under the same name never
+  // finds the old one's pages.
+  uint64_t content_hash = 0;
 
   const std::optional<LoraModule>& module(int64_t layer, Target t) const {
     return t == Target::lm_head ? lm_head : layers[size_t(layer)][size_t(t)];

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "core/hash.h"
 #include "io/file.h"
 
 namespace philora::lora {
@@ -118,7 +119,8 @@ Acquired AdapterStore::acquire(const std::string& name) {
   if (!s.name.empty()) resident_.erase(s.name);
   slots_.assign(victim, *adapter);
   ++uploads_;
-  s = SlotState{name, 1, clock_};
+  const uint64_t identity = hash_combine(hash_string(0, name), adapter->content_hash);
+  s = SlotState{name, 1, clock_, identity == 0 ? 1 : identity};
   resident_[name] = victim;
   return victim;
 }

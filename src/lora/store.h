@@ -64,6 +64,11 @@ class AdapterStore {
   // Whether acquire(name) would find a slot now (NAME resident, or a slot unpinned).
   bool slot_available(const std::string& name) const;
   void release(int32_t slot);
+  // What the adapter resident in `slot` is, for the prefix cache: a hash of
+  // its name and its content (Adapter::content_hash), never 0 (the base
+  // model's). An adapter reloaded under the same name with other weights
+  // gets another identity.
+  uint64_t identity(int32_t slot) const { return slot_state_[size_t(slot)].identity; }
 
   int64_t resident_count() const;
   const AdapterSlots& slots() const { return slots_; }
@@ -88,6 +93,7 @@ class AdapterStore {
     std::string name;  // empty = free
     int64_t pins = 0;
     uint64_t last_use = 0;
+    uint64_t identity = 0;  // see identity()
   };
   std::vector<SlotState> slot_state_;        // [num_slots]
   std::map<std::string, int32_t> resident_;  // NAME -> slot

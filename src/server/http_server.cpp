@@ -109,6 +109,14 @@ void HttpServer::add_info_routes() {
         s.engine.generated_tokens);
     m += fmt::format("# TYPE philora_preemptions_total counter\nphilora_preemptions_total {}\n",
                      s.engine.preemptions);
+    // In tokens, as vLLM's: the hit rate is hits / queries.
+    m += fmt::format(
+        "# HELP philora_prefix_cache_queries_total Tokens of the sequences looked up in the prefix "
+        "cache at admission.\n"
+        "# TYPE philora_prefix_cache_queries_total counter\nphilora_prefix_cache_queries_total {}\n"
+        "# HELP philora_prefix_cache_hits_total Of those, tokens found in cached KV pages.\n"
+        "# TYPE philora_prefix_cache_hits_total counter\nphilora_prefix_cache_hits_total {}\n",
+        s.engine.prefix_cache_queries, s.engine.prefix_cache_hits);
     m += fmt::format(
         "# TYPE philora_graph_steps_total counter\nphilora_graph_steps_total {}\n"
         "# TYPE philora_eager_steps_total counter\nphilora_eager_steps_total {}\n"

@@ -129,9 +129,11 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
       if (o.finished()) reason[o.id] = o.finish;
     }
   EXPECT_FALSE(eng.has_work());
-  std::printf("[%s/%s] steps %ld, preemptions %ld, device uploads %ld\n", case_name.c_str(),
-              sc.name, long(eng.stats().steps), long(eng.stats().preemptions),
-              long(store.uploads_to_device()));
+  std::printf(
+      "[%s/%s] steps %ld, preemptions %ld, device uploads %ld, prefix-cache hits %ld of %ld\n",
+      case_name.c_str(), sc.name, long(eng.stats().steps), long(eng.stats().preemptions),
+      long(store.uploads_to_device()), long(eng.stats().prefix_cache_hits),
+      long(eng.stats().prefix_cache_queries));
   for (const auto& ref : refs) {
     const std::string id = ref["id"].get<std::string>();
     expect_hf_tokens(got[id], ref, case_name + "/" + id + " [" + sc.name + "]");
@@ -233,6 +235,9 @@ TEST_P(EnginePromptLogits, MatchHF) {
       for (int32_t t : o.new_tokens) tokens[o.id].push_back(t);
       if (o.finished() && !o.prompt_logits.empty()) logits[o.id] = o.prompt_logits;
     }
+  std::printf("[%s/%s] preemptions %ld, prefix-cache hits %ld of %ld\n", case_name.c_str(), sc.name,
+              long(eng.stats().preemptions), long(eng.stats().prefix_cache_hits),
+              long(eng.stats().prefix_cache_queries));
   if (std::string(sc.name) == "tight") {
     EXPECT_GT(eng.stats().preemptions, 0) << "the scenario must preempt";
   }

@@ -211,6 +211,34 @@ TEST_F(ServerTest, ConcurrentMixedAdaptersMatchHF) {
   EXPECT_GE(std::stoll(m->body.substr(at + sample.size())), 1) << m->body;
 }
 
+// The same request twice, one after the other: the second reuses the first's
+// prompt pages, still gives HF's tokens, and /metrics counts the hit.
+TEST_F(ServerTest, PrefixCacheHitsShowInMetrics) {
+  const auto q = read_jsonl(kCase / "generate_requests.jsonl")[3];  // 20 tokens, adapter c
+  const auto ref = read_jsonl(kCase / "generate_ref.jsonl")[3];
+  json params = {
+      {"max_new_tokens", q["max_new_tokens"]}, {"details", true}, {"ignore_eos_token", true}};
+  if (!q["adapter"].is_null()) params["adapter_id"] = q["adapter"];
+  const std::string body = json({{"inputs", q["input_ids"]}, {"parameters", params}}).dump();
+  for (int i = 0; i < 2; ++i) {
+    auto [status, j] = post("/generate", body);
+    ASSERT_EQ(status, 200) << j.dump();
+    EXPECT_EQ(j["details"]["tokens"], ref["tokens"]) << "request " << i;
+  }
+  auto m = client().Get("/metrics");
+  ASSERT_TRUE(m);
+  auto sample = [&](const std::string& name) -> int64_t {
+    const size_t at = m->body.find("\n" + name + " ");
+    if (at == std::string::npos) return -1;
+    return std::stoll(m->body.substr(at + name.size() + 2));
+  };
+  const int64_t len = int64_t(q["input_ids"].size());
+  EXPECT_EQ(sample("philora_prefix_cache_queries_total"), 2 * len) << m->body;
+  EXPECT_EQ(sample("philora_prefix_cache_hits_total"), (len - 1) / 4 * 4)
+      << "the second request finds every whole page but the one with its last token\n"
+      << m->body;
+}
+
 TEST_F(ServerTest, StreamCarriesTheSameTokens) {
   const auto q = read_jsonl(kCase / "generate_requests.jsonl")[0];
   const auto ref = read_jsonl(kCase / "generate_ref.jsonl")[0];

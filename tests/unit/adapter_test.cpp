@@ -232,6 +232,31 @@ TEST_F(AdapterDir, PlainScaleIsAlphaOverR) {
   EXPECT_EQ(a->max_rank, 4);
 }
 
+// The content hash (the prefix cache's adapter identity) depends on the
+// weights and the scales, not on where or when the adapter was loaded.
+TEST_F(AdapterDir, ContentHashFollowsWeightsAndScales) {
+  config_["target_modules"] = json::array({"qkv_proj", "o_proj"});
+  add_all_layers(Target::qkv, 4);
+  add_all_layers(Target::o, 4);
+  auto first = load();
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  auto again = load_adapter("other-name", dir_, base_);
+  ASSERT_TRUE(again.ok());
+  EXPECT_NE(first->content_hash, 0u);
+  EXPECT_EQ(first->content_hash, again->content_hash) << "same files, same hash";
+
+  config_["lora_alpha"] = 9;  // the same weights at another scale
+  auto scaled = load();
+  ASSERT_TRUE(scaled.ok());
+  EXPECT_NE(scaled->content_hash, first->content_hash);
+
+  Tensor& t = tensors_.back().second;  // one element of one B changes
+  t.ptr<float>()[0] += 1.0f;
+  auto changed = load();
+  ASSERT_TRUE(changed.ok());
+  EXPECT_NE(changed->content_hash, scaled->content_hash);
+}
+
 TEST_F(AdapterDir, AdapterNameInfixAndFanInFanOut) {
   config_["fan_in_fan_out"] = true;  // PEFT turns it off for nn.Linear: no transpose
   const auto [ref_a, ref_b] = add(0, Target::qkv, 4, DType::f32, ".default");

@@ -139,10 +139,6 @@ TEST(PageManager, MatchesTheLongestCachedPrefixOfWholePages) {
   const std::vector<int32_t> d = {9, 9, 9, 9, 5, 6, 7, 8, 1};
   EXPECT_EQ(m.match_prefix(tc, d, {}, 9), 0);
 
-  const kv::PrefixCacheStats& s = m.stats();
-  EXPECT_EQ(s.hits, 4 + 8 + 4);
-  EXPECT_EQ(s.queries, int64_t(a.size() + b.size() + 3 * a.size() + 2 * a.size() + d.size()));
-
   m.release(ta);
   EXPECT_EQ(m.num_held(), 0);
   EXPECT_EQ(m.num_cached(), 2) << "released pages stay cached";
@@ -188,6 +184,7 @@ TEST(PageManager, EvictsLeastRecentlyUsedUnheldPagesOnlyUnderPressure) {
   auto p = m.allocate();
   ASSERT_TRUE(p);
   EXPECT_EQ(*p, a_ids[1]);
+  EXPECT_EQ(m.num_evictions(), 1);
   EXPECT_EQ(m.num_cached(), 3);
   PageTable t;
   EXPECT_EQ(m.match_prefix(t, a, {}, 4), 2) << "a keeps its first page";
@@ -282,7 +279,7 @@ TEST(PageManager, RandomTrafficReusesOnlyWhatRecomputingWouldWrite) {
   expect_consistent(m);
   EXPECT_GT(hits, 100) << "the traffic must reuse pages";
   EXPECT_GT(reused_checked, 100);
-  std::printf("reused %ld tokens, %ld queried\n", long(m.stats().hits), long(m.stats().queries));
+  std::printf("reused %ld tokens\n", long(hits));
 }
 
 }  // namespace
