@@ -20,6 +20,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -138,6 +139,7 @@ struct LossCase {
   std::string model;   // "base" or an adapter
   std::string domain;  // held-out file
 };
+void PrintTo(const LossCase& c, std::ostream* os) { *os << c.model << " on " << c.domain; }
 std::string case_name(const ::testing::TestParamInfo<LossCase>& i) {
   return i.param.model + "_on_" + i.param.domain;
 }
@@ -161,6 +163,8 @@ TEST_P(HeldOutLoss, MatchesTheTrainingScript) {
   const bool base = c.model == "base";
   const double want = base ? h["base"][c.domain].get<double>() : h["adapters"][c.model]["loss"].get<double>();
   const double got = philora_loss(stream, base ? std::nullopt : std::optional<std::string>(c.model));
+  std::cout << c.model << " on " << c.domain << ": philora " << got << ", HF " << want << " nats/token over "
+            << stream.size() << " tokens\n";
   EXPECT_NEAR(got, want, 0.01 * want) << c.model << " on " << c.domain;
   if (!base) {  // and the adapter is worth having: it lowers its own domain's loss
     EXPECT_LT(got, h["base"][c.domain].get<double>());
