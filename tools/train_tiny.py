@@ -5,23 +5,28 @@ Run on the GPU machine (one H100 or H200; python3 with torch, transformers, peft
 safetensors, numpy, jinja2; no network):
 
     python3 tools/train_tiny.py --corpus .corpus --heldout models/heldout --out /tmp/tt/models
-    python3 tools/train_tiny.py --smoke --out /tmp/tt/models      # whole pipeline, ~2 minutes (estimate)
+    python3 tools/train_tiny.py --smoke --out /tmp/tt/models      # whole pipeline, about a minute or two
 
 `python3 tools/train_tiny.py --self-test` checks the pure-Python parts (argument handling, the chat
-template against a hand-written renderer, the held-out windowing, the LR schedule and step
-planning, the config.json patch, the adapter specs, the output layout and the size budget) and
-needs none of the heavy packages. tools/README.md ("train_tiny.py") says how to run it through
-the device tool and how to unpack the result into models/.
+template against a hand-written renderer, the held-out windowing and its selection/report split,
+the LR schedule, step planning, epoch caps and held-out check schedule, the config.json patch, the
+adapter specs, the output layout and the size budget) and needs none of the heavy packages.
+tools/README.md ("train_tiny.py") says how to run it through the device tool and how to unpack the
+result into models/.
 
 Phases, in order (each logs with a timestamp):
   1. tokenizer   byte-level BPE, vocab 8192, special tokens 0..4, trained on all training text;
                  tokenizer.json / tokenizer_config.json (Phi-3 chat template) / special_tokens_map.json,
                  checked through transformers (AutoTokenizer, apply_chat_template).
   2. base        Phi3ForCausalLM (384 hidden, 6 layers, 6/2 heads, ctx 1024) on packed 1024-token
-                 windows, ~70% base text / ~30% chat; time-budgeted cosine schedule; exported in
-                 bfloat16 with a classic Phi-3 config.json and generation_config.json (eos [4, 0]).
-  3. adapters    kjv / devil / jargon PEFT LoRA adapters, each trained on the exported base reloaded
-                 from disk, on its own domain; saved with PEFT's default save_pretrained.
+                 windows, ~80% base text / ~20% chat, dropout 0.1; cosine schedule planned from the
+                 time budget or the epoch cap (--max-epochs), whichever is smaller; held-out checks
+                 every ~5% of the plan on the selection part of the held-out files, the best
+                 weights kept and restored; exported in bfloat16 with a classic Phi-3 config.json
+                 (dropout 0) and generation_config.json (eos [4, 0]).
+  3. adapters    kjv / devil / jargon PEFT LoRA adapters (lora_dropout 0.1), each trained on the
+                 exported base reloaded from disk, on its own domain, with the same epoch cap and
+                 best-checkpoint selection; saved with PEFT's default save_pretrained.
   4. held-out    losses computed on the exported files (float32), definition in HELDOUT_DEFINITION.
   5. samples     greedy continuations of fixed prompts, base and each adapter.
   6. sizes       every file's bytes; the model + adapters budget.
@@ -46,7 +51,7 @@ import time
 import traceback
 
 T0 = time.time()
-SCRIPT_VERSION = 1
+SCRIPT_VERSION = 2
 DEFAULT_SEED = 20250612
 
 # ---- tokens, template --------------------------------------------------------------------------
@@ -92,7 +97,11 @@ FINAL_LR_FRAC = 0.1
 BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
-CHAT_FRACTION = 0.3
+CHAT_FRACTION = 0.2     # the chat stream is ~17% of the base phase's tokens: it is still repeated ~1.25x as often
+DROPOUT = 0.1           # base training: Phi3Config resid_pdrop and embd_pdrop (the export writes 0)
+ATTENTION_DROPOUT = 0.0  # base training: Phi3Config attention_dropout
+LORA_DROPOUT = 0.1      # adapters: PEFT lora_dropout (philora ignores it at inference, as PEFT does in eval)
+CHECK_EVERY = 0.05      # held-out check every 5% of a phase's planned steps (plus the last step)
 ADAPTER_OVERHEAD_S = 8.0    # reload + PEFT wrap + warm-up + save, per adapter (for the time guard)
 TAIL_RESERVE_S = 40.0       # export, checks, held-out losses, samples, sizes (for the time guard)
 OVERRUN_FRAC, OVERRUN_S = 0.05, 2.0   # a phase stops at budget * 1.05 + 2 s even if its plan is not done
@@ -100,12 +109,16 @@ SIZE_BUDGET_BYTES = 40 * 2 ** 20   # model + adapters + tokenizer files: 40 MiB
 TESTED_VERSIONS = {"torch": "2.11", "transformers": "5.17", "peft": "0.21", "tokenizers": "0.23"}
 
 # Per-mode defaults of the options whose argparse default is None.
-REAL_DEFAULTS = dict(base_seconds=300.0, adapter_seconds=45.0, batch=64, adapter_batch=16, probe_steps=20,
+# base_seconds / adapter_seconds are ceilings: on an H100 the epoch caps end every phase first.
+REAL_DEFAULTS = dict(base_seconds=300.0, adapter_seconds=30.0, batch=64, adapter_batch=16, probe_steps=20,
                      warmup_steps=100, adapter_warmup_steps=20, log_every=50, max_chars_per_file=0,
-                     tokenizer_chars_per_file=16_000_000, total_seconds=550.0, progress_windows=64)
+                     tokenizer_chars_per_file=16_000_000, total_seconds=550.0, progress_windows=64,
+                     max_epochs=8.0, adapter_max_epochs=8.0)
+# The smoke caps are small so that some phases end by the epoch cap and others by time.
 SMOKE_DEFAULTS = dict(base_seconds=8.0, adapter_seconds=3.0, batch=8, adapter_batch=4, probe_steps=5,
                       warmup_steps=5, adapter_warmup_steps=3, log_every=5, max_chars_per_file=1_500_000,
-                      tokenizer_chars_per_file=1_500_000, total_seconds=300.0, progress_windows=8)
+                      tokenizer_chars_per_file=1_500_000, total_seconds=300.0, progress_windows=4,
+                      max_epochs=2.0, adapter_max_epochs=1.0)
 
 SAMPLE_PROMPTS = [
     dict(name="the", text="The "),
@@ -126,7 +139,14 @@ HELDOUT_DEFINITION = (
     "as the sequence [0] + w (0 = '<|endoftext|>') at positions 0..len(w): every token of w is predicted, "
     "the first one from '<|endoftext|>' alone. loss = (sum over all windows and all tokens of w of "
     "-ln p(token | the tokens before it in its sequence)) / N. Computed with the bf16 weights of the files "
-    "converted to float32, float32 arithmetic (no autocast, no TF32).")
+    "converted to float32, float32 arithmetic (no autocast, no TF32). heldout.base and heldout.adapters[*].loss "
+    "are this loss over the whole file. Selection/report split: the windows of a file are split by their index "
+    "in the stream, even-indexed windows (0, 2, 4, ...) forming the selection part and odd-indexed windows "
+    "(1, 3, 5, ...) the report part. During training, the held-out checks that choose which checkpoint is kept "
+    "score only selection windows (base: base.jsonl and chat.jsonl; an adapter: its own domain's file); the "
+    "report part is never seen by any training decision. A part's loss is the sum above over its windows "
+    "divided by its windows' tokens (heldout.base_by_part, heldout.adapters[*].loss_select / loss_report). "
+    "A document group that straddles a window boundary has documents in both parts.")
 
 
 # ================================================================================================
@@ -205,6 +225,30 @@ def heldout_sequences(stream, window: int = HELDOUT_WINDOW, eos_id: int = EOS_ID
     return [[eos_id] + w for w in heldout_windows(stream, window)]
 
 
+def split_window_indices(n_windows: int) -> tuple:
+    """(selection, report) window indices: even-indexed windows select checkpoints, odd-indexed
+    windows report. A file of one window has an empty report part."""
+    return list(range(0, n_windows, 2)), list(range(1, n_windows, 2))
+
+
+def part_loss(per_window, indices):
+    """Mean -ln p over the given windows: per_window[i] = (sum of -ln p, predicted tokens).
+    None when the part has no tokens."""
+    nll = sum(per_window[i][0] for i in indices)
+    n = sum(per_window[i][1] for i in indices)
+    return nll / n if n else None
+
+
+def fmt_loss(v) -> str:
+    return "(empty)" if v is None else f"{v:.5f}"
+
+
+def selection_windows(n_windows: int, max_windows: int = 0) -> list:
+    """The window indices a held-out check scores: the selection part, at most max_windows (0 = all)."""
+    sel = split_window_indices(n_windows)[0]
+    return sel[:max_windows] if max_windows and max_windows > 0 else sel
+
+
 def stream_sha256(ids) -> str:
     """sha256 of the token stream as little-endian uint32 (training.json records it per file)."""
     h = hashlib.sha256()
@@ -242,6 +286,42 @@ def adjust_warmup(warmup: int, total: int, probe_steps: int) -> int:
     if total >= 10 * warmup:
         return warmup
     return max(1, min(warmup, max(probe_steps, total // 10)))
+
+
+def epoch_step_cap(stream_tokens, seqs_per_step, seq_len: int, max_epochs):
+    """The most optimizer steps that keep every stream at or under max_epochs passes, where a step
+    takes seqs_per_step[i] windows of seq_len predicted tokens from stream i (of stream_tokens[i]
+    tokens). None = no cap (max_epochs 0 or None). At least 1."""
+    if not max_epochs or max_epochs <= 0:
+        return None
+    caps = [int(max_epochs * n / (k * seq_len)) for n, k in zip(stream_tokens, seqs_per_step) if k > 0]
+    return max(1, min(caps)) if caps else None
+
+
+def stream_passes(steps: int, stream_tokens, seqs_per_step, seq_len: int) -> list:
+    """Passes over each stream after `steps` steps (the epoch count the cap limits is the largest)."""
+    return [steps * k * seq_len / max(1, n) for n, k in zip(stream_tokens, seqs_per_step)]
+
+
+def check_steps(total: int, every: float = CHECK_EVERY, after: int = 0) -> list:
+    """The steps after which a held-out check runs: every `every` of the planned `total` steps
+    (rounded), only those after step `after` (the schedule is known from then on), and always the
+    last step. every <= 0: the last step only."""
+    if total < 1:
+        return []
+    n = max(1, int(round(1.0 / every))) if every > 0 else 1
+    steps = sorted({min(total, max(1, int(round(total * k / n)))) for k in range(1, n + 1)})
+    steps = [s for s in steps if s > after]
+    if total not in steps:
+        steps.append(total)
+    return steps
+
+
+def stop_reason(planned_by, overrun: bool) -> str:
+    """Which limit ended a phase: the epoch cap, the time budget, or the overrun guard."""
+    if overrun:
+        return "time guard (budget x 1.05 + 2 s, before the plan was done)"
+    return "epoch cap" if planned_by == "epoch cap" else "time budget"
 
 
 def plan_phase_seconds(requested: float, total_limit: float, elapsed: float, reserve: float,
@@ -520,10 +600,11 @@ def read_jsonl_docs(path: str, max_chars: int = 0) -> dict:
 
 
 def verify_tree(root: str) -> list:
-    """Problems with an unpacked model tree (standard library only; `heldout/` beside it is ignored)."""
+    """Problems with an unpacked model tree (standard library only; `heldout/` and the model card
+    `README.md` beside it are ignored)."""
     problems = []
     missing, extra = check_layout(root)
-    extra = [p for p in extra if not p.startswith("heldout/")]
+    extra = [p for p in extra if not p.startswith("heldout/") and p != "README.md"]
     problems += [f"missing {p}" for p in missing] + [f"unexpected {p}" for p in extra]
     if missing:
         return problems
@@ -563,7 +644,8 @@ def verify_tree(root: str) -> list:
                      ("base_model_name_or_path", MODEL_DIRNAME)):
             if acfg.get(k) != v:
                 problems.append(f"{d}/adapter_config.json {k}={acfg.get(k)!r}, expected {v!r}")
-    total = sum(b for p, b in dir_files(root) if p != "training.json" and not p.startswith("heldout/"))
+    total = sum(b for p, b in dir_files(root)
+                if p not in ("training.json", "README.md") and not p.startswith("heldout/"))
     if total >= SIZE_BUDGET_BYTES:
         problems.append(f"tree is {total:,} bytes, over the {SIZE_BUDGET_BYTES:,}-byte budget")
     tr = load("training.json")
@@ -635,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--smoke", action="store_true",
-                    help="whole pipeline with tiny budgets, batches and corpus caps (~2 minutes, estimated)")
+                    help="whole pipeline with tiny budgets, batches, epoch caps and corpus caps (a minute or two)")
     ap.add_argument("--self-test", action="store_true", help="test the pure-Python parts and exit")
     ap.add_argument("--check-only", action="store_true", help="check inputs, packages and the GPU, then exit")
     ap.add_argument("--verify-tree", metavar="DIR",
@@ -647,11 +729,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dtype the adapters are saved in (default bfloat16)")
     ap.add_argument("--lr", type=float, default=BASE_LR)
     ap.add_argument("--adapter-lr", type=float, default=ADAPTER_LR)
-    ap.add_argument("--chat-fraction", type=float, default=CHAT_FRACTION)
+    ap.add_argument("--chat-fraction", type=float, default=CHAT_FRACTION,
+                    help=f"share of chat sequences in a base step (default {CHAT_FRACTION})")
+    ap.add_argument("--dropout", type=float, default=DROPOUT,
+                    help=f"base training: Phi3Config resid_pdrop and embd_pdrop (default {DROPOUT}; exported as 0)")
+    ap.add_argument("--attention-dropout", type=float, default=ATTENTION_DROPOUT,
+                    help=f"base training: Phi3Config attention_dropout (default {ATTENTION_DROPOUT}; exported as 0)")
+    ap.add_argument("--lora-dropout", type=float, default=LORA_DROPOUT,
+                    help=f"adapters: PEFT lora_dropout (default {LORA_DROPOUT})")
+    ap.add_argument("--check-every", type=float, default=CHECK_EVERY,
+                    help=f"held-out check every this fraction of a phase's planned steps, and at its last step "
+                         f"(default {CHECK_EVERY}; 0 = the last step only, i.e. keep the final weights)")
     ap.add_argument("--micro-batch", type=int, default=0, help="base micro-batch (0 = the whole batch)")
     # Mode-dependent (None -> REAL_DEFAULTS or SMOKE_DEFAULTS)
     ap.add_argument("--base-seconds", type=float, default=None, help="base training budget (300; smoke 8)")
-    ap.add_argument("--adapter-seconds", type=float, default=None, help="per-adapter budget (45; smoke 3)")
+    ap.add_argument("--adapter-seconds", type=float, default=None, help="per-adapter budget (30; smoke 3)")
+    ap.add_argument("--max-epochs", type=float, default=None,
+                    help="base: at most this many passes over its most-repeated stream (8; smoke 2; 0 = no cap)")
+    ap.add_argument("--adapter-max-epochs", type=float, default=None,
+                    help="each adapter: at most this many passes over its domain's stream (8; smoke 1; 0 = no cap)")
     ap.add_argument("--total-seconds", type=float, default=None,
                     help="whole-run guard: budgets shrink so the run ends by then (550; 0 = off)")
     ap.add_argument("--batch", type=int, default=None, help="base sequences per step (64; smoke 8)")
@@ -665,7 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer-chars-per-file", type=int, default=None,
                     help="tokenizer trains on the first ~N chars of each training file (16M; smoke 1.5M)")
     ap.add_argument("--progress-windows", type=int, default=None,
-                    help="held-out windows per file for the quick checks during base training (64; smoke 8)")
+                    help="at most this many selection-part windows per held-out file in each check during "
+                         "training (64, i.e. all of them; smoke 4)")
     return ap
 
 
@@ -691,6 +788,15 @@ def validate_args(args) -> list:
         bad.append("--chat-fraction must be in [0, 1]")
     if args.log_every < 1:
         bad.append("--log-every must be >= 1")
+    for k in ("dropout", "attention_dropout", "lora_dropout"):
+        if not 0.0 <= getattr(args, k) < 1.0:
+            bad.append(f"--{k.replace('_', '-')} must be in [0, 1)")
+    if args.max_epochs < 0 or args.adapter_max_epochs < 0:
+        bad.append("--max-epochs and --adapter-max-epochs must be >= 0 (0 = no cap)")
+    if not 0.0 <= args.check_every <= 1.0:
+        bad.append("--check-every must be in [0, 1]")
+    if args.progress_windows < 0:
+        bad.append("--progress-windows must be >= 0")
     return bad
 
 
@@ -703,7 +809,9 @@ def self_test() -> None:
     ap = build_parser()
     a = resolve_args(ap.parse_args(["--out", "x"]))
     assert a.corpus == ".corpus" and a.heldout == "models/heldout" and a.seed == DEFAULT_SEED
-    assert a.base_seconds == 300.0 and a.adapter_seconds == 45.0 and a.batch == 64 and not a.smoke
+    assert a.base_seconds == 300.0 and a.adapter_seconds == 30.0 and a.batch == 64 and not a.smoke
+    assert a.max_epochs == 8.0 and a.adapter_max_epochs == 8.0 and a.chat_fraction == 0.2
+    assert a.dropout == 0.1 and a.attention_dropout == 0.0 and a.lora_dropout == 0.1 and a.check_every == 0.05
     assert not validate_args(a)
     s = resolve_args(ap.parse_args(["--out", "x", "--smoke", "--base-seconds", "20"]))
     assert s.smoke and s.base_seconds == 20.0 and s.adapter_seconds == SMOKE_DEFAULTS["adapter_seconds"]
@@ -714,6 +822,12 @@ def self_test() -> None:
         assert getattr(ap.parse_args([]), k) is None, k
     b = resolve_args(ap.parse_args(["--out", "x", "--micro-batch", "7"]))
     assert validate_args(b)
+    for bad_args in (["--dropout", "1"], ["--lora-dropout", "-0.1"], ["--max-epochs", "-1"], ["--check-every", "2"],
+                     ["--progress-windows", "-1"]):
+        assert validate_args(resolve_args(ap.parse_args(["--out", "x"] + bad_args))), bad_args
+    c = resolve_args(ap.parse_args(["--out", "x", "--max-epochs", "0", "--adapter-max-epochs", "3.5",
+                                    "--check-every", "0"]))
+    assert not validate_args(c) and c.max_epochs == 0.0 and c.adapter_max_epochs == 3.5
 
     # -- chat template: exact text, and jinja2 (if present) vs the hand renderer
     want = ("{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + "
@@ -782,6 +896,27 @@ def self_test() -> None:
             assert seqs[0][1] == stream[0]
     assert heldout_windows([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
     assert heldout_sequences([1, 2, 3], 2) == [[0, 1, 2], [0, 3]]
+    # the selection/report split of the windows, and part losses
+    assert split_window_indices(0) == ([], []) and split_window_indices(1) == ([0], [])
+    assert split_window_indices(7) == ([0, 2, 4, 6], [1, 3, 5])
+    for n in (1, 2, 7, 14, 15):
+        sel, rep_ = split_window_indices(n)
+        assert sorted(sel + rep_) == list(range(n)) and not set(sel) & set(rep_)
+        assert len(sel) - len(rep_) in (0, 1)
+    assert selection_windows(14) == [0, 2, 4, 6, 8, 10, 12] and selection_windows(14, 3) == [0, 2, 4]
+    assert selection_windows(14, 0) == selection_windows(14, 64)
+    pw = [(10.0, 4), (3.0, 1), (6.0, 2), (9.0, 3)]
+    assert part_loss(pw, [0, 2]) == 16.0 / 6 and part_loss(pw, [1, 3]) == 12.0 / 4
+    assert part_loss(pw, range(4)) == 28.0 / 10 and part_loss(pw, []) is None
+    # whole-file loss is the token-weighted mix of the two parts
+    sel, rep_ = split_window_indices(len(pw))
+    whole = part_loss(pw, range(len(pw)))
+    assert abs(whole - (part_loss(pw, sel) * 6 + part_loss(pw, rep_) * 4) / 10) < 1e-12
+    # the real files' window counts (models/heldout): every part is non-empty
+    for n_tok in (13521, 9767, 14070, 6640, 14885):
+        nw = len(heldout_windows(list(range(n_tok))))
+        sel, rep_ = split_window_indices(nw)
+        assert sel and rep_
     assert stream_sha256([]) == hashlib.sha256(b"").hexdigest()
     assert stream_sha256([1, 256]) == hashlib.sha256(b"\x01\x00\x00\x00\x00\x01\x00\x00").hexdigest()
 
@@ -804,6 +939,34 @@ def self_test() -> None:
     assert plan_phase_seconds(300, 0, 500, 180, 20) == (300, False)
     assert batch_counts(64, 0.3, True) == (45, 19) and batch_counts(64, 0.3, False) == (64, 0)
     assert batch_counts(8, 0.3, True) == (6, 2)
+    assert batch_counts(64, 0.2, True) == (51, 13)
+
+    # -- epoch caps (last run's streams: base 6,702,717 and chat 1,343,194 tokens; devil 218,611)
+    assert epoch_step_cap([6_702_717, 1_343_194], [51, 13], 1024, 8) == 807  # chat binds: 8 * 100.9
+    assert epoch_step_cap([6_702_717, 1_343_194], [64, 0], 1024, 8) == 818   # no chat: base binds
+    assert epoch_step_cap([218_611], [16], 1024, 8) == 106
+    assert epoch_step_cap([218_611], [16], 1024, 0) is None and epoch_step_cap([5], [16], 1024, None) is None
+    assert epoch_step_cap([100], [4], 1024, 1) == 1  # never 0 steps
+    ps = stream_passes(807, [6_702_717, 1_343_194], [51, 13], 1024)
+    assert max(ps) <= 8.0 and max(stream_passes(808, [6_702_717, 1_343_194], [51, 13], 1024)) > 8.0
+    assert 6.0 < ps[0] < 6.5 and abs(ps[1] - 807 * 13 * 1024 / 1_343_194) < 1e-9
+    # the last run's numbers: 6078 steps of 45 + 19 sequences were ~42 and ~88 passes
+    old = stream_passes(6078, [6_702_717, 1_343_194], [45, 19], 1024)
+    assert 41 < old[0] < 42 and 88 < old[1] < 89
+
+    # -- the held-out check schedule
+    assert check_steps(100) == list(range(5, 101, 5))
+    assert check_steps(100, 0.05, 20) == list(range(25, 101, 5))
+    assert check_steps(807)[:3] == [40, 81, 121] and check_steps(807)[-1] == 807 and len(check_steps(807)) == 20
+    assert check_steps(10) == list(range(1, 11))      # short phases: every step, no duplicates
+    assert check_steps(3, 0.05, 5) == [3]              # the plan ended before the probe: the last step only
+    assert check_steps(50, 0.0) == [50] and check_steps(50, 1.0) == [50] and check_steps(0) == []
+    assert check_steps(7, 0.25) == [2, 4, 5, 7]
+    for tot in (1, 2, 19, 21, 106, 1234, 6078):
+        cs = check_steps(tot, CHECK_EVERY, min(20, tot))
+        assert cs == sorted(set(cs)) and cs[-1] == tot and all(1 <= c <= tot for c in cs)
+    assert stop_reason("epoch cap", False) == "epoch cap" and stop_reason("time budget", False) == "time budget"
+    assert stop_reason("epoch cap", True).startswith("time guard")
 
     # -- model, adapters, sizes
     shapes = expected_tensor_shapes()
@@ -833,8 +996,10 @@ def self_test() -> None:
           "rope_theta": 1.0, "sliding_window": 2047}
     v5 = {"vocab_size": 8192, "dtype": "bfloat16", "head_dim": 64,
           "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}}
-    for raw in (v4, v5):
+    v5d = dict(v5, resid_pdrop=0.1, embd_pdrop=0.1, attention_dropout=0.05)
+    for raw in (v4, v5, v5d):
         p = patch_config_json(raw, "x.y")
+        assert p["resid_pdrop"] == 0.0 and p["embd_pdrop"] == 0.0 and p["attention_dropout"] == 0.0
         assert p["architectures"] == ["Phi3ForCausalLM"] and p["model_type"] == "phi3"
         assert p["rope_theta"] == 10000.0 and p["rope_scaling"] is None and p["sliding_window"] is None
         assert p["torch_dtype"] == "bfloat16" and p["partial_rotary_factor"] == 1.0
@@ -931,6 +1096,8 @@ def self_test() -> None:
         os.makedirs(os.path.join(root, "heldout"))
         with open(os.path.join(root, "heldout", "base.jsonl"), "w") as f:
             f.write("{}\n")
+        with open(os.path.join(root, "README.md"), "w") as f:  # models/README.md, the model card
+            f.write("# card\n")
         assert verify_tree(root) == [], verify_tree(root)
         write_json(os.path.join(root, "adapters", "devil", "adapter_config.json"),
                    {"r": 8, "lora_alpha": 16, "use_rslora": False, "base_model_name_or_path": "/tmp/x"})
@@ -940,10 +1107,141 @@ def self_test() -> None:
         assert len(probs) == 3 and sum("adapters/devil" in p for p in probs) == 2, probs
     assert version_tuple("2.11.0+cu130") == (2, 11, 0) and version_tuple("0.21.0.dev0") == (0, 21, 0)
     assert "1023" in HELDOUT_DEFINITION and "[0] + w" in HELDOUT_DEFINITION
+    assert "even-indexed windows" in HELDOUT_DEFINITION and "whole file" in HELDOUT_DEFINITION
+
+    self_test_training_loop()
 
     print(f"  parameters {expected_param_count():,}; estimated tree {sizes['total']:,} bytes "
           f"(budget {SIZE_BUDGET_BYTES:,}); adapters (bf16) {sizes['adapter_bytes']}")
     print("self-test OK")
+
+
+def self_test_training_loop() -> None:
+    """train_loop + HeldoutCheck on a stand-in for torch (plain floats): the plan (time budget vs epoch
+    cap), the check schedule, which limit ended the phase, and that the best check's weights come back."""
+    import contextlib
+    import io
+    import types
+
+    class T:  # a scalar "tensor"
+        def __init__(self, v):
+            self.v = float(v)
+
+        def detach(self):
+            return self
+
+        def clone(self):
+            return T(self.v)
+
+        def copy_(self, o):
+            self.v = o.v
+            return self
+
+        def float(self):
+            return self
+
+        def backward(self):
+            pass
+
+        def __add__(self, o):
+            return T(self.v + o.v)
+
+        def __truediv__(self, k):
+            return T(self.v / k)
+
+    class Stacked(list):
+        def float(self):
+            return self
+
+        def tolist(self):
+            return [t.v for t in self]
+
+    torch = types.SimpleNamespace(stack=Stacked, no_grad=contextlib.nullcontext,
+                                  nn=types.SimpleNamespace(utils=types.SimpleNamespace(
+                                      clip_grad_norm_=lambda params, clip: None)))
+
+    class FakeRun:
+        def __init__(self):
+            self.S = types.SimpleNamespace(torch=torch)
+            self.device = types.SimpleNamespace(type="cpu")
+            self.args = types.SimpleNamespace(log_every=1000, progress_windows=0)
+            self.warnings = []
+
+        def warn(self, msg):
+            self.warnings.append(msg)
+
+    class Model:  # one weight; the optimizer sets it to the step count, so weight = training step
+        def __init__(self):
+            self.w = T(0.0)
+            self.training = True
+
+        def train(self):
+            self.training = True
+
+        def eval(self):
+            self.training = False
+
+    class Opt:
+        def __init__(self, model):
+            self.model, self.param_groups, self.lrs = model, [{"lr": 0.0}], []
+
+        def step(self):
+            self.lrs.append(self.param_groups[0]["lr"])
+            self.model.w.v += 1.0
+
+        def zero_grad(self, set_to_none=True):
+            pass
+
+    class Sampler:
+        batch_size, seq_len = 4, 8
+
+        def next(self):
+            return [0] * 4, [0] * 4
+
+    def scorer(run_, model, seqs, autocast=False):  # held-out loss is lowest at weight (= step) 30
+        assert autocast
+        model.eval()  # as score_sequences does; HeldoutCheck must put the model back in training mode
+        return [(len(seqs) * (2.0 + (model.w.v - 30.0) ** 2 / 100.0), len(seqs))]
+
+    def phase(max_steps, budget, probe=5, check_every=CHECK_EVERY):
+        run_, model = FakeRun(), Model()
+        opt = Opt(model)
+        held = {"d": list(range(5 * HELDOUT_WINDOW))}    # 5 windows: selection = windows 0, 2, 4
+        chk = HeldoutCheck(run_, "fake", model, held, ("d",), [model.w], [1000], [4], 8, scorer=scorer)
+        assert [len(q) for q in chk.seqs["d"]] == [CONTEXT] * 3
+        with contextlib.redirect_stdout(io.StringIO()):
+            stats = train_loop(run_, name="fake", fn=lambda x, y: T(1.0), micro=4, params=[model.w], opt=opt,
+                               sampler=Sampler(), budget_s=budget, peak_lr=1.0, warmup_steps=2, probe_steps=probe,
+                               max_steps=max_steps, check_hook=chk, check_every=check_every)
+            best = chk.restore_best()
+        assert model.training and len(opt.lrs) == stats["steps"]
+        return stats, best, model, run_, opt
+
+    # a huge time budget, the epoch cap binds: 60 steps, checks every 3, best at step 30, restored
+    st, best, model, run_, opt = phase(60, 1e6)
+    assert st["planned_by"] == "epoch cap" and st["stopped_by"] == "epoch cap" and st["steps"] == 60
+    assert st["steps_allowed_by_time"] > 60 and st["steps_allowed_by_epochs"] == 60
+    assert [c["step"] for c in best["heldout_checks"]] == list(range(6, 61, 3))  # after the 5-step probe
+    assert best["best_step"] == 30 and best["restored_best"] and model.w.v == 30.0
+    assert abs(best["heldout_checks"][0]["epochs"] - 6 * 4 * 8 / 1000) < 1e-9
+    assert abs(best["best_check"]["score"] - 2.0) < 1e-12 and best["selection_windows"] == {"d": 3}
+    assert abs(opt.lrs[-1] - FINAL_LR_FRAC) < 1e-12 and not run_.warnings and best["cap_hint"] is None
+    # the cap is below the probe: planned from the start, checks at every step
+    st, best, model, _, _ = phase(3, 1e6)
+    assert st["planned_by"] == "epoch cap" and st["steps"] == 3
+    assert [c["step"] for c in best["heldout_checks"]] == [1, 2, 3] and best["best_step"] == 3
+    assert not best["restored_best"] and model.w.v == 3.0
+    # no time left: the time budget binds at the probe's 5 steps; the last check is the only one
+    st, best, model, _, _ = phase(None, 0.0)
+    assert st["planned_by"] == "time budget" and st["stopped_by"] == "time budget" and st["steps"] == 5
+    assert [c["step"] for c in best["heldout_checks"]] == [5] and best["best_step"] == 5
+    # checks only at the end (--check-every 0): the final weights are kept even though step 30 was better
+    st, best, model, _, _ = phase(40, 1e6, check_every=0.0)
+    assert [c["step"] for c in best["heldout_checks"]] == [40] and model.w.v == 40.0
+    # best at the last check / before half-way: the hint says which way to move the cap
+    assert "still falling" in phase(25, 1e6)[1]["cap_hint"]
+    assert "before half-way" in phase(100, 1e6)[1]["cap_hint"]
+    print("  train_loop + held-out checks on a stand-in backend: plan, check steps, stop reason, restore OK")
 
 
 # ================================================================================================
@@ -1398,15 +1696,17 @@ class WindowSampler:
 
 # ---- model construction ------------------------------------------------------------------------
 
-def config_attempts(S):
-    """Phi3Config kwargs, transformers-5 style (rope_parameters) first when the class has it."""
+def config_attempts(S, dropout: float = 0.0, attention_dropout: float = 0.0):
+    """Phi3Config kwargs, transformers-5 style (rope_parameters) first when the class has it. The dropout
+    rates apply to training only: the exported config.json says 0 (patch_config_json)."""
     import inspect
     common = {k: MODEL[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
                                     "original_max_position_embeddings", "rms_norm_eps", "hidden_act",
                                     "tie_word_embeddings", "initializer_range", "bos_token_id", "eos_token_id",
                                     "pad_token_id")}
-    common.update(use_cache=True, sliding_window=None, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+    common.update(use_cache=True, sliding_window=None, resid_pdrop=dropout, embd_pdrop=dropout,
+                  attention_dropout=attention_dropout)
     rp = {"rope_type": "default", "rope_theta": MODEL["rope_theta"], "partial_rotary_factor": 1.0}
     v5 = dict(common, rope_parameters=dict(rp))
     v5b = dict(common, rope_parameters={"rope_type": "default", "rope_theta": MODEL["rope_theta"]})
@@ -1431,7 +1731,7 @@ def config_rope_theta(cfg):
 def build_config(run: Run):
     S = run.S
     errors = []
-    for style, kw in config_attempts(S):
+    for style, kw in config_attempts(S, run.args.dropout, run.args.attention_dropout):
         try:
             cfg = S.Phi3Config(**copy.deepcopy(kw))
         except Exception as e:  # noqa: BLE001
@@ -1605,7 +1905,11 @@ def prepare_loss_fn(run: Run, name: str, loss_fn, params, sampler, micro: int, w
 
 
 def train_loop(run: Run, *, name: str, fn, micro: int, params, opt, sampler, budget_s: float, peak_lr: float,
-               warmup_steps: int, probe_steps: int, progress_hook=None) -> dict:
+               warmup_steps: int, probe_steps: int, max_steps=None, check_hook=None,
+               check_every: float = CHECK_EVERY) -> dict:
+    """Train until the plan is done. The plan (total steps, fixed after the probe) is what the time
+    budget allows at the probe's speed, or max_steps (the epoch cap) if that is smaller. check_hook(step,
+    seconds) runs at check_steps() of the plan and after the last step, off the clock."""
     torch = run.S.torch
     args = run.args
     B, L = sampler.batch_size, sampler.seq_len
@@ -1613,17 +1917,34 @@ def train_loop(run: Run, *, name: str, fn, micro: int, params, opt, sampler, bud
     chunks = B // micro
     losses = []
     curve = []
-    total, warm, sec_per_step = None, warmup_steps, None
-    progress_at = set()
+    total, warm, sec_per_step, planned_by, time_steps = None, warmup_steps, None, None, None
+    check_at = set()
+    last_checked = None
     timed_from = min(3, probe_steps - 1)
     t_from = None
     paused = 0.0
     step = 0
     overrun = False
+    if max_steps is not None and max_steps <= probe_steps:
+        # The epoch cap ends the phase before the probe would: no timing needed to plan it.
+        total, planned_by = max_steps, "epoch cap"
+        warm = adjust_warmup(warmup_steps, total, 1)
+        check_at = set(check_steps(total, check_every, 0))
     t_start = time.time()
     last_t, last_step = t_start, 0
-    log(f"{name}: training for {budget_s:.0f}s, {B} x {L} tokens a step ({tokens_per_step:,}), micro-batch {micro}, "
-        f"peak lr {peak_lr:g}, provisional warmup {warmup_steps}")
+
+    def run_check():
+        nonlocal paused, last_t, last_checked
+        t = time.time()
+        check_hook(step, round(t - t_start - paused, 2))
+        paused += time.time() - t
+        last_t += time.time() - t
+        last_checked = step
+
+    log(f"{name}: training for at most {budget_s:.0f}s" +
+        (f" or {max_steps} steps (epoch cap)" if max_steps is not None else "") +
+        f", {B} x {L} tokens a step ({tokens_per_step:,}), micro-batch {micro}, peak lr {peak_lr:g}, "
+        f"provisional warmup {warm}")
     while True:
         if total is not None and step >= total:
             break
@@ -1653,12 +1974,18 @@ def train_loop(run: Run, *, name: str, fn, micro: int, params, opt, sampler, bud
             sync(run)
             now = time.time()
             elapsed = now - t_start - paused
-            total, sec_per_step = plan_total_steps(probe_steps, probe_steps - timed_from, now - paused - t_from,
-                                                   elapsed, budget_s)
+            time_steps, sec_per_step = plan_total_steps(probe_steps, probe_steps - timed_from,
+                                                        now - paused - t_from, elapsed, budget_s)
+            total, planned_by = time_steps, "time budget"
+            if max_steps is not None and max_steps < time_steps:
+                total, planned_by = max_steps, "epoch cap"
             warm = adjust_warmup(warmup_steps, total, probe_steps)
-            progress_at = {max(probe_steps + 1, int(round(total * f))) for f in (0.25, 0.5, 0.75)} - {total}
-            log(f"{name}: {sec_per_step * 1000:.1f} ms/step ({tokens_per_step / sec_per_step:,.0f} tokens/s) -> "
-                f"{total} steps, warmup {warm}, cosine to {FINAL_LR_FRAC:g} x peak")
+            check_at = set(check_steps(total, check_every, probe_steps))
+            log(f"{name}: {sec_per_step * 1000:.1f} ms/step ({tokens_per_step / sec_per_step:,.0f} tokens/s); "
+                f"the time budget allows {time_steps} steps" +
+                (f", the epoch cap {max_steps}" if max_steps is not None else "") +
+                f" -> {total} steps ({planned_by}, ~{total * sec_per_step:.0f}s), warmup {warm}, cosine to "
+                f"{FINAL_LR_FRAC:g} x peak, {len(check_at)} held-out checks")
         if step % args.log_every == 0 or step == total:
             vals = torch.stack(losses[last_step:step]).float().tolist()
             now = time.time()
@@ -1671,42 +1998,42 @@ def train_loop(run: Run, *, name: str, fn, micro: int, params, opt, sampler, bud
             if not all(math.isfinite(v) for v in vals):
                 raise FatalError(f"{name}: non-finite loss at step {step}")
             last_t, last_step = now, step
-        if progress_hook is not None and step in progress_at:
-            t = time.time()
-            progress_hook(step)
-            paused += time.time() - t
-            last_t += time.time() - t
+        if check_hook is not None and step in check_at:
+            run_check()
     sync(run)
+    if check_hook is not None and step > 0 and last_checked != step:
+        run_check()  # the overrun guard stopped the phase between checks: the last weights are a candidate
     train_s = time.time() - t_start - paused
     all_losses = torch.stack(losses).float().tolist() if losses else []
     tail = all_losses[-min(20, len(all_losses)):] if all_losses else [float("nan")]
-    return {"steps": step, "planned_steps": total, "warmup_steps": warm, "seconds": round(train_s, 2),
+    stopped_by = stop_reason(planned_by, overrun)
+    log(f"{name}: ended by the {stopped_by} after {step} steps ({train_s:.1f}s of training)")
+    return {"steps": step, "planned_steps": total, "planned_by": planned_by, "stopped_by": stopped_by,
+            "steps_allowed_by_time": time_steps, "steps_allowed_by_epochs": max_steps,
+            "warmup_steps": warm, "seconds": round(train_s, 2),
             "budget_seconds": budget_s, "tokens_per_step": tokens_per_step, "tokens_seen": step * tokens_per_step,
             "tokens_per_s": step * tokens_per_step / max(1e-9, train_s), "ms_per_step_probe":
             None if sec_per_step is None else sec_per_step * 1000, "final_loss_mean_last_20": sum(tail) / len(tail),
             "first_loss": all_losses[0] if all_losses else None, "curve": curve, "stopped_over_budget": overrun,
-            "paused_for_progress_evals_s": round(paused, 2)}
+            "paused_for_heldout_checks_s": round(paused, 2)}
 
 
 # ---- held-out scoring --------------------------------------------------------------------------
 
-def score_stream(run: Run, model, stream, *, max_windows=None, autocast=False, batch: int = 16) -> tuple:
-    """(mean -ln p over predicted tokens, number of predicted tokens) per HELDOUT_DEFINITION."""
+def score_sequences(run: Run, model, seqs, *, autocast=False, batch: int = 16) -> list:
+    """[(sum of -ln p, predicted tokens)] for each scored sequence ([0] + window), in input order."""
     torch, F = run.S.torch, run.S.F
-    ids = [int(t) for t in stream]
-    seqs = heldout_sequences(ids)
-    if max_windows is not None:
-        seqs = seqs[:max_windows]
-    total, n = 0.0, 0
+    out = [None] * len(seqs)
     groups = {}
-    for q in seqs:
-        groups.setdefault(len(q), []).append(q)
+    for i, q in enumerate(seqs):
+        groups.setdefault(len(q), []).append(i)
     model.eval()
     with torch.no_grad():
         for length in sorted(groups):
-            rows = groups[length]
-            for i in range(0, len(rows), batch):
-                x = torch.tensor(rows[i:i + batch], dtype=torch.long, device=run.device)
+            idx = groups[length]
+            for i in range(0, len(idx), batch):
+                rows = idx[i:i + batch]
+                x = torch.tensor([seqs[j] for j in rows], dtype=torch.long, device=run.device)
                 if autocast:
                     with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16):
                         logits = model(input_ids=x, use_cache=False).logits
@@ -1715,11 +2042,109 @@ def score_stream(run: Run, model, stream, *, max_windows=None, autocast=False, b
                 logits = logits[:, :-1].float()
                 tgt = x[:, 1:]
                 nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
-                total += float(nll.double().sum())
-                n += int(tgt.numel())
-    if max_windows is None and n != len(ids):
+                sums = nll.double().reshape(len(rows), -1).sum(dim=1).tolist()
+                for j, v in zip(rows, sums):
+                    out[j] = (float(v), int(tgt.shape[1]))
+    return out
+
+
+def score_stream(run: Run, model, stream) -> dict:
+    """HELDOUT_DEFINITION over a whole stream: the loss of the whole file and of its selection and
+    report parts, and the per-window sums."""
+    ids = [int(t) for t in stream]
+    per = score_sequences(run, model, heldout_sequences(ids))
+    n = sum(k for _, k in per)
+    if n != len(ids):
         raise FatalError(f"held-out scoring predicted {n} tokens, the stream has {len(ids)}")
-    return (total / n if n else float("nan")), n
+    sel, rep = split_window_indices(len(per))
+    return {"loss": part_loss(per, range(len(per))), "tokens": n, "select": part_loss(per, sel),
+            "report": part_loss(per, rep), "per_window": per}
+
+
+class HeldoutCheck:
+    """The quick held-out check during training: bf16 autocast over the training weights, on the
+    selection-part windows of some held-out files; keeps a copy of the best weights.
+    score = the mean of the files' losses."""
+
+    def __init__(self, run: Run, name: str, model, streams: dict, domains, params, stream_tokens,
+                 seqs_per_step, seq_len: int, scorer=None):
+        self.run, self.name, self.model, self.domains = run, name, model, list(domains)
+        self.scorer = scorer or score_sequences   # self_test passes a fake one
+        self.params = list(params)          # the tensors to keep (base: state_dict values; adapter: LoRA)
+        self.stream_tokens, self.seqs_per_step, self.seq_len = stream_tokens, seqs_per_step, seq_len
+        self.seqs = {}
+        for d in self.domains:
+            all_seqs = heldout_sequences([int(t) for t in streams[d]])
+            self.seqs[d] = [all_seqs[i] for i in selection_windows(len(all_seqs), run.args.progress_windows)]
+        self.checks, self.best, self.best_copy = [], None, None
+
+    def losses(self) -> dict:
+        out = {}
+        for d in self.domains:
+            per = self.scorer(self.run, self.model, self.seqs[d], autocast=True)
+            out[d] = part_loss(per, range(len(per)))
+        return out
+
+    def __call__(self, step: int, seconds: float) -> None:
+        torch = self.run.S.torch
+        losses = self.losses()
+        self.model.train()
+        score = sum(losses.values()) / len(losses)
+        if not math.isfinite(score):
+            raise FatalError(f"{self.name}: non-finite held-out loss at step {step}: {losses}")
+        passes = stream_passes(step, self.stream_tokens, self.seqs_per_step, self.seq_len)
+        rec = {"step": step, "seconds": seconds, "epochs": round(max(passes), 3), "losses": losses, "score": score}
+        self.checks.append(rec)
+        better = self.best is None or score < self.best["score"]
+        if better:
+            with torch.no_grad():
+                if self.best_copy is None:
+                    self.best_copy = [p.detach().clone() for p in self.params]
+                else:
+                    for b, p in zip(self.best_copy, self.params):
+                        b.copy_(p.detach())
+            self.best = rec
+        log(f"{self.name}: held-out check at step {step} ({seconds:.0f}s, {max(passes):.2f} epochs; selection "
+            f"part, bf16): " + ", ".join(f"{d} {v:.4f}" for d, v in losses.items()) +
+            (f" -> best so far" if better else f" (best {self.best['score']:.4f} at step {self.best['step']})"))
+
+    def describe(self) -> str:
+        cap = self.run.args.progress_windows
+        return ("mean over " + ", ".join(f"{d}.jsonl" for d in self.domains) + " of the loss on the selection part "
+                "(even-indexed windows" + (f", at most {cap} a file" if cap else "") + "), bf16 autocast over the "
+                "training weights")
+
+    def restore_best(self) -> dict:
+        """Copy the best check's weights back; returns what training.json records."""
+        torch = self.run.S.torch
+        if self.best is None:
+            self.run.warn(f"{self.name}: no held-out check ran; keeping the last weights")
+            return {"heldout_checks": [], "best_step": None, "best_check": None, "restored_best": False,
+                    "cap_hint": None}
+        last = self.checks[-1]
+        restored = self.best["step"] != last["step"]
+        if restored:
+            with torch.no_grad():
+                for b, p in zip(self.best_copy, self.params):
+                    p.copy_(b)
+        log(f"{self.name}: best held-out check at step {self.best['step']} of {last['step']} (score "
+            f"{self.best['score']:.4f}; last {last['score']:.4f})" +
+            ("; its weights are restored" if restored else "; the last weights are the best"))
+        # A hint for the next run's caps: still improving at the end, or best before half-way.
+        if len(self.checks) >= 4 and not restored:
+            hint = "the held-out loss was still falling at the last check: a larger epoch cap may help"
+        elif len(self.checks) >= 4 and self.best["step"] < last["step"] / 2:
+            hint = "the best check came before half-way: a smaller epoch cap would spend the schedule better"
+        else:
+            hint = None
+        if hint:
+            log(f"{self.name}: {hint}")
+        self.best_copy = None
+        return {"heldout_checks": self.checks, "best_step": self.best["step"], "best_check": self.best,
+                "restored_best": restored, "cap_hint": hint, "selection_domains": self.domains,
+                "selection_score": self.describe(),
+                "selection_windows": {d: len(self.seqs[d]) for d in self.domains},
+                "selection_tokens": {d: sum(len(q) - 1 for q in self.seqs[d]) for d in self.domains}}
 
 
 # ---- phase 2: base model -------------------------------------------------------------------------
@@ -1756,9 +2181,20 @@ def phase_base(run: Run, streams: dict):
     rot = check_rotary(run, model, fix=False)
     if not rot["ok"]:
         raise FatalError(f"in-memory rotary setup differs from default RoPE theta 10000: {rot}")
-    drop = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-    if drop:
-        raise FatalError(f"dropout layers with p > 0: {drop[:5]}")
+    drop = {n: m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
+    bad_p = sorted({p for p in drop.values()
+                    if abs(p - args.dropout) > 1e-12 and abs(p - args.attention_dropout) > 1e-12})
+    if bad_p:
+        raise FatalError(f"dropout layers with p {bad_p}, neither --dropout nor --attention-dropout: {list(drop)[:5]}")
+    if args.dropout > 0 and not drop:
+        run.warn(f"--dropout {args.dropout} found no nn.Dropout module to act on in this transformers version")
+    attn_drop = getattr(cfg, "attention_dropout", None)
+    if attn_drop != args.attention_dropout:
+        run.warn(f"Phi3Config attention_dropout is {attn_drop!r}, not --attention-dropout {args.attention_dropout}")
+    dropout_info = {"resid_pdrop": getattr(cfg, "resid_pdrop", None), "embd_pdrop": getattr(cfg, "embd_pdrop", None),
+                    "attention_dropout": attn_drop, "dropout_modules": len(drop),
+                    "dropout_module_names": sorted({re.sub(r"\.\d+\.", ".N.", n) for n in drop})}
+    log(f"dropout: {dropout_info}")
     model.to(run.device)
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -1792,38 +2228,40 @@ def phase_base(run: Run, streams: dict):
         reserve = len(ADAPTERS) * (args.adapter_seconds + ADAPTER_OVERHEAD_S) + TAIL_RESERVE_S
         budget, short = plan_phase_seconds(args.base_seconds, args.total_seconds, time.time() - T0, reserve,
                                            minimum=20.0)
-        if short:
-            run.warn(f"base budget shortened from {args.base_seconds:.0f}s to {budget:.0f}s so the run ends within "
+        short_msg = (f"base budget shortened from {args.base_seconds:.0f}s to {budget:.0f}s so the run ends within "
                      f"--total-seconds {args.total_seconds:.0f} ({time.time() - T0:.0f}s used so far)")
-        progress = []
-
-        def progress_hook(step):
-            r = {"step": step}
-            for d in ("base", "chat"):
-                loss, n = score_stream(run, model, streams["heldout"][d], max_windows=args.progress_windows,
-                                       autocast=True)
-                r[d] = loss
-                r[d + "_tokens"] = n
-            model.train()
-            progress.append(r)
-            log(f"base: held-out check at step {step} (first {args.progress_windows} windows, bf16): "
-                f"base {r['base']:.4f}, chat {r['chat']:.4f}")
-
+        if short:
+            log(short_msg)
+        stream_tokens = [int(streams["train"][d].shape[0]) for d in ("base", "chat")]
+        cap = epoch_step_cap(stream_tokens, counts, sampler.seq_len, args.max_epochs)
+        if cap is not None:
+            cap_passes = stream_passes(cap, stream_tokens, counts, sampler.seq_len)
+            log(f"base: --max-epochs {args.max_epochs:g} allows {cap} steps (passes: base text "
+                f"{cap_passes[0]:.2f}, chat {cap_passes[1]:.2f})")
+        checker = HeldoutCheck(run, "base", model, streams["heldout"], ("base", "chat"),
+                               list(model.state_dict().values()), stream_tokens, counts, sampler.seq_len)
         stats = train_loop(run, name="base", fn=fn, micro=micro, params=params, opt=opt, sampler=sampler,
                            budget_s=budget, peak_lr=args.lr, warmup_steps=args.warmup_steps,
-                           probe_steps=args.probe_steps, progress_hook=progress_hook)
+                           probe_steps=args.probe_steps, max_steps=cap, check_hook=checker,
+                           check_every=args.check_every)
+    if short and stats["planned_by"] != "epoch cap":  # a shortened budget only matters if time ended the phase
+        run.warn(short_msg)
+    best = checker.restore_best()
     model.eval()
+    passes = stream_passes(stats["steps"], stream_tokens, counts, sampler.seq_len)
+    best_passes = stream_passes(best["best_step"] or 0, stream_tokens, counts, sampler.seq_len)
     stats.update(mode=mode, warmup_compile=warm_info, micro_batch=micro, fused_adamw=fused, config_style=style,
-                 config_errors=cfg_errors, attn_implementation=attn, parameters=n_params,
-                 sequences_per_step={"base": counts[0], "chat": counts[1]}, progress_heldout=progress,
-                 seq_len=sampler.seq_len, epochs={d: stats["tokens_seen"] * (counts[i] / sum(counts)) /
-                                                   max(1, streams["train"][d].shape[0])
-                                                   for i, d in enumerate(("base", "chat"))},
+                 config_errors=cfg_errors, attn_implementation=attn, parameters=n_params, dropout=dropout_info,
+                 sequences_per_step={"base": counts[0], "chat": counts[1]}, seq_len=sampler.seq_len,
+                 max_epochs=args.max_epochs, epochs=dict(zip(("base", "chat"), passes)),
+                 epochs_at_best=dict(zip(("base", "chat"), best_passes)), **best,
                  phase_seconds=round(time.time() - t0, 1))
     run.info["phases"]["base"] = stats
-    log(f"base: {stats['steps']} steps, {stats['tokens_seen']:,} tokens, final loss {stats['final_loss_mean_last_20']:.4f}, "
-        f"{stats['tokens_per_s']:,.0f} tok/s ({mode})")
-    del opt, fn, sampler
+    log(f"base: {stats['steps']} steps ({stats['stopped_by']}), {stats['tokens_seen']:,} tokens, "
+        f"{', '.join(f'{d} {p:.2f}' for d, p in stats['epochs'].items())} passes, final train loss "
+        f"{stats['final_loss_mean_last_20']:.4f}, {stats['tokens_per_s']:,.0f} tok/s ({mode}); kept the weights "
+        f"of step {stats['best_step']}")
+    del opt, fn, sampler, checker
     free_memory(run)
     return model, cfg
 
@@ -1912,8 +2350,12 @@ def phase_adapter(run: Run, spec: dict, index: int, streams: dict) -> dict:
     base, _ = load_base(run, run.model_dir)
     base.train()
     lcfg = S.LoraConfig(r=spec["r"], lora_alpha=spec["lora_alpha"], target_modules=list(spec["target_modules"]),
-                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", use_rslora=spec["use_rslora"])
+                        lora_dropout=args.lora_dropout, bias="none", task_type="CAUSAL_LM",
+                        use_rslora=spec["use_rslora"])
     pm = S.get_peft_model(base, lcfg)
+    lora_drop = sum(1 for n, m in pm.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
+    if args.lora_dropout > 0 and not lora_drop:
+        run.warn(f"{name}: --lora-dropout {args.lora_dropout} made no nn.Dropout module with p > 0")
     trainable = [(n, p) for n, p in pm.named_parameters() if p.requires_grad]
     bad = [n for n, _ in trainable if "lora_" not in n]
     if bad:
@@ -1947,13 +2389,35 @@ def phase_adapter(run: Run, spec: dict, index: int, streams: dict) -> dict:
         reserve = left * (args.adapter_seconds + ADAPTER_OVERHEAD_S) + TAIL_RESERVE_S
         budget, short = plan_phase_seconds(args.adapter_seconds, args.total_seconds, time.time() - T0, reserve,
                                            minimum=min(10.0, args.adapter_seconds))
+        short_msg = f"{name}: budget shortened from {args.adapter_seconds:.0f}s to {budget:.0f}s (--total-seconds)"
         if short:
-            run.warn(f"{name}: budget shortened from {args.adapter_seconds:.0f}s to {budget:.0f}s (--total-seconds)")
+            log(short_msg)
+        stream_tokens = [int(streams["train"][name].shape[0])]
+        cap = epoch_step_cap(stream_tokens, [args.adapter_batch], sampler.seq_len, args.adapter_max_epochs)
+        if cap is not None:
+            log(f"{name}: --adapter-max-epochs {args.adapter_max_epochs:g} allows {cap} steps over "
+                f"{stream_tokens[0]:,} tokens")
+        checker = HeldoutCheck(run, name, pm, streams["heldout"], (name,), params, stream_tokens,
+                               [args.adapter_batch], sampler.seq_len)
+        reference = checker.losses()  # LoRA B is still 0: the base model's loss on the same windows
+        pm.train()
+        log(f"{name}: selection part before training (the base model): {reference[name]:.4f}")
         stats = train_loop(run, name=name, fn=fn, micro=micro, params=params, opt=opt, sampler=sampler,
                            budget_s=budget, peak_lr=args.adapter_lr, warmup_steps=args.adapter_warmup_steps,
-                           probe_steps=args.probe_steps)
+                           probe_steps=args.probe_steps, max_steps=cap, check_hook=checker,
+                           check_every=args.check_every)
+    if short and stats["planned_by"] != "epoch cap":
+        run.warn(short_msg)
+    best = checker.restore_best()
     pm.eval()
-    del opt, fn, sampler
+    stats.update(best, heldout_selection_before_training=reference, max_epochs=args.adapter_max_epochs,
+                 epochs_at_best=stream_passes(best["best_step"] or 0, stream_tokens, [args.adapter_batch],
+                                              sampler.seq_len)[0],
+                 lora_dropout=args.lora_dropout, lora_dropout_modules=lora_drop)
+    if best["best_check"] is not None and not best["best_check"]["losses"][name] < reference[name]:
+        run.warn(f"{name}: no held-out check beat the base model on the selection part "
+                 f"({best['best_check']['losses'][name]:.4f} vs {reference[name]:.4f})")
+    del opt, fn, sampler, checker
     adir = os.path.join(run.out, "adapters", name)
     if os.path.isdir(adir):
         shutil.rmtree(adir)
@@ -1985,7 +2449,7 @@ def phase_adapter(run: Run, spec: dict, index: int, streams: dict) -> dict:
                  f"extra {extra[:4]}, wrong shape {wrong[:4]}")
     dtypes = sorted({v["dtype"] for v in header.values()})
     for k, want_v in (("r", spec["r"]), ("lora_alpha", spec["lora_alpha"]),
-                      ("use_rslora", spec["use_rslora"]), ("lora_dropout", 0.0)):
+                      ("use_rslora", spec["use_rslora"]), ("lora_dropout", args.lora_dropout)):
         if acfg.get(k) != want_v:
             run.warn(f"{name}: adapter_config.json {k}={acfg.get(k)!r}, expected {want_v!r}")
     if sorted(acfg.get("target_modules") or []) != sorted(spec["target_modules"]):
@@ -1995,8 +2459,10 @@ def phase_adapter(run: Run, spec: dict, index: int, streams: dict) -> dict:
                  base_model_name_or_path_written_by_peft=written_base, adapter_config=acfg,
                  epochs=stats["tokens_seen"] / max(1, streams["train"][name].shape[0]),
                  phase_seconds=round(time.time() - t0, 1))
-    log(f"{name}: {stats['steps']} steps, {stats['tokens_seen']:,} tokens, final loss "
-        f"{stats['final_loss_mean_last_20']:.4f}, saved {len(header)} tensors ({', '.join(dtypes)})")
+    log(f"{name}: {stats['steps']} steps ({stats['stopped_by']}), {stats['tokens_seen']:,} tokens, "
+        f"{stats['epochs']:.2f} passes, final train loss {stats['final_loss_mean_last_20']:.4f}, kept step "
+        f"{stats['best_step']} ({stats['epochs_at_best']:.2f} passes), saved {len(header)} tensors "
+        f"({', '.join(dtypes)})")
     del pm, base
     free_memory(run)
     return stats
@@ -2051,19 +2517,31 @@ def phase_eval(run: Run, prep_heldout: dict) -> None:
         if ids != prep_heldout[d].tolist():
             run.warn(f"held-out {d}: the exported tokenizer.json tokenizes differently from the in-memory one")
         streams[d] = ids
+        wins = heldout_windows(ids)
+        sel, rep_ = split_window_indices(len(wins))
         files[d] = {"file": HELDOUT_FILES[d], "docs": r["docs"], "predicted_tokens": len(ids),
-                    "windows": len(heldout_windows(ids)), "stream_sha256_u32le": stream_sha256(ids),
-                    "first_ids": ids[:16]}
-    res = {"definition": HELDOUT_DEFINITION, "window": HELDOUT_WINDOW, "files": files, "base": {}, "adapters": {}}
+                    "windows": len(wins), "stream_sha256_u32le": stream_sha256(ids),
+                    "first_ids": ids[:16], "select_windows": sel, "report_windows": rep_,
+                    "select_tokens": sum(len(wins[i]) for i in sel), "report_tokens": sum(len(wins[i]) for i in rep_)}
+        if not rep_:
+            run.warn(f"held-out {d}: one window only, so its report part is empty")
+    res = {"definition": HELDOUT_DEFINITION, "window": HELDOUT_WINDOW, "files": files,
+           "split": "selection part = even-indexed windows (used by the checks during training), report part = "
+                    "odd-indexed windows (used by nothing during training)",
+           "base": {}, "base_by_part": {}, "adapters": {}}
     samples = []
     with MatmulPrecision(torch, "highest"):
         base, _ = load_base(run, run.model_dir, "eager")
         base.eval()
         for d in DOMAINS:
-            loss, n = score_stream(run, base, streams[d])
+            r = score_stream(run, base, streams[d])
+            loss, n = r["loss"], r["tokens"]
             res["base"][d] = loss
+            res["base_by_part"][d] = {"select": r["select"], "report": r["report"]}
+            files[d]["base_window_nll"] = [w[0] for w in r["per_window"]]
             log(f"held-out base on {HELDOUT_FILES[d]}: {loss:.5f} nats/token over {n:,} tokens "
-                f"(ppl {math.exp(loss):.2f})")
+                f"(ppl {math.exp(loss):.2f}); selection part {fmt_loss(r['select'])}, report part "
+                f"{fmt_loss(r['report'])}")
         samples += sample_all(run, tok, base, "base")
         del base
         free_memory(run)
@@ -2075,12 +2553,18 @@ def phase_eval(run: Run, prep_heldout: dict) -> None:
             nonf32 = [n for n, p in pm.named_parameters() if p.dtype != torch.float32]
             if nonf32:
                 raise FatalError(f"{name}: PEFT model has non-float32 parameters {nonf32[:4]}")
-            loss, n = score_stream(run, pm, streams[name])
+            r = score_stream(run, pm, streams[name])
+            loss, n = r["loss"], r["tokens"]
             res["adapters"][name] = {"file": HELDOUT_FILES[name], "loss": loss, "base_loss": res["base"][name],
-                                     "predicted_tokens": n}
-            log(f"held-out {name} adapter on {HELDOUT_FILES[name]}: {loss:.5f} (base {res['base'][name]:.5f})")
+                                     "predicted_tokens": n, "loss_select": r["select"], "loss_report": r["report"],
+                                     "base_loss_select": res["base_by_part"][name]["select"],
+                                     "base_loss_report": res["base_by_part"][name]["report"]}
+            log(f"held-out {name} adapter on {HELDOUT_FILES[name]}: {loss:.5f} (base {res['base'][name]:.5f}); "
+                f"report part {fmt_loss(r['report'])} (base {fmt_loss(res['base_by_part'][name]['report'])})")
             if not loss < res["base"][name]:
                 run.warn(f"{name}: the adapter does not lower the held-out loss of its own domain")
+            if r["report"] is not None and not r["report"] < res["base_by_part"][name]["report"]:
+                run.warn(f"{name}: the adapter does not lower the report-part held-out loss of its own domain")
             samples += sample_all(run, tok, pm, name)
             del pm, b
             free_memory(run)
@@ -2206,6 +2690,17 @@ def main(argv=None) -> int:
                                        "batch": args.batch, "adapter_batch": args.adapter_batch,
                                        "autocast": "bfloat16", "tf32": "on for training, off for evaluation",
                                        "adapter_dtype": args.adapter_dtype,
+                                       "dropout": {"resid_pdrop": args.dropout, "embd_pdrop": args.dropout,
+                                                   "attention_dropout": args.attention_dropout,
+                                                   "lora_dropout": args.lora_dropout,
+                                                   "exported_config": "0 (inference has no dropout)"},
+                                       "max_epochs": {"base": args.max_epochs, "adapters": args.adapter_max_epochs,
+                                                      "counted_as": "passes over the phase's most-repeated "
+                                                                    "training stream; 0 = no cap"},
+                                       "heldout_checks": {"every": args.check_every,
+                                                          "windows_per_file": args.progress_windows,
+                                                          "kept": "the weights of the best check (restored "
+                                                                  "before export / save)"},
                                        "init": "HF Phi-3 init (normal 0.02); o_proj/down_proj 0.02/sqrt(2*layers)"}}
     try:
         seed_everything(S, args.seed)
@@ -2246,12 +2741,22 @@ def main(argv=None) -> int:
             pass
         return 1
     hb = run.info["heldout"]
-    print("held-out losses (nats/token):", flush=True)
+    ph = run.info["phases"]
+    print("phases (which limit ended each, the check whose weights were kept):", flush=True)
+    for nm, st in [("base", ph["base"])] + [(a["name"], ph["adapters"][a["name"]]) for a in ADAPTERS]:
+        ep = st["epochs"] if isinstance(st["epochs"], dict) else {nm: st["epochs"]}
+        print(f"  {nm:<7} {st['steps']:>6} steps in {st['seconds']:6.1f}s, ended by the {st['stopped_by']}; "
+              f"passes {', '.join(f'{k} {v:.2f}' for k, v in ep.items())}; kept step {st['best_step']} of "
+              f"{len(st['heldout_checks'])} checks")
+    print("held-out losses (nats/token): whole file | report part (odd windows, never used in training)",
+          flush=True)
     for d in DOMAINS:
-        print(f"  base   {d:<7} {hb['base'][d]:.5f}  ({hb['files'][d]['predicted_tokens']:,} tokens)")
+        print(f"  base   {d:<7} {hb['base'][d]:.5f} | {fmt_loss(hb['base_by_part'][d]['report'])}  "
+              f"({hb['files'][d]['predicted_tokens']:,} tokens)")
     for a in ADAPTERS:
         r = hb["adapters"][a["name"]]
-        print(f"  {a['name']:<6} {a['name']:<7} {r['loss']:.5f}  (base {r['base_loss']:.5f})")
+        print(f"  {a['name']:<6} {a['name']:<7} {r['loss']:.5f} | {fmt_loss(r['loss_report'])}  "
+              f"(base {r['base_loss']:.5f} | {fmt_loss(r['base_loss_report'])})")
     print(f"{len(run.warnings)} warning(s)" + ("".join(f"\n  - {w}" for w in run.warnings)))
     print(f"done in {time.time() - T0:.0f}s: {run.out}", flush=True)
     return 0
