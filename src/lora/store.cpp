@@ -82,6 +82,7 @@ std::variant<std::shared_ptr<const Adapter>, AdapterError> AdapterStore::host_ad
   while (int64_t(host_.size()) > options_.host_capacity) {  // evict least recently used
     host_.erase(host_lru_.back());
     host_lru_.pop_back();
+    ++host_evictions_;
   }
   return std::shared_ptr<const Adapter>(shared);
 }
@@ -116,7 +117,10 @@ Acquired AdapterStore::acquire(const std::string& name) {
     return AdapterError{AdapterError::Kind::no_slot, m, m};
   }
   SlotState& s = slot_state_[size_t(victim)];
-  if (!s.name.empty()) resident_.erase(s.name);
+  if (!s.name.empty()) {
+    resident_.erase(s.name);
+    ++device_evictions_;
+  }
   slots_.assign(victim, *adapter);
   ++uploads_;
   const uint64_t identity = hash_combine(hash_string(0, name), adapter->content_hash);
@@ -143,6 +147,12 @@ void AdapterStore::release(int32_t slot) {
   if (slot < 0) return;
   SlotState& s = slot_state_[size_t(slot)];
   if (s.pins > 0) --s.pins;
+}
+
+int64_t AdapterStore::pins() const {
+  int64_t n = 0;
+  for (const SlotState& s : slot_state_) n += s.pins;
+  return n;
 }
 
 int64_t AdapterStore::resident_count() const { return int64_t(resident_.size()); }

@@ -75,6 +75,13 @@ class AdapterStore {
   int64_t max_rank() const { return slots_.max_rank(); }
   int64_t loads_from_disk() const { return disk_loads_; }
   int64_t uploads_to_device() const { return uploads_; }
+  // Counters per tier, for /metrics: adapters dropped from the host cache, and
+  // resident adapters whose slot went to another adapter.
+  int64_t host_evictions() const { return host_evictions_; }
+  int64_t device_evictions() const { return device_evictions_; }
+  int64_t host_count() const { return int64_t(host_.size()); }
+  // Pins held now (one per running sequence with an adapter).
+  int64_t pins() const;
 
  private:
   std::variant<std::shared_ptr<const Adapter>, AdapterError> host_adapter(const std::string& name);
@@ -100,6 +107,8 @@ class AdapterStore {
   uint64_t clock_ = 0;
   int64_t disk_loads_ = 0;
   int64_t uploads_ = 0;
+  int64_t host_evictions_ = 0;
+  int64_t device_evictions_ = 0;
 };
 
 }  // namespace philora::lora

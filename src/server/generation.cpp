@@ -19,13 +19,14 @@ Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, engine
         std::span<const int32_t>(r.prompt.data() + r.prompt.size() - ctx, ctx));
   }
   std::weak_ptr<Channel> weak = ch_;
-  host_.submit(std::move(r), [weak](const engine::StepOutput& o) {
+  queue_full_ = !host_.submit(std::move(r), [weak](const engine::StepOutput& o) {
     if (auto ch = weak.lock()) {
       std::lock_guard<std::mutex> lock(ch->mu);
       ch->q.push_back(o);
       ch->cv.notify_one();
     }
   });
+  done_ = queue_full_;
 }
 
 Generation::~Generation() {

@@ -29,6 +29,8 @@ struct Event {
 class Generation {
  public:
   // Submits the request; its stop strings (request.stop) end the text here.
+  // When the host's waiting queue is full, the request is not submitted:
+  // queue_full() says so, and there are no events.
   Generation(EngineHost& host, const tokenizer::Tokenizer* tok, engine::Request request);
   ~Generation();  // aborts the request if it has not finished
   Generation(const Generation&) = delete;
@@ -39,6 +41,7 @@ class Generation {
   const std::string& text() const { return emitted_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }
   int64_t prompt_tokens() const { return prompt_len_; }
+  bool queue_full() const { return queue_full_; }
 
  private:
   Event on_token(int32_t token, bool last);
@@ -62,6 +65,7 @@ class Generation {
   size_t searched_ = 0;  // raw_ bytes already searched for stop strings
   int64_t prompt_len_ = 0;
   bool done_ = false;
+  bool queue_full_ = false;
 };
 
 }  // namespace philora::server

@@ -26,7 +26,21 @@ struct Completion {
   std::string model;
   int64_t created = 0;
   bool chat = false;
+  bool include_usage = false;  // a streamed completion ends with a chunk of usage
 };
+
+json usage_json(const Generation& gen) {
+  const int64_t n = int64_t(gen.tokens().size());
+  return {{"prompt_tokens", gen.prompt_tokens()},
+          {"completion_tokens", n},
+          {"total_tokens", gen.prompt_tokens() + n}};
+}
+
+// What the access log records of a generation.
+void note(Call& call, const Generation& gen, const Event& e) {
+  call.output_tokens = int64_t(gen.tokens().size());
+  if (e.finished()) call.finish_reason = std::string(engine::name(e.finish));
+}
 
 // The client's message for an error: an unknown adapter is a model that does not exist.
 std::string client_message(const Completion& c, const Event& e) {
@@ -35,9 +49,10 @@ std::string client_message(const Completion& c, const Event& e) {
   return e.error;
 }
 
-void complete(const ServerContext& ctx, const Completion& c, Generation& gen,
+void complete(const ServerContext& ctx, const Completion& c, Generation& gen, Call& call,
               httplib::Response& res) {
   const Event last = run_to_end(gen);
+  note(call, gen, last);
   if (engine::is_error(last.finish))
     return send_engine_error(res, Api::openai, ctx, c.id, last, client_message(c, last));
   json choice = {{"index", 0},
@@ -47,22 +62,18 @@ void complete(const ServerContext& ctx, const Completion& c, Generation& gen,
     choice["message"] = {{"role", "assistant"}, {"content", gen.text()}};
   else
     choice["text"] = gen.text();
-  const int64_t n = int64_t(gen.tokens().size());
   json out = {{"id", c.id},
               {"object", c.chat ? "chat.completion" : "text_completion"},
               {"created", c.created},
               {"model", c.model},
               {"choices", json::array({choice})},
-              {"usage",
-               {{"prompt_tokens", gen.prompt_tokens()},
-                {"completion_tokens", n},
-                {"total_tokens", gen.prompt_tokens() + n}}}};
-  res.set_content(out.dump(), "application/json");
+              {"usage", usage_json(gen)}};
+  res.set_content(json_text(out), "application/json");
 }
 
 // One server-sent event of a streamed completion (and [DONE] after the last).
-std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Event& e,
-                         bool first) {
+std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Generation& gen,
+                         const Event& e, bool first) {
   json ev;
   if (engine::is_error(e.finish)) {
     log_engine_error(ctx, c.id, e);
@@ -84,55 +95,71 @@ std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Ev
           {"model", c.model},
           {"choices", json::array({choice})}};
   }
-  std::string chunk = "data: " + ev.dump() + "\n\n";
+  std::string chunk = "data: " + json_text(ev) + "\n\n";
+  if (e.finished() && c.include_usage && !engine::is_error(e.finish)) {
+    const json usage = {{"id", c.id},
+                        {"object", c.chat ? "chat.completion.chunk" : "text_completion"},
+                        {"created", c.created},
+                        {"model", c.model},
+                        {"choices", json::array()},
+                        {"usage", usage_json(gen)}};
+    chunk += "data: " + json_text(usage) + "\n\n";
+  }
   if (e.finished()) chunk += "data: [DONE]\n\n";
   return chunk;
 }
 
 void stream(const ServerContext& ctx, const Completion& c, std::shared_ptr<Generation> gen,
-            httplib::Response& res) {
+            const CallPtr& call, httplib::Response& res) {
   // The first event decides the status: a request that fails before its
   // first token (refused, unknown model) is an error response, not a stream.
   auto first = std::make_shared<std::optional<Event>>(gen->next());
-  if (engine::is_error((*first)->finish))
+  if (engine::is_error((*first)->finish)) {
+    note(*call, *gen, **first);
     return send_engine_error(res, Api::openai, ctx, c.id, **first, client_message(c, **first));
+  }
   auto sent = std::make_shared<bool>(false);
-  res.set_chunked_content_provider("text/event-stream",
-                                   [&ctx, c, gen, first, sent](size_t, httplib::DataSink& sink) {
-                                     const Event e = *first ? std::move(**first) : gen->next();
-                                     first->reset();
-                                     const std::string chunk = stream_chunk(ctx, c, e, !*sent);
-                                     *sent = true;
-                                     if (!sink.write(chunk.data(), chunk.size()))
-                                       return false;  // client gone: ~Generation aborts
-                                     if (e.finished()) sink.done();
-                                     return true;
-                                   });
+  res.set_chunked_content_provider(
+      "text/event-stream", [&ctx, c, gen, first, sent, call](size_t, httplib::DataSink& sink) {
+        const Event e = *first ? std::move(**first) : gen->next();
+        first->reset();
+        note(*call, *gen, e);
+        const std::string chunk = stream_chunk(ctx, c, *gen, e, !*sent);
+        *sent = true;
+        if (!sink.write(chunk.data(), chunk.size())) {
+          call->finish_reason = "client_gone";
+          return false;  // ~Generation aborts
+        }
+        if (e.finished()) sink.done();
+        return true;
+      });
 }
 
-void completion(const ServerContext& ctx, const IdSource& next_id, bool chat,
-                const httplib::Request& req, httplib::Response& res) {
-  auto j = parse_body(req, res, Api::openai);
+void completion(const ServerContext& ctx, const IdSource& next_id, bool chat, const CallPtr& call,
+                httplib::Response& res) {
+  auto j = parse_body(*call, res, Api::openai);
   if (!j) return;
   try {
     OpenAiRequest r = openai_request(*j, ctx, chat, (chat ? "chatcmpl-" : "cmpl-") + next_id());
-    const Completion c{r.request.id, r.model, now_seconds(), chat};
+    call->adapter = r.request.adapter.value_or("");
+    call->prompt_tokens = int64_t(r.request.prompt.size());
+    const Completion c{r.request.id, r.model, now_seconds(), chat, r.include_usage};
     auto gen = std::make_shared<Generation>(*ctx.host, ctx.tokenizer, std::move(r.request));
-    if (r.stream) return stream(ctx, c, gen, res);
-    complete(ctx, c, *gen, res);
+    if (gen->queue_full()) return send_queue_full(res, Api::openai);
+    if (r.stream) return stream(ctx, c, gen, call, res);
+    complete(ctx, c, *gen, *call, res);
   } catch (const BadRequest& e) {
-    send_error(res, Api::openai, e.status, e.message, "invalid_request_error");
+    send_bad_request(res, Api::openai, e);
   }
 }
 
 }  // namespace
 
-void add_openai_routes(httplib::Server& http, const ServerContext& ctx, IdSource next_id) {
+void add_openai_routes(const AddRoute& add, const ServerContext& ctx, IdSource next_id) {
   for (const bool chat : {false, true})
-    http.Post(chat ? "/v1/chat/completions" : "/v1/completions",
-              [&ctx, next_id, chat](const httplib::Request& req, httplib::Response& res) {
-                completion(ctx, next_id, chat, req, res);
-              });
+    add(chat ? "/v1/chat/completions" : "/v1/completions", Api::openai,
+        [&ctx, next_id, chat](const CallPtr& call, const httplib::Request&,
+                              httplib::Response& res) { completion(ctx, next_id, chat, call, res); });
 }
 
 }  // namespace philora::server

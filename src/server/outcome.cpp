@@ -36,20 +36,34 @@ const Outcome& outcome(FinishReason reason) {
   return kNone;
 }
 
-json error_json(Api api, const std::string& message, const std::string& type, const char* code) {
+std::string json_text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+json error_json(Api api, const std::string& message, const std::string& type, const char* code,
+                const std::string& param) {
   if (api == Api::openai)
     return {{"error",
              {{"message", message},
               {"type", type},
-              {"param", nullptr},
+              {"param", param.empty() ? json(nullptr) : json(param)},
               {"code", code ? json(code) : json(nullptr)}}}};
   return {{"error", message}, {"error_type", type}};
 }
 
 void send_error(httplib::Response& res, Api api, int status, const std::string& message,
-                const std::string& type, const char* code) {
+                const std::string& type, const char* code, const std::string& param) {
   res.status = status;
-  res.set_content(error_json(api, message, type, code).dump(), "application/json");
+  res.set_content(json_text(error_json(api, message, type, code, param)), "application/json");
+}
+
+void send_bad_request(httplib::Response& res, Api api, const BadRequest& e) {
+  send_error(res, api, e.status, e.message,
+             api == Api::openai ? "invalid_request_error" : "validation", e.code, e.param);
+}
+
+void send_queue_full(httplib::Response& res, Api api) {
+  res.set_header("Retry-After", "1");
+  send_error(res, api, 429, "the server is overloaded: its waiting queue is full; retry later",
+             "overloaded", api == Api::openai ? "queue_full" : nullptr);
 }
 
 void log_engine_error(const ServerContext& ctx, const std::string& id, const Event& e) {

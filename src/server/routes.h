@@ -3,7 +3,9 @@
 // one table from engine outcomes to HTTP statuses and API names (outcome.cpp).
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -23,11 +25,45 @@ namespace philora::server {
 
 enum class Api { lorax, openai };
 
-// A request the client got wrong: the HTTP status to answer with and why.
+// A request the client got wrong: the HTTP status to answer with and why
+// (OpenAI errors also name the parameter and may carry a code).
 struct BadRequest {
   int status;
   std::string message;
+  std::string param = "";
+  const char* code = nullptr;
 };
+
+// One HTTP request as a route sees it. The gate (http_server.cpp) makes it
+// and reads the body; once the response is sent — a stream's after its last
+// event, when the stream's provider, which holds it too, lets it go — its
+// destructor writes the access-log line and counts the request.
+struct Call {
+  std::string request_id;  // X-Request-Id: the client's, or generated
+  std::string route;       // the route's pattern, e.g. "/generate"
+  std::string method;
+  std::string remote;
+  std::string body;
+  std::chrono::steady_clock::time_point start;
+  // Filled by the route, for the log and the counters:
+  std::string adapter;  // the adapter the request named; empty: the base model
+  int64_t prompt_tokens = 0;
+  int64_t output_tokens = 0;
+  std::string finish_reason;  // the API's finish reason; empty: none (an error before any)
+  int status = 500;           // the HTTP status (the gate sets it after the handler)
+  std::function<void(Call&)> on_done;
+  Call() = default;
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
+  ~Call() {
+    if (on_done) on_done(*this);
+  }
+};
+using CallPtr = std::shared_ptr<Call>;
+using Handler =
+    std::function<void(const CallPtr& call, const httplib::Request&, httplib::Response&)>;
+// Registers a POST route that needs the model (503 while loading or draining).
+using AddRoute = std::function<void(const std::string& path, Api api, Handler handler)>;
 
 // ---- JSON -> engine::Request (request_json.cpp) ----------------------------
 // Each throws BadRequest for a parameter of the wrong type or out of the
@@ -35,21 +71,25 @@ struct BadRequest {
 // checked once, by Engine::add_request.
 
 // The body as a JSON object, or nullopt after answering 400.
-std::optional<nlohmann::json> parse_body(const httplib::Request& req, httplib::Response& res,
-                                         Api api);
+std::optional<nlohmann::json> parse_body(const Call& call, httplib::Response& res, Api api);
 
-// LoRAX / TGI {inputs, parameters}.
+// LoRAX / TGI {inputs, parameters} (and `stream` on POST /: `route` says which
+// route it came to).
+enum class LoraxRoute { generate, generate_stream, compat };
 struct LoraxRequest {
   engine::Request request;
   bool details = false;
+  bool stream = false;
 };
-LoraxRequest lorax_request(const nlohmann::json& body, const ServerContext& ctx, std::string id);
+LoraxRequest lorax_request(const nlohmann::json& body, const ServerContext& ctx, std::string id,
+                           LoraxRoute route = LoraxRoute::generate);
 
 // OpenAI /v1/completions (`chat` false) and /v1/chat/completions.
 struct OpenAiRequest {
   engine::Request request;
   std::string model;  // as the client named it (the served name when it gave none)
   bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
 };
 OpenAiRequest openai_request(const nlohmann::json& body, const ServerContext& ctx, bool chat,
                              std::string id);
@@ -75,9 +115,15 @@ inline const char* name_of(const Outcome& o, Api api) {
 // A JSON error in the API's shape: LoRAX {error, error_type}, OpenAI
 // {error: {message, type, param, code}}.
 void send_error(httplib::Response& res, Api api, int status, const std::string& message,
-                const std::string& type, const char* code = nullptr);
+                const std::string& type, const char* code = nullptr,
+                const std::string& param = "");
 nlohmann::json error_json(Api api, const std::string& message, const std::string& type,
-                          const char* code = nullptr);
+                          const char* code = nullptr, const std::string& param = "");
+void send_bad_request(httplib::Response& res, Api api, const BadRequest& e);
+// The waiting queue is full (EngineHost::submit refused): 429 with Retry-After.
+void send_queue_full(httplib::Response& res, Api api);
+// JSON as text for a client; bytes that are not UTF-8 become U+FFFD.
+std::string json_text(const nlohmann::json& j);
 
 // Answers a request that ended with an error reason: the status and names of
 // the table, `message` (the event's when empty) for the client, and the full
@@ -90,8 +136,8 @@ void log_engine_error(const ServerContext& ctx, const std::string& id, const Eve
 Event run_to_end(Generation& gen);
 
 // ---- routes (lorax_routes.cpp, openai_routes.cpp) --------------------------
-using IdSource = std::function<std::string()>;  // a fresh request id per call
-void add_lorax_routes(httplib::Server& http, const ServerContext& ctx, IdSource next_id);
-void add_openai_routes(httplib::Server& http, const ServerContext& ctx, IdSource next_id);
+using IdSource = std::function<std::string()>;  // a fresh engine request id per call
+void add_lorax_routes(const AddRoute& add, const ServerContext& ctx, IdSource next_id);
+void add_openai_routes(const AddRoute& add, const ServerContext& ctx, IdSource next_id);
 
 }  // namespace philora::server

@@ -59,7 +59,7 @@ class AdapterErrors : public ::testing::Test {
     server::ServerContext ctx;
     ctx.host = host_.get();
     ctx.model_name = "tiny";
-    ctx.max_positions = config_.max_position_embeddings;
+    ctx.limits.max_total_tokens = engine_->max_sequence_tokens();
     ctx.log = [this](const std::string& line) {
       std::lock_guard<std::mutex> lock(log_mu_);
       log_ += line + "\n";

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -148,6 +149,69 @@ TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "clean exit on SIGTERM";
+  fs::remove_all(dir);
+}
+
+
+// SIGTERM while a stream runs: the server stops taking work (/health 503,
+// new requests 503), lets the stream finish, then exits 0.
+TEST(ServeCli, SigtermDrainsARunningStream) {
+  if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
+  const fs::path dir = make_model_dir();
+  const int port = free_port();
+  std::vector<std::string> args = {PHILORA_BINARY, "serve", "--model", dir.string(), "--port",
+                                   std::to_string(port), "--kv-tokens", "2048", "--no-access-log",
+                                   "--drain-seconds", "60"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+  httplib::Client c("127.0.0.1", port);
+  bool up = false;
+  for (int i = 0; i < 200 && !up; ++i) {
+    if (auto r = c.Get("/health"); r && r->status == 200)
+      up = true;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(up) << "server did not come up";
+
+  std::string streamed;
+  std::atomic<int> chunks{0};
+  std::thread s([&] {
+    httplib::Client sc("127.0.0.1", port);
+    sc.set_read_timeout(60, 0);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/generate_stream";
+    req.body = R"({"inputs": [1, 450, 7483], "parameters": {"max_new_tokens": 120, "ignore_eos_token": true}})";
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+      streamed.append(d, n);
+      ++chunks;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      return true;
+    };
+    httplib::Response res;
+    httplib::Error err = httplib::Error::Success;
+    EXPECT_TRUE(sc.send(req, res, err));
+  });
+  while (chunks < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ::kill(pid, SIGTERM);
+  bool saw_draining = false;
+  for (int i = 0; i < 100 && !saw_draining; ++i) {
+    auto h = c.Get("/health");
+    saw_draining = h && h->status == 503;
+    if (!saw_draining) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(saw_draining) << "/health says 503 while draining";
+  s.join();
+  EXPECT_NE(streamed.find("\"generated_tokens\":120"), std::string::npos)
+      << "the running stream finished: " << streamed.substr(streamed.size() > 400 ? streamed.size() - 400 : 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit 0 after the drain";
   fs::remove_all(dir);
 }
 

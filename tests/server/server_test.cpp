@@ -1,23 +1,7 @@
 // The HTTP server end to end, in process, on a free loopback port: LoRAX and
 // OpenAI routes over the engine, several adapters in flight at once, streaming,
 // and a JSON error with the right status for every kind of bad input.
-#include <gtest/gtest.h>
-#include <httplib.h>
-
-#include <filesystem>
-#include <fstream>
-#include <future>
-
-#include <nlohmann/json.hpp>
-
-#include "backend/cpu/cpu_backend.h"
-#include "engine/engine.h"
-#include "io/safetensors.h"
-#include "lora/store.h"
-#include "model/config.h"
-#include "model/weights.h"
-#include "server/http_server.h"
-#include "test_util.h"
+#include "server/server_fixture.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -26,142 +10,8 @@ namespace philora {
 namespace {
 
 using test::read_jsonl;
-
-const fs::path kCase = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
-
-// A SentencePiece-style tokenizer over single characters that fits the tiny
-// model's 200-token vocabulary: enough to exercise text in and text out.
-std::string tiny_tokenizer_json() {
-  json vocab = {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}, {"\xe2\x96\x81", 3}};
-  int id = 4;
-  for (char c = 'a'; c <= 'z'; ++c) vocab[std::string(1, c)] = id++;
-  for (char c = 'A'; c <= 'Z'; ++c) vocab[std::string(1, c)] = id++;
-  for (char c = '0'; c <= '9'; ++c) vocab[std::string(1, c)] = id++;
-  for (const char* p : {".", ",", "!", "?", "'", "-"}) vocab[p] = id++;
-  while (id < 200) vocab["<extra_" + std::to_string(id) + ">"] = id, ++id;
-  json t = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", json::array({{{"id", 0},
-                                     {"content", "<unk>"},
-                                     {"single_word", false},
-                                     {"lstrip", false},
-                                     {"rstrip", false},
-                                     {"normalized", false},
-                                     {"special", true}},
-                                    {{"id", 1},
-                                     {"content", "<s>"},
-                                     {"single_word", false},
-                                     {"lstrip", false},
-                                     {"rstrip", false},
-                                     {"normalized", false},
-                                     {"special", true}},
-                                    {{"id", 2},
-                                     {"content", "</s>"},
-                                     {"single_word", false},
-                                     {"lstrip", false},
-                                     {"rstrip", false},
-                                     {"normalized", false},
-                                     {"special", true}}})},
-      {"normalizer",
-       {{"type", "Sequence"},
-        {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xe2\x96\x81"}},
-                                     {{"type", "Replace"},
-                                      {"pattern", {{"String", " "}}},
-                                      {"content", "\xe2\x96\x81"}}})}}},
-      {"pre_tokenizer", nullptr},
-      {"post_processor", nullptr},
-      {"decoder",
-       {{"type", "Sequence"},
-        {"decoders",
-         json::array(
-             {{{"type", "Replace"}, {"pattern", {{"String", "\xe2\x96\x81"}}}, {"content", " "}},
-              {{"type", "Fuse"}},
-              {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", "<unk>"},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", true},
-        {"byte_fallback", false},
-        {"vocab", vocab},
-        {"merges", json::array()}}}};
-  return t.dump();
-}
-
-class ServerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto config = model::load_config((kCase / "model").string());
-    ASSERT_TRUE(config.ok()) << config.status().message();
-    config_ = *config;
-    auto tensors = io::TensorSet::open_model_dir((kCase / "model").string());
-    ASSERT_TRUE(tensors.ok());
-    tensors_ = std::make_unique<io::TensorSet>(std::move(*tensors));
-    auto weights = model::load_weights(*tensors_, config_, backend_);
-    ASSERT_TRUE(weights.ok());
-    model_ = std::make_unique<model::Phi3ForCausalLM>(config_, std::move(*weights), backend_);
-    slots_ =
-        std::make_unique<lora::AdapterSlots>(backend_, config_, 2);  // fewer slots than adapters
-    store_ = std::make_unique<lora::AdapterStore>(
-        config_, *slots_, lora::StoreOptions{(kCase / "adapters").string(), 8});
-    kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, 256, 4,
-                                        config_.num_key_value_heads, config_.head_dim);
-    engine_ =
-        std::make_unique<engine::Engine>(*model_, *kv_, store_.get(), engine::EngineConfig{64, 64});
-    host_ = std::make_unique<server::EngineHost>(*engine_);
-    auto tok = tokenizer::Tokenizer::from_json_string(tiny_tokenizer_json());
-    ASSERT_TRUE(tok.ok()) << tok.status().message();
-    tokenizer_ = std::move(*tok);
-    server::ServerContext ctx;
-    ctx.host = host_.get();
-    ctx.tokenizer = tokenizer_.get();
-    ctx.model_name = "tiny";
-    ctx.max_positions = config_.max_position_embeddings;
-    ctx.chat_template = [](const std::string& messages) -> Expected<std::string> {
-      std::string out;  // a plain stand-in template: "role: content\n" per message
-      for (const auto& m : json::parse(messages))
-        out += m.value("role", "") + ": " + m.value("content", "") + "\n";
-      return out + "assistant: ";
-    };
-    http_ = std::make_unique<server::HttpServer>(ctx);
-    auto port = http_->start("127.0.0.1", 0);
-    ASSERT_TRUE(port.ok()) << port.status().message();
-    port_ = *port;
-  }
-  void TearDown() override {
-    if (http_) http_->stop();
-    http_.reset();
-    host_.reset();
-  }
-
-  httplib::Client client() {
-    httplib::Client c("127.0.0.1", port_);
-    c.set_read_timeout(60, 0);
-    return c;
-  }
-  std::pair<int, json> post(const std::string& path, const std::string& body) {
-    auto r = client().Post(path.c_str(), body, "application/json");
-    if (!r) return {-1, json()};
-    return {r->status, json::parse(r->body, nullptr, false)};
-  }
-
-  CpuBackend backend_{2};
-  model::Phi3Config config_;
-  std::unique_ptr<io::TensorSet> tensors_;
-  std::unique_ptr<model::Phi3ForCausalLM> model_;
-  std::unique_ptr<lora::AdapterSlots> slots_;
-  std::unique_ptr<lora::AdapterStore> store_;
-  std::unique_ptr<kv::KvCache> kv_;
-  std::unique_ptr<engine::Engine> engine_;
-  std::unique_ptr<server::EngineHost> host_;
-  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
-  std::unique_ptr<server::HttpServer> http_;
-  int port_ = 0;
-};
+const fs::path kCase = test::kGoldenCase;
+using ServerTest = test::ServerFixture;
 
 TEST_F(ServerTest, HealthInfoAndUnknownRoute) {
   auto r = client().Get("/health");
@@ -202,13 +52,10 @@ TEST_F(ServerTest, ConcurrentMixedAdaptersMatchHF) {
   auto m = client().Get("/metrics");
   ASSERT_TRUE(m);
   EXPECT_EQ(m->status, 200);
-  for (const char* name : {"philora_steps_total ", "philora_graph_steps_total ",
-                           "philora_graphs_recorded_total ", "philora_generated_tokens_total "})
-    EXPECT_NE(m->body.find(name), std::string::npos) << name << "\n" << m->body;
-  const std::string sample = "\nphilora_eager_steps_total ";  // the sample line, not # TYPE
-  const size_t at = m->body.find(sample);
-  ASSERT_NE(at, std::string::npos) << m->body;
-  EXPECT_GE(std::stoll(m->body.substr(at + sample.size())), 1) << m->body;
+  for (const char* name : {"philora_steps_total", "philora_graph_steps_total",
+                           "philora_graphs_recorded_total", "philora_generation_tokens_total"})
+    EXPECT_GE(test::metric_value(m->body, name), 0) << name << "\n" << m->body;
+  EXPECT_GE(test::metric_value(m->body, "philora_eager_steps_total"), 1) << m->body;
 }
 
 // The same request twice, one after the other: the second reuses the first's
@@ -227,10 +74,8 @@ TEST_F(ServerTest, PrefixCacheHitsShowInMetrics) {
   }
   auto m = client().Get("/metrics");
   ASSERT_TRUE(m);
-  auto sample = [&](const std::string& name) -> int64_t {
-    const size_t at = m->body.find("\n" + name + " ");
-    if (at == std::string::npos) return -1;
-    return std::stoll(m->body.substr(at + name.size() + 2));
+  auto sample = [&](const std::string& name) {
+    return int64_t(test::metric_value(m->body, name));
   };
   const int64_t len = int64_t(q["input_ids"].size());
   EXPECT_EQ(sample("philora_prefix_cache_queries_total"), 2 * len) << m->body;
@@ -305,20 +150,20 @@ TEST_F(ServerTest, BadInputGetsJsonErrors) {
     const char* needle;
   };
   const Case cases[] = {
-      {"/generate", "{not json", 400, "JSON object"},
+      {"/generate", "{not json", 400, "not valid JSON"},
       {"/generate", R"({"parameters": {}})", 422, "inputs"},
       {"/generate", R"({"inputs": "hi", "parameters": {"temperature": -1}})", 422, "temperature"},
       {"/generate", R"({"inputs": "hi", "parameters": {"top_p": 1.5}})", 422, "top_p"},
       {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": "many"}})", 422,
        "integer"},
       {"/generate", R"({"inputs": "hi", "parameters": {"max_new_tokens": 100000}})", 422,
-       "positions"},
+       "max_new_tokens"},
       {"/generate", R"({"inputs": "", "parameters": {}})", 422, "empty"},
       {"/generate", R"({"inputs": [1, 99999], "parameters": {}})", 422, "vocabulary"},
       {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "no_such_adapter"}})", 404,
        "no_such_adapter"},
       {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "../a"}})", 404, "not valid"},
-      {"/v1/completions", R"({"prompt": "hi", "n": 2})", 400, "n = 1"},
+      {"/v1/completions", R"({"prompt": "hi", "n": 2})", 400, "'n'"},
       {"/v1/completions", R"({"max_tokens": 3})", 400, "prompt"},
       {"/v1/chat/completions", R"({"messages": []})", 400, "messages"},
   };
