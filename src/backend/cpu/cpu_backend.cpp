@@ -1,6 +1,6 @@
 #include "backend/cpu/cpu_backend.h"
 
-#include <cblas.h>
+#include "backend/cpu/cpu_gemm.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -183,8 +183,7 @@ Tensor CpuBackend::matmul(const Tensor& x, const Tensor& w) {
     std::memset(y.data, 0, y.nbytes());
     return y;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x.ptr<float>(),
-              int(k), w.ptr<float>(), int(w.cols()), 0.0f, y.ptr<float>(), int(n));
+  sgemm_nt(m, n, k, 1.0f, x.ptr<float>(), k, w.ptr<float>(), w.cols(), 0.0f, y.ptr<float>(), n);
   return y;
 }
 
@@ -195,8 +194,7 @@ void CpuBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
     throw std::runtime_error("cpu backend: matmul_add: y " + y.shape_str() + " for x " + x.shape_str() +
                              " and w " + w.shape_str());
   if (m == 0 || k == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x.ptr<float>(),
-              int(k), w.ptr<float>(), int(w.cols()), 1.0f, y.ptr<float>(), int(n));
+  sgemm_nt(m, n, k, 1.0f, x.ptr<float>(), k, w.ptr<float>(), w.cols(), 1.0f, y.ptr<float>(), n);
 }
 
 void CpuBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count) {

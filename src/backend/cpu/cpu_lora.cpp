@@ -1,10 +1,9 @@
 // LoRA shrink/expand over segments of tokens that share an adapter slot.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstring>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/cpu_gemm.h"
 
 namespace philora {
 
@@ -20,9 +19,8 @@ Tensor CpuBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const 
     if (r == 0 || rows == 0) continue;
     const auto* a = reinterpret_cast<const float*>(m.a_ptrs.ptr<int64_t>()[slot]);
     // xa[seg, :r] = x[seg] · Aᵀ ;  A (r, in)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(r), int(in), 1.0f,
-                x.ptr<float>() + int64_t(indptr[g]) * in, int(in), a, int(in), 0.0f,
-                xa.ptr<float>() + int64_t(indptr[g]) * width, int(width));
+    sgemm_nt(rows, r, in, 1.0f, x.ptr<float>() + int64_t(indptr[g]) * in, in, a, in, 0.0f,
+             xa.ptr<float>() + int64_t(indptr[g]) * width, width);
   }
   return xa;
 }
@@ -41,9 +39,8 @@ void CpuBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const L
     const int64_t ldb = m.b_ld.empty() ? r : m.b_ld.ptr<int32_t>()[slot];
     const float scale = m.scales.ptr<float>()[slot];
     // y[seg, off:off+out] += scale · xa[seg, :r] · Bᵀ ;  B (out, r), rows ldb apart
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(out), int(r), scale,
-                xa.ptr<float>() + int64_t(indptr[g]) * width, int(width), b, int(ldb), 1.0f,
-                y.ptr<float>() + int64_t(indptr[g]) * ldy + col_offset, int(ldy));
+    sgemm_nt(rows, out, r, scale, xa.ptr<float>() + int64_t(indptr[g]) * width, width, b, ldb, 1.0f,
+             y.ptr<float>() + int64_t(indptr[g]) * ldy + col_offset, ldy);
   }
 }
 
