@@ -106,22 +106,78 @@ struct LoraBatch {
   int64_t lora_columns = 0;
 };
 
-// Token selection for each row r of a (R, vocab) logits tensor, all on the
-// backend so that only token ids travel to the host. Row r's rule:
-//   temperature[r] ≤ 0: greedy, the first index of the maximum logit.
-//   otherwise the candidates are the tokens in descending (logit, then
-//   ascending index) order, cut to the first top_k[r] (0 or ≥ vocab: no cut),
-//   weighted w_i = exp((logit_i − max) / temperature[r]), then cut to the
-//   shortest prefix whose mass reaches top_p[r] · Σ w (top_p ≥ 1: no cut).
-//   The kept tokens are then walked in vocabulary order and the first i whose
-//   running sum of w exceeds uniform[r] · Σ_kept w is chosen (the last kept
-//   token if rounding leaves none). NaN logits count as -inf; a row whose
-//   maximum is not finite is chosen greedily.
+// The most alternatives a row may ask logprobs for (OpenAI's top_logprobs).
+inline constexpr int64_t kMaxLogprobs = 20;
+
+// Token selection and logprobs for each row r of a (R, vocab) logits tensor, all
+// on the backend so that only token ids (and the logprobs asked for) travel to
+// the host. Row r, in this order (vLLM V1's order; typical-p, which vLLM lacks,
+// last, where HF and LoRAX apply it):
+//   1. x = the row's logits in f32, NaN counted as -inf. (Raw logprobs read x here.)
+//   2. logit bias and bans: x[t] += v for each entry (t, v) of the row's sparse
+//      list; a ban is v = -inf. A token appears at most once in a row's list.
+//   3. penalties, when count_row[r] = c ≥ 0, from n = counts[c, t] >> 1 (times t
+//      was generated) and p = counts[c, t] & 1 (t is in the prompt), in f32:
+//        repetition (HF / TGI, prompt + output): when p or n > 0,
+//          x[t] = x[t] > 0 ? x[t] / repetition : x[t] · repetition;
+//        frequency and presence (OpenAI, output only): when n > 0,
+//          x[t] -= frequency · n + presence   (f32: x − (frequency · n + presence)).
+//      Rows with a count row have distinct ones.
+//   4. greedy (temperature ≤ 0, or no finite max of x): the first index of the max.
+//      Otherwise w_t = exp((x_t − max x) / temperature), and the candidates, the
+//      tokens of finite x in (x desc, index asc) order, are cut; each cut works
+//      on what the ones before it kept:
+//        min_p     keep w_t ≥ min_p (vLLM: p_t ≥ min_p · p_max); 0: no cut
+//        top_k     the first top_k (0 or ≥ vocab: no cut)
+//        top_p     the shortest prefix whose mass reaches top_p · Σ w (≥ 1: no cut)
+//        typical_p (HF's TypicalLogitsWarper; ≥ 1: no cut) with p_t = w_t / Σ w and
+//                  H = −Σ p log p, s_t = |log p_t + H|: keep s_t ≤ s*, s* the smallest
+//                  s whose {s_t ≤ s} holds a mass ≥ typical_p · Σ w (all, when
+//                  rounding leaves none)
+//      The kept tokens are then walked in vocabulary order and the first whose
+//      running sum of w exceeds uniform[r] · Σ_kept w is chosen (the last kept
+//      token if rounding leaves none).
+//   5. counts[c, chosen] += 2 when c ≥ 0.
+//   6. logprobs, when logprobs[r] = k ≥ 0 (k ≤ plan.logprobs_width): the logprob
+//      of the target (target[r] ≥ 0, else the chosen token) and the k (at most
+//      vocab) tokens of the highest logprob (ties: ascending index), as
+//        raw (logprob_kind 0): log_softmax of step 1's x (the model's own), or
+//        processed (1): log of the probability the token was drawn with,
+//          w_t / Σ_kept w, and -inf for tokens a cut removed; for a greedy row,
+//          log_softmax of step 3's x.
+//      A log_softmax over a row with no finite max gives 0 to its first max and
+//      -inf to every other token.
 struct SamplingPlan {
-  Tensor temperature;  // [R] f32
-  Tensor top_k;        // [R] i32
-  Tensor top_p;        // [R] f32 in (0, 1]
-  Tensor uniform;      // [R] f32 in [0, 1): the row's random draw, made by the host
+  Tensor temperature;         // [R] f32, ≤ 0: greedy
+  Tensor top_k;               // [R] i32
+  Tensor top_p;               // [R] f32 in (0, 1]
+  Tensor min_p;               // [R] f32 in [0, 1]
+  Tensor typical_p;           // [R] f32 in (0, 1]
+  Tensor uniform;             // [R] f32 in [0, 1): the row's random draw, made by the host
+  Tensor repetition_penalty;  // [R] f32 > 0
+  Tensor frequency_penalty;   // [R] f32
+  Tensor presence_penalty;    // [R] f32
+  Tensor count_row;           // [R] i32: the row's row of `counts`, -1 = none
+  Tensor bias_indptr;         // [R + 1] i32: row r's entries are bias_indptr[r] .. [r + 1]
+  Tensor bias_token;          // [≥ N] i32, N = bias_indptr[R]
+  Tensor bias_value;          // [≥ N] f32, -inf = a ban
+  Tensor logprobs;            // [R] i32: -1 = none, else k ≤ logprobs_width
+  Tensor logprob_kind;        // [R] i32: 0 raw, 1 processed
+  Tensor target;              // [R] i32: -1 = the chosen token
+  Tensor counts;              // (rows, vocab) i32, updated in place; may be empty when no
+                              // row has a count row
+  // host: -1 = no row asks for logprobs; else K (0 .. kMaxLogprobs), the
+  // columns of SampleResult's top lists, and every logprobs[r] ≤ K.
+  int64_t logprobs_width = -1;
+};
+
+// What Backend::sample returns; the logprob tensors are empty when
+// plan.logprobs_width is -1.
+struct SampleResult {
+  Tensor tokens;        // [R] i32
+  Tensor logprob;       // [R] f32: the target's logprob (rows without logprobs: unspecified)
+  Tensor top_tokens;    // (R, K) i32: the top logprobs[r] of row r, then unspecified
+  Tensor top_logprobs;  // (R, K) f32
 };
 
 // A recorded sequence of ops (a CUDA graph) that replays on the same tensors.
@@ -224,8 +280,15 @@ class Backend {
   virtual bool lora_columns_supported(int64_t in_features) const { return in_features > 0; }
 
   // ---- token selection -----------------------------------------------------
-  // One token id per row of logits (R, vocab) by SamplingPlan's rule -> [R] i32
-  virtual Tensor sample(const Tensor& logits, const SamplingPlan& plan) = 0;
+  // One token id per row of logits (R, vocab) by SamplingPlan's rule, and the
+  // logprobs it asks for.
+  virtual SampleResult sample(const Tensor& logits, const SamplingPlan& plan) = 0;
+  // Token counts for the penalties: row `row` of counts (rows, vocab) i32
+  // becomes the counts of `tokens` [n] i32, of which the first prompt_len are
+  // the prompt: counts[row, t] = 2 · (times t is among the rest) + (1 if t is
+  // in the prompt). The other rows are left alone.
+  virtual void reset_token_counts(Tensor& counts, int64_t row, const Tensor& tokens,
+                                  int64_t prompt_len) = 0;
 
   // ---- step graphs ---------------------------------------------------------
   // Runs `body` once as usual (a warm-up: algorithm choices, lazy set-up), then

@@ -1,7 +1,10 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <map>
+#include <span>
 
 #include "backend/cpu/cpu_backend.h"
 #include "engine/plan.h"
@@ -10,12 +13,60 @@
 namespace philora::engine {
 
 Engine::Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStore* adapters,
-               EngineConfig config)
+               EngineConfig config, const tokenizer::Tokenizer* tokenizer)
     : model_(model),
       kv_(kv),
       adapters_(adapters),
       config_(config),
-      runner_(model, kv, adapters ? &adapters->slots() : nullptr, config.step_graphs) {}
+      tokenizer_(tokenizer),
+      runner_(model, kv, adapters ? &adapters->slots() : nullptr, config.step_graphs),
+      counts_(model.backend(), model.config().vocab_size,
+              config.count_rows > 0 ? config.count_rows : config.max_running),
+      seeds_(std::random_device{}()) {}
+
+namespace {
+
+Status check_token(const Request& r, int32_t t, int64_t vocab, const char* what) {
+  if (t < 0 || t >= vocab)
+    return Status::errorf("request '{}': {} token id {} is outside the vocabulary [0, {})", r.id,
+                          what, t, vocab);
+  return Status();
+}
+
+// The sampling and stopping parameters: in range, token ids in the vocabulary.
+Status validate_sampling(const Request& r, int64_t vocab) {
+  const SamplingParams& p = r.sampling;
+  auto fail = [&](std::string_view what) { return Status::errorf("request '{}': {}", r.id, what); };
+  if (!p.greedy && !(p.temperature > 0.0f) && p.temperature != 0.0f)
+    return fail("temperature must not be negative");
+  if (p.top_k < 0) return fail("top_k must not be negative");
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return fail("top_p must be in (0, 1]");
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return fail("min_p must be in [0, 1]");
+  if (!(p.typical_p > 0.0f && p.typical_p <= 1.0f)) return fail("typical_p must be in (0, 1]");
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty))
+    return fail("repetition_penalty must be a finite number > 0");
+  if (!std::isfinite(p.frequency_penalty) || !std::isfinite(p.presence_penalty))
+    return fail("frequency_penalty and presence_penalty must be finite");
+  for (const auto& [t, v] : p.logit_bias) {
+    PHILORA_RETURN_IF_ERROR(check_token(r, t, vocab, "logit_bias"));
+    if (!std::isfinite(v)) return fail("a logit_bias value must be finite");
+  }
+  for (const std::vector<int32_t>& w : p.bad_words) {
+    if (w.empty()) return fail("a bad word must hold at least one token id");
+    for (int32_t t : w) PHILORA_RETURN_IF_ERROR(check_token(r, t, vocab, "bad word"));
+  }
+  for (int32_t t : r.stop_token_ids) PHILORA_RETURN_IF_ERROR(check_token(r, t, vocab, "stop"));
+  if (r.min_new_tokens < 0 || r.min_new_tokens > r.max_new_tokens)
+    return fail("min_new_tokens must be in [0, max_new_tokens]");
+  for (const std::string& s : r.stop)
+    if (s.empty()) return fail("a stop string must not be empty");
+  for (const auto& k : {r.logprobs, r.prompt_logprobs})
+    if (k && (*k < 0 || *k > kMaxLogprobs))
+      return Status::errorf("request '{}': logprobs must be in [0, {}]", r.id, kMaxLogprobs);
+  return Status();
+}
+
+}  // namespace
 
 Status Engine::validate(const Request& r) const {
   const model::Phi3Config& c = model_.config();
@@ -35,7 +86,7 @@ Status Engine::validate(const Request& r) const {
   if (total > max_sequence_tokens())
     return Status::errorf("request '{}': {} tokens can never fit the KV cache ({} tokens)", r.id,
                           total, max_sequence_tokens());
-  return Status();
+  return validate_sampling(r, c.vocab_size);
 }
 
 Status Engine::add_request(Request r) {
@@ -46,7 +97,15 @@ Status Engine::add_request(Request r) {
   l->seq.prompt_len = int64_t(r.prompt.size());
   l->seq.rope_long =
       model::uses_long_rope(model_.config(), int64_t(r.prompt.size()) + r.max_new_tokens);
-  l->rng.seed(r.sampling.seed);
+  l->seed = r.sampling.seed ? *r.sampling.seed : seeds_();
+  l->rng.seed(l->seed);
+  if (tokenizer_ && r.max_new_tokens > 0) {
+    // The last prompt ids give the first new token its context (its leading space).
+    const size_t ctx = std::min<size_t>(r.prompt.size(), 4);
+    l->detok = std::make_unique<tokenizer::IncrementalDetokenizer>(
+        *tokenizer_, r.skip_special_tokens,
+        std::span<const int32_t>(r.prompt.data() + r.prompt.size() - ctx, ctx));
+  }
   l->req = std::move(r);
   waiting_.push_back(std::move(l));
   return Status();
@@ -77,6 +136,8 @@ void Engine::release(Live& l) {
   kv_.pages.release(l.seq.pages);
   l.seq.num_computed = 0;
   if (l.has_slot && adapters_) adapters_->release(l.seq.lora_slot);
+  counts_.release(l.count_row);
+  l.count_row = -1;
   l.has_slot = false;
   l.seq.lora_slot = -1;
   l.adapter_identity = 0;
@@ -93,7 +154,12 @@ void Engine::finish(Live& l, FinishReason reason, std::vector<StepOutput>& out, 
   l.done = true;
   o.id = l.req.id;
   o.finish = reason;
+  o.seed = l.seed;
   if (l.logits_rows == l.seq.prompt_len) o.prompt_logits = std::move(l.prompt_logits);
+  if (wants_prompt_logprobs(l) && int64_t(l.prompt_logprobs.size()) == l.seq.prompt_len - 1) {
+    o.prompt_logprobs = std::move(l.prompt_logprobs);
+    l.prompt_logprobs_sent = true;
+  }
   out.push_back(std::move(o));
 }
 
@@ -176,10 +242,22 @@ kv::PrefixSalt Engine::prefix_salt(const Live& l) const {
 // has kept (after a preemption), so every prompt position's logits are
 // computed, and is not looked up before it has any. False when not looked up.
 bool Engine::reuse_cached_prefix(Live& l) {
-  if (!config_.prefix_cache || (l.req.prompt_logits && l.logits_rows == 0)) return false;
   int64_t reusable = int64_t(l.seq.tokens.size()) - 1;
   if (l.req.prompt_logits) reusable = std::min(reusable, l.logits_rows);
+  if (wants_prompt_logprobs(l)) reusable = std::min(reusable, int64_t(l.prompt_logprobs.size()));
+  const bool every_prompt_row = l.req.prompt_logits || wants_prompt_logprobs(l);
+  if (!config_.prefix_cache || (every_prompt_row && reusable == 0)) return false;
   l.seq.num_computed = kv_.pages.match_prefix(l.seq.pages, l.seq.tokens, prefix_salt(l), reusable);
+  return true;
+}
+
+// A row of token counts for a sequence whose sampling has penalties, set to
+// its tokens so far. False when it must wait for one.
+bool Engine::acquire_count_row(Live& l) {
+  if (!uses_counts(l.req.sampling) || l.req.max_new_tokens == 0 || l.count_row >= 0) return true;
+  const std::optional<int32_t> row = counts_.acquire(l.seq.tokens, l.seq.prompt_len);
+  if (!row) return false;
+  l.count_row = *row;
   return true;
 }
 
@@ -195,7 +273,7 @@ void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
     }
     const bool looked_up = reuse_cached_prefix(l);
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
-    if (!kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n)) {
+    if (!kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n) || !acquire_count_row(l)) {
       release(l);  // the cached prefix too: it is looked up again next time
       break;
     }
@@ -210,8 +288,36 @@ void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
   }
 }
 
+// The sampling row of a sequence that samples this step: its parameters, its
+// draw, its count row, and its bias and bans (logit bias, bad words, and the
+// eos / stop ids until min_new_tokens).
+SampleRow Engine::sampling_row(Live& l) {
+  const SamplingParams& p = l.req.sampling;
+  SampleRow row = sample_row(p, l.rng);
+  row.repetition_penalty = p.repetition_penalty;
+  row.frequency_penalty = p.frequency_penalty;
+  row.presence_penalty = p.presence_penalty;
+  row.count_row = l.count_row;
+  if (l.req.logprobs) {
+    row.logprobs = *l.req.logprobs;
+    row.logprob_kind = l.req.logprob_kind == LogprobKind::processed ? 1 : 0;
+  }
+  std::map<int32_t, float> bias = p.logit_bias;
+  if (!p.bad_words.empty()) {
+    const std::vector<int32_t> output(l.seq.tokens.begin() + l.seq.prompt_len, l.seq.tokens.end());
+    for (int32_t t : banned_bad_words(p.bad_words, output)) bias[t] = -INFINITY;
+  }
+  if (l.generated < l.req.min_new_tokens && !l.req.ignore_eos) {
+    for (int64_t t : model_.config().eos_token_ids) bias[int32_t(t)] = -INFINITY;
+    for (int32_t t : l.req.stop_token_ids) bias[t] = -INFINITY;
+  }
+  row.bias.assign(bias.begin(), bias.end());
+  return row;
+}
+
 // One forward over everything scheduled, grouped by adapter slot so that the
-// LoRA segments are long; then each sequence's new token, or its prompt logits.
+// LoRA segments are long; then each sequence's new token, or its prompt
+// logits / logprobs.
 void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   std::stable_sort(batch.begin(), batch.end(), [](const Scheduled& a, const Scheduled& b) {
     return a.live->seq.lora_slot < b.live->seq.lora_slot;
@@ -219,26 +325,42 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   std::vector<SeqWork> work;
   for (const Scheduled& s : batch) {
     Sequence& q = s.live->seq;
+    const Request& r = s.live->req;
     const bool last = q.num_computed + s.num_tokens == int64_t(q.tokens.size());
-    const bool sample = last && s.live->req.max_new_tokens > 0;
-    const bool prompt = s.live->req.prompt_logits && q.num_computed < q.prompt_len;
-    work.push_back({&q, s.num_tokens, sample, prompt});
+    const bool sample = last && r.max_new_tokens > 0;
+    const bool prompt =
+        (r.prompt_logits || wants_prompt_logprobs(*s.live)) && q.num_computed < q.prompt_len;
+    work.push_back({&q, s.num_tokens, sample, prompt, r.prompt_logits});
     if (q.num_computed < q.prompt_len)
       stats_.prompt_tokens += std::min(s.num_tokens, q.prompt_len - q.num_computed);
   }
   const StepPlan plan = plan_step(work, kv_.page_size);
-  // One sampling row per logit row; rows kept only as prompt logits pick
-  // greedily (no draw) and their tokens are dropped.
+  // One sampling row per logit row. A prompt row picks greedily (its token is
+  // dropped) and, for prompt logprobs, reports the next prompt token's.
   std::vector<SampleRow> rows;
-  const bool any_sampled =
-      std::any_of(work.begin(), work.end(), [](const SeqWork& w) { return w.logits; });
-  for (size_t i = 0; i < work.size() && any_sampled; ++i)
+  bool any_rows = false;
+  for (size_t i = 0; i < work.size(); ++i)
+    any_rows =
+        any_rows || work[i].logits || (work[i].all_logits && wants_prompt_logprobs(*batch[i].live));
+  for (size_t i = 0; i < work.size() && any_rows; ++i) {
+    Live& l = *batch[i].live;
     for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r) {
-      const bool sampled = work[i].logits && r + 1 == plan.logit_indptr[i + 1];
-      rows.push_back(sampled ? sample_row(batch[i].live->req.sampling, batch[i].live->rng)
-                             : SampleRow{});
+      if (work[i].logits && r + 1 == plan.logit_indptr[i + 1]) {
+        rows.push_back(sampling_row(l));
+        continue;
+      }
+      SampleRow row;
+      const int64_t position =
+          l.seq.num_computed + (r - plan.logit_indptr[i]) +
+          (work[i].num_tokens - (plan.logit_indptr[i + 1] - plan.logit_indptr[i]));
+      if (wants_prompt_logprobs(l) && position + 1 < l.seq.prompt_len) {
+        row.logprobs = *l.req.prompt_logprobs;
+        row.target = l.seq.tokens[size_t(position + 1)];
+      }
+      rows.push_back(row);
     }
-  const StepResult result = runner_.run(plan, rows);
+  }
+  const StepResult result = runner_.run(plan, rows, counts_.table());
   ++stats_.steps;
   for (size_t i = 0; i < work.size(); ++i) {
     Live& l = *batch[i].live;
@@ -246,11 +368,47 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     l.seq.num_computed += work[i].num_tokens;
     if (config_.prefix_cache)  // before the sequence may finish and let its pages go
       kv_.pages.cache_full_pages(l.seq.pages, l.seq.tokens, l.seq.num_computed, prefix_salt(l));
-    if (work[i].all_logits) keep_prompt_logits(l, first, result.logits, plan.logit_indptr[i]);
-    if (work[i].logits)
-      append_token(l, result.tokens[size_t(plan.logit_indptr[i + 1] - 1)], out);
-    else if (l.seq.num_computed == l.seq.prompt_len && l.req.max_new_tokens == 0)
+    const int64_t first_row = plan.logit_indptr[i];
+    const int64_t num_rows = plan.logit_indptr[i + 1] - first_row;
+    if (work[i].all_logits && l.req.prompt_logits)
+      keep_prompt_logits(l, first, result.logits, first_row);
+    if (work[i].all_logits && wants_prompt_logprobs(l))
+      keep_prompt_logprobs(l, first, result, first_row, num_rows);
+    if (work[i].logits) {
+      const auto r = size_t(first_row + num_rows - 1);
+      std::optional<PositionLogprobs> lp;
+      if (l.req.logprobs) {
+        lp.emplace();
+        lp->chosen = {result.tokens[r], result.logprob[r]};
+        for (int64_t j = 0; j < *l.req.logprobs; ++j) {
+          const auto at = size_t(int64_t(r) * result.logprobs_width + j);
+          lp->top.push_back({result.top_tokens[at], result.top_logprobs[at]});
+        }
+      }
+      append_token(l, result.tokens[r], std::move(lp), out);
+    } else if (l.seq.num_computed == l.seq.prompt_len && l.req.max_new_tokens == 0) {
       finish(l, FinishReason::length, out);  // the prompt alone was asked for
+    }
+  }
+}
+
+// Keeps the prompt logprobs of the step's rows (positions [first_position,
+// ...) of the sequence's rows) not kept yet: position p's row reports prompt
+// token p + 1.
+void Engine::keep_prompt_logprobs(Live& l, int64_t first_position, const StepResult& result,
+                                  int64_t first_row, int64_t num_rows) {
+  const int64_t k = *l.req.prompt_logprobs;
+  for (int64_t j = 0; j < num_rows; ++j) {
+    const int64_t p = first_position + j;
+    if (p + 1 >= l.seq.prompt_len || p != int64_t(l.prompt_logprobs.size())) continue;
+    const auto r = size_t(first_row + j);
+    PositionLogprobs lp;
+    lp.chosen = {l.seq.tokens[size_t(p + 1)], result.logprob[r]};
+    for (int64_t t = 0; t < k; ++t) {
+      const auto at = size_t(int64_t(r) * result.logprobs_width + t);
+      lp.top.push_back({result.top_tokens[at], result.top_logprobs[at]});
+    }
+    l.prompt_logprobs.push_back(std::move(lp));
   }
 }
 
@@ -268,24 +426,97 @@ void Engine::keep_prompt_logits(Live& l, int64_t first_position, const Tensor& l
   }
 }
 
-// Appends the sampled token; the request ends at an eos / stop token or at
-// max_new_tokens.
-void Engine::append_token(Live& l, int32_t tok, std::vector<StepOutput>& out) {
+// Whether `token`, just generated, is an eos or stop token id that ends the request.
+bool Engine::stops(const Live& l, int32_t tok) const {
+  if (l.req.ignore_eos) return false;
+  const std::vector<int64_t>& eos = model_.config().eos_token_ids;
+  const std::vector<int32_t>& stop = l.req.stop_token_ids;
+  return std::find(eos.begin(), eos.end(), int64_t(tok)) != eos.end() ||
+         std::find(stop.begin(), stop.end(), tok) != stop.end();
+}
+
+namespace {
+
+// The earliest match of a stop string in `text` that may end at or after
+// byte `from` (the new text), and which string it is.
+std::pair<size_t, const std::string*> find_stop(const std::string& text, size_t from,
+                                                const std::vector<std::string>& stop) {
+  std::pair<size_t, const std::string*> best{std::string::npos, nullptr};
+  for (const std::string& st : stop) {
+    const size_t start = from > st.size() ? from - st.size() + 1 : 0;
+    const size_t at = text.find(st, start);
+    if (at < best.first) best = {at, &st};
+  }
+  return best;
+}
+
+// The longest suffix of `text` that is a proper prefix of a stop string: it
+// may still become one, so it is held back.
+size_t held_back(const std::string& text, const std::vector<std::string>& stop) {
+  size_t hold = 0;
+  for (const std::string& st : stop)
+    for (size_t n = std::min(st.size() - 1, text.size()); n > hold; --n)
+      if (text.compare(text.size() - n, n, st, 0, n) == 0) {
+        hold = n;
+        break;
+      }
+  return hold;
+}
+
+}  // namespace
+
+// Appends the sampled token. No stop condition applies before min_new_tokens;
+// then the request ends at a stop string (with a tokenizer), at an eos / stop
+// token id, or at max_new_tokens. With a tokenizer, the step's text goes out
+// with the token, but for what may still become a stop string.
+void Engine::append_token(Live& l, int32_t tok, std::optional<PositionLogprobs> logprobs,
+                          std::vector<StepOutput>& out) {
   l.seq.tokens.push_back(tok);
   ++l.generated;
   ++stats_.generated_tokens;
   StepOutput o;
   o.id = l.req.id;
   o.new_tokens = {tok};
-  const std::vector<int64_t>& eos = model_.config().eos_token_ids;
-  const std::vector<int32_t>& stop = l.req.stop_token_ids;
-  const bool stopped =
-      !l.req.ignore_eos && (std::find(eos.begin(), eos.end(), int64_t(tok)) != eos.end() ||
-                            std::find(stop.begin(), stop.end(), tok) != stop.end());
-  if (stopped)
-    finish(l, FinishReason::eos, out, std::move(o));
-  else if (l.generated >= l.req.max_new_tokens)
-    finish(l, FinishReason::length, out, std::move(o));
+  o.seed = l.seed;
+  if (logprobs) o.logprobs.push_back(std::move(*logprobs));
+  if (wants_prompt_logprobs(l)) {  // the prompt is done: its last row sampled this token
+    o.prompt_logprobs = std::move(l.prompt_logprobs);
+    l.prompt_logprobs_sent = true;
+  }
+  const bool may_stop = l.generated >= l.req.min_new_tokens;
+  const bool stop_token = may_stop && stops(l, tok);
+  const bool length = l.generated >= l.req.max_new_tokens;
+  FinishReason reason = stop_token ? FinishReason::eos
+                        : length   ? FinishReason::length
+                                   : FinishReason::none;
+  if (l.detok) {
+    const size_t before = l.text.size();
+    l.text += l.detok->push(tok);
+    if (reason != FinishReason::none) l.text += l.detok->flush();
+    // The text of an eos / stop token id is left out unless asked for (vLLM).
+    if (stop_token && !l.req.include_stop_str_in_output) l.text.resize(before);
+    size_t end = l.text.size();
+    if (!l.req.stop.empty()) {
+      // Only a match that ends in this token's text counts (one before
+      // min_new_tokens never does).
+      const auto [at, matched] = may_stop ? find_stop(l.text, l.searched, l.req.stop)
+                                          : std::pair<size_t, const std::string*>{0, nullptr};
+      l.searched = l.text.size();
+      if (matched) {
+        reason = FinishReason::stop_sequence;
+        o.stop_string = *matched;
+        end = at + (l.req.include_stop_str_in_output ? matched->size() : 0);
+      } else if (reason == FinishReason::none) {
+        end -= held_back(l.text, l.req.stop);
+      }
+    }
+    if (end > l.emitted) {
+      o.text = l.text.substr(l.emitted, end - l.emitted);
+      l.emitted = end;
+    }
+  }
+  if (reason != FinishReason::none)
+    finish(l, reason, out, std::move(o));
   else
     out.push_back(std::move(o));
 }

@@ -14,6 +14,13 @@
 // request for prompt logits reuses only the rows it has already kept. A
 // sliding-window model reuses whole prefixes too: a sequence keeps every
 // page, in the window or not, so a cached page is what recomputing it writes.
+// Sampling: each running sequence's parameters become one row of the step's
+// sampling plan (engine/sampler.h, backend.h); token counts for the penalties
+// live on the backend (TokenCounts), a row per sequence that has penalties,
+// set at admission and updated by the sample op.
+//
+// With a tokenizer, the engine also detokenizes each sequence's new tokens
+// (IncrementalDetokenizer), matches stop strings, and hands out the text.
 // Single-threaded: callers serialise access.
 #pragma once
 
@@ -31,6 +38,8 @@
 #include "kv/kv_cache.h"
 #include "lora/store.h"
 #include "model/phi3.h"
+#include "tokenizer/incremental_detokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace philora::engine {
 
@@ -39,6 +48,10 @@ struct EngineConfig {
   int64_t max_running = 256;          // sequences in flight
   bool step_graphs = true;            // decode steps replay graphs where the backend records them
   bool prefix_cache = true;           // reuse the KV pages of cached prefixes
+  // Rows of token counts on the backend (sequences with penalties running at
+  // once; one row is 4 · vocab bytes, allocated when the first is needed);
+  // 0: max_running. A request with penalties waits for a row.
+  int64_t count_rows = 0;
 };
 
 // What one step produced for one request.
@@ -49,6 +62,15 @@ struct StepOutput {
   std::string error;         // with an error reason: what went wrong, fit for a remote client
   std::string error_detail;  // the same in full (it may name server files), for the server's log
   Tensor prompt_logits;      // (prompt_len, vocab) host f32 when a prompt_logits request finishes
+  // With a tokenizer: the text the new tokens add (Request::stop says what is
+  // held back and where it ends); a request's texts concatenate to its output.
+  std::string text;
+  std::vector<PositionLogprobs> logprobs;  // [new_tokens] when the request asks for logprobs
+  // [prompt_len - 1]: prompt tokens 1 .. prompt_len - 1, once, in the output
+  // of the step that finishes the prompt, when the request asks for them.
+  std::optional<std::vector<PositionLogprobs>> prompt_logprobs;
+  uint64_t seed = 0;        // the seed the request's draws come from (given or drawn)
+  std::string stop_string;  // with FinishReason::stop_sequence: the stop string matched
   bool finished() const { return finish != FinishReason::none; }
 };
 
@@ -66,8 +88,10 @@ struct EngineStats {
 
 class Engine {
  public:
+  // `tokenizer` (may be null; it must outlive the engine) makes the engine
+  // detokenize and match stop strings.
   Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStore* adapters,
-         EngineConfig config);
+         EngineConfig config, const tokenizer::Tokenizer* tokenizer = nullptr);
 
   // Checks the request against the model and the KV cache, and queues it; the
   // error says what is wrong with it. Its adapter is looked up when it is
@@ -90,27 +114,46 @@ class Engine {
     Request req;
     Sequence seq;
     std::mt19937_64 rng;
+    uint64_t seed = 0;
     int64_t generated = 0;
     bool has_slot = false;
     uint64_t adapter_identity = 0;  // AdapterStore::identity while it has its slot; 0 = base
+    int32_t count_row = -1;         // its row of token counts while running (penalties)
     bool done = false;
     Tensor prompt_logits;     // (prompt_len, vocab) host f32 while filled (prompt_logits requests)
     int64_t logits_rows = 0;  // rows of prompt_logits written (a recomputed row is not kept again)
+    std::vector<PositionLogprobs> prompt_logprobs;  // kept so far (prompt_logprobs requests)
+    bool prompt_logprobs_sent = false;              // handed out: a recomputation keeps none again
+    // With a tokenizer: the detokenized text of the new tokens so far, the
+    // bytes of it handed out, and those already searched for stop strings.
+    std::unique_ptr<tokenizer::IncrementalDetokenizer> detok;
+    std::string text;
+    size_t emitted = 0;
+    size_t searched = 0;
   };
   // A sequence's share of the step being built.
   struct Scheduled {
     Live* live;
     int64_t num_tokens;
   };
+  static bool wants_prompt_logprobs(const Live& l) {
+    return l.req.prompt_logprobs && !l.prompt_logprobs_sent;
+  }
   Status validate(const Request& r) const;
   void schedule_running(std::vector<Scheduled>& batch, int64_t& budget);
   void admit_waiting(std::vector<Scheduled>& batch, int64_t& budget, std::vector<StepOutput>& out);
   bool acquire_adapter(Live& l, std::vector<StepOutput>& out);
+  bool acquire_count_row(Live& l);
   kv::PrefixSalt prefix_salt(const Live& l) const;
   bool reuse_cached_prefix(Live& l);
+  SampleRow sampling_row(Live& l);
   void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
   void keep_prompt_logits(Live& l, int64_t first_position, const Tensor& logits, int64_t first_row);
-  void append_token(Live& l, int32_t token, std::vector<StepOutput>& out);
+  void keep_prompt_logprobs(Live& l, int64_t first_position, const StepResult& result,
+                            int64_t first_row, int64_t num_rows);
+  void append_token(Live& l, int32_t token, std::optional<PositionLogprobs> logprobs,
+                    std::vector<StepOutput>& out);
+  bool stops(const Live& l, int32_t token) const;
   void release(Live& l);
   void preempt(Live& l);
   void finish(Live& l, FinishReason reason, std::vector<StepOutput>& out, StepOutput o = {});
@@ -119,7 +162,10 @@ class Engine {
   kv::KvCache& kv_;
   lora::AdapterStore* adapters_;
   EngineConfig config_;
+  const tokenizer::Tokenizer* tokenizer_;
   StepRunner runner_;
+  TokenCounts counts_;
+  std::mt19937_64 seeds_;  // seeds of requests that give none
   std::deque<std::unique_ptr<Live>> waiting_;
   std::vector<std::unique_ptr<Live>> running_;  // admission order
   std::vector<StepOutput> pending_;             // finished outside a step (aborts)

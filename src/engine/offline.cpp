@@ -1,5 +1,6 @@
 #include "engine/offline.h"
 
+#include <algorithm>
 #include <limits>
 #include <map>
 
@@ -27,9 +28,13 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
                                               const std::vector<Request>& requests,
                                               const OfflineOptions& options) {
   kv::KvCache kv = make_cache(model, requests, options.page_size);
+  // A row of token counts for every request with penalties: none waits for one.
+  const int64_t count_rows = std::count_if(
+      requests.begin(), requests.end(), [](const Request& r) { return uses_counts(r.sampling); });
   const EngineConfig config{std::numeric_limits<int64_t>::max(), int64_t(requests.size()),
-                            options.step_graphs, options.prefix_cache};
-  Engine engine(model, kv, adapters, config);
+                            options.step_graphs, options.prefix_cache,
+                            std::max<int64_t>(count_rows, 1)};
+  Engine engine(model, kv, adapters, config, options.tokenizer);
   std::map<std::string, size_t> index;  // id -> position in `requests`
   for (size_t i = 0; i < requests.size(); ++i) {
     if (!index.emplace(requests[i].id, i).second)
@@ -43,7 +48,12 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
       StepOutput& r = out[index.at(o.id)];
       r.id = o.id;
       r.new_tokens.insert(r.new_tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+      r.text += o.text;
+      r.logprobs.insert(r.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
+      if (o.prompt_logprobs) r.prompt_logprobs = std::move(o.prompt_logprobs);
+      r.seed = o.seed;
       r.finish = o.finish;
+      r.stop_string = o.stop_string;
       if (o.finished()) r.prompt_logits = std::move(o.prompt_logits);
     }
   }

@@ -19,11 +19,14 @@ struct OfflineOptions {
   // Every request is admitted in the first step, so none finds another's
   // pages; kept for a caller that runs several batches on one engine.
   bool prefix_cache = true;
+  // Detokenizes the outputs and matches stop strings (StepOutput::text); may be null.
+  const tokenizer::Tokenizer* tokenizer = nullptr;
 };
 
 // Runs the requests (ids unique) to the end and returns, in request order,
-// each one's outputs merged: all its new tokens, its finish reason, its
-// prompt logits when it asked for them. Fails with the first request the
+// each one's outputs merged: all its new tokens, their text and logprobs, its
+// finish reason, seed and stop string, its prompt logits and logprobs when it
+// asked for them. Fails with the first request the
 // engine refuses or that fails (an unknown or bad adapter: its full message).
 Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
                                               lora::AdapterStore* adapters,

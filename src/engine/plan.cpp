@@ -27,7 +27,7 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size) {
       p.logit_lora_slot.push_back(s.lora_slot);
     }
     p.logit_indptr.push_back(int32_t(p.logit_rows.size()));
-    p.host_logits = p.host_logits || (w.all_logits && w.num_tokens > 0);
+    p.host_logits = p.host_logits || (w.all_logits && w.all_logits_to_host && w.num_tokens > 0);
     const int64_t pages = (end + page_size - 1) / page_size;
     for (int64_t i = 0; i < pages; ++i) p.kv_indices.push_back(s.pages.ids[size_t(i)]);
     p.q_indptr.push_back(int32_t(p.token_ids.size()));

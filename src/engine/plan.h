@@ -18,7 +18,8 @@ struct SeqWork {
   Sequence* seq = nullptr;
   int64_t num_tokens = 0;
   bool logits = false;      // this sequence needs the logits of its last computed token
-  bool all_logits = false;  // ... of every token it computes (prompt logits)
+  bool all_logits = false;  // ... of every token it computes (prompt logits or logprobs)
+  bool all_logits_to_host = true;  // ... and they come back to the host (prompt logits)
 };
 
 struct StepPlan {
@@ -38,7 +39,7 @@ struct StepPlan {
   std::vector<int32_t> logit_lora_slot;  // [R]
   std::vector<int32_t> logit_indptr;     // [S + 1] sequence i's rows: [indptr[i], indptr[i+1])
   bool all_rows = false;     // every row needs logits (logit_rows is 0..T-1): nothing to gather
-  bool host_logits = false;  // the logits come back to the host (a sequence wants all_logits)
+  bool host_logits = false;  // the logits come back to the host (a sequence wants them all there)
   int64_t max_q_len = 0;
   int64_t max_kv_len = 0;
 };

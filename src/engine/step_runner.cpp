@@ -1,6 +1,7 @@
 #include "engine/step_runner.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -30,6 +31,8 @@ int64_t context_bucket(int64_t kv_len) {
   return b;
 }
 
+int64_t bias_entries(const std::vector<SampleRow>& rows);
+
 }  // namespace
 
 SampleRow sample_row(const SamplingParams& p, std::mt19937_64& rng) {
@@ -38,6 +41,8 @@ SampleRow sample_row(const SamplingParams& p, std::mt19937_64& rng) {
   r.temperature = p.temperature;
   r.top_k = int32_t(std::clamp<int64_t>(p.top_k, 0, INT32_MAX));
   r.top_p = p.top_p;
+  r.min_p = p.min_p;
+  r.typical_p = p.typical_p;
   r.uniform = draw_uniform(rng);  // as the host rule draws: one seed, one sequence
   return r;
 }
@@ -48,35 +53,150 @@ const std::vector<int64_t>& StepRunner::batch_buckets() {
   return buckets;
 }
 
-SamplingPlan stage_sampling(Backend& b, const std::vector<SampleRow>& rows) {
-  std::vector<float> temperature, top_p, uniform;
-  std::vector<int32_t> top_k;
-  for (const SampleRow& r : rows) {
-    temperature.push_back(r.temperature);
-    top_k.push_back(r.top_k);
-    top_p.push_back(r.top_p);
-    uniform.push_back(r.uniform);
+// ---- the sampler's inputs ---------------------------------------------------------
+
+SamplingLayout SamplingLayout::make(int64_t rows, int64_t bias_capacity, int64_t ints_at,
+                                    int64_t floats_at) {
+  SamplingLayout l;
+  l.rows = rows;
+  l.bias_capacity = bias_capacity;
+  int64_t i = ints_at;
+  for (int64_t* at : {&l.top_k, &l.count_row, &l.logprobs, &l.logprob_kind, &l.target}) {
+    *at = i;
+    i += rows;
   }
-  return {b.upload_f32(temperature), b.upload_i32(top_k), b.upload_f32(top_p),
-          b.upload_f32(uniform)};
+  l.bias_indptr = i;
+  l.bias_token = i + rows + 1;
+  l.ints_end = l.bias_token + bias_capacity;
+  int64_t f = floats_at;
+  for (int64_t* at : {&l.temperature, &l.top_p, &l.min_p, &l.typical_p, &l.uniform, &l.repetition,
+                      &l.frequency, &l.presence}) {
+    *at = f;
+    f += rows;
+  }
+  l.bias_value = f;
+  l.floats_end = f + bias_capacity;
+  return l;
 }
 
+void write_sampling(const SamplingLayout& l, const std::vector<SampleRow>& given,
+                    std::vector<int32_t>& ints, std::vector<float>& floats) {
+  const SampleRow padding;
+  int32_t entries = 0;
+  for (int64_t r = 0; r < l.rows; ++r) {
+    const SampleRow& s = r < int64_t(given.size()) ? given[size_t(r)] : padding;
+    const auto i = size_t(r);
+    ints[size_t(l.top_k) + i] = s.top_k;
+    ints[size_t(l.count_row) + i] = s.count_row;
+    ints[size_t(l.logprobs) + i] = s.logprobs;
+    ints[size_t(l.logprob_kind) + i] = s.logprob_kind;
+    ints[size_t(l.target) + i] = s.target;
+    floats[size_t(l.temperature) + i] = s.temperature;
+    floats[size_t(l.top_p) + i] = s.top_p;
+    floats[size_t(l.min_p) + i] = s.min_p;
+    floats[size_t(l.typical_p) + i] = s.typical_p;
+    floats[size_t(l.uniform) + i] = s.uniform;
+    floats[size_t(l.repetition) + i] = s.repetition_penalty;
+    floats[size_t(l.frequency) + i] = s.frequency_penalty;
+    floats[size_t(l.presence) + i] = s.presence_penalty;
+    ints[size_t(l.bias_indptr) + i] = entries;
+    if (entries + int64_t(s.bias.size()) > l.bias_capacity)
+      throw std::logic_error("write_sampling: more bias entries than the layout holds");
+    for (const auto& [token, value] : s.bias) {
+      ints[size_t(l.bias_token + entries)] = token;
+      floats[size_t(l.bias_value + entries)] = value;
+      ++entries;
+    }
+  }
+  ints[size_t(l.bias_indptr + l.rows)] = entries;
+}
+
+SamplingPlan sampling_views(const SamplingLayout& l, const Tensor& ints, const Tensor& floats,
+                            const Tensor& counts, int64_t logprobs_width) {
+  SamplingPlan p;
+  const int64_t R = l.rows;
+  p.top_k = view(ints, DType::i32, l.top_k, R);
+  p.count_row = view(ints, DType::i32, l.count_row, R);
+  p.logprobs = view(ints, DType::i32, l.logprobs, R);
+  p.logprob_kind = view(ints, DType::i32, l.logprob_kind, R);
+  p.target = view(ints, DType::i32, l.target, R);
+  p.bias_indptr = view(ints, DType::i32, l.bias_indptr, R + 1);
+  p.bias_token = view(ints, DType::i32, l.bias_token, l.bias_capacity);
+  p.temperature = view(floats, DType::f32, l.temperature, R);
+  p.top_p = view(floats, DType::f32, l.top_p, R);
+  p.min_p = view(floats, DType::f32, l.min_p, R);
+  p.typical_p = view(floats, DType::f32, l.typical_p, R);
+  p.uniform = view(floats, DType::f32, l.uniform, R);
+  p.repetition_penalty = view(floats, DType::f32, l.repetition, R);
+  p.frequency_penalty = view(floats, DType::f32, l.frequency, R);
+  p.presence_penalty = view(floats, DType::f32, l.presence, R);
+  p.bias_value = view(floats, DType::f32, l.bias_value, l.bias_capacity);
+  p.counts = counts;
+  p.logprobs_width = logprobs_width;
+  return p;
+}
+
+namespace {
+int64_t bias_entries(const std::vector<SampleRow>& rows) {
+  int64_t n = 0;
+  for (const SampleRow& r : rows) n += int64_t(r.bias.size());
+  return n;
+}
+}  // namespace
+
+int64_t logprobs_width(const std::vector<SampleRow>& rows) {
+  int64_t k = -1;
+  for (const SampleRow& r : rows) k = std::max<int64_t>(k, r.logprobs);
+  return k;
+}
+
+SamplingPlan stage_sampling_rows(Backend& b, const std::vector<SampleRow>& rows,
+                                 const Tensor& counts, int64_t width) {
+  const SamplingLayout l = SamplingLayout::make(int64_t(rows.size()), bias_entries(rows));
+  std::vector<int32_t> ints(size_t(l.ints_end));
+  std::vector<float> floats(size_t(l.floats_end));
+  write_sampling(l, rows, ints, floats);
+  return sampling_views(l, b.upload_i32(ints), b.upload_f32(floats), counts, width);
+}
+
+// ---- step graphs ---------------------------------------------------------------
+
+// Where a decode step's model inputs live in a graph's i32 buffer, in
+// elements; the sampler's i32 inputs follow, then the KV page indices (the
+// only part whose used length varies, so that one copy of a prefix stages a step).
+struct DecodeLayout {
+  int64_t token_ids, positions, kv_locs, rope_long, lora_slot, kv_last_page_len;  // [B] each
+  int64_t q_indptr, kv_indptr;                                                    // [B + 1] each
+  int64_t end;
+
+  explicit DecodeLayout(int64_t B) {
+    int64_t i = 0;
+    for (int64_t* at :
+         {&token_ids, &positions, &kv_locs, &rope_long, &lora_slot, &kv_last_page_len}) {
+      *at = i;
+      i += B;
+    }
+    q_indptr = i;
+    kv_indptr = i + B + 1;
+    end = kv_indptr + B + 1;
+  }
+};
+
 // One recorded decode step. Its inputs live in two tensors at fixed addresses:
-//   ints   token_ids | positions | kv_locs | rope_long | lora_slot | top_k |
-//          kv_last_page_len (B each) | q_indptr | kv_indptr (B + 1 each) |
-//          kv_indices (B · pages)
-//   floats temperature | top_p | uniform (B each)
+//   ints   DecodeLayout | SamplingLayout's i32 part | kv_indices [B · pages]
+//   floats SamplingLayout's f32 part
 struct StepRunner::Graph {
   int64_t batch = 0, pages = 0;  // pages: per sequence, at most
+  DecodeLayout decode{0};
+  SamplingLayout sampling_layout;
+  int64_t kv_indices_at = 0;
   Tensor ints, floats;
   model::StepInputs in;
   SamplingPlan sampling;
-  Tensor ids;  // [batch] i32: the replay's tokens
+  SampleResult result;  // the replay's tokens and logprobs
   std::unique_ptr<StepGraph> graph;
   std::vector<int32_t> host_ints;
   std::vector<float> host_floats;
-
-  int64_t kv_indices_at() const { return 9 * batch + 2; }
 };
 
 StepRunner::StepRunner(model::Phi3ForCausalLM& model, kv::KvCache& kv,
@@ -93,11 +213,12 @@ StepRunner::~StepRunner() {
   if (pad_page_ >= 0) kv_.pages.release(pad_page_);
 }
 
-StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows) {
+StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows,
+                           const Tensor& counts) {
   if (!rows.empty() && rows.size() != plan.logit_rows.size())
     throw std::logic_error("StepRunner::run: no sampling row, or one per logit row");
-  if (graphable(plan, rows)) return {run_graph(plan, rows), Tensor()};
-  return run_eager(plan, rows);
+  if (graphable(plan, rows)) return run_graph(plan, rows, counts);
+  return run_eager(plan, rows, counts);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -106,18 +227,41 @@ static double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows) {
+// The first `rows` rows of a sample op's results, on the host.
+StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t width) {
+  Backend& b = model_.backend();
+  StepResult r;
+  r.tokens = b.download_i32(sampled.tokens);
+  r.tokens.resize(size_t(rows));
+  r.logprobs_width = width;
+  if (width < 0) return r;
+  const Tensor lp = b.to_host_f32(sampled.logprob);
+  r.logprob.assign(lp.ptr<float>(), lp.ptr<float>() + rows);
+  const int64_t k = sampled.top_tokens.cols();  // the op's width (a graph's may be larger)
+  const std::vector<int32_t> ids = b.download_i32(sampled.top_tokens);
+  const Tensor top = b.to_host_f32(sampled.top_logprobs);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < width; ++j) {
+      r.top_tokens.push_back(ids[size_t(i * k + j)]);
+      r.top_logprobs.push_back(top.ptr<float>()[i * k + j]);
+    }
+  return r;
+}
+
+StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
+                                 const Tensor& counts) {
   const auto t0 = Clock::now();
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_);
   Tensor logits = model_.forward(in, kv_, adapters_);
   ++stats_.eager_steps;
-  Tensor ids;
-  if (!rows.empty()) ids = b.sample(logits, stage_sampling(b, rows));
+  SampleResult sampled;
+  const int64_t width = logprobs_width(rows);
+  if (!rows.empty()) sampled = b.sample(logits, stage_sampling_rows(b, rows, counts, width));
   stats_.host_seconds += seconds_since(t0);
   StepResult r;
+  if (!rows.empty()) r = fetch(sampled, int64_t(rows.size()), width);
   if (plan.host_logits) r.logits = b.to_host_f32(logits);
-  if (!rows.empty()) r.tokens = b.download_i32(ids);
   return r;
 }
 
@@ -133,28 +277,33 @@ bool StepRunner::graphable(const StepPlan& plan, const std::vector<SampleRow>& r
   return true;
 }
 
-std::unique_ptr<StepRunner::Graph> StepRunner::record(const Key& key, bool lora) {
+std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const Tensor& counts) {
   Backend& b = model_.backend();
   const model::Phi3Config& c = model_.config();
   auto g = std::make_unique<Graph>();
-  const int64_t B = std::get<0>(key), context = std::get<1>(key);
+  const int64_t B = key.batch, context = key.context;
+  const bool lora = key.lora_rank >= 0;
   g->batch = B;
   g->pages = (context + kv_.page_size - 1) / kv_.page_size;
-  g->host_ints.assign(size_t(g->kv_indices_at() + B * g->pages), 0);
-  g->host_floats.assign(size_t(3 * B), 0.0f);
+  g->decode = DecodeLayout(B);
+  g->sampling_layout = SamplingLayout::make(B, key.bias_capacity, g->decode.end, 0);
+  g->kv_indices_at = g->sampling_layout.ints_end;
+  g->host_ints.assign(size_t(g->kv_indices_at + B * g->pages), 0);
+  g->host_floats.assign(size_t(g->sampling_layout.floats_end), 0.0f);
   g->ints = b.upload_i32(g->host_ints);
   g->floats = b.upload_f32(g->host_floats);
 
+  const DecodeLayout& d = g->decode;
   model::StepInputs& in = g->in;
-  in.tokens.token_ids = view(g->ints, DType::i32, 0, B);
-  in.tokens.positions = view(g->ints, DType::i32, B, B);
-  in.tokens.kv_locs = view(g->ints, DType::i32, 2 * B, B);
-  in.tokens.rope_long = view(g->ints, DType::i32, 3 * B, B);
+  in.tokens.token_ids = view(g->ints, DType::i32, d.token_ids, B);
+  in.tokens.positions = view(g->ints, DType::i32, d.positions, B);
+  in.tokens.kv_locs = view(g->ints, DType::i32, d.kv_locs, B);
+  in.tokens.rope_long = view(g->ints, DType::i32, d.rope_long, B);
   AttentionPlan& a = in.attention;
-  a.kv_last_page_len = view(g->ints, DType::i32, 6 * B, B);
-  a.q_indptr = view(g->ints, DType::i32, 7 * B, B + 1);
-  a.kv_indptr = view(g->ints, DType::i32, 8 * B + 1, B + 1);
-  a.kv_indices = view(g->ints, DType::i32, g->kv_indices_at(), B * g->pages);
+  a.kv_last_page_len = view(g->ints, DType::i32, d.kv_last_page_len, B);
+  a.q_indptr = view(g->ints, DType::i32, d.q_indptr, B + 1);
+  a.kv_indptr = view(g->ints, DType::i32, d.kv_indptr, B + 1);
+  a.kv_indices = view(g->ints, DType::i32, g->kv_indices_at, B * g->pages);
   a.positions = in.tokens.positions;
   a.num_seqs = B;
   a.max_q_len = 1;
@@ -165,114 +314,115 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const Key& key, bool lora)
     in.lora.active = true;
     // One segment per row (their bounds are q_indptr's 0..B): the contract's
     // two forms, and kernels that stay per token, as decode wants.
-    in.lora.token_slot = view(g->ints, DType::i32, 4 * B, B);
+    in.lora.token_slot = view(g->ints, DType::i32, d.lora_slot, B);
     in.lora.seg_slot = in.lora.token_slot;
     in.lora.seg_indptr = a.q_indptr;
     in.lora.num_segments = B;
     in.lora.max_rank = adapters_->max_rank();
     in.lora_logits = in.lora;
-    in.lora.lora_columns = std::get<4>(key);  // lm_head has none
+    in.lora.lora_columns = key.lora_columns;  // lm_head has none
   }
   in.all_rows = true;
-  g->sampling.top_k = view(g->ints, DType::i32, 5 * B, B);
-  g->sampling.temperature = view(g->floats, DType::f32, 0, B);
-  g->sampling.top_p = view(g->floats, DType::f32, B, B);
-  g->sampling.uniform = view(g->floats, DType::f32, 2 * B, B);
+  g->sampling = sampling_views(g->sampling_layout, g->ints, g->floats, counts, key.logprobs_width);
 
   // Record with every row padding (the warm-up run then only writes the pad page).
   Graph& gr = *g;
-  auto fill_padding = [&] {
-    std::vector<int32_t>& v = gr.host_ints;
-    for (int64_t i = 0; i < B; ++i) {
-      v[size_t(2 * B + i)] = pad_page_ * int32_t(kv_.page_size);
-      v[size_t(4 * B + i)] = -1;
-      v[size_t(6 * B + i)] = 1;
-      v[size_t(7 * B + i)] = int32_t(i);
-      v[size_t(8 * B + 1 + i)] = int32_t(i);
-      v[size_t(gr.kv_indices_at() + i)] = pad_page_;
-    }
-    v[size_t(8 * B)] = int32_t(B);
-    v[size_t(9 * B + 1)] = int32_t(B);
-  };
-  fill_padding();
+  std::vector<int32_t>& v = gr.host_ints;
+  for (int64_t i = 0; i < B; ++i) {
+    const auto k = size_t(i);
+    v[size_t(d.kv_locs) + k] = pad_page_ * int32_t(kv_.page_size);
+    v[size_t(d.lora_slot) + k] = -1;
+    v[size_t(d.kv_last_page_len) + k] = 1;
+    v[size_t(d.q_indptr) + k] = int32_t(i);
+    v[size_t(d.kv_indptr) + k] = int32_t(i);
+    v[size_t(gr.kv_indices_at) + k] = pad_page_;
+  }
+  v[size_t(d.q_indptr + B)] = int32_t(B);
+  v[size_t(d.kv_indptr + B)] = int32_t(B);
+  write_sampling(gr.sampling_layout, {}, gr.host_ints, gr.host_floats);
   b.upload_into(g->ints, g->host_ints.data(), g->host_ints.size() * 4);
   b.upload_into(g->floats, g->host_floats.data(), g->host_floats.size() * 4);
   // The body may be kept and rerun (a backend's replay): it captures by value.
   const lora::AdapterSlots* adapters = lora ? adapters_ : nullptr;
   g->graph = b.capture([this, graph = g.get(), adapters, backend = &b] {
     Tensor logits = model_.forward(graph->in, kv_, adapters);
-    graph->ids = backend->sample(logits, graph->sampling);
+    graph->result = backend->sample(logits, graph->sampling);
   });
   if (!g->graph) return nullptr;
   ++stats_.captures;
   return g;
 }
 
-std::vector<int32_t> StepRunner::run_graph(const StepPlan& plan,
-                                           const std::vector<SampleRow>& rows) {
+StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
+                                 const Tensor& counts) {
   const int64_t n = int64_t(plan.kv_last_page_len.size());
-  const int64_t B = *std::lower_bound(batch_buckets().begin(), batch_buckets().end(), n);
+  GraphKey key;
+  key.batch = *std::lower_bound(batch_buckets().begin(), batch_buckets().end(), n);
+  key.context = context_bucket(plan.max_kv_len);
   const bool lora = adapters_ && std::any_of(plan.lora_slot.begin(), plan.lora_slot.end(),
                                              [](int32_t s) { return s >= 0; });
-  const Key key{B, context_bucket(plan.max_kv_len), lora ? adapters_->layout_version() : 0,
-                lora ? adapters_->max_rank() : -1,
-                lora ? step_lora_columns(adapters_, plan.lora_slot) : 0};
+  if (lora) {
+    key.lora_version = adapters_->layout_version();
+    key.lora_rank = adapters_->max_rank();
+    key.lora_columns = step_lora_columns(adapters_, plan.lora_slot);
+  }
+  const int64_t entries = bias_entries(rows);
+  key.bias_capacity =
+      entries == 0 ? 0 : int64_t(std::bit_ceil(uint64_t(std::max<int64_t>(entries, 64))));
+  const int64_t width = logprobs_width(rows);
+  key.logprobs_width = width < 0 ? -1 : kMaxLogprobs;
+  const bool uses_counts =
+      std::any_of(rows.begin(), rows.end(), [](const SampleRow& r) { return r.count_row >= 0; });
+  key.counts = uses_counts ? counts.data : nullptr;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     if (lora)  // graphs of an older adapter layout can never replay again
       std::erase_if(graphs_, [&](const auto& entry) {
-        const bool with_lora = std::get<3>(entry.first) >= 0;
-        return with_lora && std::get<2>(entry.first) != adapters_->layout_version();
+        return entry.first.lora_rank >= 0 &&
+               entry.first.lora_version != adapters_->layout_version();
       });
-    std::unique_ptr<Graph> g = record(key, lora);
+    std::unique_ptr<Graph> g = record(key, uses_counts ? counts : Tensor());
     if (!g) {
       use_graphs_ = false;
-      return run_eager(plan, rows).tokens;
+      return run_eager(plan, rows, counts);
     }
     it = graphs_.emplace(key, std::move(g)).first;
   }
   Graph& g = *it->second;
+  const int64_t B = g.batch;
   const auto t0 = Clock::now();
 
   // The step's inputs, padded to the bucket: padding rows decode token 0 at
   // position 0 into the pad page, greedily, and their tokens are dropped.
+  const DecodeLayout& d = g.decode;
   std::vector<int32_t>& v = g.host_ints;
   const int32_t pad_loc = pad_page_ * int32_t(kv_.page_size);
   for (int64_t i = 0; i < B; ++i) {
     const bool real = i < n;
     const size_t k = size_t(i);
-    v[size_t(0 * B) + k] = real ? plan.token_ids[k] : 0;
-    v[size_t(1 * B) + k] = real ? plan.positions[k] : 0;
-    v[size_t(2 * B) + k] = real ? plan.kv_locs[k] : pad_loc;
-    v[size_t(3 * B) + k] = real ? plan.rope_long[k] : 0;
-    v[size_t(4 * B) + k] = real ? plan.lora_slot[k] : -1;
-    v[size_t(5 * B) + k] = real ? rows[k].top_k : 0;
-    v[size_t(6 * B) + k] = real ? plan.kv_last_page_len[k] : 1;
-    v[size_t(7 * B) + k] = int32_t(i);
+    v[size_t(d.token_ids) + k] = real ? plan.token_ids[k] : 0;
+    v[size_t(d.positions) + k] = real ? plan.positions[k] : 0;
+    v[size_t(d.kv_locs) + k] = real ? plan.kv_locs[k] : pad_loc;
+    v[size_t(d.rope_long) + k] = real ? plan.rope_long[k] : 0;
+    v[size_t(d.lora_slot) + k] = real ? plan.lora_slot[k] : -1;
+    v[size_t(d.kv_last_page_len) + k] = real ? plan.kv_last_page_len[k] : 1;
+    v[size_t(d.q_indptr) + k] = int32_t(i);
   }
-  v[size_t(8 * B)] = int32_t(B);
+  v[size_t(d.q_indptr + B)] = int32_t(B);
   const int32_t real_pages = plan.kv_indptr[size_t(n)];
   for (int64_t i = 0; i <= B; ++i)
-    v[size_t(8 * B + 1 + i)] = i <= n ? plan.kv_indptr[size_t(i)] : real_pages + int32_t(i - n);
-  std::copy(plan.kv_indices.begin(), plan.kv_indices.end(), v.begin() + g.kv_indices_at());
-  std::fill_n(v.begin() + g.kv_indices_at() + real_pages, B - n, pad_page_);
-  std::vector<float>& f = g.host_floats;
-  for (int64_t i = 0; i < B; ++i) {
-    const bool real = i < n;
-    f[size_t(i)] = real ? rows[size_t(i)].temperature : 0.0f;
-    f[size_t(B + i)] = real ? rows[size_t(i)].top_p : 1.0f;
-    f[size_t(2 * B + i)] = real ? rows[size_t(i)].uniform : 0.0f;
-  }
+    v[size_t(d.kv_indptr + i)] = i <= n ? plan.kv_indptr[size_t(i)] : real_pages + int32_t(i - n);
+  write_sampling(g.sampling_layout, rows, g.host_ints, g.host_floats);
+  std::copy(plan.kv_indices.begin(), plan.kv_indices.end(), v.begin() + g.kv_indices_at);
+  std::fill_n(v.begin() + g.kv_indices_at + real_pages, B - n, pad_page_);
   Backend& b = model_.backend();
-  const size_t used = size_t(g.kv_indices_at() + real_pages + (B - n));
+  const size_t used = size_t(g.kv_indices_at + real_pages + (B - n));
   b.upload_into(g.ints, v.data(), used * 4);
-  b.upload_into(g.floats, f.data(), f.size() * 4);
+  b.upload_into(g.floats, g.host_floats.data(), g.host_floats.size() * 4);
   g.graph->replay();
   ++stats_.graph_steps;
   stats_.host_seconds += seconds_since(t0);
-  std::vector<int32_t> ids = b.download_i32(g.ids);
-  ids.resize(size_t(n));
-  return ids;
+  return fetch(g.result, n, width);
 }
 
 }  // namespace philora::engine

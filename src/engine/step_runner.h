@@ -1,22 +1,24 @@
 // Runs one step on the backend — the forward, then token selection — so that
-// only token ids come back to the host.
+// only token ids (and the logprobs asked for) come back to the host.
 //
 // Decode steps (every sequence computes one token and samples it) replay a
-// step graph where the backend can record one (CUDA): the step's inputs are
-// copied into tensors at fixed addresses (one copy), the graph replays every
-// kernel of the forward and the sampler in one launch, and the ids come back.
-// A graph is recorded on first use per key
-//   (batch bucket, context bucket, adapter layout),
-// the batch padded up to its bucket with rows that write a reserved KV page
-// and whose tokens are dropped, the context bucket fixing the decode
-// attention's split. Other steps (prompts, chunks, mixed) run op by op.
+// step graph where the backend can record one (CUDA): the step's inputs —
+// the model's and the sampler's — are copied into two tensors at fixed
+// addresses (one copy each), the graph replays every kernel of the forward and
+// the sampler in one launch, and the ids come back. A graph is recorded on
+// first use per GraphKey, the batch padded up to its bucket with rows that
+// write a reserved KV page, sample greedily and whose tokens are dropped; the
+// context bucket fixes the decode attention's split. Other steps (prompts,
+// chunks, mixed) run op by op; both stage the sampler's inputs through the
+// same function (stage_sampling_rows) into the same named layout.
 #pragma once
 
+#include <compare>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <random>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -28,21 +30,76 @@
 
 namespace philora::engine {
 
-// How one logit row picks its token (Backend::sample's rule).
+// How one logit row picks its token and which logprobs it reports
+// (SamplingPlan's rule in backend.h). The default is a greedy row that asks
+// for nothing (a padding row, or a prompt row whose token is dropped).
 struct SampleRow {
   float temperature = 0.0f;  // ≤ 0: greedy
   int32_t top_k = 0;
   float top_p = 1.0f;
+  float min_p = 0.0f;
+  float typical_p = 1.0f;
   float uniform = 0.0f;  // the row's draw in [0, 1)
+  float repetition_penalty = 1.0f;
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  int32_t count_row = -1;    // the sequence's row of token counts, -1 = none
+  int32_t logprobs = -1;     // -1 none, else the top k (0 .. kMaxLogprobs)
+  int32_t logprob_kind = 0;  // 0 raw, 1 processed
+  int32_t target = -1;       // the token whose logprob is reported; -1 = the chosen one
+  std::vector<std::pair<int32_t, float>> bias;  // (token, added value), tokens distinct; -inf bans
 };
 
 // A request's row this step: greedy rows draw nothing; the others draw their
 // uniform from the request's generator, so a seed fixes the whole sequence.
+// Penalties, count row, bias and logprobs are the caller's to fill in.
 SampleRow sample_row(const SamplingParams& params, std::mt19937_64& rng);
 
-// What a step gives back: token ids, and the logits when the plan asks for them.
+// Where the sampler's inputs of `rows` rows live in two flat arrays (i32 and
+// f32), in elements from the start of each, so that one upload each stages
+// them: an eager step uploads them on their own, a step graph keeps them
+// after its model inputs in its fixed buffers.
+struct SamplingLayout {
+  int64_t rows = 0;
+  int64_t bias_capacity = 0;  // entries of the sparse bias list that fit
+  // i32: [rows] each, then bias_indptr [rows + 1], bias_token [bias_capacity]
+  int64_t top_k = 0, count_row = 0, logprobs = 0, logprob_kind = 0, target = 0;
+  int64_t bias_indptr = 0, bias_token = 0, ints_end = 0;
+  // f32: [rows] each, then bias_value [bias_capacity]
+  int64_t temperature = 0, top_p = 0, min_p = 0, typical_p = 0, uniform = 0;
+  int64_t repetition = 0, frequency = 0, presence = 0, bias_value = 0, floats_end = 0;
+
+  // The layout starting at ints_at / floats_at.
+  static SamplingLayout make(int64_t rows, int64_t bias_capacity, int64_t ints_at = 0,
+                             int64_t floats_at = 0);
+};
+
+// Writes `given` into the layout's places of ints / floats, padding rows past
+// them up to layout.rows with default (greedy, no-op) rows. The bias entries
+// must fit bias_capacity.
+void write_sampling(const SamplingLayout& layout, const std::vector<SampleRow>& given,
+                    std::vector<int32_t>& ints, std::vector<float>& floats);
+
+// The SamplingPlan over backend tensors `ints` / `floats` laid out as `layout`.
+SamplingPlan sampling_views(const SamplingLayout& layout, const Tensor& ints, const Tensor& floats,
+                            const Tensor& counts, int64_t logprobs_width);
+
+// The sampling inputs of `rows` on the backend (an eager step: two uploads).
+SamplingPlan stage_sampling_rows(Backend& backend, const std::vector<SampleRow>& rows,
+                                 const Tensor& counts, int64_t logprobs_width);
+
+// The largest `logprobs` of the rows (-1 when none asks).
+int64_t logprobs_width(const std::vector<SampleRow>& rows);
+
+// What a step gives back: token ids, the logprobs asked for, and the logits
+// when the plan asks for them.
 struct StepResult {
   std::vector<int32_t> tokens;  // [R] one per logit row (its SampleRow's pick); empty without rows
+  // With logprobs (logprobs_width ≥ 0): the rows' targets' logprobs and the top lists.
+  int64_t logprobs_width = -1;      // K
+  std::vector<float> logprob;       // [R]
+  std::vector<int32_t> top_tokens;  // [R · K] row r's at r · K
+  std::vector<float> top_logprobs;  // [R · K]
   Tensor logits;                // (R, vocab) f32 on the host when plan.host_logits, else empty
 };
 
@@ -65,8 +122,11 @@ class StepRunner {
   StepRunner& operator=(const StepRunner&) = delete;
 
   // Runs the plan. `rows` is empty (no token wanted) or one per logit row:
-  // the tokens come back in the order of plan.logit_rows, row r chosen by rows[r].
-  StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows);
+  // the tokens come back in the order of plan.logit_rows, row r chosen by
+  // rows[r]. `counts` is the table the rows' count rows index (may be empty
+  // when no row has one); the step updates it.
+  StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows,
+                 const Tensor& counts = Tensor());
 
   const StepRunnerStats& stats() const { return stats_; }
   // KV pages the runner holds for itself (the pad page).
@@ -76,24 +136,34 @@ class StepRunner {
   static const std::vector<int64_t>& batch_buckets();
 
  private:
+  // What a recorded graph is specialised for.
+  struct GraphKey {
+    int64_t batch = 0;             // bucket
+    int64_t context = 0;           // bucket of the longest sequence (the attention's split)
+    uint64_t lora_version = 0;     // AdapterSlots::layout_version(), 0 without LoRA
+    int64_t lora_rank = -1;        // max rank, -1 without LoRA
+    int64_t lora_columns = 0;      // LoRA columns the step reads
+    int64_t bias_capacity = 0;     // entries of the sparse bias list its buffers hold
+    int64_t logprobs_width = -1;   // -1 or kMaxLogprobs
+    const void* counts = nullptr;  // the count table its sampler updates (or none)
+    auto operator<=>(const GraphKey&) const = default;
+  };
   struct Graph;
-  // batch, context, lora version, rank, LoRA columns
-  using Key = std::tuple<int64_t, int64_t, uint64_t, int64_t, int64_t>;
-  StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows);
+  StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
+                       const Tensor& counts);
   bool graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const;
-  std::vector<int32_t> run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows);
-  std::unique_ptr<Graph> record(const Key& key, bool lora);
+  StepResult run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
+                       const Tensor& counts);
+  std::unique_ptr<Graph> record(const GraphKey& key, const Tensor& counts);
+  StepResult fetch(const SampleResult& sampled, int64_t rows, int64_t logprobs_width);
 
   model::Phi3ForCausalLM& model_;
   kv::KvCache& kv_;
   const lora::AdapterSlots* adapters_;
   bool use_graphs_;
   int32_t pad_page_ = -1;  // KV page the padding rows write
-  std::map<Key, std::unique_ptr<Graph>> graphs_;
+  std::map<GraphKey, std::unique_ptr<Graph>> graphs_;
   StepRunnerStats stats_;
 };
-
-// The sampling plan of `rows` on the backend.
-SamplingPlan stage_sampling(Backend& backend, const std::vector<SampleRow>& rows);
 
 }  // namespace philora::engine

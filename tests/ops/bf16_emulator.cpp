@@ -47,8 +47,12 @@ class Bf16Emulator final : public Backend {
     cpu_.upload_into(dst, src, bytes);
   }
   std::vector<int32_t> download_i32(const Tensor& t) override { return cpu_.download_i32(t); }
-  Tensor sample(const Tensor& logits, const SamplingPlan& plan) override {
+  SampleResult sample(const Tensor& logits, const SamplingPlan& plan) override {
     return cpu_.sample(logits, plan);
+  }
+  void reset_token_counts(Tensor& counts, int64_t row, const Tensor& tokens,
+                          int64_t prompt_len) override {
+    cpu_.reset_token_counts(counts, row, tokens, prompt_len);
   }
   void synchronize() override {}
   Expected<MemoryInfo> memory_info() const override { return cpu_.memory_info(); }

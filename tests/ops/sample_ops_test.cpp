@@ -1,14 +1,18 @@
-// sample (token selection, SamplingPlan's rule in backend.h). Its outputs are
-// token ids, which the harness's normalised error does not suit, so these tests
-// run on the harness's backends (available_backends() and cpu-bf16) with exact
+// sample (token selection, SamplingPlan's rule in backend.h) with neutral
+// logit processors: temperature, top-k, top-p, the draw. Its outputs are token
+// ids, which the harness's normalised error does not suit, so these tests run
+// on the harness's backends (available_backends() and cpu-bf16) with exact
 // checks of their own:
-//   Random      cpu vs the float64 oracle below; every other backend vs cpu,
-//               token for token.
+//   Random      every backend vs the float64 oracle (ops/sample_oracle.h), and
+//               every other backend vs cpu, token for token.
 //   Ties        equal logits: greedy takes the first, top-k and top-p take ties
 //               in ascending index; all -inf rows.
 //   Frequencies over many draws the tokens come with the kept set's
-//               probabilities (a wrong temperature or cut shows).
-//   BadInput    wrong dtypes and row counts throw.
+//               probabilities (a wrong temperature or cut shows); also with
+//               min-p, typical-p, penalties and bias.
+//   BadInput    wrong dtypes, row counts, bias tokens, count rows, logprob widths throw.
+// The processors and logprobs have their own files (sample_processors_test.cpp,
+// sample_logprobs_test.cpp).
 //
 // Exactness across backends: every backend sees the same logits (bf16 values),
 // so the order of the candidates and the top-k set are exact; only the weights
@@ -19,7 +23,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -27,126 +30,32 @@
 #include <stdexcept>
 
 #include "engine/sampler.h"
-#include "ops/bf16_emulator.h"
 #include "ops/harness.h"
+#include "ops/sample_oracle.h"
 
 namespace philora::optest {
 namespace {
 
-// f32 sums of up to 200k weights along a fixed tree (chunks of a few hundred,
-// then a block scan) are off by at most a few 1e-6 of the total.
-constexpr double kMargin = 1e-5;
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
 // ---- inputs -------------------------------------------------------------------
 
-struct Batch {
-  int64_t vocab = 0;
-  std::vector<float> logits;       // (rows, vocab), bf16 values
-  std::vector<float> temperature;  // [rows]
-  std::vector<int32_t> top_k;      // [rows]
-  std::vector<float> top_p;        // [rows]
-  std::vector<float> uniform;      // [rows]
-
-  explicit Batch(int64_t v) : vocab(v) {}
-  int64_t rows() const { return int64_t(temperature.size()); }
-  const float* row(int64_t r) const { return logits.data() + r * vocab; }
+// Rows of the old four inputs (logits, temperature, top_k, top_p, uniform),
+// every processor neutral.
+struct Batch : SampleBatch {
+  explicit Batch(int64_t v) : SampleBatch(v) {}
   void add(const std::vector<float>& l, float t, int32_t k, float p, float u) {
-    logits.insert(logits.end(), l.begin(), l.end());
-    temperature.push_back(t);
-    top_k.push_back(k);
-    top_p.push_back(p);
-    uniform.push_back(u);
+    SampleRowIn r;
+    r.logits = l;
+    r.temperature = t;
+    r.top_k = k;
+    r.top_p = p;
+    r.uniform = u;
+    rows.push_back(std::move(r));
   }
-  std::string describe(int64_t r) const {
-    return fmt::format("row {} (vocab {}, T={} top_k={} top_p={} uniform={})", r, vocab,
-                       temperature[size_t(r)], top_k[size_t(r)], top_p[size_t(r)],
-                       uniform[size_t(r)]);
-  }
+  const float* row(int64_t r) const { return rows[size_t(r)].logits.data(); }
 };
 
-std::vector<int32_t> run_sample(Backend& b, const Batch& in) {
-  const SamplingPlan plan{b.upload_f32(in.temperature), b.upload_i32(in.top_k),
-                          b.upload_f32(in.top_p), b.upload_f32(in.uniform)};
-  return b.download_i32(b.sample(upload(b, in.logits, {in.rows(), in.vocab}), plan));
-}
-
-// ---- the float64 oracle ----------------------------------------------------------
-
-// The kept set of one row and its probabilities.
-struct Kept {
-  std::vector<int64_t> tokens;  // ascending index
-  std::vector<double> prob;     // [tokens]
-  double margin = kInf;         // how far top_p is from changing the set, in mass fractions
-};
-
-Kept kept_set(const float* logits, int64_t vocab, float temperature, int32_t top_k, float top_p) {
-  Kept kept;
-  const int64_t first_max = std::max_element(logits, logits + vocab) - logits;
-  if (!(temperature > 0) || !std::isfinite(logits[first_max])) {
-    kept.tokens = {first_max};
-    kept.prob = {1.0};
-    return kept;
-  }
-  // Candidates by descending logit; the stable sort keeps ties in index order.
-  std::vector<int64_t> order(size_t(vocab), 0);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
-  if (top_k > 0 && top_k < vocab) order.resize(size_t(top_k));
-  // Softmax at the temperature over the top-k candidates.
-  std::vector<double> p(order.size());
-  double sum = 0;
-  for (size_t j = 0; j < order.size(); ++j)
-    sum += p[j] = std::exp((double(logits[order[j]]) - double(logits[first_max])) / temperature);
-  for (double& x : p) x /= sum;
-  size_t keep = order.size();
-  if (top_p < 1) {
-    double mass = 0;
-    kept.margin = 0;  // unless the mass is reached clearly
-    for (size_t j = 0; j < order.size(); ++j) {
-      const double before = mass;
-      mass += p[j];
-      if (mass >= top_p) {
-        keep = j + 1;
-        kept.margin = std::min(mass - top_p, j > 0 ? top_p - before : kInf);
-        break;
-      }
-    }
-  }
-  std::vector<std::pair<int64_t, double>> chosen;
-  for (size_t j = 0; j < keep; ++j) chosen.push_back({order[j], p[j]});
-  std::sort(chosen.begin(), chosen.end());
-  double mass = 0;
-  for (const auto& [i, q] : chosen) mass += q;
-  for (const auto& [i, q] : chosen) kept.tokens.push_back(i), kept.prob.push_back(q / mass);
-  return kept;
-}
-
-struct Choice {
-  int32_t token = -1;
-  double margin = kInf;  // how far top_p and the draw are from changing the token
-};
-
-Choice oracle(const float* logits, int64_t vocab, float temperature, int32_t top_k, float top_p,
-              float uniform) {
-  const Kept kept = kept_set(logits, vocab, temperature, top_k, top_p);
-  if (kept.tokens.size() == 1) return {int32_t(kept.tokens[0]), kInf};  // greedy, or one left
-  double cdf = 0;
-  for (size_t j = 0; j < kept.tokens.size(); ++j) {
-    const double before = cdf;
-    cdf += kept.prob[j];
-    if (cdf > uniform) {
-      const double below = before == 0 && uniform == 0 ? kInf : uniform - before;
-      return {int32_t(kept.tokens[j]), std::min({kept.margin, cdf - uniform, below})};
-    }
-  }
-  return {int32_t(kept.tokens.back()), 0.0};
-}
-
-Choice oracle(const Batch& in, int64_t r) {
-  const size_t i = size_t(r);
-  return oracle(in.row(r), in.vocab, in.temperature[i], in.top_k[i], in.top_p[i], in.uniform[i]);
+std::vector<int32_t> tokens_of(Backend& b, const SampleBatch& in) {
+  return run_sample(b, in).tokens;
 }
 
 // ---- random rows -------------------------------------------------------------------
@@ -180,48 +89,18 @@ Batch random_rows(Rng& rng, int64_t vocab, int64_t rows) {
                       : cut < 0.5  ? int32_t(vocab + 5)
                       : cut < 0.8  ? int32_t(rng.integer(1, std::min<int64_t>(vocab, 64)))
                                    : int32_t(rng.integer(1, vocab));
-    float p = draw_top_p(rng), u = draw_uniform(rng);
+    in.add(l, t, k, draw_top_p(rng), draw_uniform(rng));
     // A flat row over a big vocabulary may have no token wide enough at this
     // temperature: now and then a cooler one.
-    for (int tries = 1; oracle(l.data(), vocab, t, k, p, u).margin < kMargin; ++tries) {
+    SampleRowIn& row = in.rows.back();
+    for (int tries = 1; oracle(in, r).margin < kMargin; ++tries) {
       if (tries == 1000) throw std::runtime_error("random_rows: no draw stands clear");
-      if (p < 1) p = draw_top_p(rng);
-      u = draw_uniform(rng);
-      if (tries % 50 == 0) t = float(rng.uniform(0.2, 1.0));
+      if (row.top_p < 1) row.top_p = draw_top_p(rng);
+      row.uniform = draw_uniform(rng);
+      if (tries % 50 == 0) row.temperature = float(rng.uniform(0.2, 1.0));
     }
-    in.add(l, t, k, p, u);
   }
   return in;
-}
-
-// ---- backends ----------------------------------------------------------------------
-
-// The backends the op harness runs on: available_backends() and cpu-bf16.
-std::vector<std::string> backends() {
-  std::vector<std::string> names = available_backends();
-  names.push_back("cpu-bf16");
-  return names;
-}
-
-Backend& backend_named(const std::string& name) {
-  static std::map<std::string, std::unique_ptr<Backend>> made;
-  std::unique_ptr<Backend>& b = made[name];
-  if (!b) {
-    if (name == "cpu-bf16") {
-      b = make_bf16_emulator();
-    } else {
-      auto m = make_backend(name);
-      if (!m) throw std::runtime_error("make_backend(" + name + "): " + m.status().message());
-      b = std::move(m).value();
-    }
-  }
-  return *b;
-}
-
-uint64_t fresh_seed() {
-  if (const char* env = std::getenv("PHILORA_OP_SEED")) return std::strtoull(env, nullptr, 10);
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
 }
 
 // Compares token ids; names the first few rows that differ.
@@ -229,7 +108,7 @@ void expect_tokens(const Batch& in, const std::vector<int32_t>& got,
                    const std::vector<int32_t>& want, const std::string& against) {
   ASSERT_EQ(got.size(), want.size());
   int shown = 0, wrong = 0;
-  for (int64_t r = 0; r < in.rows(); ++r) {
+  for (int64_t r = 0; r < in.size(); ++r) {
     const int32_t g = got[size_t(r)], w = want[size_t(r)];
     if (g == w) continue;
     ++wrong;
@@ -239,7 +118,7 @@ void expect_tokens(const Batch& in, const std::vector<int32_t>& got,
                   << (in_range ? in.row(r)[g] : NAN) << "), " << against << " says " << w
                   << " (logit " << in.row(r)[w] << "); the oracle says " << oracle(in, r).token;
   }
-  EXPECT_EQ(wrong, 0) << wrong << " of " << in.rows() << " rows differ from " << against;
+  EXPECT_EQ(wrong, 0) << wrong << " of " << in.size() << " rows differ from " << against;
 }
 
 class SampleOp : public testing::TestWithParam<std::string> {
@@ -259,14 +138,13 @@ TEST_P(SampleOp, Random) {
   for (const auto& [vocab, rows] : shapes) {
     SCOPED_TRACE(fmt::format("vocab {}, {} rows", vocab, rows));
     const Batch in = random_rows(rng, vocab, rows);
-    const std::vector<int32_t> got = run_sample(backend(), in);
-    if (is_cpu()) {
-      std::vector<int32_t> want;
-      for (int64_t r = 0; r < in.rows(); ++r) want.push_back(oracle(in, r).token);
-      expect_tokens(in, got, want, "the float64 oracle");
-    } else {
-      expect_tokens(in, got, run_sample(backend_named("cpu"), in), "the cpu backend");
-      expect_tokens(in, run_sample(backend(), in), got, "its own first run");
+    const std::vector<int32_t> got = tokens_of(backend(), in);
+    std::vector<int32_t> want;
+    for (int64_t r = 0; r < in.size(); ++r) want.push_back(oracle(in, r).token);
+    expect_tokens(in, got, want, "the float64 oracle");
+    if (!is_cpu()) {
+      expect_tokens(in, got, tokens_of(backend_named("cpu"), in), "the cpu backend");
+      expect_tokens(in, tokens_of(backend(), in), got, "its own first run");
     }
   }
 }
@@ -334,11 +212,22 @@ TEST_P(SampleOp, Ties) {
     add(dead, 1.0f, 0, 1.0f, 0.99999f, vocab / 2);
     add(dead, 0.7f, 7, 0.5f, 0.0f, vocab / 2);
 
-    expect_tokens(in, run_sample(backend(), in), want, "the counted answer");
+    expect_tokens(in, tokens_of(backend(), in), want, "the counted answer");
   }
 }
 
 // ---- (d): frequencies ---------------------------------------------------------------------
+
+// The probabilities row r is drawn with (the oracle's processed logprobs).
+std::vector<double> drawn_with(const SampleBatch& in, int64_t r) {
+  SampleBatch one = in;
+  one.rows = {in.rows[size_t(r)]};
+  one.rows[0].logprobs = 0;
+  one.rows[0].logprob_kind = 1;
+  std::vector<double> p = oracle(one, 0).logprob;
+  for (double& x : p) x = std::exp(x);
+  return p;
+}
 
 // Many rows of the same logits with draws from a fixed generator: the token
 // counts must fit the kept set's probabilities (chi-square, bound far in the
@@ -350,27 +239,58 @@ TEST_P(SampleOp, Frequencies) {
   for (int i = 0; i < 12; ++i)
     l[size_t(rng.integer(0, kVocab - 1))] = round_bf16(rng.uniform(2, 5));
   for (int i = 0; i < 10; ++i) l[size_t(rng.integer(0, kVocab - 1))] = -INFINITY;
+  // A history for the penalties (the same in every row's own count row) and a bias.
+  std::vector<int32_t> history(kVocab, 0);
+  for (int i = 0; i < 60; ++i)
+    history[size_t(rng.integer(0, kVocab - 1))] = int32_t(rng.integer(1, 7));
+  std::vector<std::pair<int32_t, float>> bias;
+  for (int32_t t = 0; t < kVocab; t += 97) bias.push_back({t, float(rng.uniform(-2, 3))});
+  bias.push_back({int32_t(std::max_element(l.begin(), l.end()) - l.begin()), -INFINITY});
   struct Config {
     float temperature;
     int32_t top_k;
     float top_p;
+    float min_p = 0.0f;
+    float typical_p = 1.0f;
+    bool processors = false;  // penalties over the history, the bias
   };
-  for (const Config c : {Config{0.7f, 0, 0.9f}, Config{1.5f, 8, 1.0f}, Config{1.0f, 0, 1.0f},
-                         Config{0.5f, 30, 0.99f}}) {
-    SCOPED_TRACE(fmt::format("T={} top_k={} top_p={}", c.temperature, c.top_k, c.top_p));
+  for (const Config c :
+       {Config{0.7f, 0, 0.9f}, Config{1.5f, 8, 1.0f}, Config{1.0f, 0, 1.0f},
+        Config{0.5f, 30, 0.99f}, Config{1.0f, 0, 1.0f, 0.02f}, Config{1.2f, 0, 1.0f, 0.0f, 0.7f},
+        Config{0.9f, 40, 0.95f, 0.01f, 0.8f}, Config{1.0f, 0, 1.0f, 0.0f, 1.0f, true},
+        Config{0.8f, 0, 0.9f, 0.05f, 0.9f, true}}) {
+    SCOPED_TRACE(fmt::format("T={} top_k={} top_p={} min_p={} typical_p={} processors={}",
+                             c.temperature, c.top_k, c.top_p, c.min_p, c.typical_p, c.processors));
     Batch in(kVocab);
     std::mt19937_64 gen(77);
-    for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t r = 0; r < kRows; ++r) {
       in.add(l, c.temperature, c.top_k, c.top_p, engine::draw_uniform(gen));
+      SampleRowIn& row = in.rows.back();
+      row.min_p = c.min_p;
+      row.typical_p = c.typical_p;
+      if (c.processors) {
+        row.repetition = 1.3f;
+        row.frequency = 0.4f;
+        row.presence = 0.6f;
+        row.count_row = int32_t(r);
+        row.bias = bias;
+        in.counts.insert(in.counts.end(), history.begin(), history.end());
+        ++in.count_rows;
+      }
+    }
+    const SampleOut out = run_sample(backend(), in);
     std::vector<int64_t> count(kVocab, 0);
-    for (const int32_t t : run_sample(backend(), in)) {
+    for (const int32_t t : out.tokens) {
       ASSERT_TRUE(t >= 0 && t < kVocab) << t;
       ++count[size_t(t)];
     }
-    const Kept kept = kept_set(l.data(), kVocab, c.temperature, c.top_k, c.top_p);
+    const std::vector<double> prob = drawn_with(in, 0);
     std::vector<double> expected(kVocab, 0.0);
-    for (size_t j = 0; j < kept.tokens.size(); ++j)
-      expected[size_t(kept.tokens[j])] = kept.prob[j] * kRows;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < kVocab; ++i) {
+      expected[size_t(i)] = prob[size_t(i)] * kRows;
+      kept += prob[size_t(i)] > 0;
+    }
     // Tokens expected ≥ 10 times are bins of their own, the rest one pooled bin.
     double chi2 = 0, pooled_want = 0, pooled_got = 0;
     int bins = 0;
@@ -391,23 +311,47 @@ TEST_P(SampleOp, Frequencies) {
       chi2 += (pooled_got - pooled_want) * (pooled_got - pooled_want) / std::max(pooled_want, 1.0);
       ++bins;
     }
-    EXPECT_EQ(outside, 0) << "tokens outside the kept set of " << kept.tokens.size();
+    EXPECT_GT(kept, 1) << "a degenerate configuration";
+    EXPECT_EQ(outside, 0) << "tokens outside the kept set of " << kept;
     const double df = std::max(1, bins - 1);
     EXPECT_LT(chi2, df + 6 * std::sqrt(2 * df) + 6)
-        << bins << " bins over a kept set of " << kept.tokens.size() << " tokens";
+        << bins << " bins over a kept set of " << kept << " tokens";
   }
 }
 
 // ---- (e): bad input ------------------------------------------------------------------------
+
+// A plan of `rows` neutral greedy rows on b.
+SamplingPlan neutral_plan(Backend& b, int64_t rows) {
+  const std::vector<float> zeros(size_t(rows), 0.0f), ones(size_t(rows), 1.0f);
+  const std::vector<int32_t> none(size_t(rows), -1), zero(size_t(rows), 0);
+  SamplingPlan p;
+  p.temperature = b.upload_f32(ones);
+  p.top_k = b.upload_i32(zero);
+  p.top_p = b.upload_f32(ones);
+  p.min_p = b.upload_f32(zeros);
+  p.typical_p = b.upload_f32(ones);
+  p.uniform = b.upload_f32(std::vector<float>(size_t(rows), 0.5f));
+  p.repetition_penalty = b.upload_f32(ones);
+  p.frequency_penalty = b.upload_f32(zeros);
+  p.presence_penalty = b.upload_f32(zeros);
+  p.count_row = b.upload_i32(none);
+  p.bias_indptr = b.upload_i32(std::vector<int32_t>(size_t(rows + 1), 0));
+  p.bias_token = b.upload_i32({});
+  p.bias_value = b.upload_f32({});
+  p.logprobs = b.upload_i32(none);
+  p.logprob_kind = b.upload_i32(zero);
+  p.target = b.upload_i32(none);
+  return p;
+}
 
 TEST_P(SampleOp, BadInput) {
   Backend& b = backend();
   const int64_t rows = 3, vocab = 10;
   const std::vector<float> values(size_t(rows * vocab), 0.5f);
   const Tensor logits = upload(b, values, {rows, vocab});
-  const SamplingPlan plan{b.upload_f32({1, 1, 1}), b.upload_i32({0, 0, 0}), b.upload_f32({1, 1, 1}),
-                          b.upload_f32({0.5f, 0.5f, 0.5f})};
-  EXPECT_EQ(b.download_i32(b.sample(logits, plan)).size(), size_t(rows));  // the good call
+  const SamplingPlan plan = neutral_plan(b, rows);
+  EXPECT_EQ(b.download_i32(b.sample(logits, plan).tokens).size(), size_t(rows));  // the good call
 
   const Tensor ints =
       b.upload_i32(std::vector<int32_t>(size_t(rows * vocab), 1)).reshape({rows, vocab});
@@ -425,9 +369,47 @@ TEST_P(SampleOp, BadInput) {
   bad = plan;
   bad.top_p = b.upload_i32({1, 1, 1});
   EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "i32 top_p";
+  bad = plan;
+  bad.min_p = Tensor();
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "no min_p";
+  bad = plan;
+  bad.bias_indptr = b.upload_i32({0, 0, 0});
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "3 bias offsets for 3 rows";
+  bad = plan;
+  bad.logprobs_width = kMaxLogprobs + 1;
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "too wide top lists";
+  bad = plan;
+  bad.counts = b.upload_f32(std::vector<float>(size_t(2 * vocab), 0.0f)).reshape({2, vocab});
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "f32 counts";
+  bad = plan;
+  bad.counts =
+      b.upload_i32(std::vector<int32_t>(size_t(2 * (vocab + 1)), 0)).reshape({2, vocab + 1});
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "counts of another vocabulary";
+
+  // Values the host can read: the cpu backend checks them (a device backend's
+  // kernel skips what is out of range instead).
+  if (b.device() != Device::cpu) return;
+  bad = plan;
+  bad.bias_indptr = b.upload_i32({0, 1, 1, 1});
+  bad.bias_token = b.upload_i32({vocab});
+  bad.bias_value = b.upload_f32({1.0f});
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "a bias token outside the vocabulary";
+  bad = plan;
+  bad.count_row = b.upload_i32({0, -1, -1});
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "a count row without counts";
+  bad.counts = b.upload_i32(std::vector<int32_t>(size_t(vocab), 0)).reshape({1, vocab});
+  bad.count_row = b.upload_i32({1, -1, -1});
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "count row 1 of 1";
+  bad = plan;
+  bad.logprobs = b.upload_i32({2, -1, -1});
+  bad.logprobs_width = 1;
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "2 logprobs in a plan of width 1";
+  bad = plan;
+  bad.target = b.upload_i32({vocab, -1, -1});
+  EXPECT_THROW(b.sample(logits, bad), std::runtime_error) << "a target outside the vocabulary";
 }
 
-INSTANTIATE_TEST_SUITE_P(sample, SampleOp, testing::ValuesIn(backends()),
+INSTANTIATE_TEST_SUITE_P(sample, SampleOp, testing::ValuesIn(sample_backends()),
                          [](const testing::TestParamInfo<std::string>& info) {
                            std::string s = info.param;
                            std::replace(s.begin(), s.end(), '-', '_');

@@ -52,7 +52,9 @@ class CpuBackend final : public Backend {
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
-  Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
+  SampleResult sample(const Tensor& logits, const SamplingPlan& plan) override;
+  void reset_token_counts(Tensor& counts, int64_t row, const Tensor& tokens,
+                          int64_t prompt_len) override;
   bool can_capture() const override { return replay_graphs_; }
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
 

@@ -64,7 +64,9 @@ class CudaBackend final : public Backend {
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
   bool lora_columns_supported(int64_t in_features) const override;
-  Tensor sample(const Tensor& logits, const SamplingPlan& plan) override;
+  SampleResult sample(const Tensor& logits, const SamplingPlan& plan) override;
+  void reset_token_counts(Tensor& counts, int64_t row, const Tensor& tokens,
+                          int64_t prompt_len) override;
   void release_cached_memory() override;
   Expected<MemoryInfo> memory_info() const override;  // cudaMemGetInfo (cached blocks count as used)
   bool can_capture() const override { return true; }
