@@ -89,7 +89,7 @@ namespace {
 // One line of a requests file (`where`: FILE:LINE, for errors).
 Expected<engine::Request> parse_request(const nlohmann::json& j, const std::string& where,
                                         const engine::Request& defaults,
-                                        const PromptIds& prompt_ids) {
+                                        const PromptIds& prompt_ids, const LineFields& fields) {
   if (j.is_discarded() || !j.is_object()) return Status::errorf("{}: not a JSON object", where);
   engine::Request r = defaults;
   if (!j.contains("id")) return Status::errorf("{}: missing \"id\"", where);
@@ -128,6 +128,7 @@ Expected<engine::Request> parse_request(const nlohmann::json& j, const std::stri
   if (text) {
     PHILORA_ASSIGN_OR_RETURN(r.prompt, prompt_ids(r, *text));
   }
+  if (fields) PHILORA_RETURN_IF_ERROR(fields(j, where, r));
   return r;
 }
 
@@ -135,7 +136,8 @@ Expected<engine::Request> parse_request(const nlohmann::json& j, const std::stri
 
 Expected<std::vector<engine::Request>> read_requests(const std::string& path,
                                                      const engine::Request& defaults,
-                                                     const PromptIds& prompt_ids) {
+                                                     const PromptIds& prompt_ids,
+                                                     const LineFields& fields) {
   std::ifstream in(path);
   if (!in) return Status::errorf("cannot open requests file '{}'", path);
   std::vector<engine::Request> requests;
@@ -143,8 +145,8 @@ Expected<std::vector<engine::Request>> read_requests(const std::string& path,
   for (int64_t n = 1; std::getline(in, text); ++n) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
     const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    PHILORA_ASSIGN_OR_RETURN(
-        engine::Request r, parse_request(j, path + ":" + std::to_string(n), defaults, prompt_ids));
+    PHILORA_ASSIGN_OR_RETURN(engine::Request r, parse_request(j, path + ":" + std::to_string(n),
+                                                              defaults, prompt_ids, fields));
     requests.push_back(std::move(r));
   }
   if (requests.empty()) return Status::errorf("requests file '{}' holds no requests", path);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
 #include "engine/offline.h"
@@ -62,12 +63,18 @@ Expected<LoadedModel> load_model(const ModelOptions& o);
 using PromptIds = std::function<Expected<std::vector<int32_t>>(const engine::Request& request,
                                                                const std::string& text)>;
 
+// A command's own fields of a request line, read into the request after the
+// common ones (`where` is FILE:LINE, for errors).
+using LineFields = std::function<Status(const nlohmann::json& line, const std::string& where,
+                                        engine::Request& request)>;
+
 // The requests of a JSON-lines file: each line's id, input_ids (or "prompt",
 // through `prompt_ids`), adapter, max_new_tokens and ignore_eos over
-// `defaults` (ignore_eos: either).
+// `defaults` (ignore_eos: either), then `fields` (may be empty).
 Expected<std::vector<engine::Request>> read_requests(const std::string& path,
                                                      const engine::Request& defaults,
-                                                     const PromptIds& prompt_ids);
+                                                     const PromptIds& prompt_ids,
+                                                     const LineFields& fields = {});
 
 int fail(const Status& s);  // prints "philora: error: ..." to stderr, returns 1
 

@@ -224,10 +224,12 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   s->kv = std::make_unique<kv::KvCache>(b, c.num_hidden_layers, pages, o.model.page_size,
                                         c.num_key_value_heads, c.head_dim);
   s->kv_tokens = pages * o.model.page_size;
+  // With the tokenizer the engine detokenizes and matches stop strings itself.
   s->engine = std::make_unique<engine::Engine>(
       *s->model, *s->kv, s->store.get(),
       engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager,
-                           o.model.prefix_cache});
+                           o.model.prefix_cache},
+      s->tokenizer.get());
   return s;
 }
 
