@@ -1,9 +1,13 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include <fmt/chrono.h>
@@ -23,6 +27,34 @@ int64_t now_seconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+// Debian's libcpp-httplib is compiled with a listen backlog of 5: a burst of
+// clients overflows it, the kernel drops their SYNs and ACKs, and connections
+// accepted late come with requests the server then waits for in vain. The
+// library keeps its socket to itself, so find the listening socket bound to
+// `port` among our descriptors and listen again with the system's maximum
+// (Linux lets listen() change the backlog of a listening socket).
+void raise_listen_backlog(int port) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    const char* name = entry.path().filename().c_str();
+    char* end = nullptr;
+    const long fd = std::strtol(name, &end, 10);
+    if (end == name || *end != '\0') continue;
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (getsockopt(int(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
+      continue;
+    sockaddr_storage addr{};
+    socklen_t alen = sizeof addr;
+    if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&addr), &alen) != 0) continue;
+    int bound = -1;
+    if (addr.ss_family == AF_INET) bound = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+    if (addr.ss_family == AF_INET6)
+      bound = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    if (bound == port) ::listen(int(fd), SOMAXCONN);
+  }
 }
 
 // A request id from the client, kept when it is short and printable without
@@ -170,6 +202,7 @@ HttpServer::HttpServer(HttpOptions options)
   const int max_connections = options_.max_connections;
   http_->new_task_queue = [max_connections] { return new ConnectionPool(max_connections); };
   http_->set_payload_max_length(options_.max_body_bytes);
+  http_->set_keep_alive_max_count(1000);  // httplib's 5 makes busy clients reconnect
   routes();
 }
 
@@ -199,7 +232,9 @@ void HttpServer::stop() {
 }
 
 Status HttpServer::listen(const std::string& host, int port) {
-  if (!http_->listen(host, port)) return Status::errorf("cannot listen on {}:{}", host, port);
+  if (!http_->bind_to_port(host, port)) return Status::errorf("cannot listen on {}:{}", host, port);
+  raise_listen_backlog(port);
+  if (!http_->listen_after_bind()) return Status::errorf("cannot listen on {}:{}", host, port);
   return Status();
 }
 
@@ -211,6 +246,7 @@ Expected<int> HttpServer::start(const std::string& host, int port) {
   } else if (!http_->bind_to_port(host, port)) {
     return Status::errorf("cannot bind {}:{}", host, port);
   }
+  raise_listen_backlog(bound);
   thread_ = std::make_unique<std::thread>([this] { http_->listen_after_bind(); });
   return bound;
 }

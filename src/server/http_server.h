@@ -100,6 +100,7 @@ class HttpServer {
   int64_t in_flight() const { return in_flight_.load(); }
 
   enum class State { loading, ready, draining };
+  State state() const { return state_.load(std::memory_order_acquire); }
   struct Gate;  // the per-request checks and bookkeeping (http_server.cpp)
 
  private:

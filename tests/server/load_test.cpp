@@ -70,9 +70,11 @@ TEST_F(Load, SixtyFourStreamingClients) {
       Outcome& out = outcomes[size_t(c)];
       httplib::Client cl("127.0.0.1", port_);
       cl.set_read_timeout(60, 0);
+      cl.set_keep_alive(c % 2 == 0);  // half reuse one connection, half open one a request
       for (int64_t i = 0; std::chrono::steady_clock::now() < deadline; ++i) {
         const size_t k = size_t(c + i) % reqs.size();
         const bool use_openai = (c + i) % 3 == 0;
+        const auto t0 = std::chrono::steady_clock::now();
         auto r = cl.Post(use_openai ? "/v1/completions" : "/generate_stream",
                          use_openai ? openai[k] : lorax[k], "application/json");
         ++out.requests;
@@ -80,7 +82,11 @@ TEST_F(Load, SixtyFourStreamingClients) {
           out.failures.push_back(fmt::format("client {} request {} ({}): {}", c, i, k, why));
         };
         if (!r) {
-          fail("no response: " + httplib::to_string(r.error()));
+          fail(fmt::format("no response after {} ms: {}",
+                           std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now() - t0)
+                               .count(),
+                           httplib::to_string(r.error())));
           continue;
         }
         if (r->status != 200) {
@@ -133,6 +139,7 @@ TEST_F(Load, SixtyFourStreamingClients) {
     total += o.requests;
     failures.insert(failures.end(), o.failures.begin(), o.failures.end());
   }
+  for (size_t i = 0; i < failures.size() && i < 10; ++i) std::printf("%s\n", failures[i].c_str());
   EXPECT_TRUE(failures.empty()) << failures.size() << " of " << total << " failed; first: "
                                 << (failures.empty() ? "" : failures[0]);
   EXPECT_GT(total, 64) << "every client made requests";

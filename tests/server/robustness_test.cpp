@@ -626,6 +626,8 @@ TEST_F(Robustness, LoadingThenReadyThenDraining) {
   EXPECT_EQ(loading.in_flight(), 1);
   std::atomic<bool> drained{false};
   std::thread d([&] { drained = loading.drain(std::chrono::seconds(20)); });
+  while (loading.state() != server::HttpServer::State::draining)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   while (loading.in_flight() > 0) {  // meanwhile: draining, and no new work
     auto dh = httplib::Client("127.0.0.1", *port).Get("/health");
     ASSERT_TRUE(dh);
