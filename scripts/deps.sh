@@ -8,6 +8,7 @@ packages=(
   libopenblas-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   libcpp-httplib-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-jinja2 wamerican
+  clang libclang-rt-14-dev llvm  # scripts/sanitize.sh: libFuzzer, and symbolized sanitizer reports
 )
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
