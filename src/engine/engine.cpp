@@ -66,6 +66,29 @@ Status validate_sampling(const Request& r, int64_t vocab) {
   return Status();
 }
 
+// n and best_of: 1 ≤ n ≤ best_of ≤ kMaxBestOf; several candidates need new
+// tokens, and best_of > n needs sampling. vLLM (V0) and LoRAX / TGI refuse
+// best_of > 1 with greedy sampling, its candidates being identical; n > 1
+// with greedy gives n identical outputs, as vLLM V1 does.
+Status validate_outputs(const Request& r) {
+  auto fail = [&](std::string_view what) { return Status::errorf("request '{}': {}", r.id, what); };
+  if (r.n < 1) return fail(fmt::format("n must be at least 1 (got {})", r.n));
+  if (r.best_of && *r.best_of < r.n)
+    return fail(fmt::format("best_of ({}) must be at least n ({})", *r.best_of, r.n));
+  const int32_t candidates = r.num_candidates();
+  if (candidates > kMaxBestOf)
+    return fail(fmt::format("n and best_of must be at most {} (got {})", kMaxBestOf, candidates));
+  if (candidates == 1) return Status();
+  if (r.max_new_tokens == 0) return fail("n and best_of greater than 1 need max_new_tokens ≥ 1");
+  if (r.prompt_logits) return fail("prompt logits come with one output: n and best_of must be 1");
+  const bool greedy = r.sampling.greedy || r.sampling.temperature <= 0.0f;
+  if (candidates > r.n && greedy)
+    return fail(fmt::format(
+        "best_of ({}) greater than n ({}) needs sampling: greedy candidates are all the same",
+        candidates, r.n));
+  return Status();
+}
+
 }  // namespace
 
 Status Engine::validate(const Request& r) const {
@@ -86,18 +109,48 @@ Status Engine::validate(const Request& r) const {
   if (total > max_sequence_tokens())
     return Status::errorf("request '{}': {} tokens can never fit the KV cache ({} tokens)", r.id,
                           total, max_sequence_tokens());
+  PHILORA_RETURN_IF_ERROR(validate_outputs(r));
   return validate_sampling(r, c.vocab_size);
 }
 
+// A request with several candidates (n / best_of) is queued as candidate 0;
+// the others wait with it until its prompt is computed (fork_candidates).
 Status Engine::add_request(Request r) {
   PHILORA_RETURN_IF_ERROR(validate(r));
+  const uint64_t seed = r.sampling.seed ? *r.sampling.seed : seeds_();
+  const int32_t candidates = r.num_candidates();
+  std::shared_ptr<Group> group;
+  if (candidates > 1) {
+    group = std::make_shared<Group>();
+    group->n = r.n;
+    group->best_of = candidates;
+    group->running = candidates;
+    group->hold = candidates > r.n;
+    if (group->hold) group->held.resize(size_t(candidates));
+  }
+  std::vector<std::unique_ptr<Live>> others;
+  for (int32_t i = 1; i < candidates; ++i) {
+    Request c = r;
+    c.prompt_logprobs.reset();  // the request's, reported once with candidate 0
+    others.push_back(make_live(std::move(c), candidate_seed(seed, i), i, group));
+  }
+  std::unique_ptr<Live> l = make_live(std::move(r), seed, 0, group);
+  l->unforked = std::move(others);
+  waiting_.push_back(std::move(l));
+  return Status();
+}
+
+std::unique_ptr<Engine::Live> Engine::make_live(Request r, uint64_t seed, int32_t index,
+                                                std::shared_ptr<Group> group) const {
   auto l = std::make_unique<Live>();
+  l->index = index;
+  l->group = std::move(group);
   l->seq.id = r.id;
   l->seq.tokens = r.prompt;
   l->seq.prompt_len = int64_t(r.prompt.size());
   l->seq.rope_long =
       model::uses_long_rope(model_.config(), int64_t(r.prompt.size()) + r.max_new_tokens);
-  l->seed = r.sampling.seed ? *r.sampling.seed : seeds_();
+  l->seed = seed;
   l->rng.seed(l->seed);
   if (tokenizer_ && r.max_new_tokens > 0) {
     // The last prompt ids give the first new token its context (its leading space).
@@ -107,8 +160,7 @@ Status Engine::add_request(Request r) {
         std::span<const int32_t>(r.prompt.data() + r.prompt.size() - ctx, ctx));
   }
   l->req = std::move(r);
-  waiting_.push_back(std::move(l));
-  return Status();
+  return l;
 }
 
 int64_t Engine::max_sequence_tokens() const {
@@ -116,19 +168,25 @@ int64_t Engine::max_sequence_tokens() const {
   return std::min(model_.config().max_position_embeddings, usable_pages * kv_.page_size);
 }
 
+// Every candidate of the request: waiting, running, or not forked yet (they
+// end with candidate 0).
 void Engine::abort(const std::string& id) {
-  for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
-    if ((*it)->req.id == id) {
-      finish(**it, FinishReason::abort, pending_);
-      waiting_.erase(it);
-      return;
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if ((*it)->req.id != id) {
+      ++it;
+      continue;
     }
-  for (auto it = running_.begin(); it != running_.end(); ++it)
-    if ((*it)->req.id == id) {
-      finish(**it, FinishReason::abort, pending_);
-      running_.erase(it);
-      return;
+    finish(**it, FinishReason::abort, pending_);
+    it = waiting_.erase(it);
+  }
+  for (auto it = running_.begin(); it != running_.end();) {
+    if ((*it)->req.id != id) {
+      ++it;
+      continue;
     }
+    finish(**it, FinishReason::abort, pending_);
+    it = running_.erase(it);
+  }
 }
 
 // Lets go of the sequence's pages (its full ones stay cached) and adapter slot.
@@ -148,7 +206,9 @@ void Engine::preempt(Live& l) {
   ++stats_.preemptions;
 }
 
-// Ends the request: `o` may carry the step's new tokens or an error's messages.
+// Ends the request (the candidate): `o` may carry the step's new tokens or an
+// error's messages. Candidates not forked yet end with candidate 0, for the
+// same reason (an abort, or an error before its prompt was computed).
 void Engine::finish(Live& l, FinishReason reason, std::vector<StepOutput>& out, StepOutput o) {
   release(l);
   l.done = true;
@@ -160,7 +220,89 @@ void Engine::finish(Live& l, FinishReason reason, std::vector<StepOutput>& out, 
     o.prompt_logprobs = std::move(l.prompt_logprobs);
     l.prompt_logprobs_sent = true;
   }
-  out.push_back(std::move(o));
+  const std::vector<std::unique_ptr<Live>> unforked = std::move(l.unforked);
+  StepOutput same;
+  same.error = o.error;
+  same.error_detail = o.error_detail;
+  emit(l, std::move(o), out);
+  for (const std::unique_ptr<Live>& c : unforked) finish(*c, reason, out, same);
+}
+
+namespace {
+
+// Appends a candidate's next output to what it has handed out so far.
+void merge(StepOutput& into, StepOutput o) {
+  into.id = std::move(o.id);
+  into.new_tokens.insert(into.new_tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+  into.text += o.text;
+  into.logprobs.insert(into.logprobs.end(), std::make_move_iterator(o.logprobs.begin()),
+                       std::make_move_iterator(o.logprobs.end()));
+  if (o.prompt_logprobs) into.prompt_logprobs = std::move(o.prompt_logprobs);
+  into.finish = o.finish;
+  into.error = std::move(o.error);
+  into.error_detail = std::move(o.error_detail);
+  into.stop_string = std::move(o.stop_string);
+  into.seed = o.seed;
+  into.cumulative_logprob = o.cumulative_logprob;
+}
+
+}  // namespace
+
+// Hands out a candidate's output: at once, or, when the request has best_of >
+// n, merged into what the candidate holds until the last one finishes; then
+// every candidate once, ranked by cumulative logprob (StepOutput::index).
+void Engine::emit(Live& l, StepOutput o, std::vector<StepOutput>& out) {
+  o.index = l.index;
+  if (tracks_logprob(l)) o.cumulative_logprob = l.cumulative_logprob;
+  Group* g = l.group.get();
+  if (g && o.finished()) o.outputs_running = --g->running;
+  if (!g || !g->hold) {
+    out.push_back(std::move(o));
+    return;
+  }
+  merge(g->held[size_t(l.index)], std::move(o));
+  if (g->running > 0) return;
+  std::vector<int32_t> order(size_t(g->best_of));
+  for (int32_t i = 0; i < g->best_of; ++i) order[size_t(i)] = i;
+  auto score = [&](int32_t i) { return g->held[size_t(i)].cumulative_logprob.value_or(-INFINITY); };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return score(a) > score(b); });
+  StepOutput& best = g->held[size_t(order[0])];  // the request's prompt logprobs go first
+  if (!best.prompt_logprobs) std::swap(best.prompt_logprobs, g->held[0].prompt_logprobs);
+  for (int32_t rank = 0; rank < g->best_of; ++rank) {
+    StepOutput& h = g->held[size_t(order[size_t(rank)])];
+    h.index = rank;
+    h.best_of_extra = rank >= g->n;
+    h.outputs_running = g->best_of - 1 - rank;
+    out.push_back(std::move(h));
+  }
+}
+
+// Candidate 0 has computed the prompt: the other candidates take its pages
+// (PageManager::fork) but the one that holds the last prompt token, whose
+// tokens each computes into a page of its own (copy-on-write of the partial
+// page by recomputing at most page_size tokens, as no page is ever written
+// while shared), and run from the next step; a candidate finding no room
+// (max_running, a row of token counts) waits at the head of the queue
+// without pages, to be admitted as a preempted sequence is.
+void Engine::fork_candidates(Live& l, std::vector<StepOutput>& out) {
+  const int64_t shared = (l.seq.prompt_len - 1) / kv_.page_size;
+  std::vector<std::unique_ptr<Live>> wait;
+  for (std::unique_ptr<Live>& c : l.unforked) {
+    Live& k = *c;
+    if (int64_t(running_.size()) < config_.max_running && acquire_adapter(k, out) &&
+        acquire_count_row(k)) {
+      k.seq.pages = kv_.pages.fork(l.seq.pages, shared);
+      k.seq.num_computed = shared * kv_.page_size;
+      running_.push_back(std::move(c));
+    } else if (!k.done) {
+      release(k);
+      wait.push_back(std::move(c));
+    }
+  }
+  l.unforked.clear();
+  waiting_.insert(waiting_.begin(), std::make_move_iterator(wait.begin()),
+                  std::make_move_iterator(wait.end()));
 }
 
 std::vector<StepOutput> Engine::step() {
@@ -301,6 +443,8 @@ SampleRow Engine::sampling_row(Live& l) {
   if (l.req.logprobs) {
     row.logprobs = *l.req.logprobs;
     row.logprob_kind = l.req.logprob_kind == LogprobKind::processed ? 1 : 0;
+  } else if (tracks_logprob(l)) {
+    row.logprobs = 0;  // the chosen token's raw logprob alone (best_of's ranking)
   }
   std::map<int32_t, float> bias = p.logit_bias;
   if (!p.bad_words.empty()) {
@@ -368,6 +512,7 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     l.seq.num_computed += work[i].num_tokens;
     if (config_.prefix_cache)  // before the sequence may finish and let its pages go
       kv_.pages.cache_full_pages(l.seq.pages, l.seq.tokens, l.seq.num_computed, prefix_salt(l));
+    if (!l.unforked.empty() && l.seq.num_computed >= l.seq.prompt_len) fork_candidates(l, out);
     const int64_t first_row = plan.logit_indptr[i];
     const int64_t num_rows = plan.logit_indptr[i + 1] - first_row;
     if (work[i].all_logits && l.req.prompt_logits)
@@ -376,6 +521,7 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       keep_prompt_logprobs(l, first, result, first_row, num_rows);
     if (work[i].logits) {
       const auto r = size_t(first_row + num_rows - 1);
+      if (tracks_logprob(l)) l.cumulative_logprob += double(result.logprob[r]);
       std::optional<PositionLogprobs> lp;
       if (l.req.logprobs) {
         lp.emplace();
@@ -518,7 +664,7 @@ void Engine::append_token(Live& l, int32_t tok, std::optional<PositionLogprobs> 
   if (reason != FinishReason::none)
     finish(l, reason, out, std::move(o));
   else
-    out.push_back(std::move(o));
+    emit(l, std::move(o), out);
 }
 
 }  // namespace philora::engine

@@ -69,9 +69,25 @@ struct StepOutput {
   // [prompt_len - 1]: prompt tokens 1 .. prompt_len - 1, once, in the output
   // of the step that finishes the prompt, when the request asks for them.
   std::optional<std::vector<PositionLogprobs>> prompt_logprobs;
-  uint64_t seed = 0;        // the seed the request's draws come from (given or drawn)
+  uint64_t seed = 0;  // the seed this output's draws come from (given or drawn; candidate i's: + i)
   std::string stop_string;  // with FinishReason::stop_sequence: the stop string matched
+  // Which of the request's outputs this is (Request::n, best_of): 0 .. n - 1,
+  // each streamed as it runs. With best_of > n every candidate comes once,
+  // finished, after the last has finished: the n of highest cumulative
+  // logprob (ties: the lower candidate) as 0 .. n - 1, best first, then the
+  // others flagged best_of_extra as n .. best_of - 1 (LoRAX's
+  // best_of_sequences; the OpenAI routes drop them).
+  int32_t index = 0;
+  bool best_of_extra = false;
+  // With finished(): how many of the request's other outputs have not
+  // finished yet; 0 on the request's last output.
+  int32_t outputs_running = 0;
+  // The sum of this output's generated tokens' logprobs so far (of the
+  // request's LogprobKind; raw when it asks for no logprobs), when it asks
+  // for logprobs or best_of > n; else nullopt.
+  std::optional<double> cumulative_logprob;
   bool finished() const { return finish != FinishReason::none; }
+  bool request_finished() const { return finished() && outputs_running == 0; }
 };
 
 struct EngineStats {
@@ -110,8 +126,21 @@ class Engine {
   int64_t num_waiting() const { return int64_t(waiting_.size()); }
 
  private:
+  // The candidates of a request with best_of > 1.
+  struct Group {
+    int32_t n = 1;
+    int32_t best_of = 1;
+    int32_t running = 0;           // candidates not finished
+    bool hold = false;             // best_of > n: outputs held back and ranked at the end
+    std::vector<StepOutput> held;  // [best_of] with hold: each candidate's outputs merged
+  };
   struct Live {
     Request req;
+    int32_t index = 0;             // its candidate number (Request::best_of)
+    std::shared_ptr<Group> group;  // null when the request has one candidate
+    // Candidate 0's: the other candidates until its prompt is computed (fork_candidates).
+    std::vector<std::unique_ptr<Live>> unforked;
+    double cumulative_logprob = 0;  // of its generated tokens, when tracks_logprob
     Sequence seq;
     std::mt19937_64 rng;
     uint64_t seed = 0;
@@ -139,6 +168,11 @@ class Engine {
   static bool wants_prompt_logprobs(const Live& l) {
     return l.req.prompt_logprobs && !l.prompt_logprobs_sent;
   }
+  static bool tracks_logprob(const Live& l) { return l.req.logprobs || (l.group && l.group->hold); }
+  std::unique_ptr<Live> make_live(Request r, uint64_t seed, int32_t index,
+                                  std::shared_ptr<Group> group) const;
+  void fork_candidates(Live& l, std::vector<StepOutput>& out);
+  void emit(Live& l, StepOutput o, std::vector<StepOutput>& out);
   Status validate(const Request& r) const;
   void schedule_running(std::vector<Scheduled>& batch, int64_t& budget);
   void admit_waiting(std::vector<Scheduled>& batch, int64_t& budget, std::vector<StepOutput>& out);

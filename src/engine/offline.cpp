@@ -37,6 +37,11 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
   Engine engine(model, kv, adapters, config, options.tokenizer);
   std::map<std::string, size_t> index;  // id -> position in `requests`
   for (size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i].num_candidates() > 1)
+      return Status::errorf(
+          "request '{}': an offline run gives one output per request (n and "
+          "best_of must be 1)",
+          requests[i].id);
     if (!index.emplace(requests[i].id, i).second)
       return Status::errorf("request '{}': the id is given twice", requests[i].id);
     PHILORA_RETURN_IF_ERROR(engine.add_request(requests[i]));

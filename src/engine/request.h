@@ -53,7 +53,25 @@ struct Request {
   // Return the logits of every prompt position (score) with the request's
   // finished output: (prompt_len, vocab) f32 on the host.
   bool prompt_logits = false;
+  // Outputs (OpenAI's n and best_of, LoRAX's best_of): best_of candidates are
+  // generated from the one prompt (prefilled once; the candidates share its
+  // pages) and the n of them with the highest cumulative logprob are returned
+  // (StepOutput::index, best_of_extra). Candidate i draws from seed + i (as
+  // vLLM V1's parallel sampling derives its children's seeds), so candidate 0
+  // is what the request with n = best_of = 1 gives. 1 ≤ n ≤ best_of ≤
+  // kMaxBestOf; best_of > n needs sampling (greedy candidates are identical:
+  // vLLM and LoRAX refuse best_of > 1 with greedy); n > 1 greedy gives n
+  // copies. With best_of > n nothing is streamed: each candidate comes as one
+  // output when the last of them has finished. nullopt: n.
+  int32_t n = 1;
+  std::optional<int32_t> best_of;
+  int32_t num_candidates() const { return best_of ? *best_of : n; }
 };
+
+inline constexpr int32_t kMaxBestOf = 128;
+
+// The seed candidate `index` of a request whose seed is `seed` draws from.
+inline uint64_t candidate_seed(uint64_t seed, int32_t index) { return seed + uint64_t(index); }
 
 // One position's logprobs.
 struct TokenLogprob {

@@ -82,9 +82,13 @@ void PageManager::release(PageTable& t) {
   t.keys.clear();
 }
 
-PageTable PageManager::fork(const PageTable& t) {
-  for (int32_t page : t.ids) retain(page);
-  return t;
+PageTable PageManager::fork(const PageTable& t, int64_t num_pages) {
+  const size_t n = num_pages < 0 ? t.ids.size() : std::min(size_t(num_pages), t.ids.size());
+  PageTable f;
+  f.ids.assign(t.ids.begin(), t.ids.begin() + int64_t(n));
+  f.keys.assign(t.keys.begin(), t.keys.begin() + int64_t(std::min(n, t.keys.size())));
+  for (int32_t page : f.ids) retain(page);
+  return f;
 }
 
 std::optional<int32_t> PageManager::lookup(PageKey key, PageKey parent, const PrefixSalt& salt,

@@ -81,8 +81,12 @@ class PageManager {
   // Releases every page of `table`, its last page first (so that, of pages
   // released together, a prefix's first pages are evicted last), and empties it.
   void release(PageTable& table);
-  // A second holder of the same pages (each retained; the keys copied).
-  PageTable fork(const PageTable& table);
+  // A second holder of the first `num_pages` pages of `table` (-1: all), each
+  // retained, their keys copied. Only full pages may be shared by sequences
+  // that go on writing (a shared page is never written): a sequence forked
+  // mid-page recomputes the tokens of its partial last page into a page of
+  // its own rather than copying it (engine: n / best_of candidates).
+  PageTable fork(const PageTable& table, int64_t num_pages = -1);
 
   // Fills the empty `table` with the cached pages (each retained) that hold
   // the longest prefix of `tokens` made of whole pages and at most

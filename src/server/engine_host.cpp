@@ -124,13 +124,13 @@ void EngineHost::deliver(const engine::StepOutput& o, Clock::time_point now) {
       tm.first_token = true;
       tm.last_token = now;
     }
-    if (o.finished()) {
+    if (o.request_finished()) {
       if (!engine::is_error(o.finish)) e2e_.observe(seconds(now - tm.arrival));
       timing_.erase(t);
     }
   }
   it->second(o);
-  if (o.finished()) callbacks_.erase(it);
+  if (o.request_finished()) callbacks_.erase(it);  // every output of it (n, best_of) ended
 }
 
 void EngineHost::snapshot() {
@@ -190,7 +190,7 @@ void EngineHost::loop() {
     }
     const Clock::time_point now = Clock::now();
     for (const auto& o : outs)  // ended while waiting (aborted): no longer in the queue
-      if (o.finished()) {
+      if (o.request_finished()) {
         auto t = timing_.find(o.id);
         if (t != timing_.end() && !t->second.scheduled)
           unscheduled_.erase(std::remove(unscheduled_.begin(), unscheduled_.end(), o.id),

@@ -85,6 +85,32 @@ TEST(PageManager, ForkSharesPagesUntilTheLastHolder) {
   expect_consistent(m);
 }
 
+// A fork of the whole pages only (n / best_of candidates): the partial last
+// page stays the first holder's; the forked table grows pages of its own.
+TEST(PageManager, ForkOfTheFirstPagesLeavesTheRestToTheFirstHolder) {
+  PageManager m(6, 4);
+  PageTable a;
+  ASSERT_TRUE(m.reserve(a, 10));  // 3 pages, the last partly full
+  const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  m.cache_full_pages(a, tokens, 10, {});
+  ASSERT_EQ(a.keys.size(), 2u);
+  PageTable b = m.fork(a, 2);
+  EXPECT_EQ(b.ids, std::vector<int32_t>(a.ids.begin(), a.ids.begin() + 2));
+  EXPECT_EQ(b.keys, a.keys);
+  EXPECT_EQ(m.refcount(a.ids[0]), 2);
+  EXPECT_EQ(m.refcount(a.ids[1]), 2);
+  EXPECT_EQ(m.refcount(a.ids[2]), 1) << "the partial page is not shared";
+  ASSERT_TRUE(m.reserve(b, 10));
+  EXPECT_NE(b.ids[2], a.ids[2]) << "the fork computes its last page into one of its own";
+  PageTable c = m.fork(a, 9);
+  EXPECT_EQ(c.ids, a.ids) << "no more than the table holds";
+  m.release(a);
+  m.release(b);
+  m.release(c);
+  EXPECT_EQ(m.num_held(), 0);
+  expect_consistent(m);
+}
+
 TEST(PageManager, PageKeysChainAndSalt) {
   const std::vector<int32_t> t = {1, 2, 3, 4};
   const kv::PageKey k = kv::page_key(kv::kRootKey, {}, t);
