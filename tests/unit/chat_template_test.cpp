@@ -169,6 +169,38 @@ TEST(ChatTemplate, UnsupportedConstructsAreClearErrors) {
   auto undefined_attr = ChatTemplate::from_string("{{ nothing.at_all }}");
   ASSERT_TRUE(undefined_attr.ok());
   EXPECT_FALSE(undefined_attr->render(ojson::array(), false, "", "").ok());
+  // Found by tests/fuzz/fuzz_chat_template: limits a template cannot get past,
+  // each a clear error where it used to throw or exhaust the stack.
+  auto huge = ChatTemplate::from_string("{{ 99999999999999999999 }}");
+  ASSERT_FALSE(huge.ok());
+  EXPECT_NE(huge.status().message().find("out of range"), std::string::npos)
+      << huge.status().message();
+  auto inf = ChatTemplate::from_string("{{ 1e999 > 1 }}");  // Python: inf
+  ASSERT_TRUE(inf.ok()) << inf.status().message();
+  EXPECT_EQ(*inf->render(ojson::array(), false, "", ""), "True");
+  EXPECT_FALSE(ChatTemplate::from_string("{{ " + std::string(150, '(') + "1" +
+                                         std::string(150, ')') + " }}")
+                   .ok());
+  EXPECT_FALSE(ChatTemplate::from_string("{{ " + std::string(150, '-') + "1 }}").ok());
+  std::string blocks;
+  for (int i = 0; i < 150; ++i) blocks += "{% if true %}";
+  for (int i = 0; i < 150; ++i) blocks += "{% endif %}";
+  EXPECT_FALSE(ChatTemplate::from_string(blocks).ok());
+  auto shallow = ChatTemplate::from_string("{{ " + std::string(20, '(') + "7" +
+                                           std::string(20, ')') + " }}");
+  ASSERT_TRUE(shallow.ok());
+  EXPECT_EQ(*shallow->render(ojson::array(), false, "", ""), "7");
+  auto recursive =
+      ChatTemplate::from_string("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+  ASSERT_TRUE(recursive.ok());
+  auto rr = recursive->render(ojson::array(), false, "", "");
+  ASSERT_FALSE(rr.ok());
+  EXPECT_NE(rr.status().message().find("nested more than"), std::string::npos)
+      << rr.status().message();
+  auto countdown = ChatTemplate::from_string(
+      "{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(5) }}");
+  ASSERT_TRUE(countdown.ok());
+  EXPECT_EQ(*countdown->render(ojson::array(), false, "", ""), "54321");
 }
 
 }  // namespace

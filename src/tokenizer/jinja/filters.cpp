@@ -1,5 +1,6 @@
 // The filters of the Jinja subset (see builtins.h).
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 
 #include "tokenizer/jinja/builtins.h"
@@ -28,8 +29,11 @@ Expected<Value> attribute_path(const Value& v, const std::string& path) {
     const size_t dot = path.find('.', pos);
     const std::string part =
         path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
-    Value key = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit)
-                    ? Value(static_cast<int64_t>(std::stoll(part)))
+    int64_t index = 0;
+    const auto [end, ec] = std::from_chars(part.data(), part.data() + part.size(), index);
+    Value key = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit) &&
+                        ec == std::errc() && end == part.data() + part.size()
+                    ? Value(index)
                     : Value(part);
     PHILORA_ASSIGN_OR_RETURN(cur, get_item(cur, key));
     if (dot == std::string::npos) return cur;

@@ -212,6 +212,15 @@ class Interpreter {
           return Status::errorf("macro '{}' has no argument '{}'", def->name, k);
         }
       }
+      // Python stops runaway recursion with a RecursionError; so do we, sooner.
+      if (call_depth_ >= kMaxCallDepth)
+        return Status::errorf("macro '{}': calls nested more than {} deep", def->name,
+                              kMaxCallDepth);
+      ++call_depth_;
+      struct Leave {
+        int& depth;
+        ~Leave() { --depth; }
+      } leave{call_depth_};
       // A macro sees the template's top-level variables and its arguments.
       std::vector<Scope> saved(scopes_.begin() + 1, scopes_.end());
       scopes_.resize(1);
@@ -381,6 +390,8 @@ class Interpreter {
 
   std::vector<Scope> scopes_;
   int loop_depth_ = 0;
+  static constexpr int kMaxCallDepth = 64;
+  int call_depth_ = 0;  // macro calls in progress
 };
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "tokenizer/jinja/parser.h"
 
+#include <charconv>
+#include <cstdlib>
 #include <initializer_list>
 
 #include "tokenizer/jinja/lexer.h"
@@ -11,6 +13,7 @@ namespace {
 class Parser {
  public:
   explicit Parser(std::vector<Token> tokens) : t_(std::move(tokens)) {}
+  int depth_ = 0;  // parse_body and parse_unary calls in progress (Nesting)
 
   Expected<Body> parse_template() {
     std::string stop;
@@ -42,6 +45,25 @@ class Parser {
   Status fail(const std::string& msg) const {
     return Status::errorf("line {}: {}", cur().line, msg);
   }
+  // An integer literal (Python's are unbounded; ours are 64-bit).
+  Expected<Value> integer(const std::string& digits) const {
+    int64_t v = 0;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+    if (ec != std::errc() || end != digits.data() + digits.size())
+      return fail(fmt::format("integer literal {} is out of range", digits));
+    return Value(v);
+  }
+  // Expressions and blocks nest at most kMaxNesting deep (real templates: a
+  // few), so that no template can exhaust the stack of the parser or of the
+  // interpreter that walks its tree.
+  static constexpr int kMaxNesting = 100;
+  static constexpr const char* kTooDeep = "expressions or blocks nested more than 100 deep";
+  struct Nesting {
+    explicit Nesting(Parser& p) : p(p) { ++p.depth_; }
+    ~Nesting() { --p.depth_; }
+    bool too_deep() const { return p.depth_ > kMaxNesting; }
+    Parser& p;
+  };
   std::string describe() const {
     switch (cur().type) {
       case Tok::kEof:
@@ -77,6 +99,8 @@ class Parser {
   // Parses statements until a block tag named in `stops` (its name is consumed and stored in
   // `stop`; the rest of that tag is left to the caller).
   Expected<Body> parse_body(std::initializer_list<std::string_view> stops, std::string& stop) {
+    Nesting nesting(*this);
+    if (nesting.too_deep()) return fail(kTooDeep);
     Body body;
     while (true) {
       const Token& tok = cur();
@@ -432,6 +456,8 @@ class Parser {
   }
 
   Expected<ExprPtr> parse_unary(bool with_filter) {
+    Nesting nesting(*this);
+    if (nesting.too_deep()) return fail(kTooDeep);
     ExprPtr node;
     if (is_op("-") || is_op("+")) {
       node = make(is_op("-") ? Expr::Kind::kNeg : Expr::Kind::kPos, cur().line);
@@ -481,9 +507,9 @@ class Parser {
       advance();
       auto e = make(Expr::Kind::kConst, tok.line);
       if (tok.type == Tok::kInteger) {
-        e->value = Value(static_cast<int64_t>(std::stoll(tok.value)));
+        PHILORA_ASSIGN_OR_RETURN(e->value, integer(tok.value));
       } else {
-        e->value = Value(std::stod(tok.value));
+        e->value = Value(std::strtod(tok.value.c_str(), nullptr));  // overflow: inf, as Python
       }
       return e;
     }
@@ -562,7 +588,7 @@ class Parser {
       if (cur().type == Tok::kInteger) {
         auto e = make(Expr::Kind::kGetitem, line);
         auto idx = make(Expr::Kind::kConst, line);
-        idx->value = Value(static_cast<int64_t>(std::stoll(cur().value)));
+        PHILORA_ASSIGN_OR_RETURN(idx->value, integer(cur().value));
         advance();
         e->args.push_back(std::move(node));
         e->args.push_back(std::move(idx));
