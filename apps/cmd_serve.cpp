@@ -55,6 +55,7 @@ int run_serve(ServeOptions o) {
   ctx.host = &host;
   ctx.tokenizer = sv.tokenizer.get();
   ctx.model_name = sv.model_name;
+  ctx.vocab_size = sv.model->config().vocab_size;
   ctx.model_aliases = {sv.model_dir, o.serving.model.model_dir};
   ctx.adapters = sv.adapters;
   ctx.limits = o.limits;

@@ -60,13 +60,16 @@ EngineHost::Stats EngineHost::stats() {
   return s;
 }
 
-// Ends every request in flight with `reason`.
-void EngineHost::fail_all(engine::FinishReason reason, const std::string& message) {
+// Ends every request in flight with `reason`: `message` for the client,
+// `detail` (the full text, which may name server files) for the server's log.
+void EngineHost::fail_all(engine::FinishReason reason, const std::string& message,
+                          const std::string& detail) {
   for (auto& [id, cb] : callbacks_) {
     engine::StepOutput o;
     o.id = id;
     o.finish = reason;
-    o.error = o.error_detail = message;
+    o.error = message;
+    o.error_detail = detail;
     cb(o);
   }
   timing_.clear();
@@ -181,7 +184,8 @@ void EngineHost::loop() {
     try {
       outs = engine_.step();
     } catch (const std::exception& e) {  // a device error: fail everything in flight
-      fail_all(engine::FinishReason::device_error, std::string("engine failure: ") + e.what());
+      fail_all(engine::FinishReason::device_error, "internal error",
+               std::string("engine failure: ") + e.what());
       for (const auto& [id, cb] : callbacks_) engine_.abort(id);
       callbacks_.clear();
       (void)engine_.step();  // drain the aborts
@@ -201,7 +205,7 @@ void EngineHost::loop() {
     snapshot();
   }
   // Shutting down: whoever still waits is told.
-  fail_all(engine::FinishReason::abort, "server shutting down");
+  fail_all(engine::FinishReason::abort, "server shutting down", "server shutting down");
 }
 
 std::string EngineHost::metrics_text() {

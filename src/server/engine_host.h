@@ -92,7 +92,8 @@ class EngineHost {
   void deliver(const engine::StepOutput& o, Clock::time_point now);
   void note_scheduled(Clock::time_point now);
   void snapshot();
-  void fail_all(engine::FinishReason reason, const std::string& message);
+  void fail_all(engine::FinishReason reason, const std::string& message,
+                const std::string& detail);
 
   engine::Engine& engine_;
   EngineHostOptions options_;

@@ -8,16 +8,9 @@ Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, engine
     : host_(host),
       tok_(tok),
       id_(r.id),
-      stop_(r.stop),
-      ch_(std::make_shared<Channel>()),
-      prompt_len_(int64_t(r.prompt.size())) {
-  if (tok_) {
-    // The last prompt ids give the first generated token its context (its leading space).
-    const size_t ctx = std::min<size_t>(r.prompt.size(), 4);
-    detok_ = std::make_unique<tokenizer::IncrementalDetokenizer>(
-        *tok_, /*skip_special_tokens=*/true,
-        std::span<const int32_t>(r.prompt.data() + r.prompt.size() - ctx, ctx));
-  }
+      prompt_(r.prompt),
+      greedy_(r.sampling.greedy),
+      ch_(std::make_shared<Channel>()) {
   std::weak_ptr<Channel> weak = ch_;
   queue_full_ = !host_.submit(std::move(r), [weak](const engine::StepOutput& o) {
     if (auto ch = weak.lock()) {
@@ -35,7 +28,7 @@ Generation::~Generation() {
 
 Event Generation::next() {
   while (ready_.empty()) {
-    if (done_) return Event{-1, "", false, engine::FinishReason::abort, "no more events", ""};
+    if (done_) return Event{-1, -1, "", false, std::nullopt, engine::FinishReason::abort, "no more events", ""};
     engine::StepOutput o;
     {
       std::unique_lock<std::mutex> lock(ch_->mu);
@@ -43,20 +36,39 @@ Event Generation::next() {
       o = std::move(ch_->q.front());
       ch_->q.pop_front();
     }
-    if (o.new_tokens.empty()) {  // finished without a token: error or abort
+    seed_ = o.seed;
+    if (o.prompt_logprobs) prompt_logprobs_ = std::move(o.prompt_logprobs);
+    if (o.new_tokens.empty()) {  // finished without a token: error, abort, or a prompt alone
+      if (!o.finished()) continue;
       done_ = true;
-      return Event{-1, "", false, o.finish, o.error, o.error_detail};
+      Event e;
+      e.finish = o.finish;
+      e.error = o.error;
+      e.error_detail = o.error_detail;
+      ready_.push_back(std::move(e));
+      break;
     }
-    // A step may yield several tokens: one event each, in order.
-    for (size_t i = 0; i < o.new_tokens.size() && !done_; ++i) {
-      const bool last = o.finished() && i + 1 == o.new_tokens.size();
-      Event e = on_token(o.new_tokens[i], last);
-      if (last && !e.finished()) {
+    // A step may yield several tokens: one event each, in order; the step's
+    // text goes with its last.
+    for (size_t i = 0; i < o.new_tokens.size(); ++i) {
+      Event e;
+      e.token = o.new_tokens[i];
+      e.index = int64_t(tokens_.size());
+      e.special = tok_ && tok_->is_special(e.token);
+      if (i < o.logprobs.size()) {
+        e.logprobs = o.logprobs[i];
+        logprobs_.push_back(o.logprobs[i]);
+      }
+      if (i + 1 == o.new_tokens.size()) {
+        e.text = o.text;
         e.finish = o.finish;
         e.error = o.error;
         e.error_detail = o.error_detail;
-        done_ = true;
+        done_ = o.finished();
       }
+      tokens_.push_back(e.token);
+      texts_.push_back(e.text);
+      text_ += e.text;
       ready_.push_back(std::move(e));
     }
   }
@@ -65,48 +77,18 @@ Event Generation::next() {
   return e;
 }
 
-Event Generation::on_token(int32_t token, bool last) {
-  Event e;
-  e.token = token;
-  tokens_.push_back(token);
-  if (!detok_) return e;
-  e.special = tok_->is_special(token);
-  raw_ += detok_->push(token);
-  if (last) raw_ += detok_->flush();
-  // A stop string ends the text where it starts; it can only start in the
-  // last `longest` bytes plus what this token added.
-  size_t longest = 0;
-  for (const auto& st : stop_) longest = std::max(longest, st.size());
-  const size_t from = searched_ > longest ? searched_ - longest : 0;
-  size_t cut = std::string::npos;
-  for (const auto& st : stop_)
-    if (!st.empty()) cut = std::min(cut, raw_.find(st, from));
-  searched_ = raw_.size();
-  size_t end = cut == std::string::npos ? raw_.size() : cut;
-  // Hold back a tail that may still grow into a stop string, unless the text ends here.
-  if (cut == std::string::npos && !last) end -= held_back(raw_);
-  if (end > emitted_.size()) {
-    e.text = raw_.substr(emitted_.size(), end - emitted_.size());
-    emitted_ += e.text;
-  }
-  if (cut != std::string::npos) {
-    e.finish = engine::FinishReason::stop_sequence;
-    done_ = true;
-    host_.abort(id_);
-  }
-  return e;
-}
-
-// The longest suffix of `text` that is a proper prefix of a stop string.
-size_t Generation::held_back(const std::string& text) const {
-  size_t hold = 0;
-  for (const auto& st : stop_)
-    for (size_t n = std::min(st.size() - (st.empty() ? 0 : 1), text.size()); n > hold; --n)
-      if (text.compare(text.size() - n, n, st, 0, n) == 0) {
-        hold = n;
-        break;
-      }
-  return hold;
+std::string token_text(const tokenizer::Tokenizer& tok, std::span<const int32_t> before,
+                       int32_t id) {
+  const int32_t one[] = {id};
+  if (before.empty()) return tok.decode(one, /*skip_special_tokens=*/false);
+  if (before.size() > 4) before = before.subspan(before.size() - 4);
+  std::vector<int32_t> ids(before.begin(), before.end());
+  const std::string prefix = tok.decode(ids, /*skip_special_tokens=*/false);
+  ids.push_back(id);
+  const std::string all = tok.decode(ids, /*skip_special_tokens=*/false);
+  if (all.size() >= prefix.size() && all.compare(0, prefix.size(), prefix) == 0)
+    return all.substr(prefix.size());
+  return tok.decode(one, /*skip_special_tokens=*/false);
 }
 
 }  // namespace philora::server

@@ -386,17 +386,29 @@ void HttpServer::add_error_handlers() {
     res.set_content(json_text(error_json(api, message, res.status == 404 ? "not_found" : "http")),
                     "application/json");
   });
-  http_->set_exception_handler([](const httplib::Request&, httplib::Response& res,
-                                  std::exception_ptr ep) {
-    std::string what = "internal error";
+  // An exception out of a handler: the client gets "internal error" and the
+  // request id, the server's log the exception's text (which may name files).
+  http_->set_exception_handler([this](const httplib::Request& req, httplib::Response& res,
+                                      std::exception_ptr ep) {
+    std::string what = "unknown exception";
     try {
       std::rethrow_exception(ep);
     } catch (const std::exception& e) {
       what = e.what();
     } catch (...) {
     }
+    std::string id = res.get_header_value("X-Request-Id");
+    if (id.empty()) {
+      const std::string given = req.get_header_value("X-Request-Id");
+      id = valid_request_id(given) ? given : fmt::format("req-{}", next_id_++);
+      res.set_header("X-Request-Id", id);
+    }
+    if (ctx_.log) ctx_.log(fmt::format("request {}: {} {}: exception: {}", id, req.method, req.path, what));
+    const Api api = req.path.rfind("/v1/", 0) == 0 ? Api::openai : Api::lorax;
     res.status = 500;
-    res.set_content(json_text({{"error", what}, {"error_type", "internal"}}), "application/json");
+    res.set_content(json_text(error_json(api, fmt::format("internal error (request id {})", id),
+                                         api == Api::openai ? "server_error" : "internal")),
+                    "application/json");
   });
 }
 

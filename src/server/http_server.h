@@ -45,15 +45,20 @@ struct RequestLimits {
   int64_t default_max_new_tokens = 64;  // when a request gives none (at most what the context leaves)
   int64_t max_stop_sequences = 16;
   int64_t max_stop_bytes = 256;  // of one stop sequence
-  int64_t max_n = 16;            // OpenAI's n (only 1 is supported yet)
+  int64_t max_n = 16;            // OpenAI's n, LoRAX's best_of (only 1 is supported yet)
   int64_t input_limit() const { return max_input_tokens > 0 ? max_input_tokens : max_total_tokens - 1; }
 };
 
 // Everything the routes need once the model is loaded.
 struct ServerContext {
   EngineHost* host = nullptr;
-  const tokenizer::Tokenizer* tokenizer = nullptr;  // null: only token-id prompts
+  // The engine's tokenizer (the engine detokenizes and matches stop strings
+  // with it); null: only token-id prompts, no text and no stop strings.
+  const tokenizer::Tokenizer* tokenizer = nullptr;
   std::string model_name = "philora";       // the served name of the base model
+  // The model's vocabulary: token ids a client gives (prompts, logit_bias,
+  // stop_token_ids) are checked against it; 0: only against int32.
+  int64_t vocab_size = 0;
   std::vector<std::string> model_aliases;  // other names that select the base model (its path)
   std::vector<std::string> adapters;       // adapters known at start, listed by /v1/models
   RequestLimits limits;

@@ -1,6 +1,11 @@
-// LoRAX / TGI: /generate, /generate_stream, and POST / (either, by `stream`).
+// LoRAX / TGI: /generate, /generate_stream, and POST / (either, by `stream`),
+// in LoRAX's shapes (router/src/lib.rs): a token is {id, text, logprob,
+// special, [alternative_tokens], skipped}; details carry finish_reason,
+// prompt_tokens, generated_tokens, skipped_tokens, seed, prefill and tokens
+// (and TGI's top_tokens when top_n_tokens asks for them).
 #include <httplib.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "server/routes.h"
@@ -11,11 +16,80 @@ using nlohmann::json;
 
 namespace {
 
-json details_json(const Generation& gen, const Event& last) {
-  return {{"finish_reason", name_of(outcome(last.finish), Api::lorax)},
-          {"generated_tokens", gen.tokens().size()},
-          {"prompt_tokens", gen.prompt_tokens()},
-          {"seed", nullptr}};
+// What shapes the responses of one request.
+struct Shape {
+  bool details = false;
+  bool decoder_input_details = false;
+  int32_t k_alternatives = 0;
+  int32_t top_n_tokens = 0;
+  std::optional<std::string> full_text_prefix;
+};
+
+// Generated token i's context: the prompt and the tokens before it.
+std::vector<int32_t> context_of(const Generation& gen, size_t i) {
+  std::vector<int32_t> ids = gen.prompt();
+  ids.insert(ids.end(), gen.tokens().begin(), gen.tokens().begin() + ptrdiff_t(i));
+  return ids;
+}
+
+// Generated token i: the text its event added, its logprob (processed, as
+// LoRAX's), its k alternatives.
+json token_json(const ServerContext& ctx, const Shape& s, const Generation& gen, size_t i) {
+  const int32_t id = gen.tokens()[i];
+  const bool has_lp = i < gen.logprobs().size();
+  json t = {{"id", id},
+            {"text", gen.texts()[i]},
+            {"logprob", has_lp ? json(gen.logprobs()[i].chosen.logprob) : json(nullptr)},
+            {"special", ctx.tokenizer && ctx.tokenizer->is_special(id)}};
+  if (s.k_alternatives > 0 && has_lp) {
+    const std::vector<int32_t> before = context_of(gen, i);
+    json alts = json::array();
+    const auto& top = gen.logprobs()[i].top;
+    for (size_t k = 0; k < top.size() && k < size_t(s.k_alternatives); ++k)
+      alts.push_back({{"id", top[k].token},
+                      {"text", ctx.tokenizer ? token_text(*ctx.tokenizer, before, top[k].token) : ""},
+                      {"logprob", top[k].logprob}});
+    t["alternative_tokens"] = alts;
+  }
+  t["skipped"] = false;
+  return t;
+}
+
+// TGI's top_tokens of generated token i.
+json top_tokens_json(const ServerContext& ctx, const Shape& s, const Generation& gen, size_t i) {
+  json out = json::array();
+  if (i >= gen.logprobs().size()) return out;
+  const std::vector<int32_t> before = context_of(gen, i);
+  const auto& top = gen.logprobs()[i].top;
+  for (size_t k = 0; k < top.size() && k < size_t(s.top_n_tokens); ++k)
+    out.push_back({{"id", top[k].token},
+                   {"text", ctx.tokenizer ? token_text(*ctx.tokenizer, before, top[k].token) : ""},
+                   {"logprob", top[k].logprob},
+                   {"special", ctx.tokenizer && ctx.tokenizer->is_special(top[k].token)}});
+  return out;
+}
+
+// The prompt's tokens with their (raw) logprobs; the first has none (null).
+json prefill_json(const ServerContext& ctx, const Generation& gen) {
+  json out = json::array();
+  const std::vector<int32_t>& p = gen.prompt();
+  const auto& lps = gen.prompt_logprobs();
+  for (size_t i = 0; i < p.size(); ++i) {
+    const bool has_lp = i > 0 && lps && i - 1 < lps->size();
+    out.push_back(
+        {{"id", p[i]},
+         {"text", ctx.tokenizer ? token_text(*ctx.tokenizer, std::span(p.data(), i), p[i]) : ""},
+         {"logprob", has_lp ? json((*lps)[i - 1].chosen.logprob) : json(nullptr)}});
+  }
+  return out;
+}
+
+json seed_json(const Generation& gen) {
+  return gen.greedy() ? json(nullptr) : json(gen.seed());  // LoRAX: a seed only when sampling
+}
+
+std::string generated_text(const Shape& s, const Generation& gen) {
+  return s.full_text_prefix.value_or("") + gen.text();
 }
 
 // What the access log records of a generation.
@@ -24,61 +98,76 @@ void note(Call& call, const Generation& gen, const Event& e) {
   if (e.finished()) call.finish_reason = std::string(engine::name(e.finish));
 }
 
-// One server-sent event of /generate_stream.
-std::string stream_chunk(const ServerContext& ctx, const std::string& id, const Generation& gen,
-                         const Event& e) {
+// One server-sent event of a stream: a token, the last one with the text and
+// (when asked for) the details.
+std::string stream_chunk(const ServerContext& ctx, const Shape& s, const Call& call,
+                         const Generation& gen, const Event& e) {
   json ev;
   if (engine::is_error(e.finish)) {
-    log_engine_error(ctx, id, e);
-    ev = error_json(Api::lorax, e.error, name_of(outcome(e.finish), Api::lorax));
+    log_engine_error(ctx, call, e);
+    ev = error_json(Api::lorax, client_error(call, e), name_of(outcome(e.finish), Api::lorax));
   } else {
-    ev = {{"token",
-           {{"id", e.token}, {"text", e.text}, {"logprob", nullptr}, {"special", e.special}}},
-          {"generated_text", nullptr},
-          {"details", nullptr}};
+    const size_t i = size_t(std::max<int64_t>(e.index, 0));
+    ev = {{"token", e.token >= 0 ? token_json(ctx, s, gen, i) : json(nullptr)}};
+    if (s.top_n_tokens > 0) ev["top_tokens"] = e.token >= 0 ? top_tokens_json(ctx, s, gen, i) : json::array();
+    ev["generated_text"] = nullptr;
+    ev["details"] = nullptr;
     if (e.finished()) {
-      ev["generated_text"] = gen.text();
-      ev["details"] = details_json(gen, e);
+      ev["generated_text"] = generated_text(s, gen);
+      if (s.details)
+        ev["details"] = {{"finish_reason", name_of(outcome(e.finish), Api::lorax)},
+                         {"prompt_tokens", gen.prompt_tokens()},
+                         {"generated_tokens", gen.tokens().size()},
+                         {"seed", seed_json(gen)}};
     }
   }
   return "data:" + json_text(ev) + "\n\n";
 }
 
-void generate(const ServerContext& ctx, LoraxRequest lr, const CallPtr& call,
-              httplib::Response& res) {
-  const std::string id = lr.request.id;
-  Generation gen(*ctx.host, ctx.tokenizer, std::move(lr.request));
+void generate(const ServerContext& ctx, const Shape& s, engine::Request request,
+              const CallPtr& call, httplib::Response& res) {
+  Generation gen(*ctx.host, ctx.tokenizer, std::move(request));
   if (gen.queue_full()) return send_queue_full(res, Api::lorax);
   const Event last = run_to_end(gen);
   note(*call, gen, last);
-  if (engine::is_error(last.finish)) return send_engine_error(res, Api::lorax, ctx, id, last);
-  json out = {{"generated_text", gen.text()}};
-  if (lr.details) {
-    out["details"] = details_json(gen, last);
-    out["details"]["prefill"] = json::array();
-    out["details"]["tokens"] = gen.tokens();
+  if (engine::is_error(last.finish)) return send_engine_error(res, Api::lorax, ctx, *call, last);
+  json out = {{"generated_text", generated_text(s, gen)}};
+  if (s.details || s.decoder_input_details) {
+    json tokens = json::array();
+    json top = json::array();
+    for (size_t i = 0; i < gen.tokens().size(); ++i) {
+      tokens.push_back(token_json(ctx, s, gen, i));
+      if (s.top_n_tokens > 0) top.push_back(top_tokens_json(ctx, s, gen, i));
+    }
+    out["details"] = {{"finish_reason", name_of(outcome(last.finish), Api::lorax)},
+                      {"prompt_tokens", gen.prompt_tokens()},
+                      {"generated_tokens", gen.tokens().size()},
+                      {"skipped_tokens", 0},
+                      {"seed", seed_json(gen)},
+                      {"prefill", s.decoder_input_details ? prefill_json(ctx, gen) : json::array()},
+                      {"tokens", tokens}};
+    if (s.top_n_tokens > 0) out["details"]["top_tokens"] = top;
   }
   res.set_content(json_text(out), "application/json");
 }
 
-void generate_stream(const ServerContext& ctx, LoraxRequest lr, const CallPtr& call,
-                     httplib::Response& res) {
-  const std::string id = lr.request.id;
-  auto gen = std::make_shared<Generation>(*ctx.host, ctx.tokenizer, std::move(lr.request));
+void generate_stream(const ServerContext& ctx, const Shape& s, engine::Request request,
+                     const CallPtr& call, httplib::Response& res) {
+  auto gen = std::make_shared<Generation>(*ctx.host, ctx.tokenizer, std::move(request));
   if (gen->queue_full()) return send_queue_full(res, Api::lorax);
   // The first event decides the status: a request that fails before its
   // first token (refused, unknown adapter) is an error response, not a stream.
   auto first = std::make_shared<std::optional<Event>>(gen->next());
   if (engine::is_error((*first)->finish)) {
     note(*call, *gen, **first);
-    return send_engine_error(res, Api::lorax, ctx, id, **first);
+    return send_engine_error(res, Api::lorax, ctx, *call, **first);
   }
   res.set_chunked_content_provider(
-      "text/event-stream", [&ctx, id, gen, first, call](size_t, httplib::DataSink& sink) {
+      "text/event-stream", [&ctx, s, gen, first, call](size_t, httplib::DataSink& sink) {
         const Event e = *first ? std::move(**first) : gen->next();
         first->reset();
         note(*call, *gen, e);
-        const std::string chunk = stream_chunk(ctx, id, *gen, e);
+        const std::string chunk = stream_chunk(ctx, s, *call, *gen, e);
         if (!sink.write(chunk.data(), chunk.size())) {
           call->finish_reason = "client_gone";
           return false;  // ~Generation aborts
@@ -96,8 +185,10 @@ void handle(const ServerContext& ctx, const IdSource& next_id, LoraxRoute route,
     LoraxRequest lr = lorax_request(*j, ctx, next_id(), route);
     call->adapter = lr.request.adapter.value_or("");
     call->prompt_tokens = int64_t(lr.request.prompt.size());
-    lr.stream ? generate_stream(ctx, std::move(lr), call, res)
-              : generate(ctx, std::move(lr), call, res);
+    const Shape s{lr.details, lr.decoder_input_details, lr.k_alternatives, lr.top_n_tokens,
+                  std::move(lr.full_text_prefix)};
+    lr.stream ? generate_stream(ctx, s, std::move(lr.request), call, res)
+              : generate(ctx, s, std::move(lr.request), call, res);
   } catch (const BadRequest& e) {
     send_bad_request(res, Api::lorax, e);
   }

@@ -1,6 +1,10 @@
-// OpenAI: /v1/completions and /v1/chat/completions, streamed or not.
+// OpenAI: /v1/completions and /v1/chat/completions, streamed or not, in the
+// shapes vLLM serves: completions' logprobs {tokens, token_logprobs,
+// top_logprobs, text_offset}, chat's {content: [{token, logprob, bytes,
+// top_logprobs}]}, the model's raw logprobs (-inf reported as -9999).
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 
@@ -27,6 +31,9 @@ struct Completion {
   int64_t created = 0;
   bool chat = false;
   bool include_usage = false;  // a streamed completion ends with a chunk of usage
+  std::optional<int32_t> logprobs;
+  bool echo = false;
+  std::string prompt_text;
 };
 
 json usage_json(const Generation& gen) {
@@ -49,19 +56,124 @@ std::string client_message(const Completion& c, const Event& e) {
   return e.error;
 }
 
+double clamp_logprob(float lp) { return std::max<double>(lp, -9999.0); }  // -inf is not JSON
+
+// A run of positions to report logprobs for: the token ids, each one's
+// logprobs (nullopt: none, the prompt's first), and the ids before the first
+// (the context of its text).
+struct Positions {
+  std::vector<int32_t> before;
+  std::vector<int32_t> ids;
+  std::vector<const engine::PositionLogprobs*> lps;
+};
+
+// The generated tokens [from, to) of `gen`, after the prompt too when `echo`.
+Positions positions(const Generation& gen, size_t from, size_t to, bool echo) {
+  Positions p;
+  const std::vector<int32_t>& prompt = gen.prompt();
+  if (echo) {
+    const auto& plp = gen.prompt_logprobs();
+    for (size_t i = 0; i < prompt.size(); ++i) {
+      p.ids.push_back(prompt[i]);
+      p.lps.push_back(i > 0 && plp && i - 1 < plp->size() ? &(*plp)[i - 1] : nullptr);
+    }
+  } else {
+    p.before = prompt;
+  }
+  p.before.insert(p.before.end(), gen.tokens().begin(), gen.tokens().begin() + ptrdiff_t(from));
+  for (size_t i = from; i < to; ++i) {
+    p.ids.push_back(gen.tokens()[i]);
+    p.lps.push_back(i < gen.logprobs().size() ? &gen.logprobs()[i] : nullptr);
+  }
+  return p;
+}
+
+// Unicode code points in UTF-8 text (what vLLM's text offsets count).
+int64_t code_points(const std::string& s) {
+  return std::count_if(s.begin(), s.end(), [](char ch) { return (uint8_t(ch) & 0xC0) != 0x80; });
+}
+
+// Completions' logprobs of `p`, offsets counted from `offset`.
+json completion_logprobs(const ServerContext& ctx, const Positions& p, int32_t k, int64_t& offset) {
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
+       offsets = json::array();
+  std::vector<int32_t> context = p.before;
+  auto text = [&](int32_t id) {
+    return ctx.tokenizer ? token_text(*ctx.tokenizer, context, id) : std::to_string(id);
+  };
+  for (size_t i = 0; i < p.ids.size(); ++i) {
+    const std::string t = text(p.ids[i]);
+    tokens.push_back(t);
+    offsets.push_back(offset);
+    offset += code_points(t);
+    if (const engine::PositionLogprobs* lp = p.lps[i]) {
+      token_logprobs.push_back(clamp_logprob(lp->chosen.logprob));
+      json alts = json::object();  // the chosen token and the k most likely, by text
+      alts[t] = clamp_logprob(lp->chosen.logprob);
+      for (size_t j = 0; j < lp->top.size() && j < size_t(k); ++j)
+        alts[text(lp->top[j].token)] = clamp_logprob(lp->top[j].logprob);
+      top.push_back(alts);
+    } else {
+      token_logprobs.push_back(nullptr);
+      top.push_back(nullptr);
+    }
+    context.push_back(p.ids[i]);
+  }
+  return {{"tokens", tokens},
+          {"token_logprobs", token_logprobs},
+          {"top_logprobs", top},
+          {"text_offset", offsets}};
+}
+
+json bytes_of(const std::string& s) {
+  json b = json::array();
+  for (char ch : s) b.push_back(int(uint8_t(ch)));
+  return b;
+}
+
+// Chat's logprobs of `p`: {content: [{token, logprob, bytes, top_logprobs}]}.
+json chat_logprobs(const ServerContext& ctx, const Positions& p, int32_t k) {
+  json content = json::array();
+  std::vector<int32_t> context = p.before;
+  auto entry = [&](int32_t id, float lp) {
+    const std::string t = ctx.tokenizer ? token_text(*ctx.tokenizer, context, id) : std::to_string(id);
+    return json{{"token", t}, {"logprob", clamp_logprob(lp)}, {"bytes", bytes_of(t)}};
+  };
+  for (size_t i = 0; i < p.ids.size(); ++i) {
+    if (const engine::PositionLogprobs* lp = p.lps[i]) {
+      json e = entry(p.ids[i], lp->chosen.logprob);
+      json top = json::array();
+      for (size_t j = 0; j < lp->top.size() && j < size_t(k); ++j)
+        top.push_back(entry(lp->top[j].token, lp->top[j].logprob));
+      e["top_logprobs"] = top;
+      content.push_back(e);
+    }
+    context.push_back(p.ids[i]);
+  }
+  return {{"content", content}};
+}
+
+json logprobs_json(const ServerContext& ctx, const Completion& c, const Positions& p,
+                   int64_t& offset) {
+  if (!c.logprobs) return nullptr;
+  return c.chat ? chat_logprobs(ctx, p, *c.logprobs) : completion_logprobs(ctx, p, *c.logprobs, offset);
+}
+
 void complete(const ServerContext& ctx, const Completion& c, Generation& gen, Call& call,
               httplib::Response& res) {
   const Event last = run_to_end(gen);
   note(call, gen, last);
   if (engine::is_error(last.finish))
-    return send_engine_error(res, Api::openai, ctx, c.id, last, client_message(c, last));
+    return send_engine_error(res, Api::openai, ctx, call, last, client_message(c, last));
+  int64_t offset = 0;
   json choice = {{"index", 0},
-                 {"finish_reason", name_of(outcome(last.finish), Api::openai)},
-                 {"logprobs", nullptr}};
+                 {"logprobs", logprobs_json(ctx, c, positions(gen, 0, gen.tokens().size(), c.echo),
+                                            offset)},
+                 {"finish_reason", name_of(outcome(last.finish), Api::openai)}};
   if (c.chat)
     choice["message"] = {{"role", "assistant"}, {"content", gen.text()}};
   else
-    choice["text"] = gen.text();
+    choice["text"] = (c.echo ? c.prompt_text : "") + gen.text();
   json out = {{"id", c.id},
               {"object", c.chat ? "chat.completion" : "text_completion"},
               {"created", c.created},
@@ -71,23 +183,35 @@ void complete(const ServerContext& ctx, const Completion& c, Generation& gen, Ca
   res.set_content(json_text(out), "application/json");
 }
 
+// A streamed completion's state between chunks.
+struct StreamState {
+  bool sent = false;    // a chunk has gone out (the first carries the role, or the echo)
+  int64_t offset = 0;   // completions' text offset of the next token
+};
+
 // One server-sent event of a streamed completion (and [DONE] after the last).
-std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Generation& gen,
-                         const Event& e, bool first) {
+std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Call& call,
+                         const Generation& gen, const Event& e, StreamState& st) {
   json ev;
   if (engine::is_error(e.finish)) {
-    log_engine_error(ctx, c.id, e);
+    log_engine_error(ctx, call, e);
     const Outcome& o = outcome(e.finish);
-    ev = error_json(Api::openai, client_message(c, e), o.openai_name, o.openai_code);
+    ev = error_json(Api::openai, client_error(call, e, client_message(c, e)), o.openai_name,
+                    o.openai_code);
   } else {
-    json choice = {{"index", 0}, {"finish_reason", nullptr}, {"logprobs", nullptr}};
+    const bool echo = c.echo && !st.sent;
+    const size_t from = e.index >= 0 ? size_t(e.index) : gen.tokens().size();
+    const size_t to = e.index >= 0 ? from + 1 : from;
+    json choice = {{"index", 0},
+                   {"logprobs", logprobs_json(ctx, c, positions(gen, from, to, echo), st.offset)},
+                   {"finish_reason", nullptr}};
     if (e.finished()) choice["finish_reason"] = name_of(outcome(e.finish), Api::openai);
     if (c.chat) {
       json delta = {{"content", e.text}};
-      if (first) delta["role"] = "assistant";
+      if (!st.sent) delta = {{"role", "assistant"}, {"content", e.text}};
       choice["delta"] = delta;
     } else {
-      choice["text"] = e.text;
+      choice["text"] = (echo ? c.prompt_text : "") + e.text;
     }
     ev = {{"id", c.id},
           {"object", c.chat ? "chat.completion.chunk" : "text_completion"},
@@ -95,6 +219,7 @@ std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Ge
           {"model", c.model},
           {"choices", json::array({choice})}};
   }
+  st.sent = true;
   std::string chunk = "data: " + json_text(ev) + "\n\n";
   if (e.finished() && c.include_usage && !engine::is_error(e.finish)) {
     const json usage = {{"id", c.id},
@@ -116,16 +241,15 @@ void stream(const ServerContext& ctx, const Completion& c, std::shared_ptr<Gener
   auto first = std::make_shared<std::optional<Event>>(gen->next());
   if (engine::is_error((*first)->finish)) {
     note(*call, *gen, **first);
-    return send_engine_error(res, Api::openai, ctx, c.id, **first, client_message(c, **first));
+    return send_engine_error(res, Api::openai, ctx, *call, **first, client_message(c, **first));
   }
-  auto sent = std::make_shared<bool>(false);
+  auto st = std::make_shared<StreamState>();
   res.set_chunked_content_provider(
-      "text/event-stream", [&ctx, c, gen, first, sent, call](size_t, httplib::DataSink& sink) {
+      "text/event-stream", [&ctx, c, gen, first, st, call](size_t, httplib::DataSink& sink) {
         const Event e = *first ? std::move(**first) : gen->next();
         first->reset();
         note(*call, *gen, e);
-        const std::string chunk = stream_chunk(ctx, c, *gen, e, !*sent);
-        *sent = true;
+        const std::string chunk = stream_chunk(ctx, c, *call, *gen, e, *st);
         if (!sink.write(chunk.data(), chunk.size())) {
           call->finish_reason = "client_gone";
           return false;  // ~Generation aborts
@@ -143,7 +267,8 @@ void completion(const ServerContext& ctx, const IdSource& next_id, bool chat, co
     OpenAiRequest r = openai_request(*j, ctx, chat, (chat ? "chatcmpl-" : "cmpl-") + next_id());
     call->adapter = r.request.adapter.value_or("");
     call->prompt_tokens = int64_t(r.request.prompt.size());
-    const Completion c{r.request.id, r.model, now_seconds(), chat, r.include_usage};
+    const Completion c{r.request.id, r.model,    now_seconds(), chat,
+                       r.include_usage, r.logprobs, r.echo,       std::move(r.prompt_text)};
     auto gen = std::make_shared<Generation>(*ctx.host, ctx.tokenizer, std::move(r.request));
     if (gen->queue_full()) return send_queue_full(res, Api::openai);
     if (r.stream) return stream(ctx, c, gen, call, res);

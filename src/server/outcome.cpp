@@ -66,17 +66,23 @@ void send_queue_full(httplib::Response& res, Api api) {
              "overloaded", api == Api::openai ? "queue_full" : nullptr);
 }
 
-void log_engine_error(const ServerContext& ctx, const std::string& id, const Event& e) {
+std::string client_error(const Call& call, const Event& e, const std::string& message) {
+  if (e.finish == FinishReason::device_error || &outcome(e.finish) == &kNone)
+    return fmt::format("internal error (request id {})", call.request_id);
+  return message.empty() ? e.error : message;
+}
+
+void log_engine_error(const ServerContext& ctx, const Call& call, const Event& e) {
   if (ctx.log)
-    ctx.log(fmt::format("request {}: {}: {}", id, engine::name(e.finish),
+    ctx.log(fmt::format("request {}: {}: {}", call.request_id, engine::name(e.finish),
                         e.error_detail.empty() ? e.error : e.error_detail));
 }
 
 void send_engine_error(httplib::Response& res, Api api, const ServerContext& ctx,
-                       const std::string& id, const Event& e, const std::string& message) {
-  log_engine_error(ctx, id, e);
+                       const Call& call, const Event& e, const std::string& message) {
+  log_engine_error(ctx, call, e);
   const Outcome& o = outcome(e.finish);
-  send_error(res, api, status_of(o, api), message.empty() ? e.error : message, name_of(o, api),
+  send_error(res, api, status_of(o, api), client_error(call, e, message), name_of(o, api),
              api == Api::openai ? o.openai_code : nullptr);
 }
 

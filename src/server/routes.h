@@ -65,31 +65,41 @@ using Handler =
 // Registers a POST route that needs the model (503 while loading or draining).
 using AddRoute = std::function<void(const std::string& path, Api api, Handler handler)>;
 
-// ---- JSON -> engine::Request (request_json.cpp) ----------------------------
+// ---- JSON -> engine::Request (lorax_request.cpp, openai_request.cpp) -------
 // Each throws BadRequest for a parameter of the wrong type or out of the
-// API's range; what depends on the model (vocabulary, positions, KV cache) is
-// checked once, by Engine::add_request.
+// API's range; what depends on the model (positions, KV cache) is checked
+// once more by Engine::add_request.
 
-// The body as a JSON object, or nullopt after answering 400.
+// The body as a JSON object, or nullopt after answering 400 (request_json.cpp).
 std::optional<nlohmann::json> parse_body(const Call& call, httplib::Response& res, Api api);
 
 // LoRAX / TGI {inputs, parameters} (and `stream` on POST /: `route` says which
 // route it came to).
 enum class LoraxRoute { generate, generate_stream, compat };
 struct LoraxRequest {
-  engine::Request request;
-  bool details = false;
+  engine::Request request;  // logprobs of kind processed, as LoRAX reports them
   bool stream = false;
+  bool details = false;                // details (tokens, seed, ...)
+  bool decoder_input_details = false;  // details.prefill with the prompt's logprobs
+  int32_t k_alternatives = 0;          // LoRAX's alternative_tokens per token
+  int32_t top_n_tokens = 0;            // TGI's top_tokens per token
+  std::optional<std::string> full_text_prefix;  // return_full_text: the inputs as given
 };
 LoraxRequest lorax_request(const nlohmann::json& body, const ServerContext& ctx, std::string id,
                            LoraxRoute route = LoraxRoute::generate);
 
 // OpenAI /v1/completions (`chat` false) and /v1/chat/completions.
 struct OpenAiRequest {
-  engine::Request request;
+  engine::Request request;  // logprobs of kind raw, as vLLM reports them
   std::string model;  // as the client named it (the served name when it gave none)
+  bool chat = false;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
+  // Completions: `logprobs` (the top k per token); chat: `top_logprobs` when
+  // `logprobs` is true. nullopt: no logprobs.
+  std::optional<int32_t> logprobs;
+  bool echo = false;        // completions: the prompt comes first, in the text and the logprobs
+  std::string prompt_text;  // with echo: the prompt as given (token ids: decoded)
 };
 OpenAiRequest openai_request(const nlohmann::json& body, const ServerContext& ctx, bool chat,
                              std::string id);
@@ -125,12 +135,16 @@ void send_queue_full(httplib::Response& res, Api api);
 // JSON as text for a client; bytes that are not UTF-8 become U+FFFD.
 std::string json_text(const nlohmann::json& j);
 
-// Answers a request that ended with an error reason: the status and names of
-// the table, `message` (the event's when empty) for the client, and the full
-// message in the server's log.
+// The message a client gets for a request that ended with an error reason:
+// `message` (the event's when empty), except for an internal failure (the
+// device, or an outcome the table lacks): "internal error" and the request's
+// X-Request-Id, never the failure's text, which may name server files.
+std::string client_error(const Call& call, const Event& e, const std::string& message = "");
+// Answers such a request with the table's status and names and
+// client_error(), and writes the full message to the server's log.
 void send_engine_error(httplib::Response& res, Api api, const ServerContext& ctx,
-                       const std::string& id, const Event& e, const std::string& message = "");
-void log_engine_error(const ServerContext& ctx, const std::string& id, const Event& e);
+                       const Call& call, const Event& e, const std::string& message = "");
+void log_engine_error(const ServerContext& ctx, const Call& call, const Event& e);
 
 // Reads events until the end; returns the final one.
 Event run_to_end(Generation& gen);

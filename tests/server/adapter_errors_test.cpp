@@ -49,8 +49,10 @@ class AdapterErrors : public ::testing::Test {
     ASSERT_TRUE(weights.ok());
     model_ = std::make_unique<model::Phi3ForCausalLM>(config_, std::move(*weights), backend_);
     slots_ = std::make_unique<lora::AdapterSlots>(backend_, config_, 2);
-    store_ = std::make_unique<lora::AdapterStore>(config_, *slots_,
-                                                  lora::StoreOptions{adapters.string(), 8});
+    lora::StoreOptions store_options;
+    store_options.adapter_dir = adapters.string();
+    store_options.host_capacity = 8;
+    store_ = std::make_unique<lora::AdapterStore>(config_, *slots_, store_options);
     kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, 64, 4,
                                         config_.num_key_value_heads, config_.head_dim);
     engine_ =

@@ -114,7 +114,7 @@ TEST_F(Load, SixtyFourStreamingClients) {
             finished = finished || ev["choices"][0]["finish_reason"] == "length";
           } else {
             tokens.push_back(ev["token"]["id"].get<int>());
-            finished = finished || !ev["details"].is_null();
+            finished = finished || !ev["generated_text"].is_null();
           }
         }
         if (use_openai) {

@@ -21,6 +21,7 @@ namespace {
 
 using test::metric_value;
 using test::read_jsonl;
+using test::token_ids;
 
 // The server is still well: /health, then a normal request on each API.
 void expect_still_serves(test::ServerFixture& f, httplib::Client c) {
@@ -140,39 +141,99 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
       {g, R"({"inputs": "hi", "parameters": {"adapter_id": "..\\a"}})", 404, {"not valid"}},
       {c, R"({"prompt": "hi", "model": "../../a"})", 404, {"model_not_found"}},
       // parameters we do not act on: refused by name, never ignored
-      {g, R"({"inputs": "hi", "parameters": {"typical_p": 0.5}})", 422, {"typical_p"}},
-      {g, R"({"inputs": "hi", "parameters": {"repetition_penalty": 1.3}})", 422,
+      // LoRAX parameters out of range, or not supported
+      {g, R"({"inputs": "hi", "parameters": {"typical_p": 0}})", 422, {"typical_p"}},
+      {g, R"({"inputs": "hi", "parameters": {"typical_p": 1.5}})", 422, {"typical_p"}},
+      {g, R"({"inputs": "hi", "parameters": {"repetition_penalty": 0}})", 422,
        {"repetition_penalty"}},
-      {g, R"({"inputs": "hi", "parameters": {"frequency_penalty": 0.3}})", 422,
-       {"frequency_penalty"}},
-      {g, R"({"inputs": "hi", "parameters": {"best_of": 2}})", 422, {"best_of"}},
+      {g, R"({"inputs": "hi", "parameters": {"frequency_penalty": 3}})", 422,
+       {"frequency_penalty", "[-2, 2]"}},
+      {g, R"({"inputs": "hi", "parameters": {"presence_penalty": -2.5}})", 422,
+       {"presence_penalty"}},
+      {g, R"({"inputs": "hi", "parameters": {"best_of": 2}})", 422, {"best_of", "not supported"}},
+      {g, R"({"inputs": "hi", "parameters": {"best_of": 0}})", 422, {"best_of"}},
       {g, R"({"inputs": "hi", "parameters": {"watermark": true}})", 422, {"watermark"}},
-      {g, R"({"inputs": "hi", "parameters": {"return_full_text": true}})", 422,
-       {"return_full_text"}},
-      {g, R"({"inputs": "hi", "parameters": {"decoder_input_details": true}})", 422,
+      {g, R"({"inputs": "hi", "parameters": {"return_full_text": "yes"}})", 422,
+       {"return_full_text", "boolean"}},
+      {g, R"({"inputs": "hi", "parameters": {"decoder_input_details": 1}})", 422,
        {"decoder_input_details"}},
-      {g, R"({"inputs": "hi", "parameters": {"return_k_alternatives": 3}})", 422,
+      {gs, R"({"inputs": "hi", "parameters": {"decoder_input_details": true}})", 422,
+       {"decoder_input_details", "streaming"}},
+      {g, R"({"inputs": "hi", "parameters": {"return_k_alternatives": 0}})", 422,
        {"return_k_alternatives"}},
-      {g, R"({"inputs": "hi", "parameters": {"adapter_source": "hub"}})", 422, {"adapter_source"}},
+      {g, R"({"inputs": "hi", "parameters": {"return_k_alternatives": 21}})", 422,
+       {"return_k_alternatives", "20"}},
+      {g, R"({"inputs": "hi", "parameters": {"top_n_tokens": -1}})", 422, {"top_n_tokens"}},
+      {g, R"({"inputs": "hi", "parameters": {"top_n_tokens": 50}})", 422, {"top_n_tokens"}},
+      {g, R"({"inputs": "hi", "parameters": {"seed": -1}})", 422, {"seed"}},
+      {g, R"({"inputs": "hi", "parameters": {"seed": 1.5}})", 422, {"seed"}},
+      {g, R"({"inputs": "hi", "parameters": {"seed": "x"}})", 422, {"seed"}},
+      {g, R"({"inputs": "hi", "parameters": {"truncate": 100000000}})", 422, {"truncate"}},
+      {g, R"({"inputs": "hi", "parameters": {"adapter_source": "hub"}})", 422,
+       {"adapter_source", "hub"}},
+      {g, R"({"inputs": "hi", "parameters": {"adapter_source": "s3", "adapter_id": "a"}})", 422,
+       {"adapter_source"}},
+      {g, R"({"inputs": "hi", "parameters": {"merged_adapters": {"ids": ["a", "b"], "weights": [0.5, 0.5]}}})",
+       422, {"merged_adapters", "merge"}},
+      {g, R"({"inputs": "hi", "parameters": {"merged_adapters": {"ids": []}}})", 422,
+       {"merged_adapters"}},
+      {g, R"({"inputs": "hi", "parameters": {"merged_adapters": {"ids": ["a"], "weights": [0.5]}}})",
+       422, {"merged_adapters", "weight"}},
+      {g, R"({"inputs": "hi", "parameters": {"merged_adapters": {"ids": ["a"]}, "adapter_id": "b"}})",
+       422, {"adapter_id", "merged_adapters"}},
+      {g, R"({"inputs": "hi", "parameters": {"adapter_parameters": {"ids": ["a", "b"]}}})", 422,
+       {"adapter_parameters"}},
       {g, R"({"inputs": "hi", "parameters": {"response_format": {"type": "json_object"}}})", 422,
-       {"response_format"}},
+       {"response_format", "structured output"}},
       {g, R"({"inputs": "hi", "parameters": {"bogus": 1}})", 422, {"unknown parameter 'bogus'"}},
       {g, R"({"inputs": "hi", "extra": 1})", 422, {"extra"}},
       {g, R"({"inputs": "hi", "stream": true})", 422, {"stream"}},
-      {c, R"({"prompt": "hi", "logprobs": 2})", 400, {"logprobs"}},
-      {c, R"({"prompt": "hi", "echo": true})", 400, {"echo"}},
+      // OpenAI parameters out of range, or not supported
+      {c, R"({"prompt": "hi", "logprobs": 21})", 400, {"logprobs", "[0, 20]"}},
+      {c, R"({"prompt": "hi", "logprobs": -1})", 400, {"logprobs"}},
+      {c, R"({"prompt": "hi", "logprobs": true})", 400, {"logprobs", "integer"}},
+      {c, R"({"prompt": "hi", "echo": "yes"})", 400, {"echo", "boolean"}},
       {c, R"({"prompt": "hi", "suffix": "x"})", 400, {"suffix"}},
-      {c, R"({"prompt": "hi", "presence_penalty": 1})", 400, {"presence_penalty"}},
-      {c, R"({"prompt": "hi", "logit_bias": {"5": 10}})", 400, {"logit_bias"}},
+      {c, R"({"prompt": "hi", "presence_penalty": 3})", 400, {"presence_penalty"}},
+      {c, R"({"prompt": "hi", "frequency_penalty": -2.5})", 400, {"frequency_penalty"}},
+      {c, R"({"prompt": "hi", "repetition_penalty": 0})", 400, {"repetition_penalty"}},
+      {c, R"({"prompt": "hi", "repetition_penalty": 2.5})", 400, {"repetition_penalty"}},
+      {c, R"({"prompt": "hi", "min_p": 1.5})", 400, {"min_p"}},
+      {c, R"({"prompt": "hi", "top_k": -2})", 400, {"top_k"}},
+      {c, R"({"prompt": "hi", "logit_bias": {"5": 101}})", 400, {"logit_bias", "[-100, 100]"}},
+      {c, R"({"prompt": "hi", "logit_bias": {"5": "x"}})", 400, {"logit_bias"}},
+      {c, R"({"prompt": "hi", "logit_bias": {"abc": 1}})", 400, {"logit_bias", "abc"}},
+      {c, R"({"prompt": "hi", "logit_bias": {"99999": 1}})", 400, {"logit_bias", "vocabulary"}},
+      {c, R"({"prompt": "hi", "logit_bias": {"-1": 1}})", 400, {"logit_bias", "vocabulary"}},
+      {c, R"({"prompt": "hi", "logit_bias": [1]})", 400, {"logit_bias"}},
+      {c, R"({"prompt": "hi", "max_tokens": 2, "min_tokens": 5})", 400, {"min_tokens"}},
+      {c, R"({"prompt": "hi", "min_tokens": -1})", 400, {"min_tokens"}},
+      {c, R"({"prompt": "hi", "stop_token_ids": [99999]})", 400, {"stop_token_ids", "vocabulary"}},
+      {c, R"({"prompt": "hi", "stop_token_ids": "x"})", 400, {"stop_token_ids"}},
+      {c, R"({"prompt": "hi", "bad_words": "x"})", 400, {"bad_words"}},
+      {c, R"({"prompt": "hi", "bad_words": [1]})", 400, {"bad_words"}},
+      {c, R"({"prompt": "hi", "skip_special_tokens": "no"})", 400, {"skip_special_tokens"}},
+      {c, R"({"prompt": "hi", "seed": "x"})", 400, {"seed"}},
+      {c, R"({"prompt": "hi", "seed": 1.5})", 400, {"seed"}},
+      {c, R"({"prompt": "hi", "user": 5})", 400, {"user", "string"}},
+      {c, R"({"prompt": "hi", "use_beam_search": true})", 400, {"use_beam_search"}},
+      {c, R"({"prompt": "hi", "prompt_logprobs": 1})", 400, {"prompt_logprobs"}},
       {c, R"({"prompt": "hi", "best_of": 3})", 400, {"best_of"}},
       {c, R"({"prompt": "hi", "foo": 1})", 400, {"Unrecognized request argument supplied: foo"}},
       {c, R"({"prompt": "hi", "messages": []})", 400, {"messages"}},
       {c, R"({"prompt": "hi", "stream_options": {"include_usage": true}})", 400,
        {"stream_options"}},
-      {ch, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", 400,
-       {"logprobs"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 3})", 400,
+       {"logprobs", "boolean"}},
       {ch, R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", 400,
-       {"top_logprobs"}},
+       {"top_logprobs", "logprobs"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})",
+       400, {"top_logprobs", "[0, 20]"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "echo": true})", 400,
+       {"Unrecognized", "echo"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "n": 3})", 400, {"'n'"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]})", 400,
+       {"functions", "tool calling"}},
       {ch,
        R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]})",
        400, {"tools", "tool calling"}},
@@ -229,10 +290,12 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
 TEST_F(Robustness, NeutralValuesOfUnsupportedParametersPass) {
   const std::vector<std::pair<std::string, std::string>> ok = {
       {"/generate",
-       R"({"inputs": "hi", "parameters": {"max_new_tokens": 2, "repetition_penalty": 1.0, "frequency_penalty": 0, "typical_p": null, "best_of": 1, "watermark": false, "return_full_text": false, "decoder_input_details": false, "adapter_source": "local", "adapter_id": "a"}})"},
+       R"({"inputs": "hi", "parameters": {"max_new_tokens": 2, "repetition_penalty": 1.0, "frequency_penalty": 0, "typical_p": null, "best_of": 1, "watermark": false, "return_full_text": false, "decoder_input_details": false, "adapter_source": "local", "adapter_id": "a", "response_format": null, "api_token": null}})"},
+      {"/generate",
+       R"({"inputs": "hi", "parameters": {"max_new_tokens": 2, "merged_adapters": {"ids": ["b"], "weights": [1.0], "merge_strategy": "linear"}}})"},
       {"/", R"({"inputs": "hi", "parameters": {"max_new_tokens": 2}, "stream": false})"},
       {"/v1/completions",
-       R"({"prompt": "hi", "max_tokens": 2, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "echo": false, "user": "u1", "n": 1, "best_of": 1, "logprobs": null})"},
+       R"({"prompt": "hi", "max_tokens": 2, "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "echo": false, "user": "u1", "n": 1, "best_of": 1, "logprobs": null, "spaces_between_special_tokens": true, "use_beam_search": false, "suffix": ""})"},
       {"/v1/chat/completions",
        R"({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 2, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "logprobs": false, "parallel_tool_calls": true, "store": false})"},
   };
@@ -247,7 +310,7 @@ TEST_F(Robustness, NeutralValuesOfUnsupportedParametersPass) {
                       R"({"inputs": [7, 8, 9], "parameters": {"max_new_tokens": 4, "details": true}})");
   ASSERT_EQ(s1, 200) << a.dump();
   ASSERT_EQ(s2, 200) << b.dump();
-  EXPECT_EQ(a["details"]["tokens"], b["details"]["tokens"]);
+  EXPECT_EQ(token_ids(a["details"]["tokens"]), token_ids(b["details"]["tokens"]));
   EXPECT_EQ(a["details"]["prompt_tokens"], 3);
   // With no max given, a long prompt gets what the context leaves.
   const int64_t context = engine_->max_sequence_tokens();
@@ -610,7 +673,7 @@ TEST_F(Robustness, LoadingThenReadyThenDraining) {
     httplib::Request req;
     req.method = "POST";
     req.path = "/generate_stream";
-    req.body = R"({"inputs": [1, 2], "parameters": {"max_new_tokens": 50, "ignore_eos_token": true}})";
+    req.body = R"({"inputs": [1, 2], "parameters": {"max_new_tokens": 50, "ignore_eos_token": true, "details": true}})";
     req.set_header("Content-Type", "application/json");
     req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
       streamed.append(d, n);

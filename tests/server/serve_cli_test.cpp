@@ -185,7 +185,7 @@ TEST(ServeCli, SigtermDrainsARunningStream) {
     httplib::Request req;
     req.method = "POST";
     req.path = "/generate_stream";
-    req.body = R"({"inputs": [1, 450, 7483], "parameters": {"max_new_tokens": 120, "ignore_eos_token": true}})";
+    req.body = R"({"inputs": [1, 450, 7483], "parameters": {"max_new_tokens": 120, "ignore_eos_token": true, "details": true}})";
     req.set_header("Content-Type", "application/json");
     req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
       streamed.append(d, n);

@@ -115,6 +115,13 @@ inline double metric_value(const std::string& text, const std::string& name,
   return found ? sum : -1;
 }
 
+// The ids of LoRAX's details.tokens ({id, text, logprob, special, ...} each).
+inline json token_ids(const json& tokens) {
+  json out = json::array();
+  for (const json& t : tokens) out.push_back(t.at("id"));
+  return out;
+}
+
 class ServerFixture : public ::testing::Test {
  protected:
   // Options a suite may change before the server starts.
@@ -136,19 +143,24 @@ class ServerFixture : public ::testing::Test {
     model_ = std::make_unique<model::Phi3ForCausalLM>(config_, std::move(*weights), backend_);
     slots_ =
         std::make_unique<lora::AdapterSlots>(backend_, config_, 2);  // fewer slots than adapters
-    store_ = std::make_unique<lora::AdapterStore>(
-        config_, *slots_, lora::StoreOptions{(kGoldenCase / "adapters").string(), 8});
+    lora::StoreOptions store_options;
+    store_options.adapter_dir = (kGoldenCase / "adapters").string();
+    store_options.host_capacity = 8;
+    store_ = std::make_unique<lora::AdapterStore>(config_, *slots_, store_options);
     kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, kv_pages(), 4,
                                         config_.num_key_value_heads, config_.head_dim);
-    engine_ = std::make_unique<engine::Engine>(*model_, *kv_, store_.get(), engine_config());
     auto tok = tokenizer::Tokenizer::from_json_string(tiny_tokenizer_json());
     ASSERT_TRUE(tok.ok()) << tok.status().message();
     tokenizer_ = std::move(*tok);
+    // As philora serve: the engine detokenizes and matches stop strings with the server's tokenizer.
+    engine_ = std::make_unique<engine::Engine>(*model_, *kv_, store_.get(), engine_config(),
+                                               tokenizer_.get());
     server::HttpOptions http;
     server::EngineHostOptions host{0, &kv_->pages, store_.get(), "tiny"};
     server::ServerContext ctx;
     ctx.tokenizer = tokenizer_.get();
     ctx.model_name = "tiny";
+    ctx.vocab_size = config_.vocab_size;
     ctx.adapters = {"a", "b", "c"};
     ctx.limits.max_total_tokens = engine_->max_sequence_tokens();
     ctx.chat_template = [](const std::string& messages) -> Expected<std::string> {
@@ -193,9 +205,9 @@ class ServerFixture : public ::testing::Test {
   std::unique_ptr<lora::AdapterSlots> slots_;
   std::unique_ptr<lora::AdapterStore> store_;
   std::unique_ptr<kv::KvCache> kv_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;  // the engine's: declared before it
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<server::EngineHost> host_;
-  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   std::unique_ptr<server::HttpServer> http_;
   int port_ = 0;
 };

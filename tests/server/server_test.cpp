@@ -10,6 +10,7 @@ namespace philora {
 namespace {
 
 using test::read_jsonl;
+using test::token_ids;
 const fs::path kCase = test::kGoldenCase;
 using ServerTest = test::ServerFixture;
 
@@ -43,7 +44,7 @@ TEST_F(ServerTest, ConcurrentMixedAdaptersMatchHF) {
   for (size_t i = 0; i < futures.size(); ++i) {
     auto [status, j] = futures[i].get();
     ASSERT_EQ(status, 200) << j.dump();
-    EXPECT_EQ(j["details"]["tokens"], refs[i]["tokens"]) << refs[i]["id"];
+    EXPECT_EQ(token_ids(j["details"]["tokens"]), refs[i]["tokens"]) << refs[i]["id"];
     EXPECT_EQ(j["details"]["finish_reason"], "length");
   }
   EXPECT_GE(store_->uploads_to_device(), 3) << "three adapters through two slots";
@@ -70,7 +71,7 @@ TEST_F(ServerTest, PrefixCacheHitsShowInMetrics) {
   for (int i = 0; i < 2; ++i) {
     auto [status, j] = post("/generate", body);
     ASSERT_EQ(status, 200) << j.dump();
-    EXPECT_EQ(j["details"]["tokens"], ref["tokens"]) << "request " << i;
+    EXPECT_EQ(token_ids(j["details"]["tokens"]), ref["tokens"]) << "request " << i;
   }
   auto m = client().Get("/metrics");
   ASSERT_TRUE(m);
@@ -117,7 +118,7 @@ TEST_F(ServerTest, TextPromptsAndOpenAIRoutes) {
   EXPECT_EQ(j1["details"]["prompt_tokens"], tokenizer_->encode("hello world", true).size());
   EXPECT_EQ(j1["details"]["generated_tokens"], 5);
   EXPECT_EQ(j1["generated_text"],
-            tokenizer_->decode(j1["details"]["tokens"].get<std::vector<int32_t>>(), true));
+            tokenizer_->decode(token_ids(j1["details"]["tokens"]).get<std::vector<int32_t>>(), true));
 
   auto [s2, j2] = post("/v1/completions",
                        R"({"model": "b", "prompt": "abc", "max_tokens": 4, "temperature": 0})");
