@@ -187,6 +187,12 @@ Expected<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& j)
     m->vocab_.emplace(it.key(), static_cast<int32_t>(id));
     max_id = std::max(max_id, id);
   }
+  // Ids index tables here: a vocabulary must be nearly dense (real ones are),
+  // so that a few entries cannot make us allocate gigabytes.
+  if (max_id >= 2 * int64_t(vocab.size()) + 1024)
+    return Status::errorf("model.vocab: ids go up to {} for {} tokens (a vocabulary's ids must be "
+                          "nearly dense)",
+                          max_id, vocab.size());
   m->id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
   m->id_present_.assign(static_cast<size_t>(max_id + 1), 0);
   m->bmp_ids_.assign(0x10000, -1);

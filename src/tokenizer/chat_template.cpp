@@ -7,6 +7,7 @@
 #include "tokenizer/jinja/builtins.h"
 #include "tokenizer/jinja/interpreter.h"
 #include "tokenizer/jinja/parser.h"
+#include "tokenizer/unicode.h"
 
 namespace philora::tokenizer {
 
@@ -32,6 +33,8 @@ std::optional<std::string> config_token(const nlohmann::ordered_json& cfg, const
 }  // namespace
 
 Expected<ChatTemplate> ChatTemplate::from_string(std::string source) {
+  if (const size_t valid = unicode::valid_prefix_length(source); valid != source.size())
+    return Status::errorf("chat template: not valid UTF-8 (at byte {})", valid);
   auto body = jinja::parse(source);
   if (!body.ok()) return body.status().with_context("chat template");
   ChatTemplate t;

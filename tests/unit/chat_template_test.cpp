@@ -171,6 +171,10 @@ TEST(ChatTemplate, UnsupportedConstructsAreClearErrors) {
   EXPECT_FALSE(undefined_attr->render(ojson::array(), false, "", "").ok());
   // Found by tests/fuzz/fuzz_chat_template: limits a template cannot get past,
   // each a clear error where it used to throw or exhaust the stack.
+  auto bytes = ChatTemplate::from_string("{{ 'a' }}\xff\xfe ");
+  ASSERT_FALSE(bytes.ok());
+  EXPECT_NE(bytes.status().message().find("not valid UTF-8 (at byte 9)"), std::string::npos)
+      << bytes.status().message();
   auto huge = ChatTemplate::from_string("{{ 99999999999999999999 }}");
   ASSERT_FALSE(huge.ok());
   EXPECT_NE(huge.status().message().find("out of range"), std::string::npos)

@@ -366,6 +366,9 @@ TEST(TokenizerLoad, RefusesUnsupportedComponentsByName) {
   j = base;
   j["model"]["merges"] = json::array({"a b"});
   refused(j, "not in the vocabulary");
+  j = base;  // found by tests/fuzz/fuzz_tokenizer_json: one entry made us allocate 7 GB
+  j["model"]["vocab"]["far"] = 888888888;
+  refused(j, "nearly dense");
   EXPECT_FALSE(Tokenizer::from_json_string("{not json").ok());
   EXPECT_FALSE(Tokenizer::from_file("/nonexistent/tokenizer.json").ok());
 }
