@@ -10,7 +10,8 @@ Generation::Generation(EngineHost& host, const tokenizer::Tokenizer* tok, engine
       id_(r.id),
       prompt_(r.prompt),
       greedy_(r.sampling.greedy),
-      ch_(std::make_shared<Channel>()) {
+      ch_(std::make_shared<Channel>()),
+      outputs_(size_t(std::max(1, r.num_candidates()))) {
   std::weak_ptr<Channel> weak = ch_;
   queue_full_ = !host_.submit(std::move(r), [weak](const engine::StepOutput& o) {
     if (auto ch = weak.lock()) {
@@ -26,9 +27,69 @@ Generation::~Generation() {
   if (!done_) host_.abort(id_);
 }
 
+int64_t Generation::generated_tokens() const {
+  int64_t n = 0;
+  for (const Output& o : outputs_)
+    if (!o.best_of_extra) n += int64_t(o.tokens.size());
+  return n;
+}
+
+// One step output into events: one per new token, in order, the step's text
+// with the last; an output that ends without a token gets an event of its own.
+void Generation::take(engine::StepOutput o) {
+  if (o.prompt_logprobs) prompt_logprobs_ = std::move(o.prompt_logprobs);
+  const int32_t index = o.index;
+  if (index < 0 || size_t(index) >= outputs_.size()) return;  // not one of ours
+  Output& out = outputs_[size_t(index)];
+  out.seed = o.seed;
+  out.best_of_extra = o.best_of_extra;
+  if (o.finished()) out.finish = o.finish;
+  const bool last = o.request_finished();
+  if (o.new_tokens.empty()) {
+    if (!o.finished()) return;
+    Event e;
+    e.output = index;
+    e.finish = o.finish;
+    e.last = last;
+    e.error = o.error;
+    e.error_detail = o.error_detail;
+    ready_.push_back(std::move(e));
+    done_ = last;
+    return;
+  }
+  for (size_t i = 0; i < o.new_tokens.size(); ++i) {
+    Event e;
+    e.output = index;
+    e.token = o.new_tokens[i];
+    e.index = int64_t(out.tokens.size());
+    if (i < o.logprobs.size()) {
+      e.logprobs = o.logprobs[i];
+      out.logprobs.push_back(o.logprobs[i]);
+    }
+    if (i + 1 == o.new_tokens.size()) {
+      e.text = o.text;
+      e.finish = o.finish;
+      e.last = last;
+      e.error = o.error;
+      e.error_detail = o.error_detail;
+      done_ = last;
+    }
+    out.tokens.push_back(e.token);
+    out.texts.push_back(e.text);
+    out.text += e.text;
+    ready_.push_back(std::move(e));
+  }
+}
+
 Event Generation::next() {
   while (ready_.empty()) {
-    if (done_) return Event{-1, -1, "", false, std::nullopt, engine::FinishReason::abort, "no more events", ""};
+    if (done_) {
+      Event e;
+      e.finish = engine::FinishReason::abort;
+      e.last = true;
+      e.error = "no more events";
+      return e;
+    }
     engine::StepOutput o;
     {
       std::unique_lock<std::mutex> lock(ch_->mu);
@@ -36,41 +97,7 @@ Event Generation::next() {
       o = std::move(ch_->q.front());
       ch_->q.pop_front();
     }
-    seed_ = o.seed;
-    if (o.prompt_logprobs) prompt_logprobs_ = std::move(o.prompt_logprobs);
-    if (o.new_tokens.empty()) {  // finished without a token: error, abort, or a prompt alone
-      if (!o.finished()) continue;
-      done_ = true;
-      Event e;
-      e.finish = o.finish;
-      e.error = o.error;
-      e.error_detail = o.error_detail;
-      ready_.push_back(std::move(e));
-      break;
-    }
-    // A step may yield several tokens: one event each, in order; the step's
-    // text goes with its last.
-    for (size_t i = 0; i < o.new_tokens.size(); ++i) {
-      Event e;
-      e.token = o.new_tokens[i];
-      e.index = int64_t(tokens_.size());
-      e.special = tok_ && tok_->is_special(e.token);
-      if (i < o.logprobs.size()) {
-        e.logprobs = o.logprobs[i];
-        logprobs_.push_back(o.logprobs[i]);
-      }
-      if (i + 1 == o.new_tokens.size()) {
-        e.text = o.text;
-        e.finish = o.finish;
-        e.error = o.error;
-        e.error_detail = o.error_detail;
-        done_ = o.finished();
-      }
-      tokens_.push_back(e.token);
-      texts_.push_back(e.text);
-      text_ += e.text;
-      ready_.push_back(std::move(e));
-    }
+    take(std::move(o));
   }
   Event e = std::move(ready_.front());
   ready_.pop_front();

@@ -1,7 +1,8 @@
 // One request as an HTTP handler sees it: submitted to the engine host, then
 // read event by event. The engine (given the server's tokenizer) detokenizes,
-// matches stop strings and computes logprobs; an event carries one new token,
-// the text it adds (StepOutput::text) and its logprobs when asked for.
+// matches stop strings and computes logprobs; an event carries one new token
+// of one of the request's outputs (Request::n, best_of), the text it adds
+// (StepOutput::text) and its logprobs when asked for.
 #pragma once
 
 #include <condition_variable>
@@ -19,15 +20,27 @@
 namespace philora::server {
 
 struct Event {
-  int32_t token = -1;  // -1 for a final event that carries no token
-  int64_t index = -1;  // the token's place among the generated ones (Generation::tokens())
+  int32_t output = 0;  // which of the request's outputs (StepOutput::index)
+  int32_t token = -1;  // -1 for an event that carries no token (an error, an abort)
+  int64_t index = -1;  // the token's place among its output's tokens (Output::tokens)
   std::string text;    // text this token adds (empty while held back or incomplete)
-  bool special = false;
   std::optional<engine::PositionLogprobs> logprobs;  // when the request asks for logprobs
-  engine::FinishReason finish = engine::FinishReason::none;  // set on the last event
+  engine::FinishReason finish = engine::FinishReason::none;  // set when its output ends
+  bool last = false;         // the request's last event: every output has ended
   std::string error;         // with an error reason: the message for the client
   std::string error_detail;  // the full message, for the server's log
   bool finished() const { return finish != engine::FinishReason::none; }
+};
+
+// What one output has so far.
+struct Output {
+  std::vector<int32_t> tokens;                     // [generated]
+  std::vector<std::string> texts;                  // [generated] each event's text
+  std::vector<engine::PositionLogprobs> logprobs;  // [generated] when asked for
+  std::string text;                                // the texts joined
+  uint64_t seed = 0;                               // its draws' seed (candidate i: seed + i)
+  engine::FinishReason finish = engine::FinishReason::none;
+  bool best_of_extra = false;  // a best_of candidate beyond the n returned
 };
 
 class Generation {
@@ -40,20 +53,22 @@ class Generation {
   Generation(const Generation&) = delete;
   Generation& operator=(const Generation&) = delete;
 
-  // Blocks for the next event; after a finished event there are no more.
+  // Blocks for the next event; after the last there are no more.
   Event next();
-  const std::string& text() const { return text_; }             // the events' texts joined
-  const std::vector<int32_t>& tokens() const { return tokens_; }  // [generated]
-  const std::vector<std::string>& texts() const { return texts_; }  // [generated] each event's text
-  // [generated] when the request asks for logprobs.
-  const std::vector<engine::PositionLogprobs>& logprobs() const { return logprobs_; }
+  // [num_candidates] the request's outputs, by StepOutput::index.
+  const std::vector<Output>& outputs() const { return outputs_; }
+  const Output& output(size_t i = 0) const { return outputs_[i]; }
+  // The first output's (a request of one output: its own).
+  const std::string& text() const { return outputs_[0].text; }
+  const std::vector<int32_t>& tokens() const { return outputs_[0].tokens; }
+  // Tokens generated over the outputs returned (best_of extras left out).
+  int64_t generated_tokens() const;
   // [prompt_len - 1] once the prompt is done, when the request asks for them.
   const std::optional<std::vector<engine::PositionLogprobs>>& prompt_logprobs() const {
     return prompt_logprobs_;
   }
   const std::vector<int32_t>& prompt() const { return prompt_; }
   int64_t prompt_tokens() const { return int64_t(prompt_.size()); }
-  uint64_t seed() const { return seed_; }  // the seed the draws came from (given or drawn)
   bool greedy() const { return greedy_; }
   bool queue_full() const { return queue_full_; }
 
@@ -63,6 +78,8 @@ class Generation {
     std::condition_variable cv;
     std::deque<engine::StepOutput> q;
   };
+  void take(engine::StepOutput o);
+
   EngineHost& host_;
   const tokenizer::Tokenizer* tok_;
   std::string id_;
@@ -70,12 +87,8 @@ class Generation {
   bool greedy_ = true;
   std::shared_ptr<Channel> ch_;
   std::deque<Event> ready_;
-  std::vector<int32_t> tokens_;
-  std::vector<std::string> texts_;
-  std::vector<engine::PositionLogprobs> logprobs_;
+  std::vector<Output> outputs_;
   std::optional<std::vector<engine::PositionLogprobs>> prompt_logprobs_;
-  std::string text_;
-  uint64_t seed_ = 0;
   bool done_ = false;
   bool queue_full_ = false;
 };

@@ -174,10 +174,23 @@ LoraxRequest lorax_request(const json& j, const ServerContext& ctx, std::string 
   r.stop = stop_strings(params, "stop", ctx, kApi);
   r.ignore_eos = get_bool(params, "ignore_eos_token", kApi, false);
 
+  // best_of: that many candidates, the best (by cumulative logprob) returned,
+  // the others in details.best_of_sequences. A given seed is honoured
+  // (candidate i draws from seed + i), where LoRAX refuses one.
   const int64_t best_of = get_int(params, "best_of", kApi).value_or(1);
-  if (best_of < 1) throw bad(kApi, "'best_of' must be at least 1", "best_of");
-  if (best_of > 1)
-    throw bad(kApi, "'best_of' > 1 is not supported yet (one sequence per request)", "best_of");
+  if (best_of < 1 || best_of > ctx.limits.max_n)
+    throw bad(kApi, fmt::format("'best_of' must be in [1, {}]. Given: {}", ctx.limits.max_n, best_of),
+              "best_of");
+  if (best_of > 1) {
+    if (r.sampling.greedy)
+      throw bad(kApi,
+                "'best_of' > 1 needs sampling (do_sample, or a temperature other than 1, top_k, "
+                "top_p or typical_p): greedy candidates are all the same",
+                "best_of");
+    if (out.stream)
+      throw bad(kApi, "'best_of' > 1 is not supported when streaming tokens", "best_of");
+    r.best_of = int32_t(best_of);
+  }
 
   out.details = get_bool(params, "details", kApi, false);
   out.decoder_input_details = get_bool(params, "decoder_input_details", kApi, false);

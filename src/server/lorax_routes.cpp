@@ -2,7 +2,8 @@
 // in LoRAX's shapes (router/src/lib.rs): a token is {id, text, logprob,
 // special, [alternative_tokens], skipped}; details carry finish_reason,
 // prompt_tokens, generated_tokens, skipped_tokens, seed, prefill and tokens
-// (and TGI's top_tokens when top_n_tokens asks for them).
+// (and TGI's top_tokens when top_n_tokens asks for them), best_of_sequences
+// with best_of (not streamed).
 #include <httplib.h>
 
 #include <algorithm>
@@ -25,26 +26,27 @@ struct Shape {
   std::optional<std::string> full_text_prefix;
 };
 
-// Generated token i's context: the prompt and the tokens before it.
-std::vector<int32_t> context_of(const Generation& gen, size_t i) {
+// Token i of an output: its context is the prompt and the tokens before it.
+std::vector<int32_t> context_of(const Generation& gen, const Output& out, size_t i) {
   std::vector<int32_t> ids = gen.prompt();
-  ids.insert(ids.end(), gen.tokens().begin(), gen.tokens().begin() + ptrdiff_t(i));
+  ids.insert(ids.end(), out.tokens.begin(), out.tokens.begin() + ptrdiff_t(i));
   return ids;
 }
 
-// Generated token i: the text its event added, its logprob (processed, as
+// Token i of an output: the text its event added, its logprob (processed, as
 // LoRAX's), its k alternatives.
-json token_json(const ServerContext& ctx, const Shape& s, const Generation& gen, size_t i) {
-  const int32_t id = gen.tokens()[i];
-  const bool has_lp = i < gen.logprobs().size();
+json token_json(const ServerContext& ctx, const Shape& s, const Generation& gen, const Output& out,
+                size_t i) {
+  const int32_t id = out.tokens[i];
+  const bool has_lp = i < out.logprobs.size();
   json t = {{"id", id},
-            {"text", gen.texts()[i]},
-            {"logprob", has_lp ? json(gen.logprobs()[i].chosen.logprob) : json(nullptr)},
+            {"text", out.texts[i]},
+            {"logprob", has_lp ? json(out.logprobs[i].chosen.logprob) : json(nullptr)},
             {"special", ctx.tokenizer && ctx.tokenizer->is_special(id)}};
   if (s.k_alternatives > 0 && has_lp) {
-    const std::vector<int32_t> before = context_of(gen, i);
+    const std::vector<int32_t> before = context_of(gen, out, i);
     json alts = json::array();
-    const auto& top = gen.logprobs()[i].top;
+    const auto& top = out.logprobs[i].top;
     for (size_t k = 0; k < top.size() && k < size_t(s.k_alternatives); ++k)
       alts.push_back({{"id", top[k].token},
                       {"text", ctx.tokenizer ? token_text(*ctx.tokenizer, before, top[k].token) : ""},
@@ -55,18 +57,19 @@ json token_json(const ServerContext& ctx, const Shape& s, const Generation& gen,
   return t;
 }
 
-// TGI's top_tokens of generated token i.
-json top_tokens_json(const ServerContext& ctx, const Shape& s, const Generation& gen, size_t i) {
-  json out = json::array();
-  if (i >= gen.logprobs().size()) return out;
-  const std::vector<int32_t> before = context_of(gen, i);
-  const auto& top = gen.logprobs()[i].top;
+// TGI's top_tokens of token i of an output.
+json top_tokens_json(const ServerContext& ctx, const Shape& s, const Generation& gen,
+                     const Output& out, size_t i) {
+  json top_json = json::array();
+  if (i >= out.logprobs.size()) return top_json;
+  const std::vector<int32_t> before = context_of(gen, out, i);
+  const auto& top = out.logprobs[i].top;
   for (size_t k = 0; k < top.size() && k < size_t(s.top_n_tokens); ++k)
-    out.push_back({{"id", top[k].token},
-                   {"text", ctx.tokenizer ? token_text(*ctx.tokenizer, before, top[k].token) : ""},
-                   {"logprob", top[k].logprob},
-                   {"special", ctx.tokenizer && ctx.tokenizer->is_special(top[k].token)}});
-  return out;
+    top_json.push_back({{"id", top[k].token},
+                        {"text", ctx.tokenizer ? token_text(*ctx.tokenizer, before, top[k].token) : ""},
+                        {"logprob", top[k].logprob},
+                        {"special", ctx.tokenizer && ctx.tokenizer->is_special(top[k].token)}});
+  return top_json;
 }
 
 // The prompt's tokens with their (raw) logprobs; the first has none (null).
@@ -84,18 +87,31 @@ json prefill_json(const ServerContext& ctx, const Generation& gen) {
   return out;
 }
 
-json seed_json(const Generation& gen) {
-  return gen.greedy() ? json(nullptr) : json(gen.seed());  // LoRAX: a seed only when sampling
+json seed_json(const Generation& gen, const Output& out) {
+  return gen.greedy() ? json(nullptr) : json(out.seed);  // LoRAX: a seed only when sampling
 }
 
-std::string generated_text(const Shape& s, const Generation& gen) {
-  return s.full_text_prefix.value_or("") + gen.text();
+std::string generated_text(const Shape& s, const Output& out) {
+  return s.full_text_prefix.value_or("") + out.text;
+}
+
+// An output's tokens (and TGI's top_tokens) in details.
+void add_tokens(json& d, const ServerContext& ctx, const Shape& s, const Generation& gen,
+                const Output& out) {
+  json tokens = json::array();
+  json top = json::array();
+  for (size_t i = 0; i < out.tokens.size(); ++i) {
+    tokens.push_back(token_json(ctx, s, gen, out, i));
+    if (s.top_n_tokens > 0) top.push_back(top_tokens_json(ctx, s, gen, out, i));
+  }
+  d["tokens"] = tokens;
+  if (s.top_n_tokens > 0) d["top_tokens"] = top;
 }
 
 // What the access log records of a generation.
 void note(Call& call, const Generation& gen, const Event& e) {
-  call.output_tokens = int64_t(gen.tokens().size());
-  if (e.finished()) call.finish_reason = std::string(engine::name(e.finish));
+  call.output_tokens = gen.generated_tokens();
+  if (e.last || engine::is_error(e.finish)) call.finish_reason = std::string(engine::name(e.finish));
 }
 
 // One server-sent event of a stream: a token, the last one with the text and
@@ -107,18 +123,20 @@ std::string stream_chunk(const ServerContext& ctx, const Shape& s, const Call& c
     log_engine_error(ctx, call, e);
     ev = error_json(Api::lorax, client_error(call, e), name_of(outcome(e.finish), Api::lorax));
   } else {
+    const Output& out = gen.output(size_t(e.output));
     const size_t i = size_t(std::max<int64_t>(e.index, 0));
-    ev = {{"token", e.token >= 0 ? token_json(ctx, s, gen, i) : json(nullptr)}};
-    if (s.top_n_tokens > 0) ev["top_tokens"] = e.token >= 0 ? top_tokens_json(ctx, s, gen, i) : json::array();
+    ev = {{"token", e.token >= 0 ? token_json(ctx, s, gen, out, i) : json(nullptr)}};
+    if (s.top_n_tokens > 0)
+      ev["top_tokens"] = e.token >= 0 ? top_tokens_json(ctx, s, gen, out, i) : json::array();
     ev["generated_text"] = nullptr;
     ev["details"] = nullptr;
-    if (e.finished()) {
-      ev["generated_text"] = generated_text(s, gen);
+    if (e.last) {
+      ev["generated_text"] = generated_text(s, out);
       if (s.details)
         ev["details"] = {{"finish_reason", name_of(outcome(e.finish), Api::lorax)},
                          {"prompt_tokens", gen.prompt_tokens()},
-                         {"generated_tokens", gen.tokens().size()},
-                         {"seed", seed_json(gen)}};
+                         {"generated_tokens", out.tokens.size()},
+                         {"seed", seed_json(gen, out)}};
     }
   }
   return "data:" + json_text(ev) + "\n\n";
@@ -131,22 +149,34 @@ void generate(const ServerContext& ctx, const Shape& s, engine::Request request,
   const Event last = run_to_end(gen);
   note(*call, gen, last);
   if (engine::is_error(last.finish)) return send_engine_error(res, Api::lorax, ctx, *call, last);
-  json out = {{"generated_text", generated_text(s, gen)}};
+  // Output 0 is the answer (with best_of: the best); the other candidates
+  // are LoRAX's best_of_sequences.
+  const Output& best = gen.output(0);
+  json out = {{"generated_text", generated_text(s, best)}};
   if (s.details || s.decoder_input_details) {
-    json tokens = json::array();
-    json top = json::array();
-    for (size_t i = 0; i < gen.tokens().size(); ++i) {
-      tokens.push_back(token_json(ctx, s, gen, i));
-      if (s.top_n_tokens > 0) top.push_back(top_tokens_json(ctx, s, gen, i));
+    const json prefill = s.decoder_input_details ? prefill_json(ctx, gen) : json::array();
+    json d = {{"finish_reason", name_of(outcome(best.finish), Api::lorax)},
+              {"prompt_tokens", gen.prompt_tokens()},
+              {"generated_tokens", best.tokens.size()},
+              {"skipped_tokens", 0},
+              {"seed", seed_json(gen, best)},
+              {"prefill", prefill}};
+    add_tokens(d, ctx, s, gen, best);
+    if (gen.outputs().size() > 1) {
+      json seqs = json::array();
+      for (size_t k = 1; k < gen.outputs().size(); ++k) {
+        const Output& o = gen.output(k);
+        json q = {{"generated_text", generated_text(s, o)},
+                  {"finish_reason", name_of(outcome(o.finish), Api::lorax)},
+                  {"generated_tokens", o.tokens.size()},
+                  {"seed", seed_json(gen, o)},
+                  {"prefill", prefill}};
+        add_tokens(q, ctx, s, gen, o);
+        seqs.push_back(q);
+      }
+      d["best_of_sequences"] = seqs;
     }
-    out["details"] = {{"finish_reason", name_of(outcome(last.finish), Api::lorax)},
-                      {"prompt_tokens", gen.prompt_tokens()},
-                      {"generated_tokens", gen.tokens().size()},
-                      {"skipped_tokens", 0},
-                      {"seed", seed_json(gen)},
-                      {"prefill", s.decoder_input_details ? prefill_json(ctx, gen) : json::array()},
-                      {"tokens", tokens}};
-    if (s.top_n_tokens > 0) out["details"]["top_tokens"] = top;
+    out["details"] = d;
   }
   res.set_content(json_text(out), "application/json");
 }
@@ -172,7 +202,7 @@ void generate_stream(const ServerContext& ctx, const Shape& s, engine::Request r
           call->finish_reason = "client_gone";
           return false;  // ~Generation aborts
         }
-        if (e.finished()) sink.done();
+        if (e.last || engine::is_error(e.finish)) sink.done();
         return true;
       });
 }

@@ -291,10 +291,11 @@ OpenAiRequest openai_request(const json& j, const ServerContext& ctx, bool chat,
   const int64_t n = get_int(j, "n", kApi).value_or(1);
   if (n < 1 || n > ctx.limits.max_n)
     throw bad(kApi, fmt::format("'n' must be between 1 and {}", ctx.limits.max_n), "n");
-  if (n != 1) throw bad(kApi, "'n' > 1 is not supported yet (one choice per request)", "n");
-  const int64_t best_of = get_int(j, "best_of", kApi).value_or(1);
-  if (best_of != 1)
-    throw bad(kApi, "'best_of' other than 1 is not supported yet (one choice per request)",
+  const int64_t best_of = get_int(j, "best_of", kApi).value_or(n);
+  if (best_of < n || best_of > ctx.limits.max_n)
+    throw bad(kApi,
+              fmt::format("'best_of' must be between 'n' ({}) and {}. Given: {}", n,
+                          ctx.limits.max_n, best_of),
               "best_of");
   out.logprobs = logprobs_of(j, chat);
   out.echo = !chat && get_bool(j, "echo", kApi, false);
@@ -312,6 +313,15 @@ OpenAiRequest openai_request(const json& j, const ServerContext& ctx, bool chat,
   r.logprob_kind = engine::LogprobKind::raw;
   if (out.echo && out.logprobs) r.prompt_logprobs = out.logprobs;
   out.stream = get_bool(j, "stream", kApi, false);
+  // n choices, from best_of candidates (the n of highest cumulative logprob).
+  r.n = int32_t(n);
+  if (best_of > n) {
+    if (r.sampling.greedy)
+      throw bad(kApi, "'best_of' > 'n' needs sampling (a temperature above 0)", "best_of");
+    if (out.stream)
+      throw bad(kApi, "'best_of' > 'n' is not supported when streaming", "best_of");
+    r.best_of = int32_t(best_of);
+  }
   if (present(j, "stream_options")) {
     const json& so = j["stream_options"];
     if (!out.stream)

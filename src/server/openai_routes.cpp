@@ -37,7 +37,7 @@ struct Completion {
 };
 
 json usage_json(const Generation& gen) {
-  const int64_t n = int64_t(gen.tokens().size());
+  const int64_t n = gen.generated_tokens();
   return {{"prompt_tokens", gen.prompt_tokens()},
           {"completion_tokens", n},
           {"total_tokens", gen.prompt_tokens() + n}};
@@ -45,8 +45,8 @@ json usage_json(const Generation& gen) {
 
 // What the access log records of a generation.
 void note(Call& call, const Generation& gen, const Event& e) {
-  call.output_tokens = int64_t(gen.tokens().size());
-  if (e.finished()) call.finish_reason = std::string(engine::name(e.finish));
+  call.output_tokens = gen.generated_tokens();
+  if (e.last || engine::is_error(e.finish)) call.finish_reason = std::string(engine::name(e.finish));
 }
 
 // The client's message for an error: an unknown adapter is a model that does not exist.
@@ -67,8 +67,8 @@ struct Positions {
   std::vector<const engine::PositionLogprobs*> lps;
 };
 
-// The generated tokens [from, to) of `gen`, after the prompt too when `echo`.
-Positions positions(const Generation& gen, size_t from, size_t to, bool echo) {
+// The tokens [from, to) of an output, after the prompt too when `echo`.
+Positions positions(const Generation& gen, const Output& out, size_t from, size_t to, bool echo) {
   Positions p;
   const std::vector<int32_t>& prompt = gen.prompt();
   if (echo) {
@@ -80,10 +80,10 @@ Positions positions(const Generation& gen, size_t from, size_t to, bool echo) {
   } else {
     p.before = prompt;
   }
-  p.before.insert(p.before.end(), gen.tokens().begin(), gen.tokens().begin() + ptrdiff_t(from));
+  p.before.insert(p.before.end(), out.tokens.begin(), out.tokens.begin() + ptrdiff_t(from));
   for (size_t i = from; i < to; ++i) {
-    p.ids.push_back(gen.tokens()[i]);
-    p.lps.push_back(i < gen.logprobs().size() ? &gen.logprobs()[i] : nullptr);
+    p.ids.push_back(out.tokens[i]);
+    p.lps.push_back(i < out.logprobs.size() ? &out.logprobs[i] : nullptr);
   }
   return p;
 }
@@ -165,28 +165,34 @@ void complete(const ServerContext& ctx, const Completion& c, Generation& gen, Ca
   note(call, gen, last);
   if (engine::is_error(last.finish))
     return send_engine_error(res, Api::openai, ctx, call, last, client_message(c, last));
-  int64_t offset = 0;
-  json choice = {{"index", 0},
-                 {"logprobs", logprobs_json(ctx, c, positions(gen, 0, gen.tokens().size(), c.echo),
-                                            offset)},
-                 {"finish_reason", name_of(outcome(last.finish), Api::openai)}};
-  if (c.chat)
-    choice["message"] = {{"role", "assistant"}, {"content", gen.text()}};
-  else
-    choice["text"] = (c.echo ? c.prompt_text : "") + gen.text();
-  json out = {{"id", c.id},
-              {"object", c.chat ? "chat.completion" : "text_completion"},
-              {"created", c.created},
-              {"model", c.model},
-              {"choices", json::array({choice})},
-              {"usage", usage_json(gen)}};
-  res.set_content(json_text(out), "application/json");
+  json choices = json::array();
+  for (size_t k = 0; k < gen.outputs().size(); ++k) {
+    const Output& out = gen.output(k);
+    if (out.best_of_extra) continue;  // best_of's other candidates are not returned
+    int64_t offset = 0;
+    json choice = {{"index", k},
+                   {"logprobs", logprobs_json(ctx, c, positions(gen, out, 0, out.tokens.size(), c.echo),
+                                              offset)},
+                   {"finish_reason", name_of(outcome(out.finish), Api::openai)}};
+    if (c.chat)
+      choice["message"] = {{"role", "assistant"}, {"content", out.text}};
+    else
+      choice["text"] = (c.echo ? c.prompt_text : "") + out.text;
+    choices.push_back(choice);
+  }
+  json body = {{"id", c.id},
+               {"object", c.chat ? "chat.completion" : "text_completion"},
+               {"created", c.created},
+               {"model", c.model},
+               {"choices", choices},
+               {"usage", usage_json(gen)}};
+  res.set_content(json_text(body), "application/json");
 }
 
-// A streamed completion's state between chunks.
+// A streamed completion's state between chunks, per choice.
 struct StreamState {
-  bool sent = false;    // a chunk has gone out (the first carries the role, or the echo)
-  int64_t offset = 0;   // completions' text offset of the next token
+  std::vector<bool> sent;        // a chunk of the choice has gone out (the first: role / echo)
+  std::vector<int64_t> offset;   // completions' text offset of the choice's next token
 };
 
 // One server-sent event of a streamed completion (and [DONE] after the last).
@@ -199,29 +205,32 @@ std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Ca
     ev = error_json(Api::openai, client_error(call, e, client_message(c, e)), o.openai_name,
                     o.openai_code);
   } else {
-    const bool echo = c.echo && !st.sent;
-    const size_t from = e.index >= 0 ? size_t(e.index) : gen.tokens().size();
+    const size_t k = size_t(e.output);
+    if (st.sent.size() <= k) st.sent.resize(k + 1, false), st.offset.resize(k + 1, 0);
+    const Output& out = gen.output(k);
+    const bool echo = c.echo && !st.sent[k];
+    const size_t from = e.index >= 0 ? size_t(e.index) : out.tokens.size();
     const size_t to = e.index >= 0 ? from + 1 : from;
-    json choice = {{"index", 0},
-                   {"logprobs", logprobs_json(ctx, c, positions(gen, from, to, echo), st.offset)},
+    json choice = {{"index", k},
+                   {"logprobs", logprobs_json(ctx, c, positions(gen, out, from, to, echo), st.offset[k])},
                    {"finish_reason", nullptr}};
     if (e.finished()) choice["finish_reason"] = name_of(outcome(e.finish), Api::openai);
     if (c.chat) {
       json delta = {{"content", e.text}};
-      if (!st.sent) delta = {{"role", "assistant"}, {"content", e.text}};
+      if (!st.sent[k]) delta = {{"role", "assistant"}, {"content", e.text}};
       choice["delta"] = delta;
     } else {
       choice["text"] = (echo ? c.prompt_text : "") + e.text;
     }
+    st.sent[k] = true;
     ev = {{"id", c.id},
           {"object", c.chat ? "chat.completion.chunk" : "text_completion"},
           {"created", c.created},
           {"model", c.model},
           {"choices", json::array({choice})}};
   }
-  st.sent = true;
   std::string chunk = "data: " + json_text(ev) + "\n\n";
-  if (e.finished() && c.include_usage && !engine::is_error(e.finish)) {
+  if (e.last && c.include_usage && !engine::is_error(e.finish)) {
     const json usage = {{"id", c.id},
                         {"object", c.chat ? "chat.completion.chunk" : "text_completion"},
                         {"created", c.created},
@@ -230,7 +239,7 @@ std::string stream_chunk(const ServerContext& ctx, const Completion& c, const Ca
                         {"usage", usage_json(gen)}};
     chunk += "data: " + json_text(usage) + "\n\n";
   }
-  if (e.finished()) chunk += "data: [DONE]\n\n";
+  if (e.last || engine::is_error(e.finish)) chunk += "data: [DONE]\n\n";
   return chunk;
 }
 
@@ -254,7 +263,7 @@ void stream(const ServerContext& ctx, const Completion& c, std::shared_ptr<Gener
           call->finish_reason = "client_gone";
           return false;  // ~Generation aborts
         }
-        if (e.finished()) sink.done();
+        if (e.last || engine::is_error(e.finish)) sink.done();
         return true;
       });
 }

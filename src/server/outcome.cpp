@@ -89,7 +89,7 @@ void send_engine_error(httplib::Response& res, Api api, const ServerContext& ctx
 Event run_to_end(Generation& gen) {
   for (;;) {
     Event e = gen.next();
-    if (e.finished()) return e;
+    if (e.last || engine::is_error(e.finish)) return e;
   }
 }
 

@@ -146,7 +146,7 @@ void send_engine_error(httplib::Response& res, Api api, const ServerContext& ctx
                        const Call& call, const Event& e, const std::string& message = "");
 void log_engine_error(const ServerContext& ctx, const Call& call, const Event& e);
 
-// Reads events until the end; returns the final one.
+// Reads events until the request's last, or the first error; returns it.
 Event run_to_end(Generation& gen);
 
 // ---- routes (lorax_routes.cpp, openai_routes.cpp) --------------------------

@@ -143,6 +143,51 @@ test("openai: chat equals philora generate on the template's prompt; streamed to
   assert.equal(text, r.choices[0].message.content);
 });
 
+test("openai: logprobs (completions with echo, chat with top_logprobs) and n", async () => {
+  const client = openai();
+  const { prompt, adapter } = prompts[0];
+  const c = await client.completions.create({
+    model: modelOf(adapter), prompt, max_tokens: 6, temperature: 0, logprobs: 2, echo: true,
+  });
+  const lp = c.choices[0].logprobs;
+  assert.ok(c.choices[0].text.startsWith(prompt), "echo: the prompt comes first");
+  assert.equal(lp.tokens.length, c.usage.prompt_tokens + c.usage.completion_tokens);
+  assert.equal(lp.token_logprobs[0], null, "the first prompt token has no logprob");
+  assert.equal(lp.top_logprobs[0], null);
+  for (let i = 1; i < lp.tokens.length; ++i) {
+    assert.ok(lp.token_logprobs[i] <= 0, `logprob ${i}`);
+    assert.ok(Object.keys(lp.top_logprobs[i]).length >= 1);
+    assert.ok(lp.text_offset[i] >= lp.text_offset[i - 1]);
+  }
+  // Greedy: each generated token is the most likely one.
+  for (let i = c.usage.prompt_tokens; i < lp.tokens.length; ++i) {
+    const best = Math.max(...Object.values(lp.top_logprobs[i]));
+    assert.ok(Math.abs(lp.token_logprobs[i] - best) < 1e-6, `token ${i} is the top one`);
+  }
+  const r = await client.chat.completions.create({
+    model: "philora-tiny", messages: [{ role: "user", content: chatQuestion }], max_tokens: 6,
+    temperature: 0, logprobs: true, top_logprobs: 3,
+  });
+  const content = r.choices[0].logprobs.content;
+  assert.ok(content.length >= 1 && content.length <= 6);
+  for (const t of content) {
+    assert.equal(t.top_logprobs.length, 3);
+    assert.equal(Buffer.from(t.bytes).toString("utf8"), t.token);
+    assert.ok(Math.abs(t.logprob - t.top_logprobs[0].logprob) < 1e-6, "greedy: the top token");
+  }
+  // n: choice i is the request seeded seed + i.
+  const many = await client.completions.create({
+    model: "philora-tiny", prompt, max_tokens: 8, temperature: 1, seed: 5, n: 3,
+  });
+  assert.deepEqual(many.choices.map((ch) => ch.index), [0, 1, 2]);
+  for (let i = 0; i < 3; ++i) {
+    const one = await client.completions.create({
+      model: "philora-tiny", prompt, max_tokens: 8, temperature: 1, seed: 5 + i,
+    });
+    assert.equal(many.choices[i].text, one.choices[0].text, `choice ${i}`);
+  }
+});
+
 test("openai: the models list, and errors as the SDK's error classes", async () => {
   const client = openai();
   const ids = [];
@@ -152,8 +197,11 @@ test("openai: the models list, and errors as the SDK's error classes", async () 
     client.completions.create({ model: "gpt-4", prompt: "x", max_tokens: 2 }),
     (e) => e instanceof OpenAI.NotFoundError && e.code === "model_not_found");
   await assert.rejects(
-    client.completions.create({ model: "philora-tiny", prompt: "x", n: 2 }),
-    (e) => e instanceof OpenAI.BadRequestError && e.param === "n");
+    client.completions.create({ model: "philora-tiny", prompt: "x", n: 2, best_of: 1 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === "best_of");
+  await assert.rejects(
+    client.completions.create({ model: "philora-tiny", prompt: "x", logprobs: 21 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === "logprobs");
   await assert.rejects(
     client.chat.completions.create({
       model: "philora-tiny", messages: [{ role: "user", content: "x" }],

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "server/server_fixture.h"
@@ -126,7 +127,10 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
       {c, R"({"prompt": "hi", "max_tokens": 0})", 400, {"max_tokens"}},
       {c, R"({"prompt": "hi", "n": 0})", 400, {"'n'", "between"}},
       {c, R"({"prompt": "hi", "n": 100000})", 400, {"'n'", "between"}},
-      {c, R"({"prompt": "hi", "n": 2})", 400, {"'n'", "not supported"}},
+      {c, R"({"prompt": "hi", "n": 2, "best_of": 1})", 400, {"best_of", "'n'"}},
+      {c, R"({"prompt": "hi", "n": 1, "best_of": 17})", 400, {"best_of"}},
+      {c, R"({"prompt": "hi", "best_of": 2, "temperature": 0})", 400, {"best_of", "sampling"}},
+      {c, R"({"prompt": "hi", "best_of": 2, "stream": true})", 400, {"best_of", "streaming"}},
       {c, R"({"prompt": ["a", "b"]})", 400, {"several prompts"}},
       // unknown adapter or model; adapter ids that try to leave the adapter directory
       {g, R"({"inputs": "hi", "parameters": {"adapter_id": "no_such_adapter"}})", 404,
@@ -150,7 +154,11 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
        {"frequency_penalty", "[-2, 2]"}},
       {g, R"({"inputs": "hi", "parameters": {"presence_penalty": -2.5}})", 422,
        {"presence_penalty"}},
-      {g, R"({"inputs": "hi", "parameters": {"best_of": 2}})", 422, {"best_of", "not supported"}},
+      {g, R"({"inputs": "hi", "parameters": {"best_of": 2}})", 422, {"best_of", "sampling"}},
+      {g, R"({"inputs": "hi", "parameters": {"best_of": 17, "do_sample": true}})", 422,
+       {"best_of", "[1, 16]"}},
+      {gs, R"({"inputs": "hi", "parameters": {"best_of": 2, "do_sample": true}})", 422,
+       {"best_of", "streaming"}},
       {g, R"({"inputs": "hi", "parameters": {"best_of": 0}})", 422, {"best_of"}},
       {g, R"({"inputs": "hi", "parameters": {"watermark": true}})", 422, {"watermark"}},
       {g, R"({"inputs": "hi", "parameters": {"return_full_text": "yes"}})", 422,
@@ -218,7 +226,7 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
       {c, R"({"prompt": "hi", "user": 5})", 400, {"user", "string"}},
       {c, R"({"prompt": "hi", "use_beam_search": true})", 400, {"use_beam_search"}},
       {c, R"({"prompt": "hi", "prompt_logprobs": 1})", 400, {"prompt_logprobs"}},
-      {c, R"({"prompt": "hi", "best_of": 3})", 400, {"best_of"}},
+      {c, R"({"prompt": "hi", "best_of": "3"})", 400, {"best_of", "integer"}},
       {c, R"({"prompt": "hi", "foo": 1})", 400, {"Unrecognized request argument supplied: foo"}},
       {c, R"({"prompt": "hi", "messages": []})", 400, {"messages"}},
       {c, R"({"prompt": "hi", "stream_options": {"include_usage": true}})", 400,
@@ -231,7 +239,9 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
        400, {"top_logprobs", "[0, 20]"}},
       {ch, R"({"messages": [{"role": "user", "content": "x"}], "echo": true})", 400,
        {"Unrecognized", "echo"}},
-      {ch, R"({"messages": [{"role": "user", "content": "x"}], "n": 3})", 400, {"'n'"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "n": 17})", 400, {"'n'"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "best_of": 2})", 400,
+       {"Unrecognized", "best_of"}},
       {ch, R"({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]})", 400,
        {"functions", "tool calling"}},
       {ch,
@@ -283,6 +293,12 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
         << "no server path in an error: " << r->body;
   }
   expect_still_serves(*this, client());
+  // The host snapshots the engine after it delivers a step's outputs, so a
+  // client may hear its answer a moment before the snapshot is taken.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (host_->stats().kv_pages_held != kv_->pages.num_held() &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_EQ(host_->stats().kv_pages_held, kv_->pages.num_held()) << "snapshot";
 }
 

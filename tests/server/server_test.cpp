@@ -164,7 +164,7 @@ TEST_F(ServerTest, BadInputGetsJsonErrors) {
       {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "no_such_adapter"}})", 404,
        "no_such_adapter"},
       {"/generate", R"({"inputs": "hi", "parameters": {"adapter_id": "../a"}})", 404, "not valid"},
-      {"/v1/completions", R"({"prompt": "hi", "n": 2})", 400, "'n'"},
+      {"/v1/completions", R"({"prompt": "hi", "n": 0})", 400, "'n'"},
       {"/v1/completions", R"({"max_tokens": 3})", 400, "prompt"},
       {"/v1/chat/completions", R"({"messages": []})", 400, "messages"},
   };
