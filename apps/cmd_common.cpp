@@ -74,9 +74,11 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   m.model =
       std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
   if (!adapters.empty()) attach_lora_columns(*m.model, *m.slots, o.lora_columns);
-  m.store = std::make_unique<lora::AdapterStore>(
-      m.model->config(), *m.slots,
-      lora::StoreOptions{"", std::max<int64_t>(64, num_slots), m.tensors.get()});
+  lora::StoreOptions store_options;
+  store_options.host_capacity = std::max<int64_t>(64, num_slots);
+  store_options.base_checkpoint = m.tensors.get();
+  m.store =
+      std::make_unique<lora::AdapterStore>(m.model->config(), *m.slots, std::move(store_options));
   for (const auto& [name, dir] : adapters) {  // into slots 0..n-1, in order
     m.store->register_dir(name, dir);
     PHILORA_RETURN_IF_ERROR(m.store->preload(name));

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -113,8 +114,21 @@ void add_serving_options(CLI::App& cmd, ServingOptions& o) {
   cmd.add_option("--max-batched-tokens", o.max_batched_tokens, "token budget of one step")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
   cmd.add_option("--max-running", o.max_running, "sequences in flight")->check(CLI::Range(1, 4096));
-  cmd.add_option("--adapter-slots", o.adapter_slots, "adapters resident on the device at once")
+  cmd.add_option("--max-loras,--adapter-slots", o.adapter_slots,
+                 "adapters resident on the device at once (device slots)")
       ->check(CLI::Range(1, 4096));
+  cmd.add_option("--max-cpu-adapter-memory", o.max_cpu_adapter_memory,
+                 "memory for adapters kept parsed on the host (f32), least recently used dropped "
+                 "first, e.g. 2GiB (default 4GiB)")
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 50));
+  cmd.add_option("--max-lora-rank", o.max_lora_rank,
+                 "largest LoRA rank served: an adapter of a larger rank is refused at load "
+                 "(default: any)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd.add_option("--preload", o.preload,
+                 "adapters (by name) loaded onto the device at start; a bad one stops the start")
+      ->expected(1, -1);
 }
 
 Expected<std::string> embedded_model_dir() {
@@ -198,7 +212,13 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
 
   report("adapters", 0, 0);
   s->slots = std::make_unique<lora::AdapterSlots>(b, c, o.adapter_slots);
-  s->store = std::make_unique<lora::AdapterStore>(c, *s->slots, lora::StoreOptions{adapter_dir, 64, &s->tensors});
+  lora::StoreOptions store_options;
+  store_options.adapter_dir = adapter_dir;
+  store_options.host_capacity = std::numeric_limits<int64_t>::max();  // bounded by bytes
+  store_options.base_checkpoint = &s->tensors;
+  store_options.host_memory_bytes = o.max_cpu_adapter_memory;
+  store_options.max_rank = o.max_lora_rank;
+  s->store = std::make_unique<lora::AdapterStore>(c, *s->slots, std::move(store_options));
   for (const std::string& spec : o.model.adapters) {
     const size_t eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
@@ -207,7 +227,11 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
     if (std::find(s->adapters.begin(), s->adapters.end(), name) != s->adapters.end())
       return Status::errorf("--adapter: name '{}' given twice", name);
     // Parsed once now so that a bad adapter fails at start, not at the first request.
-    PHILORA_RETURN_IF_ERROR(lora::load_adapter(name, dir, c, &s->tensors).status());
+    PHILORA_ASSIGN_OR_RETURN(const lora::Adapter parsed,
+                             lora::load_adapter(name, dir, c, &s->tensors));
+    if (o.max_lora_rank > 0 && parsed.max_rank > o.max_lora_rank)
+      return Status::errorf("--adapter {}: rank {} is above --max-lora-rank {}", name,
+                            parsed.max_rank, o.max_lora_rank);
     s->store->register_dir(name, dir);
     s->adapters.push_back(name);
   }
@@ -217,6 +241,14 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
         s->adapters.push_back(name);
   if (!adapter_dir.empty() || !o.model.adapters.empty())  // else no adapter can ever load
     attach_lora_columns(*s->model, *s->slots, o.model.lora_columns);
+  if (int64_t(o.preload.size()) > o.adapter_slots)
+    return Status::errorf("--preload names {} adapters, more than the {} device slots (--max-loras)",
+                          o.preload.size(), o.adapter_slots);
+  for (const std::string& name : o.preload) {
+    report("adapter " + name, 0, 0);
+    if (Status st = s->store->preload(name); !st.ok())
+      return Status::errorf("--preload {}: {}", name, st.message());
+  }
 
   report("kv cache", 0, 0);
   b.release_cached_memory();  // blocks the allocator keeps would count as used

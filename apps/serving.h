@@ -38,7 +38,11 @@ struct ServingOptions {
   std::optional<int64_t> kv_cache_memory;
   int64_t max_batched_tokens = 2048;
   int64_t max_running = 256;
-  int adapter_slots = 16;
+  int adapter_slots = 16;  // --max-loras (--adapter-slots): adapters resident on the device
+  // Host tier of the adapter store: bytes of parsed adapters (f32) kept in memory.
+  int64_t max_cpu_adapter_memory = int64_t(4) << 30;
+  int64_t max_lora_rank = 0;         // 0: any rank
+  std::vector<std::string> preload;  // adapters made resident at start
 };
 
 // Registers the options above (and the model options, --model optional) on `cmd`.

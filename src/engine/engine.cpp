@@ -308,11 +308,15 @@ void Engine::fork_candidates(Live& l, std::vector<StepOutput>& out) {
 std::vector<StepOutput> Engine::step() {
   std::vector<StepOutput> out;
   out.swap(pending_);
+  if (adapters_) adapters_->poll();  // adapters loaded from disk since the last step
   int64_t budget = config_.max_batched_tokens;
   std::vector<Scheduled> batch;
   schedule_running(batch, budget);
   admit_waiting(batch, budget, out);
   if (!batch.empty()) run(batch, out);
+  // Nothing to run but adapters loading: wait a little for one rather than spin.
+  if (batch.empty() && out.empty() && adapters_ && adapters_->loads_in_flight() > 0)
+    adapters_->wait_for_load(std::chrono::milliseconds(5));
   std::erase_if(running_, [](const std::unique_ptr<Live>& l) { return l->done; });
   return out;
 }
@@ -342,29 +346,41 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
   }
 }
 
-// Pins the request's adapter in a slot. False when it must wait for a slot,
-// or when it failed (then it is finished with the reason).
+// Ends the request with its adapter's error; the others go on.
+void Engine::fail_adapter(Live& l, const lora::AdapterError& e, std::vector<StepOutput>& out) {
+  StepOutput o;
+  o.error = e.message;
+  o.error_detail = e.detail;
+  using Kind = lora::AdapterError::Kind;
+  finish(l,
+         e.kind == Kind::not_found ? FinishReason::unknown_adapter
+         : e.kind == Kind::invalid ? FinishReason::adapter_invalid
+                                   : FinishReason::no_adapter_slot,
+         out, std::move(o));
+}
+
+// Pins the request's adapter in a slot. False when it must wait — for its
+// load from disk (on the store's loader thread) or for a slot — or when it
+// failed (then it is finished with the reason).
 bool Engine::acquire_adapter(Live& l, std::vector<StepOutput>& out) {
   if (!l.req.adapter || l.has_slot) return true;
   const std::string& name = *l.req.adapter;
-  StepOutput o;
   if (!adapters_) {
+    StepOutput o;
     o.error = o.error_detail = fmt::format("adapter '{}' not found: this engine serves none", name);
     finish(l, FinishReason::unknown_adapter, out, std::move(o));
     return false;
   }
-  if (!adapters_->slot_available(name)) return false;  // wait for a running one to finish
-  const lora::Acquired slot = adapters_->acquire(name);
-  if (!slot.ok()) {  // this request fails, the others go on
-    const lora::AdapterError& e = slot.error();
-    o.error = e.message;
-    o.error_detail = e.detail;
-    using Kind = lora::AdapterError::Kind;
-    finish(l,
-           e.kind == Kind::not_found ? FinishReason::unknown_adapter
-           : e.kind == Kind::invalid ? FinishReason::adapter_invalid
-                                     : FinishReason::no_adapter_slot,
-           out, std::move(o));
+  const lora::Preparation p = adapters_->prepare(name);
+  if (p.error) {
+    fail_adapter(l, *p.error, out);
+    return false;
+  }
+  if (!p.ready) return false;                            // loading
+  if (!adapters_->slot_available(name)) return false;    // wait for a running one to finish
+  const lora::Acquired slot = adapters_->acquire(name);  // an upload, no disk
+  if (!slot.ok()) {
+    fail_adapter(l, slot.error(), out);
     return false;
   }
   l.seq.lora_slot = *slot;
@@ -403,14 +419,51 @@ bool Engine::acquire_count_row(Live& l) {
   return true;
 }
 
-// Waiting sequences in arrival order, while budget, pages and slots last.
+// Waiting sequences in arrival order, while budget, pages and row counts
+// last. Every waiting request's adapter starts loading now (a bad one ends
+// its request); a request whose adapter is still loading waits and lets the
+// ones behind it pass. When a request finds every adapter slot pinned, the
+// ones behind it that need a slot wait behind it (slots go in arrival
+// order), and so do those whose adapter holds the slot it will get (the one
+// with the fewest pins, kept until it is taken), so that the slot drains;
+// requests for the base model or another resident adapter still pass.
 void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
                            std::vector<StepOutput>& out) {
-  while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < config_.max_running) {
-    Live& l = *waiting_.front();
+  if (adapters_)
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      Live& l = **it;
+      const lora::Preparation p = l.req.adapter && !l.has_slot
+                                      ? adapters_->prepare(*l.req.adapter)
+                                      : lora::Preparation{true, std::nullopt};
+      if (!p.error) {
+        ++it;
+        continue;
+      }
+      fail_adapter(l, *p.error, out);
+      it = waiting_.erase(it);
+    }
+  bool slot_blocked = false;  // a request before this one waits for a slot
+  for (auto it = waiting_.begin();
+       it != waiting_.end() && budget > 0 && int64_t(running_.size()) < config_.max_running;) {
+    Live& l = **it;
+    if (slot_blocked && adapters_ && l.req.adapter && !l.has_slot) {
+      const int32_t slot = adapters_->resident_slot(*l.req.adapter);
+      if (slot < 0 || slot == draining_slot_) {  // behind the one waiting for a slot
+        ++it;
+        continue;
+      }
+    }
     if (!acquire_adapter(l, out)) {
-      if (!l.done) break;  // no slot yet
-      waiting_.pop_front();
+      if (l.done) {
+        it = waiting_.erase(it);
+        continue;
+      }
+      if (adapters_->prepare(*l.req.adapter).ready && !slot_blocked) {  // no slot free
+        slot_blocked = true;
+        const int32_t drain = adapters_->slot_to_drain();
+        if (draining_slot_ < 0 || drain < 0) draining_slot_ = drain;
+      }
+      ++it;
       continue;
     }
     const bool looked_up = reuse_cached_prefix(l);
@@ -423,11 +476,12 @@ void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
       stats_.prefix_cache_queries += int64_t(l.seq.tokens.size());
       stats_.prefix_cache_hits += l.seq.num_computed;
     }
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
+    running_.push_back(std::move(*it));
+    it = waiting_.erase(it);
     batch.push_back({running_.back().get(), n});
     budget -= n;
   }
+  if (!slot_blocked) draining_slot_ = -1;
 }
 
 // The sampling row of a sequence that samples this step: its parameters, its

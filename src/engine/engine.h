@@ -177,6 +177,7 @@ class Engine {
   void schedule_running(std::vector<Scheduled>& batch, int64_t& budget);
   void admit_waiting(std::vector<Scheduled>& batch, int64_t& budget, std::vector<StepOutput>& out);
   bool acquire_adapter(Live& l, std::vector<StepOutput>& out);
+  void fail_adapter(Live& l, const lora::AdapterError& e, std::vector<StepOutput>& out);
   bool acquire_count_row(Live& l);
   kv::PrefixSalt prefix_salt(const Live& l) const;
   bool reuse_cached_prefix(Live& l);
@@ -203,6 +204,9 @@ class Engine {
   std::deque<std::unique_ptr<Live>> waiting_;
   std::vector<std::unique_ptr<Live>> running_;  // admission order
   std::vector<StepOutput> pending_;             // finished outside a step (aborts)
+  // The pinned adapter slot that goes to the oldest request waiting for a
+  // slot: no later request pins it meanwhile (admit_waiting); -1 when none waits.
+  int32_t draining_slot_ = -1;
   EngineStats stats_;
 };
 

@@ -14,6 +14,15 @@ AdapterStore::AdapterStore(const model::Phi3Config& config, AdapterSlots& slots,
       options_(std::move(options)),
       slot_state_(static_cast<size_t>(slots.num_slots())) {}
 
+AdapterStore::~AdapterStore() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_loader_.notify_all();
+  for (std::thread& t : loaders_) t.join();
+}
+
 void AdapterStore::register_dir(const std::string& name, const std::string& dir) {
   dirs_[name] = dir;
 }
@@ -55,16 +64,28 @@ std::optional<AdapterError> AdapterStore::check_name(const std::string& name) co
   return std::nullopt;
 }
 
-std::variant<std::shared_ptr<const Adapter>, AdapterError> AdapterStore::host_adapter(
-    const std::string& name) {
-  auto it = host_.find(name);
-  if (it != host_.end()) {
-    host_lru_.splice(host_lru_.begin(), host_lru_, it->second.second);
-    return it->second.first;
-  }
-  if (auto bad = check_name(name)) return *bad;
+std::string AdapterStore::dir_of(const std::string& name) const {
   auto d = dirs_.find(name);
-  const std::string dir = d != dirs_.end() ? d->second : io::join_path(options_.adapter_dir, name);
+  return d != dirs_.end() ? d->second : io::join_path(options_.adapter_dir, name);
+}
+
+namespace {
+
+int64_t host_size(const Adapter& a) {
+  int64_t bytes = 0;
+  auto add = [&](const std::optional<LoraModule>& m) {
+    if (m) bytes += int64_t(m->a.nbytes() + m->b.nbytes());
+  };
+  for (const auto& layer : a.layers)
+    for (const auto& m : layer) add(m);
+  add(a.lm_head);
+  return bytes;
+}
+
+}  // namespace
+
+AdapterStore::Loaded AdapterStore::load_from_disk(const std::string& name,
+                                                  const std::string& dir) const {
   const std::string config = io::join_path(dir, "adapter_config.json");
   if (!io::is_regular_file(config))
     return not_found(fmt::format("adapter '{}' not found", name),
@@ -75,16 +96,107 @@ std::variant<std::shared_ptr<const Adapter>, AdapterError> AdapterStore::host_ad
     return AdapterError{AdapterError::Kind::invalid,
                         without_paths(detail, dir, options_.adapter_dir, name), detail};
   }
+  if (options_.max_rank > 0 && a->max_rank > options_.max_rank) {
+    const std::string m =
+        fmt::format("adapter '{}' has rank {}, above the largest rank this server takes ({})", name,
+                    a->max_rank, options_.max_rank);
+    return AdapterError{AdapterError::Kind::invalid, m, m};
+  }
+  return std::make_shared<const Adapter>(std::move(*a));
+}
+
+// Puts the adapter first in the host LRU, then drops the least recently used
+// others while the tier holds too many adapters or bytes.
+void AdapterStore::keep_on_host(const std::string& name, std::shared_ptr<const Adapter> adapter) {
   ++disk_loads_;
-  auto shared = std::make_shared<const Adapter>(std::move(*a));
+  if (auto old = host_.find(name); old != host_.end()) {  // loaded again meanwhile
+    host_bytes_ -= host_size(*old->second.first);
+    host_lru_.erase(old->second.second);
+    host_.erase(old);
+  }
+  host_bytes_ += host_size(*adapter);
   host_lru_.push_front(name);
-  host_[name] = {shared, host_lru_.begin()};
-  while (int64_t(host_.size()) > options_.host_capacity) {  // evict least recently used
-    host_.erase(host_lru_.back());
+  host_[name] = {std::move(adapter), host_lru_.begin()};
+  auto over = [&] {
+    return int64_t(host_.size()) > options_.host_capacity ||
+           (options_.host_memory_bytes > 0 && host_bytes_ > options_.host_memory_bytes);
+  };
+  while (host_.size() > 1 && over()) {  // evict least recently used
+    auto victim = host_.find(host_lru_.back());
+    host_bytes_ -= host_size(*victim->second.first);
+    host_.erase(victim);
     host_lru_.pop_back();
     ++host_evictions_;
   }
-  return std::shared_ptr<const Adapter>(shared);
+}
+
+AdapterStore::Loaded AdapterStore::host_adapter(const std::string& name) {
+  auto it = host_.find(name);
+  if (it != host_.end()) {
+    host_lru_.splice(host_lru_.begin(), host_lru_, it->second.second);
+    return it->second.first;
+  }
+  if (auto bad = check_name(name)) return *bad;
+  Loaded loaded = load_from_disk(name, dir_of(name));
+  if (auto* a = std::get_if<std::shared_ptr<const Adapter>>(&loaded)) keep_on_host(name, *a);
+  return loaded;
+}
+
+Preparation AdapterStore::prepare(const std::string& name) {
+  if (resident_.count(name) || host_.count(name)) return {true, std::nullopt};
+  if (auto f = failed_.find(name); f != failed_.end()) return {false, f->second};
+  if (loading_.count(name)) return {};
+  if (auto bad = check_name(name)) return {false, *bad};
+  loading_.insert(name);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.emplace_back(name, dir_of(name));
+    if (idle_loaders_ < int64_t(queue_.size()) && int64_t(loaders_.size()) < kLoaderThreads)
+      loaders_.emplace_back([this] { loader_main(); });
+  }
+  wake_loader_.notify_one();
+  return {};
+}
+
+void AdapterStore::loader_main() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    ++idle_loaders_;
+    wake_loader_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    --idle_loaders_;
+    if (stop_) return;
+    auto [name, dir] = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    if (options_.before_load) options_.before_load(name);
+    Loaded loaded = load_from_disk(name, dir);
+    lock.lock();
+    finished_.emplace_back(std::move(name), std::move(loaded));
+    loaded_.notify_all();
+  }
+}
+
+void AdapterStore::poll() {
+  std::vector<std::pair<std::string, Loaded>> done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done.swap(finished_);
+  }
+  failed_.clear();
+  for (auto& [name, loaded] : done) {
+    loading_.erase(name);
+    if (auto* e = std::get_if<AdapterError>(&loaded))
+      failed_[name] = std::move(*e);
+    else
+      keep_on_host(name, std::get<std::shared_ptr<const Adapter>>(std::move(loaded)));
+  }
+}
+
+int64_t AdapterStore::loads_in_flight() const { return int64_t(loading_.size()); }
+
+void AdapterStore::wait_for_load(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  loaded_.wait_for(lock, timeout, [&] { return !finished_.empty() || stop_; });
 }
 
 Acquired AdapterStore::acquire(const std::string& name) {
@@ -134,6 +246,26 @@ Status AdapterStore::preload(const std::string& name) {
   if (!a.ok()) return Status::error(a.error().detail);
   release(*a);
   return Status();
+}
+
+int32_t AdapterStore::resident_slot(const std::string& name) const {
+  auto r = resident_.find(name);
+  return r == resident_.end() ? -1 : r->second;
+}
+
+int32_t AdapterStore::slot_to_drain() const {
+  int32_t best = -1;
+  for (size_t i = 0; i < slot_state_.size(); ++i) {
+    const SlotState& s = slot_state_[i];
+    if (s.pins == 0) return -1;
+    if (best < 0) {
+      best = int32_t(i);
+      continue;
+    }
+    const SlotState& b = slot_state_[size_t(best)];
+    if (s.pins < b.pins || (s.pins == b.pins && s.last_use < b.last_use)) best = int32_t(i);
+  }
+  return best;
 }
 
 bool AdapterStore::slot_available(const std::string& name) const {

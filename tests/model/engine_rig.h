@@ -94,7 +94,7 @@ struct EngineRig {
   std::unique_ptr<engine::Engine> engine;
 
   EngineRig(const std::string& case_name, engine::EngineConfig config, int64_t pages = 512,
-            bool with_tokenizer = true) {
+            bool with_tokenizer = true, int num_slots = 4, lora::StoreOptions store_options = {}) {
     const std::filesystem::path dir = golden_dir(case_name);
     backend = std::make_unique<CpuBackend>(2, config.step_graphs);
     auto cfg = model::load_config((dir / "model").string());
@@ -104,8 +104,8 @@ struct EngineRig {
     auto weights = model::load_weights(*tensors, *cfg, *backend);
     EXPECT_TRUE(weights.ok()) << weights.status().message();
     model = std::make_unique<model::Phi3ForCausalLM>(*cfg, std::move(*weights), *backend);
-    slots = std::make_unique<lora::AdapterSlots>(*backend, model->config(), 4);
-    store = std::make_unique<lora::AdapterStore>(model->config(), *slots, lora::StoreOptions{});
+    slots = std::make_unique<lora::AdapterSlots>(*backend, model->config(), num_slots);
+    store = std::make_unique<lora::AdapterStore>(model->config(), *slots, std::move(store_options));
     if (std::filesystem::exists(dir / "adapters"))
       for (const auto& e : std::filesystem::directory_iterator(dir / "adapters"))
         store->register_dir(e.path().filename().string(), e.path().string());

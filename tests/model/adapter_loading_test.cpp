@@ -1,0 +1,245 @@
+// Adapters never stall the batch (issue 17 §5): an adapter's load from disk
+// runs on the store's loader threads while the other requests keep stepping
+// (a test hook makes one load slow); when every adapter slot is pinned,
+// requests that need no new slot are still admitted, and the one waiting for
+// a slot gets it before later requests pin it again; the host tier is
+// bounded by bytes; an adapter above the maximum rank is refused at load.
+// Every request that completes gives HF's greedy tokens.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include "lora/adapter.h"
+#include "model/engine_rig.h"
+
+namespace philora {
+namespace {
+
+using engine::FinishReason;
+using test::EngineRig;
+using test::read_jsonl;
+
+const char* kCase = "gqa_multi_lora";
+
+std::map<std::string, engine::Request> golden_requests() {
+  std::map<std::string, engine::Request> reqs;
+  for (const nlohmann::json& line : read_jsonl(test::golden_dir(kCase) / "generate_requests.jsonl"))
+    reqs[line["id"].get<std::string>()] = test::request_of(line);
+  return reqs;
+}
+
+std::map<std::string, std::vector<int32_t>> golden_tokens() {
+  std::map<std::string, std::vector<int32_t>> want;
+  for (const nlohmann::json& ref : read_jsonl(test::golden_dir(kCase) / "generate_ref.jsonl"))
+    want[ref["id"].get<std::string>()] = ref["tokens"].get<std::vector<int32_t>>();
+  return want;
+}
+
+// A loader hook that holds NAME's load until open() (or 20 s, so that a
+// failing test still ends).
+struct Gate {
+  std::string name;
+  std::atomic<bool> opened{false};
+  std::atomic<int> waiting{0};
+  void hold(const std::string& n) {
+    if (n != name) return;
+    ++waiting;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!opened && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  void open() { opened = true; }
+};
+
+// Per request: its tokens, and the engine step of its first token and of its end.
+struct Timeline {
+  std::vector<int32_t> tokens;
+  int64_t first_token_step = -1;
+  int64_t finish_step = -1;
+  FinishReason finish = FinishReason::none;
+  std::string error;
+};
+
+void record(EngineRig& rig, std::map<std::string, Timeline>& t) {
+  for (const engine::StepOutput& o : rig.engine->step()) {
+    Timeline& r = t[o.id];
+    if (r.tokens.empty() && !o.new_tokens.empty()) r.first_token_step = rig.engine->stats().steps;
+    r.tokens.insert(r.tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+    if (o.finished()) {
+      r.finish = o.finish;
+      r.error = o.error;
+      r.finish_step = rig.engine->stats().steps;
+    }
+  }
+}
+
+void run_to_end(EngineRig& rig, std::map<std::string, Timeline>& t) {
+  for (int guard = 0; rig.engine->has_work() && guard < 20000; ++guard) record(rig, t);
+  EXPECT_FALSE(rig.engine->has_work());
+}
+
+// While adapter a's load is held, the base request and the request for b
+// (whose load is not held) run to the end; then a loads and its request
+// gives HF's tokens.
+TEST(AdapterLoading, ASlowLoadDoesNotStallOtherRequests) {
+  Gate gate;
+  gate.name = "a";
+  lora::StoreOptions options;
+  options.before_load = [&](const std::string& n) { gate.hold(n); };
+  EngineRig rig(kCase, {4096, 64, false}, 512, true, 4, std::move(options));
+  struct Opener {
+    Gate& g;
+    ~Opener() { g.open(); }
+  } opener{gate};
+  auto reqs = golden_requests();
+  const auto want = golden_tokens();
+  for (const char* id : {"g00", "g01", "g02"})  // adapter a, the base model, adapter b
+    ASSERT_TRUE(rig.engine->add_request(reqs.at(id)).ok());
+
+  std::map<std::string, Timeline> t;
+  for (int guard = 0; guard < 20000 && (t["g01"].finish_step < 0 || t["g02"].finish_step < 0);
+       ++guard)
+    record(rig, t);
+  EXPECT_EQ(gate.waiting.load(), 1) << "a's load is held";
+  EXPECT_TRUE(t["g00"].tokens.empty()) << "a's request waits for its adapter";
+  EXPECT_EQ(rig.engine->num_waiting(), 1);
+  EXPECT_EQ(rig.store->loads_in_flight(), 1);
+  EXPECT_EQ(t["g01"].tokens.size(), want.at("g01").size());
+  EXPECT_EQ(t["g02"].tokens.size(), want.at("g02").size());
+  const int64_t steps_while_loading = rig.engine->stats().steps;
+  EXPECT_GE(steps_while_loading, int64_t(want.at("g02").size()))
+      << "every token of the others came from a step taken while a was loading";
+
+  gate.open();
+  run_to_end(rig, t);
+  for (const char* id : {"g00", "g01", "g02"}) {
+    EXPECT_EQ(t[id].finish, FinishReason::length) << id << ": " << t[id].error;
+    EXPECT_EQ(t[id].tokens, want.at(id)) << id;
+  }
+  EXPECT_GT(t["g00"].first_token_step, steps_while_loading);
+  EXPECT_EQ(rig.store->loads_in_flight(), 0);
+  EXPECT_EQ(rig.store->pins(), 0);
+  EXPECT_EQ(rig.kv->pages.num_held(), 0);
+}
+
+// One adapter slot, pinned by b's request: c's request waits for the slot
+// while the base request behind it is admitted at once; b's second request,
+// which arrived after c's, does not pin the slot again before c has had it.
+TEST(AdapterLoading, BaseRequestsPassWhenEverySlotIsPinned) {
+  EngineRig rig(kCase, {4096, 64, false}, 512, true, /*num_slots=*/1);
+  ASSERT_TRUE(rig.store->preload("b").ok());
+  ASSERT_TRUE(rig.store->preload("c").ok());  // on the host, then replaced in the slot by b
+  ASSERT_TRUE(rig.store->preload("b").ok());
+  auto reqs = golden_requests();
+  const auto want = golden_tokens();
+  // g02: b (12 tokens), g03: c, g01: the base model, g04: b again.
+  for (const char* id : {"g02", "g03", "g01", "g04"})
+    ASSERT_TRUE(rig.engine->add_request(reqs.at(id)).ok());
+  std::map<std::string, Timeline> t;
+  record(rig, t);
+  EXPECT_EQ(rig.engine->num_running(), 2) << "b's first request and the base request";
+  EXPECT_EQ(rig.engine->num_waiting(), 2) << "c's, waiting for the slot, and b's second behind it";
+  run_to_end(rig, t);
+  for (const char* id : {"g01", "g02", "g03", "g04"}) {
+    EXPECT_EQ(t[id].finish, FinishReason::length) << id << ": " << t[id].error;
+    EXPECT_EQ(t[id].tokens, want.at(id)) << id;
+  }
+  EXPECT_EQ(t["g01"].first_token_step, 1) << "the base request is admitted at once";
+  EXPECT_GT(t["g03"].first_token_step, t["g02"].finish_step) << "c waits for b's slot";
+  EXPECT_GT(t["g04"].first_token_step, t["g03"].finish_step)
+      << "b's later request waits behind c's for the slot";
+  EXPECT_EQ(rig.store->pins(), 0);
+}
+
+// An adapter whose rank is above the store's maximum ends its request with a
+// message naming the adapter and both ranks (never a path); one within it runs.
+TEST(AdapterLoading, ARankAboveTheMaximumIsRefused) {
+  const auto dir = test::golden_dir(kCase);
+  auto tensors = io::TensorSet::open_model_dir((dir / "model").string());
+  ASSERT_TRUE(tensors.ok());
+  auto cfg = model::load_config((dir / "model").string());
+  ASSERT_TRUE(cfg.ok());
+  auto b = lora::load_adapter("b", (dir / "adapters" / "b").string(), *cfg);
+  auto c = lora::load_adapter("c", (dir / "adapters" / "c").string(), *cfg);
+  ASSERT_TRUE(b.ok() && c.ok());
+  ASSERT_GT(b->max_rank, c->max_rank);
+  lora::StoreOptions options;
+  options.max_rank = c->max_rank;
+  EngineRig rig(kCase, {4096, 64, false}, 512, true, 4, std::move(options));
+  auto reqs = golden_requests();
+  engine::Request b2 = reqs.at("g04");  // b too, waiting for the same load
+  b2.id = "g04/2";
+  for (const engine::Request& r : {reqs.at("g02"), reqs.at("g03"), reqs.at("g04"), b2})
+    ASSERT_TRUE(rig.engine->add_request(r).ok());
+  std::map<std::string, Timeline> t;
+  run_to_end(rig, t);
+  for (const char* id : {"g02", "g04", "g04/2"}) {
+    EXPECT_EQ(t[id].finish, FinishReason::adapter_invalid) << id;
+    const std::string& e = t[id].error;
+    EXPECT_NE(e.find("'b'"), std::string::npos) << e;
+    EXPECT_NE(e.find(std::to_string(b->max_rank)), std::string::npos) << e;
+    EXPECT_NE(e.find(std::to_string(c->max_rank)), std::string::npos) << e;
+    EXPECT_EQ(e.find(dir.string()), std::string::npos) << e;
+    EXPECT_TRUE(t[id].tokens.empty()) << id;
+  }
+  EXPECT_EQ(t["g03"].tokens, golden_tokens().at("g03"));
+  EXPECT_EQ(rig.store->loads_from_disk(), 1) << "c only";
+}
+
+// The host tier keeps at most max bytes of adapters (the newest even when
+// larger), dropping the least recently used.
+TEST(AdapterLoading, HostTierIsBoundedByBytes) {
+  const auto dir = test::golden_dir(kCase);
+  auto cfg = model::load_config((dir / "model").string());
+  ASSERT_TRUE(cfg.ok());
+  std::map<std::string, int64_t> bytes;
+  for (const char* name : {"a", "b", "c"}) {
+    auto a = lora::load_adapter(name, (dir / "adapters" / name).string(), *cfg);
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    int64_t n = 0;
+    for (const auto& layer : a->layers)
+      for (const auto& m : layer)
+        if (m) n += int64_t(m->a.nbytes() + m->b.nbytes());
+    if (a->lm_head) n += int64_t(a->lm_head->a.nbytes() + a->lm_head->b.nbytes());
+    bytes[name] = n;
+  }
+  CpuBackend backend(1);
+  lora::AdapterSlots slots(backend, *cfg, 1);
+  lora::StoreOptions options;
+  options.host_memory_bytes = bytes["a"] + bytes["b"];
+  lora::AdapterStore store(*cfg, slots, std::move(options));
+  for (const char* name : {"a", "b", "c"})
+    store.register_dir(name, (dir / "adapters" / name).string());
+  for (const char* name : {"a", "b"}) ASSERT_TRUE(store.preload(name).ok());
+  EXPECT_EQ(store.host_count(), 2);
+  EXPECT_EQ(store.host_bytes(), bytes["a"] + bytes["b"]);
+  EXPECT_EQ(store.host_evictions(), 0);
+  ASSERT_TRUE(store.preload("c").ok());  // a, the least recently used, goes first
+  int64_t want = bytes["b"] + bytes["c"];
+  int64_t kept = 2;
+  if (want > bytes["a"] + bytes["b"]) {  // b too
+    want = bytes["c"];
+    kept = 1;
+  }
+  EXPECT_EQ(store.host_bytes(), want);
+  EXPECT_EQ(store.host_count(), kept);
+  EXPECT_EQ(store.host_evictions(), 3 - kept);
+  EXPECT_EQ(store.loads_from_disk(), 3);
+
+  lora::StoreOptions tiny;
+  tiny.host_memory_bytes = 1;  // smaller than any adapter: the newest stays
+  lora::AdapterSlots small_slots(backend, *cfg, 1);
+  lora::AdapterStore small(*cfg, small_slots, std::move(tiny));
+  for (const char* name : {"a", "b"}) {
+    small.register_dir(name, (dir / "adapters" / name).string());
+    ASSERT_TRUE(small.preload(name).ok());
+    EXPECT_EQ(small.host_count(), 1);
+    EXPECT_EQ(small.host_bytes(), bytes[name]);
+  }
+}
+
+}  // namespace
+}  // namespace philora
