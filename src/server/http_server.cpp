@@ -337,6 +337,7 @@ void HttpServer::add_info_routes() {
               {"max_input_length", ctx_.limits.input_limit()},
               {"max_stop_sequences", ctx_.limits.max_stop_sequences},
               {"max_client_batch_size", 1},
+              {"max_best_of", ctx_.limits.max_n},
               {"version", "0.1.0"},
               {"docker_label", nullptr},
               {"sha", nullptr}};

@@ -45,7 +45,7 @@ struct RequestLimits {
   int64_t default_max_new_tokens = 64;  // when a request gives none (at most what the context leaves)
   int64_t max_stop_sequences = 16;
   int64_t max_stop_bytes = 256;  // of one stop sequence
-  int64_t max_n = 16;            // OpenAI's n, LoRAX's best_of (only 1 is supported yet)
+  int64_t max_n = 16;            // OpenAI's n and best_of, LoRAX's best_of
   int64_t input_limit() const { return max_input_tokens > 0 ? max_input_tokens : max_total_tokens - 1; }
 };
 
