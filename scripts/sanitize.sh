@@ -1,45 +1,44 @@
 #!/usr/bin/env bash
-# The CPU test suite again under AddressSanitizer + UndefinedBehaviorSanitizer
-# (build-asan: GCC, no CUDA; any finding fails its test), then every libFuzzer
-# target of tests/fuzz (build-fuzz: clang, instrumented the same way) for
-# PHILORA_FUZZ_SECONDS seconds each (default 20) over its committed corpus.
-# Part of scripts/test.sh; run alone after it (it needs its npm and tokenizer
-# data). A fuzzer's finding is saved under build-fuzz/artifacts/.
+# The CPU test suite again under AddressSanitizer + UndefinedBehaviorSanitizer,
+# then every libFuzzer target of tests/fuzz for PHILORA_FUZZ_SECONDS seconds
+# each (default 20) over its committed corpus: one clang build (build-asan,
+# no CUDA, -DPHILORA_FUZZ=ON) serves both. Any sanitizer finding fails its
+# test; a fuzzer's finding is saved under build-asan/fuzz-artifacts/ (replay:
+# build-asan/tests/fuzz/TARGET FILE). Part of scripts/test.sh; run alone only
+# after it (it needs the npm packages and tokenizer data that it installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 jobs=$(nproc)
 
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Release -DPHILORA_CUDA=OFF \
-  -DPHILORA_SANITIZE=address,undefined >/dev/null
+CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DPHILORA_CUDA=OFF -DPHILORA_FUZZ=ON >/dev/null
 cmake --build build-asan -j"$jobs"
-# A small quarantine keeps resident memory near what the program itself holds
-# (the load test checks it stays flat).
-export ASAN_OPTIONS="detect_leaks=1:quarantine_size_mb=32:strict_string_checks=1:detect_stack_use_after_return=0"
+
+# A small quarantine keeps resident memory near what the program holds (the
+# load test checks that it stays flat).
+export ASAN_OPTIONS="detect_leaks=1:quarantine_size_mb=32:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 ctest --test-dir build-asan -L cpu --output-on-failure -j"$jobs"
 
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DPHILORA_CUDA=OFF -DPHILORA_FUZZ=ON >/dev/null
-cmake --build build-fuzz -j"$jobs"
 seconds="${PHILORA_FUZZ_SECONDS:-20}"
-mkdir -p build-fuzz/artifacts
+mkdir -p build-asan/fuzz-artifacts
 status=0
 for seeds in tests/fuzz/corpus/*/; do
   target=$(basename "$seeds")
-  found="build-fuzz/corpus/$target"  # what this run adds; the committed seeds stay as they are
+  found="build-asan/fuzz-corpus/$target"  # what runs add; the committed seeds stay as they are
   mkdir -p "$found"
-  echo "fuzz: $target for ${seconds} s"
-  if ! "build-fuzz/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-      -print_final_stats=1 -artifact_prefix="build-fuzz/artifacts/$target-" \
-      "$found" "$seeds" >"build-fuzz/$target.log" 2>&1; then
-    echo "fuzz: $target FAILED; its log:"
-    tail -60 "build-fuzz/$target.log"
-    status=1
+  log="build-asan/fuzz-$target.log"
+  if "build-asan/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix="build-asan/fuzz-artifacts/$target-" \
+      "$found" "$seeds" >"$log" 2>&1; then
+    echo "fuzz: $target: $(grep -E 'stat::number_of_executed_units' "$log" | awk '{print $2}') runs" \
+         "in ${seconds} s, no finding"
   else
-    grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "build-fuzz/$target.log" | tr '\n' ' '
-    echo
+    echo "fuzz: $target FAILED; the end of its log ($log):"
+    tail -60 "$log"
+    status=1
   fi
 done
 exit "$status"
