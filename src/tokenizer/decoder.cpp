@@ -16,6 +16,9 @@ class SequenceDecoder final : public Decoder {
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (const auto& d : steps_) d->decode_chain(tokens);
   }
+  void token_bytes(std::string& token) const override {
+    for (const auto& d : steps_) d->token_bytes(token);
+  }
 
  private:
   std::vector<std::unique_ptr<Decoder>> steps_;
@@ -50,6 +53,12 @@ class ByteFallbackDecoder final : public Decoder {
     flush();
     tokens.swap(out);
   }
+  void token_bytes(std::string& t) const override {
+    if (t.size() == 6 && t.starts_with("<0x") && t.back() == '>') {
+      const int b = parse_hex(t[3], t[4]);
+      if (b >= 0) t.assign(1, static_cast<char>(b));
+    }
+  }
 
  private:
   static int hex(char c) {
@@ -71,6 +80,7 @@ class FuseDecoder final : public Decoder {
     for (const auto& t : tokens) all += t;
     tokens.assign(1, std::move(all));
   }
+  void token_bytes(std::string&) const override {}
 };
 
 // Removes up to `start` leading and `stop` trailing copies of one character from every token.
@@ -89,6 +99,8 @@ class StripDecoder final : public Decoder {
       t = std::string(v.substr(b, e - b));
     }
   }
+  // Strip acts on the ends of the decoded text (after Fuse), not on a token in the middle.
+  void token_bytes(std::string&) const override {}
 
  private:
   std::string c_;
@@ -101,6 +113,7 @@ class ReplaceDecoder final : public Decoder {
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (auto& t : tokens) t = p_.replace_all(t, content_);
   }
+  void token_bytes(std::string& t) const override { t = p_.replace_all(t, content_); }
 
  private:
   Pattern p_;
@@ -131,6 +144,15 @@ class ByteLevelDecoder final : public Decoder {
     }
     tokens.assign(1, unicode::is_valid(bytes) ? std::move(bytes) : unicode::to_valid_lossy(bytes));
   }
+  void token_bytes(std::string& t) const override {
+    std::string bytes;
+    for (size_t i = 0; i < t.size();) {
+      const int b = unicode::byte_level_byte(unicode::decode(t, i));
+      if (b < 0) return;  // not a byte-level token: its own UTF-8 bytes
+      bytes.push_back(static_cast<char>(b));
+    }
+    t = std::move(bytes);
+  }
 };
 
 // "▁" becomes a space, except in the first token when a prefix space was prepended at encoding.
@@ -152,6 +174,17 @@ class MetaspaceDecoder final : public Decoder {
       out.append(t, pos, std::string::npos);
       t = std::move(out);
     }
+  }
+  void token_bytes(std::string& t) const override {
+    std::string out;
+    size_t pos = 0;
+    for (size_t f = t.find(rep_); f != std::string::npos; f = t.find(rep_, pos)) {
+      out.append(t, pos, f - pos);
+      out.push_back(' ');
+      pos = f + rep_.size();
+    }
+    out.append(t, pos, std::string::npos);
+    t = std::move(out);
   }
 
  private:

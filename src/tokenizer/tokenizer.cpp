@@ -235,6 +235,20 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   return out;
 }
 
+std::optional<std::string> Tokenizer::token_bytes(int32_t id) const {
+  std::string t;
+  if (const AddedToken* a = added_->by_id(id)) {
+    if (a->special) return std::nullopt;
+    t = a->content;
+  } else if (const std::string* s = model_->id_to_token(id)) {
+    t = *s;
+  } else {
+    return std::nullopt;
+  }
+  if (decoder_) decoder_->token_bytes(t);
+  return t;
+}
+
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   if (const AddedToken* a = added_->by_content(token)) return a->id;
   return model_->token_to_id(token);

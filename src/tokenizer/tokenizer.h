@@ -51,6 +51,12 @@ class Tokenizer {
   // special are left out.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
+  // The raw bytes token `id` adds to a text in the middle of a sequence (for constrained
+  // decoding): byte-level BPE tokens through the GPT-2 byte map, <0xNN> byte-fallback tokens as
+  // their byte, SentencePiece's "▁" as a space (also at the start of a text, where decode()
+  // may strip it), non-special added tokens as their content. Special tokens and unknown ids
+  // give nullopt.
+  std::optional<std::string> token_bytes(int32_t id) const;
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::optional<std::string> id_to_token(int32_t id) const;
   // One past the largest id of the model or the added tokens.

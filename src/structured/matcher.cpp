@@ -1,0 +1,278 @@
+#include "structured/matcher.h"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "structured/regex.h"
+#include "tokenizer/tokenizer.h"
+
+namespace philora::structured {
+
+// ---- vocabulary -------------------------------------------------------------------------------
+
+TokenVocabulary::TokenVocabulary(std::vector<std::optional<std::string>> bytes, std::vector<int32_t> stop_ids)
+    : bytes_(std::move(bytes)), stop_ids_(std::move(stop_ids)) {
+  std::sort(stop_ids_.begin(), stop_ids_.end());
+  stop_ids_.erase(std::unique(stop_ids_.begin(), stop_ids_.end()), stop_ids_.end());
+  for (int32_t id = 0; id < static_cast<int32_t>(bytes_.size()); ++id) {
+    if (bytes_[id] && !bytes_[id]->empty() && !is_stop(id)) sorted_.push_back(id);
+  }
+  std::sort(sorted_.begin(), sorted_.end(), [&](int32_t a, int32_t b) {
+    return *bytes_[a] < *bytes_[b] || (*bytes_[a] == *bytes_[b] && a < b);
+  });
+  lcp_.assign(sorted_.size(), 0);
+  for (size_t p = 1; p < sorted_.size(); ++p) {
+    const std::string& a = *bytes_[sorted_[p - 1]];
+    const std::string& b = *bytes_[sorted_[p]];
+    size_t k = 0;
+    while (k < a.size() && k < b.size() && a[k] == b[k] && k < 65535) ++k;
+    lcp_[p] = static_cast<uint16_t>(k);
+  }
+}
+
+std::shared_ptr<const TokenVocabulary> TokenVocabulary::from_tokenizer(const tokenizer::Tokenizer& tok) {
+  std::vector<std::optional<std::string>> bytes(tok.vocab_size());
+  for (size_t id = 0; id < bytes.size(); ++id) bytes[id] = tok.token_bytes(static_cast<int32_t>(id));
+  std::vector<int32_t> stops = tok.stop_ids();
+  if (stops.empty()) {
+    if (auto e = tok.eos_id()) stops.push_back(*e);
+  }
+  return std::make_shared<const TokenVocabulary>(std::move(bytes), std::move(stops));
+}
+
+bool TokenVocabulary::is_stop(int32_t id) const {
+  return std::binary_search(stop_ids_.begin(), stop_ids_.end(), id);
+}
+
+// ---- per-state token tables -------------------------------------------------------------------
+
+CompiledConstraint::CompiledConstraint(std::shared_ptr<const CompiledGrammar> g,
+                                       std::shared_ptr<const TokenVocabulary> vocab)
+    : grammar_(std::move(g)), vocab_(std::move(vocab)) {
+  const size_t n = static_cast<size_t>(grammar_->num_states());
+  once_ = std::make_unique<std::once_flag[]>(n);
+  state_tokens_.resize(n);
+}
+
+// Walks the sorted vocabulary through one state's rule DFA alone. A token is accepted when
+// the DFA reads it whole; refused when the DFA stops on it before any state where the rule
+// could end or step over a rule (nothing else could take over there); uncertain otherwise.
+const CompiledConstraint::StateTokens& CompiledConstraint::state_tokens(int32_t state) const {
+  std::call_once(once_[state], [&] {
+    const CompiledGrammar& g = *grammar_;
+    const TokenVocabulary& v = *vocab_;
+    auto st = std::make_unique<StateTokens>();
+    st->accepted.assign(v.mask_words(), 0);
+    auto boundary = [&](int32_t s) {
+      return g.accepting[s] || g.edge_begin[s] != g.edge_begin[s + 1];
+    };
+    std::vector<int32_t> states = {state};    // [depth + 1]: the DFA state after depth bytes
+    std::vector<uint8_t> touched = {boundary(state)};  // [depth + 1]: a boundary state was passed
+    int fail_depth = -1;                      // the previous token stopped at this byte
+    bool fail_uncertain = false;
+    const auto& sorted = v.sorted();
+    const auto& lcp = v.lcp();
+    for (size_t p = 0; p < sorted.size(); ++p) {
+      const std::string& t = *v.bytes(sorted[p]);
+      const size_t common = p == 0 ? 0 : lcp[p];
+      if (fail_depth >= 0 && common > static_cast<size_t>(fail_depth)) {
+        // Shares the bytes up to the one the previous token stopped at: same outcome.
+        if (fail_uncertain) st->uncertain.push_back(static_cast<uint32_t>(p));
+        continue;
+      }
+      size_t d = std::min(common, states.size() - 1);
+      states.resize(d + 1);
+      touched.resize(d + 1);
+      fail_depth = -1;
+      for (; d < t.size(); ++d) {
+        const int32_t nxt = g.step(states[d], static_cast<uint8_t>(t[d]));
+        if (nxt < 0) break;
+        states.push_back(nxt);
+        touched.push_back(touched[d] || boundary(nxt));
+      }
+      if (d == t.size()) {
+        const int32_t id = sorted[p];
+        st->accepted[id / 32] |= 1u << (id % 32);
+      } else {
+        fail_depth = static_cast<int>(d);
+        fail_uncertain = touched[d] != 0;
+        if (fail_uncertain) st->uncertain.push_back(static_cast<uint32_t>(p));
+      }
+    }
+    state_tokens_[state] = std::move(st);
+  });
+  return *state_tokens_[state];
+}
+
+// ---- matcher ----------------------------------------------------------------------------------
+
+Matcher::Matcher(std::shared_ptr<const CompiledConstraint> c) : c_(std::move(c)), parser_(c_->grammar()) {}
+
+bool Matcher::accept_token(int32_t id) {
+  if (terminated_ || id < 0 || static_cast<size_t>(id) >= c_->vocab().size()) return false;
+  if (c_->vocab().is_stop(id)) {
+    if (!parser_.accepting()) return false;
+    terminated_ = true;
+    token_bytes_.push_back(0);
+    return true;
+  }
+  const auto& b = c_->vocab().bytes(id);
+  if (!b || b->empty()) return false;
+  for (size_t i = 0; i < b->size(); ++i) {
+    if (!parser_.push_byte(static_cast<uint8_t>((*b)[i]))) {
+      parser_.pop_bytes(i);
+      return false;
+    }
+  }
+  token_bytes_.push_back(static_cast<uint32_t>(b->size()));
+  return true;
+}
+
+bool Matcher::is_accepting() const { return !terminated_ && parser_.accepting(); }
+
+void Matcher::rollback(size_t k) {
+  for (size_t i = 0; i < k && !token_bytes_.empty(); ++i) {
+    const uint32_t n = token_bytes_.back();
+    token_bytes_.pop_back();
+    if (terminated_) {
+      terminated_ = false;  // the stop token (the last one) added no bytes
+      continue;
+    }
+    parser_.pop_bytes(n);
+  }
+}
+
+void Matcher::fill_mask(std::span<uint32_t> mask) {
+  const TokenVocabulary& v = c_->vocab();
+  std::fill(mask.begin(), mask.begin() + static_cast<std::ptrdiff_t>(v.mask_words()), 0u);
+  if (terminated_) return;
+  // Tokens each scanning state decides alone; the rest go through the parser.
+  parser_.scanning_states(scratch_states_);
+  std::vector<uint32_t>& cand = scratch_candidates_;
+  cand.clear();
+  for (int32_t s : scratch_states_) {
+    const CompiledConstraint::StateTokens& st = c_->state_tokens(s);
+    for (size_t w = 0; w < st.accepted.size(); ++w) mask[w] |= st.accepted[w];
+    cand.insert(cand.end(), st.uncertain.begin(), st.uncertain.end());
+  }
+  if (scratch_states_.size() > 1) {
+    std::sort(cand.begin(), cand.end());
+    cand.erase(std::unique(cand.begin(), cand.end()), cand.end());
+  }
+  // Walk the candidates in byte order: consecutive ones share a prefix, which stays parsed.
+  const auto& sorted = v.sorted();
+  const size_t base = parser_.num_bytes();
+  const std::string* prev = nullptr;
+  int fail_depth = -1;  // the previous candidate was refused at this byte
+  for (uint32_t p : cand) {
+    const int32_t id = sorted[p];
+    if (mask[id / 32] >> (id % 32) & 1u) continue;  // accepted by some state already
+    const std::string& t = *v.bytes(id);
+    size_t common = 0;
+    if (prev) {
+      const size_t lim = std::min(prev->size(), t.size());
+      while (common < lim && (*prev)[common] == t[common]) ++common;
+    }
+    if (fail_depth >= 0 && common > static_cast<size_t>(fail_depth)) continue;
+    size_t depth = parser_.num_bytes() - base;
+    if (depth > common) {
+      parser_.pop_bytes(depth - common);
+      depth = common;
+    }
+    fail_depth = -1;
+    for (; depth < t.size(); ++depth) {
+      if (!parser_.push_byte(static_cast<uint8_t>(t[depth]))) break;
+    }
+    if (depth == t.size()) {
+      mask[id / 32] |= 1u << (id % 32);
+    } else {
+      fail_depth = static_cast<int>(depth);
+    }
+    prev = &t;
+  }
+  parser_.pop_bytes(parser_.num_bytes() - base);
+  if (parser_.accepting()) {
+    for (int32_t id : v.stop_ids()) {
+      if (static_cast<size_t>(id) < v.size()) mask[id / 32] |= 1u << (id % 32);
+    }
+  }
+}
+
+// ---- constraints and the cache ----------------------------------------------------------------
+
+Expected<Grammar> constraint_grammar(ConstraintKind kind, std::string_view text, const JsonOptions& json) {
+  switch (kind) {
+    case ConstraintKind::kJsonSchema:
+      return json_schema_grammar(text, json);
+    case ConstraintKind::kJsonObject:
+      return json_object_grammar(json);
+    case ConstraintKind::kGrammar:
+      return parse_gbnf(text);
+    case ConstraintKind::kRegex: {
+      PHILORA_ASSIGN_OR_RETURN(Expr e, regex_expr(text, RegexMatch::kFull));
+      Grammar g;
+      g.root = g.add_rule("root");
+      g.rules[0].body = std::move(e);
+      return g;
+    }
+    case ConstraintKind::kChoice: {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(text);
+      } catch (const std::exception& e) {
+        return Status::errorf("choice: not valid JSON: {}", e.what());
+      }
+      if (!j.is_array() || j.empty()) return Status::error("choice: expected a non-empty array of strings");
+      std::vector<Expr> alts;
+      for (const auto& s : j) {
+        if (!s.is_string()) return Status::error("choice: expected a non-empty array of strings");
+        alts.push_back(Expr::lit(s.get<std::string>()));
+      }
+      Grammar g;
+      g.root = g.add_rule("root");
+      g.rules[0].body = Expr::alt(std::move(alts));
+      return g;
+    }
+  }
+  return Status::error("unknown constraint kind");
+}
+
+ConstraintCache::ConstraintCache(std::shared_ptr<const TokenVocabulary> vocab, size_t capacity, CompileLimits limits)
+    : vocab_(std::move(vocab)), capacity_(std::max<size_t>(capacity, 1)), limits_(limits) {}
+
+size_t ConstraintCache::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return entries_.size();
+}
+
+Expected<std::shared_ptr<const CompiledConstraint>> ConstraintCache::get(ConstraintKind kind, std::string_view text,
+                                                                         const JsonOptions& json) {
+  std::string key = std::to_string(static_cast<int>(kind)) + '\0' + json.key() + '\0' + std::string(text);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(key);
+    if (it != entries_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.second);
+      return it->second.first;
+    }
+  }
+  // Compiled outside the lock; two threads may compile the same text once each.
+  auto compiled = [&]() -> Entry {
+    PHILORA_ASSIGN_OR_RETURN(Grammar g, constraint_grammar(kind, text, json));
+    PHILORA_ASSIGN_OR_RETURN(auto cg, compile(g, limits_));
+    return std::shared_ptr<const CompiledConstraint>(std::make_shared<CompiledConstraint>(cg, vocab_));
+  }();
+  std::lock_guard<std::mutex> lock(mu_);
+  ++compilations_;
+  if (entries_.count(key)) return entries_.at(key).first;
+  lru_.push_front(key);
+  entries_.emplace(key, std::make_pair(compiled, lru_.begin()));
+  while (entries_.size() > capacity_) {
+    entries_.erase(lru_.back());
+    lru_.pop_back();
+  }
+  return compiled;
+}
+
+}  // namespace philora::structured
