@@ -13,4 +13,12 @@ if [ -f tests/clients/package-lock.json ]; then
      cp package-lock.json node_modules/.philora-lock
    fi)
 fi
+# The structured-output oracles (tests/structured: ajv + ajv-formats), likewise.
+if [ -f tests/structured/package-lock.json ]; then
+  (cd tests/structured
+   if [ ! -f node_modules/.philora-lock ] || ! cmp -s package-lock.json node_modules/.philora-lock; then
+     npm ci --no-audit --no-fund --loglevel=error
+     cp package-lock.json node_modules/.philora-lock
+   fi)
+fi
 ctest --test-dir build -L cpu --output-on-failure -j"$(nproc)"
