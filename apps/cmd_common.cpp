@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <charconv>
 #include <fstream>
 #include <iostream>
 
@@ -27,6 +28,29 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
                "compute every prompt in full (default: a request reuses the KV pages of a prefix "
                "that an earlier request with the same adapter computed)");
   add_lora_columns_option(cmd, o.lora_columns);
+  cmd.add_option_function<std::string>(
+         "--speculate",
+         [&o](const std::string& spec) { o.speculate_ngram = *parse_speculate(spec); },
+         "speculative decoding: ngram[:K] drafts up to K tokens (default 4) per step from the "
+         "sequence's own prompt and output (prompt lookup), verified in the step; greedy output "
+         "is unchanged, sampled output keeps its distribution; not for requests with penalties")
+      ->check([](const std::string& spec) {
+        const Expected<int64_t> k = parse_speculate(spec);
+        return k.ok() ? std::string() : k.status().message();
+      });
+}
+
+Expected<int64_t> parse_speculate(const std::string& spec) {
+  if (spec == "ngram") return kDefaultNgramDrafts;
+  if (spec.rfind("ngram:", 0) == 0) {
+    const std::string k = spec.substr(6);
+    int64_t v = 0;
+    const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), v);
+    if (ec == std::errc() && end == k.data() + k.size() && v >= 1 && v <= kMaxNgramDrafts)
+      return v;
+  }
+  return Status::errorf("--speculate '{}': expected ngram or ngram:K with 1 <= K <= {}", spec,
+                        kMaxNgramDrafts);
 }
 
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns) {

@@ -305,6 +305,7 @@ int run_generate(const GenerateOptions& o) {
   opts.page_size = o.model.page_size;
   opts.step_graphs = !o.model.enforce_eager;
   opts.prefix_cache = o.model.prefix_cache;
+  opts.speculate_ngram = o.model.speculate_ngram;
   opts.tokenizer = tok.get();
   auto outs = engine::run_offline(*m->model, m->store.get(), *reqs, opts);
   if (!outs) return fail(outs.status());

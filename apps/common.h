@@ -28,7 +28,15 @@ struct ModelOptions {
   bool enforce_eager = false;  // no step graphs
   bool prefix_cache = true;    // reuse the KV pages of cached prefixes (--no-prefix-cache: off)
   int64_t lora_columns = -1;   // LoRA columns a target weight; -1: kLoraColumnsPerSlot a slot
+  // --speculate ngram[:K]: the most n-gram drafts a sequence verifies per step; 0: off.
+  int64_t speculate_ngram = 0;
 };
+
+// The speculation --speculate names: "ngram" (kDefaultNgramDrafts drafts) or
+// "ngram:K" (1 ≤ K ≤ kMaxNgramDrafts) -> K; an error otherwise.
+inline constexpr int64_t kDefaultNgramDrafts = 4;
+inline constexpr int64_t kMaxNgramDrafts = 16;
+Expected<int64_t> parse_speculate(const std::string& spec);
 
 // Decode's one-matmul LoRA: this many columns of every target weight per
 // adapter slot unless --lora-columns says otherwise (a rank-16 adapter each),

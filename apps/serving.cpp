@@ -260,7 +260,7 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   s->engine = std::make_unique<engine::Engine>(
       *s->model, *s->kv, s->store.get(),
       engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager,
-                           o.model.prefix_cache},
+                           o.model.prefix_cache, /*count_rows=*/0, o.model.speculate_ngram},
       s->tokenizer.get());
   return s;
 }

@@ -8,6 +8,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "engine/plan.h"
+#include "engine/speculate.h"
 #include "model/rope.h"
 
 namespace philora::engine {
@@ -152,6 +153,7 @@ std::unique_ptr<Engine::Live> Engine::make_live(Request r, uint64_t seed, int32_
       model::uses_long_rope(model_.config(), int64_t(r.prompt.size()) + r.max_new_tokens);
   l->seed = seed;
   l->rng.seed(l->seed);
+  l->draft_limit = config_.speculate_ngram;
   if (tokenizer_ && r.max_new_tokens > 0) {
     // The last prompt ids give the first new token its context (its leading space).
     const size_t ctx = std::min<size_t>(r.prompt.size(), 4);
@@ -327,6 +329,16 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Live& l = *running_[i];
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
+    std::vector<int32_t> drafts = draft(l, budget);  // none when its pages are short
+    if (!drafts.empty() &&
+        kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n + int64_t(drafts.size()))) {
+      l.drafts = std::move(drafts);
+      l.seq.tokens.insert(l.seq.tokens.end(), l.drafts.begin(), l.drafts.end());
+      batch.push_back({&l, n + int64_t(l.drafts.size())});
+      budget -= n + int64_t(l.drafts.size());
+      ++i;
+      continue;
+    }
     bool ok = kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n);
     while (!ok && running_.size() > i + 1) {
       preempt(*running_.back());
@@ -487,7 +499,7 @@ void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
 // The sampling row of a sequence that samples this step: its parameters, its
 // draw, its count row, and its bias and bans (logit bias, bad words, and the
 // eos / stop ids until min_new_tokens).
-SampleRow Engine::sampling_row(Live& l) {
+SampleRow Engine::sampling_row(Live& l, int64_t ahead) {
   const SamplingParams& p = l.req.sampling;
   SampleRow row = sample_row(p, l.rng);
   row.repetition_penalty = p.repetition_penalty;
@@ -502,10 +514,11 @@ SampleRow Engine::sampling_row(Live& l) {
   }
   std::map<int32_t, float> bias = p.logit_bias;
   if (!p.bad_words.empty()) {
-    const std::vector<int32_t> output(l.seq.tokens.begin() + l.seq.prompt_len, l.seq.tokens.end());
+    const auto end = l.seq.tokens.end() - int64_t(l.drafts.size()) + ahead;
+    const std::vector<int32_t> output(l.seq.tokens.begin() + l.seq.prompt_len, end);
     for (int32_t t : banned_bad_words(p.bad_words, output)) bias[t] = -INFINITY;
   }
-  if (l.generated < l.req.min_new_tokens && !l.req.ignore_eos) {
+  if (l.generated + ahead < l.req.min_new_tokens && !l.req.ignore_eos) {
     for (int64_t t : model_.config().eos_token_ids) bias[int32_t(t)] = -INFINITY;
     for (int32_t t : l.req.stop_token_ids) bias[t] = -INFINITY;
   }
@@ -528,7 +541,10 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     const bool sample = last && r.max_new_tokens > 0;
     const bool prompt =
         (r.prompt_logits || wants_prompt_logprobs(*s.live)) && q.num_computed < q.prompt_len;
-    work.push_back({&q, s.num_tokens, sample, prompt, r.prompt_logits});
+    if (!s.live->drafts.empty())  // every row of the group samples, on the device
+      work.push_back({&q, s.num_tokens, true, true, false});
+    else
+      work.push_back({&q, s.num_tokens, sample, prompt, r.prompt_logits});
     if (q.num_computed < q.prompt_len)
       stats_.prompt_tokens += std::min(s.num_tokens, q.prompt_len - q.num_computed);
   }
@@ -536,12 +552,19 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   // One sampling row per logit row. A prompt row picks greedily (its token is
   // dropped) and, for prompt logprobs, reports the next prompt token's.
   std::vector<SampleRow> rows;
+  std::vector<std::mt19937_64> rng_before(work.size());  // drafted sequences' generators
   bool any_rows = false;
   for (size_t i = 0; i < work.size(); ++i)
     any_rows =
         any_rows || work[i].logits || (work[i].all_logits && wants_prompt_logprobs(*batch[i].live));
   for (size_t i = 0; i < work.size() && any_rows; ++i) {
     Live& l = *batch[i].live;
+    if (!l.drafts.empty()) {  // row j follows the first j drafts and takes the j-th next draw
+      rng_before[i] = l.rng;
+      for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r)
+        rows.push_back(sampling_row(l, r - plan.logit_indptr[i]));
+      continue;
+    }
     for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r) {
       if (work[i].logits && r + 1 == plan.logit_indptr[i + 1]) {
         rows.push_back(sampling_row(l));
@@ -562,6 +585,10 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   ++stats_.steps;
   for (size_t i = 0; i < work.size(); ++i) {
     Live& l = *batch[i].live;
+    if (!l.drafts.empty()) {
+      verify(l, result, plan.logit_indptr[i], rng_before[i], out);
+      continue;
+    }
     const int64_t first = l.seq.num_computed;
     l.seq.num_computed += work[i].num_tokens;
     if (config_.prefix_cache)  // before the sequence may finish and let its pages go
@@ -575,21 +602,89 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       keep_prompt_logprobs(l, first, result, first_row, num_rows);
     if (work[i].logits) {
       const auto r = size_t(first_row + num_rows - 1);
-      if (tracks_logprob(l)) l.cumulative_logprob += double(result.logprob[r]);
-      std::optional<PositionLogprobs> lp;
-      if (l.req.logprobs) {
-        lp.emplace();
-        lp->chosen = {result.tokens[r], result.logprob[r]};
-        for (int64_t j = 0; j < *l.req.logprobs; ++j) {
-          const auto at = size_t(int64_t(r) * result.logprobs_width + j);
-          lp->top.push_back({result.top_tokens[at], result.top_logprobs[at]});
-        }
-      }
-      append_token(l, result.tokens[r], std::move(lp), out);
+      append_token(l, result.tokens[r], token_logprobs(l, result, r), out);
     } else if (l.seq.num_computed == l.seq.prompt_len && l.req.max_new_tokens == 0) {
       finish(l, FinishReason::length, out);  // the prompt alone was asked for
     }
   }
+}
+
+// The logprobs of the token sampled by logit row `row` (when the request asks
+// for them), and its share of the cumulative logprob.
+std::optional<PositionLogprobs> Engine::token_logprobs(Live& l, const StepResult& result,
+                                                       size_t r) {
+  if (tracks_logprob(l)) l.cumulative_logprob += double(result.logprob[r]);
+  std::optional<PositionLogprobs> lp;
+  if (l.req.logprobs) {
+    lp.emplace();
+    lp->chosen = {result.tokens[r], result.logprob[r]};
+    for (int64_t j = 0; j < *l.req.logprobs; ++j) {
+      const auto at = size_t(int64_t(r) * result.logprobs_width + j);
+      lp->top.push_back({result.top_tokens[at], result.top_logprobs[at]});
+    }
+  }
+  return lp;
+}
+
+// The drafts of a running sequence this step: n-gram lookup over its prompt
+// and output, when it is decoding (one token to compute, prompt done), may
+// draft (no penalties, no prompt logits, few sequences running) and has room
+// (budget, max_new_tokens: the last row's token is one more).
+std::vector<int32_t> Engine::draft(const Live& l, int64_t budget) const {
+  if (config_.speculate_ngram <= 0 || int64_t(running_.size()) > config_.speculate_max_batch)
+    return {};
+  const Sequence& q = l.seq;
+  if (int64_t(q.tokens.size()) - q.num_computed != 1 || q.num_computed < q.prompt_len ||
+      !l.unforked.empty() || l.count_row >= 0 || uses_counts(l.req.sampling) ||
+      l.req.prompt_logits || wants_prompt_logprobs(l))
+    return {};
+  const int64_t k = std::min({l.draft_limit, l.req.max_new_tokens - l.generated - 1, budget - 1});
+  return ngram_drafts(q.tokens, k);
+}
+
+// A drafted sequence's step is done: its rows sampled y_0 .. y_k; it keeps
+// y_0 .. y_a (engine/speculate.h). The KV of the accepted drafts stays (its
+// full pages are keyed for the prefix cache), the pages past them are freed
+// (a page holding a rejected draft is never keyed: only computed tokens
+// are), the generator advances by the kept tokens' draws, and the kept
+// tokens are appended in order, each under the stop conditions (a stop
+// inside the run ends it there); the step's outputs of the sequence go out
+// as one.
+void Engine::verify(Live& l, const StepResult& result, int64_t first_row,
+                    const std::mt19937_64& rng, std::vector<StepOutput>& out) {
+  const std::vector<int32_t> drafts = std::move(l.drafts);
+  l.drafts.clear();
+  const auto k = int64_t(drafts.size());
+  const std::span<const int32_t> sampled(result.tokens.data() + first_row, size_t(k + 1));
+  const int64_t a = accepted_drafts(drafts, sampled);
+  stats_.spec_draft_tokens += k;
+  stats_.spec_accepted_tokens += a;
+  l.draft_limit = next_draft_limit(k, a, config_.speculate_ngram);
+  const auto base = int64_t(l.seq.tokens.size()) - k;  // tokens before the drafts
+  l.seq.num_computed = base + a;                       // the last token and the accepted drafts
+  l.seq.tokens.resize(size_t(base + a));
+  kv_.pages.truncate(l.seq.pages, l.seq.num_computed);
+  if (config_.prefix_cache)
+    kv_.pages.cache_full_pages(l.seq.pages, l.seq.tokens, l.seq.num_computed, prefix_salt(l));
+  l.seq.tokens.resize(size_t(base));
+  l.rng = rng;
+  for (int64_t j = 0; j <= a; ++j) (void)sample_row(l.req.sampling, l.rng);
+  std::vector<StepOutput> step;
+  for (int64_t j = 0; j <= a && !l.done; ++j) {
+    const auto r = size_t(first_row + j);
+    append_token(l, result.tokens[r], token_logprobs(l, result, r), step);
+  }
+  if (l.group && l.group->hold) {  // held and merged already
+    for (StepOutput& o : step) out.push_back(std::move(o));
+    return;
+  }
+  StepOutput merged = std::move(step.front());
+  for (size_t j = 1; j < step.size(); ++j) {
+    const int32_t running = step[j].outputs_running;
+    merge(merged, std::move(step[j]));
+    merged.outputs_running = running;
+  }
+  out.push_back(std::move(merged));
 }
 
 // Keeps the prompt logprobs of the step's rows (positions [first_position,

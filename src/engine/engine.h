@@ -52,6 +52,16 @@ struct EngineConfig {
   // once; one row is 4 · vocab bytes, allocated when the first is needed);
   // 0: max_running. A request with penalties waits for a row.
   int64_t count_rows = 0;
+  // Speculative decoding with n-gram (prompt lookup) drafts (engine/speculate.h):
+  // a decoding sequence drafts up to this many tokens per step, verified in
+  // the step as one row group; 0: off. The limit adapts per sequence to its
+  // acceptance (next_draft_limit). Requests with penalties (token counts on
+  // the backend, updated by the sample op one token per row) never draft,
+  // nor do prompt-logits requests.
+  int64_t speculate_ngram = 0;
+  // No drafting in a step while more sequences than this run (a large batch
+  // is compute-bound: verifying drafts stops paying).
+  int64_t speculate_max_batch = 16;
 };
 
 // What one step produced for one request.
@@ -100,6 +110,10 @@ struct EngineStats {
   // found in cached pages (hit rate = hits / queries).
   int64_t prefix_cache_queries = 0;
   int64_t prefix_cache_hits = 0;
+  // Speculative decoding: tokens drafted and verified, and of those the ones
+  // accepted (acceptance rate = accepted / drafted).
+  int64_t spec_draft_tokens = 0;
+  int64_t spec_accepted_tokens = 0;
 };
 
 class Engine {
@@ -159,6 +173,10 @@ class Engine {
     std::string text;
     size_t emitted = 0;
     size_t searched = 0;
+    // Speculative decoding: this step's drafted tokens (appended to
+    // seq.tokens while the step runs), and the most it drafts next step.
+    std::vector<int32_t> drafts;
+    int64_t draft_limit = 0;
   };
   // A sequence's share of the step being built.
   struct Scheduled {
@@ -181,7 +199,12 @@ class Engine {
   bool acquire_count_row(Live& l);
   kv::PrefixSalt prefix_salt(const Live& l) const;
   bool reuse_cached_prefix(Live& l);
-  SampleRow sampling_row(Live& l);
+  // `ahead`: the row of a drafted sequence that follows its first `ahead` drafts.
+  SampleRow sampling_row(Live& l, int64_t ahead = 0);
+  std::vector<int32_t> draft(const Live& l, int64_t budget) const;
+  void verify(Live& l, const StepResult& result, int64_t first_row, const std::mt19937_64& rng,
+              std::vector<StepOutput>& out);
+  std::optional<PositionLogprobs> token_logprobs(Live& l, const StepResult& result, size_t row);
   void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
   void keep_prompt_logits(Live& l, int64_t first_position, const Tensor& logits, int64_t first_row);
   void keep_prompt_logprobs(Live& l, int64_t first_position, const StepResult& result,

@@ -19,6 +19,7 @@ struct OfflineOptions {
   // Every request is admitted in the first step, so none finds another's
   // pages; kept for a caller that runs several batches on one engine.
   bool prefix_cache = true;
+  int64_t speculate_ngram = 0;  // EngineConfig::speculate_ngram
   // Detokenizes the outputs and matches stop strings (StepOutput::text); may be null.
   const tokenizer::Tokenizer* tokenizer = nullptr;
 };

@@ -82,6 +82,15 @@ void PageManager::release(PageTable& t) {
   t.keys.clear();
 }
 
+void PageManager::truncate(PageTable& t, int64_t num_tokens) {
+  const size_t keep = size_t((std::max<int64_t>(num_tokens, 0) + page_size_ - 1) / page_size_);
+  while (t.ids.size() > keep) {
+    release(t.ids.back());
+    t.ids.pop_back();
+  }
+  if (t.keys.size() > keep) t.keys.resize(keep);
+}
+
 PageTable PageManager::fork(const PageTable& t, int64_t num_pages) {
   const size_t n = num_pages < 0 ? t.ids.size() : std::min(size_t(num_pages), t.ids.size());
   PageTable f;

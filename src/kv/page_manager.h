@@ -81,6 +81,11 @@ class PageManager {
   // Releases every page of `table`, its last page first (so that, of pages
   // released together, a prefix's first pages are evicted last), and empties it.
   void release(PageTable& table);
+  // Shrinks `table` to the pages that hold its first `num_tokens` tokens,
+  // releasing the others last page first (speculative decoding: the pages of
+  // rejected drafts). A page past them is never keyed (cache_full_pages keys
+  // computed tokens only), so it becomes free.
+  void truncate(PageTable& table, int64_t num_tokens);
   // A second holder of the first `num_pages` pages of `table` (-1: all), each
   // retained, their keys copied. Only full pages may be shared by sequences
   // that go on writing (a shared page is never written): a sequence forked

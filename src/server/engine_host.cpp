@@ -236,6 +236,11 @@ std::string EngineHost::metrics_text() {
           double(s.engine.prefix_cache_queries), model);
   counter("philora_prefix_cache_hits_total", "Of those, tokens found in cached KV pages.",
           double(s.engine.prefix_cache_hits), model);
+  // Speculative decoding (vLLM's spec_decode_num_draft_tokens / _accepted_tokens).
+  counter("philora_spec_decode_num_draft_tokens_total", "Drafted tokens verified (--speculate).",
+          double(s.engine.spec_draft_tokens), model);
+  counter("philora_spec_decode_num_accepted_tokens_total", "Of those, tokens accepted.",
+          double(s.engine.spec_accepted_tokens), model);
   if (options_.pages) {
     gauge("philora_kv_cache_usage_perc", "Share of the KV pages held by sequences (0 to 1).",
           s.kv_pages ? double(s.kv_pages_held) / double(s.kv_pages) : 0.0, model);
