@@ -38,10 +38,10 @@ int64_t now_seconds() {
 void raise_listen_backlog(int port) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
-    const char* name = entry.path().filename().c_str();
+    const std::string name = entry.path().filename().string();
     char* end = nullptr;
-    const long fd = std::strtol(name, &end, 10);
-    if (end == name || *end != '\0') continue;
+    const long fd = std::strtol(name.c_str(), &end, 10);
+    if (end == name.c_str() || *end != '\0') continue;
     int listening = 0;
     socklen_t len = sizeof listening;
     if (getsockopt(int(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening)
