@@ -28,9 +28,13 @@ using test::read_jsonl;
 
 const char* kCase = "gqa_multi_lora";
 
-std::vector<engine::Request> golden_requests(int64_t max_new_tokens = -1) {
+const char* kCases[] = {"gqa_multi_lora", "mqa_longrope", "partial_rotary_tied", "sliding_window"};
+
+std::vector<engine::Request> golden_requests(int64_t max_new_tokens = -1,
+                                             const std::string& case_name = kCase) {
   std::vector<engine::Request> reqs;
-  for (const nlohmann::json& line : read_jsonl(test::golden_dir(kCase) / "generate_requests.jsonl")) {
+  for (const nlohmann::json& line :
+       read_jsonl(test::golden_dir(case_name) / "generate_requests.jsonl")) {
     engine::Request r = test::request_of(line);
     if (max_new_tokens >= 0) r.max_new_tokens = max_new_tokens;
     reqs.push_back(r);
@@ -54,9 +58,9 @@ struct Result {
 };
 
 Result run(const std::vector<engine::Request>& reqs, engine::EngineConfig c, int64_t pages = 512,
-           int64_t max_running = 64) {
+           int64_t max_running = 64, const std::string& case_name = kCase) {
   c.max_running = max_running;
-  EngineRig rig(kCase, c, pages);
+  EngineRig rig(case_name, c, pages);
   Result r;
   r.runs = test::run_engine(*rig.engine, reqs);
   r.stats = rig.engine->stats();
@@ -90,28 +94,32 @@ void expect_same(const Result& got, const Result& want, const std::string& what)
   }
 }
 
-// The golden requests (two adapters and the base model in one batch) with
-// speculation: HF's tokens.
+// The golden requests of every case (adapters and the base model in one
+// batch; LongRoPE, a sliding window, partial rotary) with speculation: HF's tokens.
 TEST(SpeculativeGreedy, GoldenTokensWithMixedAdapters) {
-  for (const int64_t k : {1, 4, 8}) {
-    const Result got = run(golden_requests(), config(k));
-    for (const nlohmann::json& ref : read_jsonl(test::golden_dir(kCase) / "generate_ref.jsonl")) {
-      const auto id = ref["id"].get<std::string>();
-      ASSERT_TRUE(got.runs.count(id)) << id;
-      EXPECT_EQ(got.runs.at(id).tokens, ref["tokens"].get<std::vector<int32_t>>())
-          << "K=" << k << " " << id;
+  for (const char* name : kCases)
+    for (const int64_t k : {1, 4, 8}) {
+      const Result got = run(golden_requests(-1, name), config(k), 512, 64, name);
+      for (const nlohmann::json& ref : read_jsonl(test::golden_dir(name) / "generate_ref.jsonl")) {
+        const auto id = ref["id"].get<std::string>();
+        ASSERT_TRUE(got.runs.count(id)) << id;
+        EXPECT_EQ(got.runs.at(id).tokens, ref["tokens"].get<std::vector<int32_t>>())
+            << name << " K=" << k << " " << id;
+      }
+      EXPECT_GT(got.stats.spec_draft_tokens, 0) << name << " K=" << k << ": nothing was drafted";
     }
-    EXPECT_GT(got.stats.spec_draft_tokens, 0) << "K=" << k << ": nothing was drafted";
-  }
 }
 
 // Long greedy runs of the golden prompts, each also with its prompt repeated
 // (copy-heavy text; and a prefix another request shares): the random golden
 // models fall into loops that the drafts follow, and leave them.
-std::vector<engine::Request> long_requests() {
-  std::vector<engine::Request> reqs = golden_requests(40);
+std::vector<engine::Request> long_requests(const std::string& case_name = kCase) {
+  std::vector<engine::Request> reqs = golden_requests(40, case_name);
+  const auto config = model::load_config((test::golden_dir(case_name) / "model").string());
+  EXPECT_TRUE(config.ok());
   const size_t n = reqs.size();
   for (size_t i = 0; i < n; ++i) {
+    if (2 * reqs[i].prompt.size() + 40 > size_t(config->max_position_embeddings)) continue;
     engine::Request r = reqs[i];
     r.id += "-twice";
     r.prompt.insert(r.prompt.end(), reqs[i].prompt.begin(), reqs[i].prompt.end());
@@ -166,6 +174,22 @@ INSTANTIATE_TEST_SUITE_P(engine, SpeculativeSchedules,
                                          Schedule{"tight_kv", 4096, 40, true},
                                          Schedule{"tight_kv_chunked", 9, 40, false}),
                          [](const testing::TestParamInfo<Schedule>& i) { return i.param.name; });
+
+// Long runs on every golden case's model (a sliding window among them):
+// the output without speculation, under a tight KV cache too.
+TEST(SpeculativeGreedy, LongRunsEqualPlainOnEveryCase) {
+  for (const char* name : kCases)
+    for (const int64_t pages : {512, 40}) {
+      const std::vector<engine::Request> reqs = long_requests(name);
+      const Result plain = run(reqs, config(0), pages, 64, name);
+      const Result spec = run(reqs, config(4), pages, 64, name);
+      expect_same(spec, plain, std::string(name) + " pages " + std::to_string(pages));
+      EXPECT_GT(spec.stats.spec_accepted_tokens, 0) << name;
+      std::printf("[ %s pages %lld ] drafted %lld accepted %lld\n", name, (long long)pages,
+                  (long long)spec.stats.spec_draft_tokens,
+                  (long long)spec.stats.spec_accepted_tokens);
+    }
+}
 
 // The index in the output of the first token of the first step that kept
 // several tokens (speculation); -1 when none.

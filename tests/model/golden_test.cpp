@@ -118,13 +118,16 @@ void check_score(const fs::path& dir, const std::string& param, bool lora_column
 
 // Decode steps replay step graphs where the device records them (CUDA), and
 // run op by op with --enforce-eager: both must give HF's tokens.
-void check_greedy_generate(const fs::path& dir, bool eager, bool lora_columns = true) {
+// --speculate ngram verifies drafted tokens in the step: the same tokens.
+void check_greedy_generate(const fs::path& dir, bool eager, bool lora_columns = true,
+                           const std::string& speculate = "") {
   auto args = model_args(dir);
   if (!lora_columns) args.insert(args.end(), {"--lora-columns", "0"});
   args.insert(args.begin(), "generate");
   for (std::string a : {"--greedy", "--requests"}) args.push_back(a);
   args.push_back((dir / "generate_requests.jsonl").string());
   if (eager) args.push_back("--enforce-eager");
+  if (!speculate.empty()) args.insert(args.end(), {"--speculate", speculate});
   const CliResult r = run_philora(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = read_jsonl(r.out);
@@ -152,6 +155,14 @@ void check_greedy_generate(const fs::path& dir, bool eager, bool lora_columns = 
 TEST_P(Golden, GreedyGenerateMatchesHF) {
   if (!fs::exists(dir() / "generate_requests.jsonl")) GTEST_SKIP() << "no generate fixture";
   check_greedy_generate(dir(), false);
+}
+
+TEST_P(Golden, GreedyGenerateSpeculativeMatchesHF) {
+  if (!fs::exists(dir() / "generate_requests.jsonl")) GTEST_SKIP() << "no generate fixture";
+  for (const char* spec : {"ngram", "ngram:1", "ngram:8"}) {
+    SCOPED_TRACE(spec);
+    check_greedy_generate(dir(), false, true, spec);
+  }
 }
 
 TEST_P(Golden, GreedyGenerateWithoutLoraColumnsMatchesHF) {
