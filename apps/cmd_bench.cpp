@@ -42,6 +42,7 @@ struct BenchOptions {
   int64_t lora_columns = -1;  // -1: lora_rank (rounded up to 8) per adapter
   double mem_fraction = 0.9;
   bool enforce_eager = false;
+  int64_t speculate = 0;  // --speculate ngram:K: also time verifying 1 .. K drafts at batch 1
 };
 
 model::Phi3Config phi3_mini(int64_t layers) {  // microsoft/Phi-3-mini-4k-instruct
@@ -96,7 +97,7 @@ Counts count(const model::Phi3Config& c, size_t elem) {
 Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
                              const lora::AdapterSlots* slots, int64_t batch, int64_t context,
                              int64_t steps, const std::vector<int32_t>& slot_of, bool graphs,
-                             double* host_seconds = nullptr) {
+                             double* host_seconds = nullptr, int64_t rows = 1) {
   const model::Phi3Config& c = m.config();
   Backend& b = m.backend();
   engine::StepRunner runner(m, kv, slots, graphs);
@@ -104,27 +105,28 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
   for (int64_t i = 0; i < batch; ++i) {
     engine::Sequence& q = seqs[size_t(i)];
     q.id = std::to_string(i);
-    q.tokens.assign(size_t(context + steps + 2), int32_t((i * 131) % c.vocab_size));
+    const int64_t len = context + (steps + 1) * rows + 2;
+    q.tokens.assign(size_t(len), int32_t((i * 131) % c.vocab_size));
     q.num_computed = context;
     q.lora_slot = slot_of.empty() ? -1 : slot_of[size_t(i) % slot_of.size()];
-    if (!kv.pages.reserve(q.pages, context + steps + 2))
-      return Status::errorf("the KV cache has no room for {} sequences of {} tokens", batch,
-                            context + steps + 2);
+    if (!kv.pages.reserve(q.pages, len))
+      return Status::errorf("the KV cache has no room for {} sequences of {} tokens", batch, len);
   }
   std::vector<double> times, host;
   for (int64_t step = 0; step <= steps; ++step) {
     b.synchronize();
     const auto t0 = Clock::now();
     std::vector<engine::SeqWork> work;
-    for (auto& q : seqs) work.push_back({&q, 1, true});
+    // rows > 1: a speculative verification step (rows - 1 drafts, every row sampled).
+    for (auto& q : seqs) work.push_back({&q, rows, true, rows > 1, false});
     auto plan = engine::plan_step(work, kv.page_size);
     const double planned = since(t0), before = runner.stats().host_seconds;
-    runner.run(plan, std::vector<engine::SampleRow>(size_t(batch)));
+    runner.run(plan, std::vector<engine::SampleRow>(size_t(batch * rows)));
     if (step > 0) {
       times.push_back(since(t0));
       host.push_back(planned + runner.stats().host_seconds - before);
     }
-    for (auto& q : seqs) ++q.num_computed;
+    for (auto& q : seqs) q.num_computed += rows;
   }
   for (auto& q : seqs) kv.pages.release(q.pages);
   if (host_seconds) *host_seconds = median(host);
@@ -220,6 +222,7 @@ int run_bench(const BenchOptions& o) {
     max_tokens = std::max(max_tokens, bs * (o.context + o.steps + 2 + 16));
   if (!o.skip_lora)
     max_tokens = std::max(max_tokens, o.lora_batch * (o.lora_context + o.steps + 2 + 16));
+  max_tokens = std::max(max_tokens, o.context + (o.steps + 1) * (o.speculate + 1) + 2 + 16);
   const int64_t page = 16;
   kv::KvCache kv(b, c.num_hidden_layers, max_tokens / page + 1, page, c.num_key_value_heads,
                  c.head_dim);
@@ -243,6 +246,21 @@ int run_bench(const BenchOptions& o) {
 
   std::cout << "host time per decode step before it waits for the device:" << host_notes.str()
             << "\n";
+
+  // Speculative decoding: a step verifying k drafts (k + 1 rows, all sampled;
+  // eager, as the engine runs such steps) against a plain decode step, batch 1.
+  if (o.speculate > 0) {
+    auto plain = time_decode(m, kv, nullptr, 1, o.context, o.steps, {}, !o.enforce_eager);
+    if (!plain) return fail(plain.status());
+    for (int64_t k = 1; k <= o.speculate; ++k) {
+      auto dt = time_decode(m, kv, nullptr, 1, o.context, o.steps, {}, false, nullptr, k + 1);
+      if (!dt) return fail(dt.status());
+      std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
+                               fmt::format("verify {} drafts, batch 1 (ctx {})", k, o.context),
+                               *dt * 1e3, "vs decode", *dt / *plain);
+      summary << fmt::format("verify{}={:.3f}x ", k, *dt / *plain);
+    }
+  }
 
   // Time to first token for one prompt.
   for (int64_t p : o.prompts) {
@@ -331,6 +349,14 @@ void add_bench_command(CLI::App& app, int& rc) {
   cmd->add_option("--lora-rank", o->lora_rank, "rank of the random adapters")
       ->check(CLI::Range(1, 128));
   cmd->add_flag("--skip-lora", o->skip_lora, "leave out the multi-LoRA figure");
+  cmd->add_option_function<std::string>(
+         "--speculate", [o](const std::string& spec) { o->speculate = *parse_speculate(spec); },
+         "ngram[:K]: also time steps verifying 1 .. K drafted tokens at batch 1, as a ratio to a "
+         "decode step")
+      ->check([](const std::string& spec) {
+        const Expected<int64_t> k = parse_speculate(spec);
+        return k.ok() ? std::string() : k.status().message();
+      });
   add_lora_columns_option(*cmd, o->lora_columns);
   cmd->add_flag("--enforce-eager", o->enforce_eager, "decode steps op by op (no CUDA graphs)");
   cmd->add_option("--mem-fraction", o->mem_fraction,
