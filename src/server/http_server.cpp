@@ -338,6 +338,7 @@ void HttpServer::add_info_routes() {
               {"max_stop_sequences", ctx_.limits.max_stop_sequences},
               {"max_client_batch_size", 1},
               {"max_best_of", ctx_.limits.max_n},
+              {"speculate", ctx_.speculate},  // TGI / LoRAX: speculative tokens per step
               {"version", "0.1.0"},
               {"docker_label", nullptr},
               {"sha", nullptr}};

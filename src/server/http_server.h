@@ -62,6 +62,7 @@ struct ServerContext {
   std::vector<std::string> model_aliases;  // other names that select the base model (its path)
   std::vector<std::string> adapters;       // adapters known at start, listed by /v1/models
   RequestLimits limits;
+  int64_t speculate = 0;  // the most drafted tokens a sequence verifies per step (/info); 0: off
   // Renders chat messages (a JSON array) to a prompt; null: no chat endpoint.
   std::function<Expected<std::string>(const std::string& messages_json)> chat_template;
   // The server's log (philora serve: stderr): one line per request that ended

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <thread>
 
@@ -152,6 +153,66 @@ TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
   fs::remove_all(dir);
 }
 
+
+// --speculate ngram:3: /info says so, a greedy request gives what the server
+// without speculation gives, and /metrics counts the drafted and accepted tokens.
+TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
+  if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
+  const fs::path dir = make_model_dir();
+  const std::string body =
+      R"({"inputs": "one two three one two three one two three one two", )"
+      R"("parameters": {"max_new_tokens": 48, "do_sample": false}})";
+  std::map<bool, json> outputs;
+  for (const bool speculate : {false, true}) {
+    const int port = free_port();
+    std::vector<std::string> args = {PHILORA_BINARY, "serve",       "--model", dir.string(),
+                                     "--port",       std::to_string(port), "--kv-tokens", "2048"};
+    if (speculate) args.insert(args.end(), {"--speculate", "ngram:3"});
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(30, 0);
+    bool up = false;
+    for (int i = 0; i < 200 && !up; ++i) {
+      if (auto r = c.Get("/health"); r && r->status == 200)
+        up = true;
+      else
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_TRUE(up) << "server did not come up";
+    auto info = c.Get("/info");
+    ASSERT_TRUE(info);
+    EXPECT_EQ(json::parse(info->body)["speculate"], speculate ? 3 : 0);
+    auto g = c.Post("/generate", body, "application/json");
+    ASSERT_TRUE(g);
+    ASSERT_EQ(g->status, 200) << g->body;
+    outputs[speculate] = json::parse(g->body);
+    auto m = c.Get("/metrics");
+    ASSERT_TRUE(m);
+    auto counter = [&](const std::string& name) {
+      const size_t at = m->body.find("\n" + name + "{");
+      EXPECT_NE(at, std::string::npos) << name;
+      if (at == std::string::npos) return -1.0;
+      return std::stod(m->body.substr(m->body.find("} ", at) + 2));
+    };
+    const double drafted = counter("philora_spec_decode_num_draft_tokens_total");
+    const double accepted = counter("philora_spec_decode_num_accepted_tokens_total");
+    if (speculate) {
+      EXPECT_GT(drafted, 0);
+    } else {
+      EXPECT_EQ(drafted, 0);
+    }
+    EXPECT_LE(accepted, drafted);
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  }
+  EXPECT_EQ(outputs[true]["generated_text"], outputs[false]["generated_text"]);
+  fs::remove_all(dir);
+}
 
 // SIGTERM while a stream runs: the server stops taking work (/health 503,
 // new requests 503), lets the stream finish, then exits 0.
