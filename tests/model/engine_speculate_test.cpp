@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/speculate.h"
 #include "model/engine_rig.h"
 
 namespace philora {
@@ -174,6 +175,56 @@ INSTANTIATE_TEST_SUITE_P(engine, SpeculativeSchedules,
                                          Schedule{"tight_kv", 4096, 40, true},
                                          Schedule{"tight_kv_chunked", 9, 40, false}),
                          [](const testing::TestParamInfo<Schedule>& i) { return i.param.name; });
+
+// A page that held rejected drafts is never published to the prefix cache:
+// after request A ran with speculation, request B whose prompt is exactly A's
+// context plus drafts that A's step rejected (recomputed here by the same
+// rule: prompt lookup, the adaptive limit) gets what it gets on an engine
+// without speculation or prefix cache — were the page keyed by the drafts'
+// tokens, B would reuse K/V that A later overwrote with its own tokens.
+TEST(SpeculativeGreedy, PagesOfRejectedDraftsAreNeverCached) {
+  constexpr int64_t kK = 4, kPage = 4;  // EngineRig's pages hold 4 tokens
+  const engine::Request a = long_requests()[0];
+  EngineRig rig(kCase, config(kK));
+  const std::map<std::string, test::Run> first = test::run_engine(*rig.engine, {a});
+  const test::Run& ra = first.at(a.id);
+  std::vector<int32_t> tokens = a.prompt;
+  tokens.push_back(ra.tokens[0]);  // the prompt's step: no drafts
+  int64_t limit = kK, generated = 1;
+  std::vector<int32_t> rejected;  // A's context + drafts whose whole pages hold a rejected one
+  for (size_t step = 1; step < ra.steps.size(); ++step) {
+    const auto kept = int64_t(ra.steps[step].new_tokens.size());
+    const std::vector<int32_t> drafts =
+        engine::ngram_drafts(tokens, std::min(limit, a.max_new_tokens - generated - 1));
+    const auto k = int64_t(drafts.size());
+    if (k > 0) {
+      const int64_t accepted = kept - 1;
+      const auto len = int64_t(tokens.size());
+      if (rejected.empty() && accepted < k && (len + k) / kPage * kPage > len + accepted) {
+        rejected = tokens;
+        rejected.insert(rejected.end(), drafts.begin(), drafts.end());
+      }
+      limit = engine::next_draft_limit(k, accepted, kK);
+    } else {
+      ASSERT_EQ(kept, 1);
+    }
+    tokens.insert(tokens.end(), ra.steps[step].new_tokens.begin(),
+                  ra.steps[step].new_tokens.end());
+    generated += kept;
+  }
+  ASSERT_EQ(tokens.size(), a.prompt.size() + ra.tokens.size()) << "the steps were not replayed";
+  ASSERT_FALSE(rejected.empty()) << "no rejection filled a page";
+  engine::Request b = a;
+  b.id = "b";
+  b.prompt = rejected;
+  b.prompt.push_back(7);
+  b.max_new_tokens = 8;
+  const std::map<std::string, test::Run> second = test::run_engine(*rig.engine, {b});
+  EXPECT_GT(rig.engine->stats().prefix_cache_hits, 0) << "B reused none of A's pages";
+  EXPECT_EQ(rig.kv->pages.num_held(), 0);
+  const Result want = run({b}, config(0, 4096, false));
+  expect_same(second.at("b"), want.runs.at("b"), "B");
+}
 
 // Long runs on every golden case's model (a sliding window among them):
 // the output without speculation, under a tight KV cache too.
