@@ -310,6 +310,37 @@ TEST(SpeculativeSampling, SeededEqualsPlain) {
   EXPECT_LT(spec.stats.spec_accepted_tokens, spec.stats.spec_draft_tokens);
 }
 
+// n and best_of: each candidate (its own generator, seed + i) gives what it
+// gives without speculation, streamed (best_of = n) or held and ranked.
+TEST(SpeculativeSampling, CandidatesEqualPlain) {
+  std::vector<engine::Request> reqs = long_requests();
+  reqs.resize(4);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].sampling.greedy = false;
+    reqs[i].sampling.temperature = 0.5f;
+    reqs[i].n = 2;
+    if (i % 2) reqs[i].best_of = 3;
+  }
+  const Result plain = run(reqs, config(0));
+  const Result spec = run(reqs, config(4));
+  EXPECT_GT(spec.stats.spec_accepted_tokens, 0);
+  for (const engine::Request& r : reqs) {
+    // Per output index: its tokens and logprobs in order.
+    auto outputs = [&](const Result& res) {
+      std::map<int32_t, std::pair<std::vector<int32_t>, std::vector<float>>> by_index;
+      for (const engine::StepOutput& o : res.runs.at(r.id).steps) {
+        auto& [tokens, logprobs] = by_index[o.index];
+        tokens.insert(tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+        for (const engine::PositionLogprobs& lp : o.logprobs) logprobs.push_back(lp.chosen.logprob);
+      }
+      return by_index;
+    };
+    const auto got = outputs(spec), want = outputs(plain);
+    EXPECT_EQ(got.size(), size_t(r.n + (r.best_of ? *r.best_of - r.n : 0))) << r.id;
+    EXPECT_EQ(got, want) << r.id;
+  }
+}
+
 // Requests with penalties never draft (the sample op counts one token per
 // row); speculation is off while more sequences than speculate_max_batch run.
 TEST(SpeculativeSampling, PenaltiesAndLargeBatchesDoNotDraft) {
