@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds philora and runs every CPU test (unit, op harness, golden model tests,
-# tokenizer differential tests, real API clients from npm). GPU tests: tests/gpu/run.sh on the GPU machine.
+# tokenizer differential tests, real API clients from npm), then the suite again
+# under ASan + UBSan and the fuzzers (scripts/sanitize.sh). GPU tests:
+# tests/gpu/run.sh on the GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
@@ -22,3 +24,5 @@ if [ -f tests/structured/package-lock.json ]; then
    fi)
 fi
 ctest --test-dir build -L cpu --output-on-failure -j"$(nproc)"
+# The suite again under ASan + UBSan, then the fuzzers (one clang build).
+bash scripts/sanitize.sh
