@@ -166,9 +166,11 @@ TEST_F(Load, SixtyFourStreamingClients) {
   // Under AddressSanitizer the quarantine and the shadow memory grow on their
   // own (and LeakSanitizer checks for leaks instead): resident memory says
   // something only in the plain build.
-  if (!kAddressSanitizer)
-    EXPECT_LT(rss_end - rss_early, 64 * 1024) << "resident memory stayed flat: " << rss_early
-                                            << " KiB at a quarter, " << rss_end << " KiB at the end";
+  if (!kAddressSanitizer) {
+    EXPECT_LT(rss_end - rss_early, 64 * 1024)
+        << "resident memory stayed flat: " << rss_early << " KiB at a quarter, " << rss_end
+        << " KiB at the end";
+  }
   std::printf("load: %lld requests in %.0f s by 64 clients (%lld preemptions, %lld device loads), "
               "RSS %lld -> %lld KiB\n",
               (long long)total, seconds, (long long)s.engine.preemptions,
