@@ -64,9 +64,12 @@ Expected<std::unique_ptr<AddedVocabulary>> AddedVocabulary::from_json(
   for (size_t k = 0; k < added.size(); ++k) {
     const auto& t = added[k];
     if (!t.is_object() || !t.contains("id") || !t.contains("content") ||
-        !t["content"].is_string() || !t["id"].is_number_integer()) {
+        !t["content"].is_string() || !t["id"].is_number_integer() ||
+        t["id"].get<int64_t>() < 0 || t["id"].get<int64_t>() > (int64_t(1) << 30)) {
       return Status::errorf(
-          "added_tokens[{}]: expected an object with integer \"id\" and string \"content\"", k);
+          "added_tokens[{}]: expected an object with an integer \"id\" (0 to 2^30) and a string "
+          "\"content\"",
+          k);
     }
     AddedToken a;
     const int32_t declared = t["id"].get<int32_t>();

@@ -1,5 +1,7 @@
 #include "tokenizer/post_processor.h"
 
+#include <limits>
+
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -65,6 +67,13 @@ class NoOpProcessor final : public PostProcessor {
   void process(std::vector<int32_t>&, bool) const override {}
 };
 
+// An integer in [0, 2^31): what a token id read from JSON must be (a float or
+// a larger number would not convert to int32_t).
+bool is_token_id(const nlohmann::json& v) {
+  return v.is_number_integer() && v.get<int64_t>() >= 0 &&
+         v.get<int64_t>() <= std::numeric_limits<int32_t>::max();
+}
+
 Expected<std::unique_ptr<PostProcessor>> make_template(const nlohmann::json& j) {
   const auto& single = j.value("single", nlohmann::json::array());
   const auto& specials = j.value("special_tokens", nlohmann::json::object());
@@ -84,7 +93,13 @@ Expected<std::unique_ptr<PostProcessor>> make_template(const nlohmann::json& j) 
       }
       const auto& ids = specials[name].value("ids", nlohmann::json::array());
       TemplateProcessor::Item item{false, {}};
-      for (const auto& id : ids) item.ids.push_back(id.get<int32_t>());
+      for (const auto& id : ids) {
+        if (!is_token_id(id))
+          return Status::errorf(
+              "post_processor TemplateProcessing: special token {:?} has id {}, not a token id",
+              name, id.dump());
+        item.ids.push_back(id.get<int32_t>());
+      }
       items.push_back(std::move(item));
     } else {
       return Status::errorf("post_processor TemplateProcessing: unknown template piece {}",
@@ -96,7 +111,7 @@ Expected<std::unique_ptr<PostProcessor>> make_template(const nlohmann::json& j) 
 
 Expected<int32_t> pair_id(const nlohmann::json& j, const char* key, const std::string& type) {
   if (!j.contains(key) || !j[key].is_array() || j[key].size() != 2 ||
-      !j[key][1].is_number_integer()) {
+      !is_token_id(j[key][1])) {
     return Status::errorf("post_processor {}: \"{}\" must be [token, id]", type, key);
   }
   return j[key][1].get<int32_t>();

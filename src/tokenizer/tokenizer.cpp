@@ -1,5 +1,7 @@
 #include "tokenizer/tokenizer.h"
 
+#include <limits>
+
 #include <fstream>
 #include <sstream>
 
@@ -134,10 +136,16 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_model_dir(const std::string
     if (gen.contains("eos_token_id")) {
       const auto& e = gen["eos_token_id"];
       std::vector<int32_t> ids;
-      if (e.is_number_integer()) ids.push_back(e.get<int32_t>());
+      const auto id_of = [](const nlohmann::json& x) -> std::optional<int32_t> {
+        if (!x.is_number_integer() || x.get<int64_t>() < 0 ||
+            x.get<int64_t>() > std::numeric_limits<int32_t>::max())
+          return std::nullopt;
+        return x.get<int32_t>();
+      };
+      if (auto id = id_of(e)) ids.push_back(*id);
       if (e.is_array())
         for (const auto& x : e)
-          if (x.is_number_integer()) ids.push_back(x.get<int32_t>());
+          if (auto id = id_of(x)) ids.push_back(*id);
       for (int32_t id : ids)
         if (std::find(t->stop_ids_.begin(), t->stop_ids_.end(), id) == t->stop_ids_.end())
           t->stop_ids_.push_back(id);

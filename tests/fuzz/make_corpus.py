@@ -2,7 +2,8 @@
 """Writes the seed corpora of the fuzz targets into tests/fuzz/corpus/NAME/.
 
 The seeds are small valid inputs (libFuzzer mutates from them); rerun after
-changing this file. Standard library only."""
+changing this file. Standard library only. Files named regression_* are inputs
+a fuzzer once failed on, kept as they were found (this script leaves them)."""
 import json
 import os
 import struct

@@ -369,6 +369,15 @@ TEST(TokenizerLoad, RefusesUnsupportedComponentsByName) {
   j = base;  // found by tests/fuzz/fuzz_tokenizer_json: one entry made us allocate 7 GB
   j["model"]["vocab"]["far"] = 888888888;
   refused(j, "nearly dense");
+  j = base;  // found by tests/fuzz/fuzz_tokenizer_json: a float id was converted to int (UB)
+  j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A"}}],
+      "special_tokens": {"<s>": {"id": "<s>", "ids": [2.7e29], "tokens": ["<s>"]}}})");
+  refused(j, "not a token id");
+  j = base;
+  j["post_processor"] = json::parse(R"({"type": "BertProcessing", "sep": ["</s>", 1e30],
+      "cls": ["<s>", 1]})");
+  refused(j, "must be [token, id]");
   EXPECT_FALSE(Tokenizer::from_json_string("{not json").ok());
   EXPECT_FALSE(Tokenizer::from_file("/nonexistent/tokenizer.json").ok());
 }
