@@ -51,6 +51,17 @@ std::optional<std::string> config_token(const nlohmann::json& cfg, const char* k
 }  // namespace
 
 Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_json(const nlohmann::json& j) {
+  // The readers check what they expect and say so; a field of a type they do
+  // not expect (a null "type", say) can still make nlohmann::json throw, and
+  // that too is a file we refuse, not a crash.
+  try {
+    return from_checked_json(j);
+  } catch (const nlohmann::json::exception& e) {
+    return Status::errorf("tokenizer.json: unexpected value: {}", e.what());
+  }
+}
+
+Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_checked_json(const nlohmann::json& j) {
   if (!j.is_object()) return Status::error("tokenizer.json: top level is not an object");
   std::unique_ptr<Tokenizer> t(new Tokenizer());
   static const nlohmann::json kNull;

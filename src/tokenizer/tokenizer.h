@@ -78,6 +78,7 @@ class Tokenizer {
 
  private:
   Tokenizer();
+  static Expected<std::unique_ptr<Tokenizer>> from_checked_json(const nlohmann::json& j);
   void encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& ids) const;
   void encode_pieces(std::string_view text, bool at_start, size_t prefix_bytes,
                      std::vector<int32_t>& ids) const;

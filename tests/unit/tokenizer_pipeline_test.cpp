@@ -378,6 +378,9 @@ TEST(TokenizerLoad, RefusesUnsupportedComponentsByName) {
   j["post_processor"] = json::parse(R"({"type": "BertProcessing", "sep": ["</s>", 1e30],
       "cls": ["<s>", 1]})");
   refused(j, "must be [token, id]");
+  j = base;  // found by fuzz_tokenizer_json: nlohmann::json threw out of the loader
+  j["model"]["type"] = nullptr;
+  refused(j, "unexpected value");
   EXPECT_FALSE(Tokenizer::from_json_string("{not json").ok());
   EXPECT_FALSE(Tokenizer::from_file("/nonexistent/tokenizer.json").ok());
 }
