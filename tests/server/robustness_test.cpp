@@ -574,6 +574,9 @@ class WithSmallQueue : public test::ServerFixture {
     host.max_waiting = 1;
   }
   engine::EngineConfig engine_config() const override { return {64, 1}; }
+  // Room for the holding stream's 4,000 tokens: it must outlast the checks
+  // below even where steps are fast (1,000 tokens ended too early under ASan).
+  int64_t kv_pages() const override { return 1100; }
 };
 
 TEST_F(WithSmallQueue, AFullWaitingQueueIs429WithRetryAfter) {
@@ -584,7 +587,7 @@ TEST_F(WithSmallQueue, AFullWaitingQueueIs429WithRetryAfter) {
     httplib::Request req;
     req.method = "POST";
     req.path = "/generate_stream";
-    req.body = R"({"inputs": [1, 2], "parameters": {"max_new_tokens": 1000, "ignore_eos_token": true}})";
+    req.body = R"({"inputs": [1, 2], "parameters": {"max_new_tokens": 4000, "ignore_eos_token": true}})";
     req.set_header("Content-Type", "application/json");
     req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return !leave.load(); };
     httplib::Response res;
