@@ -62,6 +62,11 @@ struct EngineConfig {
   // No drafting in a step while more sequences than this run (a large batch
   // is compute-bound: verifying drafts stops paying).
   int64_t speculate_max_batch = 16;
+  // Admission waits for the disk loads of the adapters that waiting requests
+  // ask for, so that a schedule does not depend on how fast the disk is
+  // (offline runs, tests). Off (the server): a request waits for its
+  // adapter while the others run.
+  bool wait_for_adapter_loads = false;
 };
 
 // What one step produced for one request.

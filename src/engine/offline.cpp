@@ -31,9 +31,10 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
   // A row of token counts for every request with penalties: none waits for one.
   const int64_t count_rows = std::count_if(
       requests.begin(), requests.end(), [](const Request& r) { return uses_counts(r.sampling); });
-  const EngineConfig config{std::numeric_limits<int64_t>::max(), int64_t(requests.size()),
-                            options.step_graphs, options.prefix_cache,
-                            std::max<int64_t>(count_rows, 1), options.speculate_ngram};
+  EngineConfig config{std::numeric_limits<int64_t>::max(), int64_t(requests.size()),
+                      options.step_graphs, options.prefix_cache,
+                      std::max<int64_t>(count_rows, 1), options.speculate_ngram};
+  config.wait_for_adapter_loads = true;  // the same schedule however fast the disk
   Engine engine(model, kv, adapters, config, options.tokenizer);
   std::map<std::string, size_t> index;  // id -> position in `requests`
   for (size_t i = 0; i < requests.size(); ++i) {

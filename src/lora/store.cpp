@@ -199,6 +199,11 @@ void AdapterStore::wait_for_load(std::chrono::milliseconds timeout) {
   loaded_.wait_for(lock, timeout, [&] { return !finished_.empty() || stop_; });
 }
 
+void AdapterStore::wait_for_all_loads() {
+  std::unique_lock<std::mutex> lock(mu_);
+  loaded_.wait(lock, [&] { return finished_.size() >= loading_.size() || stop_; });
+}
+
 Acquired AdapterStore::acquire(const std::string& name) {
   ++clock_;
   auto r = resident_.find(name);

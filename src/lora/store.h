@@ -101,6 +101,9 @@ class AdapterStore {
   // Waits until a background load finishes or `timeout` passes (an engine
   // with nothing else to do).
   void wait_for_load(std::chrono::milliseconds timeout);
+  // Waits until every background load asked for has finished (poll takes
+  // them in).
+  void wait_for_all_loads();
   // Loads NAME if needed (from disk on this thread when it is not on the
   // host), makes it resident in a slot and pins it; returns the slot. Fails
   // when NAME is unknown or bad, or every slot is pinned.

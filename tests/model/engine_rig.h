@@ -96,6 +96,9 @@ struct EngineRig {
   EngineRig(const std::string& case_name, engine::EngineConfig config, int64_t pages = 512,
             bool with_tokenizer = true, int num_slots = 4, lora::StoreOptions store_options = {}) {
     const std::filesystem::path dir = golden_dir(case_name);
+    // A schedule (whether a scenario preempts) must not depend on how fast
+    // the loader thread reads the disk, unless the test holds loads itself.
+    if (!store_options.before_load) config.wait_for_adapter_loads = true;
     backend = std::make_unique<CpuBackend>(2, config.step_graphs);
     auto cfg = model::load_config((dir / "model").string());
     EXPECT_TRUE(cfg.ok()) << cfg.status().message();
