@@ -203,6 +203,7 @@ void EngineHost::loop() {
     note_scheduled(now);
     for (const auto& o : outs) deliver(o, now);
     snapshot();
+    if (options_.after_step) options_.after_step();
   }
   // Shutting down: whoever still waits is told.
   fail_all(engine::FinishReason::abort, "server shutting down", "server shutting down");

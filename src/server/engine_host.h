@@ -31,6 +31,9 @@ struct EngineHostOptions {
   const kv::PageManager* pages = nullptr;
   const lora::AdapterStore* adapters = nullptr;
   std::string model_name;  // the model_name label of the metrics
+  // Test hook: runs on the engine thread after each step, once the stats
+  // are updated (a test holds the engine still with it).
+  std::function<void()> after_step = {};
 };
 
 class EngineHost {

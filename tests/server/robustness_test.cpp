@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "server/server_fixture.h"
@@ -567,33 +569,44 @@ TEST_F(WithApiKey, EveryRouteButHealthNeedsTheKey) {
   EXPECT_EQ(models->status, 200);
 }
 
-// One sequence runs at a time and one may wait: the next gets a 429.
+// One sequence runs at a time and one may wait: the next gets a 429. The
+// engine is held still (after_step) from the step in which the first request
+// runs until the test lets it go, so the places are full however fast steps are.
 class WithSmallQueue : public test::ServerFixture {
  protected:
   void configure(server::HttpOptions&, server::EngineHostOptions& host,
                  server::ServerContext&) override {
     host.max_waiting = 1;
+    host.after_step = [this] {
+      std::unique_lock<std::mutex> lock(hold_mu_);
+      // (Once let go, host_ is not read: it is null while the host is destroyed.)
+      if (holding_ && host_->stats().running >= 1) hold_cv_.wait(lock, [&] { return !holding_; });
+    };
   }
   engine::EngineConfig engine_config() const override { return {64, 1}; }
-  // Room for the holding stream's 4,000 tokens: it must outlast the checks
-  // below even where steps are fast (1,000 tokens ended too early under ASan).
-  int64_t kv_pages() const override { return 1100; }
+  void let_go() {
+    {
+      std::lock_guard<std::mutex> lock(hold_mu_);
+      holding_ = false;
+    }
+    hold_cv_.notify_all();
+  }
+  void TearDown() override {
+    let_go();
+    test::ServerFixture::TearDown();
+  }
+
+  std::mutex hold_mu_;
+  std::condition_variable hold_cv_;
+  bool holding_ = true;
 };
 
 TEST_F(WithSmallQueue, AFullWaitingQueueIs429WithRetryAfter) {
-  // A long stream holds the one running place until the client leaves.
-  std::atomic<bool> leave{false};
   std::thread runner([&] {
-    httplib::Client c = client();
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/generate_stream";
-    req.body = R"({"inputs": [1, 2], "parameters": {"max_new_tokens": 4000, "ignore_eos_token": true}})";
-    req.set_header("Content-Type", "application/json");
-    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return !leave.load(); };
-    httplib::Response res;
-    httplib::Error err = httplib::Error::Success;
-    c.send(req, res, err);
+    auto [status, j] = post(
+        "/generate", R"({"inputs": [1, 2], "parameters": {"max_new_tokens": 4, "ignore_eos_token": true}})");
+    EXPECT_EQ(status, 200) << j.dump();
+    EXPECT_EQ(j["generated_text"].is_string(), true) << j.dump();
   });
   while (host_->stats().running < 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   std::thread waiter([&] {
@@ -612,7 +625,7 @@ TEST_F(WithSmallQueue, AFullWaitingQueueIs429WithRetryAfter) {
   ASSERT_TRUE(o);
   EXPECT_EQ(o->status, 429) << o->body;
   EXPECT_EQ(json::parse(o->body)["error"]["code"], "queue_full");
-  leave = true;
+  let_go();
   runner.join();
   waiter.join();
   EXPECT_EQ(metric_value(metrics(), "philora_http_requests_total", {"status=\"429\""}), 2);
