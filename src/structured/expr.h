@@ -92,7 +92,4 @@ size_t expr_size(const Expr& e);
 // Every class of `e` intersected with `allowed` (literals are left as they are).
 Expr restrict_classes(const Expr& e, const CodePointSet& allowed);
 
-// UTF-8 of one code point (no check: callers pass a scalar value).
-void append_utf8(std::string& out, uint32_t cp);
-
 }  // namespace philora::structured

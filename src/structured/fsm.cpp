@@ -4,6 +4,8 @@
 #include <map>
 #include <unordered_map>
 
+#include "tokenizer/unicode.h"
+
 namespace philora::structured {
 
 // ---- code point sets ------------------------------------------------------------------------
@@ -66,24 +68,6 @@ Expr restrict_classes(const Expr& e, const CodePointSet& allowed) {
   return out;
 }
 
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 namespace {
 
 // ---- UTF-8 byte sequences of a code point range ---------------------------------------------
@@ -93,11 +77,6 @@ struct ByteRange {
 };
 using ByteSeq = std::vector<ByteRange>;
 
-std::string utf8_of(uint32_t cp) {
-  std::string s;
-  append_utf8(s, cp);
-  return s;
-}
 
 // Splits [lo, hi] (same encoded length, no surrogates) into ranges whose UTF-8 encodings are
 // products of byte ranges, appending those products.
@@ -110,7 +89,7 @@ void utf8_sequences(uint32_t lo, uint32_t hi, std::vector<ByteSeq>& out) {
       utf8_sequences(std::max(lo, start), std::min(hi, end), out);
       continue;
     }
-    const std::string a = utf8_of(lo), b = utf8_of(hi);
+    const std::string a = tokenizer::unicode::to_utf8(lo), b = tokenizer::unicode::to_utf8(hi);
     const int n = static_cast<int>(a.size());
     for (int i = 1; i < n; ++i) {  // split until every continuation byte spans its full range
       const uint32_t m = (1u << (6 * i)) - 1;

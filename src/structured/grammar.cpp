@@ -2,6 +2,8 @@
 
 #include <map>
 
+#include "tokenizer/unicode.h"
+
 namespace philora::structured {
 
 namespace {
@@ -259,7 +261,7 @@ class GbnfParser {
         break;
       }
       PHILORA_ASSIGN_OR_RETURN(uint32_t cp, character());
-      append_utf8(bytes, cp);
+      tokenizer::unicode::append_utf8(bytes, cp);
     }
     return Expr::lit(std::move(bytes));
   }
@@ -303,6 +305,48 @@ void collect_refs(const Expr& e, std::vector<int>& out) {
   for (const Expr& c : e.items) collect_refs(c, out);
 }
 
+// Whether d's start reaches an accepting state through its byte edges (when
+// `bytes`) and its edges into rules marked in `through`.
+bool reaches_accept(const Dfa& d, bool bytes, const std::vector<uint8_t>& through) {
+  std::vector<uint8_t> seen(d.num_states(), 0);
+  std::vector<int32_t> st = {d.start};
+  seen[d.start] = 1;
+  auto push = [&](int32_t t) {
+    if (t >= 0 && !seen[t]) {
+      seen[t] = 1;
+      st.push_back(t);
+    }
+  };
+  while (!st.empty()) {
+    const int32_t s = st.back();
+    st.pop_back();
+    if (d.accepting[s]) return true;
+    if (bytes)
+      for (int b = 0; b < 256; ++b) push(d.step(s, static_cast<uint8_t>(b)));
+    for (const RuleEdge& e : d.rules[s])
+      if (through[e.rule]) push(e.target);
+  }
+  return false;
+}
+
+// The least set of reachable rules whose DFA reaches acceptance through bytes
+// (when `bytes`) and rules of the set: the productive rules (with bytes) or
+// the nullable ones (without).
+std::vector<uint8_t> rules_reaching_accept(const std::vector<Dfa>& dfas,
+                                           const std::vector<uint8_t>& reachable, bool bytes) {
+  const size_t n = dfas.size();
+  std::vector<uint8_t> in(n, 0);
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t r = 0; r < n; ++r)
+      if (reachable[r] && !in[r] && reaches_accept(dfas[r], bytes, in)) {
+        in[r] = 1;
+        changed = true;
+      }
+  }
+  return in;
+}
+
 }  // namespace
 
 Expected<Grammar> parse_gbnf(std::string_view text) { return GbnfParser(text).parse(); }
@@ -340,37 +384,7 @@ Expected<std::shared_ptr<const CompiledGrammar>> compile(const Grammar& g,
     }
     // Productive rules: from the start an accepting state is reachable through bytes and
     // rules known to be productive.
-    std::vector<uint8_t> productive(n, 0);
-    for (bool changed = true; changed;) {
-      changed = false;
-      for (int r = 0; r < n; ++r) {
-        if (!reachable[r] || productive[r]) continue;
-        const Dfa& d = dfas[r];
-        std::vector<uint8_t> seen(d.num_states(), 0);
-        std::vector<int32_t> st = {d.start};
-        seen[d.start] = 1;
-        bool ok = false;
-        while (!st.empty() && !ok) {
-          const int32_t s = st.back();
-          st.pop_back();
-          if (d.accepting[s]) ok = true;
-          auto push = [&](int32_t t) {
-            if (t >= 0 && !seen[t]) {
-              seen[t] = 1;
-              st.push_back(t);
-            }
-          };
-          for (int b = 0; b < 256; ++b) push(d.step(s, static_cast<uint8_t>(b)));
-          for (const RuleEdge& e : d.rules[s]) {
-            if (productive[e.rule]) push(e.target);
-          }
-        }
-        if (ok) {
-          productive[r] = 1;
-          changed = true;
-        }
-      }
-    }
+    const std::vector<uint8_t> productive = rules_reaching_accept(dfas, reachable, true);
     if (!productive[g.root]) return Status::errorf("grammar: the root rule '{}' can never match", g.rules[g.root].name);
     bool all = true;
     for (int r = 0; r < n; ++r) {
@@ -380,33 +394,7 @@ Expected<std::shared_ptr<const CompiledGrammar>> compile(const Grammar& g,
     live = productive;  // second pass drops edges into rules that can never match
   }
   // Nullable rules: an accepting state reachable without bytes.
-  std::vector<uint8_t> nullable(n, 0);
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (int r = 0; r < n; ++r) {
-      if (!reachable[r] || nullable[r]) continue;
-      const Dfa& d = dfas[r];
-      std::vector<uint8_t> seen(d.num_states(), 0);
-      std::vector<int32_t> st = {d.start};
-      seen[d.start] = 1;
-      bool ok = false;
-      while (!st.empty() && !ok) {
-        const int32_t s = st.back();
-        st.pop_back();
-        if (d.accepting[s]) ok = true;
-        for (const RuleEdge& e : d.rules[s]) {
-          if (nullable[e.rule] && !seen[e.target]) {
-            seen[e.target] = 1;
-            st.push_back(e.target);
-          }
-        }
-      }
-      if (ok) {
-        nullable[r] = 1;
-        changed = true;
-      }
-    }
-  }
+  const std::vector<uint8_t> nullable = rules_reaching_accept(dfas, reachable, false);
   // One global state space.
   auto cg = std::make_shared<CompiledGrammar>();
   cg->root_rule = g.root;
