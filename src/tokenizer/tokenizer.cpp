@@ -92,6 +92,22 @@ Expected<std::unique_ptr<Tokenizer>> Tokenizer::from_checked_json(const nlohmann
     t->pre_tokenizer_ = std::move(p).value();
   }
   {
+    // Offsets only: a ByteLevel post-processor (alone or in a Sequence) may trim them.
+    const nlohmann::json& pp = get("post_processor");
+    const auto byte_level = [&](const nlohmann::json& x) {
+      if (!x.is_object() || x.value("type", std::string()) != "ByteLevel") return;
+      const auto flag = [&](const char* key, bool dflt) {
+        auto it = x.find(key);
+        return it != x.end() && it->is_boolean() ? it->get<bool>() : dflt;
+      };
+      t->trim_offsets_ = flag("trim_offsets", true);
+      t->trim_add_prefix_space_ = flag("add_prefix_space", true);
+    };
+    byte_level(pp);
+    if (pp.is_object() && pp.contains("processors") && pp["processors"].is_array())
+      for (const auto& x : pp["processors"]) byte_level(x);
+  }
+  {
     auto p = make_post_processor(get("post_processor"));
     if (!p.ok()) return p.status().with_context("tokenizer.json");
     t->post_processor_ = std::move(p).value();

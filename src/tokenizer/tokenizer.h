@@ -47,6 +47,29 @@ class Tokenizer {
   // Ids of `text`. Ill-formed UTF-8 is first replaced by U+FFFD (one per maximal ill-formed
   // subpart). With `add_special_tokens`, the post-processor adds its tokens (e.g. BOS).
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
+
+  // Where a token came from in the input: code points [begin, end) of the (UTF-8-repaired) text,
+  // what HF tokenizers reports as `encoding.offsets` (Python; Rust's encode_char_offsets). A
+  // token made by the post-processor (BOS, ...) gets (0, 0). Tokens that share a character
+  // (byte-level or byte-fallback pieces of one code point) each get that character's span; a
+  // character a normalizer put in front (SentencePiece's "▁") belongs to the first original one;
+  // a ByteLevel post-processor with trim_offsets takes leading and trailing spaces out of a span
+  // as HF does.
+  struct Offsets {
+    size_t begin = 0, end = 0;
+    bool operator==(const Offsets&) const = default;
+  };
+  struct Encoding {
+    std::vector<int32_t> ids;
+    std::vector<Offsets> offsets;  // [ids.size()]
+  };
+  // The ids of encode(text, add_special_tokens) with each token's offsets. Encodes each run of
+  // the input between added tokens as encode() does, then aligns that run's tokens with it:
+  // each token's bytes (token_bytes) are matched left to right against the run, a leading
+  // space that matches nothing is text the normalizer or pre-tokenizer inserted. A run whose
+  // tokens cannot be aligned so (an unknown token, a normalizer that rewrites text) gives each
+  // of its tokens the whole run's span.
+  Encoding encode_with_offsets(std::string_view text, bool add_special_tokens = false) const;
   // Text of `ids`; unknown ids are skipped. With `skip_special_tokens`, added tokens marked
   // special are left out.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
@@ -90,6 +113,9 @@ class Tokenizer {
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<AddedVocabulary> added_;
   std::optional<std::string> bos_token_, eos_token_;
+  // A ByteLevel post-processor with trim_offsets (HF trims spaces out of offsets there).
+  bool trim_offsets_ = false;
+  bool trim_add_prefix_space_ = false;
   std::vector<int32_t> stop_ids_;
 };
 
