@@ -10,14 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "backend/cpu/cpu_backend.h"
-#include "engine/engine.h"
-#include "io/safetensors.h"
-#include "lora/store.h"
-#include "model/config.h"
-#include "model/weights.h"
-#include "server/http_server.h"
-#include "test_util.h"
+#include "server/server_fixture.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -25,57 +18,34 @@ using nlohmann::json;
 namespace philora {
 namespace {
 
-const fs::path kCase = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
-
-class AdapterErrors : public ::testing::Test {
+// The shared server over a copy of the golden adapters plus two bad ones,
+// with the server's log kept.
+class AdapterErrors : public test::ServerFixture {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() / ("philora_adapter_errors_" + std::to_string(::getpid()));
     const fs::path adapters = root_ / "adapters";
     fs::create_directories(adapters / "broken");
     fs::create_directories(adapters / "config_only");
-    fs::copy(kCase / "adapters" / "a", adapters / "a", fs::copy_options::recursive);
+    fs::copy(test::kGoldenCase / "adapters" / "a", adapters / "a", fs::copy_options::recursive);
     std::ofstream(adapters / "broken" / "adapter_config.json") << "{not json";
-    fs::copy_file(kCase / "adapters" / "a" / "adapter_config.json",
+    fs::copy_file(test::kGoldenCase / "adapters" / "a" / "adapter_config.json",
                   adapters / "config_only" / "adapter_config.json");
-
-    auto config = model::load_config((kCase / "model").string());
-    ASSERT_TRUE(config.ok()) << config.status().message();
-    config_ = *config;
-    auto tensors = io::TensorSet::open_model_dir((kCase / "model").string());
-    ASSERT_TRUE(tensors.ok());
-    tensors_ = std::make_unique<io::TensorSet>(std::move(*tensors));
-    auto weights = model::load_weights(*tensors_, config_, backend_);
-    ASSERT_TRUE(weights.ok());
-    model_ = std::make_unique<model::Phi3ForCausalLM>(config_, std::move(*weights), backend_);
-    slots_ = std::make_unique<lora::AdapterSlots>(backend_, config_, 2);
-    lora::StoreOptions store_options;
-    store_options.adapter_dir = adapters.string();
-    store_options.host_capacity = 8;
-    store_ = std::make_unique<lora::AdapterStore>(config_, *slots_, store_options);
-    kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, 64, 4,
-                                        config_.num_key_value_heads, config_.head_dim);
-    engine_ =
-        std::make_unique<engine::Engine>(*model_, *kv_, store_.get(), engine::EngineConfig{64, 8});
-    host_ = std::make_unique<server::EngineHost>(*engine_);
-    server::ServerContext ctx;
-    ctx.host = host_.get();
-    ctx.model_name = "tiny";
-    ctx.limits.max_total_tokens = engine_->max_sequence_tokens();
+    test::ServerFixture::SetUp();
+  }
+  void TearDown() override {
+    test::ServerFixture::TearDown();
+    fs::remove_all(root_);
+  }
+  fs::path adapter_dir() const override { return root_ / "adapters"; }
+  int64_t kv_pages() const override { return 64; }
+  engine::EngineConfig engine_config() const override { return {64, 8}; }
+  void configure(server::HttpOptions&, server::EngineHostOptions&,
+                 server::ServerContext& ctx) override {
     ctx.log = [this](const std::string& line) {
       std::lock_guard<std::mutex> lock(log_mu_);
       log_ += line + "\n";
     };
-    http_ = std::make_unique<server::HttpServer>(ctx);
-    auto port = http_->start("127.0.0.1", 0);
-    ASSERT_TRUE(port.ok()) << port.status().message();
-    port_ = *port;
-  }
-  void TearDown() override {
-    if (http_) http_->stop();
-    http_.reset();
-    host_.reset();
-    fs::remove_all(root_);
   }
 
   std::pair<int, std::string> post(const std::string& path, const json& body) {
@@ -104,17 +74,6 @@ class AdapterErrors : public ::testing::Test {
   }
 
   fs::path root_;
-  CpuBackend backend_{2};
-  model::Phi3Config config_;
-  std::unique_ptr<io::TensorSet> tensors_;
-  std::unique_ptr<model::Phi3ForCausalLM> model_;
-  std::unique_ptr<lora::AdapterSlots> slots_;
-  std::unique_ptr<lora::AdapterStore> store_;
-  std::unique_ptr<kv::KvCache> kv_;
-  std::unique_ptr<engine::Engine> engine_;
-  std::unique_ptr<server::EngineHost> host_;
-  std::unique_ptr<server::HttpServer> http_;
-  int port_ = 0;
   std::mutex log_mu_;
   std::string log_;
 };

@@ -127,9 +127,13 @@ class ServerFixture : public ::testing::Test {
   // Options a suite may change before the server starts.
   virtual void configure(server::HttpOptions& http, server::EngineHostOptions& host,
                          server::ServerContext& ctx) {}
+  // Adapter store options a suite may change (test hooks).
+  virtual void configure_store(lora::StoreOptions& store) {}
   // KV pages of the cache (page size 4).
   virtual int64_t kv_pages() const { return 256; }
   virtual engine::EngineConfig engine_config() const { return {64, 64}; }
+  // The directory the adapter store serves.
+  virtual std::filesystem::path adapter_dir() const { return kGoldenCase / "adapters"; }
 
   void SetUp() override {
     auto config = model::load_config((kGoldenCase / "model").string());
@@ -144,8 +148,9 @@ class ServerFixture : public ::testing::Test {
     slots_ =
         std::make_unique<lora::AdapterSlots>(backend_, config_, 2);  // fewer slots than adapters
     lora::StoreOptions store_options;
-    store_options.adapter_dir = (kGoldenCase / "adapters").string();
+    store_options.adapter_dir = adapter_dir().string();
     store_options.host_capacity = 8;
+    configure_store(store_options);
     store_ = std::make_unique<lora::AdapterStore>(config_, *slots_, store_options);
     kv_ = std::make_unique<kv::KvCache>(backend_, config_.num_hidden_layers, kv_pages(), 4,
                                         config_.num_key_value_heads, config_.head_dim);
