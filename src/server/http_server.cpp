@@ -310,6 +310,7 @@ void HttpServer::routes() {
   add_info_routes();
   add_lorax_routes(add, ctx_, next_id);
   add_openai_routes(add, ctx_, next_id);
+  add_tokenize_routes(add, ctx_);
   add_error_handlers();
 }
 

@@ -153,5 +153,8 @@ Event run_to_end(Generation& gen);
 using IdSource = std::function<std::string()>;  // a fresh engine request id per call
 void add_lorax_routes(const AddRoute& add, const ServerContext& ctx, IdSource next_id);
 void add_openai_routes(const AddRoute& add, const ServerContext& ctx, IdSource next_id);
+// POST /tokenize (LoRAX / TGI and vLLM shapes, by the body) and vLLM's /detokenize
+// (tokenize_routes.cpp).
+void add_tokenize_routes(const AddRoute& add, const ServerContext& ctx);
 
 }  // namespace philora::server
