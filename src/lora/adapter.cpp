@@ -84,12 +84,11 @@ bool name_matches(const std::string& name, const std::string& key) {
                          name[name.size() - key.size() - 1] == '.');
 }
 
-struct Dims {
-  int64_t in = 0;   // columns of A
-  int64_t out = 0;  // rows of B
-};
+using Dims = ModuleDims;
 
-Dims module_dims(const model::Phi3Config& c, Target t) {
+}  // namespace
+
+ModuleDims module_dims(const model::Phi3Config& c, Target t) {
   switch (t) {
     case Target::qkv:
       return {c.hidden_size, c.qkv_size()};
@@ -104,6 +103,8 @@ Dims module_dims(const model::Phi3Config& c, Target t) {
   }
   return {};
 }
+
+namespace {
 
 // ---- adapter_config.json -----------------------------------------------------------------
 

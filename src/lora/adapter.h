@@ -76,6 +76,13 @@ struct Adapter {
   }
 };
 
+// The shapes LoRA takes on a module of the base model: A is (rank, in), B is (out, rank).
+struct ModuleDims {
+  int64_t in = 0;   // columns of A
+  int64_t out = 0;  // rows of B
+};
+ModuleDims module_dims(const model::Phi3Config& c, Target t);
+
 // Parses adapter_config.json text (`origin` names the file in errors). Refuses
 // what changes the math beyond plain LoRA: DoRA, modules_to_save, bias != "none",
 // lora_bias, layer_replication, trainable tokens, a peft_type other than LORA.

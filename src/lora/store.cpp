@@ -1,5 +1,7 @@
 #include "lora/store.h"
 
+#include <chrono>
+
 #include <fmt/format.h>
 
 #include "core/hash.h"
@@ -27,6 +29,32 @@ void AdapterStore::register_dir(const std::string& name, const std::string& dir)
   dirs_[name] = dir;
 }
 
+Status AdapterStore::register_adapter(const std::string& name,
+                                      std::shared_ptr<const Adapter> adapter) {
+  if (name.empty()) return Status::error("an adapter needs a name");
+  if (!adapter) return Status::errorf("adapter '{}': no adapter given", name);
+  if (adapter->layers.size() != size_t(config_.num_hidden_layers))
+    return Status::errorf("adapter '{}' has {} layers, the model {}", name, adapter->layers.size(),
+                          config_.num_hidden_layers);
+  for (int64_t layer = -1; layer < config_.num_hidden_layers; ++layer)
+    for (int t = 0; t <= int(Target::lm_head); ++t) {
+      const Target target = Target(t);
+      if ((layer < 0) != (target == Target::lm_head)) continue;
+      const std::optional<LoraModule>& m = adapter->module(layer < 0 ? 0 : layer, target);
+      if (!m) continue;
+      const ModuleDims d = module_dims(config_, target);
+      if (m->a.dtype != DType::f32 || m->b.dtype != DType::f32 || m->a.rows() != m->rank ||
+          m->a.cols() != d.in || m->b.rows() != d.out || m->b.cols() != m->rank)
+        return Status::errorf("adapter '{}': {} of layer {} is not (r, {}) and ({}, r) in f32",
+                              name, target_module_name(target), layer, d.in, d.out);
+    }
+  if (options_.max_rank > 0 && adapter->max_rank > options_.max_rank)
+    return Status::errorf("adapter '{}' has rank {}, above the largest rank this server takes ({})",
+                          name, adapter->max_rank, options_.max_rank);
+  in_memory_[name] = std::move(adapter);
+  return Status();
+}
+
 namespace {
 
 AdapterError not_found(const std::string& message, const std::string& detail) {
@@ -49,7 +77,7 @@ std::string without_paths(std::string message, const std::string& dir,
 }  // namespace
 
 std::optional<AdapterError> AdapterStore::check_name(const std::string& name) const {
-  if (dirs_.count(name)) return std::nullopt;
+  if (dirs_.count(name) || in_memory_.count(name)) return std::nullopt;
   // A name from a request becomes a path: keep it inside adapter_dir.
   if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
       name.find('\\') != std::string::npos) {
@@ -131,6 +159,7 @@ void AdapterStore::keep_on_host(const std::string& name, std::shared_ptr<const A
 }
 
 AdapterStore::Loaded AdapterStore::host_adapter(const std::string& name) {
+  if (auto m = in_memory_.find(name); m != in_memory_.end()) return m->second;
   auto it = host_.find(name);
   if (it != host_.end()) {
     host_lru_.splice(host_lru_.begin(), host_lru_, it->second.second);
@@ -143,7 +172,8 @@ AdapterStore::Loaded AdapterStore::host_adapter(const std::string& name) {
 }
 
 Preparation AdapterStore::prepare(const std::string& name) {
-  if (resident_.count(name) || host_.count(name)) return {true, std::nullopt};
+  if (resident_.count(name) || host_.count(name) || in_memory_.count(name))
+    return {true, std::nullopt};
   if (auto f = failed_.find(name); f != failed_.end()) return {false, f->second};
   if (loading_.count(name)) return {};
   if (auto bad = check_name(name)) return {false, *bad};
@@ -238,7 +268,12 @@ Acquired AdapterStore::acquire(const std::string& name) {
     resident_.erase(s.name);
     ++device_evictions_;
   }
+  s = SlotState{};  // free from here on: an upload that throws leaves the slot so
+  if (options_.before_upload) options_.before_upload(name);
+  const auto t0 = std::chrono::steady_clock::now();
   slots_.assign(victim, *adapter);
+  upload_seconds_ +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ++uploads_;
   const uint64_t identity = hash_combine(hash_string(0, name), adapter->content_hash);
   s = SlotState{name, 1, clock_, identity == 0 ? 1 : identity};

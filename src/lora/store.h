@@ -44,6 +44,9 @@ struct StoreOptions {
   // Test hook: runs on the loader thread before a background load of NAME
   // reads the disk (a test makes one adapter's load slow with it).
   std::function<void(const std::string& name)> before_load = {};
+  // Test hook: runs on the caller's thread (the engine's) just before NAME is uploaded into a
+  // device slot; a test throws from it to stand for a device failure in the middle of a step.
+  std::function<void(const std::string& name)> before_upload = {};
 };
 
 // Why an adapter could not be made resident.
@@ -88,6 +91,11 @@ class AdapterStore {
 
   // Makes NAME resolve to DIR (--adapter NAME=DIR).
   void register_dir(const std::string& name, const std::string& dir);
+  // Serves NAME from `adapter`, made in memory (philora bench --workload's synthetic adapters): it
+  // is always on the host (held by the store, outside the host tier's bounds, never read from
+  // disk) and goes to device slots as any other. Checked against the model and max_rank as a
+  // load from disk is.
+  Status register_adapter(const std::string& name, std::shared_ptr<const Adapter> adapter);
   // Without blocking: ready when NAME is resident or on the host; else its
   // load from disk starts on the loader thread (once however often asked)
   // and it is not ready yet; or the error of a load that failed (reported to
@@ -131,6 +139,9 @@ class AdapterStore {
   int64_t max_rank() const { return slots_.max_rank(); }
   int64_t loads_from_disk() const { return disk_loads_; }
   int64_t uploads_to_device() const { return uploads_; }
+  // Seconds the caller's thread spent in uploads into device slots (AdapterSlots::assign), all
+  // of them: the host -> device swap time of an adapter is this over uploads_to_device().
+  double upload_seconds() const { return upload_seconds_; }
   // Counters per tier, for /metrics: adapters dropped from the host cache, and
   // resident adapters whose slot went to another adapter.
   int64_t host_evictions() const { return host_evictions_; }
@@ -154,6 +165,7 @@ class AdapterStore {
   AdapterSlots& slots_;
   StoreOptions options_;
   std::map<std::string, std::string> dirs_;  // registered NAME -> DIR
+  std::map<std::string, std::shared_ptr<const Adapter>> in_memory_;  // register_adapter
   // host tier: LRU list of names (front = most recent) and the parsed adapters
   std::list<std::string> host_lru_;
   std::map<std::string, std::pair<std::shared_ptr<const Adapter>, std::list<std::string>::iterator>>
@@ -183,6 +195,7 @@ class AdapterStore {
   uint64_t clock_ = 0;
   int64_t disk_loads_ = 0;
   int64_t uploads_ = 0;
+  double upload_seconds_ = 0;
   int64_t host_evictions_ = 0;
   int64_t device_evictions_ = 0;
 };
