@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "backend/ceilings.h"
+#include "bench_workload.h"
 #include "commands.h"
 #include "common.h"
 #include "engine/plan.h"
@@ -328,8 +329,11 @@ int run_bench(const BenchOptions& o) {
 
 }  // namespace
 
+model::Phi3Config phi3_mini_config(int64_t layers) { return phi3_mini(layers); }
+
 void add_bench_command(CLI::App& app, int& rc) {
   auto o = std::make_shared<BenchOptions>();
+  auto w = std::make_shared<WorkloadOptions>();
   CLI::App* cmd = app.add_subcommand(
       "bench", "Phi-3-mini-shaped model with random weights: speed vs the device's ceilings");
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -362,7 +366,52 @@ void add_bench_command(CLI::App& app, int& rc) {
   cmd->add_option("--mem-fraction", o->mem_fraction,
                   "device memory fraction for the KV capacity figure")
       ->check(CLI::Range(0.1, 1.0));
-  cmd->callback([o, &rc] { rc = run_bench(*o); });
+  // --workload: a serving workload through the engine instead of the figures above.
+  cmd->add_option("--workload", w->workload,
+                  "poisson: a replayable serving workload through the engine (Poisson arrivals, "
+                  "synthetic adapters; the options below) instead of the step figures")
+      ->check(CLI::IsMember({"poisson"}));
+  cmd->add_option("--rate", w->rate, "workload: requests per second")
+      ->check(CLI::Range(1e-3, 1e6));
+  cmd->add_option("--duration", w->duration, "workload: seconds during which requests arrive")
+      ->check(CLI::Range(1e-3, 86400.0));
+  cmd->add_option("--seed", w->seed, "workload: seed of every random choice");
+  cmd->add_option("--adapters", w->adapters,
+                  "workload: synthetic adapters made in memory (0: base model only)")
+      ->check(CLI::Range(int64_t(0), int64_t(100000)));
+  cmd->add_option("--zipf-alpha", w->zipf_alpha, "workload: adapter k drawn with P ~ 1/k^alpha")
+      ->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--prompt-len", w->prompt_len, "workload: mean prompt tokens")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--prompt-spread", w->prompt_spread,
+                  "workload: prompt tokens uniform in mean +- this")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  cmd->add_option("--output-len", w->output_len, "workload: mean output tokens")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--output-spread", w->output_spread,
+                  "workload: output tokens uniform in mean +- this")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  cmd->add_option("--max-loras", w->max_loras, "workload: adapters resident on the device")
+      ->check(CLI::Range(int64_t(1), int64_t(1024)));
+  cmd->add_option("--max-running", w->max_running, "workload: sequences in flight at most")
+      ->check(CLI::Range(int64_t(1), int64_t(4096)));
+  cmd->add_option("--max-batched-tokens", w->max_batched_tokens, "workload: token budget of a step")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--kv-tokens", w->kv_tokens, "workload: tokens of the KV cache")
+      ->check(CLI::Range(int64_t(16), int64_t(1) << 30));
+  cmd->callback([o, w, &rc] {
+    if (w->workload.empty()) {
+      rc = run_bench(*o);
+      return;
+    }
+    w->device = o->device;
+    w->model_dir = o->model_dir;
+    w->layers = o->layers;
+    w->lora_rank = o->lora_rank;
+    w->lora_columns = o->lora_columns;
+    w->enforce_eager = o->enforce_eager;
+    rc = run_workload(*w);
+  });
 }
 
 }  // namespace philora::app

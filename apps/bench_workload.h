@@ -1,0 +1,34 @@
+// philora bench --workload: a replayable serving workload through the engine (cmd_bench_workload.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace philora::app {
+
+struct WorkloadOptions {
+  std::string workload;    // "poisson"
+  std::string device = "cpu";
+  std::string model_dir;   // empty: the Phi-3-mini shape with random weights
+  int64_t layers = 32;     // of the random model
+  double rate = 4;         // requests per second (Poisson arrivals)
+  double duration = 60;    // seconds during which requests arrive
+  uint64_t seed = 0;
+  int64_t adapters = 100;  // synthetic adapters; 0: every request on the base model
+  double zipf_alpha = 1.0;
+  int64_t lora_rank = 16;
+  int64_t prompt_len = 256, prompt_spread = 128;  // uniform in [len - spread, len + spread]
+  int64_t output_len = 128, output_spread = 64;
+  int64_t max_loras = 16;            // device slots
+  int64_t lora_columns = -1;         // as --lora-columns
+  int64_t max_running = 256;
+  int64_t max_batched_tokens = 2048;
+  int64_t kv_tokens = 65536;
+  bool enforce_eager = false;
+};
+
+// Runs the workload and prints its report (a table, then a one-line summary); returns the
+// exit code.
+int run_workload(const WorkloadOptions& o);
+
+}  // namespace philora::app
