@@ -114,8 +114,12 @@ inline constexpr int64_t kMaxLogprobs = 20;
 // the host. Row r, in this order (vLLM V1's order; typical-p, which vLLM lacks,
 // last, where HF and LoRAX apply it):
 //   1. x = the row's logits in f32, NaN counted as -inf. (Raw logprobs read x here.)
-//   2. logit bias and bans: x[t] += v for each entry (t, v) of the row's sparse
-//      list; a ban is v = -inf. A token appears at most once in a row's list.
+//   2. the constraint's mask (structured output), then logit bias and bans: when
+//      mask_row[r] = m ≥ 0, x[t] = -inf for every token t whose bit t % 32 of
+//      word mask[m, t / 32] is clear; then x[t] += v for each entry (t, v) of the
+//      row's sparse list; a ban is v = -inf. A token appears at most once in a
+//      row's list. (Bias, bans and the penalties keep -inf at -inf, so the mask
+//      removes the same tokens wherever it stands before step 4.)
 //   3. penalties, when count_row[r] = c ≥ 0, from n = counts[c, t] >> 1 (times t
 //      was generated) and p = counts[c, t] & 1 (t is in the prompt), in f32:
 //        repetition (HF / TGI, prompt + output): when p or n > 0,
@@ -164,6 +168,9 @@ struct SamplingPlan {
   Tensor logprobs;            // [R] i32: -1 = none, else k ≤ logprobs_width
   Tensor logprob_kind;        // [R] i32: 0 raw, 1 processed
   Tensor target;              // [R] i32: -1 = the chosen token
+  // Allowed-token bitmasks (structured output); both empty: no row has one.
+  Tensor mask_row;  // [R] i32: row r's mask is mask[mask_row[r]], -1 = none
+  Tensor mask;      // (M, ceil(vocab / 32)) i32 words: bit t % 32 of word t / 32 = t allowed
   Tensor counts;              // (rows, vocab) i32, updated in place; may be empty when no
                               // row has a count row
   // host: -1 = no row asks for logprobs; else K (0 .. kMaxLogprobs), the

@@ -149,6 +149,56 @@ TEST_P(SampleOp, Random) {
   }
 }
 
+// ---- structured output's masks ---------------------------------------------------------
+
+// Random rows under allowed-token masks (dense, sparse, one token, none; some rows without
+// one), with logprobs of both kinds: tokens and logprobs as the oracle says (raw logprobs
+// read the logits before the mask).
+TEST_P(SampleOp, Masks) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE(fmt::format("seed {} (rerun with PHILORA_OP_SEED={})", seed, seed));
+  Rng rng(seed);
+  for (const auto& [vocab, rows] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 4}, {37, 40}, {1003, 64}, {32064, 24}}) {
+    SCOPED_TRACE(fmt::format("vocab {}, {} rows", vocab, rows));
+    Batch in = random_rows(rng, vocab, rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      SampleRowIn& row = in.rows[size_t(r)];
+      if (r % 5 == 0) continue;  // no mask
+      row.mask.assign(size_t((vocab + 31) / 32), 0u);
+      const double density = r % 5 == 1 ? 0.5 : r % 5 == 2 ? 0.02 : 0.0;
+      for (int64_t t = 0; t < vocab; ++t)
+        if (rng.uniform(0, 1) < density) row.mask[size_t(t / 32)] |= 1u << (t % 32);
+      if (r % 5 != 4) {  // at least one token; r % 5 == 4 keeps none (greedy: the first index)
+        const auto t = rng.integer(0, vocab - 1);
+        row.mask[size_t(t / 32)] |= 1u << (t % 32);
+      }
+      if (r % 3 == 0) {
+        row.logprobs = int32_t(std::min<int64_t>(3, vocab));
+        row.logprob_kind = r % 2;
+      }
+      for (int tries = 1; oracle(in, r).margin < kMargin; ++tries) {
+        if (tries == 1000) FAIL() << "no draw stands clear";
+        row.uniform = draw_uniform(rng);
+        if (tries % 50 == 0) row.temperature = float(rng.uniform(0.2, 1.0));
+      }
+    }
+    const SampleOut got = run_sample(backend(), in);
+    expect_matches_oracle(in, got, GetParam());
+    for (int64_t r = 0; r < rows; ++r) {  // what the oracle says, from the rule itself
+      const SampleRowIn& row = in.rows[size_t(r)];
+      const int32_t t = got.tokens[size_t(r)];
+      if (row.mask.empty() || t < 0 || t >= vocab) continue;
+      bool any = false;
+      for (uint32_t w : row.mask) any = any || w != 0;
+      if (any)
+        EXPECT_TRUE(row.mask[size_t(t / 32)] >> (t % 32) & 1u) << in.describe(r) << ": token " << t;
+      else
+        EXPECT_EQ(t, 0) << in.describe(r);
+    }
+  }
+}
+
 // ---- (c): ties --------------------------------------------------------------------------
 
 // Logits from a few levels; the row's kept set and expected tokens follow from

@@ -74,6 +74,16 @@ SampleOut run_sample(Backend& b, const SampleBatch& in) {
   p.logprob_kind = b.upload_i32(kind);
   p.target = b.upload_i32(target);
   if (in.count_rows > 0) p.counts = b.upload_i32(in.counts).reshape({in.count_rows, V});
+  // Masks: row r's is mask row mask_row[r] (rows without one: -1), only when some row has one.
+  std::vector<int32_t> mask_row, mask;
+  for (const SampleRowIn& s : in.rows) {
+    mask_row.push_back(s.mask.empty() ? -1 : int32_t(mask.size() / size_t((V + 31) / 32)));
+    mask.insert(mask.end(), s.mask.begin(), s.mask.end());
+  }
+  if (!mask.empty()) {
+    p.mask_row = b.upload_i32(mask_row);
+    p.mask = b.upload_i32(mask).reshape({int64_t(mask.size()) / ((V + 31) / 32), (V + 31) / 32});
+  }
   p.logprobs_width = in.width();
   const SampleResult res = b.sample(upload(b, logits, {R, V}), p);
   SampleOut out;
@@ -141,7 +151,13 @@ OracleRow oracle(const SampleBatch& in, int64_t r) {
   for (int64_t t = 0; t < V; ++t) sig[size_t(t)] = {x[size_t(t)], false, 0.0, -1};
   const std::vector<double> raw =
       s.logprobs >= 0 && s.logprob_kind == 0 ? log_softmax(x) : std::vector<double>();
-  // 2. bias and bans.
+  // 2. the mask (a token it clears is -inf), bias and bans.
+  if (!s.mask.empty())
+    for (int64_t t = 0; t < V; ++t)
+      if (!(s.mask[size_t(t / 32)] >> (t % 32) & 1u)) {
+        x[size_t(t)] = -kInf;
+        sig[size_t(t)] = {-kInf, false, 0.0, -1};
+      }
   for (const auto& [t, v] : s.bias) {
     x[size_t(t)] += v;
     sig[size_t(t)].has_bias = true;

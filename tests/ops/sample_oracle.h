@@ -45,6 +45,7 @@ struct SampleRowIn {
   int32_t logprobs = -1;
   int32_t logprob_kind = 0;
   int32_t target = -1;
+  std::vector<uint32_t> mask;  // [ceil(vocab / 32)] allowed tokens (structured output); empty: all
 };
 
 struct SampleBatch {

@@ -34,6 +34,7 @@ struct RowParams {
   const int32_t* bias_token;  // [bias_count]
   const float* bias_value;    // [bias_count]
   int64_t bias_count;
+  const uint32_t* mask;  // [ceil(vocab / 32)] the row's allowed tokens, null = all
 };
 
 RowParams row_params(const SamplingPlan& p, int64_t r) {
@@ -53,11 +54,23 @@ RowParams row_params(const SamplingPlan& p, int64_t r) {
           p.target.ptr<int32_t>()[r],
           p.bias_token.ptr<int32_t>() + begin,
           p.bias_value.ptr<float>() + begin,
-          end - begin};
+          end - begin,
+          nullptr};
 }
 
-// Steps 2 and 3: bias and bans, then the penalties from the row's counts, in f32.
+// Row r's mask words, or null (SamplingPlan::mask_row / mask).
+const uint32_t* row_mask(const SamplingPlan& p, int64_t r) {
+  if (p.mask_row.empty()) return nullptr;
+  const int32_t m = p.mask_row.ptr<int32_t>()[r];
+  if (m < 0) return nullptr;
+  return reinterpret_cast<const uint32_t*>(p.mask.ptr<int32_t>()) + m * p.mask.cols();
+}
+
+// Steps 2 and 3: the mask, bias and bans, then the penalties from the row's counts, in f32.
 void process(std::vector<float>& x, const RowParams& p, const int32_t* counts) {
+  if (p.mask)
+    for (size_t t = 0; t < x.size(); ++t)
+      if (((p.mask[t / 32] >> (t % 32)) & 1u) == 0) x[t] = -INFINITY;
   for (int64_t j = 0; j < p.bias_count; ++j) x[size_t(p.bias_token[j])] += p.bias_value[j];
   if (!counts) return;
   for (size_t t = 0; t < x.size(); ++t) {
@@ -278,6 +291,20 @@ SampleResult CpuBackend::sample(const Tensor& logits, const SamplingPlan& plan) 
   if (width < -1 || width > kMaxLogprobs)
     bad("logprobs_width " + std::to_string(width) + " is outside [-1, " +
         std::to_string(kMaxLogprobs) + "]");
+  const bool masks = !plan.mask_row.empty();
+  if (masks) {
+    require(plan.mask_row, DType::i32, rows, "mask_row");
+    if (plan.mask.device != Device::cpu || plan.mask.dtype != DType::i32 || plan.mask.ndim != 2 ||
+        plan.mask.cols() != (vocab + 31) / 32 || (plan.mask.numel() > 0 && plan.mask.empty()))
+      bad("mask must be an (M, " + std::to_string((vocab + 31) / 32) +
+          ") i32 tensor in host memory (got " + plan.mask.shape_str() + " " +
+          std::string(dtype_name(plan.mask.dtype)) + ")");
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t m = plan.mask_row.ptr<int32_t>()[r];
+      if (m < -1 || m >= plan.mask.rows())
+        bad("mask row " + std::to_string(m) + " of mask " + plan.mask.shape_str());
+    }
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const RowParams p = row_params(plan, r);
     if (indptr[r] < 0 || indptr[r] > indptr[r + 1]) bad("bias_indptr must not decrease");
@@ -305,7 +332,8 @@ SampleResult CpuBackend::sample(const Tensor& logits, const SamplingPlan& plan) 
   }
   pool_.parallel_for(rows, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      const RowParams p = row_params(plan, r);
+      RowParams p = row_params(plan, r);
+      p.mask = row_mask(plan, r);
       int32_t* counts =
           p.count_row >= 0 ? plan.counts.ptr<int32_t>() + p.count_row * vocab : nullptr;
       const RowOut o{out.tokens.ptr<int32_t>() + r,

@@ -72,6 +72,15 @@ SampleResult CudaBackend::sample(const Tensor& logits, const SamplingPlan& plan)
   if (width < -1 || width > kMaxLogprobs)
     bad("logprobs_width " + std::to_string(width) + " is outside [-1, " +
         std::to_string(kMaxLogprobs) + "]");
+  const bool masks = !plan.mask_row.empty();
+  if (masks) {
+    require(plan.mask_row, DType::i32, rows, "mask_row");
+    if (plan.mask.device != Device::cuda || plan.mask.dtype != DType::i32 || plan.mask.ndim != 2 ||
+        plan.mask.cols() != (vocab + 31) / 32 || (plan.mask.numel() > 0 && plan.mask.empty()))
+      bad("mask must be an (M, " + std::to_string((vocab + 31) / 32) +
+          ") i32 tensor on the GPU (got " + plan.mask.shape_str() + " " +
+          std::string(dtype_name(plan.mask.dtype)) + " on " + device_name(plan.mask.device) + ")");
+  }
 
   SampleResult out;
   out.tokens = device_tensor(DType::i32, {rows});
@@ -102,6 +111,12 @@ SampleResult CudaBackend::sample(const Tensor& logits, const SamplingPlan& plan)
   a.bias_indptr = plan.bias_indptr.ptr<int32_t>();
   a.bias_token = plan.bias_token.ptr<int32_t>();
   a.bias_value = plan.bias_value.ptr<float>();
+  if (masks) {  // a mask row past the table (a value the host does not read) is none
+    a.mask_row = plan.mask_row.ptr<int32_t>();
+    a.mask = reinterpret_cast<const uint32_t*>(plan.mask.data);
+    a.mask_rows = plan.mask.rows();
+    a.mask_words = plan.mask.cols();
+  }
   a.counts = plan.counts.empty() ? nullptr : plan.counts.ptr<int32_t>();
   a.count_rows = plan.counts.empty() ? 0 : plan.counts.rows();
   a.out = out.tokens.ptr<int32_t>();

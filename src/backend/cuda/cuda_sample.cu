@@ -12,8 +12,9 @@ namespace philora::cuda {
 namespace {
 
 // One block per row, in passes over the row (from L2 after the first):
-//   1. x = the logits as f32 into the scratch row (and, for raw logprobs,
-//      their max and Σ exp); then the bias list scattered into x.
+//   1. x = the logits as f32 into the scratch row, -inf where the row's mask
+//      clears the token (raw logprobs: the max and Σ exp of the logits before
+//      the mask); then the bias list scattered into x.
 //   2. penalties from the row's counts, in place; the max and its first index
 //      (greedy rows stop here), and Σ exp for processed greedy logprobs.
 //   3. top-k: a radix select over order-preserving keys of x, 4 bits a level,
@@ -452,12 +453,16 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
   if (count_row >= a.count_rows) count_row = -1;
   int32_t* counts = count_row >= 0 ? a.counts + int64_t(count_row) * V : nullptr;
 
-  // 1. The logits, then the bias list (each token once per row: one writer each).
+  // 1. The logits under the mask, then the bias list (each token once per row:
+  // one writer each).
+  const int mask_at = a.mask_row ? a.mask_row[row] : -1;
+  const uint32_t* mask =
+      mask_at >= 0 && mask_at < a.mask_rows ? a.mask + int64_t(mask_at) * a.mask_words : nullptr;
   ArgMax raw_max{-INFINITY, INT_MAX};
   MaxSum raw_sum{-INFINITY, 0.0f};
   for (int i = t; i < V; i += kThreads) {
     const float v = bf16_logit(r.raw[i]);
-    r.x[i] = v;
+    r.x[i] = mask && ((mask[i >> 5] >> (i & 31)) & 1u) == 0u ? -INFINITY : v;
     if (want >= 0 && kind == 0) {
       add(raw_max, v, i);
       add(raw_sum, v);

@@ -39,6 +39,12 @@ struct SampleArgs {
   const int32_t* bias_indptr = nullptr;   // [R + 1]
   const int32_t* bias_token = nullptr;    // [N]
   const float* bias_value = nullptr;      // [N]
+  // Allowed-token bitmasks: row r's is mask[mask_row[r]] when 0 ≤ mask_row[r] < mask_rows
+  // (null mask_row: none); bit t % 32 of word t / 32 clear = x[t] is -inf.
+  const int32_t* mask_row = nullptr;  // [R]
+  const uint32_t* mask = nullptr;     // (mask_rows, mask_words)
+  int64_t mask_rows = 0;
+  int64_t mask_words = 0;             // ceil(vocab / 32)
   int32_t* counts = nullptr;              // (count_rows, vocab), updated; null: none
   int64_t count_rows = 0;
   int32_t* out = nullptr;         // [R] the chosen token ids
