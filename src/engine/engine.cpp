@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -10,6 +11,7 @@
 #include "engine/plan.h"
 #include "engine/speculate.h"
 #include "model/rope.h"
+#include "structured/matcher.h"
 
 namespace philora::engine {
 
@@ -24,6 +26,10 @@ Engine::Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStor
       counts_(model.backend(), model.config().vocab_size,
               config.count_rows > 0 ? config.count_rows : config.max_running),
       seeds_(std::random_device{}()) {}
+
+Engine::~Engine() {
+  if (mask_filler_) mask_filler_->wait();
+}
 
 namespace {
 
@@ -111,6 +117,10 @@ Status Engine::validate(const Request& r) const {
     return Status::errorf("request '{}': {} tokens can never fit the KV cache ({} tokens)", r.id,
                           total, max_sequence_tokens());
   PHILORA_RETURN_IF_ERROR(validate_outputs(r));
+  if (r.constraint && int64_t(r.constraint->vocab().size()) > c.vocab_size)
+    return Status::errorf(
+        "request '{}': the constraint was compiled for a vocabulary of {} tokens, the model has {}",
+        r.id, r.constraint->vocab().size(), c.vocab_size);
   return validate_sampling(r, c.vocab_size);
 }
 
@@ -154,6 +164,7 @@ std::unique_ptr<Engine::Live> Engine::make_live(Request r, uint64_t seed, int32_
   l->seed = seed;
   l->rng.seed(l->seed);
   l->draft_limit = config_.speculate_ngram;
+  if (r.constraint) l->matcher = std::make_unique<structured::Matcher>(r.constraint);
   if (tokenizer_ && r.max_new_tokens > 0) {
     // The last prompt ids give the first new token its context (its leading space).
     const size_t ctx = std::min<size_t>(r.prompt.size(), 4);
@@ -330,6 +341,12 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
     Live& l = *running_[i];
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
     std::vector<int32_t> drafts = draft(l, budget);  // none when its pages are short
+    if (l.matcher && !drafts.empty()) {  // the drafts the constraint takes, in order
+      size_t ok = 0;
+      while (ok < drafts.size() && l.matcher->accept_token(drafts[ok])) ++ok;
+      l.matcher->rollback(ok);
+      drafts.resize(ok);
+    }
     if (!drafts.empty() &&
         kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n + int64_t(drafts.size()))) {
       l.drafts = std::move(drafts);
@@ -524,7 +541,8 @@ SampleRow Engine::sampling_row(Live& l, int64_t ahead) {
     const std::vector<int32_t> output(l.seq.tokens.begin() + l.seq.prompt_len, end);
     for (int32_t t : banned_bad_words(p.bad_words, output)) bias[t] = -INFINITY;
   }
-  if (l.generated + ahead < l.req.min_new_tokens && !l.req.ignore_eos) {
+  // A constraint decides where the output may end (its mask allows the stop ids only there).
+  if (l.generated + ahead < l.req.min_new_tokens && !l.req.ignore_eos && !l.matcher) {
     for (int64_t t : model_.config().eos_token_ids) bias[int32_t(t)] = -INFINITY;
     for (int32_t t : l.req.stop_token_ids) bias[t] = -INFINITY;
   }
@@ -554,6 +572,18 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     if (q.num_computed < q.prompt_len)
       stats_.prompt_tokens += std::min(s.num_tokens, q.prompt_len - q.num_computed);
   }
+  // The constrained sequences' masks are filled on host threads from here on,
+  // while the step is planned, staged and its forward launched.
+  std::vector<int32_t> first_mask(work.size(), -1);
+  StepMasks masks;
+  struct WaitMasks {  // the jobs write into `masks`: never leave before they are done
+    MaskFiller* filler;
+    ~WaitMasks() {
+      if (filler) filler->wait();
+    }
+  } wait_masks{nullptr};
+  start_masks(batch, work, first_mask, masks);
+  if (masks.rows > 0) wait_masks.filler = mask_filler_.get();
   const StepPlan plan = plan_step(work, kv_.page_size);
   // One sampling row per logit row. A prompt row picks greedily (its token is
   // dropped) and, for prompt logprobs, reports the next prompt token's.
@@ -567,13 +597,16 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     Live& l = *batch[i].live;
     if (!l.drafts.empty()) {  // row j follows the first j drafts and takes the j-th next draw
       rng_before[i] = l.rng;
-      for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r)
+      for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r) {
         rows.push_back(sampling_row(l, r - plan.logit_indptr[i]));
+        if (first_mask[i] >= 0) rows.back().mask = first_mask[i] + (r - plan.logit_indptr[i]);
+      }
       continue;
     }
     for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r) {
       if (work[i].logits && r + 1 == plan.logit_indptr[i + 1]) {
         rows.push_back(sampling_row(l));
+        rows.back().mask = first_mask[i];
         continue;
       }
       SampleRow row;
@@ -587,7 +620,13 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       rows.push_back(row);
     }
   }
-  const StepResult result = runner_.run(plan, rows, counts_.table());
+  const StepResult result = runner_.run(plan, rows, counts_.table(), &masks);
+  if (masks.wait) masks.wait();
+  if (masks.rows > 0) {
+    ++mask_stats_.steps;
+    mask_stats_.masks += masks.rows;
+    for (double t : *mask_seconds_) mask_stats_.fill_seconds += t;
+  }
   ++stats_.steps;
   for (size_t i = 0; i < work.size(); ++i) {
     Live& l = *batch[i].live;
@@ -613,6 +652,68 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       finish(l, FinishReason::length, out);  // the prompt alone was asked for
     }
   }
+}
+
+// Each constrained sequence that samples this step gets one mask per sampling
+// row: the mask after its tokens so far, and for a drafted one also after
+// each prefix of its drafts (the job advances the matcher over the drafts,
+// which the constraint took when they were drafted, and rolls it back). One
+// job per sequence, so a matcher is touched by one thread; the compiled
+// constraint's per-state tables are shared and built once (std::call_once).
+void Engine::start_masks(const std::vector<Scheduled>& batch, const std::vector<SeqWork>& work,
+                         std::vector<int32_t>& first_mask, StepMasks& masks) {
+  struct Job {
+    Live* live;
+    int32_t first;
+    int32_t count;
+  };
+  auto jobs = std::make_shared<std::vector<Job>>();
+  int32_t m = 0;
+  for (size_t i = 0; i < work.size(); ++i) {
+    Live& l = *batch[i].live;
+    if (!l.matcher) continue;
+    const int32_t count = !l.drafts.empty() ? int32_t(l.drafts.size()) + 1 : work[i].logits ? 1 : 0;
+    if (count == 0) continue;
+    first_mask[i] = m;
+    jobs->push_back({&l, m, count});
+    m += count;
+  }
+  masks.rows = m;
+  masks.words = (model_.config().vocab_size + 31) / 32;
+  if (m == 0) return;
+  masks.bits.assign(size_t(m * masks.words), 0u);
+  if (!mask_filler_) mask_filler_ = std::make_unique<MaskFiller>(config_.mask_threads);
+  const int64_t words = masks.words;
+  uint32_t* bits = masks.bits.data();
+  mask_seconds_ = std::make_shared<std::vector<double>>(jobs->size(), 0.0);
+  // The model's eos ids end a constrained output where it is complete, as the
+  // tokenizer's stop ids do (the matcher's), should the two differ.
+  std::vector<int32_t> eos;
+  for (int64_t t : model_.config().eos_token_ids)
+    if (t >= 0 && t < model_.config().vocab_size) eos.push_back(int32_t(t));
+  mask_filler_->start(int64_t(jobs->size()), [jobs, bits, words, eos = std::move(eos),
+                                              seconds = mask_seconds_](int64_t j) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Job& job = (*jobs)[size_t(j)];
+    structured::Matcher& matcher = *job.live->matcher;
+    int32_t advanced = 0;
+    for (int32_t r = 0; r < job.count; ++r) {
+      if (r > 0 && matcher.accept_token(job.live->drafts[size_t(r - 1)])) ++advanced;
+      uint32_t* mask = bits + (job.first + r) * words;
+      matcher.fill_mask(std::span<uint32_t>(mask, size_t(words)));
+      if (matcher.is_accepting())
+        for (int32_t t : eos) mask[t / 32] |= 1u << (t % 32);
+    }
+    matcher.rollback(size_t(advanced));
+    (*seconds)[size_t(j)] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
+  MaskFiller* filler = mask_filler_.get();
+  masks.wait = [filler, stats = &mask_stats_] {
+    const auto t0 = std::chrono::steady_clock::now();
+    filler->wait();
+    stats->wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
 }
 
 // The logprobs of the token sampled by logit row `row` (when the request asks
@@ -772,6 +873,22 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stop) 
 // with the token, but for what may still become a stop string.
 void Engine::append_token(Live& l, int32_t tok, std::optional<PositionLogprobs> logprobs,
                           std::vector<StepOutput>& out) {
+  bool constraint_ends = false;  // a stop id where the constraint is complete
+  if (l.matcher) {
+    const std::vector<int64_t>& eos = model_.config().eos_token_ids;
+    const bool model_eos =
+        std::find(eos.begin(), eos.end(), int64_t(tok)) != eos.end() && l.matcher->is_accepting();
+    if (!model_eos && !l.matcher->accept_token(tok)) {  // every token its mask allowed was banned
+      StepOutput o;
+      o.error = o.error_detail = fmt::format(
+          "request '{}': no token can continue the structured output after {} tokens (logit_bias "
+          "or bad_words ban every token the constraint allows, or the vocabulary cannot write it)",
+          l.req.id, l.generated);
+      finish(l, FinishReason::invalid_request, out, std::move(o));
+      return;
+    }
+    constraint_ends = model_eos || l.matcher->is_terminated();
+  }
   l.seq.tokens.push_back(tok);
   ++l.generated;
   ++stats_.generated_tokens;
@@ -785,7 +902,10 @@ void Engine::append_token(Live& l, int32_t tok, std::optional<PositionLogprobs> 
     l.prompt_logprobs_sent = true;
   }
   const bool may_stop = l.generated >= l.req.min_new_tokens;
-  const bool stop_token = may_stop && stops(l, tok);
+  // A constrained output ends only where it is complete: an eos / stop id the
+  // constraint took as text (a model whose eos is a text token) does not end it elsewhere.
+  const bool stop_token =
+      constraint_ends || (may_stop && stops(l, tok) && (!l.matcher || l.matcher->is_accepting()));
   const bool length = l.generated >= l.req.max_new_tokens;
   FinishReason reason = stop_token ? FinishReason::eos
                         : length   ? FinishReason::length

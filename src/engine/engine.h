@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/constraint_masks.h"
 #include "engine/request.h"
 #include "engine/sampler.h"
 #include "engine/sequence.h"
@@ -40,6 +41,10 @@
 #include "model/phi3.h"
 #include "tokenizer/incremental_detokenizer.h"
 #include "tokenizer/tokenizer.h"
+
+namespace philora::structured {
+class Matcher;
+}
 
 namespace philora::engine {
 
@@ -67,6 +72,9 @@ struct EngineConfig {
   // (offline runs, tests). Off (the server): a request waits for its
   // adapter while the others run.
   bool wait_for_adapter_loads = false;
+  // Host threads that fill the allowed-token masks of constrained sequences
+  // (structured output), started with the first; 0: the hardware's.
+  int mask_threads = 0;
 };
 
 // What one step produced for one request.
@@ -121,8 +129,17 @@ struct EngineStats {
   int64_t spec_accepted_tokens = 0;
 };
 
+// Structured output's host work (docs/STRUCTURED.md).
+struct MaskStats {
+  int64_t steps = 0;          // steps with masks
+  int64_t masks = 0;          // masks filled (one per constrained sampling row)
+  double fill_seconds = 0;    // summed over the mask jobs (on the filler's threads)
+  double wait_seconds = 0;    // the step waited for them (StepMasks::wait), summed
+};
+
 class Engine {
  public:
+  ~Engine();
   // `tokenizer` (may be null; it must outlive the engine) makes the engine
   // detokenize and match stop strings.
   Engine(model::Phi3ForCausalLM& model, kv::KvCache& kv, lora::AdapterStore* adapters,
@@ -141,6 +158,7 @@ class Engine {
 
   const EngineStats& stats() const { return stats_; }
   const StepRunnerStats& runner_stats() const { return runner_.stats(); }
+  const MaskStats& mask_stats() const { return mask_stats_; }
   int64_t num_running() const { return int64_t(running_.size()); }
   int64_t num_waiting() const { return int64_t(waiting_.size()); }
 
@@ -182,6 +200,9 @@ class Engine {
     // seq.tokens while the step runs), and the most it drafts next step.
     std::vector<int32_t> drafts;
     int64_t draft_limit = 0;
+    // Structured output: the constraint's parser over the tokens generated so
+    // far (never the drafts: a mask job advances it over them and back).
+    std::unique_ptr<structured::Matcher> matcher;
   };
   // A sequence's share of the step being built.
   struct Scheduled {
@@ -211,6 +232,11 @@ class Engine {
               std::vector<StepOutput>& out);
   std::optional<PositionLogprobs> token_logprobs(Live& l, const StepResult& result, size_t row);
   void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
+  // Starts filling the masks of the step's constrained sequences (`work`
+  // parallel to `batch`); `first_mask[i]` gets the index of sequence i's
+  // first mask (its rows' masks follow), -1 when it has none.
+  void start_masks(const std::vector<Scheduled>& batch, const std::vector<SeqWork>& work,
+                   std::vector<int32_t>& first_mask, StepMasks& masks);
   void keep_prompt_logits(Live& l, int64_t first_position, const Tensor& logits, int64_t first_row);
   void keep_prompt_logprobs(Live& l, int64_t first_position, const StepResult& result,
                             int64_t first_row, int64_t num_rows);
@@ -232,6 +258,9 @@ class Engine {
   std::deque<std::unique_ptr<Live>> waiting_;
   std::vector<std::unique_ptr<Live>> running_;  // admission order
   std::vector<StepOutput> pending_;             // finished outside a step (aborts)
+  std::unique_ptr<MaskFiller> mask_filler_;     // with the first constrained sequence
+  std::shared_ptr<std::vector<double>> mask_seconds_;  // [jobs] of the step's mask jobs
+  MaskStats mask_stats_;
   // The pinned adapter slot that goes to the oldest request waiting for a
   // slot: no later request pins it meanwhile (admit_waiting); -1 when none waits.
   int32_t draining_slot_ = -1;

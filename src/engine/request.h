@@ -4,12 +4,17 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "engine/sampler.h"
+
+namespace philora::structured {
+class CompiledConstraint;
+}
 
 namespace philora::engine {
 
@@ -65,6 +70,13 @@ struct Request {
   // output when the last of them has finished. nullopt: n.
   int32_t n = 1;
   std::optional<int32_t> best_of;
+  // Structured output (docs/STRUCTURED.md): the new tokens keep the text a
+  // valid prefix of the constraint's language, and the eos / stop ids come
+  // only where it is complete; a stop id the constraint accepts ends the
+  // request (reason eos) even with ignore_eos, and min_new_tokens does not
+  // ban it. Each candidate (n, best_of) has its own matcher. Compiled by the
+  // caller (structured::ConstraintCache); null: unconstrained.
+  std::shared_ptr<const structured::CompiledConstraint> constraint;
   int32_t num_candidates() const { return best_of ? *best_of : n; }
 };
 

@@ -61,7 +61,8 @@ SamplingLayout SamplingLayout::make(int64_t rows, int64_t bias_capacity, int64_t
   l.rows = rows;
   l.bias_capacity = bias_capacity;
   int64_t i = ints_at;
-  for (int64_t* at : {&l.top_k, &l.count_row, &l.logprobs, &l.logprob_kind, &l.target}) {
+  for (int64_t* at :
+       {&l.top_k, &l.count_row, &l.logprobs, &l.logprob_kind, &l.target, &l.mask_row}) {
     *at = i;
     i += rows;
   }
@@ -91,6 +92,7 @@ void write_sampling(const SamplingLayout& l, const std::vector<SampleRow>& given
     ints[size_t(l.logprobs) + i] = s.logprobs;
     ints[size_t(l.logprob_kind) + i] = s.logprob_kind;
     ints[size_t(l.target) + i] = s.target;
+    ints[size_t(l.mask_row) + i] = s.mask;
     floats[size_t(l.temperature) + i] = s.temperature;
     floats[size_t(l.top_p) + i] = s.top_p;
     floats[size_t(l.min_p) + i] = s.min_p;
@@ -112,7 +114,7 @@ void write_sampling(const SamplingLayout& l, const std::vector<SampleRow>& given
 }
 
 SamplingPlan sampling_views(const SamplingLayout& l, const Tensor& ints, const Tensor& floats,
-                            const Tensor& counts, int64_t logprobs_width) {
+                            const Tensor& counts, int64_t logprobs_width, const Tensor& mask) {
   SamplingPlan p;
   const int64_t R = l.rows;
   p.top_k = view(ints, DType::i32, l.top_k, R);
@@ -133,6 +135,10 @@ SamplingPlan sampling_views(const SamplingLayout& l, const Tensor& ints, const T
   p.bias_value = view(floats, DType::f32, l.bias_value, l.bias_capacity);
   p.counts = counts;
   p.logprobs_width = logprobs_width;
+  if (!mask.empty()) {
+    p.mask_row = view(ints, DType::i32, l.mask_row, R);
+    p.mask = mask;
+  }
   return p;
 }
 
@@ -150,13 +156,29 @@ int64_t logprobs_width(const std::vector<SampleRow>& rows) {
   return k;
 }
 
+// A 2-d (rows, cols) view of a 1-d tensor.
+static Tensor matrix(Tensor t, int64_t rows, int64_t cols) {
+  t.ndim = 2;
+  t.shape = {rows, cols, 0, 0};
+  return t;
+}
+
+// The masks as an (M, words) i32 backend tensor (waits for them); empty when there are none.
+static Tensor upload_masks(Backend& b, const StepMasks* masks) {
+  if (!masks || masks->rows == 0) return Tensor();
+  if (masks->wait) masks->wait();
+  const std::vector<int32_t> words(masks->bits.begin(), masks->bits.end());
+  return matrix(b.upload_i32(words), masks->rows, masks->words);
+}
+
 SamplingPlan stage_sampling_rows(Backend& b, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts, int64_t width) {
+                                 const Tensor& counts, int64_t width, const StepMasks* masks) {
   const SamplingLayout l = SamplingLayout::make(int64_t(rows.size()), bias_entries(rows));
   std::vector<int32_t> ints(size_t(l.ints_end));
   std::vector<float> floats(size_t(l.floats_end));
   write_sampling(l, rows, ints, floats);
-  return sampling_views(l, b.upload_i32(ints), b.upload_f32(floats), counts, width);
+  const Tensor ints_t = b.upload_i32(ints), floats_t = b.upload_f32(floats);
+  return sampling_views(l, ints_t, floats_t, counts, width, upload_masks(b, masks));
 }
 
 // ---- step graphs ---------------------------------------------------------------
@@ -185,12 +207,13 @@ struct DecodeLayout {
 // One recorded decode step. Its inputs live in two tensors at fixed addresses:
 //   ints   DecodeLayout | SamplingLayout's i32 part | kv_indices [B · pages]
 //   floats SamplingLayout's f32 part
+//   mask   (B, mask_words) i32: the masked rows' masks, when the key has masks
 struct StepRunner::Graph {
   int64_t batch = 0, pages = 0;  // pages: per sequence, at most
   DecodeLayout decode{0};
   SamplingLayout sampling_layout;
   int64_t kv_indices_at = 0;
-  Tensor ints, floats;
+  Tensor ints, floats, mask;
   model::StepInputs in;
   SamplingPlan sampling;
   SampleResult result;  // the replay's tokens and logprobs
@@ -214,11 +237,13 @@ StepRunner::~StepRunner() {
 }
 
 StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                           const Tensor& counts) {
+                           const Tensor& counts, const StepMasks* masks) {
   if (!rows.empty() && rows.size() != plan.logit_rows.size())
     throw std::logic_error("StepRunner::run: no sampling row, or one per logit row");
-  if (graphable(plan, rows)) return run_graph(plan, rows, counts);
-  return run_eager(plan, rows, counts);
+  if (masks && masks->rows > 0 && rows.empty())
+    throw std::logic_error("StepRunner::run: masks without sampling rows");
+  if (graphable(plan, rows)) return run_graph(plan, rows, counts, masks);
+  return run_eager(plan, rows, counts, masks);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -249,7 +274,7 @@ StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t 
 }
 
 StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts) {
+                                 const Tensor& counts, const StepMasks* masks) {
   const auto t0 = Clock::now();
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_);
@@ -257,7 +282,8 @@ StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleR
   ++stats_.eager_steps;
   SampleResult sampled;
   const int64_t width = logprobs_width(rows);
-  if (!rows.empty()) sampled = b.sample(logits, stage_sampling_rows(b, rows, counts, width));
+  // The forward is queued (a GPU runs it meanwhile): now the masks are waited for.
+  if (!rows.empty()) sampled = b.sample(logits, stage_sampling_rows(b, rows, counts, width, masks));
   stats_.host_seconds += seconds_since(t0);
   StepResult r;
   if (!rows.empty()) r = fetch(sampled, int64_t(rows.size()), width);
@@ -292,6 +318,9 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   g->host_floats.assign(size_t(g->sampling_layout.floats_end), 0.0f);
   g->ints = b.upload_i32(g->host_ints);
   g->floats = b.upload_f32(g->host_floats);
+  if (key.mask_words > 0)  // every row -1 (write_sampling's padding) until a step sets them
+    g->mask = matrix(b.upload_i32(std::vector<int32_t>(size_t(B * key.mask_words), 0)), B,
+                     key.mask_words);
 
   const DecodeLayout& d = g->decode;
   model::StepInputs& in = g->in;
@@ -323,7 +352,8 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
     in.lora.lora_columns = key.lora_columns;  // lm_head has none
   }
   in.all_rows = true;
-  g->sampling = sampling_views(g->sampling_layout, g->ints, g->floats, counts, key.logprobs_width);
+  g->sampling =
+      sampling_views(g->sampling_layout, g->ints, g->floats, counts, key.logprobs_width, g->mask);
 
   // Record with every row padding (the warm-up run then only writes the pad page).
   Graph& gr = *g;
@@ -354,7 +384,7 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
 }
 
 StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts) {
+                                 const Tensor& counts, const StepMasks* masks) {
   const int64_t n = int64_t(plan.kv_last_page_len.size());
   GraphKey key;
   key.batch = *std::lower_bound(batch_buckets().begin(), batch_buckets().end(), n);
@@ -374,6 +404,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   const bool uses_counts =
       std::any_of(rows.begin(), rows.end(), [](const SampleRow& r) { return r.count_row >= 0; });
   key.counts = uses_counts ? counts.data : nullptr;
+  key.mask_words = masks && masks->rows > 0 ? masks->words : 0;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     if (lora)  // graphs of an older adapter layout can never replay again
@@ -384,7 +415,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
     std::unique_ptr<Graph> g = record(key, uses_counts ? counts : Tensor());
     if (!g) {
       use_graphs_ = false;
-      return run_eager(plan, rows, counts);
+      return run_eager(plan, rows, counts, masks);
     }
     it = graphs_.emplace(key, std::move(g)).first;
   }
@@ -419,6 +450,10 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   const size_t used = size_t(g.kv_indices_at + real_pages + (B - n));
   b.upload_into(g.ints, v.data(), used * 4);
   b.upload_into(g.floats, g.host_floats.data(), g.host_floats.size() * 4);
+  if (key.mask_words > 0) {  // the graph holds the sample op: the masks are waited for first
+    if (masks->wait) masks->wait();
+    b.upload_into(g.mask, masks->bits.data(), size_t(masks->rows * masks->words) * 4);
+  }
   g.graph->replay();
   ++stats_.graph_steps;
   stats_.host_seconds += seconds_since(t0);

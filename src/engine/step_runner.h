@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "engine/constraint_masks.h"
 #include "engine/plan.h"
 #include "engine/sampler.h"
 #include "kv/kv_cache.h"
@@ -47,6 +48,7 @@ struct SampleRow {
   int32_t logprobs = -1;     // -1 none, else the top k (0 .. kMaxLogprobs)
   int32_t logprob_kind = 0;  // 0 raw, 1 processed
   int32_t target = -1;       // the token whose logprob is reported; -1 = the chosen one
+  int32_t mask = -1;         // the row's allowed-token mask in the step's StepMasks; -1 = none
   std::vector<std::pair<int32_t, float>> bias;  // (token, added value), tokens distinct; -inf bans
 };
 
@@ -63,7 +65,7 @@ struct SamplingLayout {
   int64_t rows = 0;
   int64_t bias_capacity = 0;  // entries of the sparse bias list that fit
   // i32: [rows] each, then bias_indptr [rows + 1], bias_token [bias_capacity]
-  int64_t top_k = 0, count_row = 0, logprobs = 0, logprob_kind = 0, target = 0;
+  int64_t top_k = 0, count_row = 0, logprobs = 0, logprob_kind = 0, target = 0, mask_row = 0;
   int64_t bias_indptr = 0, bias_token = 0, ints_end = 0;
   // f32: [rows] each, then bias_value [bias_capacity]
   int64_t temperature = 0, top_p = 0, min_p = 0, typical_p = 0, uniform = 0;
@@ -80,13 +82,17 @@ struct SamplingLayout {
 void write_sampling(const SamplingLayout& layout, const std::vector<SampleRow>& given,
                     std::vector<int32_t>& ints, std::vector<float>& floats);
 
-// The SamplingPlan over backend tensors `ints` / `floats` laid out as `layout`.
+// The SamplingPlan over backend tensors `ints` / `floats` laid out as `layout`;
+// `mask` (M, words) i32 holds the rows' masks (empty: no row has one).
 SamplingPlan sampling_views(const SamplingLayout& layout, const Tensor& ints, const Tensor& floats,
-                            const Tensor& counts, int64_t logprobs_width);
+                            const Tensor& counts, int64_t logprobs_width,
+                            const Tensor& mask = Tensor());
 
-// The sampling inputs of `rows` on the backend (an eager step: two uploads).
+// The sampling inputs of `rows` on the backend (an eager step: two uploads,
+// and a third of the masks, waited for here, when `masks` has any).
 SamplingPlan stage_sampling_rows(Backend& backend, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts, int64_t logprobs_width);
+                                 const Tensor& counts, int64_t logprobs_width,
+                                 const StepMasks* masks = nullptr);
 
 // The largest `logprobs` of the rows (-1 when none asks).
 int64_t logprobs_width(const std::vector<SampleRow>& rows);
@@ -124,9 +130,12 @@ class StepRunner {
   // Runs the plan. `rows` is empty (no token wanted) or one per logit row:
   // the tokens come back in the order of plan.logit_rows, row r chosen by
   // rows[r]. `counts` is the table the rows' count rows index (may be empty
-  // when no row has one); the step updates it.
+  // when no row has one); the step updates it. `masks` (may be null) holds
+  // the masks the rows' SampleRow::mask index; run waits for them (StepMasks::wait)
+  // as late as it can: after the forward is launched on an eager step, before
+  // the replay of a graph (which holds the sample op).
   StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                 const Tensor& counts = Tensor());
+                 const Tensor& counts = Tensor(), const StepMasks* masks = nullptr);
 
   const StepRunnerStats& stats() const { return stats_; }
   // KV pages the runner holds for itself (the pad page).
@@ -146,14 +155,15 @@ class StepRunner {
     int64_t bias_capacity = 0;     // entries of the sparse bias list its buffers hold
     int64_t logprobs_width = -1;   // -1 or kMaxLogprobs
     const void* counts = nullptr;  // the count table its sampler updates (or none)
+    int64_t mask_words = 0;        // words of its (batch, mask_words) mask buffer, 0 = none
     auto operator<=>(const GraphKey&) const = default;
   };
   struct Graph;
   StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                       const Tensor& counts);
+                       const Tensor& counts, const StepMasks* masks);
   bool graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const;
   StepResult run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                       const Tensor& counts);
+                       const Tensor& counts, const StepMasks* masks);
   std::unique_ptr<Graph> record(const GraphKey& key, const Tensor& counts);
   StepResult fetch(const SampleResult& sampled, int64_t rows, int64_t logprobs_width);
 
