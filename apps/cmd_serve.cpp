@@ -54,6 +54,9 @@ int run_serve(ServeOptions o) {
   server::ServerContext ctx;
   ctx.host = &host;
   ctx.tokenizer = sv.tokenizer.get();
+  if (sv.tokenizer)
+    ctx.constraints = std::make_shared<structured::ConstraintCache>(
+        structured::TokenVocabulary::from_tokenizer(*sv.tokenizer));
   ctx.model_name = sv.model_name;
   ctx.vocab_size = sv.model->config().vocab_size;
   ctx.model_aliases = {sv.model_dir, o.serving.model.model_dir};

@@ -25,6 +25,7 @@
 
 #include "server/engine_host.h"
 #include "server/metrics.h"
+#include "structured/matcher.h"
 #include "tokenizer/tokenizer.h"
 
 namespace httplib {
@@ -63,6 +64,10 @@ struct ServerContext {
   std::vector<std::string> adapters;       // adapters known at start, listed by /v1/models
   RequestLimits limits;
   int64_t speculate = 0;  // the most drafted tokens a sequence verifies per step (/info); 0: off
+  // Structured output: the server's compiled constraints (one cache for every
+  // request, keyed by the constraint's text; built over the tokenizer's
+  // vocabulary); null: response_format / guided_* are refused.
+  std::shared_ptr<structured::ConstraintCache> constraints;
   // Renders chat messages (a JSON array) to a prompt; null: no chat endpoint.
   std::function<Expected<std::string>(const std::string& messages_json)> chat_template;
   // The server's log (philora serve: stderr): one line per request that ended

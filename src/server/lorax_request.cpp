@@ -23,13 +23,12 @@ constexpr const char* kParams[] = {
     "typical_p",          "do_sample",         "seed",             "stop",
     "ignore_eos_token",   "details",           "decoder_input_details",
     "truncate",           "repetition_penalty", "frequency_penalty", "presence_penalty",
-    "return_full_text",   "return_k_alternatives", "top_n_tokens", "best_of"};
+    "return_full_text",   "return_k_alternatives", "top_n_tokens", "best_of",
+    "response_format"};
 
 constexpr Unsupported kUnsupported[] = {
     {"watermark", false_or_null,
      "is not supported: this server does not watermark its output (send false or leave it out)"},
-    {"response_format", null_only,
-     "is not supported yet: structured output (JSON schema, regex) is not implemented"},
     {"apply_chat_template", false_or_null, "is not supported: use /v1/chat/completions"},
     {"api_token", null_only, "is not needed: adapters load from the server's adapter directory"},
 };
@@ -173,6 +172,7 @@ LoraxRequest lorax_request(const json& j, const ServerContext& ctx, std::string 
   sampling_of(params, r.sampling);
   r.stop = stop_strings(params, "stop", ctx, kApi);
   r.ignore_eos = get_bool(params, "ignore_eos_token", kApi, false);
+  lorax_constraint(params, ctx, r);
 
   // best_of: that many candidates, the best (by cumulative logprob) returned,
   // the others in details.best_of_sequences. A given seed is honoured

@@ -24,13 +24,11 @@ constexpr Api kApi = Api::openai;
 
 constexpr const char* kTools = "is not supported: tool calling is not implemented yet";
 constexpr const char* kStructured =
-    "is not supported yet: structured output (JSON schema, regex) is not implemented";
+    "is not supported: give the constraint as response_format or guided_json, guided_regex, "
+    "guided_grammar or guided_choice";
 
 bool none_or_null(const json& v) { return v.is_null() || v == "none"; }
 bool bool_or_null(const json& v) { return v.is_null() || v.is_boolean(); }
-bool text_format_or_null(const json& v) {
-  return v.is_null() || (v.is_object() && v.size() == 1 && v.value("type", "") == "text");
-}
 bool auto_tier_or_null(const json& v) { return v.is_null() || v == "auto" || v == "default"; }
 bool text_modality_or_null(const json& v) { return v.is_null() || v == json::array({"text"}); }
 
@@ -42,12 +40,11 @@ constexpr Unsupported kUnsupported[] = {
     {"functions", empty_or_null, kTools},
     {"function_call", none_or_null, kTools},
     {"parallel_tool_calls", bool_or_null, kTools},
-    {"response_format", text_format_or_null, kStructured},
-    {"guided_json", null_only, kStructured},
-    {"guided_regex", null_only, kStructured},
-    {"guided_choice", null_only, kStructured},
-    {"guided_grammar", null_only, kStructured},
     {"structured_outputs", null_only, kStructured},
+    {"guided_whitespace_pattern", null_only,
+     "is not supported: JSON output takes at most 8 whitespace characters [ \\t\\n\\r] "
+     "between tokens (docs/STRUCTURED.md)"},
+    {"guided_decoding_backend", null_only, "is not supported: this server has one"},
     {"store", false_or_null, "is not supported: this server stores no completions"},
     {"metadata", empty_or_null, "is not supported: this server stores no completions"},
     {"service_tier", auto_tier_or_null, "is not supported"},
@@ -67,7 +64,8 @@ constexpr Unsupported kUnsupported[] = {
   "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stream", \
       "stream_options", "n", "user", "logprobs", "presence_penalty", "frequency_penalty",    \
       "repetition_penalty", "logit_bias", "min_tokens", "ignore_eos", "stop_token_ids",      \
-      "bad_words", "skip_special_tokens", "include_stop_str_in_output"
+      "bad_words", "skip_special_tokens", "include_stop_str_in_output", "response_format",    \
+      "guided_json", "guided_regex", "guided_grammar", "guided_choice"
 constexpr const char* kCompletionFields[] = {PHILORA_SHARED_FIELDS, "prompt", "echo", "best_of"};
 constexpr const char* kChatFields[] = {PHILORA_SHARED_FIELDS, "messages", "max_completion_tokens",
                                        "top_logprobs"};
@@ -308,6 +306,7 @@ OpenAiRequest openai_request(const json& j, const ServerContext& ctx, bool chat,
                                  chat ? "messages" : "prompt", max_param);
   sampling_of(j, ctx, r);
   stopping_of(j, ctx, r);
+  openai_constraint(j, ctx, r);
   // The model's own logprobs, before any processor (vLLM V1's default).
   r.logprobs = out.logprobs;
   r.logprob_kind = engine::LogprobKind::raw;

@@ -85,4 +85,11 @@ engine::Request new_request(const ServerContext& ctx, std::string id);
 int64_t fit_context(const ServerContext& ctx, int64_t prompt_len, std::optional<int64_t> given,
                     Api api, const char* prompt_param, const char* max_param);
 
+// Structured output (structured_fields.cpp): the constraint a request asks
+// for, compiled through ctx.constraints (a constraint that does not compile
+// is refused naming the field and the problem). LoRAX: parameters'
+// `response_format`; OpenAI: `response_format` and vLLM's guided_* fields.
+void lorax_constraint(const json& params, const ServerContext& ctx, engine::Request& r);
+void openai_constraint(const json& body, const ServerContext& ctx, engine::Request& r);
+
 }  // namespace philora::server::fields

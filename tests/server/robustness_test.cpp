@@ -55,6 +55,9 @@ class Robustness : public test::ServerFixture {
       log_.push_back(line);
     };
     http.max_body_bytes = 64 << 10;
+    // Structured output, as philora serve sets it up (its bad-input rows below).
+    ctx.constraints = std::make_shared<structured::ConstraintCache>(
+        structured::TokenVocabulary::from_tokenizer(*ctx.tokenizer));
   }
   std::vector<json> log() {
     std::lock_guard<std::mutex> lock(log_mu_);
@@ -193,8 +196,21 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
        422, {"adapter_id", "merged_adapters"}},
       {g, R"({"inputs": "hi", "parameters": {"adapter_parameters": {"ids": ["a", "b"]}}})", 422,
        {"adapter_parameters"}},
-      {g, R"({"inputs": "hi", "parameters": {"response_format": {"type": "json_object"}}})", 422,
-       {"response_format", "structured output"}},
+      // structured output: shapes, and constraints that do not compile (never a 500)
+      {g, R"({"inputs": "hi", "parameters": {"response_format": {"type": "xml"}}})", 422,
+       {"response_format.type", "xml"}},
+      {g, R"({"inputs": "hi", "parameters": {"response_format": "json"}})", 422,
+       {"response_format", "object"}},
+      {g, R"({"inputs": "hi", "parameters": {"response_format": {"schema": {}}}})", 422,
+       {"response_format", "type"}},
+      {g, R"({"inputs": "hi", "parameters": {"response_format": {"type": "json_object", "schema": {"type": "integer", "multipleOf": 3}}}})",
+       422, {"response_format.schema", "multipleOf"}},
+      {g, R"({"inputs": "hi", "parameters": {"response_format": {"type": "json_schema", "schema": {"$ref": "http://x/y.json"}}}})",
+       422, {"response_format.schema", "JSON schema"}},
+      {g, R"({"inputs": "hi", "parameters": {"response_format": {"type": "json_object", "schema": 5}}})",
+       422, {"response_format.schema"}},
+      {g, R"({"inputs": "hi", "parameters": {"response_format": {"type": "json_object", "bogus": 1}}})",
+       422, {"response_format.bogus"}},
       {g, R"({"inputs": "hi", "parameters": {"bogus": 1}})", 422, {"unknown parameter 'bogus'"}},
       {g, R"({"inputs": "hi", "extra": 1})", 422, {"extra"}},
       {g, R"({"inputs": "hi", "stream": true})", 422, {"stream"}},
@@ -251,8 +267,30 @@ TEST_F(Robustness, BadRequestsGetTheirStatusAndAMessageThatNamesTheProblem) {
        400, {"tools", "tool calling"}},
       {ch, R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"})", 400,
        {"tool_choice"}},
-      {ch, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
-       400, {"response_format"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}})",
+       400, {"response_format.type", "yaml"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}})",
+       400, {"response_format.json_schema", "required"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}})",
+       400, {"response_format.json_schema.name"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string", "pattern": "(a)\\1"}}}})",
+       400, {"response_format", "backreference"}},
+      {ch, R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "n", "strict": "yes", "schema": {}}}})",
+       400, {"strict"}},
+      {c, R"({"prompt": "x", "guided_regex": "(ab"})", 400, {"guided_regex", "regular expression"}},
+      {c, R"({"prompt": "x", "guided_regex": 5})", 400, {"guided_regex", "string"}},
+      {c, R"({"prompt": "x", "guided_grammar": "root ::= missing"})", 400,
+       {"guided_grammar", "missing"}},
+      {c, R"({"prompt": "x", "guided_choice": []})", 400, {"guided_choice"}},
+      {c, R"({"prompt": "x", "guided_choice": ["a", 1]})", 400, {"guided_choice"}},
+      {c, R"({"prompt": "x", "guided_json": "{not json"})", 400, {"guided_json", "JSON schema"}},
+      {c, R"({"prompt": "x", "guided_json": {"type": "object"}, "guided_regex": "a"})", 400,
+       {"one structured-output constraint", "guided_json", "guided_regex"}},
+      {c, R"({"prompt": "x", "response_format": {"type": "json_object"}, "guided_choice": ["a"]})",
+       400, {"one structured-output constraint"}},
+      {c, R"({"prompt": "x", "guided_whitespace_pattern": "[ ]?"})", 400,
+       {"guided_whitespace_pattern"}},
+      {c, R"({"prompt": "x", "structured_outputs": {"regex": "a"}})", 400, {"structured_outputs"}},
       {ch, R"({"messages": [{"role": "user", "content": "x", "tool_calls": []}]})", 400,
        {"tool_calls"}},
       {ch, R"({"messages": [{"role": "user", "content": "x"}], "prompt": "y"})", 400,
