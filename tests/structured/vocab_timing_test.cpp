@@ -1,0 +1,62 @@
+// Mask time on real vocabularies (issue 21's benchmark: the Phi-3 32k, Phi-4 100k and
+// OpenAI o200k tokenizers, from tests/tokenizer/out, which tests/tokenizer/setup.sh fills; skipped without
+// them): compile time, the first walk (tables built as states are met) and warm masks, printed,
+// not asserted (the goals are for bench/RESULTS.md). Short walks: CI runs it.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "structured/walk.h"
+
+namespace philora::structured {
+namespace {
+
+namespace fs = std::filesystem;
+
+void time_vocabulary(const std::string& name) {
+  const fs::path dir = fs::path(PHILORA_STRUCTURED_DIR) / ".." / "tokenizer" / "out" / name;
+  if (!fs::exists(dir / "tokenizer.json")) GTEST_SKIP() << dir << " is missing (tests/tokenizer/setup.sh)";
+  auto tok = tokenizer::Tokenizer::from_model_dir(dir.string());
+  ASSERT_TRUE(tok.ok()) << tok.status().message();
+  const auto v0 = std::chrono::steady_clock::now();
+  auto vocab = TokenVocabulary::from_tokenizer(**tok);
+  const double vocab_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - v0).count();
+  const std::vector<std::pair<ConstraintKind, std::string>> cases = {
+      {ConstraintKind::kJsonObject, ""},
+      {ConstraintKind::kJsonSchema,
+       R"({"type":"object","properties":{"name":{"type":"string","maxLength":20},"age":{"type":"integer","minimum":0,"maximum":150},
+          "tags":{"type":"array","items":{"type":"string"},"maxItems":3}},"required":["name","age","tags"],"additionalProperties":false})"}};
+  for (const auto& [kind, text] : cases) {
+    ConstraintCache cache(vocab);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto c = cache.get(kind, text);
+    const double compile_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    std::vector<double> first, warm;
+    for (uint64_t seed = 0; seed < 4; ++seed) {
+      test::Walk w = test::random_walk(*c, seed, 60, 30);
+      (seed == 0 ? first : warm).insert((seed == 0 ? first : warm).end(), w.mask_us.begin(),
+                                        w.mask_us.end());
+    }
+    std::sort(first.begin(), first.end());
+    std::sort(warm.begin(), warm.end());
+    std::printf("%s (vocab %zu, vocabulary built in %.0f ms) %s: compile %.2f ms; first walk median "
+                "%.1f us max %.0f us; warm (%zu masks) median %.1f us p90 %.1f us p99 %.1f us\n",
+                name.c_str(), vocab->size(), vocab_ms, kind == ConstraintKind::kJsonObject ? "json_object" : "schema",
+                compile_ms, first[first.size() / 2], first.back(), warm.size(), warm[warm.size() / 2],
+                warm[warm.size() * 9 / 10], warm[warm.size() * 99 / 100]);
+  }
+}
+
+TEST(StructuredVocabularies, MaskTimePhi3) { time_vocabulary("phi3"); }
+TEST(StructuredVocabularies, MaskTimePhi4) { time_vocabulary("phi4"); }
+TEST(StructuredVocabularies, MaskTimeO200k) { time_vocabulary("o200k"); }
+
+}  // namespace
+}  // namespace philora::structured
