@@ -5,7 +5,7 @@
 // Everything is drawn from --seed: arrival times (Poisson: exponential gaps at --rate requests/s
 // for --duration seconds), prompt and output lengths (each uniform over [len - spread, len +
 // spread], at least 1, prompt + output within the model's context), prompt tokens (uniform over
-// the vocabulary), and each request's adapter: one of --adapters synthetic rank --lora-rank
+// the vocabulary; the same plan whatever --adapters), and each request's adapter: one of --adapters synthetic rank --lora-rank
 // adapters drawn from a Zipf distribution (P(k) ∝ 1 / k^alpha, k = 1..N), or the base model
 // with --adapters 0. The adapters are made in memory (AdapterStore::register_adapter): random
 // A and B on every layer's four target modules, shared among at most four distinct random sets
@@ -116,12 +116,14 @@ int run_workload(const WorkloadOptions& o) {
   if (o.adapters > 0) attach_lora_columns(m, slots, o.lora_columns);
   lora::AdapterStore store(c, slots, lora::StoreOptions{});
 
-  // The synthetic adapters.
-  std::mt19937_64 rng(o.seed);
+  // Three streams from the seed: the plan's arrivals, lengths and tokens (the same whatever the
+  // adapters), each request's adapter, the adapters' weights.
+  std::mt19937_64 rng(o.seed), choice_rng(o.seed + 1), weights_rng(o.seed + 2);
   {
     std::vector<std::shared_ptr<const lora::Adapter>> sets;
     for (int64_t i = 0; i < std::min<int64_t>(o.adapters, 4); ++i)
-      sets.push_back(std::make_shared<const lora::Adapter>(random_adapter(c, o.lora_rank, rng)));
+      sets.push_back(
+          std::make_shared<const lora::Adapter>(random_adapter(c, o.lora_rank, weights_rng)));
     for (int64_t i = 0; i < o.adapters; ++i) {
       const std::string name = fmt::format("synthetic-{}", i);
       auto a = std::make_shared<lora::Adapter>(*sets[size_t(i) % sets.size()]);
@@ -165,7 +167,7 @@ int run_workload(const WorkloadOptions& o) {
     std::uniform_int_distribution<int32_t> token(0, int32_t(c.vocab_size) - 1);
     for (int64_t i = 0; i < prompt; ++i) r.prompt.push_back(token(rng));
     if (o.adapters > 0) {
-      const double x = unit(rng) * zipf_cdf.back();
+      const double x = unit(choice_rng) * zipf_cdf.back();
       const size_t k = size_t(std::lower_bound(zipf_cdf.begin(), zipf_cdf.end(), x) - zipf_cdf.begin());
       r.adapter = fmt::format("synthetic-{}", std::min(k, zipf_cdf.size() - 1));
     }

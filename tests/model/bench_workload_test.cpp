@@ -78,6 +78,16 @@ TEST(BenchWorkload, ReportsEveryFigureAndEveryRequestFinishes) {
   };
   EXPECT_EQ(workload_line(again.out), workload_line(r.out));
   EXPECT_FALSE(workload_line(r.out).empty());
+  // The plan does not depend on the adapters: the base model alone gets the same requests.
+  std::vector<std::string> base_args = workload_args("7");
+  base_args[12] = "0";  // --adapters
+  ASSERT_EQ(base_args[11], "--adapters");
+  const test::CliResult base = test::run_philora(base_args);
+  ASSERT_EQ(base.exit_code, 0) << base.err;
+  auto b = summary(lines(base.out).back());
+  EXPECT_EQ(b["requests"], s["requests"]);
+  EXPECT_EQ(b["finished"], s["requests"]);
+  EXPECT_EQ(b["adapter_uploads"], "0");
 }
 
 TEST(BenchWorkload, BadFlagsAreRefused) {
