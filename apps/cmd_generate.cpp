@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "common.h"
 #include "io/file.h"
+#include "structured/matcher.h"
 #include "tokenizer/tokenizer.h"
 
 namespace philora::app {
@@ -229,6 +230,49 @@ Status line_fields(const json& j, const std::string& where, engine::Request& r) 
   return Status();
 }
 
+// Structured output on a request line (docs/STRUCTURED.md), as vLLM's extras name it:
+// "guided_json" (a schema, or its text), "guided_regex", "guided_grammar" (GBNF),
+// "guided_choice" (strings), or "response_format" {"type": "json_object"}; compiled once per
+// text through `cache` (null: the model dir has no tokenizer).
+Status constraint_fields(const json& j, const std::string& where, structured::ConstraintCache* cache,
+                         engine::Request& r) {
+  std::vector<std::pair<structured::ConstraintKind, std::string>> asked;
+  const char* field = "";
+  auto ask = [&](const char* name, structured::ConstraintKind kind, std::string text) {
+    asked.emplace_back(kind, std::move(text));
+    field = name;
+  };
+  if (j.contains("guided_json") && !j["guided_json"].is_null()) {
+    const json& v = j["guided_json"];
+    if (!v.is_object() && !v.is_boolean() && !v.is_string())
+      return Status::errorf("{}: \"guided_json\" must be a JSON schema", where);
+    ask("guided_json", structured::ConstraintKind::kJsonSchema, v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  for (const auto& [name, kind] : {std::pair{"guided_regex", structured::ConstraintKind::kRegex},
+                                   std::pair{"guided_grammar", structured::ConstraintKind::kGrammar}}) {
+    if (!j.contains(name) || j[name].is_null()) continue;
+    if (!j[name].is_string()) return Status::errorf("{}: \"{}\" must be a string", where, name);
+    ask(name, kind, j[name].get<std::string>());
+  }
+  if (j.contains("guided_choice") && !j["guided_choice"].is_null())
+    ask("guided_choice", structured::ConstraintKind::kChoice, j["guided_choice"].dump());
+  if (j.contains("response_format") && !j["response_format"].is_null()) {
+    const json& v = j["response_format"];
+    if (!v.is_object() || v.value("type", "") != "json_object" || v.size() != 1)
+      return Status::errorf("{}: \"response_format\" must be {{\"type\": \"json_object\"}} (a "
+                            "schema goes in \"guided_json\")",
+                            where);
+    ask("response_format", structured::ConstraintKind::kJsonObject, "");
+  }
+  if (asked.empty()) return Status();
+  if (asked.size() > 1) return Status::errorf("{}: give one structured-output constraint", where);
+  if (!cache) return Status::errorf("{}: \"{}\" needs the model dir's tokenizer.json", where, field);
+  auto c = cache->get(asked[0].first, asked[0].second);
+  if (!c) return Status::errorf("{}: \"{}\": {}", where, field, c.status().message());
+  r.constraint = *c;
+  return Status();
+}
+
 // ---- output -----------------------------------------------------------------------
 
 // A logprob as JSON: null for -inf (a token the cuts removed), which JSON cannot hold.
@@ -291,7 +335,15 @@ int run_generate(const GenerateOptions& o) {
   };
   auto defaults = default_request(o);
   if (!defaults) return fail(defaults.status());
-  auto reqs = read_requests(o.requests, *defaults, prompt_ids, line_fields);
+  std::unique_ptr<structured::ConstraintCache> constraints;
+  if (tok)
+    constraints = std::make_unique<structured::ConstraintCache>(
+        structured::TokenVocabulary::from_tokenizer(*tok));
+  auto fields = [&](const json& j, const std::string& where, engine::Request& r) -> Status {
+    PHILORA_RETURN_IF_ERROR(line_fields(j, where, r));
+    return constraint_fields(j, where, constraints.get(), r);
+  };
+  auto reqs = read_requests(o.requests, *defaults, prompt_ids, fields);
   if (!reqs) return fail(reqs.status());
   for (size_t i = 0; i < reqs->size(); ++i) {
     engine::Request& r = (*reqs)[i];
