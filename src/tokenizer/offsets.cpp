@@ -192,7 +192,10 @@ Tokenizer::Encoding Tokenizer::encode_with_offsets(std::string_view text,
       const std::optional<std::string> tok = id_to_token(enc.ids[i]);
       if (!tok) continue;
       std::vector<uint32_t> cps;
-      for (size_t p = 0; p < tok->size();) cps.push_back(unicode::decode(*tok, p));
+      for (size_t p = 0; p < tok->size();) {
+        if (p + unicode::sequence_length(static_cast<unsigned char>((*tok)[p])) > tok->size()) break;
+        cps.push_back(unicode::decode(*tok, p));
+      }
       const auto is_space = [&](uint32_t cp) {
         return cp == 0x120 || unicode::is_white_space(cp);
       };

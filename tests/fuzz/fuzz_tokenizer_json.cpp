@@ -1,6 +1,7 @@
 // A tokenizer.json of arbitrary text: Tokenizer::from_json_string either
 // refuses it with a message or gives a tokenizer that encodes and decodes a
-// fixed text without crashing, and whose ids are all in its vocabulary.
+// fixed text without crashing, and whose ids are all in its vocabulary (and
+// encode_with_offsets gives the same ids, each with a span inside the text).
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
@@ -20,6 +21,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const auto ids = (*tok)->encode(s, special);
       for (int32_t id : ids)
         if (id < 0) std::abort();
+      const auto enc = (*tok)->encode_with_offsets(s, special);
+      if (enc.ids != ids || enc.offsets.size() != ids.size()) std::abort();
+      for (const auto& o : enc.offsets)
+        if (o.begin > o.end || o.end > s.size()) std::abort();
       (void)(*tok)->decode(ids, false);
       (void)(*tok)->decode(ids, true);
     }

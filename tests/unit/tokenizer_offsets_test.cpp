@@ -4,6 +4,7 @@
 // (Prepend + Replace normalizer, byte fallback), a Metaspace pre-tokenizer, GPT-2-style byte
 // level with add_prefix_space, Phi-4 (byte level, a post-processor that trims offsets) and the
 // embedded model's byte-level BPE.
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 
 #include "tokenizer/test_support.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace philora::tokenizer {
 namespace {
@@ -67,6 +69,46 @@ INSTANTIATE_TEST_SUITE_P(Vocabularies, TokenizerOffsets,
                          ::testing::Values("phi3", "llama_metaspace", "cl100k_gpt2", "phi4",
                                            "philora_tiny"),
                          [](const auto& info) { return info.param; });
+
+// Random texts (fresh each run; the seed is printed on a failure) through lossless vocabularies:
+// the same ids as encode(), every span inside the text, spans that start in order, and every
+// character of the text inside some token's span.
+TEST(TokenizerOffsetsRandom, SpansCoverTheTextInOrder) {
+  const std::vector<std::string> pieces = {
+      "a", "b", "Z", "7", " ", "  ", "\n", "\t", "\xc3\xa9", "\xe2\x96\x81", "\xe6\x97\xa5",
+      "\xf0\x9f\x98\x80", "'s", "...", "<|end|>", "<s>", "the", " the", "\xef\xbf\xbd", "{"};
+  const unsigned seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  for (const std::string name : {"phi3", "philora_tiny"}) {
+    const std::string path = tokenizer_path(name);
+    if (!tt::exists(path)) continue;
+    auto t = Tokenizer::from_file(path);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    size_t failures = 0;
+    for (int n = 0; n < 1500; ++n) {
+      std::string text;
+      const int len = std::uniform_int_distribution<int>(0, 24)(rng);
+      for (int i = 0; i < len; ++i)
+        text += pieces[std::uniform_int_distribution<size_t>(0, pieces.size() - 1)(rng)];
+      const auto enc = (*t)->encode_with_offsets(text, false);
+      const size_t chars = unicode::count_chars(text);
+      bool ok = enc.ids == (*t)->encode(text, false) && enc.offsets.size() == enc.ids.size();
+      std::vector<bool> covered(chars, false);
+      size_t last_begin = 0;
+      for (const auto& o : enc.offsets) {
+        ok = ok && o.begin <= o.end && o.end <= chars && o.begin >= last_begin;
+        last_begin = o.begin;
+        for (size_t c = o.begin; c < o.end && c < chars; ++c) covered[c] = true;
+      }
+      for (bool c : covered) ok = ok && c;
+      if (!ok && ++failures <= 5)
+        ADD_FAILURE() << name << " seed " << seed << ": " << nlohmann::json(text).dump()
+                      << " ids " << ::testing::PrintToString(enc.ids) << " offsets "
+                      << ::testing::PrintToString(pairs(enc.offsets));
+    }
+    EXPECT_EQ(failures, 0u) << name << " seed " << seed;
+  }
+}
 
 }  // namespace
 }  // namespace philora::tokenizer
