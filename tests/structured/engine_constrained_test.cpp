@@ -187,6 +187,9 @@ TEST(StructuredEngine, SchemaSuiteUnderSamplingValidatesWithAjv) {
     }
   }
   const auto outs = run(*t.engine, reqs);
+  // Decode steps replayed step graphs, whose fixed mask buffer the masks went through.
+  EXPECT_GT(t.engine->runner_stats().graph_steps, 0);
+  EXPECT_GT(t.engine->runner_stats().eager_steps, 0);
   std::vector<std::pair<std::string, std::vector<std::string>>> cases;
   for (size_t s = 0; s < kSchemas.size(); ++s) {
     cases.push_back({kSchemas[s], {}});
@@ -400,7 +403,8 @@ TEST(StructuredEngine, MixedBatchWithAdapters) {
 }
 
 // Speculative decoding (n-gram drafts, masked verification rows) changes nothing; neither do
-// preemptions (a small KV cache) nor several candidates (n = 3, each its own matcher).
+// preemptions (a small KV cache), several candidates (n = 3, each its own matcher), nor
+// running every step eagerly instead of replaying step graphs.
 TEST(StructuredEngine, SpeculationPreemptionAndCandidates) {
   if (!test::have_ajv()) GTEST_SKIP() << "ajv is not installed";
   // A prompt of repeated records: n-gram drafts find matches in it.
@@ -429,12 +433,19 @@ TEST(StructuredEngine, SpeculationPreemptionAndCandidates) {
   Tiny small({}, /*pages=*/40);  // 40 pages of 16 tokens for 6 sequences of ~100 + up to 300 tokens
   const auto preempted = run(*small.engine, requests(small));
   EXPECT_GT(small.engine->stats().preemptions, 0) << "no preemption: the cache is too large";
+  engine::EngineConfig eager_config;
+  eager_config.step_graphs = false;
+  Tiny eager(eager_config);  // every step op by op: the masks through the eager staging
+  const auto eager_outs = run(*eager.engine, requests(eager));
+  EXPECT_EQ(eager.engine->runner_stats().graph_steps, 0);
+  EXPECT_GT(base.engine->runner_stats().graph_steps, 0);
   ASSERT_EQ(ref.size(), 6u);
   std::vector<std::pair<std::string, std::vector<std::string>>> cases{{kSchemas[2], {}}};
   for (const auto& [id, o] : ref) {
     EXPECT_EQ(o.finish, engine::FinishReason::eos) << id << ": " << o.text;
     EXPECT_EQ(with_spec.at(id).tokens, o.tokens) << id;
     EXPECT_EQ(preempted.at(id).tokens, o.tokens) << id;
+    EXPECT_EQ(eager_outs.at(id).tokens, o.tokens) << id;
     cases[0].second.push_back(o.text);
   }
   expect_valid(cases);
