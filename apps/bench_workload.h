@@ -12,6 +12,9 @@ struct WorkloadOptions {
   std::string model_dir;   // empty: the Phi-3-mini shape with random weights
   int64_t layers = 32;     // of the random model
   double rate = 4;         // requests per second (Poisson arrivals)
+  // > 0: instead of `rate`, the rate that keeps about this many sequences running, calibrated
+  // before the run (printed, so that --rate with it replays the run).
+  int64_t running = 0;
   double duration = 60;    // seconds during which requests arrive
   uint64_t seed = 0;
   int64_t adapters = 100;  // synthetic adapters; 0: every request on the base model

@@ -371,8 +371,13 @@ void add_bench_command(CLI::App& app, int& rc) {
                   "poisson: a replayable serving workload through the engine (Poisson arrivals, "
                   "synthetic adapters; the options below) instead of the step figures")
       ->check(CLI::IsMember({"poisson"}));
-  cmd->add_option("--rate", w->rate, "workload: requests per second")
-      ->check(CLI::Range(1e-3, 1e6));
+  CLI::Option* rate = cmd->add_option("--rate", w->rate, "workload: requests per second")
+                          ->check(CLI::Range(1e-3, 1e6));
+  cmd->add_option("--running", w->running,
+                  "workload: instead of --rate, the rate that keeps about N sequences running "
+                  "(calibrated first: N requests of the mean lengths together; printed)")
+      ->check(CLI::Range(int64_t(1), int64_t(4096)))
+      ->excludes(rate);
   cmd->add_option("--duration", w->duration, "workload: seconds during which requests arrive")
       ->check(CLI::Range(1e-3, 86400.0));
   cmd->add_option("--seed", w->seed, "workload: seed of every random choice");

@@ -3,7 +3,8 @@
 // with no HTTP in between.
 //
 // Everything is drawn from --seed: arrival times (Poisson: exponential gaps at --rate requests/s
-// for --duration seconds), prompt and output lengths (each uniform over [len - spread, len +
+// for --duration seconds; with --running N, at the rate that keeps about N sequences running,
+// calibrated first: N / the time N requests of the mean lengths take together), prompt and output lengths (each uniform over [len - spread, len +
 // spread], at least 1, prompt + output within the model's context), prompt tokens (uniform over
 // the vocabulary; the same plan whatever --adapters), and each request's adapter: one of --adapters synthetic rank --lora-rank
 // adapters drawn from a Zipf distribution (P(k) ∝ 1 / k^alpha, k = 1..N), or the base model
@@ -143,12 +144,33 @@ int run_workload(const WorkloadOptions& o) {
   b.synchronize();
   const double build_s = std::chrono::duration<double>(Clock::now() - t_build).count();
 
+  // --running N: by Little's law, N sequences stay running when requests arrive at N / the time
+  // one takes. That time is measured once, for N requests of the mean lengths on the base model
+  // started together (so it includes the wait of a full batch, not an adapter's).
+  double rate = o.rate;
+  double calibration_s = 0;
+  if (o.running > 0) {
+    const int64_t prompt = std::min<int64_t>(o.prompt_len, engine.max_sequence_tokens() - 1);
+    for (int64_t i = 0; i < o.running; ++i) {
+      engine::Request r;
+      r.id = fmt::format("calibrate{}", i);
+      for (int64_t t = 0; t < prompt; ++t) r.prompt.push_back(int32_t((i * 7919 + t) % c.vocab_size));
+      r.max_new_tokens = std::min(o.output_len, engine.max_sequence_tokens() - prompt);
+      r.ignore_eos = true;
+      if (Status s = engine.add_request(std::move(r)); !s.ok()) return fail(s);
+    }
+    const Clock::time_point t0 = Clock::now();
+    while (engine.has_work()) (void)engine.step();
+    calibration_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    rate = double(o.running) / calibration_s;
+  }
+
   // The requests, all from the seed.
   std::vector<double> zipf_cdf;  // [adapters]
   for (int64_t k = 1; k <= o.adapters; ++k)
     zipf_cdf.push_back((zipf_cdf.empty() ? 0.0 : zipf_cdf.back()) +
                        1.0 / std::pow(double(k), o.zipf_alpha));
-  std::exponential_distribution<double> gap(o.rate);
+  std::exponential_distribution<double> gap(rate);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   const auto uniform_len = [&](int64_t len, int64_t spread) {
     return std::max<int64_t>(1, std::uniform_int_distribution<int64_t>(len - spread,
@@ -240,11 +262,16 @@ int run_workload(const WorkloadOptions& o) {
       "model: {} ({} layers, hidden {}), {} weights on {}, ready in {:.1f} s\n",
       o.model_dir.empty() ? "Phi-3-mini shape, random" : o.model_dir, c.num_hidden_layers,
       c.hidden_size, dtype_name(b.compute_dtype()), b.description(), build_s);
+  if (o.running > 0)
+    std::cout << fmt::format(
+        "rate: {:.4g} requests/s for about {} running ({} requests of the mean lengths together "
+        "took {:.2f} s); --rate {:.4g} replays this run\n",
+        rate, o.running, o.running, calibration_s, rate);
   std::cout << fmt::format(
-      "workload: poisson, {:g} requests/s for {:g} s, seed {}: {} requests; prompts uniform in "
+      "workload: poisson, {:.4g} requests/s for {:g} s, seed {}: {} requests; prompts uniform in "
       "[{}, {}], outputs uniform in [{}, {}] tokens; {} adapters of rank {} (Zipf alpha {:g}), {} "
       "device slots; KV cache {} tokens, max {} running, {} tokens a step\n",
-      o.rate, o.duration, o.seed, plan.size(), std::max<int64_t>(1, o.prompt_len - o.prompt_spread),
+      rate, o.duration, o.seed, plan.size(), std::max<int64_t>(1, o.prompt_len - o.prompt_spread),
       o.prompt_len + o.prompt_spread, std::max<int64_t>(1, o.output_len - o.output_spread),
       o.output_len + o.output_spread, o.adapters, o.lora_rank, o.zipf_alpha, o.max_loras,
       o.kv_tokens, o.max_running, o.max_batched_tokens);
@@ -268,11 +295,11 @@ int run_workload(const WorkloadOptions& o) {
   row("adapter swap (host -> device upload)", fmt::format("{:.3f} ms", swap_ms));
   if (!first_error.empty()) std::cout << "first error: " << first_error << "\n";
   std::cout << fmt::format(
-      "summary: {} workload=poisson rate={:g} duration={:g} adapters={} requests={} finished={} "
+      "summary: {} workload=poisson rate={:.4g} duration={:g} adapters={} requests={} finished={} "
       "errors={} output_tok_s={:.1f} total_tok_s={:.1f} mean_running={:.1f} ttft_p50_ms={:.1f} "
       "ttft_p99_ms={:.1f} itl_p50_ms={:.2f} itl_p99_ms={:.2f} adapter_uploads={} "
       "adapter_evictions={} swap_ms={:.3f}\n",
-      b.name(), o.rate, o.duration, o.adapters, plan.size(), finished, errors,
+      b.name(), rate, o.duration, o.adapters, plan.size(), finished, errors,
       double(output_tokens) / wall, double(prompt_tokens + output_tokens) / wall,
       running_time / wall, percentile(ttft, 0.5) * 1e3, percentile(ttft, 0.99) * 1e3,
       percentile(itl, 0.5) * 1e3, percentile(itl, 0.99) * 1e3, uploads, store.device_evictions(),

@@ -90,19 +90,37 @@ TEST(BenchWorkload, ReportsEveryFigureAndEveryRequestFinishes) {
   EXPECT_EQ(b["adapter_uploads"], "0");
 }
 
+TEST(BenchWorkload, RunningCalibratesTheRateAndPrintsIt) {
+  if (!std::filesystem::exists(kTiny + "/config.json")) GTEST_SKIP() << kTiny << " is missing";
+  std::vector<std::string> args = workload_args("3");
+  ASSERT_EQ(args[7], "--rate");
+  args[7] = "--running";
+  args[8] = "4";
+  const test::CliResult r = test::run_philora(args);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("rate: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("for about 4 running"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("replays this run"), std::string::npos) << r.out;
+  auto s = summary(lines(r.out).back());
+  EXPECT_EQ(s["finished"], s["requests"]);
+  EXPECT_EQ(s["errors"], "0");
+  EXPECT_GT(std::stod(s["rate"]), 0.0);
+}
+
 TEST(BenchWorkload, BadFlagsAreRefused) {
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"bench", "--workload", "closed-loop"},
         std::vector<std::string>{"bench", "--workload", "poisson", "--rate", "0"},
         std::vector<std::string>{"bench", "--workload", "poisson", "--adapters", "-1"},
-        std::vector<std::string>{"bench", "--workload", "poisson", "--zipf-alpha", "x"}}) {
+        std::vector<std::string>{"bench", "--workload", "poisson", "--zipf-alpha", "x"},
+        std::vector<std::string>{"bench", "--workload", "poisson", "--rate", "2", "--running", "4"}}) {
     const test::CliResult r = test::run_philora(args);
     EXPECT_NE(r.exit_code, 0) << args[2] << " " << (args.size() > 3 ? args[3] : "");
     EXPECT_TRUE(r.out.empty() || r.out.find("summary:") == std::string::npos);
   }
   const test::CliResult help = test::run_philora({"bench", "--help"});
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag : {"--workload", "--rate", "--duration", "--adapters", "--seed",
+  for (const char* flag : {"--workload", "--rate", "--running", "--duration", "--adapters", "--seed",
                            "--zipf-alpha", "--prompt-len", "--output-spread", "--max-loras"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
 }
