@@ -265,6 +265,11 @@ class Backend {
   virtual Tensor silu_mul(const Tensor& gate_up) = 0;
   // rows of x at `rows` (i32, host-built)                 -> (R, cols)
   virtual Tensor gather_rows(const Tensor& x, const Tensor& rows) = 0;
+  // x + silu(h + bias), a Medusa head's residual block after its linear:
+  // h, x (R, n) in the compute dtype, bias [n]             -> (R, n)
+  virtual Tensor bias_silu_residual(const Tensor& h, const Tensor& bias, const Tensor& x) = 0;
+  // Each row's largest value's column, the first one on ties: x (R, n) -> [R] i32
+  virtual Tensor argmax_rows(const Tensor& x) = 0;
 
   // ---- LoRA --------------------------------------------------------------
   // shrink: xa[t, :r] = A_{slot(t)} x[t]      (T, batch.max_rank) f32; rows of

@@ -32,6 +32,8 @@ class Phi3ForCausalLM {
 
   const Phi3Config& config() const { return config_; }
   Backend& backend() { return backend_; }
+  // (vocab, hidden): the output matrix (Medusa heads without their own use it).
+  const Tensor& lm_head() const { return w_.lm_head; }
 
   // Logits (R, vocab) of the selected rows — or hidden states (R, hidden) with
   // skip_lm_head — in the backend's compute dtype, on the backend.

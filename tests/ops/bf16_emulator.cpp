@@ -96,6 +96,10 @@ class Bf16Emulator final : public Backend {
   Tensor gather_rows(const Tensor& x, const Tensor& rows) override {
     return rounded(cpu_.gather_rows(x, rows));
   }
+  Tensor bias_silu_residual(const Tensor& h, const Tensor& bias, const Tensor& x) override {
+    return rounded(cpu_.bias_silu_residual(h, bias, x));
+  }
+  Tensor argmax_rows(const Tensor& x) override { return cpu_.argmax_rows(x); }
   // xa is f32 by contract: not rounded.
   Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override {
     return cpu_.lora_shrink(x, m, batch);

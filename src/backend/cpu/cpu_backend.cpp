@@ -2,6 +2,7 @@
 
 #include "backend/cpu/cpu_gemm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -232,6 +233,33 @@ Tensor CpuBackend::gather_rows(const Tensor& x, const Tensor& rows) {
   for (int64_t i = 0; i < r; ++i)
     std::memcpy(y.ptr<float>() + i * n, x.ptr<float>() + int64_t(rows.ptr<int32_t>()[i]) * n,
                 size_t(n) * 4);
+  return y;
+}
+
+Tensor CpuBackend::bias_silu_residual(const Tensor& h, const Tensor& bias, const Tensor& x) {
+  const int64_t rows = h.rows(), n = h.cols();
+  Tensor y = host_alloc(DType::f32, {rows, n});
+  pool_.parallel_for(rows, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* hr = h.ptr<float>() + r * n;
+      const float* xr = x.ptr<float>() + r * n;
+      float* o = y.ptr<float>() + r * n;
+      for (int64_t i = 0; i < n; ++i) {
+        const float g = hr[i] + bias.ptr<float>()[i];
+        o[i] = xr[i] + g / (1.0f + std::exp(-g));
+      }
+    }
+  });
+  return y;
+}
+
+Tensor CpuBackend::argmax_rows(const Tensor& x) {
+  const int64_t rows = x.rows(), n = x.cols();
+  Tensor y = host_alloc(DType::i32, {rows});
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.ptr<float>() + r * n;
+    y.ptr<int32_t>()[r] = int32_t(std::max_element(xr, xr + n) - xr);  // the first maximum
+  }
   return y;
 }
 

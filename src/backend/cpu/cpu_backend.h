@@ -47,6 +47,8 @@ class CpuBackend final : public Backend {
                    const RopeParams& shape) override;
   Tensor silu_mul(const Tensor& gate_up) override;
   Tensor gather_rows(const Tensor& x, const Tensor& rows) override;
+  Tensor bias_silu_residual(const Tensor& h, const Tensor& bias, const Tensor& x) override;
+  Tensor argmax_rows(const Tensor& x) override;
   Tensor lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
   void lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch, Tensor& y,
                    int64_t col_offset) override;

@@ -371,6 +371,22 @@ Tensor CudaBackend::gather_rows(const Tensor& x, const Tensor& rows) {
   return y;
 }
 
+Tensor CudaBackend::bias_silu_residual(const Tensor& h, const Tensor& bias, const Tensor& x) {
+  require(h, DType::bf16, "bias_silu_residual", "h");
+  require(bias, DType::bf16, "bias_silu_residual", "bias");
+  require(x, DType::bf16, "bias_silu_residual", "x");
+  Tensor y = device_tensor(DType::bf16, {h.rows(), h.cols()});
+  cuda::launch_bias_silu_residual(h.data, bias.data, x.data, y.data, h.rows(), h.cols(), ctx_->stream);
+  return y;
+}
+
+Tensor CudaBackend::argmax_rows(const Tensor& x) {
+  require(x, DType::bf16, "argmax_rows", "x");
+  Tensor y = device_tensor(DType::i32, {x.rows()});
+  cuda::launch_argmax_rows(x.data, y.ptr<int32_t>(), x.rows(), x.cols(), ctx_->stream);
+  return y;
+}
+
 // ---- LoRA ---------------------------------------------------------------------------
 
 static cuda::LoraLaunch lora_launch(const LoraModuleTable& m, const LoraBatch& batch, int64_t tokens) {

@@ -279,6 +279,54 @@ __global__ void gather_rows_scalar_kernel(const bf16* __restrict__ x, const int3
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = x[src * cols + c];
 }
 
+// ---- Medusa blocks and row argmax ------------------------------------------------
+
+// out = x + silu(h + bias), one element per thread (grid-stride).
+__global__ void bias_silu_residual_kernel(const bf16* __restrict__ h, const bf16* __restrict__ bias,
+                                          const bf16* __restrict__ x, bf16* __restrict__ out,
+                                          int64_t rows, int64_t n) {
+  chained_prologue();
+  const int64_t total = rows * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = __bfloat162float(h[i]) + __bfloat162float(bias[i % n]);
+    out[i] = __float2bfloat16_rn(__bfloat162float(x[i]) + silu(g));
+  }
+}
+
+// One block per row: each thread keeps its best (value, column), the first
+// column on ties; then a shared-memory tree of the same rule.
+__global__ void argmax_rows_kernel(const bf16* __restrict__ x, int32_t* __restrict__ out, int64_t n) {
+  chained_prologue();
+  __shared__ float best_v[kThreads];
+  __shared__ int32_t best_i[kThreads];
+  const bf16* row = x + int64_t(blockIdx.x) * n;
+  float v = -INFINITY;
+  int32_t idx = 0x7fffffff;
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+    const float f = __bfloat162float(row[c]);
+    if (f > v || (f == v && int32_t(c) < idx)) {
+      v = f;
+      idx = int32_t(c);
+    }
+  }
+  best_v[threadIdx.x] = v;
+  best_i[threadIdx.x] = idx;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (int(threadIdx.x) < stride) {
+      const float ov = best_v[threadIdx.x + stride];
+      const int32_t oi = best_i[threadIdx.x + stride];
+      if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
+        best_v[threadIdx.x] = ov;
+        best_i[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] == 0x7fffffff ? 0 : best_i[0];
+}
+
 }  // namespace
 
 void launch_convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n,
@@ -343,6 +391,22 @@ void launch_gather_rows(const void* x, const int32_t* rows, void* out, int64_t c
   } else {
     launch_chained(gather_rows_scalar_kernel, dim3(unsigned(count)), dim3(kThreads), 0, stream, static_cast<const bf16*>(x), rows, static_cast<bf16*>(out), cols);
   }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+void launch_bias_silu_residual(const void* h, const void* bias, const void* x, void* out,
+                               int64_t rows, int64_t n, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return;
+  launch_chained(bias_silu_residual_kernel, dim3(unsigned(grid_for(rows * n, kThreads))), dim3(kThreads), 0,
+                 stream, static_cast<const bf16*>(h), static_cast<const bf16*>(bias),
+                 static_cast<const bf16*>(x), static_cast<bf16*>(out), rows, n);
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+void launch_argmax_rows(const void* x, int32_t* out, int64_t rows, int64_t n, cudaStream_t stream) {
+  if (rows == 0) return;
+  launch_chained(argmax_rows_kernel, dim3(unsigned(rows)), dim3(kThreads), 0, stream,
+                 static_cast<const bf16*>(x), out, n);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

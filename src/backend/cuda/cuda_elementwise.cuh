@@ -33,4 +33,11 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cu
 void launch_gather_rows(const void* x, const int32_t* rows, void* out, int64_t count, int64_t cols,
                         cudaStream_t stream);
 
+// out = x + silu(h + bias); h, x, out (rows, n), bias [n]; all bf16
+void launch_bias_silu_residual(const void* h, const void* bias, const void* x, void* out,
+                               int64_t rows, int64_t n, cudaStream_t stream);
+
+// out[r] = the first column of row r's largest value; x (rows, n) bf16
+void launch_argmax_rows(const void* x, int32_t* out, int64_t rows, int64_t n, cudaStream_t stream);
+
 }  // namespace philora::cuda
