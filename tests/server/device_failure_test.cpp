@@ -100,6 +100,14 @@ class DeviceFailure : public test::ServerFixture {
 TEST_F(DeviceFailure, EveryRequestInFlightGetsAnInternalErrorAndTheServerRecovers) {
   const std::string reference_body =
       R"({"inputs": "the cat", "parameters": {"adapter_id": "a", "max_new_tokens": 8}})";
+  // Adapters b then c go through the two slots, then a takes b's: b stays parsed on the host,
+  // so the fifth request's upload of b comes in the first step that admits it, with no wait
+  // for the disk (the failure cannot come after the streams have ended).
+  for (const char* name : {"b", "c"}) {
+    auto [status, j] = post("/generate", std::string(R"({"inputs": "q", "parameters": {"adapter_id": ")") +
+                                             name + R"(", "max_new_tokens": 2}})");
+    ASSERT_EQ(status, 200) << j.dump();
+  }
   // What a normal request gives before anything fails (the engine is not held: not 4 running).
   const auto [reference_status, reference] = post("/generate", reference_body);
   ASSERT_EQ(reference_status, 200) << reference.dump();
