@@ -132,12 +132,17 @@ void add_tokenize_routes(const AddRoute& add, const ServerContext& ctx) {
         if (!ctx.tokenizer) return send_no_tokenizer(res, api);
         try {
           if (api == Api::lorax) {
-            res.set_content(json_text(lorax_tokenize(*j, ctx)), "application/json");
+            const json out = lorax_tokenize(*j, ctx);
+            call->prompt_tokens = int64_t(out.size());  // for the access log
+            res.set_content(json_text(out), "application/json");
             return;
           }
           bool ok = false;
           check_model(*j, ctx, res, ok);
-          if (ok) res.set_content(json_text(vllm_tokenize(*j, ctx)), "application/json");
+          if (!ok) return;
+          const json out = vllm_tokenize(*j, ctx);
+          call->prompt_tokens = out["count"].get<int64_t>();
+          res.set_content(json_text(out), "application/json");
         } catch (const BadRequest& e) {
           send_bad_request(res, api, e);
         }
