@@ -321,6 +321,11 @@ void Engine::fork_candidates(Live& l, std::vector<StepOutput>& out) {
 std::vector<StepOutput> Engine::step() {
   std::vector<StepOutput> out;
   out.swap(pending_);
+  if (adapters_ && config_.wait_for_adapter_loads) {  // every load asked for ends before this step's poll
+    for (const std::unique_ptr<Live>& l : waiting_)
+      if (l->req.adapter && !l->has_slot) adapters_->prepare(*l->req.adapter);  // starts the load
+    adapters_->wait_for_all_loads();
+  }
   if (adapters_) adapters_->poll();  // adapters loaded from disk since the last step
   int64_t budget = config_.max_batched_tokens;
   std::vector<Scheduled> batch;
@@ -458,12 +463,6 @@ bool Engine::acquire_count_row(Live& l) {
 // requests for the base model or another resident adapter still pass.
 void Engine::admit_waiting(std::vector<Scheduled>& batch, int64_t& budget,
                            std::vector<StepOutput>& out) {
-  if (adapters_ && config_.wait_for_adapter_loads) {
-    for (const std::unique_ptr<Live>& l : waiting_)
-      if (l->req.adapter && !l->has_slot) adapters_->prepare(*l->req.adapter);  // starts the load
-    adapters_->wait_for_all_loads();
-    adapters_->poll();
-  }
   if (adapters_)
     for (auto it = waiting_.begin(); it != waiting_.end();) {
       Live& l = **it;

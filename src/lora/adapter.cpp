@@ -3,6 +3,7 @@
 #include "lora/adapter.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -341,7 +342,9 @@ bool targets_module(const AdapterConfig& c, const std::string& name) {
     }
   }
   if (!index || index->empty()) return false;
-  const int64_t layer = std::stoll(*index);
+  int64_t layer = -1;  // digits only (the pattern's \\d+); too many for int64: no layer listed
+  const auto [end, err] = std::from_chars(index->data(), index->data() + index->size(), layer);
+  if (err != std::errc() || end != index->data() + index->size()) return false;
   for (int64_t l : c.layers_to_transform)
     if (l == layer) return true;
   return false;

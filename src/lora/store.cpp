@@ -1,6 +1,7 @@
 #include "lora/store.h"
 
 #include <chrono>
+#include <system_error>
 
 #include <fmt/format.h>
 
@@ -177,13 +178,24 @@ Preparation AdapterStore::prepare(const std::string& name) {
   if (auto f = failed_.find(name); f != failed_.end()) return {false, f->second};
   if (loading_.count(name)) return {};
   if (auto bad = check_name(name)) return {false, *bad};
-  loading_.insert(name);
   {
     std::lock_guard<std::mutex> lock(mu_);
     queue_.emplace_back(name, dir_of(name));
-    if (idle_loaders_ < int64_t(queue_.size()) && int64_t(loaders_.size()) < kLoaderThreads)
-      loaders_.emplace_back([this] { loader_main(); });
+    if (idle_loaders_ < int64_t(queue_.size()) && int64_t(loaders_.size()) < kLoaderThreads) {
+      try {
+        loaders_.emplace_back([this] { loader_main(); });
+      } catch (const std::system_error& e) {  // no thread: one already running takes the load
+        if (loaders_.empty()) {
+          queue_.pop_back();
+          return {false, AdapterError{AdapterError::Kind::invalid,
+                                      fmt::format("adapter '{}' could not be loaded now", name),
+                                      fmt::format("adapter '{}': no loader thread: {}", name,
+                                                  e.what())}};
+        }
+      }
+    }
   }
+  loading_.insert(name);
   wake_loader_.notify_one();
   return {};
 }
@@ -198,8 +210,15 @@ void AdapterStore::loader_main() {
     auto [name, dir] = std::move(queue_.front());
     queue_.pop_front();
     lock.unlock();
-    if (options_.before_load) options_.before_load(name);
-    Loaded loaded = load_from_disk(name, dir);
+    Loaded loaded;
+    try {  // whatever goes wrong, a result reaches finished_: no request waits forever
+      if (options_.before_load) options_.before_load(name);
+      loaded = load_from_disk(name, dir);
+    } catch (const std::exception& e) {
+      loaded = AdapterError{AdapterError::Kind::invalid,
+                            fmt::format("adapter '{}' could not be loaded", name),
+                            fmt::format("adapter '{}' ({}): load failed: {}", name, dir, e.what())};
+    }
     lock.lock();
     finished_.emplace_back(std::move(name), std::move(loaded));
     loaded_.notify_all();

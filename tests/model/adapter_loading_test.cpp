@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <stdexcept>
 #include <thread>
 
 #include "lora/adapter.h"
@@ -187,6 +188,35 @@ TEST(AdapterLoading, ARankAboveTheMaximumIsRefused) {
   }
   EXPECT_EQ(t["g03"].tokens, golden_tokens().at("g03"));
   EXPECT_EQ(rig.store->loads_from_disk(), 1) << "c only";
+}
+
+// A load that throws (a bug, memory running out) fails the requests for that
+// adapter with a message that names no server path; the loader thread and
+// every other request go on. With admission waiting for loads too (offline
+// runs), where a failure must survive until its requests hear of it.
+TEST(AdapterLoading, ALoadThatThrowsFailsOnlyItsRequests) {
+  for (const bool wait : {false, true}) {
+    lora::StoreOptions options;
+    options.before_load = [](const std::string& n) {
+      if (n == "a") throw std::runtime_error("injected failure reading /secret/dir");
+    };
+    engine::EngineConfig config{4096, 64, false};
+    config.wait_for_adapter_loads = wait;
+    EngineRig rig(kCase, config, 512, true, 4, std::move(options));
+    auto reqs = golden_requests();
+    const auto want = golden_tokens();
+    for (const char* id : {"g00", "g01", "g02"})  // adapter a, the base model, adapter b
+      ASSERT_TRUE(rig.engine->add_request(reqs.at(id)).ok());
+    std::map<std::string, Timeline> t;
+    run_to_end(rig, t);
+    EXPECT_EQ(t["g00"].finish, FinishReason::adapter_invalid) << "wait " << wait;
+    EXPECT_NE(t["g00"].error.find("'a'"), std::string::npos) << t["g00"].error;
+    EXPECT_EQ(t["g00"].error.find("/secret"), std::string::npos) << t["g00"].error;
+    EXPECT_TRUE(t["g00"].tokens.empty());
+    for (const char* id : {"g01", "g02"}) EXPECT_EQ(t[id].tokens, want.at(id)) << id << " wait " << wait;
+    EXPECT_EQ(rig.store->loads_in_flight(), 0);
+    EXPECT_EQ(rig.store->pins(), 0);
+  }
 }
 
 // The host tier keeps at most max bytes of adapters (the newest even when
