@@ -419,6 +419,7 @@ bool Engine::acquire_adapter(Live& l, std::vector<StepOutput>& out) {
   }
   l.seq.lora_slot = *slot;
   l.has_slot = true;
+  if (*slot == draining_slot_) draining_slot_ = -1;  // drained and taken: the next blocked request picks anew
   l.adapter_identity = adapters_->identity(*slot);
   return true;
 }

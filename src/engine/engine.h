@@ -24,6 +24,7 @@
 // Single-threaded: callers serialise access.
 #pragma once
 
+#include <algorithm>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -159,8 +160,15 @@ class Engine {
   const EngineStats& stats() const { return stats_; }
   const StepRunnerStats& runner_stats() const { return runner_.stats(); }
   const MaskStats& mask_stats() const { return mask_stats_; }
+  // Sequences running (a request's candidates each count).
   int64_t num_running() const { return int64_t(running_.size()); }
-  int64_t num_waiting() const { return int64_t(waiting_.size()); }
+  // Requests waiting: a request's other candidates (n, best_of) waiting to be
+  // forked or preempted back do not count again — the server's queue limit
+  // and queue times are per request.
+  int64_t num_waiting() const {
+    return std::count_if(waiting_.begin(), waiting_.end(),
+                         [](const std::unique_ptr<Live>& l) { return l->index == 0; });
+  }
 
  private:
   // The candidates of a request with best_of > 1.

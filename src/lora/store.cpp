@@ -173,8 +173,13 @@ AdapterStore::Loaded AdapterStore::host_adapter(const std::string& name) {
 }
 
 Preparation AdapterStore::prepare(const std::string& name) {
-  if (resident_.count(name) || host_.count(name) || in_memory_.count(name))
+  if (auto h = host_.find(name); h != host_.end()) {
+    // Asked for again (a request waits for it): the most recently used, so
+    // that loads taken in before its request runs do not evict it.
+    host_lru_.splice(host_lru_.begin(), host_lru_, h->second.second);
     return {true, std::nullopt};
+  }
+  if (resident_.count(name) || in_memory_.count(name)) return {true, std::nullopt};
   if (auto f = failed_.find(name); f != failed_.end()) return {false, f->second};
   if (loading_.count(name)) return {};
   if (auto bad = check_name(name)) return {false, *bad};

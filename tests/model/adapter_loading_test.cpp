@@ -219,6 +219,32 @@ TEST(AdapterLoading, ALoadThatThrowsFailsOnlyItsRequests) {
   }
 }
 
+// An adapter a waiting request asks for again (prepare) is the host tier's
+// most recently used: a load taken in later evicts another one, not it.
+TEST(AdapterLoading, AnAdapterAskedForIsNotTheNextToBeEvicted) {
+  lora::StoreOptions options;
+  options.host_capacity = 2;
+  EngineRig rig(kCase, {4096, 64, false}, 512, true, 4, std::move(options));
+  lora::AdapterStore& store = *rig.store;
+  auto load = [&](const char* name) {
+    EXPECT_FALSE(store.prepare(name).ready) << name;
+    store.wait_for_all_loads();
+    store.poll();
+    EXPECT_TRUE(store.prepare(name).ready) << name;
+  };
+  load("c");
+  load("b");
+  ASSERT_TRUE(store.prepare("c").ready);  // c's request still waits: asked again
+  load("a");                              // over capacity: one of b, c goes
+  EXPECT_EQ(store.host_count(), 2);
+  const int64_t loads = store.loads_from_disk();
+  EXPECT_TRUE(store.prepare("c").ready) << "c was evicted although asked for after b";
+  EXPECT_EQ(store.loads_from_disk(), loads);
+  EXPECT_FALSE(store.prepare("b").ready) << "b, the least recently asked for, went";
+  store.wait_for_all_loads();
+  store.poll();
+}
+
 // The host tier keeps at most max bytes of adapters (the newest even when
 // larger), dropping the least recently used.
 TEST(AdapterLoading, HostTierIsBoundedByBytes) {

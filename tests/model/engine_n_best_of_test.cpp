@@ -366,6 +366,31 @@ TEST(NBestOf, AbortEndsEveryOutput) {
   EXPECT_EQ(rig.store->pins(), 0);
 }
 
+// The engine's waiting count is of requests: a request whose first output
+// runs while its other candidates wait for a place (max_running 1) is not
+// waiting, nor counted once per candidate (the server's queue limit and
+// queue times read it).
+TEST(NBestOf, WaitingCountsRequestsNotCandidates) {
+  EngineRig rig(kCase, {4096, 1, false});
+  const auto lines = generate_lines();
+  engine::Request r = test::request_of(lines[0]);
+  r.n = 4;
+  r.max_new_tokens = 6;
+  ASSERT_TRUE(rig.engine->add_request(r).ok());
+  EXPECT_EQ(rig.engine->num_waiting(), 1);
+  Outputs got;
+  for (engine::StepOutput& o : rig.engine->step()) collect(o, got);  // the prompt; 3 candidates forked
+  EXPECT_EQ(rig.engine->num_running(), 1);
+  EXPECT_EQ(rig.engine->num_waiting(), 0) << "its candidates wait, the request runs";
+  engine::Request other = test::request_of(lines[1]);
+  ASSERT_TRUE(rig.engine->add_request(other).ok());
+  EXPECT_EQ(rig.engine->num_waiting(), 1);
+  while (rig.engine->has_work())
+    for (engine::StepOutput& o : rig.engine->step()) collect(o, got);
+  for (int32_t k = 0; k < 4; ++k) EXPECT_TRUE(got.runs.count({r.id, k})) << k;
+  EXPECT_EQ(rig.kv->pages.num_held(), 0);
+}
+
 // An adapter that does not exist ends every output with the error.
 TEST(NBestOf, AnUnknownAdapterEndsEveryOutput) {
   EngineRig rig(kCase, {4096, 64, false});
