@@ -329,8 +329,12 @@ std::vector<StepOutput> Engine::step() {
   if (adapters_) adapters_->poll();  // adapters loaded from disk since the last step
   int64_t budget = config_.max_batched_tokens;
   std::vector<Scheduled> batch;
+  // Speculation never costs real work: every running sequence's token or
+  // chunk first, then the waiting prompts, then drafts from what is left.
   schedule_running(batch, budget);
+  const size_t running = batch.size();
   admit_waiting(batch, budget, out);
+  schedule_drafts(batch, running, budget);
   if (!batch.empty()) run(batch, out);
   // Nothing to run but adapters loading: wait a little for one rather than spin.
   if (batch.empty() && out.empty() && adapters_ && adapters_->loads_in_flight() > 0)
@@ -340,27 +344,12 @@ std::vector<StepOutput> Engine::step() {
 }
 
 // Running sequences, oldest first: a decode token or the next prompt chunk
-// each; the newest is preempted when pages run out.
+// each; the newest is preempted when pages run out. Drafts come later
+// (schedule_drafts), from what the running and admitted sequences leave.
 void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Live& l = *running_[i];
     const int64_t n = std::min<int64_t>(int64_t(l.seq.tokens.size()) - l.seq.num_computed, budget);
-    std::vector<int32_t> drafts = draft(l, budget);  // none when its pages are short
-    if (l.matcher && !drafts.empty()) {  // the drafts the constraint takes, in order
-      size_t ok = 0;
-      while (ok < drafts.size() && l.matcher->accept_token(drafts[ok])) ++ok;
-      l.matcher->rollback(ok);
-      drafts.resize(ok);
-    }
-    if (!drafts.empty() &&
-        kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n + int64_t(drafts.size()))) {
-      l.drafts = std::move(drafts);
-      l.seq.tokens.insert(l.seq.tokens.end(), l.drafts.begin(), l.drafts.end());
-      batch.push_back({&l, n + int64_t(l.drafts.size())});
-      budget -= n + int64_t(l.drafts.size());
-      ++i;
-      continue;
-    }
     bool ok = kv_.pages.reserve(l.seq.pages, l.seq.num_computed + n);
     while (!ok && running_.size() > i + 1) {
       preempt(*running_.back());
@@ -377,6 +366,32 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
     batch.push_back({&l, n});
     budget -= n;
     ++i;
+  }
+}
+
+// The drafts of the first `running` sequences of the batch (those running
+// before this step), oldest first, from the budget and the free pages the
+// step's required work left (never a cached page: a draft evicts nothing).
+void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int64_t& budget) {
+  for (size_t i = 0; i < running && budget > 0; ++i) {
+    Scheduled& s = batch[i];
+    Live& l = *s.live;
+    std::vector<int32_t> drafts = draft(l, budget);
+    if (l.matcher && !drafts.empty()) {  // the drafts the constraint takes, in order
+      size_t ok = 0;
+      while (ok < drafts.size() && l.matcher->accept_token(drafts[ok])) ++ok;
+      l.matcher->rollback(ok);
+      drafts.resize(ok);
+    }
+    const int64_t end = l.seq.num_computed + s.num_tokens;  // tokens held after the required ones
+    const int64_t room =
+        (int64_t(l.seq.pages.ids.size()) + kv_.pages.num_free()) * kv_.page_size - end;
+    if (int64_t(drafts.size()) > room) drafts.resize(size_t(std::max<int64_t>(room, 0)));
+    if (drafts.empty() || !kv_.pages.reserve(l.seq.pages, end + int64_t(drafts.size()))) continue;
+    l.drafts = std::move(drafts);
+    l.seq.tokens.insert(l.seq.tokens.end(), l.drafts.begin(), l.drafts.end());
+    s.num_tokens += int64_t(l.drafts.size());
+    budget -= int64_t(l.drafts.size());
   }
 }
 
@@ -733,11 +748,11 @@ std::optional<PositionLogprobs> Engine::token_logprobs(Live& l, const StepResult
   return lp;
 }
 
-// The drafts of a running sequence this step: n-gram lookup over its prompt
-// and output, when it is decoding (one token to compute, prompt done), may
+// The drafts of a running sequence this step, at most `room`: n-gram lookup
+// over its prompt and output, when it is decoding (one token to compute, prompt done), may
 // draft (no penalties, no prompt logits, few sequences running) and has room
-// (budget, max_new_tokens: the last row's token is one more).
-std::vector<int32_t> Engine::draft(const Live& l, int64_t budget) const {
+// (`room`, max_new_tokens: the last row's token is one more).
+std::vector<int32_t> Engine::draft(const Live& l, int64_t room) const {
   if (config_.speculate_ngram <= 0 || int64_t(running_.size()) > config_.speculate_max_batch)
     return {};
   const Sequence& q = l.seq;
@@ -745,7 +760,7 @@ std::vector<int32_t> Engine::draft(const Live& l, int64_t budget) const {
       !l.unforked.empty() || l.count_row >= 0 || uses_counts(l.req.sampling) ||
       l.req.prompt_logits || wants_prompt_logprobs(l))
     return {};
-  const int64_t k = std::min({l.draft_limit, l.req.max_new_tokens - l.generated - 1, budget - 1});
+  const int64_t k = std::min({l.draft_limit, l.req.max_new_tokens - l.generated - 1, room});
   return ngram_drafts(q.tokens, k);
 }
 

@@ -227,6 +227,7 @@ class Engine {
   void emit(Live& l, StepOutput o, std::vector<StepOutput>& out);
   Status validate(const Request& r) const;
   void schedule_running(std::vector<Scheduled>& batch, int64_t& budget);
+  void schedule_drafts(std::vector<Scheduled>& batch, size_t running, int64_t& budget);
   void admit_waiting(std::vector<Scheduled>& batch, int64_t& budget, std::vector<StepOutput>& out);
   bool acquire_adapter(Live& l, std::vector<StepOutput>& out);
   void fail_adapter(Live& l, const lora::AdapterError& e, std::vector<StepOutput>& out);
@@ -235,7 +236,7 @@ class Engine {
   bool reuse_cached_prefix(Live& l);
   // `ahead`: the row of a drafted sequence that follows its first `ahead` drafts.
   SampleRow sampling_row(Live& l, int64_t ahead = 0);
-  std::vector<int32_t> draft(const Live& l, int64_t budget) const;
+  std::vector<int32_t> draft(const Live& l, int64_t room) const;
   void verify(Live& l, const StepResult& result, int64_t first_row, const std::mt19937_64& rng,
               std::vector<StepOutput>& out);
   std::optional<PositionLogprobs> token_logprobs(Live& l, const StepResult& result, size_t row);

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -363,6 +364,52 @@ TEST(SpeculativeSampling, PenaltiesAndLargeBatchesDoNotDraft) {
   while (rig.engine->has_work()) rig.engine->step();
   EXPECT_GT(rig.engine->stats().spec_draft_tokens, 0) << "the one left never drafted";
   EXPECT_EQ(rig.kv->pages.num_held(), 0);
+}
+
+
+// Drafts come from what the step's required work leaves: with a budget of 2
+// tokens, an older sequence decoding copy-heavy text and a newer one still in
+// its prompt, the newer one's prompt advances as it does without speculation
+// (its first token comes in the same step; before, the older one drafted
+// budget - 1 tokens and the newer one's chunk waited), and once both decode
+// each gets its token in every step; the outputs are the plain ones.
+TEST(SpeculativeSchedule, DraftsNeverTakeAnotherSequencesToken) {
+  std::vector<engine::Request> reqs;
+  for (const engine::Request& r : long_requests())
+    if (r.id.size() > 6 && r.id.substr(r.id.size() - 6) == "-twice" && reqs.size() < 2)
+      reqs.push_back(r);
+  ASSERT_EQ(reqs.size(), 2u);
+  struct Steps {
+    std::map<std::string, int64_t> first, last;  // steps of each request's first and last output
+    std::vector<std::set<std::string>> outputs;   // per step: the requests that got tokens
+    engine::EngineStats stats;
+  };
+  auto steps = [&](int64_t drafts) {
+    EngineRig rig(kCase, config(drafts, /*budget=*/2));
+    for (const engine::Request& r : reqs) EXPECT_TRUE(rig.engine->add_request(r).ok());
+    Steps s;
+    while (rig.engine->has_work()) {
+      std::set<std::string> got;
+      for (const engine::StepOutput& o : rig.engine->step()) {
+        if (o.new_tokens.empty()) continue;
+        got.insert(o.id);
+        const auto step = int64_t(s.outputs.size());
+        if (!s.first.count(o.id)) s.first[o.id] = step;
+        s.last[o.id] = step;
+      }
+      s.outputs.push_back(got);
+    }
+    s.stats = rig.engine->stats();
+    EXPECT_EQ(rig.kv->pages.num_held(), 0);
+    return s;
+  };
+  const Steps plain = steps(0), spec = steps(4);
+  EXPECT_GT(spec.stats.spec_accepted_tokens, 0) << "nothing was drafted and kept";
+  EXPECT_EQ(spec.first, plain.first) << "speculation delayed a request's first token";
+  for (const auto& [id, f] : spec.first)
+    for (int64_t step = f; step <= spec.last.at(id); ++step)
+      EXPECT_TRUE(spec.outputs[size_t(step)].count(id)) << id << " got no token in step " << step;
+  expect_same(run(reqs, config(4, 2)), run(reqs, config(0, 2)), "budget 2");
 }
 
 }  // namespace
