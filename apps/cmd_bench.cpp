@@ -43,7 +43,7 @@ struct BenchOptions {
   int64_t lora_columns = -1;  // -1: lora_rank (rounded up to 8) per adapter
   double mem_fraction = 0.9;
   bool enforce_eager = false;
-  int64_t speculate = 0;  // --speculate ngram:K: also time verifying 1 .. K drafts at batch 1
+  int64_t speculate = 0;  // --speculate ngram:K / medusa:K: also time verifying 1 .. K drafts at batch 1
 };
 
 model::Phi3Config phi3_mini(int64_t layers) {  // microsoft/Phi-3-mini-4k-instruct
@@ -354,11 +354,11 @@ void add_bench_command(CLI::App& app, int& rc) {
       ->check(CLI::Range(1, 128));
   cmd->add_flag("--skip-lora", o->skip_lora, "leave out the multi-LoRA figure");
   cmd->add_option_function<std::string>(
-         "--speculate", [o](const std::string& spec) { o->speculate = *parse_speculate(spec); },
-         "ngram[:K]: also time steps verifying 1 .. K drafted tokens at batch 1, as a ratio to a "
-         "decode step")
+         "--speculate", [o](const std::string& spec) { o->speculate = parse_speculate(spec)->k; },
+         "ngram[:K] or medusa[:K]: also time steps verifying 1 .. K drafted tokens at batch 1, as "
+         "a ratio to a decode step (the same for both methods: drafts are k + 1 query rows)")
       ->check([](const std::string& spec) {
-        const Expected<int64_t> k = parse_speculate(spec);
+        const Expected<Speculation> k = parse_speculate(spec);
         return k.ok() ? std::string() : k.status().message();
       });
   add_lora_columns_option(*cmd, o->lora_columns);

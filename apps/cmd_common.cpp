@@ -6,8 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "io/file.h"
 #include "lora/adapter.h"
 #include "model/config.h"
+#include "model/medusa.h"
 #include "model/weights.h"
 
 namespace philora::app {
@@ -30,45 +32,100 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
   add_lora_columns_option(cmd, o.lora_columns);
   cmd.add_option_function<std::string>(
          "--speculate",
-         [&o](const std::string& spec) { o.speculate_ngram = *parse_speculate(spec); },
+         [&o](const std::string& spec) {
+           const Speculation sp = *parse_speculate(spec);
+           o.speculate_ngram = sp.medusa ? 0 : sp.k;
+           o.speculate_medusa = sp.medusa ? sp.k : 0;
+         },
          "speculative decoding: ngram[:K] drafts up to K tokens (default 4) per step from the "
-         "sequence's own prompt and output (prompt lookup), verified in the step; greedy output "
-         "is unchanged, sampled output keeps its distribution; not for requests with penalties")
+         "sequence's own prompt and output (prompt lookup); medusa[:K] drafts up to K (default 4, "
+         "at most the heads' number) with Medusa heads (--medusa, the model directory's, or an "
+         "adapter's own); verified in the step: greedy output is unchanged, sampled output keeps "
+         "its distribution; not for requests with penalties")
       ->check([](const std::string& spec) {
-        const Expected<int64_t> k = parse_speculate(spec);
+        const Expected<Speculation> k = parse_speculate(spec);
         return k.ok() ? std::string() : k.status().message();
       });
+  cmd.add_option("--medusa", o.medusa_dir,
+                 "Medusa heads of the base model for --speculate medusa: a directory in LoRAX's "
+                 "layout (config.json with medusa_num_heads / medusa_num_layers, "
+                 "medusa_lm_head.safetensors); default: the model directory's, if it has them");
 }
 
-Expected<int64_t> parse_speculate(const std::string& spec) {
-  if (spec == "ngram") return kDefaultNgramDrafts;
-  if (spec.rfind("ngram:", 0) == 0) {
-    const std::string k = spec.substr(6);
-    int64_t v = 0;
-    const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), v);
-    if (ec == std::errc() && end == k.data() + k.size() && v >= 1 && v <= kMaxNgramDrafts)
-      return v;
+Expected<Speculation> parse_speculate(const std::string& spec) {
+  for (const bool medusa : {false, true}) {
+    const std::string name = medusa ? "medusa" : "ngram";
+    if (spec == name)
+      return Speculation{medusa, medusa ? kDefaultMedusaDrafts : kDefaultNgramDrafts};
+    if (spec.rfind(name + ":", 0) == 0) {
+      const std::string k = spec.substr(name.size() + 1);
+      int64_t v = 0;
+      const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), v);
+      if (ec == std::errc() && end == k.data() + k.size() && v >= 1 && v <= kMaxNgramDrafts)
+        return Speculation{medusa, v};
+    }
   }
-  return Status::errorf("--speculate '{}': expected ngram or ngram:K with 1 <= K <= {}", spec,
-                        kMaxNgramDrafts);
+  return Status::errorf(
+      "--speculate '{}': expected ngram, ngram:K, medusa or medusa:K with 1 <= K <= {}", spec,
+      kMaxNgramDrafts);
+}
+
+Expected<std::shared_ptr<const engine::MedusaSet>> load_medusa(
+    const ModelOptions& o, const std::string& model_dir,
+    const std::vector<std::pair<std::string, std::string>>& adapters,
+    const model::Phi3Config& config, Backend& backend) {
+  if (o.speculate_medusa <= 0) {
+    if (!o.medusa_dir.empty())
+      return Status::errorf("--medusa {}: heads are for --speculate medusa[:K], which is not given",
+                            o.medusa_dir);
+    return std::shared_ptr<const engine::MedusaSet>();
+  }
+  auto set = std::make_shared<engine::MedusaSet>();
+  const std::string base_dir =
+      !o.medusa_dir.empty()                                                         ? o.medusa_dir
+      : io::is_regular_file(io::join_path(model_dir, "medusa_lm_head.safetensors")) ? model_dir
+                                                                                    : "";
+  if (!base_dir.empty()) {
+    auto heads = model::MedusaHeads::load(base_dir, config, backend);
+    if (!heads.ok())
+      return Status::errorf("Medusa heads of the base model: {}", heads.status().message());
+    set->base = std::make_shared<const model::MedusaHeads>(std::move(*heads));
+  }
+  for (const auto& [name, dir] : adapters) {
+    if (!io::is_regular_file(io::join_path(dir, "medusa_lm_head.safetensors"))) continue;
+    auto heads = model::MedusaHeads::load(dir, config, backend);
+    if (!heads.ok())
+      return Status::errorf("Medusa heads of adapter '{}': {}", name, heads.status().message());
+    set->adapters[name] = std::make_shared<const model::MedusaHeads>(std::move(*heads));
+  }
+  if (!set->base && set->adapters.empty())
+    return Status::errorf(
+        "--speculate medusa: no Medusa heads (give --medusa DIR, or put "
+        "medusa_lm_head.safetensors and its config in {} or in an adapter's directory)",
+        model_dir);
+  return std::shared_ptr<const engine::MedusaSet>(std::move(set));
 }
 
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns) {
-  cmd.add_option("--lora-columns", columns,
-                 "columns of every LoRA target weight kept for resident adapters' B, so that steps of "
-                 "up to 256 tokens apply LoRA inside the base matmul (0: off; default: 16 per adapter "
-                 "slot, at most 1024; bench: the rank, rounded up to 8, per adapter)")
+  cmd.add_option(
+         "--lora-columns", columns,
+         "columns of every LoRA target weight kept for resident adapters' B, so that steps of "
+         "up to 256 tokens apply LoRA inside the base matmul (0: off; default: 16 per adapter "
+         "slot, at most 1024; bench: the rank, rounded up to 8, per adapter)")
       ->check(CLI::Range(int64_t(-1), int64_t(1) << 20));
 }
 
-void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested) {
-  int64_t columns =
-      requested < 0 ? kLoraColumnsPerSlot * std::min<int64_t>(slots.num_slots(), kLoraColumnsMaxSlots) : requested;
+void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots,
+                         int64_t requested) {
+  int64_t columns = requested < 0 ? kLoraColumnsPerSlot *
+                                        std::min<int64_t>(slots.num_slots(), kLoraColumnsMaxSlots)
+                                  : requested;
   columns = (columns + 7) / 8 * 8;
   if (columns == 0) return;
   if (!model.lora_columns_supported()) {
     std::cerr << "philora: LoRA columns off: the " << model.backend().name()
-              << " backend's columns shrink does not take this model's sizes; LoRA stays in its own kernels\n";
+              << " backend's columns shrink does not take this model's sizes; LoRA stays in its "
+                 "own kernels\n";
     return;
   }
   slots.attach_columns(model.widen_for_lora(columns), columns);
@@ -107,6 +164,8 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
     m.store->register_dir(name, dir);
     PHILORA_RETURN_IF_ERROR(m.store->preload(name));
   }
+  PHILORA_ASSIGN_OR_RETURN(m.medusa,
+                           load_medusa(o, o.model_dir, adapters, m.model->config(), *m.backend));
   return m;
 }
 

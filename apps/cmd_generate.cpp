@@ -358,6 +358,8 @@ int run_generate(const GenerateOptions& o) {
   opts.step_graphs = !o.model.enforce_eager;
   opts.prefix_cache = o.model.prefix_cache;
   opts.speculate_ngram = o.model.speculate_ngram;
+  opts.speculate_medusa = o.model.speculate_medusa;
+  opts.medusa = m->medusa;
   opts.tokenizer = tok.get();
   auto outs = engine::run_offline(*m->model, m->store.get(), *reqs, opts);
   if (!outs) return fail(outs.status());

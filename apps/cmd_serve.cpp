@@ -62,7 +62,10 @@ int run_serve(ServeOptions o) {
   ctx.model_aliases = {sv.model_dir, o.serving.model.model_dir};
   ctx.adapters = sv.adapters;
   ctx.limits = o.limits;
-  ctx.speculate = o.serving.model.speculate_ngram;
+  ctx.speculate = std::max(o.serving.model.speculate_ngram, o.serving.model.speculate_medusa);
+  ctx.speculate_method = o.serving.model.speculate_ngram > 0    ? "ngram"
+                         : o.serving.model.speculate_medusa > 0 ? "medusa"
+                                                                : "";
   ctx.limits.max_total_tokens = sv.engine->max_sequence_tokens();
   if (ctx.limits.max_input_tokens >= ctx.limits.max_total_tokens)
     return fail(Status::errorf("--max-input-tokens {} leaves no room to generate in a context of {} "

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
+#include "engine/engine.h"
 #include "engine/offline.h"
 #include "engine/request.h"
 #include "io/safetensors.h"
@@ -30,13 +31,36 @@ struct ModelOptions {
   int64_t lora_columns = -1;   // LoRA columns a target weight; -1: kLoraColumnsPerSlot a slot
   // --speculate ngram[:K]: the most n-gram drafts a sequence verifies per step; 0: off.
   int64_t speculate_ngram = 0;
+  // --speculate medusa[:K]: the most Medusa drafts (at most the heads' number); 0: off.
+  int64_t speculate_medusa = 0;
+  // --medusa DIR: the base model's Medusa heads (LoRAX's layout); empty: the
+  // model directory's medusa_lm_head.safetensors, when it has one.
+  std::string medusa_dir;
 };
 
-// The speculation --speculate names: "ngram" (kDefaultNgramDrafts drafts) or
-// "ngram:K" (1 ≤ K ≤ kMaxNgramDrafts) -> K; an error otherwise.
+// The speculation --speculate names: "ngram" / "medusa" (kDefaultNgramDrafts,
+// kDefaultMedusaDrafts drafts) or "ngram:K" / "medusa:K" (1 ≤ K ≤
+// kMaxNgramDrafts); an error otherwise.
+struct Speculation {
+  bool medusa = false;  // else n-gram
+  int64_t k = 0;
+};
 inline constexpr int64_t kDefaultNgramDrafts = 4;
+inline constexpr int64_t kDefaultMedusaDrafts = 4;  // LoRAX's --speculative-tokens: the heads' number
 inline constexpr int64_t kMaxNgramDrafts = 16;
-Expected<int64_t> parse_speculate(const std::string& spec);
+Expected<Speculation> parse_speculate(const std::string& spec);
+
+// The Medusa heads of --speculate medusa: the base model's (--medusa DIR, else
+// the model directory's when it holds medusa_lm_head.safetensors, its
+// config.json then carrying medusa_num_heads / medusa_num_layers), and those
+// of every adapter (NAME, DIR) whose directory holds
+// medusa_lm_head.safetensors (LoRAX's Medusa and Medusa-LoRA adapters). Null
+// without --speculate medusa; an error naming the file for heads that do not
+// load or fit the model, or when there are no heads at all.
+Expected<std::shared_ptr<const engine::MedusaSet>> load_medusa(
+    const ModelOptions& o, const std::string& model_dir,
+    const std::vector<std::pair<std::string, std::string>>& adapters,
+    const model::Phi3Config& config, Backend& backend);
 
 // Decode's one-matmul LoRA: this many columns of every target weight per
 // adapter slot unless --lora-columns says otherwise (a rank-16 adapter each),
@@ -62,6 +86,7 @@ struct LoadedModel {
   std::unique_ptr<model::Phi3ForCausalLM> model;
   std::unique_ptr<lora::AdapterSlots> slots;
   std::unique_ptr<lora::AdapterStore> store;
+  std::shared_ptr<const engine::MedusaSet> medusa;  // --speculate medusa's heads (load_medusa)
 };
 
 Expected<LoadedModel> load_model(const ModelOptions& o);

@@ -235,10 +235,19 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
     s->store->register_dir(name, dir);
     s->adapters.push_back(name);
   }
+  std::vector<std::pair<std::string, std::string>> adapter_dirs;  // NAME, DIR (Medusa heads)
+  for (const std::string& spec : o.model.adapters) {
+    const size_t eq = spec.find('=');
+    adapter_dirs.emplace_back(spec.substr(0, eq), spec.substr(eq + 1));
+  }
   if (!adapter_dir.empty())
     for (const std::string& name : adapters_in(adapter_dir))
-      if (std::find(s->adapters.begin(), s->adapters.end(), name) == s->adapters.end())
+      if (std::find(s->adapters.begin(), s->adapters.end(), name) == s->adapters.end()) {
         s->adapters.push_back(name);
+        adapter_dirs.emplace_back(name, (fs::path(adapter_dir) / name).string());
+      }
+  report("medusa", 0, 0);
+  PHILORA_ASSIGN_OR_RETURN(s->medusa, load_medusa(o.model, s->model_dir, adapter_dirs, c, b));
   if (!adapter_dir.empty() || !o.model.adapters.empty())  // else no adapter can ever load
     attach_lora_columns(*s->model, *s->slots, o.model.lora_columns);
   if (int64_t(o.preload.size()) > o.adapter_slots)
@@ -260,7 +269,8 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   s->engine = std::make_unique<engine::Engine>(
       *s->model, *s->kv, s->store.get(),
       engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager,
-                           o.model.prefix_cache, /*count_rows=*/0, o.model.speculate_ngram},
+                           o.model.prefix_cache, /*count_rows=*/0, o.model.speculate_ngram,
+                           o.model.speculate_medusa, s->medusa},
       s->tokenizer.get());
   return s;
 }

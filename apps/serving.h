@@ -58,6 +58,7 @@ struct Serving {
   std::unique_ptr<lora::AdapterStore> store;
   std::unique_ptr<kv::KvCache> kv;
   std::unique_ptr<engine::Engine> engine;
+  std::shared_ptr<const engine::MedusaSet> medusa;  // --speculate medusa's heads
 
   std::string model_dir;
   std::string model_name;             // the directory's name: what clients call the base model

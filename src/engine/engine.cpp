@@ -163,7 +163,7 @@ std::unique_ptr<Engine::Live> Engine::make_live(Request r, uint64_t seed, int32_
       model::uses_long_rope(model_.config(), int64_t(r.prompt.size()) + r.max_new_tokens);
   l->seed = seed;
   l->rng.seed(l->seed);
-  l->draft_limit = config_.speculate_ngram;
+  if (config_.speculate_medusa > 0 && config_.medusa) l->heads = config_.medusa->find(r.adapter);
   if (r.constraint) l->matcher = std::make_unique<structured::Matcher>(r.constraint);
   if (tokenizer_ && r.max_new_tokens > 0) {
     // The last prompt ids give the first new token its context (its leading space).
@@ -173,6 +173,7 @@ std::unique_ptr<Engine::Live> Engine::make_live(Request r, uint64_t seed, int32_
         std::span<const int32_t>(r.prompt.data() + r.prompt.size() - ctx, ctx));
   }
   l->req = std::move(r);
+  l->draft_limit = max_drafts(*l);
   return l;
 }
 
@@ -212,6 +213,8 @@ void Engine::release(Live& l) {
   l.has_slot = false;
   l.seq.lora_slot = -1;
   l.adapter_identity = 0;
+  l.medusa_next.clear();
+  l.medusa_at = 0;
 }
 
 void Engine::preempt(Live& l) {
@@ -635,7 +638,11 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       rows.push_back(row);
     }
   }
-  const StepResult result = runner_.run(plan, rows, counts_.table(), &masks);
+  // Medusa: the step's hidden states, for the heads of the sequences that sample.
+  bool want_hidden = false;
+  for (size_t i = 0; i < work.size(); ++i)
+    want_hidden = want_hidden || (batch[i].live->heads && work[i].logits);
+  const StepResult result = runner_.run(plan, rows, counts_.table(), &masks, want_hidden);
   if (masks.wait) masks.wait();
   if (masks.rows > 0) {
     ++mask_stats_.steps;
@@ -643,10 +650,12 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     for (double t : *mask_seconds_) mask_stats_.fill_seconds += t;
   }
   ++stats_.steps;
+  std::vector<std::pair<Live*, int32_t>> medusa_rows;  // (sequence, the row of its last token)
   for (size_t i = 0; i < work.size(); ++i) {
     Live& l = *batch[i].live;
     if (!l.drafts.empty()) {
-      verify(l, result, plan.logit_indptr[i], rng_before[i], out);
+      const int64_t a = verify(l, result, plan.logit_indptr[i], rng_before[i], out);
+      if (l.heads && !l.done) medusa_rows.push_back({&l, int32_t(plan.logit_indptr[i] + a)});
       continue;
     }
     const int64_t first = l.seq.num_computed;
@@ -663,10 +672,12 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     if (work[i].logits) {
       const auto r = size_t(first_row + num_rows - 1);
       append_token(l, result.tokens[r], token_logprobs(l, result, r), out);
+      if (l.heads && !l.done) medusa_rows.push_back({&l, int32_t(r)});
     } else if (l.seq.num_computed == l.seq.prompt_len && l.req.max_new_tokens == 0) {
       finish(l, FinishReason::length, out);  // the prompt alone was asked for
     }
   }
+  if (!medusa_rows.empty()) medusa_propose(medusa_rows, result.hidden);
 }
 
 // Each constrained sequence that samples this step gets one mask per sampling
@@ -727,7 +738,8 @@ void Engine::start_masks(const std::vector<Scheduled>& batch, const std::vector<
   masks.wait = [filler, stats = &mask_stats_] {
     const auto t0 = std::chrono::steady_clock::now();
     filler->wait();
-    stats->wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats->wait_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
 }
 
@@ -748,20 +760,56 @@ std::optional<PositionLogprobs> Engine::token_logprobs(Live& l, const StepResult
   return lp;
 }
 
+int64_t Engine::max_drafts(const Live& l) const {
+  if (config_.speculate_ngram > 0) return config_.speculate_ngram;
+  if (config_.speculate_medusa > 0 && l.heads)
+    return std::min(config_.speculate_medusa, l.heads->num_heads());
+  return 0;
+}
+
 // The drafts of a running sequence this step, at most `room`: n-gram lookup
-// over its prompt and output, when it is decoding (one token to compute, prompt done), may
-// draft (no penalties, no prompt logits, few sequences running) and has room
-// (`room`, max_new_tokens: the last row's token is one more).
+// over its prompt and output, or its Medusa heads' tokens from the step that
+// computed its last token, when it is decoding (one token to compute, prompt
+// done), may draft (no penalties, no prompt logits, few sequences running)
+// and has room (max_new_tokens: the last row's token is one more).
 std::vector<int32_t> Engine::draft(const Live& l, int64_t room) const {
-  if (config_.speculate_ngram <= 0 || int64_t(running_.size()) > config_.speculate_max_batch)
-    return {};
+  if (max_drafts(l) <= 0 || int64_t(running_.size()) > config_.speculate_max_batch) return {};
   const Sequence& q = l.seq;
   if (int64_t(q.tokens.size()) - q.num_computed != 1 || q.num_computed < q.prompt_len ||
       !l.unforked.empty() || l.count_row >= 0 || uses_counts(l.req.sampling) ||
       l.req.prompt_logits || wants_prompt_logprobs(l))
     return {};
   const int64_t k = std::min({l.draft_limit, l.req.max_new_tokens - l.generated - 1, room});
-  return ngram_drafts(q.tokens, k);
+  if (k <= 0) return {};
+  if (config_.speculate_ngram > 0) return ngram_drafts(q.tokens, k);
+  if (l.medusa_at != q.tokens.size()) return {};  // no hidden state of its last token yet
+  const auto n = std::min<size_t>(size_t(k), l.medusa_next.size());
+  return std::vector<int32_t>(l.medusa_next.begin(), l.medusa_next.begin() + int64_t(n));
+}
+
+// Medusa head i on the final hidden state of position t proposes the token of
+// position t + 2 + i: on the row of a sequence's last computed token, whose
+// own logits gave the token just appended (t + 1), the heads' chain is the
+// next step's drafts. Sequences are grouped by heads (mixed adapters); each
+// group is one gather of its rows and one draft() (a product per head, one
+// download).
+void Engine::medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
+                            const Tensor& hidden) {
+  std::map<const model::MedusaHeads*, std::vector<std::pair<Live*, int32_t>>> by_heads;
+  for (const auto& r : rows) by_heads[r.first->heads].push_back(r);
+  Backend& ops = model_.backend();
+  for (const auto& [heads, group] : by_heads) {
+    std::vector<int32_t> index;
+    for (const auto& r : group) index.push_back(r.second);
+    const Tensor x = ops.gather_rows(hidden, ops.upload_i32(index));
+    const std::vector<int32_t> ids = heads->draft(ops, x, model_.lm_head());
+    const auto k = size_t(heads->num_heads());
+    for (size_t g = 0; g < group.size(); ++g) {
+      Live& l = *group[g].first;
+      l.medusa_next.assign(ids.begin() + int64_t(g * k), ids.begin() + int64_t((g + 1) * k));
+      l.medusa_at = l.seq.tokens.size();
+    }
+  }
 }
 
 // A drafted sequence's step is done: its rows sampled y_0 .. y_k; it keeps
@@ -772,8 +820,8 @@ std::vector<int32_t> Engine::draft(const Live& l, int64_t room) const {
 // tokens are appended in order, each under the stop conditions (a stop
 // inside the run ends it there); the step's outputs of the sequence go out
 // as one.
-void Engine::verify(Live& l, const StepResult& result, int64_t first_row,
-                    const std::mt19937_64& rng, std::vector<StepOutput>& out) {
+int64_t Engine::verify(Live& l, const StepResult& result, int64_t first_row,
+                       const std::mt19937_64& rng, std::vector<StepOutput>& out) {
   const std::vector<int32_t> drafts = std::move(l.drafts);
   l.drafts.clear();
   const auto k = int64_t(drafts.size());
@@ -781,7 +829,7 @@ void Engine::verify(Live& l, const StepResult& result, int64_t first_row,
   const int64_t a = accepted_drafts(drafts, sampled);
   stats_.spec_draft_tokens += k;
   stats_.spec_accepted_tokens += a;
-  l.draft_limit = next_draft_limit(k, a, config_.speculate_ngram);
+  l.draft_limit = next_draft_limit(k, a, max_drafts(l));
   const auto base = int64_t(l.seq.tokens.size()) - k;  // tokens before the drafts
   l.seq.num_computed = base + a;                       // the last token and the accepted drafts
   l.seq.tokens.resize(size_t(base + a));
@@ -798,7 +846,7 @@ void Engine::verify(Live& l, const StepResult& result, int64_t first_row,
   }
   if (l.group && l.group->hold) {  // held and merged already
     for (StepOutput& o : step) out.push_back(std::move(o));
-    return;
+    return a;
   }
   StepOutput merged = std::move(step.front());
   for (size_t j = 1; j < step.size(); ++j) {
@@ -807,6 +855,7 @@ void Engine::verify(Live& l, const StepResult& result, int64_t first_row,
     merged.outputs_running = running;
   }
   out.push_back(std::move(merged));
+  return a;
 }
 
 // Keeps the prompt logprobs of the step's rows (positions [first_position,

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -39,6 +40,7 @@
 #include "engine/step_runner.h"
 #include "kv/kv_cache.h"
 #include "lora/store.h"
+#include "model/medusa.h"
 #include "model/phi3.h"
 #include "tokenizer/incremental_detokenizer.h"
 #include "tokenizer/tokenizer.h"
@@ -48,6 +50,22 @@ class Matcher;
 }
 
 namespace philora::engine {
+
+// Medusa heads by adapter (--speculate medusa): the base model's, and those
+// of adapters whose directory carries heads. A request uses its adapter's
+// heads, else the base model's (LoRAX: the default Medusa adapter speculates
+// for requests whose adapter has none); no heads: it does not draft.
+struct MedusaSet {
+  std::shared_ptr<const model::MedusaHeads> base;  // may be null
+  std::map<std::string, std::shared_ptr<const model::MedusaHeads>> adapters;
+  const model::MedusaHeads* find(const std::optional<std::string>& adapter) const {
+    if (adapter) {
+      auto it = adapters.find(*adapter);
+      if (it != adapters.end()) return it->second.get();
+    }
+    return base.get();
+  }
+};
 
 struct EngineConfig {
   int64_t max_batched_tokens = 2048;  // token budget of one step
@@ -65,6 +83,13 @@ struct EngineConfig {
   // the backend, updated by the sample op one token per row) never draft,
   // nor do prompt-logits requests.
   int64_t speculate_ngram = 0;
+  // Speculative decoding with Medusa drafts (engine/speculate.h): a decoding
+  // sequence drafts up to this many tokens (at most its heads' number), the
+  // chain of its heads' greedy tokens on the final hidden state of its last
+  // computed token, verified as the n-gram drafts are; 0: off. Exclusive with
+  // speculate_ngram. The heads come from `medusa` (MedusaSet::find).
+  int64_t speculate_medusa = 0;
+  std::shared_ptr<const MedusaSet> medusa = nullptr;
   // No drafting in a step while more sequences than this run (a large batch
   // is compute-bound: verifying drafts stops paying).
   int64_t speculate_max_batch = 16;
@@ -208,6 +233,12 @@ class Engine {
     // seq.tokens while the step runs), and the most it drafts next step.
     std::vector<int32_t> drafts;
     int64_t draft_limit = 0;
+    // Medusa: its heads (null: none), and their drafts [heads] for the tokens
+    // after tokens[medusa_at - 1] (from that step's hidden state of the last
+    // computed token); valid while tokens.size() == medusa_at.
+    const model::MedusaHeads* heads = nullptr;
+    std::vector<int32_t> medusa_next;
+    size_t medusa_at = 0;
     // Structured output: the constraint's parser over the tokens generated so
     // far (never the drafts: a mask job advances it over them and back).
     std::unique_ptr<structured::Matcher> matcher;
@@ -236,9 +267,15 @@ class Engine {
   bool reuse_cached_prefix(Live& l);
   // `ahead`: the row of a drafted sequence that follows its first `ahead` drafts.
   SampleRow sampling_row(Live& l, int64_t ahead = 0);
+  // The most drafts the sequence verifies in a step (its method's K); 0: it never drafts.
+  int64_t max_drafts(const Live& l) const;
   std::vector<int32_t> draft(const Live& l, int64_t room) const;
-  void verify(Live& l, const StepResult& result, int64_t first_row, const std::mt19937_64& rng,
-              std::vector<StepOutput>& out);
+  // Its Medusa heads' drafts from the step's hidden states, for the
+  // sequences `rows` names (each with its hidden row).
+  void medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows, const Tensor& hidden);
+  // Returns how many drafts it accepted.
+  int64_t verify(Live& l, const StepResult& result, int64_t first_row,
+                 const std::mt19937_64& rng, std::vector<StepOutput>& out);
   std::optional<PositionLogprobs> token_logprobs(Live& l, const StepResult& result, size_t row);
   void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
   // Starts filling the masks of the step's constrained sequences (`work`

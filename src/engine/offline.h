@@ -20,6 +20,8 @@ struct OfflineOptions {
   // pages; kept for a caller that runs several batches on one engine.
   bool prefix_cache = true;
   int64_t speculate_ngram = 0;  // EngineConfig::speculate_ngram
+  int64_t speculate_medusa = 0;  // EngineConfig::speculate_medusa, with its heads
+  std::shared_ptr<const MedusaSet> medusa = nullptr;
   // Detokenizes the outputs and matches stop strings (StepOutput::text); may be null.
   const tokenizer::Tokenizer* tokenizer = nullptr;
 };

@@ -237,13 +237,13 @@ StepRunner::~StepRunner() {
 }
 
 StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                           const Tensor& counts, const StepMasks* masks) {
+                           const Tensor& counts, const StepMasks* masks, bool want_hidden) {
   if (!rows.empty() && rows.size() != plan.logit_rows.size())
     throw std::logic_error("StepRunner::run: no sampling row, or one per logit row");
   if (masks && masks->rows > 0 && rows.empty())
     throw std::logic_error("StepRunner::run: masks without sampling rows");
-  if (graphable(plan, rows)) return run_graph(plan, rows, counts, masks);
-  return run_eager(plan, rows, counts, masks);
+  if (!want_hidden && graphable(plan, rows)) return run_graph(plan, rows, counts, masks);
+  return run_eager(plan, rows, counts, masks, want_hidden);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -274,11 +274,12 @@ StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t 
 }
 
 StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts, const StepMasks* masks) {
+                                 const Tensor& counts, const StepMasks* masks, bool want_hidden) {
   const auto t0 = Clock::now();
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_);
-  Tensor logits = model_.forward(in, kv_, adapters_);
+  Tensor hidden;
+  Tensor logits = model_.forward(in, kv_, adapters_, want_hidden ? &hidden : nullptr);
   ++stats_.eager_steps;
   SampleResult sampled;
   const int64_t width = logprobs_width(rows);
@@ -288,6 +289,7 @@ StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleR
   StepResult r;
   if (!rows.empty()) r = fetch(sampled, int64_t(rows.size()), width);
   if (plan.host_logits) r.logits = b.to_host_f32(logits);
+  r.hidden = hidden;
   return r;
 }
 

@@ -107,6 +107,9 @@ struct StepResult {
   std::vector<int32_t> top_tokens;  // [R · K] row r's at r · K
   std::vector<float> top_logprobs;  // [R · K]
   Tensor logits;                // (R, vocab) f32 on the host when plan.host_logits, else empty
+  // (R, hidden) the logit rows' final hidden states, on the backend, when
+  // run() was asked for them (Medusa heads read them), else empty.
+  Tensor hidden;
 };
 
 struct StepRunnerStats {
@@ -133,9 +136,12 @@ class StepRunner {
   // when no row has one); the step updates it. `masks` (may be null) holds
   // the masks the rows' SampleRow::mask index; run waits for them (StepMasks::wait)
   // as late as it can: after the forward is launched on an eager step, before
-  // the replay of a graph (which holds the sample op).
+  // the replay of a graph (which holds the sample op). `want_hidden`: the
+  // result also holds the logit rows' hidden states; such a step runs op by
+  // op (a recorded graph keeps no hidden states).
   StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                 const Tensor& counts = Tensor(), const StepMasks* masks = nullptr);
+                 const Tensor& counts = Tensor(), const StepMasks* masks = nullptr,
+                 bool want_hidden = false);
 
   const StepRunnerStats& stats() const { return stats_; }
   // KV pages the runner holds for itself (the pad page).
@@ -160,7 +166,7 @@ class StepRunner {
   };
   struct Graph;
   StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                       const Tensor& counts, const StepMasks* masks);
+                       const Tensor& counts, const StepMasks* masks, bool want_hidden = false);
   bool graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const;
   StepResult run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
                        const Tensor& counts, const StepMasks* masks);

@@ -14,7 +14,7 @@ Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend
       rope_(make_rope_params(config_, backend)) {}
 
 Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
-                                const lora::AdapterSlots* adapters) {
+                                const lora::AdapterSlots* adapters, Tensor* hidden) {
   Backend& ops = backend_;
   const float eps = float(config_.rms_norm_eps);
   auto lora = [&](int64_t layer, lora::Target t) {
@@ -40,6 +40,7 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
   }
   Tensor x = ops.rms_norm(residual, w_.norm, eps);
   if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);
+  if (hidden) *hidden = x;
   if (in.skip_lm_head) return x;
   const LoraApply head{adapters ? adapters->table(0, lora::Target::lm_head) : nullptr,
                        &in.lora_logits};

@@ -36,8 +36,12 @@ class Phi3ForCausalLM {
   const Tensor& lm_head() const { return w_.lm_head; }
 
   // Logits (R, vocab) of the selected rows — or hidden states (R, hidden) with
-  // skip_lm_head — in the backend's compute dtype, on the backend.
-  Tensor forward(const StepInputs& in, kv::KvCache& kv, const lora::AdapterSlots* adapters);
+  // skip_lm_head — in the backend's compute dtype, on the backend. `hidden`
+  // (may be null) also gets the selected rows' final hidden states (R, hidden)
+  // (after the final norm: what Medusa heads read), at no cost: the tensor
+  // the lm_head reads.
+  Tensor forward(const StepInputs& in, kv::KvCache& kv, const lora::AdapterSlots* adapters,
+                 Tensor* hidden = nullptr);
 
   // Gives the four LoRA targets of every layer (qkv, o, gate_up, down) a copy
   // of their weight with `columns` zero columns more, where resident adapters'

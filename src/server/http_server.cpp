@@ -340,6 +340,9 @@ void HttpServer::add_info_routes() {
               {"max_client_batch_size", 1},
               {"max_best_of", ctx_.limits.max_n},
               {"speculate", ctx_.speculate},  // TGI / LoRAX: speculative tokens per step
+              {"speculate_method", ctx_.speculate_method.empty()
+                                       ? nlohmann::json(nullptr)
+                                       : nlohmann::json(ctx_.speculate_method)},
               {"version", "0.1.0"},
               {"docker_label", nullptr},
               {"sha", nullptr}};

@@ -64,6 +64,7 @@ struct ServerContext {
   std::vector<std::string> adapters;       // adapters known at start, listed by /v1/models
   RequestLimits limits;
   int64_t speculate = 0;  // the most drafted tokens a sequence verifies per step (/info); 0: off
+  std::string speculate_method;  // "ngram" or "medusa" (/info), empty when off
   // Structured output: the server's compiled constraints (one cache for every
   // request, keyed by the constraint's text; built over the tokenizer's
   // vocabulary); null: response_format / guided_* are refused.

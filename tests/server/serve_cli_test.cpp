@@ -154,20 +154,36 @@ TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
 }
 
 
-// --speculate ngram:3: /info says so, a greedy request gives what the server
-// without speculation gives, and /metrics counts the drafted and accepted tokens.
+// --speculate ngram:3 and medusa:2 (heads found in the model directory:
+// medusa_lm_head.safetensors, config.json with the medusa fields): /info says
+// so, a greedy request gives what the server without speculation gives, and
+// /metrics counts the drafted and accepted tokens.
 TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
   if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
   const fs::path dir = make_model_dir();
   const std::string body =
       R"({"inputs": "one two three one two three one two three one two", )"
       R"("parameters": {"max_new_tokens": 48, "do_sample": false}})";
-  std::map<bool, json> outputs;
-  for (const bool speculate : {false, true}) {
+  {  // Medusa heads of 2 zero blocks over the model's lm_head (each proposes the next token)
+    json config = json::parse(std::ifstream(dir / "config.json"));
+    config["medusa_num_heads"] = 2;
+    config["medusa_num_layers"] = 1;
+    std::ofstream(dir / "config.json") << config.dump();
+    const int64_t h = config["hidden_size"].get<int64_t>();
+    std::vector<float> w(size_t(h * h), 0.0f), b(size_t(h), 0.0f);
+    std::vector<std::pair<std::string, Tensor>> t;
+    for (const char* i : {"0", "1"}) {
+      t.push_back({std::string(i) + ".0.linear.weight", Tensor(w.data(), DType::f32, {h, h})});
+      t.push_back({std::string(i) + ".0.linear.bias", Tensor(b.data(), DType::f32, {h})});
+    }
+    ASSERT_TRUE(io::write_safetensors((dir / "medusa_lm_head.safetensors").string(), t).ok());
+  }
+  std::map<std::string, json> outputs;
+  for (const std::string speculate : {"", "ngram:3", "medusa:2"}) {
     const int port = free_port();
     std::vector<std::string> args = {PHILORA_BINARY, "serve",       "--model", dir.string(),
                                      "--port",       std::to_string(port), "--kv-tokens", "2048"};
-    if (speculate) args.insert(args.end(), {"--speculate", "ngram:3"});
+    if (!speculate.empty()) args.insert(args.end(), {"--speculate", speculate});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -185,7 +201,10 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     ASSERT_TRUE(up) << "server did not come up";
     auto info = c.Get("/info");
     ASSERT_TRUE(info);
-    EXPECT_EQ(json::parse(info->body)["speculate"], speculate ? 3 : 0);
+    const json i = json::parse(info->body);
+    EXPECT_EQ(i["speculate"], speculate.empty() ? 0 : speculate[0] == 'n' ? 3 : 2) << speculate;
+    EXPECT_EQ(i["speculate_method"], speculate.empty() ? json(nullptr)
+                                     : json(speculate.substr(0, speculate.find(':'))));
     auto g = c.Post("/generate", body, "application/json");
     ASSERT_TRUE(g);
     ASSERT_EQ(g->status, 200) << g->body;
@@ -200,8 +219,8 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     };
     const double drafted = counter("philora_spec_decode_num_draft_tokens_total");
     const double accepted = counter("philora_spec_decode_num_accepted_tokens_total");
-    if (speculate) {
-      EXPECT_GT(drafted, 0);
+    if (!speculate.empty()) {
+      EXPECT_GT(drafted, 0) << speculate;
     } else {
       EXPECT_EQ(drafted, 0);
     }
@@ -210,7 +229,8 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   }
-  EXPECT_EQ(outputs[true]["generated_text"], outputs[false]["generated_text"]);
+  EXPECT_EQ(outputs["ngram:3"]["generated_text"], outputs[""]["generated_text"]);
+  EXPECT_EQ(outputs["medusa:2"]["generated_text"], outputs[""]["generated_text"]);
   fs::remove_all(dir);
 }
 
