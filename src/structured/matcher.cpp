@@ -47,62 +47,177 @@ bool TokenVocabulary::is_stop(int32_t id) const {
 
 // ---- per-state token tables -------------------------------------------------------------------
 
+static std::vector<std::bitset<256>> escape_bytes(const CompiledGrammar& g);
+
 CompiledConstraint::CompiledConstraint(std::shared_ptr<const CompiledGrammar> g,
                                        std::shared_ptr<const TokenVocabulary> vocab)
-    : grammar_(std::move(g)), vocab_(std::move(vocab)) {
+    : grammar_(std::move(g)), vocab_(std::move(vocab)), escape_(escape_bytes(*grammar_)) {
   const size_t n = static_cast<size_t>(grammar_->num_states());
   once_ = std::make_unique<std::once_flag[]>(n);
   state_tokens_.resize(n);
 }
 
-// Walks the sorted vocabulary through one state's rule DFA alone. A token is accepted when
-// the DFA reads it whole; refused when the DFA stops on it before any state where the rule
-// could end or step over a rule (nothing else could take over there); uncertain otherwise.
-const CompiledConstraint::StateTokens& CompiledConstraint::state_tokens(int32_t state) const {
-  std::call_once(once_[state], [&] {
-    const CompiledGrammar& g = *grammar_;
-    const TokenVocabulary& v = *vocab_;
-    auto st = std::make_unique<StateTokens>();
-    st->accepted.assign(v.mask_words(), 0);
-    auto boundary = [&](int32_t s) {
-      return g.accepting[s] || g.edge_begin[s] != g.edge_begin[s + 1];
-    };
-    std::vector<int32_t> states = {state};    // [depth + 1]: the DFA state after depth bytes
-    std::vector<uint8_t> touched = {boundary(state)};  // [depth + 1]: a boundary state was passed
-    int fail_depth = -1;                      // the previous token stopped at this byte
-    bool fail_uncertain = false;
-    const auto& sorted = v.sorted();
-    const auto& lcp = v.lcp();
-    for (size_t p = 0; p < sorted.size(); ++p) {
-      const std::string& t = *v.bytes(sorted[p]);
-      const size_t common = p == 0 ? 0 : lcp[p];
-      if (fail_depth >= 0 && common > static_cast<size_t>(fail_depth)) {
-        // Shares the bytes up to the one the previous token stopped at: same outcome.
-        if (fail_uncertain) st->uncertain.push_back(static_cast<uint32_t>(p));
-        continue;
-      }
-      size_t d = std::min(common, states.size() - 1);
-      states.resize(d + 1);
-      touched.resize(d + 1);
-      fail_depth = -1;
-      for (; d < t.size(); ++d) {
-        const int32_t nxt = g.step(states[d], static_cast<uint8_t>(t[d]));
-        if (nxt < 0) break;
-        states.push_back(nxt);
-        touched.push_back(touched[d] || boundary(nxt));
-      }
-      if (d == t.size()) {
-        const int32_t id = sorted[p];
-        st->accepted[id / 32] |= 1u << (id % 32);
-      } else {
-        fail_depth = static_cast<int>(d);
-        fail_uncertain = touched[d] != 0;
-        if (fail_uncertain) st->uncertain.push_back(static_cast<uint32_t>(p));
+// For each state, the bytes another rule could read next in its place (XGrammar's lookahead,
+// as first and follow sets): where the state's rule may end, the bytes that can follow the
+// rule anywhere it is used; where a rule edge leaves, the bytes its rule can begin with (all
+// of them where it can match nothing). Fixed points over the whole state space.
+static std::vector<std::bitset<256>> escape_bytes(const CompiledGrammar& g) {
+  const size_t n = static_cast<size_t>(g.num_states());
+  const size_t num_rules = g.rule_start.size();
+  std::vector<std::bitset<256>> first(n);   // [num_states]: bytes a path from the state reads first
+  std::vector<uint8_t> can_end(n, 0);       // [num_states]: the rule may end with no more bytes
+  for (size_t s = 0; s < n; ++s) {
+    can_end[s] = g.accepting[s];
+    for (int b = 0; b < 256; ++b) first[s][b] = g.step(static_cast<int32_t>(s), static_cast<uint8_t>(b)) >= 0;
+  }
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t s = 0; s < n; ++s) {
+      for (uint32_t e = g.edge_begin[s]; e < g.edge_begin[s + 1]; ++e) {
+        const RuleEdge& edge = g.edges[e];
+        std::bitset<256> f = first[s] | first[g.rule_start[edge.rule]];
+        if (g.rule_nullable[edge.rule]) {
+          f |= first[edge.target];
+          if (can_end[edge.target] && !can_end[s]) can_end[s] = 1, changed = true;
+        }
+        if (f != first[s]) first[s] = f, changed = true;
       }
     }
-    state_tokens_[state] = std::move(st);
-  });
+  }
+  std::vector<std::bitset<256>> follow(num_rules);  // [num_rules]
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t s = 0; s < n; ++s) {
+      for (uint32_t e = g.edge_begin[s]; e < g.edge_begin[s + 1]; ++e) {
+        const RuleEdge& edge = g.edges[e];
+        std::bitset<256> f = follow[edge.rule] | first[edge.target];
+        if (can_end[edge.target]) f |= follow[g.rule_of[s]];
+        if (f != follow[edge.rule]) follow[edge.rule] = f, changed = true;
+      }
+    }
+  }
+  std::vector<std::bitset<256>> escape(n);
+  for (size_t s = 0; s < n; ++s) {
+    if (g.accepting[s]) escape[s] |= follow[g.rule_of[s]];
+    for (uint32_t e = g.edge_begin[s]; e < g.edge_begin[s + 1]; ++e) {
+      const RuleEdge& edge = g.edges[e];
+      escape[s] |= g.rule_nullable[edge.rule] ? std::bitset<256>().set() : first[g.rule_start[edge.rule]];
+    }
+  }
+  return escape;
+}
+
+// Walks the sorted vocabulary through one state's rule DFA alone. A token is accepted when
+// the DFA reads it whole; refused when the DFA stops on it and at no byte up to there another
+// rule could have read that byte instead (`escape`: the rule ending there and its follower
+// taking the byte, or a rule edge's rule beginning with it); uncertain otherwise.
+// Tokens that share the bytes up to the one a token stopped at share its outcome: refused
+// ones are skipped by a binary search (a state that takes few first bytes costs ~256 searches,
+// not a pass over the vocabulary).
+static std::unique_ptr<CompiledConstraint::StateTokens> build_state_tokens(
+    const CompiledGrammar& g, const std::vector<std::bitset<256>>& escape, const TokenVocabulary& v, int32_t state) {
+  auto st = std::make_unique<CompiledConstraint::StateTokens>();
+  st->accepted.assign(v.mask_words(), 0);
+  std::vector<int32_t> states = {state};  // [depth + 1]: the DFA state after depth bytes
+  std::vector<uint8_t> touched = {0};     // [depth + 1]: another rule could have read a byte before
+  int fail_depth = -1;                               // the previous token stopped at this byte
+  bool fail_uncertain = false;
+  const auto& sorted = v.sorted();
+  const auto& lcp = v.lcp();
+  const size_t n = sorted.size();
+  for (size_t p = 0; p < n; ++p) {
+    const std::string& t = *v.bytes(sorted[p]);
+    const size_t common = p == 0 ? 0 : lcp[p];
+    if (fail_depth >= 0 && common > static_cast<size_t>(fail_depth)) {
+      st->uncertain.push_back(static_cast<uint32_t>(p));  // only uncertain runs get here
+      continue;
+    }
+    size_t d = std::min(common, states.size() - 1);
+    states.resize(d + 1);
+    touched.resize(d + 1);
+    fail_depth = -1;
+    for (; d < t.size(); ++d) {
+      const int32_t nxt = g.step(states[d], static_cast<uint8_t>(t[d]));
+      if (nxt < 0) break;
+      states.push_back(nxt);
+      touched.push_back(touched[d] || escape[states[d]][static_cast<uint8_t>(t[d])]);
+    }
+    if (d == t.size()) {
+      const int32_t id = sorted[p];
+      st->accepted[id / 32] |= 1u << (id % 32);
+      continue;
+    }
+    fail_depth = static_cast<int>(d);
+    fail_uncertain = touched[d] || escape[states[d]][static_cast<uint8_t>(t[d])];
+    if (fail_uncertain) {
+      st->uncertain.push_back(static_cast<uint32_t>(p));
+    } else if (p + 1 < n && lcp[p + 1] > d) {
+      // Refused with every following token that starts with t[0..d]: jump past them.
+      const std::string_view prefix(t.data(), d + 1);
+      auto first = sorted.begin() + static_cast<std::ptrdiff_t>(p + 1);
+      auto end = std::partition_point(first, sorted.end(), [&](int32_t id) {
+        return std::string_view(*v.bytes(id)).substr(0, d + 1) == prefix;
+      });
+      p = static_cast<size_t>(end - sorted.begin()) - 1;
+    }
+  }
+  return st;
+}
+
+const CompiledConstraint::StateTokens& CompiledConstraint::state_tokens(int32_t state) const {
+  std::call_once(once_[state], [&] { state_tokens_[state] = build_state_tokens(*grammar_, escape_, *vocab_, state); });
   return *state_tokens_[state];
+}
+
+// The states with byte transitions reachable from the root's start, breadth first (over byte
+// transitions, rule edges' targets and the rules they enter), cut at the budget; then their
+// tables, each thread taking the next state in order.
+int64_t CompiledConstraint::build_tables(const TableBudget& budget, ThreadPool* pool,
+                                         const std::atomic<bool>* cancel) const {
+  const CompiledGrammar& g = *grammar_;
+  const int64_t visits_per_state = static_cast<int64_t>(vocab_->sorted().size());
+  const int64_t bytes_per_state = static_cast<int64_t>(vocab_->mask_words() * sizeof(uint32_t));
+  std::vector<uint8_t> seen(static_cast<size_t>(g.num_states()), 0);
+  std::vector<int32_t> queue = {g.rule_start[g.root_rule]};
+  seen[queue[0]] = 1;
+  std::vector<int32_t> order;  // states to build, in the order a walk would meet them
+  int64_t visits = 0, bytes = 0;
+  for (size_t qi = 0; qi < queue.size(); ++qi) {
+    const int32_t s = queue[qi];
+    if (g.has_bytes[s]) {
+      if (static_cast<int64_t>(order.size()) >= budget.max_states ||
+          visits + visits_per_state > budget.max_token_visits || bytes + bytes_per_state > budget.max_bytes) {
+        break;
+      }
+      order.push_back(s);
+      visits += visits_per_state;
+      bytes += bytes_per_state;
+    }
+    auto visit = [&](int32_t t) {
+      if (t >= 0 && !seen[t]) {
+        seen[t] = 1;
+        queue.push_back(t);
+      }
+    };
+    for (int b = 0; b < 256; ++b) visit(g.step(s, static_cast<uint8_t>(b)));
+    for (uint32_t e = g.edge_begin[s]; e < g.edge_begin[s + 1]; ++e) {
+      visit(g.rule_start[g.edges[e].rule]);
+      visit(g.edges[e].target);
+    }
+  }
+  std::atomic<size_t> next{0};
+  auto work = [&](int64_t, int64_t) {
+    for (size_t i = next++; i < order.size() && !(cancel && *cancel); i = next++) {
+      state_tokens(order[i]);
+      ++tables_built_;
+    }
+  };
+  if (pool && pool->size() > 1 && order.size() > 1) {
+    pool->parallel_for(pool->size(), work);
+  } else {
+    work(0, 1);
+  }
+  return static_cast<int64_t>(order.size());
 }
 
 // ---- matcher ----------------------------------------------------------------------------------
@@ -238,8 +353,46 @@ Expected<Grammar> constraint_grammar(ConstraintKind kind, std::string_view text,
   return Status::error("unknown constraint kind");
 }
 
-ConstraintCache::ConstraintCache(std::shared_ptr<const TokenVocabulary> vocab, size_t capacity, CompileLimits limits)
-    : vocab_(std::move(vocab)), capacity_(std::max<size_t>(capacity, 1)), limits_(limits) {}
+ConstraintCache::ConstraintCache(std::shared_ptr<const TokenVocabulary> vocab, size_t capacity, CompileLimits limits,
+                                 TableBudget tables)
+    : vocab_(std::move(vocab)),
+      capacity_(std::max<size_t>(capacity, 1)),
+      limits_(limits),
+      tables_(tables),
+      pool_(std::make_unique<ThreadPool>(tables.threads)) {
+  if (tables_.background && tables_.max_states > 0) builder_ = std::thread([this] { build_loop(); });
+}
+
+ConstraintCache::~ConstraintCache() {
+  {
+    std::lock_guard<std::mutex> lock(build_mu_);
+    stop_ = true;
+  }
+  build_cv_.notify_all();
+  if (builder_.joinable()) builder_.join();
+}
+
+void ConstraintCache::build_loop() {
+  std::unique_lock<std::mutex> lock(build_mu_);
+  while (true) {
+    build_cv_.wait(lock, [&] { return stop_ || !build_queue_.empty(); });
+    if (stop_) return;
+    std::shared_ptr<const CompiledConstraint> c = build_queue_.front().lock();  // null: evicted, unused
+    build_queue_.pop_front();
+    building_ = true;
+    lock.unlock();
+    if (c) c->build_tables(tables_, pool_.get(), &stop_);
+    c.reset();
+    lock.lock();
+    building_ = false;
+    build_cv_.notify_all();
+  }
+}
+
+void ConstraintCache::wait_tables() {
+  std::unique_lock<std::mutex> lock(build_mu_);
+  build_cv_.wait(lock, [&] { return stop_ || (build_queue_.empty() && !building_); });
+}
 
 size_t ConstraintCache::size() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -261,7 +414,19 @@ Expected<std::shared_ptr<const CompiledConstraint>> ConstraintCache::get(Constra
   auto compiled = [&]() -> Entry {
     PHILORA_ASSIGN_OR_RETURN(Grammar g, constraint_grammar(kind, text, json));
     PHILORA_ASSIGN_OR_RETURN(auto cg, compile(g, limits_));
-    return std::shared_ptr<const CompiledConstraint>(std::make_shared<CompiledConstraint>(cg, vocab_));
+    auto c = std::make_shared<const CompiledConstraint>(cg, vocab_);
+    if (tables_.max_states > 0) {
+      std::lock_guard<std::mutex> lock(build_mu_);
+      if (tables_.background) {
+        build_queue_.push_back(c);
+        build_cv_.notify_all();
+      } else {
+        building_ = true;
+        c->build_tables(tables_, pool_.get());
+        building_ = false;
+      }
+    }
+    return std::shared_ptr<const CompiledConstraint>(std::move(c));
   }();
   std::lock_guard<std::mutex> lock(mu_);
   ++compilations_;

@@ -2,9 +2,11 @@
 //
 //   TokenVocabulary     each token id's bytes (tokenizer::Tokenizer::token_bytes), sorted so
 //                       that a walk in that order shares prefixes like a trie walk
-//   CompiledConstraint  a CompiledGrammar bound to a vocabulary, with a lazily built table per
-//                       DFA state: tokens that state accepts or refuses on its own (XGrammar's
-//                       context-independent tokens) and the few left for the parser
+//   CompiledConstraint  a CompiledGrammar bound to a vocabulary, with a table per DFA state:
+//                       tokens that state accepts or refuses on its own (XGrammar's
+//                       context-independent tokens) and the few left for the parser; built at
+//                       compile time within a TableBudget, the rest by the first mask that
+//                       meets their state
 //   Matcher             one sequence's parser state: accept_token, fill_mask, is_accepting,
 //                       rollback
 //   ConstraintCache     compiled constraints by their text (thread-safe, LRU)
@@ -13,6 +15,9 @@
 // tokens (EOS) are allowed exactly where the constraint accepts.
 #pragma once
 
+#include <atomic>
+#include <bitset>
+#include <condition_variable>
 #include <cstdint>
 #include <list>
 #include <map>
@@ -21,9 +26,11 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/status.h"
+#include "core/threads.h"
 #include "structured/grammar.h"
 #include "structured/json_schema.h"
 #include "structured/parser.h"
@@ -58,6 +65,21 @@ class TokenVocabulary {
   std::vector<uint16_t> lcp_;
 };
 
+// Which per-state tables a compilation builds ahead, in parallel on the cache's pool: the
+// states reachable from the root, in breadth-first order (those a walk meets first come
+// first), while all three limits hold. A state beyond them gets its table from the first mask
+// that meets it (then shared), as all did before. In the background (the default), `get`
+// returns once the grammar is compiled and a thread of the cache builds the tables meanwhile
+// (a mask that meets a state first builds that one itself, or waits for the one building it);
+// otherwise `get` returns after them.
+struct TableBudget {
+  int threads = 0;                        // the cache's pool: 0 = hardware concurrency
+  bool background = true;
+  int64_t max_states = 4096;              // tables built ahead per constraint
+  int64_t max_token_visits = 400000000;   // the number of states times the vocabulary's byte tokens
+  int64_t max_bytes = 16ll << 20;         // their accepted bits (the uncertain lists come on top)
+};
+
 class CompiledConstraint {
  public:
   CompiledConstraint(std::shared_ptr<const CompiledGrammar> g,
@@ -71,12 +93,19 @@ class CompiledConstraint {
     std::vector<uint32_t> uncertain;  // positions in vocab().sorted(): the parser decides
   };
   const StateTokens& state_tokens(int32_t state) const;
+  // Builds the tables of the budget's states now (pool may be null: this thread alone), until
+  // `cancel` (may be null) is set; returns how many states it covered.
+  int64_t build_tables(const TableBudget& budget, ThreadPool* pool,
+                       const std::atomic<bool>* cancel = nullptr) const;
+  int64_t num_tables_built() const { return tables_built_; }
 
  private:
   std::shared_ptr<const CompiledGrammar> grammar_;
   std::shared_ptr<const TokenVocabulary> vocab_;
+  std::vector<std::bitset<256>> escape_;  // [num_states]: bytes another rule could read instead
   mutable std::unique_ptr<std::once_flag[]> once_;                    // [num_states]
   mutable std::vector<std::unique_ptr<StateTokens>> state_tokens_;   // [num_states]
+  mutable std::atomic<int64_t> tables_built_{0};
 };
 
 class Matcher {
@@ -124,18 +153,33 @@ Expected<Grammar> constraint_grammar(ConstraintKind kind, std::string_view text,
 class ConstraintCache {
  public:
   explicit ConstraintCache(std::shared_ptr<const TokenVocabulary> vocab, size_t capacity = 256,
-                           CompileLimits limits = {});
+                           CompileLimits limits = {}, TableBudget tables = {});
+  ~ConstraintCache();
+  ConstraintCache(const ConstraintCache&) = delete;
+  ConstraintCache& operator=(const ConstraintCache&) = delete;
   Expected<std::shared_ptr<const CompiledConstraint>> get(ConstraintKind kind,
                                                           std::string_view text,
                                                           const JsonOptions& json = {});
   size_t size() const;
   size_t compilations() const { return compilations_; }
+  // Waits until the background table builds queued so far are done (tests and benchmarks).
+  void wait_tables();
 
  private:
   using Entry = Expected<std::shared_ptr<const CompiledConstraint>>;
   std::shared_ptr<const TokenVocabulary> vocab_;
   size_t capacity_;
   CompileLimits limits_;
+  void build_loop();
+
+  TableBudget tables_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::mutex build_mu_;  // guards the queue below; the pool runs one build at a time under it
+  std::condition_variable build_cv_;
+  std::list<std::weak_ptr<const CompiledConstraint>> build_queue_;
+  bool building_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread builder_;  // background builds (TableBudget::background)
   mutable std::mutex mu_;
   std::list<std::string> lru_;  // most recent first
   std::map<std::string, std::pair<Entry, std::list<std::string>::iterator>> entries_;
