@@ -1,4 +1,5 @@
-// Runs tests/structured/oracle.mjs (node's RegExp, ajv) on a JSON input; see that file.
+// Runs tests/structured/oracle.mjs (node's RegExp, ajv) and xgrammar_oracle.mjs (XGrammar) on a
+// JSON input; see those files.
 #pragma once
 
 #include <cstdlib>
@@ -21,18 +22,19 @@ inline bool have_ajv() {
          std::filesystem::exists(kOracleDir / "node_modules/ajv-formats/package.json");
 }
 
-// The oracle's answer, or nullopt when node failed (the message in `error`).
-inline std::optional<nlohmann::json> run_oracle(const std::string& mode, const nlohmann::json& in,
-                                                std::string* error) {
+// `node script [mode] IN OUT` on `in`: the script's answer, or nullopt when node failed (the
+// message in `error`).
+inline std::optional<nlohmann::json> run_oracle_script(const std::string& script, const std::string& mode,
+                                                       const nlohmann::json& in, std::string* error) {
   const auto dir = std::filesystem::temp_directory_path() /
                    ("philora_structured_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   static int counter = 0;
-  const std::string stem = mode + std::to_string(counter++);
+  const std::string stem = (mode.empty() ? "oracle" : mode) + std::to_string(counter++);
   const auto in_path = dir / (stem + ".in.json"), out_path = dir / (stem + ".out.json"),
              err_path = dir / (stem + ".err");
   std::ofstream(in_path) << in.dump(-1, ' ', false, nlohmann::json::error_handler_t::strict);
-  const std::string cmd = "node '" + (kOracleDir / "oracle.mjs").string() + "' " + mode + " '" +
+  const std::string cmd = "node '" + (kOracleDir / script).string() + "' " + mode + " '" +
                           in_path.string() + "' '" + out_path.string() + "' 2> '" +
                           err_path.string() + "'";
   const int rc = std::system(cmd.c_str());
@@ -47,6 +49,12 @@ inline std::optional<nlohmann::json> run_oracle(const std::string& mode, const n
   nlohmann::json out = nlohmann::json::parse(o);
   std::filesystem::remove_all(dir);
   return out;
+}
+
+// oracle.mjs (node's RegExp, ajv) in `mode`.
+inline std::optional<nlohmann::json> run_oracle(const std::string& mode, const nlohmann::json& in,
+                                                std::string* error) {
+  return run_oracle_script("oracle.mjs", mode, in, error);
 }
 
 }  // namespace philora::structured::test
