@@ -1,6 +1,7 @@
 #include "structured/matcher.h"
 
 #include <algorithm>
+#include <bit>
 
 #include <nlohmann/json.hpp>
 
@@ -161,6 +162,17 @@ static std::unique_ptr<CompiledConstraint::StateTokens> build_state_tokens(
       p = static_cast<size_t>(end - sorted.begin()) - 1;
     }
   }
+  size_t count = 0;
+  for (uint32_t w : st->accepted) count += static_cast<size_t>(std::popcount(w));
+  if (count < st->accepted.size() / 2) {
+    for (size_t w = 0; w < st->accepted.size(); ++w) {
+      for (uint32_t bits = st->accepted[w]; bits; bits &= bits - 1) {
+        st->accepted_ids.push_back(static_cast<int32_t>(w * 32 + static_cast<size_t>(std::countr_zero(bits))));
+      }
+    }
+    std::vector<uint32_t>().swap(st->accepted);
+  }
+  st->uncertain.shrink_to_fit();
   return st;
 }
 
@@ -220,6 +232,17 @@ int64_t CompiledConstraint::build_tables(const TableBudget& budget, ThreadPool* 
   return static_cast<int64_t>(order.size());
 }
 
+int64_t CompiledConstraint::table_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& st : state_tokens_) {
+    if (!st) continue;
+    bytes += static_cast<int64_t>(sizeof(StateTokens) + st->accepted.capacity() * sizeof(uint32_t) +
+                                  st->accepted_ids.capacity() * sizeof(int32_t) +
+                                  st->uncertain.capacity() * sizeof(uint32_t));
+  }
+  return bytes;
+}
+
 // ---- matcher ----------------------------------------------------------------------------------
 
 Matcher::Matcher(std::shared_ptr<const CompiledConstraint> c) : c_(std::move(c)), parser_(c_->grammar()) {}
@@ -269,6 +292,7 @@ void Matcher::fill_mask(std::span<uint32_t> mask) {
   for (int32_t s : scratch_states_) {
     const CompiledConstraint::StateTokens& st = c_->state_tokens(s);
     for (size_t w = 0; w < st.accepted.size(); ++w) mask[w] |= st.accepted[w];
+    for (int32_t id : st.accepted_ids) mask[id / 32] |= 1u << (id % 32);
     cand.insert(cand.end(), st.uncertain.begin(), st.uncertain.end());
   }
   if (scratch_states_.size() > 1) {

@@ -77,7 +77,7 @@ struct TableBudget {
   bool background = true;
   int64_t max_states = 4096;              // tables built ahead per constraint
   int64_t max_token_visits = 400000000;   // the number of states times the vocabulary's byte tokens
-  int64_t max_bytes = 16ll << 20;         // their accepted bits (the uncertain lists come on top)
+  int64_t max_bytes = 16ll << 20;         // their accepted sets counted as bitsets (lists are smaller)
 };
 
 class CompiledConstraint {
@@ -88,9 +88,12 @@ class CompiledConstraint {
   const TokenVocabulary& vocab() const { return *vocab_; }
 
   // What one DFA state decides alone (built on first use, then shared by every matcher).
+  // The accepted tokens are kept as a bitset or, when there are fewer than mask_words / 2 of
+  // them (most states outside strings), as a list of ids (XGrammar's adaptive storage).
   struct StateTokens {
-    std::vector<uint32_t> accepted;   // [mask_words]: read whole inside the state's rule
-    std::vector<uint32_t> uncertain;  // positions in vocab().sorted(): the parser decides
+    std::vector<uint32_t> accepted;      // [mask_words] or empty: read whole inside the state's rule
+    std::vector<int32_t> accepted_ids;   // the same tokens when `accepted` is empty
+    std::vector<uint32_t> uncertain;     // positions in vocab().sorted(): the parser decides
   };
   const StateTokens& state_tokens(int32_t state) const;
   // Builds the tables of the budget's states now (pool may be null: this thread alone), until
@@ -98,6 +101,8 @@ class CompiledConstraint {
   int64_t build_tables(const TableBudget& budget, ThreadPool* pool,
                        const std::atomic<bool>* cancel = nullptr) const;
   int64_t num_tables_built() const { return tables_built_; }
+  // Bytes held by the tables built so far (call when no build runs: tests and benchmarks).
+  int64_t table_bytes() const;
 
  private:
   std::shared_ptr<const CompiledGrammar> grammar_;

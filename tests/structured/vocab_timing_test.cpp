@@ -55,10 +55,10 @@ void time_vocabulary(const std::string& name) {
     std::sort(warm.begin(), warm.end());
     cache.wait_tables();
     std::printf("%s (vocab %zu, vocabulary built in %.0f ms) %s, %s (%lld of %d states): compile %.2f ms; first walk median "
-                "%.1f us max %.0f us; warm (%zu masks) median %.1f us p90 %.1f us p99 %.1f us\n",
+                "%.1f us max %.0f us; warm (%zu masks) median %.1f us p90 %.1f us p99 %.1f us; tables %.1f MB\n",
                 name.c_str(), vocab->size(), vocab_ms, kind == ConstraintKind::kJsonObject ? "json_object" : "schema", budget_name,
                 static_cast<long long>((*c)->num_tables_built()), (*c)->grammar()->num_states(), compile_ms, first[first.size() / 2], first.back(), warm.size(), warm[warm.size() / 2],
-                warm[warm.size() * 9 / 10], warm[warm.size() * 99 / 100]);
+                warm[warm.size() * 9 / 10], warm[warm.size() * 99 / 100], (*c)->table_bytes() / 1e6);
   }
 }
 
