@@ -638,10 +638,16 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       rows.push_back(row);
     }
   }
-  // Medusa: the step's hidden states, for the heads of the sequences that sample.
+  // Medusa: the step's hidden states, for the heads of the sequences that
+  // sample and may draft next step (a step without any keeps its graph).
+  const bool few = int64_t(running_.size()) <= config_.speculate_max_batch;
+  auto proposes = [&](const Live& l) {
+    return few && l.heads && !l.done && l.count_row < 0 && !uses_counts(l.req.sampling) &&
+           !l.req.prompt_logits;
+  };
   bool want_hidden = false;
   for (size_t i = 0; i < work.size(); ++i)
-    want_hidden = want_hidden || (batch[i].live->heads && work[i].logits);
+    want_hidden = want_hidden || (proposes(*batch[i].live) && work[i].logits);
   const StepResult result = runner_.run(plan, rows, counts_.table(), &masks, want_hidden);
   if (masks.wait) masks.wait();
   if (masks.rows > 0) {
@@ -655,7 +661,8 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     Live& l = *batch[i].live;
     if (!l.drafts.empty()) {
       const int64_t a = verify(l, result, plan.logit_indptr[i], rng_before[i], out);
-      if (l.heads && !l.done) medusa_rows.push_back({&l, int32_t(plan.logit_indptr[i] + a)});
+      if (want_hidden && proposes(l))
+        medusa_rows.push_back({&l, int32_t(plan.logit_indptr[i] + a)});
       continue;
     }
     const int64_t first = l.seq.num_computed;
@@ -672,7 +679,7 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     if (work[i].logits) {
       const auto r = size_t(first_row + num_rows - 1);
       append_token(l, result.tokens[r], token_logprobs(l, result, r), out);
-      if (l.heads && !l.done) medusa_rows.push_back({&l, int32_t(r)});
+      if (want_hidden && proposes(l)) medusa_rows.push_back({&l, int32_t(r)});
     } else if (l.seq.num_computed == l.seq.prompt_len && l.req.max_new_tokens == 0) {
       finish(l, FinishReason::length, out);  // the prompt alone was asked for
     }
