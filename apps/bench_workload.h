@@ -4,6 +4,12 @@
 #include <cstdint>
 #include <string>
 
+#include "backend/backend.h"
+#include "core/status.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/weights.h"
+
 namespace philora::app {
 
 struct WorkloadOptions {
@@ -33,5 +39,16 @@ struct WorkloadOptions {
 // Runs the workload and prints its report (a table, then a one-line summary); returns the
 // exit code.
 int run_workload(const WorkloadOptions& o);
+
+// The model a bench runs (both benches, cmd_bench.cpp): MODEL_DIR's config and
+// checkpoint, or with MODEL_DIR empty the Phi-3-mini shape with `layers`
+// layers and no checkpoint.
+struct BenchCheckpoint {
+  model::Phi3Config config;
+  io::TensorSet tensors;  // the uploaded weights may point into it: keep it while they live
+};
+Expected<BenchCheckpoint> open_bench_checkpoint(const std::string& model_dir, int64_t layers);
+// Its weights on `b`: the checkpoint's, or random ones (seed 1234) without one.
+Expected<model::Phi3Weights> bench_weights(const BenchCheckpoint& m, bool random, Backend& b);
 
 }  // namespace philora::app

@@ -165,21 +165,13 @@ int run_bench(const BenchOptions& o) {
   auto ceilings = measure_ceilings(b);
   const bool have_ceilings = ceilings.ok();
 
-  model::Phi3Config c = phi3_mini(o.layers);
-  io::TensorSet checkpoint;
-  if (!o.model_dir.empty()) {
-    auto config = model::load_config(o.model_dir);
-    if (!config) return fail(config.status());
-    c = *config;
-    auto t = io::TensorSet::open_model_dir(o.model_dir);
-    if (!t) return fail(t.status());
-    checkpoint = std::move(*t);
-  }
+  auto checkpoint = open_bench_checkpoint(o.model_dir, o.layers);
+  if (!checkpoint) return fail(checkpoint.status());
+  const model::Phi3Config& c = checkpoint->config;
   const size_t elem = dtype_size(b.compute_dtype());
   const Counts n = count(c, elem);
   auto t0 = Clock::now();
-  auto weights = o.model_dir.empty() ? Expected<model::Phi3Weights>(model::random_weights(c, b, 1234))
-                                     : model::load_weights(checkpoint, c, b);
+  auto weights = bench_weights(*checkpoint, o.model_dir.empty(), b);
   if (!weights) return fail(weights.status());
   model::Phi3ForCausalLM m(c, std::move(*weights), b);
   b.synchronize();
@@ -329,7 +321,22 @@ int run_bench(const BenchOptions& o) {
 
 }  // namespace
 
-model::Phi3Config phi3_mini_config(int64_t layers) { return phi3_mini(layers); }
+Expected<BenchCheckpoint> open_bench_checkpoint(const std::string& model_dir, int64_t layers) {
+  BenchCheckpoint m{phi3_mini(layers), {}};
+  if (model_dir.empty()) return m;
+  auto config = model::load_config(model_dir);
+  if (!config) return config.status();
+  m.config = *config;
+  auto t = io::TensorSet::open_model_dir(model_dir);
+  if (!t) return t.status();
+  m.tensors = std::move(*t);
+  return m;
+}
+
+Expected<model::Phi3Weights> bench_weights(const BenchCheckpoint& m, bool random, Backend& b) {
+  if (random) return model::random_weights(m.config, b, 1234);
+  return model::load_weights(m.tensors, m.config, b);
+}
 
 void add_bench_command(CLI::App& app, int& rc) {
   auto o = std::make_shared<BenchOptions>();

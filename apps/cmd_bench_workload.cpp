@@ -44,8 +44,6 @@
 
 namespace philora::app {
 
-model::Phi3Config phi3_mini_config(int64_t layers);  // cmd_bench.cpp
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -98,19 +96,11 @@ int run_workload(const WorkloadOptions& o) {
   Backend& b = **backend;
 
   // The model: --model's checkpoint, or the Phi-3-mini shape with random weights.
-  model::Phi3Config c = phi3_mini_config(o.layers);
-  io::TensorSet checkpoint;
-  if (!o.model_dir.empty()) {
-    auto config = model::load_config(o.model_dir);
-    if (!config) return fail(config.status());
-    c = *config;
-    auto t = io::TensorSet::open_model_dir(o.model_dir);
-    if (!t) return fail(t.status());
-    checkpoint = std::move(*t);
-  }
+  auto checkpoint = open_bench_checkpoint(o.model_dir, o.layers);
+  if (!checkpoint) return fail(checkpoint.status());
+  const model::Phi3Config& c = checkpoint->config;
   const auto t_build = Clock::now();
-  auto weights = o.model_dir.empty() ? Expected<model::Phi3Weights>(model::random_weights(c, b, 1234))
-                                     : model::load_weights(checkpoint, c, b);
+  auto weights = bench_weights(*checkpoint, o.model_dir.empty(), b);
   if (!weights) return fail(weights.status());
   model::Phi3ForCausalLM m(c, std::move(*weights), b);
   lora::AdapterSlots slots(b, c, int(std::max<int64_t>(1, o.max_loras)));
