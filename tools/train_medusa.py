@@ -12,7 +12,10 @@ The heads written here are LoRAX's "MedusaV2" layout, which philora loads
     x_i = h_t + SiLU(W_i h_t + b_i);   logits_i = lm_head(x_i)
 
 in OUT/medusa/{config.json, medusa_lm_head.safetensors} ("i.0.linear.weight" (H, H) and
-"i.0.linear.bias" (H), bfloat16), plus OUT/medusa/training.json (what this run did).
+"i.0.linear.bias" (H), bfloat16), plus OUT/medusa/training.json (what this run did). Adapters named
+by --adapters (default kjv) get heads of their own, trained on the adapter's model (base + LoRA)
+and its domain's text, in OUT/adapters/NAME/{config.json, medusa_lm_head.safetensors}, where
+philora (and LoRAX) look for an adapter's heads.
 
 Training is self-distillation with the base model frozen: on windows of the base + chat training
 text, head i at position t is trained towards the model's own next-token distribution at
@@ -44,9 +47,9 @@ import train_tiny as tt  # noqa: E402  (render_document, parse_doc, the model co
 T0 = time.time()
 SCRIPT_VERSION = 1
 DEFAULT_SEED = 20251207
-DEFAULTS = dict(heads=4, seconds=75.0, batch=16, seq_len=1024, lr=3e-3, warmup=30, max_chars=12_000_000,
+DEFAULTS = dict(heads=4, seconds=75.0, adapter_seconds=30.0, batch=16, seq_len=1024, lr=3e-3, warmup=30, max_chars=12_000_000,
                 chat_fraction=0.3, eval_windows=16)
-SMOKE = dict(seconds=5.0, batch=2, seq_len=256, max_chars=300_000, warmup=2, eval_windows=2)
+SMOKE = dict(seconds=5.0, adapter_seconds=3.0, batch=2, seq_len=256, max_chars=300_000, warmup=2, eval_windows=2)
 TRAIN_DOMAINS = ("base", "chat")
 
 
@@ -130,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="writes OUT/medusa/ (default: --models)")
     ap.add_argument("--heads", type=int, default=DEFAULTS["heads"])
     ap.add_argument("--seconds", type=float, help=f"training time budget (default {DEFAULTS['seconds']:.0f})")
+    ap.add_argument("--adapters", default="kjv",
+                    help="comma-separated adapters of MODELS/adapters/ that get heads of their own, trained on "
+                         "their domain's text ('' = none); written beside the adapter")
+    ap.add_argument("--adapter-seconds", type=float, help="training time budget per adapter (default "
+                                                        f"{DEFAULTS['adapter_seconds']:.0f})")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq-len", type=int)
     ap.add_argument("--lr", type=float, default=DEFAULTS["lr"])
@@ -145,11 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> list:
     base = dict(DEFAULTS, **(SMOKE if args.smoke else {}))
-    for k in ("seconds", "batch", "seq_len", "warmup", "max_chars", "eval_windows"):
+    for k in ("seconds", "adapter_seconds", "batch", "seq_len", "warmup", "max_chars", "eval_windows"):
         if getattr(args, k) is None:
             setattr(args, k, base[k])
     args.out = args.out or args.models
-    bad = []
+    args.adapters = [a for a in (args.adapters.split(",") if isinstance(args.adapters, str) else args.adapters) if a]
+    bad = [f"--adapters: '{a}' is not one of {[x['name'] for x in tt.ADAPTERS]}" for a in args.adapters
+           if a not in [x["name"] for x in tt.ADAPTERS]]
     if not 1 <= args.heads <= 16:
         bad.append(f"--heads {args.heads}: expected 1..16")
     if args.batch < 1 or args.seq_len < 8 or args.seq_len > tt.CONTEXT:
@@ -180,7 +190,11 @@ def self_test() -> None:
     assert abs(lr_at(100, 1.0, 10, 100) - 0.1) < 1e-12 and abs(lr_at(55, 1.0, 10, 100) - 0.55) < 1e-12
     # arguments
     a = build_parser().parse_args(["--smoke"])
-    assert resolve(a) == [] and a.seconds == SMOKE["seconds"] and a.out == "models"
+    assert resolve(a) == [] and a.seconds == SMOKE["seconds"] and a.out == "models" and a.adapters == ["kjv"]
+    a = build_parser().parse_args(["--adapters", "kjv,nope"])
+    assert len(resolve(a)) == 1
+    a = build_parser().parse_args(["--adapters", ""])
+    assert resolve(a) == [] and a.adapters == []
     a = build_parser().parse_args(["--heads", "0", "--seq-len", "4096"])
     assert len(resolve(a)) == 2
     # documents render as train_tiny renders them
@@ -195,56 +209,14 @@ def self_test() -> None:
     print("train_medusa.py self-test: OK")
 
 
-def main(argv=None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if args.self_test:
-        self_test()
-        return 0
-    bad = resolve(args)
-    if bad:
-        ap.error("; ".join(bad))
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer
-    from transformers import Phi3ForCausalLM
-
+def train_set(ctx, name: str, inner, lm_head, train: dict, counts: dict, held: dict, seconds: float,
+              out: str) -> dict:
+    """Trains K heads on `inner` (a Phi3Model, LoRA-wrapped for an adapter; frozen) whose logits are
+    lm_head(h) (the teacher); the heads' own output is the base model's lm_head weight, as philora
+    runs them. Writes OUT/{config.json, medusa_lm_head.safetensors}; returns the record."""
+    args, torch, F, np, dev = ctx["args"], ctx["torch"], ctx["F"], ctx["np"], ctx["dev"]
     torch.manual_seed(args.seed)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_dir = os.path.join(args.models, tt.MODEL_DIRNAME)
-    log(f"train_medusa.py v{SCRIPT_VERSION}{' SMOKE' if args.smoke else ''}: {model_dir}, {args.heads} heads, "
-        f"{args.seconds:.0f}s, batch {args.batch} x {args.seq_len}, device {dev}")
-    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-
-    def encode(docs):
-        ids = []
-        for i in range(0, len(docs), 4096):
-            for e in tok.encode_batch(docs[i:i + 4096], add_special_tokens=False):
-                ids.extend(e.ids)
-        return np.asarray(ids, dtype=np.int32)
-
-    t = time.time()
-    streams, held = {}, {}
-    for d in TRAIN_DOMAINS:
-        streams[d] = encode(read_docs(os.path.join(args.corpus, tt.CORPUS_FILES[d]), args.max_chars))
-        held[d] = encode(read_docs(os.path.join(args.heldout, tt.HELDOUT_FILES[d]), 0))
-    log("tokens: " + ", ".join(f"{d} train {streams[d].shape[0]:,} / held-out {held[d].shape[0]:,}"
-                               for d in TRAIN_DOMAINS) + f" ({time.time() - t:.1f}s)")
-
-    model = None
-    for kw in ({"dtype": torch.bfloat16}, {"torch_dtype": torch.bfloat16}):
-        try:
-            model = Phi3ForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="sdpa",
-                                                    **kw)
-            break
-        except TypeError:
-            continue
-    model = model.to(dev).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    lm_w = model.lm_head.weight  # (V, H) bf16, frozen
+    lm_w = (lm_head.base_layer if hasattr(lm_head, "base_layer") else lm_head).weight.detach()  # (V, H)
     H, K = tt.MODEL["hidden_size"], args.heads
     W = torch.zeros(K, H, H, device=dev, requires_grad=True)
     b = torch.zeros(K, H, device=dev, requires_grad=True)
@@ -252,8 +224,8 @@ def main(argv=None) -> int:
 
     def hidden(x):
         with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
-            h = model.model(input_ids=x, use_cache=False).last_hidden_state
-            teacher = model.lm_head(h)
+            h = inner(input_ids=x, use_cache=False).last_hidden_state
+            teacher = lm_head(h)
         return h.float(), teacher
 
     def head_logits(h, i):
@@ -272,25 +244,22 @@ def main(argv=None) -> int:
         return total / K
 
     rng = np.random.default_rng(args.seed)
-    gpu_streams = {d: torch.from_numpy(streams[d].astype(np.int64)).to(dev) for d in TRAIN_DOMAINS}
-    n_chat = int(round(args.batch * args.chat_fraction)) if streams["chat"].shape[0] > args.seq_len + 1 else 0
-    counts = {"base": args.batch - n_chat, "chat": n_chat}
+    gpu = {d: torch.from_numpy(train[d].astype(np.int64)).to(dev) for d in counts if counts[d]}
     ar = torch.arange(args.seq_len, device=dev)
 
     def batch():
         parts = []
-        for d, c in counts.items():
-            if c:
-                starts = rng.integers(0, gpu_streams[d].shape[0] - args.seq_len, size=c)
-                parts.append(gpu_streams[d][torch.from_numpy(starts).to(dev)[:, None] + ar[None, :]])
+        for d, t in gpu.items():
+            starts = rng.integers(0, t.shape[0] - args.seq_len, size=counts[d])
+            parts.append(t[torch.from_numpy(starts).to(dev)[:, None] + ar[None, :]])
         return torch.cat(parts)
 
     def evaluate():
-        """Per head argmax agreement with the model at t + 1 + i, and chain acceptance, on held-out windows."""
+        """Per head: argmax agreement with the model at t + 1 + i; chain acceptance; held-out windows."""
         res = {}
         with torch.no_grad():
-            for d in TRAIN_DOMAINS:
-                s = torch.from_numpy(held[d].astype(np.int64)).to(dev)
+            for d, stream in held.items():
+                s = torch.from_numpy(stream.astype(np.int64)).to(dev)
                 w = args.seq_len - 1
                 wins = [torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), s[i:i + w]])
                         for i in range(0, max(1, s.shape[0] - w), w)][:args.eval_windows]
@@ -300,10 +269,9 @@ def main(argv=None) -> int:
                     h, teacher = hidden(x)
                     want = teacher[0].argmax(-1)  # the model's greedy token after each position
                     L = x.shape[1]
-                    got = [head_logits(h, i)[0].argmax(-1) for i in range(K)]
                     rows = [[None] * K for _ in range(L)]
                     for i in range(K):
-                        ok = (got[i][:L - 1 - i] == want[1 + i:]).tolist()
+                        ok = (head_logits(h, i)[0].argmax(-1)[:L - 1 - i] == want[1 + i:]).tolist()
                         agree[i] += sum(ok)
                         counted[i] += len(ok)
                         for t, m in enumerate(ok):
@@ -314,14 +282,14 @@ def main(argv=None) -> int:
         return res
 
     before = evaluate()
-    log(f"before training: {json.dumps(before)}")
+    log(f"{name}: before training: {json.dumps(before)}")
     t_train = time.time()
     step, losses, planned = 0, [], None
     while True:
         elapsed = time.time() - t_train
         if planned is None and step == 20:
-            planned = max(step + 1, int(step * args.seconds / max(1e-6, elapsed)))
-        if (planned is not None and step >= planned) or elapsed > args.seconds * 1.1:
+            planned = max(step + 1, int(step * seconds / max(1e-6, elapsed)))
+        if (planned is not None and step >= planned) or elapsed > seconds * 1.1:
             break
         lr = lr_at(step, args.lr, args.warmup, planned or 10 ** 9)
         for g in opt.param_groups:
@@ -333,37 +301,116 @@ def main(argv=None) -> int:
         opt.step()
         losses.append(float(loss))
         step += 1
-        if step % 50 == 0:
-            log(f"step {step}/{planned}: loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, lr {lr:.2e}")
-    seconds = time.time() - t_train
+        if step % 100 == 0:
+            log(f"{name}: step {step}/{planned}: loss {sum(losses[-100:]) / len(losses[-100:]):.4f}, lr {lr:.2e}")
+    took = time.time() - t_train
     after = evaluate()
-    log(f"{step} steps in {seconds:.1f}s; after training: {json.dumps(after)}")
+    log(f"{name}: {step} steps in {took:.1f}s; after training: {json.dumps(after)}")
 
-    out = os.path.join(args.out, "medusa")
     os.makedirs(out, exist_ok=True)
     tensors = {}
     for i in range(K):
         tensors[f"{i}.0.linear.weight"] = W[i].detach().to(torch.bfloat16).contiguous().cpu()
         tensors[f"{i}.0.linear.bias"] = b[i].detach().to(torch.bfloat16).contiguous().cpu()
-    save_file(tensors, os.path.join(out, "medusa_lm_head.safetensors"))
+    ctx["save_file"](tensors, os.path.join(out, "medusa_lm_head.safetensors"))
     tt.write_json(os.path.join(out, "config.json"), medusa_config(K))
+    return {"model": name, "train_tokens": {d: int(train[d].shape[0]) for d in counts if counts[d]},
+            "sequences_per_step": counts, "seq_len": args.seq_len, "steps": step,
+            "tokens_seen": step * sum(counts.values()) * args.seq_len, "seconds": round(took, 1),
+            "loss_first_20": sum(losses[:20]) / max(1, len(losses[:20])),
+            "loss_last_20": sum(losses[-20:]) / max(1, len(losses[-20:])),
+            "heldout_before": before, "heldout_after": after}
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.self_test:
+        self_test()
+        return 0
+    bad = resolve(args)
+    if bad:
+        ap.error("; ".join(bad))
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+    from transformers import Phi3ForCausalLM
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = {"args": args, "torch": torch, "F": F, "np": np, "dev": dev, "save_file": save_file}
+    model_dir = os.path.join(args.models, tt.MODEL_DIRNAME)
+    log(f"train_medusa.py v{SCRIPT_VERSION}{' SMOKE' if args.smoke else ''}: {model_dir}, {args.heads} heads, "
+        f"base {args.seconds:.0f}s, adapters {args.adapters} {args.adapter_seconds:.0f}s each, batch {args.batch} x "
+        f"{args.seq_len}, device {dev}")
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+
+    def encode(docs):
+        ids = []
+        for i in range(0, len(docs), 4096):
+            for e in tok.encode_batch(docs[i:i + 4096], add_special_tokens=False):
+                ids.extend(e.ids)
+        return np.asarray(ids, dtype=np.int32)
+
+    def load_base():
+        for kw in ({"dtype": torch.bfloat16}, {"torch_dtype": torch.bfloat16}):
+            try:
+                m = Phi3ForCausalLM.from_pretrained(model_dir, local_files_only=True, attn_implementation="sdpa",
+                                                    **kw)
+                break
+            except TypeError:
+                continue
+        m = m.to(dev).eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
     record = {"script": {"name": "tools/train_medusa.py", "version": SCRIPT_VERSION}, "smoke": args.smoke,
               "command": sys.argv, "args": vars(args), "seed": args.seed,
-              "versions": {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda"
-                           else None},
-              "objective": "soft cross-entropy of head i at position t against the frozen model's "
-                           "distribution at position t + 1 + i (self-distillation), mean over heads",
-              "train_tokens": {d: int(streams[d].shape[0]) for d in TRAIN_DOMAINS},
-              "sequences_per_step": counts, "seq_len": args.seq_len, "steps": step,
-              "tokens_seen": step * args.batch * args.seq_len, "seconds": round(seconds, 1),
-              "loss_first_20": sum(losses[:20]) / max(1, len(losses[:20])),
-              "loss_last_20": sum(losses[-20:]) / max(1, len(losses[-20:])),
-              "heldout_before": before, "heldout_after": after,
-              "heldout_note": "teacher-forced on held-out text; head_agreement[i] = share of positions t where "
-                              "head i's argmax equals the model's argmax at t + 1 + i; chain_accepted[k-1] = "
-                              "mean leading run of agreeing heads among the first k"}
-    tt.write_json(os.path.join(out, "training.json"), record)
-    log(f"wrote {out}: {sorted(os.listdir(out))}")
+              "versions": {"torch": torch.__version__,
+                           "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None},
+              "layout": "LoRAX MedusaV2: one residual block per head (x + SiLU(W x + b)), the base model's lm_head",
+              "objective": "soft cross-entropy of head i at position t against the frozen model's (base, or base + "
+                           "adapter) distribution at position t + 1 + i (self-distillation), mean over heads",
+              "heldout_note": "teacher-forced on held-out text; head_agreement[i] = share of positions t where head "
+                              "i's argmax equals the model's argmax at t + 1 + i; chain_accepted[k-1] = mean "
+                              "leading run of agreeing heads among the first k (drafted tokens accepted per step)",
+              "sets": {}}
+    t = time.time()
+    domains = list(TRAIN_DOMAINS) + [a for a in args.adapters if a not in TRAIN_DOMAINS]
+    train, held = {}, {}
+    for d in domains:
+        train[d] = encode(read_docs(os.path.join(args.corpus, tt.CORPUS_FILES[d]), args.max_chars))
+        held[d] = encode(read_docs(os.path.join(args.heldout, tt.HELDOUT_FILES[d]), 0))
+    log("tokens: " + ", ".join(f"{d} {train[d].shape[0]:,} / held-out {held[d].shape[0]:,}" for d in domains)
+        + f" ({time.time() - t:.1f}s)")
+
+    model = load_base()
+    n_chat = int(round(args.batch * args.chat_fraction)) if train["chat"].shape[0] > args.seq_len + 1 else 0
+    record["sets"]["base"] = train_set(ctx, "base", model.model, model.lm_head, train,
+                                       {"base": args.batch - n_chat, "chat": n_chat},
+                                       {d: held[d] for d in TRAIN_DOMAINS}, args.seconds,
+                                       os.path.join(args.out, "medusa"))
+    tt.write_json(os.path.join(args.out, "medusa", "training.json"), record)
+    for a in args.adapters:
+        del model
+        torch.cuda.empty_cache() if dev.type == "cuda" else None
+        pm = PeftModel.from_pretrained(load_base(), os.path.join(args.models, "adapters", a), is_trainable=False)
+        pm = pm.to(dev).eval()
+        causal = pm.base_model.model  # the Phi3ForCausalLM with LoRA layers injected
+        record["sets"][a] = train_set(ctx, a, causal.model, causal.lm_head, train, {a: args.batch},
+                                      {a: held[a]}, args.adapter_seconds, os.path.join(args.out, "adapters", a))
+        tt.write_json(os.path.join(args.out, "medusa", "training.json"), record)
+        model = pm
+    for nm, r in record["sets"].items():
+        for d, e in r["heldout_after"].items():
+            log(f"{nm:<6} on held-out {d:<6}: head agreement "
+                f"{', '.join(f'{v:.3f}' for v in e['head_agreement'])}; accepted per step with k heads "
+                f"{', '.join(f'{v:.3f}' for v in e['chain_accepted'])} (before: "
+                f"{', '.join(f'{v:.3f}' for v in r['heldout_before'][d]['chain_accepted'])})")
+    log(f"done: {args.out}/medusa" + "".join(f", {args.out}/adapters/{a}" for a in args.adapters))
     return 0
 
 

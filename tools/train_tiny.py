@@ -105,9 +105,14 @@ CHECK_EVERY = 0.05      # held-out check every 5% of a phase's planned steps (pl
 ADAPTER_OVERHEAD_S = 8.0    # reload + PEFT wrap + warm-up + save, per adapter (for the time guard)
 TAIL_RESERVE_S = 40.0       # export, checks, held-out losses, samples, sizes (for the time guard)
 OVERRUN_FRAC, OVERRUN_S = 0.05, 2.0   # a phase stops at budget * 1.05 + 2 s even if its plan is not done
-# tools/train_medusa.py's Medusa heads, when the tree has them (checked by --verify-tree, counted in the budget)
+# tools/train_medusa.py's Medusa heads, when the tree has them (checked by --verify-tree, not in the size budget)
 MEDUSA_FILES = ("medusa/config.json", "medusa/medusa_lm_head.safetensors", "medusa/training.json")
-SIZE_BUDGET_BYTES = 40 * 2 ** 20   # model + adapters + tokenizer files: 40 MiB
+SIZE_BUDGET_BYTES = 40 * 2 ** 20
+
+
+def adapter_medusa_files() -> tuple:
+    """The files of an adapter's own Medusa heads (tools/train_medusa.py --adapters), where they may be."""
+    return tuple(f"adapters/{a['name']}/{f}" for a in ADAPTERS for f in ("config.json", "medusa_lm_head.safetensors"))   # model + adapters + tokenizer files: 40 MiB
 TESTED_VERSIONS = {"torch": "2.11", "transformers": "5.17", "peft": "0.21", "tokenizers": "0.23"}
 
 # Per-mode defaults of the options whose argparse default is None.
@@ -606,7 +611,8 @@ def verify_tree(root: str) -> list:
     `README.md` beside it are ignored)."""
     problems = []
     missing, extra = check_layout(root)
-    extra = [p for p in extra if not p.startswith("heldout/") and p != "README.md" and p not in MEDUSA_FILES]
+    extra = [p for p in extra if not p.startswith("heldout/") and p != "README.md" and p not in MEDUSA_FILES
+             and p not in adapter_medusa_files()]
     problems += [f"missing {p}" for p in missing] + [f"unexpected {p}" for p in extra]
     if missing:
         return problems
@@ -650,17 +656,27 @@ def verify_tree(root: str) -> list:
     medusa = sorted(have & set(MEDUSA_FILES))
     if medusa and len(medusa) != len(MEDUSA_FILES):
         problems.append(f"medusa/: has {medusa}, expected all of {list(MEDUSA_FILES)} or none")
-    elif medusa:  # tools/train_medusa.py's heads: one block per head, the model's lm_head
-        mc = load("medusa/config.json")
+    head_dirs = ["medusa"] if medusa else []
+    for a in ADAPTERS:
+        d = f"adapters/{a['name']}"
+        got = sorted(have & {f"{d}/config.json", f"{d}/medusa_lm_head.safetensors"})
+        if len(got) == 1:
+            problems.append(f"{d}: has {got[0]} without its Medusa partner file")
+        elif got:
+            head_dirs.append(d)
+    for d in head_dirs:  # tools/train_medusa.py's heads: one block per head, the model's lm_head
+        mc = load(f"{d}/config.json")
         k = mc.get("medusa_num_heads")
-        h = read_safetensors_header(os.path.join(root, "medusa", "medusa_lm_head.safetensors"))
+        h = read_safetensors_header(os.path.join(root, d, "medusa_lm_head.safetensors"))
         want_h = {} if not isinstance(k, int) else {
             **{f"{i}.0.linear.weight": [MODEL["hidden_size"]] * 2 for i in range(k)},
             **{f"{i}.0.linear.bias": [MODEL["hidden_size"]] for i in range(k)}}
         if mc.get("medusa_num_layers") != 1 or not want_h or {n: v["shape"] for n, v in h.items()} != want_h:
-            problems.append(f"medusa/: config {mc} does not match the tensors of medusa_lm_head.safetensors")
+            problems.append(f"{d}: config {mc} does not match the tensors of medusa_lm_head.safetensors")
+    # The budget is the model's and its adapters' (issue 16); Medusa heads are extra weights, not counted.
     total = sum(b for p, b in dir_files(root)
-                if p not in ("training.json", "README.md", "medusa/training.json") and not p.startswith("heldout/"))
+                if p not in ("training.json", "README.md") and not p.startswith("heldout/")
+                and p not in MEDUSA_FILES and p not in adapter_medusa_files())
     if total >= SIZE_BUDGET_BYTES:
         problems.append(f"tree is {total:,} bytes, over the {SIZE_BUDGET_BYTES:,}-byte budget")
     tr = load("training.json")
