@@ -250,6 +250,7 @@ namespace {
 void merge(StepOutput& into, StepOutput o) {
   into.id = std::move(o.id);
   into.new_tokens.insert(into.new_tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+  into.drafted.insert(into.drafted.end(), o.drafted.begin(), o.drafted.end());
   into.text += o.text;
   into.logprobs.insert(into.logprobs.end(), std::make_move_iterator(o.logprobs.begin()),
                        std::make_move_iterator(o.logprobs.end()));
@@ -849,7 +850,7 @@ int64_t Engine::verify(Live& l, const StepResult& result, int64_t first_row,
   std::vector<StepOutput> step;
   for (int64_t j = 0; j <= a && !l.done; ++j) {
     const auto r = size_t(first_row + j);
-    append_token(l, result.tokens[r], token_logprobs(l, result, r), step);
+    append_token(l, result.tokens[r], token_logprobs(l, result, r), step, /*drafted=*/j > 0);
   }
   if (l.group && l.group->hold) {  // held and merged already
     for (StepOutput& o : step) out.push_back(std::move(o));
@@ -943,7 +944,7 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stop) 
 // token id, or at max_new_tokens. With a tokenizer, the step's text goes out
 // with the token, but for what may still become a stop string.
 void Engine::append_token(Live& l, int32_t tok, std::optional<PositionLogprobs> logprobs,
-                          std::vector<StepOutput>& out) {
+                          std::vector<StepOutput>& out, bool drafted) {
   bool constraint_ends = false;  // a stop id where the constraint is complete
   if (l.matcher) {
     const std::vector<int64_t>& eos = model_.config().eos_token_ids;
@@ -966,6 +967,7 @@ void Engine::append_token(Live& l, int32_t tok, std::optional<PositionLogprobs> 
   StepOutput o;
   o.id = l.req.id;
   o.new_tokens = {tok};
+  o.drafted = {uint8_t(drafted)};
   o.seed = l.seed;
   if (logprobs) o.logprobs.push_back(std::move(*logprobs));
   if (wants_prompt_logprobs(l)) {  // the prompt is done: its last row sampled this token

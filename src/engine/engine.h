@@ -107,6 +107,10 @@ struct EngineConfig {
 struct StepOutput {
   std::string id;
   std::vector<int32_t> new_tokens;
+  // [new_tokens] 1 where the token is a drafted one that its step verified and
+  // kept after the step's first token: it took no forward step of its own
+  // (LoRAX's "skipped"; speculative decoding only).
+  std::vector<uint8_t> drafted;
   FinishReason finish = FinishReason::none;  // none while the request runs
   std::string error;         // with an error reason: what went wrong, fit for a remote client
   std::string error_detail;  // the same in full (it may name server files), for the server's log
@@ -286,8 +290,9 @@ class Engine {
   void keep_prompt_logits(Live& l, int64_t first_position, const Tensor& logits, int64_t first_row);
   void keep_prompt_logprobs(Live& l, int64_t first_position, const StepResult& result,
                             int64_t first_row, int64_t num_rows);
+  // `drafted`: a verified draft kept after its step's first token (StepOutput::drafted).
   void append_token(Live& l, int32_t token, std::optional<PositionLogprobs> logprobs,
-                    std::vector<StepOutput>& out);
+                    std::vector<StepOutput>& out, bool drafted = false);
   bool stops(const Live& l, int32_t token) const;
   void release(Live& l);
   void preempt(Live& l);

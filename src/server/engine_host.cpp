@@ -201,8 +201,8 @@ void EngineHost::loop() {
                              unscheduled_.end());
       }
     note_scheduled(now);
+    snapshot();  // first: a client that has its answer and reads /metrics finds the step counted
     for (const auto& o : outs) deliver(o, now);
-    snapshot();
     if (options_.after_step) options_.after_step();
   }
   // Shutting down: whoever still waits is told.

@@ -34,6 +34,11 @@ int64_t Generation::generated_tokens() const {
   return n;
 }
 
+int64_t Generation::drafted_tokens(size_t i) const {
+  const std::vector<uint8_t>& d = outputs_[i].drafted;
+  return std::count(d.begin(), d.end(), uint8_t(1));
+}
+
 // One step output into events: one per new token, in order, the step's text
 // with the last; an output that ends without a token gets an event of its own.
 void Generation::take(engine::StepOutput o) {
@@ -62,6 +67,7 @@ void Generation::take(engine::StepOutput o) {
     e.output = index;
     e.token = o.new_tokens[i];
     e.index = int64_t(out.tokens.size());
+    e.drafted = i < o.drafted.size() && o.drafted[i] != 0;
     if (i < o.logprobs.size()) {
       e.logprobs = o.logprobs[i];
       out.logprobs.push_back(o.logprobs[i]);
@@ -76,6 +82,7 @@ void Generation::take(engine::StepOutput o) {
     }
     out.tokens.push_back(e.token);
     out.texts.push_back(e.text);
+    out.drafted.push_back(uint8_t(e.drafted));
     out.text += e.text;
     ready_.push_back(std::move(e));
   }

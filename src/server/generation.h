@@ -24,6 +24,7 @@ struct Event {
   int32_t token = -1;  // -1 for an event that carries no token (an error, an abort)
   int64_t index = -1;  // the token's place among its output's tokens (Output::tokens)
   std::string text;    // text this token adds (empty while held back or incomplete)
+  bool drafted = false;  // a verified draft: StepOutput::drafted (LoRAX's "skipped")
   std::optional<engine::PositionLogprobs> logprobs;  // when the request asks for logprobs
   engine::FinishReason finish = engine::FinishReason::none;  // set when its output ends
   bool last = false;         // the request's last event: every output has ended
@@ -36,6 +37,7 @@ struct Event {
 struct Output {
   std::vector<int32_t> tokens;                     // [generated]
   std::vector<std::string> texts;                  // [generated] each event's text
+  std::vector<uint8_t> drafted;                    // [generated] Event::drafted
   std::vector<engine::PositionLogprobs> logprobs;  // [generated] when asked for
   std::string text;                                // the texts joined
   uint64_t seed = 0;                               // its draws' seed (candidate i: seed + i)
@@ -60,6 +62,8 @@ class Generation {
   const Output& output(size_t i = 0) const { return outputs_[i]; }
   // The first output's (a request of one output: its own).
   const std::string& text() const { return outputs_[0].text; }
+  // How many of output i's tokens were verified drafts (LoRAX's skipped_tokens).
+  int64_t drafted_tokens(size_t i = 0) const;
   const std::vector<int32_t>& tokens() const { return outputs_[0].tokens; }
   // Tokens generated over the outputs returned (best_of extras left out).
   int64_t generated_tokens() const;

@@ -1,6 +1,7 @@
 // LoRAX / TGI: /generate, /generate_stream, and POST / (either, by `stream`),
 // in LoRAX's shapes (router/src/lib.rs): a token is {id, text, logprob,
-// special, [alternative_tokens], skipped}; details carry finish_reason,
+// special, [alternative_tokens], skipped (a verified draft: it took no step of
+// its own)}; details carry finish_reason,
 // prompt_tokens, generated_tokens, skipped_tokens, seed, prefill and tokens
 // (and TGI's top_tokens when top_n_tokens asks for them), best_of_sequences
 // with best_of (not streamed).
@@ -53,7 +54,7 @@ json token_json(const ServerContext& ctx, const Shape& s, const Generation& gen,
                       {"logprob", top[k].logprob}});
     t["alternative_tokens"] = alts;
   }
-  t["skipped"] = false;
+  t["skipped"] = i < out.drafted.size() && out.drafted[i] != 0;
   return t;
 }
 
@@ -158,7 +159,7 @@ void generate(const ServerContext& ctx, const Shape& s, engine::Request request,
     json d = {{"finish_reason", name_of(outcome(best.finish), Api::lorax)},
               {"prompt_tokens", gen.prompt_tokens()},
               {"generated_tokens", best.tokens.size()},
-              {"skipped_tokens", 0},
+              {"skipped_tokens", gen.drafted_tokens(0)},
               {"seed", seed_json(gen, best)},
               {"prefill", prefill}};
     add_tokens(d, ctx, s, gen, best);
@@ -178,6 +179,12 @@ void generate(const ServerContext& ctx, const Shape& s, engine::Request request,
     }
     out["details"] = d;
   }
+  // LoRAX's token-count headers (router/src/server.rs) of the answer.
+  const auto generated = int64_t(best.tokens.size());
+  res.set_header("x-prompt-tokens", std::to_string(gen.prompt_tokens()));
+  res.set_header("x-generated-tokens", std::to_string(generated));
+  res.set_header("x-skipped-tokens", std::to_string(gen.drafted_tokens(0)));
+  res.set_header("x-total-tokens", std::to_string(gen.prompt_tokens() + generated));
   res.set_content(json_text(out), "application/json");
 }
 

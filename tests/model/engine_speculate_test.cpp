@@ -155,6 +155,22 @@ TEST_P(SpeculativeSchedules, GreedyEqualsPlain) {
   EXPECT_GT(spec.stats.spec_accepted_tokens, 0) << "no draft was accepted: the path is not run";
   EXPECT_LT(spec.stats.spec_accepted_tokens, spec.stats.spec_draft_tokens)
       << "no draft was rejected";
+  // StepOutput::drafted: a step's output of a sequence is its first token and
+  // then the drafts it kept, flagged; the flags add up to the accepted drafts
+  // (fewer only where a stop inside a run dropped the rest).
+  for (const Result* r : {&plain, &spec}) {
+    int64_t flagged = 0;
+    for (const auto& [id, run] : r->runs)
+      for (const engine::StepOutput& o : run.steps) {
+        ASSERT_EQ(o.drafted.size(), o.new_tokens.size()) << s.name << " " << id;
+        for (size_t j = 0; j < o.drafted.size(); ++j) {
+          EXPECT_EQ(o.drafted[j], j > 0 ? 1 : 0) << s.name << " " << id << " token " << j;
+          flagged += o.drafted[j];
+        }
+      }
+    EXPECT_LE(flagged, r->stats.spec_accepted_tokens) << s.name;
+    EXPECT_GE(flagged, r == &spec ? 1 : 0) << s.name;
+  }
   if (s.pages < 512) {
     EXPECT_GT(spec.stats.preemptions, 0) << "the KV cache was not tight";
   }

@@ -163,7 +163,7 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
   const fs::path dir = make_model_dir();
   const std::string body =
       R"({"inputs": "one two three one two three one two three one two", )"
-      R"("parameters": {"max_new_tokens": 48, "do_sample": false}})";
+      R"("parameters": {"max_new_tokens": 48, "do_sample": false, "details": true}})";
   {  // Medusa heads of 2 zero blocks over the model's lm_head (each proposes the next token)
     json config = json::parse(std::ifstream(dir / "config.json"));
     config["medusa_num_heads"] = 2;
@@ -225,10 +225,28 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
       EXPECT_EQ(drafted, 0);
     }
     EXPECT_LE(accepted, drafted);
+    // LoRAX's skipped tokens are the verified drafts: flagged per token, counted
+    // in details and the x-skipped-tokens header, as many as /metrics accepted
+    // (fewer only when the end came inside an accepted run).
+    const json& d = outputs[speculate]["details"];
+    int64_t flagged = 0;
+    for (const json& t : d["tokens"]) flagged += t["skipped"].get<bool>();
+    EXPECT_EQ(d["skipped_tokens"].get<int64_t>(), flagged) << speculate;
+    EXPECT_EQ(g->get_header_value("x-skipped-tokens"), std::to_string(flagged)) << speculate;
+    EXPECT_EQ(g->get_header_value("x-generated-tokens"), std::to_string(d["tokens"].size()));
+    EXPECT_EQ(g->get_header_value("x-total-tokens"),
+              std::to_string(d["tokens"].size() + d["prompt_tokens"].get<size_t>()));
+    if (d["finish_reason"] == "length") {
+      EXPECT_EQ(double(flagged), accepted) << speculate;
+    } else {
+      EXPECT_LE(double(flagged), accepted) << speculate;
+    }
     ::kill(pid, SIGTERM);
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   }
+  EXPECT_GT(outputs["ngram:3"]["details"]["skipped_tokens"].get<int64_t>(), 0)
+      << "no draft was accepted: the skipped path is not run";
   EXPECT_EQ(outputs["ngram:3"]["generated_text"], outputs[""]["generated_text"]);
   EXPECT_EQ(outputs["medusa:2"]["generated_text"], outputs[""]["generated_text"]);
   fs::remove_all(dir);
