@@ -37,6 +37,7 @@ struct GenerateOptions {
   uint64_t seed = 0;
   bool seed_given = false;
   bool ignore_eos = false;
+  bool stats = false;
   std::vector<std::string> stop;
   std::vector<int32_t> stop_token_ids;
   bool include_stop_str_in_output = false;
@@ -361,11 +362,30 @@ int run_generate(const GenerateOptions& o) {
   opts.speculate_medusa = o.model.speculate_medusa;
   opts.medusa = m->medusa;
   opts.tokenizer = tok.get();
+  engine::EngineStats stats;
+  double seconds = 0;
+  if (o.stats) {
+    opts.stats = &stats;
+    opts.seconds = &seconds;
+  }
   auto outs = engine::run_offline(*m->model, m->store.get(), *reqs, opts);
   if (!outs) return fail(outs.status());
   for (size_t i = 0; i < outs->size(); ++i)
     std::cout << output_json((*reqs)[i], (*outs)[i], tok.get()).dump() << "\n";
   std::cout.flush();
+  if (o.stats) {
+    int64_t generated = 0;
+    for (const engine::StepOutput& out : *outs) generated += int64_t(out.new_tokens.size());
+    const json j = {{"requests", outs->size()},
+                    {"generated_tokens", generated},
+                    {"seconds", seconds},
+                    {"tokens_per_second", seconds > 0 ? double(generated) / seconds : 0.0},
+                    {"steps", stats.steps},
+                    {"prompt_tokens_computed", stats.prompt_tokens},
+                    {"spec_draft_tokens", stats.spec_draft_tokens},
+                    {"spec_accepted_tokens", stats.spec_accepted_tokens}};
+    std::cerr << j.dump() << "\n";
+  }
   return std::cout ? 0 : 1;
 }
 
@@ -389,6 +409,10 @@ void add_generate_command(CLI::App& app, int& rc) {
                   "are banned until then)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   cmd->add_flag("--greedy", o->greedy, "pick the most likely token at each step");
+  cmd->add_flag("--stats", o->stats,
+                "after the outputs, print one JSON line to stderr: requests, generated tokens, "
+                "the seconds from the first step to the last (loading left out), tokens/s, steps, "
+                "drafted and accepted tokens");
   cmd->add_option("--temperature", o->temperature, "sampling temperature (0 = greedy)")
       ->check(CLI::Range(0.0f, 100.0f));
   cmd->add_option("--top-k", o->top_k, "sample among the k most likely tokens (0 = all)")

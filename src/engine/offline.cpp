@@ -1,6 +1,7 @@
 #include "engine/offline.h"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 #include <map>
 
@@ -49,6 +50,7 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
     PHILORA_RETURN_IF_ERROR(engine.add_request(requests[i]));
   }
   std::vector<StepOutput> out(requests.size());
+  const auto t0 = std::chrono::steady_clock::now();
   while (engine.has_work()) {
     for (StepOutput& o : engine.step()) {
       if (is_error(o.finish)) return Status::errorf("request '{}': {}", o.id, o.error_detail);
@@ -64,6 +66,10 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
       if (o.finished()) r.prompt_logits = std::move(o.prompt_logits);
     }
   }
+  if (options.seconds)
+    *options.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (options.stats) *options.stats = engine.stats();
   return out;
 }
 

@@ -24,6 +24,11 @@ struct OfflineOptions {
   std::shared_ptr<const MedusaSet> medusa = nullptr;
   // Detokenizes the outputs and matches stop strings (StepOutput::text); may be null.
   const tokenizer::Tokenizer* tokenizer = nullptr;
+  // When set, receives the engine's counters once the batch is done, and the
+  // seconds the run took from the first step to the last (model loading and
+  // request checks left out).
+  EngineStats* stats = nullptr;
+  double* seconds = nullptr;
 };
 
 // Runs the requests (ids unique) to the end and returns, in request order,

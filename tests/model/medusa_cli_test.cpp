@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -110,14 +111,35 @@ TEST_F(MedusaCli, GreedyEqualsPlainWithBaseAndAdapterHeads) {
   write_heads(dir_ / "kjv", 2, hidden, 5);  // the kjv adapter's own heads
   write_heads(dir_ / "base_heads", 3, hidden, 6);
 
-  const test::CliResult plain = test::run_philora(args({}));
+  // --stats: one JSON line on stderr after the outputs, whose counts are the outputs'.
+  auto stats_of = [](const test::CliResult& r) {
+    std::string last, line;
+    for (std::istringstream in(r.err); std::getline(in, line);)
+      if (!line.empty()) last = line;
+    return nlohmann::json::parse(last);
+  };
+  auto tokens_in = [](const std::map<std::string, nlohmann::json>& outs) {
+    size_t n = 0;
+    for (const auto& [id, o] : outs) n += o["tokens"].size();
+    return n;
+  };
+  const test::CliResult plain = test::run_philora(args({"--stats"}));
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const nlohmann::json plain_stats = stats_of(plain);
+  EXPECT_EQ(plain_stats["requests"], 4);
+  EXPECT_EQ(plain_stats["generated_tokens"], tokens_in(outputs(plain)));
+  EXPECT_EQ(plain_stats["spec_draft_tokens"], 0);
+  EXPECT_GT(plain_stats["seconds"].get<double>(), 0.0);
   for (const char* spec : {"medusa", "medusa:2"}) {
-    const test::CliResult spec_run =
-        test::run_philora(args({"--speculate", spec, "--medusa", (dir_ / "base_heads").string()}));
+    const test::CliResult spec_run = test::run_philora(
+        args({"--speculate", spec, "--medusa", (dir_ / "base_heads").string(), "--stats"}));
     ASSERT_EQ(spec_run.exit_code, 0) << spec_run.err;
     const auto want = outputs(plain), got = outputs(spec_run);
     ASSERT_EQ(got.size(), 4u);
+    const nlohmann::json st = stats_of(spec_run);
+    EXPECT_EQ(st["generated_tokens"], tokens_in(got)) << spec;
+    EXPECT_GT(st["spec_draft_tokens"].get<int64_t>(), 0) << spec;
+    EXPECT_LE(st["spec_accepted_tokens"].get<int64_t>(), st["spec_draft_tokens"].get<int64_t>());
     for (const auto& [id, w] : want) {
       ASSERT_TRUE(got.count(id)) << id;
       EXPECT_EQ(got.at(id)["tokens"], w["tokens"]) << spec << " " << id;
