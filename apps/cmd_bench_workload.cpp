@@ -113,8 +113,8 @@ int run_workload(const WorkloadOptions& o) {
   {
     std::vector<std::shared_ptr<const lora::Adapter>> sets;
     for (int64_t i = 0; i < std::min<int64_t>(o.adapters, 4); ++i)
-      sets.push_back(
-          std::make_shared<const lora::Adapter>(random_adapter(c, o.lora_rank, weights_rng)));
+      sets.push_back(std::make_shared<const lora::Adapter>(lora::with_host_dtype(
+          random_adapter(c, o.lora_rank, weights_rng), store.host_dtype())));  // shared, not copied
     for (int64_t i = 0; i < o.adapters; ++i) {
       const std::string name = fmt::format("synthetic-{}", i);
       auto a = std::make_shared<lora::Adapter>(*sets[size_t(i) % sets.size()]);

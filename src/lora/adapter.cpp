@@ -8,6 +8,8 @@
 #include <cstring>
 #include <memory>
 #include <set>
+#include <stdexcept>
+#include <vector>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -444,6 +446,21 @@ Expected<TensorName> parse_tensor_name(const std::string& name, const std::strin
   return out;
 }
 
+Tensor to_bf16_host(const Tensor& v) {
+  const size_t n = size_t(v.numel());
+  std::shared_ptr<uint16_t[]> buf = std::make_shared<uint16_t[]>(std::max<size_t>(n, 1));
+  if (v.dtype == DType::bf16) {
+    std::memcpy(buf.get(), v.data, n * sizeof(uint16_t));
+  } else {
+    std::vector<float> wide(n);
+    to_f32(v.data, v.dtype, wide.data(), n);
+    for (size_t i = 0; i < n; ++i) buf[i] = f32_to_bf16(wide[i]);
+  }
+  Tensor t(buf.get(), DType::bf16, {v.shape[0], v.shape[1]});
+  t.storage = buf;
+  return t;
+}
+
 Tensor to_f32_host(const Tensor& v) {
   const size_t n = size_t(v.numel());
   std::shared_ptr<float[]> buf = std::make_shared<float[]>(std::max<size_t>(n, 1));
@@ -576,16 +593,38 @@ uint64_t content_hash(const Adapter& a) {
       uint32_t scale_bits;
       std::memcpy(&scale_bits, &m->scale, 4);
       h = hash_combine(h, scale_bits);
-      h = hash_bytes(h, m->a.data, size_t(m->a.numel()) * sizeof(float));
-      h = hash_bytes(h, m->b.data, size_t(m->b.numel()) * sizeof(float));
+      h = hash_combine(h, uint64_t(m->a.dtype));
+      h = hash_bytes(h, m->a.data, m->a.nbytes());
+      h = hash_bytes(h, m->b.data, m->b.nbytes());
     }
   return h;
 }
 
 }  // namespace
 
+Adapter with_host_dtype(const Adapter& adapter, DType dtype) {
+  Adapter out = adapter;
+  if (dtype != DType::f32 && dtype != DType::bf16)
+    throw std::invalid_argument("with_host_dtype: f32 or bf16");
+  for (int64_t layer = -1; layer < int64_t(out.layers.size()); ++layer)
+    for (int t = 0; t <= int(Target::lm_head); ++t) {
+      const Target target = Target(t);
+      if ((layer < 0) != (target == Target::lm_head)) continue;
+      std::optional<LoraModule>& m = out.module(layer < 0 ? 0 : layer, target);
+      if (!m) continue;
+      for (Tensor* x : {&m->a, &m->b})
+        if (x->dtype != dtype) *x = dtype == DType::bf16 ? to_bf16_host(*x) : to_f32_host(*x);
+    }
+  out.content_hash = content_hash(out);
+  return out;
+}
+
 Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
-                               const model::Phi3Config& base, const io::TensorSet* base_checkpoint) {
+                               const model::Phi3Config& base, const io::TensorSet* base_checkpoint,
+                               DType host_dtype) {
+  if (host_dtype != DType::f32 && host_dtype != DType::bf16)
+    return Status::errorf("adapter '{}': host dtype {} (expected F32 or BF16)", name,
+                          dtype_name(host_dtype));
   const std::string config_path = io::join_path(dir, "adapter_config.json");
   const std::string model_path = io::join_path(dir, "adapter_model.safetensors");
   const std::string context = fmt::format("adapter '{}'", name);
@@ -690,6 +729,10 @@ Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
         if (!std::isfinite(v[i]))
           return fail(Status::errorf("{}: tensor '{}' holds a non-finite value ({}) at element {}", model_path,
                                      *name, v[i], i));
+    }
+    if (host_dtype == DType::bf16) {
+      m.a = to_bf16_host(m.a);
+      m.b = to_bf16_host(m.b);
     }
     adapter.max_rank = std::max(adapter.max_rank, rank);
     if (target == Target::lm_head)

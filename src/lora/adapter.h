@@ -50,10 +50,10 @@ struct AdapterConfig {
   std::optional<std::string> exclude_modules_regex;
 };
 
-// One LoRA pair on one module, as f32 host tensors (converted at load).
+// One LoRA pair on one module, as host tensors (f32 or bf16: load_adapter's host_dtype).
 struct LoraModule {
-  Tensor a;  // (rank, in_features) f32, host
-  Tensor b;  // (out_features, rank) f32, host
+  Tensor a;  // (rank, in_features) host
+  Tensor b;  // (out_features, rank) host
   int64_t rank = 0;
   float scale = 0;  // alpha / rank, or alpha / sqrt(rank) with use_rslora
 };
@@ -71,6 +71,9 @@ struct Adapter {
   // finds the old one's pages.
   uint64_t content_hash = 0;
 
+  std::optional<LoraModule>& module(int64_t layer, Target t) {
+    return t == Target::lm_head ? lm_head : layers[size_t(layer)][size_t(t)];
+  }
   const std::optional<LoraModule>& module(int64_t layer, Target t) const {
     return t == Target::lm_head ? lm_head : layers[size_t(layer)][size_t(t)];
   }
@@ -105,7 +108,10 @@ int64_t module_rank(const AdapterConfig& config, const std::string& full_name);
 double module_alpha(const AdapterConfig& config, const std::string& full_name);
 
 // Loads DIR/adapter_config.json + DIR/adapter_model.safetensors and checks
-// every tensor against the base model's shapes.
+// every tensor against the base model's shapes. A and B are kept on the host
+// in `host_dtype`: f32 (the CPU backend's compute dtype), or bf16 (CUDA's:
+// half the host memory, and an upload that is a plain copy); F16 / BF16 / F32
+// files convert to it (through f32, where non-finite values are refused).
 //
 // PEFT also saves the base weight of a targeted embedding layer (lm_head)
 // into the adapter file by default (`base_model.model.lm_head.base_layer.weight`)
@@ -115,6 +121,11 @@ double module_alpha(const AdapterConfig& config, const std::string& full_name);
 // `base_checkpoint` is null, it is not checked).
 Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
                                const model::Phi3Config& base,
-                               const io::TensorSet* base_checkpoint = nullptr);
+                               const io::TensorSet* base_checkpoint = nullptr,
+                               DType host_dtype = DType::f32);
+
+// The adapter with every module's A and B in `dtype` (f32 or bf16; bf16
+// rounds to nearest even); content_hash recomputed.
+Adapter with_host_dtype(const Adapter& adapter, DType dtype);
 
 }  // namespace philora::lora

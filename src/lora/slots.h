@@ -18,6 +18,7 @@ class AdapterSlots {
   AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots);
 
   int num_slots() const { return num_slots_; }
+  Backend& backend() const { return backend_; }
   // Uploads the adapter's A and B into `slot`, replacing whatever was there.
   void assign(int slot, const Adapter& adapter);
   void clear(int slot);

@@ -1,6 +1,7 @@
 #include "lora/store.h"
 
 #include <chrono>
+#include <stdexcept>
 #include <system_error>
 
 #include <fmt/format.h>
@@ -15,7 +16,12 @@ AdapterStore::AdapterStore(const model::Phi3Config& config, AdapterSlots& slots,
     : config_(config),
       slots_(slots),
       options_(std::move(options)),
-      slot_state_(static_cast<size_t>(slots.num_slots())) {}
+      host_dtype_(options_.host_dtype.value_or(
+          slots.backend().compute_dtype() == DType::bf16 ? DType::bf16 : DType::f32)),
+      slot_state_(static_cast<size_t>(slots.num_slots())) {
+  if (host_dtype_ != DType::f32 && host_dtype_ != DType::bf16)
+    throw std::invalid_argument("StoreOptions::host_dtype: f32 or bf16");
+}
 
 AdapterStore::~AdapterStore() {
   {
@@ -44,14 +50,26 @@ Status AdapterStore::register_adapter(const std::string& name,
       const std::optional<LoraModule>& m = adapter->module(layer < 0 ? 0 : layer, target);
       if (!m) continue;
       const ModuleDims d = module_dims(config_, target);
-      if (m->a.dtype != DType::f32 || m->b.dtype != DType::f32 || m->a.rows() != m->rank ||
+      auto is_float = [](DType t) { return t == DType::f32 || t == DType::bf16; };
+      if (!is_float(m->a.dtype) || !is_float(m->b.dtype) || m->a.rows() != m->rank ||
           m->a.cols() != d.in || m->b.rows() != d.out || m->b.cols() != m->rank)
-        return Status::errorf("adapter '{}': {} of layer {} is not (r, {}) and ({}, r) in f32",
-                              name, target_module_name(target), layer, d.in, d.out);
+        return Status::errorf(
+            "adapter '{}': {} of layer {} is not (r, {}) and ({}, r) in f32 or bf16", name,
+            target_module_name(target), layer, d.in, d.out);
     }
   if (options_.max_rank > 0 && adapter->max_rank > options_.max_rank)
     return Status::errorf("adapter '{}' has rank {}, above the largest rank this server takes ({})",
                           name, adapter->max_rank, options_.max_rank);
+  bool same = true;  // already in the host dtype: kept as given (tensors shared with the caller's)
+  for (const auto& layer : adapter->layers)
+    for (const auto& m : layer) same = same && (!m || (m->a.dtype == host_dtype_ && m->b.dtype == host_dtype_));
+  if (adapter->lm_head)
+    same = same && adapter->lm_head->a.dtype == host_dtype_ && adapter->lm_head->b.dtype == host_dtype_;
+  if (!same) {
+    Adapter converted = with_host_dtype(*adapter, host_dtype_);
+    converted.content_hash = adapter->content_hash;  // the caller's key for this content
+    adapter = std::make_shared<const Adapter>(std::move(converted));
+  }
   in_memory_[name] = std::move(adapter);
   return Status();
 }
@@ -119,7 +137,7 @@ AdapterStore::Loaded AdapterStore::load_from_disk(const std::string& name,
   if (!io::is_regular_file(config))
     return not_found(fmt::format("adapter '{}' not found", name),
                      fmt::format("adapter '{}' not found: {} does not exist", name, config));
-  auto a = load_adapter(name, dir, config_, options_.base_checkpoint);
+  auto a = load_adapter(name, dir, config_, options_.base_checkpoint, host_dtype_);
   if (!a.ok()) {
     const std::string detail = a.status().message();
     return AdapterError{AdapterError::Kind::invalid,

@@ -41,6 +41,11 @@ struct StoreOptions {
   int64_t host_memory_bytes = 0;
   // An adapter with a module of a larger rank is refused at load; 0: any rank.
   int64_t max_rank = 0;
+  // The dtype of A and B in the host tier (f32 or bf16); default: bf16 when
+  // the slots' backend computes in bf16 (CUDA: half the host memory, and the
+  // host -> device swap a plain copy), else f32. Adapters made in memory
+  // (register_adapter) are converted to it.
+  std::optional<DType> host_dtype = std::nullopt;
   // Test hook: runs on the loader thread before a background load of NAME
   // reads the disk (a test makes one adapter's load slow with it).
   std::function<void(const std::string& name)> before_load = {};
@@ -94,7 +99,8 @@ class AdapterStore {
   // Serves NAME from `adapter`, made in memory (philora bench --workload's synthetic adapters): it
   // is always on the host (held by the store, outside the host tier's bounds, never read from
   // disk) and goes to device slots as any other. Checked against the model and max_rank as a
-  // load from disk is.
+  // load from disk is. A and B in f32 or bf16: kept as given when in host_dtype(), else
+  // converted to it (a copy; the adapter's content_hash stays the caller's).
   Status register_adapter(const std::string& name, std::shared_ptr<const Adapter> adapter);
   // Without blocking: ready when NAME is resident or on the host; else its
   // load from disk starts on the loader thread (once however often asked)
@@ -142,6 +148,8 @@ class AdapterStore {
   // Seconds the caller's thread spent in uploads into device slots (AdapterSlots::assign), all
   // of them: the host -> device swap time of an adapter is this over uploads_to_device().
   double upload_seconds() const { return upload_seconds_; }
+  // The dtype of A and B in the host tier (StoreOptions::host_dtype, resolved).
+  DType host_dtype() const { return host_dtype_; }
   // Counters per tier, for /metrics: adapters dropped from the host cache, and
   // resident adapters whose slot went to another adapter.
   int64_t host_evictions() const { return host_evictions_; }
@@ -164,6 +172,7 @@ class AdapterStore {
   const model::Phi3Config& config_;
   AdapterSlots& slots_;
   StoreOptions options_;
+  DType host_dtype_;  // options_.host_dtype, resolved
   std::map<std::string, std::string> dirs_;  // registered NAME -> DIR
   std::map<std::string, std::shared_ptr<const Adapter>> in_memory_;  // register_adapter
   // host tier: LRU list of names (front = most recent) and the parsed adapters
