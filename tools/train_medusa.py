@@ -34,7 +34,6 @@ Usage (GPU machine; see tools/README.md):
 """
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -110,19 +109,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
 
 def read_docs(path: str, max_chars: int) -> list:
     """Rendered documents of a *_train.jsonl.gz or held-out .jsonl file, up to max_chars (0 = all)."""
-    opener = gzip.open if path.endswith(".gz") else open
-    docs, chars = [], 0
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            kind, value = tt.parse_doc(json.loads(line), f"{path}:{n}")
-            text = tt.render_document(kind, value)
-            docs.append(text)
-            chars += len(text)
-            if max_chars and chars >= max_chars:
-                break
-    return docs
+    return tt.read_jsonl_docs(path, max_chars)["texts"]
 
 
 def build_parser() -> argparse.ArgumentParser:
