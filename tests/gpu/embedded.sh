@@ -16,6 +16,11 @@ out=${OUT:-$repo/gpu-out}
 mkdir -p "$out"
 export LD_LIBRARY_PATH="$repo/.carry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 bin=build/philora
+if [ ! -x "$bin" ]; then  # run.sh has not run in this call: unpack the carried binaries as it does
+  [ -f .carry/bundle.tar.xz ] && tar -C .carry -xJf .carry/bundle.tar.xz
+  mkdir -p build && cp .carry/bin/philora build/
+fi
+reps=${PHILORA_SPECULATE_REPS:-3}
 models=models
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -96,4 +101,4 @@ timeout 120 "$bin" bench --device cuda --model "$models/philora-tiny" --batch 1 
   --context 128 --skip-lora 2>&1 | tee "$out/embedded_bench.log"
 
 echo "=== 4. speculation"
-timeout 200 bash bench/speculate.sh --device cuda --philora "$bin" 2>&1 | tee "$out/embedded_speculate.log"
+timeout 200 bash bench/speculate.sh --device cuda --philora "$bin" --reps "$reps" 2>&1 | tee "$out/embedded_speculate.log"
