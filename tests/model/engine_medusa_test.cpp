@@ -27,15 +27,20 @@
 #include "io/safetensors.h"
 #include "model/engine_rig.h"
 #include "model/medusa.h"
+#include "model/speculation_rig.h"
 
 namespace philora {
 namespace {
 
 namespace fs = std::filesystem;
 using test::EngineRig;
+using test::expect_same;
+using test::golden_requests;
+using test::kGoldenCases;
+using test::long_requests;
 using test::read_jsonl;
-
-const char* kCases[] = {"gqa_multi_lora", "mqa_longrope", "partial_rotary_tied", "sliding_window"};
+using test::Result;
+using test::Schedule;
 
 enum class Kind { random, echo };
 
@@ -122,44 +127,6 @@ engine::EngineConfig config(int64_t k, int64_t budget = 4096, bool prefix_cache 
   return c;
 }
 
-std::vector<engine::Request> golden_requests(const std::string& case_name,
-                                             int64_t max_new_tokens = -1) {
-  std::vector<engine::Request> reqs;
-  for (const nlohmann::json& line :
-       read_jsonl(test::golden_dir(case_name) / "generate_requests.jsonl")) {
-    engine::Request r = test::request_of(line);
-    if (max_new_tokens >= 0) r.max_new_tokens = max_new_tokens;
-    reqs.push_back(r);
-  }
-  return reqs;
-}
-
-// Long greedy runs of the golden prompts, each also with its prompt repeated,
-// logprobs asked for and a seed to compare by.
-std::vector<engine::Request> long_requests(const std::string& case_name) {
-  std::vector<engine::Request> reqs = golden_requests(case_name, 40);
-  const auto c = model::load_config((test::golden_dir(case_name) / "model").string());
-  const size_t n = reqs.size();
-  for (size_t i = 0; i < n; ++i) {
-    if (2 * reqs[i].prompt.size() + 40 > size_t(c->max_position_embeddings)) continue;
-    engine::Request r = reqs[i];
-    r.id += "-twice";
-    r.prompt.insert(r.prompt.end(), reqs[i].prompt.begin(), reqs[i].prompt.end());
-    reqs.push_back(r);
-  }
-  uint64_t seed = 1000;
-  for (engine::Request& r : reqs) {
-    r.logprobs = 2;
-    r.sampling.seed = seed++;
-  }
-  return reqs;
-}
-
-struct Result {
-  std::map<std::string, test::Run> runs;
-  engine::EngineStats stats;
-};
-
 // Runs the requests on an engine over the case's model with `kinds` of heads
 // (none when k is 0).
 Result run(const std::string& case_name, const std::vector<engine::Request>& reqs,
@@ -180,31 +147,11 @@ Result run(const std::string& case_name, const std::vector<engine::Request>& req
   return r;
 }
 
-void expect_same(const Result& got, const Result& want, const std::string& what) {
-  ASSERT_EQ(got.runs.size(), want.runs.size()) << what;
-  for (const auto& [id, w] : want.runs) {
-    ASSERT_TRUE(got.runs.count(id)) << what << " " << id;
-    const test::Run& g = got.runs.at(id);
-    EXPECT_EQ(g.tokens, w.tokens) << what << " " << id;
-    EXPECT_EQ(g.text, w.text) << what << " " << id;
-    EXPECT_EQ(g.finish, w.finish) << what << " " << id;
-    EXPECT_EQ(g.seed, w.seed) << what << " " << id;
-    ASSERT_EQ(g.logprobs.size(), w.logprobs.size()) << what << " " << id;
-    for (size_t k = 0; k < g.logprobs.size(); ++k) {
-      EXPECT_EQ(g.logprobs[k].chosen.token, w.logprobs[k].chosen.token) << what << " " << id;
-      EXPECT_EQ(g.logprobs[k].chosen.logprob, w.logprobs[k].chosen.logprob) << what << " " << id;
-      ASSERT_EQ(g.logprobs[k].top.size(), w.logprobs[k].top.size()) << what;
-      for (size_t j = 0; j < g.logprobs[k].top.size(); ++j)
-        EXPECT_EQ(g.logprobs[k].top[j].logprob, w.logprobs[k].top[j].logprob) << what << " " << id;
-    }
-  }
-}
-
 // The golden requests (adapters and the base model in one batch; the case's
 // first adapter with heads of its own, the others on the base model's) with
 // random and with echo heads: HF's tokens.
 TEST_F(EngineMedusa, GoldenTokensWithMixedAdapters) {
-  for (const char* name : kCases)
+  for (const char* name : kGoldenCases)
     for (const Kind kind : {Kind::random, Kind::echo})
       for (const int64_t k : {1, 4}) {
         const Result got = run(name, golden_requests(name), config(k), kind, kind);
@@ -221,14 +168,6 @@ TEST_F(EngineMedusa, GoldenTokensWithMixedAdapters) {
       }
 }
 
-struct Schedule {
-  const char* name;
-  int64_t budget;
-  int64_t pages;
-  bool prefix_cache;
-  int64_t max_running = 64;
-};
-
 class MedusaSchedules : public EngineMedusa, public testing::WithParamInterface<Schedule> {};
 
 // Long runs on every case, echo heads for the base model and random ones for
@@ -236,7 +175,7 @@ class MedusaSchedules : public EngineMedusa, public testing::WithParamInterface<
 TEST_P(MedusaSchedules, GreedyEqualsPlain) {
   const Schedule s = GetParam();
   int64_t accepted = 0, drafted = 0, preemptions = 0;
-  for (const char* name : kCases) {
+  for (const char* name : kGoldenCases) {
     const std::vector<engine::Request> reqs = long_requests(name);
     const Result plain = run(name, reqs, config(0, s.budget, s.prefix_cache), Kind::echo,
                              Kind::random, s.pages, s.max_running);
@@ -260,20 +199,14 @@ TEST_P(MedusaSchedules, GreedyEqualsPlain) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(engine, MedusaSchedules,
-                         testing::Values(Schedule{"one_batch", 4096, 512, true},
-                                         Schedule{"no_prefix_cache", 4096, 512, false},
-                                         Schedule{"prefix_hits", 4096, 512, true, 3},
-                                         Schedule{"chunked", 7, 512, true},
-                                         Schedule{"tight_kv", 4096, 40, true},
-                                         Schedule{"tight_kv_chunked", 9, 40, false}),
-                         [](const testing::TestParamInfo<Schedule>& i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(engine, MedusaSchedules, testing::ValuesIn(test::kSchedules),
+                         test::schedule_name);
 
 // Seeded sampling (bias, bad words, min_new_tokens; raw and processed
 // logprobs) draws what it draws without speculation.
 TEST_F(EngineMedusa, SeededSamplingEqualsPlain) {
   int64_t accepted = 0;
-  for (const char* name : kCases) {
+  for (const char* name : kGoldenCases) {
     std::vector<engine::Request> reqs = long_requests(name);
     uint64_t seed = 7;
     for (size_t i = 0; i < reqs.size(); ++i) {
@@ -304,14 +237,7 @@ TEST_F(EngineMedusa, StopsInsideAnAcceptedRun) {
   std::vector<engine::Request> reqs;
   for (const engine::Request& b : base) {
     const test::Run& r = free_run.runs.at(b.id);
-    int64_t at = 0, j = -1;
-    for (const engine::StepOutput& o : r.steps) {
-      if (o.new_tokens.size() >= 2) {
-        j = at;
-        break;
-      }
-      at += int64_t(o.new_tokens.size());
-    }
+    const int64_t j = test::inside_accepted_run(r);
     if (j < 0) continue;
     engine::Request stop = b;
     stop.id += "-stop";
@@ -375,16 +301,8 @@ TEST_F(EngineMedusa, CandidatesEqualPlainAndPenaltiesDoNotDraft) {
   const Result spec = run(name, reqs, config(4), Kind::echo, Kind::echo);
   EXPECT_GT(spec.stats.spec_accepted_tokens, 0);
   for (const engine::Request& r : reqs) {
-    auto outputs = [&](const Result& res) {
-      std::map<int32_t, std::pair<std::vector<int32_t>, std::vector<float>>> by_index;
-      for (const engine::StepOutput& o : res.runs.at(r.id).steps) {
-        auto& [tokens, logprobs] = by_index[o.index];
-        tokens.insert(tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
-        for (const engine::PositionLogprobs& lp : o.logprobs) logprobs.push_back(lp.chosen.logprob);
-      }
-      return by_index;
-    };
-    EXPECT_EQ(outputs(spec), outputs(plain)) << r.id;
+    EXPECT_EQ(test::by_output_index(spec.runs.at(r.id)), test::by_output_index(plain.runs.at(r.id)))
+        << r.id;
   }
 
   std::vector<engine::Request> penalized = long_requests(name);

@@ -14,12 +14,14 @@
 #include <utility>
 
 #include "model/engine_rig.h"
+#include "model/speculation_rig.h"
 
 namespace philora {
 namespace {
 
 using engine::FinishReason;
 using test::EngineRig;
+using test::expect_same;
 using test::read_jsonl;
 
 const char* kCase = "gqa_multi_lora";
@@ -69,21 +71,6 @@ Outputs run_all(EngineRig& rig, const std::vector<engine::Request>& requests) {
 
 std::vector<nlohmann::json> generate_lines() {
   return read_jsonl(test::golden_dir(kCase) / "generate_requests.jsonl");
-}
-
-void expect_same(const test::Run& got, const test::Run& want, const std::string& what) {
-  EXPECT_EQ(got.tokens, want.tokens) << what;
-  EXPECT_EQ(got.text, want.text) << what;
-  EXPECT_EQ(got.finish, want.finish) << what;
-  EXPECT_EQ(got.seed, want.seed) << what;
-  ASSERT_EQ(got.logprobs.size(), want.logprobs.size()) << what;
-  for (size_t k = 0; k < got.logprobs.size(); ++k) {
-    EXPECT_EQ(got.logprobs[k].chosen.token, want.logprobs[k].chosen.token) << what << " " << k;
-    EXPECT_EQ(got.logprobs[k].chosen.logprob, want.logprobs[k].chosen.logprob) << what << " " << k;
-    ASSERT_EQ(got.logprobs[k].top.size(), want.logprobs[k].top.size()) << what;
-    for (size_t j = 0; j < got.logprobs[k].top.size(); ++j)
-      EXPECT_EQ(got.logprobs[k].top[j].logprob, want.logprobs[k].top[j].logprob) << what;
-  }
 }
 
 // ---- n: parallel sampling ------------------------------------------------------------------

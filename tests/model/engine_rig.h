@@ -82,6 +82,25 @@ inline std::string test_tokenizer_json(int32_t vocab = 200) {
   return t.dump();
 }
 
+// The model of a HF model directory (config.json, *.safetensors) on `backend`.
+inline std::unique_ptr<model::Phi3ForCausalLM> load_model(const std::filesystem::path& dir,
+                                                          Backend& backend) {
+  auto cfg = model::load_config(dir.string());
+  EXPECT_TRUE(cfg.ok()) << cfg.status().message();
+  auto tensors = io::TensorSet::open_model_dir(dir.string());
+  EXPECT_TRUE(tensors.ok()) << tensors.status().message();
+  auto weights = model::load_weights(*tensors, *cfg, backend);
+  EXPECT_TRUE(weights.ok()) << weights.status().message();
+  return std::make_unique<model::Phi3ForCausalLM>(*cfg, std::move(*weights), backend);
+}
+
+// Registers each adapter directory under `dir`, when there is one, by its name.
+inline void register_adapters(lora::AdapterStore& store, const std::filesystem::path& dir) {
+  if (std::filesystem::exists(dir))
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      store.register_dir(e.path().filename().string(), e.path().string());
+}
+
 // A golden case's model and adapters, a paged KV cache (pages of 4 tokens)
 // and an engine over them, on the CPU backend.
 struct EngineRig {
@@ -100,18 +119,10 @@ struct EngineRig {
     // the loader thread reads the disk, unless the test holds loads itself.
     if (!store_options.before_load) config.wait_for_adapter_loads = true;
     backend = std::make_unique<CpuBackend>(2, config.step_graphs);
-    auto cfg = model::load_config((dir / "model").string());
-    EXPECT_TRUE(cfg.ok()) << cfg.status().message();
-    auto tensors = io::TensorSet::open_model_dir((dir / "model").string());
-    EXPECT_TRUE(tensors.ok()) << tensors.status().message();
-    auto weights = model::load_weights(*tensors, *cfg, *backend);
-    EXPECT_TRUE(weights.ok()) << weights.status().message();
-    model = std::make_unique<model::Phi3ForCausalLM>(*cfg, std::move(*weights), *backend);
+    model = load_model(dir / "model", *backend);
     slots = std::make_unique<lora::AdapterSlots>(*backend, model->config(), num_slots);
     store = std::make_unique<lora::AdapterStore>(model->config(), *slots, std::move(store_options));
-    if (std::filesystem::exists(dir / "adapters"))
-      for (const auto& e : std::filesystem::directory_iterator(dir / "adapters"))
-        store->register_dir(e.path().filename().string(), e.path().string());
+    register_adapters(*store, dir / "adapters");
     kv = std::make_unique<kv::KvCache>(*backend, model->config().num_hidden_layers, pages, 4,
                                        model->config().num_key_value_heads,
                                        model->config().head_dim);

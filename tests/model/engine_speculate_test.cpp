@@ -20,29 +20,22 @@
 
 #include "engine/speculate.h"
 #include "model/engine_rig.h"
+#include "model/speculation_rig.h"
 
 namespace philora {
 namespace {
 
 using engine::FinishReason;
 using test::EngineRig;
+using test::expect_same;
+using test::golden_requests;
+using test::kGoldenCases;
+using test::long_requests;
 using test::read_jsonl;
+using test::Result;
+using test::Schedule;
 
 const char* kCase = "gqa_multi_lora";
-
-const char* kCases[] = {"gqa_multi_lora", "mqa_longrope", "partial_rotary_tied", "sliding_window"};
-
-std::vector<engine::Request> golden_requests(int64_t max_new_tokens = -1,
-                                             const std::string& case_name = kCase) {
-  std::vector<engine::Request> reqs;
-  for (const nlohmann::json& line :
-       read_jsonl(test::golden_dir(case_name) / "generate_requests.jsonl")) {
-    engine::Request r = test::request_of(line);
-    if (max_new_tokens >= 0) r.max_new_tokens = max_new_tokens;
-    reqs.push_back(r);
-  }
-  return reqs;
-}
 
 engine::EngineConfig config(int64_t drafts, int64_t budget = 4096, bool prefix_cache = true) {
   engine::EngineConfig c;
@@ -53,11 +46,6 @@ engine::EngineConfig config(int64_t drafts, int64_t budget = 4096, bool prefix_c
   c.speculate_ngram = drafts;
   return c;
 }
-
-struct Result {
-  std::map<std::string, test::Run> runs;
-  engine::EngineStats stats;
-};
 
 Result run(const std::vector<engine::Request>& reqs, engine::EngineConfig c, int64_t pages = 512,
            int64_t max_running = 64, const std::string& case_name = kCase) {
@@ -70,38 +58,12 @@ Result run(const std::vector<engine::Request>& reqs, engine::EngineConfig c, int
   return r;
 }
 
-void expect_same(const test::Run& got, const test::Run& want, const std::string& what) {
-  EXPECT_EQ(got.tokens, want.tokens) << what;
-  EXPECT_EQ(got.text, want.text) << what;
-  EXPECT_EQ(got.finish, want.finish) << what;
-  EXPECT_EQ(got.stop_string, want.stop_string) << what;
-  EXPECT_EQ(got.seed, want.seed) << what;
-  ASSERT_EQ(got.logprobs.size(), want.logprobs.size()) << what;
-  for (size_t k = 0; k < got.logprobs.size(); ++k) {
-    EXPECT_EQ(got.logprobs[k].chosen.token, want.logprobs[k].chosen.token) << what << " " << k;
-    EXPECT_EQ(got.logprobs[k].chosen.logprob, want.logprobs[k].chosen.logprob) << what << " " << k;
-    ASSERT_EQ(got.logprobs[k].top.size(), want.logprobs[k].top.size()) << what;
-    for (size_t j = 0; j < got.logprobs[k].top.size(); ++j) {
-      EXPECT_EQ(got.logprobs[k].top[j].token, want.logprobs[k].top[j].token) << what;
-      EXPECT_EQ(got.logprobs[k].top[j].logprob, want.logprobs[k].top[j].logprob) << what;
-    }
-  }
-}
-
-void expect_same(const Result& got, const Result& want, const std::string& what) {
-  ASSERT_EQ(got.runs.size(), want.runs.size()) << what;
-  for (const auto& [id, w] : want.runs) {
-    ASSERT_TRUE(got.runs.count(id)) << what << " " << id;
-    expect_same(got.runs.at(id), w, what + " " + id);
-  }
-}
-
 // The golden requests of every case (adapters and the base model in one
 // batch; LongRoPE, a sliding window, partial rotary) with speculation: HF's tokens.
 TEST(SpeculativeGreedy, GoldenTokensWithMixedAdapters) {
-  for (const char* name : kCases)
+  for (const char* name : kGoldenCases)
     for (const int64_t k : {1, 4, 8}) {
-      const Result got = run(golden_requests(-1, name), config(k), 512, 64, name);
+      const Result got = run(golden_requests(name), config(k), 512, 64, name);
       for (const nlohmann::json& ref : read_jsonl(test::golden_dir(name) / "generate_ref.jsonl")) {
         const auto id = ref["id"].get<std::string>();
         ASSERT_TRUE(got.runs.count(id)) << id;
@@ -112,42 +74,11 @@ TEST(SpeculativeGreedy, GoldenTokensWithMixedAdapters) {
     }
 }
 
-// Long greedy runs of the golden prompts, each also with its prompt repeated
-// (copy-heavy text; and a prefix another request shares): the random golden
-// models fall into loops that the drafts follow, and leave them.
-std::vector<engine::Request> long_requests(const std::string& case_name = kCase) {
-  std::vector<engine::Request> reqs = golden_requests(40, case_name);
-  const auto config = model::load_config((test::golden_dir(case_name) / "model").string());
-  EXPECT_TRUE(config.ok());
-  const size_t n = reqs.size();
-  for (size_t i = 0; i < n; ++i) {
-    if (2 * reqs[i].prompt.size() + 40 > size_t(config->max_position_embeddings)) continue;
-    engine::Request r = reqs[i];
-    r.id += "-twice";
-    r.prompt.insert(r.prompt.end(), reqs[i].prompt.begin(), reqs[i].prompt.end());
-    reqs.push_back(r);
-  }
-  uint64_t seed = 1000;
-  for (engine::Request& r : reqs) {
-    r.logprobs = 2;
-    r.sampling.seed = seed++;  // greedy rows draw nothing; a seed to compare outputs by
-  }
-  return reqs;
-}
-
-struct Schedule {
-  const char* name;
-  int64_t budget;
-  int64_t pages;
-  bool prefix_cache;
-  int64_t max_running = 64;  // fewer: later requests find the earlier ones' pages cached
-};
-
 class SpeculativeSchedules : public testing::TestWithParam<Schedule> {};
 
 TEST_P(SpeculativeSchedules, GreedyEqualsPlain) {
   const Schedule s = GetParam();
-  const std::vector<engine::Request> reqs = long_requests();
+  const std::vector<engine::Request> reqs = long_requests(kCase);
   const Result plain = run(reqs, config(0, s.budget, s.prefix_cache), s.pages, s.max_running);
   EXPECT_EQ(plain.stats.spec_draft_tokens, 0);
   const Result spec = run(reqs, config(4, s.budget, s.prefix_cache), s.pages, s.max_running);
@@ -184,14 +115,8 @@ TEST_P(SpeculativeSchedules, GreedyEqualsPlain) {
               (long long)spec.stats.steps, (long long)plain.stats.steps);
 }
 
-INSTANTIATE_TEST_SUITE_P(engine, SpeculativeSchedules,
-                         testing::Values(Schedule{"one_batch", 4096, 512, true},
-                                         Schedule{"no_prefix_cache", 4096, 512, false},
-                                         Schedule{"prefix_hits", 4096, 512, true, 3},
-                                         Schedule{"chunked", 7, 512, true},
-                                         Schedule{"tight_kv", 4096, 40, true},
-                                         Schedule{"tight_kv_chunked", 9, 40, false}),
-                         [](const testing::TestParamInfo<Schedule>& i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(engine, SpeculativeSchedules, testing::ValuesIn(test::kSchedules),
+                         test::schedule_name);
 
 // A page that held rejected drafts is never published to the prefix cache:
 // after request A ran with speculation, request B whose prompt is exactly A's
@@ -201,7 +126,7 @@ INSTANTIATE_TEST_SUITE_P(engine, SpeculativeSchedules,
 // tokens, B would reuse K/V that A later overwrote with its own tokens.
 TEST(SpeculativeGreedy, PagesOfRejectedDraftsAreNeverCached) {
   constexpr int64_t kK = 4, kPage = 4;  // EngineRig's pages hold 4 tokens
-  const engine::Request a = long_requests()[0];
+  const engine::Request a = long_requests(kCase)[0];
   EngineRig rig(kCase, config(kK));
   const std::map<std::string, test::Run> first = test::run_engine(*rig.engine, {a});
   const test::Run& ra = first.at(a.id);
@@ -246,7 +171,7 @@ TEST(SpeculativeGreedy, PagesOfRejectedDraftsAreNeverCached) {
 // Long runs on every golden case's model (a sliding window among them):
 // the output without speculation, under a tight KV cache too.
 TEST(SpeculativeGreedy, LongRunsEqualPlainOnEveryCase) {
-  for (const char* name : kCases)
+  for (const char* name : kGoldenCases)
     for (const int64_t pages : {512, 40}) {
       const std::vector<engine::Request> reqs = long_requests(name);
       const Result plain = run(reqs, config(0), pages, 64, name);
@@ -259,26 +184,15 @@ TEST(SpeculativeGreedy, LongRunsEqualPlainOnEveryCase) {
     }
 }
 
-// The index in the output of the first token of the first step that kept
-// several tokens (speculation); -1 when none.
-int64_t inside_accepted_run(const test::Run& r) {
-  int64_t at = 0;
-  for (const engine::StepOutput& o : r.steps) {
-    if (o.new_tokens.size() >= 2) return at;
-    at += int64_t(o.new_tokens.size());
-  }
-  return -1;
-}
-
 // Stop strings, stop token ids and max_new_tokens that fall inside a run of
 // accepted drafts end the output where they do without speculation.
 TEST(SpeculativeGreedy, StopsInsideAnAcceptedRun) {
-  const std::vector<engine::Request> base = long_requests();
+  const std::vector<engine::Request> base = long_requests(kCase);
   const Result free_run = run(base, config(4));
   std::vector<engine::Request> reqs;
   for (const engine::Request& b : base) {
     const test::Run& r = free_run.runs.at(b.id);
-    const int64_t j = inside_accepted_run(r);
+    const int64_t j = test::inside_accepted_run(r);
     if (j < 0) continue;
     const int32_t tok = r.tokens[size_t(j)];
     engine::Request stop = b;
@@ -305,7 +219,7 @@ TEST(SpeculativeGreedy, StopsInsideAnAcceptedRun) {
 // Seeded sampling (bias, bad words and min_new_tokens, which vary per row,
 // processed and raw logprobs) gives what it gives without speculation.
 TEST(SpeculativeSampling, SeededEqualsPlain) {
-  std::vector<engine::Request> reqs = long_requests();
+  std::vector<engine::Request> reqs = long_requests(kCase);
   uint64_t seed = 7;
   for (size_t i = 0; i < reqs.size(); ++i) {
     engine::SamplingParams& p = reqs[i].sampling;
@@ -330,7 +244,7 @@ TEST(SpeculativeSampling, SeededEqualsPlain) {
 // n and best_of: each candidate (its own generator, seed + i) gives what it
 // gives without speculation, streamed (best_of = n) or held and ranked.
 TEST(SpeculativeSampling, CandidatesEqualPlain) {
-  std::vector<engine::Request> reqs = long_requests();
+  std::vector<engine::Request> reqs = long_requests(kCase);
   reqs.resize(4);
   for (size_t i = 0; i < reqs.size(); ++i) {
     reqs[i].sampling.greedy = false;
@@ -342,17 +256,8 @@ TEST(SpeculativeSampling, CandidatesEqualPlain) {
   const Result spec = run(reqs, config(4));
   EXPECT_GT(spec.stats.spec_accepted_tokens, 0);
   for (const engine::Request& r : reqs) {
-    // Per output index: its tokens and logprobs in order.
-    auto outputs = [&](const Result& res) {
-      std::map<int32_t, std::pair<std::vector<int32_t>, std::vector<float>>> by_index;
-      for (const engine::StepOutput& o : res.runs.at(r.id).steps) {
-        auto& [tokens, logprobs] = by_index[o.index];
-        tokens.insert(tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
-        for (const engine::PositionLogprobs& lp : o.logprobs) logprobs.push_back(lp.chosen.logprob);
-      }
-      return by_index;
-    };
-    const auto got = outputs(spec), want = outputs(plain);
+    const auto got = test::by_output_index(spec.runs.at(r.id));
+    const auto want = test::by_output_index(plain.runs.at(r.id));
     EXPECT_EQ(got.size(), size_t(r.n + (r.best_of ? *r.best_of - r.n : 0))) << r.id;
     EXPECT_EQ(got, want) << r.id;
   }
@@ -361,7 +266,7 @@ TEST(SpeculativeSampling, CandidatesEqualPlain) {
 // Requests with penalties never draft (the sample op counts one token per
 // row); speculation is off while more sequences than speculate_max_batch run.
 TEST(SpeculativeSampling, PenaltiesAndLargeBatchesDoNotDraft) {
-  std::vector<engine::Request> reqs = long_requests();
+  std::vector<engine::Request> reqs = long_requests(kCase);
   for (engine::Request& r : reqs) r.sampling.repetition_penalty = 1.2f;
   const Result plain = run(reqs, config(0));
   const Result spec = run(reqs, config(4));
@@ -370,7 +275,7 @@ TEST(SpeculativeSampling, PenaltiesAndLargeBatchesDoNotDraft) {
 
   engine::EngineConfig small = config(4);
   small.speculate_max_batch = 1;
-  std::vector<engine::Request> two = {long_requests()[0], long_requests()[1]};
+  std::vector<engine::Request> two = {long_requests(kCase)[0], long_requests(kCase)[1]};
   two[0].max_new_tokens = 8;
   EngineRig rig(kCase, small);
   for (const engine::Request& r : two) ASSERT_TRUE(rig.engine->add_request(r).ok());
@@ -391,7 +296,7 @@ TEST(SpeculativeSampling, PenaltiesAndLargeBatchesDoNotDraft) {
 // each gets its token in every step; the outputs are the plain ones.
 TEST(SpeculativeSchedule, DraftsNeverTakeAnotherSequencesToken) {
   std::vector<engine::Request> reqs;
-  for (const engine::Request& r : long_requests())
+  for (const engine::Request& r : long_requests(kCase))
     if (r.id.size() > 6 && r.id.substr(r.id.size() - 6) == "-twice" && reqs.size() < 2)
       reqs.push_back(r);
   ASSERT_EQ(reqs.size(), 2u);

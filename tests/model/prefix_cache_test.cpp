@@ -20,6 +20,7 @@
 #include "io/safetensors.h"
 #include "lora/store.h"
 #include "model/config.h"
+#include "model/engine_rig.h"
 #include "model/rope.h"
 #include "model/weights.h"
 #include "test_util.h"
@@ -52,19 +53,11 @@ struct Rig {
   Rig(const fs::path& dir, engine::EngineConfig config, int64_t num_pages, int adapter_slots = 4,
       lora::StoreOptions store_options = {}) {
     backend = std::make_unique<CpuBackend>(2, config.step_graphs);
-    auto cfg = model::load_config((dir / "model").string());
-    EXPECT_TRUE(cfg.ok()) << cfg.status().message();
-    auto tensors = io::TensorSet::open_model_dir((dir / "model").string());
-    EXPECT_TRUE(tensors.ok()) << tensors.status().message();
-    auto weights = model::load_weights(*tensors, *cfg, *backend);
-    EXPECT_TRUE(weights.ok()) << weights.status().message();
-    model = std::make_unique<model::Phi3ForCausalLM>(*cfg, std::move(*weights), *backend);
+    model = test::load_model(dir / "model", *backend);
     const model::Phi3Config& c = model->config();
     slots = std::make_unique<lora::AdapterSlots>(*backend, c, adapter_slots);
     store = std::make_unique<lora::AdapterStore>(c, *slots, std::move(store_options));
-    if (fs::exists(dir / "adapters"))
-      for (const auto& e : fs::directory_iterator(dir / "adapters"))
-        store->register_dir(e.path().filename().string(), e.path().string());
+    test::register_adapters(*store, dir / "adapters");
     pages = num_pages;
     graphs = config.step_graphs;
     kv = std::make_unique<kv::KvCache>(*backend, c.num_hidden_layers, num_pages, kPage,

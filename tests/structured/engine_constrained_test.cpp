@@ -25,6 +25,7 @@
 #include "io/safetensors.h"
 #include "lora/store.h"
 #include "model/config.h"
+#include "model/engine_rig.h"
 #include "model/medusa.h"
 #include "model/weights.h"
 #include "structured/matcher.h"
@@ -52,13 +53,7 @@ struct Tiny {
   explicit Tiny(engine::EngineConfig config = {}, int64_t pages = 1024) {
     config.wait_for_adapter_loads = true;  // a schedule independent of the disk
     backend = std::make_unique<CpuBackend>(2, config.step_graphs);
-    auto cfg = model::load_config(kModel.string());
-    EXPECT_TRUE(cfg.ok()) << cfg.status().message();
-    auto tensors = io::TensorSet::open_model_dir(kModel.string());
-    EXPECT_TRUE(tensors.ok()) << tensors.status().message();
-    auto weights = model::load_weights(*tensors, *cfg, *backend);
-    EXPECT_TRUE(weights.ok()) << weights.status().message();
-    model = std::make_unique<model::Phi3ForCausalLM>(*cfg, std::move(*weights), *backend);
+    model = philora::test::load_model(kModel, *backend);
     slots = std::make_unique<lora::AdapterSlots>(*backend, model->config(), 3);
     store = std::make_unique<lora::AdapterStore>(model->config(), *slots, lora::StoreOptions{});
     for (const char* a : {"kjv", "devil", "jargon"}) store->register_dir(a, (kAdapters / a).string());
@@ -404,24 +399,31 @@ TEST(StructuredEngine, MixedBatchWithAdapters) {
   expect_valid(cases);
 }
 
+// Four requests under kSchemas[2] for a prompt of repeated records (drafts find matches in it),
+// ids `prefix`0 to `prefix`3, the odd ones sampled with seed `seed` + i.
+std::vector<engine::Request> record_requests(Tiny& t, const std::string& prefix, int64_t max_new,
+                                             uint64_t seed) {
+  const std::string prompt =
+      "{\"kind\": \"circle\", \"r\": 2, \"shape\": null, \"color\": \"red\"}\n{\"kind\": "
+      "\"circle\", \"r\": 2, \"shape\": null, \"color\": \"red\"}\n";
+  std::vector<engine::Request> reqs;
+  for (uint64_t i = 0; i < 4; ++i) {
+    engine::Request r = t.request(prefix + std::to_string(i), prompt, max_new);
+    if (i % 2) r.sampling = sampled(seed + i);
+    r.constraint = t.constraint(ConstraintKind::kJsonSchema, kSchemas[2]);
+    reqs.push_back(std::move(r));
+  }
+  return reqs;
+}
+
 // Speculative decoding (n-gram drafts, masked verification rows) changes nothing; neither do
 // preemptions (a small KV cache), several candidates (n = 3, each its own matcher), nor
 // running every step eagerly instead of replaying step graphs.
 TEST(StructuredEngine, SpeculationPreemptionAndCandidates) {
   if (!test::have_ajv()) GTEST_SKIP() << "ajv is not installed";
-  // A prompt of repeated records: n-gram drafts find matches in it.
-  const std::string prompt =
-      "{\"kind\": \"circle\", \"r\": 2, \"shape\": null, \"color\": \"red\"}\n{\"kind\": "
-      "\"circle\", \"r\": 2, \"shape\": null, \"color\": \"red\"}\n";
-  auto requests = [&](Tiny& t) {
-    std::vector<engine::Request> reqs;
-    for (uint64_t i = 0; i < 4; ++i) {
-      engine::Request r = t.request(fmt::format("r{}", i), prompt, 300);
-      if (i % 2) r.sampling = sampled(900 + i);
-      if (i == 3) r.n = 3;
-      r.constraint = t.constraint(ConstraintKind::kJsonSchema, kSchemas[2]);
-      reqs.push_back(std::move(r));
-    }
+  auto requests = [](Tiny& t) {
+    std::vector<engine::Request> reqs = record_requests(t, "r", 300, 900);
+    reqs[3].n = 3;
     return reqs;
   };
   Tiny base;
@@ -459,18 +461,9 @@ TEST(StructuredEngine, SpeculationPreemptionAndCandidates) {
 // refuses; what is left is verified under one mask per row. Outputs, greedy
 // and seeded, with and without an adapter, are the plain run's.
 TEST(StructuredEngine, MedusaDraftsChangeNothing) {
-  const std::string prompt =
-      "{\"kind\": \"circle\", \"r\": 2, \"shape\": null, \"color\": \"red\"}\n{\"kind\": "
-      "\"circle\", \"r\": 2, \"shape\": null, \"color\": \"red\"}\n";
-  auto requests = [&](Tiny& t) {
-    std::vector<engine::Request> reqs;
-    for (uint64_t i = 0; i < 4; ++i) {
-      engine::Request r = t.request(fmt::format("m{}", i), prompt, 200);
-      if (i % 2) r.sampling = sampled(700 + i);
-      if (i == 2) r.adapter = "kjv";
-      r.constraint = t.constraint(ConstraintKind::kJsonSchema, kSchemas[2]);
-      reqs.push_back(std::move(r));
-    }
+  auto requests = [](Tiny& t) {
+    std::vector<engine::Request> reqs = record_requests(t, "m", 200, 700);
+    reqs[2].adapter = "kjv";
     return reqs;
   };
   Tiny base;
