@@ -27,6 +27,7 @@ namespace {
 
 constexpr const char* kEmbeddedModel = "models/philora-tiny";
 constexpr const char* kEmbeddedAdapters = "models/adapters";
+constexpr const char* kEmbeddedMedusa = "medusa";  // beside the embedded model: models/medusa
 constexpr int64_t kCpuKvDefaultCap = int64_t(1) << 30;  // 1 GiB
 constexpr double kCpuKvDefaultShare = 0.10;
 
@@ -247,7 +248,15 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
         adapter_dirs.emplace_back(name, (fs::path(adapter_dir) / name).string());
       }
   report("medusa", 0, 0);
-  PHILORA_ASSIGN_OR_RETURN(s->medusa, load_medusa(o.model, s->model_dir, adapter_dirs, c, b));
+  ModelOptions medusa_options = o.model;  // the embedded model's heads are models/medusa
+  if (o.model.model_dir.empty() && medusa_options.medusa_dir.empty() &&
+      o.model.speculate_medusa > 0) {
+    const fs::path heads = fs::path(s->model_dir).parent_path() / kEmbeddedMedusa;
+    if (io::is_regular_file((heads / "medusa_lm_head.safetensors").string()))
+      medusa_options.medusa_dir = heads.string();
+  }
+  PHILORA_ASSIGN_OR_RETURN(s->medusa,
+                           load_medusa(medusa_options, s->model_dir, adapter_dirs, c, b));
   if (!adapter_dir.empty() || !o.model.adapters.empty())  // else no adapter can ever load
     attach_lora_columns(*s->model, *s->slots, o.model.lora_columns);
   if (int64_t(o.preload.size()) > o.adapter_slots)

@@ -242,13 +242,14 @@ TEST(EmbeddedGreedy, BaseModelWritesDictionaryWords) {
 
 // ---- the server as scripts/run.sh starts it ---------------------------------
 
-class EmbeddedServer : public ::testing::Test {
- protected:
-  // `philora serve --port 0`: no --model, no --device (scripts/run.sh's command line; the
-  // port is any free one, read back from the ready line).
-  static void SetUpTestSuite() {
-    log_ = temp_path("serve.log");
+// `philora serve --port 0 ARGS...` as a child process: its log (stderr) in a file, the port
+// read back from the ready line.
+class ServeProcess {
+ public:
+  void start(std::vector<std::string> extra) {
+    log_ = temp_path("serve-" + std::to_string(++count_) + ".log");
     std::vector<std::string> args = {PHILORA_BINARY, "serve", "--port", "0"};
+    args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -259,7 +260,8 @@ class EmbeddedServer : public ::testing::Test {
     ASSERT_EQ(posix_spawn(&pid_, PHILORA_BINARY, &fa, nullptr, argv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&fa);
   }
-  static void TearDownTestSuite() {
+  // SIGTERM, and a failure unless it exits within 20 s.
+  void stop() {
     if (pid_ > 0) {
       ::kill(pid_, SIGTERM);
       int status = 0;
@@ -273,17 +275,18 @@ class EmbeddedServer : public ::testing::Test {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
+      pid_ = 0;
     }
     fs::remove(log_);
   }
-  static std::string log() {
+  std::string log() const {
     std::ifstream in(log_);
     std::stringstream ss;
     ss << in.rdbuf();
     return ss.str();
   }
   // Waits (up to 60 s from the server's start) for the ready line, then for /health.
-  static httplib::Client client() {
+  httplib::Client client() {
     const std::regex ready("ready on http://127\\.0\\.0\\.1:(\\d+) ");
     std::smatch m;
     while (port_ == 0 && Clock::now() - started_ < std::chrono::seconds(60)) {
@@ -300,10 +303,26 @@ class EmbeddedServer : public ::testing::Test {
     }
     return c;
   }
-  static inline int port_ = 0;
-  static inline pid_t pid_ = 0;
-  static inline fs::path log_;
-  static inline Clock::time_point started_;
+  int port() const { return port_; }
+  Clock::time_point started() const { return started_; }
+
+ private:
+  static inline int count_ = 0;
+  int port_ = 0;
+  pid_t pid_ = 0;
+  fs::path log_;
+  Clock::time_point started_;
+};
+
+class EmbeddedServer : public ::testing::Test {
+ protected:
+  // `philora serve --port 0`: no --model, no --device (scripts/run.sh's command line; the
+  // port is any free one, read back from the ready line).
+  static void SetUpTestSuite() { server_.start({}); }
+  static void TearDownTestSuite() { server_.stop(); }
+  static std::string log() { return server_.log(); }
+  static httplib::Client client() { return server_.client(); }
+  static inline ServeProcess server_;
 };
 
 TEST_F(EmbeddedServer, AnswersTextAndChatWithin60Seconds) {
@@ -324,7 +343,7 @@ TEST_F(EmbeddedServer, AnswersTextAndChatWithin60Seconds) {
   ASSERT_TRUE(chat);
   ASSERT_EQ(chat->status, 200) << chat->body;
   EXPECT_FALSE(json::parse(chat->body)["choices"][0]["message"]["content"].get<std::string>().empty());
-  EXPECT_LT(Clock::now() - started_, std::chrono::seconds(60));
+  EXPECT_LT(Clock::now() - server_.started(), std::chrono::seconds(60));
 }
 
 // On the CPU the KV cache takes at most 10% of the available RAM and 1 GiB.
@@ -335,7 +354,7 @@ TEST_F(EmbeddedServer, ReadyLineAndASmallCpuKvCache) {
   ASSERT_TRUE(std::regex_search(l, m, std::regex("ready on http://127\\.0\\.0\\.1:(\\d+) \\| model philora-tiny \\| "
                                                   "(\\w+)[^|]*\\| KV cache (\\d+) tokens")))
       << l;
-  EXPECT_EQ(std::stoi(m[1]), port_);
+  EXPECT_EQ(std::stoi(m[1]), server_.port());
   if (m[2] != "cpu") GTEST_SKIP() << "the server took the GPU";
   const json cfg = json::parse(std::ifstream(kModel / "config.json"));
   const int64_t head_dim = cfg["hidden_size"].get<int64_t>() / cfg["num_attention_heads"].get<int64_t>();
@@ -394,6 +413,45 @@ TEST_F(EmbeddedServer, EachAdapterAnswersDifferently) {
     texts.insert(json::parse(r->body)["generated_text"].get<std::string>());
   }
   EXPECT_EQ(texts.size(), 4u);
+}
+
+// `philora serve --speculate medusa` without --model takes the embedded model's heads
+// (models/medusa) and the kjv adapter's own (models/adapters/kjv): /info says medusa, greedy
+// text for the base model and for kjv is what the server without speculation gives, and the
+// heads drafted (their acceptance on this model is low: no count of accepted drafts is asked).
+TEST_F(EmbeddedServer, MedusaHeadsShippedWithTheModelKeepGreedyText) {
+  if (!fs::exists(kModel.parent_path() / "medusa" / "medusa_lm_head.safetensors"))
+    GTEST_SKIP() << "no models/medusa";
+  ServeProcess medusa;
+  medusa.start({"--speculate", "medusa"});
+  httplib::Client spec = medusa.client();
+  httplib::Client plain = client();
+  auto info = spec.Get("/info");
+  ASSERT_TRUE(info) << medusa.log();
+  EXPECT_EQ(json::parse(info->body)["speculate_method"], "medusa");
+  auto drafted = [&] {  // philora_spec_decode_num_draft_tokens_total so far
+    auto m = spec.Get("/metrics");
+    std::smatch x;
+    EXPECT_TRUE(m && std::regex_search(m->body, x, std::regex("\nphilora_spec_decode_num_draft_tokens_total"
+                                                              "\\{[^}]*\\} (\\d+)")));
+    return x.empty() ? -1 : std::stoll(x[1]);
+  };
+  int64_t before = drafted();
+  EXPECT_EQ(before, 0);
+  for (const char* a : {"", "kjv"}) {  // the base model's heads, then the adapter's own
+    json params = {{"max_new_tokens", 48}, {"do_sample", false}};
+    if (*a) params["adapter_id"] = a;
+    const std::string body = json({{"inputs", "And it came to pass"}, {"parameters", params}}).dump();
+    auto want = plain.Post("/generate", body, "application/json");
+    auto got = spec.Post("/generate", body, "application/json");
+    ASSERT_TRUE(want && got) << medusa.log();
+    ASSERT_EQ(got->status, 200) << got->body;
+    EXPECT_EQ(json::parse(got->body)["generated_text"], json::parse(want->body)["generated_text"]) << a;
+    const int64_t now = drafted();
+    EXPECT_GT(now, before) << "no drafts for " << (*a ? a : "the base model");
+    before = now;
+  }
+  medusa.stop();
 }
 
 // ---- philora chat on a pseudo-terminal ------------------------------------
