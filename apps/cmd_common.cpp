@@ -117,10 +117,7 @@ void add_lora_columns_option(CLI::App& cmd, int64_t& columns) {
 
 void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots,
                          int64_t requested) {
-  int64_t columns = requested < 0 ? kLoraColumnsPerSlot *
-                                        std::min<int64_t>(slots.num_slots(), kLoraColumnsMaxSlots)
-                                  : requested;
-  columns = (columns + 7) / 8 * 8;
+  const int64_t columns = lora::columns_to_attach(requested, slots.num_slots());
   if (columns == 0) return;
   if (!model.lora_columns_supported()) {
     std::cerr << "philora: LoRA columns off: the " << model.backend().name()

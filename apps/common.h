@@ -28,7 +28,7 @@ struct ModelOptions {
   int64_t page_size = 16;
   bool enforce_eager = false;  // no step graphs
   bool prefix_cache = true;    // reuse the KV pages of cached prefixes (--no-prefix-cache: off)
-  int64_t lora_columns = -1;   // LoRA columns a target weight; -1: kLoraColumnsPerSlot a slot
+  int64_t lora_columns = -1;   // LoRA columns a target weight; -1: lora::kColumnsPerSlot a slot
   // --speculate ngram[:K]: the most n-gram drafts a sequence verifies per step; 0: off.
   int64_t speculate_ngram = 0;
   // --speculate medusa[:K]: the most Medusa drafts (at most the heads' number); 0: off.
@@ -62,19 +62,13 @@ Expected<std::shared_ptr<const engine::MedusaSet>> load_medusa(
     const std::vector<std::pair<std::string, std::string>>& adapters,
     const model::Phi3Config& config, Backend& backend);
 
-// Decode's one-matmul LoRA: this many columns of every target weight per
-// adapter slot unless --lora-columns says otherwise (a rank-16 adapter each),
-// for at most kLoraColumnsMaxSlots slots (1024 columns: 2.1 GB on Phi-3-mini).
-inline constexpr int64_t kLoraColumnsPerSlot = 16;
-inline constexpr int64_t kLoraColumnsMaxSlots = 64;
-
 // --model (required unless `model_required` is false), --adapter, --device, ...
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required = true);
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns);
 
 // Widens the model's LoRA target weights and attaches the columns to the
 // slots (before any adapter is assigned): `requested` < 0 means
-// kLoraColumnsPerSlot per slot (up to kLoraColumnsMaxSlots), 0 none; rounded
+// lora::columns_to_attach: lora::kColumnsPerSlot per slot (up to kColumnsMaxSlots), 0 none; rounded
 // up to a multiple of 8.
 void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested);
 

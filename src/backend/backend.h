@@ -91,6 +91,24 @@ struct LoraModuleTable {
   int64_t columns = 0;
 };
 
+// The modules of Phi3ForCausalLM that LoRA can target. The four per-layer
+// targets come first so that they index a per-layer array.
+enum class LoraTarget : uint8_t { qkv = 0, o = 1, gate_up = 2, down = 3, lm_head = 4 };
+inline constexpr int kLoraLayerTargets = 4;
+
+// The resident adapters as the forward reads them: one LoraModuleTable per
+// target module (layer l's at kLoraLayerTargets · l + target, lm_head's
+// last), null where no adapter touches the module. Whoever keeps the
+// adapters (lora::AdapterSlots) keeps this at a fixed address and rewrites
+// it in place, so that recorded step graphs stay valid.
+struct LoraTables {
+  std::vector<const LoraModuleTable*> modules;  // [kLoraLayerTargets · layers + 1]
+  const LoraModuleTable* table(int64_t layer, LoraTarget t) const {
+    return t == LoraTarget::lm_head ? modules.back()
+                                    : modules[size_t(layer * kLoraLayerTargets + int64_t(t))];
+  }
+};
+
 // Which adapter slot each token uses this step (-1 = none). Both forms are
 // given: contiguous segments (prefill-friendly) and per-token slots (decode).
 struct LoraBatch {

@@ -8,6 +8,7 @@
 #include "backend/backend.h"
 #include "engine/sequence.h"
 #include "kv/kv_cache.h"
+#include "lora/slots.h"
 #include "model/config.h"
 #include "model/phi3.h"
 
@@ -47,13 +48,8 @@ struct StepPlan {
 // Builds the plan; sequences must already hold pages for every token computed.
 StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size);
 
-// Steps of at most this many tokens apply LoRA through the weights' LoRA
-// columns (when every token's adapter has them); longer ones (prefill) keep
-// the shrink / expand kernels, which read each adapter once per tile of tokens.
-inline constexpr int64_t kLoraColumnsMaxTokens = 256;
-
-// The LoRA columns a step of these per-token adapter slots reads (LoraBatch::lora_columns):
-// 0 without adapters, past kLoraColumnsMaxTokens, or when some adapter has none.
+// The LoRA columns a step of these per-token adapter slots reads
+// (LoraBatch::lora_columns): AdapterSlots::step_columns, 0 without adapters.
 int64_t step_lora_columns(const lora::AdapterSlots* adapters, const std::vector<int32_t>& token_slot);
 
 // Copies the plan to the backend; `adapters` (may be null) bounds the shrink

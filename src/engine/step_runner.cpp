@@ -279,7 +279,8 @@ StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleR
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_);
   Tensor hidden;
-  Tensor logits = model_.forward(in, kv_, adapters_, want_hidden ? &hidden : nullptr);
+  Tensor logits = model_.forward(in, kv_, adapters_ ? &adapters_->tables() : nullptr,
+                                 want_hidden ? &hidden : nullptr);
   ++stats_.eager_steps;
   SampleResult sampled;
   const int64_t width = logprobs_width(rows);
@@ -377,7 +378,7 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   // The body may be kept and rerun (a backend's replay): it captures by value.
   const lora::AdapterSlots* adapters = lora ? adapters_ : nullptr;
   g->graph = b.capture([this, graph = g.get(), adapters, backend = &b] {
-    Tensor logits = model_.forward(graph->in, kv_, adapters);
+    Tensor logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr);
     graph->result = backend->sample(logits, graph->sampling);
   });
   if (!g->graph) return nullptr;

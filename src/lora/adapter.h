@@ -13,16 +13,16 @@
 #include <vector>
 
 #include "core/status.h"
+#include "backend/backend.h"
 #include "core/tensor.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 
 namespace philora::lora {
 
-// The modules of Phi3ForCausalLM that LoRA can target. The four per-layer
-// targets come first so that they index a per-layer array.
-enum class Target : uint8_t { qkv = 0, o = 1, gate_up = 2, down = 3, lm_head = 4 };
-inline constexpr int kLayerTargets = 4;
+// The modules LoRA can target (backend.h's LoraTarget: the forward's order).
+using Target = LoraTarget;
+inline constexpr int kLayerTargets = kLoraLayerTargets;
 const char* target_module_name(Target t);  // "qkv_proj", ... "lm_head"
 
 struct AdapterConfig {

@@ -22,6 +22,7 @@ AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num
   resident_.assign(dims_.size(), std::vector<Resident>(size_t(num_slots)));
   tables_.resize(dims_.size());
   used_.assign(dims_.size(), false);
+  view_.modules.assign(dims_.size(), nullptr);
   for (size_t m = 0; m < dims_.size(); ++m) {
     LoraModuleTable& t = tables_[m];  // fixed addresses: step graphs keep them
     t.a_ptrs = backend_.upload_i64(std::vector<int64_t>(size_t(num_slots), 0));
@@ -121,12 +122,9 @@ void AdapterSlots::rebuild(size_t m) {
   if (t.max_rank != max_rank || used_[m] != (max_rank > 0)) ++layout_version_;
   t.max_rank = max_rank;
   used_[m] = max_rank > 0;
+  view_.modules[m] = used_[m] ? &tables_[m] : nullptr;
 }
 
-const LoraModuleTable* AdapterSlots::table(int64_t layer, Target t) const {
-  const size_t m = module_index(layer, t);
-  return used_[m] ? &tables_[m] : nullptr;
-}
 
 int64_t AdapterSlots::max_rank() const {
   return slot_rank_.empty() ? 0 : *std::max_element(slot_rank_.begin(), slot_rank_.end());
@@ -196,7 +194,7 @@ void AdapterSlots::release_columns(int slot) {
 }
 
 int64_t AdapterSlots::step_columns(const std::vector<int32_t>& token_slot) const {
-  if (wide_.empty()) return 0;
+  if (wide_.empty() || int64_t(token_slot.size()) > kColumnsMaxTokens) return 0;
   int64_t end = 0;
   bool any = false;
   for (int32_t s : token_slot) {
@@ -214,6 +212,12 @@ int64_t AdapterSlots::step_columns(const std::vector<int32_t>& token_slot) const
   int64_t w = 16;
   while (w < end) w *= 2;
   return std::min(w, columns_);
+}
+
+int64_t columns_to_attach(int64_t requested, int num_slots) {
+  const int64_t columns =
+      requested < 0 ? kColumnsPerSlot * std::min<int64_t>(num_slots, kColumnsMaxSlots) : requested;
+  return (columns + 7) / 8 * 8;
 }
 
 }  // namespace philora::lora

@@ -13,6 +13,19 @@
 
 namespace philora::lora {
 
+// LoRA columns (decode's one-matmul form), where their use is decided:
+// kColumnsPerSlot columns of every target weight per adapter slot unless asked
+// otherwise (a rank-16 adapter each), for at most kColumnsMaxSlots slots (1024
+// columns: 2.1 GB on Phi-3-mini); only steps of at most kColumnsMaxTokens
+// tokens read them (longer ones, prefill, keep the shrink / expand kernels,
+// which read each adapter once per tile of tokens).
+inline constexpr int64_t kColumnsPerSlot = 16;
+inline constexpr int64_t kColumnsMaxSlots = 64;
+inline constexpr int64_t kColumnsMaxTokens = 256;
+// The columns to attach for `requested` (-1: the default for `num_slots`), a
+// multiple of 8; 0 for none.
+int64_t columns_to_attach(int64_t requested, int num_slots);
+
 class AdapterSlots {
  public:
   AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots);
@@ -26,7 +39,9 @@ class AdapterSlots {
   // generated on the backend (benchmarks): A, B uniform in ±`half_width`.
   void assign_random(int slot, int64_t rank, float scale, uint64_t seed, float half_width = 0.02f);
   // The slots seen from one module; nullptr when no slot touches that module.
-  const LoraModuleTable* table(int64_t layer, Target t) const;
+  const LoraModuleTable* table(int64_t layer, Target t) const { return view_.table(layer, t); }
+  // Every module's table, as the forward takes them (at a fixed address).
+  const LoraTables& tables() const { return view_; }
   // Largest rank resident in any slot (sizes the shrink buffer).
   int64_t max_rank() const;
 
@@ -41,7 +56,8 @@ class AdapterSlots {
   // The LoRA columns a step of these token slots (-1 = none) reads: the end
   // of the last used slot's range rounded up to a power of two (≥ 16, ≤ the
   // capacity), so that step graphs see few widths; 0 when no token has an
-  // adapter or some token's adapter has no columns.
+  // adapter, some token's adapter has no columns, or the step has more than
+  // kColumnsMaxTokens tokens.
   int64_t step_columns(const std::vector<int32_t>& token_slot) const;
   // Changes whenever what the LoRA ops decide on the host changes (which
   // modules have a table, each table's max_rank); the tables themselves stay
@@ -67,6 +83,7 @@ class AdapterSlots {
   std::vector<std::vector<Resident>> resident_;  // [modules][slots]
   std::vector<LoraModuleTable> tables_;          // [modules]
   std::vector<bool> used_;                       // [modules]: any slot has rank > 0
+  LoraTables view_;                              // &tables_[m] where used_[m], else null
   std::vector<int64_t> slot_rank_;               // [slots] max rank per slot
   uint64_t layout_version_ = 0;
   std::vector<Tensor> wide_;                     // [4 · layers] weights with LoRA columns

@@ -14,11 +14,11 @@ Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend
       rope_(make_rope_params(config_, backend)) {}
 
 Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
-                                const lora::AdapterSlots* adapters, Tensor* hidden) {
+                                const LoraTables* lora_tables, Tensor* hidden) {
   Backend& ops = backend_;
   const float eps = float(config_.rms_norm_eps);
-  auto lora = [&](int64_t layer, lora::Target t) {
-    return LoraApply{adapters ? adapters->table(layer, t) : nullptr, &in.lora};
+  auto lora = [&](int64_t layer, LoraTarget t) {
+    return LoraApply{lora_tables ? lora_tables->table(layer, t) : nullptr, &in.lora};
   };
 
   // The residual stream, updated in place: each sublayer's output projection
@@ -29,20 +29,20 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
     KvLayer& cache = kv.layers[size_t(l)];
 
     Tensor x = ops.rms_norm(residual, layer.input_layernorm, eps);
-    Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, lora::Target::qkv));
+    Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, LoraTarget::qkv));
     ops.rope_and_cache(qkv, in.tokens, rope_, cache);
     Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
-    linear_add(ops, attn, layer.o_proj, lora(l, lora::Target::o), residual);
+    linear_add(ops, attn, layer.o_proj, lora(l, LoraTarget::o), residual);
 
     Tensor y = ops.rms_norm(residual, layer.post_attention_layernorm, eps);
-    Tensor gate_up = linear(ops, y, layer.gate_up_proj, lora(l, lora::Target::gate_up));
-    linear_add(ops, ops.silu_mul(gate_up), layer.down_proj, lora(l, lora::Target::down), residual);
+    Tensor gate_up = linear(ops, y, layer.gate_up_proj, lora(l, LoraTarget::gate_up));
+    linear_add(ops, ops.silu_mul(gate_up), layer.down_proj, lora(l, LoraTarget::down), residual);
   }
   Tensor x = ops.rms_norm(residual, w_.norm, eps);
   if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);
   if (hidden) *hidden = x;
   if (in.skip_lm_head) return x;
-  const LoraApply head{adapters ? adapters->table(0, lora::Target::lm_head) : nullptr,
+  const LoraApply head{lora_tables ? lora_tables->table(0, LoraTarget::lm_head) : nullptr,
                        &in.lora_logits};
   return linear(ops, x, w_.lm_head, head);
 }

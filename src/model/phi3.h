@@ -9,7 +9,6 @@
 
 #include "backend/backend.h"
 #include "kv/kv_cache.h"
-#include "lora/slots.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -40,19 +39,20 @@ class Phi3ForCausalLM {
   // (may be null) also gets the selected rows' final hidden states (R, hidden)
   // (after the final norm: what Medusa heads read), at no cost: the tensor
   // the lm_head reads.
-  Tensor forward(const StepInputs& in, kv::KvCache& kv, const lora::AdapterSlots* adapters,
+  // `lora` (may be null: no adapters) are the resident adapters' tables.
+  Tensor forward(const StepInputs& in, kv::KvCache& kv, const LoraTables* lora,
                  Tensor* hidden = nullptr);
 
   // Gives the four LoRA targets of every layer (qkv, o, gate_up, down) a copy
   // of their weight with `columns` zero columns more, where resident adapters'
-  // B matrices go (lora::AdapterSlots::attach_columns, which takes the
-  // returned tensors, in its module order). Done once, before serving.
+  // B matrices go (lora::AdapterSlots::attach_columns takes the returned
+  // tensors, in LoraTables' module order). Done once, before serving.
   std::vector<Tensor> widen_for_lora(int64_t columns);
   // Whether the backend's LoRA columns shrink takes every target's input size.
   bool lora_columns_supported();
 
  private:
-  // The four LoRA targets of a layer with LoRA columns, in AdapterSlots' module order.
+  // The four LoRA targets of a layer with LoRA columns, in LoraTarget order.
   static std::array<Tensor*, 4> lora_targets(Phi3LayerWeights& l) {
     return {&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj};
   }
