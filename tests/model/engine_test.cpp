@@ -107,7 +107,11 @@ TEST_P(EngineGolden, GreedyTokensMatchHF) {
   const int64_t page = 4;
   kv::KvCache kv(backend, config->num_hidden_layers, sc.pages, page, config->num_key_value_heads,
                  config->head_dim);
-  engine::Engine eng(m, kv, &store, {sc.budget, 64, sc.graphs});
+  engine::EngineConfig engine_config{sc.budget, 64, sc.graphs};
+  // The schedule (and so whether "tight" preempts) must not depend on how fast the
+  // loader thread reads the disk: every load a step starts finishes before its poll.
+  engine_config.wait_for_adapter_loads = true;
+  engine::Engine eng(m, kv, &store, engine_config);
 
   const auto requests = read_jsonl(dir / "generate_requests.jsonl");
   const auto refs = read_jsonl(dir / "generate_ref.jsonl");
@@ -210,7 +214,9 @@ TEST_P(EnginePromptLogits, MatchHF) {
       store.register_dir(e.path().filename().string(), e.path().string());
   kv::KvCache kv(backend, m->config().num_hidden_layers, sc.pages, 4,
                  m->config().num_key_value_heads, m->config().head_dim);
-  engine::Engine eng(*m, kv, &store, {sc.budget, 64, false});
+  engine::EngineConfig config{sc.budget, 64, false};
+  config.wait_for_adapter_loads = true;  // a schedule that does not depend on the disk
+  engine::Engine eng(*m, kv, &store, config);
   auto add = [&](const nlohmann::json& r, bool score) {
     engine::Request q;
     q.id = r["id"].get<std::string>();
@@ -296,7 +302,9 @@ TEST(EngineGraphs, SampledTokensEqualEager) {
       store.register_dir(e.path().filename().string(), e.path().string());
     kv::KvCache kv(backend, m->config().num_hidden_layers, 256, 4, m->config().num_key_value_heads,
                    m->config().head_dim);
-    engine::Engine eng(*m, kv, &store, {4096, 64, graphs == 1});
+    engine::EngineConfig config{4096, 64, graphs == 1};
+    config.wait_for_adapter_loads = true;  // the same schedule in both runs
+    engine::Engine eng(*m, kv, &store, config);
     const auto requests = read_jsonl(dir / "generate_requests.jsonl");
     for (size_t i = 0; i < requests.size(); ++i) {
       engine::Request g;

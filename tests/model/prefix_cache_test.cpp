@@ -56,6 +56,8 @@ struct Rig {
     model = test::load_model(dir / "model", *backend);
     const model::Phi3Config& c = model->config();
     slots = std::make_unique<lora::AdapterSlots>(*backend, c, adapter_slots);
+    // As EngineRig: a schedule that does not depend on the disk, unless the test holds loads.
+    if (!store_options.before_load) config.wait_for_adapter_loads = true;
     store = std::make_unique<lora::AdapterStore>(c, *slots, std::move(store_options));
     test::register_adapters(*store, dir / "adapters");
     pages = num_pages;
