@@ -58,9 +58,13 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
       slot_rank_[size_t(slot)] = std::max(slot_rank_[size_t(slot)], mod->rank);
     }
     resident_[m][size_t(slot)] = r;
-    rebuild(m);
   }
-  place_columns(slot);
+  // Each module's table is uploaded once: by place_columns for the modules with columns when
+  // it places the slot, here for the others (the swap's many small uploads cost as much as A
+  // and B themselves on a GPU).
+  const bool placed = place_columns(slot);
+  for (size_t m = 0; m < dims_.size(); ++m)
+    if (!placed || m >= wide_.size()) rebuild(m);
   place_waiting();
 }
 
@@ -149,11 +153,11 @@ void AdapterSlots::attach_columns(std::vector<Tensor> weights, int64_t columns) 
 }
 
 // First fit over the ranges of the other slots.
-void AdapterSlots::place_columns(int slot) {
-  if (wide_.empty() || col_offset_[size_t(slot)] >= 0) return;
+bool AdapterSlots::place_columns(int slot) {
+  if (wide_.empty() || col_offset_[size_t(slot)] >= 0) return false;
   int64_t rank = 0;  // over the modules with columns (lm_head has none)
   for (size_t m = 0; m < wide_.size(); ++m) rank = std::max<int64_t>(rank, resident_[m][size_t(slot)].rank);
-  if (rank == 0) return;
+  if (rank == 0) return false;
   const int32_t width = int32_t((rank + 7) / 8 * 8);
   std::vector<std::pair<int32_t, int32_t>> taken;  // (begin, end)
   for (size_t s = 0; s < col_offset_.size(); ++s)
@@ -164,7 +168,7 @@ void AdapterSlots::place_columns(int slot) {
     if (b - at >= width) break;
     at = std::max(at, e);
   }
-  if (at + width > columns_) return;  // no room: the slot's tokens take the two-kernel form
+  if (at + width > columns_) return false;  // no room: the slot's tokens take the two-kernel form
   col_offset_[size_t(slot)] = at;
   col_width_[size_t(slot)] = width;
   for (size_t m = 0; m < wide_.size(); ++m) {
@@ -177,6 +181,7 @@ void AdapterSlots::place_columns(int slot) {
     }
     rebuild(m);
   }
+  return true;
 }
 
 // Slots that found no room earlier, placed now that a range may have been freed.

@@ -73,7 +73,9 @@ class AdapterSlots {
   };
   size_t module_index(int64_t layer, Target t) const;
   void rebuild(size_t module);
-  void place_columns(int slot);   // after the slot's modules are resident; no-op without room
+  // After the slot's modules are resident: true when it placed the slot's B in the columns and
+  // so rebuilt the tables of every module with columns; false (nothing done) without room.
+  bool place_columns(int slot);
   void place_waiting();           // place_columns for every slot still without columns
   void release_columns(int slot);
 
