@@ -60,8 +60,8 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
     resident_[m][size_t(slot)] = r;
   }
   // Each module's table is uploaded once: by place_columns for the modules with columns when
-  // it places the slot, here for the others (the swap's many small uploads cost as much as A
-  // and B themselves on a GPU).
+  // it places the slot, here for the others. (On an H100 this did not measurably shorten the
+  // swap: A and B copied from pageable host memory are its cost; bench/RESULTS.md.)
   const bool placed = place_columns(slot);
   for (size_t m = 0; m < dims_.size(); ++m)
     if (!placed || m >= wide_.size()) rebuild(m);
