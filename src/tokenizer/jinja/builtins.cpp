@@ -1,6 +1,7 @@
 #include "tokenizer/jinja/builtins.h"
 
 #include <cmath>
+#include <limits>
 #include <ctime>
 
 #include "tokenizer/jinja/text.h"
@@ -447,8 +448,17 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     return Status::errorf("unsupported operand type(s) for {}: '{}' and '{}'", op, a.type_name(),
                           b.type_name());
   };
+  // Python's integers do not overflow; ours are 64-bit: an overflow is an error, never UB.
+  auto checked = [&](bool overflowed, int64_t v) -> Expected<Value> {
+    if (overflowed) return Status::errorf("integer overflow in {} (64-bit integers)", op);
+    return Value(v);
+  };
   if (op == "+") {
-    if (ints) return Value(a.as_int() + b.as_int());
+    if (ints) {
+      int64_t v = 0;
+      const bool over = __builtin_add_overflow(a.as_int(), b.as_int(), &v);
+      return checked(over, v);
+    }
     if (nums) return Value(a.as_double() + b.as_double());
     if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
     if (a.is_list() && b.is_list() && a.as_list().kind == b.as_list().kind &&
@@ -460,12 +470,20 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     return type_error();
   }
   if (op == "-") {
-    if (ints) return Value(a.as_int() - b.as_int());
+    if (ints) {
+      int64_t v = 0;
+      const bool over = __builtin_sub_overflow(a.as_int(), b.as_int(), &v);
+      return checked(over, v);
+    }
     if (nums) return Value(a.as_double() - b.as_double());
     return type_error();
   }
   if (op == "*") {
-    if (ints) return Value(a.as_int() * b.as_int());
+    if (ints) {
+      int64_t v = 0;
+      const bool over = __builtin_mul_overflow(a.as_int(), b.as_int(), &v);
+      return checked(over, v);
+    }
     if (nums) return Value(a.as_double() * b.as_double());
     const Value* seq = a.is_string() || a.is_list() ? &a : &b;
     const Value* n = seq == &a ? &b : &a;
@@ -497,6 +515,7 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
     if (b.as_double() == 0) return Status::error("integer division or modulo by zero");
     if (ints) {
       const int64_t x = a.as_int(), y = b.as_int();
+      if (x == std::numeric_limits<int64_t>::min() && y == -1) return checked(true, 0);
       int64_t q = x / y, r = x % y;
       if (r != 0 && ((r < 0) != (y < 0))) {
         --q;
@@ -513,9 +532,13 @@ Expected<Value> binary_op(const std::string& op, const Value& a, const Value& b)
   }
   if (op == "**") {
     if (ints && b.as_int() >= 0) {
-      int64_t r = 1;
-      for (int64_t i = 0; i < b.as_int(); ++i) r *= a.as_int();
-      return Value(r);
+      int64_t r = 1, base = a.as_int();  // by squaring: O(log b) steps
+      bool over = false;
+      for (int64_t e = b.as_int(); e > 0 && !over; e >>= 1) {
+        if (e & 1) over = __builtin_mul_overflow(r, base, &r);
+        if (e > 1 && !over) over = __builtin_mul_overflow(base, base, &base);
+      }
+      return checked(over, r);
     }
     if (nums) return Value(std::pow(a.as_double(), b.as_double()));
     return type_error();
