@@ -1,6 +1,7 @@
 #include "tokenizer/jinja/interpreter.h"
 
 #include <unordered_map>
+#include <unordered_set>
 
 #include "tokenizer/jinja/builtins.h"
 
@@ -16,6 +17,15 @@ class Interpreter {
     scopes_.emplace_back();
     for (auto& [k, v] : vars) scopes_.back()[k] = std::move(v);
   }
+  // A namespace assigned a value that reaches it (`{% set ns.x = ns %}`, or
+  // through a list or another namespace) holds itself; Python's collector
+  // frees such cycles, shared pointers do not: the namespaces assigned to are
+  // emptied when the render ends, which breaks every cycle.
+  ~Interpreter() {
+    for (const Value& ns : assigned_namespaces_) ns.mutable_dict().items.clear();
+  }
+  Interpreter(const Interpreter&) = delete;
+  Interpreter& operator=(const Interpreter&) = delete;
 
   Expected<Flow> exec(const Body& body, std::string& out) {
     for (const StmtPtr& s : body) {
@@ -110,6 +120,7 @@ class Interpreter {
     if (!ns.is_dict() || !ns.as_dict().is_namespace) {
       return Status::errorf("cannot assign attribute on non-namespace object '{}'", targets[0]);
     }
+    if (assigned_.insert(&ns.mutable_dict()).second) assigned_namespaces_.push_back(ns);
     ns.mutable_dict().set(targets[1], std::move(v));
     return Status();
   }
@@ -389,6 +400,8 @@ class Interpreter {
   }
 
   std::vector<Scope> scopes_;
+  std::vector<Value> assigned_namespaces_;  // emptied at the end (see ~Interpreter)
+  std::unordered_set<const DictData*> assigned_;
   int loop_depth_ = 0;
   static constexpr int kMaxCallDepth = 64;
   int call_depth_ = 0;  // macro calls in progress
