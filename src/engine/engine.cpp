@@ -640,7 +640,7 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     }
   }
   // Medusa: the step's hidden states, for the heads of the sequences that
-  // sample and may draft next step (a step without any keeps its graph).
+  // sample and may draft next step.
   const bool few = int64_t(running_.size()) <= config_.speculate_max_batch;
   auto proposes = [&](const Live& l) {
     return few && l.heads && !l.done && l.count_row < 0 && !uses_counts(l.req.sampling) &&

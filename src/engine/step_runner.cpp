@@ -183,40 +183,48 @@ SamplingPlan stage_sampling_rows(Backend& b, const std::vector<SampleRow>& rows,
 
 // ---- step graphs ---------------------------------------------------------------
 
-// Where a decode step's model inputs live in a graph's i32 buffer, in
-// elements; the sampler's i32 inputs follow, then the KV page indices (the
-// only part whose used length varies, so that one copy of a prefix stages a step).
-struct DecodeLayout {
-  int64_t token_ids, positions, kv_locs, rope_long, lora_slot, kv_last_page_len;  // [B] each
-  int64_t q_indptr, kv_indptr;                                                    // [B + 1] each
+// Where a graphed step's model inputs live in its i32 buffer, in elements;
+// the sampler's i32 inputs follow, then the KV page indices (the only part
+// whose used length varies, so that one copy of a prefix stages a step).
+// A graph of batch B and Q rows per sequence has T = B · Q query rows and
+// S = 2B sequences: the step's n ≤ B first, then padding sequences of at most
+// Q rows that own the rows past the step's (they decode token 0 at position 0
+// into the pad page; their tokens are dropped), then empty ones.
+struct StepLayout {
+  int64_t token_ids, positions, kv_locs, rope_long, lora_slot;  // [T] each
+  int64_t row_indptr;                                           // [T + 1]: 0 .. T, LoRA's segments
+  int64_t kv_last_page_len;                                     // [S]
+  int64_t q_indptr, kv_indptr;                                  // [S + 1] each
   int64_t end;
 
-  explicit DecodeLayout(int64_t B) {
+  StepLayout(int64_t T, int64_t S) {
     int64_t i = 0;
-    for (int64_t* at :
-         {&token_ids, &positions, &kv_locs, &rope_long, &lora_slot, &kv_last_page_len}) {
+    for (int64_t* at : {&token_ids, &positions, &kv_locs, &rope_long, &lora_slot}) {
       *at = i;
-      i += B;
+      i += T;
     }
-    q_indptr = i;
-    kv_indptr = i + B + 1;
-    end = kv_indptr + B + 1;
+    row_indptr = i;
+    kv_last_page_len = row_indptr + T + 1;
+    q_indptr = kv_last_page_len + S;
+    kv_indptr = q_indptr + S + 1;
+    end = kv_indptr + S + 1;
   }
 };
 
-// One recorded decode step. Its inputs live in two tensors at fixed addresses:
-//   ints   DecodeLayout | SamplingLayout's i32 part | kv_indices [B · pages]
+// One recorded step. Its inputs live in two tensors at fixed addresses:
+//   ints   StepLayout | SamplingLayout's i32 part | kv_indices [B · (pages + 1)]
 //   floats SamplingLayout's f32 part
-//   mask   (B, mask_words) i32: the masked rows' masks, when the key has masks
+//   mask   (T, mask_words) i32: the masked rows' masks, when the key has masks
 struct StepRunner::Graph {
-  int64_t batch = 0, pages = 0;  // pages: per sequence, at most
-  DecodeLayout decode{0};
+  int64_t batch = 0, rows = 0, pages = 0;  // rows: T; pages: per sequence, at most
+  StepLayout layout{0, 0};
   SamplingLayout sampling_layout;
   int64_t kv_indices_at = 0;
   Tensor ints, floats, mask;
   model::StepInputs in;
   SamplingPlan sampling;
   SampleResult result;  // the replay's tokens and logprobs
+  Tensor hidden;        // (T, hidden) the replay's final hidden states
   std::unique_ptr<StepGraph> graph;
   std::vector<int32_t> host_ints;
   std::vector<float> host_floats;
@@ -242,7 +250,7 @@ StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& r
     throw std::logic_error("StepRunner::run: no sampling row, or one per logit row");
   if (masks && masks->rows > 0 && rows.empty())
     throw std::logic_error("StepRunner::run: masks without sampling rows");
-  if (!want_hidden && graphable(plan, rows)) return run_graph(plan, rows, counts, masks);
+  if (graphable(plan, rows)) return run_graph(plan, rows, counts, masks, want_hidden);
   return run_eager(plan, rows, counts, masks, want_hidden);
 }
 
@@ -295,61 +303,68 @@ StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleR
 }
 
 bool StepRunner::graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const {
-  const size_t n = plan.kv_last_page_len.size();
+  const size_t n = plan.kv_last_page_len.size(), t = plan.token_ids.size();
   if (!use_graphs_ || n == 0 || int64_t(n) > batch_buckets().back()) return false;
-  if (plan.host_logits || rows.size() != n) return false;
-  if (plan.max_q_len != 1 || plan.token_ids.size() != n || plan.logit_rows.size() != n)
-    return false;
+  // Every row is sampled (a decode step, or one verifying drafts): no prompt chunk.
+  if (plan.host_logits || rows.size() != t || plan.logit_rows.size() != t) return false;
+  if (plan.max_q_len < 1 || plan.max_q_len > kMaxGraphRowsPerSequence) return false;
+  if (graph_batch(int64_t(n)) * plan.max_q_len > kMaxGraphRows) return false;
   if (plan.max_kv_len > kMaxContextBucket) return false;
-  for (size_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < t; ++i)
     if (plan.logit_rows[i] != int32_t(i)) return false;
   return true;
+}
+
+int64_t StepRunner::graph_batch(int64_t n) {
+  return *std::lower_bound(batch_buckets().begin(), batch_buckets().end(), n);
 }
 
 std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const Tensor& counts) {
   Backend& b = model_.backend();
   const model::Phi3Config& c = model_.config();
   auto g = std::make_unique<Graph>();
-  const int64_t B = key.batch, context = key.context;
+  const int64_t B = key.batch, Q = key.rows_per_sequence, T = B * Q, S = 2 * B;
+  const int64_t context = key.context;
   const bool lora = key.lora_rank >= 0;
   g->batch = B;
+  g->rows = T;
   g->pages = (context + kv_.page_size - 1) / kv_.page_size;
-  g->decode = DecodeLayout(B);
-  g->sampling_layout = SamplingLayout::make(B, key.bias_capacity, g->decode.end, 0);
+  g->layout = StepLayout(T, S);
+  g->sampling_layout = SamplingLayout::make(T, key.bias_capacity, g->layout.end, 0);
   g->kv_indices_at = g->sampling_layout.ints_end;
-  g->host_ints.assign(size_t(g->kv_indices_at + B * g->pages), 0);
+  g->host_ints.assign(size_t(g->kv_indices_at + B * (g->pages + 1)), 0);
   g->host_floats.assign(size_t(g->sampling_layout.floats_end), 0.0f);
   g->ints = b.upload_i32(g->host_ints);
   g->floats = b.upload_f32(g->host_floats);
   if (key.mask_words > 0)  // every row -1 (write_sampling's padding) until a step sets them
-    g->mask = matrix(b.upload_i32(std::vector<int32_t>(size_t(B * key.mask_words), 0)), B,
+    g->mask = matrix(b.upload_i32(std::vector<int32_t>(size_t(T * key.mask_words), 0)), T,
                      key.mask_words);
 
-  const DecodeLayout& d = g->decode;
+  const StepLayout& d = g->layout;
   model::StepInputs& in = g->in;
-  in.tokens.token_ids = view(g->ints, DType::i32, d.token_ids, B);
-  in.tokens.positions = view(g->ints, DType::i32, d.positions, B);
-  in.tokens.kv_locs = view(g->ints, DType::i32, d.kv_locs, B);
-  in.tokens.rope_long = view(g->ints, DType::i32, d.rope_long, B);
+  in.tokens.token_ids = view(g->ints, DType::i32, d.token_ids, T);
+  in.tokens.positions = view(g->ints, DType::i32, d.positions, T);
+  in.tokens.kv_locs = view(g->ints, DType::i32, d.kv_locs, T);
+  in.tokens.rope_long = view(g->ints, DType::i32, d.rope_long, T);
   AttentionPlan& a = in.attention;
-  a.kv_last_page_len = view(g->ints, DType::i32, d.kv_last_page_len, B);
-  a.q_indptr = view(g->ints, DType::i32, d.q_indptr, B + 1);
-  a.kv_indptr = view(g->ints, DType::i32, d.kv_indptr, B + 1);
-  a.kv_indices = view(g->ints, DType::i32, g->kv_indices_at, B * g->pages);
+  a.kv_last_page_len = view(g->ints, DType::i32, d.kv_last_page_len, S);
+  a.q_indptr = view(g->ints, DType::i32, d.q_indptr, S + 1);
+  a.kv_indptr = view(g->ints, DType::i32, d.kv_indptr, S + 1);
+  a.kv_indices = view(g->ints, DType::i32, g->kv_indices_at, B * (g->pages + 1));
   a.positions = in.tokens.positions;
-  a.num_seqs = B;
-  a.max_q_len = 1;
+  a.num_seqs = S;
+  a.max_q_len = Q;
   a.max_kv_len = context;
   a.window = c.sliding_window.value_or(0);
   a.scale = float(1.0 / std::sqrt(double(c.head_dim)));
   if (lora) {
     in.lora.active = true;
-    // One segment per row (their bounds are q_indptr's 0..B): the contract's
-    // two forms, and kernels that stay per token, as decode wants.
-    in.lora.token_slot = view(g->ints, DType::i32, d.lora_slot, B);
+    // One segment per row: the contract's two forms, and kernels that stay
+    // per token, as decode wants.
+    in.lora.token_slot = view(g->ints, DType::i32, d.lora_slot, T);
     in.lora.seg_slot = in.lora.token_slot;
-    in.lora.seg_indptr = a.q_indptr;
-    in.lora.num_segments = B;
+    in.lora.seg_indptr = view(g->ints, DType::i32, d.row_indptr, T + 1);
+    in.lora.num_segments = T;
     in.lora.max_rank = adapters_->max_rank();
     in.lora_logits = in.lora;
     in.lora.lora_columns = key.lora_columns;  // lm_head has none
@@ -361,24 +376,20 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   // Record with every row padding (the warm-up run then only writes the pad page).
   Graph& gr = *g;
   std::vector<int32_t>& v = gr.host_ints;
-  for (int64_t i = 0; i < B; ++i) {
-    const auto k = size_t(i);
-    v[size_t(d.kv_locs) + k] = pad_page_ * int32_t(kv_.page_size);
-    v[size_t(d.lora_slot) + k] = -1;
-    v[size_t(d.kv_last_page_len) + k] = 1;
-    v[size_t(d.q_indptr) + k] = int32_t(i);
-    v[size_t(d.kv_indptr) + k] = int32_t(i);
-    v[size_t(gr.kv_indices_at) + k] = pad_page_;
+  for (int64_t r = 0; r < T; ++r) {
+    v[size_t(d.kv_locs + r)] = pad_page_ * int32_t(kv_.page_size);
+    v[size_t(d.lora_slot + r)] = -1;
   }
-  v[size_t(d.q_indptr + B)] = int32_t(B);
-  v[size_t(d.kv_indptr + B)] = int32_t(B);
+  for (int64_t r = 0; r <= T; ++r) v[size_t(d.row_indptr + r)] = int32_t(r);
+  fill_padding(gr, 0, 0, 0);
   write_sampling(gr.sampling_layout, {}, gr.host_ints, gr.host_floats);
   b.upload_into(g->ints, g->host_ints.data(), g->host_ints.size() * 4);
   b.upload_into(g->floats, g->host_floats.data(), g->host_floats.size() * 4);
   // The body may be kept and rerun (a backend's replay): it captures by value.
   const lora::AdapterSlots* adapters = lora ? adapters_ : nullptr;
   g->graph = b.capture([this, graph = g.get(), adapters, backend = &b] {
-    Tensor logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr);
+    Tensor logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
+                                   &graph->hidden);
     graph->result = backend->sample(logits, graph->sampling);
   });
   if (!g->graph) return nullptr;
@@ -386,18 +397,43 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   return g;
 }
 
+// The sequences past the step's n (with its t rows and `pages` KV pages):
+// padding sequences of at most Q rows each own rows t .. T - 1, and the pad
+// page; the rest are empty. Returns the pages of the whole list.
+int32_t StepRunner::fill_padding(Graph& g, int64_t n, int64_t t, int32_t pages) {
+  const StepLayout& d = g.layout;
+  std::vector<int32_t>& v = g.host_ints;
+  const int64_t S = 2 * g.batch, Q = g.rows / g.batch;
+  int64_t row = t;
+  for (int64_t s = n; s < S; ++s) {
+    v[size_t(d.q_indptr + s)] = int32_t(row);
+    v[size_t(d.kv_indptr + s)] = pages;
+    v[size_t(d.kv_last_page_len + s)] = 1;
+    if (row < g.rows) {
+      row = std::min(g.rows, row + Q);
+      v[size_t(g.kv_indices_at + pages++)] = pad_page_;
+    }
+  }
+  v[size_t(d.q_indptr + S)] = int32_t(g.rows);
+  v[size_t(d.kv_indptr + S)] = pages;
+  return pages;
+}
+
 StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts, const StepMasks* masks) {
-  const int64_t n = int64_t(plan.kv_last_page_len.size());
+                                 const Tensor& counts, const StepMasks* masks, bool want_hidden) {
+  const int64_t n = int64_t(plan.kv_last_page_len.size()), t = int64_t(plan.token_ids.size());
   GraphKey key;
-  key.batch = *std::lower_bound(batch_buckets().begin(), batch_buckets().end(), n);
+  key.batch = graph_batch(n);
+  key.rows_per_sequence = plan.max_q_len;
   key.context = context_bucket(plan.max_kv_len);
   const bool lora = adapters_ && std::any_of(plan.lora_slot.begin(), plan.lora_slot.end(),
                                              [](int32_t s) { return s >= 0; });
   if (lora) {
     key.lora_version = adapters_->layout_version();
     key.lora_rank = adapters_->max_rank();
-    key.lora_columns = step_lora_columns(adapters_, plan.lora_slot);
+    // The columns' one-matmul form where the graph's rows are few enough for it.
+    if (key.batch * key.rows_per_sequence <= lora::kColumnsMaxTokens)
+      key.lora_columns = step_lora_columns(adapters_, plan.lora_slot);
   }
   const int64_t entries = bias_entries(rows);
   key.bias_capacity =
@@ -418,39 +454,35 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
     std::unique_ptr<Graph> g = record(key, uses_counts ? counts : Tensor());
     if (!g) {
       use_graphs_ = false;
-      return run_eager(plan, rows, counts, masks);
+      return run_eager(plan, rows, counts, masks, want_hidden);
     }
     it = graphs_.emplace(key, std::move(g)).first;
   }
   Graph& g = *it->second;
-  const int64_t B = g.batch;
+  const int64_t T = g.rows;
   const auto t0 = Clock::now();
 
-  // The step's inputs, padded to the bucket: padding rows decode token 0 at
-  // position 0 into the pad page, greedily, and their tokens are dropped.
-  const DecodeLayout& d = g.decode;
+  // The step's inputs, padded to the graph's rows and sequences (StepLayout).
+  const StepLayout& d = g.layout;
   std::vector<int32_t>& v = g.host_ints;
   const int32_t pad_loc = pad_page_ * int32_t(kv_.page_size);
-  for (int64_t i = 0; i < B; ++i) {
-    const bool real = i < n;
-    const size_t k = size_t(i);
+  for (int64_t r = 0; r < T; ++r) {
+    const bool real = r < t;
+    const size_t k = size_t(r);
     v[size_t(d.token_ids) + k] = real ? plan.token_ids[k] : 0;
     v[size_t(d.positions) + k] = real ? plan.positions[k] : 0;
     v[size_t(d.kv_locs) + k] = real ? plan.kv_locs[k] : pad_loc;
     v[size_t(d.rope_long) + k] = real ? plan.rope_long[k] : 0;
     v[size_t(d.lora_slot) + k] = real ? plan.lora_slot[k] : -1;
-    v[size_t(d.kv_last_page_len) + k] = real ? plan.kv_last_page_len[k] : 1;
-    v[size_t(d.q_indptr) + k] = int32_t(i);
   }
-  v[size_t(d.q_indptr + B)] = int32_t(B);
-  const int32_t real_pages = plan.kv_indptr[size_t(n)];
-  for (int64_t i = 0; i <= B; ++i)
-    v[size_t(d.kv_indptr + i)] = i <= n ? plan.kv_indptr[size_t(i)] : real_pages + int32_t(i - n);
-  write_sampling(g.sampling_layout, rows, g.host_ints, g.host_floats);
+  std::copy_n(plan.kv_last_page_len.begin(), n, v.begin() + d.kv_last_page_len);
+  std::copy_n(plan.q_indptr.begin(), n, v.begin() + d.q_indptr);
+  std::copy_n(plan.kv_indptr.begin(), n, v.begin() + d.kv_indptr);
   std::copy(plan.kv_indices.begin(), plan.kv_indices.end(), v.begin() + g.kv_indices_at);
-  std::fill_n(v.begin() + g.kv_indices_at + real_pages, B - n, pad_page_);
+  const int32_t pages = fill_padding(g, n, t, plan.kv_indptr[size_t(n)]);
+  write_sampling(g.sampling_layout, rows, g.host_ints, g.host_floats);
   Backend& b = model_.backend();
-  const size_t used = size_t(g.kv_indices_at + real_pages + (B - n));
+  const size_t used = size_t(g.kv_indices_at + pages);
   b.upload_into(g.ints, v.data(), used * 4);
   b.upload_into(g.floats, g.host_floats.data(), g.host_floats.size() * 4);
   if (key.mask_words > 0) {  // the graph holds the sample op: the masks are waited for first
@@ -459,8 +491,11 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   }
   g.graph->replay();
   ++stats_.graph_steps;
+  if (key.rows_per_sequence > 1) ++stats_.graph_verify_steps;
   stats_.host_seconds += seconds_since(t0);
-  return fetch(g.result, n, width);
+  StepResult r = fetch(g.result, t, width);
+  if (want_hidden) r.hidden = g.hidden;  // valid until this graph replays again
+  return r;
 }
 
 }  // namespace philora::engine

@@ -1,15 +1,17 @@
 // Runs one step on the backend — the forward, then token selection — so that
 // only token ids (and the logprobs asked for) come back to the host.
 //
-// Decode steps (every sequence computes one token and samples it) replay a
-// step graph where the backend can record one (CUDA): the step's inputs —
-// the model's and the sampler's — are copied into two tensors at fixed
-// addresses (one copy each), the graph replays every kernel of the forward and
-// the sampler in one launch, and the ids come back. A graph is recorded on
-// first use per GraphKey, the batch padded up to its bucket with rows that
-// write a reserved KV page, sample greedily and whose tokens are dropped; the
-// context bucket fixes the decode attention's split. Other steps (prompts,
-// chunks, mixed) run op by op; both stage the sampler's inputs through the
+// Steps that sample every row they compute — decode steps (one token per
+// sequence) and speculative verification steps (a sequence's last token and
+// its k drafts, k + 1 rows) — replay a step graph where the backend can record
+// one (CUDA): the step's inputs — the model's and the sampler's — are copied
+// into two tensors at fixed addresses (one copy each), the graph replays every
+// kernel of the forward and the sampler in one launch, and the ids come back.
+// A graph is recorded on first use per GraphKey: a batch bucket of sequences,
+// Q rows per sequence (the step's most), padded up to B · Q rows with rows
+// that write a reserved KV page, sample greedily and whose tokens are dropped;
+// the context bucket fixes the decode attention's split. Other steps
+// (prompts, chunks) run op by op; both stage the sampler's inputs through the
 // same function (stage_sampling_rows) into the same named layout.
 #pragma once
 
@@ -115,6 +117,7 @@ struct StepResult {
 struct StepRunnerStats {
   int64_t eager_steps = 0;
   int64_t graph_steps = 0;
+  int64_t graph_verify_steps = 0;  // of graph_steps, those verifying drafts (rows per sequence > 1)
   int64_t captures = 0;
   // Host time spent in run() before it waits for the step's ids (staging,
   // launching or replaying), summed over steps; recording graphs excluded.
@@ -137,8 +140,8 @@ class StepRunner {
   // the masks the rows' SampleRow::mask index; run waits for them (StepMasks::wait)
   // as late as it can: after the forward is launched on an eager step, before
   // the replay of a graph (which holds the sample op). `want_hidden`: the
-  // result also holds the logit rows' hidden states; such a step runs op by
-  // op (a recorded graph keeps no hidden states).
+  // result also holds the logit rows' hidden states (after a graph's replay,
+  // the graph's own tensor: read it before the next step).
   StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows,
                  const Tensor& counts = Tensor(), const StepMasks* masks = nullptr,
                  bool want_hidden = false);
@@ -149,11 +152,16 @@ class StepRunner {
   // The batch sizes graphs are recorded for (a decode step of n sequences
   // replays the graph of the smallest bucket ≥ n).
   static const std::vector<int64_t>& batch_buckets();
+  // The most rows per sequence (1 + drafts) a graph is recorded for, and the
+  // most rows (bucket · rows per sequence) of one graph.
+  static constexpr int64_t kMaxGraphRowsPerSequence = 17;
+  static constexpr int64_t kMaxGraphRows = 512;
 
  private:
   // What a recorded graph is specialised for.
   struct GraphKey {
     int64_t batch = 0;             // bucket
+    int64_t rows_per_sequence = 1;  // Q: 1 decode, k + 1 verifying k drafts
     int64_t context = 0;           // bucket of the longest sequence (the attention's split)
     uint64_t lora_version = 0;     // AdapterSlots::layout_version(), 0 without LoRA
     int64_t lora_rank = -1;        // max rank, -1 without LoRA
@@ -168,9 +176,11 @@ class StepRunner {
   StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
                        const Tensor& counts, const StepMasks* masks, bool want_hidden = false);
   bool graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const;
+  static int64_t graph_batch(int64_t sequences);  // the bucket of a step of that many
   StepResult run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                       const Tensor& counts, const StepMasks* masks);
+                       const Tensor& counts, const StepMasks* masks, bool want_hidden);
   std::unique_ptr<Graph> record(const GraphKey& key, const Tensor& counts);
+  int32_t fill_padding(Graph& g, int64_t n, int64_t t, int32_t pages);
   StepResult fetch(const SampleResult& sampled, int64_t rows, int64_t logprobs_width);
 
   model::Phi3ForCausalLM& model_;

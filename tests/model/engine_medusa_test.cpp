@@ -313,9 +313,10 @@ TEST_F(EngineMedusa, CandidatesEqualPlainAndPenaltiesDoNotDraft) {
   EXPECT_EQ(p4.stats.spec_draft_tokens, 0);
 }
 
-// With step graphs on: a step that needs hidden states for the heads runs
-// eager, the others replay graphs, and the output is the plain one.
-TEST_F(EngineMedusa, GraphStepsStayForStepsWithoutHeads) {
+// With step graphs on: decode steps and verification steps replay graphs
+// (the heads read the replay's hidden states), prompts run eager, and the
+// output is the plain one.
+TEST_F(EngineMedusa, DraftedStepsReplayGraphs) {
   const std::string name = "gqa_multi_lora";
   std::vector<engine::Request> reqs = long_requests(name);
   for (size_t i = 0; i < reqs.size(); ++i)  // fewer and fewer run: late steps draft
@@ -335,8 +336,10 @@ TEST_F(EngineMedusa, GraphStepsStayForStepsWithoutHeads) {
   spec.stats = rig.engine->stats();
   expect_same(spec, plain, "graphs");
   EXPECT_GT(spec.stats.spec_draft_tokens, 0);
-  EXPECT_GT(rig.engine->runner_stats().graph_steps, 0) << "no step replayed a graph";
-  EXPECT_GT(rig.engine->runner_stats().eager_steps, 0);
+  const engine::StepRunnerStats& st = rig.engine->runner_stats();
+  EXPECT_GT(st.graph_verify_steps, 0) << "no verification step replayed a graph";
+  EXPECT_GT(st.graph_steps, st.graph_verify_steps) << "no decode step replayed a graph";
+  EXPECT_GT(st.eager_steps, 0);
   EXPECT_EQ(rig.kv->pages.num_held(), 1) << "the runner's pad page alone";
 }
 

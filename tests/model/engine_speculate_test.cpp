@@ -54,7 +54,9 @@ Result run(const std::vector<engine::Request>& reqs, engine::EngineConfig c, int
   Result r;
   r.runs = test::run_engine(*rig.engine, reqs);
   r.stats = rig.engine->stats();
-  EXPECT_EQ(rig.kv->pages.num_held(), 0) << "every page comes back";
+  r.graph_verify_steps = rig.engine->runner_stats().graph_verify_steps;
+  EXPECT_EQ(rig.kv->pages.num_held(), c.step_graphs ? 1 : 0)
+      << "every page comes back (but the graphs' pad page)";
   return r;
 }
 
@@ -63,7 +65,9 @@ Result run(const std::vector<engine::Request>& reqs, engine::EngineConfig c, int
 TEST(SpeculativeGreedy, GoldenTokensWithMixedAdapters) {
   for (const char* name : kGoldenCases)
     for (const int64_t k : {1, 4, 8}) {
-      const Result got = run(golden_requests(name), config(k), 512, 64, name);
+      engine::EngineConfig c = config(k);
+      c.step_graphs = k == 4;  // verification steps replay graphs (CPU: the body rerun)
+      const Result got = run(golden_requests(name), c, 512, 64, name);
       for (const nlohmann::json& ref : read_jsonl(test::golden_dir(name) / "generate_ref.jsonl")) {
         const auto id = ref["id"].get<std::string>();
         ASSERT_TRUE(got.runs.count(id)) << id;
@@ -71,6 +75,9 @@ TEST(SpeculativeGreedy, GoldenTokensWithMixedAdapters) {
             << name << " K=" << k << " " << id;
       }
       EXPECT_GT(got.stats.spec_draft_tokens, 0) << name << " K=" << k << ": nothing was drafted";
+      if (c.step_graphs) {
+        EXPECT_GT(got.graph_verify_steps, 0) << name << ": no verification step replayed a graph";
+      }
     }
 }
 
@@ -182,6 +189,24 @@ TEST(SpeculativeGreedy, LongRunsEqualPlainOnEveryCase) {
                   (long long)spec.stats.spec_draft_tokens,
                   (long long)spec.stats.spec_accepted_tokens);
     }
+}
+
+// With step graphs (the CPU backend replays a recorded step's body): steps
+// verifying drafts replay graphs of k + 1 rows a sequence, padded up to the
+// graph's rows with rows that decode into the runner's pad page, on every
+// golden case (mixed adapters, a sliding window, sequences with different
+// numbers of drafts in one step), and the output is the eager plain one.
+TEST(SpeculativeGreedy, VerificationStepsReplayGraphs) {
+  for (const char* name : kGoldenCases) {
+    const std::vector<engine::Request> reqs = long_requests(name);
+    const Result plain = run(reqs, config(0), 512, 64, name);
+    engine::EngineConfig c = config(4);
+    c.step_graphs = true;
+    const Result spec = run(reqs, c, 512, 64, name);
+    expect_same(spec, plain, name);
+    EXPECT_GT(spec.stats.spec_accepted_tokens, 0) << name;
+    EXPECT_GT(spec.graph_verify_steps, 0) << name;
+  }
 }
 
 // Stop strings, stop token ids and max_new_tokens that fall inside a run of

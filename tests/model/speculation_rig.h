@@ -109,6 +109,7 @@ inline std::map<int32_t, std::pair<std::vector<int32_t>, std::vector<float>>> by
 struct Result {
   std::map<std::string, Run> runs;
   engine::EngineStats stats;
+  int64_t graph_verify_steps = 0;  // StepRunnerStats::graph_verify_steps
 };
 
 // Two runs are the same: tokens, text, finish, stop string, seed, and the
