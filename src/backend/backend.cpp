@@ -7,6 +7,8 @@
 
 namespace philora {
 
+Tensor Backend::pinned_host(DType dtype, int64_t n) { return host_alloc(dtype, {n}); }
+
 std::vector<std::string> available_backends() {
   std::vector<std::string> names = {"cpu"};
 #ifdef PHILORA_HAVE_CUDA

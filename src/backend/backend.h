@@ -227,6 +227,11 @@ class Backend {
   // A weight or constant from host memory, converted to `dtype`. May borrow
   // the host memory when no conversion or copy is needed.
   virtual Tensor upload(const Tensor& host, DType dtype) = 0;
+  // `n` elements of host memory that upload() copies from fastest and without
+  // making the caller wait (CUDA: page-locked; such a copy keeps the tensor's
+  // storage alive until it is done), for data uploaded again and again (the
+  // adapters' host tier). Plain host memory by default. Any thread may call it.
+  virtual Tensor pinned_host(DType dtype, int64_t n);
   // Any tensor of this backend, widened to f32, in host memory.
   virtual Tensor to_host_f32(const Tensor& t) = 0;
   // Fills a backend tensor from host i32 values (plans).

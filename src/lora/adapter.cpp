@@ -616,6 +616,46 @@ Adapter with_host_dtype(const Adapter& adapter, DType dtype) {
         if (x->dtype != dtype) *x = dtype == DType::bf16 ? to_bf16_host(*x) : to_f32_host(*x);
     }
   out.content_hash = content_hash(out);
+  out.packed_a = Tensor();
+  out.packed_b = Tensor();
+  return out;
+}
+
+Expected<Adapter> pack(const Adapter& adapter, const HostAllocator& alloc) {
+  Adapter out = adapter;
+  std::vector<LoraModule*> modules;
+  for (auto& layer : out.layers)
+    for (auto& m : layer)
+      if (m) modules.push_back(&*m);
+  if (out.lm_head) modules.push_back(&*out.lm_head);
+  if (modules.empty()) return out;
+  const DType dtype = modules[0]->a.dtype;
+  for (const LoraModule* m : modules)
+    if (m->a.dtype != dtype || m->b.dtype != dtype)
+      return Status::errorf("adapter '{}': its A and B matrices are not all {}", adapter.name,
+                            dtype_name(dtype));
+  const auto align = int64_t(kPackAlignment / dtype_size(dtype));
+  auto place = [&](Tensor LoraModule::*which) {
+    int64_t n = 0;
+    std::vector<int64_t> at;
+    for (const LoraModule* m : modules) {
+      n = (n + align - 1) / align * align;
+      at.push_back(n);
+      n += (m->*which).numel();
+    }
+    Tensor block = alloc(dtype, n);
+    for (size_t i = 0; i < modules.size(); ++i) {
+      Tensor& t = modules[i]->*which;
+      Tensor v = t;
+      v.data = static_cast<char*>(block.data) + size_t(at[i]) * dtype_size(dtype);
+      v.storage = block.storage;
+      std::memcpy(v.data, t.data, t.nbytes());
+      t = v;
+    }
+    return block;
+  };
+  out.packed_a = place(&LoraModule::a);
+  out.packed_b = place(&LoraModule::b);
   return out;
 }
 

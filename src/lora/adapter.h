@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -70,6 +71,10 @@ struct Adapter {
   // pages by it, so that another adapter loaded under the same name never
   // finds the old one's pages.
   uint64_t content_hash = 0;
+  // A packed adapter (pack()): every module's A lies in packed_a and every B
+  // in packed_b (1-d, the modules' dtype), the modules' tensors views of them,
+  // so that a backend uploads the adapter in two copies. Empty otherwise.
+  Tensor packed_a, packed_b;
 
   std::optional<LoraModule>& module(int64_t layer, Target t) {
     return t == Target::lm_head ? lm_head : layers[size_t(layer)][size_t(t)];
@@ -125,7 +130,17 @@ Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
                                DType host_dtype = DType::f32);
 
 // The adapter with every module's A and B in `dtype` (f32 or bf16; bf16
-// rounds to nearest even); content_hash recomputed.
+// rounds to nearest even); content_hash recomputed; not packed.
 Adapter with_host_dtype(const Adapter& adapter, DType dtype);
+
+// Host memory of `n` elements of a dtype (e.g. Backend::pinned_host).
+using HostAllocator = std::function<Tensor(DType dtype, int64_t n)>;
+
+// The adapter packed (Adapter::packed_a / packed_b) into two blocks from
+// `alloc`: modules in order (layer by layer in Target order, then lm_head),
+// each tensor at a multiple of kPackAlignment bytes. The values, the modules
+// and content_hash are the adapter's. Fails when A and B do not share one dtype.
+inline constexpr size_t kPackAlignment = 256;
+Expected<Adapter> pack(const Adapter& adapter, const HostAllocator& alloc);
 
 }  // namespace philora::lora

@@ -1,10 +1,36 @@
 #include "lora/slots.h"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
 namespace philora::lora {
+
+namespace {
+
+// `n` elements of `dtype` at byte `offset` of `base`, sharing its storage.
+Tensor sub(const Tensor& base, size_t offset, DType dtype, int64_t n) {
+  Tensor t = base;
+  t.data = static_cast<char*>(base.data) + offset;
+  t.dtype = dtype;
+  t.ndim = 1;
+  t.shape = {n, 0, 0, 0};
+  return t;
+}
+
+// The tensor of `block` (on the backend) that `part` is of `host_block` (its
+// host image): same offset, shape and dtype.
+Tensor part_of(const Tensor& block, const Tensor& host_block, const Tensor& part) {
+  Tensor t = part;
+  t.data = static_cast<char*>(block.data) +
+           (static_cast<const char*>(part.data) - static_cast<const char*>(host_block.data));
+  t.device = block.device;
+  t.storage = block.storage;
+  return t;
+}
+
+}  // namespace
 
 AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num_slots)
     : backend_(backend),
@@ -23,13 +49,24 @@ AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num
   tables_.resize(dims_.size());
   used_.assign(dims_.size(), false);
   view_.modules.assign(dims_.size(), nullptr);
+  // Every module's table lives in one backend buffer (fixed addresses: step
+  // graphs keep them) with a host mirror: a change is one upload (flush_tables).
+  const auto S = size_t(num_slots);
+  table_words_ = 4 * S;  // a_ptrs, b_ptrs (i64), then b_ld, ranks, scales, col_offsets (4 bytes)
+  table_host_.assign(dims_.size() * table_words_, 0);
   for (size_t m = 0; m < dims_.size(); ++m) {
-    LoraModuleTable& t = tables_[m];  // fixed addresses: step graphs keep them
-    t.a_ptrs = backend_.upload_i64(std::vector<int64_t>(size_t(num_slots), 0));
-    t.b_ptrs = backend_.upload_i64(std::vector<int64_t>(size_t(num_slots), 0));
-    t.b_ld = backend_.upload_i32(std::vector<int32_t>(size_t(num_slots), 0));
-    t.ranks = backend_.upload_i32(std::vector<int32_t>(size_t(num_slots), 0));
-    t.scales = backend_.upload_f32(std::vector<float>(size_t(num_slots), 0.0f));
+    int32_t* words = module_words(m);
+    for (size_t i = 0; i < S; ++i) words[7 * S + i] = -1;  // col_offsets: none yet
+  }
+  table_buf_ = backend_.upload_i64(table_host_);
+  for (size_t m = 0; m < dims_.size(); ++m) {
+    LoraModuleTable& t = tables_[m];
+    const size_t at = m * table_words_ * 8;  // bytes
+    t.a_ptrs = sub(table_buf_, at, DType::i64, num_slots);
+    t.b_ptrs = sub(table_buf_, at + S * 8, DType::i64, num_slots);
+    t.b_ld = sub(table_buf_, at + S * 16, DType::i32, num_slots);
+    t.ranks = sub(table_buf_, at + S * 20, DType::i32, num_slots);
+    t.scales = sub(table_buf_, at + S * 24, DType::f32, num_slots);
     t.dtype = backend_.compute_dtype();
     t.num_slots = num_slots_;
     t.in_features = dims_[m][0];
@@ -44,6 +81,14 @@ size_t AdapterSlots::module_index(int64_t layer, Target t) const {
 void AdapterSlots::assign(int slot, const Adapter& adapter) {
   release_columns(slot);
   slot_rank_[size_t(slot)] = 0;
+  // A packed adapter in the compute dtype goes up as two copies (its A block
+  // and its B block; from page-locked memory where the store keeps it there),
+  // its modules views of them; others module by module.
+  const DType dtype = backend_.compute_dtype();
+  const bool packed = !adapter.packed_a.empty() && adapter.packed_a.dtype == dtype &&
+                      adapter.packed_b.dtype == dtype;
+  const Tensor a_block = packed ? backend_.upload(adapter.packed_a, dtype) : Tensor();
+  const Tensor b_block = packed ? backend_.upload(adapter.packed_b, dtype) : Tensor();
   for (size_t m = 0; m < dims_.size(); ++m) {
     const bool head = m == dims_.size() - 1;
     const auto& mod =
@@ -51,21 +96,20 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
              : adapter.module(int64_t(m) / kLayerTargets, Target(int64_t(m) % kLayerTargets));
     Resident r;
     if (mod) {
-      r.a = backend_.upload(mod->a, backend_.compute_dtype());
-      r.b = backend_.upload(mod->b, backend_.compute_dtype());
+      r.a = packed ? part_of(a_block, adapter.packed_a, mod->a) : backend_.upload(mod->a, dtype);
+      r.b = packed ? part_of(b_block, adapter.packed_b, mod->b) : backend_.upload(mod->b, dtype);
       r.rank = int32_t(mod->rank);
       r.scale = mod->scale;
       slot_rank_[size_t(slot)] = std::max(slot_rank_[size_t(slot)], mod->rank);
     }
     resident_[m][size_t(slot)] = r;
   }
-  // Each module's table is uploaded once: by place_columns for the modules with columns when
-  // it places the slot, here for the others. (On an H100 this did not measurably shorten the
-  // swap: A and B copied from pageable host memory are its cost; bench/RESULTS.md.)
-  const bool placed = place_columns(slot);
-  for (size_t m = 0; m < dims_.size(); ++m)
-    if (!placed || m >= wide_.size()) rebuild(m);
+  // B placed in the columns is read from there; the B block goes when no
+  // module's view of it is left.
+  place_columns(slot);
+  for (size_t m = 0; m < dims_.size(); ++m) rebuild(m);
   place_waiting();
+  flush_tables();
 }
 
 void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t seed,
@@ -83,6 +127,7 @@ void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t s
   slot_rank_[size_t(slot)] = rank;
   place_columns(slot);
   place_waiting();
+  flush_tables();
 }
 
 void AdapterSlots::clear(int slot) {
@@ -93,6 +138,7 @@ void AdapterSlots::clear(int slot) {
   }
   slot_rank_[size_t(slot)] = 0;
   place_waiting();
+  flush_tables();
 }
 
 void AdapterSlots::rebuild(size_t m) {
@@ -116,13 +162,15 @@ void AdapterSlots::rebuild(size_t m) {
     max_rank = std::max<int64_t>(max_rank, r.rank);
   }
   LoraModuleTable& t = tables_[m];
-  backend_.upload_into(t.a_ptrs, a.data(), a.size() * sizeof(int64_t));
-  backend_.upload_into(t.b_ptrs, b.data(), b.size() * sizeof(int64_t));
-  backend_.upload_into(t.b_ld, b_ld.data(), b_ld.size() * sizeof(int32_t));
-  if (!t.col_offsets.empty())
-    backend_.upload_into(t.col_offsets, col_offset_.data(), col_offset_.size() * sizeof(int32_t));
-  backend_.upload_into(t.ranks, ranks.data(), ranks.size() * sizeof(int32_t));
-  backend_.upload_into(t.scales, scales.data(), scales.size() * sizeof(float));
+  const auto S = size_t(num_slots_);
+  int32_t* words = module_words(m);
+  std::memcpy(words, a.data(), S * 8);
+  std::memcpy(words + 2 * S, b.data(), S * 8);
+  std::memcpy(words + 4 * S, b_ld.data(), S * 4);
+  std::memcpy(words + 5 * S, ranks.data(), S * 4);
+  std::memcpy(words + 6 * S, scales.data(), S * 4);
+  std::memcpy(words + 7 * S, col_offset_.data(), S * 4);
+  tables_dirty_ = true;
   if (t.max_rank != max_rank || used_[m] != (max_rank > 0)) ++layout_version_;
   t.max_rank = max_rank;
   used_[m] = max_rank > 0;
@@ -147,9 +195,20 @@ void AdapterSlots::attach_columns(std::vector<Tensor> weights, int64_t columns) 
   wide_ = std::move(weights);
   columns_ = columns;
   for (size_t m = 0; m < wide_.size(); ++m) {
-    tables_[m].col_offsets = backend_.upload_i32(col_offset_);
+    tables_[m].col_offsets =
+        sub(table_buf_, m * table_words_ * 8 + 28 * size_t(num_slots_), DType::i32, num_slots_);
     tables_[m].columns = columns_;
   }
+}
+
+int32_t* AdapterSlots::module_words(size_t m) {
+  return reinterpret_cast<int32_t*>(table_host_.data() + m * table_words_);
+}
+
+void AdapterSlots::flush_tables() {
+  if (!tables_dirty_) return;
+  backend_.upload_into(table_buf_, table_host_.data(), table_host_.size() * 8);
+  tables_dirty_ = false;
 }
 
 // First fit over the ranges of the other slots.

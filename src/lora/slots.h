@@ -72,7 +72,11 @@ class AdapterSlots {
     float scale = 0;
   };
   size_t module_index(int64_t layer, Target t) const;
+  // Writes the module's table into the host mirror; flush_tables uploads the
+  // mirror (one copy) when something changed.
   void rebuild(size_t module);
+  int32_t* module_words(size_t module);
+  void flush_tables();
   // After the slot's modules are resident: true when it placed the slot's B in the columns and
   // so rebuilt the tables of every module with columns; false (nothing done) without room.
   bool place_columns(int slot);
@@ -83,7 +87,11 @@ class AdapterSlots {
   int num_slots_;
   std::vector<std::array<int64_t, 2>> dims_;     // [modules] (in, out)
   std::vector<std::vector<Resident>> resident_;  // [modules][slots]
-  std::vector<LoraModuleTable> tables_;          // [modules]
+  std::vector<LoraModuleTable> tables_;          // [modules]: views of table_buf_
+  Tensor table_buf_;                             // every module's table, on the backend
+  std::vector<int64_t> table_host_;              // its host mirror, table_words_ per module
+  size_t table_words_ = 0;
+  bool tables_dirty_ = false;
   std::vector<bool> used_;                       // [modules]: any slot has rank > 0
   LoraTables view_;                              // &tables_[m] where used_[m], else null
   std::vector<int64_t> slot_rank_;               // [slots] max rank per slot

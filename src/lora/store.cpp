@@ -149,7 +149,13 @@ AdapterStore::Loaded AdapterStore::load_from_disk(const std::string& name,
                     a->max_rank, options_.max_rank);
     return AdapterError{AdapterError::Kind::invalid, m, m};
   }
-  return std::make_shared<const Adapter>(std::move(*a));
+  // Packed into the memory the slots' backend uploads from fastest (CUDA:
+  // page-locked), so that going to a slot is two copies that do not block.
+  Backend& backend = slots_.backend();
+  auto packed = pack(*a, [&backend](DType d, int64_t n) { return backend.pinned_host(d, n); });
+  if (!packed.ok()) return AdapterError{AdapterError::Kind::invalid, packed.status().message(),
+                                        packed.status().message()};
+  return std::make_shared<const Adapter>(std::move(*packed));
 }
 
 // Puts the adapter first in the host LRU, then drops the least recently used

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <stdexcept>
 #include <thread>
@@ -295,6 +296,117 @@ TEST(AdapterLoading, HostTierIsBoundedByBytes) {
     EXPECT_EQ(small.host_count(), 1);
     EXPECT_EQ(small.host_bytes(), bytes[name]);
   }
+}
+
+// The modules of an adapter in pack()'s order: layer by layer in Target
+// order, then lm_head.
+std::vector<const lora::LoraModule*> modules_of(const lora::Adapter& a) {
+  std::vector<const lora::LoraModule*> v;
+  for (const auto& layer : a.layers)
+    for (const auto& m : layer)
+      if (m) v.push_back(&*m);
+  if (a.lm_head) v.push_back(&*a.lm_head);
+  return v;
+}
+
+// pack(): two blocks from the allocator, every module's A in the first and B
+// in the second, in module order, each at a multiple of kPackAlignment bytes
+// and sharing the block's storage, with the adapter's values and content
+// hash; an adapter whose matrices mix dtypes is refused.
+TEST(AdapterPacking, TwoAlignedBlocksWithTheAdaptersValues) {
+  const auto dir = test::golden_dir(kCase);
+  auto cfg = model::load_config((dir / "model").string());
+  ASSERT_TRUE(cfg.ok());
+  for (const char* name : {"a", "b", "c"}) {
+    auto a = lora::load_adapter(name, (dir / "adapters" / name).string(), *cfg);
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    int calls = 0;
+    auto p = lora::pack(*a, [&](DType d, int64_t n) {
+      ++calls;
+      return host_alloc(d, {n});
+    });
+    ASSERT_TRUE(p.ok()) << p.status().message();
+    EXPECT_EQ(calls, 2) << name;
+    EXPECT_EQ(p->content_hash, a->content_hash) << name;
+    const auto before = modules_of(*a), after = modules_of(*p);
+    ASSERT_EQ(before.size(), after.size()) << name;
+    ASSERT_FALSE(before.empty()) << name;
+    for (const bool is_a : {true, false}) {
+      const Tensor& block = is_a ? p->packed_a : p->packed_b;
+      const char* begin = static_cast<const char*>(block.data);
+      const char* end = begin + block.nbytes();
+      const char* previous_end = begin;
+      for (size_t i = 0; i < before.size(); ++i) {
+        const Tensor& want = is_a ? before[i]->a : before[i]->b;
+        const Tensor& got = is_a ? after[i]->a : after[i]->b;
+        const char* at = static_cast<const char*>(got.data);
+        EXPECT_GE(at, previous_end) << name << " module " << i;
+        EXPECT_LE(at + got.nbytes(), end) << name << " module " << i;
+        EXPECT_EQ(size_t(at - begin) % lora::kPackAlignment, 0u) << name << " module " << i;
+        EXPECT_EQ(got.storage, block.storage) << name << " module " << i;
+        ASSERT_EQ(got.shape, want.shape) << name << " module " << i;
+        ASSERT_EQ(got.dtype, want.dtype) << name << " module " << i;
+        EXPECT_EQ(std::memcmp(got.data, want.data, want.nbytes()), 0) << name << " module " << i;
+        previous_end = at + got.nbytes();
+      }
+    }
+    lora::Adapter mixed = lora::with_host_dtype(*a, DType::bf16);
+    bool changed = false;
+    for (size_t l = 0; l < mixed.layers.size() && !changed; ++l)
+      for (size_t t = 0; t < mixed.layers[l].size() && !changed; ++t)
+        if (mixed.layers[l][t] && a->layers[l][t]) {
+          mixed.layers[l][t]->a = a->layers[l][t]->a;  // f32 beside bf16
+          changed = true;
+        }
+    ASSERT_TRUE(changed) << name;
+    auto refused = lora::pack(mixed, [](DType d, int64_t n) { return host_alloc(d, {n}); });
+    ASSERT_FALSE(refused.ok()) << name;
+    EXPECT_NE(refused.status().message().find("not all"), std::string::npos)
+        << refused.status().message();
+  }
+}
+
+// A packed adapter in a slot is its modules: the tables of a slot holding the
+// packed adapter point at the same values, ranks and scales as those of a
+// slot holding it unpacked.
+TEST(AdapterPacking, APackedAdapterInASlotIsTheSameAsUnpacked) {
+  const auto dir = test::golden_dir(kCase);
+  auto cfg = model::load_config((dir / "model").string());
+  ASSERT_TRUE(cfg.ok());
+  auto a = lora::load_adapter("a", (dir / "adapters" / "a").string(), *cfg);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  auto p = lora::pack(*a, [](DType d, int64_t n) { return host_alloc(d, {n}); });
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  CpuBackend backend(1);
+  lora::AdapterSlots slots(backend, *cfg, 2);
+  slots.assign(0, *a);
+  slots.assign(1, *p);
+  int checked = 0;
+  for (int64_t layer = 0; layer < cfg->num_hidden_layers; ++layer)
+    for (int t = 0; t < lora::kLayerTargets; ++t) {
+      const auto& mod = a->module(layer, lora::Target(t));
+      const LoraModuleTable* table = slots.table(layer, lora::Target(t));
+      if (!mod) continue;
+      ASSERT_NE(table, nullptr);
+      const auto* a_ptrs = table->a_ptrs.ptr<int64_t>();
+      const auto* b_ptrs = table->b_ptrs.ptr<int64_t>();
+      const auto* b_ld = table->b_ld.ptr<int32_t>();
+      EXPECT_EQ(table->ranks.ptr<int32_t>()[0], table->ranks.ptr<int32_t>()[1]);
+      EXPECT_EQ(table->scales.ptr<float>()[0], table->scales.ptr<float>()[1]);
+      const size_t elem = dtype_size(mod->a.dtype);
+      for (int s = 0; s < 2; ++s) {
+        EXPECT_EQ(std::memcmp(reinterpret_cast<const void*>(a_ptrs[s]), mod->a.data, mod->a.nbytes()), 0)
+            << "layer " << layer << " target " << t << " slot " << s;
+        for (int64_t row = 0; row < mod->b.rows(); ++row)  // B may sit in LoRA columns (b_ld)
+          ASSERT_EQ(std::memcmp(reinterpret_cast<const char*>(b_ptrs[s]) + size_t(row * b_ld[s]) * elem,
+                                static_cast<const char*>(mod->b.data) + size_t(row * mod->rank) * elem,
+                                size_t(mod->rank) * elem),
+                    0)
+              << "layer " << layer << " target " << t << " slot " << s << " row " << row;
+      }
+      ++checked;
+    }
+  EXPECT_GT(checked, 0);
 }
 
 }  // namespace

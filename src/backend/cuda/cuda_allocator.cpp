@@ -105,6 +105,10 @@ DeviceAllocator::Stats DeviceAllocator::stats() const {
 // ---- pinned staging ---------------------------------------------------------
 
 PinnedStaging::~PinnedStaging() {
+  for (InFlight& f : in_flight_) {
+    (void)cudaEventSynchronize(f.done);
+    (void)cudaEventDestroy(f.done);
+  }
   for (Chunk& c : chunks_) {
     if (c.done) {
       (void)cudaEventSynchronize(c.done);
@@ -164,6 +168,28 @@ void PinnedStaging::copy_to_device(void* dst, const void* src, size_t n) {
   std::memcpy(staged, src, n);
   PHILORA_CUDA_CHECK(cudaMemcpyAsync(dst, staged, n, cudaMemcpyHostToDevice, stream_));
   offset_ += aligned;
+}
+
+void PinnedStaging::reap() {
+  while (!in_flight_.empty()) {
+    const cudaError_t q = cudaEventQuery(in_flight_.front().done);
+    if (q == cudaErrorNotReady) return;
+    PHILORA_CUDA_CHECK(q);
+    PHILORA_CUDA_CHECK(cudaEventDestroy(in_flight_.front().done));
+    in_flight_.pop_front();
+  }
+}
+
+void PinnedStaging::copy_pinned(void* dst, const void* src, size_t n, std::shared_ptr<void> keep) {
+  if (n == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  reap();
+  PHILORA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_));
+  InFlight f;
+  PHILORA_CUDA_CHECK(cudaEventCreateWithFlags(&f.done, cudaEventDisableTiming));
+  PHILORA_CUDA_CHECK(cudaEventRecord(f.done, stream_));
+  f.keep = std::move(keep);
+  in_flight_.push_back(std::move(f));
 }
 
 }  // namespace philora::cuda

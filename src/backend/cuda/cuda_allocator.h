@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -78,6 +79,9 @@ class PinnedStaging {
   // Queues a copy of `n` host bytes to `dst` on the stream. `src` may be
   // reused as soon as this returns.
   void copy_to_device(void* dst, const void* src, size_t n);
+  // Queues a copy of `n` bytes of page-locked host memory straight to `dst`;
+  // `keep` (what owns `src`) is held until the copy is done.
+  void copy_pinned(void* dst, const void* src, size_t n, std::shared_ptr<void> keep);
 
  private:
   static constexpr size_t kChunkBytes = size_t(1) << 20;
@@ -87,7 +91,13 @@ class PinnedStaging {
     bool recorded = false;
   };
   void next_chunk();
+  void reap();  // drops the copies from pinned sources that are done
 
+  struct InFlight {
+    cudaEvent_t done = nullptr;
+    std::shared_ptr<void> keep;
+  };
+  std::deque<InFlight> in_flight_;
   cudaStream_t stream_;
   std::vector<Chunk> chunks_;
   size_t current_ = 0;

@@ -101,6 +101,29 @@ Tensor CudaBackend::upload_raw(const void* src, DType dtype, int64_t n) {
   return t;
 }
 
+// Whether `p` is page-locked host memory (cudaMallocHost or registered).
+static bool is_pinned(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeHost;
+}
+
+Tensor CudaBackend::pinned_host(DType dtype, int64_t n) {
+  PHILORA_CUDA_CHECK(cudaSetDevice(ctx_->device));  // a loader thread's first call
+  void* p = nullptr;
+  const size_t bytes = std::max<size_t>(1, size_t(n) * dtype_size(dtype));
+  if (cudaMallocHost(&p, bytes) != cudaSuccess) {  // no page-locked memory left: plain memory
+    (void)cudaGetLastError();
+    return host_alloc(dtype, {n});
+  }
+  Tensor t(p, dtype, {n}, Device::cpu);
+  t.storage = std::shared_ptr<void>(p, [](void* q) { (void)cudaFreeHost(q); });
+  return t;
+}
+
 Tensor CudaBackend::upload(const Tensor& host, DType dtype) {
   // Plans and tables keep their integer type; floats become bf16 unless f32 is asked for.
   const DType target = !is_float(host.dtype) ? host.dtype : (dtype == DType::f32 ? DType::f32 : DType::bf16);
@@ -109,6 +132,11 @@ Tensor CudaBackend::upload(const Tensor& host, DType dtype) {
     if (host.dtype == target) return host;
     Tensor out = with_shape_of(device_tensor(target, {n}), host);
     cuda::launch_convert(host.data, host.dtype, out.data, target, n, ctx_->stream);
+    return out;
+  }
+  if (host.dtype == target && host.storage && is_pinned(host.data)) {
+    Tensor out = with_shape_of(device_tensor(target, {n}), host);
+    ctx_->staging->copy_pinned(out.data, host.data, host.nbytes(), host.storage);
     return out;
   }
   if (host.dtype == target) return with_shape_of(upload_raw(host.data, host.dtype, n), host);
