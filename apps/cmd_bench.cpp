@@ -19,6 +19,7 @@
 #include "bench_workload.h"
 #include "commands.h"
 #include "common.h"
+#include "engine/engine.h"
 #include "engine/plan.h"
 #include "engine/step_runner.h"
 #include "model/config.h"
@@ -44,6 +45,8 @@ struct BenchOptions {
   double mem_fraction = 0.9;
   bool enforce_eager = false;
   int64_t speculate = 0;  // --speculate ngram:K / medusa:K: also time verifying 1 .. K drafts at batch 1
+  bool sampling_overhead = false;  // also time decode with logprobs and penalties on every row
+  int64_t prefix_hit = 0;  // > 0: TTFT with this many prompt tokens cached vs none
 };
 
 model::Phi3Config phi3_mini(int64_t layers) {  // microsoft/Phi-3-mini-4k-instruct
@@ -98,7 +101,9 @@ Counts count(const model::Phi3Config& c, size_t elem) {
 Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
                              const lora::AdapterSlots* slots, int64_t batch, int64_t context,
                              int64_t steps, const std::vector<int32_t>& slot_of, bool graphs,
-                             double* host_seconds = nullptr, int64_t rows = 1) {
+                             double* host_seconds = nullptr, int64_t rows = 1,
+                             const engine::SampleRow& sample = engine::SampleRow(),
+                             const Tensor& counts = Tensor()) {
   const model::Phi3Config& c = m.config();
   Backend& b = m.backend();
   engine::StepRunner runner(m, kv, slots, graphs);
@@ -122,7 +127,10 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
     for (auto& q : seqs) work.push_back({&q, rows, true, rows > 1, false});
     auto plan = engine::plan_step(work, kv.page_size);
     const double planned = since(t0), before = runner.stats().host_seconds;
-    runner.run(plan, std::vector<engine::SampleRow>(size_t(batch * rows)));
+    std::vector<engine::SampleRow> sample_rows(size_t(batch * rows), sample);
+    for (size_t r = 0; r < sample_rows.size() && sample.count_row >= 0; ++r)
+      sample_rows[r].count_row = int32_t(r / size_t(rows));  // the sequence's row of counts
+    runner.run(plan, sample_rows, counts);
     if (step > 0) {
       times.push_back(since(t0));
       host.push_back(planned + runner.stats().host_seconds - before);
@@ -216,6 +224,7 @@ int run_bench(const BenchOptions& o) {
   if (!o.skip_lora)
     max_tokens = std::max(max_tokens, o.lora_batch * (o.lora_context + o.steps + 2 + 16));
   max_tokens = std::max(max_tokens, o.context + (o.steps + 1) * (o.speculate + 1) + 2 + 16);
+  max_tokens = std::max(max_tokens, 4 * (o.prefix_hit + 64));
   const int64_t page = 16;
   kv::KvCache kv(b, c.num_hidden_layers, max_tokens / page + 1, page, c.num_key_value_heads,
                  c.head_dim);
@@ -240,19 +249,106 @@ int run_bench(const BenchOptions& o) {
   std::cout << "host time per decode step before it waits for the device:" << host_notes.str()
             << "\n";
 
+  // Logprobs and penalties: every row asks the top 20 logprobs and applies
+  // repetition, frequency and presence penalties over its sequence's row of
+  // token counts (issue 17: at most 3% over the plain step at batch 64).
+  if (o.sampling_overhead) {
+    engine::SampleRow heavy;
+    heavy.logprobs = int32_t(kMaxLogprobs);
+    heavy.repetition_penalty = 1.1f;
+    heavy.frequency_penalty = 0.2f;
+    heavy.presence_penalty = 0.1f;
+    heavy.count_row = 0;
+    for (int64_t bs : o.batches) {
+      Tensor counts = b.alloc(DType::i32, {bs, c.vocab_size});
+      for (int64_t r = 0; r < bs; ++r) {  // each row: a prompt of 64 tokens and 16 generated
+        std::vector<int32_t> tokens;
+        for (int64_t i = 0; i < 80; ++i) tokens.push_back(int32_t((r * 131 + i * 17) % c.vocab_size));
+        b.reset_token_counts(counts, r, b.upload_i32(tokens), 64);
+      }
+      auto plain = time_decode(m, kv, nullptr, bs, o.context, o.steps, {}, !o.enforce_eager);
+      if (!plain) return fail(plain.status());
+      auto with = time_decode(m, kv, nullptr, bs, o.context, o.steps, {}, !o.enforce_eager, nullptr,
+                              1, heavy, counts);
+      if (!with) return fail(with.status());
+      std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
+                               fmt::format("logprobs 20 + penalties, batch {}", bs), *with * 1e3,
+                               "vs plain", *with / *plain);
+      summary << fmt::format("sampling_b{}={:.3f}x ", bs, *with / *plain);
+    }
+  }
+
   // Speculative decoding: a step verifying k drafts (k + 1 rows, all sampled;
-  // eager, as the engine runs such steps) against a plain decode step, batch 1.
+  // a step graph, as the engine runs such steps) against a plain decode step,
+  // batch 1.
   if (o.speculate > 0) {
     auto plain = time_decode(m, kv, nullptr, 1, o.context, o.steps, {}, !o.enforce_eager);
     if (!plain) return fail(plain.status());
     for (int64_t k = 1; k <= o.speculate; ++k) {
-      auto dt = time_decode(m, kv, nullptr, 1, o.context, o.steps, {}, false, nullptr, k + 1);
+      auto dt = time_decode(m, kv, nullptr, 1, o.context, o.steps, {}, !o.enforce_eager, nullptr,
+                            k + 1);
       if (!dt) return fail(dt.status());
       std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
                                fmt::format("verify {} drafts, batch 1 (ctx {})", k, o.context),
                                *dt * 1e3, "vs decode", *dt / *plain);
       summary << fmt::format("verify{}={:.3f}x ", k, *dt / *plain);
     }
+  }
+
+  // Time to first token with a cached prefix (issue 17: a hit at most 15% of
+  // a miss): through the engine (prefix cache on), a prompt of prefix_hit
+  // tokens and 32 more, cold (its prefix never seen), then the same prefix
+  // with 32 other tokens (its full pages cached by the first). Medians of 10.
+  if (o.prefix_hit > 0) {
+    engine::EngineConfig config;
+    config.step_graphs = !o.enforce_eager;
+    config.max_batched_tokens = std::max<int64_t>(2048, o.prefix_hit + 32);
+    engine::Engine engine(m, kv, nullptr, config);
+    auto ttft = [&](std::vector<int32_t> prompt, const std::string& id) -> Expected<double> {
+      engine::Request r;
+      r.id = id;
+      r.prompt = std::move(prompt);
+      r.max_new_tokens = 1;
+      r.ignore_eos = true;
+      b.synchronize();
+      const auto t0 = Clock::now();
+      if (Status s = engine.add_request(std::move(r)); !s.ok()) return s;
+      double first = -1;
+      while (engine.has_work())
+        for (const engine::StepOutput& out : engine.step())
+          if (!out.new_tokens.empty() && first < 0) first = since(t0);
+      return first;
+    };
+    std::vector<double> miss, hit;
+    for (int rep = 0; rep <= 10; ++rep) {
+      std::vector<int32_t> prefix, a, bq;
+      for (int64_t i = 0; i < o.prefix_hit; ++i)
+        prefix.push_back(int32_t((i * 7919 + rep * 104729 + 11) % c.vocab_size));
+      a = prefix;
+      bq = prefix;
+      for (int64_t i = 0; i < 32; ++i) {
+        a.push_back(int32_t((i * 31 + rep + 1) % c.vocab_size));
+        bq.push_back(int32_t((i * 37 + rep + 2) % c.vocab_size));
+      }
+      auto cold = ttft(a, fmt::format("cold{}", rep));
+      if (!cold) return fail(cold.status());
+      auto warm = ttft(bq, fmt::format("warm{}", rep));
+      if (!warm) return fail(warm.status());
+      if (rep == 0) continue;  // warm-up
+      miss.push_back(*cold);
+      hit.push_back(*warm);
+    }
+    const engine::EngineStats& st = engine.stats();
+    std::cout << fmt::format("{:<44} {:>13.3f} ms\n",
+                             fmt::format("TTFT, {} + 32 tokens, prefix miss", o.prefix_hit),
+                             median(miss) * 1e3);
+    std::cout << fmt::format("{:<44} {:>13.3f} ms {:>12} {:>7.3f}x\n",
+                             fmt::format("TTFT, {} + 32 tokens, prefix hit", o.prefix_hit),
+                             median(hit) * 1e3, "vs miss", median(hit) / median(miss));
+    std::cout << fmt::format("prefix cache: {} of {} prompt tokens found cached\n",
+                             st.prefix_cache_hits, st.prefix_cache_queries);
+    summary << fmt::format("prefix_miss={:.2f}ms prefix_hit={:.2f}ms ", median(miss) * 1e3,
+                           median(hit) * 1e3);
   }
 
   // Time to first token for one prompt.
@@ -368,6 +464,13 @@ void add_bench_command(CLI::App& app, int& rc) {
         const Expected<Speculation> k = parse_speculate(spec);
         return k.ok() ? std::string() : k.status().message();
       });
+  cmd->add_flag("--sampling-overhead", o->sampling_overhead,
+                "also time each decode batch with every row asking the top 20 logprobs and "
+                "repetition, frequency and presence penalties, as a ratio to the plain step");
+  cmd->add_option("--prefix-hit", o->prefix_hit,
+                  "also time the first token of a prompt of N + 32 tokens whose first N are in "
+                  "the prefix cache, against the same prompt cold (through the engine)")
+      ->check(CLI::Range(int64_t(16), int64_t(1) << 16));
   add_lora_columns_option(*cmd, o->lora_columns);
   cmd->add_flag("--enforce-eager", o->enforce_eager, "decode steps op by op (no CUDA graphs)");
   cmd->add_option("--mem-fraction", o->mem_fraction,
