@@ -38,6 +38,7 @@ struct GenerateOptions {
   bool seed_given = false;
   bool ignore_eos = false;
   bool stats = false;
+  int64_t warmup = 0;
   std::vector<std::string> stop;
   std::vector<int32_t> stop_token_ids;
   bool include_stop_str_in_output = false;
@@ -362,6 +363,7 @@ int run_generate(const GenerateOptions& o) {
   opts.speculate_medusa = o.model.speculate_medusa;
   opts.medusa = m->medusa;
   opts.tokenizer = tok.get();
+  opts.warmup = o.warmup;
   engine::EngineStats stats;
   double seconds = 0;
   if (o.stats) {
@@ -413,6 +415,10 @@ void add_generate_command(CLI::App& app, int& rc) {
                 "after the outputs, print one JSON line to stderr: requests, generated tokens, "
                 "the seconds from the first step to the last (loading left out), tokens/s, steps, "
                 "drafted and accepted tokens");
+  cmd->add_option("--warmup", o->warmup,
+                  "run the batch this many times first on the same engine (graphs recorded, "
+                  "matmul shapes tuned) and output, time and count the run after them")
+      ->check(CLI::Range(int64_t(0), int64_t(100)));
   cmd->add_option("--temperature", o->temperature, "sampling temperature (0 = greedy)")
       ->check(CLI::Range(0.0f, 100.0f));
   cmd->add_option("--top-k", o->top_k, "sample among the k most likely tokens (0 = all)")

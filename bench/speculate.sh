@@ -16,7 +16,10 @@
 # Batch B: the first B passages, one request each, in one batch
 # (`philora generate` runs a file's requests together). Methods: none,
 # ngram:4, medusa:4 (models/medusa, when it exists). Each cell is the best of
-# R runs (default 3) of the seconds from the first step to the last.
+# R runs (default 3) of the seconds from the first step to the last, each run
+# after a warm-up run of the same batch in the same process (`--warmup 1`:
+# step graphs recorded and matmul shapes tuned, as in a server that has been
+# up a while; the prefix cache off, so that the timed run computes its prompts).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 device=cpu new=128 bin="$root/build/philora" reps=3
@@ -54,7 +57,7 @@ for set in copy free; do
     base_tps=""
     for m in "${methods[@]}"; do
       args=(generate --model "$model" --device "$device" --requests "$work/$set-$b.jsonl" --greedy
-            --max-new-tokens "$new" --stats)
+            --max-new-tokens "$new" --stats --warmup 1 --no-prefix-cache)
       case "$m" in
         none) ;;
         medusa:*) args+=(--speculate "$m" --medusa "$root/models/medusa") ;;

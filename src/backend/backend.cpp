@@ -1,5 +1,8 @@
 #include "backend/backend.h"
 
+#include <stdexcept>
+#include <string>
+
 #include "backend/cpu/cpu_backend.h"
 #ifdef PHILORA_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -8,6 +11,17 @@
 namespace philora {
 
 Tensor Backend::pinned_host(DType dtype, int64_t n) { return host_alloc(dtype, {n}); }
+
+void Backend::write_columns_batch(const std::vector<ColumnWrite>& writes) {
+  for (ColumnWrite w : writes) {
+    const int64_t r = w.src.empty() ? 0 : w.src.cols();
+    if (w.width < r)
+      throw std::runtime_error("write_columns_batch: " + std::to_string(r) +
+                               " columns of B into a range of " + std::to_string(w.width));
+    if (r > 0) write_columns(w.dst, w.col, w.src);
+    if (w.width > r) write_columns(w.dst, w.col + r, Tensor(), w.width - r);
+  }
+}
 
 std::vector<std::string> available_backends() {
   std::vector<std::string> names = {"cpu"};

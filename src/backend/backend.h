@@ -276,6 +276,17 @@ class Backend {
   // dst[:, col .. col + src.cols()) = src (rows equal), or 0 for `count`
   // columns when src is empty: placing B matrices into a weight's LoRA columns.
   virtual void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) = 0;
+  // Several at once: each write puts its src (rows, r) into dst's columns
+  // col .. col + r and zeros into col + r .. col + width (width ≥ r; an empty
+  // src: zeros only). An adapter's B into every module's LoRA columns in one
+  // launch on CUDA; by default one write_columns per piece.
+  struct ColumnWrite {
+    Tensor dst;  // a weight (its data is written; the Tensor is a handle)
+    int64_t col = 0;
+    Tensor src;
+    int64_t width = 0;
+  };
+  virtual void write_columns_batch(const std::vector<ColumnWrite>& writes);
   // Rotates q and k of qkv (T, (H + 2 Hkv) · d) in place and writes k, v into
   // the cache at `tokens.kv_locs`.
   virtual void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,

@@ -159,6 +159,20 @@ struct EngineStats {
   int64_t spec_accepted_tokens = 0;
 };
 
+// The counts between two snapshots of one engine's stats (later - earlier).
+inline EngineStats operator-(const EngineStats& later, const EngineStats& earlier) {
+  EngineStats d;
+  d.steps = later.steps - earlier.steps;
+  d.preemptions = later.preemptions - earlier.preemptions;
+  d.prompt_tokens = later.prompt_tokens - earlier.prompt_tokens;
+  d.generated_tokens = later.generated_tokens - earlier.generated_tokens;
+  d.prefix_cache_queries = later.prefix_cache_queries - earlier.prefix_cache_queries;
+  d.prefix_cache_hits = later.prefix_cache_hits - earlier.prefix_cache_hits;
+  d.spec_draft_tokens = later.spec_draft_tokens - earlier.spec_draft_tokens;
+  d.spec_accepted_tokens = later.spec_accepted_tokens - earlier.spec_accepted_tokens;
+  return d;
+}
+
 // Structured output's host work (docs/STRUCTURED.md).
 struct MaskStats {
   int64_t steps = 0;          // steps with masks

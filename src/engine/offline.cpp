@@ -47,8 +47,15 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
           requests[i].id);
     if (!index.emplace(requests[i].id, i).second)
       return Status::errorf("request '{}': the id is given twice", requests[i].id);
-    PHILORA_RETURN_IF_ERROR(engine.add_request(requests[i]));
   }
+  for (int64_t w = 0; w < options.warmup; ++w) {
+    for (const Request& r : requests) PHILORA_RETURN_IF_ERROR(engine.add_request(r));
+    while (engine.has_work())
+      for (const StepOutput& o : engine.step())
+        if (is_error(o.finish)) return Status::errorf("request '{}': {}", o.id, o.error_detail);
+  }
+  const EngineStats before = engine.stats();
+  for (const Request& r : requests) PHILORA_RETURN_IF_ERROR(engine.add_request(r));
   std::vector<StepOutput> out(requests.size());
   const auto t0 = std::chrono::steady_clock::now();
   while (engine.has_work()) {
@@ -69,7 +76,7 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
   if (options.seconds)
     *options.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (options.stats) *options.stats = engine.stats();
+  if (options.stats) *options.stats = engine.stats() - before;
   return out;
 }
 

@@ -29,6 +29,11 @@ struct OfflineOptions {
   // request checks left out).
   EngineStats* stats = nullptr;
   double* seconds = nullptr;
+  // Runs the batch this many times first, on the same engine, and returns
+  // (and times, and counts) the run after them: step graphs recorded and
+  // matmul shapes tuned, as in a server that has been up a while. (With the
+  // prefix cache on, the run finds the warm-ups' prompts cached.)
+  int64_t warmup = 0;
 };
 
 // Runs the requests (ids unique) to the end and returns, in request order,

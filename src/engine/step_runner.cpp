@@ -33,6 +33,15 @@ int64_t context_bucket(int64_t kv_len) {
 
 int64_t bias_entries(const std::vector<SampleRow>& rows);
 
+// The rows per sequence a graph is recorded for: 1, 2, 3, 5, 9, 17 (one more
+// than a power of two: a sequence's last token and 2^i drafts), so that the
+// adaptive draft limit meets few graphs and few new matmul shapes.
+int64_t rows_bucket(int64_t q) {
+  int64_t b = 1;
+  while (b < q) b = b == 1 ? 2 : 2 * b - 1;
+  return b;
+}
+
 }  // namespace
 
 SampleRow sample_row(const SamplingParams& p, std::mt19937_64& rng) {
@@ -308,7 +317,7 @@ bool StepRunner::graphable(const StepPlan& plan, const std::vector<SampleRow>& r
   // Every row is sampled (a decode step, or one verifying drafts): no prompt chunk.
   if (plan.host_logits || rows.size() != t || plan.logit_rows.size() != t) return false;
   if (plan.max_q_len < 1 || plan.max_q_len > kMaxGraphRowsPerSequence) return false;
-  if (graph_batch(int64_t(n)) * plan.max_q_len > kMaxGraphRows) return false;
+  if (graph_batch(int64_t(n)) * rows_bucket(plan.max_q_len) > kMaxGraphRows) return false;
   if (plan.max_kv_len > kMaxContextBucket) return false;
   for (size_t i = 0; i < t; ++i)
     if (plan.logit_rows[i] != int32_t(i)) return false;
@@ -424,7 +433,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   const int64_t n = int64_t(plan.kv_last_page_len.size()), t = int64_t(plan.token_ids.size());
   GraphKey key;
   key.batch = graph_batch(n);
-  key.rows_per_sequence = plan.max_q_len;
+  key.rows_per_sequence = rows_bucket(plan.max_q_len);
   key.context = context_bucket(plan.max_kv_len);
   const bool lora = adapters_ && std::any_of(plan.lora_slot.begin(), plan.lora_slot.end(),
                                              [](int32_t s) { return s >= 0; });

@@ -8,7 +8,8 @@
 // into two tensors at fixed addresses (one copy each), the graph replays every
 // kernel of the forward and the sampler in one launch, and the ids come back.
 // A graph is recorded on first use per GraphKey: a batch bucket of sequences,
-// Q rows per sequence (the step's most), padded up to B · Q rows with rows
+// a bucket of Q rows per sequence (1, 2, 3, 5, 9, 17 ≥ the step's most),
+// padded up to B · Q rows with rows
 // that write a reserved KV page, sample greedily and whose tokens are dropped;
 // the context bucket fixes the decode attention's split. Other steps
 // (prompts, chunks) run op by op; both stage the sampler's inputs through the
@@ -161,7 +162,7 @@ class StepRunner {
   // What a recorded graph is specialised for.
   struct GraphKey {
     int64_t batch = 0;             // bucket
-    int64_t rows_per_sequence = 1;  // Q: 1 decode, k + 1 verifying k drafts
+    int64_t rows_per_sequence = 1;  // Q bucket: 1 decode, ≥ k + 1 verifying k drafts
     int64_t context = 0;           // bucket of the longest sequence (the attention's split)
     uint64_t lora_version = 0;     // AdapterSlots::layout_version(), 0 without LoRA
     int64_t lora_rank = -1;        // max rank, -1 without LoRA

@@ -230,14 +230,15 @@ bool AdapterSlots::place_columns(int slot) {
   if (at + width > columns_) return false;  // no room: the slot's tokens take the two-kernel form
   col_offset_[size_t(slot)] = at;
   col_width_[size_t(slot)] = width;
+  std::vector<Backend::ColumnWrite> writes;  // every module's B and zeros after it: one launch
   for (size_t m = 0; m < wide_.size(); ++m) {
-    const int64_t in = dims_[m][0];
-    backend_.write_columns(wide_[m], in + at, Tensor(), width);
+    const Resident& r = resident_[m][size_t(slot)];
+    writes.push_back({wide_[m], dims_[m][0] + at, r.rank > 0 ? r.b : Tensor(), width});
+  }
+  backend_.write_columns_batch(writes);
+  for (size_t m = 0; m < wide_.size(); ++m) {
     Resident& r = resident_[m][size_t(slot)];
-    if (r.rank > 0) {
-      backend_.write_columns(wide_[m], in + at, r.b);
-      r.b = Tensor();  // B is kept once: the kernels read it from the columns too (b_ld)
-    }
+    r.b = Tensor();  // B is kept once: the kernels read it from the columns too (b_ld)
     rebuild(m);
   }
   return true;
@@ -254,7 +255,9 @@ void AdapterSlots::release_columns(int slot) {
   col_offset_[size_t(slot)] = -1;
   col_width_[size_t(slot)] = 0;
   // No stale values behind the zeros; the callers rebuild every module's table.
-  for (size_t m = 0; m < wide_.size(); ++m) backend_.write_columns(wide_[m], dims_[m][0] + at, Tensor(), width);
+  std::vector<Backend::ColumnWrite> zeros;
+  for (size_t m = 0; m < wide_.size(); ++m) zeros.push_back({wide_[m], dims_[m][0] + at, Tensor(), width});
+  backend_.write_columns_batch(zeros);
 }
 
 int64_t AdapterSlots::step_columns(const std::vector<int32_t>& token_slot) const {

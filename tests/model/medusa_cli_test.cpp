@@ -130,6 +130,15 @@ TEST_F(MedusaCli, GreedyEqualsPlainWithBaseAndAdapterHeads) {
   EXPECT_EQ(plain_stats["generated_tokens"], tokens_in(outputs(plain)));
   EXPECT_EQ(plain_stats["spec_draft_tokens"], 0);
   EXPECT_GT(plain_stats["seconds"].get<double>(), 0.0);
+  // --warmup 1: the same outputs, and the counts of one run (the timed one).
+  const test::CliResult warm =
+      test::run_philora(args({"--stats", "--warmup", "1", "--no-prefix-cache"}));
+  ASSERT_EQ(warm.exit_code, 0) << warm.err;
+  const nlohmann::json warm_stats = stats_of(warm);
+  EXPECT_EQ(warm_stats["generated_tokens"], plain_stats["generated_tokens"]);
+  EXPECT_EQ(warm_stats["steps"], plain_stats["steps"]);
+  EXPECT_EQ(warm_stats["prompt_tokens_computed"], plain_stats["prompt_tokens_computed"]);
+  for (const auto& [id, w] : outputs(plain)) EXPECT_EQ(outputs(warm).at(id)["tokens"], w["tokens"]) << id;
   for (const char* spec : {"medusa", "medusa:2"}) {
     const test::CliResult spec_run = test::run_philora(
         args({"--speculate", spec, "--medusa", (dir_ / "base_heads").string(), "--stats"}));

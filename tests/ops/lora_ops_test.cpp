@@ -402,11 +402,13 @@ class LoraShrinkColumns : public LoraCase {
 // (or matmul_add into y0, as o_proj and down_proj add into the residual).
 class LoraLinearColumns : public LoraCase {
  public:
-  LoraLinearColumns(int64_t in, int64_t out, std::vector<Run> runs, bool add)
-      : LoraCase(in, out, std::move(runs)), add_(add) {}
+  // batched: the columns hold noise first, then one write_columns_batch puts
+  // every slot's B and the zeros after it up to the next slot's range.
+  LoraLinearColumns(int64_t in, int64_t out, std::vector<Run> runs, bool add, bool batched = false)
+      : LoraCase(in, out, std::move(runs)), add_(add), batched_(batched) {}
   std::string name() const override {
-    return fmt::format("lora_linear_columns(in={} out={} columns={} add={} ranks={} runs={})", in_, out_, kColumns,
-                       add_, ranks_str(), runs_str(runs_));
+    return fmt::format("lora_linear_columns(in={} out={} columns={} add={}{} ranks={} runs={})", in_, out_,
+                       kColumns, add_, batched_ ? " batched" : "", ranks_str(), runs_str(runs_));
   }
   void init(Rng& rng) override {
     LoraCase::init(rng);
@@ -414,6 +416,7 @@ class LoraLinearColumns : public LoraCase {
     const double w_range = 2.0 / std::sqrt(double(in_));
     w_ = rng.bf16(out_ * in_, -w_range, w_range);
     y0_ = rng.bf16(tokens() * out_, -1, 1);
+    noise_ = rng.bf16(out_ * kColumns, -1, 1);
   }
   std::vector<Output> run(Backend& b) const override {
     DeviceLora lora = upload_lora(b);
@@ -422,9 +425,23 @@ class LoraLinearColumns : public LoraCase {
     // The wide weight: W, then zeros, then each slot's B at its columns.
     Tensor wide = b.alloc(b.compute_dtype(), {out_, in_ + kColumns});
     b.write_columns(wide, 0, upload(b, w_, {out_, in_}));
-    b.write_columns(wide, in_, Tensor(), kColumns);
-    for (size_t s = 0; s < kRanks.size(); ++s)
-      if (kRanks[s] > 0) b.write_columns(wide, in_ + kOffsets[s], lora.b[s]);
+    if (batched_) {
+      b.write_columns(wide, in_, upload(b, noise_, {out_, kColumns}));
+      std::vector<Backend::ColumnWrite> writes;
+      for (size_t s = 0; s < kRanks.size(); ++s) {
+        if (kOffsets[s] < 0) continue;
+        int64_t end = kColumns;  // the next range's start
+        for (int32_t o : kOffsets)
+          if (o > kOffsets[s]) end = std::min<int64_t>(end, o);
+        writes.push_back({wide, in_ + kOffsets[s], kRanks[s] > 0 ? lora.b[s] : Tensor(), end - kOffsets[s]});
+      }
+      if (kOffsets.front() > 0) writes.push_back({wide, in_, Tensor(), kOffsets.front()});
+      b.write_columns_batch(writes);
+    } else {
+      b.write_columns(wide, in_, Tensor(), kColumns);
+      for (size_t s = 0; s < kRanks.size(); ++s)
+        if (kRanks[s] > 0) b.write_columns(wide, in_ + kOffsets[s], lora.b[s]);
+    }
     const Tensor X = b.lora_shrink_columns(upload(b, x_, {tokens(), in_}), lora.table, batch);
     if (!add_) return {fetch(b, "y", b.matmul(X, wide))};
     Tensor y = upload(b, y0_, {tokens(), out_});
@@ -436,8 +453,8 @@ class LoraLinearColumns : public LoraCase {
   }
 
  private:
-  bool add_;
-  std::vector<float> x_, w_, y0_;  // (T, in), (out, in), (T, out)
+  bool add_, batched_;
+  std::vector<float> x_, w_, y0_, noise_;  // (T, in), (out, in), (T, out), (out, columns)
 };
 
 // LoraLinear's case through a weight with LoRA columns whose table points B_s
@@ -520,6 +537,8 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraLinearColumns>(1024, 96, kDecode, false),
       make_case<LoraLinearColumns>(64, 520, kOne, true),
       make_case<LoraLinearColumns>(96, 1002, kSeven, true),
+      make_case<LoraLinearColumns>(1024, 96, kDecode, false, true),
+      make_case<LoraLinearColumns>(96, 1002, kSeven, true, true),
       make_case<LoraLinearStridedB>(1024, 96, kDecode),
       make_case<LoraLinearStridedB>(96, 1002, kLong),
       make_case<LoraLinearStridedB>(64, 37, kSeven),

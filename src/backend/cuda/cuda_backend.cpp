@@ -382,6 +382,38 @@ void CudaBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int
                                          cudaMemcpyDeviceToDevice, ctx_->stream));
 }
 
+void CudaBackend::write_columns_batch(const std::vector<ColumnWrite>& writes) {
+  std::vector<cuda::ColumnWriteDesc> descs;
+  int64_t most = 0;
+  for (const ColumnWrite& w : writes) {
+    require(w.dst, DType::bf16, "write_columns_batch", "dst");
+    const int64_t r = w.src.empty() ? 0 : w.src.cols();
+    if (!w.src.empty()) require(w.src, DType::bf16, "write_columns_batch", "src");
+    if (w.col < 0 || w.width < r || w.col + w.width > w.dst.cols() ||
+        (!w.src.empty() && w.src.rows() != w.dst.rows()))
+      throw std::runtime_error("cuda backend: write_columns_batch: " + std::to_string(w.width) +
+                               " columns at " + std::to_string(w.col) + " of " +
+                               w.dst.shape_str() +
+                               (w.src.empty() ? std::string() : " from " + w.src.shape_str()));
+    if (w.width == 0 || w.dst.rows() == 0) continue;
+    cuda::ColumnWriteDesc d;
+    d.dst = static_cast<char*>(w.dst.data) + size_t(w.col) * 2;
+    d.src = r > 0 ? w.src.data : nullptr;
+    d.ld = w.dst.cols();
+    d.rows = w.dst.rows();
+    d.rank = int32_t(r);
+    d.width = int32_t(w.width);
+    descs.push_back(d);
+    most = std::max(most, d.rows * w.width);
+  }
+  if (descs.empty()) return;
+  const size_t bytes = descs.size() * sizeof(cuda::ColumnWriteDesc);
+  Tensor table = device_tensor(DType::i64, {int64_t((bytes + 7) / 8)});
+  upload_into(table, descs.data(), bytes);
+  cuda::launch_write_columns_batch(static_cast<const cuda::ColumnWriteDesc*>(table.data),
+                                   int(descs.size()), most, ctx_->stream);
+}
+
 Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
   require(gate_up, DType::bf16, "silu_mul", "gate_up");
   const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;

@@ -36,6 +36,7 @@ class CudaBackend final : public Backend {
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape) override;
   Tensor upload(const Tensor& host, DType dtype) override;
   Tensor pinned_host(DType dtype, int64_t n) override;
+  void write_columns_batch(const std::vector<ColumnWrite>& writes) override;
   Tensor to_host_f32(const Tensor& t) override;
   Tensor upload_i32(const std::vector<int32_t>& values) override;
   Tensor upload_i64(const std::vector<int64_t>& values) override;

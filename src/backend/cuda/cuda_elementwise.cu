@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <stdexcept>
 
 namespace philora::cuda {
 
@@ -366,6 +367,29 @@ void launch_rms_norm(const void* x, const void* residual, const void* w, void* y
   } else {
     launch_chained(rms_norm_scalar_kernel, dim3(unsigned(rows)), dim3(kThreads), 0, stream, xb, rb, wb, yb, sb, n, eps);
   }
+  PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+// blockIdx.y: the piece; the x blocks stride its rows · width elements.
+__global__ void write_columns_batch_kernel(const ColumnWriteDesc* descs) {
+  const ColumnWriteDesc d = descs[blockIdx.y];
+  bf16* dst = static_cast<bf16*>(d.dst);
+  const bf16* src = static_cast<const bf16*>(d.src);
+  const int64_t total = d.rows * d.width;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / d.width;
+    const int c = int(i % d.width);
+    dst[r * d.ld + c] = src && c < d.rank ? src[r * d.rank + c] : __float2bfloat16_rn(0.0f);
+  }
+}
+
+void launch_write_columns_batch(const ColumnWriteDesc* descs, int n, int64_t most,
+                                cudaStream_t stream) {
+  if (n == 0 || most == 0) return;
+  if (n > 65535) throw std::runtime_error("write_columns_batch: more than 65535 pieces");
+  const dim3 grid(unsigned(std::min<int64_t>(ceil_div(most, kThreads), 1024)), unsigned(n));
+  write_columns_batch_kernel<<<grid, kThreads, 0, stream>>>(descs);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

@@ -33,6 +33,22 @@ void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cu
 void launch_gather_rows(const void* x, const int32_t* rows, void* out, int64_t count, int64_t cols,
                         cudaStream_t stream);
 
+// One piece of a batched column write (Backend::write_columns_batch): rows
+// of dst (leading dimension ld, already offset to the first column) get
+// src's r columns (src row-major (rows, r); null: none), then zeros up to width.
+struct ColumnWriteDesc {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  int64_t ld = 0;
+  int64_t rows = 0;
+  int32_t rank = 0;
+  int32_t width = 0;
+};
+
+// Every piece of `descs` (a device array of n), bf16; `most` bounds rows · width.
+void launch_write_columns_batch(const ColumnWriteDesc* descs, int n, int64_t most,
+                                cudaStream_t stream);
+
 // out = x + silu(h + bias); h, x, out (rows, n), bias [n]; all bf16
 void launch_bias_silu_residual(const void* h, const void* bias, const void* x, void* out,
                                int64_t rows, int64_t n, cudaStream_t stream);
