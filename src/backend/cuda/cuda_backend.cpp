@@ -291,6 +291,8 @@ void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const Rop
   cuda::launch_rope_and_cache(a, ctx_->stream);
 }
 
+constexpr int64_t kDecodeAttentionRows = 16;
+
 Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
                               const RopeParams& shape) {
   require(qkv, DType::bf16, "attention", "qkv");
@@ -318,7 +320,11 @@ Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attent
   a.page_size = int(kv.page_size());
   a.window = int(plan.window);
   a.scale = plan.scale;
-  const bool prefill = plan.max_q_len > 1 && cuda::prefill_attention_supported(int(d)) &&
+  // Steps of a few rows per sequence (decode; verification of up to 15
+  // drafts) take the decode kernels: split over the keys, one block per row
+  // and KV head, the rows of one sequence reading its keys from L2. The
+  // prefill kernel's 64-row tiles would compute mostly padding for them.
+  const bool prefill = plan.max_q_len > kDecodeAttentionRows && cuda::prefill_attention_supported(int(d)) &&
                        a.qkv_stride % 8 == 0 && aligned16(qkv.data);
   if (prefill) {
     cuda::launch_prefill_attention(a, int(plan.max_q_len), ctx_->stream);
