@@ -2,9 +2,10 @@
 // (request id X)" — streams (LoRAX and OpenAI) with an error event after the tokens they had
 // sent, held requests with a 500 —, the failure's text (which may name server files) reaches
 // only the server's log, every KV page and adapter pin comes back, and the server serves the
-// next request as before. The failure is thrown by the adapter store's before_upload hook: on
-// the engine thread, inside Engine::step, while four requests are decoding, when a fifth
-// request's adapter goes up into a device slot (as a failing host -> device copy would).
+// next request as before. The failure is thrown on the engine thread, inside Engine::step,
+// while four requests are decoding: by the adapter store's before_upload hook when a fifth
+// request's adapter goes up into a device slot (as a failing host -> device copy would), or
+// by the forward itself (a backend op that throws, as a failing kernel launch would).
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -90,6 +91,8 @@ class DeviceFailure : public test::ServerFixture {
     return s;
   }
 
+  void run_failure(bool in_forward);
+
   std::atomic<bool> fail_{false};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -97,7 +100,11 @@ class DeviceFailure : public test::ServerFixture {
   std::string log_;
 };
 
-TEST_F(DeviceFailure, EveryRequestInFlightGetsAnInternalErrorAndTheServerRecovers) {
+// One scenario, two places of the failure: `in_forward` false: the adapter store's
+// before_upload hook throws when a fifth request's adapter goes up into a slot inside the
+// step; true: the step's forward itself throws in its first MLP (the backend's silu_mul),
+// after that layer's attention wrote the step's K and V into the cache.
+void DeviceFailure::run_failure(bool in_forward) {
   const std::string reference_body =
       R"({"inputs": "the cat", "parameters": {"adapter_id": "a", "max_new_tokens": 8}})";
   // Adapters b then c go through the two slots, then a takes b's: b stays parsed on the host,
@@ -143,25 +150,30 @@ TEST_F(DeviceFailure, EveryRequestInFlightGetsAnInternalErrorAndTheServerRecover
     ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(60), [&] { return held_; }))
         << "the four requests never ran together";
   }
-  // Armed; the fifth request (adapter b, not resident) is queued while the engine is held.
-  fail_ = true;
-  const int64_t submitted = host_->stats().requests;
-  clients.emplace_back([&] {
-    trigger = post_with_id("/generate", "trigger",
-                           R"({"inputs": "q", "parameters": {"adapter_id": "b"}})");
-  });
-  for (int i = 0; i < 600 && host_->stats().requests == submitted; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_EQ(host_->stats().requests, submitted + 1);
+  if (in_forward) {  // armed: the next step's forward throws in its first MLP
+    backend_.fail_next_silu_mul = true;
+  } else {  // armed; the fifth request (adapter b, not resident) is queued while the engine is held
+    fail_ = true;
+    const int64_t submitted = host_->stats().requests;
+    clients.emplace_back([&] {
+      trigger = post_with_id("/generate", "trigger",
+                             R"({"inputs": "q", "parameters": {"adapter_id": "b"}})");
+    });
+    for (int i = 0; i < 600 && host_->stats().requests == submitted; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_EQ(host_->stats().requests, submitted + 1);
+  }
   let_go();
   for (std::thread& t : clients) t.join();
   EXPECT_FALSE(fail_.load()) << "the failure was never injected";
+  EXPECT_FALSE(backend_.fail_next_silu_mul.load()) << "the failure was never injected";
 
   const auto internal = [](const std::string& id) {
     return "internal error (request id " + id + ")";
   };
   // Held requests: a 500 with the API's error shape.
   for (const auto& [reply, id] : {std::pair{&lorax_held, "lorax-held"}, {&trigger, "trigger"}}) {
+    if (in_forward && reply == &trigger) continue;  // no fifth request
     EXPECT_EQ(reply->status, 500) << id << ": " << reply->body;
     const json j = json::parse(reply->body, nullptr, false);
     EXPECT_EQ(j.value("error", ""), internal(id)) << reply->body;
@@ -204,8 +216,9 @@ TEST_F(DeviceFailure, EveryRequestInFlightGetsAnInternalErrorAndTheServerRecover
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    EXPECT_NE(log_.find(std::string("injected device failure at ") + kSecret), std::string::npos)
-        << log_;
+    const std::string failure = in_forward ? std::string("injected device failure in the forward")
+                                           : std::string("injected device failure at ") + kSecret;
+    EXPECT_NE(log_.find(failure), std::string::npos) << log_;
   }
 
   // Everything given back: pages held as when idle, no pins, nothing running or waiting (the
@@ -235,6 +248,14 @@ TEST_F(DeviceFailure, EveryRequestInFlightGetsAnInternalErrorAndTheServerRecover
     EXPECT_EQ(health->status, 200);
   }
   EXPECT_EQ(settled().adapter_pins, 0);
+}
+
+TEST_F(DeviceFailure, EveryRequestInFlightGetsAnInternalErrorAndTheServerRecovers) {
+  run_failure(false);
+}
+
+TEST_F(DeviceFailure, AFailureInsideTheForwardEndsTheRequestsInFlightAndTheServerRecovers) {
+  run_failure(true);
 }
 
 }  // namespace

@@ -7,10 +7,12 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <regex>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +28,21 @@
 namespace philora::test {
 
 using nlohmann::json;
+
+// The CPU backend, but the silu_mul after fail_next_silu_mul is set throws: a
+// device failure inside the forward (every layer's MLP runs one; the layer's
+// attention has already written the step's K and V into the cache).
+class FaultInjectingBackend : public CpuBackend {
+ public:
+  using CpuBackend::CpuBackend;
+  Tensor silu_mul(const Tensor& gate_up) override {
+    if (fail_next_silu_mul.exchange(false))
+      throw std::runtime_error("injected device failure in the forward at "
+                               "/srv/philora-secret/backend/cuda_mlp.cu:7");
+    return CpuBackend::silu_mul(gate_up);
+  }
+  std::atomic<bool> fail_next_silu_mul{false};
+};
 
 inline const std::filesystem::path kGoldenCase =
     std::filesystem::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
@@ -203,7 +220,7 @@ class ServerFixture : public ::testing::Test {
     return r ? r->body : "";
   }
 
-  CpuBackend backend_{2};
+  FaultInjectingBackend backend_{2};
   model::Phi3Config config_;
   std::unique_ptr<io::TensorSet> tensors_;
   std::unique_ptr<model::Phi3ForCausalLM> model_;

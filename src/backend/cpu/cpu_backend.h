@@ -9,7 +9,8 @@
 
 namespace philora {
 
-class CpuBackend final : public Backend {
+// Not final: tests derive from it to make one op fail (a device failure inside the forward).
+class CpuBackend : public Backend {
  public:
   // replay_graphs: capture() records the body itself and a replay runs it
   // again — what a graph means, so that tests exercise the graph paths of the
