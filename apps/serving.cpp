@@ -102,6 +102,9 @@ void add_serving_options(CLI::App& cmd, ServingOptions& o) {
                  "directory of PEFT adapters, loaded by name on demand (default with the embedded "
                  "model: its adapters)");
   cmd.add_option("--tokenizer", o.tokenizer, "tokenizer.json (default: the model dir's)");
+  cmd.add_option("--served-model-name", o.served_model_name,
+                 "the name clients give the base model (OpenAI's `model`, /v1/models, /info, the "
+                 "metrics' model_name; default: the model directory's name)");
   cmd.add_option("--kv-tokens", o.kv_tokens, "KV cache size in tokens (default: from memory)")
       ->check(CLI::Range(int64_t(16), int64_t(1) << 30));
   cmd.add_option("--gpu-memory-utilization", o.gpu_memory_utilization,
@@ -178,6 +181,7 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   }
   s->model_name = fs::path(s->model_dir).lexically_normal().filename().string();
   if (s->model_name.empty()) s->model_name = fs::path(s->model_dir).parent_path().filename().string();
+  if (!o.served_model_name.empty()) s->model_name = o.served_model_name;
 
   report("device", 0, 0);
   PHILORA_ASSIGN_OR_RETURN(s->backend, make_backend(o.model.device));

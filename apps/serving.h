@@ -29,6 +29,7 @@ struct ServingOptions {
   ModelOptions model;       // model_dir empty: the embedded model
   std::string adapter_dir;  // empty with the embedded model: its adapters
   std::string tokenizer;    // tokenizer.json; empty: the model dir's, when it has one
+  std::string served_model_name;  // what clients call the base model; empty: the directory's name
   // KV cache: an explicit token count, else a share of the memory left after
   // the weights (CUDA: --gpu-memory-utilization of the card; CPU:
   // --kv-cache-memory bytes, default min(10% of available RAM, 1 GiB)). Never
@@ -61,7 +62,7 @@ struct Serving {
   std::shared_ptr<const engine::MedusaSet> medusa;  // --speculate medusa's heads
 
   std::string model_dir;
-  std::string model_name;             // the directory's name: what clients call the base model
+  std::string model_name;             // what clients call the base model (--served-model-name)
   std::vector<std::string> adapters;  // names known at start (--adapter, then --adapter-dir's)
   int64_t kv_tokens = 0;
   std::string kv_rule;      // how the KV size was chosen, for the ready line

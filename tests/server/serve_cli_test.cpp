@@ -102,7 +102,8 @@ TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
   const int port = free_port();
   std::vector<std::string> args = {PHILORA_BINARY, "serve",  "--model",
                                    dir.string(),   "--port", std::to_string(port),
-                                   "--kv-tokens",  "2048"};
+                                   "--kv-tokens",  "2048",   "--served-model-name",
+                                   "phi-3-mini-test"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -138,6 +139,26 @@ TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
   EXPECT_EQ(out["usage"]["prompt_tokens"], (*tok)->encode(*text, false).size());
   EXPECT_EQ(out["choices"][0]["message"]["role"], "assistant");
   EXPECT_LE(out["usage"]["completion_tokens"].get<int>(), 6);
+
+  // --served-model-name: the base model's name in /v1/models and in `model`; the directory's
+  // name is then no model (404 model_not_found, as any unknown name).
+  auto models = c.Get("/v1/models");
+  ASSERT_TRUE(models);
+  ASSERT_EQ(models->status, 200) << models->body;
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "phi-3-mini-test") << models->body;
+  for (const auto& [name, status] : {std::pair<std::string, int>{"phi-3-mini-test", 200},
+                                     {dir.filename().string(), 404}}) {
+    auto m = c.Post("/v1/completions",
+                    json({{"model", name}, {"prompt", "Hello"}, {"max_tokens", 2}}).dump(),
+                    "application/json");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->status, status) << name << ": " << m->body;
+    if (status == 404) {
+      EXPECT_EQ(json::parse(m->body)["error"]["code"], "model_not_found") << m->body;
+    } else {
+      EXPECT_EQ(json::parse(m->body)["model"], "phi-3-mini-test") << m->body;
+    }
+  }
 
   // Text in, text out on the LoRAX route too.
   auto g = c.Post("/generate",
