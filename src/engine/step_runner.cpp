@@ -234,7 +234,9 @@ struct StepRunner::Graph {
   SamplingPlan sampling;
   SampleResult result;  // the replay's tokens and logprobs
   Tensor hidden;        // (T, hidden) the replay's final hidden states
-  std::unique_ptr<StepGraph> graph;
+  Tensor logits;        // with masks: what the forward graph leaves for the sample graph
+  std::unique_ptr<StepGraph> graph;         // forward and sample op; with masks the forward alone
+  std::unique_ptr<StepGraph> sample_graph;  // with masks: the sample op
   std::vector<int32_t> host_ints;
   std::vector<float> host_floats;
 };
@@ -396,11 +398,25 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   b.upload_into(g->floats, g->host_floats.data(), g->host_floats.size() * 4);
   // The body may be kept and rerun (a backend's replay): it captures by value.
   const lora::AdapterSlots* adapters = lora ? adapters_ : nullptr;
-  g->graph = b.capture([this, graph = g.get(), adapters, backend = &b] {
-    Tensor logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
-                                   &graph->hidden);
-    graph->result = backend->sample(logits, graph->sampling);
-  });
+  if (key.mask_words > 0) {
+    // Two graphs: the forward, then the sample op, so that the masks (filled on host threads)
+    // are waited for while the forward runs, not before it starts.
+    g->graph = b.capture([this, graph = g.get(), adapters] {
+      graph->logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
+                                     &graph->hidden);
+    });
+    if (g->graph)
+      g->sample_graph = b.capture([graph = g.get(), backend = &b] {
+        graph->result = backend->sample(graph->logits, graph->sampling);
+      });
+    if (!g->sample_graph) return nullptr;
+  } else {
+    g->graph = b.capture([this, graph = g.get(), adapters, backend = &b] {
+      Tensor logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
+                                     &graph->hidden);
+      graph->result = backend->sample(logits, graph->sampling);
+    });
+  }
   if (!g->graph) return nullptr;
   ++stats_.captures;
   return g;
@@ -494,11 +510,12 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   const size_t used = size_t(g.kv_indices_at + pages);
   b.upload_into(g.ints, v.data(), used * 4);
   b.upload_into(g.floats, g.host_floats.data(), g.host_floats.size() * 4);
-  if (key.mask_words > 0) {  // the graph holds the sample op: the masks are waited for first
+  g.graph->replay();
+  if (g.sample_graph) {  // the forward is queued: now the masks, then the sample op
     if (masks->wait) masks->wait();
     b.upload_into(g.mask, masks->bits.data(), size_t(masks->rows * masks->words) * 4);
+    g.sample_graph->replay();
   }
-  g.graph->replay();
   ++stats_.graph_steps;
   if (key.rows_per_sequence > 1) ++stats_.graph_verify_steps;
   stats_.host_seconds += seconds_since(t0);

@@ -139,8 +139,8 @@ class StepRunner {
   // rows[r]. `counts` is the table the rows' count rows index (may be empty
   // when no row has one); the step updates it. `masks` (may be null) holds
   // the masks the rows' SampleRow::mask index; run waits for them (StepMasks::wait)
-  // as late as it can: after the forward is launched on an eager step, before
-  // the replay of a graph (which holds the sample op). `want_hidden`: the
+  // as late as it can: after the forward is launched (an eager step, or the
+  // forward graph of a step with masks, whose sample op is a second graph). `want_hidden`: the
   // result also holds the logit rows' hidden states (after a graph's replay,
   // the graph's own tensor: read it before the next step).
   StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows,
