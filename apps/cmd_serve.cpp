@@ -60,7 +60,8 @@ int run_serve(ServeOptions o) {
   ctx.model_name = sv.model_name;
   ctx.vocab_size = sv.model->config().vocab_size;
   ctx.model_aliases = {sv.model_dir, o.serving.model.model_dir};
-  ctx.adapters = sv.adapters;
+  ctx.adapters = sv.named_adapters;  // and, read at each listing, those in the adapter directory
+  ctx.adapter_dir = sv.adapter_dir;
   ctx.limits = o.limits;
   ctx.speculate = std::max(o.serving.model.speculate_ngram, o.serving.model.speculate_medusa);
   ctx.speculate_method = o.serving.model.speculate_ngram > 0    ? "ngram"

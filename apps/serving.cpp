@@ -219,6 +219,7 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   s->slots = std::make_unique<lora::AdapterSlots>(b, c, o.adapter_slots);
   lora::StoreOptions store_options;
   store_options.adapter_dir = adapter_dir;
+  s->adapter_dir = adapter_dir;
   store_options.host_capacity = std::numeric_limits<int64_t>::max();  // bounded by bytes
   store_options.base_checkpoint = &s->tensors;
   store_options.host_memory_bytes = o.max_cpu_adapter_memory;
@@ -239,6 +240,7 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
                             parsed.max_rank, o.max_lora_rank);
     s->store->register_dir(name, dir);
     s->adapters.push_back(name);
+    s->named_adapters.push_back(name);
   }
   std::vector<std::pair<std::string, std::string>> adapter_dirs;  // NAME, DIR (Medusa heads)
   for (const std::string& spec : o.model.adapters) {

@@ -64,6 +64,8 @@ struct Serving {
   std::string model_dir;
   std::string model_name;             // what clients call the base model (--served-model-name)
   std::vector<std::string> adapters;  // names known at start (--adapter, then --adapter-dir's)
+  std::vector<std::string> named_adapters;  // --adapter NAME=DIR's names
+  std::string adapter_dir;  // --adapter-dir (the embedded model's adapters by default); empty: none
   int64_t kv_tokens = 0;
   std::string kv_rule;      // how the KV size was chosen, for the ready line
   std::string device_name;  // e.g. "cuda (NVIDIA H100 80GB HBM3)" or "cpu (2 threads)"

@@ -97,6 +97,28 @@ std::string iso_time_now() {
 
 }  // namespace
 
+std::vector<std::string> available_adapters(const ServerContext& ctx) {
+  std::vector<std::string> names = ctx.adapters;
+  if (ctx.adapter_dir.empty()) return names;
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(ctx.adapter_dir, ec)) {
+    std::error_code file_ec;
+    if (e.is_directory(file_ec) &&
+        std::filesystem::is_regular_file(e.path() / "adapter_config.json", file_ec))
+      found.push_back(e.path().filename().string());
+  }
+  std::sort(found.begin(), found.end());
+  for (std::string& name : found)
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(std::move(name));
+  return names;
+}
+
+bool is_available_adapter(const ServerContext& ctx, const std::string& adapter) {
+  const std::vector<std::string> names = available_adapters(ctx);
+  return std::find(names.begin(), names.end(), adapter) != names.end();
+}
+
 // The checks and bookkeeping every route shares (see http_server.h).
 struct HttpServer::Gate {
   enum class Kind {
@@ -260,8 +282,7 @@ void HttpServer::done(Call& c) {
   std::string adapter = c.adapter;
   const State state = state_.load(std::memory_order_acquire);
   if (!adapter.empty() && c.output_tokens == 0 &&
-      (state == State::loading ||
-       std::find(ctx_.adapters.begin(), ctx_.adapters.end(), adapter) == ctx_.adapters.end()))
+      (state == State::loading || !is_available_adapter(ctx_, adapter)))
     adapter = "unknown";
   requests_.add({c.route, std::to_string(c.status), adapter});
   if (c.status == 200 && !c.finish_reason.empty()) finished_.add({c.finish_reason});
@@ -355,7 +376,7 @@ void HttpServer::add_info_routes() {
                               {"created", created},
                               {"owned_by", "philora"},
                               {"max_model_len", ctx_.limits.max_total_tokens}}});
-    for (const std::string& a : ctx_.adapters)
+    for (const std::string& a : available_adapters(ctx_))  // read now: added ones too
       data.push_back({{"id", a},
                       {"object", "model"},
                       {"created", created},

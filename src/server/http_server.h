@@ -61,7 +61,12 @@ struct ServerContext {
   // stop_token_ids) are checked against it; 0: only against int32.
   int64_t vocab_size = 0;
   std::vector<std::string> model_aliases;  // other names that select the base model (its path)
-  std::vector<std::string> adapters;       // adapters known at start, listed by /v1/models
+  // The adapters a client may name (/v1/models lists them): `adapters`, given
+  // by name (--adapter NAME=DIR), then every directory of `adapter_dir` that
+  // holds an adapter_config.json, read again each time (available_adapters),
+  // so that one added while the server runs is listed too.
+  std::vector<std::string> adapters;
+  std::string adapter_dir;  // empty: none
   RequestLimits limits;
   int64_t speculate = 0;  // the most drafted tokens a sequence verifies per step (/info); 0: off
   std::string speculate_method;  // "ngram" or "medusa" (/info), empty when off
@@ -76,6 +81,13 @@ struct ServerContext {
   // client is not shown. Null: not logged.
   std::function<void(const std::string& line)> log;
 };
+
+// `ctx.adapters`, then the adapter directories in `ctx.adapter_dir` now (sorted; a name given
+// twice is listed once).
+std::vector<std::string> available_adapters(const ServerContext& ctx);
+
+// Whether a client may name `adapter`: one of available_adapters(ctx).
+bool is_available_adapter(const ServerContext& ctx, const std::string& adapter);
 
 // How the HTTP server itself behaves, before and after the model is there.
 struct HttpOptions {

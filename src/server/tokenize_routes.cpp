@@ -13,8 +13,6 @@
 // /detokenize is vLLM's: {"model"?, "tokens"} -> {"prompt"}.
 #include <httplib.h>
 
-#include <algorithm>
-
 #include "server/request_fields.h"
 #include "server/routes.h"
 
@@ -60,9 +58,7 @@ json lorax_tokenize(const json& j, const ServerContext& ctx) {
 void check_model(const json& j, const ServerContext& ctx, httplib::Response& res, bool& ok) {
   ok = true;
   const std::optional<std::string> m = get_string(j, "model", Api::openai);
-  if (!m || is_base_model(ctx, *m) ||
-      std::find(ctx.adapters.begin(), ctx.adapters.end(), *m) != ctx.adapters.end())
-    return;
+  if (!m || is_base_model(ctx, *m) || is_available_adapter(ctx, *m)) return;
   send_error(res, Api::openai, 404, fmt::format("The model `{}` does not exist.", *m),
              "invalid_request_error", "model_not_found", "model");
   ok = false;

@@ -183,7 +183,7 @@ class ServerFixture : public ::testing::Test {
     ctx.tokenizer = tokenizer_.get();
     ctx.model_name = "tiny";
     ctx.vocab_size = config_.vocab_size;
-    ctx.adapters = {"a", "b", "c"};
+    ctx.adapter_dir = adapter_dir().string();  // as philora serve: listed as they are now
     ctx.limits.max_total_tokens = engine_->max_sequence_tokens();
     ctx.chat_template = [](const std::string& messages) -> Expected<std::string> {
       std::string out;  // a plain stand-in template: "role: content\n" per message
