@@ -181,6 +181,12 @@ int64_t fit_context(const ServerContext& ctx, int64_t prompt_len, std::optional<
     if (api == Api::lorax)
       throw bad(api, fmt::format("`inputs` must have less than {} tokens. Given: {}",
                                  l.input_limit() + 1, prompt_len));
+    if (prompt_len < total)  // within the context, over --max-input-tokens: say which limit
+      throw bad(api,
+                fmt::format("This server accepts at most {} prompt tokens. However, your {} "
+                            "resulted in {} tokens. Please reduce the length of the {}.",
+                            l.input_limit(), prompt_param, prompt_len, prompt_param),
+                prompt_param, "context_length_exceeded");
     throw bad(api,
               fmt::format("This model's maximum context length is {} tokens. However, your {} "
                           "resulted in {} tokens. Please reduce the length of the {}.",
@@ -194,11 +200,17 @@ int64_t fit_context(const ServerContext& ctx, int64_t prompt_len, std::optional<
     return n;
   }
   if (*given < 1) throw bad(api, fmt::format("'{}' must be at least 1", max_param), max_param);
-  if (l.max_new_tokens > 0 && *given > l.max_new_tokens)
-    throw bad(api,
-              fmt::format("'{}' must be at most {} on this server. Given: {}", max_param,
-                          l.max_new_tokens, *given),
+  if (l.max_new_tokens > 0 && *given > l.max_new_tokens) {  // --max-new-tokens-limit
+    if (api == Api::lorax)  // LoRAX's (and TGI's) ValidationError::MaxNewTokens
+      throw bad(api, fmt::format("`{}` must be <= {}. Given: {}", max_param, l.max_new_tokens,
+                                 *given),
+                max_param);
+    throw bad(api,  // as OpenAI words a max_tokens over the model's completion limit
+              fmt::format("{} is too large: {}. This server supports at most {} completion "
+                          "tokens, whereas you provided {}.",
+                          max_param, *given, l.max_new_tokens, *given),
               max_param);
+  }
   if (*given > room) {
     if (api == Api::lorax)
       throw bad(api, fmt::format("`inputs` tokens + `max_new_tokens` must be <= {}. Given: {} "
