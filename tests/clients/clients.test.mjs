@@ -1,7 +1,8 @@
 // Real API clients, unchanged, against `philora serve` on the embedded model
 // (models/philora-tiny and its adapters): the `openai` SDK (v4) and
 // `@huggingface/inference` (3.x, which posts TGI's {inputs, parameters,
-// stream} to the URL it is given). Their greedy outputs must equal
+// stream} to the URL it is given: POST /, /generate and /generate_stream here).
+// Their greedy outputs must equal
 // `philora generate --greedy` for the same prompts and adapters, and streamed
 // deltas must concatenate to the non-streamed text.
 //
@@ -215,27 +216,49 @@ test("openai: the models list, and errors as the SDK's error classes", async () 
   await assert.rejects(wrongKey.models.list(), (e) => e instanceof OpenAI.AuthenticationError);
 });
 
-test("@huggingface/inference: textGeneration and textGenerationStream equal philora generate", async () => {
-  const hf = new HfInference(apiKey);
+// @huggingface/inference 3.x posts to the endpointUrl it is given, unchanged
+// (HFInferenceTask.makeUrl): textGeneration {inputs, parameters},
+// textGenerationStream the same with stream: true.
+async function checkTextGeneration(hf, generateUrl, streamUrl) {
   for (const { id, prompt, adapter } of prompts) {
     const parameters = { max_new_tokens: maxTokens, details: true };
     if (adapter) parameters.adapter_id = adapter;
-    const r = await hf.textGeneration({ endpointUrl: baseURL, inputs: prompt, parameters });
-    assert.equal(r.generated_text, refs[id], `${id}: textGeneration equals philora generate`);
+    const r = await hf.textGeneration({ endpointUrl: generateUrl, inputs: prompt, parameters });
+    assert.equal(r.generated_text, refs[id], `${id} (${generateUrl}): textGeneration equals philora generate`);
     let text = "";
     let final = null;
     let tokens = 0;
-    for await (const ev of hf.textGenerationStream({ endpointUrl: baseURL, inputs: prompt, parameters })) {
+    for await (const ev of hf.textGenerationStream({ endpointUrl: streamUrl, inputs: prompt, parameters })) {
       text += ev.token.text;
       tokens += 1;
       if (ev.generated_text !== null) final = ev;
     }
-    assert.equal(text, r.generated_text, `${id}: the streamed tokens' text adds up`);
+    assert.equal(text, r.generated_text, `${id} (${streamUrl}): the streamed tokens' text adds up`);
     assert.equal(final.generated_text, r.generated_text);
     assert.equal(final.details.generated_tokens, tokens);
   }
+}
+
+test("@huggingface/inference: textGeneration and textGenerationStream equal philora generate", async () => {
+  const hf = new HfInference(apiKey);
+  await checkTextGeneration(hf, baseURL, baseURL); // POST / (stream in the body)
   // A refused parameter is an error the client raises, naming it.
   await assert.rejects(
     hf.textGeneration({ endpointUrl: baseURL, inputs: "x", parameters: { watermark: true } }),
+    /watermark/);
+});
+
+test("@huggingface/inference: the same on /generate and /generate_stream", async () => {
+  const hf = new HfInference(apiKey);
+  await checkTextGeneration(hf, `${baseURL}/generate`, `${baseURL}/generate_stream`);
+  // The client posts to the URL as given: a route that does not exist is a 404.
+  await assert.rejects(
+    hf.textGeneration({ endpointUrl: `${baseURL}/generate_nope`, inputs: "x" }), /no such route/);
+  await assert.rejects(
+    hf.textGeneration({ endpointUrl: `${baseURL}/generate`, inputs: "x", parameters: { watermark: true } }),
+    /watermark/);
+  await assert.rejects(
+    hf.textGenerationStream({ endpointUrl: `${baseURL}/generate_stream`, inputs: "x",
+                              parameters: { watermark: true } }).next(),
     /watermark/);
 });
