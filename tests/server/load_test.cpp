@@ -1,4 +1,4 @@
-// A bounded load test: 64 concurrent streaming clients for 20 s
+// A bounded load test: 64 concurrent streaming clients for 30 s
 // (PHILORA_LOAD_SECONDS to change it) against the golden gqa_multi_lora model,
 // its 5 generate requests over 3 adapters and the base model through 2
 // adapter slots and a KV cache too small for all of them at once (so
@@ -50,7 +50,7 @@ TEST_F(Load, SixtyFourStreamingClients) {
   const auto reqs = test::read_jsonl(test::kGoldenCase / "generate_requests.jsonl");
   const auto refs = test::read_jsonl(test::kGoldenCase / "generate_ref.jsonl");
   const char* env = std::getenv("PHILORA_LOAD_SECONDS");
-  const double seconds = env ? std::atof(env) : 20.0;
+  const double seconds = env ? std::atof(env) : 30.0;
   const int64_t held_before = host_->stats().kv_pages_held;
 
   // The bodies, and each OpenAI request's text without load.
