@@ -94,8 +94,10 @@ int run_serve(ServeOptions o) {
 
   int sig = 0;
   sigwait(&set, &sig);
-  // Drain: no new connections, 503 for new requests on open ones, and what
-  // runs may finish within the grace period; then what is left is aborted.
+  // Drain (HttpServer::drain): the listener stays open, /health says
+  // draining and new generation requests get a 503 (Connection: close), while
+  // what runs may finish within the grace period; then what is left is
+  // aborted (streams end with finish_reason abort) and the listener closes.
   const auto grace = std::chrono::milliseconds(int64_t(o.drain_seconds * 1000));
   std::cerr << fmt::format("philora: {}: draining ({} requests in flight, up to {} s)\n",
                            sig == SIGTERM ? "SIGTERM" : "SIGINT", http.in_flight(), o.drain_seconds);

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <filesystem>
 #include <map>
+#include <sstream>
 #include <fstream>
 #include <thread>
 
@@ -329,6 +330,89 @@ TEST(ServeCli, SigtermDrainsARunningStream) {
   s.join();
   EXPECT_NE(streamed.find("\"generated_tokens\":120"), std::string::npos)
       << "the running stream finished: " << streamed.substr(streamed.size() > 400 ? streamed.size() - 400 : 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit 0 after the drain";
+  fs::remove_all(dir);
+}
+
+// SIGTERM with a grace period too short for what runs (--drain-seconds 0.2,
+// streams of up to 4000 tokens): once it runs out, the streams are aborted —
+// each ends with its final event, finish_reason "abort" (outcome.cpp's name
+// on both APIs; the OpenAI stream then "data: [DONE]") — and the server exits 0.
+TEST(ServeCli, SigtermGraceRunningOutAbortsTheStreams) {
+  if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
+  const fs::path dir = make_model_dir();
+  const int port = free_port();
+  std::vector<std::string> args = {PHILORA_BINARY,  "serve",         "--model",
+                                   dir.string(),    "--port",        std::to_string(port),
+                                   "--kv-tokens",   "8192",          "--no-access-log",
+                                   "--drain-seconds", "0.2"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+  httplib::Client c("127.0.0.1", port);
+  bool up = false;
+  for (int i = 0; i < 200 && !up; ++i) {
+    if (auto r = c.Get("/health"); r && r->status == 200)
+      up = true;
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(up) << "server did not come up";
+
+  const std::pair<std::string, std::string> streams[] = {
+      {"/generate_stream",
+       R"({"inputs": [1, 450, 7483], "parameters": {"max_new_tokens": 4000, "ignore_eos_token": true, "details": true}})"},
+      {"/v1/completions",
+       R"({"prompt": [1, 450, 7483], "max_tokens": 4000, "ignore_eos": true, "stream": true})"}};
+  std::string streamed[2];
+  std::atomic<int> chunks{0};
+  std::vector<std::thread> clients;
+  for (int k = 0; k < 2; ++k)
+    clients.emplace_back([&, k] {
+      httplib::Client sc("127.0.0.1", port);
+      sc.set_read_timeout(60, 0);
+      httplib::Request req;
+      req.method = "POST";
+      req.path = streams[k].first;
+      req.body = streams[k].second;
+      req.set_header("Content-Type", "application/json");
+      req.content_receiver = [&, k](const char* d, size_t n, uint64_t, uint64_t) {
+        streamed[k].append(d, n);
+        ++chunks;
+        return true;
+      };
+      httplib::Response res;
+      httplib::Error err = httplib::Error::Success;
+      EXPECT_TRUE(sc.send(req, res, err)) << streams[k].first << ": " << httplib::to_string(err);
+      EXPECT_EQ(res.status, 200) << streams[k].first;
+    });
+  while (chunks < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ::kill(pid, SIGTERM);
+  for (auto& t : clients) t.join();
+
+  // The last data line of each stream.
+  auto last_event = [](const std::string& body) {
+    std::string last;
+    std::istringstream in(body);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("data:", 0) == 0 && line.find("[DONE]") == std::string::npos)
+        last = line.substr(5);
+    return json::parse(last, nullptr, false);
+  };
+  const json lorax = last_event(streamed[0]);
+  ASSERT_TRUE(lorax.is_object()) << streamed[0].substr(streamed[0].size() > 400 ? streamed[0].size() - 400 : 0);
+  EXPECT_EQ(lorax["details"]["finish_reason"], "abort") << lorax.dump();
+  EXPECT_LT(lorax["details"]["generated_tokens"].get<int>(), 4000) << lorax.dump();
+  EXPECT_TRUE(lorax["generated_text"].is_string()) << "the final event carries the text: " << lorax;
+  EXPECT_NE(streamed[1].find("data: [DONE]"), std::string::npos) << "the OpenAI stream is closed";
+  const json openai = last_event(streamed[1]);
+  ASSERT_TRUE(openai.is_object()) << streamed[1].substr(streamed[1].size() > 400 ? streamed[1].size() - 400 : 0);
+  EXPECT_EQ(openai["choices"][0]["finish_reason"], "abort") << openai.dump();
+
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit 0 after the drain";
