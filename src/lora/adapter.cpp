@@ -621,6 +621,22 @@ Adapter with_host_dtype(const Adapter& adapter, DType dtype) {
   return out;
 }
 
+std::optional<DType> modules_dtype(const Adapter& adapter) {
+  std::optional<DType> dtype;
+  bool mixed = false;
+  auto see = [&](const std::optional<LoraModule>& m) {
+    if (!m) return;
+    for (const Tensor* t : {&m->a, &m->b}) {
+      if (!dtype) dtype = t->dtype;
+      mixed = mixed || t->dtype != *dtype;
+    }
+  };
+  for (const auto& layer : adapter.layers)
+    for (const auto& m : layer) see(m);
+  see(adapter.lm_head);
+  return mixed ? std::nullopt : dtype;
+}
+
 Expected<Adapter> pack(const Adapter& adapter, const HostAllocator& alloc) {
   Adapter out = adapter;
   std::vector<LoraModule*> modules;
@@ -629,11 +645,11 @@ Expected<Adapter> pack(const Adapter& adapter, const HostAllocator& alloc) {
       if (m) modules.push_back(&*m);
   if (out.lm_head) modules.push_back(&*out.lm_head);
   if (modules.empty()) return out;
-  const DType dtype = modules[0]->a.dtype;
-  for (const LoraModule* m : modules)
-    if (m->a.dtype != dtype || m->b.dtype != dtype)
-      return Status::errorf("adapter '{}': its A and B matrices are not all {}", adapter.name,
-                            dtype_name(dtype));
+  const std::optional<DType> common = modules_dtype(adapter);
+  if (!common)
+    return Status::errorf("adapter '{}': its A and B matrices are not all of one dtype",
+                          adapter.name);
+  const DType dtype = *common;
   const auto align = int64_t(kPackAlignment / dtype_size(dtype));
   auto place = [&](Tensor LoraModule::*which) {
     int64_t n = 0;

@@ -133,6 +133,10 @@ Expected<Adapter> load_adapter(const std::string& name, const std::string& dir,
 // rounds to nearest even); content_hash recomputed; not packed.
 Adapter with_host_dtype(const Adapter& adapter, DType dtype);
 
+// The dtype every module's A and B share; nullopt when they differ (or there
+// are no modules).
+std::optional<DType> modules_dtype(const Adapter& adapter);
+
 // Host memory of `n` elements of a dtype (e.g. Backend::pinned_host).
 using HostAllocator = std::function<Tensor(DType dtype, int64_t n)>;
 

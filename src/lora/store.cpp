@@ -1,5 +1,7 @@
 #include "lora/store.h"
 
+#include <algorithm>
+
 #include <chrono>
 #include <stdexcept>
 #include <system_error>
@@ -60,12 +62,8 @@ Status AdapterStore::register_adapter(const std::string& name,
   if (options_.max_rank > 0 && adapter->max_rank > options_.max_rank)
     return Status::errorf("adapter '{}' has rank {}, above the largest rank this server takes ({})",
                           name, adapter->max_rank, options_.max_rank);
-  bool same = true;  // already in the host dtype: kept as given (tensors shared with the caller's)
-  for (const auto& layer : adapter->layers)
-    for (const auto& m : layer) same = same && (!m || (m->a.dtype == host_dtype_ && m->b.dtype == host_dtype_));
-  if (adapter->lm_head)
-    same = same && adapter->lm_head->a.dtype == host_dtype_ && adapter->lm_head->b.dtype == host_dtype_;
-  if (!same) {
+  // Already in the host dtype: kept as given (tensors shared with the caller's).
+  if (modules_dtype(*adapter) != host_dtype_) {
     Adapter converted = with_host_dtype(*adapter, host_dtype_);
     converted.content_hash = adapter->content_hash;  // the caller's key for this content
     adapter = std::make_shared<const Adapter>(std::move(converted));
