@@ -221,29 +221,29 @@ std::string EngineHost::metrics_text() {
     metric_header(m, name, "counter", help);
     sample(m, name, l, v);
   };
-  gauge("philora_num_requests_running", "Sequences running in the engine.", double(s.running),
+  gauge("vllm:num_requests_running", "Sequences running in the engine.", double(s.running),
         model);
-  gauge("philora_num_requests_waiting", "Requests waiting for the engine.", double(s.waiting),
+  gauge("vllm:num_requests_waiting", "Requests waiting for the engine.", double(s.waiting),
         model);
-  counter("philora_num_preemptions_total", "Sequences preempted (KV pages ran out).",
+  counter("vllm:num_preemptions_total", "Sequences preempted (KV pages ran out).",
           double(s.engine.preemptions), model);
-  counter("philora_prompt_tokens_total", "Prompt tokens computed (prefix-cache hits are not).",
+  counter("vllm:prompt_tokens_total", "Prompt tokens computed (prefix-cache hits are not).",
           double(s.engine.prompt_tokens), model);
-  counter("philora_generation_tokens_total", "Tokens generated.",
+  counter("vllm:generation_tokens_total", "Tokens generated.",
           double(s.engine.generated_tokens), model);
   // In tokens, as vLLM's: the hit rate is hits / queries.
-  counter("philora_prefix_cache_queries_total",
+  counter("vllm:prefix_cache_queries_total",
           "Tokens of the sequences looked up in the prefix cache at admission.",
           double(s.engine.prefix_cache_queries), model);
-  counter("philora_prefix_cache_hits_total", "Of those, tokens found in cached KV pages.",
+  counter("vllm:prefix_cache_hits_total", "Of those, tokens found in cached KV pages.",
           double(s.engine.prefix_cache_hits), model);
   // Speculative decoding (vLLM's spec_decode_num_draft_tokens / _accepted_tokens).
-  counter("philora_spec_decode_num_draft_tokens_total", "Drafted tokens verified (--speculate).",
+  counter("vllm:spec_decode_num_draft_tokens_total", "Drafted tokens verified (--speculate).",
           double(s.engine.spec_draft_tokens), model);
-  counter("philora_spec_decode_num_accepted_tokens_total", "Of those, tokens accepted.",
+  counter("vllm:spec_decode_num_accepted_tokens_total", "Of those, tokens accepted.",
           double(s.engine.spec_accepted_tokens), model);
   if (options_.pages) {
-    gauge("philora_kv_cache_usage_perc", "Share of the KV pages held by sequences (0 to 1).",
+    gauge("vllm:kv_cache_usage_perc", "Share of the KV pages held by sequences (0 to 1).",
           s.kv_pages ? double(s.kv_pages_held) / double(s.kv_pages) : 0.0, model);
     gauge("philora_kv_pages_total", "KV pages in the pool.", double(s.kv_pages), model);
     gauge("philora_kv_pages_used", "KV pages held by sequences (and the step runner's pad page).",
@@ -272,18 +272,18 @@ std::string EngineHost::metrics_text() {
     gauge("philora_adapter_pins", "Adapter slot pins held by running sequences.",
           double(s.adapter_pins), model);
   }
-  metric_header(m, "philora_time_to_first_token_seconds", "histogram",
+  metric_header(m, "vllm:time_to_first_token_seconds", "histogram",
                 "Time from arrival to the first generated token.");
-  ttft_.render(m, "philora_time_to_first_token_seconds", model);
-  metric_header(m, "philora_inter_token_latency_seconds", "histogram",
+  ttft_.render(m, "vllm:time_to_first_token_seconds", model);
+  metric_header(m, "vllm:inter_token_latency_seconds", "histogram",
                 "Time between a request's successive steps that yield tokens.");
-  inter_token_.render(m, "philora_inter_token_latency_seconds", model);
-  metric_header(m, "philora_e2e_request_latency_seconds", "histogram",
+  inter_token_.render(m, "vllm:inter_token_latency_seconds", model);
+  metric_header(m, "vllm:e2e_request_latency_seconds", "histogram",
                 "Time from arrival to the end of a request that ran.");
-  e2e_.render(m, "philora_e2e_request_latency_seconds", model);
-  metric_header(m, "philora_request_queue_time_seconds", "histogram",
+  e2e_.render(m, "vllm:e2e_request_latency_seconds", model);
+  metric_header(m, "vllm:request_queue_time_seconds", "histogram",
                 "Time from arrival until the request left the waiting queue.");
-  queue_.render(m, "philora_request_queue_time_seconds", model);
+  queue_.render(m, "vllm:request_queue_time_seconds", model);
   counter("philora_steps_total", "Engine steps.", double(s.engine.steps), {});
   counter("philora_graph_steps_total", "Steps replayed from a recorded graph.",
           double(s.runner.graph_steps), {});

@@ -390,9 +390,9 @@ void HttpServer::add_info_routes() {
     metric_header(m, "philora_http_requests_total", "counter",
                   "HTTP requests answered, by route, status and adapter.");
     requests_.render(m, "philora_http_requests_total");
-    metric_header(m, "philora_request_success_total", "counter",
+    metric_header(m, "vllm:request_success_total", "counter",
                   "Generations that ended normally, by finish reason.");
-    finished_.render(m, "philora_request_success_total", {{"model_name", ctx_.model_name}});
+    finished_.render(m, "vllm:request_success_total", {{"model_name", ctx_.model_name}});
     if (state_.load(std::memory_order_acquire) != State::loading && ctx_.host)
       m += ctx_.host->metrics_text();
     res.set_content(m, "text/plain; version=0.0.4");

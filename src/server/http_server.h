@@ -142,7 +142,7 @@ class HttpServer {
   std::mutex drain_mu_;
   std::condition_variable drained_;
   CounterFamily requests_{{"route", "status", "adapter"}};  // philora_http_requests_total
-  CounterFamily finished_{{"finished_reason"}};            // philora_request_success_total
+  CounterFamily finished_{{"finished_reason"}};            // vllm:request_success_total
   std::unique_ptr<std::thread> thread_;
 };
 

@@ -1,7 +1,7 @@
 // Prometheus metrics: histograms and labelled counters, and the text
-// exposition format (version 0.0.4) that /metrics serves. Names follow vLLM's
-// (`vllm:time_to_first_token_seconds` is `philora_time_to_first_token_seconds`);
-// docs/metrics.md lists them all. Thread-safe: observed on the engine thread
+// exposition format (version 0.0.4) that /metrics serves. Where vLLM has the
+// same metric, its exact name (`vllm:time_to_first_token_seconds`), so that
+// vLLM dashboards work; philora's own are `philora_*`. docs/metrics.md lists them all. Thread-safe: observed on the engine thread
 // and HTTP threads, rendered on an HTTP thread.
 #pragma once
 

@@ -429,10 +429,10 @@ TEST_F(EmbeddedServer, MedusaHeadsShippedWithTheModelKeepGreedyText) {
   auto info = spec.Get("/info");
   ASSERT_TRUE(info) << medusa.log();
   EXPECT_EQ(json::parse(info->body)["speculate_method"], "medusa");
-  auto drafted = [&] {  // philora_spec_decode_num_draft_tokens_total so far
+  auto drafted = [&] {  // vllm:spec_decode_num_draft_tokens_total so far
     auto m = spec.Get("/metrics");
     std::smatch x;
-    EXPECT_TRUE(m && std::regex_search(m->body, x, std::regex("\nphilora_spec_decode_num_draft_tokens_total"
+    EXPECT_TRUE(m && std::regex_search(m->body, x, std::regex("\nvllm:spec_decode_num_draft_tokens_total"
                                                               "\\{[^}]*\\} (\\d+)")));
     return x.empty() ? -1 : std::stoll(x[1]);
   };

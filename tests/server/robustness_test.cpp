@@ -552,22 +552,22 @@ TEST_F(Robustness, RequestIdIsEchoedAndEveryRequestIsLoggedAndCounted) {
       << "a made-up adapter name is not a label value\n"
       << m;
   EXPECT_EQ(m.find("made-up"), std::string::npos);
-  EXPECT_EQ(metric_value(m, "philora_request_success_total", {"finished_reason=\"length\""}), 2)
+  EXPECT_EQ(metric_value(m, "vllm:request_success_total", {"finished_reason=\"length\""}), 2)
       << m;
-  for (const char* h : {"philora_time_to_first_token_seconds_count",
-                        "philora_e2e_request_latency_seconds_count",
-                        "philora_request_queue_time_seconds_count"})
+  for (const char* h : {"vllm:time_to_first_token_seconds_count",
+                        "vllm:e2e_request_latency_seconds_count",
+                        "vllm:request_queue_time_seconds_count"})
     EXPECT_EQ(metric_value(m, h), 2) << h << "\n" << m;
-  EXPECT_EQ(metric_value(m, "philora_inter_token_latency_seconds_count"), 2 + 3) << m;
-  EXPECT_EQ(metric_value(m, "philora_time_to_first_token_seconds_bucket", {"le=\"+Inf\""}), 2);
-  EXPECT_EQ(metric_value(m, "philora_num_requests_running"), 0) << m;
+  EXPECT_EQ(metric_value(m, "vllm:inter_token_latency_seconds_count"), 2 + 3) << m;
+  EXPECT_EQ(metric_value(m, "vllm:time_to_first_token_seconds_bucket", {"le=\"+Inf\""}), 2);
+  EXPECT_EQ(metric_value(m, "vllm:num_requests_running"), 0) << m;
   EXPECT_EQ(metric_value(m, "philora_kv_pages_total"), double(kv_->pages.num_pages()));
   EXPECT_EQ(metric_value(m, "philora_kv_pages_used"), double(kv_->pages.num_held()));
   EXPECT_GE(metric_value(m, "philora_kv_pages_free"), 0);
   EXPECT_EQ(metric_value(m, "philora_adapter_loads_total", {"tier=\"host\""}), 1) << m;
   EXPECT_EQ(metric_value(m, "philora_adapter_loads_total", {"tier=\"device\""}), 1) << m;
   EXPECT_EQ(metric_value(m, "philora_adapter_pins"), 0) << m;
-  EXPECT_GE(metric_value(m, "philora_prefix_cache_queries_total"), 5) << m;
+  EXPECT_GE(metric_value(m, "vllm:prefix_cache_queries_total"), 5) << m;
 }
 
 class WithApiKey : public test::ServerFixture {

@@ -239,8 +239,8 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
       if (at == std::string::npos) return -1.0;
       return std::stod(m->body.substr(m->body.find("} ", at) + 2));
     };
-    const double drafted = counter("philora_spec_decode_num_draft_tokens_total");
-    const double accepted = counter("philora_spec_decode_num_accepted_tokens_total");
+    const double drafted = counter("vllm:spec_decode_num_draft_tokens_total");
+    const double accepted = counter("vllm:spec_decode_num_accepted_tokens_total");
     if (!speculate.empty()) {
       EXPECT_GT(drafted, 0) << speculate;
     } else {

@@ -54,7 +54,7 @@ TEST_F(ServerTest, ConcurrentMixedAdaptersMatchHF) {
   ASSERT_TRUE(m);
   EXPECT_EQ(m->status, 200);
   for (const char* name : {"philora_steps_total", "philora_graph_steps_total",
-                           "philora_graphs_recorded_total", "philora_generation_tokens_total"})
+                           "philora_graphs_recorded_total", "vllm:generation_tokens_total"})
     EXPECT_GE(test::metric_value(m->body, name), 0) << name << "\n" << m->body;
   EXPECT_GE(test::metric_value(m->body, "philora_eager_steps_total"), 1) << m->body;
 }
@@ -79,8 +79,8 @@ TEST_F(ServerTest, PrefixCacheHitsShowInMetrics) {
     return int64_t(test::metric_value(m->body, name));
   };
   const int64_t len = int64_t(q["input_ids"].size());
-  EXPECT_EQ(sample("philora_prefix_cache_queries_total"), 2 * len) << m->body;
-  EXPECT_EQ(sample("philora_prefix_cache_hits_total"), (len - 1) / 4 * 4)
+  EXPECT_EQ(sample("vllm:prefix_cache_queries_total"), 2 * len) << m->body;
+  EXPECT_EQ(sample("vllm:prefix_cache_hits_total"), (len - 1) / 4 * 4)
       << "the second request finds every whole page but the one with its last token\n"
       << m->body;
 }
