@@ -97,30 +97,35 @@ int free_port() {
   return port;
 }
 
-TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
-  if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
-  const fs::path dir = make_model_dir();
-  const int port = free_port();
-  std::vector<std::string> args = {PHILORA_BINARY, "serve",  "--model",
-                                   dir.string(),   "--port", std::to_string(port),
-                                   "--kv-tokens",  "2048",   "--served-model-name",
-                                   "phi-3-mini-test"};
+// Starts `philora ARGS...` (ARGS without the binary) and waits up to 10 s for
+// /health to answer 200: the server's pid, or 0 (killed) when it never did.
+pid_t start_server(std::vector<std::string> args, int port) {
+  args.insert(args.begin(), PHILORA_BINARY);
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+  if (posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ) != 0) return 0;
+  httplib::Client c("127.0.0.1", port);
+  for (int i = 0; i < 200; ++i) {
+    if (auto r = c.Get("/health"); r && r->status == 200) return pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  return 0;
+}
 
+TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
+  if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
+  const fs::path dir = make_model_dir();
+  const int port = free_port();
+  const pid_t pid = start_server({"serve", "--model", dir.string(), "--port", std::to_string(port),
+                                  "--kv-tokens", "2048", "--served-model-name", "phi-3-mini-test"},
+                                 port);
+  ASSERT_GT(pid, 0) << "server did not come up";
   httplib::Client c("127.0.0.1", port);
   c.set_read_timeout(30, 0);
-  bool up = false;
-  for (int i = 0; i < 200 && !up; ++i) {
-    if (auto r = c.Get("/health"); r && r->status == 200)
-      up = true;
-    else
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_TRUE(up) << "server did not come up";
 
   const json messages = json::array({{{"role", "system"}, {"content", "Be brief."}},
                                      {{"role", "user"}, {"content", "Hello, who are you?"}}});
@@ -203,24 +208,13 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
   std::map<std::string, json> outputs;
   for (const std::string speculate : {"", "ngram:3", "medusa:2"}) {
     const int port = free_port();
-    std::vector<std::string> args = {PHILORA_BINARY, "serve",       "--model", dir.string(),
-                                     "--port",       std::to_string(port), "--kv-tokens", "2048"};
+    std::vector<std::string> args = {"serve", "--model", dir.string(), "--port", std::to_string(port),
+                                     "--kv-tokens", "2048"};
     if (!speculate.empty()) args.insert(args.end(), {"--speculate", speculate});
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+    const pid_t pid = start_server(args, port);
+    ASSERT_GT(pid, 0) << "server did not come up";
     httplib::Client c("127.0.0.1", port);
     c.set_read_timeout(30, 0);
-    bool up = false;
-    for (int i = 0; i < 200 && !up; ++i) {
-      if (auto r = c.Get("/health"); r && r->status == 200)
-        up = true;
-      else
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ASSERT_TRUE(up) << "server did not come up";
     auto info = c.Get("/info");
     ASSERT_TRUE(info);
     const json i = json::parse(info->body);
@@ -280,23 +274,11 @@ TEST(ServeCli, SigtermDrainsARunningStream) {
   if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
   const fs::path dir = make_model_dir();
   const int port = free_port();
-  std::vector<std::string> args = {PHILORA_BINARY, "serve", "--model", dir.string(), "--port",
-                                   std::to_string(port), "--kv-tokens", "2048", "--no-access-log",
-                                   "--drain-seconds", "60"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+  const pid_t pid = start_server({"serve", "--model", dir.string(), "--port", std::to_string(port),
+                                  "--kv-tokens", "2048", "--no-access-log", "--drain-seconds", "60"},
+                                 port);
+  ASSERT_GT(pid, 0) << "server did not come up";
   httplib::Client c("127.0.0.1", port);
-  bool up = false;
-  for (int i = 0; i < 200 && !up; ++i) {
-    if (auto r = c.Get("/health"); r && r->status == 200)
-      up = true;
-    else
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_TRUE(up) << "server did not come up";
 
   std::string streamed;
   std::atomic<int> chunks{0};
@@ -344,24 +326,11 @@ TEST(ServeCli, SigtermGraceRunningOutAbortsTheStreams) {
   if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
   const fs::path dir = make_model_dir();
   const int port = free_port();
-  std::vector<std::string> args = {PHILORA_BINARY,  "serve",         "--model",
-                                   dir.string(),    "--port",        std::to_string(port),
-                                   "--kv-tokens",   "8192",          "--no-access-log",
-                                   "--drain-seconds", "0.2"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv.data(), environ), 0);
+  const pid_t pid = start_server({"serve", "--model", dir.string(), "--port", std::to_string(port),
+                                  "--kv-tokens", "8192", "--no-access-log", "--drain-seconds", "0.2"},
+                                 port);
+  ASSERT_GT(pid, 0) << "server did not come up";
   httplib::Client c("127.0.0.1", port);
-  bool up = false;
-  for (int i = 0; i < 200 && !up; ++i) {
-    if (auto r = c.Get("/health"); r && r->status == 200)
-      up = true;
-    else
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_TRUE(up) << "server did not come up";
 
   const std::pair<std::string, std::string> streams[] = {
       {"/generate_stream",
