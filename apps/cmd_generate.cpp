@@ -417,7 +417,9 @@ void add_generate_command(CLI::App& app, int& rc) {
                 "drafted and accepted tokens");
   cmd->add_option("--warmup", o->warmup,
                   "run the batch this many times first on the same engine (graphs recorded, "
-                  "matmul shapes tuned) and output, time and count the run after them")
+                  "matmul shapes tuned) and output, time and count the run after them (sampled "
+                  "requests without a seed then draw other seeds than without --warmup: give "
+                  "--seed to compare)")
       ->check(CLI::Range(int64_t(0), int64_t(100)));
   cmd->add_option("--temperature", o->temperature, "sampling temperature (0 = greedy)")
       ->check(CLI::Range(0.0f, 100.0f));

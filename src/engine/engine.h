@@ -160,6 +160,7 @@ struct EngineStats {
 };
 
 // The counts between two snapshots of one engine's stats (later - earlier).
+static_assert(sizeof(EngineStats) == 8 * sizeof(int64_t), "operator- below: subtract the new field");
 inline EngineStats operator-(const EngineStats& later, const EngineStats& earlier) {
   EngineStats d;
   d.steps = later.steps - earlier.steps;

@@ -54,10 +54,9 @@ AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num
   const auto S = size_t(num_slots);
   table_words_ = 4 * S;  // a_ptrs, b_ptrs (i64), then b_ld, ranks, scales, col_offsets (4 bytes)
   table_host_.assign(dims_.size() * table_words_, 0);
-  for (size_t m = 0; m < dims_.size(); ++m) {
-    int32_t* words = module_words(m);
-    for (size_t i = 0; i < S; ++i) words[7 * S + i] = -1;  // col_offsets: none yet
-  }
+  const std::vector<int32_t> no_columns(S, -1);  // col_offsets: none yet
+  for (size_t m = 0; m < dims_.size(); ++m)
+    std::memcpy(module_words(m) + 7 * S, no_columns.data(), S * 4);
   table_buf_ = backend_.upload_i64(table_host_);
   for (size_t m = 0; m < dims_.size(); ++m) {
     LoraModuleTable& t = tables_[m];

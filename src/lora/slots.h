@@ -75,6 +75,8 @@ class AdapterSlots {
   // Writes the module's table into the host mirror; flush_tables uploads the
   // mirror (one copy) when something changed.
   void rebuild(size_t module);
+  // Where the module's table starts in the host mirror, in 4-byte words
+  // (written only with memcpy: the mirror's storage is int64_t).
   int32_t* module_words(size_t module);
   void flush_tables();
   // After the slot's modules are resident: true when it placed the slot's B in the columns and

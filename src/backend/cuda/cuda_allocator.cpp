@@ -184,10 +184,15 @@ void PinnedStaging::copy_pinned(void* dst, const void* src, size_t n, std::share
   if (n == 0) return;
   std::lock_guard<std::mutex> lock(mu_);
   reap();
-  PHILORA_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_));
   InFlight f;
   PHILORA_CUDA_CHECK(cudaEventCreateWithFlags(&f.done, cudaEventDisableTiming));
-  PHILORA_CUDA_CHECK(cudaEventRecord(f.done, stream_));
+  const cudaError_t copied = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_);
+  const cudaError_t recorded = copied == cudaSuccess ? cudaEventRecord(f.done, stream_) : copied;
+  if (recorded != cudaSuccess) {  // nothing may still read `src` once `keep` goes
+    (void)cudaStreamSynchronize(stream_);
+    (void)cudaEventDestroy(f.done);
+    PHILORA_CUDA_CHECK(recorded);
+  }
   f.keep = std::move(keep);
   in_flight_.push_back(std::move(f));
 }

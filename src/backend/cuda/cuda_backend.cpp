@@ -134,13 +134,14 @@ Tensor CudaBackend::upload(const Tensor& host, DType dtype) {
     cuda::launch_convert(host.data, host.dtype, out.data, target, n, ctx_->stream);
     return out;
   }
-  if (host.dtype == target && host.storage && is_pinned(host.data)) {
-    Tensor out = with_shape_of(device_tensor(target, {n}), host);
-    ctx_->staging->copy_pinned(out.data, host.data, host.nbytes(), host.storage);
-    return out;
+  Tensor raw;  // as stored, then widened/narrowed on the GPU
+  if (host.storage && is_pinned(host.data)) {  // async: the copy keeps the host memory alive
+    raw = device_tensor(host.dtype, {n});
+    ctx_->staging->copy_pinned(raw.data, host.data, host.nbytes(), host.storage);
+  } else {
+    raw = upload_raw(host.data, host.dtype, n);
   }
-  if (host.dtype == target) return with_shape_of(upload_raw(host.data, host.dtype, n), host);
-  Tensor raw = upload_raw(host.data, host.dtype, n);  // as stored, then widened/narrowed on the GPU
+  if (host.dtype == target) return with_shape_of(raw, host);
   Tensor out = with_shape_of(device_tensor(target, {n}), host);
   cuda::launch_convert(raw.data, host.dtype, out.data, target, n, ctx_->stream);
   return out;
