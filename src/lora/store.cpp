@@ -1,7 +1,5 @@
 #include "lora/store.h"
 
-#include <algorithm>
-
 #include <chrono>
 #include <stdexcept>
 #include <system_error>
