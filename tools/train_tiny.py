@@ -98,6 +98,8 @@ BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 GRAD_CLIP = 1.0
 CHAT_FRACTION = 0.2     # the chat stream is ~17% of the base phase's tokens: it is still repeated ~1.25x as often
+COPY_FRACTION = 0.1     # a tenth of the base text windows repeat their own start (version 1 learnt no copying:
+                        # prompt lookup found ~15% of its drafts accepted on copy-heavy prompts)
 DROPOUT = 0.1           # base training: Phi3Config resid_pdrop and embd_pdrop (the export writes 0)
 ATTENTION_DROPOUT = 0.0  # base training: Phi3Config attention_dropout
 LORA_DROPOUT = 0.1      # adapters: PEFT lora_dropout (philora ignores it at inference, as PEFT does in eval)
@@ -254,6 +256,21 @@ def selection_windows(n_windows: int, max_windows: int = 0) -> list:
     """The window indices a held-out check scores: the selection part, at most max_windows (0 = all)."""
     sel = split_window_indices(n_windows)[0]
     return sel[:max_windows] if max_windows and max_windows > 0 else sel
+
+
+def copy_window_offsets(length: int, restart: int) -> list:
+    """Offsets into the stream of a window that restarts its own text at `restart`: positions
+    [0, restart) read stream[start + p], positions from `restart` on read stream[start + p - restart],
+    so the window shows its first tokens again and the model learns to copy (prompt lookup's case:
+    quotes, summaries, edits), then goes on with text it has not seen in the window."""
+    if not 0 < restart < length:
+        raise ValueError(f"restart {restart} outside (0, {length})")
+    return [p if p < restart else p - restart for p in range(length)]
+
+
+def copy_rows(batch_rows: int, fraction: float) -> int:
+    """How many of a stream's rows in a step are copy windows: a fixed count, so every step has them."""
+    return min(batch_rows, int(round(batch_rows * fraction)))
 
 
 def stream_sha256(ids) -> str:
@@ -762,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--adapter-lr", type=float, default=ADAPTER_LR)
     ap.add_argument("--chat-fraction", type=float, default=CHAT_FRACTION,
                     help=f"share of chat sequences in a base step (default {CHAT_FRACTION})")
+    ap.add_argument("--copy-fraction", type=float, default=COPY_FRACTION,
+                    help=f"share of a base step's text windows that restart their own text part-way, so the "
+                         f"model learns to copy (default {COPY_FRACTION}; 0 = off)")
     ap.add_argument("--dropout", type=float, default=DROPOUT,
                     help=f"base training: Phi3Config resid_pdrop and embd_pdrop (default {DROPOUT}; exported as 0)")
     ap.add_argument("--attention-dropout", type=float, default=ATTENTION_DROPOUT,
@@ -817,6 +837,8 @@ def validate_args(args) -> list:
         bad.append("--probe-steps must be >= 2")
     if not 0.0 <= args.chat_fraction <= 1.0:
         bad.append("--chat-fraction must be in [0, 1]")
+    if not 0.0 <= args.copy_fraction <= 1.0:
+        bad.append("--copy-fraction must be in [0, 1]")
     if args.log_every < 1:
         bad.append("--log-every must be >= 1")
     for k in ("dropout", "attention_dropout", "lora_dropout"):
@@ -842,6 +864,17 @@ def self_test() -> None:
     assert a.corpus == ".corpus" and a.heldout == "models/heldout" and a.seed == DEFAULT_SEED
     assert a.base_seconds == 300.0 and a.adapter_seconds == 30.0 and a.batch == 64 and not a.smoke
     assert a.max_epochs == 8.0 and a.adapter_max_epochs == 8.0 and a.chat_fraction == 0.2
+    assert a.copy_fraction == 0.1
+    # -- copy windows: the window restarts its own text at `restart`
+    assert copy_window_offsets(6, 2) == [0, 1, 0, 1, 2, 3]
+    assert copy_window_offsets(5, 4) == [0, 1, 2, 3, 0]
+    for bad in (0, 6):
+        try:
+            copy_window_offsets(6, bad)
+            raise AssertionError("restart outside the window accepted")
+        except ValueError:
+            pass
+    assert copy_rows(52, 0.1) == 5 and copy_rows(52, 0.0) == 0 and copy_rows(3, 1.0) == 3
     assert a.dropout == 0.1 and a.attention_dropout == 0.0 and a.lora_dropout == 0.1 and a.check_every == 0.05
     assert not validate_args(a)
     s = resolve_args(ap.parse_args(["--out", "x", "--smoke", "--base-seconds", "20"]))
@@ -1693,7 +1726,7 @@ def tokenize_all(run: Run, tok, data: dict) -> dict:
 class WindowSampler:
     """Random (seeded) windows of seq_len+1 tokens from one or more token streams kept on the device."""
 
-    def __init__(self, run: Run, streams, counts, seq_len: int, seed):
+    def __init__(self, run: Run, streams, counts, seq_len: int, seed, copy_fractions=None):
         S = run.S
         torch, np = S.torch, S.np
         self.torch, self.device = torch, run.device
@@ -1710,16 +1743,26 @@ class WindowSampler:
         self.lens = [int(s.shape[0]) for s in streams]
         self.rng = np.random.default_rng(seed)
         self.ar = torch.arange(self.seq_len + 1, device=run.device)
+        # Copy windows (--copy-fraction): that many of a stream's rows restart their own text at a
+        # random position in [64, seq_len - 64] (copy_window_offsets).
+        self.copy = [copy_rows(c, f) for c, f in zip(self.counts, copy_fractions or [0.0] * len(self.counts))]
+        self.copy_margin = min(64, self.seq_len // 4)
 
     def next(self, rng=None):
         torch = self.torch
         rng = rng or self.rng
         parts = []
-        for s, n, k in zip(self.streams, self.lens, self.counts):
+        for s, n, k, c in zip(self.streams, self.lens, self.counts, self.copy):
             if k == 0:
                 continue
             starts = rng.integers(0, n - self.seq_len, size=k)   # window = starts .. starts+seq_len
             idx = torch.from_numpy(starts).to(self.device)[:, None] + self.ar[None, :]
+            if c > 0:
+                lo, hi = self.copy_margin, self.seq_len + 1 - self.copy_margin
+                restarts = rng.integers(lo, hi, size=c)
+                offs = [copy_window_offsets(self.seq_len + 1, int(r)) for r in restarts]
+                idx[:c] = torch.from_numpy(starts[:c]).to(self.device)[:, None] + \
+                    torch.tensor(offs, dtype=idx.dtype, device=self.device)
             parts.append(s[idx])
         tok = torch.cat(parts).long()
         return tok[:, :-1], tok[:, 1:]
@@ -2244,7 +2287,7 @@ def phase_base(run: Run, streams: dict):
     if not have_chat:
         run.warn("chat stream too short: base training uses base text only")
     sampler = WindowSampler(run, [streams["train"]["base"], streams["train"]["chat"]], counts, CONTEXT,
-                            [args.seed, 1])
+                            [args.seed, 1], copy_fractions=[args.copy_fraction, 0.0])
     dev_type = run.device.type
 
     def loss_fn(x, y):
@@ -2717,7 +2760,7 @@ def main(argv=None) -> int:
                           "training": {"base_lr": args.lr, "adapter_lr": args.adapter_lr,
                                        "final_lr_fraction": FINAL_LR_FRAC, "betas": BETAS,
                                        "weight_decay": WEIGHT_DECAY, "weight_decay_on": "parameters with ndim >= 2",
-                                       "grad_clip": GRAD_CLIP, "chat_fraction": args.chat_fraction,
+                                       "grad_clip": GRAD_CLIP, "chat_fraction": args.chat_fraction, "copy_fraction": args.copy_fraction,
                                        "batch": args.batch, "adapter_batch": args.adapter_batch,
                                        "autocast": "bfloat16", "tf32": "on for training, off for evaluation",
                                        "adapter_dtype": args.adapter_dtype,
