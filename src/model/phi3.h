@@ -39,7 +39,8 @@ class Phi3ForCausalLM {
   const Phi3Config& config() const { return config_; }
   int64_t tensor_parallel() const { return tp_.world; }
   Backend& backend() { return backend_; }
-  // (vocab, hidden): the output matrix (Medusa heads without their own use it).
+  // (vocab, hidden): the output matrix (Medusa heads without their own use it);
+  // with tensor parallelism, this rank's vocabulary rows only.
   const Tensor& lm_head() const { return w_.lm_head; }
 
   // Logits (R, vocab) of the selected rows — or hidden states (R, hidden) with

@@ -57,16 +57,8 @@ Tensor TensorParallelPhi3::forward(const StepInputs& in, kv::KvCache& kv, const 
 
 kv::KvCache TensorParallelPhi3::make_kv_cache(int64_t num_pages, int64_t page_size) {
   kv::KvCache kv = Phi3ForCausalLM::make_kv_cache(num_pages, page_size);
-  for (const auto& peer : peers_) {
-    kv::KvCache own = peer->make_kv_cache(1, page_size);  // for its shape only
-    std::vector<KvLayer> layers;
-    for (const KvLayer& l : own.layers) {
-      Backend& b = peer->backend();
-      layers.push_back({b.alloc(l.k.dtype, {num_pages, l.k.dim(1), page_size, l.k.dim(3)}),
-                        b.alloc(l.v.dtype, {num_pages, l.v.dim(1), page_size, l.v.dim(3)})});
-    }
-    kv.peer_layers.push_back(std::move(layers));
-  }
+  for (const auto& peer : peers_)  // its pools, on its backend (its page manager unused)
+    kv.peer_layers.push_back(peer->make_kv_cache(num_pages, page_size).layers);
   return kv;
 }
 
