@@ -131,7 +131,8 @@ void LoopbackGroup::wait() {
     return;
   }
   cv_.wait(lock, [&] { return generation_ != generation || aborted_; });
-  if (generation_ == generation) throw std::runtime_error("tensor parallelism: another rank failed");
+  if (generation_ == generation)
+    throw std::runtime_error("tensor parallelism: another rank failed");
 }
 
 const std::vector<const Tensor*>& LoopbackGroup::post_and_wait(int64_t rank, const Tensor* x) {

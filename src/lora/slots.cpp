@@ -37,7 +37,8 @@ AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& config, in
 
 AdapterSlots::AdapterSlots(const std::vector<Backend*>& backends, const model::Phi3Config& config,
                            int num_slots)
-    : AdapterSlots(*backends.at(0), config, num_slots, model::TpShard{0, int64_t(backends.size())}) {
+    : AdapterSlots(*backends.at(0), config, num_slots,
+                   model::TpShard{0, int64_t(backends.size())}) {
   for (size_t r = 1; r < backends.size(); ++r) {
     peers_.push_back(std::unique_ptr<AdapterSlots>(new AdapterSlots(
         *backends[r], config, num_slots, model::TpShard{int64_t(r), int64_t(backends.size())})));
@@ -117,8 +118,9 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
       r.a = part_of(a_block, adapter.packed_a, mod->a);
       r.b = part_of(b_block, adapter.packed_b, mod->b);
     } else if (mod) {
-      const auto [a, b] = model::shard_lora(head ? Target::lm_head : Target(int64_t(m) % kLayerTargets),
-                                            mod->a, mod->b, config_, shard_);
+      const auto [a, b] =
+          model::shard_lora(head ? Target::lm_head : Target(int64_t(m) % kLayerTargets), mod->a,
+                            mod->b, config_, shard_);
       r.a = backend_.upload(a, dtype);
       r.b = backend_.upload(b, dtype);
     }

@@ -72,8 +72,8 @@ struct TensorSlice {
   bool whole() const { return ranges.empty(); }
 };
 // The slice of a weight of `shape` (out, in) or [n] that `split` gives `shard`.
-TensorSlice weight_slice(Split split, const std::vector<int64_t>& shape,
-                         const Phi3Config& config, TpShard shard);
+TensorSlice weight_slice(Split split, const std::vector<int64_t>& shape, const Phi3Config& config,
+                         TpShard shard);
 // A host copy of that slice of `host` (any dtype); `host` itself when whole.
 Tensor take_slice(const Tensor& host, const TensorSlice& slice);
 

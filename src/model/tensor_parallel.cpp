@@ -25,7 +25,8 @@ Tensor TensorParallelPhi3::forward(const StepInputs& in, kv::KvCache& kv, const 
   if (kv.peer_layers.size() != peers_.size())
     throw std::logic_error("tensor parallelism: the KV cache holds " +
                            std::to_string(kv.peer_layers.size() + 1) + " ranks' pools, the model " +
-                           std::to_string(peers_.size() + 1) + " ranks (make it with make_kv_cache)");
+                           std::to_string(peers_.size() + 1) +
+                           " ranks (make it with make_kv_cache)");
   if (lora && lora->peers.size() != peers_.size())
     throw std::logic_error("tensor parallelism: the adapter tables are split for " +
                            std::to_string(lora->peers.size() + 1) + " ranks, the model has " +

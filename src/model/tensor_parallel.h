@@ -38,7 +38,7 @@ class TensorParallelPhi3 final : public Phi3ForCausalLM {
   bool lora_columns_supported() override;
 
  private:
-  std::unique_ptr<Communicator> comm_;                  // rank 0's
+  std::unique_ptr<Communicator> comm_;                   // rank 0's
   std::vector<std::unique_ptr<Phi3ForCausalLM>> peers_;  // ranks 1 .. N-1
   std::vector<std::unique_ptr<Communicator>> peer_comms_;
 };

@@ -12,7 +12,9 @@ std::vector<WeightSpec> weight_specs(const Phi3Config& c) {
   std::vector<WeightSpec> specs;
   // The embedding stays whole on every rank (a lookup, no all-reduce); a tied
   // lm_head takes its vocabulary rows from it.
-  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, Split::replicated,
+  specs.push_back({"model.embed_tokens.weight",
+                   {c.vocab_size, h},
+                   Split::replicated,
                    &Phi3Weights::embed_tokens});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -116,8 +118,9 @@ Phi3Weights random_weights(const Phi3Config& config, Backend& backend, uint64_t 
                    ? backend.random_uniform({spec.shape[0]}, seed + index, 1.0f, 0.1f)
                    : backend.random_uniform({spec.shape[0], spec.shape[1]}, seed + index, 0.0f,
                                             half_width);
-    if (shard.world > 1) t = backend.upload(part(backend.to_host_f32(t), spec, config, shard),
-                                            backend.compute_dtype());
+    if (shard.world > 1)
+      t = backend.upload(part(backend.to_host_f32(t), spec, config, shard),
+                         backend.compute_dtype());
     slot(w, spec) = t;
     index += 0x1000;
   }

@@ -33,7 +33,7 @@ struct Phi3Weights {
 struct WeightSpec {
   std::string name;            // HF checkpoint name
   std::vector<int64_t> shape;  // expected shape
-  Split split = Split::replicated;  // how tensor parallelism splits it
+  Split split = Split::replicated;            // how tensor parallelism splits it
   Tensor Phi3Weights::*top = nullptr;         // a model-level tensor, or
   Tensor Phi3LayerWeights::*field = nullptr;  // a per-layer tensor of `layer`
   int64_t layer = -1;

@@ -41,8 +41,8 @@ struct TpRig {
       model = std::make_unique<model::Phi3ForCausalLM>(*cfg, std::move(*w), *all[0]);
       slots = std::make_unique<lora::AdapterSlots>(*all[0], *cfg, 4);
     } else {
-      auto m = model::load_tensor_parallel(*tensors, *cfg, all,
-                                           LoopbackGroup::communicators(ranks));
+      auto m =
+          model::load_tensor_parallel(*tensors, *cfg, all, LoopbackGroup::communicators(ranks));
       EXPECT_TRUE(m.ok()) << m.status().message();
       model = std::move(*m);
       slots = std::make_unique<lora::AdapterSlots>(all, *cfg, 4);
@@ -78,8 +78,8 @@ std::vector<engine::Request> requests(const std::string& case_name) {
   return out;
 }
 
-void check(const std::string& case_name, int64_t ranks, engine::EngineConfig config,
-           int64_t pages, bool preempts = false) {
+void check(const std::string& case_name, int64_t ranks, engine::EngineConfig config, int64_t pages,
+           bool preempts = false) {
   const std::vector<engine::Request> reqs = requests(case_name);
   TpRig one(case_name, 1, config, pages);
   TpRig many(case_name, ranks, config, pages);

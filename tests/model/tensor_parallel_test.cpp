@@ -14,8 +14,8 @@
 #include <fstream>
 #include <map>
 
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include "backend/cpu/cpu_backend.h"
 #include "io/safetensors.h"
@@ -57,8 +57,8 @@ CliResult run(const std::string& command, std::vector<std::string> args, const f
               int64_t ranks, const std::vector<std::string>& extra = {}) {
   args.insert(args.begin(), command);
   if (command == "generate") args.push_back("--greedy");
-  args.insert(args.end(), {"--requests", requests.string(), "--tensor-parallel",
-                           std::to_string(ranks)});
+  args.insert(args.end(),
+              {"--requests", requests.string(), "--tensor-parallel", std::to_string(ranks)});
   args.insert(args.end(), extra.begin(), extra.end());
   return run_philora(args);
 }
@@ -97,9 +97,9 @@ void check_ranks(const std::vector<std::string>& args, const fs::path& score_req
   }
   for (const std::string speculate : {"", "ngram"}) {
     SCOPED_TRACE("speculate " + speculate);
-    const std::vector<std::string> extra =
-        speculate.empty() ? std::vector<std::string>{}
-                          : std::vector<std::string>{"--speculate", speculate};
+    const std::vector<std::string> extra = speculate.empty()
+                                               ? std::vector<std::string>{}
+                                               : std::vector<std::string>{"--speculate", speculate};
     const CliResult one = run("generate", args, generate_requests, 1, extra);
     const CliResult many = run("generate", args, generate_requests, ranks, extra);
     ASSERT_EQ(one.exit_code, 0) << one.err;
@@ -165,8 +165,8 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(TensorParallelGolden);
 TEST(TensorParallelGoldenFixtures, SomeSplitOverFourRanks) {
   int64_t four = 0;
   for (const FixtureRanks& f : fixture_ranks()) {
-    auto c = model::load_config(
-        (fs::path(PHILORA_TEST_DATA) / "golden" / f.fixture / "model").string());
+    auto c =
+        model::load_config((fs::path(PHILORA_TEST_DATA) / "golden" / f.fixture / "model").string());
     ASSERT_TRUE(c.ok());
     if (f.ranks == 4 && model::check_tensor_parallel(*c, 4).ok()) ++four;
   }
@@ -228,7 +228,8 @@ class WideModel {
             << "], \"adapter\": " << adapters[i] << "}\n";
       base << "{\"id\": \"s" << i << "\", \"input_ids\": [" << ids << "], \"adapter\": null}\n";
       gen << "{\"id\": \"g" << i << "\", \"input_ids\": [" << ids
-          << "], \"adapter\": " << adapters[i] << ", \"max_new_tokens\": 8, \"ignore_eos\": true}\n";
+          << "], \"adapter\": " << adapters[i]
+          << ", \"max_new_tokens\": 8, \"ignore_eos\": true}\n";
     }
   }
   ~WideModel() { fs::remove_all(dir_); }
@@ -252,12 +253,12 @@ class WideModel {
                      const std::vector<std::string>& targets) {
     const fs::path d = dir_ / "adapters" / name;
     fs::create_directories(d);
-    const json config = {{"peft_type", "LORA"},      {"task_type", "CAUSAL_LM"},
-                         {"r", r},                   {"lora_alpha", alpha},
-                         {"target_modules", targets}, {"bias", "none"},
-                         {"fan_in_fan_out", false},  {"use_rslora", false}};
+    const json config = {{"peft_type", "LORA"},     {"task_type", "CAUSAL_LM"},  {"r", r},
+                         {"lora_alpha", alpha},     {"target_modules", targets}, {"bias", "none"},
+                         {"fan_in_fan_out", false}, {"use_rslora", false}};
     std::ofstream(d / "adapter_config.json") << config.dump(2);
-    const std::map<std::string, std::pair<int64_t, int64_t>> dims = {  // (in, out)
+    const std::map<std::string, std::pair<int64_t, int64_t>> dims = {
+        // (in, out)
         {"qkv_proj", {kHidden, kQkv}},
         {"o_proj", {kQ, kHidden}},
         {"gate_up_proj", {kHidden, 2 * kInter}},
@@ -272,16 +273,15 @@ class WideModel {
       } else {
         const std::string part = t == "qkv_proj" || t == "o_proj" ? "self_attn." : "mlp.";
         for (int l = 0; l < kLayers; ++l)
-          prefixes.push_back("base_model.model.model.layers." + std::to_string(l) + "." + part +
-                             t + ".");
+          prefixes.push_back("base_model.model.model.layers." + std::to_string(l) + "." + part + t +
+                             ".");
       }
       for (const std::string& p : prefixes) {
         add(w, p + "lora_A.weight", {r, in}, 0, 0.2f);
         add(w, p + "lora_B.weight", {out, r}, 0, 0.2f);
       }
     }
-    EXPECT_TRUE(
-        io::write_safetensors((d / "adapter_model.safetensors").string(), w).ok());
+    EXPECT_TRUE(io::write_safetensors((d / "adapter_model.safetensors").string(), w).ok());
   }
 
   fs::path dir_;

@@ -69,8 +69,7 @@ std::vector<int64_t> q_heads(const Phi3Config& c, int64_t r, int64_t n) {
 }
 std::vector<int64_t> kv_heads_read(const Phi3Config& c, int64_t r, int64_t n) {
   std::set<int64_t> kv;
-  for (int64_t h : q_heads(c, r, n))
-    kv.insert(h / (c.num_attention_heads / c.num_key_value_heads));
+  for (int64_t h : q_heads(c, r, n)) kv.insert(h / (c.num_attention_heads / c.num_key_value_heads));
   return {kv.begin(), kv.end()};
 }
 std::vector<int64_t> qkv_rows(const Phi3Config& c, int64_t r, int64_t n) {
@@ -107,7 +106,8 @@ TEST(TensorParallelSplit, WeightSpecsSplitEachTensorByItsParts) {
     Split want = Split::replicated;  // embedding, norms
     if (s.name.ends_with("qkv_proj.weight")) want = Split::qkv_heads;
     if (s.name.ends_with("gate_up_proj.weight")) want = Split::gate_up;
-    if (s.name.ends_with("o_proj.weight") || s.name.ends_with("down_proj.weight")) want = Split::row;
+    if (s.name.ends_with("o_proj.weight") || s.name.ends_with("down_proj.weight"))
+      want = Split::row;
     if (s.name == "lm_head.weight") want = Split::vocab;
     EXPECT_EQ(s.split, want);
   }
@@ -162,9 +162,8 @@ TEST(TensorParallelSplit, WeightsMatchSlicesMadeByHand) {
 TEST(TensorParallelSplit, GateUpIsNotAContiguousSlice) {
   const Phi3Config c = config(4, 2);
   const Tensor full = numbered(2 * c.intermediate_size, c.hidden_size);
-  const Tensor rank0 =
-      take_slice(full, weight_slice(Split::gate_up, {2 * c.intermediate_size, c.hidden_size}, c,
-                                    {0, 2}));
+  const Tensor rank0 = take_slice(
+      full, weight_slice(Split::gate_up, {2 * c.intermediate_size, c.hidden_size}, c, {0, 2}));
   EXPECT_EQ(rank0.ptr<float>()[0], 0.0f);  // gate row 0
   EXPECT_EQ(rank0.ptr<float>()[c.intermediate_size / 2 * c.hidden_size],
             float(c.intermediate_size * 1000));  // then up row I (the first up row), not gate
@@ -290,7 +289,8 @@ TEST(LoopbackCommunicator, AllReduceOfBf16AddsInF32AndRoundsOnce) {
   });
   for (int64_t i = 0; i < len; ++i) {
     float s = 0;
-    for (int64_t r = 0; r < n; ++r) s += bf16_to_f32(f32_to_bf16(float(i) * 0.37f + float(r) * 1.01f));
+    for (int64_t r = 0; r < n; ++r)
+      s += bf16_to_f32(f32_to_bf16(float(i) * 0.37f + float(r) * 1.01f));
     for (int64_t r = 0; r < n; ++r)
       ASSERT_EQ(results[size_t(r)].ptr<uint16_t>()[i], f32_to_bf16(s)) << i;
   }
