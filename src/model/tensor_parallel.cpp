@@ -1,6 +1,7 @@
 #include "model/tensor_parallel.h"
 
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -31,7 +32,16 @@ Tensor TensorParallelPhi3::forward(const StepInputs& in, kv::KvCache& kv, const 
     throw std::logic_error("tensor parallelism: the adapter tables are split for " +
                            std::to_string(lora->peers.size() + 1) + " ranks, the model has " +
                            std::to_string(peers_.size() + 1));
-  std::vector<std::exception_ptr> errors(peers_.size() + 1);
+  // The first failure in time is the cause; the ranks it aborts fail after it.
+  std::mutex mu;
+  std::exception_ptr first;
+  const auto failed = [&](Communicator& comm) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!first) first = std::current_exception();
+    }
+    comm.abort();
+  };
   std::vector<std::thread> threads;
   for (size_t p = 0; p < peers_.size(); ++p)
     threads.emplace_back([&, p] {
@@ -39,20 +49,17 @@ Tensor TensorParallelPhi3::forward(const StepInputs& in, kv::KvCache& kv, const 
         (void)peers_[p]->forward_rank(in, kv.peer_layers[p], lora ? lora->peers[p] : nullptr,
                                       nullptr);
       } catch (...) {
-        errors[p + 1] = std::current_exception();
-        peer_comms_[p]->abort();
+        failed(*peer_comms_[p]);
       }
     });
   Tensor out;
   try {
     out = forward_rank(in, kv.layers, lora, hidden);
   } catch (...) {
-    errors[0] = std::current_exception();
-    comm_->abort();
+    failed(*comm_);
   }
   for (std::thread& t : threads) t.join();
-  for (const std::exception_ptr& e : errors)  // the first failure, not a rank that heard of it
-    if (e) std::rethrow_exception(e);
+  if (first) std::rethrow_exception(first);
   return out;
 }
 

@@ -12,6 +12,18 @@
 namespace philora::test {
 namespace {
 
+// A CPU backend whose attention throws once armed: a rank's device failing mid-forward.
+class FailingCpu : public CpuBackend {
+ public:
+  FailingCpu() : CpuBackend(1) {}
+  bool armed = false;
+  Tensor attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
+                   const RopeParams& shape) override {
+    if (armed) throw std::runtime_error("the last rank's device failed");
+    return CpuBackend::attention(qkv, kv, plan, shape);
+  }
+};
+
 struct TpRig {
   std::vector<std::unique_ptr<Backend>> backends;  // rank 0 first
   std::unique_ptr<io::TensorSet> tensors;          // the checkpoint the weights may borrow
@@ -32,7 +44,11 @@ struct TpRig {
     backends.push_back(std::make_unique<CpuBackend>(2, /*replay_graphs=*/config.step_graphs));
     std::vector<Backend*> all = {backends[0].get()};
     for (int64_t r = 1; r < ranks; ++r) {
-      backends.push_back(std::make_unique<CpuBackend>(1));
+      if (r + 1 == ranks) {
+        backends.push_back(std::make_unique<FailingCpu>());
+      } else {
+        backends.push_back(std::make_unique<CpuBackend>(1));
+      }
       all.push_back(backends.back().get());
     }
     if (ranks == 1) {
@@ -120,6 +136,21 @@ TEST(TensorParallelEngine, GraphsChunksAndSamplingMatchOneRank) {
 TEST(TensorParallelEngine, PreemptionUnderATightCacheMatchesOneRank) {
   // Few pages: sequences are preempted and recomputed (eager steps).
   check("gqa_multi_lora", 4, config(64, 32, false), 24, /*preempts=*/true);
+}
+
+// A rank that fails mid-forward (its attention throws while the other ranks
+// wait for it in the all-reduce after o_proj) ends the step with its own
+// error on the engine's thread: the waiting ranks are released, none hangs.
+TEST(TensorParallelEngine, ARankThatFailsEndsTheStepWithItsError) {
+  TpRig rig("gqa_multi_lora", 4, config(64, 8, false), 64);
+  static_cast<FailingCpu&>(*rig.backends.back()).armed = true;
+  for (const engine::Request& r : requests("gqa_multi_lora")) ASSERT_TRUE(rig.engine->add_request(r).ok());
+  try {
+    (void)rig.engine->step();
+    ADD_FAILURE() << "the step did not fail";
+  } catch (const std::runtime_error& e) {
+    EXPECT_HAS(std::string(e.what()), "the last rank's device failed");
+  }
 }
 
 }  // namespace
