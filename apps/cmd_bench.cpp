@@ -31,6 +31,7 @@ namespace {
 
 struct BenchOptions {
   std::string device = "cpu";
+  int64_t tensor_parallel = 1;  // accepted, refused above 1 (below)
   std::string model_dir;  // empty: the Phi-3-mini shape with random weights
   int64_t layers = 32;
   std::vector<int64_t> prompts = {512, 2048};
@@ -440,6 +441,10 @@ void add_bench_command(CLI::App& app, int& rc) {
   CLI::App* cmd = app.add_subcommand(
       "bench", "Phi-3-mini-shaped model with random weights: speed vs the device's ceilings");
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--tensor-parallel", o->tensor_parallel,
+                  "ranks to split the model over: not built for bench yet (cuda needs NCCL; the "
+                  "cpu's ranks are simulated, nothing to time)")
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--model", o->model_dir,
                   "HF model directory to time instead of the random Phi-3-mini-shaped model");
   cmd->add_option("--layers", o->layers, "layers of the random model (32 for the real shape)")
@@ -515,6 +520,15 @@ void add_bench_command(CLI::App& app, int& rc) {
   cmd->add_option("--kv-tokens", w->kv_tokens, "workload: tokens of the KV cache")
       ->check(CLI::Range(int64_t(16), int64_t(1) << 30));
   cmd->callback([o, w, &rc] {
+    if (o->tensor_parallel > 1) {
+      rc = fail(Status::errorf(
+          "bench --tensor-parallel {}: not built yet ({}; the cpu runs tensor parallelism only "
+          "as simulated ranks, for score and generate: nothing worth timing)",
+          o->tensor_parallel,
+          o->device == "cuda" ? "tensor parallelism on cuda needs NCCL, not built"
+                              : "bench times one rank"));
+      return;
+    }
     if (w->workload.empty()) {
       rc = run_bench(*o);
       return;

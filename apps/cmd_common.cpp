@@ -5,11 +5,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_backend.h"
+#include "backend/loopback_communicator.h"
 #include "common.h"
 #include "io/file.h"
 #include "lora/adapter.h"
 #include "model/config.h"
 #include "model/medusa.h"
+#include "model/tensor_parallel.h"
 #include "model/weights.h"
 
 namespace philora::app {
@@ -30,6 +33,11 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
                "compute every prompt in full (default: a request reuses the KV pages of a prefix "
                "that an earlier request with the same adapter computed)");
   add_lora_columns_option(cmd, o.lora_columns);
+  cmd.add_option("--tensor-parallel", o.tensor_parallel,
+                 "split the model over N ranks (q, k, v heads and gate / up split per rank, "
+                 "o_proj and down_proj row parallel, lm_head by vocabulary); on the cpu the "
+                 "ranks are simulated in this process; cuda needs NCCL, not built yet")
+      ->check(CLI::Range(1, 64));
   cmd.add_option_function<std::string>(
          "--speculate",
          [&o](const std::string& spec) {
@@ -129,6 +137,32 @@ void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slot
   model.backend().release_cached_memory();  // the narrow weights' blocks
 }
 
+Expected<std::vector<std::unique_ptr<Backend>>> tensor_parallel_backends(const Backend& main,
+                                                                         int64_t n) {
+  std::vector<std::unique_ptr<Backend>> peers;
+  if (n <= 1) return peers;
+  if (main.device() != Device::cpu)
+    return Status::errorf(
+        "--tensor-parallel {}: tensor parallelism on {} needs NCCL, not built (the cpu runs "
+        "it with simulated ranks: --device cpu)",
+        n, device_name(main.device()));
+  for (int64_t r = 1; r < n; ++r) peers.push_back(std::make_unique<CpuBackend>(1));
+  return peers;
+}
+
+Expected<TensorParallelModel> load_tensor_parallel_model(
+    const io::TensorSet& tensors, const model::Phi3Config& config,
+    const std::vector<Backend*>& backends, int num_slots,
+    const std::function<void(int64_t, int64_t)>& progress) {
+  TensorParallelModel m;
+  PHILORA_ASSIGN_OR_RETURN(
+      m.model, model::load_tensor_parallel(tensors, config, backends,
+                                           LoopbackGroup::communicators(int64_t(backends.size())),
+                                           progress));
+  m.slots = std::make_unique<lora::AdapterSlots>(backends, config, num_slots);
+  return m;
+}
+
 Expected<LoadedModel> load_model(const ModelOptions& o) {
   std::vector<std::pair<std::string, std::string>> adapters;  // NAME, DIR
   for (const std::string& spec : o.adapters) {
@@ -145,12 +179,27 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
   PHILORA_ASSIGN_OR_RETURN(io::TensorSet tensors, io::TensorSet::open_model_dir(o.model_dir));
   m.tensors = std::make_unique<io::TensorSet>(std::move(tensors));
-  PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights,
-                           model::load_weights(*m.tensors, config, *m.backend));
   const int num_slots = std::max<int>(1, int(adapters.size()));
-  m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config, num_slots);
-  m.model =
-      std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
+  if (o.tensor_parallel > 1) {
+    if (o.speculate_medusa > 0)
+      return Status::error(
+          "--speculate medusa with --tensor-parallel: not built (the heads read the whole "
+          "lm_head, which the ranks split)");
+    PHILORA_ASSIGN_OR_RETURN(m.peer_backends,
+                             tensor_parallel_backends(*m.backend, o.tensor_parallel));
+    std::vector<Backend*> backends = {m.backend.get()};
+    for (const auto& b : m.peer_backends) backends.push_back(b.get());
+    PHILORA_ASSIGN_OR_RETURN(TensorParallelModel tp,
+                             load_tensor_parallel_model(*m.tensors, config, backends, num_slots));
+    m.model = std::move(tp.model);
+    m.slots = std::move(tp.slots);
+  } else {
+    PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights,
+                             model::load_weights(*m.tensors, config, *m.backend));
+    m.slots = std::make_unique<lora::AdapterSlots>(*m.backend, config, num_slots);
+    m.model =
+        std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), *m.backend);
+  }
   if (!adapters.empty()) attach_lora_columns(*m.model, *m.slots, o.lora_columns);
   lora::StoreOptions store_options;
   store_options.host_capacity = std::max<int64_t>(64, num_slots);

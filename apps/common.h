@@ -36,7 +36,26 @@ struct ModelOptions {
   // --medusa DIR: the base model's Medusa heads (LoRAX's layout); empty: the
   // model directory's medusa_lm_head.safetensors, when it has one.
   std::string medusa_dir;
+  // --tensor-parallel N: the model split over N ranks (model/tensor_parallel.h).
+  int64_t tensor_parallel = 1;
 };
+
+// Rank 1 .. n-1's backends for --tensor-parallel n beside rank 0's `main`: on
+// the CPU, CPU backends of their own (simulated ranks: threads of this
+// process, collectives through a LoopbackGroup); on CUDA an error (its ranks
+// need NCCL, not built).
+Expected<std::vector<std::unique_ptr<Backend>>> tensor_parallel_backends(const Backend& main,
+                                                                         int64_t n);
+// The model split over the ranks of `backends` (rank 0 first), talking
+// through a LoopbackGroup, and adapter slots split the same way.
+struct TensorParallelModel {
+  std::unique_ptr<model::Phi3ForCausalLM> model;
+  std::unique_ptr<lora::AdapterSlots> slots;
+};
+Expected<TensorParallelModel> load_tensor_parallel_model(
+    const io::TensorSet& tensors, const model::Phi3Config& config,
+    const std::vector<Backend*>& backends, int num_slots,
+    const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 // The speculation --speculate names: "ngram" / "medusa" (kDefaultNgramDrafts,
 // kDefaultMedusaDrafts drafts) or "ngram:K" / "medusa:K" (1 ≤ K ≤
@@ -76,6 +95,7 @@ void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slot
 // served through an adapter store that knows them by name.
 struct LoadedModel {
   std::unique_ptr<Backend> backend;
+  std::vector<std::unique_ptr<Backend>> peer_backends;  // --tensor-parallel: ranks 1 .. N-1
   std::unique_ptr<io::TensorSet> tensors;  // the mmap'd checkpoint (the store checks copies against it)
   std::unique_ptr<model::Phi3ForCausalLM> model;
   std::unique_ptr<lora::AdapterSlots> slots;

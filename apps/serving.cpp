@@ -54,7 +54,10 @@ Expected<int64_t> kv_pages(const ServingOptions& o, Backend& b, const model::Phi
                            std::string& rule) {
   const int64_t page = o.model.page_size;
   const int64_t elem = dtype_size(b.compute_dtype());
-  const int64_t page_bytes = c.num_hidden_layers * 2 * c.num_key_value_heads * page * c.head_dim * elem;
+  // Every rank's pools (tensor parallelism: a rank holds its kv heads, replicated below N).
+  const int64_t n = o.model.tensor_parallel;
+  const int64_t kv_heads = model::shard_config(c, n).num_key_value_heads * n;
+  const int64_t page_bytes = c.num_hidden_layers * 2 * kv_heads * page * c.head_dim * elem;
   const int64_t useful_tokens = o.max_running * c.max_position_embeddings;
   if (o.kv_tokens) {
     rule = "--kv-tokens";
@@ -190,12 +193,29 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
 
   PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(s->model_dir));
   PHILORA_ASSIGN_OR_RETURN(s->tensors, io::TensorSet::open_model_dir(s->model_dir));
-  PHILORA_ASSIGN_OR_RETURN(
-      model::Phi3Weights weights,
-      model::load_weights(s->tensors, config, b, [&](int64_t done, int64_t total) {
-        report("weights", done, total);
-      }));
-  s->model = std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), b);
+  const auto weights_progress = [&](int64_t done, int64_t total) {
+    report("weights", done, total);
+  };
+  if (o.model.tensor_parallel > 1) {  // simulated ranks on the cpu; cuda: an error
+    if (o.model.speculate_medusa > 0)
+      return Status::error(
+          "--speculate medusa with --tensor-parallel: not built (the heads read the whole "
+          "lm_head, which the ranks split)");
+    PHILORA_ASSIGN_OR_RETURN(s->peer_backends,
+                             tensor_parallel_backends(b, o.model.tensor_parallel));
+    std::vector<Backend*> backends = {&b};
+    for (const auto& peer : s->peer_backends) backends.push_back(peer.get());
+    PHILORA_ASSIGN_OR_RETURN(TensorParallelModel tp,
+                             load_tensor_parallel_model(s->tensors, config, backends,
+                                                        o.adapter_slots, weights_progress));
+    s->model = std::move(tp.model);
+    s->slots = std::move(tp.slots);
+  } else {
+    PHILORA_ASSIGN_OR_RETURN(model::Phi3Weights weights,
+                             model::load_weights(s->tensors, config, b, weights_progress));
+    s->model = std::make_unique<model::Phi3ForCausalLM>(std::move(config), std::move(weights), b);
+    s->slots = std::make_unique<lora::AdapterSlots>(b, s->model->config(), o.adapter_slots);
+  }
   const model::Phi3Config& c = s->model->config();
 
   report("tokenizer", 0, 0);
@@ -216,7 +236,6 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   }
 
   report("adapters", 0, 0);
-  s->slots = std::make_unique<lora::AdapterSlots>(b, c, o.adapter_slots);
   lora::StoreOptions store_options;
   store_options.adapter_dir = adapter_dir;
   s->adapter_dir = adapter_dir;
@@ -277,8 +296,7 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   report("kv cache", 0, 0);
   b.release_cached_memory();  // blocks the allocator keeps would count as used
   PHILORA_ASSIGN_OR_RETURN(const int64_t pages, kv_pages(o, b, c, s->kv_rule));
-  s->kv = std::make_unique<kv::KvCache>(b, c.num_hidden_layers, pages, o.model.page_size,
-                                        c.num_key_value_heads, c.head_dim);
+  s->kv = std::make_unique<kv::KvCache>(s->model->make_kv_cache(pages, o.model.page_size));
   s->kv_tokens = pages * o.model.page_size;
   // With the tokenizer the engine detokenizes and matches stop strings itself.
   s->engine = std::make_unique<engine::Engine>(

@@ -51,6 +51,7 @@ void add_serving_options(CLI::App& cmd, ServingOptions& o);
 
 struct Serving {
   std::unique_ptr<Backend> backend;
+  std::vector<std::unique_ptr<Backend>> peer_backends;  // --tensor-parallel: ranks 1 .. N-1
   io::TensorSet tensors;  // keeps the mmap'd checkpoint alive
   std::unique_ptr<model::Phi3ForCausalLM> model;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;            // null: token-id prompts only

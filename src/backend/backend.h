@@ -103,6 +103,9 @@ inline constexpr int kLoraLayerTargets = 4;
 // it in place, so that recorded step graphs stay valid.
 struct LoraTables {
   std::vector<const LoraModuleTable*> modules;  // [kLoraLayerTargets · layers + 1]
+  // Tensor parallelism: ranks 1 .. N-1's own tables (their adapters split as
+  // their weights are), [N - 1]; empty with one rank.
+  std::vector<const LoraTables*> peers;
   const LoraModuleTable* table(int64_t layer, LoraTarget t) const {
     return t == LoraTarget::lm_head ? modules.back()
                                     : modules[size_t(layer * kLoraLayerTargets + int64_t(t))];

@@ -17,9 +17,7 @@ kv::KvCache make_cache(model::Phi3ForCausalLM& m, const std::vector<Request>& re
   for (const Request& r : reqs)
     pages += (int64_t(r.prompt.size()) + std::max<int64_t>(r.max_new_tokens, 0) + page_size - 1) /
              page_size;
-  const model::Phi3Config& c = m.config();
-  return kv::KvCache(m.backend(), c.num_hidden_layers, pages, page_size, c.num_key_value_heads,
-                     c.head_dim);
+  return m.make_kv_cache(pages, page_size);  // every rank's pools under tensor parallelism
 }
 
 }  // namespace

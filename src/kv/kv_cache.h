@@ -11,6 +11,11 @@ namespace philora::kv {
 
 struct KvCache {
   std::vector<KvLayer> layers;  // [num_layers]
+  // Tensor parallelism: ranks 1 .. N-1's own pools, [N - 1][num_layers],
+  // each (num_pages, the rank's kv heads, page_size, head_dim) on the rank's
+  // backend (model::TensorParallelPhi3::make_kv_cache); a page id means the
+  // same page on every rank. Empty with one rank.
+  std::vector<std::vector<KvLayer>> peer_layers;
   int64_t page_size = 16;
   PageManager pages;
 

@@ -32,12 +32,30 @@ Tensor part_of(const Tensor& block, const Tensor& host_block, const Tensor& part
 
 }  // namespace
 
-AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& c, int num_slots)
+AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots)
+    : AdapterSlots(backend, config, num_slots, model::TpShard{}) {}
+
+AdapterSlots::AdapterSlots(const std::vector<Backend*>& backends, const model::Phi3Config& config,
+                           int num_slots)
+    : AdapterSlots(*backends.at(0), config, num_slots,
+                   model::TpShard{0, int64_t(backends.size())}) {
+  for (size_t r = 1; r < backends.size(); ++r) {
+    peers_.push_back(std::unique_ptr<AdapterSlots>(new AdapterSlots(
+        *backends[r], config, num_slots, model::TpShard{int64_t(r), int64_t(backends.size())})));
+    view_.peers.push_back(&peers_.back()->view_);
+  }
+}
+
+AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots,
+                           model::TpShard shard)
     : backend_(backend),
       num_slots_(num_slots),
       slot_rank_(size_t(num_slots), 0),
       col_offset_(size_t(num_slots), -1),
-      col_width_(size_t(num_slots), 0) {
+      col_width_(size_t(num_slots), 0),
+      config_(config),
+      shard_(shard) {
+  const model::Phi3Config c = model::shard_config(config, shard.world);  // this rank's sizes
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     dims_.push_back({c.hidden_size, c.qkv_size()});
     dims_.push_back({c.q_size(), c.hidden_size});
@@ -78,14 +96,16 @@ size_t AdapterSlots::module_index(int64_t layer, Target t) const {
 }
 
 void AdapterSlots::assign(int slot, const Adapter& adapter) {
+  for (const auto& peer : peers_) peer->assign(slot, adapter);
   release_columns(slot);
   slot_rank_[size_t(slot)] = 0;
   // A packed adapter in the compute dtype goes up as two copies (its A block
   // and its B block; from page-locked memory where the store keeps it there),
-  // its modules views of them; others module by module.
+  // its modules views of them; others module by module (and every rank's
+  // part of a split one).
   const DType dtype = backend_.compute_dtype();
-  const bool packed = !adapter.packed_a.empty() && adapter.packed_a.dtype == dtype &&
-                      adapter.packed_b.dtype == dtype;
+  const bool packed = shard_.world == 1 && !adapter.packed_a.empty() &&
+                      adapter.packed_a.dtype == dtype && adapter.packed_b.dtype == dtype;
   const Tensor a_block = packed ? backend_.upload(adapter.packed_a, dtype) : Tensor();
   const Tensor b_block = packed ? backend_.upload(adapter.packed_b, dtype) : Tensor();
   for (size_t m = 0; m < dims_.size(); ++m) {
@@ -94,9 +114,17 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
         head ? adapter.lm_head
              : adapter.module(int64_t(m) / kLayerTargets, Target(int64_t(m) % kLayerTargets));
     Resident r;
+    if (mod && packed) {
+      r.a = part_of(a_block, adapter.packed_a, mod->a);
+      r.b = part_of(b_block, adapter.packed_b, mod->b);
+    } else if (mod) {
+      const auto [a, b] =
+          model::shard_lora(head ? Target::lm_head : Target(int64_t(m) % kLayerTargets), mod->a,
+                            mod->b, config_, shard_);
+      r.a = backend_.upload(a, dtype);
+      r.b = backend_.upload(b, dtype);
+    }
     if (mod) {
-      r.a = packed ? part_of(a_block, adapter.packed_a, mod->a) : backend_.upload(mod->a, dtype);
-      r.b = packed ? part_of(b_block, adapter.packed_b, mod->b) : backend_.upload(mod->b, dtype);
       r.rank = int32_t(mod->rank);
       r.scale = mod->scale;
       slot_rank_[size_t(slot)] = std::max(slot_rank_[size_t(slot)], mod->rank);
@@ -113,6 +141,7 @@ void AdapterSlots::assign(int slot, const Adapter& adapter) {
 
 void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t seed,
                                  float half_width) {
+  for (const auto& peer : peers_) peer->assign_random(slot, rank, scale, seed, half_width);
   release_columns(slot);
   for (size_t m = 0; m + 1 < dims_.size(); ++m) {
     Resident r;
@@ -130,6 +159,7 @@ void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t s
 }
 
 void AdapterSlots::clear(int slot) {
+  for (const auto& peer : peers_) peer->clear(slot);
   release_columns(slot);
   for (size_t m = 0; m < dims_.size(); ++m) {
     resident_[m][size_t(slot)] = Resident{};
@@ -182,6 +212,18 @@ int64_t AdapterSlots::max_rank() const {
 }
 
 void AdapterSlots::attach_columns(std::vector<Tensor> weights, int64_t columns) {
+  if (!peers_.empty()) {  // every rank's weights, rank 0's first
+    const size_t per = dims_.size() - 1;
+    if (weights.size() != per * (peers_.size() + 1))
+      throw std::invalid_argument("attach_columns: " + std::to_string(weights.size()) +
+                                  " weights for " + std::to_string(peers_.size() + 1) +
+                                  " ranks of " + std::to_string(per));
+    for (size_t p = 0; p < peers_.size(); ++p)
+      peers_[p]->attach_columns(std::vector<Tensor>(weights.begin() + long((p + 1) * per),
+                                                    weights.begin() + long((p + 2) * per)),
+                                columns);
+    weights.resize(per);
+  }
   if (columns <= 0 || columns % 8 != 0 || weights.size() + 1 != dims_.size())
     throw std::invalid_argument("attach_columns: " + std::to_string(weights.size()) + " weights with " +
                                 std::to_string(columns) + " columns (a positive multiple of 8, one weight per " +

@@ -5,11 +5,13 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "backend/backend.h"
 #include "lora/adapter.h"
 #include "model/config.h"
+#include "model/shard.h"
 
 namespace philora::lora {
 
@@ -29,6 +31,14 @@ int64_t columns_to_attach(int64_t requested, int num_slots);
 class AdapterSlots {
  public:
   AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots);
+  // Tensor parallelism over backends.size() ranks: rank r's slots on
+  // backends[r], each adapter split as the base weights are
+  // (model::shard_lora: B's rows for qkv / gate_up / lm_head, A's columns for
+  // o / down). This object is rank 0's and keeps the other ranks' in step
+  // (assign, clear, columns: the same slots, ranks and column ranges);
+  // tables().peers are theirs.
+  AdapterSlots(const std::vector<Backend*>& backends, const model::Phi3Config& config,
+               int num_slots);
 
   int num_slots() const { return num_slots_; }
   Backend& backend() const { return backend_; }
@@ -50,7 +60,9 @@ class AdapterSlots {
   // (layer-major, Target order), each (out, in + columns) with its last
   // `columns` zero. From now on every assigned adapter whose widest module
   // fits gets a range of those columns (a multiple of 8 wide) holding its B
-  // in every module. Call before any assign; columns a multiple of 8.
+  // in every module. Call before any assign; columns a multiple of 8. With
+  // tensor parallelism, every rank's weights, rank 0's first
+  // (model::TensorParallelPhi3::widen_for_lora).
   void attach_columns(std::vector<Tensor> weights, int64_t columns);
   int64_t columns() const { return columns_; }
   // The LoRA columns a step of these token slots (-1 = none) reads: the end
@@ -66,6 +78,8 @@ class AdapterSlots {
   uint64_t layout_version() const { return layout_version_; }
 
  private:
+  AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots,
+               model::TpShard shard);
   struct Resident {  // one slot's pair on one module
     Tensor a, b;     // (rank, in), (out, rank) in the backend's compute dtype
     int32_t rank = 0;
@@ -102,6 +116,9 @@ class AdapterSlots {
   int64_t columns_ = 0;
   std::vector<int32_t> col_offset_;              // [slots] first column (-1: none)
   std::vector<int32_t> col_width_;               // [slots]
+  model::Phi3Config config_;                     // the whole model's (splits need its heads)
+  model::TpShard shard_;                         // the rank these slots are
+  std::vector<std::unique_ptr<AdapterSlots>> peers_;  // ranks 1 .. N-1 (rank 0's slots only)
 };
 
 }  // namespace philora::lora

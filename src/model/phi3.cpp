@@ -7,14 +7,31 @@
 
 namespace philora::model {
 
-Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend)
+Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend,
+                                 TpContext tp)
     : config_(std::move(config)),
+      local_(shard_config(config_, tp.world)),
       w_(std::move(weights)),
       backend_(backend),
-      rope_(make_rope_params(config_, backend)) {}
+      tp_(tp),
+      rope_(make_rope_params(local_, backend)) {}
 
 Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
                                 const LoraTables* lora_tables, Tensor* hidden) {
+  return forward_rank(in, kv.layers, lora_tables, hidden);
+}
+
+kv::KvCache Phi3ForCausalLM::make_kv_cache(int64_t num_pages, int64_t page_size) {
+  return kv::KvCache(backend_, local_.num_hidden_layers, num_pages, page_size,
+                     local_.num_key_value_heads, local_.head_dim);
+}
+
+// With tensor parallelism, each rank runs this on its part of the weights:
+// its heads, its share of the MLP, its vocabulary rows; the two row-parallel
+// projections sum over the ranks (add_row_parallel), the logits are gathered
+// (linear_vocab_parallel). With one rank both are the plain ops.
+Tensor Phi3ForCausalLM::forward_rank(const StepInputs& in, std::vector<KvLayer>& kv,
+                                     const LoraTables* lora_tables, Tensor* hidden) {
   Backend& ops = backend_;
   const float eps = float(config_.rms_norm_eps);
   auto lora = [&](int64_t layer, LoraTarget t) {
@@ -26,17 +43,18 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
   Tensor residual = ops.embedding(in.tokens.token_ids, w_.embed_tokens);  // (T, hidden)
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     const Phi3LayerWeights& layer = w_.layers[size_t(l)];
-    KvLayer& cache = kv.layers[size_t(l)];
+    KvLayer& cache = kv[size_t(l)];
 
     Tensor x = ops.rms_norm(residual, layer.input_layernorm, eps);
     Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, LoraTarget::qkv));
     ops.rope_and_cache(qkv, in.tokens, rope_, cache);
     Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
-    linear_add(ops, attn, layer.o_proj, lora(l, LoraTarget::o), residual);
+    add_row_parallel(ops, tp_, attn, layer.o_proj, lora(l, LoraTarget::o), residual);
 
     Tensor y = ops.rms_norm(residual, layer.post_attention_layernorm, eps);
     Tensor gate_up = linear(ops, y, layer.gate_up_proj, lora(l, LoraTarget::gate_up));
-    linear_add(ops, ops.silu_mul(gate_up), layer.down_proj, lora(l, LoraTarget::down), residual);
+    add_row_parallel(ops, tp_, ops.silu_mul(gate_up), layer.down_proj, lora(l, LoraTarget::down),
+                     residual);
   }
   Tensor x = ops.rms_norm(residual, w_.norm, eps);
   if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);
@@ -44,7 +62,7 @@ Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
   if (in.skip_lm_head) return x;
   const LoraApply head{lora_tables ? lora_tables->table(0, LoraTarget::lm_head) : nullptr,
                        &in.lora_logits};
-  return linear(ops, x, w_.lm_head, head);
+  return linear_vocab_parallel(ops, tp_, x, w_.lm_head, head);
 }
 
 bool Phi3ForCausalLM::lora_columns_supported() {

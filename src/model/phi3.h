@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "kv/kv_cache.h"
 #include "model/config.h"
+#include "model/shard.h"
 #include "model/weights.h"
 
 namespace philora::model {
@@ -27,11 +28,19 @@ struct StepInputs {
 
 class Phi3ForCausalLM {
  public:
-  Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend);
+  // `weights` are the whole model's, or with tensor parallelism (tp.world > 1)
+  // rank tp.rank's part (load_weights with its TpShard): the forward then runs
+  // as that rank, its row-parallel sums and logits through tp.comm
+  // (TensorParallelPhi3 in model/tensor_parallel.h runs every rank).
+  Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend, TpContext tp = {});
+  virtual ~Phi3ForCausalLM() = default;
 
+  // The whole model's config (vocabulary, heads), whatever the ranks.
   const Phi3Config& config() const { return config_; }
+  int64_t tensor_parallel() const { return tp_.world; }
   Backend& backend() { return backend_; }
-  // (vocab, hidden): the output matrix (Medusa heads without their own use it).
+  // (vocab, hidden): the output matrix (Medusa heads without their own use it);
+  // with tensor parallelism, this rank's vocabulary rows only.
   const Tensor& lm_head() const { return w_.lm_head; }
 
   // Logits (R, vocab) of the selected rows — or hidden states (R, hidden) with
@@ -40,16 +49,21 @@ class Phi3ForCausalLM {
   // (after the final norm: what Medusa heads read), at no cost: the tensor
   // the lm_head reads.
   // `lora` (may be null: no adapters) are the resident adapters' tables.
-  Tensor forward(const StepInputs& in, kv::KvCache& kv, const LoraTables* lora,
-                 Tensor* hidden = nullptr);
+  virtual Tensor forward(const StepInputs& in, kv::KvCache& kv, const LoraTables* lora,
+                         Tensor* hidden = nullptr);
+  // The same as this rank alone, over its own KV layers and adapter tables.
+  Tensor forward_rank(const StepInputs& in, std::vector<KvLayer>& kv, const LoraTables* lora,
+                      Tensor* hidden);
+  // A KV cache of `num_pages` pages for this model (every rank's layers).
+  virtual kv::KvCache make_kv_cache(int64_t num_pages, int64_t page_size);
 
   // Gives the four LoRA targets of every layer (qkv, o, gate_up, down) a copy
   // of their weight with `columns` zero columns more, where resident adapters'
   // B matrices go (lora::AdapterSlots::attach_columns takes the returned
   // tensors, in LoraTables' module order). Done once, before serving.
-  std::vector<Tensor> widen_for_lora(int64_t columns);
+  virtual std::vector<Tensor> widen_for_lora(int64_t columns);
   // Whether the backend's LoRA columns shrink takes every target's input size.
-  bool lora_columns_supported();
+  virtual bool lora_columns_supported();
 
  private:
   // The four LoRA targets of a layer with LoRA columns, in LoraTarget order.
@@ -58,9 +72,11 @@ class Phi3ForCausalLM {
   }
 
   Phi3Config config_;
+  Phi3Config local_;  // this rank's sizes (shard_config); config_ with one rank
   Phi3Weights w_;
   Backend& backend_;
-  RopeParams rope_;
+  TpContext tp_;
+  RopeParams rope_;  // of local_: this rank's heads
 };
 
 }  // namespace philora::model

@@ -10,8 +10,12 @@ namespace philora::model {
 std::vector<WeightSpec> weight_specs(const Phi3Config& c) {
   const int64_t h = c.hidden_size, inter = c.intermediate_size;
   std::vector<WeightSpec> specs;
-  specs.push_back(
-      {"model.embed_tokens.weight", {c.vocab_size, h}, Split::vocab, &Phi3Weights::embed_tokens});
+  // The embedding stays whole on every rank (a lookup, no all-reduce); a tied
+  // lm_head takes its vocabulary rows from it.
+  specs.push_back({"model.embed_tokens.weight",
+                   {c.vocab_size, h},
+                   Split::replicated,
+                   &Phi3Weights::embed_tokens});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     auto add = [&](std::string name, std::vector<int64_t> shape, Split split,
@@ -24,7 +28,7 @@ std::vector<WeightSpec> weight_specs(const Phi3Config& c) {
     add("self_attn.o_proj.weight", {h, c.q_size()}, Split::row, &Phi3LayerWeights::o_proj);
     add("post_attention_layernorm.weight", {h}, Split::replicated,
         &Phi3LayerWeights::post_attention_layernorm);
-    add("mlp.gate_up_proj.weight", {2 * inter, h}, Split::column, &Phi3LayerWeights::gate_up_proj);
+    add("mlp.gate_up_proj.weight", {2 * inter, h}, Split::gate_up, &Phi3LayerWeights::gate_up_proj);
     add("mlp.down_proj.weight", {h, inter}, Split::row, &Phi3LayerWeights::down_proj);
   }
   specs.push_back({"model.norm.weight", {h}, Split::replicated, &Phi3Weights::norm});
@@ -49,9 +53,23 @@ static std::string shape_str(const std::vector<int64_t>& s) {
   return out + ")";
 }
 
+// Rank shard.rank's part of a tensor of the checkpoint (or of a random one).
+static Tensor part(const Tensor& host, const WeightSpec& spec, const Phi3Config& config,
+                   TpShard shard) {
+  return take_slice(host, weight_slice(spec.split, spec.shape, config, shard));
+}
+
+// A tied lm_head: the rank's vocabulary rows of the whole embedding (a view).
+static Tensor tied_lm_head(const Tensor& embed, const Phi3Config& config, TpShard shard) {
+  const TensorSlice s =
+      weight_slice(Split::vocab, {config.vocab_size, config.hidden_size}, config, shard);
+  return s.whole() ? embed : embed.row_slice(s.ranges[0].first, s.ranges[0].second);
+}
+
 Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Config& config,
                                    Backend& backend,
-                                   const std::function<void(int64_t, int64_t)>& progress) {
+                                   const std::function<void(int64_t, int64_t)>& progress,
+                                   TpShard shard) {
   Phi3Weights w;
   w.layers.resize(size_t(config.num_hidden_layers));
   std::set<std::string> expected;
@@ -74,7 +92,7 @@ Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Confi
     if (!same)
       return Status::errorf("{}: tensor '{}' has shape {}, expected {} (from config.json)", e->file,
                             spec.name, v.shape_str(), shape_str(spec.shape));
-    slot(w, spec) = backend.upload(v, backend.compute_dtype());
+    slot(w, spec) = backend.upload(part(v, spec, config, shard), backend.compute_dtype());
     done += v.nbytes();
     if (progress) progress(done, total);
   }
@@ -85,11 +103,12 @@ Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Confi
           "config",
           name, tensors.find(name)->file);
   }
-  if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  if (config.tie_word_embeddings) w.lm_head = tied_lm_head(w.embed_tokens, config, shard);
   return w;
 }
 
-Phi3Weights random_weights(const Phi3Config& config, Backend& backend, uint64_t seed, float std) {
+Phi3Weights random_weights(const Phi3Config& config, Backend& backend, uint64_t seed, float std,
+                           TpShard shard) {
   Phi3Weights w;
   w.layers.resize(size_t(config.num_hidden_layers));
   const float half_width = std * 1.7320508f;  // uniform with this std
@@ -99,10 +118,13 @@ Phi3Weights random_weights(const Phi3Config& config, Backend& backend, uint64_t 
                    ? backend.random_uniform({spec.shape[0]}, seed + index, 1.0f, 0.1f)
                    : backend.random_uniform({spec.shape[0], spec.shape[1]}, seed + index, 0.0f,
                                             half_width);
+    if (shard.world > 1)
+      t = backend.upload(part(backend.to_host_f32(t), spec, config, shard),
+                         backend.compute_dtype());
     slot(w, spec) = t;
     index += 0x1000;
   }
-  if (config.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  if (config.tie_word_embeddings) w.lm_head = tied_lm_head(w.embed_tokens, config, shard);
   return w;
 }
 

@@ -1,0 +1,37 @@
+// Collectives among the ranks of one tensor-parallel group (the model's
+// shards, one per device). Every rank calls the same collectives in the same
+// order with tensors of the same shape and dtype (SPMD); a call returns once
+// its result is in place on that rank.
+//
+// Implementations: LoopbackGroup (backend/loopback_communicator.h: N ranks
+// as N threads of one process, host memory; the CPU backend's simulated
+// ranks, what CI runs). The CUDA backend's would wrap NCCL (ncclAllReduce
+// with ncclSum, ncclAllGather, one communicator per GPU, on the rank's
+// stream, NCCL_NVLS_ENABLE=0): not built yet.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace philora {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int64_t rank() const = 0;
+  virtual int64_t world_size() const = 0;
+
+  // x = x_0 + x_1 + ... + x_{N-1} in place on every rank (x_r: rank r's x),
+  // added in rank order in f32 and rounded once to x's dtype, so that every
+  // rank holds the same values and a run repeats bit for bit.
+  virtual void all_reduce_sum(Tensor& x) = 0;
+  // out (rows, N · c) = [x_0 | x_1 | ... | x_{N-1}]: every rank's x (rows, c)
+  // side by side, rank order; out has x's dtype.
+  virtual void all_gather_cols(const Tensor& x, Tensor& out) = 0;
+  // This rank failed between collectives: the other ranks' pending and later
+  // collectives throw instead of waiting for it.
+  virtual void abort() = 0;
+};
+
+}  // namespace philora

@@ -1,0 +1,58 @@
+// Tensor parallelism in one process: N ranks, one thread each, rank r's part
+// of the weights (model/shard.h says which) on backends[r], talking through
+// a Communicator per rank. The engine sees one Phi3ForCausalLM: this object is
+// rank 0 (the engine's backend, the engine's thread) and runs the other ranks
+// beside it for every forward, each over its own KV pools (KvCache::peer_layers)
+// and adapter tables (LoraTables::peers). Every rank reads the step's inputs
+// as rank 0 staged them and ends with the whole logits (all-gather); rank 0's
+// are returned. A rank that throws aborts the group (the others' collectives
+// throw instead of waiting) and its exception leaves forward; the group stays
+// aborted (as an NCCL communicator would). On the CPU the ranks are simulated (a LoopbackGroup, host
+// memory). On CUDA each rank would hold a GPU and an NCCL communicator, and
+// the step's inputs would have to reach every GPU first (a broadcast of the
+// staged StepInputs): not built yet.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "backend/communicator.h"
+#include "model/phi3.h"
+
+namespace philora::model {
+
+class TensorParallelPhi3 final : public Phi3ForCausalLM {
+ public:
+  struct Rank {
+    Backend* backend = nullptr;
+    Phi3Weights weights;                 // this rank's part (load_weights with its TpShard)
+    std::unique_ptr<Communicator> comm;  // this rank's end of the group
+  };
+  // `config` is the whole model's; ranks[0] is this object's.
+  TensorParallelPhi3(Phi3Config config, std::vector<Rank> ranks);
+
+  Tensor forward(const StepInputs& in, kv::KvCache& kv, const LoraTables* lora,
+                 Tensor* hidden = nullptr) override;
+  kv::KvCache make_kv_cache(int64_t num_pages, int64_t page_size) override;
+  // Rank 0's targets, then rank 1's, ...: 4 · layers · N weights (what
+  // lora::AdapterSlots' tensor-parallel attach_columns takes).
+  std::vector<Tensor> widen_for_lora(int64_t columns) override;
+  bool lora_columns_supported() override;
+
+ private:
+  std::unique_ptr<Communicator> comm_;                   // rank 0's
+  std::vector<std::unique_ptr<Phi3ForCausalLM>> peers_;  // ranks 1 .. N-1
+  std::vector<std::unique_ptr<Communicator>> peer_comms_;
+};
+
+// The model split over backends.size() ranks (rank r on backends[r], its
+// collectives through comms[r]), each rank's weights loaded from the one
+// checkpoint through weight_specs' splits. Refuses, naming the counts, a
+// model whose heads, intermediate size or vocabulary do not split
+// (check_tensor_parallel).
+Expected<std::unique_ptr<Phi3ForCausalLM>> load_tensor_parallel(
+    const io::TensorSet& tensors, const Phi3Config& config, const std::vector<Backend*>& backends,
+    std::vector<std::unique_ptr<Communicator>> comms,
+    const std::function<void(int64_t done, int64_t total)>& progress = {});
+
+}  // namespace philora::model
