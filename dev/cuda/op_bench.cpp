@@ -4,6 +4,7 @@
 // for the napkin math in dev/cuda/NOTES.md. Built by tests/gpu/prepare.sh,
 // run by tests/gpu/run.sh (or: .carry/bin/op_bench).
 #include <cuda_runtime_api.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
@@ -17,6 +18,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_context.h"
+#include "backend/cuda/cuda_skinny.cuh"
 
 using namespace philora;
 
@@ -219,6 +221,50 @@ void bench_lora(int64_t T, int64_t in, int64_t out, bool distinct, const std::st
       double(adapters) * rank * (in + out) * 2 + double(T) * (in + out) * 2, 2.0 * double(T) * rank * (in + out));
 }
 
+// Decode-sized matmuls (issue 19): cuBLASLt's timed best against our skinny
+// kernel with 1, 2, … blocks an SM (stream-K grids), on enough copies of the weight (≥ 150 MB, taken
+// in turn) that w comes from memory, 30 launches back to back between two
+// events: µs per launch (ours overlaps each launch's start with the one before,
+// as in a step; cuBLASLt's launches do not). GB/s counts w's bytes only.
+void bench_skinny(int64_t T) {
+  cuda::LtMatmul& mm = *g_backend->context().matmul;
+  struct Mm {
+    const char* name;
+    int64_t in, out;
+  };
+  for (const Mm& s : {Mm{"qkv", kHidden, kQkv}, Mm{"o", kHidden, kHidden}, Mm{"gate_up", kHidden, 2 * kInter},
+                      Mm{"down", kInter, kHidden}, Mm{"lm_head", kHidden, kVocab}}) {
+    const double wbytes = 2.0 * double(s.in * s.out);
+    const int copies = std::max(2, int(std::ceil(150e6 / wbytes)));
+    std::vector<Tensor> ws;
+    for (int i = 0; i < copies; ++i) ws.push_back(rnd({s.out, s.in}, uint64_t(100 + i), 0.02f));
+    Tensor x = rnd({T, s.in}, 7);
+    Tensor y = g_backend->alloc(DType::bf16, {T, s.out});
+    auto per_launch = [&](const std::function<void(const Tensor&)>& f) {
+      int i = 0;
+      return time_us([&] {
+               for (int r = 0; r < 30; ++r) f(ws[size_t(i++ % copies)]);
+             }, 7) / 30.0;
+    };
+    mm.set_skinny(cuda::LtMatmul::Skinny::never);
+    const double lt = per_launch([&](const Tensor& w) { mm.run(x.data, w.data, y.data, T, s.out, s.in); });
+    std::string line = fmt::format("skinny m={:<2} {:<8} {:>5}->{:<5} cuBLASLt {:6.1f} us {:5.0f} GB/s | ours", T,
+                                   s.name, s.in, s.out, lt, wbytes / lt * 1e-3);
+    double best = 1e30;
+    int best_per_sm = 0;
+    for (int per_sm = 1; per_sm <= cuda::skinny_gemm_max_per_sm(T); ++per_sm) {
+      const double us = per_launch([&](const Tensor& w) {
+        mm.run_skinny(x.data, w.data, y.data, T, s.out, s.in, false, s.in, per_sm);
+      });
+      line += fmt::format(" {}/SM {:.1f}", per_sm, us);
+      if (us < best) best = us, best_per_sm = per_sm;
+    }
+    std::printf("%s | best %d/SM %.1f us %.0f GB/s (%.2fx cuBLASLt)\n", line.c_str(), best_per_sm, best,
+                wbytes / best * 1e-3, lt / best);
+    mm.set_skinny(cuda::LtMatmul::Skinny::never);  // the default
+  }
+}
+
 void bench_host_overhead() {
   Tensor x = rnd({1, kHidden}, 1), w = rnd({kHidden}, 3), wt = rnd({kHidden, kHidden}, 5, 0.02f);
   g_backend->synchronize();
@@ -261,6 +307,8 @@ int main(int argc, char** argv) {
     if (want("prefill T=2048 attention")) bench_attention(1, 0, 2048, "prefill T=2048");
     if (want("prefill T=512 attention")) bench_attention(1, 0, 512, "prefill T=512");
     if (want("prefill T=2048 d=128")) bench_attention(1, 0, 2048, "prefill T=2048 d=128 40x10 heads", 0, {40, 10, 128});
+    for (int64_t T : {1, 8, 32, 64})
+      if (want("skinny m=" + std::to_string(T) + " ")) bench_skinny(T);
     if (want("decode B=1")) bench_dense(1, "decode B=1");
     if (want("decode B=1 ctx 512")) bench_attention(1, 511, 1, "decode B=1 ctx 512");
     if (want("decode B=8 ctx 512")) bench_attention(8, 511, 1, "decode B=8 ctx 512");

@@ -6,6 +6,11 @@
 
 #include "ops/harness.h"
 
+#if PHILORA_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_context.h"
+#endif
+
 namespace philora::optest {
 namespace {
 
@@ -110,6 +115,55 @@ class MatmulWide : public OpCase {
   std::vector<float> x_, w_, y0_;
 };
 
+// The decode-sized form on the CUDA backend's own skinny kernel (pinned, so the
+// kernel runs whatever the timing would choose; its default split-K): y = x ·
+// w[:, :in]ᵀ or y += …, w (out, ldw ≥ in) — a weight with LoRA columns when
+// ldw > in. Other backends run the plain op.
+class SkinnyMatmul : public OpCase {
+ public:
+  SkinnyMatmul(int64_t tokens, int64_t in, int64_t ldw, int64_t out, bool add)
+      : T_(tokens), in_(in), ldw_(ldw), out_(out), add_(add) {}
+  std::string name() const override {
+    return fmt::format("skinny_{}(T={} in={} ldw={} out={})", add_ ? "matmul_add" : "matmul", T_, in_, ldw_, out_);
+  }
+  void init(Rng& rng) override {
+    x_ = rng.bf16(T_ * in_, -1, 1);
+    const double w_range = 2.0 / std::sqrt(double(in_));
+    w_ = rng.bf16(out_ * ldw_, -w_range, w_range);
+    y0_ = rng.bf16(T_ * out_, -1, 1);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    const Tensor x = upload(b, x_, {T_, in_}), w = upload(b, w_, {out_, ldw_});
+    Tensor y = upload(b, y0_, {T_, out_});
+#if PHILORA_HAVE_CUDA
+    auto* cuda = dynamic_cast<CudaBackend*>(&b);
+    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
+#endif
+    if (add_)
+      b.matmul_add(x, w, y);
+    else
+      y = b.matmul(x, w);
+#if PHILORA_HAVE_CUDA
+    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::never);  // the default
+#endif
+    return {fetch(b, "y", y)};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<float> lead(size_t(out_ * in_));
+    for (int64_t o = 0; o < out_; ++o)
+      for (int64_t i = 0; i < in_; ++i) lead[size_t(o * in_ + i)] = w_[size_t(o * ldw_ + i)];
+    std::vector<double> y = matmul_ref(x_, lead, T_, in_, out_);
+    if (add_)
+      for (size_t i = 0; i < y.size(); ++i) y[i] += y0_[i];
+    return {{"y", out_, y}};
+  }
+
+ private:
+  int64_t T_, in_, ldw_, out_;
+  bool add_;
+  std::vector<float> x_, w_, y0_;  // (T, in), (out, ldw), (T, out)
+};
+
 std::vector<CaseFactory> matmul_cases() {
   std::vector<CaseFactory> cases;
   for (int64_t t : {1, 3, 7, 19})
@@ -127,6 +181,17 @@ std::vector<CaseFactory> matmul_cases() {
   }
   cases.push_back(make_case<MatmulWide>(3, 1002, 22, 37, false));
   cases.push_back(make_case<MatmulWide>(300, 256, 64, 96, true));
+  // Skinny kernel: m across its row tiles (1, 3, 8 | 17 | 33, 64), n and k off
+  // its 32-row and 256-k tiles, ldw > k, LoRA-column widths (in + 16 of a
+  // weight with 64 columns), split-K (few rows, long k), k of one piece.
+  for (int64_t t : {1, 3, 8, 17, 33, 64}) {
+    cases.push_back(make_case<SkinnyMatmul>(t, 776, 800, 1000, false));
+    cases.push_back(make_case<SkinnyMatmul>(t, 3072 + 16, 3072 + 64, 200, t % 2 == 1));
+  }
+  for (int64_t t : {1, 8, 33}) cases.push_back(make_case<SkinnyMatmul>(t, 4096, 4096, 200, t == 8));
+  cases.push_back(make_case<SkinnyMatmul>(5, 8, 8, 37, false));
+  cases.push_back(make_case<SkinnyMatmul>(2, 3072, 3072, 3072, true));
+  cases.push_back(make_case<SkinnyMatmul>(64, 8192, 8192, 96, true));
   return cases;
 }
 

@@ -23,8 +23,12 @@ LtMatmul::LtMatmul(cudaStream_t stream, std::shared_ptr<DeviceAllocator> allocat
     : stream_(stream), allocator_(std::move(allocator)) {
   PHILORA_CUBLAS_CHECK(cublasLtCreate(&handle_));
   PHILORA_CUDA_CHECK(cudaGetDevice(&device_));
+  PHILORA_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
   workspace_bytes_ = size_t(32) << 20;  // what cuBLAS itself uses on Hopper
   workspace_ = allocator_->allocate(workspace_bytes_);
+  counters_ = allocator_->allocate(size_t(kSkinnyCounters) * sizeof(int));
+  PHILORA_CUDA_CHECK(cudaMemsetAsync(counters_.get(), 0, size_t(kSkinnyCounters) * sizeof(int), stream_));
+  PHILORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 LtMatmul::~LtMatmul() {
@@ -87,6 +91,11 @@ LtMatmul::Plan& LtMatmul::plan_for(const Key& key) {
     if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
   p.algo = p.candidates.empty() ? results[0].algo : p.candidates.front();
   if (m <= kTuneMaxM) add_split_k_variants(p);
+  // Where our skinny kernel takes the shape (alignments as the key says), the
+  // timing on first use decides between it and cuBLASLt (with Skinny::timed);
+  // an untimed plan keeps cuBLASLt (faster alone at every Phi-3-mini decode
+  // shape so far, NOTES.md).
+  p.skinny_ok = align_x >= 16 && align_w >= 16 && skinny_gemm_shape_ok(m, n, k, ldw);
   return plans_.emplace(key, p).first->second;
 }
 
@@ -136,11 +145,33 @@ void LtMatmul::add_split_k_variants(Plan& p) {
 // alone, so calls with beta ≠ 0 tune too; not while the stream is being
 // captured into a graph), each run after a write of twice
 // the L2 size so that w comes from memory as it does in a real step; the
-// fastest median is kept. Larger m (prefill) keeps the heuristic's choice,
-// which is near the peak there, so that new prompt lengths cost no tuning.
-void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, float alpha) {
+// fastest median is kept. Where our skinny kernel takes the shape, its grids
+// (1, 2, … blocks an SM) run the same way, and it keeps the shape unless cuBLASLt's best is
+// more than 3% faster alone (ours overlaps its start with the kernel before
+// in a step, which a lone timing does not show). Larger m (prefill) keeps the
+// heuristic's choice, which is near the peak there, so that new prompt lengths
+// cost no tuning.
+template <typename Launch>
+float LtMatmul::time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t stop) {
+  constexpr int kReps = 5;
+  float times[kReps];
+  for (int i = 0; i < kReps; ++i) {
+    PHILORA_CUDA_CHECK(cudaMemsetAsync(flush_.get(), i, flush_bytes_, stream_));
+    PHILORA_CUDA_CHECK(cudaEventRecord(start, stream_));
+    launch();
+    PHILORA_CUDA_CHECK(cudaEventRecord(stop, stream_));
+    PHILORA_CUDA_CHECK(cudaEventSynchronize(stop));
+    PHILORA_CUDA_CHECK(cudaEventElapsedTime(&times[i], start, stop));
+  }
+  std::sort(times, times + kReps);
+  return times[kReps / 2];
+}
+
+void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, int64_t k, int64_t ldw,
+                        float alpha) {
   p.tuned = true;
-  if (p.candidates.size() < 2) return;
+  const bool skinny = p.skinny_ok && alpha == 1.0f && skinny_ == Skinny::timed;
+  if (p.candidates.size() < 2 && !skinny) return;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PHILORA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
   if (capture != cudaStreamCaptureStatusNone) return;
@@ -163,24 +194,45 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_
                             workspace_.get(), workspace_bytes_, stream_);
     };
     if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // this algorithm refuses: skip it
-    constexpr int kReps = 5;
-    float times[kReps];
-    for (int i = 0; i < kReps; ++i) {
-      PHILORA_CUDA_CHECK(cudaMemsetAsync(flush_.get(), i, flush_bytes_, stream_));
-      PHILORA_CUDA_CHECK(cudaEventRecord(start, stream_));
-      PHILORA_CUBLAS_CHECK(launch());
-      PHILORA_CUDA_CHECK(cudaEventRecord(stop, stream_));
-      PHILORA_CUDA_CHECK(cudaEventSynchronize(stop));
-      PHILORA_CUDA_CHECK(cudaEventElapsedTime(&times[i], start, stop));
-    }
-    std::sort(times, times + kReps);
-    if (best < 0 || times[kReps / 2] < best) {
-      best = times[kReps / 2];
+    const float t = time_flushed([&] { PHILORA_CUBLAS_CHECK(launch()); }, start, stop);
+    if (best < 0 || t < best) {
+      best = t;
       p.algo = algo;
     }
   }
+  if (skinny) {
+    SkinnyGemmArgs sa;
+    sa.x = x, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = ldw;
+    float best_skinny = -1.0f;
+    int best_grid = 0;
+    for (int per_sm = 1; per_sm <= skinny_gemm_max_per_sm(m); ++per_sm) {
+      const int grid = skinny_gemm_grid(sa, sms_, per_sm);
+      std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, grid));
+      auto launch = [&] {
+        launch_skinny_gemm(sa, grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
+      };
+      launch();
+      const float t = time_flushed(launch, start, stop);
+      if (best_skinny < 0 || t < best_skinny) {
+        best_skinny = t;
+        best_grid = grid;
+      }
+    }
+    const bool lt_wins = skinny_ == Skinny::timed && best >= 0 && best * 1.03f < best_skinny;
+    p.skinny_grid = lt_wins ? 0 : best_grid;
+  }
   (void)cudaEventDestroy(start);
   (void)cudaEventDestroy(stop);
+}
+
+void LtMatmul::run_skinny(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k, bool accumulate,
+                          int64_t ldw, int per_sm, int grid) {
+  SkinnyGemmArgs sa;
+  sa.x = x, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
+  sa.accumulate = accumulate;
+  if (grid <= 0) grid = skinny_gemm_grid(sa, sms_, per_sm > 0 ? per_sm : skinny_gemm_max_per_sm(m));
+  std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, grid));
+  launch_skinny_gemm(sa, grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
 }
 
 void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
@@ -188,7 +240,19 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
   if (m == 0 || n == 0) return;
   const Key key{m, n, k, std::max(ldw, k), alignment_of(x), alignment_of(w), alignment_of(y)};
   Plan& p = plan_for(key);
-  if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, x, w, m, n, alpha);
+  if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, x, w, m, n, k, std::max(ldw, k), alpha);
+  // An untimed plan (autotune off, or first seen while a graph was captured)
+  // keeps cuBLASLt unless ours is pinned.
+  int grid = p.skinny_grid;
+  if (skinny_ == Skinny::always && grid == 0 && p.skinny_ok) {  // as many blocks as fit
+    SkinnyGemmArgs sa;
+    sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
+    grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m));
+  }
+  if (grid > 0 && skinny_ != Skinny::never && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
+    run_skinny(x, w, y, m, n, k, beta == 1.0f, ldw, 0, grid);
+    return;
+  }
   PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
                                       &p.algo, workspace_.get(), workspace_bytes_, stream_));
 }

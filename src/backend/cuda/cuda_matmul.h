@@ -1,7 +1,9 @@
-// Dense GEMMs through cuBLASLt: y (m, n) = x (m, k) · wᵀ with w (n, k), all
-// row-major bf16, f32 accumulation. The matmul descriptor, the three layouts and
+// Dense GEMMs: y (m, n) = x (m, k) · wᵀ with w (n, k), all row-major bf16, f32
+// accumulation, through cuBLASLt or, for decode-sized m (≤ kSkinnyMaxM), our
+// skinny kernel (cuda_skinny.cuh). The matmul descriptor, the three layouts and
 // the algorithm are built once per (m, n, k, alignments) and cached; the
-// algorithm is the fastest of the heuristic's candidates, timed on first use.
+// algorithm is the fastest of the heuristic's candidates and of the skinny
+// kernel's grids, timed on first use.
 #pragma once
 
 #include <cublasLt.h>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_allocator.h"
+#include "backend/cuda/cuda_skinny.cuh"
 
 namespace philora::cuda {
 
@@ -30,6 +33,18 @@ class LtMatmul {
            float alpha = 1.0f, float beta = 0.0f, int64_t ldw = 0);
 
   size_t cached_plans() const { return plans_.size(); }
+  // Which kernel skinny shapes take: the faster of cuBLASLt and ours as timed
+  // on first use, ours whenever it takes the shape (op cases pin it), or
+  // cuBLASLt always. The default is cuBLASLt for now: ours is 4-20% slower
+  // alone at every Phi-3-mini decode shape on an H100, and its last change (3
+  // stages at m > 32) has not run on a GPU yet (dev/cuda/NOTES.md, session 8);
+  // `timed` is the setting once it wins somewhere.
+  enum class Skinny : uint8_t { timed, always, never };
+  void set_skinny(Skinny s) { skinny_ = s; }
+  // The skinny kernel on the shape with `per_sm` blocks an SM (0: as many as
+  // fit), or a grid of `grid` blocks when grid > 0.
+  void run_skinny(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k, bool accumulate,
+                  int64_t ldw, int per_sm, int grid = 0);
   // Whether a new shape times the heuristic's candidates and keeps the fastest
   // (on by default; PHILORA_CUBLASLT_AUTOTUNE=0 turns it off).
   void set_autotune(bool on) { tune_ = on; }
@@ -43,11 +58,16 @@ class LtMatmul {
     cublasLtMatmulAlgo_t algo{};
     std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's, best first
     bool tuned = false;
+    bool skinny_ok = false;  // our skinny kernel takes the shape
+    int skinny_grid = 0;     // > 0: it does, with this grid (the timing chose it)
   };
   static constexpr int kCandidates = 16;
   static constexpr int64_t kTuneMaxM = 256;  // autotune only skinny products
   Plan& plan_for(const Key& key);
-  void autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, float alpha);
+  void autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, int64_t k, int64_t ldw, float alpha);
+  // ms of the median of 5 runs, each after an L2 flush.
+  template <typename Launch>
+  float time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t stop);
   void add_split_k_variants(Plan& p);
 
   cudaStream_t stream_;
@@ -57,7 +77,10 @@ class LtMatmul {
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
   bool tune_ = true;
+  Skinny skinny_ = Skinny::never;
   int device_ = 0;
+  int sms_ = 132;
+  std::shared_ptr<void> counters_;  // the skinny kernel's split-K counters (kept zero between launches)
   std::shared_ptr<void> flush_;  // written between timed runs to evict L2
   size_t flush_bytes_ = 0;
 };
