@@ -32,6 +32,11 @@ class Communicator {
   // This rank failed between collectives: the other ranks' pending and later
   // collectives throw instead of waiting for it.
   virtual void abort() = 0;
+  // After a failure, once no rank is inside a collective (every rank's step
+  // has returned or thrown): the group works again (a server goes on serving
+  // after a failed step). Resets the whole group; one rank calls it. NCCL's
+  // would be ncclCommAbort and a new communicator.
+  virtual void reset() = 0;
 };
 
 }  // namespace philora

@@ -1,5 +1,6 @@
 #include "backend/loopback_communicator.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -19,15 +20,12 @@ class LoopbackCommunicator : public Communicator {
     check_host(x, "all_reduce_sum");
     const auto n = size_t(x.numel());
     const std::vector<const Tensor*>& parts = group_->post_and_wait(rank_, &x);
+    for (size_t r = 1; r < parts.size(); ++r)
+      if (parts[r]->numel() != parts[0]->numel() || parts[r]->dtype != parts[0]->dtype)
+        mismatch("all_reduce_sum", r, *parts[r], *parts[0]);
     std::vector<float> sum(n), part(n);
     for (size_t r = 0; r < parts.size(); ++r) {  // rank order: the same bits on every rank
       const Tensor& p = *parts[r];
-      if (p.numel() != x.numel() || p.dtype != x.dtype) {
-        group_->abort();
-        throw std::invalid_argument("all_reduce_sum: rank " + std::to_string(r) + " has " +
-                                    p.shape_str() + ", rank " + std::to_string(rank_) + " " +
-                                    x.shape_str());
-      }
       to_f32(p.data, p.dtype, r == 0 ? sum.data() : part.data(), n);
       if (r > 0)
         for (size_t i = 0; i < n; ++i) sum[i] += part[i];
@@ -37,6 +35,7 @@ class LoopbackCommunicator : public Communicator {
   }
 
   void abort() override { group_->abort(); }
+  void reset() override { group_->reset(); }
 
   void all_gather_cols(const Tensor& x, Tensor& out) override {
     check_host(x, "all_gather_cols");
@@ -46,15 +45,13 @@ class LoopbackCommunicator : public Communicator {
       throw std::invalid_argument("all_gather_cols: out " + out.shape_str() + " for parts " +
                                   x.shape_str() + " of " + std::to_string(world) + " ranks");
     const std::vector<const Tensor*>& parts = group_->post_and_wait(rank_, &x);
+    for (size_t r = 1; r < parts.size(); ++r)
+      if (parts[r]->rows() != parts[0]->rows() || parts[r]->cols() != parts[0]->cols() ||
+          parts[r]->dtype != parts[0]->dtype)
+        mismatch("all_gather_cols", r, *parts[r], *parts[0]);
     const size_t es = dtype_size(x.dtype), row_bytes = size_t(c) * es;
     for (size_t r = 0; r < parts.size(); ++r) {
       const Tensor& p = *parts[r];
-      if (p.rows() != rows || p.cols() != c || p.dtype != x.dtype) {
-        group_->abort();
-        throw std::invalid_argument("all_gather_cols: rank " + std::to_string(r) + " has " +
-                                    p.shape_str() + ", rank " + std::to_string(rank_) + " " +
-                                    x.shape_str());
-      }
       for (int64_t i = 0; i < rows; ++i)
         std::memcpy(static_cast<char*>(out.data) + size_t(i * world * c) * es + r * row_bytes,
                     static_cast<const char*>(p.data) + size_t(i) * row_bytes, row_bytes);
@@ -63,6 +60,18 @@ class LoopbackCommunicator : public Communicator {
   }
 
  private:
+  // Every rank finds the same mismatch (each compares every post with rank
+  // 0's): all leave through the second barrier, so that no rank still reads
+  // a tensor that another frees while unwinding, then all throw the same.
+  [[noreturn]] void mismatch(const char* op, size_t r, const Tensor& p, const Tensor& first) {
+    // The message first: after the barrier the other ranks' tensors may be gone.
+    const std::string message = std::string(op) + ": rank " + std::to_string(r) + " has " +
+                                p.shape_str() + " " + std::string(dtype_name(p.dtype)) +
+                                ", rank 0 " + first.shape_str() + " " +
+                                std::string(dtype_name(first.dtype));
+    group_->wait();
+    throw std::invalid_argument(message);
+  }
   static void check_host(const Tensor& t, const char* op) {
     if (t.device != Device::cpu)
       throw std::invalid_argument(std::string(op) +
@@ -118,6 +127,14 @@ void LoopbackGroup::abort() {
   std::lock_guard<std::mutex> lock(mu_);
   aborted_ = true;
   cv_.notify_all();
+}
+
+void LoopbackGroup::reset() {
+  std::lock_guard<std::mutex> lock(mu_);
+  aborted_ = false;
+  arrived_ = 0;  // ranks that arrived at a barrier and then left through the abort
+  ++generation_;
+  std::fill(posts_.begin(), posts_.end(), nullptr);
 }
 
 void LoopbackGroup::wait() {

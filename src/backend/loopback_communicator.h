@@ -24,6 +24,8 @@ class LoopbackGroup : public std::enable_shared_from_this<LoopbackGroup> {
   std::unique_ptr<Communicator> communicator(int64_t rank);
   int64_t world_size() const { return world_; }
   void abort();
+  // Clears an abort: only when no rank is inside a collective.
+  void reset();
   // Every rank's communicator for a group of `world_size` ranks, rank order.
   static std::vector<std::unique_ptr<Communicator>> communicators(int64_t world_size);
 

@@ -18,6 +18,10 @@ Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend
 
 Tensor Phi3ForCausalLM::forward(const StepInputs& in, kv::KvCache& kv,
                                 const LoraTables* lora_tables, Tensor* hidden) {
+  if (lora_tables && !lora_tables->peers.empty())
+    throw std::logic_error("adapter tables split for " +
+                           std::to_string(lora_tables->peers.size() + 1) +
+                           " tensor-parallel ranks given to a model of one");
   return forward_rank(in, kv.layers, lora_tables, hidden);
 }
 

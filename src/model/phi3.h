@@ -51,9 +51,6 @@ class Phi3ForCausalLM {
   // `lora` (may be null: no adapters) are the resident adapters' tables.
   virtual Tensor forward(const StepInputs& in, kv::KvCache& kv, const LoraTables* lora,
                          Tensor* hidden = nullptr);
-  // The same as this rank alone, over its own KV layers and adapter tables.
-  Tensor forward_rank(const StepInputs& in, std::vector<KvLayer>& kv, const LoraTables* lora,
-                      Tensor* hidden);
   // A KV cache of `num_pages` pages for this model (every rank's layers).
   virtual kv::KvCache make_kv_cache(int64_t num_pages, int64_t page_size);
 
@@ -66,6 +63,13 @@ class Phi3ForCausalLM {
   virtual bool lora_columns_supported();
 
  private:
+  friend class TensorParallelPhi3;
+  // The forward as this rank alone, over its own KV layers and adapter
+  // tables (TensorParallelPhi3 runs it on every rank at once; on one rank of
+  // a group by itself it would wait for the others forever).
+  Tensor forward_rank(const StepInputs& in, std::vector<KvLayer>& kv, const LoraTables* lora,
+                      Tensor* hidden);
+
   // The four LoRA targets of a layer with LoRA columns, in LoraTarget order.
   static std::array<Tensor*, 4> lora_targets(Phi3LayerWeights& l) {
     return {&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj};

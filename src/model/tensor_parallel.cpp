@@ -43,23 +43,32 @@ Tensor TensorParallelPhi3::forward(const StepInputs& in, kv::KvCache& kv, const 
     comm.abort();
   };
   std::vector<std::thread> threads;
-  for (size_t p = 0; p < peers_.size(); ++p)
-    threads.emplace_back([&, p] {
-      try {
-        (void)peers_[p]->forward_rank(in, kv.peer_layers[p], lora ? lora->peers[p] : nullptr,
-                                      nullptr);
-      } catch (...) {
-        failed(*peer_comms_[p]);
-      }
-    });
   Tensor out;
   try {
-    out = forward_rank(in, kv.layers, lora, hidden);
-  } catch (...) {
+    for (size_t p = 0; p < peers_.size(); ++p)
+      threads.emplace_back([&, p] {
+        try {
+          (void)peers_[p]->forward_rank(in, kv.peer_layers[p], lora ? lora->peers[p] : nullptr,
+                                        nullptr);
+        } catch (...) {
+          failed(*peer_comms_[p]);
+        }
+      });
+  } catch (...) {  // a thread did not start: the started ones must not wait for it
     failed(*comm_);
   }
+  if (!first) {
+    try {
+      out = forward_rank(in, kv.layers, lora, hidden);
+    } catch (...) {
+      failed(*comm_);
+    }
+  }
   for (std::thread& t : threads) t.join();
-  if (first) std::rethrow_exception(first);
+  if (first) {
+    comm_->reset();  // every rank has left: the next step may use the group again
+    std::rethrow_exception(first);
+  }
   return out;
 }
 

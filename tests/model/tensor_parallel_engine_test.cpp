@@ -151,6 +151,18 @@ TEST(TensorParallelEngine, ARankThatFailsEndsTheStepWithItsError) {
   } catch (const std::runtime_error& e) {
     EXPECT_HAS(std::string(e.what()), "the last rank's device failed");
   }
+  // As the server does after a failed step: the requests in flight end, and the
+  // group works again for the next ones (the tokens one rank's engine gives).
+  for (const engine::Request& r : requests("gqa_multi_lora")) rig.engine->abort(r.id);
+  (void)rig.engine->step();
+  static_cast<FailingCpu&>(*rig.backends.back()).armed = false;
+  std::vector<engine::Request> again = requests("gqa_multi_lora");
+  for (engine::Request& r : again) r.id += "_after";
+  TpRig one("gqa_multi_lora", 1, config(64, 8, false), 64);
+  const auto a = run_engine(*one.engine, again);
+  const auto b = run_engine(*rig.engine, again);
+  ASSERT_EQ(b.size(), again.size());
+  for (const engine::Request& r : again) EXPECT_EQ(a.at(r.id).tokens, b.at(r.id).tokens) << r.id;
 }
 
 }  // namespace

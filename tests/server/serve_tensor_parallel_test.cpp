@@ -5,8 +5,14 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <unistd.h>
+
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -66,14 +72,22 @@ TEST(ServeTensorParallel, MixedAdaptersGiveHfTokensOverFourRanks) {
 }
 
 TEST(ServeTensorParallel, RefusesHeadsThatDoNotSplit) {
-  // sliding_window: 2 attention heads, so 4 ranks cannot split them: serve exits 1 at once.
+  // sliding_window: 2 attention heads, so 4 ranks cannot split them: serve exits 1 at once,
+  // saying why (on the CPU, so that a GPU host's "needs NCCL" does not answer first).
   const fs::path model = fs::path(PHILORA_TEST_DATA) / "golden" / "sliding_window" / "model";
+  const fs::path log = fs::temp_directory_path() / ("philora_tp_refusal_" + std::to_string(::getpid()) + ".log");
   std::string port = std::to_string(free_port()), binary = PHILORA_BINARY, path = model.string();
   std::string serve = "serve", m = "--model", p = "--port", tp = "--tensor-parallel", four = "4";
-  char* argv[] = {binary.data(), serve.data(), m.data(),    path.data(), p.data(),
-                  port.data(),   tp.data(),    four.data(), nullptr};
+  std::string device = "--device", cpu = "cpu";
+  char* argv[] = {binary.data(), serve.data(), m.data(),    path.data(),   p.data(), port.data(),
+                  tp.data(),     four.data(),  device.data(), cpu.data(), nullptr};
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, PHILORA_BINARY, nullptr, nullptr, argv, environ), 0);
+  const int spawned = posix_spawn(&pid, PHILORA_BINARY, &fa, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ASSERT_EQ(spawned, 0);
   int status = 0;
   bool exited = false;
   for (int i = 0; i < 200 && !exited; ++i) {
@@ -86,6 +100,11 @@ TEST(ServeTensorParallel, RefusesHeadsThatDoNotSplit) {
     FAIL() << "serve --tensor-parallel 4 did not refuse a model of 2 heads";
   }
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+  std::ifstream f(log);
+  const std::string err((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  fs::remove(log);
+  EXPECT_NE(err.find("tensor parallelism over 4 ranks"), std::string::npos) << err;
+  EXPECT_NE(err.find("num_attention_heads is 2"), std::string::npos) << err;
 }
 
 }  // namespace

@@ -6,8 +6,11 @@
 #include <cmath>
 #include <random>
 #include <set>
+#include <memory>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/loopback_communicator.h"
@@ -246,6 +249,15 @@ void on_ranks(int64_t n, Fn fn) {
   for (auto& t : threads) t.join();
 }
 
+// The same over communicators the caller keeps (to reuse the group afterwards).
+template <typename Fn>
+void on_ranks_of(std::vector<std::unique_ptr<Communicator>>& comms, Fn fn) {
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < comms.size(); ++r)
+    threads.emplace_back([&, r] { fn(int64_t(r), *comms[r]); });
+  for (auto& t : threads) t.join();
+}
+
 TEST(LoopbackCommunicator, AllReduceSumsInRankOrderOnEveryRank) {
   for (const int64_t n : {1, 2, 3, 4}) {
     const int64_t rows = 7, cols = 19;
@@ -327,6 +339,53 @@ TEST(LoopbackCommunicator, AbortReleasesRanksWaitingForAFailedOne) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(threw[0], 1);
   EXPECT_EQ(threw[1], 1);
+  // Once every rank has left, reset() makes the group work again (ranks 0 and 1 had
+  // arrived at the barrier they left through the abort: they must not count).
+  comms[0]->reset();
+  std::vector<float> sums(3, 0.0f);
+  threads.clear();
+  for (int r = 0; r < 3; ++r)
+    threads.emplace_back([&, r] {
+      Tensor x = host_alloc(DType::f32, {1});
+      x.ptr<float>()[0] = float(r + 1);
+      comms[size_t(r)]->all_reduce_sum(x);
+      sums[size_t(r)] = x.ptr<float>()[0];
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(sums, std::vector<float>(3, 6.0f));
+}
+
+// A rank whose tensor's shape differs: every rank throws the same error (each compares
+// every post with rank 0's) after the last barrier, none waits forever, and the group
+// is usable after reset().
+TEST(LoopbackCommunicator, AShapeMismatchFailsEveryRankAlike) {
+  auto comms = LoopbackGroup::communicators(3);
+  std::vector<std::string> errors(3);
+  on_ranks_of(comms, [&](int64_t r, Communicator& comm) {
+    Tensor x = host_alloc(DType::f32, {r == 2 ? 5 : 4});
+    try {
+      comm.all_reduce_sum(x);
+    } catch (const std::invalid_argument& e) {
+      errors[size_t(r)] = e.what();
+    }
+  });
+  for (const std::string& e : errors) {
+    EXPECT_NE(e.find("rank 2 has"), std::string::npos) << e;
+    EXPECT_EQ(e, errors[0]);
+  }
+  comms[0]->reset();
+  std::vector<Tensor> out(3);
+  on_ranks_of(comms, [&](int64_t r, Communicator& comm) {
+    Tensor x = host_alloc(DType::f32, {2, 1});
+    x.ptr<float>()[0] = float(r);
+    x.ptr<float>()[1] = float(10 * r);
+    Tensor all = host_alloc(DType::f32, {2, 3});
+    comm.all_gather_cols(x, all);
+    out[size_t(r)] = all;
+  });
+  for (const Tensor& t : out)
+    EXPECT_EQ(std::vector<float>(t.ptr<float>(), t.ptr<float>() + 6),
+              (std::vector<float>{0, 1, 2, 0, 10, 20}));
 }
 
 }  // namespace
