@@ -17,6 +17,7 @@
 //           repeats, so drafts are accepted and the accepted path runs.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -403,25 +404,33 @@ TEST_F(EngineMedusa, OneSetRunsInsideGraphs) {
 // model's lm_head (MedusaV2) and with their own output matrices (MedusaV1),
 // the step's drafts are MedusaHeads::draft's on the same rows' hidden states
 // (the eager, independent path), its tokens are the tokens of the same step
-// without heads, and it waits for the device once.
+// without heads, and it waits for the device once. PHILORA_TEST_DEVICE=cuda
+// runs it on the GPU (CUDA graphs; both paths read the same bf16 logits).
 class StepHeads : public EngineMedusa, public testing::WithParamInterface<std::tuple<bool, bool>> {};
 
 TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
   const auto [graphs, own_out] = GetParam();
-  const std::string name = "gqa_multi_lora";
-  engine::EngineConfig c = config(0);
-  c.step_graphs = graphs;
-  EngineRig rig(name, c);
-  const model::Phi3Config& mc = rig.model->config();
+  const char* device = std::getenv("PHILORA_TEST_DEVICE");
+  std::unique_ptr<Backend> backend;
+  if (!device || std::string(device) == "cpu") {
+    backend = std::make_unique<CpuBackend>(2, graphs);
+  } else {
+    auto b = make_backend(device);
+    ASSERT_TRUE(b.ok()) << b.status().message();
+    backend = std::move(*b);
+  }
+  const auto model = test::load_model(test::golden_dir("gqa_multi_lora") / "model", *backend);
+  const model::Phi3Config& mc = model->config();
+  kv::KvCache kv(*backend, mc.num_hidden_layers, 64, 4, mc.num_key_value_heads, mc.head_dim);
   auto loaded = model::MedusaHeads::load(
       write_heads(own_out ? "v1" : "v2", mc, own_out ? 4 : 3, own_out ? 2 : 1, own_out,
                   Kind::random, 21)
           .string(),
-      mc, *rig.backend);
+      mc, *backend);
   ASSERT_TRUE(loaded.ok()) << loaded.status().message();
   const model::MedusaHeads& heads = *loaded;
   const int64_t K = heads.num_heads();
-  engine::StepRunner runner(*rig.model, *rig.kv, nullptr, graphs);
+  engine::StepRunner runner(*model, kv, nullptr, graphs);
 
   std::mt19937 rng(5);
   std::uniform_int_distribution<int32_t> token(3, int32_t(mc.vocab_size) - 1);
@@ -433,13 +442,13 @@ TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
     for (int64_t j = 0; j < prompt[i]; ++j) q.tokens.push_back(token(rng));
     q.prompt_len = prompt[i];
     const int64_t total = prompt[i] + 2 + drafts[i];
-    while (int64_t(q.pages.ids.size()) * rig.kv->page_size < total)
-      q.pages.ids.push_back(*rig.kv->pages.allocate());
+    while (int64_t(q.pages.ids.size()) * kv.page_size < total)
+      q.pages.ids.push_back(*kv.pages.allocate());
   }
   // One step over `work` with heads (and their hidden states) and without.
   auto step = [&](const std::vector<engine::SeqWork>& work,
                   const std::string& what) -> std::vector<int32_t> {
-    const engine::StepPlan plan = engine::plan_step(work, rig.kv->page_size);
+    const engine::StepPlan plan = engine::plan_step(work, kv.page_size);
     std::vector<engine::SampleRow> rows(plan.logit_rows.size());
     rows[0].temperature = 0.8f;  // one sampled row: its draw is the same with heads
     rows[0].uniform = 0.37f;
@@ -453,7 +462,7 @@ TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
     const auto R = int64_t(plan.logit_rows.size());
     EXPECT_EQ(int64_t(with.drafts.size()), R * K) << what;
     if (int64_t(with.drafts.size()) != R * K) return with.tokens;
-    std::vector<int32_t> eager = heads.draft(*rig.backend, with.hidden, rig.model->lm_head());
+    std::vector<int32_t> eager = heads.draft(*backend, with.hidden, model->lm_head());
     eager.resize(size_t(R * K));  // a graph's hidden states hold its padding rows too
     EXPECT_EQ(with.drafts, eager) << what;
     const engine::StepResult without = runner.run(plan, rows);
@@ -487,7 +496,8 @@ TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
     EXPECT_GT(runner.stats().graph_verify_steps, 0);
   }
   for (engine::Sequence& q : seqs)
-    for (int32_t p : q.pages.ids) rig.kv->pages.release(p);
+    for (int32_t p : q.pages.ids) kv.pages.release(p);
+  EXPECT_EQ(kv.pages.num_held(), graphs && backend->can_capture() ? 1 : 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(engine, StepHeads, testing::Combine(testing::Bool(), testing::Bool()),
