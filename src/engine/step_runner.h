@@ -132,7 +132,8 @@ struct StepRunnerStats {
   int64_t captures = 0;
   int64_t heads_steps = 0;  // steps that ran Medusa heads inside (eager or graph)
   // Waits for the device's results (download_i32 / to_host_f32 calls), summed
-  // over steps: one per step that asks for no logprobs nor logits, heads or not.
+  // over steps: one a step that samples and asks for no logprobs nor host
+  // logits, heads or not (logprobs: three more; host logits: one more).
   int64_t downloads = 0;
   // Host time spent in run() before it waits for the step's ids (staging,
   // launching or replaying), summed over steps; recording graphs excluded.
