@@ -385,7 +385,8 @@ int run_generate(const GenerateOptions& o) {
                     {"steps", stats.steps},
                     {"prompt_tokens_computed", stats.prompt_tokens},
                     {"spec_draft_tokens", stats.spec_draft_tokens},
-                    {"spec_accepted_tokens", stats.spec_accepted_tokens}};
+                    {"spec_accepted_tokens", stats.spec_accepted_tokens},
+                    {"spec_eager_heads_steps", stats.spec_eager_heads_steps}};
     std::cerr << j.dump() << "\n";
   }
   return std::cout ? 0 : 1;

@@ -639,17 +639,31 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       rows.push_back(row);
     }
   }
-  // Medusa: the step's hidden states, for the heads of the sequences that
-  // sample and may draft next step.
+  // Medusa: the heads of the sequences that sample and may draft next step.
+  // One set among them (the base model's, or one adapter's) and no prompt
+  // rows: the step runs the heads on every logit row (a verified group's row
+  // is known only after verification) and its drafts come back with its
+  // tokens, inside its graph when it replays one. Several sets (mixed
+  // adapters), or prompt rows: the step's hidden states come back and
+  // medusa_propose runs each set on the rows it needs.
   const bool few = int64_t(running_.size()) <= config_.speculate_max_batch;
   auto proposes = [&](const Live& l) {
     return few && l.heads && !l.done && l.count_row < 0 && !uses_counts(l.req.sampling) &&
            !l.req.prompt_logits;
   };
-  bool want_hidden = false;
-  for (size_t i = 0; i < work.size(); ++i)
-    want_hidden = want_hidden || (proposes(*batch[i].live) && work[i].logits);
-  const StepResult result = runner_.run(plan, rows, counts_.table(), &masks, want_hidden);
+  bool want_hidden = false, one_set = true, prompt_rows = false;
+  const model::MedusaHeads* heads = nullptr;
+  for (size_t i = 0; i < work.size(); ++i) {
+    const Live& l = *batch[i].live;
+    prompt_rows = prompt_rows || (work[i].all_logits && l.drafts.empty());
+    if (!proposes(l) || !work[i].logits) continue;
+    want_hidden = true;
+    one_set = one_set && (!heads || heads == l.heads);
+    heads = l.heads;
+  }
+  const model::MedusaHeads* in_step = want_hidden && one_set && !prompt_rows ? heads : nullptr;
+  const StepResult result = runner_.run(plan, rows, counts_.table(), &masks,
+                                        want_hidden && !in_step, in_step);
   if (masks.wait) masks.wait();
   if (masks.rows > 0) {
     ++mask_stats_.steps;
@@ -685,7 +699,7 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       finish(l, FinishReason::length, out);  // the prompt alone was asked for
     }
   }
-  if (!medusa_rows.empty()) medusa_propose(medusa_rows, result.hidden);
+  if (!medusa_rows.empty()) medusa_propose(medusa_rows, result, in_step);
 }
 
 // Each constrained sequence that samples this step gets one mask per sampling
@@ -798,11 +812,24 @@ std::vector<int32_t> Engine::draft(const Live& l, int64_t room) const {
 // Medusa head i on the final hidden state of position t proposes the token of
 // position t + 2 + i: on the row of a sequence's last computed token, whose
 // own logits gave the token just appended (t + 1), the heads' chain is the
-// next step's drafts. Sequences are grouped by heads (mixed adapters); each
-// group is one gather of its rows and one draft() (a product per head, one
+// next step's drafts. When the step ran them (`in_step`: one set for every
+// such sequence), they are the step's drafts of that row. Otherwise sequences
+// are grouped by heads (mixed adapters); each group is one gather of its rows
+// of the step's hidden states and one draft() (a product per head, one
 // download).
 void Engine::medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
-                            const Tensor& hidden) {
+                            const StepResult& result, const model::MedusaHeads* in_step) {
+  if (in_step) {
+    const int64_t k = in_step->num_heads();
+    for (const auto& [l, row] : rows) {
+      const auto at = result.drafts.begin() + int64_t(row) * k;
+      l->medusa_next.assign(at, at + k);
+      l->medusa_at = l->seq.tokens.size();
+    }
+    return;
+  }
+  ++stats_.spec_eager_heads_steps;
+  const Tensor& hidden = result.hidden;
   std::map<const model::MedusaHeads*, std::vector<std::pair<Live*, int32_t>>> by_heads;
   for (const auto& r : rows) by_heads[r.first->heads].push_back(r);
   Backend& ops = model_.backend();

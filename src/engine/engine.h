@@ -157,10 +157,14 @@ struct EngineStats {
   // accepted (acceptance rate = accepted / drafted).
   int64_t spec_draft_tokens = 0;
   int64_t spec_accepted_tokens = 0;
+  // Medusa: steps whose drafts took a second, eager pass of the heads after
+  // the step (mixed heads in the step, or prompt rows); the others' heads ran
+  // inside the step (StepRunnerStats::heads_steps).
+  int64_t spec_eager_heads_steps = 0;
 };
 
 // The counts between two snapshots of one engine's stats (later - earlier).
-static_assert(sizeof(EngineStats) == 8 * sizeof(int64_t), "operator- below: subtract the new field");
+static_assert(sizeof(EngineStats) == 9 * sizeof(int64_t), "operator- below: subtract the new field");
 inline EngineStats operator-(const EngineStats& later, const EngineStats& earlier) {
   EngineStats d;
   d.steps = later.steps - earlier.steps;
@@ -171,6 +175,7 @@ inline EngineStats operator-(const EngineStats& later, const EngineStats& earlie
   d.prefix_cache_hits = later.prefix_cache_hits - earlier.prefix_cache_hits;
   d.spec_draft_tokens = later.spec_draft_tokens - earlier.spec_draft_tokens;
   d.spec_accepted_tokens = later.spec_accepted_tokens - earlier.spec_accepted_tokens;
+  d.spec_eager_heads_steps = later.spec_eager_heads_steps - earlier.spec_eager_heads_steps;
   return d;
 }
 
@@ -289,9 +294,11 @@ class Engine {
   // The most drafts the sequence verifies in a step (its method's K); 0: it never drafts.
   int64_t max_drafts(const Live& l) const;
   std::vector<int32_t> draft(const Live& l, int64_t room) const;
-  // Its Medusa heads' drafts from the step's hidden states, for the
-  // sequences `rows` names (each with its hidden row).
-  void medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows, const Tensor& hidden);
+  // Its Medusa heads' drafts for the sequences `rows` names (each with its
+  // logit row of the step): the step's own (`in_step`: the heads it ran), or
+  // from its hidden states.
+  void medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
+                      const StepResult& result, const model::MedusaHeads* in_step);
   // Returns how many drafts it accepted.
   int64_t verify(Live& l, const StepResult& result, int64_t first_row,
                  const std::mt19937_64& rng, std::vector<StepOutput>& out);

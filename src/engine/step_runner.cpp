@@ -235,6 +235,7 @@ struct StepRunner::Graph {
   SampleResult result;  // the replay's tokens and logprobs
   Tensor hidden;        // (T, hidden) the replay's final hidden states
   Tensor logits;        // with masks: what the forward graph leaves for the sample graph
+                        // (with heads, (T · (1 + K), vocab): theirs below the step's)
   std::unique_ptr<StepGraph> graph;         // forward and sample op; with masks the forward alone
   std::unique_ptr<StepGraph> sample_graph;  // with masks: the sample op
   std::vector<int32_t> host_ints;
@@ -256,13 +257,33 @@ StepRunner::~StepRunner() {
 }
 
 StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                           const Tensor& counts, const StepMasks* masks, bool want_hidden) {
+                           const Tensor& counts, const StepMasks* masks, bool want_hidden,
+                           const model::MedusaHeads* heads) {
   if (!rows.empty() && rows.size() != plan.logit_rows.size())
     throw std::logic_error("StepRunner::run: no sampling row, or one per logit row");
   if (masks && masks->rows > 0 && rows.empty())
     throw std::logic_error("StepRunner::run: masks without sampling rows");
-  if (graphable(plan, rows)) return run_graph(plan, rows, counts, masks, want_hidden);
-  return run_eager(plan, rows, counts, masks, want_hidden);
+  if (heads && (rows.empty() || heads->num_heads() == 0))
+    throw std::logic_error("StepRunner::run: heads without sampling rows");
+  if (graphable(plan, rows)) return run_graph(plan, rows, counts, masks, want_hidden, heads);
+  return run_eager(plan, rows, counts, masks, want_hidden, heads);
+}
+
+// The step's logits (T, vocab) and below them the heads' (T · K, vocab), in
+// one tensor: two copies, the first row of a (1 + K, T · vocab) view and the
+// K rows after it (one sample op then picks the step's tokens and the drafts).
+Tensor StepRunner::with_heads(const Tensor& logits, const Tensor& hidden,
+                              const model::MedusaHeads& heads) {
+  Backend& b = model_.backend();
+  const Tensor drafts = heads.step_logits(b, hidden, model_.lm_head());  // (T · K, vocab)
+  const int64_t T = logits.rows(), V = logits.cols(), K = heads.num_heads();
+  Tensor all = b.alloc(logits.dtype, {(1 + K) * T, V});
+  Tensor first = all.reshape({1, T * V});
+  b.write_columns(first, 0, logits.reshape({1, T * V}));
+  Tensor rest = all.reshape({K, T * V});
+  rest.data = static_cast<char*>(all.data) + size_t(T * V) * dtype_size(all.dtype);
+  b.write_columns(rest, 0, drafts.reshape({K, T * V}));
+  return all;
 }
 
 using Clock = std::chrono::steady_clock;
@@ -271,14 +292,20 @@ static double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// The first `rows` rows of a sample op's results, on the host.
-StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t width) {
+// The first `rows` rows of a sample op's results, on the host, and with heads
+// the drafts of those rows, from sample row drafts_at on.
+StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t width,
+                             int64_t drafts_at, int64_t heads) {
   Backend& b = model_.backend();
   StepResult r;
   r.tokens = b.download_i32(sampled.tokens);
+  ++stats_.downloads;
+  if (heads > 0)
+    r.drafts.assign(r.tokens.begin() + drafts_at, r.tokens.begin() + drafts_at + rows * heads);
   r.tokens.resize(size_t(rows));
   r.logprobs_width = width;
   if (width < 0) return r;
+  stats_.downloads += 3;
   const Tensor lp = b.to_host_f32(sampled.logprob);
   r.logprob.assign(lp.ptr<float>(), lp.ptr<float>() + rows);
   const int64_t k = sampled.top_tokens.cols();  // the op's width (a graph's may be larger)
@@ -293,23 +320,36 @@ StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t 
 }
 
 StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts, const StepMasks* masks, bool want_hidden) {
+                                 const Tensor& counts, const StepMasks* masks, bool want_hidden,
+                                 const model::MedusaHeads* heads) {
   const auto t0 = Clock::now();
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_);
   Tensor hidden;
   Tensor logits = model_.forward(in, kv_, adapters_ ? &adapters_->tables() : nullptr,
-                                 want_hidden ? &hidden : nullptr);
+                                 want_hidden || heads ? &hidden : nullptr);
   ++stats_.eager_steps;
   SampleResult sampled;
-  const int64_t width = logprobs_width(rows);
+  const int64_t width = logprobs_width(rows), R = int64_t(rows.size());
+  const int64_t K = heads ? heads->num_heads() : 0;
   // The forward is queued (a GPU runs it meanwhile): now the masks are waited for.
-  if (!rows.empty()) sampled = b.sample(logits, stage_sampling_rows(b, rows, counts, width, masks));
+  if (heads) {  // the heads' rows after the step's: greedy, asking for nothing
+    std::vector<SampleRow> all = rows;
+    all.resize(size_t(R * (1 + K)));
+    sampled = b.sample(with_heads(logits, hidden, *heads),
+                       stage_sampling_rows(b, all, counts, width, masks));
+    ++stats_.heads_steps;
+  } else if (!rows.empty()) {
+    sampled = b.sample(logits, stage_sampling_rows(b, rows, counts, width, masks));
+  }
   stats_.host_seconds += seconds_since(t0);
   StepResult r;
-  if (!rows.empty()) r = fetch(sampled, int64_t(rows.size()), width);
-  if (plan.host_logits) r.logits = b.to_host_f32(logits);
-  r.hidden = hidden;
+  if (!rows.empty()) r = fetch(sampled, R, width, R, K);
+  if (plan.host_logits) {
+    r.logits = b.to_host_f32(logits);
+    ++stats_.downloads;
+  }
+  if (want_hidden) r.hidden = hidden;
   return r;
 }
 
@@ -341,7 +381,9 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   g->rows = T;
   g->pages = (context + kv_.page_size - 1) / kv_.page_size;
   g->layout = StepLayout(T, S);
-  g->sampling_layout = SamplingLayout::make(T, key.bias_capacity, g->layout.end, 0);
+  // The sampler's rows: the step's T, then with heads their T · K (greedy).
+  const int64_t K = key.heads ? key.heads->num_heads() : 0;
+  g->sampling_layout = SamplingLayout::make(T * (1 + K), key.bias_capacity, g->layout.end, 0);
   g->kv_indices_at = g->sampling_layout.ints_end;
   g->host_ints.assign(size_t(g->kv_indices_at + B * (g->pages + 1)), 0);
   g->host_floats.assign(size_t(g->sampling_layout.floats_end), 0.0f);
@@ -398,12 +440,14 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   b.upload_into(g->floats, g->host_floats.data(), g->host_floats.size() * 4);
   // The body may be kept and rerun (a backend's replay): it captures by value.
   const lora::AdapterSlots* adapters = lora ? adapters_ : nullptr;
+  const model::MedusaHeads* heads = key.heads;
   if (key.mask_words > 0) {
     // Two graphs: the forward, then the sample op, so that the masks (filled on host threads)
     // are waited for while the forward runs, not before it starts.
-    g->graph = b.capture([this, graph = g.get(), adapters] {
+    g->graph = b.capture([this, graph = g.get(), adapters, heads] {
       graph->logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
                                      &graph->hidden);
+      if (heads) graph->logits = with_heads(graph->logits, graph->hidden, *heads);
     });
     if (g->graph)
       g->sample_graph = b.capture([graph = g.get(), backend = &b] {
@@ -411,9 +455,10 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
       });
     if (!g->sample_graph) return nullptr;
   } else {
-    g->graph = b.capture([this, graph = g.get(), adapters, backend = &b] {
+    g->graph = b.capture([this, graph = g.get(), adapters, heads, backend = &b] {
       Tensor logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
                                      &graph->hidden);
+      if (heads) logits = with_heads(logits, graph->hidden, *heads);
       graph->result = backend->sample(logits, graph->sampling);
     });
   }
@@ -445,7 +490,8 @@ int32_t StepRunner::fill_padding(Graph& g, int64_t n, int64_t t, int32_t pages) 
 }
 
 StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                                 const Tensor& counts, const StepMasks* masks, bool want_hidden) {
+                                 const Tensor& counts, const StepMasks* masks, bool want_hidden,
+                                 const model::MedusaHeads* heads) {
   const int64_t n = int64_t(plan.kv_last_page_len.size()), t = int64_t(plan.token_ids.size());
   GraphKey key;
   key.batch = graph_batch(n);
@@ -469,6 +515,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
       std::any_of(rows.begin(), rows.end(), [](const SampleRow& r) { return r.count_row >= 0; });
   key.counts = uses_counts ? counts.data : nullptr;
   key.mask_words = masks && masks->rows > 0 ? masks->words : 0;
+  key.heads = heads;
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     if (lora)  // graphs of an older adapter layout can never replay again
@@ -479,7 +526,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
     std::unique_ptr<Graph> g = record(key, uses_counts ? counts : Tensor());
     if (!g) {
       use_graphs_ = false;
-      return run_eager(plan, rows, counts, masks, want_hidden);
+      return run_eager(plan, rows, counts, masks, want_hidden, heads);
     }
     it = graphs_.emplace(key, std::move(g)).first;
   }
@@ -518,8 +565,10 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   }
   ++stats_.graph_steps;
   if (key.rows_per_sequence > 1) ++stats_.graph_verify_steps;
+  if (heads) ++stats_.heads_steps;
   stats_.host_seconds += seconds_since(t0);
-  StepResult r = fetch(g.result, t, width);
+  // The heads' rows follow the graph's T (its padding rows' included).
+  StepResult r = fetch(g.result, t, width, T, heads ? heads->num_heads() : 0);
   if (want_hidden) r.hidden = g.hidden;  // valid until this graph replays again
   return r;
 }

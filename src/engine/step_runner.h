@@ -14,6 +14,12 @@
 // the context bucket fixes the decode attention's split. Other steps
 // (prompts, chunks) run op by op; both stage the sampler's inputs through the
 // same function (stage_sampling_rows) into the same named layout.
+//
+// A step may carry Medusa heads (speculative decoding): the heads then run on
+// the final hidden state of every logit row inside the step — inside its graph
+// when it replays one — and their logits (R · K rows) join the step's own in
+// one sample op as greedy rows, so the step's tokens and the heads' drafts come
+// back in one download.
 #pragma once
 
 #include <compare>
@@ -30,6 +36,7 @@
 #include "engine/sampler.h"
 #include "kv/kv_cache.h"
 #include "lora/slots.h"
+#include "model/medusa.h"
 #include "model/phi3.h"
 
 namespace philora::engine {
@@ -113,6 +120,9 @@ struct StepResult {
   // (R, hidden) the logit rows' final hidden states, on the backend, when
   // run() was asked for them (Medusa heads read them), else empty.
   Tensor hidden;
+  // With heads (run's `heads`, K of them): every head's greedy token on every
+  // logit row, MedusaHeads::draft's order (row r's head i at r · K + i).
+  std::vector<int32_t> drafts;  // [R · K], else empty
 };
 
 struct StepRunnerStats {
@@ -120,6 +130,11 @@ struct StepRunnerStats {
   int64_t graph_steps = 0;
   int64_t graph_verify_steps = 0;  // of graph_steps, those verifying drafts (rows per sequence > 1)
   int64_t captures = 0;
+  int64_t heads_steps = 0;  // steps that ran Medusa heads inside (eager or graph)
+  // Waits for the device's results (download_i32 / to_host_f32 calls), summed
+  // over steps: one a step that samples and asks for no logprobs nor host
+  // logits, heads or not (logprobs: three more; host logits: one more).
+  int64_t downloads = 0;
   // Host time spent in run() before it waits for the step's ids (staging,
   // launching or replaying), summed over steps; recording graphs excluded.
   double host_seconds = 0;
@@ -142,10 +157,12 @@ class StepRunner {
   // as late as it can: after the forward is launched (an eager step, or the
   // forward graph of a step with masks, whose sample op is a second graph). `want_hidden`: the
   // result also holds the logit rows' hidden states (after a graph's replay,
-  // the graph's own tensor: read it before the next step).
+  // the graph's own tensor: read it before the next step). `heads` (may be
+  // null; needs `rows`): the result also holds their drafts on every logit row
+  // (StepResult::drafts), from the same sample op and download as the tokens.
   StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows,
                  const Tensor& counts = Tensor(), const StepMasks* masks = nullptr,
-                 bool want_hidden = false);
+                 bool want_hidden = false, const model::MedusaHeads* heads = nullptr);
 
   const StepRunnerStats& stats() const { return stats_; }
   // KV pages the runner holds for itself (the pad page).
@@ -171,18 +188,27 @@ class StepRunner {
     int64_t logprobs_width = -1;   // -1 or kMaxLogprobs
     const void* counts = nullptr;  // the count table its sampler updates (or none)
     int64_t mask_words = 0;        // words of its (batch, mask_words) mask buffer, 0 = none
+    const model::MedusaHeads* heads = nullptr;  // the Medusa heads it runs (fixed tensors), or none
     auto operator<=>(const GraphKey&) const = default;
   };
   struct Graph;
   StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                       const Tensor& counts, const StepMasks* masks, bool want_hidden = false);
+                       const Tensor& counts, const StepMasks* masks, bool want_hidden,
+                       const model::MedusaHeads* heads);
   bool graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const;
   static int64_t graph_batch(int64_t sequences);  // the bucket of a step of that many
   StepResult run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
-                       const Tensor& counts, const StepMasks* masks, bool want_hidden);
+                       const Tensor& counts, const StepMasks* masks, bool want_hidden,
+                       const model::MedusaHeads* heads);
   std::unique_ptr<Graph> record(const GraphKey& key, const Tensor& counts);
   int32_t fill_padding(Graph& g, int64_t n, int64_t t, int32_t pages);
-  StepResult fetch(const SampleResult& sampled, int64_t rows, int64_t logprobs_width);
+  // The step's `rows` tokens (and logprobs); with `heads` rows of drafts
+  // (K each) at sample row drafts_at on.
+  StepResult fetch(const SampleResult& sampled, int64_t rows, int64_t logprobs_width,
+                   int64_t drafts_at = 0, int64_t heads = 0);
+  // The sample op's logits of a step with heads: the step's (T, vocab), then
+  // the heads' (T · K, vocab) on its hidden states (T, hidden).
+  Tensor with_heads(const Tensor& logits, const Tensor& hidden, const model::MedusaHeads& heads);
 
   model::Phi3ForCausalLM& model_;
   kv::KvCache& kv_;

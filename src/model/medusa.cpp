@@ -153,4 +153,17 @@ std::vector<int32_t> MedusaHeads::draft(Backend& ops, const Tensor& hidden,
   return out;
 }
 
+Tensor MedusaHeads::step_logits(Backend& ops, const Tensor& hidden, const Tensor& lm_head) const {
+  const int64_t rows = hidden.rows(), n = hidden.cols(), k = num_heads();
+  if (!own_output()) {  // (R, K · hidden) = (R · K, hidden), then the shared lm_head once
+    Tensor stacked = ops.alloc(ops.compute_dtype(), {rows, k * n});
+    for (int64_t i = 0; i < k; ++i) ops.write_columns(stacked, i * n, blocks(ops, hidden, i));
+    return ops.matmul(stacked.reshape({rows * k, n}), lm_head);
+  }
+  const int64_t vocab = heads_[0].out.rows();
+  Tensor out = ops.alloc(ops.compute_dtype(), {rows, k * vocab});  // (R, K · vocab)
+  for (int64_t i = 0; i < k; ++i) ops.write_columns(out, i * vocab, logits(ops, hidden, lm_head, i));
+  return out.reshape({rows * k, vocab});
+}
+
 }  // namespace philora::model

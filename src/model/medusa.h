@@ -46,6 +46,12 @@ class MedusaHeads {
   // Every head's greedy token for every row: [R · K] host ids, row-major
   // (row r's head i at r · K + i).
   std::vector<int32_t> draft(Backend& ops, const Tensor& hidden, const Tensor& lm_head) const;
+  // Every head's logits for every row, on the backend, (R · K, vocab) in
+  // draft()'s order (row r's head i at r · K + i): a step's sample op takes
+  // them as greedy rows beside its own (engine/step_runner), so its tokens and
+  // the drafts come back in one download; the first max of row r · K + i is
+  // draft()'s token.
+  Tensor step_logits(Backend& ops, const Tensor& hidden, const Tensor& lm_head) const;
 
  private:
   // x after head i's blocks.

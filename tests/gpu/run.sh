@@ -7,7 +7,8 @@
 #   2. the op harness on CUDA: every case vs the CPU backend (philora_op_tests)
 #   3. the golden HF fixtures through `philora score/generate --device cuda` (graphs and
 #      --enforce-eager) and the engine's schedules on the GPU, with and without step graphs
-#      (philora_model_tests with PHILORA_TEST_DEVICE=cuda), when tests/data/golden exists
+#      (philora_model_tests with PHILORA_TEST_DEVICE=cuda), when tests/data/golden exists, and
+#      the Medusa heads inside CUDA steps and graphs against their eager drafts (StepHeads)
 #   4. dev/cuda's op_bench (per-op times at Phi-3-mini shapes), unless PHILORA_GPU_SKIP_OP_BENCH=1
 #   5. `philora bench --device cuda`, unless PHILORA_GPU_SKIP_BENCH=1
 # Extra arguments are passed to philora_op_tests (e.g. --gtest_filter=...).
@@ -55,7 +56,7 @@ cat "$out/env.log"
 
 step op_tests build/tests/philora_op_tests --gtest_filter='*/cuda_*:sample/*/cuda:graph/*/cuda' --gtest_brief=1 "$@"
 if [ -d tests/data/golden ] && [ -e build/tests/philora_model_tests ]; then
-  PHILORA_TEST_DEVICE=cuda step golden build/tests/philora_model_tests --gtest_filter='*Golden*'
+  PHILORA_TEST_DEVICE=cuda step golden build/tests/philora_model_tests --gtest_filter='*Golden*:*StepHeads*'
 fi
 if [ -e .carry/bin/op_bench ] && [ "${PHILORA_GPU_SKIP_OP_BENCH:-0}" != 1 ]; then
   step op_bench timeout 200 .carry/bin/op_bench

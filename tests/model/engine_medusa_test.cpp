@@ -17,6 +17,7 @@
 //           repeats, so drafts are accepted and the accepted path runs.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -142,6 +143,7 @@ Result run(const std::string& case_name, const std::vector<engine::Request>& req
   Result r;
   r.runs = test::run_engine(*rig.engine, reqs);
   r.stats = rig.engine->stats();
+  r.heads_steps = rig.engine->runner_stats().heads_steps;
   EXPECT_LE(rig.kv->pages.num_held(), c.step_graphs ? 1 : 0)
       << "every page comes back (but the step runner's pad page)";
   return r;
@@ -149,8 +151,11 @@ Result run(const std::string& case_name, const std::vector<engine::Request>& req
 
 // The golden requests (adapters and the base model in one batch; the case's
 // first adapter with heads of its own, the others on the base model's) with
-// random and with echo heads: HF's tokens.
+// random and with echo heads: HF's tokens. Steps whose drafting sequences
+// share one heads set run them inside the step; steps of both sets run them
+// after it.
 TEST_F(EngineMedusa, GoldenTokensWithMixedAdapters) {
+  int64_t inside = 0, after = 0;
   for (const char* name : kGoldenCases)
     for (const Kind kind : {Kind::random, Kind::echo})
       for (const int64_t k : {1, 4}) {
@@ -165,7 +170,11 @@ TEST_F(EngineMedusa, GoldenTokensWithMixedAdapters) {
               << what << " " << id;
         }
         EXPECT_GT(got.stats.spec_draft_tokens, 0) << what << ": nothing was drafted";
+        inside += got.heads_steps;
+        after += got.stats.spec_eager_heads_steps;
       }
+  EXPECT_GT(inside, 0) << "no step ran the heads inside";
+  EXPECT_GT(after, 0) << "no step ran two sets of heads after it";
 }
 
 class MedusaSchedules : public EngineMedusa, public testing::WithParamInterface<Schedule> {};
@@ -340,8 +349,162 @@ TEST_F(EngineMedusa, DraftedStepsReplayGraphs) {
   EXPECT_GT(st.graph_verify_steps, 0) << "no verification step replayed a graph";
   EXPECT_GT(st.graph_steps, st.graph_verify_steps) << "no decode step replayed a graph";
   EXPECT_GT(st.eager_steps, 0);
+  EXPECT_GT(st.heads_steps, 0) << "no step ran the heads inside";
+  std::printf("[ graphs ] heads inside %lld steps, after %lld, graph steps %lld (verify %lld)\n",
+              (long long)st.heads_steps, (long long)spec.stats.spec_eager_heads_steps,
+              (long long)st.graph_steps, (long long)st.graph_verify_steps);
   EXPECT_EQ(rig.kv->pages.num_held(), 1) << "the runner's pad page alone";
 }
+
+// One set of heads (requests on the base model and on adapter b, which has
+// none): every step that drafts runs the heads inside, in graphs for decode
+// and verification steps, under chunked prefill and a tight KV cache
+// (preemption); the output is the plain one and no step waits for the device
+// twice.
+TEST_F(EngineMedusa, OneSetRunsInsideGraphs) {
+  const std::string name = "gqa_multi_lora";
+  std::vector<engine::Request> reqs = long_requests(name);
+  std::erase_if(reqs, [](const engine::Request& r) { return r.adapter == std::string("a"); });
+  ASSERT_GE(reqs.size(), 2u);
+  for (engine::Request& r : reqs) r.logprobs.reset();  // their lists are downloads of their own
+  for (const Schedule& s : {test::kSchedules[0], test::kSchedules[3], test::kSchedules[5]}) {
+    engine::EngineConfig c = config(0, s.budget, s.prefix_cache);
+    c.step_graphs = true;
+    const Result plain = run(name, reqs, c, Kind::echo, Kind::echo, s.pages, s.max_running);
+    engine::EngineConfig m = config(4, s.budget, s.prefix_cache);
+    m.step_graphs = true;
+    m.max_running = s.max_running;
+    EngineRig rig(name, m, s.pages);
+    m.medusa = heads_for(name, *rig.backend, Kind::echo, Kind::random);
+    rig.engine = std::make_unique<engine::Engine>(*rig.model, *rig.kv, rig.store.get(), m,
+                                                  rig.tokenizer.get());
+    Result spec;
+    spec.runs = test::run_engine(*rig.engine, reqs);
+    spec.stats = rig.engine->stats();
+    expect_same(spec, plain, std::string("one set ") + s.name);
+    const engine::StepRunnerStats& st = rig.engine->runner_stats();
+    EXPECT_GT(spec.stats.spec_accepted_tokens, 0) << s.name;
+    EXPECT_EQ(spec.stats.spec_eager_heads_steps, 0) << s.name;
+    EXPECT_GT(st.heads_steps, 0) << s.name;
+    EXPECT_GT(st.graph_verify_steps, 0) << s.name;
+    EXPECT_LE(st.downloads, spec.stats.steps) << s.name << ": one wait a step at most";
+    if (s.pages < 512) {
+      EXPECT_GT(spec.stats.preemptions, 0) << s.name;
+    }
+    std::printf("[ %s ] heads inside %lld of %lld steps, graph steps %lld (verify %lld)\n", s.name,
+                (long long)st.heads_steps, (long long)spec.stats.steps, (long long)st.graph_steps,
+                (long long)st.graph_verify_steps);
+    EXPECT_EQ(rig.kv->pages.num_held(), 1) << "the runner's pad page alone";
+  }
+}
+
+// The heads inside a step (StepRunner::run with heads): on every logit row of
+// a prompt step, a decode step and a verification-shaped step (k + 1 rows per
+// sequence, k = 0, 2, 5), eager and replaying CPU graphs, with heads on the
+// model's lm_head (MedusaV2) and with their own output matrices (MedusaV1),
+// the step's drafts are MedusaHeads::draft's on the same rows' hidden states
+// (the eager, independent path), its tokens are the tokens of the same step
+// without heads, and it waits for the device once. PHILORA_TEST_DEVICE=cuda
+// runs it on the GPU (CUDA graphs; both paths read the same bf16 logits).
+class StepHeads : public EngineMedusa, public testing::WithParamInterface<std::tuple<bool, bool>> {};
+
+TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
+  const auto [graphs, own_out] = GetParam();
+  const char* device = std::getenv("PHILORA_TEST_DEVICE");
+  std::unique_ptr<Backend> backend;
+  if (!device || std::string(device) == "cpu") {
+    backend = std::make_unique<CpuBackend>(2, graphs);
+  } else {
+    auto b = make_backend(device);
+    ASSERT_TRUE(b.ok()) << b.status().message();
+    backend = std::move(*b);
+  }
+  const auto model = test::load_model(test::golden_dir("gqa_multi_lora") / "model", *backend);
+  const model::Phi3Config& mc = model->config();
+  kv::KvCache kv(*backend, mc.num_hidden_layers, 64, 4, mc.num_key_value_heads, mc.head_dim);
+  auto loaded = model::MedusaHeads::load(
+      write_heads(own_out ? "v1" : "v2", mc, own_out ? 4 : 3, own_out ? 2 : 1, own_out,
+                  Kind::random, 21)
+          .string(),
+      mc, *backend);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().message();
+  const model::MedusaHeads& heads = *loaded;
+  const int64_t K = heads.num_heads();
+  engine::StepRunner runner(*model, kv, nullptr, graphs);
+
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> token(3, int32_t(mc.vocab_size) - 1);
+  const std::vector<int64_t> prompt = {5, 9, 3}, drafts = {2, 0, 5};
+  std::vector<engine::Sequence> seqs(prompt.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    engine::Sequence& q = seqs[i];
+    q.id = "s" + std::to_string(i);
+    for (int64_t j = 0; j < prompt[i]; ++j) q.tokens.push_back(token(rng));
+    q.prompt_len = prompt[i];
+    const int64_t total = prompt[i] + 2 + drafts[i];
+    while (int64_t(q.pages.ids.size()) * kv.page_size < total)
+      q.pages.ids.push_back(*kv.pages.allocate());
+  }
+  // One step over `work` with heads (and their hidden states) and without.
+  auto step = [&](const std::vector<engine::SeqWork>& work,
+                  const std::string& what) -> std::vector<int32_t> {
+    const engine::StepPlan plan = engine::plan_step(work, kv.page_size);
+    std::vector<engine::SampleRow> rows(plan.logit_rows.size());
+    rows[0].temperature = 0.8f;  // one sampled row: its draw is the same with heads
+    rows[0].uniform = 0.37f;
+    const engine::StepRunnerStats before = runner.stats();
+    const engine::StepResult with =
+        runner.run(plan, rows, Tensor(), nullptr, /*want_hidden=*/true, &heads);
+    const engine::StepRunnerStats& after = runner.stats();
+    EXPECT_EQ(after.downloads - before.downloads, 1) << what << ": one wait for the device";
+    EXPECT_EQ(after.heads_steps - before.heads_steps, 1) << what;
+    EXPECT_EQ(after.graph_steps - before.graph_steps, graphs && what != "prompt" ? 1 : 0) << what;
+    const auto R = int64_t(plan.logit_rows.size());
+    EXPECT_EQ(int64_t(with.drafts.size()), R * K) << what;
+    if (int64_t(with.drafts.size()) != R * K) return with.tokens;
+    std::vector<int32_t> eager = heads.draft(*backend, with.hidden, model->lm_head());
+    eager.resize(size_t(R * K));  // a graph's hidden states hold its padding rows too
+    EXPECT_EQ(with.drafts, eager) << what;
+    const engine::StepResult without = runner.run(plan, rows);
+    EXPECT_EQ(with.tokens, without.tokens) << what;
+    EXPECT_TRUE(without.drafts.empty());
+    return with.tokens;
+  };
+  // The prompts (eager: a prompt step).
+  std::vector<engine::SeqWork> work;
+  for (engine::Sequence& q : seqs) work.push_back({&q, q.prompt_len, true, false, true});
+  std::vector<int32_t> next = step(work, "prompt");
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    seqs[i].num_computed = seqs[i].prompt_len;
+    seqs[i].tokens.push_back(next[i]);
+  }
+  // A decode step.
+  work.clear();
+  for (engine::Sequence& q : seqs) work.push_back({&q, 1, true, false, true});
+  next = step(work, "decode");
+  // Verification-shaped: the new token and k drafts each, every row a logit row.
+  work.clear();
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    engine::Sequence& q = seqs[i];
+    q.num_computed += 1;
+    q.tokens.push_back(next[i]);
+    for (int64_t j = 0; j < drafts[i]; ++j) q.tokens.push_back(token(rng));
+    work.push_back({&q, 1 + drafts[i], true, true, false});
+  }
+  step(work, "verify");
+  if (graphs) {
+    EXPECT_GT(runner.stats().graph_verify_steps, 0);
+  }
+  for (engine::Sequence& q : seqs)
+    for (int32_t p : q.pages.ids) kv.pages.release(p);
+  EXPECT_EQ(kv.pages.num_held(), graphs && backend->can_capture() ? 1 : 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(engine, StepHeads, testing::Combine(testing::Bool(), testing::Bool()),
+                         [](const testing::TestParamInfo<std::tuple<bool, bool>>& info) {
+                           return std::string(std::get<0>(info.param) ? "graphs" : "eager") +
+                                  (std::get<1>(info.param) ? "_own_output" : "_lm_head");
+                         });
 
 }  // namespace
 }  // namespace philora

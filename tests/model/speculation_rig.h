@@ -110,6 +110,7 @@ struct Result {
   std::map<std::string, Run> runs;
   engine::EngineStats stats;
   int64_t graph_verify_steps = 0;  // StepRunnerStats::graph_verify_steps
+  int64_t heads_steps = 0;         // StepRunnerStats::heads_steps
 };
 
 // Two runs are the same: tokens, text, finish, stop string, seed, and the
