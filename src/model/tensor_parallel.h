@@ -6,9 +6,10 @@
 // and adapter tables (LoraTables::peers). Every rank reads the step's inputs
 // as rank 0 staged them and ends with the whole logits (all-gather); rank 0's
 // are returned. A rank that throws aborts the group (the others' collectives
-// throw instead of waiting) and its exception leaves forward; the group stays
-// aborted (as an NCCL communicator would). On the CPU the ranks are simulated (a LoopbackGroup, host
-// memory). On CUDA each rank would hold a GPU and an NCCL communicator, and
+// throw instead of waiting) and its exception leaves forward, after every
+// rank has left and the group was reset (Communicator::reset), so that the
+// next step can use it. On the CPU the ranks are simulated (a LoopbackGroup,
+// host memory). On CUDA each rank would hold a GPU and an NCCL communicator, and
 // the step's inputs would have to reach every GPU first (a broadcast of the
 // staged StepInputs): not built yet.
 #pragma once
