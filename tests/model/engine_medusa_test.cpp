@@ -409,7 +409,7 @@ TEST_F(EngineMedusa, OneSetRunsInsideGraphs) {
 class StepHeads : public EngineMedusa, public testing::WithParamInterface<std::tuple<bool, bool>> {};
 
 TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
-  const auto [graphs, own_out] = GetParam();
+  const bool graphs = std::get<0>(GetParam()), own_out = std::get<1>(GetParam());
   const char* device = std::getenv("PHILORA_TEST_DEVICE");
   std::unique_ptr<Backend> backend;
   if (!device || std::string(device) == "cpu") {
