@@ -33,9 +33,10 @@ int64_t context_bucket(int64_t kv_len) {
 
 int64_t bias_entries(const std::vector<SampleRow>& rows);
 
-// The rows per sequence a graph is recorded for: 1, 2, 3, 5, 9, 17 (one more
-// than a power of two: a sequence's last token and 2^i drafts), so that the
-// adaptive draft limit meets few graphs and few new matmul shapes.
+// The rows per sequence a graph is recorded for: 1, 2, 3, 5, 9, 17, 33, 65
+// (one more than a power of two: a sequence's last token and 2^i drafts), so
+// that the adaptive draft limit meets few graphs and few new matmul shapes;
+// prompt chunks take the same buckets.
 int64_t rows_bucket(int64_t q) {
   int64_t b = 1;
   while (b < q) b = b == 1 ? 2 : 2 * b - 1;
@@ -204,9 +205,11 @@ struct StepLayout {
   int64_t row_indptr;                                           // [T + 1]: 0 .. T, LoRA's segments
   int64_t kv_last_page_len;                                     // [S]
   int64_t q_indptr, kv_indptr;                                  // [S + 1] each
+  int64_t logit_rows, logit_lora_slot;                          // [R] each (gathering graphs)
   int64_t end;
 
-  StepLayout(int64_t T, int64_t S) {
+  // R: the logit rows gathered, 0 when the graph takes every row's logits.
+  StepLayout(int64_t T, int64_t S, int64_t R) {
     int64_t i = 0;
     for (int64_t* at : {&token_ids, &positions, &kv_locs, &rope_long, &lora_slot}) {
       *at = i;
@@ -216,7 +219,9 @@ struct StepLayout {
     kv_last_page_len = row_indptr + T + 1;
     q_indptr = kv_last_page_len + S;
     kv_indptr = q_indptr + S + 1;
-    end = kv_indptr + S + 1;
+    logit_rows = kv_indptr + S + 1;
+    logit_lora_slot = logit_rows + R;
+    end = logit_lora_slot + R;
   }
 };
 
@@ -226,16 +231,17 @@ struct StepLayout {
 //   mask   (T, mask_words) i32: the masked rows' masks, when the key has masks
 struct StepRunner::Graph {
   int64_t batch = 0, rows = 0, pages = 0;  // rows: T; pages: per sequence, at most
-  StepLayout layout{0, 0};
+  int64_t logit_rows = 0;                  // R: T, or B when it gathers
+  StepLayout layout{0, 0, 0};
   SamplingLayout sampling_layout;
   int64_t kv_indices_at = 0;
   Tensor ints, floats, mask;
   model::StepInputs in;
   SamplingPlan sampling;
   SampleResult result;  // the replay's tokens and logprobs
-  Tensor hidden;        // (T, hidden) the replay's final hidden states
+  Tensor hidden;        // (R, hidden) the replay's final hidden states of its logit rows
   Tensor logits;        // with masks: what the forward graph leaves for the sample graph
-                        // (with heads, (T · (1 + K), vocab): theirs below the step's)
+                        // (with heads, (R · (1 + K), vocab): theirs below the step's)
   std::unique_ptr<StepGraph> graph;         // forward and sample op; with masks the forward alone
   std::unique_ptr<StepGraph> sample_graph;  // with masks: the sample op
   std::vector<int32_t> host_ints;
@@ -353,17 +359,26 @@ StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleR
   return r;
 }
 
-bool StepRunner::graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const {
-  const size_t n = plan.kv_last_page_len.size(), t = plan.token_ids.size();
-  if (!use_graphs_ || n == 0 || int64_t(n) > batch_buckets().back()) return false;
-  // Every row is sampled (a decode step, or one verifying drafts): no prompt chunk.
-  if (plan.host_logits || rows.size() != t || plan.logit_rows.size() != t) return false;
-  if (plan.max_q_len < 1 || plan.max_q_len > kMaxGraphRowsPerSequence) return false;
-  if (graph_batch(int64_t(n)) * rows_bucket(plan.max_q_len) > kMaxGraphRows) return false;
-  if (plan.max_kv_len > kMaxContextBucket) return false;
+// Whether every row of the step is a logit row (0 .. T - 1 in order).
+static bool every_row_logits(const StepPlan& plan) {
+  const size_t t = plan.token_ids.size();
+  if (plan.logit_rows.size() != t) return false;
   for (size_t i = 0; i < t; ++i)
     if (plan.logit_rows[i] != int32_t(i)) return false;
   return true;
+}
+
+bool StepRunner::graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const {
+  const size_t n = plan.kv_last_page_len.size();
+  if (!use_graphs_ || n == 0 || int64_t(n) > batch_buckets().back()) return false;
+  // Logits stay on the device, and each one asked for is sampled.
+  if (plan.host_logits || rows.size() != plan.logit_rows.size()) return false;
+  if (plan.max_q_len < 1 || plan.max_q_len > kMaxGraphRowsPerSequence) return false;
+  const int64_t batch = graph_batch(int64_t(n));
+  if (batch * rows_bucket(plan.max_q_len) > kMaxGraphRows) return false;
+  if (plan.max_kv_len > kMaxContextBucket) return false;
+  // Every row's logits, or (gathered) at most one row per sequence.
+  return every_row_logits(plan) || int64_t(plan.logit_rows.size()) <= batch;
 }
 
 int64_t StepRunner::graph_batch(int64_t n) {
@@ -375,22 +390,24 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   const model::Phi3Config& c = model_.config();
   auto g = std::make_unique<Graph>();
   const int64_t B = key.batch, Q = key.rows_per_sequence, T = B * Q, S = 2 * B;
+  const int64_t R = key.gather ? B : T;
   const int64_t context = key.context;
   const bool lora = key.lora_rank >= 0;
   g->batch = B;
   g->rows = T;
+  g->logit_rows = R;
   g->pages = (context + kv_.page_size - 1) / kv_.page_size;
-  g->layout = StepLayout(T, S);
-  // The sampler's rows: the step's T, then with heads their T · K (greedy).
+  g->layout = StepLayout(T, S, key.gather ? R : 0);
+  // The sampler's rows: the step's R, then with heads their R · K (greedy).
   const int64_t K = key.heads ? key.heads->num_heads() : 0;
-  g->sampling_layout = SamplingLayout::make(T * (1 + K), key.bias_capacity, g->layout.end, 0);
+  g->sampling_layout = SamplingLayout::make(R * (1 + K), key.bias_capacity, g->layout.end, 0);
   g->kv_indices_at = g->sampling_layout.ints_end;
   g->host_ints.assign(size_t(g->kv_indices_at + B * (g->pages + 1)), 0);
   g->host_floats.assign(size_t(g->sampling_layout.floats_end), 0.0f);
   g->ints = b.upload_i32(g->host_ints);
   g->floats = b.upload_f32(g->host_floats);
   if (key.mask_words > 0)  // every row -1 (write_sampling's padding) until a step sets them
-    g->mask = matrix(b.upload_i32(std::vector<int32_t>(size_t(T * key.mask_words), 0)), T,
+    g->mask = matrix(b.upload_i32(std::vector<int32_t>(size_t(R * key.mask_words), 0)), R,
                      key.mask_words);
 
   const StepLayout& d = g->layout;
@@ -420,9 +437,16 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
     in.lora.num_segments = T;
     in.lora.max_rank = adapters_->max_rank();
     in.lora_logits = in.lora;
+    if (key.gather) {  // lm_head's LoRA: one segment per gathered row
+      in.lora_logits.token_slot = view(g->ints, DType::i32, d.logit_lora_slot, R);
+      in.lora_logits.seg_slot = in.lora_logits.token_slot;
+      in.lora_logits.seg_indptr = view(g->ints, DType::i32, d.row_indptr, R + 1);
+      in.lora_logits.num_segments = R;
+    }
     in.lora.lora_columns = key.lora_columns;  // lm_head has none
   }
-  in.all_rows = true;
+  in.all_rows = !key.gather;
+  if (key.gather) in.logit_rows = view(g->ints, DType::i32, d.logit_rows, R);
   g->sampling =
       sampling_views(g->sampling_layout, g->ints, g->floats, counts, key.logprobs_width, g->mask);
 
@@ -434,6 +458,7 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
     v[size_t(d.lora_slot + r)] = -1;
   }
   for (int64_t r = 0; r <= T; ++r) v[size_t(d.row_indptr + r)] = int32_t(r);
+  if (key.gather) gather_padding(gr, 0);
   fill_padding(gr, 0, 0, 0);
   write_sampling(gr.sampling_layout, {}, gr.host_ints, gr.host_floats);
   b.upload_into(g->ints, g->host_ints.data(), g->host_ints.size() * 4);
@@ -467,6 +492,16 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
   return g;
 }
 
+// The gathered logit rows past the step's `given`: row 0, no adapter (their
+// tokens are dropped).
+void StepRunner::gather_padding(Graph& g, int64_t given) {
+  std::vector<int32_t>& v = g.host_ints;
+  for (int64_t j = given; j < g.logit_rows; ++j) {
+    v[size_t(g.layout.logit_rows + j)] = 0;
+    v[size_t(g.layout.logit_lora_slot + j)] = -1;
+  }
+}
+
 // The sequences past the step's n (with its t rows and `pages` KV pages):
 // padding sequences of at most Q rows each own rows t .. T - 1, and the pad
 // page; the rest are empty. Returns the pages of the whole list.
@@ -496,6 +531,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   GraphKey key;
   key.batch = graph_batch(n);
   key.rows_per_sequence = rows_bucket(plan.max_q_len);
+  key.gather = !every_row_logits(plan);
   key.context = context_bucket(plan.max_kv_len);
   const bool lora = adapters_ && std::any_of(plan.lora_slot.begin(), plan.lora_slot.end(),
                                              [](int32_t s) { return s >= 0; });
@@ -551,6 +587,12 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   std::copy_n(plan.q_indptr.begin(), n, v.begin() + d.q_indptr);
   std::copy_n(plan.kv_indptr.begin(), n, v.begin() + d.kv_indptr);
   std::copy(plan.kv_indices.begin(), plan.kv_indices.end(), v.begin() + g.kv_indices_at);
+  if (key.gather) {
+    std::copy(plan.logit_rows.begin(), plan.logit_rows.end(), v.begin() + d.logit_rows);
+    std::copy(plan.logit_lora_slot.begin(), plan.logit_lora_slot.end(),
+              v.begin() + d.logit_lora_slot);
+    gather_padding(g, int64_t(plan.logit_rows.size()));
+  }
   const int32_t pages = fill_padding(g, n, t, plan.kv_indptr[size_t(n)]);
   write_sampling(g.sampling_layout, rows, g.host_ints, g.host_floats);
   Backend& b = model_.backend();
@@ -564,11 +606,17 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
     g.sample_graph->replay();
   }
   ++stats_.graph_steps;
-  if (key.rows_per_sequence > 1) ++stats_.graph_verify_steps;
+  if (key.gather)
+    ++stats_.graph_gather_steps;
+  else if (key.rows_per_sequence > 1)
+    ++stats_.graph_verify_steps;
   if (heads) ++stats_.heads_steps;
   stats_.host_seconds += seconds_since(t0);
-  // The heads' rows follow the graph's T (its padding rows' included).
-  StepResult r = fetch(g.result, t, width, T, heads ? heads->num_heads() : 0);
+  // The heads' rows follow the graph's R (its padding rows' included).
+  StepResult r;
+  if (!rows.empty())
+    r = fetch(g.result, int64_t(rows.size()), width, g.logit_rows,
+              heads ? heads->num_heads() : 0);
   if (want_hidden) r.hidden = g.hidden;  // valid until this graph replays again
   return r;
 }

@@ -1,19 +1,24 @@
 // Runs one step on the backend — the forward, then token selection — so that
 // only token ids (and the logprobs asked for) come back to the host.
 //
-// Steps that sample every row they compute — decode steps (one token per
-// sequence) and speculative verification steps (a sequence's last token and
-// its k drafts, k + 1 rows) — replay a step graph where the backend can record
-// one (CUDA): the step's inputs — the model's and the sampler's — are copied
-// into two tensors at fixed addresses (one copy each), the graph replays every
-// kernel of the forward and the sampler in one launch, and the ids come back.
+// Small steps replay a step graph where the backend can record one (CUDA):
+// the step's inputs — the model's and the sampler's — are copied into two
+// tensors at fixed addresses (one copy each), the graph replays every kernel
+// of the forward and the sampler in one launch, and the ids come back. Two
+// kinds of step fit one:
+//   - steps that sample every row they compute: decode steps (one token per
+//     sequence) and speculative verification (a sequence's last token and its
+//     k drafts, k + 1 rows);
+//   - steps with at most one logit row per sequence (its last): prompt chunks,
+//     alone or beside decoding sequences — the graph gathers the step's logit
+//     rows (at most B) before lm_head, as an eager step does (GraphKey::gather).
 // A graph is recorded on first use per GraphKey: a batch bucket of sequences,
-// a bucket of Q rows per sequence (1, 2, 3, 5, 9, 17 ≥ the step's most),
-// padded up to B · Q rows with rows
-// that write a reserved KV page, sample greedily and whose tokens are dropped;
-// the context bucket fixes the decode attention's split. Other steps
-// (prompts, chunks) run op by op; both stage the sampler's inputs through the
-// same function (stage_sampling_rows) into the same named layout.
+// a bucket of Q rows per sequence (1, 2, 3, 5, 9, 17, 33, 65 ≥ the step's
+// most), padded up to B · Q rows with rows that write a reserved KV page,
+// sample greedily and whose tokens are dropped; the context bucket fixes the
+// decode attention's split. Larger steps run op by op; both stage the
+// sampler's inputs through the same function (stage_sampling_rows) into the
+// same named layout.
 //
 // A step may carry Medusa heads (speculative decoding): the heads then run on
 // the final hidden state of every logit row inside the step — inside its graph
@@ -129,6 +134,7 @@ struct StepRunnerStats {
   int64_t eager_steps = 0;
   int64_t graph_steps = 0;
   int64_t graph_verify_steps = 0;  // of graph_steps, those verifying drafts (rows per sequence > 1)
+  int64_t graph_gather_steps = 0;  // of graph_steps, those gathering logit rows (prompt chunks)
   int64_t captures = 0;
   int64_t heads_steps = 0;  // steps that ran Medusa heads inside (eager or graph)
   // Waits for the device's results (download_i32 / to_host_f32 calls), summed
@@ -170,16 +176,19 @@ class StepRunner {
   // The batch sizes graphs are recorded for (a decode step of n sequences
   // replays the graph of the smallest bucket ≥ n).
   static const std::vector<int64_t>& batch_buckets();
-  // The most rows per sequence (1 + drafts) a graph is recorded for, and the
-  // most rows (bucket · rows per sequence) of one graph.
-  static constexpr int64_t kMaxGraphRowsPerSequence = 17;
+  // The most rows per sequence (1 + drafts, or a prompt chunk) a graph is
+  // recorded for, and the most rows (bucket · rows per sequence) of one graph.
+  static constexpr int64_t kMaxGraphRowsPerSequence = 65;
   static constexpr int64_t kMaxGraphRows = 512;
 
  private:
   // What a recorded graph is specialised for.
   struct GraphKey {
     int64_t batch = 0;             // bucket
-    int64_t rows_per_sequence = 1;  // Q bucket: 1 decode, ≥ k + 1 verifying k drafts
+    int64_t rows_per_sequence = 1;  // Q bucket: 1 decode, ≥ k + 1 verifying k drafts, ≥ a chunk
+    // Logits of the step's logit rows gathered (at most one per sequence: B),
+    // not of every row (T): a step with prompt chunks.
+    bool gather = false;
     int64_t context = 0;           // bucket of the longest sequence (the attention's split)
     uint64_t lora_version = 0;     // AdapterSlots::layout_version(), 0 without LoRA
     int64_t lora_rank = -1;        // max rank, -1 without LoRA
@@ -202,12 +211,13 @@ class StepRunner {
                        const model::MedusaHeads* heads);
   std::unique_ptr<Graph> record(const GraphKey& key, const Tensor& counts);
   int32_t fill_padding(Graph& g, int64_t n, int64_t t, int32_t pages);
+  void gather_padding(Graph& g, int64_t given);
   // The step's `rows` tokens (and logprobs); with `heads` rows of drafts
   // (K each) at sample row drafts_at on.
   StepResult fetch(const SampleResult& sampled, int64_t rows, int64_t logprobs_width,
                    int64_t drafts_at = 0, int64_t heads = 0);
-  // The sample op's logits of a step with heads: the step's (T, vocab), then
-  // the heads' (T · K, vocab) on its hidden states (T, hidden).
+  // The sample op's logits of a step with heads: the step's (R, vocab), then
+  // the heads' (R · K, vocab) on its hidden states (R, hidden).
   Tensor with_heads(const Tensor& logits, const Tensor& hidden, const model::MedusaHeads& heads);
 
   model::Phi3ForCausalLM& model_;

@@ -400,7 +400,8 @@ TEST_F(EngineMedusa, OneSetRunsInsideGraphs) {
 
 // The heads inside a step (StepRunner::run with heads): on every logit row of
 // a prompt step, a decode step and a verification-shaped step (k + 1 rows per
-// sequence, k = 0, 2, 5), eager and replaying CPU graphs, with heads on the
+// sequence, k = 0, 2, 5), eager and replaying CPU graphs (the prompt step's
+// gathering its logit rows), with heads on the
 // model's lm_head (MedusaV2) and with their own output matrices (MedusaV1),
 // the step's drafts are MedusaHeads::draft's on the same rows' hidden states
 // (the eager, independent path), its tokens are the tokens of the same step
@@ -458,7 +459,10 @@ TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
     const engine::StepRunnerStats& after = runner.stats();
     EXPECT_EQ(after.downloads - before.downloads, 1) << what << ": one wait for the device";
     EXPECT_EQ(after.heads_steps - before.heads_steps, 1) << what;
-    EXPECT_EQ(after.graph_steps - before.graph_steps, graphs && what != "prompt" ? 1 : 0) << what;
+    EXPECT_EQ(after.graph_steps - before.graph_steps, graphs ? 1 : 0) << what;
+    EXPECT_EQ(after.graph_gather_steps - before.graph_gather_steps,
+              graphs && what == "prompt" ? 1 : 0)
+        << what << ": a prompt step's graph gathers its logit rows";
     const auto R = int64_t(plan.logit_rows.size());
     EXPECT_EQ(int64_t(with.drafts.size()), R * K) << what;
     if (int64_t(with.drafts.size()) != R * K) return with.tokens;
@@ -470,7 +474,7 @@ TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
     EXPECT_TRUE(without.drafts.empty());
     return with.tokens;
   };
-  // The prompts (eager: a prompt step).
+  // The prompts (a prompt step: its graph gathers the logit rows).
   std::vector<engine::SeqWork> work;
   for (engine::Sequence& q : seqs) work.push_back({&q, q.prompt_len, true, false, true});
   std::vector<int32_t> next = step(work, "prompt");
