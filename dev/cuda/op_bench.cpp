@@ -252,7 +252,7 @@ void bench_skinny(int64_t T) {
                                    s.name, s.in, s.out, lt, wbytes / lt * 1e-3);
     double best = 1e30;
     int best_per_sm = 0;
-    for (int per_sm = 1; per_sm <= cuda::skinny_gemm_max_per_sm(T); ++per_sm) {
+    for (int per_sm = 1; per_sm <= cuda::skinny_gemm_max_per_sm(T, s.in); ++per_sm) {
       const double us = per_launch([&](const Tensor& w) {
         mm.run_skinny(x.data, w.data, y.data, T, s.out, s.in, false, s.in, per_sm);
       });
@@ -307,7 +307,7 @@ int main(int argc, char** argv) {
     if (want("prefill T=2048 attention")) bench_attention(1, 0, 2048, "prefill T=2048");
     if (want("prefill T=512 attention")) bench_attention(1, 0, 512, "prefill T=512");
     if (want("prefill T=2048 d=128")) bench_attention(1, 0, 2048, "prefill T=2048 d=128 40x10 heads", 0, {40, 10, 128});
-    for (int64_t T : {1, 8, 32, 64})
+    for (int64_t T : {1, 2, 4, 8, 32, 64})
       if (want("skinny m=" + std::to_string(T) + " ")) bench_skinny(T);
     if (want("decode B=1")) bench_dense(1, "decode B=1");
     if (want("decode B=1 ctx 512")) bench_attention(1, 511, 1, "decode B=1 ctx 512");

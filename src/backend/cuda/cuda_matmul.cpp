@@ -205,7 +205,7 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_
     sa.x = x, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = ldw;
     float best_skinny = -1.0f;
     int best_grid = 0;
-    for (int per_sm = 1; per_sm <= skinny_gemm_max_per_sm(m); ++per_sm) {
+    for (int per_sm = 1; per_sm <= skinny_gemm_max_per_sm(m, k); ++per_sm) {
       const int grid = skinny_gemm_grid(sa, sms_, per_sm);
       std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, grid));
       auto launch = [&] {
@@ -230,7 +230,7 @@ void LtMatmul::run_skinny(const void* x, const void* w, void* y, int64_t m, int6
   SkinnyGemmArgs sa;
   sa.x = x, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
   sa.accumulate = accumulate;
-  if (grid <= 0) grid = skinny_gemm_grid(sa, sms_, per_sm > 0 ? per_sm : skinny_gemm_max_per_sm(m));
+  if (grid <= 0) grid = skinny_gemm_grid(sa, sms_, per_sm > 0 ? per_sm : skinny_gemm_max_per_sm(m, k));
   std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, grid));
   launch_skinny_gemm(sa, grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
 }
@@ -247,7 +247,7 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
   if (skinny_ == Skinny::always && grid == 0 && p.skinny_ok) {  // as many blocks as fit
     SkinnyGemmArgs sa;
     sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
-    grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m));
+    grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m, k));
   }
   if (grid > 0 && skinny_ != Skinny::never && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
     run_skinny(x, w, y, m, n, k, beta == 1.0f, ldw, 0, grid);

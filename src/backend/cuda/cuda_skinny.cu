@@ -255,11 +255,180 @@ void launch_mt(const Params& p, int grid, cudaStream_t stream) {
   launch_chained(skinny_gemm_kernel<MT>, dim3(unsigned(grid)), dim3(kThreads), smem, stream, p);
 }
 
+
+// ---- m ≤ kSkinnyGemvMaxM: register-direct GEMV ----------------------------------
+//
+// Each warp owns groups of kGemvR rows of w and streams them straight into
+// registers (16-byte loads, lane-consecutive: 512 contiguous bytes a warp
+// load), kGemvU pieces a lane a row per iteration, the next iteration's loads
+// issued before this one's products (kGemvR · kGemvU · 2 loads a lane in
+// flight); x (m, k) sits in shared memory, read by the same lane-consecutive
+// 16-byte pattern (no bank conflicts). No barrier in the loop, no split-K: a
+// warp sums a whole row, then a butterfly gives every lane every (row, x row)
+// sum and lane j writes the j-th. The grid holds as many blocks as fit; warps
+// loop over row groups (groups gw, gw + warps, …). The first iteration's w is
+// loaded before the wait for the kernel before (weights: nothing in a step
+// writes them).
+constexpr int kGemvThreads = 256;
+constexpr int kGemvWarps = kGemvThreads / 32;
+constexpr int kGemvR = 2;  // rows of w a warp's group
+constexpr int kGemvU = 4;  // 16-byte pieces a lane a row an iteration
+
+struct GemvParams {
+  const bf16* x;
+  const bf16* w;
+  bf16* y;
+  int m, n, k;
+  int64_t ldw;
+  int accumulate;
+};
+
+__device__ __forceinline__ uint4 ld_stream128(const bf16* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Σ over the 8 products of a 16-byte piece of w and one of x, added to acc.
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  const uint32_t wv[4] = {w.x, w.y, w.z, w.w}, xv[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // bf16 → f32 is a shift: low half << 16, high half masked
+    acc = fmaf(__uint_as_float(wv[i] << 16), __uint_as_float(xv[i] << 16), acc);
+    acc = fmaf(__uint_as_float(wv[i] & 0xffff0000u), __uint_as_float(xv[i] & 0xffff0000u), acc);
+  }
+  return acc;
+}
+
+template <int M>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* xs = reinterpret_cast<bf16*>(smem_raw);  // [m][k]
+  const int lane = threadIdx.x & 31;
+  const int warps = int(gridDim.x) * kGemvWarps;
+  const int gw = int(blockIdx.x) * kGemvWarps + int(threadIdx.x >> 5);
+  const int kp = p.k / 8;  // 16-byte pieces a row
+  constexpr int kChunk = 32 * kGemvU;
+  const int chunks = (kp + kChunk - 1) / kChunk;
+  const int groups = (p.n + kGemvR - 1) / kGemvR;
+  const int mine = gw < groups ? (groups - 1 - gw) / warps + 1 : 0;
+  const int64_t iters = int64_t(mine) * chunks;
+
+  // The loads run one iteration ahead: (lg, lc) is the next iteration's group and chunk.
+  int lg = gw, lc = 0;
+  auto load = [&](uint4 (&v)[kGemvR][kGemvU]) {
+#pragma unroll
+    for (int r = 0; r < kGemvR; ++r) {
+      const int row = lg * kGemvR + r;
+      const bf16* wr = p.w + int64_t(row < p.n ? row : 0) * p.ldw;
+#pragma unroll
+      for (int u = 0; u < kGemvU; ++u) {
+        const int piece = lc * kChunk + u * 32 + lane;
+        v[r][u] = row < p.n && piece < kp ? ld_stream128(wr + piece * 8) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (++lc == chunks) {
+      lc = 0;
+      lg += warps;
+    }
+  };
+
+  uint4 cur[kGemvR][kGemvU], nxt[kGemvR][kGemvU];
+  chained_launch();
+  if (iters > 0) load(cur);
+  chained_wait();  // x and y may be what the kernel before writes
+  for (int q = int(threadIdx.x); q < p.m * kp; q += kGemvThreads) {
+    const int r = q / kp, piece = q % kp;
+    reinterpret_cast<uint4*>(xs)[q] = *reinterpret_cast<const uint4*>(p.x + int64_t(r) * p.k + piece * 8);
+  }
+  __syncthreads();
+
+  float acc[kGemvR][M];
+#pragma unroll
+  for (int r = 0; r < kGemvR; ++r)
+#pragma unroll
+    for (int mm = 0; mm < M; ++mm) acc[r][mm] = 0.0f;
+  int g = gw, c = 0;  // this iteration's group and chunk
+  for (int64_t it = 0; it < iters; ++it) {
+    if (it + 1 < iters) load(nxt);
+#pragma unroll
+    for (int u = 0; u < kGemvU; ++u) {
+      const int piece = c * kChunk + u * 32 + lane;
+      if (piece >= kp) break;
+#pragma unroll
+      for (int mm = 0; mm < M; ++mm) {
+        if (mm >= p.m) break;
+        const uint4 xv = reinterpret_cast<const uint4*>(xs)[mm * kp + piece];
+#pragma unroll
+        for (int r = 0; r < kGemvR; ++r) acc[r][mm] = dot8(cur[r][u], xv, acc[r][mm]);
+      }
+    }
+    if (++c == chunks) {  // the group's rows are summed: reduce and write
+      float out = 0.0f;
+#pragma unroll
+      for (int r = 0; r < kGemvR; ++r)
+#pragma unroll
+        for (int mm = 0; mm < M; ++mm) {
+          const float v = warp_sum(acc[r][mm]);
+          if (lane == r * M + mm) out = v;
+          acc[r][mm] = 0.0f;
+        }
+      const int r = lane / M, mm = lane % M, row = g * kGemvR + r;
+      if (lane < kGemvR * M && mm < p.m && row < p.n) {
+        bf16* o = p.y + int64_t(mm) * p.n + row;
+        if (p.accumulate) out += __bfloat162float(*o);
+        *o = __float2bfloat16(out);
+      }
+      c = 0;
+      g += warps;
+    }
+#pragma unroll
+    for (int r = 0; r < kGemvR; ++r)
+#pragma unroll
+      for (int u = 0; u < kGemvU; ++u) cur[r][u] = nxt[r][u];
+  }
+}
+
+template <int M>
+const void* gemv_of() {
+  return reinterpret_cast<const void*>(&gemv_kernel<M>);
+}
+
+constexpr int gemv_m_of(int64_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : 4; }
+
+const void* gemv_for(int64_t m) {
+  switch (gemv_m_of(m)) {
+    case 1: return gemv_of<1>();
+    case 2: return gemv_of<2>();
+    default: return gemv_of<4>();
+  }
+}
+
+size_t gemv_smem(int64_t m, int64_t k) { return size_t(m * k) * sizeof(bf16); }
+
+int gemv_groups(int64_t n) { return int(ceil_div(n, kGemvR)); }
+
+void launch_gemv(const GemvParams& p, int grid, cudaStream_t stream) {
+  const size_t smem = gemv_smem(p.m, p.k);
+  allow_dynamic_smem(gemv_for(p.m), smem);
+  const dim3 g{unsigned(grid)}, b{unsigned(kGemvThreads)};
+  switch (gemv_m_of(p.m)) {
+    case 1: launch_chained(gemv_kernel<1>, g, b, smem, stream, p); break;
+    case 2: launch_chained(gemv_kernel<2>, g, b, smem, stream, p); break;
+    default: launch_chained(gemv_kernel<4>, g, b, smem, stream, p); break;
+  }
+}
+
 }  // namespace
 
 int skinny_gemm_steps(int64_t k) { return int(ceil_div(k, kSkinnyStepK)); }
 
 bool skinny_gemm_shape_ok(int64_t m, int64_t n, int64_t k, int64_t ldw) {
+  if (m >= 1 && m <= kSkinnyGemvMaxM)  // x in shared memory
+    return n >= 1 && n < (int64_t(1) << 30) && k >= 8 && k % 8 == 0 && ldw >= k && ldw % 8 == 0 &&
+           gemv_smem(m, k) <= 200 * 1024;
   return m >= 1 && m <= kSkinnyMaxM && n >= 1 && k >= 8 && k % 8 == 0 && ldw >= k && ldw % 8 == 0 &&
          ceil_div(n, kSkinnyRows) <= kSkinnyCounters && k < (int64_t(1) << 30);
 }
@@ -269,7 +438,14 @@ bool skinny_gemm_supported(const SkinnyGemmArgs& a) {
          a.y != nullptr;
 }
 
-int skinny_gemm_max_per_sm(int64_t m) {
+int skinny_gemm_max_per_sm(int64_t m, int64_t k) {
+  if (m <= kSkinnyGemvMaxM) {
+    const size_t smem = gemv_smem(m, k);
+    allow_dynamic_smem(gemv_for(m), smem);
+    int blocks = 0;
+    PHILORA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, gemv_for(m), kGemvThreads, smem));
+    return std::max(blocks, 1);
+  }
   const int mt = mt_of(m);
   const void* kernel = mt == 1   ? kernel_of<1>()
                        : mt == 2 ? kernel_of<2>()
@@ -284,11 +460,14 @@ int skinny_gemm_max_per_sm(int64_t m) {
 }
 
 int skinny_gemm_grid(const SkinnyGemmArgs& a, int sms, int per_sm) {
+  if (a.m <= kSkinnyGemvMaxM)  // blocks of kGemvWarps warps, a row group each at least
+    return int(std::min<int64_t>(ceil_div(gemv_groups(a.n), kGemvWarps), int64_t(sms) * per_sm));
   const int64_t units = ceil_div(a.n, kSkinnyRows) * skinny_gemm_steps(a.k);
   return int(std::min<int64_t>(units, int64_t(sms) * per_sm));
 }
 
 size_t skinny_gemm_workspace_bytes(const SkinnyGemmArgs& a, int grid) {
+  if (a.m <= kSkinnyGemvMaxM) return 0;
   return size_t(grid) * 2 * size_t(a.m) * kSkinnyRows * sizeof(float);
 }
 
@@ -296,6 +475,22 @@ void launch_skinny_gemm(const SkinnyGemmArgs& a, int grid, float* workspace, int
                         cudaStream_t stream) {
   if (!skinny_gemm_supported(a))
     throw std::logic_error("unsupported: skinny_gemm: shape or alignment");
+  if (a.m <= kSkinnyGemvMaxM) {
+    if (grid < 1 || grid > ceil_div(gemv_groups(a.n), kGemvWarps))
+      throw std::invalid_argument("skinny_gemm: a grid of " + std::to_string(grid) + " blocks for " +
+                                  std::to_string(gemv_groups(a.n)) + " row groups");
+    GemvParams p;
+    p.x = static_cast<const bf16*>(a.x);
+    p.w = static_cast<const bf16*>(a.w);
+    p.y = static_cast<bf16*>(a.y);
+    p.m = int(a.m);
+    p.n = int(a.n);
+    p.k = int(a.k);
+    p.ldw = a.ldw;
+    p.accumulate = a.accumulate ? 1 : 0;
+    launch_gemv(p, grid, stream);
+    return;
+  }
   const int steps = skinny_gemm_steps(a.k);
   const int64_t units = ceil_div(a.n, kSkinnyRows) * steps;
   if (grid < 1 || grid > units || workspace == nullptr || counters == nullptr)

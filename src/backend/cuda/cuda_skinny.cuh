@@ -15,6 +15,10 @@
 // resets) sums them in k order, so the result is the same bits on every run
 // for a given grid.
 //
+// At m ≤ kSkinnyGemvMaxM the same entry points run a register-direct GEMV
+// instead (cuda_skinny.cu: warps own whole rows of w and stream them into
+// registers, x in shared memory; no split-K, no workspace).
+//
 // Programmatic dependent launch: the kernel lets its successor launch at once,
 // and loads its first stages of w (weights: nothing in a step writes them)
 // before it waits for the kernel before it; x, y and the workspace after.
@@ -28,6 +32,7 @@
 namespace philora::cuda {
 
 inline constexpr int kSkinnyMaxM = 64;
+inline constexpr int kSkinnyGemvMaxM = 4;
 inline constexpr int kSkinnyRows = 32;           // rows of w a block
 inline constexpr int kSkinnyStepK = 256;         // k a pipeline stage
 inline constexpr int kSkinnyCounters = 1 << 16;  // row blocks at most (n ≤ 2M)
@@ -47,14 +52,14 @@ bool skinny_gemm_shape_ok(int64_t m, int64_t n, int64_t k,
                           int64_t ldw);  // the same, less the pointers
 // The k steps of 256 (a row block's units).
 int skinny_gemm_steps(int64_t k);
-// Blocks of the kernel one SM holds at m rows (its shared memory decides).
-int skinny_gemm_max_per_sm(int64_t m);
+// Blocks of the kernel one SM holds at m rows of k (its shared memory decides).
+int skinny_gemm_max_per_sm(int64_t m, int64_t k);
 // The grid for `per_sm` blocks on each of `sms` SMs (at most one a unit).
 int skinny_gemm_grid(const SkinnyGemmArgs& a, int sms, int per_sm);
-// f32 partials of a grid (two row blocks' sums a block at most).
+// f32 partials of a grid (two row blocks' sums a block at most; none for the GEMV).
 size_t skinny_gemm_workspace_bytes(const SkinnyGemmArgs& a, int grid);
 // counters: kSkinnyCounters ints, zero before the first launch (each launch
-// leaves them zero); workspace: skinny_gemm_workspace_bytes.
+// leaves them zero); workspace: skinny_gemm_workspace_bytes (may be null when 0).
 void launch_skinny_gemm(const SkinnyGemmArgs& a, int grid, float* workspace, int* counters,
                         cudaStream_t stream);
 
