@@ -144,7 +144,7 @@ class SkinnyMatmul : public OpCase {
     else
       y = b.matmul(x, w);
 #if PHILORA_HAVE_CUDA
-    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::never);  // the default
+    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::timed);  // the default
 #endif
     return {fetch(b, "y", y)};
   }

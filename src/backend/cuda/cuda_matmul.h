@@ -34,11 +34,10 @@ class LtMatmul {
 
   size_t cached_plans() const { return plans_.size(); }
   // Which kernel skinny shapes take: the faster of cuBLASLt and ours as timed
-  // on first use, ours whenever it takes the shape (op cases pin it), or
-  // cuBLASLt always. The default is cuBLASLt for now: ours is 4-20% slower
-  // alone at every Phi-3-mini decode shape on an H100, and its last change (3
-  // stages at m > 32) has not run on a GPU yet (dev/cuda/NOTES.md, session 8);
-  // `timed` is the setting once it wins somewhere.
+  // on first use (the default), ours whenever it takes the shape (op cases pin
+  // it), or cuBLASLt always. At m ≤ 4 ours (the GEMV) is 1.03-1.66x cuBLASLt at
+  // every Phi-3-mini shape on an H100, batch-1 decode 73% -> 79% of the
+  // bandwidth ideal; at m ≥ 8 cuBLASLt wins (dev/cuda/NOTES.md, session 9).
   enum class Skinny : uint8_t { timed, always, never };
   void set_skinny(Skinny s) { skinny_ = s; }
   // The skinny kernel on the shape with `per_sm` blocks an SM (0: as many as
@@ -77,7 +76,7 @@ class LtMatmul {
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
   bool tune_ = true;
-  Skinny skinny_ = Skinny::never;
+  Skinny skinny_ = Skinny::timed;
   int device_ = 0;
   int sms_ = 132;
   std::shared_ptr<void> counters_;  // the skinny kernel's split-K counters (kept zero between launches)
