@@ -2,7 +2,9 @@
 // 8192 intermediate, 32064 vocab) with random weights built on the device — no
 // download — or the checkpoint of --model, measured against the device's own
 // ceilings, measured in the same run (copy bandwidth, cuBLASLt bf16 rate).
-// Prints a table; the last line is a one-line summary.
+// Prints a table; the last line is a one-line summary. --tensor-parallel N
+// times the model split over N ranks (model/tensor_parallel.h; ideals are N
+// devices'), on the CPU also rank 0's time inside collectives per decode step.
 //
 // Ideals: a decode step must read every weight once (the embedding only for
 // its B rows) plus the K/V of every cached token: bytes / copy bandwidth. A

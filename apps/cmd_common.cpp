@@ -36,7 +36,8 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
   cmd.add_option("--tensor-parallel", o.tensor_parallel,
                  "split the model over N ranks (q, k, v heads and gate / up split per rank, "
                  "o_proj and down_proj row parallel, lm_head by vocabulary); on the cpu the "
-                 "ranks are simulated in this process; cuda needs NCCL, not built yet")
+                 "ranks are simulated in this process; on cuda one GPU a rank (GPUs 0 .. N-1), "
+                 "collectives through NCCL (libnccl.so.2, loaded at run time)")
       ->check(CLI::Range(1, 64));
   cmd.add_option_function<std::string>(
          "--speculate",

@@ -5,9 +5,9 @@
 //
 // Implementations: LoopbackGroup (backend/loopback_communicator.h: N ranks
 // as N threads of one process, host memory; the CPU backend's simulated
-// ranks, what CI runs). The CUDA backend's would wrap NCCL (ncclAllReduce
-// with ncclSum, ncclAllGather, one communicator per GPU, on the rank's
-// stream, NCCL_NVLS_ENABLE=0): not built yet.
+// ranks, what CI runs) and the CUDA backend's NcclGroup
+// (backend/cuda/nccl_communicator.h: libnccl.so.2 loaded at run time, one
+// NCCL communicator per GPU, collectives queued on the rank's stream).
 #pragma once
 
 #include <cstdint>

@@ -2,7 +2,8 @@
 // backend (the one the engine uses): their backends and their communicators.
 //   cpu:  simulated ranks: CPU backends of one thread each, threads of this
 //         process, collectives through a LoopbackGroup (host memory)
-//   cuda: not built (needs NCCL)
+//   cuda: rank r on GPU r (rank 0's backend is GPU 0's), collectives through
+//         NCCL (libnccl.so.2, loaded at run time: backend/cuda/nccl_communicator.h)
 #pragma once
 
 #include <memory>
@@ -16,7 +17,7 @@
 namespace philora {
 
 // Whether `device` ("cpu", "cuda") can run `ranks` ranks here, before anything
-// is built: cuda is refused (needs NCCL, not built).
+// is built: cuda needs NCCL (an error naming libnccl.so.2) and that many GPUs.
 Status tensor_parallel_available(const std::string& device, int64_t ranks);
 
 // Rank 1 .. n-1's backends beside rank 0's `main`, of its device.

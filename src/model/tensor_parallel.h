@@ -9,8 +9,10 @@
 // throw instead of waiting) and its exception leaves forward, after every
 // rank has left and the group was reset (Communicator::reset), so that the
 // next step can use it. On the CPU the ranks are simulated (a LoopbackGroup,
-// host memory). On CUDA each rank would hold a GPU and an NCCL communicator,
-// and read the step's inputs after Communicator::begin_step: not built yet.
+// host memory). On CUDA each rank holds a GPU and an NCCL communicator
+// (backend/cuda/nccl_communicator.h); the peers read the step's inputs where
+// rank 0 staged them (peer access to its GPU), after each rank's
+// Communicator::begin_step; steps run eagerly (no step graphs).
 #pragma once
 
 #include <memory>
