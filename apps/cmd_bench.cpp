@@ -95,7 +95,9 @@ class TimedCommunicator final : public Communicator {
   explicit TimedCommunicator(std::unique_ptr<Communicator> inner) : inner_(std::move(inner)) {}
   int64_t rank() const override { return inner_->rank(); }
   int64_t world_size() const override { return inner_->world_size(); }
-  void all_reduce_sum(Tensor& x) override { timed(all_reduce_, [&] { inner_->all_reduce_sum(x); }); }
+  void all_reduce_sum(Tensor& x) override {
+    timed(all_reduce_, [&] { inner_->all_reduce_sum(x); });
+  }
   void all_gather_cols(const Tensor& x, Tensor& out) override {
     timed(gather_, [&] { inner_->all_gather_cols(x, out); });
   }
@@ -132,7 +134,7 @@ struct BenchModel {
   std::vector<std::unique_ptr<Backend>> peer_backends;  // ranks 1 .. N-1
   std::vector<Backend*> backends;                       // every rank's, rank 0 first
   std::unique_ptr<model::Phi3ForCausalLM> model;
-  const TimedCommunicator* collectives = nullptr;       // rank 0's; null with one rank
+  const TimedCommunicator* collectives = nullptr;  // rank 0's; null with one rank
 };
 
 Expected<BenchModel> build_bench_model(const BenchCheckpoint& checkpoint, bool random, Backend& b,
@@ -155,8 +157,8 @@ Expected<BenchModel> build_bench_model(const BenchCheckpoint& checkpoint, bool r
   comms[0] = std::move(timed);
   std::vector<model::TensorParallelPhi3::Rank> parts;
   for (int64_t r = 0; r < ranks; ++r) {
-    auto weights = bench_weights(checkpoint, random, *m.backends[size_t(r)],
-                                 model::TpShard{r, ranks});
+    auto weights =
+        bench_weights(checkpoint, random, *m.backends[size_t(r)], model::TpShard{r, ranks});
     if (!weights) return weights.status();
     parts.push_back({m.backends[size_t(r)], std::move(*weights), std::move(comms[size_t(r)])});
   }
@@ -210,9 +212,8 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
   for (int64_t step = 0; step <= steps; ++step) {
     b.synchronize();
     const auto t0 = Clock::now();
-    const double c0 = collectives ? collectives->all_reduce().seconds +
-                                        collectives->gather().seconds
-                                  : 0;
+    const double c0 =
+        collectives ? collectives->all_reduce().seconds + collectives->gather().seconds : 0;
     std::vector<engine::SeqWork> work;
     // rows > 1: a speculative verification step (rows - 1 drafts, every row sampled).
     for (auto& q : seqs) work.push_back({&q, rows, true, rows > 1, false});
@@ -226,8 +227,7 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
       times.push_back(since(t0));
       host.push_back(planned + runner.stats().host_seconds - before);
       if (collectives)
-        in_collectives +=
-            collectives->all_reduce().seconds + collectives->gather().seconds - c0;
+        in_collectives += collectives->all_reduce().seconds + collectives->gather().seconds - c0;
     }
     for (auto& q : seqs) q.num_computed += rows;
   }
@@ -284,8 +284,7 @@ int run_bench(const BenchOptions& o) {
   const double build_s = since(t0);
   // Rank 0's time in collectives: measured on the CPU's simulated ranks only
   // (NCCL's calls return once queued).
-  const TimedCommunicator* collectives =
-      b.device() == Device::cpu ? built->collectives : nullptr;
+  const TimedCommunicator* collectives = b.device() == Device::cpu ? built->collectives : nullptr;
 
   if (o.model_dir.empty())
     std::cout << fmt::format(
@@ -348,8 +347,8 @@ int run_bench(const BenchOptions& o) {
                           engine::SampleRow(), Tensor(), collectives, &collective_s);
     if (!dt) return fail(dt.status());
     host_notes << fmt::format(" b{} {:.0f} us ({:.1f}%)", bs, host_s * 1e6, 100.0 * host_s / *dt);
-    collective_notes << fmt::format(" b{} {:.3f} ms of {:.3f} ms ({:.1f}%)", bs,
-                                    collective_s * 1e3, *dt * 1e3, 100.0 * collective_s / *dt);
+    collective_notes << fmt::format(" b{} {:.3f} ms of {:.3f} ms ({:.1f}%)", bs, collective_s * 1e3,
+                                    *dt * 1e3, 100.0 * collective_s / *dt);
     if (collectives) summary << fmt::format("collectives_b{}={:.3f}ms ", bs, collective_s * 1e3);
     const double bytes = (n.layer_params + n.lm_head_params) * double(elem) +
                          double(bs) * double(c.hidden_size) * double(elem) +

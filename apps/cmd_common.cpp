@@ -174,7 +174,8 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   }
   LoadedModel m;
   // --device cuda --tensor-parallel N: NCCL and N GPUs, or an error naming them first.
-  if (o.device == "cuda") PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", o.tensor_parallel));
+  if (o.device == "cuda")
+    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", o.tensor_parallel));
   PHILORA_ASSIGN_OR_RETURN(m.backend, make_backend(o.device));
   PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
   PHILORA_ASSIGN_OR_RETURN(io::TensorSet tensors, io::TensorSet::open_model_dir(o.model_dir));

@@ -42,9 +42,9 @@ class LoopbackCommunicator : public Communicator {
   }
   void gather_cols(const Tensor& x, Tensor* out) override {
     if ((rank_ == 0) != (out != nullptr))
-      throw std::invalid_argument("gather_cols: rank " + std::to_string(rank_) +
-                                  (out ? " passed an out (only rank 0 receives)"
-                                       : " passed no out (rank 0 receives)"));
+      throw std::invalid_argument(
+          "gather_cols: rank " + std::to_string(rank_) +
+          (out ? " passed an out (only rank 0 receives)" : " passed no out (rank 0 receives)"));
     gather("gather_cols", x, out);
   }
 
@@ -69,9 +69,8 @@ class LoopbackCommunicator : public Communicator {
     if (out) {
       check_host(*out, op);
       if (out->rows() != rows || out->cols() != world * c || out->dtype != x.dtype)
-        throw std::invalid_argument(std::string(op) + ": out " + out->shape_str() +
-                                    " for parts " + x.shape_str() + " of " +
-                                    std::to_string(world) + " ranks");
+        throw std::invalid_argument(std::string(op) + ": out " + out->shape_str() + " for parts " +
+                                    x.shape_str() + " of " + std::to_string(world) + " ranks");
     }
     const std::vector<const Tensor*>& parts = group_->post_and_wait(rank_, &x);
     for (size_t r = 1; r < parts.size(); ++r)

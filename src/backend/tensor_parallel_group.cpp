@@ -26,8 +26,7 @@ Status tensor_parallel_available(const std::string& device, int64_t ranks) {
 #endif
 }
 
-Expected<std::vector<std::unique_ptr<Backend>>> make_rank_backends(const Backend& main,
-                                                                   int64_t n) {
+Expected<std::vector<std::unique_ptr<Backend>>> make_rank_backends(const Backend& main, int64_t n) {
   std::vector<std::unique_ptr<Backend>> peers;
   if (n <= 1) return peers;
   if (main.device() == Device::cpu) {

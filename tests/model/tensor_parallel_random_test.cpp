@@ -66,10 +66,10 @@ struct Ranks {
       std::vector<std::unique_ptr<Communicator>> comms = LoopbackGroup::communicators(n);
       std::vector<model::TensorParallelPhi3::Rank> parts;
       for (int64_t r = 0; r < n; ++r)
-        parts.push_back({all[size_t(r)],
-                         model::random_weights(c, *all[size_t(r)], kWeightSeed, 0.02f,
-                                               model::TpShard{r, n}),
-                         std::move(comms[size_t(r)])});
+        parts.push_back(
+            {all[size_t(r)],
+             model::random_weights(c, *all[size_t(r)], kWeightSeed, 0.02f, model::TpShard{r, n}),
+             std::move(comms[size_t(r)])});
       model = std::make_unique<model::TensorParallelPhi3>(c, std::move(parts));
     }
     slots = std::make_unique<lora::AdapterSlots>(all, c, 2);
@@ -141,8 +141,9 @@ TEST(TensorParallelRandom, ShardedConstructorsRefuseCountsThatDoNotSplit) {
   const model::Phi3Config c = wide_config();
   const std::string heads = "tensor parallelism over 3 ranks: the model's num_attention_heads is 8";
   CpuBackend cpu(1);
-  EXPECT_NE(thrown([&] { (void)model::random_weights(c, cpu, 1, 0.02f, model::TpShard{0, 3}); })
-                .find(heads),
+  EXPECT_NE(thrown([&] {
+              (void)model::random_weights(c, cpu, 1, 0.02f, model::TpShard{0, 3});
+            }).find(heads),
             std::string::npos);
   std::vector<Backend*> three = {&cpu, &cpu, &cpu};
   EXPECT_NE(thrown([&] { lora::AdapterSlots slots(three, c, 1); }).find(heads), std::string::npos);
@@ -162,8 +163,9 @@ TEST(TensorParallelRandom, ShardedConstructorsRefuseCountsThatDoNotSplit) {
   // The other counts too: heads that split over 4 ranks, an MLP of 90 that does not.
   model::Phi3Config mlp = c;
   mlp.intermediate_size = 90;
-  EXPECT_NE(thrown([&] { (void)model::random_weights(mlp, cpu, 1, 0.02f, {0, 4}); })
-                .find("the model's intermediate_size is 90"),
+  EXPECT_NE(thrown([&] {
+              (void)model::random_weights(mlp, cpu, 1, 0.02f, {0, 4});
+            }).find("the model's intermediate_size is 90"),
             std::string::npos);
 }
 

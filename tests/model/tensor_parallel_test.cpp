@@ -340,9 +340,8 @@ TEST(TensorParallelWideModel, RefusesRanksTheHeadsDoNotSplitInto) {
 TEST(TensorParallelCli, BenchTimesTheSplitModelAndItsCollectives) {
   const fs::path model = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora" / "model";
   const std::vector<std::string> args = {
-      "bench",   "--model",  model.string(), "--batch",        "1,3", "--prompt",
-      "7",       "--context", "5",           "--steps",        "2",   "--lora-batch",
-      "3",       "--lora-context", "9",      "--lora-rank",    "4"};
+      "bench",       "--model",   model.string(),   "--batch=1,3",      "--prompt=7",
+      "--context=5", "--steps=2", "--lora-batch=3", "--lora-context=9", "--lora-rank=4"};
   std::vector<std::string> two = args;
   two.insert(two.end(), {"--tensor-parallel", "2"});
   const CliResult r = run_philora(two);
@@ -369,10 +368,10 @@ TEST(TensorParallelCli, CudaSaysWhatItLacks) {
   if (lacks.ok()) GTEST_SKIP() << "NCCL and 2 GPUs are here: the GPU machine's tests run it";
   const fs::path dir = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
   const std::string model = (dir / "model").string(), requests = (dir / "requests.jsonl").string();
-  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
-           {"score", "--model", model, "--requests", requests},
-           {"generate", "--model", model, "--requests", requests},
-           {"bench", "--model", model}}) {
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{{"score", "--model", model, "--requests", requests},
+                                             {"generate", "--model", model, "--requests", requests},
+                                             {"bench", "--model", model}}) {
     std::vector<std::string> a = args;
     a.insert(a.end(), {"--device", "cuda", "--tensor-parallel", "2"});
     const CliResult r = run_philora(a);

@@ -33,7 +33,8 @@ TEST(NcclLibrary, LoadsWhereInstalled) {
   EXPECT_GE((*lib)->version, 21000) << (*lib)->version_string();
   EXPECT_STRNE((*lib)->GetErrorString(cuda::nccl::Result(4)), "");  // ncclInvalidArgument
   EXPECT_NO_THROW(cuda::nccl::check(**lib, cuda::nccl::kSuccess, "nothing"));
-  EXPECT_THROW(cuda::nccl::check(**lib, cuda::nccl::Result(4), "ncclAllReduce"), std::runtime_error);
+  EXPECT_THROW(cuda::nccl::check(**lib, cuda::nccl::Result(4), "ncclAllReduce"),
+               std::runtime_error);
 }
 
 }  // namespace

@@ -67,8 +67,7 @@ class NcclGroup {
   void throw_if_aborted() const {
     if (!aborted_) return;
     std::lock_guard<std::mutex> lock(mu_);
-    throw std::runtime_error(broken_.empty() ? "tensor parallelism: another rank failed"
-                                             : broken_);
+    throw std::runtime_error(broken_.empty() ? "tensor parallelism: another rank failed" : broken_);
   }
   // Every rank has left the step: end whatever still waits on a GPU for a
   // failed rank (ncclCommAbort), then make the communicators anew. Never
@@ -90,8 +89,9 @@ class NcclGroup {
       broken_.clear();
       aborted_ = false;
     } catch (const std::exception& e) {
-      broken_ = std::string("tensor parallelism: the NCCL group could not be remade after a "
-                            "failed step: ") +
+      broken_ = std::string(
+                    "tensor parallelism: the NCCL group could not be remade after a "
+                    "failed step: ") +
                 e.what();
     }
   }
@@ -127,10 +127,11 @@ class NcclCommunicator final : public Communicator {
     group_->throw_if_aborted();
     const cuda::DeviceGuard guard(group_->device(rank_));
     const nccl::Library& lib = group_->lib();
-    nccl::check(lib,
-                lib.AllReduce(x.data, x.data, size_t(x.numel()), nccl_type(x.dtype, "all_reduce_sum"),
-                              nccl::kSum, group_->comm(rank_), group_->stream(rank_)),
-                "ncclAllReduce");
+    nccl::check(
+        lib,
+        lib.AllReduce(x.data, x.data, size_t(x.numel()), nccl_type(x.dtype, "all_reduce_sum"),
+                      nccl::kSum, group_->comm(rank_), group_->stream(rank_)),
+        "ncclAllReduce");
   }
 
   // NCCL gathers (N, rows, c) rank-major: a staging buffer, then each rank's
@@ -144,11 +145,11 @@ class NcclCommunicator final : public Communicator {
     const int64_t n = group_->world(), rows = x.rows(), c = x.cols();
     if (rows * c == 0) return;
     Tensor staging = group_->backend(rank_).alloc(x.dtype, {n * rows, c});
-    nccl::check(lib,
-                lib.AllGather(x.data, staging.data, size_t(rows * c),
-                              nccl_type(x.dtype, "all_gather_cols"), group_->comm(rank_),
-                              group_->stream(rank_)),
-                "ncclAllGather");
+    nccl::check(
+        lib,
+        lib.AllGather(x.data, staging.data, size_t(rows * c), nccl_type(x.dtype, "all_gather_cols"),
+                      group_->comm(rank_), group_->stream(rank_)),
+        "ncclAllGather");
     for (int64_t r = 0; r < n; ++r) place(staging, r * rows, r, out);
   }
 
@@ -157,9 +158,9 @@ class NcclCommunicator final : public Communicator {
   void gather_cols(const Tensor& x, Tensor* out) override {
     check(x, "gather_cols");
     if ((rank_ == 0) != (out != nullptr))
-      throw std::invalid_argument("gather_cols: rank " + std::to_string(rank_) +
-                                  (out ? " passed an out (only rank 0 receives)"
-                                       : " passed no out (rank 0 receives)"));
+      throw std::invalid_argument(
+          "gather_cols: rank " + std::to_string(rank_) +
+          (out ? " passed an out (only rank 0 receives)" : " passed no out (rank 0 receives)"));
     if (out) check_out(x, *out, "gather_cols");
     group_->throw_if_aborted();
     const cuda::DeviceGuard guard(group_->device(rank_));
@@ -211,17 +212,16 @@ class NcclCommunicator final : public Communicator {
     check(out, op);
     if (out.rows() != x.rows() || out.cols() != world_size() * x.cols() || out.dtype != x.dtype)
       throw std::invalid_argument(std::string(op) + ": out " + out.shape_str() + " for parts " +
-                                  x.shape_str() + " of " + std::to_string(world_size()) +
-                                  " ranks");
+                                  x.shape_str() + " of " + std::to_string(world_size()) + " ranks");
   }
   // Rows [first, first + out.rows()) of `from` (c columns) into rank r's
   // columns of out (N · c columns), on this rank's stream.
   void place(const Tensor& from, int64_t first, int64_t r, Tensor& out) const {
     const size_t es = dtype_size(out.dtype), width = size_t(out.cols() / world_size()) * es;
-    PHILORA_CUDA_CHECK(cudaMemcpy2DAsync(
-        static_cast<char*>(out.data) + size_t(r) * width, size_t(out.cols()) * es,
-        static_cast<const char*>(from.data) + size_t(first) * width, width, width,
-        size_t(out.rows()), cudaMemcpyDeviceToDevice, group_->stream(rank_)));
+    PHILORA_CUDA_CHECK(
+        cudaMemcpy2DAsync(static_cast<char*>(out.data) + size_t(r) * width, size_t(out.cols()) * es,
+                          static_cast<const char*>(from.data) + size_t(first) * width, width, width,
+                          size_t(out.rows()), cudaMemcpyDeviceToDevice, group_->stream(rank_)));
   }
 
   std::shared_ptr<NcclGroup> group_;
@@ -246,7 +246,8 @@ Expected<std::vector<std::unique_ptr<Communicator>>> nccl_communicators(
     const int d = b->context().device;
     for (const int seen : devices)
       if (seen == d)
-        return Status::errorf("tensor parallelism on cuda: two ranks on GPU {} (one GPU a rank)", d);
+        return Status::errorf("tensor parallelism on cuda: two ranks on GPU {} (one GPU a rank)",
+                              d);
     devices.push_back(d);
   }
   try {
