@@ -48,7 +48,9 @@ struct BenchCheckpoint {
   io::TensorSet tensors;  // the uploaded weights may point into it: keep it while they live
 };
 Expected<BenchCheckpoint> open_bench_checkpoint(const std::string& model_dir, int64_t layers);
-// Its weights on `b`: the checkpoint's, or random ones (seed 1234) without one.
-Expected<model::Phi3Weights> bench_weights(const BenchCheckpoint& m, bool random, Backend& b);
+// Its weights on `b`: the checkpoint's, or random ones (seed 1234) without one;
+// with `shard`, that rank's part of them.
+Expected<model::Phi3Weights> bench_weights(const BenchCheckpoint& m, bool random, Backend& b,
+                                           model::TpShard shard = {});
 
 }  // namespace philora::app

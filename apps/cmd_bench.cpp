@@ -2,7 +2,9 @@
 // 8192 intermediate, 32064 vocab) with random weights built on the device — no
 // download — or the checkpoint of --model, measured against the device's own
 // ceilings, measured in the same run (copy bandwidth, cuBLASLt bf16 rate).
-// Prints a table; the last line is a one-line summary.
+// Prints a table; the last line is a one-line summary. --tensor-parallel N
+// times the model split over N ranks (model/tensor_parallel.h; ideals are N
+// devices'), on the CPU also rank 0's time inside collectives per decode step.
 //
 // Ideals: a decode step must read every weight once (the embedding only for
 // its B rows) plus the K/V of every cached token: bytes / copy bandwidth. A
@@ -16,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "backend/ceilings.h"
+#include "backend/tensor_parallel_group.h"
 #include "bench_workload.h"
 #include "commands.h"
 #include "common.h"
@@ -23,6 +26,7 @@
 #include "engine/plan.h"
 #include "engine/step_runner.h"
 #include "model/config.h"
+#include "model/tensor_parallel.h"
 #include "model/weights.h"
 
 namespace philora::app {
@@ -31,7 +35,7 @@ namespace {
 
 struct BenchOptions {
   std::string device = "cpu";
-  int64_t tensor_parallel = 1;  // accepted, refused above 1 (below)
+  int64_t tensor_parallel = 1;  // ranks the model is split over (model/tensor_parallel.h)
   std::string model_dir;  // empty: the Phi-3-mini shape with random weights
   int64_t layers = 32;
   std::vector<int64_t> prompts = {512, 2048};
@@ -82,6 +86,86 @@ struct Counts {
   double kv_bytes_per_token = 0;  // all layers, K and V
 };
 
+// Rank 0's collectives with the host time spent inside them (tensor
+// parallelism): on the CPU's simulated ranks, the time the rank waits for the
+// others and sums or copies; an asynchronous communicator (NCCL) would show
+// only the time to queue its calls, so the bench reports it for the CPU only.
+class TimedCommunicator final : public Communicator {
+ public:
+  explicit TimedCommunicator(std::unique_ptr<Communicator> inner) : inner_(std::move(inner)) {}
+  int64_t rank() const override { return inner_->rank(); }
+  int64_t world_size() const override { return inner_->world_size(); }
+  void all_reduce_sum(Tensor& x) override {
+    timed(all_reduce_, [&] { inner_->all_reduce_sum(x); });
+  }
+  void all_gather_cols(const Tensor& x, Tensor& out) override {
+    timed(gather_, [&] { inner_->all_gather_cols(x, out); });
+  }
+  void gather_cols(const Tensor& x, Tensor* out) override {
+    timed(gather_, [&] { inner_->gather_cols(x, out); });
+  }
+  void abort() override { inner_->abort(); }
+  void reset() override { inner_->reset(); }
+  void begin_step() override { inner_->begin_step(); }
+  bool capturable() const override { return inner_->capturable(); }
+
+  struct Totals {
+    double seconds = 0;
+    int64_t calls = 0;
+  };
+  Totals all_reduce() const { return all_reduce_; }
+  Totals gather() const { return gather_; }
+
+ private:
+  template <typename F>
+  static void timed(Totals& t, F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++t.calls;
+  }
+  std::unique_ptr<Communicator> inner_;
+  Totals all_reduce_, gather_;
+};
+
+// The model a bench times: one rank, or --tensor-parallel N ranks (rank 0 on
+// the bench's backend, its collectives timed).
+struct BenchModel {
+  std::vector<std::unique_ptr<Backend>> peer_backends;  // ranks 1 .. N-1
+  std::vector<Backend*> backends;                       // every rank's, rank 0 first
+  std::unique_ptr<model::Phi3ForCausalLM> model;
+  const TimedCommunicator* collectives = nullptr;  // rank 0's; null with one rank
+};
+
+Expected<BenchModel> build_bench_model(const BenchCheckpoint& checkpoint, bool random, Backend& b,
+                                       int64_t ranks) {
+  BenchModel m;
+  m.backends = {&b};
+  if (ranks == 1) {
+    auto weights = bench_weights(checkpoint, random, b);
+    if (!weights) return weights.status();
+    m.model = std::make_unique<model::Phi3ForCausalLM>(checkpoint.config, std::move(*weights), b);
+    return m;
+  }
+  PHILORA_RETURN_IF_ERROR(model::check_tensor_parallel(checkpoint.config, ranks));
+  PHILORA_ASSIGN_OR_RETURN(m.peer_backends, tensor_parallel_backends(b, ranks));
+  for (const auto& p : m.peer_backends) m.backends.push_back(p.get());
+  PHILORA_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Communicator>> comms,
+                           tensor_parallel_communicators(m.backends));
+  auto timed = std::make_unique<TimedCommunicator>(std::move(comms[0]));
+  m.collectives = timed.get();
+  comms[0] = std::move(timed);
+  std::vector<model::TensorParallelPhi3::Rank> parts;
+  for (int64_t r = 0; r < ranks; ++r) {
+    auto weights =
+        bench_weights(checkpoint, random, *m.backends[size_t(r)], model::TpShard{r, ranks});
+    if (!weights) return weights.status();
+    parts.push_back({m.backends[size_t(r)], std::move(*weights), std::move(comms[size_t(r)])});
+  }
+  m.model = std::make_unique<model::TensorParallelPhi3>(checkpoint.config, std::move(parts));
+  return m;
+}
+
 Counts count(const model::Phi3Config& c, size_t elem) {
   Counts n;
   const double h = double(c.hidden_size);
@@ -99,12 +183,16 @@ Counts count(const model::Phi3Config& c, size_t elem) {
 // after one warm-up step (which records the step graph). `host_seconds`: the
 // median host time of a step before it waits for the GPU (planning, staging,
 // launching or replaying) — what the GPU would idle for between steps.
+// `collectives` (tensor parallelism; may be null) and `collective_seconds`:
+// rank 0's mean time per timed step inside all-reduces and the logits' gather.
 Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
                              const lora::AdapterSlots* slots, int64_t batch, int64_t context,
                              int64_t steps, const std::vector<int32_t>& slot_of, bool graphs,
                              double* host_seconds = nullptr, int64_t rows = 1,
                              const engine::SampleRow& sample = engine::SampleRow(),
-                             const Tensor& counts = Tensor()) {
+                             const Tensor& counts = Tensor(),
+                             const TimedCommunicator* collectives = nullptr,
+                             double* collective_seconds = nullptr) {
   const model::Phi3Config& c = m.config();
   Backend& b = m.backend();
   engine::StepRunner runner(m, kv, slots, graphs);
@@ -120,9 +208,12 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
       return Status::errorf("the KV cache has no room for {} sequences of {} tokens", batch, len);
   }
   std::vector<double> times, host;
+  double in_collectives = 0;
   for (int64_t step = 0; step <= steps; ++step) {
     b.synchronize();
     const auto t0 = Clock::now();
+    const double c0 =
+        collectives ? collectives->all_reduce().seconds + collectives->gather().seconds : 0;
     std::vector<engine::SeqWork> work;
     // rows > 1: a speculative verification step (rows - 1 drafts, every row sampled).
     for (auto& q : seqs) work.push_back({&q, rows, true, rows > 1, false});
@@ -135,11 +226,14 @@ Expected<double> time_decode(model::Phi3ForCausalLM& m, kv::KvCache& kv,
     if (step > 0) {
       times.push_back(since(t0));
       host.push_back(planned + runner.stats().host_seconds - before);
+      if (collectives)
+        in_collectives += collectives->all_reduce().seconds + collectives->gather().seconds - c0;
     }
     for (auto& q : seqs) q.num_computed += rows;
   }
   for (auto& q : seqs) kv.pages.release(q.pages);
   if (host_seconds) *host_seconds = median(host);
+  if (collective_seconds) *collective_seconds = in_collectives / double(steps);
   return median(times);
 }
 
@@ -168,6 +262,9 @@ Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_
 }
 
 int run_bench(const BenchOptions& o) {
+  // --device cuda --tensor-parallel N: NCCL and N GPUs, or an error naming them first.
+  if (o.device == "cuda")
+    if (Status s = tensor_parallel_available("cuda", o.tensor_parallel); !s.ok()) return fail(s);
   auto backend = make_backend(o.device);
   if (!backend) return fail(backend.status());
   Backend& b = **backend;
@@ -180,11 +277,14 @@ int run_bench(const BenchOptions& o) {
   const size_t elem = dtype_size(b.compute_dtype());
   const Counts n = count(c, elem);
   auto t0 = Clock::now();
-  auto weights = bench_weights(*checkpoint, o.model_dir.empty(), b);
-  if (!weights) return fail(weights.status());
-  model::Phi3ForCausalLM m(c, std::move(*weights), b);
-  b.synchronize();
+  auto built = build_bench_model(*checkpoint, o.model_dir.empty(), b, o.tensor_parallel);
+  if (!built) return fail(built.status());
+  model::Phi3ForCausalLM& m = *built->model;
+  for (Backend* rank : built->backends) rank->synchronize();
   const double build_s = since(t0);
+  // Rank 0's time in collectives: measured on the CPU's simulated ranks only
+  // (NCCL's calls return once queued).
+  const TimedCommunicator* collectives = b.device() == Device::cpu ? built->collectives : nullptr;
 
   if (o.model_dir.empty())
     std::cout << fmt::format(
@@ -195,6 +295,13 @@ int run_bench(const BenchOptions& o) {
         "model: {} ({} layers, hidden {}, vocab {}), {} weights on {}, loaded in {:.2f} s\n",
         o.model_dir, c.num_hidden_layers, c.hidden_size, c.vocab_size,
         dtype_name(b.compute_dtype()), b.description(), build_s);
+  if (o.tensor_parallel > 1)
+    std::cout << fmt::format(
+        "tensor parallel: {} ranks ({} heads, {} kv heads, intermediate {}, vocab {} each){}\n",
+        o.tensor_parallel, c.num_attention_heads / o.tensor_parallel,
+        model::shard_config(c, o.tensor_parallel).num_key_value_heads,
+        c.intermediate_size / o.tensor_parallel, c.vocab_size / o.tensor_parallel,
+        b.device() == Device::cpu ? "; simulated: threads of this process, one core each" : "");
   if (have_ceilings)
     std::cout << fmt::format(
         "device: {}; copy {:.0f} GB/s (read+write); cuBLASLt bf16 {:.0f} TFLOP/s\n",
@@ -215,8 +322,11 @@ int run_bench(const BenchOptions& o) {
   std::ostringstream summary;
   // The memory ceiling is the measured copy rate counting bytes read plus bytes
   // written (METHOD.md); a decode step's floor is the bytes it must read over it.
-  const double copy_bw = have_ceilings ? ceilings->copy_bytes_per_s : 0;
-  const double mm_rate = have_ceilings ? ceilings->matmul_flops_per_s : 0;
+  // With tensor parallelism the ideal is N devices' (N × rank 0's ceilings):
+  // each rank reads and computes its share.
+  const double ranks = double(o.tensor_parallel);
+  const double copy_bw = have_ceilings ? ranks * ceilings->copy_bytes_per_s : 0;
+  const double mm_rate = have_ceilings ? ranks * ceilings->matmul_flops_per_s : 0;
 
   int64_t max_tokens = 0;
   for (int64_t p : o.prompts) max_tokens = std::max(max_tokens, p + 16);
@@ -227,16 +337,19 @@ int run_bench(const BenchOptions& o) {
   max_tokens = std::max(max_tokens, o.context + (o.steps + 1) * (o.speculate + 1) + 2 + 16);
   max_tokens = std::max(max_tokens, 4 * (o.prefix_hit + 64));
   const int64_t page = 16;
-  kv::KvCache kv(b, c.num_hidden_layers, max_tokens / page + 1, page, c.num_key_value_heads,
-                 c.head_dim);
+  kv::KvCache kv = m.make_kv_cache(max_tokens / page + 1, page);  // every rank's pools
 
   // Decode at each batch size.
-  std::ostringstream host_notes;
+  std::ostringstream host_notes, collective_notes;
   for (int64_t bs : o.batches) {
-    double host_s = 0;
-    auto dt = time_decode(m, kv, nullptr, bs, o.context, o.steps, {}, !o.enforce_eager, &host_s);
+    double host_s = 0, collective_s = 0;
+    auto dt = time_decode(m, kv, nullptr, bs, o.context, o.steps, {}, !o.enforce_eager, &host_s, 1,
+                          engine::SampleRow(), Tensor(), collectives, &collective_s);
     if (!dt) return fail(dt.status());
     host_notes << fmt::format(" b{} {:.0f} us ({:.1f}%)", bs, host_s * 1e6, 100.0 * host_s / *dt);
+    collective_notes << fmt::format(" b{} {:.3f} ms of {:.3f} ms ({:.1f}%)", bs, collective_s * 1e3,
+                                    *dt * 1e3, 100.0 * collective_s / *dt);
+    if (collectives) summary << fmt::format("collectives_b{}={:.3f}ms ", bs, collective_s * 1e3);
     const double bytes = (n.layer_params + n.lm_head_params) * double(elem) +
                          double(bs) * double(c.hidden_size) * double(elem) +
                          double(bs) * double(o.context) * n.kv_bytes_per_token;
@@ -249,6 +362,11 @@ int run_bench(const BenchOptions& o) {
 
   std::cout << "host time per decode step before it waits for the device:" << host_notes.str()
             << "\n";
+  if (collectives)
+    std::cout << fmt::format(
+        "rank 0's time in collectives per decode step ({} all-reduces and 1 gather of the "
+        "logits, waits for the other ranks included):{}\n",
+        2 * c.num_hidden_layers, collective_notes.str());
 
   // Logprobs and penalties: every row asks the top 20 logprobs and applies
   // repetition, frequency and presence penalties over its sequence's row of
@@ -370,7 +488,7 @@ int run_bench(const BenchOptions& o) {
   // Multi-LoRA at batch 64: none, one shared adapter, 64 distinct adapters.
   if (!o.skip_lora) {
     const int nslots = int(o.lora_batch);
-    lora::AdapterSlots slots(b, c, nslots);
+    lora::AdapterSlots slots(built->backends, c, nslots);  // split as the model is
     attach_lora_columns(m, slots, o.lora_columns < 0 ? nslots * ((o.lora_rank + 7) / 8 * 8) : o.lora_columns);
     for (int s = 0; s < nslots; ++s)
       slots.assign_random(s, o.lora_rank, 1.0f, 1000 + 97 * uint64_t(s));
@@ -430,9 +548,13 @@ Expected<BenchCheckpoint> open_bench_checkpoint(const std::string& model_dir, in
   return m;
 }
 
-Expected<model::Phi3Weights> bench_weights(const BenchCheckpoint& m, bool random, Backend& b) {
-  if (random) return model::random_weights(m.config, b, 1234);
-  return model::load_weights(m.tensors, m.config, b);
+Expected<model::Phi3Weights> bench_weights(const BenchCheckpoint& m, bool random, Backend& b,
+                                           model::TpShard shard) {
+  if (random) {
+    PHILORA_RETURN_IF_ERROR(model::check_tensor_parallel(m.config, shard.world));
+    return model::random_weights(m.config, b, 1234, 0.02f, shard);
+  }
+  return model::load_weights(m.tensors, m.config, b, {}, shard);
 }
 
 void add_bench_command(CLI::App& app, int& rc) {
@@ -442,8 +564,9 @@ void add_bench_command(CLI::App& app, int& rc) {
       "bench", "Phi-3-mini-shaped model with random weights: speed vs the device's ceilings");
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--tensor-parallel", o->tensor_parallel,
-                  "ranks to split the model over: not built for bench yet (cuda needs NCCL; the "
-                  "cpu's ranks are simulated, nothing to time)")
+                  "split the model over N ranks (as score / generate / serve do) and also print "
+                  "rank 0's time in collectives per decode step; on the cpu the ranks are "
+                  "simulated threads of this process, one core each")
       ->check(CLI::Range(1, 64));
   cmd->add_option("--model", o->model_dir,
                   "HF model directory to time instead of the random Phi-3-mini-shaped model");
@@ -520,17 +643,15 @@ void add_bench_command(CLI::App& app, int& rc) {
   cmd->add_option("--kv-tokens", w->kv_tokens, "workload: tokens of the KV cache")
       ->check(CLI::Range(int64_t(16), int64_t(1) << 30));
   cmd->callback([o, w, &rc] {
-    if (o->tensor_parallel > 1) {
-      rc = fail(Status::errorf(
-          "bench --tensor-parallel {}: not built yet ({}; the cpu runs tensor parallelism only "
-          "as simulated ranks, for score and generate: nothing worth timing)",
-          o->tensor_parallel,
-          o->device == "cuda" ? "tensor parallelism on cuda needs NCCL, not built"
-                              : "bench times one rank"));
-      return;
-    }
     if (w->workload.empty()) {
       rc = run_bench(*o);
+      return;
+    }
+    if (o->tensor_parallel > 1) {
+      rc = fail(Status::errorf(
+          "bench --workload with --tensor-parallel {}: not built (the workload bench runs one "
+          "rank; the step figures take --tensor-parallel)",
+          o->tensor_parallel));
       return;
     }
     w->device = o->device;

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu/cpu_backend.h"
-#include "backend/loopback_communicator.h"
+#include "backend/tensor_parallel_group.h"
 #include "common.h"
 #include "io/file.h"
 #include "lora/adapter.h"
@@ -36,7 +36,8 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
   cmd.add_option("--tensor-parallel", o.tensor_parallel,
                  "split the model over N ranks (q, k, v heads and gate / up split per rank, "
                  "o_proj and down_proj row parallel, lm_head by vocabulary); on the cpu the "
-                 "ranks are simulated in this process; cuda needs NCCL, not built yet")
+                 "ranks are simulated in this process; on cuda one GPU a rank (GPUs 0 .. N-1), "
+                 "collectives through NCCL (libnccl.so.2, loaded at run time)")
       ->check(CLI::Range(1, 64));
   cmd.add_option_function<std::string>(
          "--speculate",
@@ -139,15 +140,12 @@ void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slot
 
 Expected<std::vector<std::unique_ptr<Backend>>> tensor_parallel_backends(const Backend& main,
                                                                          int64_t n) {
-  std::vector<std::unique_ptr<Backend>> peers;
-  if (n <= 1) return peers;
-  if (main.device() != Device::cpu)
-    return Status::errorf(
-        "--tensor-parallel {}: tensor parallelism on {} needs NCCL, not built (the cpu runs "
-        "it with simulated ranks: --device cpu)",
-        n, device_name(main.device()));
-  for (int64_t r = 1; r < n; ++r) peers.push_back(std::make_unique<CpuBackend>(1));
-  return peers;
+  return make_rank_backends(main, n);
+}
+
+Expected<std::vector<std::unique_ptr<Communicator>>> tensor_parallel_communicators(
+    const std::vector<Backend*>& backends) {
+  return make_rank_communicators(backends);
 }
 
 Expected<TensorParallelModel> load_tensor_parallel_model(
@@ -155,10 +153,10 @@ Expected<TensorParallelModel> load_tensor_parallel_model(
     const std::vector<Backend*>& backends, int num_slots,
     const std::function<void(int64_t, int64_t)>& progress) {
   TensorParallelModel m;
+  PHILORA_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Communicator>> comms,
+                           tensor_parallel_communicators(backends));
   PHILORA_ASSIGN_OR_RETURN(
-      m.model, model::load_tensor_parallel(tensors, config, backends,
-                                           LoopbackGroup::communicators(int64_t(backends.size())),
-                                           progress));
+      m.model, model::load_tensor_parallel(tensors, config, backends, std::move(comms), progress));
   m.slots = std::make_unique<lora::AdapterSlots>(backends, config, num_slots);
   return m;
 }
@@ -175,6 +173,9 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
     adapters.emplace_back(name, spec.substr(eq + 1));
   }
   LoadedModel m;
+  // --device cuda --tensor-parallel N: NCCL and N GPUs, or an error naming them first.
+  if (o.device == "cuda")
+    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", o.tensor_parallel));
   PHILORA_ASSIGN_OR_RETURN(m.backend, make_backend(o.device));
   PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
   PHILORA_ASSIGN_OR_RETURN(io::TensorSet tensors, io::TensorSet::open_model_dir(o.model_dir));

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
+#include "backend/communicator.h"
 #include "engine/engine.h"
 #include "engine/offline.h"
 #include "engine/request.h"
@@ -40,14 +41,18 @@ struct ModelOptions {
   int64_t tensor_parallel = 1;
 };
 
-// Rank 1 .. n-1's backends for --tensor-parallel n beside rank 0's `main`: on
-// the CPU, CPU backends of their own (simulated ranks: threads of this
-// process, collectives through a LoopbackGroup); on CUDA an error (its ranks
-// need NCCL, not built).
+// Rank 1 .. n-1's backends for --tensor-parallel n beside rank 0's `main`
+// (backend/tensor_parallel_group.h): on the CPU, CPU backends of their own
+// (simulated ranks: threads of this process, collectives through a
+// LoopbackGroup); on CUDA, GPUs 1 .. n-1 (collectives through NCCL).
 Expected<std::vector<std::unique_ptr<Backend>>> tensor_parallel_backends(const Backend& main,
                                                                          int64_t n);
+// One communicator per rank of `backends` (rank 0 first), rank order: on the
+// CPU a LoopbackGroup's, on CUDA NCCL's.
+Expected<std::vector<std::unique_ptr<Communicator>>> tensor_parallel_communicators(
+    const std::vector<Backend*>& backends);
 // The model split over the ranks of `backends` (rank 0 first), talking
-// through a LoopbackGroup, and adapter slots split the same way.
+// through tensor_parallel_communicators, and adapter slots split the same way.
 struct TensorParallelModel {
   std::unique_ptr<model::Phi3ForCausalLM> model;
   std::unique_ptr<lora::AdapterSlots> slots;

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/tensor_parallel_group.h"
 #include "io/file.h"
 #include "lora/adapter.h"
 #include "model/config.h"
@@ -54,9 +55,12 @@ Expected<int64_t> kv_pages(const ServingOptions& o, Backend& b, const model::Phi
                            std::string& rule) {
   const int64_t page = o.model.page_size;
   const int64_t elem = dtype_size(b.compute_dtype());
-  // Every rank's pools (tensor parallelism: a rank holds its kv heads, replicated below N).
+  // Tensor parallelism: a rank holds its kv heads (replicated below N). The
+  // CPU's simulated ranks share this memory (every rank's pools); a GPU holds
+  // its own rank's only (each GPU is as full as rank 0's).
   const int64_t n = o.model.tensor_parallel;
-  const int64_t kv_heads = model::shard_config(c, n).num_key_value_heads * n;
+  const int64_t kv_heads =
+      model::shard_config(c, n).num_key_value_heads * (b.device() == Device::cpu ? n : 1);
   const int64_t page_bytes = c.num_hidden_layers * 2 * kv_heads * page * c.head_dim * elem;
   const int64_t useful_tokens = o.max_running * c.max_position_embeddings;
   if (o.kv_tokens) {
@@ -187,6 +191,9 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   if (!o.served_model_name.empty()) s->model_name = o.served_model_name;
 
   report("device", 0, 0);
+  // --device cuda --tensor-parallel N: NCCL and N GPUs, or an error naming them first.
+  if (o.model.device == "cuda")
+    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", o.model.tensor_parallel));
   PHILORA_ASSIGN_OR_RETURN(s->backend, make_backend(o.model.device));
   Backend& b = *s->backend;
   s->device_name = b.description();
@@ -196,7 +203,7 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   const auto weights_progress = [&](int64_t done, int64_t total) {
     report("weights", done, total);
   };
-  if (o.model.tensor_parallel > 1) {  // simulated ranks on the cpu; cuda: an error
+  if (o.model.tensor_parallel > 1) {  // simulated ranks on the cpu; GPUs 0 .. N-1 on cuda
     if (o.model.speculate_medusa > 0)
       return Status::error(
           "--speculate medusa with --tensor-parallel: not built (the heads read the whole "

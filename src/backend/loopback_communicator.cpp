@@ -38,25 +38,14 @@ class LoopbackCommunicator : public Communicator {
   void reset() override { group_->reset(); }
 
   void all_gather_cols(const Tensor& x, Tensor& out) override {
-    check_host(x, "all_gather_cols");
-    check_host(out, "all_gather_cols");
-    const int64_t rows = x.rows(), c = x.cols(), world = world_size();
-    if (out.rows() != rows || out.cols() != world * c || out.dtype != x.dtype)
-      throw std::invalid_argument("all_gather_cols: out " + out.shape_str() + " for parts " +
-                                  x.shape_str() + " of " + std::to_string(world) + " ranks");
-    const std::vector<const Tensor*>& parts = group_->post_and_wait(rank_, &x);
-    for (size_t r = 1; r < parts.size(); ++r)
-      if (parts[r]->rows() != parts[0]->rows() || parts[r]->cols() != parts[0]->cols() ||
-          parts[r]->dtype != parts[0]->dtype)
-        mismatch("all_gather_cols", r, *parts[r], *parts[0]);
-    const size_t es = dtype_size(x.dtype), row_bytes = size_t(c) * es;
-    for (size_t r = 0; r < parts.size(); ++r) {
-      const Tensor& p = *parts[r];
-      for (int64_t i = 0; i < rows; ++i)
-        std::memcpy(static_cast<char*>(out.data) + size_t(i * world * c) * es + r * row_bytes,
-                    static_cast<const char*>(p.data) + size_t(i) * row_bytes, row_bytes);
-    }
-    group_->wait();  // every rank has copied every part
+    gather("all_gather_cols", x, &out);
+  }
+  void gather_cols(const Tensor& x, Tensor* out) override {
+    if ((rank_ == 0) != (out != nullptr))
+      throw std::invalid_argument(
+          "gather_cols: rank " + std::to_string(rank_) +
+          (out ? " passed an out (only rank 0 receives)" : " passed no out (rank 0 receives)"));
+    gather("gather_cols", x, out);
   }
 
  private:
@@ -71,6 +60,31 @@ class LoopbackCommunicator : public Communicator {
                                 std::string(dtype_name(first.dtype));
     group_->wait();
     throw std::invalid_argument(message);
+  }
+  // out (rows, N · c) = every rank's x side by side; out null: this rank
+  // only posts its x.
+  void gather(const char* op, const Tensor& x, Tensor* out) {
+    check_host(x, op);
+    const int64_t rows = x.rows(), c = x.cols(), world = world_size();
+    if (out) {
+      check_host(*out, op);
+      if (out->rows() != rows || out->cols() != world * c || out->dtype != x.dtype)
+        throw std::invalid_argument(std::string(op) + ": out " + out->shape_str() + " for parts " +
+                                    x.shape_str() + " of " + std::to_string(world) + " ranks");
+    }
+    const std::vector<const Tensor*>& parts = group_->post_and_wait(rank_, &x);
+    for (size_t r = 1; r < parts.size(); ++r)
+      if (parts[r]->rows() != parts[0]->rows() || parts[r]->cols() != parts[0]->cols() ||
+          parts[r]->dtype != parts[0]->dtype)
+        mismatch(op, r, *parts[r], *parts[0]);
+    const size_t es = dtype_size(x.dtype), row_bytes = size_t(c) * es;
+    for (size_t r = 0; out && r < parts.size(); ++r) {
+      const Tensor& p = *parts[r];
+      for (int64_t i = 0; i < rows; ++i)
+        std::memcpy(static_cast<char*>(out->data) + size_t(i * world * c) * es + r * row_bytes,
+                    static_cast<const char*>(p.data) + size_t(i) * row_bytes, row_bytes);
+    }
+    group_->wait();  // every receiving rank has copied every part
   }
   static void check_host(const Tensor& t, const char* op) {
     if (t.device != Device::cpu)

@@ -251,7 +251,7 @@ struct StepRunner::Graph {
 StepRunner::StepRunner(model::Phi3ForCausalLM& model, kv::KvCache& kv,
                        const lora::AdapterSlots* adapters, bool use_graphs)
     : model_(model), kv_(kv), adapters_(adapters), use_graphs_(use_graphs) {
-  if (use_graphs_ && model_.backend().can_capture()) {
+  if (use_graphs_ && model_.step_graphs_supported()) {
     if (auto page = kv_.pages.allocate()) pad_page_ = *page;
   }
   if (pad_page_ < 0) use_graphs_ = false;

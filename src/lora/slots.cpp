@@ -30,6 +30,19 @@ Tensor part_of(const Tensor& block, const Tensor& host_block, const Tensor& part
   return t;
 }
 
+// (in, out) of every module, layer-major in Target order, then lm_head.
+std::vector<std::array<int64_t, 2>> module_dims(const model::Phi3Config& c) {
+  std::vector<std::array<int64_t, 2>> dims;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    dims.push_back({c.hidden_size, c.qkv_size()});
+    dims.push_back({c.q_size(), c.hidden_size});
+    dims.push_back({c.hidden_size, 2 * c.intermediate_size});
+    dims.push_back({c.intermediate_size, c.hidden_size});
+  }
+  dims.push_back({c.hidden_size, c.vocab_size});  // lm_head
+  return dims;
+}
+
 }  // namespace
 
 AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& config, int num_slots)
@@ -55,14 +68,8 @@ AdapterSlots::AdapterSlots(Backend& backend, const model::Phi3Config& config, in
       col_width_(size_t(num_slots), 0),
       config_(config),
       shard_(shard) {
-  const model::Phi3Config c = model::shard_config(config, shard.world);  // this rank's sizes
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    dims_.push_back({c.hidden_size, c.qkv_size()});
-    dims_.push_back({c.q_size(), c.hidden_size});
-    dims_.push_back({c.hidden_size, 2 * c.intermediate_size});
-    dims_.push_back({c.intermediate_size, c.hidden_size});
-  }
-  dims_.push_back({c.hidden_size, c.vocab_size});  // lm_head
+  model::require_tensor_parallel(config, shard.world);
+  dims_ = module_dims(model::shard_config(config, shard.world));  // this rank's sizes
   resident_.assign(dims_.size(), std::vector<Resident>(size_t(num_slots)));
   tables_.resize(dims_.size());
   used_.assign(dims_.size(), false);
@@ -143,10 +150,22 @@ void AdapterSlots::assign_random(int slot, int64_t rank, float scale, uint64_t s
                                  float half_width) {
   for (const auto& peer : peers_) peer->assign_random(slot, rank, scale, seed, half_width);
   release_columns(slot);
+  // With tensor parallelism, every rank draws the whole adapter (the same
+  // seeds) and keeps its part, as assign does: the ranks together hold the
+  // adapter one rank would.
+  const std::vector<std::array<int64_t, 2>> whole =
+      shard_.world == 1 ? dims_ : module_dims(config_);
   for (size_t m = 0; m + 1 < dims_.size(); ++m) {
     Resident r;
-    r.a = backend_.random_uniform({rank, dims_[m][0]}, seed + 2 * m, 0.0f, half_width);
-    r.b = backend_.random_uniform({dims_[m][1], rank}, seed + 2 * m + 1, 0.0f, half_width);
+    r.a = backend_.random_uniform({rank, whole[m][0]}, seed + 2 * m, 0.0f, half_width);
+    r.b = backend_.random_uniform({whole[m][1], rank}, seed + 2 * m + 1, 0.0f, half_width);
+    if (shard_.world > 1) {
+      const auto [a, b] =
+          model::shard_lora(Target(int64_t(m) % kLayerTargets), backend_.to_host_f32(r.a),
+                            backend_.to_host_f32(r.b), config_, shard_);
+      r.a = backend_.upload(a, backend_.compute_dtype());
+      r.b = backend_.upload(b, backend_.compute_dtype());
+    }
     r.rank = int32_t(rank);
     r.scale = scale;
     resident_[m][size_t(slot)] = r;

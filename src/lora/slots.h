@@ -47,6 +47,8 @@ class AdapterSlots {
   void clear(int slot);
   // A random adapter of rank `rank` on qkv, o, gate_up and down of every layer,
   // generated on the backend (benchmarks): A, B uniform in ±`half_width`.
+  // With tensor parallelism each rank holds its part of the same adapter
+  // (the whole one drawn with the same seeds, then split as assign splits).
   void assign_random(int slot, int64_t rank, float scale, uint64_t seed, float half_width = 0.02f);
   // The slots seen from one module; nullptr when no slot touches that module.
   const LoraModuleTable* table(int64_t layer, Target t) const { return view_.table(layer, t); }

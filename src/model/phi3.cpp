@@ -1,16 +1,33 @@
 #include "model/phi3.h"
 
 #include <stdexcept>
+#include <string>
 
 #include "model/linear.h"
 #include "model/rope.h"
 
 namespace philora::model {
 
+namespace {
+
+// Rank tp.rank's sizes, once the split is checked: a (config, world) pair
+// that does not split is refused here, wherever a sharded model is built.
+Phi3Config rank_config(const Phi3Config& config, const TpContext& tp) {
+  require_tensor_parallel(config, tp.world);
+  if (tp.world > 1 && (tp.rank < 0 || tp.rank >= tp.world || !tp.comm ||
+                       tp.comm->world_size() != tp.world || tp.comm->rank() != tp.rank))
+    throw std::invalid_argument("tensor parallelism: rank " + std::to_string(tp.rank) + " of " +
+                                std::to_string(tp.world) +
+                                " needs its own end of a group of that many ranks");
+  return shard_config(config, tp.world);
+}
+
+}  // namespace
+
 Phi3ForCausalLM::Phi3ForCausalLM(Phi3Config config, Phi3Weights weights, Backend& backend,
                                  TpContext tp)
     : config_(std::move(config)),
-      local_(shard_config(config_, tp.world)),
+      local_(rank_config(config_, tp)),
       w_(std::move(weights)),
       backend_(backend),
       tp_(tp),

@@ -61,6 +61,9 @@ class Phi3ForCausalLM {
   virtual std::vector<Tensor> widen_for_lora(int64_t columns);
   // Whether the backend's LoRA columns shrink takes every target's input size.
   virtual bool lora_columns_supported();
+  // Whether a step graph recorded on backend() replays this model's whole
+  // forward (engine::StepRunner records graphs only then).
+  virtual bool step_graphs_supported() { return backend_.can_capture(); }
 
  private:
   friend class TensorParallelPhi3;

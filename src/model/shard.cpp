@@ -34,6 +34,10 @@ Status check_tensor_parallel(const Phi3Config& c, int64_t n) {
   return Status();
 }
 
+void require_tensor_parallel(const Phi3Config& c, int64_t n) {
+  if (Status s = check_tensor_parallel(c, n); !s.ok()) throw std::invalid_argument(s.message());
+}
+
 Phi3Config shard_config(const Phi3Config& c, int64_t n) {
   Phi3Config s = c;
   s.num_attention_heads = c.num_attention_heads / n;

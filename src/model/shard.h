@@ -52,6 +52,9 @@ struct TpShard {
 // either divide over the ranks or divide the ranks (then they are
 // replicated); the error names the counts.
 Status check_tensor_parallel(const Phi3Config& config, int64_t world);
+// The same check for constructors (a sharded model, its weights, its adapter
+// slots): throws std::invalid_argument with check_tensor_parallel's message.
+void require_tensor_parallel(const Phi3Config& config, int64_t world);
 
 // A rank's own sizes: H/N heads, its kv heads, I/N, V/N; the rest as given.
 // (What its RoPE, KV cache and LoRA tables are built from.)
@@ -109,13 +112,18 @@ inline void add_row_parallel(Backend& ops, const TpContext& tp, const Tensor& x,
 }
 
 // linear(x, W, lora) for a vocabulary-parallel lm_head: each rank's
-// (R, V/N) columns, gathered into (R, V) on every rank.
+// (R, V/N) columns, gathered into (R, V) on rank 0, the one that samples;
+// the other ranks return their own (R, V/N) part (which nobody reads).
 inline Tensor linear_vocab_parallel(Backend& ops, const TpContext& tp, const Tensor& x,
                                     const Tensor& w, const LoraApply& lora) {
   Tensor part = linear(ops, x, w, lora);
   if (tp.world == 1) return part;
+  if (tp.rank != 0) {
+    tp.comm->gather_cols(part, nullptr);
+    return part;
+  }
   Tensor all = ops.alloc(part.dtype, {part.rows(), part.cols() * tp.world});
-  tp.comm->all_gather_cols(part, all);
+  tp.comm->gather_cols(part, &all);
   return all;
 }
 

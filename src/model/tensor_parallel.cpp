@@ -48,6 +48,7 @@ Tensor TensorParallelPhi3::forward(const StepInputs& in, kv::KvCache& kv, const 
     for (size_t p = 0; p < peers_.size(); ++p)
       threads.emplace_back([&, p] {
         try {
+          peer_comms_[p]->begin_step();
           (void)peers_[p]->forward_rank(in, kv.peer_layers[p], lora ? lora->peers[p] : nullptr,
                                         nullptr);
         } catch (...) {
@@ -59,6 +60,7 @@ Tensor TensorParallelPhi3::forward(const StepInputs& in, kv::KvCache& kv, const 
   }
   if (!first) {
     try {
+      comm_->begin_step();
       out = forward_rank(in, kv.layers, lora, hidden);
     } catch (...) {
       failed(*comm_);
@@ -92,6 +94,13 @@ bool TensorParallelPhi3::lora_columns_supported() {
   if (!Phi3ForCausalLM::lora_columns_supported()) return false;
   for (const auto& peer : peers_)
     if (!peer->lora_columns_supported()) return false;
+  return true;
+}
+
+bool TensorParallelPhi3::step_graphs_supported() {
+  if (!Phi3ForCausalLM::step_graphs_supported() || !comm_->capturable()) return false;
+  for (const auto& comm : peer_comms_)
+    if (!comm->capturable()) return false;
   return true;
 }
 

@@ -4,14 +4,15 @@
 // rank 0 (the engine's backend, the engine's thread) and runs the other ranks
 // beside it for every forward, each over its own KV pools (KvCache::peer_layers)
 // and adapter tables (LoraTables::peers). Every rank reads the step's inputs
-// as rank 0 staged them and ends with the whole logits (all-gather); rank 0's
-// are returned. A rank that throws aborts the group (the others' collectives
+// as rank 0 staged them; the logits are gathered on rank 0 alone (the one
+// that samples) and returned. A rank that throws aborts the group (the others' collectives
 // throw instead of waiting) and its exception leaves forward, after every
 // rank has left and the group was reset (Communicator::reset), so that the
 // next step can use it. On the CPU the ranks are simulated (a LoopbackGroup,
-// host memory). On CUDA each rank would hold a GPU and an NCCL communicator, and
-// the step's inputs would have to reach every GPU first (a broadcast of the
-// staged StepInputs): not built yet.
+// host memory). On CUDA each rank holds a GPU and an NCCL communicator
+// (backend/cuda/nccl_communicator.h); the peers read the step's inputs where
+// rank 0 staged them (peer access to its GPU), after each rank's
+// Communicator::begin_step; steps run eagerly (no step graphs).
 #pragma once
 
 #include <memory>
@@ -39,6 +40,9 @@ class TensorParallelPhi3 final : public Phi3ForCausalLM {
   // lora::AdapterSlots' tensor-parallel attach_columns takes).
   std::vector<Tensor> widen_for_lora(int64_t columns) override;
   bool lora_columns_supported() override;
+  // Rank 0's backend records graphs and every rank's communicator may be
+  // recorded (the CPU's loopback; not NCCL: CUDA steps stay eager).
+  bool step_graphs_supported() override;
 
  private:
   std::unique_ptr<Communicator> comm_;                   // rank 0's

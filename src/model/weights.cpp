@@ -70,6 +70,7 @@ Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Confi
                                    Backend& backend,
                                    const std::function<void(int64_t, int64_t)>& progress,
                                    TpShard shard) {
+  PHILORA_RETURN_IF_ERROR(check_tensor_parallel(config, shard.world));
   Phi3Weights w;
   w.layers.resize(size_t(config.num_hidden_layers));
   std::set<std::string> expected;
@@ -109,6 +110,7 @@ Expected<Phi3Weights> load_weights(const io::TensorSet& tensors, const Phi3Confi
 
 Phi3Weights random_weights(const Phi3Config& config, Backend& backend, uint64_t seed, float std,
                            TpShard shard) {
+  require_tensor_parallel(config, shard.world);
   Phi3Weights w;
   w.layers.resize(size_t(config.num_hidden_layers));
   const float half_width = std * 1.7320508f;  // uniform with this std

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/tensor_parallel_group.h"
 #include "io/safetensors.h"
 #include "model/cli_runner.h"
 #include "model/config.h"
@@ -333,13 +334,50 @@ TEST(TensorParallelWideModel, RefusesRanksTheHeadsDoNotSplitInto) {
   EXPECT_HAS(sixteen.err, "num_attention_heads is 8");
 }
 
-TEST(TensorParallelCli, CudaNeedsNcclAndBenchRefuses) {
-  const CliResult bench = run_philora({"bench", "--tensor-parallel", "2"});
-  EXPECT_EQ(bench.exit_code, 1);
-  EXPECT_HAS(bench.err, "bench --tensor-parallel 2: not built yet");
-  const CliResult cuda = run_philora({"bench", "--tensor-parallel", "2", "--device", "cuda"});
-  EXPECT_EQ(cuda.exit_code, 1);
-  EXPECT_HAS(cuda.err, "tensor parallelism on cuda needs NCCL, not built");
+// bench --tensor-parallel on the CPU: the step figures of the split model and
+// rank 0's time in collectives per decode step; a split that does not divide
+// is refused naming the count, as score's is.
+TEST(TensorParallelCli, BenchTimesTheSplitModelAndItsCollectives) {
+  const fs::path model = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora" / "model";
+  const std::vector<std::string> args = {
+      "bench",       "--model",   model.string(),   "--batch=1,3",      "--prompt=7",
+      "--context=5", "--steps=2", "--lora-batch=3", "--lora-context=9", "--lora-rank=4"};
+  std::vector<std::string> two = args;
+  two.insert(two.end(), {"--tensor-parallel", "2"});
+  const CliResult r = run_philora(two);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_HAS(r.out, "tensor parallel: 2 ranks");
+  EXPECT_HAS(r.out, "rank 0's time in collectives per decode step");
+  EXPECT_HAS(r.out, "decode batch 3 (ctx 5)");
+  EXPECT_HAS(r.out, "3 distinct r4");
+  EXPECT_HAS(r.out, "collectives_b1=");
+  auto config = model::load_config(model.string());
+  ASSERT_TRUE(config.ok());
+  std::vector<std::string> three = args;
+  three.insert(three.end(), {"--tensor-parallel", "3"});
+  const CliResult refused = run_philora(three);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_HAS(refused.err, model::check_tensor_parallel(*config, 3).message());
+}
+
+// --device cuda --tensor-parallel N needs NCCL and N GPUs: without them (this
+// machine: no GPU, or no libnccl.so.2) every command says which, before
+// anything is loaded.
+TEST(TensorParallelCli, CudaSaysWhatItLacks) {
+  const Status lacks = tensor_parallel_available("cuda", 2);
+  if (lacks.ok()) GTEST_SKIP() << "NCCL and 2 GPUs are here: the GPU machine's tests run it";
+  const fs::path dir = fs::path(PHILORA_TEST_DATA) / "golden" / "gqa_multi_lora";
+  const std::string model = (dir / "model").string(), requests = (dir / "requests.jsonl").string();
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{{"score", "--model", model, "--requests", requests},
+                                             {"generate", "--model", model, "--requests", requests},
+                                             {"bench", "--model", model}}) {
+    std::vector<std::string> a = args;
+    a.insert(a.end(), {"--device", "cuda", "--tensor-parallel", "2"});
+    const CliResult r = run_philora(a);
+    EXPECT_EQ(r.exit_code, 1) << args[0];
+    EXPECT_HAS(r.err, lacks.message());
+  }
 }
 
 }  // namespace

@@ -322,6 +322,29 @@ TEST(LoopbackCommunicator, AllGatherPutsEachRanksColumnsInRankOrder) {
   for (int64_t r = 0; r < n; ++r) expect_cols(results[size_t(r)], rows, part_of(n * c, 0, 1));
 }
 
+// gather_cols: rank 0 receives every rank's columns in rank order (as
+// all_gather_cols would give it); the others pass no out and their x is untouched.
+TEST(LoopbackCommunicator, GatherColsFillsRankZerosOutOnly) {
+  for (const int64_t n : {1, 2, 3}) {
+    const int64_t rows = 3, c = 5;
+    std::vector<Tensor> inputs(static_cast<size_t>(n));
+    Tensor out = host_alloc(DType::f32, {rows, n * c});
+    std::fill(out.ptr<float>(), out.ptr<float>() + out.numel(), std::nanf(""));
+    on_ranks(n, [&](int64_t r, Communicator& comm) {
+      Tensor x = host_alloc(DType::f32, {rows, c});
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < c; ++j) x.ptr<float>()[i * c + j] = float(i * 1000 + r * c + j);
+      comm.gather_cols(x, r == 0 ? &out : nullptr);
+      inputs[size_t(r)] = x;
+    });
+    expect_cols(out, rows, part_of(n * c, 0, 1));
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < c; ++j)
+          ASSERT_EQ(inputs[size_t(r)].ptr<float>()[i * c + j], float(i * 1000 + r * c + j));
+  }
+}
+
 TEST(LoopbackCommunicator, AbortReleasesRanksWaitingForAFailedOne) {
   auto comms = LoopbackGroup::communicators(3);
   std::vector<int> threw(3, 0);

@@ -27,7 +27,7 @@ int cuda_device_count() {
   return n;
 }
 
-Expected<std::unique_ptr<Backend>> make_cuda_backend() {
+Expected<std::unique_ptr<Backend>> make_cuda_backend(int device) {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
@@ -35,7 +35,12 @@ Expected<std::unique_ptr<Backend>> make_cuda_backend() {
     return Status::errorf("device 'cuda': no usable CUDA GPU ({})", cudaGetErrorString(e));
   }
   if (n == 0) return Status::error("device 'cuda': no CUDA GPU is visible");
-  auto ctx = CudaContext::create(0);
+  if (device < 0 || device >= n)
+    return Status::errorf("device 'cuda': no GPU {} ({} visible)", device, n);
+  int previous = 0;  // CudaContext::create makes `device` current: give the caller its own back
+  if (cudaGetDevice(&previous) != cudaSuccess) previous = 0;
+  auto ctx = CudaContext::create(device);
+  (void)cudaSetDevice(previous);
   if (!ctx) return ctx.status();
   return std::unique_ptr<Backend>(std::make_unique<CudaBackend>(std::move(ctx).value()));
 }
@@ -86,6 +91,7 @@ Tensor CudaBackend::device_tensor(DType dtype, std::initializer_list<int64_t> sh
 }
 
 Tensor CudaBackend::alloc(DType dtype, std::initializer_list<int64_t> shape) {
+  const cuda::DeviceGuard guard(ctx_->device);
   return device_tensor(dtype, shape);
 }
 
@@ -112,7 +118,7 @@ static bool is_pinned(const void* p) {
 }
 
 Tensor CudaBackend::pinned_host(DType dtype, int64_t n) {
-  PHILORA_CUDA_CHECK(cudaSetDevice(ctx_->device));  // a loader thread's first call
+  const cuda::DeviceGuard guard(ctx_->device);  // a loader thread's first call
   void* p = nullptr;
   const size_t bytes = std::max<size_t>(1, size_t(n) * dtype_size(dtype));
   if (cudaMallocHost(&p, bytes) != cudaSuccess) {  // no page-locked memory left: plain memory
@@ -125,6 +131,7 @@ Tensor CudaBackend::pinned_host(DType dtype, int64_t n) {
 }
 
 Tensor CudaBackend::upload(const Tensor& host, DType dtype) {
+  const cuda::DeviceGuard guard(ctx_->device);
   // Plans and tables keep their integer type; floats become bf16 unless f32 is asked for.
   const DType target = !is_float(host.dtype) ? host.dtype : (dtype == DType::f32 ? DType::f32 : DType::bf16);
   const int64_t n = host.numel();
@@ -148,6 +155,7 @@ Tensor CudaBackend::upload(const Tensor& host, DType dtype) {
 }
 
 Tensor CudaBackend::to_host_f32(const Tensor& t) {
+  const cuda::DeviceGuard guard(ctx_->device);
   if (t.device == Device::cpu) {
     if (t.dtype == DType::f32) return t;
     Tensor out = host_alloc(DType::f32, {t.numel()});
@@ -170,16 +178,20 @@ Tensor CudaBackend::to_host_f32(const Tensor& t) {
 }
 
 Tensor CudaBackend::upload_i32(const std::vector<int32_t>& v) {
+  const cuda::DeviceGuard guard(ctx_->device);
   return upload_raw(v.data(), DType::i32, int64_t(v.size()));
 }
 Tensor CudaBackend::upload_i64(const std::vector<int64_t>& v) {
+  const cuda::DeviceGuard guard(ctx_->device);
   return upload_raw(v.data(), DType::i64, int64_t(v.size()));
 }
 Tensor CudaBackend::upload_f32(const std::vector<float>& v) {
+  const cuda::DeviceGuard guard(ctx_->device);
   return upload_raw(v.data(), DType::f32, int64_t(v.size()));
 }
 
 void CudaBackend::upload_into(Tensor& dst, const void* src, size_t bytes) {
+  const cuda::DeviceGuard guard(ctx_->device);
   if (dst.device != Device::cuda || bytes > dst.nbytes())
     throw std::runtime_error("cuda backend: upload_into: " + std::to_string(bytes) +
                              " bytes into a " + std::string(device_name(dst.device)) +
@@ -188,6 +200,7 @@ void CudaBackend::upload_into(Tensor& dst, const void* src, size_t bytes) {
 }
 
 std::vector<int32_t> CudaBackend::download_i32(const Tensor& t) {
+  const cuda::DeviceGuard guard(ctx_->device);
   if (t.dtype != DType::i32)
     throw std::runtime_error("cuda backend: download_i32: the tensor holds " +
                              std::string(dtype_name(t.dtype)));
@@ -203,10 +216,14 @@ std::vector<int32_t> CudaBackend::download_i32(const Tensor& t) {
   return out;
 }
 
-void CudaBackend::synchronize() { PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream)); }
+void CudaBackend::synchronize() {
+  const cuda::DeviceGuard guard(ctx_->device);
+  PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+}
 
 Tensor CudaBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
                                    float half_width) {
+  const cuda::DeviceGuard guard(ctx_->device);
   Tensor t = device_tensor(DType::bf16, shape);
   cuda::launch_random_uniform(t.data, t.numel(), seed, mean, half_width, ctx_->stream);
   return t;
@@ -215,6 +232,7 @@ Tensor CudaBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_
 // ---- ops --------------------------------------------------------------------------
 
 Tensor CudaBackend::embedding(const Tensor& ids, const Tensor& table) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(ids, DType::i32, "embedding", "ids");
   require(table, DType::bf16, "embedding", "table");
   Tensor out = device_tensor(DType::bf16, {ids.numel(), table.cols()});
@@ -223,6 +241,7 @@ Tensor CudaBackend::embedding(const Tensor& ids, const Tensor& table) {
 }
 
 Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "rms_norm", "x");
   require(w, DType::bf16, "rms_norm", "w");
   Tensor y = device_tensor(DType::bf16, {x.rows(), x.cols()});
@@ -233,6 +252,7 @@ Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps) {
 
 std::pair<Tensor, Tensor> CudaBackend::add_rms_norm(const Tensor& h, const Tensor& residual,
                                                     const Tensor& w, float eps) {
+  const cuda::DeviceGuard guard(ctx_->device);
   if (residual.empty()) return {rms_norm(h, w, eps), h};
   require(h, DType::bf16, "add_rms_norm", "h");
   require(residual, DType::bf16, "add_rms_norm", "residual");
@@ -245,6 +265,7 @@ std::pair<Tensor, Tensor> CudaBackend::add_rms_norm(const Tensor& h, const Tenso
 }
 
 Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "matmul", "x");
   require(w, DType::bf16, "matmul", "w");
   const int64_t m = x.rows(), k = x.cols(), n = w.dim(0);
@@ -263,6 +284,7 @@ Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
 
 void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
                                  KvLayer& kv) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(qkv, DType::bf16, "rope_and_cache", "qkv");
   require(kv.k, DType::bf16, "rope_and_cache", "the K cache");
   require(kv.v, DType::bf16, "rope_and_cache", "the V cache");
@@ -296,6 +318,7 @@ constexpr int64_t kDecodeAttentionRows = 16;
 
 Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
                               const RopeParams& shape) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(qkv, DType::bf16, "attention", "qkv");
   require(kv.k, DType::bf16, "attention", "the K cache");
   require(kv.v, DType::bf16, "attention", "the V cache");
@@ -340,6 +363,7 @@ Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const Attent
 }
 
 void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "matmul_add", "x");
   require(w, DType::bf16, "matmul_add", "w");
   require(y, DType::bf16, "matmul_add", "y");
@@ -352,11 +376,13 @@ void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
 }
 
 void CudaBackend::release_cached_memory() {
+  const cuda::DeviceGuard guard(ctx_->device);
   PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));  // queued ops may still use freed blocks
   ctx_->allocator->release_cached();
 }
 
 std::string CudaBackend::description() const {
+  const cuda::DeviceGuard guard(ctx_->device);
   int dev = 0;
   cudaDeviceProp prop{};
   if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
@@ -365,6 +391,7 @@ std::string CudaBackend::description() const {
 }
 
 Expected<Backend::MemoryInfo> CudaBackend::memory_info() const {
+  const cuda::DeviceGuard guard(ctx_->device);
   size_t free_b = 0, total_b = 0;
   const cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
   if (e != cudaSuccess) return Status::errorf("cudaMemGetInfo failed: {}", cudaGetErrorString(e));
@@ -372,6 +399,7 @@ Expected<Backend::MemoryInfo> CudaBackend::memory_info() const {
 }
 
 void CudaBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(dst, DType::bf16, "write_columns", "dst");
   const int64_t n = src.empty() ? count : src.cols();
   if (!src.empty()) require(src, DType::bf16, "write_columns", "src");
@@ -390,6 +418,7 @@ void CudaBackend::write_columns(Tensor& dst, int64_t col, const Tensor& src, int
 }
 
 void CudaBackend::write_columns_batch(const std::vector<ColumnWrite>& writes) {
+  const cuda::DeviceGuard guard(ctx_->device);
   std::vector<cuda::ColumnWriteDesc> descs;
   int64_t most = 0;
   for (const ColumnWrite& w : writes) {
@@ -422,6 +451,7 @@ void CudaBackend::write_columns_batch(const std::vector<ColumnWrite>& writes) {
 }
 
 Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(gate_up, DType::bf16, "silu_mul", "gate_up");
   const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;
   Tensor y = device_tensor(DType::bf16, {rows, n});
@@ -431,6 +461,7 @@ Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
 }
 
 Tensor CudaBackend::gather_rows(const Tensor& x, const Tensor& rows) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "gather_rows", "x");
   require(rows, DType::i32, "gather_rows", "rows");
   Tensor y = device_tensor(DType::bf16, {rows.numel(), x.cols()});
@@ -439,6 +470,7 @@ Tensor CudaBackend::gather_rows(const Tensor& x, const Tensor& rows) {
 }
 
 Tensor CudaBackend::bias_silu_residual(const Tensor& h, const Tensor& bias, const Tensor& x) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(h, DType::bf16, "bias_silu_residual", "h");
   require(bias, DType::bf16, "bias_silu_residual", "bias");
   require(x, DType::bf16, "bias_silu_residual", "x");
@@ -448,6 +480,7 @@ Tensor CudaBackend::bias_silu_residual(const Tensor& h, const Tensor& bias, cons
 }
 
 Tensor CudaBackend::argmax_rows(const Tensor& x) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "argmax_rows", "x");
   Tensor y = device_tensor(DType::i32, {x.rows()});
   cuda::launch_argmax_rows(x.data, y.ptr<int32_t>(), x.rows(), x.cols(), ctx_->stream);
@@ -492,6 +525,7 @@ static cuda::LoraLaunch lora_launch(const LoraModuleTable& m, const LoraBatch& b
 }
 
 Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "lora_shrink", "x");
   const int64_t n = x.rows(), width = std::max<int64_t>(1, batch.max_rank);
   Tensor xa = device_tensor(DType::f32, {n, width});
@@ -512,6 +546,7 @@ bool CudaBackend::lora_columns_supported(int64_t in_features) const {
 }
 
 Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "lora_shrink_columns", "x");
   const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;
   if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
@@ -532,6 +567,7 @@ Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& 
 
 void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
                               Tensor& y, int64_t col_offset) {
+  const cuda::DeviceGuard guard(ctx_->device);
   if (!batch.active || xa.rows() == 0) return;
   require(xa, DType::f32, "lora_expand", "xa");
   require(y, DType::bf16, "lora_expand", "y");
@@ -544,6 +580,7 @@ void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const 
 }
 
 Tensor CudaBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) {
+  const cuda::DeviceGuard guard(ctx_->device);
   require(xa, DType::f32, "lora_delta", "xa");
   Tensor y = device_tensor(DType::bf16, {xa.rows(), m.out_features});
   if (y.numel() == 0) return y;

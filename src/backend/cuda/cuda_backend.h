@@ -20,8 +20,9 @@ struct CudaContext;
 // Number of usable CUDA devices; 0 (never an error) without a driver or GPU.
 int cuda_device_count();
 
-// The backend on device 0, or an error saying why there is none.
-Expected<std::unique_ptr<Backend>> make_cuda_backend();
+// The backend on GPU `device` (0: the first visible), or an error saying why
+// there is none.
+Expected<std::unique_ptr<Backend>> make_cuda_backend(int device = 0);
 
 class CudaBackend final : public Backend {
  public:

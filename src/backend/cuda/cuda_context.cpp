@@ -31,7 +31,20 @@ Expected<std::shared_ptr<CudaContext>> CudaContext::create(int device) {
   return ctx;
 }
 
+DeviceGuard::DeviceGuard(int device) {
+  int current = 0;
+  PHILORA_CUDA_CHECK(cudaGetDevice(&current));
+  if (current == device) return;
+  PHILORA_CUDA_CHECK(cudaSetDevice(device));
+  previous_ = current;
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (previous_ >= 0) (void)cudaSetDevice(previous_);
+}
+
 CudaContext::~CudaContext() {
+  (void)cudaSetDevice(device);  // never throws here; the stream and cuBLASLt are this GPU's
   if (stream) (void)cudaStreamSynchronize(stream);
   matmul.reset();
   staging.reset();

@@ -28,4 +28,20 @@ struct CudaContext {
   CudaContext& operator=(const CudaContext&) = delete;
 };
 
+// Makes `device` this thread's current GPU for a scope and restores the one
+// before. Every CudaBackend entry point holds one, so that one thread may
+// drive the backends of several GPUs (tensor parallelism: the engine's thread
+// loads every rank's weights, adapters and KV pools) and a rank's thread
+// finds its own GPU.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;  // -1: unchanged
+};
+
 }  // namespace philora::cuda

@@ -41,6 +41,7 @@ class GraphPoolScope {
 }  // namespace
 
 std::unique_ptr<StepGraph> CudaBackend::capture(const std::function<void()>& body) {
+  const cuda::DeviceGuard guard(ctx_->device);
   GraphPoolScope pool(*ctx_->allocator);
   body();  // warm-up
   cudaStream_t s = ctx_->stream;
