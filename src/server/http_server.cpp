@@ -248,6 +248,12 @@ bool HttpServer::drain(std::chrono::milliseconds grace) {
 }
 
 void HttpServer::stop() {
+  // httplib's stop() closes the socket only once its listen loop runs: a stop
+  // that came between start() and the loop's first step would leave the thread
+  // in accept() for good. Wait for the loop (or the thread's end) first.
+  if (thread_ && http_)
+    while (!http_->is_running() && !listener_done_.load(std::memory_order_acquire))
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (http_) http_->stop();
   if (thread_ && thread_->joinable()) thread_->join();
   thread_.reset();
@@ -269,7 +275,11 @@ Expected<int> HttpServer::start(const std::string& host, int port) {
     return Status::errorf("cannot bind {}:{}", host, port);
   }
   raise_listen_backlog(bound);
-  thread_ = std::make_unique<std::thread>([this] { http_->listen_after_bind(); });
+  listener_done_.store(false, std::memory_order_release);
+  thread_ = std::make_unique<std::thread>([this] {
+    http_->listen_after_bind();
+    listener_done_.store(true, std::memory_order_release);
+  });
   return bound;
 }
 

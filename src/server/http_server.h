@@ -144,6 +144,7 @@ class HttpServer {
   CounterFamily requests_{{"route", "status", "adapter"}};  // philora_http_requests_total
   CounterFamily finished_{{"finished_reason"}};            // vllm:request_success_total
   std::unique_ptr<std::thread> thread_;
+  std::atomic<bool> listener_done_{false};  // start()'s thread has left listen_after_bind
 };
 
 }  // namespace philora::server
