@@ -600,7 +600,7 @@ void add_bench_command(CLI::App& app, int& rc) {
                   "the prefix cache, against the same prompt cold (through the engine)")
       ->check(CLI::Range(int64_t(16), int64_t(1) << 16));
   add_lora_columns_option(*cmd, o->lora_columns);
-  cmd->add_flag("--enforce-eager", o->enforce_eager, "decode steps op by op (no CUDA graphs)");
+  cmd->add_flag("--enforce-eager", o->enforce_eager, "every step op by op (no CUDA graphs)");
   cmd->add_option("--mem-fraction", o->mem_fraction,
                   "device memory fraction for the KV capacity figure")
       ->check(CLI::Range(0.1, 1.0));

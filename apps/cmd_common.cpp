@@ -28,7 +28,7 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
   cmd.add_option("--page-size", o.page_size, "KV cache page size in tokens")
       ->check(CLI::Range(1, 1024));
   cmd.add_flag("--enforce-eager", o.enforce_eager,
-               "run every step op by op (no CUDA graphs for decode steps)");
+               "run every step op by op (no CUDA step graphs)");
   cmd.add_flag("!--no-prefix-cache", o.prefix_cache,
                "compute every prompt in full (default: a request reuses the KV pages of a prefix "
                "that an earlier request with the same adapter computed)");
