@@ -128,6 +128,14 @@ engine::EngineConfig config(int64_t k, int64_t budget = 4096, bool prefix_cache 
   return c;
 }
 
+// The rig's engine again, on config `c` with heads `set`.
+void restart_with_heads(EngineRig& rig, engine::EngineConfig c,
+                        std::shared_ptr<engine::MedusaSet> set) {
+  c.medusa = std::move(set);
+  rig.engine = std::make_unique<engine::Engine>(*rig.model, *rig.kv, rig.store.get(), c,
+                                                rig.tokenizer.get());
+}
+
 // Runs the requests on an engine over the case's model with `kinds` of heads
 // (none when k is 0).
 Result run(const std::string& case_name, const std::vector<engine::Request>& reqs,
@@ -135,11 +143,8 @@ Result run(const std::string& case_name, const std::vector<engine::Request>& req
            int64_t max_running = 64) {
   c.max_running = max_running;
   EngineRig rig(case_name, c, pages);
-  if (c.speculate_medusa > 0) {
-    c.medusa = heads_for(case_name, *rig.backend, base, adapter);
-    rig.engine = std::make_unique<engine::Engine>(*rig.model, *rig.kv, rig.store.get(), c,
-                                                  rig.tokenizer.get());
-  }
+  if (c.speculate_medusa > 0)
+    restart_with_heads(rig, c, heads_for(case_name, *rig.backend, base, adapter));
   Result r;
   r.runs = test::run_engine(*rig.engine, reqs);
   r.stats = rig.engine->stats();
@@ -279,9 +284,7 @@ TEST_F(EngineMedusa, AdaptersWithoutHeadsUseTheBaseHeads) {
   EngineRig rig(name, c);
   auto set = heads_for(name, *rig.backend, Kind::echo, Kind::echo);
   set->base.reset();
-  c.medusa = set;
-  rig.engine = std::make_unique<engine::Engine>(*rig.model, *rig.kv, rig.store.get(), c,
-                                                rig.tokenizer.get());
+  restart_with_heads(rig, c, set);
   test::run_engine(*rig.engine, reqs);
   EXPECT_EQ(rig.engine->stats().spec_draft_tokens, 0) << "drafted without heads";
   std::vector<engine::Request> a = long_requests(name);
@@ -337,9 +340,7 @@ TEST_F(EngineMedusa, DraftedStepsReplayGraphs) {
   m.step_graphs = true;
   m.speculate_max_batch = 4;  // more run at first: those steps have no heads' work
   EngineRig rig(name, m);
-  m.medusa = heads_for(name, *rig.backend, Kind::echo, Kind::random);
-  rig.engine = std::make_unique<engine::Engine>(*rig.model, *rig.kv, rig.store.get(), m,
-                                                rig.tokenizer.get());
+  restart_with_heads(rig, m, heads_for(name, *rig.backend, Kind::echo, Kind::random));
   Result spec;
   spec.runs = test::run_engine(*rig.engine, reqs);
   spec.stats = rig.engine->stats();
@@ -375,9 +376,7 @@ TEST_F(EngineMedusa, OneSetRunsInsideGraphs) {
     m.step_graphs = true;
     m.max_running = s.max_running;
     EngineRig rig(name, m, s.pages);
-    m.medusa = heads_for(name, *rig.backend, Kind::echo, Kind::random);
-    rig.engine = std::make_unique<engine::Engine>(*rig.model, *rig.kv, rig.store.get(), m,
-                                                  rig.tokenizer.get());
+    restart_with_heads(rig, m, heads_for(name, *rig.backend, Kind::echo, Kind::random));
     Result spec;
     spec.runs = test::run_engine(*rig.engine, reqs);
     spec.stats = rig.engine->stats();

@@ -3,7 +3,7 @@
 #include <dlfcn.h>
 
 #include <stdexcept>
-#include <utility>
+#include <type_traits>
 
 namespace philora::cuda::nccl {
 
@@ -11,16 +11,6 @@ std::string Library::version_string() const {
   return std::to_string(version / 10000) + "." + std::to_string(version / 100 % 100) + "." +
          std::to_string(version % 100);
 }
-
-namespace {
-
-template <typename F>
-bool resolve(void* handle, const char* name, F& fn) {
-  fn = reinterpret_cast<F>(dlsym(handle, name));
-  return fn != nullptr;
-}
-
-}  // namespace
 
 Expected<Library> open_library(const std::string& soname) {
   void* handle = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -33,30 +23,36 @@ Expected<Library> open_library(const std::string& soname) {
         soname, why ? why : "no reason given");
   }
   Library lib;
-  const std::pair<const char*, bool> entries[] = {
-      {"ncclGetVersion", resolve(handle, "ncclGetVersion", lib.GetVersion)},
-      {"ncclGetUniqueId", resolve(handle, "ncclGetUniqueId", lib.GetUniqueId)},
-      {"ncclCommInitAll", resolve(handle, "ncclCommInitAll", lib.CommInitAll)},
-      {"ncclCommInitRank", resolve(handle, "ncclCommInitRank", lib.CommInitRank)},
-      {"ncclCommDestroy", resolve(handle, "ncclCommDestroy", lib.CommDestroy)},
-      {"ncclCommAbort", resolve(handle, "ncclCommAbort", lib.CommAbort)},
-      {"ncclGetErrorString", resolve(handle, "ncclGetErrorString", lib.GetErrorString)},
-      {"ncclAllReduce", resolve(handle, "ncclAllReduce", lib.AllReduce)},
-      {"ncclAllGather", resolve(handle, "ncclAllGather", lib.AllGather)},
-      {"ncclSend", resolve(handle, "ncclSend", lib.Send)},
-      {"ncclRecv", resolve(handle, "ncclRecv", lib.Recv)},
-      {"ncclGroupStart", resolve(handle, "ncclGroupStart", lib.GroupStart)},
-      {"ncclGroupEnd", resolve(handle, "ncclGroupEnd", lib.GroupEnd)},
+  const char* missing = nullptr;  // the first entry point the library lacks
+  auto need = [&](const char* name, auto& fn) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(handle, name));
+    if (!fn && !missing) missing = name;
   };
-  for (const auto& [name, found] : entries)
-    if (!found)
-      return Status::errorf("tensor parallelism on cuda: {} has no {} (NCCL 2.10 or later needed)",
-                            soname, name);
-  if (lib.GetVersion(&lib.version) != kSuccess || lib.version < 21000)
+  need("ncclGetVersion", lib.GetVersion);
+  need("ncclGetUniqueId", lib.GetUniqueId);
+  need("ncclCommInitAll", lib.CommInitAll);
+  need("ncclCommInitRank", lib.CommInitRank);
+  need("ncclCommDestroy", lib.CommDestroy);
+  need("ncclCommAbort", lib.CommAbort);
+  need("ncclGetErrorString", lib.GetErrorString);
+  need("ncclAllReduce", lib.AllReduce);
+  need("ncclAllGather", lib.AllGather);
+  need("ncclSend", lib.Send);
+  need("ncclRecv", lib.Recv);
+  need("ncclGroupStart", lib.GroupStart);
+  need("ncclGroupEnd", lib.GroupEnd);
+  if (missing) {
+    dlclose(handle);
+    return Status::errorf("tensor parallelism on cuda: {} has no {} (NCCL 2.10 or later needed)",
+                          soname, missing);
+  }
+  if (lib.GetVersion(&lib.version) != kSuccess || lib.version < 21000) {
+    dlclose(handle);
     return Status::errorf(
         "tensor parallelism on cuda: {} is NCCL {} (code {}); 2.10 or later is needed (bfloat16 "
         "all-reduce)",
         soname, lib.version_string(), lib.version);
+  }
   return lib;
 }
 
