@@ -23,6 +23,28 @@ void Backend::write_columns_batch(const std::vector<ColumnWrite>& writes) {
   }
 }
 
+Tensor Backend::apply_prologue(const Tensor& src, const Prologue& p) {
+  switch (p.kind) {
+    case Prologue::Kind::none: return src;
+    case Prologue::Kind::rms_norm: return rms_norm(src, p.norm_weight, p.eps);
+    case Prologue::Kind::silu_mul: return silu_mul(src);
+  }
+  throw std::logic_error("apply_prologue: unknown prologue");
+}
+
+Tensor Backend::fused_matmul(const Tensor& src, const Prologue& p, const Tensor& w) {
+  return matmul(apply_prologue(src, p), w);
+}
+
+void Backend::fused_matmul_add(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y) {
+  matmul_add(apply_prologue(src, p), w, y);
+}
+
+Tensor Backend::fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
+                                          const LoraBatch& batch) {
+  return lora_shrink_columns(apply_prologue(src, p), m, batch);
+}
+
 std::vector<std::string> available_backends() {
   std::vector<std::string> names = {"cpu"};
 #ifdef PHILORA_HAVE_CUDA

@@ -127,6 +127,20 @@ struct LoraBatch {
   int64_t lora_columns = 0;
 };
 
+// The elementwise op that makes a matmul's x from another tensor: none (x is
+// the tensor), rms_norm(src, weight, eps), or silu_mul(src). A backend may run
+// it inside the matmul (or the LoRA shrink) that reads x instead of as an op
+// of its own (one kernel and its launch fewer a use at decode); the values are
+// the op's, as if it ran alone.
+struct Prologue {
+  enum class Kind : uint8_t { none, rms_norm, silu_mul };
+  Kind kind = Kind::none;
+  Tensor norm_weight;  // rms_norm's [in]
+  float eps = 0.0f;    // rms_norm's
+  static Prologue rms_norm(Tensor weight, float eps) { return {Kind::rms_norm, std::move(weight), eps}; }
+  static Prologue silu_mul() { return {Kind::silu_mul, Tensor(), 0.0f}; }
+};
+
 // The most alternatives a row may ask logprobs for (OpenAI's top_logprobs).
 inline constexpr int64_t kMaxLogprobs = 20;
 
@@ -276,6 +290,12 @@ class Backend {
   virtual Tensor matmul(const Tensor& x, const Tensor& w) = 0;
   // y += x · w[:, :in]ᵀ ; y (T, out) in place
   virtual void matmul_add(const Tensor& x, const Tensor& w, Tensor& y) = 0;
+  // The same two with x = the prologue applied to src (src itself for none):
+  // by default the prologue's op and then the matmul; a backend overrides
+  // them where it fuses the op into the matmul.
+  Tensor apply_prologue(const Tensor& src, const Prologue& p);
+  virtual Tensor fused_matmul(const Tensor& src, const Prologue& p, const Tensor& w);
+  virtual void fused_matmul_add(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y);
   // dst[:, col .. col + src.cols()) = src (rows equal), or 0 for `count`
   // columns when src is empty: placing B matrices into a weight's LoRA columns.
   virtual void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) = 0;
@@ -324,6 +344,10 @@ class Backend {
   // for j < r_s (s = slot(t), r_s > 0), every other column 0; then
   // matmul(X, w) over the wide weight is W x + scale · B (A x) in one product.
   virtual Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) = 0;
+  // The same with x = the prologue applied to src (by default: the op, then
+  // lora_shrink_columns).
+  virtual Tensor fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
+                                           const LoraBatch& batch);
   // Whether lora_shrink_columns takes modules of `in_features` inputs (a model
   // whose targets it does not take keeps LoRA in the kernels instead).
   virtual bool lora_columns_supported(int64_t in_features) const { return in_features > 0; }

@@ -66,15 +66,17 @@ Tensor Phi3ForCausalLM::forward_rank(const StepInputs& in, std::vector<KvLayer>&
     const Phi3LayerWeights& layer = w_.layers[size_t(l)];
     KvLayer& cache = kv[size_t(l)];
 
-    Tensor x = ops.rms_norm(residual, layer.input_layernorm, eps);
-    Tensor qkv = linear(ops, x, layer.qkv_proj, lora(l, LoraTarget::qkv));
+    // The norms and SiLU·mul go in as prologues of the matmuls that read
+    // their outputs (fused there where the backend can).
+    Tensor qkv = linear(ops, {residual, Prologue::rms_norm(layer.input_layernorm, eps)}, layer.qkv_proj,
+                        lora(l, LoraTarget::qkv));
     ops.rope_and_cache(qkv, in.tokens, rope_, cache);
     Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
     add_row_parallel(ops, tp_, attn, layer.o_proj, lora(l, LoraTarget::o), residual);
 
-    Tensor y = ops.rms_norm(residual, layer.post_attention_layernorm, eps);
-    Tensor gate_up = linear(ops, y, layer.gate_up_proj, lora(l, LoraTarget::gate_up));
-    add_row_parallel(ops, tp_, ops.silu_mul(gate_up), layer.down_proj, lora(l, LoraTarget::down),
+    Tensor gate_up = linear(ops, {residual, Prologue::rms_norm(layer.post_attention_layernorm, eps)},
+                            layer.gate_up_proj, lora(l, LoraTarget::gate_up));
+    add_row_parallel(ops, tp_, {gate_up, Prologue::silu_mul()}, layer.down_proj, lora(l, LoraTarget::down),
                      residual);
   }
   Tensor x = ops.rms_norm(residual, w_.norm, eps);

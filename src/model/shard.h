@@ -100,7 +100,7 @@ struct TpContext {
 //   rank 0:   acc = acc + W_0 x_0 + s · B (A_0 x_0)   (linear_add)
 //   rank r>0: acc =       W_r x_r + s · B (A_r x_r)   (linear)
 //   then all_reduce_sum(acc): every rank holds acc + Σ_r (W_r x_r + s B A_r x_r).
-inline void add_row_parallel(Backend& ops, const TpContext& tp, const Tensor& x, const Tensor& w,
+inline void add_row_parallel(Backend& ops, const TpContext& tp, const LinearInput& x, const Tensor& w,
                              const LoraApply& lora, Tensor& acc) {
   if (tp.world == 1) return linear_add(ops, x, w, lora, acc);
   if (tp.rank == 0) {

@@ -361,40 +361,79 @@ void use_columns(Backend& b, LoraModuleTable& table, LoraBatch& batch) {
   batch.lora_columns = kColumns;
 }
 
-// lora_shrink_columns: X (T, in + columns) = [x | scale_s · A_s x at the slot's columns, 0 elsewhere].
+// lora_shrink_columns: X (T, in + columns) = [x | scale_s · A_s x at the slot's columns, 0 elsewhere];
+// with a prologue (fused_lora_shrink_columns), x = rms_norm(src, g, eps) of src (T, in)
+// or silu(gate) · up of src = [gate | up] (T, 2 in).
+enum class XFrom { x, rms_norm, silu_mul };
+
 class LoraShrinkColumns : public LoraCase {
  public:
-  LoraShrinkColumns(int64_t in, std::vector<Run> runs) : LoraCase(in, 37, std::move(runs)) {}
+  LoraShrinkColumns(int64_t in, std::vector<Run> runs, XFrom from = XFrom::x)
+      : LoraCase(in, 37, std::move(runs)), from_(from) {}
   std::string name() const override {
-    return fmt::format("lora_shrink_columns(in={} columns={} ranks={} runs={})", in_, kColumns, ranks_str(),
-                       runs_str(runs_));
+    const char* op = from_ == XFrom::x          ? "lora_shrink_columns"
+                     : from_ == XFrom::rms_norm ? "rms_norm_lora_shrink_columns"
+                                                : "silu_mul_lora_shrink_columns";
+    return fmt::format("{}(in={} columns={} ranks={} runs={})", op, in_, kColumns, ranks_str(), runs_str(runs_));
   }
   void init(Rng& rng) override {
     LoraCase::init(rng);
-    x_ = rng.bf16(tokens() * in_, -1, 1);
+    const int64_t cols = src_cols();
+    src_.resize(size_t(tokens() * cols));
+    for (int64_t t = 0; t < tokens(); ++t) {  // rows of different scales, so a norm matters
+      const double scale = from_ == XFrom::rms_norm ? std::exp2(rng.uniform(-3, 3)) : 1.0;
+      for (int64_t c = 0; c < cols; ++c) src_[size_t(t * cols + c)] = round_bf16(scale * rng.uniform(-1, 1));
+    }
+    g_ = rng.bf16(in_, 0.5, 1.5);
   }
   std::vector<Output> run(Backend& b) const override {
     DeviceLora lora = upload_lora(b);
     LoraBatch batch = upload_batch(b);
     use_columns(b, lora.table, batch);
-    const Tensor x = upload(b, x_, {tokens(), in_});
-    return {fetch(b, "X", b.lora_shrink_columns(x, lora.table, batch))};
+    const Tensor src = upload(b, src_, {tokens(), src_cols()});
+    if (from_ == XFrom::x) return {fetch(b, "X", b.lora_shrink_columns(src, lora.table, batch))};
+    const Prologue p =
+        from_ == XFrom::rms_norm ? Prologue::rms_norm(upload(b, g_, {in_}), kEps) : Prologue::silu_mul();
+    return {fetch(b, "X", b.fused_lora_shrink_columns(src, p, lora.table, batch))};
   }
   std::vector<Expect> reference() const override {
     const int64_t ld = in_ + kColumns;
     std::vector<double> want(size_t(tokens() * ld), 0.0);
     for (int64_t t = 0; t < tokens(); ++t) {
-      for (int64_t i = 0; i < in_; ++i) want[size_t(t * ld + i)] = x_[size_t(t * in_ + i)];
+      const std::vector<double> x = x_ref(t);
+      for (int64_t i = 0; i < in_; ++i) want[size_t(t * ld + i)] = x[size_t(i)];
       const int32_t s = token_slot_[size_t(t)];
-      for (int64_t k = 0; k < rank_of(t); ++k)
-        want[size_t(t * ld + in_ + kOffsets[size_t(s)] + k)] =
-            double(scales_[size_t(s)]) * shrink_ref(s, &x_[size_t(t * in_)], k);
+      for (int64_t k = 0; k < rank_of(t); ++k) {
+        double acc = 0;
+        for (int64_t i = 0; i < in_; ++i) acc += double(a_[size_t(s)][size_t(k * in_ + i)]) * x[size_t(i)];
+        want[size_t(t * ld + in_ + kOffsets[size_t(s)] + k)] = double(scales_[size_t(s)]) * acc;
+      }
     }
     return {{"X", ld, want}};
   }
 
  private:
-  std::vector<float> x_;  // (T, in)
+  static constexpr float kEps = 1e-6f;
+  int64_t src_cols() const { return from_ == XFrom::silu_mul ? 2 * in_ : in_; }
+  // Token t's x in float64.
+  std::vector<double> x_ref(int64_t t) const {
+    const int64_t cols = src_cols();
+    const float* row = &src_[size_t(t * cols)];
+    std::vector<double> x(static_cast<size_t>(in_));
+    double ss = 0;
+    for (int64_t i = 0; i < in_; ++i) ss += double(row[i]) * row[i];
+    const double inv = 1.0 / std::sqrt(ss / double(in_) + double(kEps));
+    for (int64_t i = 0; i < in_; ++i) {
+      const double v = row[i];
+      x[size_t(i)] = from_ == XFrom::x          ? v
+                     : from_ == XFrom::rms_norm ? double(g_[size_t(i)]) * v * inv
+                                                : v / (1.0 + std::exp(-v)) * double(row[in_ + i]);
+    }
+    return x;
+  }
+
+  XFrom from_;
+  std::vector<float> src_, g_;  // (T, in or 2 in), [in]
 };
 
 // The one-matmul form `linear` takes at decode: the B matrices placed into a
@@ -534,6 +573,14 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrinkColumns>(96, kSeven),
       make_case<LoraShrinkColumns>(8192, kDecode),  // Phi-3-mini's down_proj
       make_case<LoraShrinkColumns>(5000, kSeven),   // a part-filled last chunk
+      // The norm and SiLU·mul made inside the shrink: Phi-3-mini's qkv / gate_up
+      // (norm, 3072) and down (silu, 8192) at decode, a row past rms_norm's
+      // 128-thread block (5120), and the small chunks' blocks.
+      make_case<LoraShrinkColumns>(3072, kDecode, XFrom::rms_norm),
+      make_case<LoraShrinkColumns>(5120, kSeven, XFrom::rms_norm),
+      make_case<LoraShrinkColumns>(96, kOne, XFrom::rms_norm),
+      make_case<LoraShrinkColumns>(8192, kDecode, XFrom::silu_mul),
+      make_case<LoraShrinkColumns>(96, kSeven, XFrom::silu_mul),
       make_case<LoraLinearColumns>(1024, 96, kDecode, false),
       make_case<LoraLinearColumns>(64, 520, kOne, true),
       make_case<LoraLinearColumns>(96, 1002, kSeven, true),

@@ -119,6 +119,7 @@ class MatmulWide : public OpCase {
 // kernel runs whatever the timing would choose; its default split-K): y = x ·
 // w[:, :in]ᵀ or y += …, w (out, ldw ≥ in) — a weight with LoRA columns when
 // ldw > in. Other backends run the plain op.
+
 class SkinnyMatmul : public OpCase {
  public:
   SkinnyMatmul(int64_t tokens, int64_t in, int64_t ldw, int64_t out, bool add)
@@ -164,6 +165,84 @@ class SkinnyMatmul : public OpCase {
   std::vector<float> x_, w_, y0_;  // (T, in), (out, ldw), (T, out)
 };
 
+// x made by an elementwise prologue inside the matmul (Backend::fused_matmul
+// and fused_matmul_add): x = rms_norm(src, g, eps) with src (T, in), or
+// x = silu(gate) · up with src = [gate | up] (T, 2 in); then y = x · w[:, :in]ᵀ
+// (+ y0). On CUDA the GEMV fuses it at T ≤ 4 (pinned here, as SkinnyMatmul
+// pins it); larger T and other backends run the two ops.
+enum class Pro { rms_norm, silu_mul };
+
+class PrologueMatmul : public OpCase {
+ public:
+  PrologueMatmul(int64_t tokens, int64_t in, int64_t ldw, int64_t out, Pro pro, bool add)
+      : T_(tokens), in_(in), ldw_(ldw), out_(out), pro_(pro), add_(add) {}
+  std::string name() const override {
+    return fmt::format("{}_{}(T={} in={} ldw={} out={})", pro_ == Pro::rms_norm ? "rms_norm" : "silu_mul",
+                       add_ ? "matmul_add" : "matmul", T_, in_, ldw_, out_);
+  }
+  void init(Rng& rng) override {
+    const int64_t src_cols = pro_ == Pro::silu_mul ? 2 * in_ : in_;
+    src_.resize(size_t(T_ * src_cols));
+    for (int64_t t = 0; t < T_; ++t) {  // rows of different scales, so the norm matters
+      const double scale = pro_ == Pro::rms_norm ? std::exp2(rng.uniform(-3, 3)) : 2.0;
+      for (int64_t c = 0; c < src_cols; ++c) src_[size_t(t * src_cols + c)] = round_bf16(scale * rng.uniform(-1, 1));
+    }
+    g_ = rng.bf16(in_, 0.5, 1.5);
+    const double w_range = 2.0 / std::sqrt(double(in_));
+    w_ = rng.bf16(out_ * ldw_, -w_range, w_range);
+    y0_ = rng.bf16(T_ * out_, -1, 1);
+  }
+  std::vector<Output> run(Backend& b) const override {
+    const int64_t src_cols = pro_ == Pro::silu_mul ? 2 * in_ : in_;
+    const Tensor src = upload(b, src_, {T_, src_cols}), w = upload(b, w_, {out_, ldw_});
+    const Prologue p = pro_ == Pro::rms_norm ? Prologue::rms_norm(upload(b, g_, {in_}), kEps) : Prologue::silu_mul();
+    Tensor y = upload(b, y0_, {T_, out_});
+#if PHILORA_HAVE_CUDA
+    auto* cuda = dynamic_cast<CudaBackend*>(&b);
+    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
+#endif
+    if (add_)
+      b.fused_matmul_add(src, p, w, y);
+    else
+      y = b.fused_matmul(src, p, w);
+#if PHILORA_HAVE_CUDA
+    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::timed);
+#endif
+    return {fetch(b, "y", y)};
+  }
+  std::vector<Expect> reference() const override {
+    std::vector<double> x(size_t(T_ * in_));
+    for (int64_t t = 0; t < T_; ++t) {
+      if (pro_ == Pro::rms_norm) {
+        double ss = 0;
+        for (int64_t i = 0; i < in_; ++i) ss += double(src_[size_t(t * in_ + i)]) * src_[size_t(t * in_ + i)];
+        const double inv = 1.0 / std::sqrt(ss / double(in_) + double(kEps));
+        for (int64_t i = 0; i < in_; ++i) x[size_t(t * in_ + i)] = double(g_[size_t(i)]) * src_[size_t(t * in_ + i)] * inv;
+      } else {
+        for (int64_t i = 0; i < in_; ++i) {
+          const double g = src_[size_t(t * 2 * in_ + i)], u = src_[size_t(t * 2 * in_ + in_ + i)];
+          x[size_t(t * in_ + i)] = g / (1.0 + std::exp(-g)) * u;
+        }
+      }
+    }
+    std::vector<double> y(size_t(T_ * out_));
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t o = 0; o < out_; ++o) {
+        double acc = add_ ? double(y0_[size_t(t * out_ + o)]) : 0.0;
+        for (int64_t i = 0; i < in_; ++i) acc += x[size_t(t * in_ + i)] * double(w_[size_t(o * ldw_ + i)]);
+        y[size_t(t * out_ + o)] = acc;
+      }
+    return {{"y", out_, y}};
+  }
+
+ private:
+  static constexpr float kEps = 1e-5f;
+  int64_t T_, in_, ldw_, out_;
+  Pro pro_;
+  bool add_;
+  std::vector<float> src_, g_, w_, y0_;  // (T, in or 2 in), [in], (out, ldw), (T, out)
+};
+
 std::vector<CaseFactory> matmul_cases() {
   std::vector<CaseFactory> cases;
   for (int64_t t : {1, 3, 7, 19})
@@ -192,10 +271,48 @@ std::vector<CaseFactory> matmul_cases() {
   cases.push_back(make_case<SkinnyMatmul>(5, 8, 8, 37, false));
   cases.push_back(make_case<SkinnyMatmul>(2, 3072, 3072, 3072, true));
   cases.push_back(make_case<SkinnyMatmul>(64, 8192, 8192, 96, true));
+  // Prologues: the GEMV's m (1, 2, 4) and a T it leaves to the two ops (7);
+  // Phi-3-mini's qkv (norm, in 3072) and down (silu, in 8192) widths, a weight
+  // with LoRA columns (ldw > in), k off the 256-piece chunks, a row longer
+  // than rms_norm's 128-thread block holds (in 5120: 256 threads).
+  for (int64_t t : {1, 2, 4, 7}) {
+    cases.push_back(make_case<PrologueMatmul>(t, 3072, 3072, 300, Pro::rms_norm, false));
+    cases.push_back(make_case<PrologueMatmul>(t, 776, 800, 1000, Pro::silu_mul, t % 2 == 1));
+  }
+  cases.push_back(make_case<PrologueMatmul>(1, 5120, 5120 + 64, 96, Pro::rms_norm, true));
+  cases.push_back(make_case<PrologueMatmul>(3, 8192, 8192, 96, Pro::silu_mul, true));
+  cases.push_back(make_case<PrologueMatmul>(2, 8, 8, 37, Pro::rms_norm, false));
   return cases;
 }
 
 PHILORA_OP_CASES(Matmul, matmul_cases());
+
+#if PHILORA_HAVE_CUDA
+// The GEMV's prologue makes x with rms_norm's and silu_mul's own arithmetic
+// (the same summation order for the norm): the fused product equals the op
+// followed by the same GEMV, bit for bit.
+TEST(PrologueMatmulBits, FusedEqualsTheOpThenTheGemv) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  auto made = make_backend("cuda");
+  ASSERT_TRUE(made) << made.status().message();
+  Backend& b = **made;
+  auto& cuda = dynamic_cast<CudaBackend&>(b);
+  cuda.context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
+  Rng rng(7);
+  for (int64_t in : {3072, 5120, 8192})
+    for (int64_t t : {1, 3})
+      for (bool silu : {false, true}) {
+        const int64_t cols = silu ? 2 * in : in, out = 200;
+        const Tensor src = upload(b, rng.bf16(t * cols, -4, 4), {t, cols});
+        const Tensor w = upload(b, rng.bf16(out * in, -0.05, 0.05), {out, in});
+        const Prologue p = silu ? Prologue::silu_mul() : Prologue::rms_norm(upload(b, rng.bf16(in, 0.5, 1.5), {in}), 1e-5f);
+        const std::vector<float> fused = fetch(b, "y", b.fused_matmul(src, p, w)).got;
+        const std::vector<float> plain = fetch(b, "y", b.matmul(b.apply_prologue(src, p), w)).got;
+        EXPECT_EQ(fused, plain) << (silu ? "silu_mul" : "rms_norm") << " in=" << in << " T=" << t;
+      }
+  cuda.context().matmul->set_skinny(cuda::LtMatmul::Skinny::timed);
+}
+#endif
 
 }  // namespace
 }  // namespace philora::optest

@@ -63,6 +63,8 @@ bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType
 // rms_norm, rope, attention, silu, shrink, gemm) return their outputs
 // unwritten, so that a timed step shows what each costs on its critical path.
 // The numbers they compute are garbage; never in a build that serves.
+// "fusion" keeps the numbers: the prologues run as ops of their own (the
+// unfused step, for A/B timing in one binary).
 #if PHILORA_LAB_KNOCKOUT
 bool knocked(const char* op) {
   static const std::string skip = [] {
@@ -74,6 +76,34 @@ bool knocked(const char* op) {
 #else
 constexpr bool knocked(const char*) { return false; }
 #endif
+
+// The kernels' form of a prologue.
+cuda::RowPrologue row_prologue(const Prologue& p) {
+  cuda::RowPrologue r;
+  switch (p.kind) {
+    case Prologue::Kind::none: break;
+    case Prologue::Kind::rms_norm:
+      r.kind = cuda::RowPrologue::rms_norm;
+      r.norm_w = p.norm_weight.data;
+      r.eps = p.eps;
+      break;
+    case Prologue::Kind::silu_mul: r.kind = cuda::RowPrologue::silu_mul; break;
+  }
+  return r;
+}
+
+// Whether src and the prologue's weight are what a fused kernel reads for x
+// of `in` columns (otherwise the plain ops run, and check them).
+bool prologue_shape_ok(const Tensor& src, const Prologue& p, int64_t in) {
+  if (src.ndim != 2 || src.dtype != DType::bf16) return false;
+  switch (p.kind) {
+    case Prologue::Kind::none: return true;
+    case Prologue::Kind::rms_norm:
+      return p.norm_weight.dtype == DType::bf16 && p.norm_weight.numel() == in && src.cols() == in;
+    case Prologue::Kind::silu_mul: return src.cols() == 2 * in;
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -375,6 +405,38 @@ void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
   ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 1.0f, w.cols());
 }
 
+bool CudaBackend::gemv_with_prologue(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y,
+                                     bool accumulate) {
+  const int64_t m = src.rows(), n = w.dim(0);
+  const int64_t in = p.kind == Prologue::Kind::silu_mul ? src.cols() / 2 : src.cols();
+  if (w.cols() < in || y.rows() != m || y.cols() != n)
+    throw std::runtime_error("cuda backend: matmul: x (" + std::to_string(m) + ", " + std::to_string(in) +
+                             "), w " + w.shape_str() + ", y " + y.shape_str() + " do not fit y = x · wᵀ");
+  if (!prologue_shape_ok(src, p, in) || knocked("fusion")) return false;
+  if (m == 0 || n == 0 || knocked("gemm")) return true;
+  return ctx_->matmul->run_fused(row_prologue(p), src.data, w.data, y.data, m, n, in, accumulate, w.cols());
+}
+
+Tensor CudaBackend::fused_matmul(const Tensor& src, const Prologue& p, const Tensor& w) {
+  const cuda::DeviceGuard guard(ctx_->device);
+  if (p.kind == Prologue::Kind::none) return matmul(src, w);
+  require(src, DType::bf16, "matmul", "its source");
+  require(w, DType::bf16, "matmul", "w");
+  Tensor y = device_tensor(DType::bf16, {src.rows(), w.dim(0)});
+  if (gemv_with_prologue(src, p, w, y, false)) return y;
+  return matmul(apply_prologue(src, p), w);
+}
+
+void CudaBackend::fused_matmul_add(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y) {
+  const cuda::DeviceGuard guard(ctx_->device);
+  if (p.kind == Prologue::Kind::none) return matmul_add(src, w, y);
+  require(src, DType::bf16, "matmul_add", "its source");
+  require(w, DType::bf16, "matmul_add", "w");
+  require(y, DType::bf16, "matmul_add", "y");
+  if (gemv_with_prologue(src, p, w, y, true)) return;
+  matmul_add(apply_prologue(src, p), w, y);
+}
+
 void CudaBackend::release_cached_memory() {
   const cuda::DeviceGuard guard(ctx_->device);
   PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));  // queued ops may still use freed blocks
@@ -548,11 +610,29 @@ bool CudaBackend::lora_columns_supported(int64_t in_features) const {
 Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
   const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "lora_shrink_columns", "x");
-  const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;
+  return shrink_columns(x, cuda::RowPrologue{}, x.cols(), m, batch);
+}
+
+Tensor CudaBackend::fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
+                                              const LoraBatch& batch) {
+  const cuda::DeviceGuard guard(ctx_->device);
+  require(src, DType::bf16, "lora_shrink_columns", "its source");
+  const cuda::RowPrologue rp = row_prologue(p);
+  const int64_t in = p.kind == Prologue::Kind::silu_mul ? src.cols() / 2 : src.cols();
+  if (p.kind == Prologue::Kind::none || !cuda::lora_shrink_columns_takes(in, rp) ||
+      !prologue_shape_ok(src, p, in) || knocked("fusion"))
+    return lora_shrink_columns(apply_prologue(src, p), m, batch);
+  return shrink_columns(src, rp, in, m, batch);
+}
+
+Tensor CudaBackend::shrink_columns(const Tensor& src, const cuda::RowPrologue& p, int64_t in,
+                                   const LoraModuleTable& m, const LoraBatch& batch) {
+  const int64_t n = src.rows(), width = batch.lora_columns;
   if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
-    throw std::runtime_error("cuda backend: lora_shrink_columns: x " + x.shape_str() + ", " +
-                             std::to_string(width) + " columns, for a module of " + std::to_string(m.in_features) +
-                             " inputs and " + std::to_string(m.columns) + " LoRA columns");
+    throw std::runtime_error("cuda backend: lora_shrink_columns: x (" + std::to_string(n) + ", " +
+                             std::to_string(in) + "), " + std::to_string(width) + " columns, for a module of " +
+                             std::to_string(m.in_features) + " inputs and " + std::to_string(m.columns) +
+                             " LoRA columns");
   require(m.col_offsets, DType::i32, "lora_shrink_columns", "col_offsets");
   Tensor out = device_tensor(DType::bf16, {n, in + width});
   if (n == 0 || knocked("shrink")) return out;
@@ -560,8 +640,8 @@ Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& 
   l.by_segment = false;  // per token, whatever the segments
   require(batch.token_slot, DType::i32, "lora", "token_slot");
   l.token_slot = batch.token_slot.ptr<int32_t>();
-  cuda::launch_lora_shrink_columns(l, x.data, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
-                                   ctx_->stream);
+  cuda::launch_lora_shrink_columns(l, src.data, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
+                                   ctx_->stream, p);
   return out;
 }
 

@@ -15,6 +15,7 @@ namespace philora {
 
 namespace cuda {
 struct CudaContext;
+struct RowPrologue;
 }
 
 // Number of usable CUDA devices; 0 (never an error) without a driver or GPU.
@@ -54,6 +55,9 @@ class CudaBackend final : public Backend {
                                          float eps) override;
   Tensor matmul(const Tensor& x, const Tensor& w) override;
   void matmul_add(const Tensor& x, const Tensor& w, Tensor& y) override;
+  // rms_norm and silu_mul inside the GEMV (m ≤ 4, where it takes the shape)
+  Tensor fused_matmul(const Tensor& src, const Prologue& p, const Tensor& w) override;
+  void fused_matmul_add(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y) override;
   void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) override;
   void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
                       KvLayer& kv) override;
@@ -68,6 +72,9 @@ class CudaBackend final : public Backend {
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
+  // ... and inside the columns' shrink, at any batch size
+  Tensor fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
+                                   const LoraBatch& batch) override;
   bool lora_columns_supported(int64_t in_features) const override;
   SampleResult sample(const Tensor& logits, const SamplingPlan& plan) override;
   void reset_token_counts(Tensor& counts, int64_t row, const Tensor& tokens,
@@ -82,6 +89,10 @@ class CudaBackend final : public Backend {
  private:
   Tensor device_tensor(DType dtype, std::initializer_list<int64_t> shape);
   Tensor upload_raw(const void* src, DType dtype, int64_t n);
+  // y (+)= p(src) · wᵀ in the GEMV; false (nothing launched) where it does not take it.
+  bool gemv_with_prologue(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y, bool accumulate);
+  Tensor shrink_columns(const Tensor& src, const cuda::RowPrologue& p, int64_t in, const LoraModuleTable& m,
+                        const LoraBatch& batch);
 
   std::shared_ptr<cuda::CudaContext> ctx_;
 };

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_elementwise.cuh"
 
 namespace philora::cuda {
 
@@ -66,6 +67,80 @@ __device__ __forceinline__ float block_sum(float v, float* scratch /* [32] share
   v = warp_sum(v);
   __syncthreads();  // scratch may be reused by the caller
   return v;
+}
+
+// ---- row ops that run alone (cuda_elementwise.cu) and as prologues of the
+// matmul or LoRA shrink that reads their output (cuda_skinny.cu, cuda_lora.cu):
+// defined once, so that the fused form gives the same bits.
+
+// rms_norm's block size for rows of n (n % 8 == 0): enough threads that a row
+// fits kRmsCache 8-wide vectors a thread when it can (at most 1024).
+inline constexpr int kRmsCache = 4;
+__host__ __device__ constexpr int rms_norm_threads(int64_t n) {
+  int threads = 128;
+  while (threads < 1024 && n / 8 > int64_t(threads) * kRmsCache) threads *= 2;
+  return threads;
+}
+
+__device__ __forceinline__ float sum_of_squares(const uint4& v) {
+  float f[8];
+  bf16x8_to_f32(v, f);
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
+  return ss;
+}
+
+// bf16(w · (v · inv)), eight at a time: rms_norm's output.
+__device__ __forceinline__ uint4 scale_bf16x8(const uint4& v, const uint4& w, float inv) {
+  float f[8], g[8];
+  bf16x8_to_f32(v, f);
+  bf16x8_to_f32(w, g);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
+  return f32_to_bf16x8(f);
+}
+
+// 1 / sqrt(mean(row²) + eps) of a row of n bf16 (n % 8 == 0, 16-byte
+// aligned; global or shared memory), summed as rms_norm sums it — thread t of
+// rms_norm_threads(n) adds the squares of vectors t, t + T, t + 2T, … in turn,
+// then block_sum — by a block of blockDim.x ≥ rms_norm_threads(n) threads, all
+// of which call it (the threads past T add nothing, the same bits).
+__device__ __forceinline__ float row_inv_rms(const bf16* row, int64_t n, float eps, float* scratch /* [32] */) {
+  const int T = rms_norm_threads(n);
+  const int64_t nv = n / 8;
+  const uint4* v = reinterpret_cast<const uint4*>(row);
+  float ss = 0.0f;
+  if (int(threadIdx.x) < T)
+    for (int64_t i = threadIdx.x; i < nv; i += T) ss += sum_of_squares(v[i]);
+  ss = block_sum(ss, scratch);
+  return rsqrtf(ss / float(n) + eps);
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// bf16(silu(g) · u), eight at a time: silu_mul's output.
+__device__ __forceinline__ uint4 silu_mul_bf16x8(const uint4& g, const uint4& u) {
+  float a[8], b[8];
+  bf16x8_to_f32(g, a);
+  bf16x8_to_f32(u, b);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
+  return f32_to_bf16x8(a);
+}
+
+// Eight values of x = p(src) from column k of a row (k % 8 == 0): src_row is
+// the source's row (gate_up's for silu_mul, up at + n), inv the row's
+// row_inv_rms for rms_norm.
+__device__ __forceinline__ uint4 prologue_x8(const RowPrologue& p, const bf16* src_row, int64_t k, int64_t n,
+                                             float inv) {
+  const uint4 v = *reinterpret_cast<const uint4*>(src_row + k);
+  switch (p.kind) {
+    case RowPrologue::rms_norm:
+      return scale_bf16x8(v, *reinterpret_cast<const uint4*>(static_cast<const bf16*>(p.norm_w) + k), inv);
+    case RowPrologue::silu_mul: return silu_mul_bf16x8(v, *reinterpret_cast<const uint4*>(src_row + n + k));
+    default: return v;
+  }
 }
 
 }  // namespace philora::cuda

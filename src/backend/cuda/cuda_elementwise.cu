@@ -101,16 +101,7 @@ __global__ void random_uniform_kernel(bf16* __restrict__ out, int64_t n, uint64_
 // keeps them in registers between the sum of squares and the scaling; what a
 // row has past kCache · blockDim vectors is streamed, and re-read (from L1/L2)
 // in the second pass.
-constexpr int kCache = 4;
-
-__device__ __forceinline__ float sum_of_squares(const uint4& v) {
-  float f[8];
-  bf16x8_to_f32(v, f);
-  float ss = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) ss += f[j] * f[j];
-  return ss;
-}
+constexpr int kCache = kRmsCache;
 
 // x + r rounded to bf16, as HF's residual stream is.
 __device__ __forceinline__ uint4 add_bf16x8(const uint4& x, const uint4& r) {
@@ -120,15 +111,6 @@ __device__ __forceinline__ uint4 add_bf16x8(const uint4& x, const uint4& r) {
 #pragma unroll
   for (int j = 0; j < 8; ++j) a[j] += b[j];
   return f32_to_bf16x8(a);
-}
-
-__device__ __forceinline__ uint4 scale_bf16x8(const uint4& v, const uint4& w, float inv) {
-  float f[8], g[8];
-  bf16x8_to_f32(v, f);
-  bf16x8_to_f32(w, g);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) f[j] = g[j] * (f[j] * inv);
-  return f32_to_bf16x8(f);
 }
 
 __global__ void rms_norm_vec_kernel(const bf16* __restrict__ x, const bf16* __restrict__ residual,
@@ -213,8 +195,6 @@ __global__ void rms_norm_scalar_kernel(const bf16* __restrict__ x, const bf16* _
 
 // ---- SiLU·mul -----------------------------------------------------------------
 
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
-
 // grid (column blocks, rows ≤ 65535; more rows loop): two 8-wide pieces per
 // thread, all four loads issued before any is used.
 __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out,
@@ -238,12 +218,7 @@ __global__ void silu_mul_vec_kernel(const bf16* __restrict__ gate_up, bf16* __re
     for (int k = 0; k < 2; ++k) {
       const int64_t c = c0 + int64_t(k) * blockDim.x;
       if (c < nv) {
-        float a[8], b[8];
-        bf16x8_to_f32(gv[k], a);
-        bf16x8_to_f32(uv[k], b);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
-        o[c] = f32_to_bf16x8(a);
+        o[c] = silu_mul_bf16x8(gv[k], uv[k]);
       }
     }
   }
@@ -360,9 +335,7 @@ void launch_rms_norm(const void* x, const void* residual, const void* w, void* y
   const bool vec = n % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(y) &&
                    (!residual || (sum && aligned16(residual))) && (!sum || aligned16(sum));
   if (vec) {
-    // Enough threads that the row fits the register cache when it can.
-    int threads = 128;
-    while (threads < 1024 && n / 8 > int64_t(threads) * kCache) threads *= 2;
+    const int threads = rms_norm_threads(n);
     launch_chained(rms_norm_vec_kernel, dim3(unsigned(rows)), dim3(threads), 0, stream, xb, rb, wb, yb, sb, n, eps);
   } else {
     launch_chained(rms_norm_scalar_kernel, dim3(unsigned(rows)), dim3(kThreads), 0, stream, xb, rb, wb, yb, sb, n, eps);
@@ -391,6 +364,16 @@ void launch_write_columns_batch(const ColumnWriteDesc* descs, int n, int64_t mos
   const dim3 grid(unsigned(std::min<int64_t>(ceil_div(most, kThreads), 1024)), unsigned(n));
   write_columns_batch_kernel<<<grid, kThreads, 0, stream>>>(descs);
   PHILORA_CUDA_CHECK_LAUNCH();
+}
+
+bool row_prologue_fits(const RowPrologue& p, int64_t n, int threads) {
+  if (n % 8 != 0) return false;
+  switch (p.kind) {
+    case RowPrologue::none:
+    case RowPrologue::silu_mul: return true;
+    case RowPrologue::rms_norm: return aligned16(p.norm_w) && rms_norm_threads(n) <= threads;
+  }
+  return false;
 }
 
 void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cudaStream_t stream) {

@@ -29,6 +29,22 @@ void launch_rms_norm(const void* x, const void* residual, const void* w, void* y
 // gate_up (rows, 2n) = [gate | up]  ->  out (rows, n) = silu(gate) * up
 void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cudaStream_t stream);
 
+// rms_norm (no residual) or silu_mul run as the prologue of a kernel that
+// reads its output — the GEMV (cuda_skinny.cuh), the LoRA-columns shrink
+// (cuda_lora.cuh): the kernel makes each row of its x from its source (x
+// itself for rms_norm, gate_up (rows, 2n) for silu_mul) with the same
+// arithmetic as the op alone, so the same bits.
+struct RowPrologue {
+  enum Kind : int { none = 0, rms_norm = 1, silu_mul = 2 };
+  Kind kind = none;
+  const void* norm_w = nullptr;  // rms_norm's weight [n], bf16, 16-byte aligned
+  float eps = 0.0f;
+};
+
+// Whether a kernel of `threads` threads a block can run `p` on rows of n
+// (n % 8 == 0; rms_norm needs at least its own block size, rms_norm_threads).
+bool row_prologue_fits(const RowPrologue& p, int64_t n, int threads);
+
 // out[i, :] = x[rows[i], :] ; x (·, cols) bf16, rows [count] i32, out (count, cols)
 void launch_gather_rows(const void* x, const int32_t* rows, void* out, int64_t count, int64_t cols,
                         cudaStream_t stream);

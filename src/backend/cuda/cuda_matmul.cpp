@@ -235,6 +235,27 @@ void LtMatmul::run_skinny(const void* x, const void* w, void* y, int64_t m, int6
   launch_skinny_gemm(sa, grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
 }
 
+bool LtMatmul::run_fused(const RowPrologue& prologue, const void* src, const void* w, void* y, int64_t m,
+                         int64_t n, int64_t k, bool accumulate, int64_t ldw) {
+  if (m == 0 || n == 0 || m > kSkinnyGemvMaxM || skinny_ == Skinny::never) return false;
+  SkinnyGemmArgs sa;
+  sa.x = src, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
+  sa.accumulate = accumulate;
+  sa.prologue = prologue;
+  if (!skinny_gemm_supported(sa)) return false;
+  // The plan of the plain product of this shape (src's first m · k elements
+  // stand in for x in its first-use timing: the kernels' times do not depend
+  // on the values).
+  const Key key{m, n, k, sa.ldw, alignment_of(src), alignment_of(w), alignment_of(y)};
+  Plan& p = plan_for(key);
+  if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, src, w, m, n, k, sa.ldw, 1.0f);
+  int grid = p.skinny_grid;
+  if (skinny_ == Skinny::always && grid == 0 && p.skinny_ok) grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m, k));
+  if (grid <= 0) return false;
+  launch_skinny_gemm(sa, grid, nullptr, static_cast<int*>(counters_.get()), stream_);
+  return true;
+}
+
 void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
                    float alpha, float beta, int64_t ldw) {
   if (m == 0 || n == 0) return;

@@ -32,6 +32,15 @@ class LtMatmul {
   void run(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k,
            float alpha = 1.0f, float beta = 0.0f, int64_t ldw = 0);
 
+  // y = x · wᵀ (+ y with accumulate) where x = the prologue applied to src —
+  // rms_norm of src (m, k), or silu_mul of src (m, 2k) — made inside our GEMV
+  // as it stages x: where the shape's plan takes the GEMV (m ≤ 4 and the
+  // first-use timing chose it, or Skinny::always) and the prologue fits it.
+  // Returns false, having launched nothing, where not: the caller runs the
+  // prologue's op and then `run`.
+  bool run_fused(const RowPrologue& prologue, const void* src, const void* w, void* y, int64_t m, int64_t n,
+                 int64_t k, bool accumulate, int64_t ldw = 0);
+
   size_t cached_plans() const { return plans_.size(); }
   // Which kernel skinny shapes take: the faster of cuBLASLt and ours as timed
   // on first use (the default), ours whenever it takes the shape (op cases pin

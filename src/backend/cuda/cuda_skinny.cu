@@ -275,12 +275,13 @@ constexpr int kGemvR = 2;  // rows of w a warp's group
 constexpr int kGemvU = 4;  // 16-byte pieces a lane a row an iteration
 
 struct GemvParams {
-  const bf16* x;
+  const bf16* x;  // the source of x: x itself, or what the prologue makes it from
   const bf16* w;
   bf16* y;
   int m, n, k;
   int64_t ldw;
   int accumulate;
+  RowPrologue prologue;
 };
 
 __device__ __forceinline__ uint4 ld_stream128(const bf16* p) {
@@ -339,11 +340,28 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   chained_launch();
   if (iters > 0) load(cur);
   chained_wait();  // x and y may be what the kernel before writes
+  // x into shared memory, made by the prologue: SiLU·mul on the way in; the
+  // norm's scale once the row's sum of squares is known (a block barrier a row).
+  const bool silu_mul = p.prologue.kind == RowPrologue::silu_mul;
+  const int64_t ldx = silu_mul ? 2 * int64_t(p.k) : p.k;
   for (int q = int(threadIdx.x); q < p.m * kp; q += kGemvThreads) {
     const int r = q / kp, piece = q % kp;
-    reinterpret_cast<uint4*>(xs)[q] = *reinterpret_cast<const uint4*>(p.x + int64_t(r) * p.k + piece * 8);
+    const bf16* row = p.x + int64_t(r) * ldx;
+    reinterpret_cast<uint4*>(xs)[q] = silu_mul ? prologue_x8(p.prologue, row, piece * 8, p.k, 0.0f)
+                                               : *reinterpret_cast<const uint4*>(row + piece * 8);
   }
   __syncthreads();
+  if (p.prologue.kind == RowPrologue::rms_norm) {
+    __shared__ float scratch[32];
+    const uint4* nw = static_cast<const uint4*>(p.prologue.norm_w);
+    for (int r = 0; r < p.m; ++r) {  // row r's reads end (in block_sum) before its writes
+      const float inv = row_inv_rms(xs + int64_t(r) * p.k, p.k, p.prologue.eps, scratch);
+      uint4* xr = reinterpret_cast<uint4*>(xs) + r * kp;
+      for (int piece = int(threadIdx.x); piece < kp; piece += kGemvThreads)
+        xr[piece] = scale_bf16x8(xr[piece], nw[piece], inv);
+    }
+    __syncthreads();
+  }
 
   float acc[kGemvR][M];
 #pragma unroll
@@ -434,8 +452,10 @@ bool skinny_gemm_shape_ok(int64_t m, int64_t n, int64_t k, int64_t ldw) {
 }
 
 bool skinny_gemm_supported(const SkinnyGemmArgs& a) {
+  const bool prologue_ok = a.prologue.kind == RowPrologue::none ||
+                           (a.m <= kSkinnyGemvMaxM && row_prologue_fits(a.prologue, a.k, kGemvThreads));
   return skinny_gemm_shape_ok(a.m, a.n, a.k, a.ldw) && aligned16(a.x) && aligned16(a.w) &&
-         a.y != nullptr;
+         a.y != nullptr && prologue_ok;
 }
 
 int skinny_gemm_max_per_sm(int64_t m, int64_t k) {
@@ -488,6 +508,7 @@ void launch_skinny_gemm(const SkinnyGemmArgs& a, int grid, float* workspace, int
     p.k = int(a.k);
     p.ldw = a.ldw;
     p.accumulate = a.accumulate ? 1 : 0;
+    p.prologue = a.prologue;
     launch_gemv(p, grid, stream);
     return;
   }

@@ -29,6 +29,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/cuda_elementwise.cuh"
+
 namespace philora::cuda {
 
 inline constexpr int kSkinnyMaxM = 64;
@@ -38,15 +40,19 @@ inline constexpr int kSkinnyStepK = 256;         // k a pipeline stage
 inline constexpr int kSkinnyCounters = 1 << 16;  // row blocks at most (n ≤ 2M)
 
 struct SkinnyGemmArgs {
-  const void* x = nullptr;  // (m, k) bf16, rows k apart
+  const void* x = nullptr;  // (m, k) bf16, rows k apart; with a prologue its source
   const void* w = nullptr;  // (n, ldw) bf16
   void* y = nullptr;        // (m, n) bf16
   int64_t m = 0, n = 0, k = 0, ldw = 0;
   bool accumulate = false;  // y += x · wᵀ instead of y =
+  // The GEMV (m ≤ kSkinnyGemvMaxM) only: x = the prologue applied to the
+  // source at `x` — rms_norm of (m, k), or silu_mul of gate_up (m, 2k) — made
+  // as it is staged into shared memory.
+  RowPrologue prologue;
 };
 
 // Shapes and alignments the kernel takes: 1 ≤ m ≤ 64, k and ldw multiples of 8,
-// x and w 16-byte aligned, n within the counters.
+// x and w 16-byte aligned, n within the counters; a prologue at m ≤ 4 only.
 bool skinny_gemm_supported(const SkinnyGemmArgs& a);
 bool skinny_gemm_shape_ok(int64_t m, int64_t n, int64_t k,
                           int64_t ldw);  // the same, less the pointers
