@@ -36,6 +36,7 @@ namespace {
 struct BenchOptions {
   std::string device = "cpu";
   int64_t tensor_parallel = 1;  // ranks the model is split over (model/tensor_parallel.h)
+  bool simulate_ranks = false;  // on cuda: every rank on one GPU (results, not speed)
   std::string model_dir;  // empty: the Phi-3-mini shape with random weights
   int64_t layers = 32;
   std::vector<int64_t> prompts = {512, 2048};
@@ -138,7 +139,7 @@ struct BenchModel {
 };
 
 Expected<BenchModel> build_bench_model(const BenchCheckpoint& checkpoint, bool random, Backend& b,
-                                       int64_t ranks) {
+                                       int64_t ranks, bool simulate) {
   BenchModel m;
   m.backends = {&b};
   if (ranks == 1) {
@@ -148,10 +149,10 @@ Expected<BenchModel> build_bench_model(const BenchCheckpoint& checkpoint, bool r
     return m;
   }
   PHILORA_RETURN_IF_ERROR(model::check_tensor_parallel(checkpoint.config, ranks));
-  PHILORA_ASSIGN_OR_RETURN(m.peer_backends, tensor_parallel_backends(b, ranks));
+  PHILORA_ASSIGN_OR_RETURN(m.peer_backends, tensor_parallel_backends(b, ranks, simulate));
   for (const auto& p : m.peer_backends) m.backends.push_back(p.get());
   PHILORA_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Communicator>> comms,
-                           tensor_parallel_communicators(m.backends));
+                           tensor_parallel_communicators(m.backends, simulate));
   auto timed = std::make_unique<TimedCommunicator>(std::move(comms[0]));
   m.collectives = timed.get();
   comms[0] = std::move(timed);
@@ -264,7 +265,8 @@ Expected<double> time_prefill(model::Phi3ForCausalLM& m, kv::KvCache& kv, int64_
 int run_bench(const BenchOptions& o) {
   // --device cuda --tensor-parallel N: NCCL and N GPUs, or an error naming them first.
   if (o.device == "cuda")
-    if (Status s = tensor_parallel_available("cuda", o.tensor_parallel); !s.ok()) return fail(s);
+    if (Status s = tensor_parallel_available("cuda", o.tensor_parallel, o.simulate_ranks); !s.ok())
+      return fail(s);
   auto backend = make_backend(o.device);
   if (!backend) return fail(backend.status());
   Backend& b = **backend;
@@ -277,7 +279,7 @@ int run_bench(const BenchOptions& o) {
   const size_t elem = dtype_size(b.compute_dtype());
   const Counts n = count(c, elem);
   auto t0 = Clock::now();
-  auto built = build_bench_model(*checkpoint, o.model_dir.empty(), b, o.tensor_parallel);
+  auto built = build_bench_model(*checkpoint, o.model_dir.empty(), b, o.tensor_parallel, o.simulate_ranks);
   if (!built) return fail(built.status());
   model::Phi3ForCausalLM& m = *built->model;
   for (Backend* rank : built->backends) rank->synchronize();
@@ -568,6 +570,7 @@ void add_bench_command(CLI::App& app, int& rc) {
                   "rank 0's time in collectives per decode step; on the cpu the ranks are "
                   "simulated threads of this process, one core each")
       ->check(CLI::Range(1, 64));
+  add_simulate_ranks_option(*cmd, o->simulate_ranks);
   cmd->add_option("--model", o->model_dir,
                   "HF model directory to time instead of the random Phi-3-mini-shaped model");
   cmd->add_option("--layers", o->layers, "layers of the random model (32 for the real shape)")

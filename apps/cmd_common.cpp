@@ -39,6 +39,7 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
                  "ranks are simulated in this process; on cuda one GPU a rank (GPUs 0 .. N-1), "
                  "collectives through NCCL (libnccl.so.2, loaded at run time)")
       ->check(CLI::Range(1, 64));
+  add_simulate_ranks_option(cmd, o.simulate_ranks);
   cmd.add_option_function<std::string>(
          "--speculate",
          [&o](const std::string& spec) {
@@ -115,6 +116,14 @@ Expected<std::shared_ptr<const engine::MedusaSet>> load_medusa(
   return std::shared_ptr<const engine::MedusaSet>(std::move(set));
 }
 
+void add_simulate_ranks_option(CLI::App& cmd, bool& simulate) {
+  cmd.add_flag("--simulate-ranks", simulate,
+               "with --tensor-parallel on cuda: run every rank on one GPU, each a backend of its "
+               "own, collectives copied through host memory (to check the split model's results "
+               "where there are fewer GPUs than ranks; slow, no step graphs); on the cpu, whose "
+               "ranks are simulated anyway, the collectives take the same host-copy path");
+}
+
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns) {
   cmd.add_option(
          "--lora-columns", columns,
@@ -139,22 +148,22 @@ void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slot
 }
 
 Expected<std::vector<std::unique_ptr<Backend>>> tensor_parallel_backends(const Backend& main,
-                                                                         int64_t n) {
-  return make_rank_backends(main, n);
+                                                                         int64_t n, bool simulate) {
+  return make_rank_backends(main, n, simulate);
 }
 
 Expected<std::vector<std::unique_ptr<Communicator>>> tensor_parallel_communicators(
-    const std::vector<Backend*>& backends) {
-  return make_rank_communicators(backends);
+    const std::vector<Backend*>& backends, bool simulate) {
+  return make_rank_communicators(backends, simulate);
 }
 
 Expected<TensorParallelModel> load_tensor_parallel_model(
     const io::TensorSet& tensors, const model::Phi3Config& config,
-    const std::vector<Backend*>& backends, int num_slots,
+    const std::vector<Backend*>& backends, int num_slots, bool simulate,
     const std::function<void(int64_t, int64_t)>& progress) {
   TensorParallelModel m;
   PHILORA_ASSIGN_OR_RETURN(std::vector<std::unique_ptr<Communicator>> comms,
-                           tensor_parallel_communicators(backends));
+                           tensor_parallel_communicators(backends, simulate));
   PHILORA_ASSIGN_OR_RETURN(
       m.model, model::load_tensor_parallel(tensors, config, backends, std::move(comms), progress));
   m.slots = std::make_unique<lora::AdapterSlots>(backends, config, num_slots);
@@ -175,7 +184,7 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   LoadedModel m;
   // --device cuda --tensor-parallel N: NCCL and N GPUs, or an error naming them first.
   if (o.device == "cuda")
-    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", o.tensor_parallel));
+    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", o.tensor_parallel, o.simulate_ranks));
   PHILORA_ASSIGN_OR_RETURN(m.backend, make_backend(o.device));
   PHILORA_ASSIGN_OR_RETURN(model::Phi3Config config, model::load_config(o.model_dir));
   PHILORA_ASSIGN_OR_RETURN(io::TensorSet tensors, io::TensorSet::open_model_dir(o.model_dir));
@@ -187,11 +196,12 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
           "--speculate medusa with --tensor-parallel: not built (the heads read the whole "
           "lm_head, which the ranks split)");
     PHILORA_ASSIGN_OR_RETURN(m.peer_backends,
-                             tensor_parallel_backends(*m.backend, o.tensor_parallel));
+                             tensor_parallel_backends(*m.backend, o.tensor_parallel, o.simulate_ranks));
     std::vector<Backend*> backends = {m.backend.get()};
     for (const auto& b : m.peer_backends) backends.push_back(b.get());
     PHILORA_ASSIGN_OR_RETURN(TensorParallelModel tp,
-                             load_tensor_parallel_model(*m.tensors, config, backends, num_slots));
+                             load_tensor_parallel_model(*m.tensors, config, backends, num_slots,
+                                                        o.simulate_ranks));
     m.model = std::move(tp.model);
     m.slots = std::move(tp.slots);
   } else {

@@ -39,18 +39,22 @@ struct ModelOptions {
   std::string medusa_dir;
   // --tensor-parallel N: the model split over N ranks (model/tensor_parallel.h).
   int64_t tensor_parallel = 1;
+  // --simulate-ranks: on cuda, every rank on one GPU (backend/staged_communicator.h).
+  bool simulate_ranks = false;
 };
 
 // Rank 1 .. n-1's backends for --tensor-parallel n beside rank 0's `main`
 // (backend/tensor_parallel_group.h): on the CPU, CPU backends of their own
 // (simulated ranks: threads of this process, collectives through a
-// LoopbackGroup); on CUDA, GPUs 1 .. n-1 (collectives through NCCL).
+// LoopbackGroup); on CUDA, GPUs 1 .. n-1 (collectives through NCCL), or with
+// `simulate` backends of their own on main's GPU (collectives staged through
+// host memory).
 Expected<std::vector<std::unique_ptr<Backend>>> tensor_parallel_backends(const Backend& main,
-                                                                         int64_t n);
+                                                                         int64_t n, bool simulate = false);
 // One communicator per rank of `backends` (rank 0 first), rank order: on the
-// CPU a LoopbackGroup's, on CUDA NCCL's.
+// CPU a LoopbackGroup's, on CUDA NCCL's (simulated: host-staged).
 Expected<std::vector<std::unique_ptr<Communicator>>> tensor_parallel_communicators(
-    const std::vector<Backend*>& backends);
+    const std::vector<Backend*>& backends, bool simulate = false);
 // The model split over the ranks of `backends` (rank 0 first), talking
 // through tensor_parallel_communicators, and adapter slots split the same way.
 struct TensorParallelModel {
@@ -59,7 +63,7 @@ struct TensorParallelModel {
 };
 Expected<TensorParallelModel> load_tensor_parallel_model(
     const io::TensorSet& tensors, const model::Phi3Config& config,
-    const std::vector<Backend*>& backends, int num_slots,
+    const std::vector<Backend*>& backends, int num_slots, bool simulate = false,
     const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 // The speculation --speculate names: "ngram" / "medusa" (kDefaultNgramDrafts,
@@ -89,6 +93,8 @@ Expected<std::shared_ptr<const engine::MedusaSet>> load_medusa(
 // --model (required unless `model_required` is false), --adapter, --device, ...
 void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required = true);
 void add_lora_columns_option(CLI::App& cmd, int64_t& columns);
+// --simulate-ranks (with --tensor-parallel on cuda).
+void add_simulate_ranks_option(CLI::App& cmd, bool& simulate);
 
 // Widens the model's LoRA target weights and attaches the columns to the
 // slots (before any adapter is assigned): `requested` < 0 means

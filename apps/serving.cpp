@@ -193,7 +193,8 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
   report("device", 0, 0);
   // --device cuda --tensor-parallel N: NCCL and N GPUs, or an error naming them first.
   if (o.model.device == "cuda")
-    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", o.model.tensor_parallel));
+    PHILORA_RETURN_IF_ERROR(
+        tensor_parallel_available("cuda", o.model.tensor_parallel, o.model.simulate_ranks));
   PHILORA_ASSIGN_OR_RETURN(s->backend, make_backend(o.model.device));
   Backend& b = *s->backend;
   s->device_name = b.description();
@@ -209,12 +210,13 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
           "--speculate medusa with --tensor-parallel: not built (the heads read the whole "
           "lm_head, which the ranks split)");
     PHILORA_ASSIGN_OR_RETURN(s->peer_backends,
-                             tensor_parallel_backends(b, o.model.tensor_parallel));
+                             tensor_parallel_backends(b, o.model.tensor_parallel, o.model.simulate_ranks));
     std::vector<Backend*> backends = {&b};
     for (const auto& peer : s->peer_backends) backends.push_back(peer.get());
     PHILORA_ASSIGN_OR_RETURN(TensorParallelModel tp,
                              load_tensor_parallel_model(s->tensors, config, backends,
-                                                        o.adapter_slots, weights_progress));
+                                                        o.adapter_slots, o.model.simulate_ranks,
+                                                        weights_progress));
     s->model = std::move(tp.model);
     s->slots = std::move(tp.slots);
   } else {

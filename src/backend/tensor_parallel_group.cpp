@@ -2,6 +2,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/loopback_communicator.h"
+#include "backend/staged_communicator.h"
 #ifdef PHILORA_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/nccl_communicator.h"
@@ -9,15 +10,21 @@
 
 namespace philora {
 
-Status tensor_parallel_available(const std::string& device, int64_t ranks) {
+Status tensor_parallel_available(const std::string& device, int64_t ranks, bool simulate) {
   if (ranks <= 1 || device == "cpu") return Status();
   if (device != "cuda") return Status::errorf("tensor parallelism on '{}': unknown device", device);
 #ifdef PHILORA_HAVE_CUDA
+  if (simulate) {
+    if (cuda_device_count() < 1) return Status::error("tensor parallelism on cuda: no GPU visible");
+    return Status();
+  }
   PHILORA_RETURN_IF_ERROR(nccl_available());
   const int gpus = cuda_device_count();
   if (gpus < ranks)
-    return Status::errorf("tensor parallelism over {} ranks on cuda: one GPU a rank, {} visible",
-                          ranks, gpus);
+    return Status::errorf(
+        "tensor parallelism over {} ranks on cuda: one GPU a rank, {} visible (--simulate-ranks "
+        "runs them all on one GPU, to check results, slowly)",
+        ranks, gpus);
   return Status();
 #else
   return Status::error(
@@ -26,7 +33,8 @@ Status tensor_parallel_available(const std::string& device, int64_t ranks) {
 #endif
 }
 
-Expected<std::vector<std::unique_ptr<Backend>>> make_rank_backends(const Backend& main, int64_t n) {
+Expected<std::vector<std::unique_ptr<Backend>>> make_rank_backends(const Backend& main, int64_t n,
+                                                                   bool simulate) {
   std::vector<std::unique_ptr<Backend>> peers;
   if (n <= 1) return peers;
   if (main.device() == Device::cpu) {
@@ -35,9 +43,10 @@ Expected<std::vector<std::unique_ptr<Backend>>> make_rank_backends(const Backend
   }
 #ifdef PHILORA_HAVE_CUDA
   if (main.device() == Device::cuda) {
-    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", n));
+    PHILORA_RETURN_IF_ERROR(tensor_parallel_available("cuda", n, simulate));
+    const int main_gpu = dynamic_cast<const CudaBackend&>(main).gpu();
     for (int64_t r = 1; r < n; ++r) {
-      auto b = make_cuda_backend(int(r));
+      auto b = make_cuda_backend(simulate ? main_gpu : int(r));
       if (!b) return Status::errorf("tensor parallelism: rank {}: {}", r, b.status().message());
       peers.push_back(std::move(*b));
     }
@@ -48,13 +57,14 @@ Expected<std::vector<std::unique_ptr<Backend>>> make_rank_backends(const Backend
 }
 
 Expected<std::vector<std::unique_ptr<Communicator>>> make_rank_communicators(
-    const std::vector<Backend*>& backends) {
+    const std::vector<Backend*>& backends, bool simulate) {
   if (backends.empty()) return Status::error("tensor parallelism: no ranks");
   const Device device = backends[0]->device();
   for (const Backend* b : backends)
     if (b->device() != device)
       return Status::errorf("tensor parallelism: ranks on {} and {}", device_name(device),
                             device_name(b->device()));
+  if (simulate) return staged_communicators(backends);
   if (device == Device::cpu) return LoopbackGroup::communicators(int64_t(backends.size()));
 #ifdef PHILORA_HAVE_CUDA
   if (device == Device::cuda) {

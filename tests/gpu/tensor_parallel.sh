@@ -10,7 +10,10 @@
 #      PHILORA_TP_BENCH_ARGS adds arguments, e.g. a Phi-4-shaped --model)
 # NCCL: libnccl.so.2 is loaded at run time. When the loader does not find it, the nvidia-nccl
 # wheel's copy (torch's) is tried. PHILORA_TP_DEVICE=cpu runs the same steps on the CPU's
-# simulated ranks (a check of this script; tolerance 1e-5 there).
+# simulated ranks (a check of this script; tolerance 1e-5 there). PHILORA_TP_SIMULATE=1 adds
+# --simulate-ranks: every rank on GPU 0, collectives through host copies (no NCCL, one GPU):
+# the split model's CUDA kernels checked where there is one GPU; step 2's times then mean
+# nothing.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -30,6 +33,8 @@ fi
 gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
 echo "device $device, $gpus GPUs; LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 tolerance=$([ "$device" = cuda ] && echo 3e-2 || echo 1e-5)
+simulate=()
+if [ "${PHILORA_TP_SIMULATE:-0}" = 1 ]; then simulate=(--simulate-ranks); gpus=64; fi
 status=0
 
 echo "=== 1. golden fixtures over N ranks vs one"
@@ -43,12 +48,12 @@ for dir in tests/data/golden/*/; do
     >"$out/tp_${case}_gen_1.jsonl" 2>"$out/tp_${case}_gen_1.err"
   for n in 2 4; do
     if [ "$device" = cuda ] && [ "$gpus" -lt "$n" ]; then echo "$case: $n ranks: only $gpus GPUs"; continue; fi
-    if ! "$bin" score "${args[@]}" --requests "$dir/requests.jsonl" --tensor-parallel "$n" \
+    if ! "$bin" score "${args[@]}" "${simulate[@]}" --requests "$dir/requests.jsonl" --tensor-parallel "$n" \
       >"$out/tp_${case}_score_$n.jsonl" 2>"$out/tp_${case}_score_$n.err"; then
       echo "$case: $n ranks: $(tail -n 1 "$out/tp_${case}_score_$n.err")"  # refused counts are fine
       continue
     fi
-    "$bin" generate "${args[@]}" --greedy --requests "$dir/generate_requests.jsonl" \
+    "$bin" generate "${args[@]}" "${simulate[@]}" --greedy --requests "$dir/generate_requests.jsonl" \
       --tensor-parallel "$n" >"$out/tp_${case}_gen_$n.jsonl" 2>"$out/tp_${case}_gen_$n.err"
     python3 - "$out" "$case" "$n" "$tolerance" <<'EOF' || status=1
 import json, math, sys
@@ -80,7 +85,7 @@ echo "=== 2. bench over 1, 2, 4 ranks"
 for n in 1 2 4; do
   if [ "$device" = cuda ] && [ "$gpus" -lt "$n" ]; then continue; fi
   # shellcheck disable=SC2086
-  "$bin" bench --device "$device" --tensor-parallel "$n" ${PHILORA_TP_BENCH_ARGS:-} \
+  "$bin" bench --device "$device" --tensor-parallel "$n" "${simulate[@]}" ${PHILORA_TP_BENCH_ARGS:-} \
     >"$out/tp_bench_$n.log" 2>&1 || status=1
   tail -n 1 "$out/tp_bench_$n.log"
 done

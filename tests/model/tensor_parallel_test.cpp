@@ -323,6 +323,15 @@ TEST(TensorParallelWideModel, MatchesOneRankAtTwoFourAndEightRanks) {
   }
 }
 
+// --simulate-ranks sends the collectives through host copies (what CUDA's
+// simulated ranks on one GPU use): the same results as one rank.
+TEST(TensorParallelWideModel, SimulatedRanksThroughHostCopiesMatchOneRank) {
+  WideModel m;
+  auto args = model_args(m.model(), m.adapters());
+  args.push_back("--simulate-ranks");
+  check_ranks(args, m.score(), m.generate(), 2);
+}
+
 TEST(TensorParallelWideModel, RefusesRanksTheHeadsDoNotSplitInto) {
   WideModel m;
   const auto args = model_args(m.model(), m.adapters());

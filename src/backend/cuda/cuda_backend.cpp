@@ -111,6 +111,8 @@ CudaBackend::CudaBackend(std::shared_ptr<CudaContext> ctx) : ctx_(std::move(ctx)
 
 CudaBackend::~CudaBackend() = default;
 
+int CudaBackend::gpu() const { return ctx_->device; }
+
 // ---- memory ---------------------------------------------------------------------
 
 Tensor CudaBackend::device_tensor(DType dtype, std::initializer_list<int64_t> shape) {

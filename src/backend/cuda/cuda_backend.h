@@ -85,6 +85,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<StepGraph> capture(const std::function<void()>& body) override;
 
   cuda::CudaContext& context() { return *ctx_; }
+  int gpu() const;  // the device index this backend runs on
 
  private:
   Tensor device_tensor(DType dtype, std::initializer_list<int64_t> shape);
