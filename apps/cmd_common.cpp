@@ -191,10 +191,6 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   m.tensors = std::make_unique<io::TensorSet>(std::move(tensors));
   const int num_slots = std::max<int>(1, int(adapters.size()));
   if (o.tensor_parallel > 1) {
-    if (o.speculate_medusa > 0)
-      return Status::error(
-          "--speculate medusa with --tensor-parallel: not built (the heads read the whole "
-          "lm_head, which the ranks split)");
     PHILORA_ASSIGN_OR_RETURN(m.peer_backends,
                              tensor_parallel_backends(*m.backend, o.tensor_parallel, o.simulate_ranks));
     std::vector<Backend*> backends = {m.backend.get()};

@@ -205,10 +205,6 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
     report("weights", done, total);
   };
   if (o.model.tensor_parallel > 1) {  // simulated ranks on the cpu; GPUs 0 .. N-1 on cuda
-    if (o.model.speculate_medusa > 0)
-      return Status::error(
-          "--speculate medusa with --tensor-parallel: not built (the heads read the whole "
-          "lm_head, which the ranks split)");
     PHILORA_ASSIGN_OR_RETURN(s->peer_backends,
                              tensor_parallel_backends(b, o.model.tensor_parallel, o.model.simulate_ranks));
     std::vector<Backend*> backends = {&b};

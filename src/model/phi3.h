@@ -39,9 +39,9 @@ class Phi3ForCausalLM {
   const Phi3Config& config() const { return config_; }
   int64_t tensor_parallel() const { return tp_.world; }
   Backend& backend() { return backend_; }
-  // (vocab, hidden): the output matrix (Medusa heads without their own use it);
-  // with tensor parallelism, this rank's vocabulary rows only.
-  const Tensor& lm_head() const { return w_.lm_head; }
+  // (vocab, hidden): the whole output matrix on backend() (Medusa heads
+  // without their own use it).
+  virtual const Tensor& lm_head() const { return w_.lm_head; }
 
   // Logits (R, vocab) of the selected rows — or hidden states (R, hidden) with
   // skip_lm_head — in the backend's compute dtype, on the backend. `hidden`

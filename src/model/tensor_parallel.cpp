@@ -1,10 +1,13 @@
 #include "model/tensor_parallel.h"
 
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+
+#include "backend/cpu/cpu_backend.h"
 
 namespace philora::model {
 
@@ -95,6 +98,23 @@ bool TensorParallelPhi3::lora_columns_supported() {
   for (const auto& peer : peers_)
     if (!peer->lora_columns_supported()) return false;
   return true;
+}
+
+const Tensor& TensorParallelPhi3::lm_head() const {
+  if (!whole_lm_head_.empty()) return whole_lm_head_;
+  const Tensor& mine = w_.lm_head;
+  const int64_t rows = mine.dim(0), cols = mine.dim(1), n = int64_t(peers_.size()) + 1;
+  Tensor whole = host_alloc(DType::f32, {rows * n, cols});
+  for (int64_t r = 0; r < n; ++r) {  // rank r holds rows r · V/N .. (r + 1) · V/N
+    const Phi3ForCausalLM& rank = r == 0 ? static_cast<const Phi3ForCausalLM&>(*this) : *peers_[size_t(r - 1)];
+    const Tensor part = rank.backend_.to_host_f32(rank.w_.lm_head);
+    if (part.numel() != rows * cols)
+      throw std::logic_error("tensor parallelism: rank " + std::to_string(r) + "'s lm_head is " +
+                             rank.w_.lm_head.shape_str() + ", rank 0's " + mine.shape_str());
+    std::memcpy(whole.ptr<float>() + r * rows * cols, part.ptr<float>(), size_t(rows * cols) * sizeof(float));
+  }
+  whole_lm_head_ = backend_.upload(whole, mine.dtype);
+  return whole_lm_head_;
 }
 
 bool TensorParallelPhi3::step_graphs_supported() {

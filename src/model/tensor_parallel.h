@@ -43,8 +43,13 @@ class TensorParallelPhi3 final : public Phi3ForCausalLM {
   // Rank 0's backend records graphs and every rank's communicator may be
   // recorded (the CPU's loopback; not NCCL: CUDA steps stay eager).
   bool step_graphs_supported() override;
+  // The whole (vocab, hidden) matrix on rank 0's backend, put together from
+  // every rank's vocabulary rows on first use (Medusa heads read it; the
+  // forward's lm_head stays split).
+  const Tensor& lm_head() const override;
 
  private:
+  mutable Tensor whole_lm_head_;
   std::unique_ptr<Communicator> comm_;                   // rank 0's
   std::vector<std::unique_ptr<Phi3ForCausalLM>> peers_;  // ranks 1 .. N-1
   std::vector<std::unique_ptr<Communicator>> peer_comms_;

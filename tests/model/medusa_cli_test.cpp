@@ -161,6 +161,38 @@ TEST_F(MedusaCli, GreedyEqualsPlainWithBaseAndAdapterHeads) {
   EXPECT_EQ(outputs(adapter_only).at("kjv")["tokens"], outputs(plain).at("kjv")["tokens"]);
 }
 
+// With tensor parallelism the heads read the whole lm_head, which rank 0 puts
+// together from the ranks' vocabulary rows: greedy output as plain, and the
+// shipped (trained) heads' drafts are accepted.
+TEST_F(MedusaCli, TensorParallelHeadsUseTheWholeLmHead) {
+  fs::create_directories(dir_ / "kjv");
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors"})
+    fs::copy_file(kModels / "adapters" / "kjv" / f, dir_ / "kjv" / f);
+  const test::CliResult plain = test::run_philora(args({}));
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  nlohmann::json one_rank;  // the drafts at two ranks are one rank's (f32: no near-tie here)
+  for (const char* ranks : {"1", "2"}) {
+    const test::CliResult r = test::run_philora(args({"--speculate", "medusa", "--medusa",
+                                                      (kModels / "medusa").string(), "--stats",
+                                                      "--tensor-parallel", ranks}));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::string last, line;
+    for (std::istringstream in(r.err); std::getline(in, line);)
+      if (!line.empty()) last = line;
+    const nlohmann::json st = nlohmann::json::parse(last);
+    EXPECT_GT(st["spec_accepted_tokens"].get<int64_t>(), 0) << ranks << " ranks";
+    if (one_rank.is_null()) {
+      one_rank = st;
+    } else {
+      EXPECT_EQ(st["spec_draft_tokens"], one_rank["spec_draft_tokens"]);
+      EXPECT_EQ(st["spec_accepted_tokens"], one_rank["spec_accepted_tokens"]);
+    }
+    const auto want = outputs(plain), got = outputs(r);
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [id, w] : want) EXPECT_EQ(got.at(id)["tokens"], w["tokens"]) << ranks << " ranks " << id;
+  }
+}
+
 TEST_F(MedusaCli, BadHeadsStopTheCommandWithTheReason) {
   fs::create_directories(dir_ / "kjv");
   for (const char* f : {"adapter_config.json", "adapter_model.safetensors"})
