@@ -573,9 +573,10 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrinkColumns>(96, kSeven),
       make_case<LoraShrinkColumns>(8192, kDecode),  // Phi-3-mini's down_proj
       make_case<LoraShrinkColumns>(5000, kSeven),   // a part-filled last chunk
-      // The norm and SiLU·mul made inside the shrink: Phi-3-mini's qkv / gate_up
-      // (norm, 3072) and down (silu, 8192) at decode, a row past rms_norm's
-      // 128-thread block (5120), and the small chunks' blocks.
+      // With the norm and SiLU·mul as prologues (Backend::fused_lora_shrink_columns:
+      // the op, then the shrink, on every backend today): Phi-3-mini's qkv /
+      // gate_up (norm, 3072) and down (silu, 8192) at decode, a row past
+      // rms_norm's 128-thread block (5120), and small rows.
       make_case<LoraShrinkColumns>(3072, kDecode, XFrom::rms_norm),
       make_case<LoraShrinkColumns>(5120, kSeven, XFrom::rms_norm),
       make_case<LoraShrinkColumns>(96, kOne, XFrom::rms_norm),

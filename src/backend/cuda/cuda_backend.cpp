@@ -612,29 +612,11 @@ bool CudaBackend::lora_columns_supported(int64_t in_features) const {
 Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
   const cuda::DeviceGuard guard(ctx_->device);
   require(x, DType::bf16, "lora_shrink_columns", "x");
-  return shrink_columns(x, cuda::RowPrologue{}, x.cols(), m, batch);
-}
-
-Tensor CudaBackend::fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
-                                              const LoraBatch& batch) {
-  const cuda::DeviceGuard guard(ctx_->device);
-  require(src, DType::bf16, "lora_shrink_columns", "its source");
-  const cuda::RowPrologue rp = row_prologue(p);
-  const int64_t in = p.kind == Prologue::Kind::silu_mul ? src.cols() / 2 : src.cols();
-  if (p.kind == Prologue::Kind::none || !cuda::lora_shrink_columns_takes(in, rp) ||
-      !prologue_shape_ok(src, p, in) || knocked("fusion"))
-    return lora_shrink_columns(apply_prologue(src, p), m, batch);
-  return shrink_columns(src, rp, in, m, batch);
-}
-
-Tensor CudaBackend::shrink_columns(const Tensor& src, const cuda::RowPrologue& p, int64_t in,
-                                   const LoraModuleTable& m, const LoraBatch& batch) {
-  const int64_t n = src.rows(), width = batch.lora_columns;
+  const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;
   if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
-    throw std::runtime_error("cuda backend: lora_shrink_columns: x (" + std::to_string(n) + ", " +
-                             std::to_string(in) + "), " + std::to_string(width) + " columns, for a module of " +
-                             std::to_string(m.in_features) + " inputs and " + std::to_string(m.columns) +
-                             " LoRA columns");
+    throw std::runtime_error("cuda backend: lora_shrink_columns: x " + x.shape_str() + ", " +
+                             std::to_string(width) + " columns, for a module of " + std::to_string(m.in_features) +
+                             " inputs and " + std::to_string(m.columns) + " LoRA columns");
   require(m.col_offsets, DType::i32, "lora_shrink_columns", "col_offsets");
   Tensor out = device_tensor(DType::bf16, {n, in + width});
   if (n == 0 || knocked("shrink")) return out;
@@ -642,8 +624,8 @@ Tensor CudaBackend::shrink_columns(const Tensor& src, const cuda::RowPrologue& p
   l.by_segment = false;  // per token, whatever the segments
   require(batch.token_slot, DType::i32, "lora", "token_slot");
   l.token_slot = batch.token_slot.ptr<int32_t>();
-  cuda::launch_lora_shrink_columns(l, src.data, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
-                                   ctx_->stream, p);
+  cuda::launch_lora_shrink_columns(l, x.data, out.data, in + width, m.col_offsets.ptr<int32_t>(), width,
+                                   ctx_->stream);
   return out;
 }
 

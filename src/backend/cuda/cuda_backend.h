@@ -72,9 +72,6 @@ class CudaBackend final : public Backend {
                    int64_t col_offset) override;
   Tensor lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) override;
   Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) override;
-  // ... and inside the columns' shrink, at any batch size
-  Tensor fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
-                                   const LoraBatch& batch) override;
   bool lora_columns_supported(int64_t in_features) const override;
   SampleResult sample(const Tensor& logits, const SamplingPlan& plan) override;
   void reset_token_counts(Tensor& counts, int64_t row, const Tensor& tokens,
@@ -92,8 +89,6 @@ class CudaBackend final : public Backend {
   Tensor upload_raw(const void* src, DType dtype, int64_t n);
   // y (+)= p(src) · wᵀ in the GEMV; false (nothing launched) where it does not take it.
   bool gemv_with_prologue(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y, bool accumulate);
-  Tensor shrink_columns(const Tensor& src, const cuda::RowPrologue& p, int64_t in, const LoraModuleTable& m,
-                        const LoraBatch& batch);
 
   std::shared_ptr<cuda::CudaContext> ctx_;
 };

@@ -122,27 +122,21 @@ struct ColumnsOut {
   int width = 0;
 };
 
-// xr: token t's row of the source of x (see RowPrologue), inv its
-// row_inv_rms for rms_norm.
-__device__ __forceinline__ void fill_columns_row(const ColumnsOut& c, const bf16* __restrict__ xr,
-                                                 const RowPrologue& pro, float inv, int64_t in, int t, int off,
-                                                 int r) {
+__device__ __forceinline__ void fill_columns_row(const ColumnsOut& c, const bf16* __restrict__ x, int64_t in, int t,
+                                                 int off, int r) {
   bf16* row = c.x + int64_t(t) * c.ld;
+  const bf16* xr = x + int64_t(t) * in;
   for (int64_t i = int64_t(threadIdx.x) * 8; i < in; i += int64_t(blockDim.x) * 8)
-    *reinterpret_cast<uint4*>(row + i) = prologue_x8(pro, xr, i, in, inv);
+    *reinterpret_cast<uint4*>(row + i) = *reinterpret_cast<const uint4*>(xr + i);
   const bf16 zero = __float2bfloat16_rn(0.0f);
   for (int j = threadIdx.x; j < c.width; j += blockDim.x)
     if (j < off || j >= off + r) row[in + j] = zero;
 }
 
-// With a prologue (kColumns only), x is made from its source as it is read:
-// the source row of token t is x + t · ldx (ldx = 2 · in for silu_mul), and
-// for rms_norm every block sums the row's squares first (block_sum, so the
-// block has at least rms_norm_threads(in) threads).
 template <bool kColumns>
 __global__ void __launch_bounds__(32 * kTokenMaxWarps)
     lora_shrink_token_kernel(LoraLaunch l, const bf16* __restrict__ x, float* __restrict__ xa,
-                             int64_t xa_stride, int chunks, int rows, ColumnsOut cols, RowPrologue pro) {
+                             int64_t xa_stride, int chunks, int rows, ColumnsOut cols) {
   // A's rows (adapter weights) and the plan are written before the step: they
   // load before waiting on the kernel before; x (its output) after.
   chained_launch();
@@ -152,19 +146,15 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
   const int r = slot < 0 ? 0 : int(min(int64_t(l.ranks[slot]), xa_stride));
   const int off = kColumns && slot >= 0 ? cols.offsets[slot] : 0;
   const int j0 = blockIdx.y * rows;
-  const int64_t in = l.in_features;
-  const bf16* xr = x + int64_t(t) * (pro.kind == RowPrologue::silu_mul ? 2 * in : in);
   if (j0 >= r) {  // the whole block's exit; it still waits, so that this grid
     chained_wait();  // ends after the kernel before it, as the next one assumes
     if constexpr (kColumns)
-      if (blockIdx.y == 0) {
-        const float inv = pro.kind == RowPrologue::rms_norm ? row_inv_rms(xr, in, pro.eps, part) : 0.0f;
-        fill_columns_row(cols, xr, pro, inv, in, t, off, r);
-      }
+      if (blockIdx.y == 0) fill_columns_row(cols, x, l.in_features, t, off, r);
     return;
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int jl = warp % rows, c = warp / rows, j = j0 + jl;
+  const int64_t in = l.in_features;
   const int64_t kb = int64_t(c) * kTokenChunk + lane * 8;
   uint4 av[kTokenLoads];
   if (j < r) {
@@ -176,17 +166,16 @@ __global__ void __launch_bounds__(32 * kTokenMaxWarps)
     }
   }
   chained_wait();
-  // part serves as block_sum's scratch first; block_sum's last barrier frees it.
-  const float inv = pro.kind == RowPrologue::rms_norm ? row_inv_rms(xr, in, pro.eps, part) : 0.0f;
   if constexpr (kColumns)
-    if (blockIdx.y == 0) fill_columns_row(cols, xr, pro, inv, in, t, off, r);
+    if (blockIdx.y == 0) fill_columns_row(cols, x, in, t, off, r);
   float acc = 0.0f;
   if (j < r) {
+    const bf16* xr = x + int64_t(t) * in;
     uint4 xv[kTokenLoads];
 #pragma unroll
     for (int i = 0; i < kTokenLoads; ++i) {
       const int64_t k = kb + i * 256;
-      xv[i] = k < in ? prologue_x8(pro, xr, k, in, inv) : make_uint4(0, 0, 0, 0);
+      xv[i] = k < in ? *reinterpret_cast<const uint4*>(xr + k) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int i = 0; i < kTokenLoads; ++i) {
@@ -309,7 +298,7 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
     const int rows = token_rows(chunks);
     const dim3 grid{unsigned(units), unsigned(ceil_div(std::min<int64_t>(l.max_rank, xa_stride), rows))};
     launch_chained(lora_shrink_token_kernel<false>, dim3(grid), dim3(unsigned(32 * rows * chunks)), 0, stream, l,
-                   static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows, ColumnsOut{}, RowPrologue{});
+                   static_cast<const bf16*>(x), xa, xa_stride, int(chunks), rows, ColumnsOut{});
     PHILORA_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -336,18 +325,11 @@ bool lora_shrink_columns_supported(int64_t in) {
   return in > 0 && in % 8 == 0 && ceil_div(in, kTokenChunk) <= kTokenMaxWarps;
 }
 
-bool lora_shrink_columns_takes(int64_t in, const RowPrologue& prologue) {
-  if (!lora_shrink_columns_supported(in)) return false;
-  const int64_t chunks = ceil_div(in, kTokenChunk);
-  return row_prologue_fits(prologue, in, 32 * token_rows(chunks) * int(chunks));
-}
-
 void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
-                                const int32_t* col_offsets, int64_t width, cudaStream_t stream,
-                                const RowPrologue& prologue) {
+                                const int32_t* col_offsets, int64_t width, cudaStream_t stream) {
   if (l.num_tokens == 0) return;
   const int64_t chunks = ceil_div(l.in_features, kTokenChunk);
-  if (l.by_segment || !lora_shrink_columns_takes(l.in_features, prologue) || ld % 8 != 0 || !aligned16(x) ||
+  if (l.by_segment || chunks > kTokenMaxWarps || l.in_features % 8 != 0 || ld % 8 != 0 || !aligned16(x) ||
       !aligned16(out) || width <= 0)
     throw_unsupported("lora_shrink_columns: " + std::to_string(l.in_features) + " inputs, row stride " +
                       std::to_string(ld) + " (per-token steps of at most " +
@@ -357,8 +339,7 @@ void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, i
   const dim3 grid{unsigned(l.num_tokens), unsigned(rank_blocks)};
   ColumnsOut cols{static_cast<bf16*>(out), ld, col_offsets, int(width)};
   launch_chained(lora_shrink_token_kernel<true>, grid, dim3(unsigned(32 * rows * chunks)), 0, stream, l,
-                 static_cast<const bf16*>(x), static_cast<float*>(nullptr), l.max_rank, int(chunks), rows, cols,
-                 prologue);
+                 static_cast<const bf16*>(x), static_cast<float*>(nullptr), l.max_rank, int(chunks), rows, cols);
   PHILORA_CUDA_CHECK_LAUNCH();
 }
 

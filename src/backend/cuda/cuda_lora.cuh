@@ -12,8 +12,6 @@
 
 #include <cstdint>
 
-#include "backend/cuda/cuda_elementwise.cuh"
-
 namespace philora::cuda {
 
 struct LoraLaunch {
@@ -51,17 +49,10 @@ void launch_lora_shrink(const LoraLaunch& l, const void* x, float* xa, int64_t x
 // Whether launch_lora_shrink_columns takes `in` inputs (multiples of 8 up to 32768).
 bool lora_shrink_columns_supported(int64_t in);
 
-// Whether it takes them with x made by `prologue` (its blocks are large
-// enough for rms_norm's sum).
-bool lora_shrink_columns_takes(int64_t in, const RowPrologue& prologue);
-
 // LoRA columns, per token: X (T, ld) row t = [x[t] | bf16(scale_s · A_s x[t]) at
-// columns in + col_offsets[s] .. + r_s, 0 in the rest of the `width` columns];
-// with a prologue, x = the prologue applied to the source at `x` (rms_norm of
-// (T, in), or silu_mul of gate_up (T, 2 · in)).
+// columns in + col_offsets[s] .. + r_s, 0 in the rest of the `width` columns].
 void launch_lora_shrink_columns(const LoraLaunch& l, const void* x, void* out, int64_t ld,
-                                const int32_t* col_offsets, int64_t width, cudaStream_t stream,
-                                const RowPrologue& prologue = {});
+                                const int32_t* col_offsets, int64_t width, cudaStream_t stream);
 
 // y[t, col_offset + j] += scale_s · Σ_k xa[t, k] B_s[j, k]  (y (T, y_stride) bf16); with
 // `write`, y[t, col_offset + j] = that term, and 0 for tokens without an adapter.

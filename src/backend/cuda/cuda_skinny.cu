@@ -303,12 +303,8 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
   return acc;
 }
 
-#ifndef PHILORA_GEMV_MIN_BLOCKS
-#define PHILORA_GEMV_MIN_BLOCKS 1  // lab switch (-DPHILORA_GEMV_MIN_BLOCKS=3: at most 85 registers, so
-                                   // that a block of the next kernel fits beside two) for A/B builds
-#endif
 template <int M>
-__global__ void __launch_bounds__(kGemvThreads, PHILORA_GEMV_MIN_BLOCKS) gemv_kernel(GemvParams p) {
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* xs = reinterpret_cast<bf16*>(smem_raw);  // [m][k]
   const int lane = threadIdx.x & 31;
