@@ -303,7 +303,11 @@ int run_bench(const BenchOptions& o) {
         o.tensor_parallel, c.num_attention_heads / o.tensor_parallel,
         model::shard_config(c, o.tensor_parallel).num_key_value_heads,
         c.intermediate_size / o.tensor_parallel, c.vocab_size / o.tensor_parallel,
-        b.device() == Device::cpu ? "; simulated: threads of this process, one core each" : "");
+        b.device() == Device::cpu ? "; simulated: threads of this process, one core each"
+        : o.simulate_ranks
+            ? "; simulated on one GPU, collectives copied through the host: these times are not "
+              "the split model's"
+            : "");
   if (have_ceilings)
     std::cout << fmt::format(
         "device: {}; copy {:.0f} GB/s (read+write); cuBLASLt bf16 {:.0f} TFLOP/s\n",
