@@ -40,11 +40,6 @@ void Backend::fused_matmul_add(const Tensor& src, const Prologue& p, const Tenso
   matmul_add(apply_prologue(src, p), w, y);
 }
 
-Tensor Backend::fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
-                                          const LoraBatch& batch) {
-  return lora_shrink_columns(apply_prologue(src, p), m, batch);
-}
-
 std::vector<std::string> available_backends() {
   std::vector<std::string> names = {"cpu"};
 #ifdef PHILORA_HAVE_CUDA

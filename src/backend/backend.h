@@ -344,10 +344,6 @@ class Backend {
   // for j < r_s (s = slot(t), r_s > 0), every other column 0; then
   // matmul(X, w) over the wide weight is W x + scale · B (A x) in one product.
   virtual Tensor lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) = 0;
-  // The same with x = the prologue applied to src (by default: the op, then
-  // lora_shrink_columns).
-  virtual Tensor fused_lora_shrink_columns(const Tensor& src, const Prologue& p, const LoraModuleTable& m,
-                                           const LoraBatch& batch);
   // Whether lora_shrink_columns takes modules of `in_features` inputs (a model
   // whose targets it does not take keeps LoRA in the kernels instead).
   virtual bool lora_columns_supported(int64_t in_features) const { return in_features > 0; }

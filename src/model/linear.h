@@ -38,7 +38,7 @@ struct LinearInput {
 inline Tensor linear(Backend& ops, const LinearInput& in, const Tensor& w, const LoraApply& lora) {
   if (!lora.table || !lora.batch || !lora.batch->active) return ops.fused_matmul(in.src, in.prologue, w);
   if (lora_columns(lora))
-    return ops.matmul(ops.fused_lora_shrink_columns(in.src, in.prologue, *lora.table, *lora.batch), w);
+    return ops.matmul(ops.lora_shrink_columns(ops.apply_prologue(in.src, in.prologue), *lora.table, *lora.batch), w);
   // The adapters' part first, then the matmul adds W x to it. On CUDA the
   // shrink and the delta follow the op that produced x, each starting (and
   // loading its adapter matrices) while the op before it drains.
@@ -54,7 +54,8 @@ inline Tensor linear(Backend& ops, const LinearInput& in, const Tensor& w, const
 inline void linear_add(Backend& ops, const LinearInput& in, const Tensor& w, const LoraApply& lora, Tensor& acc) {
   if (lora.table && lora.batch && lora.batch->active) {
     if (lora_columns(lora)) {
-      ops.matmul_add(ops.fused_lora_shrink_columns(in.src, in.prologue, *lora.table, *lora.batch), w, acc);
+      ops.matmul_add(ops.lora_shrink_columns(ops.apply_prologue(in.src, in.prologue), *lora.table, *lora.batch), w,
+                     acc);
       return;
     }
     const Tensor x = ops.apply_prologue(in.src, in.prologue);

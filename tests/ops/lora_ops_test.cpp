@@ -362,7 +362,7 @@ void use_columns(Backend& b, LoraModuleTable& table, LoraBatch& batch) {
 }
 
 // lora_shrink_columns: X (T, in + columns) = [x | scale_s · A_s x at the slot's columns, 0 elsewhere];
-// with a prologue (fused_lora_shrink_columns), x = rms_norm(src, g, eps) of src (T, in)
+// with a prologue (apply_prologue first, as linear does), x = rms_norm(src, g, eps) of src (T, in)
 // or silu(gate) · up of src = [gate | up] (T, 2 in).
 enum class XFrom { x, rms_norm, silu_mul };
 
@@ -394,7 +394,7 @@ class LoraShrinkColumns : public LoraCase {
     if (from_ == XFrom::x) return {fetch(b, "X", b.lora_shrink_columns(src, lora.table, batch))};
     const Prologue p =
         from_ == XFrom::rms_norm ? Prologue::rms_norm(upload(b, g_, {in_}), kEps) : Prologue::silu_mul();
-    return {fetch(b, "X", b.fused_lora_shrink_columns(src, p, lora.table, batch))};
+    return {fetch(b, "X", b.lora_shrink_columns(b.apply_prologue(src, p), lora.table, batch))};
   }
   std::vector<Expect> reference() const override {
     const int64_t ld = in_ + kColumns;
@@ -573,8 +573,8 @@ std::vector<CaseFactory> lora_cases() {
       make_case<LoraShrinkColumns>(96, kSeven),
       make_case<LoraShrinkColumns>(8192, kDecode),  // Phi-3-mini's down_proj
       make_case<LoraShrinkColumns>(5000, kSeven),   // a part-filled last chunk
-      // With the norm and SiLU·mul as prologues (Backend::fused_lora_shrink_columns:
-      // the op, then the shrink, on every backend today): Phi-3-mini's qkv /
+      // With the norm and SiLU·mul as prologues (the op, then the shrink, as
+      // linear runs them with LoRA columns): Phi-3-mini's qkv /
       // gate_up (norm, 3072) and down (silu, 8192) at decode, a row past
       // rms_norm's 128-thread block (5120), and small rows.
       make_case<LoraShrinkColumns>(3072, kDecode, XFrom::rms_norm),

@@ -115,6 +115,32 @@ class MatmulWide : public OpCase {
   std::vector<float> x_, w_, y0_;
 };
 
+// Pins the CUDA backend's skinny kernels (whatever its first-use timing would
+// choose) for a scope; Skinny::timed, the default, after. Other backends: nothing.
+class PinSkinny {
+ public:
+  explicit PinSkinny(Backend& b) {
+#if PHILORA_HAVE_CUDA
+    cuda_ = dynamic_cast<CudaBackend*>(&b);
+    if (cuda_) cuda_->context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
+#else
+    (void)b;
+#endif
+  }
+  ~PinSkinny() {
+#if PHILORA_HAVE_CUDA
+    if (cuda_) cuda_->context().matmul->set_skinny(cuda::LtMatmul::Skinny::timed);
+#endif
+  }
+  PinSkinny(const PinSkinny&) = delete;
+  PinSkinny& operator=(const PinSkinny&) = delete;
+
+ private:
+#if PHILORA_HAVE_CUDA
+  CudaBackend* cuda_ = nullptr;
+#endif
+};
+
 // The decode-sized form on the CUDA backend's own skinny kernel (pinned, so the
 // kernel runs whatever the timing would choose; its default split-K): y = x ·
 // w[:, :in]ᵀ or y += …, w (out, ldw ≥ in) — a weight with LoRA columns when
@@ -136,17 +162,11 @@ class SkinnyMatmul : public OpCase {
   std::vector<Output> run(Backend& b) const override {
     const Tensor x = upload(b, x_, {T_, in_}), w = upload(b, w_, {out_, ldw_});
     Tensor y = upload(b, y0_, {T_, out_});
-#if PHILORA_HAVE_CUDA
-    auto* cuda = dynamic_cast<CudaBackend*>(&b);
-    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
-#endif
+    const PinSkinny pin(b);
     if (add_)
       b.matmul_add(x, w, y);
     else
       y = b.matmul(x, w);
-#if PHILORA_HAVE_CUDA
-    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::timed);  // the default
-#endif
     return {fetch(b, "y", y)};
   }
   std::vector<Expect> reference() const override {
@@ -197,17 +217,11 @@ class PrologueMatmul : public OpCase {
     const Tensor src = upload(b, src_, {T_, src_cols}), w = upload(b, w_, {out_, ldw_});
     const Prologue p = pro_ == Pro::rms_norm ? Prologue::rms_norm(upload(b, g_, {in_}), kEps) : Prologue::silu_mul();
     Tensor y = upload(b, y0_, {T_, out_});
-#if PHILORA_HAVE_CUDA
-    auto* cuda = dynamic_cast<CudaBackend*>(&b);
-    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
-#endif
+    const PinSkinny pin(b);
     if (add_)
       b.fused_matmul_add(src, p, w, y);
     else
       y = b.fused_matmul(src, p, w);
-#if PHILORA_HAVE_CUDA
-    if (cuda) cuda->context().matmul->set_skinny(cuda::LtMatmul::Skinny::timed);
-#endif
     return {fetch(b, "y", y)};
   }
   std::vector<Expect> reference() const override {
@@ -296,8 +310,7 @@ TEST(PrologueMatmulBits, FusedEqualsTheOpThenTheGemv) {
   auto made = make_backend("cuda");
   ASSERT_TRUE(made) << made.status().message();
   Backend& b = **made;
-  auto& cuda = dynamic_cast<CudaBackend&>(b);
-  cuda.context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
+  const PinSkinny pin(b);
   Rng rng(7);
   for (int64_t in : {3072, 5120, 8192})
     for (int64_t t : {1, 3})
@@ -310,7 +323,6 @@ TEST(PrologueMatmulBits, FusedEqualsTheOpThenTheGemv) {
         const std::vector<float> plain = fetch(b, "y", b.matmul(b.apply_prologue(src, p), w)).got;
         EXPECT_EQ(fused, plain) << (silu ? "silu_mul" : "rms_norm") << " in=" << in << " T=" << t;
       }
-  cuda.context().matmul->set_skinny(cuda::LtMatmul::Skinny::timed);
 }
 #endif
 

@@ -422,6 +422,7 @@ bool CudaBackend::gemv_with_prologue(const Tensor& src, const Prologue& p, const
 Tensor CudaBackend::fused_matmul(const Tensor& src, const Prologue& p, const Tensor& w) {
   const cuda::DeviceGuard guard(ctx_->device);
   if (p.kind == Prologue::Kind::none) return matmul(src, w);
+  if (src.rows() > cuda::kSkinnyGemvMaxM) return matmul(apply_prologue(src, p), w);  // cuBLASLt's
   require(src, DType::bf16, "matmul", "its source");
   require(w, DType::bf16, "matmul", "w");
   Tensor y = device_tensor(DType::bf16, {src.rows(), w.dim(0)});

@@ -11,7 +11,6 @@
 #include <utility>
 
 #include "backend/cuda/cuda_check.h"
-#include "backend/cuda/cuda_elementwise.cuh"
 
 namespace philora::cuda {
 
@@ -127,20 +126,6 @@ __device__ __forceinline__ uint4 silu_mul_bf16x8(const uint4& g, const uint4& u)
 #pragma unroll
   for (int j = 0; j < 8; ++j) a[j] = silu(a[j]) * b[j];
   return f32_to_bf16x8(a);
-}
-
-// Eight values of x = p(src) from column k of a row (k % 8 == 0): src_row is
-// the source's row (gate_up's for silu_mul, up at + n), inv the row's
-// row_inv_rms for rms_norm.
-__device__ __forceinline__ uint4 prologue_x8(const RowPrologue& p, const bf16* src_row, int64_t k, int64_t n,
-                                             float inv) {
-  const uint4 v = *reinterpret_cast<const uint4*>(src_row + k);
-  switch (p.kind) {
-    case RowPrologue::rms_norm:
-      return scale_bf16x8(v, *reinterpret_cast<const uint4*>(static_cast<const bf16*>(p.norm_w) + k), inv);
-    case RowPrologue::silu_mul: return silu_mul_bf16x8(v, *reinterpret_cast<const uint4*>(src_row + n + k));
-    default: return v;
-  }
 }
 
 }  // namespace philora::cuda

@@ -30,10 +30,9 @@ void launch_rms_norm(const void* x, const void* residual, const void* w, void* y
 void launch_silu_mul(const void* gate_up, void* out, int64_t rows, int64_t n, cudaStream_t stream);
 
 // rms_norm (no residual) or silu_mul run as the prologue of a kernel that
-// reads its output — the GEMV (cuda_skinny.cuh), the LoRA-columns shrink
-// (cuda_lora.cuh): the kernel makes each row of its x from its source (x
-// itself for rms_norm, gate_up (rows, 2n) for silu_mul) with the same
-// arithmetic as the op alone, so the same bits.
+// reads its output — the GEMV (cuda_skinny.cuh): the kernel makes each row of
+// its x from its source (x itself for rms_norm, gate_up (rows, 2n) for
+// silu_mul) with the same arithmetic as the op alone, so the same bits.
 struct RowPrologue {
   enum Kind : int { none = 0, rms_norm = 1, silu_mul = 2 };
   Kind kind = none;

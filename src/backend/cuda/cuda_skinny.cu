@@ -347,8 +347,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   for (int q = int(threadIdx.x); q < p.m * kp; q += kGemvThreads) {
     const int r = q / kp, piece = q % kp;
     const bf16* row = p.x + int64_t(r) * ldx;
-    reinterpret_cast<uint4*>(xs)[q] = silu_mul ? prologue_x8(p.prologue, row, piece * 8, p.k, 0.0f)
-                                               : *reinterpret_cast<const uint4*>(row + piece * 8);
+    const uint4 v = *reinterpret_cast<const uint4*>(row + piece * 8);
+    reinterpret_cast<uint4*>(xs)[q] =
+        silu_mul ? silu_mul_bf16x8(v, *reinterpret_cast<const uint4*>(row + p.k + piece * 8)) : v;
   }
   __syncthreads();
   if (p.prologue.kind == RowPrologue::rms_norm) {
