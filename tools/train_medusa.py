@@ -17,16 +17,21 @@ by --adapters (default kjv) get heads of their own, trained on the adapter's mod
 and its domain's text, in OUT/adapters/NAME/{config.json, medusa_lm_head.safetensors}, where
 philora (and LoRAX) look for an adapter's heads.
 
-Training is self-distillation with the base model frozen: on windows of the base + chat training
-text, head i at position t is trained towards the model's own next-token distribution at
-position t + 1 + i (the soft targets the model gives there), which is what greedy verification
-accepts. W_i and b_i start at zero, so every head starts as the model's next-token prediction
-(Medusa's initialisation).
+Training is self-distillation with the base model frozen: head i at position t is trained
+towards the model's own next-token distribution at position t + 1 + i (the soft targets the
+model gives there), which is what greedy verification accepts. W_i and b_i start at zero, so
+every head starts as the model's next-token prediction (Medusa's initialisation). The windows
+are of two kinds (version 2): the base + chat training text, and (--gen-fraction of each step's
+tokens) the model's own greedy continuations of training-text prompts, generated first within
+--gen-seconds (Medusa-2's self-distillation data: in decoding the heads read hidden states of
+the model's own text, which a small model's text is unlike; the loss covers the continuation's
+positions only).
 
-Reported on the held-out base and chat text (teacher-forced: the prefix is the held-out text, not
-the model's own output, so this only approximates what decoding accepts): per head the share of
-positions where its argmax equals the model's argmax at t + 1 + i, and the mean number of drafted
-tokens a chain of the first k heads would have accepted (k = 1..K), before and after training.
+Reported on held-out text before and after training, two ways: teacher-forced on the held-out
+text itself, and on the model's greedy continuations of held-out prompts (what greedy decoding
+sees; positions of the continuation): per head the share of positions where its argmax equals
+the model's argmax at t + 1 + i, and the mean number of drafted tokens a chain of the first k
+heads would have accepted (k = 1..K).
 
 Usage (GPU machine; see tools/README.md):
     python3 tools/train_medusa.py --models models --corpus .corpus --out OUT
@@ -44,11 +49,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_tiny as tt  # noqa: E402  (render_document, parse_doc, the model constants)
 
 T0 = time.time()
-SCRIPT_VERSION = 1
+SCRIPT_VERSION = 2
 DEFAULT_SEED = 20251207
 DEFAULTS = dict(heads=4, seconds=75.0, adapter_seconds=30.0, batch=16, seq_len=1024, lr=3e-3, warmup=30, max_chars=12_000_000,
-                chat_fraction=0.3, eval_windows=16)
-SMOKE = dict(seconds=5.0, adapter_seconds=3.0, batch=2, seq_len=256, max_chars=300_000, warmup=2, eval_windows=2)
+                chat_fraction=0.3, eval_windows=16, gen_fraction=0.5, gen_seconds=30.0, gen_prompt=128, gen_new=384,
+                gen_batch=256)
+SMOKE = dict(seconds=5.0, adapter_seconds=3.0, batch=2, seq_len=256, max_chars=300_000, warmup=2, eval_windows=2,
+             gen_seconds=2.0, gen_prompt=16, gen_new=32, gen_batch=4)
 TRAIN_DOMAINS = ("base", "chat")
 
 
@@ -131,7 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--max-chars", type=int, help="rendered characters read from each training file (0 = all)")
     ap.add_argument("--chat-fraction", type=float, default=DEFAULTS["chat_fraction"])
-    ap.add_argument("--eval-windows", type=int, help="held-out windows scored per file")
+    ap.add_argument("--eval-windows", type=int, help="held-out windows (and continued prompts) scored per file")
+    ap.add_argument("--gen-fraction", type=float, help="share of a step's tokens from the model's own greedy "
+                                                       f"continuations (default {DEFAULTS['gen_fraction']}; 0 = text only)")
+    ap.add_argument("--gen-seconds", type=float, help="time budget for generating continuations, per set")
+    ap.add_argument("--gen-prompt", type=int, help="prompt tokens of a generated sequence")
+    ap.add_argument("--gen-new", type=int, help="greedy tokens generated after each prompt")
+    ap.add_argument("--gen-batch", type=int, help="prompts continued at once")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--smoke", action="store_true", help="tiny budgets: the same code paths in seconds")
     ap.add_argument("--self-test", action="store_true", help="test the pure-Python parts (no torch) and exit")
@@ -140,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> list:
     base = dict(DEFAULTS, **(SMOKE if args.smoke else {}))
-    for k in ("seconds", "adapter_seconds", "batch", "seq_len", "warmup", "max_chars", "eval_windows"):
+    for k in ("seconds", "adapter_seconds", "batch", "seq_len", "warmup", "max_chars", "eval_windows", "gen_fraction",
+              "gen_seconds", "gen_prompt", "gen_new", "gen_batch"):
         if getattr(args, k) is None:
             setattr(args, k, base[k])
     args.out = args.out or args.models
@@ -154,7 +168,18 @@ def resolve(args) -> list:
                    f"{tt.CONTEXT}")
     if args.seconds <= 0 or args.lr <= 0 or not 0 <= args.chat_fraction < 1:
         bad.append("--seconds and --lr must be positive, --chat-fraction in [0, 1)")
+    if not 0 <= args.gen_fraction < 1 or args.gen_seconds <= 0 or args.gen_prompt < 1 or args.gen_new <= args.heads \
+            or args.gen_batch < 1 or args.gen_prompt + args.gen_new > tt.CONTEXT:
+        bad.append(f"--gen-fraction in [0, 1), --gen-seconds > 0, --gen-new > --heads, --gen-prompt + --gen-new <= "
+                   f"{tt.CONTEXT}")
     return bad
+
+
+def gen_rows(batch: int, seq_len: int, gen_fraction: float, gen_len: int) -> int:
+    """Generated sequences a step, so that they hold about gen_fraction of its tokens."""
+    if gen_fraction <= 0:
+        return 0
+    return max(1, round(batch * seq_len * gen_fraction / (1 - gen_fraction) / gen_len))
 
 
 def self_test() -> None:
@@ -184,6 +209,9 @@ def self_test() -> None:
     assert resolve(a) == [] and a.adapters == []
     a = build_parser().parse_args(["--heads", "0", "--seq-len", "4096"])
     assert len(resolve(a)) == 2
+    a = build_parser().parse_args(["--gen-fraction", "1"])
+    assert len(resolve(a)) == 1
+    assert gen_rows(16, 1024, 0.0, 512) == 0 and gen_rows(16, 1024, 0.5, 512) == 32 and gen_rows(1, 8, 0.1, 512) == 1
     # documents render as train_tiny renders them
     import tempfile
     with tempfile.TemporaryDirectory() as d:
@@ -196,13 +224,45 @@ def self_test() -> None:
     print("train_medusa.py self-test: OK")
 
 
-def train_set(ctx, name: str, inner, lm_head, train: dict, counts: dict, held: dict, seconds: float,
+def train_set(ctx, name: str, causal, inner, lm_head, train: dict, counts: dict, held: dict, seconds: float,
               out: str) -> dict:
     """Trains K heads on `inner` (a Phi3Model, LoRA-wrapped for an adapter; frozen) whose logits are
     lm_head(h) (the teacher); the heads' own output is the base model's lm_head weight, as philora
-    runs them. Writes OUT/{config.json, medusa_lm_head.safetensors}; returns the record."""
+    runs them. `causal` (the whole model) writes the greedy continuations. Writes
+    OUT/{config.json, medusa_lm_head.safetensors}; returns the record."""
     args, torch, F, np, dev = ctx["args"], ctx["torch"], ctx["F"], ctx["np"], ctx["dev"]
     torch.manual_seed(args.seed)
+    P, G = args.gen_prompt, args.gen_new
+
+    def continue_greedily(prompts):
+        """(n, P) prompts -> (n, P + G): the model's greedy continuation (end of text suppressed, so
+        that every row has G new tokens; the targets still come from the model's own distribution)."""
+        with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+            return causal.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=G,
+                                   min_new_tokens=G, do_sample=False, use_cache=True, pad_token_id=0,
+                                   eos_token_id=0)
+
+    def prompts_from(stream, n, rng_):
+        s = torch.from_numpy(stream.astype(np.int64)).to(dev)
+        starts = rng_.integers(0, s.shape[0] - P, size=n)
+        return s[torch.from_numpy(starts).to(dev)[:, None] + torch.arange(P, device=dev)[None, :]]
+
+    # The self-distillation pool: continuations of training-text prompts, domains as the text batch
+    # mixes them, within gen_seconds.
+    n_gen = gen_rows(sum(counts.values()), args.seq_len, args.gen_fraction, P + G)
+    pool, t_gen = [], time.time()
+    if n_gen:
+        grng = np.random.default_rng(args.seed + 1)
+        doms = [d for d in counts if counts[d]]
+        weights = np.asarray([counts[d] for d in doms], dtype=np.float64)
+        while time.time() - t_gen < args.gen_seconds or not pool:
+            d = doms[int(grng.choice(len(doms), p=weights / weights.sum()))]
+            pool.append(continue_greedily(prompts_from(train[d], args.gen_batch, grng)))
+        pool = torch.cat(pool)
+        log(f"{name}: {pool.shape[0]:,} greedy continuations of {P} + {G} tokens in {time.time() - t_gen:.1f}s; "
+            f"{n_gen} a step")
+    erng = np.random.default_rng(args.seed + 2)
+    held_gen = {d: continue_greedily(prompts_from(stream, args.eval_windows, erng)) for d, stream in held.items()}
     lm_w = (lm_head.base_layer if hasattr(lm_head, "base_layer") else lm_head).weight.detach()  # (V, H)
     H, K = tt.MODEL["hidden_size"], args.heads
     W = torch.zeros(K, H, H, device=dev, requires_grad=True)
@@ -220,15 +280,24 @@ def train_set(ctx, name: str, inner, lm_head, train: dict, counts: dict, held: d
             xi = h + F.silu(h @ W[i].T + b[i])
             return xi @ lm_w.T
 
-    def loss_of(x):
+    def loss_of(x, first=0):
+        """Mean over heads of the soft cross-entropy at positions t >= first."""
         h, teacher = hidden(x)
         total = 0.0
         for i in range(K):
             T = x.shape[1] - 1 - i  # positions t with a teacher at t + 1 + i
-            target = F.softmax(teacher[:, 1 + i:, :].float(), dim=-1)
-            logits = head_logits(h[:, :T], i).float()
+            target = F.softmax(teacher[:, first + 1 + i:, :].float(), dim=-1)
+            logits = head_logits(h[:, first:T], i).float()
             total = total + -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
         return total / K
+
+    def step_loss():
+        text = loss_of(batch())
+        if not n_gen:
+            return text
+        rows = torch.from_numpy(rng.integers(0, pool.shape[0], size=n_gen)).to(dev)
+        # the continuation's positions: from the prompt's last token (head i guesses P + 1 + i)
+        return (1 - args.gen_fraction) * text + args.gen_fraction * loss_of(pool[rows], first=P - 1)
 
     rng = np.random.default_rng(args.seed)
     gpu = {d: torch.from_numpy(train[d].astype(np.int64)).to(dev) for d in counts if counts[d]}
@@ -241,8 +310,27 @@ def train_set(ctx, name: str, inner, lm_head, train: dict, counts: dict, held: d
             parts.append(t[torch.from_numpy(starts).to(dev)[:, None] + ar[None, :]])
         return torch.cat(parts)
 
+    def score(wins, first):
+        """Per head: argmax agreement with the model at t + 1 + i (positions t >= first); chain acceptance."""
+        matches, agree, counted = [], [0] * K, [0] * K
+        for x in wins:
+            x = x[None]
+            h, teacher = hidden(x)
+            want = teacher[0].argmax(-1)  # the model's greedy token after each position
+            L = x.shape[1]
+            rows = [[None] * K for _ in range(L - first)]
+            for i in range(K):
+                ok = (head_logits(h, i)[0].argmax(-1)[first:L - 1 - i] == want[first + 1 + i:]).tolist()
+                agree[i] += sum(ok)
+                counted[i] += len(ok)
+                for t, m in enumerate(ok):
+                    rows[t][i] = m
+            matches += rows
+        return {"head_agreement": [a / max(1, c) for a, c in zip(agree, counted)],
+                "chain_accepted": chain_accepts(matches), "positions": len(matches)}
+
     def evaluate():
-        """Per head: argmax agreement with the model at t + 1 + i; chain acceptance; held-out windows."""
+        """Held-out windows (teacher-forced), and the model's continuations of held-out prompts."""
         res = {}
         with torch.no_grad():
             for d, stream in held.items():
@@ -250,22 +338,8 @@ def train_set(ctx, name: str, inner, lm_head, train: dict, counts: dict, held: d
                 w = args.seq_len - 1
                 wins = [torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), s[i:i + w]])
                         for i in range(0, max(1, s.shape[0] - w), w)][:args.eval_windows]
-                matches, agree, counted = [], [0] * K, [0] * K
-                for x in wins:
-                    x = x[None]
-                    h, teacher = hidden(x)
-                    want = teacher[0].argmax(-1)  # the model's greedy token after each position
-                    L = x.shape[1]
-                    rows = [[None] * K for _ in range(L)]
-                    for i in range(K):
-                        ok = (head_logits(h, i)[0].argmax(-1)[:L - 1 - i] == want[1 + i:]).tolist()
-                        agree[i] += sum(ok)
-                        counted[i] += len(ok)
-                        for t, m in enumerate(ok):
-                            rows[t][i] = m
-                    matches += rows
-                res[d] = {"head_agreement": [a / max(1, c) for a, c in zip(agree, counted)],
-                          "chain_accepted": chain_accepts(matches), "positions": len(matches)}
+                res[d] = score(wins, 0)
+                res[d]["continued"] = score(list(held_gen[d]), P - 1)
         return res
 
     before = evaluate()
@@ -281,7 +355,7 @@ def train_set(ctx, name: str, inner, lm_head, train: dict, counts: dict, held: d
         lr = lr_at(step, args.lr, args.warmup, planned or 10 ** 9)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_of(batch())
+        loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([W, b], 1.0)
@@ -304,6 +378,9 @@ def train_set(ctx, name: str, inner, lm_head, train: dict, counts: dict, held: d
     return {"model": name, "train_tokens": {d: int(train[d].shape[0]) for d in counts if counts[d]},
             "sequences_per_step": counts, "seq_len": args.seq_len, "steps": step,
             "tokens_seen": step * sum(counts.values()) * args.seq_len, "seconds": round(took, 1),
+            "generated": {"sequences": int(pool.shape[0]) if n_gen else 0, "prompt": P, "new": G,
+                          "per_step": n_gen, "fraction": args.gen_fraction,
+                          "seconds": round(time.time() - t_gen, 1) if n_gen else 0},
             "loss_first_20": sum(losses[:20]) / max(1, len(losses[:20])),
             "loss_last_20": sum(losses[-20:]) / max(1, len(losses[-20:])),
             "heldout_before": before, "heldout_after": after}
@@ -361,9 +438,11 @@ def main(argv=None) -> int:
               "layout": "LoRAX MedusaV2: one residual block per head (x + SiLU(W x + b)), the base model's lm_head",
               "objective": "soft cross-entropy of head i at position t against the frozen model's (base, or base + "
                            "adapter) distribution at position t + 1 + i (self-distillation), mean over heads",
-              "heldout_note": "teacher-forced on held-out text; head_agreement[i] = share of positions t where head "
-                              "i's argmax equals the model's argmax at t + 1 + i; chain_accepted[k-1] = mean "
-                              "leading run of agreeing heads among the first k (drafted tokens accepted per step)",
+              "heldout_note": "teacher-forced on held-out text, and ('continued') on the model's greedy "
+                              "continuations of held-out prompts (the continuation's positions); head_agreement[i] = "
+                              "share of positions t where head i's argmax equals the model's argmax at t + 1 + i; "
+                              "chain_accepted[k-1] = mean leading run of agreeing heads among the first k (drafted "
+                              "tokens accepted per step)",
               "sets": {}}
     t = time.time()
     domains = list(TRAIN_DOMAINS) + [a for a in args.adapters if a not in TRAIN_DOMAINS]
@@ -376,7 +455,7 @@ def main(argv=None) -> int:
 
     model = load_base()
     n_chat = int(round(args.batch * args.chat_fraction)) if train["chat"].shape[0] > args.seq_len + 1 else 0
-    record["sets"]["base"] = train_set(ctx, "base", model.model, model.lm_head, train,
+    record["sets"]["base"] = train_set(ctx, "base", model, model.model, model.lm_head, train,
                                        {"base": args.batch - n_chat, "chat": n_chat},
                                        {d: held[d] for d in TRAIN_DOMAINS}, args.seconds,
                                        os.path.join(args.out, "medusa"))
@@ -387,16 +466,18 @@ def main(argv=None) -> int:
         pm = PeftModel.from_pretrained(load_base(), os.path.join(args.models, "adapters", a), is_trainable=False)
         pm = pm.to(dev).eval()
         causal = pm.base_model.model  # the Phi3ForCausalLM with LoRA layers injected
-        record["sets"][a] = train_set(ctx, a, causal.model, causal.lm_head, train, {a: args.batch},
+        record["sets"][a] = train_set(ctx, a, pm, causal.model, causal.lm_head, train, {a: args.batch},
                                       {a: held[a]}, args.adapter_seconds, os.path.join(args.out, "adapters", a))
         tt.write_json(os.path.join(args.out, "medusa", "training.json"), record)
         model = pm
     for nm, r in record["sets"].items():
         for d, e in r["heldout_after"].items():
-            log(f"{nm:<6} on held-out {d:<6}: head agreement "
-                f"{', '.join(f'{v:.3f}' for v in e['head_agreement'])}; accepted per step with k heads "
-                f"{', '.join(f'{v:.3f}' for v in e['chain_accepted'])} (before: "
-                f"{', '.join(f'{v:.3f}' for v in r['heldout_before'][d]['chain_accepted'])})")
+            for how, ev, ev0 in (("text", e, r["heldout_before"][d]),
+                                 ("continued", e["continued"], r["heldout_before"][d]["continued"])):
+                log(f"{nm:<6} on held-out {d:<6} {how:<9}: head agreement "
+                    f"{', '.join(f'{v:.3f}' for v in ev['head_agreement'])}; accepted per step with k heads "
+                    f"{', '.join(f'{v:.3f}' for v in ev['chain_accepted'])} (before: "
+                    f"{', '.join(f'{v:.3f}' for v in ev0['chain_accepted'])})")
     log(f"done: {args.out}/medusa" + "".join(f", {args.out}/adapters/{a}" for a in args.adapters))
     return 0
 

@@ -173,7 +173,6 @@ std::unique_ptr<Engine::Live> Engine::make_live(Request r, uint64_t seed, int32_
         std::span<const int32_t>(r.prompt.data() + r.prompt.size() - ctx, ctx));
   }
   l->req = std::move(r);
-  l->draft_limit = max_drafts(*l);
   return l;
 }
 
@@ -782,6 +781,11 @@ std::optional<PositionLogprobs> Engine::token_logprobs(Live& l, const StepResult
   return lp;
 }
 
+double Engine::speculate_row_cost() const {
+  if (config_.speculate_row_cost >= 0) return config_.speculate_row_cost;
+  return model_.backend().device() == Device::cuda ? kGpuRowCost : kCpuRowCost;
+}
+
 int64_t Engine::max_drafts(const Live& l) const {
   if (config_.speculate_ngram > 0) return config_.speculate_ngram;
   if (config_.speculate_medusa > 0 && l.heads)
@@ -801,7 +805,8 @@ std::vector<int32_t> Engine::draft(const Live& l, int64_t room) const {
       !l.unforked.empty() || l.count_row >= 0 || uses_counts(l.req.sampling) ||
       l.req.prompt_logits || wants_prompt_logprobs(l))
     return {};
-  const int64_t k = std::min({l.draft_limit, l.req.max_new_tokens - l.generated - 1, room});
+  const int64_t limit = draft_length(l.draft_stats.rate(), speculate_row_cost(), max_drafts(l));
+  const int64_t k = std::min({limit, l.req.max_new_tokens - l.generated - 1, room});
   if (k <= 0) return {};
   if (config_.speculate_ngram > 0) return ngram_drafts(q.tokens, k);
   if (l.medusa_at != q.tokens.size()) return {};  // no hidden state of its last token yet
@@ -864,7 +869,7 @@ int64_t Engine::verify(Live& l, const StepResult& result, int64_t first_row,
   const int64_t a = accepted_drafts(drafts, sampled);
   stats_.spec_draft_tokens += k;
   stats_.spec_accepted_tokens += a;
-  l.draft_limit = next_draft_limit(k, a, max_drafts(l));
+  l.draft_stats.record(k, a);
   const auto base = int64_t(l.seq.tokens.size()) - k;  // tokens before the drafts
   l.seq.num_computed = base + a;                       // the last token and the accepted drafts
   l.seq.tokens.resize(size_t(base + a));

@@ -37,6 +37,7 @@
 #include "engine/request.h"
 #include "engine/sampler.h"
 #include "engine/sequence.h"
+#include "engine/speculate.h"
 #include "engine/step_runner.h"
 #include "kv/kv_cache.h"
 #include "lora/store.h"
@@ -78,8 +79,8 @@ struct EngineConfig {
   int64_t count_rows = 0;
   // Speculative decoding with n-gram (prompt lookup) drafts (engine/speculate.h):
   // a decoding sequence drafts up to this many tokens per step, verified in
-  // the step as one row group; 0: off. The limit adapts per sequence to its
-  // acceptance (next_draft_limit). Requests with penalties (token counts on
+  // the step as one row group; 0: off. Below the limit a sequence drafts what
+  // its own acceptance rate pays for (draft_length). Requests with penalties (token counts on
   // the backend, updated by the sample op one token per row) never draft,
   // nor do prompt-logits requests.
   int64_t speculate_ngram = 0;
@@ -93,6 +94,10 @@ struct EngineConfig {
   // No drafting in a step while more sequences than this run (a large batch
   // is compute-bound: verifying drafts stops paying).
   int64_t speculate_max_batch = 16;
+  // What one more row of a sequence costs relative to a step, for
+  // draft_length; negative: the backend's (kGpuRowCost on CUDA, kCpuRowCost
+  // on the CPU). 0 drafts the most every step (tests that want long chains).
+  double speculate_row_cost = -1.0;
   // Admission waits for the disk loads of the adapters that waiting requests
   // ask for, so that a schedule does not depend on how fast the disk is
   // (offline runs, tests). Off (the server): a request waits for its
@@ -254,9 +259,9 @@ class Engine {
     size_t emitted = 0;
     size_t searched = 0;
     // Speculative decoding: this step's drafted tokens (appended to
-    // seq.tokens while the step runs), and the most it drafts next step.
+    // seq.tokens while the step runs), and its acceptance so far.
     std::vector<int32_t> drafts;
-    int64_t draft_limit = 0;
+    DraftStats draft_stats;
     // Medusa: its heads (null: none), and their drafts [heads] for the tokens
     // after tokens[medusa_at - 1] (from that step's hidden state of the last
     // computed token); valid while tokens.size() == medusa_at.
@@ -293,6 +298,7 @@ class Engine {
   SampleRow sampling_row(Live& l, int64_t ahead = 0);
   // The most drafts the sequence verifies in a step (its method's K); 0: it never drafts.
   int64_t max_drafts(const Live& l) const;
+  double speculate_row_cost() const;
   std::vector<int32_t> draft(const Live& l, int64_t room) const;
   // Its Medusa heads' drafts for the sequences `rows` names (each with its
   // logit row of the step): the step's own (`in_step`: the heads it ran), or

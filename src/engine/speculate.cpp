@@ -26,9 +26,22 @@ int64_t accepted_drafts(std::span<const int32_t> drafts, std::span<const int32_t
   return a;
 }
 
-int64_t next_draft_limit(int64_t drafted, int64_t accepted, int64_t max) {
-  if (accepted >= drafted) return std::min(max, drafted + 1);
-  return std::clamp<int64_t>(accepted + 1, 1, max);
+void DraftStats::record(int64_t drafted, int64_t kept) {
+  accepted = kDraftDecay * accepted + double(kept);
+  rejected = kDraftDecay * rejected + (kept < drafted ? 1.0 : 0.0);
+}
+
+int64_t draft_length(double rate, double row_cost, int64_t max) {
+  if (max <= 0) return 0;
+  int64_t best = 1;
+  double tokens = 1.0, power = 1.0, best_gain = 0.0;
+  for (int64_t k = 1; k <= max; ++k) {
+    power *= rate;
+    tokens += power;
+    const double gain = tokens / (1.0 + row_cost * double(k));
+    if (gain > best_gain) best_gain = gain, best = k;
+  }
+  return best;
 }
 
 }  // namespace philora::engine

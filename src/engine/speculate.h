@@ -33,9 +33,32 @@ std::vector<int32_t> ngram_drafts(std::span<const int32_t> tokens, int64_t max_d
 // drafts[j] (drafts.size() when all match). sampled has drafts.size() + 1 rows.
 int64_t accepted_drafts(std::span<const int32_t> drafts, std::span<const int32_t> sampled);
 
-// The next step's draft limit of a sequence that drafted `drafted` tokens and
-// had `accepted` of them accepted: one more (up to `max`) when all were, else
-// accepted + 1 (at least 1).
-int64_t next_draft_limit(int64_t drafted, int64_t accepted, int64_t max);
+// How many tokens a sequence drafts: as many as pay for themselves. A chain
+// of drafts is accepted draft by draft, each given the ones before it, at a
+// rate α per draft that the sequence's own verifications estimate; k drafts
+// then yield 1 + α + α² + … + α^k tokens a step on average, for a step that
+// costs 1 + row_cost · k of a plain one (row_cost: what one more row of a
+// sequence costs, relative to the step: a few percent on a GPU at small batch,
+// where a step reads the weights once whatever its rows; far more on a CPU).
+// DraftStats keeps the estimate: decayed counts (kDraftDecay a verification)
+// of accepted drafts and of rejections (verifications that kept fewer drafts
+// than they checked), α = (accepted + 1) / (accepted + rejected + 2).
+inline constexpr double kDraftDecay = 0.8;
+// Row costs measured on the embedded model at batch 1 (bench/RESULTS.md,
+// issue 20): an H100 step with k + 1 rows costs ~1 + 0.03 k of a plain one;
+// a 2-core CPU step ~1 + 0.3 k.
+inline constexpr double kGpuRowCost = 0.03, kCpuRowCost = 0.3;
+
+struct DraftStats {
+  double accepted = 0.0;
+  double rejected = 0.0;
+  // One verification: `drafted` drafts checked, the first `accepted` kept.
+  void record(int64_t drafted, int64_t accepted);
+  double rate() const { return (accepted + 1.0) / (accepted + rejected + 2.0); }
+};
+
+// The k in 1..max (max ≥ 1) with the most tokens per unit of step cost at
+// rate α and `row_cost`; 0 when max ≤ 0.
+int64_t draft_length(double rate, double row_cost, int64_t max);
 
 }  // namespace philora::engine

@@ -124,6 +124,7 @@ engine::EngineConfig config(int64_t k, int64_t budget = 4096, bool prefix_cache 
   c.step_graphs = false;
   c.prefix_cache = prefix_cache;
   c.speculate_medusa = k;
+  c.speculate_row_cost = 0.0;  // the longest chains every step: the most to verify
   c.wait_for_adapter_loads = true;  // as EngineRig's: a schedule that does not depend on the disk
   return c;
 }

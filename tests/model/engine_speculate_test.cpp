@@ -44,6 +44,7 @@ engine::EngineConfig config(int64_t drafts, int64_t budget = 4096, bool prefix_c
   c.step_graphs = false;
   c.prefix_cache = prefix_cache;
   c.speculate_ngram = drafts;
+  c.speculate_row_cost = 0.0;  // the longest chains every step: the most to verify
   return c;
 }
 
@@ -128,21 +129,26 @@ INSTANTIATE_TEST_SUITE_P(engine, SpeculativeSchedules, testing::ValuesIn(test::k
 // A page that held rejected drafts is never published to the prefix cache:
 // after request A ran with speculation, request B whose prompt is exactly A's
 // context plus drafts that A's step rejected (recomputed here by the same
-// rule: prompt lookup, the adaptive limit) gets what it gets on an engine
+// rule: prompt lookup, the draft length from A's acceptance at the CPU's row
+// cost) gets what it gets on an engine
 // without speculation or prefix cache — were the page keyed by the drafts'
 // tokens, B would reuse K/V that A later overwrote with its own tokens.
 TEST(SpeculativeGreedy, PagesOfRejectedDraftsAreNeverCached) {
   constexpr int64_t kK = 4, kPage = 4;  // EngineRig's pages hold 4 tokens
   const engine::Request a = long_requests(kCase)[0];
-  EngineRig rig(kCase, config(kK));
+  engine::EngineConfig c = config(kK);
+  c.speculate_row_cost = engine::kCpuRowCost;
+  EngineRig rig(kCase, c);
   const std::map<std::string, test::Run> first = test::run_engine(*rig.engine, {a});
   const test::Run& ra = first.at(a.id);
   std::vector<int32_t> tokens = a.prompt;
   tokens.push_back(ra.tokens[0]);  // the prompt's step: no drafts
-  int64_t limit = kK, generated = 1;
+  engine::DraftStats acceptance;
+  int64_t generated = 1;
   std::vector<int32_t> rejected;  // A's context + drafts whose whole pages hold a rejected one
   for (size_t step = 1; step < ra.steps.size(); ++step) {
     const auto kept = int64_t(ra.steps[step].new_tokens.size());
+    const int64_t limit = engine::draft_length(acceptance.rate(), c.speculate_row_cost, kK);
     const std::vector<int32_t> drafts =
         engine::ngram_drafts(tokens, std::min(limit, a.max_new_tokens - generated - 1));
     const auto k = int64_t(drafts.size());
@@ -153,7 +159,7 @@ TEST(SpeculativeGreedy, PagesOfRejectedDraftsAreNeverCached) {
         rejected = tokens;
         rejected.insert(rejected.end(), drafts.begin(), drafts.end());
       }
-      limit = engine::next_draft_limit(k, accepted, kK);
+      acceptance.record(k, accepted);
     } else {
       ASSERT_EQ(kept, 1);
     }

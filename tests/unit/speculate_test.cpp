@@ -42,11 +42,35 @@ TEST(SpeculateAccept, LongestMatchingPrefix) {
   EXPECT_EQ(engine::accepted_drafts(V{}, V{3}), 0);
 }
 
-TEST(SpeculateAccept, DraftLimitAdapts) {
-  EXPECT_EQ(engine::next_draft_limit(3, 3, 4), 4);  // all accepted: one more
-  EXPECT_EQ(engine::next_draft_limit(4, 4, 4), 4);  // up to the maximum
-  EXPECT_EQ(engine::next_draft_limit(4, 1, 4), 2);  // else the accepted ones and one more
-  EXPECT_EQ(engine::next_draft_limit(4, 0, 4), 1);
+// The draft length maximises (1 + α + … + α^k) / (1 + c k) over k in 1..max,
+// worked out by hand here.
+TEST(SpeculateAccept, DraftLengthPaysForItself) {
+  // c = 0: every draft is free, so the most.
+  EXPECT_EQ(engine::draft_length(0.1, 0.0, 4), 4);
+  // α = 0.5, c = 0.3: k = 1: 1.5 / 1.3 = 1.154; k = 2: 1.75 / 1.6 = 1.094.
+  EXPECT_EQ(engine::draft_length(0.5, 0.3, 4), 1);
+  // α = 0.8, c = 0.3: k = 1: 1.8 / 1.3 = 1.385; 2: 2.44 / 1.6 = 1.525;
+  // 3: 2.952 / 1.9 = 1.554; 4: 3.3616 / 2.2 = 1.528.
+  EXPECT_EQ(engine::draft_length(0.8, 0.3, 4), 3);
+  EXPECT_EQ(engine::draft_length(0.8, 0.3, 2), 2);  // capped by max
+  // α = 0.5, c = 0.03: k = 3: 1.875 / 1.09 = 1.720; 4: 1.9375 / 1.12 = 1.730;
+  // 5: 1.96875 / 1.15 = 1.712.
+  EXPECT_EQ(engine::draft_length(0.5, 0.03, 8), 4);
+  EXPECT_EQ(engine::draft_length(0.9, 5.0, 4), 1);  // at least one
+  EXPECT_EQ(engine::draft_length(0.9, 0.0, 0), 0);
+}
+
+TEST(SpeculateAccept, AcceptanceDecays) {
+  engine::DraftStats s;
+  EXPECT_DOUBLE_EQ(s.rate(), 0.5);  // the prior: one accepted, one rejected
+  s.record(4, 4);                   // all kept: no rejection
+  EXPECT_DOUBLE_EQ(s.rate(), 5.0 / 6.0);
+  s.record(4, 1);  // accepted 0.8 · 4 + 1 = 4.2, rejected 1
+  EXPECT_DOUBLE_EQ(s.accepted, 4.2);
+  EXPECT_DOUBLE_EQ(s.rejected, 1.0);
+  EXPECT_DOUBLE_EQ(s.rate(), 5.2 / 7.2);
+  s.record(2, 0);  // accepted 3.36, rejected 1.8
+  EXPECT_DOUBLE_EQ(s.rate(), 4.36 / 7.16);
 }
 
 TEST(PageManagerTruncate, FreesThePagesPastTheTokens) {

@@ -1,6 +1,7 @@
 #include "backend/cuda/cuda_matmul.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
@@ -151,6 +152,20 @@ void LtMatmul::add_split_k_variants(Plan& p) {
 // in a step, which a lone timing does not show). Larger m (prefill) keeps the
 // heuristic's choice, which is near the peak there, so that new prompt lengths
 // cost no tuning.
+// Lab knock-out (compiled in only with -DPHILORA_LAB_KNOCKOUT=1, through
+// dev/cuda/variant.sh): "stream_k" in PHILORA_LAB_SKIP keeps the GEMV's timing
+// to whole row groups (the schedule before stream-K, for A/B timing in one call).
+namespace {
+#if PHILORA_LAB_KNOCKOUT
+bool stream_k_knocked() {
+  const char* e = std::getenv("PHILORA_LAB_SKIP");
+  return e && ("," + std::string(e) + ",").find(",stream_k,") != std::string::npos;
+}
+#else
+constexpr bool stream_k_knocked() { return false; }
+#endif
+}  // namespace
+
 template <typename Launch>
 float LtMatmul::time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t stop) {
   constexpr int kReps = 5;
@@ -207,7 +222,7 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_
     int best_grid = 0;
     bool best_stream_k = false;
     for (const bool stream_k : {false, true}) {
-      if (stream_k && !skinny_gemm_stream_k_ok(m, n, k)) continue;
+      if (stream_k && (!skinny_gemm_stream_k_ok(m, n, k) || stream_k_knocked())) continue;
       sa.stream_k = stream_k;
       for (int per_sm = 1; per_sm <= skinny_gemm_max_per_sm(m, k, stream_k); ++per_sm) {
         const int grid = skinny_gemm_grid(sa, sms_, per_sm);
