@@ -82,7 +82,9 @@ vs = f"{tps / base:.2f}x" if base else "1.00x"
 rate = f"{a:,} ({a / d:.0%})" if d else "0"
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {tps:,.0f} | {vs} | {s['steps']:,} | {d:,} | {rate} | {sys.argv[5]} |")
 EOF
-      [ "$m" = none ] && base_tps=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["tokens_per_second"])' "$best")
+      if [ "$m" = none ]; then
+        base_tps=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["tokens_per_second"])' "$best")
+      fi
     done
   done
 done

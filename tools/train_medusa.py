@@ -250,7 +250,7 @@ def train_set(ctx, name: str, causal, inner, lm_head, train: dict, counts: dict,
     # The self-distillation pool: continuations of training-text prompts, domains as the text batch
     # mixes them, within gen_seconds.
     n_gen = gen_rows(sum(counts.values()), args.seq_len, args.gen_fraction, P + G)
-    pool, t_gen = [], time.time()
+    pool, t_gen, gen_took = [], time.time(), 0.0
     if n_gen:
         grng = np.random.default_rng(args.seed + 1)
         doms = [d for d in counts if counts[d]]
@@ -259,6 +259,7 @@ def train_set(ctx, name: str, causal, inner, lm_head, train: dict, counts: dict,
             d = doms[int(grng.choice(len(doms), p=weights / weights.sum()))]
             pool.append(continue_greedily(prompts_from(train[d], args.gen_batch, grng)))
         pool = torch.cat(pool)
+        gen_took = time.time() - t_gen
         log(f"{name}: {pool.shape[0]:,} greedy continuations of {P} + {G} tokens in {time.time() - t_gen:.1f}s; "
             f"{n_gen} a step")
     erng = np.random.default_rng(args.seed + 2)
@@ -380,7 +381,7 @@ def train_set(ctx, name: str, causal, inner, lm_head, train: dict, counts: dict,
             "tokens_seen": step * sum(counts.values()) * args.seq_len, "seconds": round(took, 1),
             "generated": {"sequences": int(pool.shape[0]) if n_gen else 0, "prompt": P, "new": G,
                           "per_step": n_gen, "fraction": args.gen_fraction,
-                          "seconds": round(time.time() - t_gen, 1) if n_gen else 0},
+                          "seconds": round(gen_took, 1)},
             "loss_first_20": sum(losses[:20]) / max(1, len(losses[:20])),
             "loss_last_20": sum(losses[-20:]) / max(1, len(losses[-20:])),
             "heldout_before": before, "heldout_after": after}
