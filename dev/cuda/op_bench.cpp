@@ -222,8 +222,7 @@ void bench_lora(int64_t T, int64_t in, int64_t out, bool distinct, const std::st
 }
 
 // Decode-sized matmuls (issue 19): cuBLASLt's timed best against our skinny
-// kernel with 1, 2, … blocks an SM (stream-K grids; at m ≤ 4 the GEMV on both
-// its schedules), on enough copies of the weight (≥ 150 MB, taken
+// kernel with 1, 2, … blocks an SM (stream-K grids), on enough copies of the weight (≥ 150 MB, taken
 // in turn) that w comes from memory, 30 launches back to back between two
 // events: µs per launch (ours overlaps each launch's start with the one before,
 // as in a step; cuBLASLt's launches do not). GB/s counts w's bytes only.
@@ -253,19 +252,15 @@ void bench_skinny(int64_t T) {
                                    s.name, s.in, s.out, lt, wbytes / lt * 1e-3);
     double best = 1e30;
     int best_per_sm = 0;
-    bool best_sk = false;
-    for (const bool sk : {false, true}) {  // the GEMV's schedules: whole row groups, stream-K ("sk")
-      if (sk && !cuda::skinny_gemm_stream_k_ok(T, s.out, s.in)) continue;
-      for (int per_sm = 1; per_sm <= cuda::skinny_gemm_max_per_sm(T, s.in, sk); ++per_sm) {
-        const double us = per_launch([&](const Tensor& w) {
-          mm.run_skinny(x.data, w.data, y.data, T, s.out, s.in, false, s.in, per_sm, 0, sk);
-        });
-        line += fmt::format(" {}{}/SM {:.1f}", sk ? "sk " : "", per_sm, us);
-        if (us < best) best = us, best_per_sm = per_sm, best_sk = sk;
-      }
+    for (int per_sm = 1; per_sm <= cuda::skinny_gemm_max_per_sm(T, s.in); ++per_sm) {
+      const double us = per_launch([&](const Tensor& w) {
+        mm.run_skinny(x.data, w.data, y.data, T, s.out, s.in, false, s.in, per_sm);
+      });
+      line += fmt::format(" {}/SM {:.1f}", per_sm, us);
+      if (us < best) best = us, best_per_sm = per_sm;
     }
-    std::printf("%s | best %s%d/SM %.1f us %.0f GB/s (%.2fx cuBLASLt)\n", line.c_str(), best_sk ? "sk " : "",
-                best_per_sm, best, wbytes / best * 1e-3, lt / best);
+    std::printf("%s | best %d/SM %.1f us %.0f GB/s (%.2fx cuBLASLt)\n", line.c_str(), best_per_sm, best,
+                wbytes / best * 1e-3, lt / best);
     mm.set_skinny(cuda::LtMatmul::Skinny::timed);  // the default
   }
 }

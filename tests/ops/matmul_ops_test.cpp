@@ -116,21 +116,15 @@ class MatmulWide : public OpCase {
 };
 
 // Pins the CUDA backend's skinny kernels (whatever its first-use timing would
-// choose) for a scope, the GEMV (m ≤ 4) on one of its two schedules; Skinny::timed,
-// the default, after. Other backends: nothing.
-enum class Sched { groups, stream_k };
-
+// choose) for a scope; Skinny::timed, the default, after. Other backends: nothing.
 class PinSkinny {
  public:
-  explicit PinSkinny(Backend& b, Sched sched = Sched::groups) {
+  explicit PinSkinny(Backend& b) {
 #if PHILORA_HAVE_CUDA
     cuda_ = dynamic_cast<CudaBackend*>(&b);
-    if (cuda_)
-      cuda_->context().matmul->set_skinny(sched == Sched::stream_k ? cuda::LtMatmul::Skinny::always_stream_k
-                                                                   : cuda::LtMatmul::Skinny::always);
+    if (cuda_) cuda_->context().matmul->set_skinny(cuda::LtMatmul::Skinny::always);
 #else
     (void)b;
-    (void)sched;
 #endif
   }
   ~PinSkinny() {
@@ -147,8 +141,6 @@ class PinSkinny {
 #endif
 };
 
-const char* sched_tag(Sched s) { return s == Sched::stream_k ? " stream-K" : ""; }
-
 // The decode-sized form on the CUDA backend's own skinny kernel (pinned, so the
 // kernel runs whatever the timing would choose; its default split-K): y = x ·
 // w[:, :in]ᵀ or y += …, w (out, ldw ≥ in) — a weight with LoRA columns when
@@ -156,11 +148,10 @@ const char* sched_tag(Sched s) { return s == Sched::stream_k ? " stream-K" : "";
 
 class SkinnyMatmul : public OpCase {
  public:
-  SkinnyMatmul(int64_t tokens, int64_t in, int64_t ldw, int64_t out, bool add, Sched sched = Sched::groups)
-      : T_(tokens), in_(in), ldw_(ldw), out_(out), add_(add), sched_(sched) {}
+  SkinnyMatmul(int64_t tokens, int64_t in, int64_t ldw, int64_t out, bool add)
+      : T_(tokens), in_(in), ldw_(ldw), out_(out), add_(add) {}
   std::string name() const override {
-    return fmt::format("skinny_{}(T={} in={} ldw={} out={}{})", add_ ? "matmul_add" : "matmul", T_, in_, ldw_, out_,
-                       sched_tag(sched_));
+    return fmt::format("skinny_{}(T={} in={} ldw={} out={})", add_ ? "matmul_add" : "matmul", T_, in_, ldw_, out_);
   }
   void init(Rng& rng) override {
     x_ = rng.bf16(T_ * in_, -1, 1);
@@ -171,7 +162,7 @@ class SkinnyMatmul : public OpCase {
   std::vector<Output> run(Backend& b) const override {
     const Tensor x = upload(b, x_, {T_, in_}), w = upload(b, w_, {out_, ldw_});
     Tensor y = upload(b, y0_, {T_, out_});
-    const PinSkinny pin(b, sched_);
+    const PinSkinny pin(b);
     if (add_)
       b.matmul_add(x, w, y);
     else
@@ -191,7 +182,6 @@ class SkinnyMatmul : public OpCase {
  private:
   int64_t T_, in_, ldw_, out_;
   bool add_;
-  Sched sched_;
   std::vector<float> x_, w_, y0_;  // (T, in), (out, ldw), (T, out)
 };
 
@@ -204,11 +194,11 @@ enum class Pro { rms_norm, silu_mul };
 
 class PrologueMatmul : public OpCase {
  public:
-  PrologueMatmul(int64_t tokens, int64_t in, int64_t ldw, int64_t out, Pro pro, bool add, Sched sched = Sched::groups)
-      : T_(tokens), in_(in), ldw_(ldw), out_(out), pro_(pro), add_(add), sched_(sched) {}
+  PrologueMatmul(int64_t tokens, int64_t in, int64_t ldw, int64_t out, Pro pro, bool add)
+      : T_(tokens), in_(in), ldw_(ldw), out_(out), pro_(pro), add_(add) {}
   std::string name() const override {
-    return fmt::format("{}_{}(T={} in={} ldw={} out={}{})", pro_ == Pro::rms_norm ? "rms_norm" : "silu_mul",
-                       add_ ? "matmul_add" : "matmul", T_, in_, ldw_, out_, sched_tag(sched_));
+    return fmt::format("{}_{}(T={} in={} ldw={} out={})", pro_ == Pro::rms_norm ? "rms_norm" : "silu_mul",
+                       add_ ? "matmul_add" : "matmul", T_, in_, ldw_, out_);
   }
   void init(Rng& rng) override {
     const int64_t src_cols = pro_ == Pro::silu_mul ? 2 * in_ : in_;
@@ -227,7 +217,7 @@ class PrologueMatmul : public OpCase {
     const Tensor src = upload(b, src_, {T_, src_cols}), w = upload(b, w_, {out_, ldw_});
     const Prologue p = pro_ == Pro::rms_norm ? Prologue::rms_norm(upload(b, g_, {in_}), kEps) : Prologue::silu_mul();
     Tensor y = upload(b, y0_, {T_, out_});
-    const PinSkinny pin(b, sched_);
+    const PinSkinny pin(b);
     if (add_)
       b.fused_matmul_add(src, p, w, y);
     else
@@ -264,7 +254,6 @@ class PrologueMatmul : public OpCase {
   int64_t T_, in_, ldw_, out_;
   Pro pro_;
   bool add_;
-  Sched sched_;
   std::vector<float> src_, g_, w_, y0_;  // (T, in or 2 in), [in], (out, ldw), (T, out)
 };
 
@@ -296,15 +285,6 @@ std::vector<CaseFactory> matmul_cases() {
   cases.push_back(make_case<SkinnyMatmul>(5, 8, 8, 37, false));
   cases.push_back(make_case<SkinnyMatmul>(2, 3072, 3072, 3072, true));
   cases.push_back(make_case<SkinnyMatmul>(64, 8192, 8192, 96, true));
-  // The GEMV's stream-K schedule: groups split among warps at every chunk
-  // (a chunk a warp: in 3088 and 4096), at uneven places (an o_proj: 2.2
-  // chunks a warp on 132 SMs; in 5000: chunks of 128 pieces and a last of
-  // 113, an odd n), with accumulation and LoRA-column widths.
-  cases.push_back(make_case<SkinnyMatmul>(3, 3072 + 16, 3072 + 64, 200, true, Sched::stream_k));
-  cases.push_back(make_case<SkinnyMatmul>(1, 4096, 4096, 200, false, Sched::stream_k));
-  cases.push_back(make_case<SkinnyMatmul>(2, 3072, 3072, 3072, true, Sched::stream_k));
-  cases.push_back(make_case<SkinnyMatmul>(3, 5000, 5000, 1001, true, Sched::stream_k));
-  cases.push_back(make_case<SkinnyMatmul>(4, 776, 800, 1000, false, Sched::stream_k));
   // Prologues: the GEMV's m (1, 2, 4) and a T it leaves to the two ops (7);
   // Phi-3-mini's qkv (norm, in 3072) and down (silu, in 8192) widths, a weight
   // with LoRA columns (ldw > in), k off the 256-piece chunks, a row longer
@@ -316,8 +296,6 @@ std::vector<CaseFactory> matmul_cases() {
   cases.push_back(make_case<PrologueMatmul>(1, 5120, 5120 + 64, 96, Pro::rms_norm, true));
   cases.push_back(make_case<PrologueMatmul>(3, 8192, 8192, 96, Pro::silu_mul, true));
   cases.push_back(make_case<PrologueMatmul>(2, 8, 8, 37, Pro::rms_norm, false));
-  cases.push_back(make_case<PrologueMatmul>(1, 3072, 3072, 300, Pro::rms_norm, true, Sched::stream_k));
-  cases.push_back(make_case<PrologueMatmul>(3, 8192, 8192, 96, Pro::silu_mul, true, Sched::stream_k));
   return cases;
 }
 
@@ -332,20 +310,19 @@ TEST(PrologueMatmulBits, FusedEqualsTheOpThenTheGemv) {
   auto made = make_backend("cuda");
   ASSERT_TRUE(made) << made.status().message();
   Backend& b = **made;
+  const PinSkinny pin(b);
   Rng rng(7);
-  for (Sched sched : {Sched::groups, Sched::stream_k})
-    for (int64_t in : {3072, 5120, 8192})
-      for (int64_t t : {1, 3})
-        for (bool silu : {false, true}) {
-          const PinSkinny pin(b, sched);
-          const int64_t cols = silu ? 2 * in : in, out = 200;
-          const Tensor src = upload(b, rng.bf16(t * cols, -4, 4), {t, cols});
-          const Tensor w = upload(b, rng.bf16(out * in, -0.05, 0.05), {out, in});
-          const Prologue p = silu ? Prologue::silu_mul() : Prologue::rms_norm(upload(b, rng.bf16(in, 0.5, 1.5), {in}), 1e-5f);
-          const std::vector<float> fused = fetch(b, "y", b.fused_matmul(src, p, w)).got;
-          const std::vector<float> plain = fetch(b, "y", b.matmul(b.apply_prologue(src, p), w)).got;
-          EXPECT_EQ(fused, plain) << (silu ? "silu_mul" : "rms_norm") << " in=" << in << " T=" << t << sched_tag(sched);
-        }
+  for (int64_t in : {3072, 5120, 8192})
+    for (int64_t t : {1, 3})
+      for (bool silu : {false, true}) {
+        const int64_t cols = silu ? 2 * in : in, out = 200;
+        const Tensor src = upload(b, rng.bf16(t * cols, -4, 4), {t, cols});
+        const Tensor w = upload(b, rng.bf16(out * in, -0.05, 0.05), {out, in});
+        const Prologue p = silu ? Prologue::silu_mul() : Prologue::rms_norm(upload(b, rng.bf16(in, 0.5, 1.5), {in}), 1e-5f);
+        const std::vector<float> fused = fetch(b, "y", b.fused_matmul(src, p, w)).got;
+        const std::vector<float> plain = fetch(b, "y", b.matmul(b.apply_prologue(src, p), w)).got;
+        EXPECT_EQ(fused, plain) << (silu ? "silu_mul" : "rms_norm") << " in=" << in << " T=" << t;
+      }
 }
 #endif
 

@@ -1,7 +1,6 @@
 #include "backend/cuda/cuda_matmul.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
@@ -152,20 +151,6 @@ void LtMatmul::add_split_k_variants(Plan& p) {
 // in a step, which a lone timing does not show). Larger m (prefill) keeps the
 // heuristic's choice, which is near the peak there, so that new prompt lengths
 // cost no tuning.
-// Lab knock-out (compiled in only with -DPHILORA_LAB_KNOCKOUT=1, through
-// dev/cuda/variant.sh): "stream_k" in PHILORA_LAB_SKIP keeps the GEMV's timing
-// to whole row groups (the schedule before stream-K, for A/B timing in one call).
-namespace {
-#if PHILORA_LAB_KNOCKOUT
-bool stream_k_knocked() {
-  const char* e = std::getenv("PHILORA_LAB_SKIP");
-  return e && ("," + std::string(e) + ",").find(",stream_k,") != std::string::npos;
-}
-#else
-constexpr bool stream_k_knocked() { return false; }
-#endif
-}  // namespace
-
 template <typename Launch>
 float LtMatmul::time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t stop) {
   constexpr int kReps = 5;
@@ -220,52 +205,34 @@ void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_
     sa.x = x, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = ldw;
     float best_skinny = -1.0f;
     int best_grid = 0;
-    bool best_stream_k = false;
-    for (const bool stream_k : {false, true}) {
-      if (stream_k && (!skinny_gemm_stream_k_ok(m, n, k) || stream_k_knocked())) continue;
-      sa.stream_k = stream_k;
-      for (int per_sm = 1; per_sm <= skinny_gemm_max_per_sm(m, k, stream_k); ++per_sm) {
-        const int grid = skinny_gemm_grid(sa, sms_, per_sm);
-        std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, grid));
-        auto launch = [&] {
-          launch_skinny_gemm(sa, grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
-        };
-        launch();
-        const float t = time_flushed(launch, start, stop);
-        if (best_skinny < 0 || t < best_skinny) {
-          best_skinny = t;
-          best_grid = grid;
-          best_stream_k = stream_k;
-        }
+    for (int per_sm = 1; per_sm <= skinny_gemm_max_per_sm(m, k); ++per_sm) {
+      const int grid = skinny_gemm_grid(sa, sms_, per_sm);
+      std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, grid));
+      auto launch = [&] {
+        launch_skinny_gemm(sa, grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
+      };
+      launch();
+      const float t = time_flushed(launch, start, stop);
+      if (best_skinny < 0 || t < best_skinny) {
+        best_skinny = t;
+        best_grid = grid;
       }
     }
     const bool lt_wins = skinny_ == Skinny::timed && best >= 0 && best * 1.03f < best_skinny;
     p.skinny_grid = lt_wins ? 0 : best_grid;
-    p.skinny_stream_k = !lt_wins && best_stream_k;
   }
   (void)cudaEventDestroy(start);
   (void)cudaEventDestroy(stop);
 }
 
 void LtMatmul::run_skinny(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k, bool accumulate,
-                          int64_t ldw, int per_sm, int grid, bool stream_k) {
+                          int64_t ldw, int per_sm, int grid) {
   SkinnyGemmArgs sa;
   sa.x = x, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
   sa.accumulate = accumulate;
-  sa.stream_k = stream_k;
-  if (grid <= 0) grid = skinny_gemm_grid(sa, sms_, per_sm > 0 ? per_sm : skinny_gemm_max_per_sm(m, k, stream_k));
+  if (grid <= 0) grid = skinny_gemm_grid(sa, sms_, per_sm > 0 ? per_sm : skinny_gemm_max_per_sm(m, k));
   std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, grid));
   launch_skinny_gemm(sa, grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
-}
-
-LtMatmul::SkinnyChoice LtMatmul::skinny_choice(const Plan& p, int64_t m, int64_t n, int64_t k, int64_t ldw) const {
-  if (skinny_ == Skinny::never) return {};
-  if (skinny_ == Skinny::timed || !p.skinny_ok) return {p.skinny_grid, p.skinny_stream_k};
-  // Pinned: as many blocks as fit.
-  SkinnyGemmArgs sa;
-  sa.m = m, sa.n = n, sa.k = k, sa.ldw = ldw;
-  sa.stream_k = skinny_ == Skinny::always_stream_k && skinny_gemm_stream_k_ok(m, n, k);
-  return {skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m, k, sa.stream_k)), sa.stream_k};
 }
 
 bool LtMatmul::run_fused(const RowPrologue& prologue, const void* src, const void* w, void* y, int64_t m,
@@ -282,11 +249,10 @@ bool LtMatmul::run_fused(const RowPrologue& prologue, const void* src, const voi
   const Key key{m, n, k, sa.ldw, alignment_of(src), alignment_of(w), alignment_of(y)};
   Plan& p = plan_for(key);
   if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, src, w, m, n, k, sa.ldw, 1.0f);
-  const SkinnyChoice choice = skinny_choice(p, m, n, k, sa.ldw);
-  if (choice.grid <= 0) return false;
-  sa.stream_k = choice.stream_k;
-  std::shared_ptr<void> ws = allocator_->allocate(skinny_gemm_workspace_bytes(sa, choice.grid));
-  launch_skinny_gemm(sa, choice.grid, static_cast<float*>(ws.get()), static_cast<int*>(counters_.get()), stream_);
+  int grid = p.skinny_grid;
+  if (skinny_ == Skinny::always && grid == 0 && p.skinny_ok) grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m, k));
+  if (grid <= 0) return false;
+  launch_skinny_gemm(sa, grid, nullptr, static_cast<int*>(counters_.get()), stream_);
   return true;
 }
 
@@ -298,9 +264,14 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
   if (!p.tuned && tune_ && m <= kTuneMaxM) autotune(p, x, w, m, n, k, std::max(ldw, k), alpha);
   // An untimed plan (autotune off, or first seen while a graph was captured)
   // keeps cuBLASLt unless ours is pinned.
-  const SkinnyChoice choice = skinny_choice(p, m, n, k, std::max(ldw, k));
-  if (choice.grid > 0 && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
-    run_skinny(x, w, y, m, n, k, beta == 1.0f, ldw, 0, choice.grid, choice.stream_k);
+  int grid = p.skinny_grid;
+  if (skinny_ == Skinny::always && grid == 0 && p.skinny_ok) {  // as many blocks as fit
+    SkinnyGemmArgs sa;
+    sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
+    grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m, k));
+  }
+  if (grid > 0 && skinny_ != Skinny::never && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
+    run_skinny(x, w, y, m, n, k, beta == 1.0f, ldw, 0, grid);
     return;
   }
   PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,

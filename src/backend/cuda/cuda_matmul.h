@@ -47,16 +47,12 @@ class LtMatmul {
   // it), or cuBLASLt always. At m ≤ 4 ours (the GEMV) is 1.03-1.66x cuBLASLt at
   // every Phi-3-mini shape on an H100, batch-1 decode 73% -> 79% of the
   // bandwidth ideal; at m ≥ 8 cuBLASLt wins (dev/cuda/NOTES.md, session 9).
-  // The timing also picks the GEMV's schedule (whole row groups or stream-K);
-  // always_stream_k pins ours with the GEMV on stream-K where that takes the
-  // shape (op cases test both schedules).
-  enum class Skinny : uint8_t { timed, always, always_stream_k, never };
+  enum class Skinny : uint8_t { timed, always, never };
   void set_skinny(Skinny s) { skinny_ = s; }
   // The skinny kernel on the shape with `per_sm` blocks an SM (0: as many as
-  // fit), or a grid of `grid` blocks when grid > 0; the GEMV on stream-K with
-  // `stream_k` (where skinny_gemm_stream_k_ok).
+  // fit), or a grid of `grid` blocks when grid > 0.
   void run_skinny(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k, bool accumulate,
-                  int64_t ldw, int per_sm, int grid = 0, bool stream_k = false);
+                  int64_t ldw, int per_sm, int grid = 0);
   // Whether a new shape times the heuristic's candidates and keeps the fastest
   // (on by default; PHILORA_CUBLASLT_AUTOTUNE=0 turns it off).
   void set_autotune(bool on) { tune_ = on; }
@@ -72,15 +68,7 @@ class LtMatmul {
     bool tuned = false;
     bool skinny_ok = false;  // our skinny kernel takes the shape
     int skinny_grid = 0;     // > 0: it does, with this grid (the timing chose it)
-    bool skinny_stream_k = false;  // ... and the GEMV's stream-K schedule
   };
-  // The skinny launch a plan (or the pinned mode) says for the shape: grid 0
-  // where cuBLASLt runs it.
-  struct SkinnyChoice {
-    int grid = 0;
-    bool stream_k = false;
-  };
-  SkinnyChoice skinny_choice(const Plan& p, int64_t m, int64_t n, int64_t k, int64_t ldw) const;
   static constexpr int kCandidates = 16;
   static constexpr int64_t kTuneMaxM = 256;  // autotune only skinny products
   Plan& plan_for(const Key& key);

@@ -263,24 +263,12 @@ void launch_mt(const Params& p, int grid, cudaStream_t stream) {
 // load), kGemvU pieces a lane a row per iteration, the next iteration's loads
 // issued before this one's products (kGemvR · kGemvU · 2 loads a lane in
 // flight); x (m, k) sits in shared memory, read by the same lane-consecutive
-// 16-byte pattern (no bank conflicts). No barrier in the loop: a warp sums its
-// part of a row, then a butterfly gives every lane every (row, x row) sum and
-// lane j writes the j-th. The grid holds as many blocks as fit. The first
-// iteration's w is loaded before the wait for the kernel before (weights:
-// nothing in a step writes them).
-//
-// Two schedules of the iterations (a group's chunk of 32 · kGemvU pieces):
-// - whole groups: warp w takes groups w, w + warps, … — no split-K, no
-//   workspace; but where the groups are few for the warps (o and down of
-//   Phi-3-mini: 1,536 groups for 2,112 warps) or leave a last round for a
-//   fraction of them (qkv: 2.2 groups a warp), the slowest warp streams up to
-//   a group's worth of iterations more than the average;
-// - stream-K: the groups' iterations in row-major order dealt out in equal
-//   contiguous ranges, one a warp (every warp within one iteration of the
-//   average). A group that two or more warps share gets f32 partials from each
-//   (a workspace slot for the warp's first and last group), and the last to
-//   finish (a counter it resets) sums them in warp order: the same bits on
-//   every run for a given grid.
+// 16-byte pattern (no bank conflicts). No barrier in the loop, no split-K: a
+// warp sums a whole row, then a butterfly gives every lane every (row, x row)
+// sum and lane j writes the j-th. The grid holds as many blocks as fit; warps
+// loop over row groups (groups gw, gw + warps, …). The first iteration's w is
+// loaded before the wait for the kernel before (weights: nothing in a step
+// writes them).
 constexpr int kGemvThreads = 256;
 constexpr int kGemvWarps = kGemvThreads / 32;
 constexpr int kGemvR = 2;  // rows of w a warp's group
@@ -290,8 +278,6 @@ struct GemvParams {
   const bf16* x;  // the source of x: x itself, or what the prologue makes it from
   const bf16* w;
   bf16* y;
-  float* ws;      // stream-K: [warps][2][kGemvR · m] f32 partials of a warp's first and last group
-  int* counters;  // stream-K: [groups]
   int m, n, k;
   int64_t ldw;
   int accumulate;
@@ -317,7 +303,7 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
   return acc;
 }
 
-template <int M, bool kStreamK>
+template <int M>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* xs = reinterpret_cast<bf16*>(smem_raw);  // [m][k]
@@ -328,17 +314,11 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   constexpr int kChunk = 32 * kGemvU;
   const int chunks = (kp + kChunk - 1) / kChunk;
   const int groups = (p.n + kGemvR - 1) / kGemvR;
-  const int group_step = kStreamK ? 1 : warps;  // from one of the warp's groups to the next
-  // This warp's iterations: [i0, i1) of all groups' in row-major order
-  // (stream-K), or its whole groups.
-  const int64_t total = int64_t(groups) * chunks;
-  const int64_t i0 = kStreamK ? unit_start(gw, total, warps) : 0;
-  const int64_t i1 = kStreamK ? unit_start(gw + 1, total, warps) : 0;
-  const int64_t iters = kStreamK ? i1 - i0 : int64_t(gw < groups ? (groups - 1 - gw) / warps + 1 : 0) * chunks;
-  const int g0 = kStreamK ? int(i0 / chunks) : gw, c0 = kStreamK ? int(i0 % chunks) : 0;
+  const int mine = gw < groups ? (groups - 1 - gw) / warps + 1 : 0;
+  const int64_t iters = int64_t(mine) * chunks;
 
   // The loads run one iteration ahead: (lg, lc) is the next iteration's group and chunk.
-  int lg = g0, lc = c0;
+  int lg = gw, lc = 0;
   auto load = [&](uint4 (&v)[kGemvR][kGemvU]) {
 #pragma unroll
     for (int r = 0; r < kGemvR; ++r) {
@@ -352,7 +332,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
     }
     if (++lc == chunks) {
       lc = 0;
-      lg += group_step;
+      lg += warps;
     }
   };
 
@@ -389,7 +369,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   for (int r = 0; r < kGemvR; ++r)
 #pragma unroll
     for (int mm = 0; mm < M; ++mm) acc[r][mm] = 0.0f;
-  int g = g0, c = c0;  // this iteration's group and chunk
+  int g = gw, c = 0;  // this iteration's group and chunk
   for (int64_t it = 0; it < iters; ++it) {
     if (it + 1 < iters) load(nxt);
 #pragma unroll
@@ -404,8 +384,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
         for (int r = 0; r < kGemvR; ++r) acc[r][mm] = dot8(cur[r][u], xv, acc[r][mm]);
       }
     }
-    // The end of the group, or (stream-K) of the warp's range: its sums.
-    if (++c == chunks || (kStreamK && it + 1 == iters)) {
+    if (++c == chunks) {  // the group's rows are summed: reduce and write
       float out = 0.0f;
 #pragma unroll
       for (int r = 0; r < kGemvR; ++r)
@@ -416,38 +395,13 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
           acc[r][mm] = 0.0f;
         }
       const int r = lane / M, mm = lane % M, row = g * kGemvR + r;
-      const bool mine = lane < kGemvR * M && mm < p.m && row < p.n;
-      bool write = true;
-      if (kStreamK && (int64_t(g) * chunks < i0 || int64_t(g + 1) * chunks > i1)) {
-        // A part of the group: this warp's partial, and the last of its warps sums.
-        const int outs = kGemvR * p.m;
-        const int64_t first = unit_owner(int64_t(g) * chunks, total, warps);
-        const int64_t last = unit_owner(int64_t(g + 1) * chunks - 1, total, warps);
-        const int slot = int64_t(g) * chunks <= i0 ? 0 : 1;  // the warp's first group, or its last
-        const int o = r * p.m + mm;
-        if (mine) __stcg(p.ws + (int64_t(gw) * 2 + slot) * outs + o, out);
-        __threadfence();
-        __syncwarp();
-        int is_last = 0;
-        if (lane == 0) is_last = atomicAdd(p.counters + g, 1) == int(last - first);
-        write = __shfl_sync(0xffffffffu, is_last, 0) != 0;
-        if (write) {
-          __threadfence();
-          out = 0.0f;
-          for (int64_t w = first; w <= last; ++w) {  // in k order: the same bits every run
-            const int sl = unit_start(w, total, warps) / chunks == g ? 0 : 1;
-            if (mine) out += __ldcg(p.ws + (w * 2 + sl) * outs + o);
-          }
-          if (lane == 0) p.counters[g] = 0;  // ready for the next launch (graph replays too)
-        }
-      }
-      if (write && mine) {
+      if (lane < kGemvR * M && mm < p.m && row < p.n) {
         bf16* o = p.y + int64_t(mm) * p.n + row;
         if (p.accumulate) out += __bfloat162float(*o);
         *o = __float2bfloat16(out);
       }
       c = 0;
-      g += group_step;
+      g += warps;
     }
 #pragma unroll
     for (int r = 0; r < kGemvR; ++r)
@@ -456,37 +410,33 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   }
 }
 
-template <int M, bool kStreamK>
+template <int M>
 const void* gemv_of() {
-  return reinterpret_cast<const void*>(&gemv_kernel<M, kStreamK>);
+  return reinterpret_cast<const void*>(&gemv_kernel<M>);
 }
 
 constexpr int gemv_m_of(int64_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : 4; }
 
-template <bool kStreamK>
 const void* gemv_for(int64_t m) {
   switch (gemv_m_of(m)) {
-    case 1: return gemv_of<1, kStreamK>();
-    case 2: return gemv_of<2, kStreamK>();
-    default: return gemv_of<4, kStreamK>();
+    case 1: return gemv_of<1>();
+    case 2: return gemv_of<2>();
+    default: return gemv_of<4>();
   }
 }
-const void* gemv_for(int64_t m, bool stream_k) { return stream_k ? gemv_for<true>(m) : gemv_for<false>(m); }
 
 size_t gemv_smem(int64_t m, int64_t k) { return size_t(m * k) * sizeof(bf16); }
 
 int gemv_groups(int64_t n) { return int(ceil_div(n, kGemvR)); }
-int64_t gemv_iterations(int64_t n, int64_t k) { return int64_t(gemv_groups(n)) * ceil_div(k / 8, 32 * kGemvU); }
 
-template <bool kStreamK>
 void launch_gemv(const GemvParams& p, int grid, cudaStream_t stream) {
   const size_t smem = gemv_smem(p.m, p.k);
-  allow_dynamic_smem(gemv_for<kStreamK>(p.m), smem);
+  allow_dynamic_smem(gemv_for(p.m), smem);
   const dim3 g{unsigned(grid)}, b{unsigned(kGemvThreads)};
   switch (gemv_m_of(p.m)) {
-    case 1: launch_chained(gemv_kernel<1, kStreamK>, g, b, smem, stream, p); break;
-    case 2: launch_chained(gemv_kernel<2, kStreamK>, g, b, smem, stream, p); break;
-    default: launch_chained(gemv_kernel<4, kStreamK>, g, b, smem, stream, p); break;
+    case 1: launch_chained(gemv_kernel<1>, g, b, smem, stream, p); break;
+    case 2: launch_chained(gemv_kernel<2>, g, b, smem, stream, p); break;
+    default: launch_chained(gemv_kernel<4>, g, b, smem, stream, p); break;
   }
 }
 
@@ -509,18 +459,12 @@ bool skinny_gemm_supported(const SkinnyGemmArgs& a) {
          a.y != nullptr && prologue_ok;
 }
 
-bool skinny_gemm_stream_k_ok(int64_t m, int64_t n, int64_t k) {
-  return m >= 1 && m <= kSkinnyGemvMaxM && n >= 1 && k >= 8 && gemv_groups(n) <= kSkinnyCounters &&
-         gemv_iterations(n, k) >= kGemvWarps;
-}
-
-int skinny_gemm_max_per_sm(int64_t m, int64_t k, bool stream_k) {
+int skinny_gemm_max_per_sm(int64_t m, int64_t k) {
   if (m <= kSkinnyGemvMaxM) {
-    const void* kernel = gemv_for(m, stream_k);
     const size_t smem = gemv_smem(m, k);
-    allow_dynamic_smem(kernel, smem);
+    allow_dynamic_smem(gemv_for(m), smem);
     int blocks = 0;
-    PHILORA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kGemvThreads, smem));
+    PHILORA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, gemv_for(m), kGemvThreads, smem));
     return std::max(blocks, 1);
   }
   const int mt = mt_of(m);
@@ -537,8 +481,6 @@ int skinny_gemm_max_per_sm(int64_t m, int64_t k, bool stream_k) {
 }
 
 int skinny_gemm_grid(const SkinnyGemmArgs& a, int sms, int per_sm) {
-  if (a.m <= kSkinnyGemvMaxM && a.stream_k)  // an iteration a warp at least
-    return int(std::min<int64_t>(gemv_iterations(a.n, a.k) / kGemvWarps, int64_t(sms) * per_sm));
   if (a.m <= kSkinnyGemvMaxM)  // blocks of kGemvWarps warps, a row group each at least
     return int(std::min<int64_t>(ceil_div(gemv_groups(a.n), kGemvWarps), int64_t(sms) * per_sm));
   const int64_t units = ceil_div(a.n, kSkinnyRows) * skinny_gemm_steps(a.k);
@@ -546,8 +488,7 @@ int skinny_gemm_grid(const SkinnyGemmArgs& a, int sms, int per_sm) {
 }
 
 size_t skinny_gemm_workspace_bytes(const SkinnyGemmArgs& a, int grid) {
-  if (a.m <= kSkinnyGemvMaxM)
-    return a.stream_k ? size_t(grid) * kGemvWarps * 2 * kGemvR * size_t(a.m) * sizeof(float) : 0;
+  if (a.m <= kSkinnyGemvMaxM) return 0;
   return size_t(grid) * 2 * size_t(a.m) * kSkinnyRows * sizeof(float);
 }
 
@@ -556,30 +497,20 @@ void launch_skinny_gemm(const SkinnyGemmArgs& a, int grid, float* workspace, int
   if (!skinny_gemm_supported(a))
     throw std::logic_error("unsupported: skinny_gemm: shape or alignment");
   if (a.m <= kSkinnyGemvMaxM) {
-    if (a.stream_k && (!skinny_gemm_stream_k_ok(a.m, a.n, a.k) || grid < 1 ||
-                       int64_t(grid) * kGemvWarps > gemv_iterations(a.n, a.k) || workspace == nullptr ||
-                       counters == nullptr))
-      throw std::invalid_argument("skinny_gemm: a stream-K grid of " + std::to_string(grid) + " blocks for " +
-                                  std::to_string(gemv_iterations(a.n, a.k)) + " iterations, or no workspace");
-    if (!a.stream_k && (grid < 1 || grid > ceil_div(gemv_groups(a.n), kGemvWarps)))
+    if (grid < 1 || grid > ceil_div(gemv_groups(a.n), kGemvWarps))
       throw std::invalid_argument("skinny_gemm: a grid of " + std::to_string(grid) + " blocks for " +
                                   std::to_string(gemv_groups(a.n)) + " row groups");
     GemvParams p;
     p.x = static_cast<const bf16*>(a.x);
     p.w = static_cast<const bf16*>(a.w);
     p.y = static_cast<bf16*>(a.y);
-    p.ws = workspace;
-    p.counters = counters;
     p.m = int(a.m);
     p.n = int(a.n);
     p.k = int(a.k);
     p.ldw = a.ldw;
     p.accumulate = a.accumulate ? 1 : 0;
     p.prologue = a.prologue;
-    if (a.stream_k)
-      launch_gemv<true>(p, grid, stream);
-    else
-      launch_gemv<false>(p, grid, stream);
+    launch_gemv(p, grid, stream);
     return;
   }
   const int steps = skinny_gemm_steps(a.k);

@@ -16,11 +16,8 @@
 // for a given grid.
 //
 // At m ≤ kSkinnyGemvMaxM the same entry points run a register-direct GEMV
-// instead (cuda_skinny.cu: warps stream rows of w into registers, x in shared
-// memory), on one of two schedules: whole row groups a warp (no split-K, no
-// workspace), or stream-K over the groups' k chunks (`stream_k`: every warp
-// within one chunk of the average, split groups summed by the last of their
-// warps from a workspace).
+// instead (cuda_skinny.cu: warps own whole rows of w and stream them into
+// registers, x in shared memory; no split-K, no workspace).
 //
 // Programmatic dependent launch: the kernel lets its successor launch at once,
 // and loads its first stages of w (weights: nothing in a step writes them)
@@ -52,9 +49,6 @@ struct SkinnyGemmArgs {
   // source at `x` — rms_norm of (m, k), or silu_mul of gate_up (m, 2k) — made
   // as it is staged into shared memory.
   RowPrologue prologue;
-  // The GEMV only: the stream-K schedule (skinny_gemm_stream_k_ok shapes;
-  // a workspace and the counters) instead of whole row groups a warp.
-  bool stream_k = false;
 };
 
 // Shapes and alignments the kernel takes: 1 ≤ m ≤ 64, k and ldw multiples of 8,
@@ -64,16 +58,11 @@ bool skinny_gemm_shape_ok(int64_t m, int64_t n, int64_t k,
                           int64_t ldw);  // the same, less the pointers
 // The k steps of 256 (a row block's units).
 int skinny_gemm_steps(int64_t k);
-// Shapes the GEMV's stream-K schedule takes (m ≤ kSkinnyGemvMaxM, row groups
-// within the counters, at least a block's worth of iterations).
-bool skinny_gemm_stream_k_ok(int64_t m, int64_t n, int64_t k);
-// Blocks of the kernel one SM holds at m rows of k (its shared memory and
-// registers decide; the GEMV's schedules may differ).
-int skinny_gemm_max_per_sm(int64_t m, int64_t k, bool stream_k = false);
+// Blocks of the kernel one SM holds at m rows of k (its shared memory decides).
+int skinny_gemm_max_per_sm(int64_t m, int64_t k);
 // The grid for `per_sm` blocks on each of `sms` SMs (at most one a unit).
 int skinny_gemm_grid(const SkinnyGemmArgs& a, int sms, int per_sm);
-// f32 partials of a grid (two row blocks' sums a block, or two row groups' a
-// warp for the GEMV's stream-K; none for its whole groups).
+// f32 partials of a grid (two row blocks' sums a block at most; none for the GEMV).
 size_t skinny_gemm_workspace_bytes(const SkinnyGemmArgs& a, int grid);
 // counters: kSkinnyCounters ints, zero before the first launch (each launch
 // leaves them zero); workspace: skinny_gemm_workspace_bytes (may be null when 0).
