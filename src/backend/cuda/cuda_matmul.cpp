@@ -1,7 +1,6 @@
 #include "backend/cuda/cuda_matmul.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
@@ -152,21 +151,6 @@ void LtMatmul::add_split_k_variants(Plan& p) {
 // in a step, which a lone timing does not show). Larger m (prefill) keeps the
 // heuristic's choice, which is near the peak there, so that new prompt lengths
 // cost no tuning.
-namespace {
-// Lab knock-out (compiled in only with -DPHILORA_LAB_KNOCKOUT=1, through
-// dev/cuda/variant.sh): "gemv8" in PHILORA_LAB_SKIP keeps m of 5..8 off our
-// kernels (cuBLASLt, as the timing chose there before the GEMV took m ≤ 8),
-// for A/B timing in one call.
-#if PHILORA_LAB_KNOCKOUT
-bool knocked_out(int64_t m) {
-  const char* e = std::getenv("PHILORA_LAB_SKIP");
-  return m > 4 && m <= 8 && e && ("," + std::string(e) + ",").find(",gemv8,") != std::string::npos;
-}
-#else
-constexpr bool knocked_out(int64_t) { return false; }
-#endif
-}  // namespace
-
 template <typename Launch>
 float LtMatmul::time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t stop) {
   constexpr int kReps = 5;
@@ -186,7 +170,7 @@ float LtMatmul::time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t sto
 void LtMatmul::autotune(Plan& p, const void* x, const void* w, int64_t m, int64_t n, int64_t k, int64_t ldw,
                         float alpha) {
   p.tuned = true;
-  const bool skinny = p.skinny_ok && alpha == 1.0f && skinny_ == Skinny::timed && !knocked_out(m);
+  const bool skinny = p.skinny_ok && alpha == 1.0f && skinny_ == Skinny::timed;
   if (p.candidates.size() < 2 && !skinny) return;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   PHILORA_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
@@ -253,7 +237,7 @@ void LtMatmul::run_skinny(const void* x, const void* w, void* y, int64_t m, int6
 
 bool LtMatmul::run_fused(const RowPrologue& prologue, const void* src, const void* w, void* y, int64_t m,
                          int64_t n, int64_t k, bool accumulate, int64_t ldw) {
-  if (m == 0 || n == 0 || m > kSkinnyGemvMaxM || skinny_ == Skinny::never || knocked_out(m)) return false;
+  if (m == 0 || n == 0 || m > kSkinnyGemvMaxM || skinny_ == Skinny::never) return false;
   SkinnyGemmArgs sa;
   sa.x = src, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
   sa.accumulate = accumulate;

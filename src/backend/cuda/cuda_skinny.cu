@@ -415,14 +415,13 @@ const void* gemv_of() {
   return reinterpret_cast<const void*>(&gemv_kernel<M>);
 }
 
-constexpr int gemv_m_of(int64_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8; }
+constexpr int gemv_m_of(int64_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : 4; }
 
 const void* gemv_for(int64_t m) {
   switch (gemv_m_of(m)) {
     case 1: return gemv_of<1>();
     case 2: return gemv_of<2>();
-    case 4: return gemv_of<4>();
-    default: return gemv_of<8>();
+    default: return gemv_of<4>();
   }
 }
 
@@ -437,8 +436,7 @@ void launch_gemv(const GemvParams& p, int grid, cudaStream_t stream) {
   switch (gemv_m_of(p.m)) {
     case 1: launch_chained(gemv_kernel<1>, g, b, smem, stream, p); break;
     case 2: launch_chained(gemv_kernel<2>, g, b, smem, stream, p); break;
-    case 4: launch_chained(gemv_kernel<4>, g, b, smem, stream, p); break;
-    default: launch_chained(gemv_kernel<8>, g, b, smem, stream, p); break;
+    default: launch_chained(gemv_kernel<4>, g, b, smem, stream, p); break;
   }
 }
 

@@ -34,7 +34,7 @@
 namespace philora::cuda {
 
 inline constexpr int kSkinnyMaxM = 64;
-inline constexpr int kSkinnyGemvMaxM = 8;
+inline constexpr int kSkinnyGemvMaxM = 4;
 inline constexpr int kSkinnyRows = 32;           // rows of w a block
 inline constexpr int kSkinnyStepK = 256;         // k a pipeline stage
 inline constexpr int kSkinnyCounters = 1 << 16;  // row blocks at most (n ≤ 2M)
