@@ -72,32 +72,39 @@ float draw_uniform(Rng& rng) {
 
 // Rows of bf16 logits in [-8, 8) (ties are common in big vocabularies; some
 // rows hold -inf) with a mix of greedy rows, temperatures, cuts and draws;
-// top_p and the draw are drawn again until they stand kMargin clear.
+// top_p and the draw are drawn again until they stand kMargin clear, and a row
+// that finds no such draw is drawn again whole (a flat row of a big
+// vocabulary at a high temperature can hold near ties at every cut).
 Batch random_rows(Rng& rng, int64_t vocab, int64_t rows) {
   Batch in(vocab);
   for (int64_t r = 0; r < rows; ++r) {
-    std::vector<float> l = rng.bf16(vocab, -8, 8);
-    if (r % 5 == 4)
-      for (int64_t i = 0; i < vocab / 50; ++i)
-        l[size_t(rng.integer(0, vocab - 1))] = -std::numeric_limits<float>::infinity();
-    const double kind = rng.uniform(0, 1);
-    float t = kind < 0.15 ? 0.0f : kind < 0.2 ? -1.0f : float(rng.uniform(0.2, 2.0));
-    const double cut = rng.uniform(0, 1);
-    const int32_t k = cut < 0.3    ? 0
-                      : cut < 0.4  ? 1
-                      : cut < 0.45 ? int32_t(vocab)
-                      : cut < 0.5  ? int32_t(vocab + 5)
-                      : cut < 0.8  ? int32_t(rng.integer(1, std::min<int64_t>(vocab, 64)))
-                                   : int32_t(rng.integer(1, vocab));
-    in.add(l, t, k, draw_top_p(rng), draw_uniform(rng));
-    // A flat row over a big vocabulary may have no token wide enough at this
-    // temperature: now and then a cooler one.
-    SampleRowIn& row = in.rows.back();
-    for (int tries = 1; oracle(in, r).margin < kMargin; ++tries) {
-      if (tries == 1000) throw std::runtime_error("random_rows: no draw stands clear");
-      if (row.top_p < 1) row.top_p = draw_top_p(rng);
-      row.uniform = draw_uniform(rng);
-      if (tries % 50 == 0) row.temperature = float(rng.uniform(0.2, 1.0));
+    for (int fresh = 0;; ++fresh) {
+      if (fresh == 20) throw std::runtime_error("random_rows: no row stands clear");
+      std::vector<float> l = rng.bf16(vocab, -8, 8);
+      if (r % 5 == 4)
+        for (int64_t i = 0; i < vocab / 50; ++i)
+          l[size_t(rng.integer(0, vocab - 1))] = -std::numeric_limits<float>::infinity();
+      const double kind = rng.uniform(0, 1);
+      float t = kind < 0.15 ? 0.0f : kind < 0.2 ? -1.0f : float(rng.uniform(0.2, 2.0));
+      const double cut = rng.uniform(0, 1);
+      const int32_t k = cut < 0.3    ? 0
+                        : cut < 0.4  ? 1
+                        : cut < 0.45 ? int32_t(vocab)
+                        : cut < 0.5  ? int32_t(vocab + 5)
+                        : cut < 0.8  ? int32_t(rng.integer(1, std::min<int64_t>(vocab, 64)))
+                                     : int32_t(rng.integer(1, vocab));
+      in.add(l, t, k, draw_top_p(rng), draw_uniform(rng));
+      // A flat row over a big vocabulary may have no token wide enough at this
+      // temperature: now and then a cooler one.
+      SampleRowIn& row = in.rows.back();
+      int tries = 1;
+      for (; tries < 1000 && oracle(in, r).margin < kMargin; ++tries) {
+        if (row.top_p < 1) row.top_p = draw_top_p(rng);
+        row.uniform = draw_uniform(rng);
+        if (tries % 50 == 0) row.temperature = float(rng.uniform(0.2, 1.0));
+      }
+      if (tries < 1000) break;
+      in.rows.pop_back();  // a fresh row in its place
     }
   }
   return in;
