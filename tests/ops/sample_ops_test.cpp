@@ -172,13 +172,14 @@ TEST_P(SampleOp, Masks) {
     for (int64_t r = 0; r < rows; ++r) {
       SampleRowIn& row = in.rows[size_t(r)];
       if (r % 5 == 0) continue;  // no mask
+      const int64_t V = vocab;  // (a structured binding: clang 14's lambdas cannot capture it)
       auto draw_mask = [&] {
-        row.mask.assign(size_t((vocab + 31) / 32), 0u);
+        row.mask.assign(size_t((V + 31) / 32), 0u);
         const double density = r % 5 == 1 ? 0.5 : r % 5 == 2 ? 0.02 : 0.0;
-        for (int64_t t = 0; t < vocab; ++t)
+        for (int64_t t = 0; t < V; ++t)
           if (rng.uniform(0, 1) < density) row.mask[size_t(t / 32)] |= 1u << (t % 32);
         if (r % 5 != 4) {  // at least one token; r % 5 == 4 keeps none (greedy: the first index)
-          const auto t = rng.integer(0, vocab - 1);
+          const auto t = rng.integer(0, V - 1);
           row.mask[size_t(t / 32)] |= 1u << (t % 32);
         }
       };
