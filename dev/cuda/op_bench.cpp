@@ -307,7 +307,7 @@ int main(int argc, char** argv) {
     if (want("prefill T=2048 attention")) bench_attention(1, 0, 2048, "prefill T=2048");
     if (want("prefill T=512 attention")) bench_attention(1, 0, 512, "prefill T=512");
     if (want("prefill T=2048 d=128")) bench_attention(1, 0, 2048, "prefill T=2048 d=128 40x10 heads", 0, {40, 10, 128});
-    for (int64_t T : {1, 2, 4, 8, 32, 64})
+    for (int64_t T : {1, 2, 3, 4, 5, 6, 7, 8, 32, 64})
       if (want("skinny m=" + std::to_string(T) + " ")) bench_skinny(T);
     if (want("decode B=1")) bench_dense(1, "decode B=1");
     if (want("decode B=1 ctx 512")) bench_attention(1, 511, 1, "decode B=1 ctx 512");

@@ -116,6 +116,18 @@ __device__ __forceinline__ float row_inv_rms(const bf16* row, int64_t n, float e
   return rsqrtf(ss / float(n) + eps);
 }
 
+// Σ over the 8 products of two 16-byte pieces of bf16 (a piece of w and one of x),
+// added to acc in order: the GEMV's (and the lab's persistent kernel's) product.
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  const uint32_t wv[4] = {w.x, w.y, w.z, w.w}, xv[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // bf16 → f32 is a shift: low half << 16, high half masked
+    acc = fmaf(__uint_as_float(wv[i] << 16), __uint_as_float(xv[i] << 16), acc);
+    acc = fmaf(__uint_as_float(wv[i] & 0xffff0000u), __uint_as_float(xv[i] & 0xffff0000u), acc);
+  }
+  return acc;
+}
+
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
 // bf16(silu(g) · u), eight at a time: silu_mul's output.

@@ -292,17 +292,6 @@ __device__ __forceinline__ uint4 ld_stream128(const bf16* p) {
   return v;
 }
 
-// Σ over the 8 products of a 16-byte piece of w and one of x, added to acc.
-__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
-  const uint32_t wv[4] = {w.x, w.y, w.z, w.w}, xv[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {  // bf16 → f32 is a shift: low half << 16, high half masked
-    acc = fmaf(__uint_as_float(wv[i] << 16), __uint_as_float(xv[i] << 16), acc);
-    acc = fmaf(__uint_as_float(wv[i] & 0xffff0000u), __uint_as_float(xv[i] & 0xffff0000u), acc);
-  }
-  return acc;
-}
-
 template <int M>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
