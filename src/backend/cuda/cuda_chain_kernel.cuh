@@ -75,6 +75,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gemv_chain_kernel(ChainArgs p,
     if (lane == 0)
       for (int i = 0; i < kDepth; ++i) mbar_init(my_bars + i, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the TMA unit sees the inits
     __syncwarp();
   }
   chained_launch();
