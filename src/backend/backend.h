@@ -296,14 +296,6 @@ class Backend {
   Tensor apply_prologue(const Tensor& src, const Prologue& p);
   virtual Tensor fused_matmul(const Tensor& src, const Prologue& p, const Tensor& w);
   virtual void fused_matmul_add(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y);
-  // A run of matmuls that may go out as one launch (the CUDA backend's GEMV
-  // chain for single-row products: a decode layer's o, gate_up, down and the
-  // next layer's qkv). Between begin and end the caller issues only the linear
-  // ops (matmul, matmul_add, fused_matmul(_add), the LoRA ops, apply_prologue)
-  // and keeps their tensors alive until end; the results are the same bits
-  // as without. By default nothing changes.
-  virtual void begin_matmul_chain() {}
-  virtual void end_matmul_chain() {}
   // dst[:, col .. col + src.cols()) = src (rows equal), or 0 for `count`
   // columns when src is empty: placing B matrices into a weight's LoRA columns.
   virtual void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) = 0;

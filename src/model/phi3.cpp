@@ -47,34 +47,6 @@ kv::KvCache Phi3ForCausalLM::make_kv_cache(int64_t num_pages, int64_t page_size)
                      local_.num_key_value_heads, local_.head_dim);
 }
 
-namespace {
-
-// begin_matmul_chain .. end (), closed on the way out of an exception too.
-class MatmulChain {
- public:
-  MatmulChain(Backend& ops, bool on) : ops_(ops), on_(on) {
-    if (on_) ops_.begin_matmul_chain();
-  }
-  void end() {
-    if (on_) ops_.end_matmul_chain();
-    on_ = false;
-  }
-  ~MatmulChain() {
-    try {
-      end();
-    } catch (...) {  // an exception is already on its way out; the step fails with it
-    }
-  }
-  MatmulChain(const MatmulChain&) = delete;
-  MatmulChain& operator=(const MatmulChain&) = delete;
-
- private:
-  Backend& ops_;
-  bool on_;
-};
-
-}  // namespace
-
 // With tensor parallelism, each rank runs this on its part of the weights:
 // its heads, its share of the MLP, its vocabulary rows; the two row-parallel
 // projections sum over the ranks (add_row_parallel), the logits are gathered
@@ -88,34 +60,24 @@ Tensor Phi3ForCausalLM::forward_rank(const StepInputs& in, std::vector<KvLayer>&
   };
 
   // The residual stream, updated in place: each sublayer's output projection
-  // adds into it (linear_add), and each norm reads it alone. The norms and
-  // SiLU·mul go in as prologues of the matmuls that read their outputs (fused
-  // there where the backend can).
-  const int64_t layers = config_.num_hidden_layers;
-  auto qkv_of = [&](int64_t l, const Tensor& residual) {
-    const Phi3LayerWeights& layer = w_.layers[size_t(l)];
-    return linear(ops, {residual, Prologue::rms_norm(layer.input_layernorm, eps)}, layer.qkv_proj,
-                  lora(l, LoraTarget::qkv));
-  };
-  // From attention to the next layer's attention, o, gate_up, down and the
-  // next qkv are matmuls alone: one chain, which a backend may launch as one
-  // (with one rank; the all-reduces of tensor parallelism sit between them).
-  const bool chain = tp_.world == 1;
+  // adds into it (linear_add), and each norm reads it alone.
   Tensor residual = ops.embedding(in.tokens.token_ids, w_.embed_tokens);  // (T, hidden)
-  Tensor qkv = layers > 0 ? qkv_of(0, residual) : Tensor{};
-  for (int64_t l = 0; l < layers; ++l) {
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     const Phi3LayerWeights& layer = w_.layers[size_t(l)];
     KvLayer& cache = kv[size_t(l)];
+
+    // The norms and SiLU·mul go in as prologues of the matmuls that read
+    // their outputs (fused there where the backend can).
+    Tensor qkv = linear(ops, {residual, Prologue::rms_norm(layer.input_layernorm, eps)}, layer.qkv_proj,
+                        lora(l, LoraTarget::qkv));
     ops.rope_and_cache(qkv, in.tokens, rope_, cache);
     Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
-    MatmulChain scope(ops, chain);
     add_row_parallel(ops, tp_, attn, layer.o_proj, lora(l, LoraTarget::o), residual);
+
     Tensor gate_up = linear(ops, {residual, Prologue::rms_norm(layer.post_attention_layernorm, eps)},
                             layer.gate_up_proj, lora(l, LoraTarget::gate_up));
     add_row_parallel(ops, tp_, {gate_up, Prologue::silu_mul()}, layer.down_proj, lora(l, LoraTarget::down),
                      residual);
-    if (l + 1 < layers) qkv = qkv_of(l + 1, residual);
-    scope.end();
   }
   Tensor x = ops.rms_norm(residual, w_.norm, eps);
   if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);

@@ -324,58 +324,6 @@ TEST(PrologueMatmulBits, FusedEqualsTheOpThenTheGemv) {
         EXPECT_EQ(fused, plain) << (silu ? "silu_mul" : "rms_norm") << " in=" << in << " T=" << t;
       }
 }
-
-// The GEMV chain (cuda_chain.cuh: a layer's o, gate_up, down and the next qkv
-// in one persistent launch) computes what the GEMVs launched one by one do,
-// bit for bit: three layers in one chain (more stages than a launch takes, so
-// it goes out in pieces), tensors dropped while queued, a shape the chain does
-// not take (k over 8192) going out alone in the middle.
-TEST(GemvChainBits, ChainEqualsTheGemvsAlone) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  auto made = make_backend("cuda");
-  ASSERT_TRUE(made) << made.status().message();
-  Backend& b = **made;
-  const PinSkinny pin(b);
-  Rng rng(11);
-  struct Shape {
-    int64_t hidden, inter;
-  };
-  for (const Shape s : {Shape{776, 1000}, Shape{3072, 8192}, Shape{64, 8200}}) {
-    const int64_t h = s.hidden, f = s.inter, layers = 3;
-    struct Layer {
-      Tensor ln1, qkv, o, ln2, gate_up, down;
-    };
-    std::vector<Layer> ws;
-    auto weight = [&](int64_t out, int64_t in) {
-      const double r = 2.0 / std::sqrt(double(in));
-      return upload(b, rng.bf16(out * in, -r, r), {out, in});
-    };
-    for (int64_t l = 0; l < layers; ++l)
-      ws.push_back({upload(b, rng.bf16(h, 0.5, 1.5), {h}), weight(h, h), weight(h, h),
-                    upload(b, rng.bf16(h, 0.5, 1.5), {h}), weight(2 * f, h), weight(h, f)});
-    const std::vector<float> r0 = rng.bf16(h, -2, 2);
-    auto run = [&](bool chain) {
-      Tensor residual = upload(b, r0, {1, h});
-      Tensor qkv;
-      if (chain) b.begin_matmul_chain();
-      for (int64_t l = 0; l < layers; ++l) {
-        const Layer& w = ws[size_t(l)];
-        qkv = b.fused_matmul(residual, Prologue::rms_norm(w.ln1, 1e-5f), w.qkv);
-        b.matmul_add(qkv, w.o, residual);  // o reads what qkv wrote
-        const Tensor gate_up = b.fused_matmul(residual, Prologue::rms_norm(w.ln2, 1e-5f), w.gate_up);
-        b.fused_matmul_add(gate_up, Prologue::silu_mul(), w.down, residual);
-      }
-      if (chain) b.end_matmul_chain();
-      return std::pair{fetch(b, "residual", residual).got, fetch(b, "qkv", qkv).got};
-    };
-    const auto plain = run(false), chained = run(true);
-    EXPECT_EQ(chained.first, plain.first) << "residual, hidden " << h << " inter " << f;
-    EXPECT_EQ(chained.second, plain.second) << "last qkv, hidden " << h << " inter " << f;
-    int finite = 0;
-    for (float v : plain.first) finite += std::isfinite(v) && v != 0.0f;
-    EXPECT_EQ(finite, int(h)) << "the residual is finite and written";
-  }
-}
 #endif
 
 }  // namespace

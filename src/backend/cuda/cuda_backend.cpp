@@ -111,28 +111,6 @@ CudaBackend::CudaBackend(std::shared_ptr<CudaContext> ctx) : ctx_(std::move(ctx)
 
 CudaBackend::~CudaBackend() = default;
 
-// The GEMV chain (cuda_chain.cuh): the engine thread's, opened and closed by the
-// model around a layer's matmuls; every other op that launches on the stream
-// sends what is queued first (the uploads and column writes, which other
-// threads call, launch nothing on it).
-void CudaBackend::flush_chain() { ctx_->matmul->flush_chain(); }
-
-void CudaBackend::begin_matmul_chain() {
-  const cuda::DeviceGuard guard(ctx_->device);
-  ctx_->matmul->begin_chain();
-}
-
-void CudaBackend::end_matmul_chain() {
-  const cuda::DeviceGuard guard(ctx_->device);
-  ctx_->matmul->end_chain();
-  chain_keep_.clear();
-}
-
-void CudaBackend::keep_for_chain(std::initializer_list<const Tensor*> tensors) {
-  if (!ctx_->matmul->chain_open()) return;
-  for (const Tensor* t : tensors) chain_keep_.push_back(*t);
-}
-
 int CudaBackend::gpu() const { return ctx_->device; }
 
 // ---- memory ---------------------------------------------------------------------
@@ -210,7 +188,6 @@ Tensor CudaBackend::upload(const Tensor& host, DType dtype) {
 
 Tensor CudaBackend::to_host_f32(const Tensor& t) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   if (t.device == Device::cpu) {
     if (t.dtype == DType::f32) return t;
     Tensor out = host_alloc(DType::f32, {t.numel()});
@@ -256,7 +233,6 @@ void CudaBackend::upload_into(Tensor& dst, const void* src, size_t bytes) {
 
 std::vector<int32_t> CudaBackend::download_i32(const Tensor& t) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   if (t.dtype != DType::i32)
     throw std::runtime_error("cuda backend: download_i32: the tensor holds " +
                              std::string(dtype_name(t.dtype)));
@@ -274,14 +250,12 @@ std::vector<int32_t> CudaBackend::download_i32(const Tensor& t) {
 
 void CudaBackend::synchronize() {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   PHILORA_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
 }
 
 Tensor CudaBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_t seed, float mean,
                                    float half_width) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   Tensor t = device_tensor(DType::bf16, shape);
   cuda::launch_random_uniform(t.data, t.numel(), seed, mean, half_width, ctx_->stream);
   return t;
@@ -291,7 +265,6 @@ Tensor CudaBackend::random_uniform(std::initializer_list<int64_t> shape, uint64_
 
 Tensor CudaBackend::embedding(const Tensor& ids, const Tensor& table) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(ids, DType::i32, "embedding", "ids");
   require(table, DType::bf16, "embedding", "table");
   Tensor out = device_tensor(DType::bf16, {ids.numel(), table.cols()});
@@ -301,7 +274,6 @@ Tensor CudaBackend::embedding(const Tensor& ids, const Tensor& table) {
 
 Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(x, DType::bf16, "rms_norm", "x");
   require(w, DType::bf16, "rms_norm", "w");
   Tensor y = device_tensor(DType::bf16, {x.rows(), x.cols()});
@@ -313,7 +285,6 @@ Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps) {
 std::pair<Tensor, Tensor> CudaBackend::add_rms_norm(const Tensor& h, const Tensor& residual,
                                                     const Tensor& w, float eps) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   if (residual.empty()) return {rms_norm(h, w, eps), h};
   require(h, DType::bf16, "add_rms_norm", "h");
   require(residual, DType::bf16, "add_rms_norm", "residual");
@@ -336,11 +307,9 @@ Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
   Tensor y = device_tensor(DType::bf16, {m, n});
   if (m == 0 || n == 0 || knocked("gemm")) return y;
   if (k == 0) {
-    flush_chain();
     PHILORA_CUDA_CHECK(cudaMemsetAsync(y.data, 0, y.nbytes(), ctx_->stream));
     return y;
   }
-  keep_for_chain({&x, &y});
   ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 0.0f, w.cols());
   return y;
 }
@@ -348,7 +317,6 @@ Tensor CudaBackend::matmul(const Tensor& x, const Tensor& w) {
 void CudaBackend::rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
                                  KvLayer& kv) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(qkv, DType::bf16, "rope_and_cache", "qkv");
   require(kv.k, DType::bf16, "rope_and_cache", "the K cache");
   require(kv.v, DType::bf16, "rope_and_cache", "the V cache");
@@ -383,7 +351,6 @@ constexpr int64_t kDecodeAttentionRows = 16;
 Tensor CudaBackend::attention(const Tensor& qkv, const KvLayer& kv, const AttentionPlan& plan,
                               const RopeParams& shape) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(qkv, DType::bf16, "attention", "qkv");
   require(kv.k, DType::bf16, "attention", "the K cache");
   require(kv.v, DType::bf16, "attention", "the V cache");
@@ -437,7 +404,6 @@ void CudaBackend::matmul_add(const Tensor& x, const Tensor& w, Tensor& y) {
     throw std::runtime_error("cuda backend: matmul_add: x " + x.shape_str() + ", w " + w.shape_str() + ", y " +
                              y.shape_str() + " do not fit y += x · wᵀ");
   if (m == 0 || n == 0 || k == 0 || knocked("gemm")) return;
-  keep_for_chain({&x, &y});
   ctx_->matmul->run(x.data, w.data, y.data, m, n, k, 1.0f, 1.0f, w.cols());
 }
 
@@ -450,7 +416,6 @@ bool CudaBackend::gemv_with_prologue(const Tensor& src, const Prologue& p, const
                              "), w " + w.shape_str() + ", y " + y.shape_str() + " do not fit y = x · wᵀ");
   if (!prologue_shape_ok(src, p, in) || knocked("fusion")) return false;
   if (m == 0 || n == 0 || knocked("gemm")) return true;
-  keep_for_chain({&src, &y});
   return ctx_->matmul->run_fused(row_prologue(p), src.data, w.data, y.data, m, n, in, accumulate, w.cols());
 }
 
@@ -552,7 +517,6 @@ void CudaBackend::write_columns_batch(const std::vector<ColumnWrite>& writes) {
 
 Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(gate_up, DType::bf16, "silu_mul", "gate_up");
   const int64_t rows = gate_up.rows(), n = gate_up.cols() / 2;
   Tensor y = device_tensor(DType::bf16, {rows, n});
@@ -563,7 +527,6 @@ Tensor CudaBackend::silu_mul(const Tensor& gate_up) {
 
 Tensor CudaBackend::gather_rows(const Tensor& x, const Tensor& rows) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(x, DType::bf16, "gather_rows", "x");
   require(rows, DType::i32, "gather_rows", "rows");
   Tensor y = device_tensor(DType::bf16, {rows.numel(), x.cols()});
@@ -573,7 +536,6 @@ Tensor CudaBackend::gather_rows(const Tensor& x, const Tensor& rows) {
 
 Tensor CudaBackend::bias_silu_residual(const Tensor& h, const Tensor& bias, const Tensor& x) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(h, DType::bf16, "bias_silu_residual", "h");
   require(bias, DType::bf16, "bias_silu_residual", "bias");
   require(x, DType::bf16, "bias_silu_residual", "x");
@@ -584,7 +546,6 @@ Tensor CudaBackend::bias_silu_residual(const Tensor& h, const Tensor& bias, cons
 
 Tensor CudaBackend::argmax_rows(const Tensor& x) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(x, DType::bf16, "argmax_rows", "x");
   Tensor y = device_tensor(DType::i32, {x.rows()});
   cuda::launch_argmax_rows(x.data, y.ptr<int32_t>(), x.rows(), x.cols(), ctx_->stream);
@@ -630,7 +591,6 @@ static cuda::LoraLaunch lora_launch(const LoraModuleTable& m, const LoraBatch& b
 
 Tensor CudaBackend::lora_shrink(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(x, DType::bf16, "lora_shrink", "x");
   const int64_t n = x.rows(), width = std::max<int64_t>(1, batch.max_rank);
   Tensor xa = device_tensor(DType::f32, {n, width});
@@ -652,7 +612,6 @@ bool CudaBackend::lora_columns_supported(int64_t in_features) const {
 
 Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& m, const LoraBatch& batch) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(x, DType::bf16, "lora_shrink_columns", "x");
   const int64_t n = x.rows(), in = x.cols(), width = batch.lora_columns;
   if (in != m.in_features || width <= 0 || width > m.columns || m.col_offsets.empty())
@@ -674,7 +633,6 @@ Tensor CudaBackend::lora_shrink_columns(const Tensor& x, const LoraModuleTable& 
 void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch,
                               Tensor& y, int64_t col_offset) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   if (!batch.active || xa.rows() == 0) return;
   require(xa, DType::f32, "lora_expand", "xa");
   require(y, DType::bf16, "lora_expand", "y");
@@ -688,7 +646,6 @@ void CudaBackend::lora_expand(const Tensor& xa, const LoraModuleTable& m, const 
 
 Tensor CudaBackend::lora_delta(const Tensor& xa, const LoraModuleTable& m, const LoraBatch& batch) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   require(xa, DType::f32, "lora_delta", "xa");
   Tensor y = device_tensor(DType::bf16, {xa.rows(), m.out_features});
   if (y.numel() == 0) return y;

@@ -58,8 +58,6 @@ class CudaBackend final : public Backend {
   // rms_norm and silu_mul inside the GEMV (m ≤ 4, where it takes the shape)
   Tensor fused_matmul(const Tensor& src, const Prologue& p, const Tensor& w) override;
   void fused_matmul_add(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y) override;
-  void begin_matmul_chain() override;
-  void end_matmul_chain() override;
   void write_columns(Tensor& dst, int64_t col, const Tensor& src, int64_t count = 0) override;
   void rope_and_cache(Tensor& qkv, const TokenPlan& tokens, const RopeParams& rope,
                       KvLayer& kv) override;
@@ -92,13 +90,7 @@ class CudaBackend final : public Backend {
   // y (+)= p(src) · wᵀ in the GEMV; false (nothing launched) where it does not take it.
   bool gemv_with_prologue(const Tensor& src, const Prologue& p, const Tensor& w, Tensor& y, bool accumulate);
 
-  // The queued GEMV chain out now (before an op that launches something else).
-  void flush_chain();
-  // While a chain is open, the matmuls' tensors, alive until it goes out.
-  void keep_for_chain(std::initializer_list<const Tensor*> tensors);
-
   std::shared_ptr<cuda::CudaContext> ctx_;
-  std::vector<Tensor> chain_keep_;
 };
 
 }  // namespace philora

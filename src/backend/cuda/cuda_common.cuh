@@ -117,7 +117,8 @@ __device__ __forceinline__ float row_inv_rms(const bf16* row, int64_t n, float e
 }
 
 // Σ over the 8 products of two 16-byte pieces of bf16 (a piece of w and one of x),
-// added to acc in order: the GEMV's (and the lab's persistent kernel's) product.
+// added to acc in order: the GEMV's product (and the parked GEMV chain's,
+// dev/cuda/parked/gemv_chain.patch, which must give the same bits).
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
   const uint32_t wv[4] = {w.x, w.y, w.z, w.w}, xv[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll

@@ -42,7 +42,6 @@ class GraphPoolScope {
 
 std::unique_ptr<StepGraph> CudaBackend::capture(const std::function<void()>& body) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   GraphPoolScope pool(*ctx_->allocator);
   body();  // warm-up
   cudaStream_t s = ctx_->stream;

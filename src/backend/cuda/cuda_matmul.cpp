@@ -1,7 +1,6 @@
 #include "backend/cuda/cuda_matmul.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
@@ -29,8 +28,6 @@ LtMatmul::LtMatmul(cudaStream_t stream, std::shared_ptr<DeviceAllocator> allocat
   workspace_ = allocator_->allocate(workspace_bytes_);
   counters_ = allocator_->allocate(size_t(kSkinnyCounters) * sizeof(int));
   PHILORA_CUDA_CHECK(cudaMemsetAsync(counters_.get(), 0, size_t(kSkinnyCounters) * sizeof(int), stream_));
-  chain_barrier_ = allocator_->allocate(sizeof(unsigned));
-  PHILORA_CUDA_CHECK(cudaMemsetAsync(chain_barrier_.get(), 0, sizeof(unsigned), stream_));
   PHILORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
@@ -154,23 +151,6 @@ void LtMatmul::add_split_k_variants(Plan& p) {
 // in a step, which a lone timing does not show). Larger m (prefill) keeps the
 // heuristic's choice, which is near the peak there, so that new prompt lengths
 // cost no tuning.
-namespace {
-// Lab knock-out (compiled in only with -DPHILORA_LAB_KNOCKOUT=1, through
-// dev/cuda/variant.sh): "chain" in PHILORA_LAB_SKIP launches every GEMV alone,
-// for A/B timing in one call.
-#if PHILORA_LAB_KNOCKOUT
-bool chain_knocked_out() {
-  static const bool off = [] {
-    const char* e = std::getenv("PHILORA_LAB_SKIP");
-    return e && ("," + std::string(e) + ",").find(",chain,") != std::string::npos;
-  }();
-  return off;
-}
-#else
-constexpr bool chain_knocked_out() { return false; }
-#endif
-}  // namespace
-
 template <typename Launch>
 float LtMatmul::time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t stop) {
   constexpr int kReps = 5;
@@ -272,8 +252,6 @@ bool LtMatmul::run_fused(const RowPrologue& prologue, const void* src, const voi
   int grid = p.skinny_grid;
   if (skinny_ == Skinny::always && grid == 0 && p.skinny_ok) grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m, k));
   if (grid <= 0) return false;
-  if (chain_append(sa, grid)) return true;
-  flush_chain();
   launch_skinny_gemm(sa, grid, nullptr, static_cast<int*>(counters_.get()), stream_);
   return true;
 }
@@ -293,45 +271,11 @@ void LtMatmul::run(const void* x, const void* w, void* y, int64_t m, int64_t n, 
     grid = skinny_gemm_grid(sa, sms_, skinny_gemm_max_per_sm(m, k));
   }
   if (grid > 0 && skinny_ != Skinny::never && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
-    SkinnyGemmArgs sa;
-    sa.x = x, sa.w = w, sa.y = y, sa.m = m, sa.n = n, sa.k = k, sa.ldw = std::max(ldw, k);
-    sa.accumulate = beta == 1.0f;
-    if (m <= kSkinnyGemvMaxM && skinny_gemm_supported(sa) && chain_append(sa, grid)) return;
-    flush_chain();
     run_skinny(x, w, y, m, n, k, beta == 1.0f, ldw, 0, grid);
     return;
   }
-  flush_chain();
   PHILORA_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
                                       &p.algo, workspace_.get(), workspace_bytes_, stream_));
-}
-
-bool LtMatmul::chain_append(const SkinnyGemmArgs& sa, int grid) {
-  if (!chain_open_ || sa.m != 1 || chain_knocked_out()) return false;
-  ChainStage st;
-  st.w = sa.w, st.src = sa.x, st.y = sa.y;
-  st.n = int32_t(sa.n), st.k = int32_t(sa.k), st.ldw = sa.ldw;
-  st.accumulate = sa.accumulate ? 1 : 0;
-  st.prologue = sa.prologue;
-  if (!chain_stage_supported(st)) return false;
-  if (chain_.num_stages == kChainMaxStages) flush_chain();
-  if (chain_.num_stages == 0) chain_first_ = sa, chain_first_grid_ = grid;
-  chain_.stages[chain_.num_stages++] = st;
-  return true;
-}
-
-void LtMatmul::flush_chain() {
-  if (chain_.num_stages == 0) return;
-  const int stages = chain_.num_stages;
-  chain_.num_stages = 0;
-  if (stages == 1) {  // a lone stage gains nothing from the persistent kernel
-    launch_skinny_gemm(chain_first_, chain_first_grid_, nullptr, static_cast<int*>(counters_.get()), stream_);
-    return;
-  }
-  ChainArgs a = chain_;
-  a.num_stages = stages;
-  a.barrier = static_cast<unsigned*>(chain_barrier_.get());
-  launch_gemv_chain(a, sms_, stream_);
 }
 
 }  // namespace philora::cuda

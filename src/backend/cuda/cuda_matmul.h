@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "backend/cuda/cuda_allocator.h"
-#include "backend/cuda/cuda_chain.cuh"
 #include "backend/cuda/cuda_skinny.cuh"
 
 namespace philora::cuda {
@@ -54,21 +53,6 @@ class LtMatmul {
   // fit), or a grid of `grid` blocks when grid > 0.
   void run_skinny(const void* x, const void* w, void* y, int64_t m, int64_t n, int64_t k, bool accumulate,
                   int64_t ldw, int per_sm, int grid = 0);
-  // A GEMV chain (cuda_chain.cuh): between begin_chain and end_chain, the m = 1
-  // products whose plan takes the GEMV are queued instead of launched, and go
-  // out as one persistent launch at end_chain, at the eighth, or before
-  // anything else this class launches; a queue of one goes out as its GEMV.
-  // The caller flushes before any other kernel on the stream (CudaBackend does,
-  // in every op but the matmuls) and keeps the queued tensors alive until then.
-  void begin_chain() { chain_open_ = chains_; }
-  void end_chain() {
-    flush_chain();
-    chain_open_ = false;
-  }
-  void flush_chain();
-  bool chain_open() const { return chain_open_; }
-  // Whether chains are used at all (the default; op cases and the lab turn them off).
-  void set_chains(bool on) { chains_ = on; }
   // Whether a new shape times the heuristic's candidates and keeps the fastest
   // (on by default; PHILORA_CUBLASLT_AUTOTUNE=0 turns it off).
   void set_autotune(bool on) { tune_ = on; }
@@ -93,9 +77,6 @@ class LtMatmul {
   template <typename Launch>
   float time_flushed(Launch&& launch, cudaEvent_t start, cudaEvent_t stop);
   void add_split_k_variants(Plan& p);
-  // Queues the GEMV of `sa` (plan grid `grid`) into the open chain; false
-  // (nothing queued) where the chain is closed or cannot take it.
-  bool chain_append(const SkinnyGemmArgs& sa, int grid);
 
   cudaStream_t stream_;
   std::shared_ptr<DeviceAllocator> allocator_;
@@ -107,11 +88,6 @@ class LtMatmul {
   Skinny skinny_ = Skinny::timed;
   int device_ = 0;
   int sms_ = 132;
-  bool chains_ = true, chain_open_ = false;
-  ChainArgs chain_;
-  SkinnyGemmArgs chain_first_;  // the first queued stage as a GEMV, and its grid
-  int chain_first_grid_ = 0;
-  std::shared_ptr<void> chain_barrier_;
   std::shared_ptr<void> counters_;  // the skinny kernel's split-K counters (kept zero between launches)
   std::shared_ptr<void> flush_;  // written between timed runs to evict L2
   size_t flush_bytes_ = 0;

@@ -40,7 +40,6 @@ void require_list(const Tensor& t, DType dtype, const char* what) {
 // and clamps k to the plan's width.
 SampleResult CudaBackend::sample(const Tensor& logits, const SamplingPlan& plan) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   if (logits.device != Device::cuda || logits.dtype != DType::bf16 || logits.ndim != 2 ||
       logits.cols() < 1 || logits.cols() > INT_MAX || (logits.numel() > 0 && logits.empty()))
     bad("logits must be an (R, vocab ≥ 1) bf16 tensor on the GPU (got " + logits.shape_str() + " " +
@@ -135,7 +134,6 @@ SampleResult CudaBackend::sample(const Tensor& logits, const SamplingPlan& plan)
 void CudaBackend::reset_token_counts(Tensor& counts, int64_t row, const Tensor& tokens,
                                      int64_t prompt_len) {
   const cuda::DeviceGuard guard(ctx_->device);
-  flush_chain();
   if (counts.device != Device::cuda || counts.dtype != DType::i32 || counts.ndim != 2 || row < 0 ||
       row >= counts.rows() || counts.cols() > INT_MAX || tokens.device != Device::cuda ||
       tokens.dtype != DType::i32 || prompt_len < 0 || prompt_len > tokens.numel())
