@@ -27,8 +27,7 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd.add_option("--page-size", o.page_size, "KV cache page size in tokens")
       ->check(CLI::Range(1, 1024));
-  cmd.add_flag("--enforce-eager", o.enforce_eager,
-               "run every step op by op (no CUDA step graphs)");
+  cmd.add_flag("--enforce-eager", o.enforce_eager, "run every step op by op (no CUDA step graphs)");
   cmd.add_flag("!--no-prefix-cache", o.prefix_cache,
                "compute every prompt in full (default: a request reuses the KV pages of a prefix "
                "that an earlier request with the same adapter computed)");
@@ -56,6 +55,13 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
         const Expected<Speculation> k = parse_speculate(spec);
         return k.ok() ? std::string() : k.status().message();
       });
+  cmd.add_option(
+         "--speculate-paths", o.speculate_paths,
+         "tree speculation: verify up to N candidate chains a sequence per step (with "
+         "ngram, the continuations of other earlier occurrences of its last tokens), each "
+         "sharing the sequence's KV pages, while the extra chains' acceptance pays for their "
+         "rows (default 1: one chain)")
+      ->check(CLI::Range(1, 16));
   cmd.add_option("--medusa", o.medusa_dir,
                  "Medusa heads of the base model for --speculate medusa: a directory in LoRAX's "
                  "layout (config.json with medusa_num_heads / medusa_num_layers, "
@@ -191,13 +197,13 @@ Expected<LoadedModel> load_model(const ModelOptions& o) {
   m.tensors = std::make_unique<io::TensorSet>(std::move(tensors));
   const int num_slots = std::max<int>(1, int(adapters.size()));
   if (o.tensor_parallel > 1) {
-    PHILORA_ASSIGN_OR_RETURN(m.peer_backends,
-                             tensor_parallel_backends(*m.backend, o.tensor_parallel, o.simulate_ranks));
+    PHILORA_ASSIGN_OR_RETURN(
+        m.peer_backends, tensor_parallel_backends(*m.backend, o.tensor_parallel, o.simulate_ranks));
     std::vector<Backend*> backends = {m.backend.get()};
     for (const auto& b : m.peer_backends) backends.push_back(b.get());
-    PHILORA_ASSIGN_OR_RETURN(TensorParallelModel tp,
-                             load_tensor_parallel_model(*m.tensors, config, backends, num_slots,
-                                                        o.simulate_ranks));
+    PHILORA_ASSIGN_OR_RETURN(
+        TensorParallelModel tp,
+        load_tensor_parallel_model(*m.tensors, config, backends, num_slots, o.simulate_ranks));
     m.model = std::move(tp.model);
     m.slots = std::move(tp.slots);
   } else {

@@ -361,6 +361,7 @@ int run_generate(const GenerateOptions& o) {
   opts.prefix_cache = o.model.prefix_cache;
   opts.speculate_ngram = o.model.speculate_ngram;
   opts.speculate_medusa = o.model.speculate_medusa;
+  opts.speculate_paths = o.model.speculate_paths;
   opts.medusa = m->medusa;
   opts.tokenizer = tok.get();
   opts.warmup = o.warmup;

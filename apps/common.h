@@ -34,6 +34,8 @@ struct ModelOptions {
   int64_t speculate_ngram = 0;
   // --speculate medusa[:K]: the most Medusa drafts (at most the heads' number); 0: off.
   int64_t speculate_medusa = 0;
+  // --speculate-paths N: candidate chains a sequence verifies per step (tree speculation).
+  int64_t speculate_paths = 1;
   // --medusa DIR: the base model's Medusa heads (LoRAX's layout); empty: the
   // model directory's medusa_lm_head.safetensors, when it has one.
   std::string medusa_dir;

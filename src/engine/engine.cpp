@@ -205,6 +205,8 @@ void Engine::abort(const std::string& id) {
 // Lets go of the sequence's pages (its full ones stay cached) and adapter slot.
 void Engine::release(Live& l) {
   kv_.pages.release(l.seq.pages);
+  for (Live::DraftPath& p : l.alt_paths) kv_.pages.release(p.seq.pages);
+  l.alt_paths.clear();
   l.seq.num_computed = 0;
   if (l.has_slot && adapters_) adapters_->release(l.seq.lora_slot);
   counts_.release(l.count_row);
@@ -324,7 +326,8 @@ void Engine::fork_candidates(Live& l, std::vector<StepOutput>& out) {
 std::vector<StepOutput> Engine::step() {
   std::vector<StepOutput> out;
   out.swap(pending_);
-  if (adapters_ && config_.wait_for_adapter_loads) {  // every load asked for ends before this step's poll
+  if (adapters_ &&
+      config_.wait_for_adapter_loads) {  // every load asked for ends before this step's poll
     for (const std::unique_ptr<Live>& l : waiting_)
       if (l->req.adapter && !l->has_slot) adapters_->prepare(*l->req.adapter);  // starts the load
     adapters_->wait_for_all_loads();
@@ -376,10 +379,14 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
 // before this step), oldest first, from the budget and the free pages the
 // step's required work left (never a cached page: a draft evicts nothing).
 void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int64_t& budget) {
+  std::vector<Backend::ColumnWrite> copies;  // partial pages of alternative chains
+  bool alternatives = false;
   for (size_t i = 0; i < running && budget > 0; ++i) {
     Scheduled& s = batch[i];
     Live& l = *s.live;
-    std::vector<int32_t> drafts = draft(l, budget);
+    std::vector<std::vector<int32_t>> chains = draft(l, budget);
+    if (chains.empty()) continue;
+    std::vector<int32_t> drafts = std::move(chains[0]);
     if (l.matcher && !drafts.empty()) {  // the drafts the constraint takes, in order
       size_t ok = 0;
       while (ok < drafts.size() && l.matcher->accept_token(drafts[ok])) ++ok;
@@ -395,6 +402,69 @@ void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int6
     l.seq.tokens.insert(l.seq.tokens.end(), l.drafts.begin(), l.drafts.end());
     s.num_tokens += int64_t(l.drafts.size());
     budget -= int64_t(l.drafts.size());
+    if (chains.size() > 1) schedule_alternatives(l, chains, budget, copies);
+    alternatives = alternatives || !l.alt_paths.empty();
+  }
+  if (!alternatives) return;
+  if (!copies.empty()) model_.backend().write_columns_batch(copies);  // queued before the step
+  // Each alternative's row group right after its sequence's (run() keeps them so).
+  std::vector<Scheduled> with;
+  for (const Scheduled& s : batch) {
+    with.push_back(s);
+    if (s.path >= 0) continue;
+    for (size_t p = 0; p < s.live->alt_paths.size(); ++p)
+      with.push_back({s.live, int64_t(s.live->alt_paths[p].drafts.size()) + 1, int32_t(p)});
+  }
+  batch = std::move(with);
+}
+
+// The alternatives of a sequence whose first chain (l.drafts) is scheduled,
+// in order, while they pay (alternatives_pay), fit the budget and find free
+// pages: each a sequence of its own with the same tokens before the drafts,
+// the full pages of the sequence shared (PageManager::fork), a new page for
+// the partial one filled by a copy of it (queued on the backend before the
+// step), and new pages for its drafts.
+void Engine::schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& chains,
+                                   int64_t& budget, std::vector<Backend::ColumnWrite>& copies) {
+  const auto k = int64_t(l.drafts.size());
+  const int64_t base = l.seq.num_computed, page = kv_.page_size;
+  const int64_t full = base / page;
+  int64_t rows = 0;
+  for (size_t c = 1; c < chains.size(); ++c) {
+    std::vector<int32_t>& chain = chains[c];
+    if (int64_t(chain.size()) > k) chain.resize(size_t(k));
+    const int64_t r = int64_t(chain.size()) + 1;
+    const int64_t pages = (base + r + page - 1) / page - full;
+    if (r > budget || pages > kv_.pages.num_free() ||
+        !alternatives_pay(l.draft_stats, speculate_row_cost(), k, rows + r))
+      break;
+    Live::DraftPath p;
+    p.drafts = std::move(chain);
+    Sequence& q = p.seq;
+    q.id = l.seq.id;
+    q.prompt_len = l.seq.prompt_len;
+    q.num_computed = base;
+    q.lora_slot = l.seq.lora_slot;
+    q.rope_long = l.seq.rope_long;
+    q.tokens.assign(l.seq.tokens.begin(), l.seq.tokens.end() - k);
+    q.tokens.insert(q.tokens.end(), p.drafts.begin(), p.drafts.end());
+    q.pages = kv_.pages.fork(l.seq.pages, full);
+    if (!kv_.pages.reserve(q.pages, base + r)) {  // cannot happen: the pages were free
+      kv_.pages.release(q.pages);
+      break;
+    }
+    if (base % page != 0) {
+      const int32_t from = l.seq.pages.ids[size_t(full)], to = q.pages.ids[size_t(full)];
+      for (const KvLayer& layer : kv_.layers)
+        for (const Tensor& pool : {layer.k, layer.v}) {
+          const Tensor m = pool.reshape({pool.dim(0), pool.numel() / pool.dim(0)});
+          copies.push_back({m.row_slice(to, to + 1), 0, m.row_slice(from, from + 1), m.cols()});
+        }
+    }
+    rows += r;
+    budget -= r;
+    ++stats_.spec_alt_chains;
+    l.alt_paths.push_back(std::move(p));
   }
 }
 
@@ -437,7 +507,8 @@ bool Engine::acquire_adapter(Live& l, std::vector<StepOutput>& out) {
   }
   l.seq.lora_slot = *slot;
   l.has_slot = true;
-  if (*slot == draining_slot_) draining_slot_ = -1;  // drained and taken: the next blocked request picks anew
+  if (*slot == draining_slot_)
+    draining_slot_ = -1;  // drained and taken: the next blocked request picks anew
   l.adapter_identity = adapters_->identity(*slot);
   return true;
 }
@@ -577,7 +648,11 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   });
   std::vector<SeqWork> work;
   for (const Scheduled& s : batch) {
-    Sequence& q = s.live->seq;
+    Sequence& q = sequence(s);
+    if (s.path >= 0) {  // an alternative chain: every row samples
+      work.push_back({&q, s.num_tokens, true, true, false});
+      continue;
+    }
     const Request& r = s.live->req;
     const bool last = q.num_computed + s.num_tokens == int64_t(q.tokens.size());
     const bool sample = last && r.max_new_tokens > 0;
@@ -606,7 +681,6 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   // One sampling row per logit row. A prompt row picks greedily (its token is
   // dropped) and, for prompt logprobs, reports the next prompt token's.
   std::vector<SampleRow> rows;
-  std::vector<std::mt19937_64> rng_before(work.size());  // drafted sequences' generators
   bool any_rows = false;
   for (size_t i = 0; i < work.size(); ++i)
     any_rows =
@@ -614,7 +688,10 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   for (size_t i = 0; i < work.size() && any_rows; ++i) {
     Live& l = *batch[i].live;
     if (!l.drafts.empty()) {  // row j follows the first j drafts and takes the j-th next draw
-      rng_before[i] = l.rng;
+      if (batch[i].path < 0)
+        l.draft_rng = l.rng;
+      else
+        l.rng = l.draft_rng;  // an alternative chain's rows draw as the first chain's
       for (int32_t r = plan.logit_indptr[i]; r < plan.logit_indptr[i + 1]; ++r) {
         rows.push_back(sampling_row(l, r - plan.logit_indptr[i]));
         if (first_mask[i] >= 0) rows.back().mask = first_mask[i] + (r - plan.logit_indptr[i]);
@@ -661,8 +738,8 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     heads = l.heads;
   }
   const model::MedusaHeads* in_step = want_hidden && one_set && !prompt_rows ? heads : nullptr;
-  const StepResult result = runner_.run(plan, rows, counts_.table(), &masks,
-                                        want_hidden && !in_step, in_step);
+  const StepResult result =
+      runner_.run(plan, rows, counts_.table(), &masks, want_hidden && !in_step, in_step);
   if (masks.wait) masks.wait();
   if (masks.rows > 0) {
     ++mask_stats_.steps;
@@ -673,10 +750,13 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   std::vector<std::pair<Live*, int32_t>> medusa_rows;  // (sequence, the row of its last token)
   for (size_t i = 0; i < work.size(); ++i) {
     Live& l = *batch[i].live;
+    if (batch[i].path >= 0) continue;  // verified with its sequence's first chain
     if (!l.drafts.empty()) {
-      const int64_t a = verify(l, result, plan.logit_indptr[i], rng_before[i], out);
-      if (want_hidden && proposes(l))
-        medusa_rows.push_back({&l, int32_t(plan.logit_indptr[i] + a)});
+      std::vector<int32_t> first_rows = {plan.logit_indptr[i]};
+      for (size_t p = 1; p <= l.alt_paths.size(); ++p)
+        first_rows.push_back(plan.logit_indptr[i + p]);
+      const int32_t last = verify(l, result, first_rows, out);
+      if (want_hidden && proposes(l)) medusa_rows.push_back({&l, last});
       continue;
     }
     const int64_t first = l.seq.num_computed;
@@ -798,7 +878,12 @@ int64_t Engine::max_drafts(const Live& l) const {
 // computed its last token, when it is decoding (one token to compute, prompt
 // done), may draft (no penalties, no prompt logits, few sequences running)
 // and has room (max_new_tokens: the last row's token is one more).
-std::vector<int32_t> Engine::draft(const Live& l, int64_t room) const {
+bool Engine::drafts_tree(const Live& l) const {
+  return config_.speculate_paths > 1 && !l.matcher && l.req.sampling.bad_words.empty() &&
+         kv_.peer_layers.empty();
+}
+
+std::vector<std::vector<int32_t>> Engine::draft(const Live& l, int64_t room) const {
   if (max_drafts(l) <= 0 || int64_t(running_.size()) > config_.speculate_max_batch) return {};
   const Sequence& q = l.seq;
   if (int64_t(q.tokens.size()) - q.num_computed != 1 || q.num_computed < q.prompt_len ||
@@ -808,10 +893,12 @@ std::vector<int32_t> Engine::draft(const Live& l, int64_t room) const {
   const int64_t limit = draft_length(l.draft_stats.rate(), speculate_row_cost(), max_drafts(l));
   const int64_t k = std::min({limit, l.req.max_new_tokens - l.generated - 1, room});
   if (k <= 0) return {};
-  if (config_.speculate_ngram > 0) return ngram_drafts(q.tokens, k);
+  if (config_.speculate_ngram > 0)
+    return ngram_draft_paths(q.tokens, k, drafts_tree(l) ? config_.speculate_paths : 1);
   if (l.medusa_at != q.tokens.size()) return {};  // no hidden state of its last token yet
   const auto n = std::min<size_t>(size_t(k), l.medusa_next.size());
-  return std::vector<int32_t>(l.medusa_next.begin(), l.medusa_next.begin() + int64_t(n));
+  if (n == 0) return {};
+  return {std::vector<int32_t>(l.medusa_next.begin(), l.medusa_next.begin() + int64_t(n))};
 }
 
 // Medusa head i on the final hidden state of position t proposes the token of
@@ -852,24 +939,45 @@ void Engine::medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
   }
 }
 
-// A drafted sequence's step is done: its rows sampled y_0 .. y_k; it keeps
-// y_0 .. y_a (engine/speculate.h). The KV of the accepted drafts stays (its
-// full pages are keyed for the prefix cache), the pages past them are freed
-// (a page holding a rejected draft is never keyed: only computed tokens
-// are), the generator advances by the kept tokens' draws, and the kept
-// tokens are appended in order, each under the stop conditions (a stop
-// inside the run ends it there); the step's outputs of the sequence go out
-// as one.
-int64_t Engine::verify(Live& l, const StepResult& result, int64_t first_row,
-                       const std::mt19937_64& rng, std::vector<StepOutput>& out) {
-  const std::vector<int32_t> drafts = std::move(l.drafts);
+// A drafted sequence's step is done: the rows of its chains sampled; it
+// keeps y_0 .. y_a (engine/speculate.h, accept_paths; one chain: its first
+// a drafts and one more token). When an alternative chain holds the kept
+// drafts, the sequence takes its pages and tokens; the other chains' pages go.
+// The KV of the accepted drafts stays (its full pages are keyed for the
+// prefix cache), the pages past them are freed (a page holding a rejected
+// draft is never keyed: only computed tokens are), the generator advances by
+// the kept tokens' draws, and the kept tokens are appended in order, each
+// under the stop conditions (a stop inside the run ends it there); the step's
+// outputs of the sequence go out as one.
+int32_t Engine::verify(Live& l, const StepResult& result, const std::vector<int32_t>& first_rows,
+                       std::vector<StepOutput>& out) {
+  std::vector<std::vector<int32_t>> drafts;
+  drafts.push_back(std::move(l.drafts));
   l.drafts.clear();
-  const auto k = int64_t(drafts.size());
-  const std::span<const int32_t> sampled(result.tokens.data() + first_row, size_t(k + 1));
-  const int64_t a = accepted_drafts(drafts, sampled);
-  stats_.spec_draft_tokens += k;
+  std::vector<Live::DraftPath> alts = std::move(l.alt_paths);
+  l.alt_paths.clear();
+  for (Live::DraftPath& p : alts) drafts.push_back(p.drafts);
+  std::vector<std::span<const int32_t>> sampled;
+  for (size_t p = 0; p < drafts.size(); ++p)
+    sampled.emplace_back(result.tokens.data() + first_rows[p], drafts[p].size() + 1);
+  const PathAcceptance acc = accept_paths(drafts, sampled);
+  const int64_t a = acc.accepted, first_chain = accepted_drafts(drafts[0], sampled[0]);
+  for (const std::vector<int32_t>& d : drafts) stats_.spec_draft_tokens += int64_t(d.size());
   stats_.spec_accepted_tokens += a;
-  l.draft_stats.record(k, a);
+  l.draft_stats.record(int64_t(drafts[0].size()), first_chain);
+  if (!alts.empty()) {
+    l.draft_stats.record_alternatives(a - first_chain);
+    stats_.spec_alt_tokens += a - first_chain;
+  }
+  if (acc.path > 0) {  // an alternative chain holds the kept drafts
+    Sequence& w = alts[size_t(acc.path - 1)].seq;
+    kv_.pages.release(l.seq.pages);
+    l.seq.pages = std::move(w.pages);
+    w.pages = {};
+    l.seq.tokens = std::move(w.tokens);
+  }
+  for (Live::DraftPath& p : alts) kv_.pages.release(p.seq.pages);
+  const auto k = int64_t(drafts[size_t(acc.path)].size());
   const auto base = int64_t(l.seq.tokens.size()) - k;  // tokens before the drafts
   l.seq.num_computed = base + a;                       // the last token and the accepted drafts
   l.seq.tokens.resize(size_t(base + a));
@@ -877,16 +985,17 @@ int64_t Engine::verify(Live& l, const StepResult& result, int64_t first_row,
   if (config_.prefix_cache)
     kv_.pages.cache_full_pages(l.seq.pages, l.seq.tokens, l.seq.num_computed, prefix_salt(l));
   l.seq.tokens.resize(size_t(base));
-  l.rng = rng;
+  l.rng = l.draft_rng;
   for (int64_t j = 0; j <= a; ++j) (void)sample_row(l.req.sampling, l.rng);
+  auto row = [&](int64_t j) { return first_rows[size_t(acc.row_path[size_t(j)])] + int32_t(j); };
   std::vector<StepOutput> step;
   for (int64_t j = 0; j <= a && !l.done; ++j) {
-    const auto r = size_t(first_row + j);
+    const auto r = size_t(row(j));
     append_token(l, result.tokens[r], token_logprobs(l, result, r), step, /*drafted=*/j > 0);
   }
   if (l.group && l.group->hold) {  // held and merged already
     for (StepOutput& o : step) out.push_back(std::move(o));
-    return a;
+    return row(a);
   }
   StepOutput merged = std::move(step.front());
   for (size_t j = 1; j < step.size(); ++j) {
@@ -895,7 +1004,7 @@ int64_t Engine::verify(Live& l, const StepResult& result, int64_t first_row,
     merged.outputs_running = running;
   }
   out.push_back(std::move(merged));
-  return a;
+  return row(a);
 }
 
 // Keeps the prompt logprobs of the step's rows (positions [first_position,

@@ -91,6 +91,13 @@ struct EngineConfig {
   // speculate_ngram. The heads come from `medusa` (MedusaSet::find).
   int64_t speculate_medusa = 0;
   std::shared_ptr<const MedusaSet> medusa = nullptr;
+  // Tree speculation: a sequence verifies up to this many candidate chains a
+  // step (1: one chain) — n-gram lookup's other continuations — each as a
+  // row group of its own that shares the sequence's full pages and a copy of
+  // its partial page, as long as the extra chains pay for their rows
+  // (alternatives_pay, engine/speculate.h). Not for constrained requests,
+  // bad-word lists, nor under tensor parallelism (one chain there).
+  int64_t speculate_paths = 1;
   // No drafting in a step while more sequences than this run (a large batch
   // is compute-bound: verifying drafts stops paying).
   int64_t speculate_max_batch = 16;
@@ -166,10 +173,16 @@ struct EngineStats {
   // the step (mixed heads in the step, or prompt rows); the others' heads ran
   // inside the step (StepRunnerStats::heads_steps).
   int64_t spec_eager_heads_steps = 0;
+  // Tree speculation: alternative chains verified (their drafts count in
+  // spec_draft_tokens), and the tokens they kept beyond what the first chain
+  // alone would have (their accepted drafts count in spec_accepted_tokens).
+  int64_t spec_alt_chains = 0;
+  int64_t spec_alt_tokens = 0;
 };
 
 // The counts between two snapshots of one engine's stats (later - earlier).
-static_assert(sizeof(EngineStats) == 9 * sizeof(int64_t), "operator- below: subtract the new field");
+static_assert(sizeof(EngineStats) == 11 * sizeof(int64_t),
+              "operator- below: subtract the new field");
 inline EngineStats operator-(const EngineStats& later, const EngineStats& earlier) {
   EngineStats d;
   d.steps = later.steps - earlier.steps;
@@ -181,15 +194,17 @@ inline EngineStats operator-(const EngineStats& later, const EngineStats& earlie
   d.spec_draft_tokens = later.spec_draft_tokens - earlier.spec_draft_tokens;
   d.spec_accepted_tokens = later.spec_accepted_tokens - earlier.spec_accepted_tokens;
   d.spec_eager_heads_steps = later.spec_eager_heads_steps - earlier.spec_eager_heads_steps;
+  d.spec_alt_chains = later.spec_alt_chains - earlier.spec_alt_chains;
+  d.spec_alt_tokens = later.spec_alt_tokens - earlier.spec_alt_tokens;
   return d;
 }
 
 // Structured output's host work (docs/STRUCTURED.md).
 struct MaskStats {
-  int64_t steps = 0;          // steps with masks
-  int64_t masks = 0;          // masks filled (one per constrained sampling row)
-  double fill_seconds = 0;    // summed over the mask jobs (on the filler's threads)
-  double wait_seconds = 0;    // the step waited for them (StepMasks::wait), summed
+  int64_t steps = 0;        // steps with masks
+  int64_t masks = 0;        // masks filled (one per constrained sampling row)
+  double fill_seconds = 0;  // summed over the mask jobs (on the filler's threads)
+  double wait_seconds = 0;  // the step waited for them (StepMasks::wait), summed
 };
 
 class Engine {
@@ -262,6 +277,16 @@ class Engine {
     // seq.tokens while the step runs), and its acceptance so far.
     std::vector<int32_t> drafts;
     DraftStats draft_stats;
+    // Tree speculation: this step's other candidate chains, each verified as
+    // a sequence of its own (EngineConfig::speculate_paths); the generator as
+    // it was before the step's rows drew (row j of every chain takes its j-th
+    // next draw).
+    struct DraftPath {
+      std::vector<int32_t> drafts;
+      Sequence seq;  // the sequence's tokens with these drafts; the full pages shared
+    };
+    std::vector<DraftPath> alt_paths;
+    std::mt19937_64 draft_rng;
     // Medusa: its heads (null: none), and their drafts [heads] for the tokens
     // after tokens[medusa_at - 1] (from that step's hidden state of the last
     // computed token); valid while tokens.size() == medusa_at.
@@ -276,7 +301,11 @@ class Engine {
   struct Scheduled {
     Live* live;
     int64_t num_tokens;
+    int32_t path = -1;  // >= 0: the row group of live->alt_paths[path]
   };
+  static Sequence& sequence(const Scheduled& s) {
+    return s.path < 0 ? s.live->seq : s.live->alt_paths[size_t(s.path)].seq;
+  }
   static bool wants_prompt_logprobs(const Live& l) {
     return l.req.prompt_logprobs && !l.prompt_logprobs_sent;
   }
@@ -299,15 +328,22 @@ class Engine {
   // The most drafts the sequence verifies in a step (its method's K); 0: it never drafts.
   int64_t max_drafts(const Live& l) const;
   double speculate_row_cost() const;
-  std::vector<int32_t> draft(const Live& l, int64_t room) const;
+  // Its candidate chains this step (none, or the first and its alternatives).
+  std::vector<std::vector<int32_t>> draft(const Live& l, int64_t room) const;
+  bool drafts_tree(const Live& l) const;
+  // Adds the alternative chains that pay and fit to `l`'s step; the copies of
+  // its partial page go to `copies`.
+  void schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& chains, int64_t& budget,
+                             std::vector<Backend::ColumnWrite>& copies);
   // Its Medusa heads' drafts for the sequences `rows` names (each with its
   // logit row of the step): the step's own (`in_step`: the heads it ran), or
   // from its hidden states.
-  void medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
-                      const StepResult& result, const model::MedusaHeads* in_step);
-  // Returns how many drafts it accepted.
-  int64_t verify(Live& l, const StepResult& result, int64_t first_row,
-                 const std::mt19937_64& rng, std::vector<StepOutput>& out);
+  void medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows, const StepResult& result,
+                      const model::MedusaHeads* in_step);
+  // `first_rows`: the first logit row of each chain's group (the first
+  // chain's, then the alternatives'). Returns the logit row that gave its last kept token.
+  int32_t verify(Live& l, const StepResult& result, const std::vector<int32_t>& first_rows,
+                 std::vector<StepOutput>& out);
   std::optional<PositionLogprobs> token_logprobs(Live& l, const StepResult& result, size_t row);
   void run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out);
   // Starts filling the masks of the step's constrained sequences (`work`
@@ -335,9 +371,9 @@ class Engine {
   TokenCounts counts_;
   std::mt19937_64 seeds_;  // seeds of requests that give none
   std::deque<std::unique_ptr<Live>> waiting_;
-  std::vector<std::unique_ptr<Live>> running_;  // admission order
-  std::vector<StepOutput> pending_;             // finished outside a step (aborts)
-  std::unique_ptr<MaskFiller> mask_filler_;     // with the first constrained sequence
+  std::vector<std::unique_ptr<Live>> running_;         // admission order
+  std::vector<StepOutput> pending_;                    // finished outside a step (aborts)
+  std::unique_ptr<MaskFiller> mask_filler_;            // with the first constrained sequence
   std::shared_ptr<std::vector<double>> mask_seconds_;  // [jobs] of the step's mask jobs
   MaskStats mask_stats_;
   // The pinned adapter slot that goes to the oldest request waiting for a

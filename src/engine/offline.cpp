@@ -33,7 +33,7 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
   EngineConfig config{std::numeric_limits<int64_t>::max(), int64_t(requests.size()),
                       options.step_graphs, options.prefix_cache,
                       std::max<int64_t>(count_rows, 1), options.speculate_ngram,
-                      options.speculate_medusa, options.medusa};
+                      options.speculate_medusa, options.medusa, options.speculate_paths};
   config.wait_for_adapter_loads = true;  // the same schedule however fast the disk
   Engine engine(model, kv, adapters, config, options.tokenizer);
   std::map<std::string, size_t> index;  // id -> position in `requests`

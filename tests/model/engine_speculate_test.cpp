@@ -163,8 +163,7 @@ TEST(SpeculativeGreedy, PagesOfRejectedDraftsAreNeverCached) {
     } else {
       ASSERT_EQ(kept, 1);
     }
-    tokens.insert(tokens.end(), ra.steps[step].new_tokens.begin(),
-                  ra.steps[step].new_tokens.end());
+    tokens.insert(tokens.end(), ra.steps[step].new_tokens.begin(), ra.steps[step].new_tokens.end());
     generated += kept;
   }
   ASSERT_EQ(tokens.size(), a.prompt.size() + ra.tokens.size()) << "the steps were not replayed";
@@ -318,7 +317,6 @@ TEST(SpeculativeSampling, PenaltiesAndLargeBatchesDoNotDraft) {
   EXPECT_EQ(rig.kv->pages.num_held(), 0);
 }
 
-
 // Drafts come from what the step's required work leaves: with a budget of 2
 // tokens, an older sequence decoding copy-heavy text and a newer one still in
 // its prompt, the newer one's prompt advances as it does without speculation
@@ -333,7 +331,7 @@ TEST(SpeculativeSchedule, DraftsNeverTakeAnotherSequencesToken) {
   ASSERT_EQ(reqs.size(), 2u);
   struct Steps {
     std::map<std::string, int64_t> first, last;  // steps of each request's first and last output
-    std::vector<std::set<std::string>> outputs;   // per step: the requests that got tokens
+    std::vector<std::set<std::string>> outputs;  // per step: the requests that got tokens
     engine::EngineStats stats;
   };
   auto steps = [&](int64_t drafts) {
@@ -362,6 +360,121 @@ TEST(SpeculativeSchedule, DraftsNeverTakeAnotherSequencesToken) {
     for (int64_t step = f; step <= spec.last.at(id); ++step)
       EXPECT_TRUE(spec.outputs[size_t(step)].count(id)) << id << " got no token in step " << step;
   expect_same(run(reqs, config(4, 2)), run(reqs, config(0, 2)), "budget 2");
+}
+
+// Tree speculation (--speculate-paths): a sequence's other candidate chains
+// (n-gram lookup's other continuations) each run as a row group of their own
+// that shares the sequence's full pages and a copy of its partial page; the
+// kept tokens follow the chains that drafted them (engine::accept_paths).
+engine::EngineConfig tree_config(int64_t budget = 4096, bool prefix_cache = true) {
+  engine::EngineConfig c = config(4, budget, prefix_cache);
+  c.speculate_paths = 4;
+  return c;
+}
+
+void print_tree_stats(const std::string& what, const Result& r) {
+  std::printf(
+      "[ %s ] drafted %lld accepted %lld, alternative chains %lld won %lld tokens, %lld steps\n",
+      what.c_str(), (long long)r.stats.spec_draft_tokens, (long long)r.stats.spec_accepted_tokens,
+      (long long)r.stats.spec_alt_chains, (long long)r.stats.spec_alt_tokens,
+      (long long)r.stats.steps);
+}
+
+class TreeSchedules : public testing::TestWithParam<Schedule> {};
+
+// Greedy under every schedule (chunked prefill, preemption, prefix hits, mixed
+// adapters): the plain output, logprobs bit for bit, with alternatives
+// verified, and winning where the budget and the pages leave room for them
+// (a step's alternatives take only what its required work leaves, and only
+// free pages); every page comes back (run()).
+TEST_P(TreeSchedules, GreedyEqualsPlain) {
+  const Schedule s = GetParam();
+  const std::vector<engine::Request> reqs = long_requests(kCase);
+  const Result plain = run(reqs, config(0, s.budget, s.prefix_cache), s.pages, s.max_running);
+  const Result tree = run(reqs, tree_config(s.budget, s.prefix_cache), s.pages, s.max_running);
+  expect_same(tree, plain, s.name);
+  EXPECT_GT(tree.stats.spec_alt_chains, 0) << s.name << ": no alternative chain was verified";
+  if (s.budget >= 4096 && s.pages >= 512) {
+    EXPECT_GT(tree.stats.spec_alt_tokens, 0) << s.name << ": no alternative chain won";
+  }
+  print_tree_stats(s.name, tree);
+}
+
+INSTANTIATE_TEST_SUITE_P(engine, TreeSchedules, testing::ValuesIn(test::kSchedules),
+                         test::schedule_name);
+
+// Every golden case (LongRoPE, a sliding window, partial rotary): HF's golden
+// tokens with step graphs, and long runs equal to the plain ones, under a
+// tight KV cache too; a chain is never longer than the first one.
+TEST(TreeSpeculation, EveryCaseGoldenAndLongRuns) {
+  for (const char* name : kGoldenCases) {
+    engine::EngineConfig graphs = tree_config();
+    graphs.step_graphs = true;
+    const Result got = run(golden_requests(name), graphs, 512, 64, name);
+    for (const nlohmann::json& ref : read_jsonl(test::golden_dir(name) / "generate_ref.jsonl")) {
+      const auto id = ref["id"].get<std::string>();
+      ASSERT_TRUE(got.runs.count(id)) << id;
+      EXPECT_EQ(got.runs.at(id).tokens, ref["tokens"].get<std::vector<int32_t>>())
+          << name << " " << id;
+    }
+    for (const int64_t pages : {512, 40}) {
+      const std::vector<engine::Request> reqs = long_requests(name);
+      const Result plain = run(reqs, config(0), pages, 64, name);
+      const Result tree = run(reqs, tree_config(), pages, 64, name);
+      const std::string what = std::string(name) + " pages " + std::to_string(pages);
+      expect_same(tree, plain, what);
+      if (pages >= 512) {  // a tight cache leaves few free pages for alternatives
+        EXPECT_GT(tree.stats.spec_alt_chains, 0) << what;
+      }
+      print_tree_stats(what, tree);
+    }
+  }
+}
+
+// Seeded sampling (logit bias, min_new_tokens, processed and raw logprobs) and
+// n / best_of (fewer requests: speculation stops above speculate_max_batch
+// sequences): what they give without speculation — row j of every chain
+// draws the generator's j-th next uniform.
+TEST(TreeSpeculation, SeededSamplingAndCandidatesEqualPlain) {
+  for (const bool candidates : {false, true}) {
+    std::vector<engine::Request> reqs = long_requests(kCase);
+    if (candidates) reqs.resize(4);
+    uint64_t seed = 7;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      engine::SamplingParams& p = reqs[i].sampling;
+      p.greedy = false;
+      p.temperature = i % 2 ? 0.3f : 0.7f;
+      p.top_k = i % 3 ? 0 : 20;
+      p.seed = seed++;
+      p.logit_bias = {{int32_t(40 + i), 1.5f}};
+      reqs[i].min_new_tokens = 3;
+      if (i % 2) reqs[i].logprob_kind = engine::LogprobKind::processed;
+      if (candidates) reqs[i].n = 2;
+      if (candidates && i % 2) reqs[i].best_of = 3;
+    }
+    const Result plain = run(reqs, config(0));
+    const Result tree = run(reqs, tree_config());
+    for (const engine::Request& r : reqs) {
+      const auto got = test::by_output_index(tree.runs.at(r.id));
+      const auto want = test::by_output_index(plain.runs.at(r.id));
+      EXPECT_EQ(got, want) << r.id;
+    }
+    EXPECT_GT(tree.stats.spec_alt_chains, 0);
+    EXPECT_GT(tree.stats.spec_accepted_tokens, 0);
+    print_tree_stats(candidates ? "n / best_of" : "sampling", tree);
+  }
+}
+
+// One chain where a row's bans follow its own drafts: bad words (and a
+// constraint's matcher, whose masks advance over the one chain).
+TEST(TreeSpeculation, BadWordsKeepOneChain) {
+  std::vector<engine::Request> reqs = long_requests(kCase);
+  for (engine::Request& r : reqs) r.sampling.bad_words = {{90, 55}};
+  const Result plain = run(reqs, config(0));
+  const Result tree = run(reqs, tree_config());
+  expect_same(tree, plain, "bad words");
+  EXPECT_GT(tree.stats.spec_draft_tokens, 0);
+  EXPECT_EQ(tree.stats.spec_alt_chains, 0);
 }
 
 }  // namespace

@@ -1,8 +1,15 @@
 // n-gram drafts (prompt lookup), the acceptance count and the adaptive draft
-// limit (engine/speculate.h), and PageManager::truncate (rollback of the
-// pages of rejected drafts).
+// limit (engine/speculate.h), tree speculation's candidates and walk (against
+// plain sampling draw for draw, and a chi-square against a float64
+// distribution), and PageManager::truncate (rollback of the pages of rejected
+// drafts).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <random>
+#include <span>
 #include <vector>
 
 #include "engine/speculate.h"
@@ -17,7 +24,8 @@ using V = std::vector<int32_t>;
 TEST(SpeculateNgram, LongestTrailingNgramFirst) {
   // The trailing 3-gram (1 2 3) occurred at 0: the tokens after it.
   EXPECT_EQ(ngram_drafts(V{1, 2, 3, 4, 5, 9, 2, 3, 7, 1, 2, 3}, 2), (V{4, 5}));
-  // No earlier (9 9 3) nor (9 3): the 1-gram 3's last earlier occurrence (index 7) is followed by 7.
+  // No earlier (9 9 3) nor (9 3): the 1-gram 3's last earlier occurrence (index 7) is followed
+  // by 7.
   EXPECT_EQ(ngram_drafts(V{1, 2, 3, 4, 5, 9, 2, 3, 7, 9, 9, 3}, 3), (V{7, 9, 9}));
   // The last occurrence wins, and the drafts stop at the end of the tokens.
   EXPECT_EQ(ngram_drafts(V{5, 6, 1, 5, 6, 2, 5, 6}, 4), (V{2, 5, 6}));
@@ -33,6 +41,121 @@ TEST(SpeculateNgram, NothingWhenNoNgramRecurs) {
   EXPECT_TRUE(ngram_drafts(V{1, 2, 1}, 0).empty());
   // min_n 2: a recurring 1-gram alone is not enough.
   EXPECT_TRUE(ngram_drafts(V{1, 2, 3, 1}, 4, 3, 2).empty());
+}
+
+TEST(SpeculateNgramPaths, EveryEarlierContinuation) {
+  using Paths = std::vector<V>;
+  // (1 2 3) at 5 then at 0; the 2- and 1-gram occurrences repeat them.
+  const V t = {1, 2, 3, 4, 9, 1, 2, 3, 5, 9, 1, 2, 3};
+  EXPECT_EQ(engine::ngram_draft_paths(t, 3, 4), (Paths{{5, 9, 1}, {4, 9, 1}}));
+  EXPECT_EQ(engine::ngram_draft_paths(t, 3, 1), (Paths{engine::ngram_drafts(t, 3)}));
+  EXPECT_EQ(engine::ngram_draft_paths(t, 2, 4), (Paths{{5, 9}, {4, 9}}));
+  // The 1-gram 7: at 2 (8 9 7), at 0 (8 7 8 9), the latest first.
+  EXPECT_EQ(engine::ngram_draft_paths(V{7, 8, 7, 8, 9, 7}, 4, 4), (Paths{{8, 9, 7}, {8, 7, 8, 9}}));
+  // (2 1) cut short by the end of the tokens, then (2 1 2 1) from the 1-gram
+  // at 0 extends it and takes its place; the 2-gram's (2 1) adds nothing.
+  EXPECT_EQ(engine::ngram_draft_paths(V{1, 2, 1, 2, 1}, 4, 4), (Paths{{2, 1, 2, 1}}));
+  EXPECT_EQ(engine::ngram_draft_paths(V{7, 8, 7, 8, 9, 7}, 4, 1), (Paths{{8, 9, 7}}));
+  EXPECT_TRUE(engine::ngram_draft_paths(V{1, 2, 3}, 4, 4).empty());
+  EXPECT_TRUE(engine::ngram_draft_paths(V{1, 2, 1}, 4, 0).empty());
+}
+
+// The walk, worked out by hand.
+TEST(SpeculateAcceptPaths, FollowsTheKeptTokens) {
+  using S = std::span<const int32_t>;
+  {
+    // Depth 0: chain 0's row gives 4 (chains 0, 1 drafted it); depth 1:
+    // chain 0's row gives 7, which chain 1 drafted; depth 2 and 3: chain 1's
+    // rows give 8 (drafted) and 1 (past its drafts).
+    const std::vector<V> d = {{4, 5, 6}, {4, 7, 8}, {9}};
+    const V s0 = {4, 7, 0, 0}, s1 = {4, 7, 8, 1}, s2 = {2, 3};
+    const engine::PathAcceptance a = engine::accept_paths(d, {S(s0), S(s1), S(s2)});
+    EXPECT_EQ(a.path, 1);
+    EXPECT_EQ(a.accepted, 3);
+    EXPECT_EQ(a.row_path, (std::vector<int32_t>{0, 0, 1, 1}));
+  }
+  {
+    const std::vector<V> d = {{4}, {5}, {2, 3}};
+    const V s0 = {2, 0}, s1 = {2, 0}, s2 = {2, 3, 9};
+    const engine::PathAcceptance a = engine::accept_paths(d, {S(s0), S(s1), S(s2)});
+    EXPECT_EQ(a.path, 2);
+    EXPECT_EQ(a.accepted, 2);
+    EXPECT_EQ(a.row_path, (std::vector<int32_t>{0, 2, 2}));
+  }
+  {
+    const std::vector<V> d = {{4, 5}, {6}};
+    const V s0 = {1, 1, 1}, s1 = {1, 1};
+    const engine::PathAcceptance a = engine::accept_paths(d, {S(s0), S(s1)});
+    EXPECT_EQ(a.path, 0);
+    EXPECT_EQ(a.accepted, 0);
+    EXPECT_EQ(a.row_path, (std::vector<int32_t>{0}));
+  }
+}
+
+// A toy model over 4 tokens whose next-token distribution depends on the
+// whole context (logits from a generator seeded by it), sampled by inverse
+// CDF in float64. A tree step — every candidate chain's row j sampled with the
+// j-th uniform from its own context, accept_paths keeping y_0 .. y_a — then
+// plain steps with the following uniforms give, for every draw of the
+// uniforms, the tokens plain sampling gives; and over 20,000 draws the first
+// two tokens follow the float64 product p(x0) p(x1 | x0) (chi-square, 15
+// degrees of freedom, significance 1e-3: 37.697).
+TEST(SpeculateAcceptPaths, KeepsPlainSamplingsDistribution) {
+  constexpr int kVocab = 4;
+  auto probs = [](std::span<const int32_t> context) {
+    uint64_t h = 1469598103934665603ull;
+    for (int32_t t : context) h = (h ^ uint64_t(t + 1)) * 1099511628211ull;
+    std::mt19937_64 g(h);
+    std::vector<double> p(kVocab);
+    double sum = 0;
+    for (double& x : p) sum += x = std::exp(2.0 * std::uniform_real_distribution<double>(0, 1)(g));
+    for (double& x : p) x /= sum;
+    return p;
+  };
+  auto pick = [&](std::span<const int32_t> context, double u) {
+    const std::vector<double> p = probs(context);
+    double c = 0;
+    for (int t = 0; t < kVocab; ++t)
+      if (u < (c += p[size_t(t)])) return int32_t(t);
+    return int32_t(kVocab - 1);
+  };
+  const std::vector<V> chains = {{0, 1, 2}, {0, 2}, {1, 0, 3}, {3}, {1, 3}};
+  constexpr int kTokens = 4, kDraws = 20000;
+  std::mt19937_64 rng(12345);
+  std::map<std::pair<int32_t, int32_t>, int64_t> count;
+  int64_t alternative_wins = 0, accepted = 0;
+  for (int n = 0; n < kDraws; ++n) {
+    std::vector<double> u(kTokens + 4);
+    for (double& x : u) x = std::uniform_real_distribution<double>(0, 1)(rng);
+    V plain;
+    for (int j = 0; j < kTokens; ++j) plain.push_back(pick(plain, u[size_t(j)]));
+    std::vector<V> rows(chains.size());
+    for (size_t p = 0; p < chains.size(); ++p)
+      for (size_t j = 0; j <= chains[p].size(); ++j)
+        rows[p].push_back(pick(std::span<const int32_t>(chains[p]).first(j), u[j]));
+    std::vector<std::span<const int32_t>> sampled(rows.begin(), rows.end());
+    const engine::PathAcceptance a = engine::accept_paths(chains, sampled);
+    V got;
+    for (int64_t j = 0; j <= a.accepted; ++j)
+      got.push_back(rows[size_t(a.row_path[size_t(j)])][size_t(j)]);
+    for (size_t j = got.size(); j < size_t(kTokens); ++j) got.push_back(pick(got, u[j]));
+    got.resize(kTokens);
+    ASSERT_EQ(got, plain) << "draw " << n;
+    alternative_wins += a.path > 0;
+    accepted += a.accepted;
+    ++count[{got[0], got[1]}];
+  }
+  EXPECT_GT(alternative_wins, kDraws / 10) << "the alternatives were hardly tried";
+  EXPECT_GT(accepted, kDraws / 2);
+  double chi2 = 0;
+  for (int32_t x0 = 0; x0 < kVocab; ++x0)
+    for (int32_t x1 = 0; x1 < kVocab; ++x1) {
+      const V c0 = {}, c1 = {x0};
+      const double want = kDraws * probs(c0)[size_t(x0)] * probs(c1)[size_t(x1)];
+      const double have = double(count[{x0, x1}]);
+      chi2 += (have - want) * (have - want) / want;
+    }
+  EXPECT_LT(chi2, 37.697);
 }
 
 TEST(SpeculateAccept, LongestMatchingPrefix) {
@@ -71,6 +194,24 @@ TEST(SpeculateAccept, AcceptanceDecays) {
   EXPECT_DOUBLE_EQ(s.rate(), 5.2 / 7.2);
   s.record(2, 0);  // accepted 3.36, rejected 1.8
   EXPECT_DOUBLE_EQ(s.rate(), 4.36 / 7.16);
+}
+
+// Alternatives pay when their gain per first-chain token outweighs their rows'
+// share of the step: α = 0.5 and k = 4 give T = 1.9375, C = 1 + 4 c; the
+// prior gain 0.5 over T is 0.258.
+TEST(SpeculateAccept, AlternativesPayForTheirRows) {
+  engine::DraftStats s;
+  EXPECT_DOUBLE_EQ(s.alt_gain(), 0.5);
+  EXPECT_TRUE(engine::alternatives_pay(s, 0.03, 4, 5));    // 0.03 · 5 / 1.12 = 0.134
+  EXPECT_FALSE(engine::alternatives_pay(s, 0.03, 4, 10));  // 0.268
+  EXPECT_FALSE(engine::alternatives_pay(s, 0.3, 4, 5));    // 0.682
+  EXPECT_TRUE(engine::alternatives_pay(s, 0.0, 4, 100));
+  s.record_alternatives(0);  // (0 + 0.5) / 2
+  EXPECT_DOUBLE_EQ(s.alt_gain(), 0.25);
+  EXPECT_FALSE(engine::alternatives_pay(s, 0.03, 4, 5));  // 0.129 < 0.134
+  s.record_alternatives(3);                               // (3 + 0.5) / 2.8
+  EXPECT_DOUBLE_EQ(s.alt_gain(), 3.5 / 2.8);
+  EXPECT_TRUE(engine::alternatives_pay(s, 0.03, 4, 10));
 }
 
 TEST(PageManagerTruncate, FreesThePagesPastTheTokens) {
