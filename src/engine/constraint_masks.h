@@ -19,10 +19,10 @@ namespace philora::engine {
 
 // The masks of one step: SampleRow::mask indexes them.
 struct StepMasks {
-  int64_t rows = 0;             // M
-  int64_t words = 0;            // per mask: ceil(vocab / 32), vocab the logits' width
-  std::vector<uint32_t> bits;   // [M * words]: bit t % 32 of word t / 32 set = t allowed
-  std::function<void()> wait;   // returns once `bits` is filled (may be called again)
+  int64_t rows = 0;            // M
+  int64_t words = 0;           // per mask: ceil(vocab / 32), vocab the logits' width
+  std::vector<uint32_t> bits;  // [M * words]: bit t % 32 of word t / 32 set = t allowed
+  std::function<void()> wait;  // returns once `bits` is filled (may be called again)
 };
 
 // Runs fn(i) for i in [0, n) on a thread pool, from a thread of its own, so

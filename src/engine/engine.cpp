@@ -215,6 +215,8 @@ void Engine::release(Live& l) {
   l.seq.lora_slot = -1;
   l.adapter_identity = 0;
   l.medusa_next.clear();
+  l.medusa_top.clear();
+  l.medusa_top_logprob.clear();
   l.medusa_at = 0;
 }
 
@@ -739,7 +741,8 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
   }
   const model::MedusaHeads* in_step = want_hidden && one_set && !prompt_rows ? heads : nullptr;
   const StepResult result =
-      runner_.run(plan, rows, counts_.table(), &masks, want_hidden && !in_step, in_step);
+      runner_.run(plan, rows, counts_.table(), &masks, want_hidden && !in_step, in_step,
+                  in_step ? medusa_top_tokens() : 0);
   if (masks.wait) masks.wait();
   if (masks.rows > 0) {
     ++mask_stats_.steps;
@@ -898,7 +901,17 @@ std::vector<std::vector<int32_t>> Engine::draft(const Live& l, int64_t room) con
   if (l.medusa_at != q.tokens.size()) return {};  // no hidden state of its last token yet
   const auto n = std::min<size_t>(size_t(k), l.medusa_next.size());
   if (n == 0) return {};
-  return {std::vector<int32_t>(l.medusa_next.begin(), l.medusa_next.begin() + int64_t(n))};
+  const std::span<const int32_t> chain(l.medusa_next.data(), n);
+  if (drafts_tree(l) && !l.medusa_top.empty())
+    return medusa_draft_paths(chain, l.medusa_top, l.medusa_top_logprob, medusa_top_tokens(),
+                              config_.speculate_paths);
+  return {std::vector<int32_t>(chain.begin(), chain.end())};
+}
+
+int64_t Engine::medusa_top_tokens() const {
+  constexpr int64_t kMostTopTokens = 4;  // of each head: a tree branches into its likeliest few
+  if (config_.speculate_medusa <= 0 || config_.speculate_paths <= 1) return 0;
+  return std::min(config_.speculate_paths, kMostTopTokens);
 }
 
 // Medusa head i on the final hidden state of position t proposes the token of
@@ -911,12 +924,18 @@ std::vector<std::vector<int32_t>> Engine::draft(const Live& l, int64_t room) con
 // download).
 void Engine::medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
                             const StepResult& result, const model::MedusaHeads* in_step) {
+  const int64_t top = medusa_top_tokens();
   if (in_step) {
     const int64_t k = in_step->num_heads();
     for (const auto& [l, row] : rows) {
       const auto at = result.drafts.begin() + int64_t(row) * k;
       l->medusa_next.assign(at, at + k);
       l->medusa_at = l->seq.tokens.size();
+      if (top == 0) continue;
+      const int64_t from = int64_t(row) * k * top, to = from + k * top;
+      l->medusa_top.assign(result.draft_top.begin() + from, result.draft_top.begin() + to);
+      l->medusa_top_logprob.assign(result.draft_top_logprob.begin() + from,
+                                   result.draft_top_logprob.begin() + to);
     }
     return;
   }
@@ -929,12 +948,34 @@ void Engine::medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
     std::vector<int32_t> index;
     for (const auto& r : group) index.push_back(r.second);
     const Tensor x = ops.gather_rows(hidden, ops.upload_i32(index));
-    const std::vector<int32_t> ids = heads->draft(ops, x, model_.lm_head());
     const auto k = size_t(heads->num_heads());
+    std::vector<int32_t> ids, top_ids;
+    std::vector<float> top_lp;
+    if (top > 0) {  // the heads' logits through the sample op: greedy rows with their top lists
+      std::vector<SampleRow> head_rows(group.size() * k);
+      for (SampleRow& r : head_rows) r.logprobs = int32_t(top);
+      const SampleResult s = ops.sample(heads->step_logits(ops, x, model_.lm_head()),
+                                        stage_sampling_rows(ops, head_rows, Tensor(), top));
+      ids = ops.download_i32(s.tokens);
+      const auto width = size_t(s.top_tokens.cols());
+      const std::vector<int32_t> all_ids = ops.download_i32(s.top_tokens);
+      const Tensor all_lp = ops.to_host_f32(s.top_logprobs);
+      for (size_t r = 0; r < head_rows.size(); ++r)
+        for (size_t j = 0; j < size_t(top); ++j) {
+          top_ids.push_back(all_ids[r * width + j]);
+          top_lp.push_back(all_lp.ptr<float>()[r * width + j]);
+        }
+    } else {
+      ids = heads->draft(ops, x, model_.lm_head());
+    }
     for (size_t g = 0; g < group.size(); ++g) {
       Live& l = *group[g].first;
       l.medusa_next.assign(ids.begin() + int64_t(g * k), ids.begin() + int64_t((g + 1) * k));
       l.medusa_at = l.seq.tokens.size();
+      if (top == 0) continue;
+      const auto from = int64_t(g * k) * top, to = from + int64_t(k) * top;
+      l.medusa_top.assign(top_ids.begin() + from, top_ids.begin() + to);
+      l.medusa_top_logprob.assign(top_lp.begin() + from, top_lp.begin() + to);
     }
   }
 }

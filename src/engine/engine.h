@@ -293,6 +293,10 @@ class Engine {
     const model::MedusaHeads* heads = nullptr;
     std::vector<int32_t> medusa_next;
     size_t medusa_at = 0;
+    // With tree speculation: every head's top tokens and their logprobs
+    // [heads · medusa_top_tokens()], head i's at i · medusa_top_tokens().
+    std::vector<int32_t> medusa_top;
+    std::vector<float> medusa_top_logprob;
     // Structured output: the constraint's parser over the tokens generated so
     // far (never the drafts: a mask job advances it over them and back).
     std::unique_ptr<structured::Matcher> matcher;
@@ -340,6 +344,9 @@ class Engine {
   // from its hidden states.
   void medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows, const StepResult& result,
                       const model::MedusaHeads* in_step);
+  // How many top tokens of each Medusa head a step brings back for tree
+  // speculation (0: the greedy chain alone).
+  int64_t medusa_top_tokens() const;
   // `first_rows`: the first logit row of each chain's group (the first
   // chain's, then the alternatives'). Returns the logit row that gave its last kept token.
   int32_t verify(Live& l, const StepResult& result, const std::vector<int32_t>& first_rows,

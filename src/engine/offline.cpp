@@ -30,10 +30,15 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
   // A row of token counts for every request with penalties: none waits for one.
   const int64_t count_rows = std::count_if(
       requests.begin(), requests.end(), [](const Request& r) { return uses_counts(r.sampling); });
-  EngineConfig config{std::numeric_limits<int64_t>::max(), int64_t(requests.size()),
-                      options.step_graphs, options.prefix_cache,
-                      std::max<int64_t>(count_rows, 1), options.speculate_ngram,
-                      options.speculate_medusa, options.medusa, options.speculate_paths};
+  EngineConfig config{std::numeric_limits<int64_t>::max(),
+                      int64_t(requests.size()),
+                      options.step_graphs,
+                      options.prefix_cache,
+                      std::max<int64_t>(count_rows, 1),
+                      options.speculate_ngram,
+                      options.speculate_medusa,
+                      options.medusa,
+                      options.speculate_paths};
   config.wait_for_adapter_loads = true;  // the same schedule however fast the disk
   Engine engine(model, kv, adapters, config, options.tokenizer);
   std::map<std::string, size_t> index;  // id -> position in `requests`
@@ -72,8 +77,7 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
     }
   }
   if (options.seconds)
-    *options.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    *options.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (options.stats) *options.stats = engine.stats() - before;
   return out;
 }

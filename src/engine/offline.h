@@ -19,7 +19,7 @@ struct OfflineOptions {
   // Every request is admitted in the first step, so none finds another's
   // pages; kept for a caller that runs several batches on one engine.
   bool prefix_cache = true;
-  int64_t speculate_ngram = 0;  // EngineConfig::speculate_ngram
+  int64_t speculate_ngram = 0;   // EngineConfig::speculate_ngram
   int64_t speculate_medusa = 0;  // EngineConfig::speculate_medusa, with its heads
   std::shared_ptr<const MedusaSet> medusa = nullptr;
   int64_t speculate_paths = 1;  // EngineConfig::speculate_paths

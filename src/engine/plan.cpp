@@ -68,7 +68,8 @@ static LoraBatch stage_lora(Backend& b, const std::vector<int32_t>& token_slot, 
   return batch;
 }
 
-int64_t step_lora_columns(const lora::AdapterSlots* adapters, const std::vector<int32_t>& token_slot) {
+int64_t step_lora_columns(const lora::AdapterSlots* adapters,
+                          const std::vector<int32_t>& token_slot) {
   return adapters ? adapters->step_columns(token_slot) : 0;
 }
 

@@ -18,8 +18,8 @@ namespace philora::engine {
 struct SeqWork {
   Sequence* seq = nullptr;
   int64_t num_tokens = 0;
-  bool logits = false;      // this sequence needs the logits of its last computed token
-  bool all_logits = false;  // ... of every token it computes (prompt logits or logprobs)
+  bool logits = false;             // this sequence needs the logits of its last computed token
+  bool all_logits = false;         // ... of every token it computes (prompt logits or logprobs)
   bool all_logits_to_host = true;  // ... and they come back to the host (prompt logits)
 };
 
@@ -50,7 +50,8 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size);
 
 // The LoRA columns a step of these per-token adapter slots reads
 // (LoraBatch::lora_columns): AdapterSlots::step_columns, 0 without adapters.
-int64_t step_lora_columns(const lora::AdapterSlots* adapters, const std::vector<int32_t>& token_slot);
+int64_t step_lora_columns(const lora::AdapterSlots* adapters,
+                          const std::vector<int32_t>& token_slot);
 
 // Copies the plan to the backend; `adapters` (may be null) bounds the shrink
 // buffer and says which LoRA columns the step reads.

@@ -32,7 +32,7 @@ struct Request {
   std::vector<int32_t> prompt;         // [prompt_len] token ids
   std::optional<std::string> adapter;  // nullopt: the base model
   SamplingParams sampling;
-  int64_t max_new_tokens = 16;          // 0: the prompt alone (its logits, when asked), no token
+  int64_t max_new_tokens = 16;  // 0: the prompt alone (its logits, when asked), no token
   // No stop condition (eos, stop token ids, stop strings) ends the request
   // before it has this many new tokens: until then the eos and stop token ids
   // are banned (HF's min_new_tokens, vLLM's min_tokens). ≤ max_new_tokens.

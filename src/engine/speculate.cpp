@@ -1,6 +1,7 @@
 #include "engine/speculate.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace philora::engine {
 
@@ -47,6 +48,54 @@ std::vector<std::vector<int32_t>> ngram_draft_paths(std::span<const int32_t> tok
       paths.emplace_back(c.begin(), c.end());
       if (int64_t(paths.size()) == max_paths) return paths;
     }
+  }
+  return paths;
+}
+
+std::vector<std::vector<int32_t>> medusa_draft_paths(std::span<const int32_t> chain,
+                                                     std::span<const int32_t> top,
+                                                     std::span<const float> logprob, int64_t width,
+                                                     int64_t max_paths) {
+  const auto k = int64_t(chain.size());
+  std::vector<std::vector<int32_t>> paths;
+  if (k == 0 || max_paths <= 0) return paths;
+  paths.emplace_back(chain.begin(), chain.end());
+  // Head i's probability of token t (0 when t is not among its top list).
+  auto prob = [&](int64_t i, int32_t t) {
+    for (int64_t j = 0; j < width; ++j)
+      if (top[size_t(i * width + j)] == t) return std::exp(double(logprob[size_t(i * width + j)]));
+    return 0.0;
+  };
+  // tail[j]: the expected drafts the greedy chain keeps from depth j on, given depth j - 1 held.
+  std::vector<double> tail(size_t(k + 1), 0.0);
+  for (int64_t j = k - 1; j >= 0; --j)
+    tail[size_t(j)] = prob(j, chain[size_t(j)]) * (1.0 + tail[size_t(j + 1)]);
+  auto taken = [&](const std::vector<int32_t>& c,
+                   int64_t depth) {  // a chain with c's first depth + 1
+    return std::any_of(paths.begin(), paths.end(), [&](const std::vector<int32_t>& p) {
+      return std::equal(c.begin(), c.begin() + depth + 1, p.begin());
+    });
+  };
+  while (int64_t(paths.size()) < max_paths) {
+    double best_gain = 0.0;
+    std::vector<int32_t> best;
+    for (size_t p = 0; p < paths.size(); ++p) {
+      double before = 1.0;  // the probability that paths[p]'s first j drafts hold
+      for (int64_t j = 0; j < k && before > 0.0; ++j) {
+        for (int64_t c = 0; c < width; ++c) {
+          const int32_t t = top[size_t(j * width + c)];
+          std::vector<int32_t> cand(paths[p].begin(), paths[p].begin() + j);
+          cand.push_back(t);
+          cand.insert(cand.end(), chain.begin() + j + 1, chain.end());
+          if (taken(cand, j)) continue;
+          const double gain = before * prob(j, t) * (1.0 + tail[size_t(j + 1)]);
+          if (gain > best_gain) best_gain = gain, best = std::move(cand);
+        }
+        before *= prob(j, paths[p][size_t(j)]);
+      }
+    }
+    if (best.empty()) break;
+    paths.push_back(std::move(best));
   }
   return paths;
 }

@@ -40,6 +40,22 @@ std::vector<std::vector<int32_t>> ngram_draft_paths(std::span<const int32_t> tok
                                                     int64_t max_drafts, int64_t max_paths,
                                                     int64_t max_n = 3, int64_t min_n = 1);
 
+// Medusa's candidate chains (tree speculation; Cai et al.'s tree, built per
+// step): `chain` is the heads' greedy chain (k drafts, head i's at i), `top`
+// and `logprob` every head's `width` likeliest tokens and their logprobs
+// (head i's at i · width, likeliest first; at least k heads). The heads guess
+// independently, so a chain's first j + 1 drafts all hold with probability
+// the product of their heads' probabilities; the expected drafts a set of
+// chains keeps is the sum of that over every distinct prefix. Starting from
+// `chain`, each next chain is the one that adds the most to it among those
+// that leave a chain taken at one depth j for another of head j's tokens and
+// follow the greedy chain after it; at most `max_paths` chains, none that adds
+// nothing.
+std::vector<std::vector<int32_t>> medusa_draft_paths(std::span<const int32_t> chain,
+                                                     std::span<const int32_t> top,
+                                                     std::span<const float> logprob, int64_t width,
+                                                     int64_t max_paths);
+
 // How many drafts the sampled rows accept: the first j with sampled[j] !=
 // drafts[j] (drafts.size() when all match). sampled has drafts.size() + 1 rows.
 int64_t accepted_drafts(std::span<const int32_t> drafts, std::span<const int32_t> sampled);

@@ -264,15 +264,19 @@ StepRunner::~StepRunner() {
 
 StepResult StepRunner::run(const StepPlan& plan, const std::vector<SampleRow>& rows,
                            const Tensor& counts, const StepMasks* masks, bool want_hidden,
-                           const model::MedusaHeads* heads) {
+                           const model::MedusaHeads* heads, int64_t head_top) {
   if (!rows.empty() && rows.size() != plan.logit_rows.size())
     throw std::logic_error("StepRunner::run: no sampling row, or one per logit row");
   if (masks && masks->rows > 0 && rows.empty())
     throw std::logic_error("StepRunner::run: masks without sampling rows");
   if (heads && (rows.empty() || heads->num_heads() == 0))
     throw std::logic_error("StepRunner::run: heads without sampling rows");
-  if (graphable(plan, rows)) return run_graph(plan, rows, counts, masks, want_hidden, heads);
-  return run_eager(plan, rows, counts, masks, want_hidden, heads);
+  if (head_top < 0 || head_top > kMaxLogprobs)
+    throw std::logic_error("StepRunner::run: head_top outside [0, kMaxLogprobs]");
+  if (!heads) head_top = 0;
+  if (graphable(plan, rows))
+    return run_graph(plan, rows, counts, masks, want_hidden, heads, head_top);
+  return run_eager(plan, rows, counts, masks, want_hidden, heads, head_top);
 }
 
 // The step's logits (T, vocab) and below them the heads' (T · K, vocab), in
@@ -301,7 +305,7 @@ static double seconds_since(Clock::time_point t0) {
 // The first `rows` rows of a sample op's results, on the host, and with heads
 // the drafts of those rows, from sample row drafts_at on.
 StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t width,
-                             int64_t drafts_at, int64_t heads) {
+                             int64_t drafts_at, int64_t heads, int64_t head_top) {
   Backend& b = model_.backend();
   StepResult r;
   r.tokens = b.download_i32(sampled.tokens);
@@ -310,24 +314,31 @@ StepResult StepRunner::fetch(const SampleResult& sampled, int64_t rows, int64_t 
     r.drafts.assign(r.tokens.begin() + drafts_at, r.tokens.begin() + drafts_at + rows * heads);
   r.tokens.resize(size_t(rows));
   r.logprobs_width = width;
-  if (width < 0) return r;
+  if (width < 0 && head_top <= 0) return r;
   stats_.downloads += 3;
   const Tensor lp = b.to_host_f32(sampled.logprob);
-  r.logprob.assign(lp.ptr<float>(), lp.ptr<float>() + rows);
   const int64_t k = sampled.top_tokens.cols();  // the op's width (a graph's may be larger)
   const std::vector<int32_t> ids = b.download_i32(sampled.top_tokens);
   const Tensor top = b.to_host_f32(sampled.top_logprobs);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < width; ++j) {
-      r.top_tokens.push_back(ids[size_t(i * k + j)]);
-      r.top_logprobs.push_back(top.ptr<float>()[i * k + j]);
+  if (width >= 0) {
+    r.logprob.assign(lp.ptr<float>(), lp.ptr<float>() + rows);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < width; ++j) {
+        r.top_tokens.push_back(ids[size_t(i * k + j)]);
+        r.top_logprobs.push_back(top.ptr<float>()[i * k + j]);
+      }
+  }
+  for (int64_t i = drafts_at; head_top > 0 && i < drafts_at + rows * heads; ++i)
+    for (int64_t j = 0; j < head_top; ++j) {
+      r.draft_top.push_back(ids[size_t(i * k + j)]);
+      r.draft_top_logprob.push_back(top.ptr<float>()[i * k + j]);
     }
   return r;
 }
 
 StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
                                  const Tensor& counts, const StepMasks* masks, bool want_hidden,
-                                 const model::MedusaHeads* heads) {
+                                 const model::MedusaHeads* heads, int64_t head_top) {
   const auto t0 = Clock::now();
   Backend& b = model_.backend();
   model::StepInputs in = stage(b, plan, model_.config(), adapters_);
@@ -339,18 +350,20 @@ StepResult StepRunner::run_eager(const StepPlan& plan, const std::vector<SampleR
   const int64_t width = logprobs_width(rows), R = int64_t(rows.size());
   const int64_t K = heads ? heads->num_heads() : 0;
   // The forward is queued (a GPU runs it meanwhile): now the masks are waited for.
-  if (heads) {  // the heads' rows after the step's: greedy, asking for nothing
+  if (heads) {  // the heads' rows after the step's: greedy, asking for their top lists or nothing
     std::vector<SampleRow> all = rows;
     all.resize(size_t(R * (1 + K)));
+    for (int64_t i = R; head_top > 0 && i < R * (1 + K); ++i)
+      all[size_t(i)].logprobs = int32_t(head_top);
     sampled = b.sample(with_heads(logits, hidden, *heads),
-                       stage_sampling_rows(b, all, counts, width, masks));
+                       stage_sampling_rows(b, all, counts, std::max(width, head_top), masks));
     ++stats_.heads_steps;
   } else if (!rows.empty()) {
     sampled = b.sample(logits, stage_sampling_rows(b, rows, counts, width, masks));
   }
   stats_.host_seconds += seconds_since(t0);
   StepResult r;
-  if (!rows.empty()) r = fetch(sampled, R, width, R, K);
+  if (!rows.empty()) r = fetch(sampled, R, width, R, K, head_top);
   if (plan.host_logits) {
     r.logits = b.to_host_f32(logits);
     ++stats_.downloads;
@@ -470,8 +483,8 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
     // Two graphs: the forward, then the sample op, so that the masks (filled on host threads)
     // are waited for while the forward runs, not before it starts.
     g->graph = b.capture([this, graph = g.get(), adapters, heads] {
-      graph->logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
-                                     &graph->hidden);
+      graph->logits =
+          model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr, &graph->hidden);
       if (heads) graph->logits = with_heads(graph->logits, graph->hidden, *heads);
     });
     if (g->graph)
@@ -481,8 +494,8 @@ std::unique_ptr<StepRunner::Graph> StepRunner::record(const GraphKey& key, const
     if (!g->sample_graph) return nullptr;
   } else {
     g->graph = b.capture([this, graph = g.get(), adapters, heads, backend = &b] {
-      Tensor logits = model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr,
-                                     &graph->hidden);
+      Tensor logits =
+          model_.forward(graph->in, kv_, adapters ? &adapters->tables() : nullptr, &graph->hidden);
       if (heads) logits = with_heads(logits, graph->hidden, *heads);
       graph->result = backend->sample(logits, graph->sampling);
     });
@@ -526,7 +539,7 @@ int32_t StepRunner::fill_padding(Graph& g, int64_t n, int64_t t, int32_t pages) 
 
 StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
                                  const Tensor& counts, const StepMasks* masks, bool want_hidden,
-                                 const model::MedusaHeads* heads) {
+                                 const model::MedusaHeads* heads, int64_t head_top) {
   const int64_t n = int64_t(plan.kv_last_page_len.size()), t = int64_t(plan.token_ids.size());
   GraphKey key;
   key.batch = graph_batch(n);
@@ -546,7 +559,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   key.bias_capacity =
       entries == 0 ? 0 : int64_t(std::bit_ceil(uint64_t(std::max<int64_t>(entries, 64))));
   const int64_t width = logprobs_width(rows);
-  key.logprobs_width = width < 0 ? -1 : kMaxLogprobs;
+  key.logprobs_width = width < 0 && head_top <= 0 ? -1 : kMaxLogprobs;
   const bool uses_counts =
       std::any_of(rows.begin(), rows.end(), [](const SampleRow& r) { return r.count_row >= 0; });
   key.counts = uses_counts ? counts.data : nullptr;
@@ -562,7 +575,7 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
     std::unique_ptr<Graph> g = record(key, uses_counts ? counts : Tensor());
     if (!g) {
       use_graphs_ = false;
-      return run_eager(plan, rows, counts, masks, want_hidden, heads);
+      return run_eager(plan, rows, counts, masks, want_hidden, heads, head_top);
     }
     it = graphs_.emplace(key, std::move(g)).first;
   }
@@ -594,7 +607,14 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
     gather_padding(g, int64_t(plan.logit_rows.size()));
   }
   const int32_t pages = fill_padding(g, n, t, plan.kv_indptr[size_t(n)]);
-  write_sampling(g.sampling_layout, rows, g.host_ints, g.host_floats);
+  if (head_top > 0) {  // the heads' rows (after the graph's R) ask for their top lists
+    std::vector<SampleRow> all = rows;
+    all.resize(size_t(g.logit_rows * (1 + heads->num_heads())));
+    for (size_t i = size_t(g.logit_rows); i < all.size(); ++i) all[i].logprobs = int32_t(head_top);
+    write_sampling(g.sampling_layout, all, g.host_ints, g.host_floats);
+  } else {
+    write_sampling(g.sampling_layout, rows, g.host_ints, g.host_floats);
+  }
   Backend& b = model_.backend();
   const size_t used = size_t(g.kv_indices_at + pages);
   b.upload_into(g.ints, v.data(), used * 4);
@@ -615,8 +635,8 @@ StepResult StepRunner::run_graph(const StepPlan& plan, const std::vector<SampleR
   // The heads' rows follow the graph's R (its padding rows' included).
   StepResult r;
   if (!rows.empty())
-    r = fetch(g.result, int64_t(rows.size()), width, g.logit_rows,
-              heads ? heads->num_heads() : 0);
+    r = fetch(g.result, int64_t(rows.size()), width, g.logit_rows, heads ? heads->num_heads() : 0,
+              head_top);
   if (want_hidden) r.hidden = g.hidden;  // valid until this graph replays again
   return r;
 }

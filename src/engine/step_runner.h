@@ -121,13 +121,18 @@ struct StepResult {
   std::vector<float> logprob;       // [R]
   std::vector<int32_t> top_tokens;  // [R · K] row r's at r · K
   std::vector<float> top_logprobs;  // [R · K]
-  Tensor logits;                // (R, vocab) f32 on the host when plan.host_logits, else empty
+  Tensor logits;                    // (R, vocab) f32 on the host when plan.host_logits, else empty
   // (R, hidden) the logit rows' final hidden states, on the backend, when
   // run() was asked for them (Medusa heads read them), else empty.
   Tensor hidden;
   // With heads (run's `heads`, K of them): every head's greedy token on every
   // logit row, MedusaHeads::draft's order (row r's head i at r · K + i).
   std::vector<int32_t> drafts;  // [R · K], else empty
+  // With run's head_top = N > 0: every head's N likeliest tokens on every
+  // logit row, likeliest first, and their raw logprobs (row r's head i's
+  // at (r · K + i) · N); else empty.
+  std::vector<int32_t> draft_top;        // [R · K · N]
+  std::vector<float> draft_top_logprob;  // [R · K · N]
 };
 
 struct StepRunnerStats {
@@ -165,10 +170,14 @@ class StepRunner {
   // result also holds the logit rows' hidden states (after a graph's replay,
   // the graph's own tensor: read it before the next step). `heads` (may be
   // null; needs `rows`): the result also holds their drafts on every logit row
-  // (StepResult::drafts), from the same sample op and download as the tokens.
+  // (StepResult::drafts), from the same sample op and download as the tokens;
+  // with `head_top` N > 0 also each head's N likeliest tokens and their
+  // logprobs (StepResult::draft_top; tree speculation), three downloads more
+  // unless the rows ask for logprobs anyway.
   StepResult run(const StepPlan& plan, const std::vector<SampleRow>& rows,
                  const Tensor& counts = Tensor(), const StepMasks* masks = nullptr,
-                 bool want_hidden = false, const model::MedusaHeads* heads = nullptr);
+                 bool want_hidden = false, const model::MedusaHeads* heads = nullptr,
+                 int64_t head_top = 0);
 
   const StepRunnerStats& stats() const { return stats_; }
   // KV pages the runner holds for itself (the pad page).
@@ -184,7 +193,7 @@ class StepRunner {
  private:
   // What a recorded graph is specialised for.
   struct GraphKey {
-    int64_t batch = 0;             // bucket
+    int64_t batch = 0;              // bucket
     int64_t rows_per_sequence = 1;  // Q bucket: 1 decode, ≥ k + 1 verifying k drafts, ≥ a chunk
     // Logits of the step's logit rows gathered (at most one per sequence: B),
     // not of every row (T): a step with prompt chunks.
@@ -203,19 +212,19 @@ class StepRunner {
   struct Graph;
   StepResult run_eager(const StepPlan& plan, const std::vector<SampleRow>& rows,
                        const Tensor& counts, const StepMasks* masks, bool want_hidden,
-                       const model::MedusaHeads* heads);
+                       const model::MedusaHeads* heads, int64_t head_top);
   bool graphable(const StepPlan& plan, const std::vector<SampleRow>& rows) const;
   static int64_t graph_batch(int64_t sequences);  // the bucket of a step of that many
   StepResult run_graph(const StepPlan& plan, const std::vector<SampleRow>& rows,
                        const Tensor& counts, const StepMasks* masks, bool want_hidden,
-                       const model::MedusaHeads* heads);
+                       const model::MedusaHeads* heads, int64_t head_top);
   std::unique_ptr<Graph> record(const GraphKey& key, const Tensor& counts);
   int32_t fill_padding(Graph& g, int64_t n, int64_t t, int32_t pages);
   void gather_padding(Graph& g, int64_t given);
   // The step's `rows` tokens (and logprobs); with `heads` rows of drafts
-  // (K each) at sample row drafts_at on.
+  // (K each) at sample row drafts_at on, and their top `head_top` lists.
   StepResult fetch(const SampleResult& sampled, int64_t rows, int64_t logprobs_width,
-                   int64_t drafts_at = 0, int64_t heads = 0);
+                   int64_t drafts_at = 0, int64_t heads = 0, int64_t head_top = 0);
   // The sample op's logits of a step with heads: the step's (R, vocab), then
   // the heads' (R · K, vocab) on its hidden states (R, hidden).
   Tensor with_heads(const Tensor& logits, const Tensor& hidden, const model::MedusaHeads& heads);

@@ -17,6 +17,8 @@
 //           repeats, so drafts are accepted and the accepted path runs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -124,7 +126,7 @@ engine::EngineConfig config(int64_t k, int64_t budget = 4096, bool prefix_cache 
   c.step_graphs = false;
   c.prefix_cache = prefix_cache;
   c.speculate_medusa = k;
-  c.speculate_row_cost = 0.0;  // the longest chains every step: the most to verify
+  c.speculate_row_cost = 0.0;       // the longest chains every step: the most to verify
   c.wait_for_adapter_loads = true;  // as EngineRig's: a schedule that does not depend on the disk
   return c;
 }
@@ -214,8 +216,84 @@ TEST_P(MedusaSchedules, GreedyEqualsPlain) {
   }
 }
 
+// Tree speculation (--speculate-paths 4): chains that branch into each
+// head's likeliest tokens (medusa_draft_paths), each verified as a row group
+// of its own: the plain output on every case under every schedule, with
+// alternatives verified, and winning where the budget and the pages leave
+// them room.
+TEST_P(MedusaSchedules, TreeEqualsPlain) {
+  const Schedule s = GetParam();
+  int64_t chains = 0, won = 0;
+  for (const char* name : kGoldenCases) {
+    const std::vector<engine::Request> reqs = long_requests(name);
+    const Result plain = run(name, reqs, config(0, s.budget, s.prefix_cache), Kind::echo,
+                             Kind::random, s.pages, s.max_running);
+    engine::EngineConfig c = config(4, s.budget, s.prefix_cache);
+    c.speculate_paths = 4;
+    const Result tree = run(name, reqs, c, Kind::echo, Kind::random, s.pages, s.max_running);
+    expect_same(tree, plain, std::string("tree ") + s.name + " " + name);
+    chains += tree.stats.spec_alt_chains;
+    won += tree.stats.spec_alt_tokens;
+    std::printf(
+        "[ tree %s %s ] drafted %lld accepted %lld, alternative chains %lld won %lld, "
+        "steps %lld vs %lld plain\n",
+        s.name, name, (long long)tree.stats.spec_draft_tokens,
+        (long long)tree.stats.spec_accepted_tokens, (long long)tree.stats.spec_alt_chains,
+        (long long)tree.stats.spec_alt_tokens, (long long)tree.stats.steps,
+        (long long)plain.stats.steps);
+  }
+  EXPECT_GT(chains, 0) << "no alternative chain was verified";
+  if (s.budget >= 4096 && s.pages >= 512) {
+    EXPECT_GT(won, 0) << "no alternative chain won";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(engine, MedusaSchedules, testing::ValuesIn(test::kSchedules),
                          test::schedule_name);
+
+// Tree speculation with one set of heads in graphs: the heads' top lists
+// come back with the step's tokens (one sample op, inside the replay), the
+// alternatives replay verification graphs beside their sequences, and the
+// output is the plain one; seeded sampling too.
+TEST_F(EngineMedusa, TreeStepsReplayGraphs) {
+  const std::string name = "gqa_multi_lora";
+  std::vector<engine::Request> reqs = long_requests(name);
+  std::erase_if(reqs, [](const engine::Request& r) { return r.adapter == std::string("a"); });
+  ASSERT_GE(reqs.size(), 2u);
+  for (const bool sampled : {false, true}) {
+    if (sampled)
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        reqs[i].sampling.greedy = false;
+        reqs[i].sampling.temperature = i % 2 ? 0.3f : 0.8f;
+      }
+    engine::EngineConfig c = config(0);
+    c.step_graphs = true;
+    const Result plain = run(name, reqs, c, Kind::echo, Kind::echo);
+    engine::EngineConfig m = config(4);
+    m.step_graphs = true;
+    m.speculate_paths = 4;
+    EngineRig rig(name, m);
+    restart_with_heads(rig, m, heads_for(name, *rig.backend, Kind::echo, Kind::random));
+    Result tree;
+    tree.runs = test::run_engine(*rig.engine, reqs);
+    tree.stats = rig.engine->stats();
+    const std::string what = sampled ? "tree graphs sampled" : "tree graphs";
+    expect_same(tree, plain, what);
+    const engine::StepRunnerStats& st = rig.engine->runner_stats();
+    EXPECT_GT(tree.stats.spec_alt_chains, 0) << what;
+    EXPECT_EQ(tree.stats.spec_eager_heads_steps, 0) << what;
+    EXPECT_GT(st.heads_steps, 0) << what;
+    EXPECT_GT(st.graph_verify_steps, 0) << what;
+    std::printf(
+        "[ %s ] drafted %lld accepted %lld, alternative chains %lld won %lld, graph "
+        "steps %lld (verify %lld) of %lld\n",
+        what.c_str(), (long long)tree.stats.spec_draft_tokens,
+        (long long)tree.stats.spec_accepted_tokens, (long long)tree.stats.spec_alt_chains,
+        (long long)tree.stats.spec_alt_tokens, (long long)st.graph_steps,
+        (long long)st.graph_verify_steps, (long long)tree.stats.steps);
+    EXPECT_EQ(rig.kv->pages.num_held(), 1) << "the runner's pad page alone";
+  }
+}
 
 // Seeded sampling (bias, bad words, min_new_tokens; raw and processed
 // logprobs) draws what it draws without speculation.
@@ -407,7 +485,8 @@ TEST_F(EngineMedusa, OneSetRunsInsideGraphs) {
 // (the eager, independent path), its tokens are the tokens of the same step
 // without heads, and it waits for the device once. PHILORA_TEST_DEVICE=cuda
 // runs it on the GPU (CUDA graphs; both paths read the same bf16 logits).
-class StepHeads : public EngineMedusa, public testing::WithParamInterface<std::tuple<bool, bool>> {};
+class StepHeads : public EngineMedusa,
+                  public testing::WithParamInterface<std::tuple<bool, bool>> {};
 
 TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
   const bool graphs = std::get<0>(GetParam()), own_out = std::get<1>(GetParam());
@@ -423,11 +502,10 @@ TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
   const auto model = test::load_model(test::golden_dir("gqa_multi_lora") / "model", *backend);
   const model::Phi3Config& mc = model->config();
   kv::KvCache kv(*backend, mc.num_hidden_layers, 64, 4, mc.num_key_value_heads, mc.head_dim);
-  auto loaded = model::MedusaHeads::load(
-      write_heads(own_out ? "v1" : "v2", mc, own_out ? 4 : 3, own_out ? 2 : 1, own_out,
-                  Kind::random, 21)
-          .string(),
-      mc, *backend);
+  auto loaded = model::MedusaHeads::load(write_heads(own_out ? "v1" : "v2", mc, own_out ? 4 : 3,
+                                                     own_out ? 2 : 1, own_out, Kind::random, 21)
+                                             .string(),
+                                         mc, *backend);
   ASSERT_TRUE(loaded.ok()) << loaded.status().message();
   const model::MedusaHeads& heads = *loaded;
   const int64_t K = heads.num_heads();
@@ -472,6 +550,47 @@ TEST_P(StepHeads, DraftsEqualTheEagerHeads) {
     const engine::StepResult without = runner.run(plan, rows);
     EXPECT_EQ(with.tokens, without.tokens) << what;
     EXPECT_TRUE(without.drafts.empty());
+    // Tree speculation's top lists: each head's 3 likeliest tokens and their
+    // logprobs, against a float64 log-softmax of the head's logits on the
+    // same hidden states (MedusaHeads::logits, the independent path).
+    constexpr int64_t kTop = 3;
+    const engine::StepResult top =
+        runner.run(plan, rows, Tensor(), nullptr, /*want_hidden=*/true, &heads, kTop);
+    EXPECT_EQ(top.tokens, with.tokens) << what;
+    EXPECT_EQ(top.drafts, with.drafts) << what;
+    EXPECT_TRUE(top.top_tokens.empty()) << what << ": the step's rows asked for no logprobs";
+    EXPECT_EQ(int64_t(top.draft_top.size()), R * K * kTop) << what;
+    if (int64_t(top.draft_top.size()) != R * K * kTop) return with.tokens;
+    const Tensor hidden_rows = top.hidden.row_slice(0, R);
+    const bool gpu = backend->device() != Device::cpu;
+    for (int64_t i = 0; i < K; ++i) {
+      const Tensor logits =
+          backend->to_host_f32(heads.logits(*backend, hidden_rows, model->lm_head(), i));
+      for (int64_t r = 0; r < R; ++r) {
+        const float* x = logits.ptr<float>() + r * logits.cols();
+        std::vector<double> lp(size_t(logits.cols()));
+        double most = -INFINITY, sum = 0;
+        for (int64_t v = 0; v < logits.cols(); ++v) most = std::max(most, double(x[v]));
+        for (int64_t v = 0; v < logits.cols(); ++v) sum += std::exp(double(x[v]) - most);
+        for (int64_t v = 0; v < logits.cols(); ++v)
+          lp[size_t(v)] = double(x[v]) - most - std::log(sum);
+        for (int64_t j = 0; j < kTop; ++j) {
+          const auto at = size_t((r * K + i) * kTop + j);
+          const int32_t t = top.draft_top[at];
+          EXPECT_TRUE(t >= 0 && t < logits.cols()) << what << ": token " << t;
+          if (t < 0 || t >= logits.cols()) continue;
+          EXPECT_NEAR(top.draft_top_logprob[at], lp[size_t(t)], gpu ? 2e-2 : 1e-4)
+              << what << " row " << r << " head " << i << " top " << j;
+          int64_t above = 0;  // tokens likelier than t: exactly j of them (ties aside)
+          for (int64_t v = 0; v < logits.cols(); ++v) above += lp[size_t(v)] > lp[size_t(t)];
+          if (!gpu) {
+            EXPECT_EQ(above, j) << what << " row " << r << " head " << i << " top " << j;
+          }
+        }
+        EXPECT_EQ(top.draft_top[size_t((r * K + i) * kTop)], with.drafts[size_t(r * K + i)])
+            << what << ": the greedy draft is the likeliest";
+      }
+    }
     return with.tokens;
   };
   // The prompts (a prompt step: its graph gathers the logit rows).

@@ -158,6 +158,26 @@ TEST(SpeculateAcceptPaths, KeepsPlainSamplingsDistribution) {
   EXPECT_LT(chi2, 37.697);
 }
 
+// Medusa's chains, worked out by hand: head probabilities (0.6, 0.3), (0.5,
+// 0.4), (0.9, 0.05); the greedy chain keeps 0.6 + 0.3 + 0.27 drafts on
+// average (tail from depth 1: 0.95, from depth 2: 0.9). Branching at depth 0
+// to 11 adds 0.3 · 1.95 = 0.585; at depth 1 to 21, 0.6 · 0.4 · 1.9 = 0.456;
+// then from (11 ...) at depth 1, 0.3 · 0.4 · 1.9 = 0.228 beats (10 20 31),
+// 0.3 · 0.05 = 0.015.
+TEST(SpeculateMedusaPaths, MostExpectedDraftsFirst) {
+  using Paths = std::vector<V>;
+  const V chain = {10, 20, 30}, top = {10, 11, 20, 21, 30, 31};
+  const std::vector<float> lp = {std::log(0.6f), std::log(0.3f), std::log(0.5f),
+                                 std::log(0.4f), std::log(0.9f), std::log(0.05f)};
+  EXPECT_EQ(engine::medusa_draft_paths(chain, top, lp, 2, 4),
+            (Paths{{10, 20, 30}, {11, 20, 30}, {10, 21, 30}, {11, 21, 30}}));
+  EXPECT_EQ(engine::medusa_draft_paths(chain, top, lp, 2, 1), (Paths{chain}));
+  // Two drafts: (11 20) 0.3 · 1.5 = 0.45, (10 21) 0.6 · 0.4 = 0.24, (11 21) 0.12.
+  EXPECT_EQ(engine::medusa_draft_paths(V{10, 20}, top, lp, 2, 8),
+            (Paths{{10, 20}, {11, 20}, {10, 21}, {11, 21}}));
+  EXPECT_TRUE(engine::medusa_draft_paths(V{}, top, lp, 2, 4).empty());
+}
+
 TEST(SpeculateAccept, LongestMatchingPrefix) {
   EXPECT_EQ(engine::accepted_drafts(V{4, 5, 6}, V{4, 5, 6, 7}), 3);
   EXPECT_EQ(engine::accepted_drafts(V{4, 5, 6}, V{4, 9, 6, 7}), 1);
