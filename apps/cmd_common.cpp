@@ -62,6 +62,11 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
          "sharing the sequence's KV pages, while the extra chains' acceptance pays for their "
          "rows (default 1: one chain)")
       ->check(CLI::Range(1, 16));
+  cmd.add_option("--speculate-row-cost", o.speculate_row_cost,
+                 "what one more verified row costs relative to a decode step, which sets how "
+                 "many drafts and alternative chains a sequence verifies (default: the "
+                 "backend's measured figure, 0.03 on cuda, 0.3 on the cpu; 0: always the most)")
+      ->check(CLI::Range(0.0, 100.0));
   cmd.add_option("--medusa", o.medusa_dir,
                  "Medusa heads of the base model for --speculate medusa: a directory in LoRAX's "
                  "layout (config.json with medusa_num_heads / medusa_num_layers, "

@@ -362,6 +362,7 @@ int run_generate(const GenerateOptions& o) {
   opts.speculate_ngram = o.model.speculate_ngram;
   opts.speculate_medusa = o.model.speculate_medusa;
   opts.speculate_paths = o.model.speculate_paths;
+  opts.speculate_row_cost = o.model.speculate_row_cost;
   opts.medusa = m->medusa;
   opts.tokenizer = tok.get();
   opts.warmup = o.warmup;
@@ -387,7 +388,9 @@ int run_generate(const GenerateOptions& o) {
                     {"prompt_tokens_computed", stats.prompt_tokens},
                     {"spec_draft_tokens", stats.spec_draft_tokens},
                     {"spec_accepted_tokens", stats.spec_accepted_tokens},
-                    {"spec_eager_heads_steps", stats.spec_eager_heads_steps}};
+                    {"spec_eager_heads_steps", stats.spec_eager_heads_steps},
+                    {"spec_alt_chains", stats.spec_alt_chains},
+                    {"spec_alt_tokens", stats.spec_alt_tokens}};
     std::cerr << j.dump() << "\n";
   }
   return std::cout ? 0 : 1;

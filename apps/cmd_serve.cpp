@@ -2,8 +2,8 @@
 // batching engine. Without --model it serves the embedded model and its
 // adapters; adapters load on demand from --adapter-dir (or --adapter
 // NAME=DIR) into device slots.
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <iostream>
 #include <memory>
 
@@ -11,8 +11,8 @@
 
 #include "commands.h"
 #include "common.h"
-#include "serving.h"
 #include "server/http_server.h"
+#include "serving.h"
 
 namespace philora::app {
 
@@ -49,7 +49,8 @@ int run_serve(ServeOptions o) {
   auto s = open_serving(o.serving, terminal_progress());
   if (!s) return fail(s.status());
   Serving& sv = **s;
-  server::EngineHost host(*sv.engine, {o.max_waiting, &sv.kv->pages, sv.store.get(), sv.model_name});
+  server::EngineHost host(*sv.engine,
+                          {o.max_waiting, &sv.kv->pages, sv.store.get(), sv.model_name});
 
   server::ServerContext ctx;
   ctx.host = &host;
@@ -64,14 +65,16 @@ int run_serve(ServeOptions o) {
   ctx.adapter_dir = sv.adapter_dir;
   ctx.limits = o.limits;
   ctx.speculate = std::max(o.serving.model.speculate_ngram, o.serving.model.speculate_medusa);
+  ctx.speculate_paths = o.serving.model.speculate_paths;
   ctx.speculate_method = o.serving.model.speculate_ngram > 0    ? "ngram"
                          : o.serving.model.speculate_medusa > 0 ? "medusa"
                                                                 : "";
   ctx.limits.max_total_tokens = sv.engine->max_sequence_tokens();
   if (ctx.limits.max_input_tokens >= ctx.limits.max_total_tokens)
-    return fail(Status::errorf("--max-input-tokens {} leaves no room to generate in a context of {} "
-                               "tokens (the model's positions or the KV cache)",
-                               ctx.limits.max_input_tokens, ctx.limits.max_total_tokens));
+    return fail(
+        Status::errorf("--max-input-tokens {} leaves no room to generate in a context of {} "
+                       "tokens (the model's positions or the KV cache)",
+                       ctx.limits.max_input_tokens, ctx.limits.max_total_tokens));
   ctx.log = [](const std::string& line) { log_line("philora: " + line); };
   if (auto chat = sv.chat_template)
     ctx.chat_template = [chat](const std::string& messages) -> Expected<std::string> {
@@ -87,9 +90,11 @@ int run_serve(ServeOptions o) {
   std::string adapters;
   for (const std::string& a : sv.adapters) adapters += (adapters.empty() ? "" : ", ") + a;
   std::cerr << fmt::format(
-      "philora: ready on http://{}:{} | model {} | {} | KV cache {} tokens ({}) | adapters: {}{}{}\n",
+      "philora: ready on http://{}:{} | model {} | {} | KV cache {} tokens ({}) | adapters: "
+      "{}{}{}\n",
       o.host, *port, sv.model_name, sv.device_name, sv.kv_tokens, sv.kv_rule,
-      adapters.empty() ? "none" : adapters, sv.tokenizer ? "" : " | no tokenizer: token-id prompts only",
+      adapters.empty() ? "none" : adapters,
+      sv.tokenizer ? "" : " | no tokenizer: token-id prompts only",
       sv.chat_template ? "" : " | no chat template");
 
   int sig = 0;
@@ -100,9 +105,11 @@ int run_serve(ServeOptions o) {
   // aborted (streams end with finish_reason abort) and the listener closes.
   const auto grace = std::chrono::milliseconds(int64_t(o.drain_seconds * 1000));
   std::cerr << fmt::format("philora: {}: draining ({} requests in flight, up to {} s)\n",
-                           sig == SIGTERM ? "SIGTERM" : "SIGINT", http.in_flight(), o.drain_seconds);
+                           sig == SIGTERM ? "SIGTERM" : "SIGINT", http.in_flight(),
+                           o.drain_seconds);
   if (!http.drain(grace)) {
-    std::cerr << fmt::format("philora: grace period over: aborting {} requests\n", http.in_flight());
+    std::cerr << fmt::format("philora: grace period over: aborting {} requests\n",
+                             http.in_flight());
     host.abort_all();
     http.drain(std::chrono::seconds(10));
   }
@@ -116,13 +123,15 @@ int run_serve(ServeOptions o) {
 void add_serve_command(CLI::App& app, int& rc) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "serve", "HTTP server: LoRAX and OpenAI APIs, many adapters per batch (default: the "
-               "embedded model and its adapters)");
+      "serve",
+      "HTTP server: LoRAX and OpenAI APIs, many adapters per batch (default: the "
+      "embedded model and its adapters)");
   add_serving_options(*cmd, o->serving);
   cmd->add_option("--host", o->host, "address to listen on");
   cmd->add_option("--port", o->port, "port (0 = any free port)")->check(CLI::Range(0, 65535));
-  cmd->add_option("--max-new-tokens", o->limits.default_max_new_tokens,
-                  "tokens to generate when a request gives no max (at most what the context leaves)")
+  cmd->add_option(
+         "--max-new-tokens", o->limits.default_max_new_tokens,
+         "tokens to generate when a request gives no max (at most what the context leaves)")
       ->check(CLI::Range(1, 1 << 20));
   // Limits: beyond each, a request gets a 4xx that names it.
   cmd->add_option("--max-new-tokens-limit", o->limits.max_new_tokens,

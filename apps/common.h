@@ -36,6 +36,8 @@ struct ModelOptions {
   int64_t speculate_medusa = 0;
   // --speculate-paths N: candidate chains a sequence verifies per step (tree speculation).
   int64_t speculate_paths = 1;
+  // --speculate-row-cost C: one more verified row's cost relative to a step; negative: the backend's.
+  double speculate_row_cost = -1.0;
   // --medusa DIR: the base model's Medusa heads (LoRAX's layout); empty: the
   // model directory's medusa_lm_head.safetensors, when it has one.
   std::string medusa_dir;

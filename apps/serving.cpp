@@ -308,7 +308,8 @@ Expected<std::unique_ptr<Serving>> open_serving(const ServingOptions& o, const P
       *s->model, *s->kv, s->store.get(),
       engine::EngineConfig{o.max_batched_tokens, o.max_running, !o.model.enforce_eager,
                            o.model.prefix_cache, /*count_rows=*/0, o.model.speculate_ngram,
-                           o.model.speculate_medusa, s->medusa, o.model.speculate_paths},
+                           o.model.speculate_medusa, s->medusa, o.model.speculate_paths,
+                           engine::EngineConfig().speculate_max_batch, o.model.speculate_row_cost},
       s->tokenizer.get());
   return s;
 }

@@ -39,6 +39,7 @@ Expected<std::vector<StepOutput>> run_offline(model::Phi3ForCausalLM& model,
                       options.speculate_medusa,
                       options.medusa,
                       options.speculate_paths};
+  config.speculate_row_cost = options.speculate_row_cost;
   config.wait_for_adapter_loads = true;  // the same schedule however fast the disk
   Engine engine(model, kv, adapters, config, options.tokenizer);
   std::map<std::string, size_t> index;  // id -> position in `requests`

@@ -221,16 +221,14 @@ std::string EngineHost::metrics_text() {
     metric_header(m, name, "counter", help);
     sample(m, name, l, v);
   };
-  gauge("vllm:num_requests_running", "Sequences running in the engine.", double(s.running),
-        model);
-  gauge("vllm:num_requests_waiting", "Requests waiting for the engine.", double(s.waiting),
-        model);
+  gauge("vllm:num_requests_running", "Sequences running in the engine.", double(s.running), model);
+  gauge("vllm:num_requests_waiting", "Requests waiting for the engine.", double(s.waiting), model);
   counter("vllm:num_preemptions_total", "Sequences preempted (KV pages ran out).",
           double(s.engine.preemptions), model);
   counter("vllm:prompt_tokens_total", "Prompt tokens computed (prefix-cache hits are not).",
           double(s.engine.prompt_tokens), model);
-  counter("vllm:generation_tokens_total", "Tokens generated.",
-          double(s.engine.generated_tokens), model);
+  counter("vllm:generation_tokens_total", "Tokens generated.", double(s.engine.generated_tokens),
+          model);
   // In tokens, as vLLM's: the hit rate is hits / queries.
   counter("vllm:prefix_cache_queries_total",
           "Tokens of the sequences looked up in the prefix cache at admission.",
@@ -242,6 +240,13 @@ std::string EngineHost::metrics_text() {
           double(s.engine.spec_draft_tokens), model);
   counter("vllm:spec_decode_num_accepted_tokens_total", "Of those, tokens accepted.",
           double(s.engine.spec_accepted_tokens), model);
+  counter("philora_spec_decode_alternative_chains_total",
+          "Alternative draft chains verified (--speculate-paths; their drafts count in the "
+          "drafted tokens).",
+          double(s.engine.spec_alt_chains), model);
+  counter("philora_spec_decode_alternative_tokens_total",
+          "Tokens that alternative chains kept beyond the first chain's.",
+          double(s.engine.spec_alt_tokens), model);
   if (options_.pages) {
     gauge("vllm:kv_cache_usage_perc", "Share of the KV pages held by sequences (0 to 1).",
           s.kv_pages ? double(s.kv_pages_held) / double(s.kv_pages) : 0.0, model);

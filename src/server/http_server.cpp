@@ -62,8 +62,8 @@ void raise_listen_backlog(int port) {
 bool valid_request_id(const std::string& id) {
   if (id.empty() || id.size() > 128) return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.' || c == ':' || c == '/' || c == '+' || c == '=';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.' || c == ':' || c == '/' || c == '+' || c == '=';
   });
 }
 
@@ -91,8 +91,8 @@ std::string iso_time_now() {
   const auto now = std::chrono::system_clock::now();
   const auto ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(now)),
-                     int(ms));
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z",
+                     fmt::gmtime(std::chrono::system_clock::to_time_t(now)), int(ms));
 }
 
 }  // namespace
@@ -110,7 +110,8 @@ std::vector<std::string> available_adapters(const ServerContext& ctx) {
   }
   std::sort(found.begin(), found.end());
   for (std::string& name : found)
-    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(std::move(name));
+    if (std::find(names.begin(), names.end(), name) == names.end())
+      names.push_back(std::move(name));
   return names;
 }
 
@@ -176,18 +177,18 @@ struct HttpServer::Gate {
     if (ConnectionPool::overflowing()) {
       close_after(req);
       res.set_header("Retry-After", "1");
-      send_error(res, api, 503,
-                 fmt::format("too many connections (at most {}); retry later",
-                             s.options_.max_connections),
-                 "overloaded");
+      send_error(
+          res, api, 503,
+          fmt::format("too many connections (at most {}); retry later", s.options_.max_connections),
+          "overloaded");
       return false;
     }
     return true;
   }
 
   // Reads the body under the limit into call.body; else answers 413 or 400.
-  static bool read_body(HttpServer& s, Api api, const httplib::Request& req,
-                        httplib::Response& res, const httplib::ContentReader& reader, Call& call) {
+  static bool read_body(HttpServer& s, Api api, const httplib::Request& req, httplib::Response& res,
+                        const httplib::ContentReader& reader, Call& call) {
     const size_t limit = s.options_.max_body_bytes;
     bool too_big = false;
     size_t dropped = 0;
@@ -203,10 +204,10 @@ struct HttpServer::Gate {
     });
     if (too_big || res.status == 413) {
       if (!ok) close_after(req);
-      send_error(res, api, 413,
-                 fmt::format("the request body is larger than this server's limit of {} bytes",
-                             limit),
-                 api == Api::openai ? "invalid_request_error" : "validation");
+      send_error(
+          res, api, 413,
+          fmt::format("the request body is larger than this server's limit of {} bytes", limit),
+          api == Api::openai ? "invalid_request_error" : "validation");
       return false;
     }
     if (!ok) {
@@ -300,16 +301,16 @@ void HttpServer::done(Call& c) {
     using ojson = nlohmann::ordered_json;
     auto or_null = [](const std::string& v) { return v.empty() ? ojson(nullptr) : ojson(v); };
     ojson line = {{"time", iso_time_now()},
-                 {"request_id", c.request_id},
-                 {"method", c.method},
-                 {"route", c.route},
-                 {"remote", c.remote},
-                 {"adapter", or_null(c.adapter)},
-                 {"prompt_tokens", c.prompt_tokens},
-                 {"output_tokens", c.output_tokens},
-                 {"status", c.status},
-                 {"finish_reason", or_null(c.finish_reason)},
-                 {"latency_ms", std::round(seconds * 1e4) / 10}};
+                  {"request_id", c.request_id},
+                  {"method", c.method},
+                  {"route", c.route},
+                  {"remote", c.remote},
+                  {"adapter", or_null(c.adapter)},
+                  {"prompt_tokens", c.prompt_tokens},
+                  {"output_tokens", c.output_tokens},
+                  {"status", c.status},
+                  {"finish_reason", or_null(c.finish_reason)},
+                  {"latency_ms", std::round(seconds * 1e4) / 10}};
     options_.access_log(line.dump(-1, ' ', false, json::error_handler_t::replace));
   }
 }
@@ -318,24 +319,24 @@ void HttpServer::routes() {
   using Kind = Gate::Kind;
   // A generation route: body, gate, handler; in flight until its call is done.
   AddRoute add = [this](const std::string& path, Api api, Handler handler) {
-    http_->Post(path, [this, path, api, handler](const httplib::Request& req,
-                                                 httplib::Response& res,
-                                                 const httplib::ContentReader& reader) {
-      CallPtr call = Gate::begin(*this, req, res, path);
-      if (!Gate::read_body(*this, api, req, res, reader, *call) ||
-          !Gate::admit(*this, Kind::generate, api, req, res)) {
-        call->status = res.status;
-        return;
-      }
-      ++in_flight_;
-      call->on_done = [this](Call& c) {
-        done(c);
-        std::lock_guard<std::mutex> lock(drain_mu_);
-        if (--in_flight_ == 0) drained_.notify_all();
-      };
-      handler(call, req, res);
-      call->status = res.status == -1 ? 200 : res.status;  // a stream: 200 once it starts
-    });
+    http_->Post(
+        path, [this, path, api, handler](const httplib::Request& req, httplib::Response& res,
+                                         const httplib::ContentReader& reader) {
+          CallPtr call = Gate::begin(*this, req, res, path);
+          if (!Gate::read_body(*this, api, req, res, reader, *call) ||
+              !Gate::admit(*this, Kind::generate, api, req, res)) {
+            call->status = res.status;
+            return;
+          }
+          ++in_flight_;
+          call->on_done = [this](Call& c) {
+            done(c);
+            std::lock_guard<std::mutex> lock(drain_mu_);
+            if (--in_flight_ == 0) drained_.notify_all();
+          };
+          handler(call, req, res);
+          call->status = res.status == -1 ? 200 : res.status;  // a stream: 200 once it starts
+        });
   };
   IdSource next_id = [this] { return fmt::format("req-{}", next_engine_id_++); };
   add_info_routes();
@@ -350,12 +351,12 @@ void HttpServer::add_info_routes() {
   using Kind = Gate::Kind;
   auto get = [this](const std::string& path, Kind kind, Api api,
                     std::function<void(httplib::Response&)> body) {
-    http_->Get(path, [this, path, kind, api, body](const httplib::Request& req,
-                                                   httplib::Response& res) {
-      CallPtr call = Gate::begin(*this, req, res, path);
-      if (Gate::admit(*this, kind, api, req, res)) body(res);
-      call->status = res.status == -1 ? 200 : res.status;
-    });
+    http_->Get(path,
+               [this, path, kind, api, body](const httplib::Request& req, httplib::Response& res) {
+                 CallPtr call = Gate::begin(*this, req, res, path);
+                 if (Gate::admit(*this, kind, api, req, res)) body(res);
+                 call->status = res.status == -1 ? 200 : res.status;
+               });
   };
   get("/health", Kind::health, Api::lorax, [this](httplib::Response& res) {
     const State state = state_.load(std::memory_order_acquire);
@@ -364,19 +365,20 @@ void HttpServer::add_info_routes() {
     res.set_content(json_text({{"status", s}}), "application/json");
   });
   get("/info", Kind::info, Api::lorax, [this](httplib::Response& res) {
-    json j = {{"model_id", ctx_.model_name},
-              {"max_total_tokens", ctx_.limits.max_total_tokens},
-              {"max_input_length", ctx_.limits.input_limit()},
-              {"max_stop_sequences", ctx_.limits.max_stop_sequences},
-              {"max_client_batch_size", 1},
-              {"max_best_of", ctx_.limits.max_n},
-              {"speculate", ctx_.speculate},  // TGI / LoRAX: speculative tokens per step
-              {"speculate_method", ctx_.speculate_method.empty()
-                                       ? nlohmann::json(nullptr)
-                                       : nlohmann::json(ctx_.speculate_method)},
-              {"version", "0.1.0"},
-              {"docker_label", nullptr},
-              {"sha", nullptr}};
+    json j = {
+        {"model_id", ctx_.model_name},
+        {"max_total_tokens", ctx_.limits.max_total_tokens},
+        {"max_input_length", ctx_.limits.input_limit()},
+        {"max_stop_sequences", ctx_.limits.max_stop_sequences},
+        {"max_client_batch_size", 1},
+        {"max_best_of", ctx_.limits.max_n},
+        {"speculate", ctx_.speculate},  // TGI / LoRAX: speculative tokens per step
+        {"speculate_method", ctx_.speculate_method.empty() ? nlohmann::json(nullptr)
+                                                           : nlohmann::json(ctx_.speculate_method)},
+        {"speculate_paths", ctx_.speculate ? ctx_.speculate_paths : 0},  // tree speculation
+        {"version", "0.1.0"},
+        {"docker_label", nullptr},
+        {"sha", nullptr}};
     res.set_content(json_text(j), "application/json");
   });
   get("/v1/models", Kind::info, Api::openai, [this](httplib::Response& res) {
@@ -417,36 +419,37 @@ void HttpServer::add_error_handlers() {
     CallPtr call = Gate::begin(*this, req, res, res.status == 404 ? "unmatched" : "invalid");
     call->status = res.status;
     const Api api = req.path.rfind("/v1/", 0) == 0 ? Api::openai : Api::lorax;
-    const std::string message =
-        res.status == 404 ? fmt::format("{} {}: no such route", req.method, req.path)
-                          : fmt::format("HTTP {}", res.status);
+    const std::string message = res.status == 404
+                                    ? fmt::format("{} {}: no such route", req.method, req.path)
+                                    : fmt::format("HTTP {}", res.status);
     res.set_content(json_text(error_json(api, message, res.status == 404 ? "not_found" : "http")),
                     "application/json");
   });
   // An exception out of a handler: the client gets "internal error" and the
   // request id, the server's log the exception's text (which may name files).
-  http_->set_exception_handler([this](const httplib::Request& req, httplib::Response& res,
-                                      std::exception_ptr ep) {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    std::string id = res.get_header_value("X-Request-Id");
-    if (id.empty()) {
-      const std::string given = req.get_header_value("X-Request-Id");
-      id = valid_request_id(given) ? given : fmt::format("req-{}", next_id_++);
-      res.set_header("X-Request-Id", id);
-    }
-    if (ctx_.log) ctx_.log(fmt::format("request {}: {} {}: exception: {}", id, req.method, req.path, what));
-    const Api api = req.path.rfind("/v1/", 0) == 0 ? Api::openai : Api::lorax;
-    res.status = 500;
-    res.set_content(json_text(error_json(api, fmt::format("internal error (request id {})", id),
-                                         api == Api::openai ? "server_error" : "internal")),
-                    "application/json");
-  });
+  http_->set_exception_handler(
+      [this](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown exception";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        std::string id = res.get_header_value("X-Request-Id");
+        if (id.empty()) {
+          const std::string given = req.get_header_value("X-Request-Id");
+          id = valid_request_id(given) ? given : fmt::format("req-{}", next_id_++);
+          res.set_header("X-Request-Id", id);
+        }
+        if (ctx_.log)
+          ctx_.log(fmt::format("request {}: {} {}: exception: {}", id, req.method, req.path, what));
+        const Api api = req.path.rfind("/v1/", 0) == 0 ? Api::openai : Api::lorax;
+        res.status = 500;
+        res.set_content(json_text(error_json(api, fmt::format("internal error (request id {})", id),
+                                             api == Api::openai ? "server_error" : "internal")),
+                        "application/json");
+      });
 }
 
 }  // namespace philora::server

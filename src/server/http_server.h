@@ -70,6 +70,7 @@ struct ServerContext {
   RequestLimits limits;
   int64_t speculate = 0;  // the most drafted tokens a sequence verifies per step (/info); 0: off
   std::string speculate_method;  // "ngram" or "medusa" (/info), empty when off
+  int64_t speculate_paths = 1;   // candidate chains a sequence verifies per step (/info)
   // Structured output: the server's compiled constraints (one cache for every
   // request, keyed by the constraint's text; built over the tokenizer's
   // vocabulary); null: response_format / guided_* are refused.

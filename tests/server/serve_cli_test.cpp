@@ -11,9 +11,9 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <sstream>
-#include <fstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -124,8 +124,8 @@ TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
   ASSERT_TRUE(models);
   ASSERT_EQ(models->status, 200) << models->body;
   EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "phi-3-mini-test") << models->body;
-  for (const auto& [name, status] : {std::pair<std::string, int>{"phi-3-mini-test", 200},
-                                     {dir.filename().string(), 404}}) {
+  for (const auto& [name, status] :
+       {std::pair<std::string, int>{"phi-3-mini-test", 200}, {dir.filename().string(), 404}}) {
     auto m = c.Post("/v1/completions",
                     json({{"model", name}, {"prompt", "Hello"}, {"max_tokens", 2}}).dump(),
                     "application/json");
@@ -152,7 +152,6 @@ TEST(ServeCli, ChatCompletionWithThePhi3TemplateThenSigterm) {
   fs::remove_all(dir);
 }
 
-
 // --speculate ngram:3 and medusa:2 (heads found in the model directory:
 // medusa_lm_head.safetensors, config.json with the medusa fields): /info says
 // so, a greedy request gives what the server without speculation gives, and
@@ -178,11 +177,15 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     ASSERT_TRUE(io::write_safetensors((dir / "medusa_lm_head.safetensors").string(), t).ok());
   }
   std::map<std::string, json> outputs;
-  for (const std::string speculate : {"", "ngram:3", "medusa:2"}) {
+  // "/tree": tree speculation, up to 4 chains a step, whatever their rows cost.
+  for (const std::string run : {"", "ngram:3", "medusa:2", "ngram:3/tree", "medusa:2/tree"}) {
+    const std::string speculate = run.substr(0, run.find('/'));
+    const bool tree = run.find("/tree") != std::string::npos;
     const int port = free_port();
-    std::vector<std::string> args = {"serve", "--model", dir.string(), "--port", std::to_string(port),
-                                     "--kv-tokens", "2048"};
+    std::vector<std::string> args = {
+        "serve", "--model", dir.string(), "--port", std::to_string(port), "--kv-tokens", "2048"};
     if (!speculate.empty()) args.insert(args.end(), {"--speculate", speculate});
+    if (tree) args.insert(args.end(), {"--speculate-paths", "4", "--speculate-row-cost", "0"});
     const pid_t pid = start_server(args, port);
     ASSERT_GT(pid, 0) << "server did not come up";
     httplib::Client c("127.0.0.1", port);
@@ -191,12 +194,13 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     ASSERT_TRUE(info);
     const json i = json::parse(info->body);
     EXPECT_EQ(i["speculate"], speculate.empty() ? 0 : speculate[0] == 'n' ? 3 : 2) << speculate;
-    EXPECT_EQ(i["speculate_method"], speculate.empty() ? json(nullptr)
-                                     : json(speculate.substr(0, speculate.find(':'))));
+    EXPECT_EQ(i["speculate_method"],
+              speculate.empty() ? json(nullptr) : json(speculate.substr(0, speculate.find(':'))));
+    EXPECT_EQ(i["speculate_paths"], speculate.empty() ? 0 : tree ? 4 : 1) << run;
     auto g = c.Post("/generate", body, "application/json");
     ASSERT_TRUE(g);
     ASSERT_EQ(g->status, 200) << g->body;
-    outputs[speculate] = json::parse(g->body);
+    outputs[run] = json::parse(g->body);
     auto m = c.Get("/metrics");
     ASSERT_TRUE(m);
     auto counter = [&](const std::string& name) {
@@ -207,6 +211,14 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     };
     const double drafted = counter("vllm:spec_decode_num_draft_tokens_total");
     const double accepted = counter("vllm:spec_decode_num_accepted_tokens_total");
+    // (This random model's greedy text repeats one continuation: n-gram
+    // lookup finds no alternative to it; the heads' top lists always do.)
+    if (tree && speculate[0] == 'm') {
+      EXPECT_GT(counter("philora_spec_decode_alternative_chains_total"), 0) << run;
+    } else if (!tree) {
+      EXPECT_EQ(counter("philora_spec_decode_alternative_chains_total"), 0) << run;
+    }
+    EXPECT_LE(counter("philora_spec_decode_alternative_tokens_total"), accepted) << run;
     if (!speculate.empty()) {
       EXPECT_GT(drafted, 0) << speculate;
     } else {
@@ -216,7 +228,7 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     // LoRAX's skipped tokens are the verified drafts: flagged per token, counted
     // in details and the x-skipped-tokens header, as many as /metrics accepted
     // (fewer only when the end came inside an accepted run).
-    const json& d = outputs[speculate]["details"];
+    const json& d = outputs[run]["details"];
     int64_t flagged = 0;
     for (const json& t : d["tokens"]) flagged += t["skipped"].get<bool>();
     EXPECT_EQ(d["skipped_tokens"].get<int64_t>(), flagged) << speculate;
@@ -237,6 +249,8 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
       << "no draft was accepted: the skipped path is not run";
   EXPECT_EQ(outputs["ngram:3"]["generated_text"], outputs[""]["generated_text"]);
   EXPECT_EQ(outputs["medusa:2"]["generated_text"], outputs[""]["generated_text"]);
+  EXPECT_EQ(outputs["ngram:3/tree"]["generated_text"], outputs[""]["generated_text"]);
+  EXPECT_EQ(outputs["medusa:2/tree"]["generated_text"], outputs[""]["generated_text"]);
   fs::remove_all(dir);
 }
 
@@ -246,9 +260,10 @@ TEST(ServeCli, SigtermDrainsARunningStream) {
   if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
   const fs::path dir = make_model_dir();
   const int port = free_port();
-  const pid_t pid = start_server({"serve", "--model", dir.string(), "--port", std::to_string(port),
-                                  "--kv-tokens", "2048", "--no-access-log", "--drain-seconds", "60"},
-                                 port);
+  const pid_t pid =
+      start_server({"serve", "--model", dir.string(), "--port", std::to_string(port), "--kv-tokens",
+                    "2048", "--no-access-log", "--drain-seconds", "60"},
+                   port);
   ASSERT_GT(pid, 0) << "server did not come up";
   httplib::Client c("127.0.0.1", port);
 
@@ -260,7 +275,8 @@ TEST(ServeCli, SigtermDrainsARunningStream) {
     httplib::Request req;
     req.method = "POST";
     req.path = "/generate_stream";
-    req.body = R"({"inputs": [1, 450, 7483], "parameters": {"max_new_tokens": 120, "ignore_eos_token": true, "details": true}})";
+    req.body =
+        R"({"inputs": [1, 450, 7483], "parameters": {"max_new_tokens": 120, "ignore_eos_token": true, "details": true}})";
     req.set_header("Content-Type", "application/json");
     req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
       streamed.append(d, n);
@@ -283,7 +299,8 @@ TEST(ServeCli, SigtermDrainsARunningStream) {
   EXPECT_TRUE(saw_draining) << "/health says 503 while draining";
   s.join();
   EXPECT_NE(streamed.find("\"generated_tokens\":120"), std::string::npos)
-      << "the running stream finished: " << streamed.substr(streamed.size() > 400 ? streamed.size() - 400 : 0);
+      << "the running stream finished: "
+      << streamed.substr(streamed.size() > 400 ? streamed.size() - 400 : 0);
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "exit 0 after the drain";
@@ -298,9 +315,10 @@ TEST(ServeCli, SigtermGraceRunningOutAbortsTheStreams) {
   if (!fs::exists(kTok / "tokenizer.json")) GTEST_SKIP() << "run tests/tokenizer/setup.sh first";
   const fs::path dir = make_model_dir();
   const int port = free_port();
-  const pid_t pid = start_server({"serve", "--model", dir.string(), "--port", std::to_string(port),
-                                  "--kv-tokens", "8192", "--no-access-log", "--drain-seconds", "0.2"},
-                                 port);
+  const pid_t pid =
+      start_server({"serve", "--model", dir.string(), "--port", std::to_string(port), "--kv-tokens",
+                    "8192", "--no-access-log", "--drain-seconds", "0.2"},
+                   port);
   ASSERT_GT(pid, 0) << "server did not come up";
   httplib::Client c("127.0.0.1", port);
 
@@ -345,13 +363,15 @@ TEST(ServeCli, SigtermGraceRunningOutAbortsTheStreams) {
     return json::parse(last, nullptr, false);
   };
   const json lorax = last_event(streamed[0]);
-  ASSERT_TRUE(lorax.is_object()) << streamed[0].substr(streamed[0].size() > 400 ? streamed[0].size() - 400 : 0);
+  ASSERT_TRUE(lorax.is_object()) << streamed[0].substr(
+      streamed[0].size() > 400 ? streamed[0].size() - 400 : 0);
   EXPECT_EQ(lorax["details"]["finish_reason"], "abort") << lorax.dump();
   EXPECT_LT(lorax["details"]["generated_tokens"].get<int>(), 4000) << lorax.dump();
   EXPECT_TRUE(lorax["generated_text"].is_string()) << "the final event carries the text: " << lorax;
   EXPECT_NE(streamed[1].find("data: [DONE]"), std::string::npos) << "the OpenAI stream is closed";
   const json openai = last_event(streamed[1]);
-  ASSERT_TRUE(openai.is_object()) << streamed[1].substr(streamed[1].size() > 400 ? streamed[1].size() - 400 : 0);
+  ASSERT_TRUE(openai.is_object()) << streamed[1].substr(
+      streamed[1].size() > 400 ? streamed[1].size() - 400 : 0);
   EXPECT_EQ(openai["choices"][0]["finish_reason"], "abort") << openai.dump();
 
   int status = 0;
