@@ -5,6 +5,7 @@
 # text; the script checks that it does).
 #
 #   bench/speculate.sh [--device cpu|cuda] [--new N] [--philora BIN] [--reps R]
+#                      [--tree N] [--row-cost C] [--batches "1 8 32"]
 #
 # Prompt sets, from the held-out base text (models/heldout/base.jsonl, never
 # trained on; its documents joined by blank lines and cut into 32 evenly spaced
@@ -15,16 +16,22 @@
 #   free   the first 200 characters of a passage
 # Batch B: the first B passages, one request each, in one batch
 # (`philora generate` runs a file's requests together). Methods: none,
-# ngram:4, medusa:4 (models/medusa, when it exists). Each cell is the best of
+# ngram:4, medusa:4 (models/medusa, when it exists), and with --tree N each of
+# them again as "+tree" (--speculate-paths N: tree speculation). --row-cost C
+# passes --speculate-row-cost C to every run (e.g. the GPU's 0.03 on the CPU, to
+# see the drafts and chains a GPU would verify). Each cell is the best of
 # R runs (default 3) of the seconds from the first step to the last, each run
 # after a warm-up run of the same batch in the same process (`--warmup 1`:
 # step graphs recorded and matmul shapes tuned, as in a server that has been
 # up a while; the prefix cache off, so that the timed run computes its prompts).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-device=cpu new=128 bin="$root/build/philora" reps=3
+device=cpu new=128 bin="$root/build/philora" reps=3 tree=0 row_cost="" batches="1 8 32"
 while [ $# -gt 0 ]; do
   case "$1" in
+    --tree) tree=$2; shift 2 ;;
+    --row-cost) row_cost=$2; shift 2 ;;
+    --batches) batches=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --new) new=$2; shift 2 ;;
     --philora) bin=$2; shift 2 ;;
@@ -49,20 +56,27 @@ for name, make in (("copy", lambda d: d[:700] + "\n\n" + d[:150]), ("free", lamb
 EOF
 methods=(none ngram:4)
 [ -f "$root/models/medusa/medusa_lm_head.safetensors" ] && methods+=(medusa:4)
-echo "device $device, $new new tokens per request, greedy, best of $reps; $(date -u +%FT%TZ)"
-echo "| prompts | batch | method | tokens/s | vs none | steps | drafted | accepted (rate) | same text |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+if [ "$tree" -gt 1 ]; then
+  for m in "${methods[@]:1}"; do methods+=("$m+tree"); done
+fi
+echo "device $device, $new new tokens per request, greedy, best of $reps;" \
+  "tree $tree, row cost ${row_cost:-of the backend}; $(date -u +%FT%TZ)"
+echo "| prompts | batch | method | tokens/s | vs none | steps | drafted | accepted (rate) | alternatives (tokens won) | same text |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for set in copy free; do
-  for b in 1 8 32; do
+  for b in $batches; do
     base_tps=""
     for m in "${methods[@]}"; do
       args=(generate --model "$model" --device "$device" --requests "$work/$set-$b.jsonl" --greedy
             --max-new-tokens "$new" --stats --warmup 1 --no-prefix-cache)
-      case "$m" in
+      spec=${m%+tree}
+      case "$spec" in
         none) ;;
-        medusa:*) args+=(--speculate "$m" --medusa "$root/models/medusa") ;;
-        *) args+=(--speculate "$m") ;;
+        medusa:*) args+=(--speculate "$spec" --medusa "$root/models/medusa") ;;
+        *) args+=(--speculate "$spec") ;;
       esac
+      [ "$spec" != "$m" ] && args+=(--speculate-paths "$tree")
+      [ "$spec" != none ] && [ -n "$row_cost" ] && args+=(--speculate-row-cost "$row_cost")
       best=""
       for ((r = 0; r < reps; r++)); do
         "$bin" "${args[@]}" >"$work/out-$m" 2>"$work/err-$m"
@@ -80,7 +94,8 @@ s = json.loads(sys.argv[1]); base = float(sys.argv[6])
 tps = s["tokens_per_second"]; d, a = s["spec_draft_tokens"], s["spec_accepted_tokens"]
 vs = f"{tps / base:.2f}x" if base else "1.00x"
 rate = f"{a:,} ({a / d:.0%})" if d else "0"
-print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {tps:,.0f} | {vs} | {s['steps']:,} | {d:,} | {rate} | {sys.argv[5]} |")
+alt = f"{s.get('spec_alt_chains', 0):,} ({s.get('spec_alt_tokens', 0):,})"
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {tps:,.0f} | {vs} | {s['steps']:,} | {d:,} | {rate} | {alt} | {sys.argv[5]} |")
 EOF
       if [ "$m" = none ]; then
         base_tps=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["tokens_per_second"])' "$best")
