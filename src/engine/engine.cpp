@@ -381,7 +381,7 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
 // before this step), oldest first, from the budget and the free pages the
 // step's required work left (never a cached page: a draft evicts nothing).
 void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int64_t& budget) {
-  std::vector<Backend::ColumnWrite> copies;  // partial pages of alternative chains
+  std::vector<std::pair<int32_t, int32_t>> copies;  // partial pages of alternative chains
   bool alternatives = false;
   for (size_t i = 0; i < running && budget > 0; ++i) {
     Scheduled& s = batch[i];
@@ -408,7 +408,7 @@ void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int6
     alternatives = alternatives || !l.alt_paths.empty();
   }
   if (!alternatives) return;
-  if (!copies.empty()) model_.backend().write_columns_batch(copies);  // queued before the step
+  if (!copies.empty()) model_.copy_kv_pages(kv_, copies);  // queued before the step
   // Each alternative's row group right after its sequence's (run() keeps them so).
   std::vector<Scheduled> with;
   for (const Scheduled& s : batch) {
@@ -427,7 +427,8 @@ void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int6
 // the partial one filled by a copy of it (queued on the backend before the
 // step), and new pages for its drafts.
 void Engine::schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& chains,
-                                   int64_t& budget, std::vector<Backend::ColumnWrite>& copies) {
+                                   int64_t& budget,
+                                   std::vector<std::pair<int32_t, int32_t>>& copies) {
   const auto k = int64_t(l.drafts.size());
   const int64_t base = l.seq.num_computed, page = kv_.page_size;
   const int64_t full = base / page;
@@ -455,14 +456,8 @@ void Engine::schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& c
       kv_.pages.release(q.pages);
       break;
     }
-    if (base % page != 0) {
-      const int32_t from = l.seq.pages.ids[size_t(full)], to = q.pages.ids[size_t(full)];
-      for (const KvLayer& layer : kv_.layers)
-        for (const Tensor& pool : {layer.k, layer.v}) {
-          const Tensor m = pool.reshape({pool.dim(0), pool.numel() / pool.dim(0)});
-          copies.push_back({m.row_slice(to, to + 1), 0, m.row_slice(from, from + 1), m.cols()});
-        }
-    }
+    if (base % page != 0)
+      copies.push_back({l.seq.pages.ids[size_t(full)], q.pages.ids[size_t(full)]});
     rows += r;
     budget -= r;
     ++stats_.spec_alt_chains;
@@ -882,8 +877,7 @@ int64_t Engine::max_drafts(const Live& l) const {
 // done), may draft (no penalties, no prompt logits, few sequences running)
 // and has room (max_new_tokens: the last row's token is one more).
 bool Engine::drafts_tree(const Live& l) const {
-  return config_.speculate_paths > 1 && !l.matcher && l.req.sampling.bad_words.empty() &&
-         kv_.peer_layers.empty();
+  return config_.speculate_paths > 1 && !l.matcher && l.req.sampling.bad_words.empty();
 }
 
 std::vector<std::vector<int32_t>> Engine::draft(const Live& l, int64_t room) const {

@@ -95,8 +95,8 @@ struct EngineConfig {
   // step (1: one chain) — n-gram lookup's other continuations — each as a
   // row group of its own that shares the sequence's full pages and a copy of
   // its partial page, as long as the extra chains pay for their rows
-  // (alternatives_pay, engine/speculate.h). Not for constrained requests,
-  // bad-word lists, nor under tensor parallelism (one chain there).
+  // (alternatives_pay, engine/speculate.h). Not for constrained requests nor
+  // bad-word lists (one chain there).
   int64_t speculate_paths = 1;
   // No drafting in a step while more sequences than this run (a large batch
   // is compute-bound: verifying drafts stops paying).
@@ -338,7 +338,7 @@ class Engine {
   // Adds the alternative chains that pay and fit to `l`'s step; the copies of
   // its partial page go to `copies`.
   void schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& chains, int64_t& budget,
-                             std::vector<Backend::ColumnWrite>& copies);
+                             std::vector<std::pair<int32_t, int32_t>>& copies);
   // Its Medusa heads' drafts for the sequences `rows` names (each with its
   // logit row of the step): the step's own (`in_step`: the heads it ran), or
   // from its hidden states.

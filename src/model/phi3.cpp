@@ -47,6 +47,24 @@ kv::KvCache Phi3ForCausalLM::make_kv_cache(int64_t num_pages, int64_t page_size)
                      local_.num_key_value_heads, local_.head_dim);
 }
 
+// Every pool's rows `from` into rows `to` (a pool seen as (pages, page elements)).
+void Phi3ForCausalLM::copy_rank_pages(const std::vector<KvLayer>& layers,
+                                      const std::vector<std::pair<int32_t, int32_t>>& pages) {
+  std::vector<Backend::ColumnWrite> writes;
+  for (const KvLayer& layer : layers)
+    for (const Tensor& pool : {layer.k, layer.v}) {
+      const Tensor m = pool.reshape({pool.dim(0), pool.numel() / pool.dim(0)});
+      for (const auto& [from, to] : pages)
+        writes.push_back({m.row_slice(to, to + 1), 0, m.row_slice(from, from + 1), m.cols()});
+    }
+  if (!writes.empty()) backend_.write_columns_batch(writes);
+}
+
+void Phi3ForCausalLM::copy_kv_pages(kv::KvCache& kv,
+                                    const std::vector<std::pair<int32_t, int32_t>>& pages) {
+  copy_rank_pages(kv.layers, pages);
+}
+
 // With tensor parallelism, each rank runs this on its part of the weights:
 // its heads, its share of the MLP, its vocabulary rows; the two row-parallel
 // projections sum over the ranks (add_row_parallel), the logits are gathered
@@ -68,16 +86,17 @@ Tensor Phi3ForCausalLM::forward_rank(const StepInputs& in, std::vector<KvLayer>&
 
     // The norms and SiLU·mul go in as prologues of the matmuls that read
     // their outputs (fused there where the backend can).
-    Tensor qkv = linear(ops, {residual, Prologue::rms_norm(layer.input_layernorm, eps)}, layer.qkv_proj,
-                        lora(l, LoraTarget::qkv));
+    Tensor qkv = linear(ops, {residual, Prologue::rms_norm(layer.input_layernorm, eps)},
+                        layer.qkv_proj, lora(l, LoraTarget::qkv));
     ops.rope_and_cache(qkv, in.tokens, rope_, cache);
     Tensor attn = ops.attention(qkv, cache, in.attention, rope_);
     add_row_parallel(ops, tp_, attn, layer.o_proj, lora(l, LoraTarget::o), residual);
 
-    Tensor gate_up = linear(ops, {residual, Prologue::rms_norm(layer.post_attention_layernorm, eps)},
-                            layer.gate_up_proj, lora(l, LoraTarget::gate_up));
-    add_row_parallel(ops, tp_, {gate_up, Prologue::silu_mul()}, layer.down_proj, lora(l, LoraTarget::down),
-                     residual);
+    Tensor gate_up =
+        linear(ops, {residual, Prologue::rms_norm(layer.post_attention_layernorm, eps)},
+               layer.gate_up_proj, lora(l, LoraTarget::gate_up));
+    add_row_parallel(ops, tp_, {gate_up, Prologue::silu_mul()}, layer.down_proj,
+                     lora(l, LoraTarget::down), residual);
   }
   Tensor x = ops.rms_norm(residual, w_.norm, eps);
   if (!in.all_rows) x = ops.gather_rows(x, in.logit_rows);

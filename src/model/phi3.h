@@ -53,6 +53,12 @@ class Phi3ForCausalLM {
                          Tensor* hidden = nullptr);
   // A KV cache of `num_pages` pages for this model (every rank's layers).
   virtual kv::KvCache make_kv_cache(int64_t num_pages, int64_t page_size);
+  // Queues copies of whole KV pages, (from, to) page ids, in every layer's K
+  // and V pools of every rank, each on its rank's backend (tree speculation:
+  // an alternative chain's copy of a partial page); ordered before the next
+  // forward.
+  virtual void copy_kv_pages(kv::KvCache& kv,
+                             const std::vector<std::pair<int32_t, int32_t>>& pages);
 
   // Gives the four LoRA targets of every layer (qkv, o, gate_up, down) a copy
   // of their weight with `columns` zero columns more, where resident adapters'
@@ -67,6 +73,9 @@ class Phi3ForCausalLM {
 
  private:
   friend class TensorParallelPhi3;
+  // copy_kv_pages on this rank's own pools.
+  void copy_rank_pages(const std::vector<KvLayer>& layers,
+                       const std::vector<std::pair<int32_t, int32_t>>& pages);
   // The forward as this rank alone, over its own KV layers and adapter
   // tables (TensorParallelPhi3 runs it on every rank at once; on one rank of
   // a group by itself it would wait for the others forever).

@@ -84,6 +84,13 @@ kv::KvCache TensorParallelPhi3::make_kv_cache(int64_t num_pages, int64_t page_si
   return kv;
 }
 
+void TensorParallelPhi3::copy_kv_pages(kv::KvCache& kv,
+                                       const std::vector<std::pair<int32_t, int32_t>>& pages) {
+  copy_rank_pages(kv.layers, pages);
+  for (size_t p = 0; p < peers_.size(); ++p)  // each rank's pools on its own backend
+    peers_[p]->copy_rank_pages(kv.peer_layers[p], pages);
+}
+
 std::vector<Tensor> TensorParallelPhi3::widen_for_lora(int64_t columns) {
   std::vector<Tensor> all = Phi3ForCausalLM::widen_for_lora(columns);
   for (const auto& peer : peers_) {
@@ -106,12 +113,14 @@ const Tensor& TensorParallelPhi3::lm_head() const {
   const int64_t rows = mine.dim(0), cols = mine.dim(1), n = int64_t(peers_.size()) + 1;
   Tensor whole = host_alloc(DType::f32, {rows * n, cols});
   for (int64_t r = 0; r < n; ++r) {  // rank r holds rows r · V/N .. (r + 1) · V/N
-    const Phi3ForCausalLM& rank = r == 0 ? static_cast<const Phi3ForCausalLM&>(*this) : *peers_[size_t(r - 1)];
+    const Phi3ForCausalLM& rank =
+        r == 0 ? static_cast<const Phi3ForCausalLM&>(*this) : *peers_[size_t(r - 1)];
     const Tensor part = rank.backend_.to_host_f32(rank.w_.lm_head);
     if (part.numel() != rows * cols)
       throw std::logic_error("tensor parallelism: rank " + std::to_string(r) + "'s lm_head is " +
                              rank.w_.lm_head.shape_str() + ", rank 0's " + mine.shape_str());
-    std::memcpy(whole.ptr<float>() + r * rows * cols, part.ptr<float>(), size_t(rows * cols) * sizeof(float));
+    std::memcpy(whole.ptr<float>() + r * rows * cols, part.ptr<float>(),
+                size_t(rows * cols) * sizeof(float));
   }
   whole_lm_head_ = backend_.upload(whole, mine.dtype);
   return whole_lm_head_;

@@ -36,6 +36,8 @@ class TensorParallelPhi3 final : public Phi3ForCausalLM {
   Tensor forward(const StepInputs& in, kv::KvCache& kv, const LoraTables* lora,
                  Tensor* hidden = nullptr) override;
   kv::KvCache make_kv_cache(int64_t num_pages, int64_t page_size) override;
+  void copy_kv_pages(kv::KvCache& kv,
+                     const std::vector<std::pair<int32_t, int32_t>>& pages) override;
   // Rank 0's targets, then rank 1's, ...: 4 · layers · N weights (what
   // lora::AdapterSlots' tensor-parallel attach_columns takes).
   std::vector<Tensor> widen_for_lora(int64_t columns) override;

@@ -7,6 +7,7 @@
 
 #include "backend/loopback_communicator.h"
 #include "model/engine_rig.h"
+#include "model/speculation_rig.h"
 #include "model/tensor_parallel.h"
 
 namespace philora::test {
@@ -133,6 +134,33 @@ TEST(TensorParallelEngine, GraphsChunksAndSamplingMatchOneRank) {
     }
 }
 
+// Tree speculation over the split model (n-gram chains, every one verified):
+// an alternative chain's copy of its sequence's partial page is made in every
+// rank's pools (Phi3ForCausalLM::copy_kv_pages), and the output is one rank's
+// plain greedy output, with alternatives winning; every page comes back.
+TEST(TensorParallelEngine, TreeSpeculationMatchesOneRankPlain) {
+  const std::string name = "gqa_multi_lora";
+  std::vector<engine::Request> reqs = test::long_requests(name);
+  for (engine::Request& r : reqs) r.logprobs.reset();  // tokens are compared, not logprobs
+  const engine::EngineConfig plain = config(4096, 64, false);
+  engine::EngineConfig tree = plain;
+  tree.speculate_ngram = 4;
+  tree.speculate_paths = 4;
+  tree.speculate_row_cost = 0.0;  // every chain, every step
+  TpRig one(name, 1, plain, 512);
+  const auto want = run_engine(*one.engine, reqs);
+  for (const int64_t ranks : {2, 4}) {
+    SCOPED_TRACE(std::to_string(ranks) + " ranks");
+    TpRig many(name, ranks, tree, 512);
+    const auto got = run_engine(*many.engine, reqs);
+    for (const engine::Request& r : reqs)
+      EXPECT_EQ(got.at(r.id).tokens, want.at(r.id).tokens) << r.id;
+    EXPECT_GT(many.engine->stats().spec_alt_chains, 0);
+    EXPECT_GT(many.engine->stats().spec_alt_tokens, 0) << "no alternative chain won";
+    EXPECT_EQ(many.kv->pages.num_held(), 0);
+  }
+}
+
 TEST(TensorParallelEngine, PreemptionUnderATightCacheMatchesOneRank) {
   // Few pages: sequences are preempted and recomputed (eager steps).
   check("gqa_multi_lora", 4, config(64, 32, false), 24, /*preempts=*/true);
@@ -144,7 +172,8 @@ TEST(TensorParallelEngine, PreemptionUnderATightCacheMatchesOneRank) {
 TEST(TensorParallelEngine, ARankThatFailsEndsTheStepWithItsError) {
   TpRig rig("gqa_multi_lora", 4, config(64, 8, false), 64);
   static_cast<FailingCpu&>(*rig.backends.back()).armed = true;
-  for (const engine::Request& r : requests("gqa_multi_lora")) ASSERT_TRUE(rig.engine->add_request(r).ok());
+  for (const engine::Request& r : requests("gqa_multi_lora"))
+    ASSERT_TRUE(rig.engine->add_request(r).ok());
   try {
     (void)rig.engine->step();
     ADD_FAILURE() << "the step did not fail";
