@@ -381,8 +381,8 @@ void Engine::schedule_running(std::vector<Scheduled>& batch, int64_t& budget) {
 // before this step), oldest first, from the budget and the free pages the
 // step's required work left (never a cached page: a draft evicts nothing).
 void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int64_t& budget) {
-  std::vector<std::pair<int32_t, int32_t>> copies;  // partial pages of alternative chains
-  bool alternatives = false;
+  // First chains first, oldest first; then, from what they leave, alternatives.
+  std::vector<std::pair<Live*, std::vector<std::vector<int32_t>>>> trees;
   for (size_t i = 0; i < running && budget > 0; ++i) {
     Scheduled& s = batch[i];
     Live& l = *s.live;
@@ -404,8 +404,14 @@ void Engine::schedule_drafts(std::vector<Scheduled>& batch, size_t running, int6
     l.seq.tokens.insert(l.seq.tokens.end(), l.drafts.begin(), l.drafts.end());
     s.num_tokens += int64_t(l.drafts.size());
     budget -= int64_t(l.drafts.size());
-    if (chains.size() > 1) schedule_alternatives(l, chains, budget, copies);
-    alternatives = alternatives || !l.alt_paths.empty();
+    if (chains.size() > 1) trees.push_back({&l, std::move(chains)});
+  }
+  std::vector<std::pair<int32_t, int32_t>> copies;  // partial pages of alternative chains
+  bool alternatives = false;
+  for (auto& [l, chains] : trees) {
+    if (budget <= 0) break;
+    schedule_alternatives(*l, chains, budget, copies);
+    alternatives = alternatives || !l->alt_paths.empty();
   }
   if (!alternatives) return;
   if (!copies.empty()) model_.copy_kv_pages(kv_, copies);  // queued before the step
@@ -433,9 +439,19 @@ void Engine::schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& c
   const int64_t base = l.seq.num_computed, page = kv_.page_size;
   const int64_t full = base / page;
   int64_t rows = 0;
+  // Whether a chain cut to k drafts verifies nothing a chain taken does not.
+  auto known = [&](const std::vector<int32_t>& c) {
+    auto covers = [&](const std::vector<int32_t>& p) {
+      return p.size() >= c.size() && std::equal(c.begin(), c.end(), p.begin());
+    };
+    return covers(l.drafts) ||
+           std::any_of(l.alt_paths.begin(), l.alt_paths.end(),
+                       [&](const Live::DraftPath& p) { return covers(p.drafts); });
+  };
   for (size_t c = 1; c < chains.size(); ++c) {
     std::vector<int32_t>& chain = chains[c];
     if (int64_t(chain.size()) > k) chain.resize(size_t(k));
+    if (chain.empty() || known(chain)) continue;
     const int64_t r = int64_t(chain.size()) + 1;
     const int64_t pages = (base + r + page - 1) / page - full;
     if (r > budget || pages > kv_.pages.num_free() ||
@@ -449,7 +465,8 @@ void Engine::schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& c
     q.num_computed = base;
     q.lora_slot = l.seq.lora_slot;
     q.rope_long = l.seq.rope_long;
-    q.tokens.assign(l.seq.tokens.begin(), l.seq.tokens.end() - k);
+    q.first_token = base;  // its last token and drafts only: what its rows compute
+    q.tokens.assign(1, l.seq.tokens[size_t(base)]);
     q.tokens.insert(q.tokens.end(), p.drafts.begin(), p.drafts.end());
     q.pages = kv_.pages.fork(l.seq.pages, full);
     if (!kv_.pages.reserve(q.pages, base + r)) {  // cannot happen: the pages were free
@@ -724,20 +741,22 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
     return few && l.heads && !l.done && l.count_row < 0 && !uses_counts(l.req.sampling) &&
            !l.req.prompt_logits;
   };
-  bool want_hidden = false, one_set = true, prompt_rows = false;
+  // The heads' top lists only when a sequence that proposes may branch.
+  bool want_hidden = false, one_set = true, prompt_rows = false, branches = false;
   const model::MedusaHeads* heads = nullptr;
   for (size_t i = 0; i < work.size(); ++i) {
     const Live& l = *batch[i].live;
     prompt_rows = prompt_rows || (work[i].all_logits && l.drafts.empty());
     if (!proposes(l) || !work[i].logits) continue;
     want_hidden = true;
+    branches = branches || drafts_tree(l);
     one_set = one_set && (!heads || heads == l.heads);
     heads = l.heads;
   }
   const model::MedusaHeads* in_step = want_hidden && one_set && !prompt_rows ? heads : nullptr;
-  const StepResult result =
-      runner_.run(plan, rows, counts_.table(), &masks, want_hidden && !in_step, in_step,
-                  in_step ? medusa_top_tokens() : 0);
+  const int64_t head_top = branches ? medusa_top_tokens() : 0;
+  const StepResult result = runner_.run(plan, rows, counts_.table(), &masks,
+                                        want_hidden && !in_step, in_step, in_step ? head_top : 0);
   if (masks.wait) masks.wait();
   if (masks.rows > 0) {
     ++mask_stats_.steps;
@@ -776,7 +795,7 @@ void Engine::run(std::vector<Scheduled>& batch, std::vector<StepOutput>& out) {
       finish(l, FinishReason::length, out);  // the prompt alone was asked for
     }
   }
-  if (!medusa_rows.empty()) medusa_propose(medusa_rows, result, in_step);
+  if (!medusa_rows.empty()) medusa_propose(medusa_rows, result, in_step, head_top);
 }
 
 // Each constrained sequence that samples this step gets one mask per sampling
@@ -917,14 +936,16 @@ int64_t Engine::medusa_top_tokens() const {
 // of the step's hidden states and one draft() (a product per head, one
 // download).
 void Engine::medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
-                            const StepResult& result, const model::MedusaHeads* in_step) {
-  const int64_t top = medusa_top_tokens();
+                            const StepResult& result, const model::MedusaHeads* in_step,
+                            int64_t top) {
   if (in_step) {
     const int64_t k = in_step->num_heads();
     for (const auto& [l, row] : rows) {
       const auto at = result.drafts.begin() + int64_t(row) * k;
       l->medusa_next.assign(at, at + k);
       l->medusa_at = l->seq.tokens.size();
+      l->medusa_top.clear();
+      l->medusa_top_logprob.clear();
       if (top == 0) continue;
       const int64_t from = int64_t(row) * k * top, to = from + k * top;
       l->medusa_top.assign(result.draft_top.begin() + from, result.draft_top.begin() + to);
@@ -966,6 +987,8 @@ void Engine::medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows,
       Live& l = *group[g].first;
       l.medusa_next.assign(ids.begin() + int64_t(g * k), ids.begin() + int64_t((g + 1) * k));
       l.medusa_at = l.seq.tokens.size();
+      l.medusa_top.clear();
+      l.medusa_top_logprob.clear();
       if (top == 0) continue;
       const auto from = int64_t(g * k) * top, to = from + int64_t(k) * top;
       l.medusa_top.assign(top_ids.begin() + from, top_ids.begin() + to);
@@ -991,6 +1014,14 @@ int32_t Engine::verify(Live& l, const StepResult& result, const std::vector<int3
   l.drafts.clear();
   std::vector<Live::DraftPath> alts = std::move(l.alt_paths);
   l.alt_paths.clear();
+  struct ReleaseAlternatives {  // however verify leaves (release empties a table: no double
+                                // release)
+    kv::PageManager& pages;
+    std::vector<Live::DraftPath>& alts;
+    ~ReleaseAlternatives() {
+      for (Live::DraftPath& p : alts) pages.release(p.seq.pages);
+    }
+  } release_alternatives{kv_.pages, alts};
   for (Live::DraftPath& p : alts) drafts.push_back(p.drafts);
   std::vector<std::span<const int32_t>> sampled;
   for (size_t p = 0; p < drafts.size(); ++p)
@@ -1009,7 +1040,9 @@ int32_t Engine::verify(Live& l, const StepResult& result, const std::vector<int3
     kv_.pages.release(l.seq.pages);
     l.seq.pages = std::move(w.pages);
     w.pages = {};
-    l.seq.tokens = std::move(w.tokens);
+    l.seq.tokens.resize(l.seq.tokens.size() - drafts[0].size());
+    l.seq.tokens.insert(l.seq.tokens.end(), drafts[size_t(acc.path)].begin(),
+                        drafts[size_t(acc.path)].end());
   }
   for (Live::DraftPath& p : alts) kv_.pages.release(p.seq.pages);
   const auto k = int64_t(drafts[size_t(acc.path)].size());

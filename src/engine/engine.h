@@ -283,7 +283,7 @@ class Engine {
     // next draw).
     struct DraftPath {
       std::vector<int32_t> drafts;
-      Sequence seq;  // the sequence's tokens with these drafts; the full pages shared
+      Sequence seq;  // its last token and these drafts (from first_token); the full pages shared
     };
     std::vector<DraftPath> alt_paths;
     std::mt19937_64 draft_rng;
@@ -342,8 +342,9 @@ class Engine {
   // Its Medusa heads' drafts for the sequences `rows` names (each with its
   // logit row of the step): the step's own (`in_step`: the heads it ran), or
   // from its hidden states.
+  // `top`: each head's top tokens to keep too (tree speculation), 0: none.
   void medusa_propose(const std::vector<std::pair<Live*, int32_t>>& rows, const StepResult& result,
-                      const model::MedusaHeads* in_step);
+                      const model::MedusaHeads* in_step, int64_t top);
   // How many top tokens of each Medusa head a step brings back for tree
   // speculation (0: the greedy chain alone).
   int64_t medusa_top_tokens() const;

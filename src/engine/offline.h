@@ -22,7 +22,7 @@ struct OfflineOptions {
   int64_t speculate_ngram = 0;   // EngineConfig::speculate_ngram
   int64_t speculate_medusa = 0;  // EngineConfig::speculate_medusa, with its heads
   std::shared_ptr<const MedusaSet> medusa = nullptr;
-  int64_t speculate_paths = 1;  // EngineConfig::speculate_paths
+  int64_t speculate_paths = 1;       // EngineConfig::speculate_paths
   double speculate_row_cost = -1.0;  // EngineConfig::speculate_row_cost
   // Detokenizes the outputs and matches stop strings (StepOutput::text); may be null.
   const tokenizer::Tokenizer* tokenizer = nullptr;

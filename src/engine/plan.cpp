@@ -14,7 +14,7 @@ StepPlan plan_step(const std::vector<SeqWork>& work, int64_t page_size) {
     const Sequence& s = *w.seq;
     const int64_t begin = s.num_computed, end = s.num_computed + w.num_tokens;
     for (int64_t i = begin; i < end; ++i) {
-      p.token_ids.push_back(s.tokens[size_t(i)]);
+      p.token_ids.push_back(s.tokens[size_t(i - s.first_token)]);
       p.positions.push_back(int32_t(i));
       p.kv_locs.push_back(int32_t(s.pages.ids[size_t(i / page_size)] * page_size + i % page_size));
       p.rope_long.push_back(s.rope_long ? 1 : 0);

@@ -393,7 +393,9 @@ TEST_P(TreeSchedules, GreedyEqualsPlain) {
   const Result plain = run(reqs, config(0, s.budget, s.prefix_cache), s.pages, s.max_running);
   const Result tree = run(reqs, tree_config(s.budget, s.prefix_cache), s.pages, s.max_running);
   expect_same(tree, plain, s.name);
-  EXPECT_GT(tree.stats.spec_alt_chains, 0) << s.name << ": no alternative chain was verified";
+  if (s.pages >= 512) {  // a tight cache leaves few free pages once the first chains have theirs
+    EXPECT_GT(tree.stats.spec_alt_chains, 0) << s.name << ": no alternative chain was verified";
+  }
   if (s.budget >= 4096 && s.pages >= 512) {
     EXPECT_GT(tree.stats.spec_alt_tokens, 0) << s.name << ": no alternative chain won";
   }
