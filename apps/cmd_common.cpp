@@ -43,14 +43,15 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
          "--speculate",
          [&o](const std::string& spec) {
            const Speculation sp = *parse_speculate(spec);
-           o.speculate_ngram = sp.medusa ? 0 : sp.k;
+           o.speculate_ngram = sp.ngram ? sp.k : 0;
            o.speculate_medusa = sp.medusa ? sp.k : 0;
          },
          "speculative decoding: ngram[:K] drafts up to K tokens (default 4) per step from the "
          "sequence's own prompt and output (prompt lookup); medusa[:K] drafts up to K (default 4, "
          "at most the heads' number) with Medusa heads (--medusa, the model directory's, or an "
-         "adapter's own); verified in the step: greedy output is unchanged, sampled output keeps "
-         "its distribution; not for requests with penalties")
+         "adapter's own); ngram+medusa[:K] the lookup's drafts where its last tokens recur, the "
+         "heads' elsewhere; verified in the step: greedy output is unchanged, sampled output "
+         "keeps its distribution; not for requests with penalties")
       ->check([](const std::string& spec) {
         const Expected<Speculation> k = parse_speculate(spec);
         return k.ok() ? std::string() : k.status().message();
@@ -74,21 +75,28 @@ void add_model_options(CLI::App& cmd, ModelOptions& o, bool model_required) {
 }
 
 Expected<Speculation> parse_speculate(const std::string& spec) {
-  for (const bool medusa : {false, true}) {
-    const std::string name = medusa ? "medusa" : "ngram";
-    if (spec == name)
-      return Speculation{medusa, medusa ? kDefaultMedusaDrafts : kDefaultNgramDrafts};
+  const struct {
+    const char* name;
+    Speculation sp;
+  } methods[] = {{"ngram", {true, false, kDefaultNgramDrafts}},
+                 {"medusa", {false, true, kDefaultMedusaDrafts}},
+                 {"ngram+medusa", {true, true, kDefaultMedusaDrafts}},
+                 {"medusa+ngram", {true, true, kDefaultMedusaDrafts}}};
+  for (const auto& [name_c, sp] : methods) {
+    const std::string name = name_c;
+    if (spec == name) return sp;
     if (spec.rfind(name + ":", 0) == 0) {
       const std::string k = spec.substr(name.size() + 1);
       int64_t v = 0;
       const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), v);
       if (ec == std::errc() && end == k.data() + k.size() && v >= 1 && v <= kMaxNgramDrafts)
-        return Speculation{medusa, v};
+        return Speculation{sp.ngram, sp.medusa, v};
     }
   }
   return Status::errorf(
-      "--speculate '{}': expected ngram, ngram:K, medusa or medusa:K with 1 <= K <= {}", spec,
-      kMaxNgramDrafts);
+      "--speculate '{}': expected ngram, ngram:K, medusa, medusa:K, ngram+medusa or "
+      "ngram+medusa:K with 1 <= K <= {}",
+      spec, kMaxNgramDrafts);
 }
 
 Expected<std::shared_ptr<const engine::MedusaSet>> load_medusa(

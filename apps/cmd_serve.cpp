@@ -66,9 +66,12 @@ int run_serve(ServeOptions o) {
   ctx.limits = o.limits;
   ctx.speculate = std::max(o.serving.model.speculate_ngram, o.serving.model.speculate_medusa);
   ctx.speculate_paths = o.serving.model.speculate_paths;
-  ctx.speculate_method = o.serving.model.speculate_ngram > 0    ? "ngram"
-                         : o.serving.model.speculate_medusa > 0 ? "medusa"
-                                                                : "";
+  const bool ngram = o.serving.model.speculate_ngram > 0,
+             medusa = o.serving.model.speculate_medusa > 0;
+  ctx.speculate_method = ngram && medusa ? "ngram+medusa"
+                         : ngram         ? "ngram"
+                         : medusa        ? "medusa"
+                                         : "";
   ctx.limits.max_total_tokens = sv.engine->max_sequence_tokens();
   if (ctx.limits.max_input_tokens >= ctx.limits.max_total_tokens)
     return fail(

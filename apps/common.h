@@ -25,7 +25,7 @@ namespace philora::app {
 struct ModelOptions {
   std::string model_dir;
   std::vector<std::string> adapters;  // NAME=DIR
-  std::string device = "cpu";  // cpu, cuda or auto
+  std::string device = "cpu";         // cpu, cuda or auto
   int64_t page_size = 16;
   bool enforce_eager = false;  // no step graphs
   bool prefix_cache = true;    // reuse the KV pages of cached prefixes (--no-prefix-cache: off)
@@ -36,7 +36,8 @@ struct ModelOptions {
   int64_t speculate_medusa = 0;
   // --speculate-paths N: candidate chains a sequence verifies per step (tree speculation).
   int64_t speculate_paths = 1;
-  // --speculate-row-cost C: one more verified row's cost relative to a step; negative: the backend's.
+  // --speculate-row-cost C: one more verified row's cost relative to a step; negative: the
+  // backend's.
   double speculate_row_cost = -1.0;
   // --medusa DIR: the base model's Medusa heads (LoRAX's layout); empty: the
   // model directory's medusa_lm_head.safetensors, when it has one.
@@ -54,7 +55,8 @@ struct ModelOptions {
 // `simulate` backends of their own on main's GPU (collectives staged through
 // host memory).
 Expected<std::vector<std::unique_ptr<Backend>>> tensor_parallel_backends(const Backend& main,
-                                                                         int64_t n, bool simulate = false);
+                                                                         int64_t n,
+                                                                         bool simulate = false);
 // One communicator per rank of `backends` (rank 0 first), rank order: on the
 // CPU a LoopbackGroup's, on CUDA NCCL's (simulated: host-staged).
 Expected<std::vector<std::unique_ptr<Communicator>>> tensor_parallel_communicators(
@@ -70,15 +72,17 @@ Expected<TensorParallelModel> load_tensor_parallel_model(
     const std::vector<Backend*>& backends, int num_slots, bool simulate = false,
     const std::function<void(int64_t done, int64_t total)>& progress = {});
 
-// The speculation --speculate names: "ngram" / "medusa" (kDefaultNgramDrafts,
-// kDefaultMedusaDrafts drafts) or "ngram:K" / "medusa:K" (1 ≤ K ≤
-// kMaxNgramDrafts); an error otherwise.
+// The speculation --speculate names: "ngram" / "medusa" / "ngram+medusa"
+// (kDefaultNgramDrafts, kDefaultMedusaDrafts drafts) or "ngram:K" / "medusa:K"
+// / "ngram+medusa:K" (1 ≤ K ≤ kMaxNgramDrafts); an error otherwise.
 struct Speculation {
-  bool medusa = false;  // else n-gram
+  bool ngram = false;
+  bool medusa = false;  // both: n-gram lookup's chains first, the heads' where it finds none
   int64_t k = 0;
 };
 inline constexpr int64_t kDefaultNgramDrafts = 4;
-inline constexpr int64_t kDefaultMedusaDrafts = 4;  // LoRAX's --speculative-tokens: the heads' number
+inline constexpr int64_t kDefaultMedusaDrafts =
+    4;  // LoRAX's --speculative-tokens: the heads' number
 inline constexpr int64_t kMaxNgramDrafts = 16;
 Expected<Speculation> parse_speculate(const std::string& spec);
 
@@ -104,14 +108,16 @@ void add_simulate_ranks_option(CLI::App& cmd, bool& simulate);
 // slots (before any adapter is assigned): `requested` < 0 means
 // lora::columns_to_attach: lora::kColumnsPerSlot per slot (up to kColumnsMaxSlots), 0 none; rounded
 // up to a multiple of 8.
-void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots, int64_t requested);
+void attach_lora_columns(model::Phi3ForCausalLM& model, lora::AdapterSlots& slots,
+                         int64_t requested);
 
 // A model with its adapters resident in slots 0..n-1 (in --adapter order),
 // served through an adapter store that knows them by name.
 struct LoadedModel {
   std::unique_ptr<Backend> backend;
   std::vector<std::unique_ptr<Backend>> peer_backends;  // --tensor-parallel: ranks 1 .. N-1
-  std::unique_ptr<io::TensorSet> tensors;  // the mmap'd checkpoint (the store checks copies against it)
+  std::unique_ptr<io::TensorSet>
+      tensors;  // the mmap'd checkpoint (the store checks copies against it)
   std::unique_ptr<model::Phi3ForCausalLM> model;
   std::unique_ptr<lora::AdapterSlots> slots;
   std::unique_ptr<lora::AdapterStore> store;

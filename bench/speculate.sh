@@ -16,7 +16,7 @@
 #   free   the first 200 characters of a passage
 # Batch B: the first B passages, one request each, in one batch
 # (`philora generate` runs a file's requests together). Methods: none,
-# ngram:4, medusa:4 (models/medusa, when it exists), and with --tree N each of
+# ngram:4, medusa:4 and ngram+medusa:4 (models/medusa, when it exists), and with --tree N each of
 # them again as "+tree" (--speculate-paths N: tree speculation). --row-cost C
 # passes --speculate-row-cost C to every run (e.g. the GPU's 0.03 on the CPU, to
 # see the drafts and chains a GPU would verify). Each cell is the best of
@@ -55,7 +55,7 @@ for name, make in (("copy", lambda d: d[:700] + "\n\n" + d[:150]), ("free", lamb
                 f.write(json.dumps({"id": f"{name}{i}", "prompt": make(d)}) + "\n")
 EOF
 methods=(none ngram:4)
-[ -f "$root/models/medusa/medusa_lm_head.safetensors" ] && methods+=(medusa:4)
+[ -f "$root/models/medusa/medusa_lm_head.safetensors" ] && methods+=(medusa:4 ngram+medusa:4)
 if [ "$tree" -gt 1 ]; then
   for m in "${methods[@]:1}"; do methods+=("$m+tree"); done
 fi
@@ -72,7 +72,7 @@ for set in copy free; do
       spec=${m%+tree}
       case "$spec" in
         none) ;;
-        medusa:*) args+=(--speculate "$spec" --medusa "$root/models/medusa") ;;
+        *medusa:*) args+=(--speculate "$spec" --medusa "$root/models/medusa") ;;
         *) args+=(--speculate "$spec") ;;
       esac
       [ "$spec" != "$m" ] && args+=(--speculate-paths "$tree")

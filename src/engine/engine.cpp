@@ -884,10 +884,10 @@ double Engine::speculate_row_cost() const {
 }
 
 int64_t Engine::max_drafts(const Live& l) const {
-  if (config_.speculate_ngram > 0) return config_.speculate_ngram;
+  int64_t most = std::max<int64_t>(config_.speculate_ngram, 0);
   if (config_.speculate_medusa > 0 && l.heads)
-    return std::min(config_.speculate_medusa, l.heads->num_heads());
-  return 0;
+    most = std::max(most, std::min(config_.speculate_medusa, l.heads->num_heads()));
+  return most;
 }
 
 // The drafts of a running sequence this step, at most `room`: n-gram lookup
@@ -909,16 +909,31 @@ std::vector<std::vector<int32_t>> Engine::draft(const Live& l, int64_t room) con
   const int64_t limit = draft_length(l.draft_stats.rate(), speculate_row_cost(), max_drafts(l));
   const int64_t k = std::min({limit, l.req.max_new_tokens - l.generated - 1, room});
   if (k <= 0) return {};
+  const int64_t paths = drafts_tree(l) ? config_.speculate_paths : 1;
+  std::vector<std::vector<int32_t>> chains;
   if (config_.speculate_ngram > 0)
-    return ngram_draft_paths(q.tokens, k, drafts_tree(l) ? config_.speculate_paths : 1);
-  if (l.medusa_at != q.tokens.size()) return {};  // no hidden state of its last token yet
+    chains = ngram_draft_paths(q.tokens, std::min(k, config_.speculate_ngram), paths);
+  // The heads' chains: alone, or (ngram+medusa) where lookup found none or
+  // leaves room for more, none that a chain taken covers.
+  if (!l.heads || l.medusa_at != q.tokens.size() || int64_t(chains.size()) >= paths)
+    return chains;  // (no hidden state of its last token yet)
   const auto n = std::min<size_t>(size_t(k), l.medusa_next.size());
-  if (n == 0) return {};
+  if (n == 0) return chains;
   const std::span<const int32_t> chain(l.medusa_next.data(), n);
-  if (drafts_tree(l) && !l.medusa_top.empty())
-    return medusa_draft_paths(chain, l.medusa_top, l.medusa_top_logprob, medusa_top_tokens(),
-                              config_.speculate_paths);
-  return {std::vector<int32_t>(chain.begin(), chain.end())};
+  std::vector<std::vector<int32_t>> heads =
+      drafts_tree(l) && !l.medusa_top.empty()
+          ? medusa_draft_paths(chain, l.medusa_top, l.medusa_top_logprob, medusa_top_tokens(),
+                               paths)
+          : std::vector<std::vector<int32_t>>{std::vector<int32_t>(chain.begin(), chain.end())};
+  for (std::vector<int32_t>& c : heads) {
+    if (int64_t(chains.size()) >= paths) break;
+    const bool covered =
+        std::any_of(chains.begin(), chains.end(), [&](const std::vector<int32_t>& p) {
+          return p.size() >= c.size() && std::equal(c.begin(), c.end(), p.begin());
+        });
+    if (!covered) chains.push_back(std::move(c));
+  }
+  return chains;
 }
 
 int64_t Engine::medusa_top_tokens() const {

@@ -87,8 +87,10 @@ struct EngineConfig {
   // Speculative decoding with Medusa drafts (engine/speculate.h): a decoding
   // sequence drafts up to this many tokens (at most its heads' number), the
   // chain of its heads' greedy tokens on the final hidden state of its last
-  // computed token, verified as the n-gram drafts are; 0: off. Exclusive with
-  // speculate_ngram. The heads come from `medusa` (MedusaSet::find).
+  // computed token, verified as the n-gram drafts are; 0: off. With
+  // speculate_ngram too (ngram+medusa), n-gram lookup's chains come first and
+  // the heads' where lookup finds none (with speculate_paths, also as further
+  // chains). The heads come from `medusa` (MedusaSet::find).
   int64_t speculate_medusa = 0;
   std::shared_ptr<const MedusaSet> medusa = nullptr;
   // Tree speculation: a sequence verifies up to this many candidate chains a

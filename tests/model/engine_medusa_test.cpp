@@ -248,6 +248,33 @@ TEST_P(MedusaSchedules, TreeEqualsPlain) {
   }
 }
 
+// ngram+medusa: n-gram lookup's chain first, the heads' where lookup finds
+// none — and with --speculate-paths both kinds as candidates: the plain output
+// on every case under every schedule.
+TEST_P(MedusaSchedules, NgramPlusMedusaEqualsPlain) {
+  const Schedule s = GetParam();
+  for (const int64_t paths : {1, 4}) {
+    int64_t accepted = 0, medusa_only = 0;
+    for (const char* name : kGoldenCases) {
+      const std::vector<engine::Request> reqs = long_requests(name);
+      const Result plain = run(name, reqs, config(0, s.budget, s.prefix_cache), Kind::echo,
+                               Kind::random, s.pages, s.max_running);
+      engine::EngineConfig c = config(4, s.budget, s.prefix_cache);
+      c.speculate_ngram = 4;
+      c.speculate_paths = paths;
+      const Result both = run(name, reqs, c, Kind::echo, Kind::random, s.pages, s.max_running);
+      expect_same(both, plain, std::string("ngram+medusa ") + s.name + " " + name);
+      accepted += both.stats.spec_accepted_tokens;
+      c.speculate_ngram = 0;
+      medusa_only += run(name, reqs, c, Kind::echo, Kind::random, s.pages, s.max_running)
+                         .stats.spec_accepted_tokens;
+    }
+    EXPECT_GT(accepted, 0) << "paths " << paths;
+    std::printf("[ ngram+medusa %s paths %lld ] accepted %lld (medusa alone %lld)\n", s.name,
+                (long long)paths, (long long)accepted, (long long)medusa_only);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(engine, MedusaSchedules, testing::ValuesIn(test::kSchedules),
                          test::schedule_name);
 

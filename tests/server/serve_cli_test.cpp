@@ -178,7 +178,8 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
   }
   std::map<std::string, json> outputs;
   // "/tree": tree speculation, up to 4 chains a step, whatever their rows cost.
-  for (const std::string run : {"", "ngram:3", "medusa:2", "ngram:3/tree", "medusa:2/tree"}) {
+  for (const std::string run :
+       {"", "ngram:3", "medusa:2", "ngram:3/tree", "medusa:2/tree", "ngram+medusa:2/tree"}) {
     const std::string speculate = run.substr(0, run.find('/'));
     const bool tree = run.find("/tree") != std::string::npos;
     const int port = free_port();
@@ -193,7 +194,9 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     auto info = c.Get("/info");
     ASSERT_TRUE(info);
     const json i = json::parse(info->body);
-    EXPECT_EQ(i["speculate"], speculate.empty() ? 0 : speculate[0] == 'n' ? 3 : 2) << speculate;
+    EXPECT_EQ(i["speculate"],
+              speculate.empty() ? 0 : std::stoi(speculate.substr(speculate.find(':') + 1)))
+        << speculate;
     EXPECT_EQ(i["speculate_method"],
               speculate.empty() ? json(nullptr) : json(speculate.substr(0, speculate.find(':'))));
     EXPECT_EQ(i["speculate_paths"], speculate.empty() ? 0 : tree ? 4 : 1) << run;
@@ -213,7 +216,7 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
     const double accepted = counter("vllm:spec_decode_num_accepted_tokens_total");
     // (This random model's greedy text repeats one continuation: n-gram
     // lookup finds no alternative to it; the heads' top lists always do.)
-    if (tree && speculate[0] == 'm') {
+    if (tree && speculate.find("medusa") != std::string::npos) {
       EXPECT_GT(counter("philora_spec_decode_alternative_chains_total"), 0) << run;
     } else if (!tree) {
       EXPECT_EQ(counter("philora_spec_decode_alternative_chains_total"), 0) << run;
@@ -251,6 +254,7 @@ TEST(ServeCli, SpeculateNgramKeepsGreedyOutput) {
   EXPECT_EQ(outputs["medusa:2"]["generated_text"], outputs[""]["generated_text"]);
   EXPECT_EQ(outputs["ngram:3/tree"]["generated_text"], outputs[""]["generated_text"]);
   EXPECT_EQ(outputs["medusa:2/tree"]["generated_text"], outputs[""]["generated_text"]);
+  EXPECT_EQ(outputs["ngram+medusa:2/tree"]["generated_text"], outputs[""]["generated_text"]);
   fs::remove_all(dir);
 }
 
