@@ -441,9 +441,7 @@ void Engine::schedule_alternatives(Live& l, std::vector<std::vector<int32_t>>& c
   int64_t rows = 0;
   // Whether a chain cut to k drafts verifies nothing a chain taken does not.
   auto known = [&](const std::vector<int32_t>& c) {
-    auto covers = [&](const std::vector<int32_t>& p) {
-      return p.size() >= c.size() && std::equal(c.begin(), c.end(), p.begin());
-    };
+    auto covers = [&](const std::vector<int32_t>& p) { return starts_with(p, c); };
     return covers(l.drafts) ||
            std::any_of(l.alt_paths.begin(), l.alt_paths.end(),
                        [&](const Live::DraftPath& p) { return covers(p.drafts); });
@@ -928,9 +926,8 @@ std::vector<std::vector<int32_t>> Engine::draft(const Live& l, int64_t room) con
   for (std::vector<int32_t>& c : heads) {
     if (int64_t(chains.size()) >= paths) break;
     const bool covered =
-        std::any_of(chains.begin(), chains.end(), [&](const std::vector<int32_t>& p) {
-          return p.size() >= c.size() && std::equal(c.begin(), c.end(), p.begin());
-        });
+        std::any_of(chains.begin(), chains.end(),
+                    [&](const std::vector<int32_t>& p) { return starts_with(p, c); });
     if (!covered) chains.push_back(std::move(c));
   }
   return chains;

@@ -27,9 +27,6 @@ std::vector<std::vector<int32_t>> ngram_draft_paths(std::span<const int32_t> tok
   std::vector<std::vector<int32_t>> paths;
   const auto len = int64_t(tokens.size());
   if (max_drafts <= 0 || max_paths <= 0) return paths;
-  auto starts = [](std::span<const int32_t> whole, std::span<const int32_t> part) {
-    return whole.size() >= part.size() && std::equal(part.begin(), part.end(), whole.begin());
-  };
   for (int64_t n = std::min(max_n, len - 1); n >= std::max<int64_t>(min_n, 1); --n) {
     const std::span<const int32_t> tail = tokens.subspan(size_t(len - n));
     for (int64_t i = len - n - 1; i >= 0; --i) {
@@ -39,7 +36,7 @@ std::vector<std::vector<int32_t>> ngram_draft_paths(std::span<const int32_t> tok
       // A prefix of a candidate taken adds nothing; one that extends a
       // candidate (cut short by the end of the tokens) takes its place.
       auto known = std::find_if(paths.begin(), paths.end(), [&](const std::vector<int32_t>& p) {
-        return starts(p, c) || starts(c, p);
+        return starts_with(p, c) || starts_with(c, p);
       });
       if (known != paths.end()) {
         if (c.size() > known->size()) known->assign(c.begin(), c.end());

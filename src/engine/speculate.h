@@ -56,6 +56,11 @@ std::vector<std::vector<int32_t>> medusa_draft_paths(std::span<const int32_t> ch
                                                      std::span<const float> logprob, int64_t width,
                                                      int64_t max_paths);
 
+// Whether chain `whole` begins with `part` (verifying `whole` verifies `part`).
+inline bool starts_with(std::span<const int32_t> whole, std::span<const int32_t> part) {
+  return whole.size() >= part.size() && std::equal(part.begin(), part.end(), whole.begin());
+}
+
 // How many drafts the sampled rows accept: the first j with sampled[j] !=
 // drafts[j] (drafts.size() when all match). sampled has drafts.size() + 1 rows.
 int64_t accepted_drafts(std::span<const int32_t> drafts, std::span<const int32_t> sampled);

@@ -328,18 +328,7 @@ TEST_F(EngineMedusa, SeededSamplingEqualsPlain) {
   int64_t accepted = 0;
   for (const char* name : kGoldenCases) {
     std::vector<engine::Request> reqs = long_requests(name);
-    uint64_t seed = 7;
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      engine::SamplingParams& p = reqs[i].sampling;
-      p.greedy = false;
-      p.temperature = i % 2 ? 0.3f : 0.7f;
-      p.top_k = i % 3 ? 0 : 20;
-      p.seed = seed++;
-      p.logit_bias = {{int32_t(40 + i), 1.5f}};
-      p.bad_words = {{90, 55}};
-      reqs[i].min_new_tokens = 3;
-      if (i % 2) reqs[i].logprob_kind = engine::LogprobKind::processed;
-    }
+    test::make_seeded_sampling(reqs, /*bad_words=*/true);
     const Result plain = run(name, reqs, config(0), Kind::echo, Kind::echo);
     const Result spec = run(name, reqs, config(4), Kind::echo, Kind::echo);
     expect_same(spec, plain, std::string("sampling ") + name);

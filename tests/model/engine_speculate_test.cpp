@@ -441,16 +441,8 @@ TEST(TreeSpeculation, SeededSamplingAndCandidatesEqualPlain) {
   for (const bool candidates : {false, true}) {
     std::vector<engine::Request> reqs = long_requests(kCase);
     if (candidates) reqs.resize(4);
-    uint64_t seed = 7;
+    test::make_seeded_sampling(reqs, /*bad_words=*/false);
     for (size_t i = 0; i < reqs.size(); ++i) {
-      engine::SamplingParams& p = reqs[i].sampling;
-      p.greedy = false;
-      p.temperature = i % 2 ? 0.3f : 0.7f;
-      p.top_k = i % 3 ? 0 : 20;
-      p.seed = seed++;
-      p.logit_bias = {{int32_t(40 + i), 1.5f}};
-      reqs[i].min_new_tokens = 3;
-      if (i % 2) reqs[i].logprob_kind = engine::LogprobKind::processed;
       if (candidates) reqs[i].n = 2;
       if (candidates && i % 2) reqs[i].best_of = 3;
     }

@@ -58,6 +58,24 @@ inline std::vector<engine::Request> long_requests(const std::string& case_name) 
   return reqs;
 }
 
+// Turns the requests into seeded sampled ones whose rows differ: temperature,
+// top-k, logit bias, min_new_tokens, raw and processed logprobs, and with
+// `bad_words` a bad-word list (seeds 7, 8, ...).
+inline void make_seeded_sampling(std::vector<engine::Request>& reqs, bool bad_words) {
+  uint64_t seed = 7;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    engine::SamplingParams& p = reqs[i].sampling;
+    p.greedy = false;
+    p.temperature = i % 2 ? 0.3f : 0.7f;
+    p.top_k = i % 3 ? 0 : 20;
+    p.seed = seed++;
+    p.logit_bias = {{int32_t(40 + i), 1.5f}};
+    if (bad_words) p.bad_words = {{90, 55}};
+    reqs[i].min_new_tokens = 3;
+    if (i % 2) reqs[i].logprob_kind = engine::LogprobKind::processed;
+  }
+}
+
 // A schedule to run requests under: the step's token budget, the KV cache's
 // pages (of 4 tokens), the prefix cache on or off, the most sequences running.
 struct Schedule {
